@@ -1,0 +1,95 @@
+# ML Defender — build, check and test.
+#
+#   make test          install everything that is missing, then run the test suite
+#   make check         lint, format check, type check, generated-code freshness
+#   make bench         run the benchmarks under bench/
+#   make install       idempotent setup on Debian bookworm as root (apt, kernel headers,
+#                      .venv with pinned versions, BCC shim, protobuf code)
+#
+# Every step leaves a stamp, so a second `make install` does nothing.
+
+SHELL        := /bin/bash
+PYTHON       ?= $(shell command -v python3.11 || command -v python3)
+VENV         := .venv
+PY           := $(VENV)/bin/python
+BUILD        := build
+HEADERS      := $(BUILD)/kernel-headers
+BCC_SHIM     := $(BUILD)/pyshim
+PYTEST_ARGS  ?=
+# BCC compiles BPF C against this tree (see scripts/kernel-headers.sh).
+export BCC_KERNEL_SOURCE := $(abspath $(HEADERS))
+
+STAMP_APT    := $(BUILD)/.stamp-apt
+STAMP_VENV   := $(VENV)/.stamp-venv
+STAMP_SHIM   := $(BUILD)/.stamp-bcc-shim
+PROTO_OUT    := proto/events_pb2.py
+PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy
+INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT)
+
+PACKAGES     := mld config proto crypto_transport
+PY_SOURCES   := $(PACKAGES) tests bench
+
+.PHONY: install check test bench proto check-proto clean distclean help
+.DEFAULT_GOAL := help
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+install: $(INSTALLED)
+	@echo "install: done"
+
+$(STAMP_APT): scripts/apt-packages.txt scripts/apt-install.sh
+	@mkdir -p $(BUILD)
+	scripts/apt-install.sh
+	@touch $@
+
+$(HEADERS)/.mld-headers: scripts/kernel-headers.sh | $(STAMP_APT)
+	scripts/kernel-headers.sh $(HEADERS)
+
+# The venv is rebuilt in place when the dependency list or the pins change.
+$(STAMP_VENV): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==25.3
+	$(PY) -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
+	@touch $@
+
+# Debian's bcc imports only from Debian's python; a directory holding a link to it, put
+# on the venv's path with a .pth file, makes `import bcc` work from the venv.
+$(STAMP_SHIM): $(STAMP_VENV) | $(STAMP_APT)
+	@mkdir -p $(BCC_SHIM)
+	ln -sfn /usr/lib/python3/dist-packages/bcc $(BCC_SHIM)/bcc
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "mld-bcc.pth").write_text("$(abspath $(BCC_SHIM))\n")'
+	$(PY) -c 'import bcc' || { echo "install: bcc is not importable from $(VENV)"; exit 1; }
+	@touch $@
+
+proto: $(PROTO_OUT)
+
+$(PROTO_OUT): proto/events.proto $(STAMP_VENV)
+	$(PROTOC) --python_out=proto --mypy_out=proto proto/events.proto
+
+# Regenerate into a temp dir and compare: fails when proto/events_pb2.py is stale.
+check-proto: $(STAMP_VENV)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(PROTOC) --python_out=$$tmp --mypy_out=$$tmp proto/events.proto && \
+	for f in events_pb2.py events_pb2.pyi; do \
+	    cmp -s $$tmp/$$f proto/$$f || { echo "check-proto: proto/$$f is stale; run 'make proto'"; exit 1; }; \
+	done && echo "check-proto: generated code is fresh"
+
+check: $(INSTALLED)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/mypy $(PACKAGES)
+	$(MAKE) --no-print-directory check-proto
+
+test: $(INSTALLED)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	$(PY) bench/transport.py
+
+clean:
+	rm -rf $(PROTO_OUT) proto/events_pb2.pyi .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(BUILD) $(VENV) *.egg-info
