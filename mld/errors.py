@@ -1,0 +1,42 @@
+"""The one exception hierarchy of ML Defender.
+
+Errors from ZeroMQ, etcd, BCC, FAISS and llama.cpp are translated at the boundary
+into these, so callers catch project errors only::
+
+    MldError
+    ├── ConfigError            a config file or value is wrong (names the key and the file)
+    ├── KeyFileError           a key file is missing, unreadable, malformed or too open
+    └── TransportError         the encrypted ZeroMQ transport cannot do what was asked
+        └── FrameRejected      one received frame failed a check (carries the reason)
+
+Messages say what went wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "FrameRejected", "KeyFileError", "MldError", "TransportError"]
+
+
+class MldError(Exception):
+    """Base of every error ML Defender raises on purpose."""
+
+
+class ConfigError(MldError):
+    """A configuration file or value is invalid."""
+
+
+class KeyFileError(MldError):
+    """A key file is missing, unreadable, malformed or readable by others."""
+
+
+class TransportError(MldError):
+    """The encrypted transport failed (socket setup, unknown peer, closed channel)."""
+
+
+class FrameRejected(TransportError):
+    """A received frame failed a check; ``reason`` is the counter it is counted under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
