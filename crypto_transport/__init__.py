@@ -1,0 +1,30 @@
+"""Authenticated, compressed transport for every message between ML Defender processes.
+
+Frames are ``version | key id | sequence | nonce | XChaCha20-Poly1305(LZ4(protobuf batch))``
+(see ``frame.py``); keys come from X25519 agreement between each sender's and receiver's key
+pair (``keys.py``); channels wrap ZeroMQ PUSH/PULL and PUB/SUB (``channel.py``).
+"""
+
+from __future__ import annotations
+
+from crypto_transport.batcher import Batcher
+from crypto_transport.channel import Received, Receiver, Sender
+from crypto_transport.config import TransportConfig
+from crypto_transport.counters import REJECT_REASONS, ChannelCounters
+from crypto_transport.frame import FRAME_VERSION
+from crypto_transport.keys import KeyPair, Keyring, SessionKey, load_public_key
+
+__all__ = [
+    "FRAME_VERSION",
+    "REJECT_REASONS",
+    "Batcher",
+    "ChannelCounters",
+    "KeyPair",
+    "Keyring",
+    "Received",
+    "Receiver",
+    "Sender",
+    "SessionKey",
+    "TransportConfig",
+    "load_public_key",
+]

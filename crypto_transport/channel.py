@@ -1,0 +1,325 @@
+"""Encrypted ZeroMQ channels: a Sender (PUSH or PUB) and a Receiver (PULL or SUB).
+
+A channel has a name ("flows", "verdicts", ...) that both ends agree on; it is bound into
+every frame's associated data. A sender seals each batch once per recipient (its key), so:
+
+* PUSH/PULL carries batches to one receiving service (the sender names one recipient);
+* PUB/SUB carries the same batches to several subscribers, one frame each. Subscribers
+  subscribe to the prefix ``version | key id`` of the keys they accept, so ZeroMQ hands each
+  one only its own frames.
+
+Nothing is dropped silently: a PUSH that finds no room within ``send_timeout_ms`` and a PUB
+whose subscriber is at its high-water mark (XPUB_NODROP) count the batch under ``dropped``;
+a receiver counts every refused frame under ``rejected`` by reason, logs it at most once
+per peer per interval, and goes on with the next frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import zmq
+from google.protobuf.message import DecodeError, Message
+
+from crypto_transport.config import TransportConfig
+from crypto_transport.counters import ChannelCounters, RejectLog
+from crypto_transport.frame import (
+    FRAME_VERSION,
+    compress,
+    open_payload,
+    parse_header,
+    seal,
+)
+from crypto_transport.keys import Keyring
+from crypto_transport.replay import ReplayWindow
+from mld.errors import FrameRejected, TransportError
+
+__all__ = ["Received", "Receiver", "Sender"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+def _zmq_error(what: str, endpoint: str, exc: zmq.ZMQError) -> TransportError:
+    return TransportError(f"cannot {what} {endpoint}: {exc.strerror}")
+
+
+def _open_socket(
+    context: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    endpoint: str,
+    bind: bool,
+) -> zmq.Socket[bytes]:
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 1000)
+    try:
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        hint = " (is another process bound to it?)" if exc.errno == zmq.EADDRINUSE else ""
+        raise TransportError(
+            f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc.strerror}{hint}"
+        ) from exc
+    return sock
+
+
+class Sender:
+    """Seals protobuf batches and sends them on a PUSH or PUB socket."""
+
+    def __init__(
+        self,
+        *,
+        pattern: Literal["push", "pub"],
+        endpoint: str,
+        channel: str,
+        sender_id: str,
+        keyring: Keyring,
+        recipients: Sequence[str],
+        settings: TransportConfig,
+        bind: bool | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if not recipients:
+            raise TransportError(f"channel {channel!r}: a sender needs at least one recipient")
+        if pattern == "push" and len(recipients) != 1:
+            raise TransportError(
+                f"channel {channel!r}: a PUSH sender seals for one receiving service, "
+                f"got {len(recipients)} recipients; use pattern 'pub' to reach several"
+            )
+        for peer in recipients:
+            keyring.sending_key(peer)  # fails early, naming the peer with no key
+        self.channel = channel
+        self.endpoint = endpoint
+        self.counters = ChannelCounters()
+        self._channel_b = channel.encode()
+        self._sender_b = sender_id.encode()
+        self._keyring = keyring
+        self._recipients = list(recipients)
+        self._settings = settings
+        self._pub = pattern == "pub"
+        # Wall-clock start: a restarted sender numbers its frames above the old ones.
+        self._seq = time.time_ns()
+        context = context or zmq.Context.instance()
+        kind = zmq.XPUB if self._pub else zmq.PUSH
+        self._sock = _open_socket(context, kind, endpoint, self._pub if bind is None else bind)
+        self._sock.setsockopt(zmq.SNDHWM, settings.send_hwm)
+        if self._pub:
+            # Make a full subscriber queue visible (zmq.Again) instead of a silent drop.
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        else:
+            self._sock.setsockopt(zmq.SNDTIMEO, settings.send_timeout_ms)
+
+    def send(self, message: Message) -> bool:
+        """Serialize, compress, seal and send one batch; False if it was dropped (counted)."""
+        return self.send_payload(message.SerializeToString())
+
+    def send_payload(self, payload: bytes) -> bool:
+        """Send an already serialized batch."""
+        self._seq += 1
+        seq = self._seq
+        compressed = compress(payload, self._settings.lz4_acceleration)
+        ok = True
+        for peer in self._recipients:
+            key = self._keyring.sending_key(peer)
+            frame = seal(
+                payload,
+                key=key.key,
+                key_id=key.key_id,
+                seq=seq,
+                channel=self._channel_b,
+                sender_id=self._sender_b,
+                compressed=compressed,
+            )
+            ok = self._send_frame(frame) and ok
+        return ok
+
+    def _send_frame(self, frame: bytes) -> bool:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK if self._pub else 0)
+        except zmq.Again:
+            self.counters.dropped["hwm" if self._pub else "timeout"] += 1
+            return False
+        except zmq.ZMQError as exc:
+            raise _zmq_error("send on", self.endpoint, exc) from exc
+        self.counters.sent += 1
+        self.counters.sent_bytes += len(frame)
+        return True
+
+    def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
+        """PUB only: wait until ``count`` subscriptions arrived (ZeroMQ's slow joiner);
+        returns how many did."""
+        if not self._pub:
+            raise TransportError("wait_for_subscribers is for PUB senders")
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        while seen < count:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self._sock.poll(left_ms, zmq.POLLIN):
+                break
+            if self._sock.recv()[:1] == b"\x01":
+                seen += 1
+        return seen
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Received(Generic[M]):
+    """One accepted batch and where it came from."""
+
+    message: M
+    peer_id: str
+    seq: int
+
+
+class Receiver(Generic[M]):
+    """Receives frames on a PULL or SUB socket and returns the batches that pass every check."""
+
+    def __init__(
+        self,
+        *,
+        pattern: Literal["pull", "sub"],
+        endpoint: str,
+        channel: str,
+        keyring: Keyring,
+        message_type: type[M],
+        settings: TransportConfig,
+        bind: bool | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.endpoint = endpoint
+        self.counters = ChannelCounters()
+        self._channel_b = channel.encode()
+        self._keyring = keyring
+        self._type = message_type
+        self._settings = settings
+        self._sub = pattern == "sub"
+        self._windows: dict[bytes, ReplayWindow] = {}
+        self._subscribed: set[bytes] = set()
+        self._generation = -1
+        self._reject_log = RejectLog(log, settings.reject_log_interval_s)
+        context = context or zmq.Context.instance()
+        kind = zmq.SUB if self._sub else zmq.PULL
+        self._sock = _open_socket(
+            context, kind, endpoint, (not self._sub) if bind is None else bind
+        )
+        self._sock.setsockopt(zmq.RCVHWM, settings.recv_hwm)
+        # ZeroMQ itself refuses (and disconnects) a peer sending a larger message.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes)
+        self.refresh_subscriptions()
+
+    def refresh_subscriptions(self) -> None:
+        """SUB only: subscribe to the key ids the keyring accepts now (call after a rotation)."""
+        if not self._sub:
+            return
+        self._generation = self._keyring.generation
+        wanted = {bytes([FRAME_VERSION]) + kid for kid in self._keyring.accepted_key_ids()}
+        for prefix in wanted - self._subscribed:
+            self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        for prefix in self._subscribed - wanted:
+            self._sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+        self._subscribed = wanted
+
+    def recv(self, timeout_ms: int | None = None) -> Received[M] | None:
+        """The next batch that passes every check, or None when ``timeout_ms`` passes first
+        (None waits for ever). Refused frames are counted and skipped."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            if self._sub and self._generation != self._keyring.generation:
+                self.refresh_subscriptions()
+            if deadline is not None:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self._sock.poll(left_ms, zmq.POLLIN):
+                    return None
+            try:
+                zframe = self._sock.recv(copy=False)
+            except zmq.ZMQError as exc:
+                raise _zmq_error("receive on", self.endpoint, exc) from exc
+            data = zframe.bytes
+            try:
+                return self.open(data)
+            except FrameRejected as rej:
+                self._reject(rej, data, zframe)
+
+    def open(self, data: bytes) -> Received[M]:
+        """Run every check on one frame; raise FrameRejected (not yet counted) on failure."""
+        key_id, seq, nonce = parse_header(data)
+        key = self._keyring.receiving_key(key_id)
+        if key is None:
+            if self._keyring.is_known_expired(key_id):
+                raise FrameRejected(
+                    "expired_key", f"key id {key_id.hex()} was rotated out and its grace ended"
+                )
+            raise FrameRejected(
+                "unknown_key",
+                f"key id {key_id.hex()} matches no peer in transport.peers "
+                "(unknown sender, or a key this node has not learnt yet)",
+            )
+        window = self._windows.get(key_id)
+        if window is None:
+            window = self._windows[key_id] = ReplayWindow(self._settings.replay_window)
+        reason = window.check(seq)
+        if reason is not None:
+            raise FrameRejected(
+                reason, f"sequence {seq} from {key.peer_id}; newest seen is {window.newest}"
+            )
+        payload = open_payload(
+            data,
+            key=key.key,
+            nonce=nonce,
+            channel=self._channel_b,
+            sender_id=key.peer_id.encode(),
+            max_decompressed=self._settings.max_decompressed_bytes,
+        )
+        # Authentic: only now may it move the window.
+        self.counters.missing += window.accept(seq)
+        try:
+            message = self._type.FromString(payload)
+        except DecodeError as exc:
+            raise FrameRejected(
+                "bad_protobuf",
+                f"authentic frame from {key.peer_id} is not a {self._type.__name__}: {exc}",
+            ) from None
+        self.counters.received += 1
+        self.counters.received_bytes += len(data)
+        return Received(message, key.peer_id, seq)
+
+    def _reject(self, rej: FrameRejected, data: bytes, zframe: zmq.Frame) -> None:
+        self.counters.rejected[rej.reason] += 1
+        self._reject_log(self.channel, self._peer_name(data, zframe), rej.reason, rej.detail)
+
+    def _peer_name(self, data: bytes, zframe: zmq.Frame) -> str:
+        if len(data) >= 9:
+            key = self._keyring.receiving_key(data[1:9])
+            if key is not None:
+                return key.peer_id
+        try:
+            address = zframe.get("Peer-Address")
+        except zmq.ZMQError:
+            address = ""
+        return str(address) if address else "unknown peer"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Receiver[M]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

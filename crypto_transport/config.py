@@ -1,0 +1,36 @@
+"""Typed settings of the encrypted transport (the ``transport`` section of mld.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["TransportConfig"]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    # This node's X25519 private key (raw base64, mode 0600); `mld keygen` writes one.
+    key_file: str = "/etc/mld/keys/node.key"
+    # Peers this node talks to: peer id -> base64 X25519 public key.
+    peers: dict[str, str] = field(default_factory=dict)
+    # Seconds a replaced key (ours or a peer's) is still accepted after a rotation.
+    rotation_grace_s: float = 300.0
+    # Sequence numbers accepted behind the newest one seen from a sender (anti-replay).
+    replay_window: int = 4096
+    # Largest frame read off the wire, in bytes; bigger ones are rejected unread.
+    max_frame_bytes: int = 16 * 1024 * 1024
+    # Largest decompressed batch, in bytes (decompression-bomb cap).
+    max_decompressed_bytes: int = 64 * 1024 * 1024
+    # ZeroMQ high-water marks, in messages; past them PUSH waits and PUB drops (counted).
+    send_hwm: int = 10000
+    recv_hwm: int = 10000
+    # How long a PUSH send waits for room before the batch is dropped and counted, in ms.
+    send_timeout_ms: int = 1000
+    # LZ4 acceleration (1 = best ratio; higher trades ratio for speed, see bench/transport.py).
+    lz4_acceleration: int = 1
+    # A batch is sent when it holds this many records ...
+    batch_records: int = 100
+    # ... or when its oldest record has waited this long, in seconds.
+    batch_max_delay_s: float = 0.2
+    # A rejection reason is logged at most once per peer per this many seconds.
+    reject_log_interval_s: float = 60.0

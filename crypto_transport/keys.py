@@ -1,0 +1,284 @@
+"""X25519 key pairs, key files, and the per-peer session keys derived from them.
+
+Every node has one X25519 key pair. The key that seals frames from sender S to receiver R
+is derived by both ends from the X25519 shared secret and both public keys::
+
+    shared  = X25519(S.private, R.public) = X25519(R.private, S.public)
+    key     = BLAKE2b-256(shared || S.public || R.public, person="mld-transport-1")
+    key_id  = BLAKE2b-64(S.public || R.public, person="mld-key-id-1")
+
+so the S->R key differs from the R->S key, and the key id names the pair of public keys
+without revealing anything. Only public keys ever leave a host.
+
+Rotation: when a node replaces its own key pair, or learns a peer's new public key, the
+keys derived from the old ones stay accepted for a grace period, so frames in flight and
+senders that have not yet heard of the new key are not lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.bindings
+import nacl.hash
+import nacl.public
+from nacl.encoding import RawEncoder
+
+from mld.errors import KeyFileError, TransportError
+
+__all__ = ["KeyPair", "Keyring", "SessionKey", "derive_session_key", "load_public_key"]
+
+_KEY_PERSON = b"mld-transport-1"
+_KEY_ID_PERSON = b"mld-key-id-1"
+KEY_ID_BYTES = 8
+_MAX_EXPIRED_REMEMBERED = 256
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """One node's X25519 key pair."""
+
+    private: bytes
+    public: bytes
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        sk = nacl.public.PrivateKey.generate()
+        return cls(private=bytes(sk), public=bytes(sk.public_key))
+
+    @classmethod
+    def from_private(cls, private: bytes) -> KeyPair:
+        sk = nacl.public.PrivateKey(private)
+        return cls(private=bytes(sk), public=bytes(sk.public_key))
+
+    @property
+    def public_b64(self) -> str:
+        return base64.b64encode(self.public).decode("ascii")
+
+    def save(self, path: str | Path) -> None:
+        """Write the private key (base64, mode 0600) and ``PATH.pub`` beside it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(self.private).decode("ascii") + "\n")
+        os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+        Path(f"{path}.pub").write_text(self.public_b64 + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyPair:
+        """Read a private key file, refusing one that others can read."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"key file {path} not found; create one with `mld keygen --out {path}` "
+                "or set transport.key_file in mld.yaml"
+            ) from None
+        except OSError as exc:
+            raise KeyFileError(f"key file {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"key file {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"key file {path} has mode {mode:04o}: a private key must be readable by its "
+                f"owner only; run `chmod 600 {path}`"
+            )
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise KeyFileError(f"key file {path}: {exc.strerror}") from exc
+        return cls.from_private(_decode_key(text, f"key file {path}"))
+
+
+def load_public_key(value: str, *, what: str) -> bytes:
+    """Decode a base64 X25519 public key, naming ``what`` in the error."""
+    return _decode_key(value, what)
+
+
+def _decode_key(text: str, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(
+            f"{what} is not base64; expected a key written by `mld keygen`"
+        ) from None
+    if len(raw) != nacl.public.PrivateKey.SIZE:
+        raise KeyFileError(f"{what} holds {len(raw)} bytes; an X25519 key has 32")
+    return raw
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """The symmetric key for one direction between two nodes."""
+
+    key_id: bytes
+    key: bytes
+    peer_id: str
+    sender_public: bytes
+    receiver_public: bytes
+
+
+def derive_session_key(
+    own: KeyPair, peer_public: bytes, *, peer_id: str, own_is_sender: bool
+) -> SessionKey:
+    """Derive the key that seals frames between ``own`` and the peer, in one direction."""
+    if own_is_sender:
+        sender_public, receiver_public = own.public, peer_public
+    else:
+        sender_public, receiver_public = peer_public, own.public
+    try:
+        shared = nacl.bindings.crypto_scalarmult(own.private, peer_public)
+    except Exception as exc:  # libsodium refuses low-order points
+        raise TransportError(f"public key of peer {peer_id!r} is unusable: {exc}") from exc
+    key = nacl.hash.blake2b(
+        shared + sender_public + receiver_public,
+        digest_size=32,
+        person=_KEY_PERSON,
+        encoder=RawEncoder,
+    )
+    key_id = nacl.hash.blake2b(
+        sender_public + receiver_public,
+        digest_size=KEY_ID_BYTES,
+        person=_KEY_ID_PERSON,
+        encoder=RawEncoder,
+    )
+    return SessionKey(key_id, key, peer_id, sender_public, receiver_public)
+
+
+@dataclass
+class _Entry:
+    key: SessionKey
+    expires_at: float | None  # None while current
+
+
+class Keyring:
+    """Session keys of one node: what it seals with and which key ids it accepts.
+
+    ``sending_key(peer)`` is always derived from the current key pairs; ``receiving_key``
+    also accepts keys derived from a replaced key pair (ours or the peer's) until the
+    grace period after the replacement has passed.
+    """
+
+    def __init__(
+        self,
+        own: KeyPair,
+        *,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._own = own
+        self._grace_s = grace_s
+        self._clock = clock
+        self._peers: dict[str, bytes] = {}
+        self._send: dict[str, SessionKey] = {}
+        self._recv: dict[bytes, _Entry] = {}
+        # Key ids whose grace period ended, newest last; bounded, only for error reasons.
+        self._expired: dict[bytes, None] = {}
+        # Increases whenever the accepted keys change (receivers re-subscribe on it).
+        self.generation = 0
+
+    @property
+    def own(self) -> KeyPair:
+        return self._own
+
+    @property
+    def peers(self) -> dict[str, bytes]:
+        return dict(self._peers)
+
+    def add_peer(self, peer_id: str, public_key: bytes) -> None:
+        """Learn or replace a peer's public key; a replaced key stays accepted for the grace."""
+        old = self._peers.get(peer_id)
+        if old == public_key:
+            return
+        self._peers[peer_id] = public_key
+        self._rebuild(retire_own=None, retire_peer=(peer_id, old) if old else None)
+
+    def remove_peer(self, peer_id: str) -> None:
+        """Forget a peer at once (no grace): its frames are rejected from now on."""
+        self._peers.pop(peer_id, None)
+        self._send.pop(peer_id, None)
+        self._recv = {kid: e for kid, e in self._recv.items() if e.key.peer_id != peer_id}
+        self.generation += 1
+
+    def rotate_own(self, new: KeyPair) -> None:
+        """Replace this node's key pair; keys from the old one stay accepted for the grace."""
+        old = self._own
+        self._own = new
+        self._rebuild(retire_own=old, retire_peer=None)
+
+    def sending_key(self, peer_id: str) -> SessionKey:
+        try:
+            return self._send[peer_id]
+        except KeyError:
+            raise TransportError(
+                f"no public key for peer {peer_id!r}; add it under transport.peers in mld.yaml"
+            ) from None
+
+    def receiving_key(self, key_id: bytes) -> SessionKey | None:
+        """The key for ``key_id`` if it is current or still within its grace period."""
+        entry = self._recv.get(key_id)
+        if entry is None:
+            return None
+        if entry.expires_at is not None and self._clock() >= entry.expires_at:
+            del self._recv[key_id]
+            self._remember_expired(key_id)
+            return None
+        return entry.key
+
+    def accepted_key_ids(self) -> list[bytes]:
+        now = self._clock()
+        return [kid for kid, e in self._recv.items() if e.expires_at is None or now < e.expires_at]
+
+    def is_known_expired(self, key_id: bytes) -> bool:
+        """True for a key id this keyring accepted once but no longer does."""
+        return key_id in self._expired
+
+    def _remember_expired(self, key_id: bytes) -> None:
+        self._expired[key_id] = None
+        while len(self._expired) > _MAX_EXPIRED_REMEMBERED:
+            del self._expired[next(iter(self._expired))]
+
+    def _rebuild(
+        self, *, retire_own: KeyPair | None, retire_peer: tuple[str, bytes] | None
+    ) -> None:
+        now = self._clock()
+        expiry = now + self._grace_s
+        recv: dict[bytes, _Entry] = {}
+        # Keep entries that are still in their grace period.
+        for kid, e in self._recv.items():
+            if e.expires_at is None:
+                continue
+            if now < e.expires_at:
+                recv[kid] = e
+            else:
+                self._remember_expired(kid)
+        # Retire current entries that used a replaced key.
+        for kid, e in self._recv.items():
+            if e.expires_at is not None:
+                continue
+            retired = (retire_own is not None and e.key.receiver_public == retire_own.public) or (
+                retire_peer is not None
+                and e.key.peer_id == retire_peer[0]
+                and e.key.sender_public == retire_peer[1]
+            )
+            if retired:
+                recv[kid] = _Entry(e.key, expiry)
+        self._send = {}
+        for peer_id, public in self._peers.items():
+            self._send[peer_id] = derive_session_key(
+                self._own, public, peer_id=peer_id, own_is_sender=True
+            )
+            rk = derive_session_key(self._own, public, peer_id=peer_id, own_is_sender=False)
+            recv[rk.key_id] = _Entry(rk, None)
+        self._recv = recv
+        self.generation += 1
