@@ -1,0 +1,12 @@
+"""pytest setup shared by every test folder."""
+
+from __future__ import annotations
+
+import os
+
+from tests.support import REPO, netns_pair
+
+__all__ = ["netns_pair"]
+
+# BCC compiles against the header tree `make install` builds (scripts/kernel-headers.sh).
+os.environ.setdefault("BCC_KERNEL_SOURCE", str(REPO / "build" / "kernel-headers"))

@@ -1,0 +1,94 @@
+"""Shared test helpers: capability checks and network namespaces the tests create themselves.
+
+Tests that need a capability carry a marker (bpf, netns, etcd, llm) and skip with the
+reason when it is missing; CI installs everything, so in CI nothing skips. Fixtures defined
+here are registered in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def require_root_and(*tools: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, BPF)")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (make install provides it)")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
+
+
+@dataclass(frozen=True)
+class NetnsPair:
+    """Two namespaces joined by a veth pair: ``a`` (addr_a on dev_a) and ``b``."""
+
+    ns_a: str
+    ns_b: str
+    dev_a: str
+    dev_b: str
+    addr_a: str
+    addr_b: str
+
+    def run(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    """Namespaces and a veth pair with TEST-NET-1 addresses; removed even if the test fails.
+
+    TSO/GSO are off on both ends so every packet is seen as one packet by generic XDP.
+    """
+    require_root_and("ip", "ethtool")
+    tag = uuid.uuid4().hex[:6]
+    pair = NetnsPair(
+        ns_a=f"mldt-a-{tag}",
+        ns_b=f"mldt-b-{tag}",
+        dev_a=f"mva{tag}",
+        dev_b=f"mvb{tag}",
+        addr_a="192.0.2.1",
+        addr_b="192.0.2.2",
+    )
+    try:
+        sh("ip", "netns", "add", pair.ns_a)
+        sh("ip", "netns", "add", pair.ns_b)
+        sh(
+            "ip",
+            "link",
+            "add",
+            pair.dev_a,
+            "netns",
+            pair.ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.dev_b,
+            "netns",
+            pair.ns_b,
+        )
+        ends = ((pair.ns_a, pair.dev_a, pair.addr_a), (pair.ns_b, pair.dev_b, pair.addr_b))
+        for ns, dev, addr in ends:
+            pair.run(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
+            pair.run(ns, "ip", "link", "set", dev, "up")
+            pair.run(ns, "ip", "link", "set", "lo", "up")
+            pair.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off")
+        yield pair
+    finally:
+        # Deleting a namespace destroys its veth end and any XDP program attached to it.
+        for ns in (pair.ns_a, pair.ns_b):
+            sh("ip", "netns", "del", ns, check=False)
