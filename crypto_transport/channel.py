@@ -54,9 +54,13 @@ def _open_socket(
     kind: int,
     endpoint: str,
     bind: bool,
+    options: dict[zmq.SocketOption, int],
 ) -> zmq.Socket[bytes]:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 1000)
+    # libzmq copies most options when the socket binds or connects: set them first.
+    for option, value in options.items():
+        sock.setsockopt(option, value)
     try:
         if bind:
             sock.bind(endpoint)
@@ -109,13 +113,15 @@ class Sender:
         self._seq = time.time_ns()
         context = context or zmq.Context.instance()
         kind = zmq.XPUB if self._pub else zmq.PUSH
-        self._sock = _open_socket(context, kind, endpoint, self._pub if bind is None else bind)
-        self._sock.setsockopt(zmq.SNDHWM, settings.send_hwm)
+        options = {zmq.SNDHWM: settings.send_hwm}
         if self._pub:
             # Make a full subscriber queue visible (zmq.Again) instead of a silent drop.
-            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+            options[zmq.XPUB_NODROP] = 1
         else:
-            self._sock.setsockopt(zmq.SNDTIMEO, settings.send_timeout_ms)
+            options[zmq.SNDTIMEO] = settings.send_timeout_ms
+        self._sock = _open_socket(
+            context, kind, endpoint, self._pub if bind is None else bind, options
+        )
 
     def send(self, message: Message) -> bool:
         """Serialize, compress, seal and send one batch; False if it was dropped (counted)."""
@@ -216,12 +222,14 @@ class Receiver(Generic[M]):
         self._reject_log = RejectLog(log, settings.reject_log_interval_s)
         context = context or zmq.Context.instance()
         kind = zmq.SUB if self._sub else zmq.PULL
+        options = {
+            zmq.RCVHWM: settings.recv_hwm,
+            # ZeroMQ itself refuses (and disconnects) a peer sending a larger message.
+            zmq.MAXMSGSIZE: settings.max_frame_bytes,
+        }
         self._sock = _open_socket(
-            context, kind, endpoint, (not self._sub) if bind is None else bind
+            context, kind, endpoint, (not self._sub) if bind is None else bind, options
         )
-        self._sock.setsockopt(zmq.RCVHWM, settings.recv_hwm)
-        # ZeroMQ itself refuses (and disconnects) a peer sending a larger message.
-        self._sock.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes)
         self.refresh_subscriptions()
 
     def refresh_subscriptions(self) -> None:

@@ -67,9 +67,10 @@ class KeyPair:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_CREAT's mode does not apply to an existing file: close it to others before writing.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(base64.b64encode(self.private).decode("ascii") + "\n")
-        os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
         Path(f"{path}.pub").write_text(self.public_b64 + "\n")
 
     @classmethod
@@ -94,7 +95,11 @@ class KeyPair:
                 f"owner only; run `chmod 600 {path}`"
             )
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="ascii")
+        except UnicodeDecodeError:
+            raise KeyFileError(
+                f"key file {path} is not base64 text; expected a key written by `mld keygen`"
+            ) from None
         except OSError as exc:
             raise KeyFileError(f"key file {path}: {exc.strerror}") from exc
         return cls.from_private(_decode_key(text, f"key file {path}"))
@@ -200,6 +205,8 @@ class Keyring:
         old = self._peers.get(peer_id)
         if old == public_key:
             return
+        # Refuse an unusable key (low-order point) before anything changes.
+        derive_session_key(self._own, public_key, peer_id=peer_id, own_is_sender=True)
         self._peers[peer_id] = public_key
         self._rebuild(retire_own=None, retire_peer=(peer_id, old) if old else None)
 
@@ -213,6 +220,8 @@ class Keyring:
     def rotate_own(self, new: KeyPair) -> None:
         """Replace this node's key pair; keys from the old one stay accepted for the grace."""
         old = self._own
+        for peer_id, public in self._peers.items():  # fail before anything changes
+            derive_session_key(new, public, peer_id=peer_id, own_is_sender=True)
         self._own = new
         self._rebuild(retire_own=old, retire_peer=None)
 

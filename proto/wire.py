@@ -49,7 +49,7 @@ def join_batch(header: Message, field: str, framed: list[bytes]) -> bytes:
 
     ``header`` must leave ``field`` empty; its other fields are serialized as usual.
     """
+    _tag(type(header), field)  # validates the field
     if getattr(header, field):
         raise ValueError(f"header already holds {field}; pass them framed instead")
-    _tag(type(header), field)  # validates the field
     return header.SerializeToString() + b"".join(framed)
