@@ -32,6 +32,19 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (for grace periods, ages, intervals)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass(frozen=True)
 class NetnsPair:
     """Two namespaces joined by a veth pair: ``a`` (addr_a on dev_a) and ``b``."""

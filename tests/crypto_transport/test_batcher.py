@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crypto_transport import Batcher
-
-
-class FakeClock:
-    def __init__(self, start: float = 50.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def _batcher(

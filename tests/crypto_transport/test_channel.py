@@ -25,6 +25,7 @@ from crypto_transport.counters import RejectLog
 from crypto_transport.keys import SessionKey
 from mld.errors import TransportError
 from proto import DirectionStats, FlowBatch, FlowRecord, VerdictBatch
+from tests.support import FakeClock
 
 SENSOR = "sensor-1"
 DETECTOR = "detector-1"
@@ -32,17 +33,6 @@ CHANNEL = "flows"
 GRACE_S = 300.0
 EXPECT_MS = 2000  # waiting for a frame that must arrive
 SILENCE_MS = 200  # waiting to show that nothing arrives
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _settings(**overrides: Any) -> TransportConfig:

@@ -11,21 +11,9 @@ import pytest
 
 from crypto_transport import KeyPair, Keyring, SessionKey, load_public_key
 from mld.errors import KeyFileError, TransportError
+from tests.support import FakeClock
 
 GRACE_S = 30.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _ring(own: KeyPair, clock: FakeClock | None = None, **peers: bytes) -> Keyring:
