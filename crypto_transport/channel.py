@@ -32,6 +32,7 @@ from crypto_transport.frame import (
     compress,
     open_payload,
     parse_header,
+    peek_key_id,
     seal,
 )
 from crypto_transport.keys import Keyring
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 
-def _zmq_error(what: str, endpoint: str, exc: zmq.ZMQError) -> TransportError:
-    return TransportError(f"cannot {what} {endpoint}: {exc.strerror}")
+def _zmq_error(what: str, endpoint: str, exc: zmq.ZMQError, hint: str = "") -> TransportError:
+    return TransportError(f"cannot {what} {endpoint}: {exc.strerror}{hint}")
 
 
 def _open_socket(
@@ -69,9 +70,7 @@ def _open_socket(
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         hint = " (is another process bound to it?)" if exc.errno == zmq.EADDRINUSE else ""
-        raise TransportError(
-            f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc.strerror}{hint}"
-        ) from exc
+        raise _zmq_error("bind" if bind else "connect", endpoint, exc, hint) from exc
     return sock
 
 
@@ -313,10 +312,10 @@ class Receiver(Generic[M]):
         self._reject_log(self.channel, self._peer_name(data, zframe), rej.reason, rej.detail)
 
     def _peer_name(self, data: bytes, zframe: zmq.Frame) -> str:
-        if len(data) >= 9:
-            key = self._keyring.receiving_key(data[1:9])
-            if key is not None:
-                return key.peer_id
+        key_id = peek_key_id(data)
+        key = self._keyring.receiving_key(key_id) if key_id is not None else None
+        if key is not None:
+            return key.peer_id
         try:
             address = zframe.get("Peer-Address")
         except zmq.ZMQError:

@@ -25,6 +25,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.utils
 
+from crypto_transport.keys import KEY_ID_BYTES
 from mld.errors import FrameRejected
 
 __all__ = [
@@ -34,14 +35,18 @@ __all__ = [
     "associated_data",
     "open_payload",
     "parse_header",
+    "peek_key_id",
     "seal",
 ]
 
 FRAME_VERSION: Final = 1
-HEADER: Final = struct.Struct(">B8sQ24s")
 TAG_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
 NONCE_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+HEADER: Final = struct.Struct(f">B{KEY_ID_BYTES}sQ{NONCE_BYTES}s")
 OVERHEAD: Final = HEADER.size + TAG_BYTES
+# The header before the nonce (version, key id, sequence): what the tag authenticates.
+_AUTH_HEADER_BYTES: Final = HEADER.size - NONCE_BYTES
+_KEY_ID: Final = slice(1, 1 + KEY_ID_BYTES)
 _SIZE_PREFIX: Final = struct.Struct("<I")
 
 _encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
@@ -88,8 +93,13 @@ def seal(
         compressed = compress(payload, acceleration)
     nonce = nacl.utils.random(NONCE_BYTES)
     header = HEADER.pack(FRAME_VERSION, key_id, seq, nonce)
-    aad = associated_data(header[:17], channel, sender_id)
+    aad = associated_data(header[:_AUTH_HEADER_BYTES], channel, sender_id)
     return header + _encrypt(compressed, aad, nonce, key)
+
+
+def peek_key_id(frame: bytes) -> bytes | None:
+    """The key id of a frame too damaged to parse (for naming its sender), or None."""
+    return frame[_KEY_ID] if len(frame) >= _KEY_ID.stop else None
 
 
 def parse_header(frame: bytes) -> tuple[bytes, int, bytes]:
@@ -114,7 +124,7 @@ def open_payload(
     max_decompressed: int,
 ) -> bytes:
     """Authenticate, decrypt and decompress a frame whose header already passed."""
-    aad = associated_data(frame[:17], channel, sender_id)
+    aad = associated_data(frame[:_AUTH_HEADER_BYTES], channel, sender_id)
     try:
         compressed = _decrypt(frame[HEADER.size :], aad, nonce, key)
     except nacl.exceptions.CryptoError:

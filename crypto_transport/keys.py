@@ -263,24 +263,19 @@ class Keyring:
         now = self._clock()
         expiry = now + self._grace_s
         recv: dict[bytes, _Entry] = {}
-        # Keep entries that are still in their grace period.
-        for kid, e in self._recv.items():
-            if e.expires_at is None:
-                continue
-            if now < e.expires_at:
-                recv[kid] = e
-            else:
-                self._remember_expired(kid)
-        # Retire current entries that used a replaced key.
         for kid, e in self._recv.items():
             if e.expires_at is not None:
-                continue
-            retired = (retire_own is not None and e.key.receiver_public == retire_own.public) or (
+                # Already retired: kept while its grace period lasts.
+                if now < e.expires_at:
+                    recv[kid] = e
+                else:
+                    self._remember_expired(kid)
+            elif (retire_own is not None and e.key.receiver_public == retire_own.public) or (
                 retire_peer is not None
                 and e.key.peer_id == retire_peer[0]
                 and e.key.sender_public == retire_peer[1]
-            )
-            if retired:
+            ):
+                # Current, but derived from a replaced key: its grace period starts now.
                 recv[kid] = _Entry(e.key, expiry)
         self._send = {}
         for peer_id, public in self._peers.items():
