@@ -26,7 +26,7 @@ PROTO_OUT    := proto/events_pb2.py
 PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT)
 
-PACKAGES     := mld config proto crypto_transport
+PACKAGES     := mld config proto crypto_transport xdp native sniffer
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help
