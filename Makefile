@@ -23,8 +23,10 @@ STAMP_APT    := $(BUILD)/.stamp-apt
 STAMP_VENV   := $(VENV)/.stamp-venv
 STAMP_SHIM   := $(BUILD)/.stamp-bcc-shim
 PROTO_OUT    := proto/events_pb2.py
+STAMP_NATIVE := $(BUILD)/.stamp-native
 PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy
-INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT)
+INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
+                $(STAMP_NATIVE)
 
 PACKAGES     := mld config proto crypto_transport xdp native sniffer
 PY_SOURCES   := $(PACKAGES) tests bench
@@ -66,6 +68,15 @@ proto: $(PROTO_OUT)
 
 $(PROTO_OUT): proto/events.proto $(STAMP_VENV)
 	$(PROTOC) --python_out=proto --mypy_out=proto proto/events.proto
+
+# native._flowengine: xdp/flow.h compiled into a CPython extension (libpcap, NumPy). The
+# shared object lands in native/ (ignored by git), objects in build/native.
+$(STAMP_NATIVE): $(wildcard native/*.c native/*.h) xdp/flow.h native/setup.py $(STAMP_VENV) | $(STAMP_APT)
+	@mkdir -p $(BUILD)/native
+	cd native && ../$(PY) setup.py -q build_ext --inplace --force \
+	    --build-temp ../$(BUILD)/native --build-lib ../$(BUILD)/native/lib
+	$(PY) -c 'import native; native.FlowEngine()' || { echo "install: native._flowengine does not import"; exit 1; }
+	@touch $@
 
 # Regenerate into a temp dir and compare: fails when proto/events_pb2.py is stale.
 check-proto: $(STAMP_VENV)

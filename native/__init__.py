@@ -1,0 +1,164 @@
+"""Offline flow engine: capture files through xdp/flow.h into NumPy arrays of flows.
+
+The C extension ``native._flowengine`` compiles the same ``xdp/flow.h`` the XDP program
+uses, so a capture read here and the same traffic seen live give the same counters::
+
+    engine = FlowEngine(idle_timeout_s=30, active_timeout_s=300)
+    for path in rotated_captures:
+        try:
+            for events in engine.feed_file(path):   # arrays of EVENT_DTYPE, never empty
+                handle(events)
+        except UnsupportedLinkType as exc:           # report and skip the file
+            log.warning("%s", exc)
+        except CaptureError as exc:                  # corrupt file: flows so far are kept
+            log.warning("%s", exc)
+    handle(engine.finish())                          # flows still open: CAPTURE_END
+
+Build: ``make install`` (native/setup.py, ``build_ext --inplace``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from native import _flowengine
+from native.errors import CaptureError, UnsupportedLinkType
+
+__all__ = [
+    "END_ACTIVE_TIMEOUT",
+    "END_CAPTURE_END",
+    "END_EVICTED",
+    "END_FIN",
+    "END_IDLE_TIMEOUT",
+    "END_RST",
+    "EVENT_DTYPE",
+    "CaptureError",
+    "FlowEngine",
+    "UnsupportedLinkType",
+    "flow_ids",
+    "supported_linktypes",
+]
+
+# End reasons (MLD_END_* in xdp/flow.h, equal to mld.v1.EndReason).
+END_FIN: int = _flowengine.END_FIN
+END_RST: int = _flowengine.END_RST
+END_IDLE_TIMEOUT: int = _flowengine.END_IDLE_TIMEOUT
+END_ACTIVE_TIMEOUT: int = _flowengine.END_ACTIVE_TIMEOUT
+END_EVICTED: int = _flowengine.END_EVICTED
+END_CAPTURE_END: int = _flowengine.END_CAPTURE_END
+
+_READ_MORE, _READ_EOF, _READ_ERROR = 0, 1, 2
+_OPEN_FAILED, _OPEN_LINKTYPE = 1, 2
+
+
+def _event_dtype() -> np.dtype[np.void]:
+    """The dtype of struct mld_flow_event, from the offsets the C compiler computed."""
+    itemsize, fields, _pads = _flowengine.layout()
+    formats: list[Any] = [
+        np.dtype(f"u{size}") if count == 1 else (np.dtype(f"u{size}"), (count,))
+        for _name, _offset, size, count in fields
+    ]
+    return np.dtype(
+        {
+            "names": [f[0] for f in fields],
+            "formats": formats,
+            "offsets": [f[1] for f in fields],
+            "itemsize": itemsize,
+        }
+    )
+
+
+EVENT_DTYPE: np.dtype[np.void] = _event_dtype()
+
+
+def supported_linktypes() -> list[str]:
+    """Names (pcap_datalink_val_to_name) of the link types feed_file() decodes."""
+    return _flowengine.supported_linktypes()
+
+
+def flow_ids(events: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
+    """One 64-bit id per flow: FNV-1a 64 over the event's 40 key bytes (struct mld_flow_key
+    as laid out in memory, ports in host order) followed by first_ts_ns as 8 little-endian
+    bytes. Both directions of a flow share the key, so the id names the flow record."""
+    if events.dtype != EVENT_DTYPE:
+        raise TypeError(f"flow_ids expects an array of EVENT_DTYPE, got {events.dtype}")
+    return _flowengine.flow_ids(events)
+
+
+def _ns(name: str, seconds: float) -> int:
+    if not seconds > 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
+    return round(seconds * 1e9)
+
+
+class FlowEngine:
+    """One flow table fed from capture files; flows carry over from file to file.
+
+    Export rules are xdp/flow.h's, driven by packet timestamps: a flow ends on RST, on the
+    last ACK after FINs both ways, when idle for idle_timeout_s (checked before every packet,
+    as the kernel's sweeper does), when older than active_timeout_s (it goes on as a new
+    record), when the table holds max_flows and a new flow needs room (least recently seen
+    flow, END_EVICTED), or at finish() (END_CAPTURE_END).
+    """
+
+    def __init__(
+        self,
+        idle_timeout_s: float = 30,
+        active_timeout_s: float = 300,
+        max_flows: int = 1_000_000,
+        batch_size: int = 65536,
+    ) -> None:
+        self._engine = _flowengine.Engine(
+            idle_timeout_ns=_ns("idle_timeout_s", idle_timeout_s),
+            active_timeout_ns=_ns("active_timeout_s", active_timeout_s),
+            max_flows=max_flows,
+            batch_size=batch_size,
+            dtype=EVENT_DTYPE,
+        )
+
+    def feed_file(self, path: str | os.PathLike[str]) -> Iterator[npt.NDArray[np.void]]:
+        """Read one pcap/pcapng file; yield arrays of up to batch_size exported flows.
+
+        Raises CaptureError when the file cannot be opened or libpcap fails mid-file (the
+        batches already yielded stay valid and open flows stay for finish()), and
+        UnsupportedLinkType when its link type has no decoder.
+        """
+        name = os.fspath(path)
+        failure = self._engine.open(name)
+        if failure is not None:
+            kind, detail = failure
+            if kind == _OPEN_LINKTYPE:
+                raise UnsupportedLinkType(name, detail)
+            raise CaptureError(name, f"cannot open: {detail}")
+        try:
+            while True:
+                events, status, detail = self._engine.read()
+                if len(events):
+                    yield events
+                if status == _READ_EOF:
+                    return
+                if status == _READ_ERROR:
+                    raise CaptureError(
+                        name,
+                        f"read stopped at {detail}. Flows up to there are kept; the file "
+                        "is truncated or corrupt",
+                    )
+        finally:
+            # An abandoned iteration: apply the packet in hand and close the file.
+            self._engine.close()
+
+    def finish(self) -> npt.NDArray[np.void]:
+        """Export every flow still open (END_CAPTURE_END), plus any exported flow an
+        abandoned feed_file() iteration did not hand out; the table is empty afterwards."""
+        return self._engine.finish()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: packets, bytes (wire lengths), ip_packets, parse_errors (truncated or
+        malformed), non_ip, flows_created, flows_exported, flows_evicted, live_flows, files."""
+        return self._engine.stats()

@@ -1,0 +1,282 @@
+/* native/engine.c — pcap packets through flow.h into exported flows.
+ *
+ * Export rules are flow.h's, driven by packet timestamps: before each packet, flows idle at
+ * the packet's time are exported from the LRU head with mld_idle_reason(); then the packet
+ * is applied with mld_flow_init()/mld_flow_update() and MLD_ACT_* handled as in the XDP
+ * program; a full table evicts its least recently seen flow (MLD_END_EVICTED).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "link_layer.h"
+
+int mld_engine_init(struct mld_engine *e, const struct mld_flow_config *cfg, __u32 max_flows,
+                    size_t batch_size)
+{
+    memset(e, 0, sizeof(*e));
+    e->cfg = *cfg;
+    e->batch_size = batch_size;
+    /* Room for a whole batch plus the two exports one packet can cause. */
+    e->out_cap = batch_size + 2;
+    e->out = malloc(e->out_cap * sizeof(*e->out));
+    if (e->out == NULL)
+        return -1;
+    if (mld_table_init(&e->table, max_flows) != 0) {
+        free(e->out);
+        e->out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void mld_engine_free(struct mld_engine *e)
+{
+    if (e->pcap != NULL)
+        pcap_close(e->pcap);
+    e->pcap = NULL;
+    mld_table_free(&e->table);
+    free(e->out);
+    e->out = NULL;
+    e->out_n = 0;
+}
+
+/* Append one event, growing out only beyond its preallocated room (finish, close). */
+static int emit(struct mld_engine *e, const struct mld_flow_key *key,
+                const struct mld_flow_state *st)
+{
+    struct mld_flow_event *ev;
+
+    if (e->out_n == e->out_cap) {
+        size_t cap = e->out_cap * 2;
+        struct mld_flow_event *n = realloc(e->out, cap * sizeof(*n));
+
+        if (n == NULL)
+            return -1;
+        e->out = n;
+        e->out_cap = cap;
+    }
+    ev = &e->out[e->out_n++];
+    ev->key = *key;
+    ev->state = *st;
+    e->stats.flows_exported++;
+    return 0;
+}
+
+/* Export a live flow with the given end reason (0 keeps the one set) and remove it. */
+static int export_node(struct mld_engine *e, __u32 idx, __u8 reason)
+{
+    struct mld_node *n = &e->table.nodes[idx];
+
+    if (reason != 0)
+        n->state.end_reason = reason;
+    if (emit(e, &n->key, &n->state) != 0)
+        return -1;
+    mld_table_remove(&e->table, idx);
+    return 0;
+}
+
+/* Export flows idle at time now from the LRU head, while out has fewer than limit events.
+ * Returns 1 when it stopped because out is full, -1 when out of memory. */
+static int expire_idle(struct mld_engine *e, __u64 now, size_t limit)
+{
+    struct mld_table *t = &e->table;
+
+    while (t->lru_head != MLD_NIL && mld_flow_idle(&t->nodes[t->lru_head].state, now, &e->cfg)) {
+        if (e->out_n >= limit)
+            return 1;
+        if (export_node(e, t->lru_head, mld_idle_reason(&t->nodes[t->lru_head].state)) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Apply one parsed IP packet to the table (at most two exports). */
+static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
+{
+    struct mld_table *t = &e->table;
+    struct mld_flow_key key;
+    struct mld_flow_state st;
+    int src_lo = mld_flow_key(pkt, &key);
+    __u64 hash = mld_key_hash(&key);
+    __u32 idx = mld_table_find(t, &key, hash);
+    int act;
+
+    if (idx != MLD_NIL) {
+        struct mld_node *n = &t->nodes[idx];
+
+        act = mld_flow_update(&n->state, pkt, src_lo, &e->cfg);
+        if (act == MLD_ACT_NONE) {
+            mld_table_touch(t, idx);
+            return 0;
+        }
+        if (act == MLD_ACT_EXPORT)
+            return export_node(e, idx, 0);
+        /* MLD_ACT_RESTART: the stored flow ended before this packet. */
+        if (emit(e, &n->key, &n->state) != 0)
+            return -1;
+        e->stats.flows_created++;
+        if (mld_flow_init(&n->state, pkt, src_lo) == MLD_ACT_EXPORT)
+            return export_node(e, idx, 0);
+        mld_table_touch(t, idx);
+        return 0;
+    }
+    e->stats.flows_created++;
+    if (mld_flow_init(&st, pkt, src_lo) == MLD_ACT_EXPORT)
+        return emit(e, &key, &st); /* a lone RST: never stored */
+    if (t->live >= t->max_flows && t->lru_head != MLD_NIL) {
+        if (export_node(e, t->lru_head, MLD_END_EVICTED) != 0)
+            return -1;
+        e->stats.flows_evicted++;
+    }
+    idx = mld_table_insert(t, &key, hash);
+    while (idx == MLD_NIL && t->lru_head != MLD_NIL) {
+        /* Out of memory before max_flows: behave as if the table were full. */
+        if (export_node(e, t->lru_head, MLD_END_EVICTED) != 0)
+            return -1;
+        e->stats.flows_evicted++;
+        t->max_flows = t->live > 0 ? t->live : 1;
+        idx = mld_table_insert(t, &key, hash);
+    }
+    if (idx == MLD_NIL) {
+        st.end_reason = MLD_END_EVICTED;
+        e->stats.flows_evicted++;
+        return emit(e, &key, &st);
+    }
+    t->nodes[idx].state = st;
+    return 0;
+}
+
+int mld_engine_open(struct mld_engine *e, const char *path)
+{
+    char errbuf[PCAP_ERRBUF_SIZE];
+    pcap_t *p;
+    int dlt;
+
+    errbuf[0] = '\0';
+    p = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_NANO, errbuf);
+    if (p == NULL) {
+        snprintf(e->error, sizeof(e->error), "%s", errbuf[0] ? errbuf : "cannot open");
+        return -1;
+    }
+    dlt = pcap_datalink(p);
+    if (!mld_dlt_supported(dlt)) {
+        snprintf(e->error, sizeof(e->error), "%s (DLT %d)", mld_dlt_name(dlt), dlt);
+        pcap_close(p);
+        return -2;
+    }
+    e->pcap = p;
+    e->dlt = dlt;
+    e->pending = 0;
+    e->stats.files++;
+    return 0;
+}
+
+/* Pull the next record into e->pkt. 1 read, 0 end of file, -1 error (message set). */
+static int next_packet(struct mld_engine *e)
+{
+    struct pcap_pkthdr *h;
+    const u_char *data;
+    __u64 ts;
+    int rc = pcap_next_ex(e->pcap, &h, &data);
+
+    if (rc != 1) {
+        if (rc == PCAP_ERROR_BREAK || rc == 0)
+            return 0;
+        {
+            FILE *f = pcap_file(e->pcap);
+            long off = f != NULL ? ftell(f) : -1;
+
+            snprintf(e->error, sizeof(e->error), "byte offset %ld: %s", off,
+                     pcap_geterr(e->pcap));
+        }
+        return -1;
+    }
+    e->stats.packets++;
+    e->stats.bytes += h->len;
+    /* Nanosecond precision: tv_usec holds nanoseconds. Times before 1970 count as 0. */
+    ts = h->ts.tv_sec < 0 ? 0 : (__u64)h->ts.tv_sec * 1000000000ULL + (__u64)h->ts.tv_usec;
+    memset(&e->pkt, 0, sizeof(e->pkt));
+    rc = mld_parse_link(e->dlt, data, data + h->caplen, &e->pkt);
+    e->pkt.ts_ns = ts;
+    e->pending = 1;
+    e->pending_ip = rc == MLD_PARSE_OK;
+    if (rc == MLD_PARSE_OK)
+        e->stats.ip_packets++;
+    else if (rc == MLD_PARSE_NOT_IP)
+        e->stats.non_ip++;
+    else
+        e->stats.parse_errors++;
+    return 1;
+}
+
+/* Expire, then apply the pending packet; 1 when out filled up first (still pending). */
+static int step(struct mld_engine *e, size_t limit)
+{
+    int rc = expire_idle(e, e->pkt.ts_ns, limit);
+
+    if (rc != 0)
+        return rc;
+    if (e->pending_ip && apply(e, &e->pkt) != 0)
+        return -1;
+    e->pending = 0;
+    return 0;
+}
+
+int mld_engine_read(struct mld_engine *e)
+{
+    if (e->pcap == NULL)
+        return MLD_READ_EOF;
+    while (e->out_n < e->batch_size) {
+        int rc;
+
+        if (!e->pending) {
+            rc = next_packet(e);
+            if (rc == 0)
+                return MLD_READ_EOF;
+            if (rc < 0)
+                return MLD_READ_ERROR;
+        }
+        rc = step(e, e->batch_size);
+        if (rc < 0)
+            return MLD_READ_NOMEM;
+    }
+    return MLD_READ_FULL;
+}
+
+int mld_engine_close(struct mld_engine *e)
+{
+    int rc = 0;
+
+    if (e->pending)
+        rc = step(e, (size_t)-1);
+    e->pending = 0;
+    if (e->pcap != NULL)
+        pcap_close(e->pcap);
+    e->pcap = NULL;
+    return rc;
+}
+
+int mld_engine_finish(struct mld_engine *e)
+{
+    struct mld_table *t = &e->table;
+
+    if (mld_engine_close(e) != 0)
+        return -1;
+    while (t->lru_head != MLD_NIL) {
+        if (export_node(e, t->lru_head, MLD_END_CAPTURE_END) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void mld_engine_consume(struct mld_engine *e, size_t n)
+{
+    if (n >= e->out_n) {
+        e->out_n = 0;
+        return;
+    }
+    memmove(e->out, e->out + n, (e->out_n - n) * sizeof(*e->out));
+    e->out_n -= n;
+}

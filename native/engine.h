@@ -1,0 +1,65 @@
+/* native/engine.h — the offline flow engine: pcap packets in, exported flows out.
+ *
+ * Plain C, no Python: flowengine.c wraps it. One engine owns one flow table and reads one
+ * capture file at a time; flows carry over from file to file until mld_engine_finish().
+ */
+#ifndef MLD_ENGINE_H
+#define MLD_ENGINE_H
+
+#include <pcap/pcap.h>
+
+#include "flow_table.h"
+
+struct mld_engine_stats {
+    __u64 packets;        /* records read */
+    __u64 bytes;          /* their wire lengths (pcap len) */
+    __u64 ip_packets;     /* parsed into a flow */
+    __u64 parse_errors;   /* truncated or malformed */
+    __u64 non_ip;
+    __u64 flows_created;
+    __u64 flows_exported;
+    __u64 flows_evicted;
+    __u64 files;          /* files opened */
+};
+
+struct mld_engine {
+    struct mld_flow_config cfg;
+    struct mld_table table;
+    struct mld_engine_stats stats;
+    size_t batch_size;
+    /* Exported, not yet handed out. */
+    struct mld_flow_event *out;
+    size_t out_n;
+    size_t out_cap;
+    /* The open file. */
+    pcap_t *pcap;
+    int dlt;
+    /* A packet read and parsed but not yet applied (the output filled up first). */
+    int pending;
+    int pending_ip;
+    struct mld_pkt pkt;
+    char error[PCAP_ERRBUF_SIZE + 128];
+};
+
+/* Read status. */
+#define MLD_READ_FULL 0  /* out holds batch_size events; call again */
+#define MLD_READ_EOF 1   /* end of file */
+#define MLD_READ_ERROR 2 /* libpcap failed mid-file; the message is in error */
+#define MLD_READ_NOMEM 3
+
+int mld_engine_init(struct mld_engine *e, const struct mld_flow_config *cfg, __u32 max_flows,
+                    size_t batch_size);
+void mld_engine_free(struct mld_engine *e);
+/* Open a capture: 0 on success, -1 when libpcap cannot (error set), -2 when the link type is
+ * unsupported (error holds its name). */
+int mld_engine_open(struct mld_engine *e, const char *path);
+/* Read packets until batch_size events wait in out, the file ends, or it fails. */
+int mld_engine_read(struct mld_engine *e);
+/* Apply a pending packet and close the file (after EOF, an error, or an abandoned read). */
+int mld_engine_close(struct mld_engine *e);
+/* Export every live flow with MLD_END_CAPTURE_END (closes a file still open). */
+int mld_engine_finish(struct mld_engine *e);
+/* Drop the first n events of out (handed to the caller). */
+void mld_engine_consume(struct mld_engine *e, size_t n);
+
+#endif /* MLD_ENGINE_H */

@@ -1,0 +1,27 @@
+"""Build native._flowengine in place: ``cd native && python setup.py build_ext --inplace``.
+
+`make install` runs this (see the Makefile's native section); the shared object lands beside
+this file and is ignored by git. The flow engine's C definitions come from ../xdp/flow.h.
+"""
+
+from __future__ import annotations
+
+import numpy
+from setuptools import Extension, setup  # type: ignore[import-untyped]
+
+setup(
+    name="mld-native",
+    version="0.1.0",
+    packages=[],
+    py_modules=[],
+    ext_modules=[
+        Extension(
+            "_flowengine",
+            sources=["flowengine.c", "engine.c", "flow_table.c"],
+            depends=["engine.h", "flow_table.h", "link_layer.h", "../xdp/flow.h"],
+            include_dirs=["../xdp", numpy.get_include()],
+            libraries=["pcap"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],
+        )
+    ],
+)
