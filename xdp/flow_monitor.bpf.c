@@ -1,0 +1,141 @@
+/* xdp/flow_monitor.bpf.c — ML Defender's XDP program: blocklist, flow table, flow export.
+ *
+ * Compiled by BCC (xdp/monitor.py) with -I<xdp dir>. Per packet:
+ *   1. parse with mld_parse_eth (flow.h); non-IP frames and parse errors are counted and
+ *      passed;
+ *   2. look the source address up in the blocklist LPM trie (pinned, shared with the
+ *      firewall): a hit bumps the entry's counter and drops the packet, which never enters
+ *      the flow table;
+ *   3. create or update the packet's flow in the LRU hash `flows` with flow.h's rules and
+ *      export finished flows (FIN, RST, idle/active timeout noticed on a packet) to the ring
+ *      buffer `events` as struct mld_flow_event.
+ * User space sweeps flows that stopped receiving packets (idle timeout) and flushes the table
+ * on exit; this program only sees flows when they get a packet.
+ *
+ * Limits: LRU hash maps do not allow bpf_spin_lock, so two CPUs updating one flow at the
+ * same instant can lose an increment; when the table is full the kernel evicts the least
+ * recently used flow silently (flows_created - flows_exported - swept - live = evicted).
+ *
+ * Build-time knobs (-D): MLD_MAX_FLOWS, MLD_RINGBUF_PAGES, MLD_BLOCKLIST_MAX,
+ * MLD_BLOCKLIST_PIN (a string literal: the bpffs path of the blocklist map).
+ */
+#define MLD_BPF 1
+#include "flow.h"
+
+#ifndef MLD_MAX_FLOWS
+#define MLD_MAX_FLOWS 65536
+#endif
+#ifndef MLD_RINGBUF_PAGES
+#define MLD_RINGBUF_PAGES 256
+#endif
+#ifndef MLD_BLOCKLIST_MAX
+#define MLD_BLOCKLIST_MAX 65536
+#endif
+#ifndef MLD_BLOCKLIST_PIN
+#define MLD_BLOCKLIST_PIN "/sys/fs/bpf/mld/blocklist"
+#endif
+
+BPF_TABLE("lru_hash", struct mld_flow_key, struct mld_flow_state, flows, MLD_MAX_FLOWS);
+/* Timeouts, written by user space after load (index 0). */
+BPF_ARRAY(config, struct mld_flow_config, 1);
+BPF_PERCPU_ARRAY(stats, struct mld_xdp_stats, 1);
+/* A new flow is built here, not on the 512-byte stack; its type also gives user space the
+ * layout of struct mld_flow_event. */
+BPF_PERCPU_ARRAY(scratch, struct mld_flow_event, 1);
+BPF_RINGBUF_OUTPUT(events, MLD_RINGBUF_PAGES);
+/* Source prefixes to drop; value = packets dropped by this entry. Reuses a pinned map. */
+BPF_TABLE_PINNED("lpm_trie", struct mld_lpm_key, __u64, blocklist, MLD_BLOCKLIST_MAX,
+                 MLD_BLOCKLIST_PIN, BPF_F_NO_PREALLOC);
+
+/* Copy a final flow into the ring buffer. */
+static __always_inline void mld_export(const struct mld_flow_key *key,
+                                       const struct mld_flow_state *st,
+                                       struct mld_xdp_stats *s)
+{
+    struct mld_flow_event *e = events.ringbuf_reserve(sizeof(struct mld_flow_event));
+
+    if (!e) {
+        s->ringbuf_drops += 1;
+        return;
+    }
+    __builtin_memcpy(&e->key, key, sizeof(struct mld_flow_key));
+    __builtin_memcpy(&e->state, st, sizeof(struct mld_flow_state));
+    events.ringbuf_submit(e, 0);
+    s->flows_exported += 1;
+}
+
+int xdp_flow_monitor(struct xdp_md *ctx)
+{
+    const __u8 *data = (const __u8 *)(long)ctx->data;
+    const __u8 *end = (const __u8 *)(long)ctx->data_end;
+    struct mld_pkt pkt = {};
+    struct mld_lpm_key lk = {};
+    struct mld_flow_event *fresh;
+    struct mld_flow_config *cfg;
+    struct mld_flow_state *st;
+    struct mld_xdp_stats *s;
+    __u64 *hits;
+    int zero = 0;
+    int rc, lo, act;
+
+    s = stats.lookup(&zero);
+    if (!s)
+        return XDP_PASS;
+    s->packets += 1;
+    s->bytes += (__u64)(end - data);
+
+    pkt.ts_ns = bpf_ktime_get_ns();
+    rc = mld_parse_eth(data, end, &pkt);
+    if (rc == MLD_PARSE_NOT_IP) {
+        s->non_ip += 1;
+        return XDP_PASS;
+    }
+    if (rc != MLD_PARSE_OK) {
+        s->parse_errors += 1;
+        return XDP_PASS;
+    }
+
+    lk.prefixlen = 128;
+    __builtin_memcpy(lk.addr, pkt.saddr, 16);
+    hits = blocklist.lookup(&lk);
+    if (hits) {
+        __sync_fetch_and_add(hits, 1);
+        s->blocked_packets += 1;
+        s->blocked_bytes += (__u64)(end - data);
+        return XDP_DROP;
+    }
+
+    cfg = config.lookup(&zero);
+    fresh = scratch.lookup(&zero);
+    if (!cfg || !fresh)
+        return XDP_PASS;
+    lo = mld_flow_key(&pkt, &fresh->key);
+
+    st = flows.lookup(&fresh->key);
+    if (!st) {
+        s->flows_created += 1;
+        if (mld_flow_init(&fresh->state, &pkt, lo) == MLD_ACT_EXPORT) {
+            mld_export(&fresh->key, &fresh->state, s); /* a lone RST: never stored */
+            return XDP_PASS;
+        }
+        if (flows.insert(&fresh->key, &fresh->state) == 0)
+            return XDP_PASS;
+        /* Another CPU created the flow since our lookup: apply the packet to its entry. */
+        s->flows_created -= 1;
+        st = flows.lookup(&fresh->key);
+        if (!st)
+            return XDP_PASS;
+    }
+
+    act = mld_flow_update(st, &pkt, lo, cfg);
+    if (act == MLD_ACT_RESTART) {
+        mld_export(&fresh->key, st, s);
+        s->flows_created += 1;
+        act = mld_flow_init(st, &pkt, lo);
+    }
+    if (act == MLD_ACT_EXPORT) {
+        mld_export(&fresh->key, st, s);
+        flows.delete(&fresh->key);
+    }
+    return XDP_PASS;
+}

@@ -1,0 +1,473 @@
+"""FlowMonitor: load xdp/flow_monitor.bpf.c with BCC, attach it, read finished flows.
+
+One program and one flow map serve every interface given, so on a gateway attached to both
+NICs the two directions of a flow meet in one record::
+
+    from xdp import FlowMonitor
+    from xdp.monitor import raise_on_sigterm
+
+    raise_on_sigterm()                       # SIGTERM -> SystemExit, so `finally` runs
+    mon = FlowMonitor(["eth0", "eth1"], idle_timeout_s=30, active_timeout_s=300)
+    try:
+        mon.attach()
+        while True:
+            buf = mon.poll(100)              # bytes: N * sizeof(struct mld_flow_event)
+            events = numpy.frombuffer(buf, native.EVENT_DTYPE)
+    finally:
+        tail = mon.flush()                   # what is still in the table (CAPTURE_END)
+        mon.close()                          # detaches from every interface
+
+Times: the kernel stamps packets with bpf_ktime_get_ns() (CLOCK_MONOTONIC). poll() and
+flush() convert every timestamp of a record to Unix-epoch ns by adding one offset,
+CLOCK_REALTIME - CLOCK_MONOTONIC, measured when attach() runs. One fixed offset keeps
+durations and gaps exact; the price is that a wall-clock step (NTP, settimeofday) after
+attach shifts nothing, so records keep the clock as it was at attach.
+
+Flows that stop receiving packets are found by a sweep of the flow map that poll() runs every
+sweep_interval_s (no thread): flows idle for idle_timeout_s are removed and exported with
+end reason FIN (both sides sent FIN) or IDLE_TIMEOUT, the rules of mld_flow_idle() and
+mld_idle_reason() in flow.h.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from xdp import bpf_syscall as sys_bpf
+from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
+from xdp.bpffs import ensure_pin_dir
+from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
+from xdp.flow_h import flow_h_constants
+
+__all__ = ["FlowMonitor", "Mode", "raise_on_sigterm"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "native", "generic"]
+
+XDP_DIR = Path(__file__).resolve().parent
+BPF_SOURCE = XDP_DIR / "flow_monitor.bpf.c"
+_KERNEL_HEADERS = XDP_DIR.parent / "build" / "kernel-headers"
+_FN_NAME = "xdp_flow_monitor"
+_MAX_ACTIVE_TIMEOUT_S = 3600.0  # MLD_MAX_ACTIVE_TIMEOUT_NS in flow.h
+_SWEEP_CHUNK = 4096  # flows read per BPF_MAP_LOOKUP_BATCH call
+
+_C = flow_h_constants()
+_FIN_BOTH = _C["MLD_F_FIN_FWD"] | _C["MLD_F_FIN_BWD"]
+
+
+def _ctype_fields(cls: Any) -> dict[str, Any]:
+    return dict((f[0], f[1]) for f in cls._fields_)
+
+
+class FlowMonitor:
+    """The XDP flow program attached to one or more interfaces, and its maps.
+
+    Args:
+        ifaces: interfaces to attach to, all sharing one flow map.
+        idle_timeout_s: a flow without packets for this long is exported.
+        active_timeout_s: a flow older than this is exported and continues as a new one
+            (at most 3600 s, see MLD_MAX_ACTIVE_TIMEOUT_NS).
+        max_flows: flow table size (LRU hash; a full table evicts silently).
+        ringbuf_pages: ring buffer size in pages (a power of two).
+        mode: "native" (driver XDP), "generic" (skb XDP) or "auto" (native, else generic).
+        sweep_interval_s: how often poll() sweeps idle flows out of the table.
+        pin_dir: bpffs directory where the blocklist map is pinned (and reused from).
+        blocklist_max: blocklist capacity, used only when the map is created.
+    """
+
+    def __init__(
+        self,
+        ifaces: Sequence[str],
+        *,
+        idle_timeout_s: float = 30.0,
+        active_timeout_s: float = 300.0,
+        max_flows: int = 65536,
+        ringbuf_pages: int = 256,
+        mode: Mode = "auto",
+        sweep_interval_s: float = 1.0,
+        pin_dir: str | Path = DEFAULT_PIN_DIR,
+        blocklist_max: int = 65536,
+    ) -> None:
+        if isinstance(ifaces, str) or not ifaces or len(set(ifaces)) != len(ifaces):
+            raise XdpError(f"ifaces must be a list of distinct interface names, got {ifaces!r}")
+        if not idle_timeout_s > 0:
+            raise XdpError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        if not 0 < active_timeout_s <= _MAX_ACTIVE_TIMEOUT_S:
+            raise XdpError(f"active_timeout_s must be in (0, 3600], got {active_timeout_s}")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise XdpError(f"ringbuf_pages must be a power of two, got {ringbuf_pages}")
+        if max_flows < 1 or blocklist_max < 1:
+            raise XdpError("max_flows and blocklist_max must be >= 1")
+        if mode not in ("auto", "native", "generic"):
+            raise XdpError(f"mode must be 'auto', 'native' or 'generic', got {mode!r}")
+        if sweep_interval_s <= 0:
+            raise XdpError(f"sweep_interval_s must be > 0, got {sweep_interval_s}")
+        self.ifaces = list(ifaces)
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.active_timeout_ns = int(active_timeout_s * 1e9)
+        self.max_flows = max_flows
+        self.ringbuf_pages = ringbuf_pages
+        self.mode: Mode = mode
+        self.sweep_interval_s = sweep_interval_s
+        self.pin_dir = Path(pin_dir)
+        self.blocklist_max = blocklist_max
+        self.modes: dict[str, str] = {}
+        self.clock_offset_ns = 0
+        self._bpf: Any = None
+        self._pending: list[bytes] = []
+        self._next_sweep = 0.0
+        self._swept = 0
+        self._flushed = 0
+        self._sweep_races = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def attach(self) -> FlowMonitor:
+        """Compile, load and attach to every interface (replacing stale XDP programs)."""
+        if self._bpf is not None:
+            return self
+        if os.geteuid() != 0:
+            raise NotRootError("loading XDP programs needs root (CAP_BPF and CAP_NET_ADMIN)")
+        for iface in self.ifaces:
+            try:
+                socket.if_nametoindex(iface)
+            except OSError as exc:
+                raise InterfaceError(f"no interface {iface!r}; list them with `ip link`") from exc
+        ensure_pin_dir(self.pin_dir)
+        self._bpf = self._load()
+        try:
+            self._setup_maps()
+            for iface in self.ifaces:
+                self.modes[iface] = self._attach_one(iface)
+        except BaseException:
+            self.close()
+            raise
+        self._next_sweep = time.monotonic() + self.sweep_interval_s
+        return self
+
+    def close(self) -> None:
+        """Detach from every interface and free the program; safe to call twice.
+
+        Does not flush: call flush() first to export the flows still in the table. The
+        pinned blocklist stays (blocks outlive the monitor).
+        """
+        from bcc import BPF
+
+        for iface, mode in list(self.modes.items()):
+            flag = BPF.XDP_FLAGS_DRV_MODE if mode == "native" else BPF.XDP_FLAGS_SKB_MODE
+            try:
+                BPF.remove_xdp(iface, flag)
+            except Exception as exc:  # the interface may be gone already
+                log.warning("detaching XDP from %s: %s", iface, exc)
+            del self.modes[iface]
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            bpf.cleanup()
+
+    def __enter__(self) -> FlowMonitor:
+        return self.attach()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _load(self) -> Any:
+        os.environ.setdefault("BCC_KERNEL_SOURCE", str(_KERNEL_HEADERS))
+        from bcc import BPF
+
+        pin = self.pin_dir / "blocklist"
+        cflags = [
+            f"-I{XDP_DIR}",
+            f"-DMLD_MAX_FLOWS={self.max_flows}",
+            f"-DMLD_RINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DMLD_BLOCKLIST_MAX={self.blocklist_max}",
+            f'-DMLD_BLOCKLIST_PIN="{pin}"',
+        ]
+        try:
+            bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+        except Exception as exc:
+            raise CompileError(
+                f"BCC could not build {BPF_SOURCE.name} ({exc}). Likely causes: "
+                f"BCC_KERNEL_SOURCE={os.environ.get('BCC_KERNEL_SOURCE')} does not hold "
+                "the kernel headers (run `make install`), or a stale pinned map "
+                f"{pin} has another layout (remove it)"
+            ) from exc
+        try:
+            self._fn = bpf.load_func(_FN_NAME, BPF.XDP)
+        except Exception as exc:
+            bpf.cleanup()
+            raise CompileError(
+                f"the kernel rejected {BPF_SOURCE.name}: {exc} (the verifier log is above)"
+            ) from exc
+        return bpf
+
+    def _setup_maps(self) -> None:
+        b = self._bpf
+        cfg = b["config"]
+        cfg[cfg.Key(0)] = cfg.Leaf(self.idle_timeout_ns, self.active_timeout_ns)
+        flows = b["flows"]
+        self._key_t, self._state_t = flows.Key, flows.Leaf
+        self._event_t = b["scratch"].sLeaf  # struct mld_flow_event, laid out by BCC
+        self.record_size = ct.sizeof(self._event_t)
+        self._key_off = self._event_t.key.offset
+        self._state_off = self._event_t.state.offset
+        state_f = _ctype_fields(self._state_t)
+        dir_t = state_f["dir"]._type_
+        self._last_ts_off = self._state_t.last_ts_ns.offset
+        self._flags_off = self._state_t.flags.offset
+        self._reason_off = self._state_t.end_reason.offset
+        ts = {
+            "first": self._state_off + self._state_t.first_ts_ns.offset,
+            "last": self._state_off + self._last_ts_off,
+        }
+        for i in range(state_f["dir"]._length_):
+            ts[f"dir{i}"] = (
+                self._state_off + self._state_t.dir.offset + i * ct.sizeof(dir_t)
+                + dir_t.last_ts_ns.offset
+            )  # fmt: skip
+        self._ts_dtype = np.dtype(
+            {
+                "names": list(ts),
+                "formats": ["=u8"] * len(ts),
+                "offsets": list(ts.values()),
+                "itemsize": self.record_size,
+            }
+        )
+        chunk = min(self.max_flows, _SWEEP_CHUNK)
+        self._keys_buf = (self._key_t * chunk)()
+        self._states_buf = (self._state_t * chunk)()
+        self._state_view = np.dtype(
+            {
+                "names": ["last", "flags"],
+                "formats": ["=u8", "=u4"],
+                "offsets": [self._last_ts_off, self._flags_off],
+                "itemsize": ct.sizeof(self._state_t),
+            }
+        )
+        self._flows_fd = flows.get_fd()
+        self.clock_offset_ns = _realtime_minus_monotonic()
+        b["events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
+        self._pending.append(ct.string_at(data, size))
+        return 0
+
+    def _attach_one(self, iface: str) -> str:
+        from bcc import BPF
+
+        for flag in (BPF.XDP_FLAGS_DRV_MODE, BPF.XDP_FLAGS_SKB_MODE):
+            try:  # a program left by a crashed monitor (or anyone) is replaced
+                BPF.remove_xdp(iface, flag)
+            except Exception as exc:
+                log.warning("could not remove the XDP program on %s: %s", iface, exc)
+        tries = {"native": ["native"], "generic": ["generic"], "auto": ["native", "generic"]}
+        errors = []
+        for mode in tries[self.mode]:
+            flag = BPF.XDP_FLAGS_DRV_MODE if mode == "native" else BPF.XDP_FLAGS_SKB_MODE
+            try:
+                BPF.attach_xdp(iface, self._fn, flag)
+            except Exception as exc:
+                errors.append(f"{mode}: {exc}")
+                continue
+            if errors:
+                log.warning("%s: native XDP unavailable (%s); using generic XDP", iface, errors)
+            log.info("attached %s to %s in %s mode", _FN_NAME, iface, mode)
+            return mode
+        hint = " (try mode 'generic' or 'auto')" if self.mode == "native" else ""
+        raise InterfaceError(f"cannot attach XDP to {iface!r}: {'; '.join(errors)}{hint}")
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def _require(self) -> Any:
+        if self._bpf is None:
+            raise XdpError("the monitor is not attached: call attach() first")
+        return self._bpf
+
+    def poll(self, timeout_ms: int = 100) -> bytes:
+        """Wait up to timeout_ms for exports; return finished flows (epoch-ns times).
+
+        Runs the idle sweep when it is due. The result is a whole number of
+        struct mld_flow_event records, possibly empty.
+        """
+        b = self._require()
+        wait = max(0, min(timeout_ms, int((self._next_sweep - time.monotonic()) * 1000)))
+        b.ring_buffer_poll(wait)
+        _raise_deferred_sigterm()
+        if time.monotonic() >= self._next_sweep:
+            self._sweep(final=False)
+            self._next_sweep = time.monotonic() + self.sweep_interval_s
+        return self._drain()
+
+    def flush(self) -> bytes:
+        """Export every flow still in the table (end reason CAPTURE_END) and pending exports."""
+        b = self._require()
+        b.ring_buffer_consume()
+        self._sweep(final=True)
+        return self._drain()
+
+    def _drain(self) -> bytes:
+        if not self._pending:
+            return b""
+        buf = bytearray(b"".join(self._pending))
+        self._pending.clear()
+        if len(buf) % self.record_size:
+            raise XdpError(f"ring buffer gave {len(buf)} bytes, not whole flow records")
+        arr = np.frombuffer(buf, dtype=self._ts_dtype)
+        off = np.uint64(self.clock_offset_ns)
+        for name in self._ts_dtype.names or ():
+            col = arr[name]
+            col[col != 0] += off
+        return bytes(buf)
+
+    def _walk_keys(self, final: bool, now_ns: int) -> list[bytes]:
+        """Keys of the flows to remove: idle ones, or all of them when final."""
+        keys: list[bytes] = []
+        ksz = ct.sizeof(self._key_t)
+        for n in sys_bpf.lookup_batches(self._flows_fd, self._keys_buf, self._states_buf):
+            raw_keys = ct.string_at(ct.addressof(self._keys_buf), n * ksz)
+            if final:
+                pick = np.arange(n)
+            else:
+                st = np.frombuffer(self._states_buf, dtype=self._state_view, count=n)
+                last = st["last"].astype(np.int64)
+                pick = np.flatnonzero(now_ns - last >= self.idle_timeout_ns)
+            keys.extend(raw_keys[i * ksz : (i + 1) * ksz] for i in pick)
+        return keys
+
+    def _sweep(self, final: bool) -> None:
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        key, state = self._key_t(), self._state_t()
+        for raw in self._walk_keys(final, now):
+            ct.memmove(ct.addressof(key), raw, len(raw))
+            if not sys_bpf.lookup_and_delete(self._flows_fd, key, state):
+                continue  # the program exported it meanwhile
+            if final:
+                reason = _C["MLD_END_CAPTURE_END"]
+            else:
+                if now - state.last_ts_ns < self.idle_timeout_ns:
+                    # A packet arrived between the walk and the delete: put the flow back.
+                    try:
+                        sys_bpf.update(self._flows_fd, key, state, sys_bpf.BPF_NOEXIST)
+                        continue
+                    except OSError:
+                        self._sweep_races += 1  # a newer entry exists: export this one
+                # mld_idle_reason()
+                both = (state.flags & _FIN_BOTH) == _FIN_BOTH
+                reason = _C["MLD_END_FIN"] if both else _C["MLD_END_IDLE_TIMEOUT"]
+            rec = bytearray(self.record_size)
+            rec[self._key_off : self._key_off + len(raw)] = raw
+            so = self._state_off
+            rec[so : so + ct.sizeof(state)] = ct.string_at(ct.addressof(state), ct.sizeof(state))
+            rec[so + self._reason_off] = reason
+            self._pending.append(bytes(rec))
+            if final:
+                self._flushed += 1
+            else:
+                self._swept += 1
+
+    # ---- introspection ------------------------------------------------------------------
+
+    @property
+    def event_type(self) -> Any:
+        """BCC's ctypes class for struct mld_flow_event (fields ``key`` and ``state``)."""
+        self._require()
+        return self._event_t
+
+    def decode(self, buf: bytes) -> list[Any]:
+        """Split poll()/flush() output into event_type instances (for tests and debugging)."""
+        size = self.record_size
+        return [self._event_t.from_buffer_copy(buf, i) for i in range(0, len(buf), size)]
+
+    def live_flows(self) -> int:
+        """Entries in the flow table now."""
+        self._require()
+        return sum(sys_bpf.lookup_batches(self._flows_fd, self._keys_buf, self._states_buf))
+
+    def stats(self) -> dict[str, int]:
+        """Per-CPU counters summed (struct mld_xdp_stats) plus user-space figures.
+
+        Adds live_flows, swept (idle exports by the sweep), flushed, sweep_races and
+        evicted_estimate = flows_created - flows_exported - swept - flushed - live_flows
+        (flows the full LRU table dropped without export; approximate while traffic runs).
+        """
+        b = self._require()
+        table = b["stats"]
+        per_cpu = table.getvalue(table.Key(0))
+        out = {
+            name: sum(int(getattr(c, name)) for c in per_cpu) for name, _ in table.sLeaf._fields_
+        }
+        out["live_flows"] = self.live_flows()
+        out["swept"] = self._swept
+        out["flushed"] = self._flushed
+        out["sweep_races"] = self._sweep_races
+        gone = out["flows_exported"] + self._swept + self._flushed + out["live_flows"]
+        out["evicted_estimate"] = max(0, out["flows_created"] - gone)
+        return out
+
+    def blocklist(self) -> Blocklist:
+        """The pinned blocklist this program enforces (close it when done)."""
+        return Blocklist(self.pin_dir)
+
+
+def _realtime_minus_monotonic() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC in ns, from the tightest of a few samples."""
+    best: tuple[int, int] | None = None
+    for _ in range(5):
+        r1 = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        m = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        r2 = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        if best is None or r2 - r1 < best[0]:
+            best = (r2 - r1, (r1 + r2) // 2 - m)
+    assert best is not None
+    return best[1]
+
+
+# ---- SIGTERM ---------------------------------------------------------------------------
+
+_deferred_sigterm = False
+_CALLBACK_NAMES = {FlowMonitor._on_event.__code__.co_name, "ringbuf_cb_"}
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _deferred_sigterm
+    f = frame
+    while f is not None:
+        # An exception raised inside a ctypes callback would be printed and dropped: note
+        # the signal instead, and poll() raises it once the C call has returned.
+        if f.f_code.co_name in _CALLBACK_NAMES:
+            _deferred_sigterm = True
+            return
+        f = f.f_back
+    raise SystemExit(128 + signum)
+
+
+def _raise_deferred_sigterm() -> None:
+    global _deferred_sigterm
+    if _deferred_sigterm:
+        _deferred_sigterm = False
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143) so ``finally: mon.close()`` detaches the program.
+
+    Call it from the main thread before attach(). Without it SIGTERM kills the process and
+    the XDP program stays attached (the kernel keeps netlink-attached programs).
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
