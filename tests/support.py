@@ -105,3 +105,60 @@ def netns_pair() -> Iterator[NetnsPair]:
         # Deleting a namespace destroys its veth end and any XDP program attached to it.
         for ns in (pair.ns_a, pair.ns_b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+@dataclass(frozen=True)
+class NetnsRouter:
+    """Three namespaces a ─ r ─ b: r forwards between its two veths ``r_a`` and ``r_b``."""
+
+    ns_a: str
+    ns_r: str
+    ns_b: str
+    r_a: str
+    r_b: str
+    addr_a: str
+    addr_b: str
+
+    def run(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+@pytest.fixture
+def netns_router() -> Iterator[NetnsRouter]:
+    """a (192.0.2.1) ─ r ─ b (198.51.100.1), r routes; removed even if the test fails.
+
+    TSO/GSO/GRO are off everywhere so XDP on r sees every packet as it was sent.
+    """
+    require_root_and("ip", "ethtool", "sysctl")
+    tag = uuid.uuid4().hex[:6]
+    t = NetnsRouter(
+        ns_a=f"mldt-ra-{tag}",
+        ns_r=f"mldt-rr-{tag}",
+        ns_b=f"mldt-rb-{tag}",
+        r_a=f"mra{tag}",
+        r_b=f"mrb{tag}",
+        addr_a="192.0.2.1",
+        addr_b="198.51.100.1",
+    )
+    try:
+        for ns in (t.ns_a, t.ns_r, t.ns_b):
+            sh("ip", "netns", "add", ns)
+            t.run(ns, "ip", "link", "set", "lo", "up")
+        plan = (
+            (t.ns_a, f"mha{tag}", t.r_a, t.addr_a, "192.0.2.254"),
+            (t.ns_b, f"mhb{tag}", t.r_b, t.addr_b, "198.51.100.254"),
+        )
+        for ns, dev, rdev, addr, gw in plan:
+            sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", rdev,
+               "netns", t.ns_r)  # fmt: skip
+            for n, d, a in ((ns, dev, addr), (t.ns_r, rdev, gw)):
+                t.run(n, "ip", "addr", "add", f"{a}/24", "dev", d)
+                t.run(n, "ip", "link", "set", d, "up")
+                t.run(n, "ethtool", "-K", d, "tso", "off", "gso", "off", "gro", "off")
+            t.run(ns, "ip", "route", "add", "default", "via", gw)
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
+        yield t
+    finally:
+        for ns in (t.ns_a, t.ns_r, t.ns_b):
+            sh("ip", "netns", "del", ns, check=False)

@@ -1,0 +1,91 @@
+"""Runs a FlowMonitor inside a test's network namespace until SIGTERM.
+
+Started by tests/xdp with ``nsenter --net=/run/netns/NS`` (network namespace only, so the
+host's bpffs and its pins stay visible). Writes, as they arrive:
+  --out     the raw records poll()/flush() returned (struct mld_flow_event each);
+  --json    one JSON object per record, decoded with BCC's ctypes type for the event;
+  --ready   the attach modes, once attached;
+  --stats   the monitor's counters, at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from xdp import FlowMonitor
+from xdp.monitor import raise_on_sigterm
+
+
+def as_python(obj: Any) -> Any:
+    """A ctypes struct/array from BCC's types as dicts, lists and ints (bytes as hex)."""
+    if isinstance(obj, ct.Structure):
+        return {f[0]: as_python(getattr(obj, f[0])) for f in obj._fields_}
+    if isinstance(obj, ct.Array):
+        if obj._type_ is ct.c_ubyte or obj._type_ is ct.c_uint8:
+            return bytes(obj).hex()
+        return [as_python(x) for x in obj]
+    return obj
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--iface", action="append", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--ready", type=Path, required=True)
+    p.add_argument("--stats", type=Path, required=True)
+    p.add_argument("--pin-dir", required=True)
+    p.add_argument("--idle", type=float, default=30.0)
+    p.add_argument("--active", type=float, default=300.0)
+    p.add_argument("--sweep", type=float, default=0.2)
+    p.add_argument("--mode", default="auto")
+    p.add_argument("--max-flows", type=int, default=1024)
+    p.add_argument("--no-flush", action="store_true")
+    a = p.parse_args()
+
+    raise_on_sigterm()
+    mon = FlowMonitor(
+        a.iface,
+        idle_timeout_s=a.idle,
+        active_timeout_s=a.active,
+        max_flows=a.max_flows,
+        ringbuf_pages=64,
+        mode=a.mode,
+        sweep_interval_s=a.sweep,
+        pin_dir=a.pin_dir,
+    )
+    with a.out.open("wb") as out, a.json.open("w") as js:
+
+        def write(buf: bytes, phase: str) -> None:
+            out.write(buf)
+            out.flush()
+            for ev in mon.decode(buf):
+                js.write(json.dumps({"phase": phase, **as_python(ev)}) + "\n")
+            js.flush()
+
+        try:
+            mon.attach()
+            a.ready.write_text(json.dumps({"modes": mon.modes, "size": mon.record_size}))
+            while True:
+                write(mon.poll(100), "poll")
+                a.stats.write_text(json.dumps(mon.stats()))
+        except (SystemExit, KeyboardInterrupt):
+            pass
+        finally:
+            try:
+                write(mon.poll(0), "poll")
+                if not a.no_flush:
+                    write(mon.flush(), "flush")
+                a.stats.write_text(json.dumps(mon.stats()))
+            finally:
+                mon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
