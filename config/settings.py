@@ -16,6 +16,7 @@ from typing import Literal
 
 from config.loader import build, load_yaml
 from crypto_transport.config import TransportConfig
+from sniffer.config import SnifferConfig
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -57,6 +58,7 @@ class MldConfig:
     node: NodeConfig = field(default_factory=NodeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    sniffer: SnifferConfig = field(default_factory=SnifferConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

@@ -1,0 +1,57 @@
+"""The sniffer: capture sources -> flow records -> source context -> fast rules -> publisher.
+
+Public API::
+
+    SnifferConfig, CaptureConfig, ContextConfig, FastRulesConfig, PublishConfig   settings
+    flow_columns, encode_records, FlowColumns     events array -> FlowRecord columns, bytes
+    SourceContextTracker                          per-source sliding windows (SourceContext)
+    FastRules, FastScores, RULES, ramp            the fast detector
+    FlowPipeline, ProcessedFlows                  the three steps above, in order
+    PcapSource, XdpSource, FlowSource             capture sources
+    FlowPublisher                                 encrypted FlowBatch sender
+    SnifferService                                the long-running loop
+
+The ``mld sniff`` and ``mld flows`` commands live in ``sniffer.cli``.
+"""
+
+from __future__ import annotations
+
+from sniffer.config import (
+    CaptureConfig,
+    ContextConfig,
+    FastRulesConfig,
+    PublishConfig,
+    SnifferConfig,
+)
+from sniffer.fast_rules import RULES, FastRules, FastScores, ramp
+from sniffer.pipeline import FlowPipeline, ProcessedFlows
+from sniffer.publisher import FlowPublisher
+from sniffer.records import FlowColumns, encode_records, flow_columns
+from sniffer.service import SnifferService
+from sniffer.source_context import SourceContextTracker
+from sniffer.sources import CaptureSourceError, FlowSource, PcapSource, RejectedFile, XdpSource
+
+__all__ = [
+    "RULES",
+    "CaptureConfig",
+    "CaptureSourceError",
+    "ContextConfig",
+    "FastRules",
+    "FastRulesConfig",
+    "FastScores",
+    "FlowColumns",
+    "FlowPipeline",
+    "FlowPublisher",
+    "FlowSource",
+    "PcapSource",
+    "ProcessedFlows",
+    "PublishConfig",
+    "RejectedFile",
+    "SnifferConfig",
+    "SnifferService",
+    "SourceContextTracker",
+    "XdpSource",
+    "encode_records",
+    "flow_columns",
+    "ramp",
+]

@@ -1,0 +1,128 @@
+"""Typed settings of the sniffer (the ``sniffer`` section of mld.yaml).
+
+Four parts, one per stage of the sniffer's pipeline: ``capture`` (flow engine and XDP),
+``context`` (per-source sliding windows), ``rules`` (fast detector thresholds) and
+``publish`` (where flow batches go). Every default is written, commented, in
+config/mld.yaml; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "CaptureConfig",
+    "ContextConfig",
+    "FastRulesConfig",
+    "PublishConfig",
+    "SnifferConfig",
+]
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    # A flow with no packet for this long is exported (END_REASON_IDLE_TIMEOUT), in seconds.
+    idle_timeout_s: float = 30.0
+    # A flow older than this is exported and continues as a new record, in seconds (< 3600).
+    active_timeout_s: float = 300.0
+    # Flows held at once; past it the oldest are exported early (END_REASON_EVICTED).
+    max_flows: int = 262144
+    # Offline engine: flow events handed over per batch.
+    batch_size: int = 4096
+    # XDP ring buffer size, in pages (a power of two).
+    ringbuf_pages: int = 256
+    # XDP attach mode: auto (native, falling back to generic), native or generic.
+    xdp_mode: Literal["auto", "native", "generic"] = "auto"
+    # How often the XDP flow table is swept for idle and old flows, in seconds.
+    sweep_interval_s: float = 1.0
+    # Longest wait for ring-buffer events in one poll, in milliseconds.
+    poll_timeout_ms: int = 200
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    # Length of the per-source sliding window (SourceContext.window_s), in seconds.
+    window_s: float = 60.0
+    # Sources (and, for the fast rules, destinations) tracked at once; past it the one
+    # updated least recently is forgotten.
+    max_keys: int = 65536
+    # Flows remembered per source within the window; past it the oldest are forgotten, so
+    # counts under a heavier load are lower bounds.
+    max_entries_per_key: int = 8192
+    # Flows remembered over all sources; past it whole least recently updated sources are
+    # forgotten. Bounds memory (about 200 bytes per flow).
+    max_entries: int = 1000000
+
+
+@dataclass(frozen=True)
+class FastRulesConfig:
+    # Each rule's score ramps linearly from 0 at its *_low value to 1 at its *_high value.
+    # syn_flood: SYN-only flows (SYN sent, no ACK) toward one destination, per second.
+    syn_flood_low: float = 10.0
+    syn_flood_high: float = 100.0
+    # port_scan: distinct destination ports one source contacted within the window.
+    port_scan_low: float = 16.0
+    port_scan_high: float = 128.0
+    # host_sweep: distinct destination addresses one source contacted within the window.
+    host_sweep_low: float = 32.0
+    host_sweep_high: float = 256.0
+    # udp_flood: UDP packets toward one destination, per second.
+    udp_flood_low: float = 1000.0
+    udp_flood_high: float = 10000.0
+    # amplification (reported as udp_flood): unsolicited or amplified responses from
+    # reflection ports toward one destination within the window, in flows.
+    amplification_low: float = 20.0
+    amplification_high: float = 200.0
+    # A response counts as amplified when the responder sent this many times the bytes
+    # the requester sent.
+    amplification_ratio: float = 10.0
+    # UDP ports of known reflection services (CERT TA14-017A and later vectors).
+    amplification_ports: tuple[int, ...] = (
+        17, 19, 53, 69, 111, 123, 137, 161, 389, 500, 520, 1900, 3283, 3702,
+        4500, 5353, 5683, 10001, 11211, 27015, 27960, 47808,
+    )  # fmt: skip
+    # dns_tunnel: mean query name length, in characters ...
+    dns_len_low: float = 40.0
+    dns_len_high: float = 100.0
+    # ... DNS queries from the source per second ...
+    dns_rate_low: float = 0.5
+    dns_rate_high: float = 5.0
+    # ... and mean name entropy, in bits per character.
+    dns_entropy_low: float = 3.5
+    dns_entropy_high: float = 4.5
+    # brute_force: short flows from one source to one service (address and port) within
+    # the window.
+    brute_force_low: float = 10.0
+    brute_force_high: float = 60.0
+    # A flow is short when the initiator sent at most this many packets.
+    brute_force_max_packets: int = 64
+    # Login services watched for brute force (80/443 are left out: browsers open many
+    # short connections to one web server).
+    brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    # Send flow batches to the detector; false runs capture and fast rules only.
+    enabled: bool = True
+    # ZeroMQ endpoint of the detector's flow channel.
+    endpoint: str = "tcp://127.0.0.1:5571"
+    # push (one detector) or pub (several subscribers).
+    pattern: Literal["push", "pub"] = "push"
+    # Bind the endpoint instead of connecting to it (default: PUB binds, PUSH connects).
+    bind: bool | None = None
+    # Channel name bound into every frame; the detector must use the same one.
+    channel: str = "flows"
+    # Peer ids (keys of transport.peers) the batches are sealed for.
+    recipients: tuple[str, ...] = ("detector",)
+    # Sensor id sent in every FlowBatch; empty means: node.id, else the host name.
+    sensor_id: str = ""
+
+
+@dataclass(frozen=True)
+class SnifferConfig:
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    rules: FastRulesConfig = field(default_factory=FastRulesConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)

@@ -1,0 +1,305 @@
+"""Flow events (``struct mld_flow_event`` as a NumPy array) -> FlowRecord fields and bytes.
+
+Both capture engines hand over arrays of ``native.EVENT_DTYPE``. :func:`flow_columns` turns
+one such array into :class:`FlowColumns`, every FlowRecord field as a NumPy column, with
+whole-array arithmetic; the context and fast-rule stages read those columns, and
+:func:`encode_records` then serializes one FlowRecord per row. Conversions (the units are
+those of proto/events.proto):
+
+* **Direction.** The key orders its endpoints ("lo" < "hi"); ``flags & MLD_F_INITIATOR_LO``
+  says whether the initiator is lo. src/dst address and port are picked from that flag. The
+  per-direction counters are already initiator-first (``fwd_*``) in the event.
+* **Addresses.** IPv4 is stored IPv4-mapped (``::ffff:a.b.c.d``); the record carries the 4
+  trailing bytes for ip_version 4 and all 16 for 6.
+* **ICMP/ICMPv6.** The key's ports are 0; src_port is the ICMP type of the first packet and
+  dst_port its code, as Zeek's conn.log does.
+* **Packet lengths.** ``pkt_len_mean = bytes / packets``; ``pkt_len_std`` is the population
+  standard deviation ``sqrt(len_sumsq / packets - mean^2)``, a variance made slightly
+  negative by rounding clamped to 0. Both 0 without packets.
+* **Gaps.** ``packets - 1`` gaps per direction. ``iat_mean_us = iat_sum_ns / gaps / 1000``;
+  the engine sums squares of ``gap_ns >> 10`` (units of 1.024 us), so
+  ``var_us2 = iat_sumsq * 1.024^2 / gaps - mean_us^2`` (clamped at 0; the shift truncates
+  each gap by under 1.024 us, which biases the std low by at most about that much).
+  min/max are ``iat_min_ns / 1000`` and ``iat_max_ns / 1000``. All four are 0 with fewer
+  than two packets.
+* **DNS.** The engine keeps, per flow, the wire length of the first query name, the sum
+  of all query names' wire lengths and the first 48 bytes of the first name. A wire name
+  ``3www6google3com0`` (16 bytes) is the dotted ``www.google.com`` (14 characters), so a
+  name's length in characters is its wire length minus 2. The first name is decoded from
+  its labels for its Shannon entropy (bits per character of the dotted name, over the at
+  most 48 stored bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import native
+from proto.events_pb2 import DirectionStats, FlowRecord, SourceContext
+
+__all__ = [
+    "CONTEXT_FIELDS",
+    "DIRECTION_FIELDS",
+    "Array",
+    "FlowColumns",
+    "decode_qname",
+    "encode_records",
+    "flow_columns",
+    "shannon_entropy",
+]
+
+MLD_F_INITIATOR_LO = 0x01  # xdp/flow.h
+PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
+_IAT_UNIT_US = 1.024  # one unit of iat_sumsq's gaps: 1 << MLD_IAT_SQ_SHIFT ns, in us
+
+# DirectionStats fields, in proto order; FlowColumns holds "fwd_<name>" and "bwd_<name>".
+DIRECTION_FIELDS = (
+    "packets",
+    "bytes",
+    "payload_bytes",
+    "pkt_len_min",
+    "pkt_len_max",
+    "pkt_len_mean",
+    "pkt_len_std",
+    "iat_min_us",
+    "iat_max_us",
+    "iat_mean_us",
+    "iat_std_us",
+    "syn_count",
+    "fin_count",
+    "rst_count",
+    "psh_count",
+    "ack_count",
+    "urg_count",
+    "ece_count",
+    "cwr_count",
+    "init_window",
+)
+# Direction fields copied from the event unchanged: record name -> event name.
+_COPIED = {
+    "packets": "packets",
+    "bytes": "bytes",
+    "payload_bytes": "payload_bytes",
+    "pkt_len_min": "len_min",
+    "pkt_len_max": "len_max",
+    "syn_count": "syn",
+    "fin_count": "fin",
+    "rst_count": "rst",
+    "psh_count": "psh",
+    "ack_count": "ack",
+    "urg_count": "urg",
+    "ece_count": "ece",
+    "cwr_count": "cwr",
+    "init_window": "init_window",
+}
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class FlowColumns:
+    """FlowRecord fields of n flows as columns (``src_context`` and fast score excluded).
+
+    ``cols`` maps a FlowRecord scalar field name (``flow_id``, ``src_port``, ...) or
+    ``fwd_<DirectionStats field>`` / ``bwd_<...>`` to an array of length n. Addresses are
+    ``src_addr``/``dst_addr`` lists of 4- or 16-byte ``bytes``. ``dns_queries``,
+    ``dns_name_chars`` (summed over the flow's queries) and ``dns_entropy`` (of its first
+    name, 0 without queries) feed the source context.
+    """
+
+    observation_point: str
+    cols: dict[str, Array]
+    src_addr: list[bytes]
+    dst_addr: list[bytes]
+    dns_entropy: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.src_addr)
+
+    def __getitem__(self, name: str) -> Array:
+        return self.cols[name]
+
+
+def decode_qname(raw: bytes, wire_len: int) -> str:
+    """The dotted name of a DNS name in wire labels, from its first bytes (maybe truncated).
+
+    ``wire_len`` is the full wire length; labels cut off by the truncation are kept as far
+    as they were stored. Non-ASCII bytes are decoded as Latin-1, so every byte is one
+    character.
+    """
+    stop = min(len(raw), wire_len)
+    labels: list[str] = []
+    i = 0
+    while i < stop:
+        n = raw[i]
+        if n == 0 or n > 63:
+            break
+        labels.append(raw[i + 1 : min(i + 1 + n, stop)].decode("latin-1"))
+        i += n + 1
+    return ".".join(labels)
+
+
+def shannon_entropy(text: str) -> float:
+    """Shannon entropy of the characters of ``text``, in bits per character (0 if empty)."""
+    if not text:
+        return 0.0
+    total = len(text)
+    return -sum(c / total * math.log2(c / total) for c in Counter(text).values())
+
+
+def _addresses(raw: npt.NDArray[np.uint8], version: npt.NDArray[np.uint8]) -> list[bytes]:
+    """16-byte keys -> 4 bytes (the IPv4-mapped tail) for version 4, 16 bytes otherwise."""
+    blob = raw.tobytes()
+    v4 = (version == 4).tolist()
+    return [blob[16 * i + 12 : 16 * i + 16] if is4 else blob[16 * i : 16 * i + 16]
+            for i, is4 in enumerate(v4)]  # fmt: skip
+
+
+def _direction(ev: npt.NDArray[np.void], prefix: str, out: dict[str, Array]) -> None:
+    for name, src in _COPIED.items():
+        out[prefix + name] = ev[prefix + src]
+    packets = ev[prefix + "packets"].astype(np.float64)
+    nonzero = np.maximum(packets, 1.0)
+    mean = ev[prefix + "bytes"] / nonzero
+    var = ev[prefix + "len_sumsq"] / nonzero - mean * mean
+    out[prefix + "pkt_len_mean"] = mean
+    out[prefix + "pkt_len_std"] = np.sqrt(np.maximum(var, 0.0))
+    has_gaps = packets >= 2
+    gaps = np.maximum(packets - 1.0, 1.0)
+    iat_mean = ev[prefix + "iat_sum_ns"] / gaps / 1000.0
+    iat_var = ev[prefix + "iat_sumsq"] * (_IAT_UNIT_US * _IAT_UNIT_US) / gaps - iat_mean**2
+    out[prefix + "iat_mean_us"] = np.where(has_gaps, iat_mean, 0.0)
+    out[prefix + "iat_std_us"] = np.where(has_gaps, np.sqrt(np.maximum(iat_var, 0.0)), 0.0)
+    out[prefix + "iat_min_us"] = np.where(has_gaps, ev[prefix + "iat_min_ns"] / 1000.0, 0.0)
+    out[prefix + "iat_max_us"] = np.where(has_gaps, ev[prefix + "iat_max_ns"] / 1000.0, 0.0)
+
+
+def flow_columns(events: npt.NDArray[np.void], observation_point: str) -> FlowColumns:
+    """Every FlowRecord field of ``events`` (an array of ``native.EVENT_DTYPE``)."""
+    if events.dtype != native.EVENT_DTYPE:
+        raise TypeError(f"expected an array of native.EVENT_DTYPE, got {events.dtype}")
+    ev = events
+    lo_is_src = (ev["flags"] & MLD_F_INITIATOR_LO) != 0
+    proto = ev["protocol"]
+    icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+    version = ev["ip_version"]
+    src_raw = np.where(lo_is_src[:, None], ev["addr_lo"], ev["addr_hi"])
+    dst_raw = np.where(lo_is_src[:, None], ev["addr_hi"], ev["addr_lo"])
+    src_port = np.where(lo_is_src, ev["port_lo"], ev["port_hi"]).astype(np.uint32)
+    dst_port = np.where(lo_is_src, ev["port_hi"], ev["port_lo"]).astype(np.uint32)
+    cols: dict[str, Array] = {
+        "flow_id": native.flow_ids(ev),
+        "ip_version": version,
+        "src_port": np.where(icmp, ev["icmp_type"], src_port),
+        "dst_port": np.where(icmp, ev["icmp_code"], dst_port),
+        "protocol": proto,
+        "first_ts_ns": ev["first_ts_ns"],
+        "last_ts_ns": ev["last_ts_ns"],
+        "end_reason": ev["end_reason"],
+        "vlan_id": ev["vlan_id"],
+        "dns_queries": ev["dns_queries"],
+        # Dotted length = wire length - 2 per name (see the module docstring).
+        "dns_name_chars": np.maximum(
+            ev["dns_qname_len_sum"].astype(np.int64) - 2 * ev["dns_queries"].astype(np.int64),
+            0,
+        ),
+    }
+    _direction(ev, "fwd_", cols)
+    _direction(ev, "bwd_", cols)
+    entropy = np.zeros(len(ev), dtype=np.float64)
+    for i in np.flatnonzero(ev["dns_queries"]).tolist():
+        name = decode_qname(ev["dns_qname"][i].tobytes(), int(ev["dns_qname_len"][i]))
+        entropy[i] = shannon_entropy(name)
+    return FlowColumns(
+        observation_point=observation_point,
+        cols=cols,
+        src_addr=_addresses(src_raw, version),
+        dst_addr=_addresses(dst_raw, version),
+        dns_entropy=entropy,
+    )
+
+
+CONTEXT_FIELDS = (
+    "window_s",
+    "distinct_dst_addrs",
+    "distinct_dst_ports",
+    "syn_without_ack_ratio",
+    "flows_per_s",
+    "dns_query_rate",
+    "dns_qname_mean_len",
+    "dns_qname_entropy",
+)
+_SCALARS = (
+    "flow_id",
+    "ip_version",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "first_ts_ns",
+    "last_ts_ns",
+    "end_reason",
+    "vlan_id",
+)
+
+
+def encode_records(
+    flows: FlowColumns,
+    context: dict[str, Array] | None = None,
+    fast_score: Array | None = None,
+    fast_rule: list[str] | None = None,
+) -> list[bytes]:
+    """One serialized FlowRecord per flow.
+
+    ``context`` maps each SourceContext field name to a column (from
+    ``SourceContextTracker``); ``fast_score``/``fast_rule`` come from ``FastRules``.
+    Columns become Python lists first (one C loop each), so the per-record work is
+    building the message and serializing it.
+    """
+    n = len(flows)
+    scalars = zip(*(flows[name].tolist() for name in _SCALARS), strict=True)
+    fwd = zip(*(flows["fwd_" + name].tolist() for name in DIRECTION_FIELDS), strict=True)
+    bwd = zip(*(flows["bwd_" + name].tolist() for name in DIRECTION_FIELDS), strict=True)
+    scores = fast_score.tolist() if fast_score is not None else [0.0] * n
+    rules = fast_rule if fast_rule is not None else [""] * n
+    if context is not None:
+        ctx: Iterable[tuple[object, ...] | None] = zip(
+            *(context[name].tolist() for name in CONTEXT_FIELDS), strict=True
+        )
+    else:
+        ctx = [None] * n
+    obs = flows.observation_point
+    out: list[bytes] = []
+    append = out.append
+    names = DIRECTION_FIELDS
+    rows = zip(scalars, flows.src_addr, flows.dst_addr, fwd, bwd, ctx, scores, rules, strict=True)
+    for sc, src, dst, f, b, c, score, rule in rows:
+        record = FlowRecord(
+            flow_id=sc[0],
+            ip_version=sc[1],
+            src_addr=src,
+            dst_addr=dst,
+            src_port=sc[2],
+            dst_port=sc[3],
+            protocol=sc[4],
+            first_ts_ns=sc[5],
+            last_ts_ns=sc[6],
+            end_reason=sc[7],
+            fwd=DirectionStats(**dict(zip(names, f, strict=True))),
+            bwd=DirectionStats(**dict(zip(names, b, strict=True))),
+            src_context=SourceContext(**dict(zip(CONTEXT_FIELDS, c, strict=True)))
+            if c is not None
+            else None,
+            observation_point=obs,
+            vlan_id=sc[8],
+            fast_score=score,
+            fast_rule=rule,
+        )
+        append(record.SerializeToString())
+    return out

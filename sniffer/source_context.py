@@ -1,0 +1,88 @@
+"""SourceContext: how each record's source (initiator) address behaved over a recent window.
+
+For every record, in export order, the tracker adds the flow to its source's sliding window
+(see ``sliding_window.py``: time is the records' ``last_ts_ns``, memory is capped) and
+reads the window back, so a record's context covers the flows of its source exported up
+to and including itself within ``window_s`` before its ``last_ts_ns``. The fields
+(proto/events.proto, SourceContext):
+
+* ``distinct_dst_addrs`` / ``distinct_dst_ports``: distinct responder addresses / ports
+  (ICMP type/code are not ports and are left out of the port count);
+* ``syn_without_ack_ratio``: the source's TCP flows that sent a SYN and never an ACK
+  (``fwd_syn > 0 and fwd_ack == 0``) over its TCP flows; 0 without TCP flows;
+* ``flows_per_s``: flows in the window / ``window_s``;
+* ``dns_query_rate``: DNS queries the source sent / ``window_s``;
+* ``dns_qname_mean_len``: characters of the dotted names (wire length - 2 each, see
+  ``records.py``) over the number of queries;
+* ``dns_qname_entropy``: mean over the window's DNS flows of their first name's entropy
+  (the engine keeps one name per flow), in bits per character.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sniffer.config import ContextConfig
+from sniffer.records import CONTEXT_FIELDS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Array, FlowColumns
+from sniffer.sliding_window import SlidingWindows
+
+__all__ = ["CONTEXT_FIELDS", "SourceContextTracker"]
+
+# Window sums, by index.
+_TCP, _SYN_NO_ACK, _DNS_QUERIES, _DNS_CHARS, _DNS_FLOWS, _DNS_ENTROPY = range(6)
+_ADDR, _PORT = 0, 1
+
+
+class SourceContextTracker:
+    """Per-source sliding windows; :meth:`update` gives the SourceContext of each record."""
+
+    def __init__(self, config: ContextConfig) -> None:
+        self.window_s = config.window_s
+        self.windows = SlidingWindows(
+            window_s=config.window_s,
+            n_sums=6,
+            n_distinct=2,
+            max_keys=config.max_keys,
+            max_entries_per_key=config.max_entries_per_key,
+            max_entries=config.max_entries,
+        )
+
+    def update(self, flows: FlowColumns) -> dict[str, Array]:
+        """Add ``flows`` in order; return their SourceContext fields as columns."""
+        n = len(flows)
+        proto = flows["protocol"]
+        is_tcp = proto == PROTO_TCP
+        syn_no_ack = is_tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
+        has_port = (proto != PROTO_ICMP) & (proto != PROTO_ICMPV6)
+        queries = flows["dns_queries"].astype(np.float64)
+        sums = zip(
+            is_tcp.astype(np.float64).tolist(),
+            syn_no_ack.astype(np.float64).tolist(),
+            queries.tolist(),
+            flows["dns_name_chars"].astype(np.float64).tolist(),
+            (queries > 0).astype(np.float64).tolist(),
+            flows.dns_entropy.tolist(),
+            strict=True,
+        )
+        ports = np.where(has_port, flows["dst_port"].astype(np.int64), -1).tolist()
+        out = np.zeros((n, len(CONTEXT_FIELDS)), dtype=np.float64)
+        rate = 1.0 / self.window_s
+        rows = zip(
+            flows.src_addr, flows.dst_addr, ports, flows["last_ts_ns"].tolist(), sums, strict=True
+        )
+        for i, (src, dst, port, ts, row_sums) in enumerate(rows):
+            win = self.windows.add(src, ts, row_sums, (dst, port))
+            s = win.sums
+            distinct_ports = win.distinct_count(_PORT) - (1 if -1 in win.distinct[_PORT] else 0)
+            out[i, 1] = win.distinct_count(_ADDR)
+            out[i, 2] = distinct_ports
+            out[i, 3] = s[_SYN_NO_ACK] / s[_TCP] if s[_TCP] >= 1 else 0.0
+            out[i, 4] = win.count * rate
+            out[i, 5] = s[_DNS_QUERIES] * rate
+            out[i, 6] = s[_DNS_CHARS] / s[_DNS_QUERIES] if s[_DNS_QUERIES] >= 1 else 0.0
+            out[i, 7] = s[_DNS_ENTROPY] / s[_DNS_FLOWS] if s[_DNS_FLOWS] >= 1 else 0.0
+        out[:, 0] = self.window_s
+        cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}
+        cols["distinct_dst_addrs"] = out[:, 1].astype(np.uint32)
+        cols["distinct_dst_ports"] = out[:, 2].astype(np.uint32)
+        return cols

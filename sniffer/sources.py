@@ -1,0 +1,195 @@
+"""Capture sources: where flow events come from, behind one interface.
+
+A source yields ``(events, observation_point)`` pairs, ``events`` an array of
+``native.EVENT_DTYPE`` and ``observation_point`` the interface or capture file name that
+goes into FlowRecord.observation_point. ``flush()`` returns the flows still open (end
+reason CAPTURE_END) once the caller stops iterating, whether the input ended or the
+process is shutting down. ``stats()`` gives counters.
+
+* :class:`PcapSource` reads capture files with the offline engine (native/). A folder is
+  read in sorted name order through one engine, so flows continue across rotated files.
+  A file the engine cannot read (unsupported link type, corrupt or truncated) is logged
+  with its name (and the byte offset, for a mid-file failure), counted in ``rejected``,
+  and skipped; flows read before the failure are kept, and the next file is read.
+* :class:`XdpSource` polls the XDP program's ring buffer (xdp.FlowMonitor). ``xdp`` (BCC)
+  is imported only when such a source is made, so offline use needs no BCC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+import native
+from mld.errors import MldError
+from sniffer.config import CaptureConfig
+
+__all__ = ["CaptureSourceError", "FlowSource", "PcapSource", "RejectedFile", "XdpSource"]
+
+log = logging.getLogger(__name__)
+
+Events = npt.NDArray[np.void]
+
+
+class CaptureSourceError(MldError):
+    """A capture source cannot start (no such file or folder, no capture files in it)."""
+
+
+class FlowSource(Protocol):
+    """What the sniffer service reads flow events from."""
+
+    def batches(self) -> Iterator[tuple[Events, str]]: ...
+
+    def flush(self) -> list[tuple[Events, str]]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class RejectedFile:
+    """A capture file the engine could not read (whole or in part), and why."""
+
+    def __init__(self, path: str, reason: str, message: str) -> None:
+        self.path = path
+        self.reason = reason  # "unsupported_link_type" or "corrupt"
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"RejectedFile({self.path!r}, {self.reason!r})"
+
+
+_CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz")
+
+
+def capture_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to read: each file as given, each folder's capture files sorted by name."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.name.endswith(_CAPTURE_SUFFIXES)
+            )
+            if not found:
+                raise CaptureSourceError(
+                    f"{p} holds no capture files (*.pcap, *.pcapng, *.cap); pass a file or "
+                    "another folder"
+                )
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise CaptureSourceError(f"{p} does not exist: pass a capture file or a folder")
+    return files
+
+
+class PcapSource:
+    """Flow events from capture files, read in order through one offline engine."""
+
+    def __init__(self, paths: Sequence[str | Path], capture: CaptureConfig) -> None:
+        self.files = capture_files(paths)
+        self.rejected: list[RejectedFile] = []
+        self.files_read = 0
+        self.bytes_total = sum(f.stat().st_size for f in self.files)
+        self.bytes_done = 0
+        self._last_obs = self.files[0].name if self.files else ""
+        self._engine = native.FlowEngine(
+            capture.idle_timeout_s,
+            capture.active_timeout_s,
+            capture.max_flows,
+            capture.batch_size,
+        )
+
+    def batches(self) -> Iterator[tuple[Events, str]]:
+        for path in self.files:
+            obs = self._last_obs = path.name
+            try:
+                for events in self._engine.feed_file(str(path)):
+                    yield events, obs
+            except native.UnsupportedLinkType as exc:
+                self._reject(path, "unsupported_link_type", exc)
+            except native.CaptureError as exc:
+                self._reject(path, "corrupt", exc)
+            else:
+                self.files_read += 1
+            self.bytes_done += path.stat().st_size
+
+    def _reject(self, path: Path, reason: str, exc: Exception) -> None:
+        self.rejected.append(RejectedFile(str(path), reason, str(exc)))
+        what = "skipped" if reason == "unsupported_link_type" else "read up to the error"
+        log.warning("%s (%s); continuing with the next file", exc, what)
+
+    def flush(self) -> list[tuple[Events, str]]:
+        events = self._engine.finish()
+        return [(events, self._last_obs)] if len(events) else []
+
+    def stats(self) -> dict[str, int]:
+        out = {k: int(v) for k, v in dict(self._engine.stats).items()}
+        out["files_read"] = self.files_read
+        out["files_rejected"] = len(self.rejected)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: the engine is freed with the source."""
+
+
+class XdpSource:
+    """Flow events from the XDP program on live interfaces (needs root and BCC)."""
+
+    def __init__(self, ifaces: Sequence[str], capture: CaptureConfig) -> None:
+        import xdp  # BCC: only live capture needs it
+
+        self.ifaces = list(ifaces)
+        self._obs = ",".join(self.ifaces)
+        self._poll_ms = capture.poll_timeout_ms
+        self._dtype = native.EVENT_DTYPE
+        self._xdp: Any = xdp
+        self._monitor: Any = xdp.FlowMonitor(
+            self.ifaces,
+            idle_timeout_s=capture.idle_timeout_s,
+            active_timeout_s=capture.active_timeout_s,
+            max_flows=capture.max_flows,
+            ringbuf_pages=capture.ringbuf_pages,
+            mode=capture.xdp_mode,
+            sweep_interval_s=capture.sweep_interval_s,
+        )
+        self._stopping = False
+
+    def open(self) -> XdpSource:
+        """SIGTERM becomes SystemExit (so the program is detached), then attach."""
+        self._xdp.raise_on_sigterm()
+        self._monitor.attach()
+        log.info("XDP attached: %s", self._monitor.modes)
+        return self
+
+    @property
+    def modes(self) -> dict[str, str]:
+        return dict(self._monitor.modes)
+
+    def stop(self) -> None:
+        """Make :meth:`batches` return after its current poll."""
+        self._stopping = True
+
+    def _decode(self, buf: bytes) -> Events:
+        return np.frombuffer(buf, dtype=self._dtype).copy()
+
+    def batches(self) -> Iterator[tuple[Events, str]]:
+        while not self._stopping:
+            buf = self._monitor.poll(self._poll_ms)
+            if buf:
+                yield self._decode(buf), self._obs
+
+    def flush(self) -> list[tuple[Events, str]]:
+        buf = self._monitor.flush()
+        return [(self._decode(buf), self._obs)] if buf else []
+
+    def stats(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self._monitor.stats().items()}
+
+    def close(self) -> None:
+        self._monitor.close()
