@@ -17,6 +17,7 @@ from config import load_config, resolve_config_path, to_dict
 from crypto_transport import KeyPair
 from mld import __version__
 from mld.errors import KeyFileError, MldError
+from sniffer.cli import register as register_sniffer
 
 __all__ = ["main"]
 
@@ -32,6 +33,8 @@ examples:
   mld config show                              the effective configuration
   mld config show --json --config ./mld.yaml   ... of a given file, as JSON
   mld config check /etc/mld/mld.yaml           validate a file (exit 1 and the reason if bad)
+  mld flows capture.pcap                       the flows of a capture, with fast-rule scores
+  mld sniff --iface eth0                       capture live with XDP, send to the detector
   mld version
 """
 
@@ -151,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
+
+    register_sniffer(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")
     version.set_defaults(func=_cmd_version)

@@ -1,0 +1,298 @@
+"""``mld sniff`` (live capture into the detector) and ``mld flows`` (flows of capture files).
+
+mld/cli.py registers both through :func:`register`. Exit codes: 0 success; 1 an ML
+Defender error, or (``mld flows``) some capture file was rejected, the flows of every
+other file (and of the rejected one up to its error) still printed; 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import logging
+import socket
+import sys
+import time
+from typing import IO, Any
+
+from google.protobuf import json_format
+
+from config import MldConfig, load_config
+from crypto_transport import KeyPair, Keyring, load_public_key
+from proto.events_pb2 import EndReason, FlowRecord
+from sniffer.config import SnifferConfig
+from sniffer.pipeline import FlowPipeline, ProcessedFlows
+from sniffer.publisher import FlowPublisher
+from sniffer.service import SnifferService, sigterm_raises_systemexit
+from sniffer.sources import PcapSource, XdpSource
+
+__all__ = ["record_to_json", "register"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR = 0, 1
+_PROGRESS_MIN_BYTES = 16 * 1024 * 1024  # show progress for inputs at least this big
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 47: "gre", 50: "esp", 132: "sctp"}
+
+SNIFF_EPILOG = """\
+examples:
+  mld sniff --iface eth0                           attach XDP, send flows to the detector
+  mld sniff --iface eth0 --iface eth1 --mode generic --connect tcp://10.0.0.5:5571
+  mld sniff --iface eth0 --no-publish --json-out /tmp/flows.jsonl
+                                                   no detector: write records as JSON lines
+Stop with Ctrl-C or SIGTERM: the flow table is flushed and the last batch sent.
+"""
+
+FLOWS_EPILOG = """\
+examples:
+  mld flows capture.pcap                           one line per flow, with the fast rule
+  mld flows /var/log/pcaps/ --limit 50             a folder: its files in name order, one
+                                                   flow table (flows continue across files)
+  mld flows capture.pcap --json | jq -c 'select(.fast_score > 0.5)'
+  mld flows capture.pcap --idle-timeout 10 --active-timeout 60
+exit status: 0 ok; 1 a file was rejected (unsupported link type, corrupt, truncated):
+the other files, and the rejected one up to the error, are still printed.
+"""
+
+
+def _address(raw: bytes) -> str:
+    if len(raw) in (4, 16):
+        return str(ipaddress.ip_address(raw))
+    return raw.hex()
+
+
+def record_to_json(record: FlowRecord) -> dict[str, Any]:
+    """FlowRecord as JSON-ready data: protobuf's JSON mapping with proto field names and
+    every field present (64-bit integers as strings, enums by name), except that the two
+    addresses are printed as text ("192.0.2.1", "2001:db8::1") instead of base64."""
+    out = json_format.MessageToDict(
+        record, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    out["src_addr"] = _address(record.src_addr)
+    out["dst_addr"] = _address(record.dst_addr)
+    return out
+
+
+def _endpoint(addr: bytes, port: int, version: int) -> str:
+    text = _address(addr)
+    return f"[{text}]:{port}" if version == 6 else f"{text}:{port}"
+
+
+_HEADER = (
+    f"{'time (UTC)':<26} {'proto':<5} {'source':>28}    {'destination':<28} "
+    f"{'pkts f/b':>13} {'bytes':>10} {'dur s':>8} {'end':<13} fast"
+)
+
+
+def _human_line(r: FlowRecord) -> str:
+    when = dt.datetime.fromtimestamp(r.first_ts_ns / 1e9, tz=dt.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S.%f"
+    )
+    proto = _PROTO_NAMES.get(r.protocol, str(r.protocol))
+    src = _endpoint(r.src_addr, r.src_port, r.ip_version)
+    dst = _endpoint(r.dst_addr, r.dst_port, r.ip_version)
+    pkts = f"{r.fwd.packets}/{r.bwd.packets}"
+    duration = (r.last_ts_ns - r.first_ts_ns) / 1e9
+    end = EndReason.Name(r.end_reason).removeprefix("END_REASON_").lower()
+    fast = f"{r.fast_rule} {r.fast_score:.2f}" if r.fast_rule else "-"
+    return (
+        f"{when:<26} {proto:<5} {src:>28} -> {dst:<28} {pkts:>13} "
+        f"{r.fwd.bytes + r.bwd.bytes:>10} {duration:>8.3f} {end:<13} {fast}"
+    )
+
+
+class _FlowPrinter:
+    """Prints records as a table or JSON lines, up to a limit."""
+
+    def __init__(self, out: IO[str], as_json: bool, limit: int | None) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.limit = limit
+        self.printed = 0
+        if not as_json:
+            print(_HEADER, file=out)
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.printed >= self.limit
+
+    def __call__(self, done: ProcessedFlows) -> None:
+        for raw in done.records:
+            if self.full:
+                return
+            record = FlowRecord.FromString(raw)
+            if self.as_json:
+                self.out.write(json.dumps(record_to_json(record)) + "\n")
+            else:
+                self.out.write(_human_line(record) + "\n")
+            self.printed += 1
+
+
+class _Progress:
+    """A progress line on stderr (bytes of capture read), for big inputs only."""
+
+    def __init__(self, source: PcapSource, enabled: bool) -> None:
+        self.source = source
+        self.enabled = enabled and source.bytes_total >= _PROGRESS_MIN_BYTES
+        self._next = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, done: ProcessedFlows) -> None:
+        now = time.monotonic()
+        if not self.enabled or now < self._next:
+            return
+        self._next = now + 0.5
+        total = self.source.bytes_total
+        pct = 100.0 * self.source.bytes_done / total if total else 100.0
+        sys.stderr.write(
+            f"\r{pct:5.1f}% of {total / 1e6:.1f} MB, {self.source.files_read} files, "
+            f"{done.flows.observation_point}, {now - self._start:.0f} s"
+        )
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _sniffer_config(args: argparse.Namespace) -> tuple[MldConfig, SnifferConfig]:
+    cfg = load_config(args.config)
+    return cfg, cfg.sniffer
+
+
+def _cmd_flows(args: argparse.Namespace) -> int:
+    _cfg, scfg = _sniffer_config(args)
+    capture = scfg.capture
+    if args.idle_timeout is not None or args.active_timeout is not None:
+        import dataclasses
+
+        capture = dataclasses.replace(
+            capture,
+            idle_timeout_s=args.idle_timeout or capture.idle_timeout_s,
+            active_timeout_s=args.active_timeout or capture.active_timeout_s,
+        )
+    source = PcapSource(args.paths, capture)
+    printer = _FlowPrinter(sys.stdout, args.json, args.limit)
+    progress = _Progress(source, enabled=not args.quiet)
+    service = SnifferService(
+        source, FlowPipeline(scfg), None, (printer, progress), stats_interval_s=3600.0
+    )
+    service.stop_when = lambda: printer.full
+    sigterm_raises_systemexit()
+    try:
+        service.run()
+    finally:
+        progress.end()
+    sys.stdout.flush()
+    for rejected in source.rejected:
+        print(f"mld: rejected {rejected.path}: {rejected.message}", file=sys.stderr)
+    if source.rejected:
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _keyring(cfg: MldConfig) -> Keyring:
+    ring = Keyring(KeyPair.load(cfg.transport.key_file), grace_s=cfg.transport.rotation_grace_s)
+    for peer_id, public in cfg.transport.peers.items():
+        ring.add_peer(peer_id, load_public_key(public, what=f"transport.peers.{peer_id}"))
+    return ring
+
+
+def _cmd_sniff(args: argparse.Namespace) -> int:
+    cfg, scfg = _sniffer_config(args)
+    import dataclasses
+
+    capture = scfg.capture
+    if args.mode is not None:
+        capture = dataclasses.replace(capture, xdp_mode=args.mode)
+    publish = scfg.publish
+    if args.connect is not None:
+        publish = dataclasses.replace(publish, endpoint=args.connect, enabled=True)
+    if args.no_publish:
+        publish = dataclasses.replace(publish, enabled=False)
+    sensor_id = publish.sensor_id or cfg.node.id or socket.gethostname()
+    publisher = None
+    if publish.enabled:
+        publisher = FlowPublisher(
+            publish=publish, transport=cfg.transport, keyring=_keyring(cfg), sensor_id=sensor_id
+        )
+    sinks: list[_FlowPrinter] = []
+    json_out = open(args.json_out, "a", encoding="utf-8") if args.json_out else None  # noqa: SIM115
+    if json_out is not None:
+        sinks.append(_FlowPrinter(json_out, True, None))
+    source = XdpSource(args.iface, capture)
+    try:
+        source.open()
+        service = SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
+        log.info(
+            "sniffing on %s (%s), %s",
+            ", ".join(args.iface),
+            source.modes,
+            f"publishing to {publish.endpoint}" if publisher else "not publishing",
+        )
+        service.run()
+    finally:
+        source.close()
+        if publisher is not None:
+            publisher.close()
+        if json_out is not None:
+            json_out.close()
+    return EXIT_OK
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add ``sniff`` and ``flows`` to the ``mld`` subcommands."""
+    sniff = sub.add_parser(
+        "sniff",
+        parents=[common],
+        help="capture flows live with XDP and send them to the detector",
+        description="Attach the XDP flow program to the interfaces, turn finished flows into "
+        "records with source context and a fast heuristic score, and send them encrypted to "
+        "the detector (sniffer.publish in mld.yaml). Needs root and BCC.",
+        epilog=SNIFF_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sniff.add_argument(
+        "--iface", action="append", required=True, metavar="DEV", help="interface (repeatable)"
+    )
+    sniff.add_argument(
+        "--mode",
+        choices=("auto", "native", "generic"),
+        help="XDP attach mode (default: sniffer.capture.xdp_mode)",
+    )
+    where = sniff.add_mutually_exclusive_group()
+    where.add_argument(
+        "--connect", metavar="ENDPOINT", help="detector endpoint (default: sniffer.publish)"
+    )
+    where.add_argument("--no-publish", action="store_true", help="do not send records anywhere")
+    sniff.add_argument(
+        "--json-out", metavar="FILE", help="also append every record to FILE as JSON lines"
+    )
+    sniff.set_defaults(func=_cmd_sniff)
+
+    flows = sub.add_parser(
+        "flows",
+        parents=[common],
+        help="print the flows of capture files (offline, no other service needed)",
+        description="Read pcap/pcapng files (or folders of them) through the same flow engine "
+        "and fast rules as the live sniffer and print one line per flow, or with --json one "
+        "JSON object per line holding every FlowRecord field.",
+        epilog=FLOWS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    flows.add_argument("paths", nargs="+", metavar="FILE|DIR", help="capture files or folders")
+    flows.add_argument("--limit", type=int, metavar="N", help="print at most N flows")
+    flows.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"
+    )
+    flows.add_argument(
+        "--active-timeout",
+        type=float,
+        metavar="S",
+        help="default: sniffer.capture.active_timeout_s",
+    )
+    flows.set_defaults(func=_cmd_flows)
