@@ -224,3 +224,26 @@ def test_modes(netns_pair: NetnsPair, monitors: Any, mode: str) -> None:
     (icmp,) = flows_between(mon.events(), p.addr_a, p.addr_b, C["MLD_PROTO_ICMP"])
     assert icmp["state"]["dir"][0]["packets"] == 2
     assert xdp_attached(p.ns_b, p.dev_b) == ""
+
+
+UDP_PORTS = """
+import socket, sys
+for port in range(41000, 41000 + int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], port))
+    s.sendto(b"z", (sys.argv[2], 9999))
+    s.close()
+"""
+
+
+def test_full_table_evicts_silently_and_stats_estimate_it(
+    netns_pair: NetnsPair, monitors: Any
+) -> None:
+    p = netns_pair
+    mon = monitors(p.ns_b, [p.dev_b], max_flows=16, no_flush=True)
+    p.run(p.ns_a, sys.executable, "-c", UDP_PORTS, p.addr_a, p.addr_b, "64")
+    stats = mon.fresh_stats()
+    assert stats["flows_created"] >= 64
+    assert stats["live_flows"] <= 16
+    assert stats["evicted_estimate"] >= 64 - 16 - stats["flows_exported"] - stats["swept"]
+    assert mon.stop() == 0, mon.err()
