@@ -34,12 +34,15 @@ struct mld_engine {
     /* The open file. */
     pcap_t *pcap;
     int dlt;
+    char *iobuf; /* stdio buffer of the open file (kept for the next file) */
     /* A packet read and parsed but not yet applied (the output filled up first). */
     int pending;
     int pending_ip;
     struct mld_pkt pkt;
     char error[PCAP_ERRBUF_SIZE + 128];
 };
+
+#define MLD_IOBUF_SIZE (1u << 20) /* stdio buffer of the open capture */
 
 /* Read status. */
 #define MLD_READ_FULL 0  /* out holds batch_size events; call again */
