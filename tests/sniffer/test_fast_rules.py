@@ -1,0 +1,192 @@
+"""fast_rules.py: each rule on crafted flows, just under and well over its thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sniffer.config import ContextConfig, FastRulesConfig
+from sniffer.fast_rules import FastRules, ramp
+from sniffer.records import flow_columns
+from sniffer.source_context import SourceContextTracker
+from tests.sniffer.events import T0, event, events, wire_name
+
+MS = 1_000_000
+RULES = FastRulesConfig()
+
+
+def _score(ev: np.ndarray) -> tuple[np.ndarray, list[str], FastRules]:
+    ctx_cfg = ContextConfig(window_s=60.0)
+    flows = flow_columns(ev, "x")
+    ctx = SourceContextTracker(ctx_cfg).update(flows)
+    rules = FastRules(RULES, ctx_cfg)
+    scores = rules.score(flows, ctx)
+    return scores.score, scores.rule, rules
+
+
+def test_ramp() -> None:
+    assert ramp([0, 10, 15, 20, 99], 10, 20).tolist() == [0, 0, 0.5, 1, 1]
+    with pytest.raises(ValueError):
+        ramp(1, 2, 2)
+
+
+def test_benign_flows_score_zero() -> None:
+    score, rule, rules = _score(events(event(fwd_syn=1, fwd_ack=5, bwd_packets=5)))
+    assert score.tolist() == [0.0] and rule == [""]
+    assert rules.scored == 0
+
+
+def _port_scan(n_ports: int) -> np.ndarray:
+    return events(*(event(dport=p, ts=T0 + p * MS, fwd_syn=1) for p in range(1, n_ports + 1)))
+
+
+def test_port_scan() -> None:
+    score, rule, rules = _score(_port_scan(int(RULES.port_scan_low)))
+    assert score.max() == 0.0
+    score, rule, rules = _score(_port_scan(int(RULES.port_scan_high)))
+    assert rule[-1] == "port_scan" and score[-1] == 1.0
+    assert rules.fired["port_scan"] > 0
+
+
+def _sweep(n_hosts: int) -> np.ndarray:
+    return events(
+        *(event(dst=f"198.51.{i // 250}.{i % 250 + 1}", ts=T0 + i * MS) for i in range(n_hosts))
+    )
+
+
+def test_host_sweep() -> None:
+    assert _score(_sweep(int(RULES.host_sweep_low)))[0].max() == 0.0
+    score, rule, _ = _score(_sweep(int(RULES.host_sweep_high)))
+    assert rule[-1] == "host_sweep" and score[-1] == 1.0
+
+
+def _syn_flood(per_s: float) -> np.ndarray:
+    n = int(per_s * 60)
+    return events(
+        *(
+            event(src=f"203.0.{i // 250}.{i % 250 + 1}", sport=1000 + i, ts=T0 + i * MS, fwd_syn=1)
+            for i in range(n)
+        )
+    )
+
+
+def test_syn_flood_from_spoofed_sources() -> None:
+    score, _, _ = _score(_syn_flood(RULES.syn_flood_low))
+    assert score.max() == 0.0
+    score, rule, _ = _score(_syn_flood(RULES.syn_flood_high))
+    assert rule[-1] == "syn_flood" and score[-1] == 1.0
+    # A completed handshake to the same victim is not part of it.
+    flood = _syn_flood(RULES.syn_flood_high)
+    legit = event(src="192.0.2.200", ts=T0 + 10**9, fwd_syn=1, fwd_ack=3, bwd_packets=3)
+    score, rule, _ = _score(events(flood, legit))
+    assert score[-1] == 0.0
+
+
+def _reflection(n: int, port: int = 53) -> np.ndarray:
+    return events(
+        *(
+            event(
+                src=f"203.0.{i // 250}.{i % 250 + 1}",
+                sport=port,
+                dport=30000 + i,
+                protocol=17,
+                ts=T0 + i * MS,
+                fwd_bytes=1400,
+            )
+            for i in range(n)
+        )
+    )
+
+
+def test_amplification_unsolicited_responses() -> None:
+    assert _score(_reflection(int(RULES.amplification_low)))[0].max() == 0.0
+    score, rule, _ = _score(_reflection(int(RULES.amplification_high)))
+    assert rule[-1] == "udp_flood" and score[-1] == 1.0
+    # The same from a port that is no reflection service: nothing.
+    assert _score(_reflection(int(RULES.amplification_high), port=40000))[0].max() == 0.0
+
+
+def test_amplified_answers_to_a_spoofed_requester() -> None:
+    def amp(n: int, ratio: float) -> np.ndarray:
+        return events(
+            *(
+                event(
+                    src="192.0.2.50",
+                    dst=f"203.0.0.{i % 20 + 1}",  # few reflectors: no host sweep
+                    sport=40000 + i,
+                    dport=123,
+                    protocol=17,
+                    ts=T0 + i * MS,
+                    fwd_bytes=100,
+                    bwd_packets=10,
+                    bwd_bytes=int(100 * ratio),
+                )
+                for i in range(n)
+            )
+        )
+
+    n = int(RULES.amplification_high)
+    assert _score(amp(n, RULES.amplification_ratio / 2))[0].max() == 0.0
+    score, rule, _ = _score(amp(n, RULES.amplification_ratio * 5))
+    assert rule[-1] == "udp_flood" and score[-1] == 1.0
+
+
+def test_udp_packet_flood() -> None:
+    def flood(pps: float) -> np.ndarray:
+        return events(
+            event(protocol=17, dport=9999, fwd_packets=int(pps * 60) // 2),
+            event(protocol=17, sport=40001, dport=9999, ts=T0 + MS, fwd_packets=int(pps * 60) // 2),
+        )
+
+    assert _score(flood(RULES.udp_flood_low))[0].max() == 0.0
+    score, rule, _ = _score(flood(RULES.udp_flood_high))
+    assert rule[-1] == "udp_flood" and score[-1] == 1.0
+
+
+def _dns(name: str, queries: int) -> np.ndarray:
+    wire = wire_name(name)
+    raw = np.zeros(48, dtype=np.uint8)
+    raw[: min(48, len(wire))] = np.frombuffer(wire[:48], dtype=np.uint8)
+    return event(
+        protocol=17,
+        dport=53,
+        dns_queries=queries,
+        dns_qname_len=min(255, len(wire)),
+        dns_qname_len_sum=queries * len(wire),
+        dns_qname=raw,
+    )
+
+
+def test_dns_tunnel() -> None:
+    tunnel = "x7Kq2ZpR9vLm4TbW8nYc3HdF6gJs1QaE0uVo5iXk.t9Rw2Lp8Zq4MnB7vCj3Ks6Hd1Gf5.tun.example"
+    score, rule, _ = _score(_dns(tunnel, 600))  # 10 queries/s
+    assert rule == ["dns_tunnel"] and score[0] > 0.5
+    # Ordinary lookups: short names, few queries.
+    assert _score(_dns("www.example.com", 20))[0].max() == 0.0
+    # Long random names, but only a couple of them: below the rate threshold.
+    assert _score(_dns(tunnel, 2))[0].max() == 0.0
+
+
+def _logins(n: int, port: int = 22) -> np.ndarray:
+    return events(
+        *(
+            event(
+                sport=40000 + i,
+                dport=port,
+                ts=T0 + i * 500 * MS,
+                fwd_packets=20,
+                fwd_syn=1,
+                fwd_ack=19,
+                bwd_packets=18,
+            )
+            for i in range(n)
+        )
+    )
+
+
+def test_brute_force() -> None:
+    assert _score(_logins(int(RULES.brute_force_low)))[0].max() == 0.0
+    score, rule, _ = _score(_logins(int(RULES.brute_force_high)))
+    assert rule[-1] == "brute_force" and score[-1] == 1.0
+    # Web servers are not watched: browsers open many short connections.
+    assert _score(_logins(int(RULES.brute_force_high), port=443))[0].max() == 0.0

@@ -1,0 +1,81 @@
+"""source_context.py and sliding_window.py on crafted flows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sniffer.config import ContextConfig
+from sniffer.records import flow_columns
+from sniffer.sliding_window import SlidingWindows
+from sniffer.source_context import SourceContextTracker
+from tests.sniffer.events import T0, event, events, wire_name
+
+S = 1_000_000_000
+
+
+def _ctx(ev: np.ndarray, **cfg: float) -> dict[str, np.ndarray]:
+    return SourceContextTracker(ContextConfig(**cfg)).update(flow_columns(ev, "x"))  # type: ignore[arg-type]
+
+
+def test_distinct_counts_and_rates_over_the_window() -> None:
+    ev = events(
+        event(dst="198.51.100.1", dport=22, ts=T0, fwd_syn=1),
+        event(dst="198.51.100.2", dport=23, ts=T0 + S, fwd_syn=1),
+        event(dst="198.51.100.2", dport=23, ts=T0 + 2 * S, fwd_syn=1, fwd_ack=3),
+        event(src="192.0.2.9", dst="198.51.100.3", dport=80, ts=T0 + 3 * S),
+    )
+    ctx = _ctx(ev, window_s=10.0)
+    assert ctx["distinct_dst_addrs"].tolist() == [1, 2, 2, 1]
+    assert ctx["distinct_dst_ports"].tolist() == [1, 2, 2, 1]
+    assert ctx["syn_without_ack_ratio"].tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.0])
+    assert ctx["flows_per_s"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.1])
+    assert ctx["window_s"].tolist() == [10.0] * 4
+
+
+def test_old_flows_leave_the_window() -> None:
+    ev = events(*(event(dst=f"198.51.100.{i}", ts=T0 + i * S) for i in range(1, 21)))
+    ctx = _ctx(ev, window_s=5.0)
+    # At t = 20 s the window [15 s, 20 s] holds the flows of seconds 15..20.
+    assert ctx["distinct_dst_addrs"][-1] == 6
+
+
+def test_non_tcp_flows_do_not_count_for_the_syn_ratio() -> None:
+    ev = events(event(protocol=17, dport=53), event(protocol=1, icmp_type=8))
+    ctx = _ctx(ev)
+    assert ctx["syn_without_ack_ratio"].tolist() == [0.0, 0.0]
+    # ICMP type/code are not ports.
+    assert ctx["distinct_dst_ports"].tolist() == [1, 1]
+
+
+def test_dns_rate_length_and_entropy() -> None:
+    name = "aZ3kq9XbL2mW7rT0.tunnel.example"
+    wire = wire_name(name)
+    raw = np.zeros(48, dtype=np.uint8)
+    raw[: min(48, len(wire))] = np.frombuffer(wire[:48], dtype=np.uint8)
+    ev = event(
+        protocol=17,
+        dport=53,
+        dns_queries=30,
+        dns_qname_len=len(wire),
+        dns_qname_len_sum=30 * len(wire),
+        dns_qname=raw,
+    )
+    ctx = _ctx(ev, window_s=60.0)
+    assert ctx["dns_query_rate"][0] == pytest.approx(0.5)
+    assert ctx["dns_qname_mean_len"][0] == pytest.approx(len(name))
+    assert 3.5 < ctx["dns_qname_entropy"][0] < 5.0
+    assert _ctx(event())["dns_qname_mean_len"][0] == 0.0
+
+
+def test_caps_bound_keys_and_entries() -> None:
+    w = SlidingWindows(
+        window_s=100.0, n_sums=1, n_distinct=1, max_keys=3, max_entries_per_key=4, max_entries=10
+    )
+    for i in range(10):
+        win = w.add("a", T0 + i, (1.0,), (i,))
+    assert win.count == 4 and win.sums == [4.0] and win.distinct_count(0) == 4
+    for k in "bcde":
+        w.add(k, T0, (1.0,), (0,))
+    assert len(w) == 3 and w.evicted_keys == 2
+    assert w.entries <= 10
