@@ -20,7 +20,7 @@ Build: ``make install`` (native/setup.py, ``build_ext --inplace``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -121,7 +121,9 @@ class FlowEngine:
             dtype=EVENT_DTYPE,
         )
 
-    def feed_file(self, path: str | os.PathLike[str]) -> Iterator[npt.NDArray[np.void]]:
+    def feed_file(
+        self, path: str | os.PathLike[str]
+    ) -> Generator[npt.NDArray[np.void], None, None]:
         """Read one pcap/pcapng file; yield arrays of up to batch_size exported flows.
 
         Raises CaptureError when the file cannot be opened or libpcap fails mid-file (the
