@@ -1,0 +1,314 @@
+"""Live equals offline: the XDP program and the pcap engine give the same flows.
+
+Three namespaces: a client ``a``, a router ``r`` and a server ``b``. The flow program is
+attached to both of the router's interfaces (one program, one flow map), as on a gateway, so
+each flow's two directions meet in one record. tcpdump on the router's client-side
+interface records the same packets: A→B on its way in, B→A on its way out. After a bounded
+mix of TCP (clean close and refused), UDP (with DNS-shaped queries) and ICMP traffic over
+IPv4 and IPv6, the records the monitor exported are compared with what native.FlowEngine
+makes of the capture: same flows, same counters; times within a tolerance, because the
+kernel stamps a packet at XDP and tcpdump a few microseconds later.
+
+TSO/GSO are off on the senders and GRO off on the router, so XDP and tcpdump see the same
+packets (no super-frames on either side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.support import REPO, require_root_and, sh
+
+pytestmark = [pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
+
+IDLE_S = 30.0
+ACTIVE_S = 300.0
+# Times: XDP stamps a packet before tcpdump does, on another clock (monotonic + offset).
+TS_TOLERANCE_NS = 50_000_000
+A4, R4A, B4, R4B = "192.0.2.1", "192.0.2.254", "198.51.100.1", "198.51.100.254"
+A6, R6A, B6, R6B = "2001:db8:a::1", "2001:db8:a::fe", "2001:db8:b::1", "2001:db8:b::fe"
+
+# Runs inside the router namespace: attach, export until SIGTERM, flush, write raw events.
+MONITOR_DRIVER = """
+import sys, time
+from pathlib import Path
+from xdp import FlowMonitor
+from xdp.monitor import raise_on_sigterm
+
+out, ready, ifaces = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+raise_on_sigterm()
+chunks = []
+mon = FlowMonitor(ifaces, idle_timeout_s=IDLE_S, active_timeout_s=ACTIVE_S,
+                  max_flows=65536, ringbuf_pages=256, mode="auto", sweep_interval_s=0.5)
+try:
+    mon.attach()
+    ready.write_text(repr(mon.modes))
+    while True:
+        chunks.append(mon.poll(100))
+except (SystemExit, KeyboardInterrupt):
+    pass
+finally:
+    try:
+        chunks.append(mon.poll(0))
+        chunks.append(mon.flush())
+    finally:
+        mon.close()
+        out.write_bytes(b"".join(chunks))
+""".replace("IDLE_S", repr(IDLE_S)).replace("ACTIVE_S", repr(ACTIVE_S))
+
+# Runs inside the server namespace: TCP sink that answers, UDP echo; both families.
+SERVER = """
+import socket, threading, sys
+def tcp(fam, addr):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 8080)); s.listen(8)
+    while True:
+        c, _ = s.accept()
+        total = 0
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            total += len(d)
+        c.sendall(str(total).encode() * 100)
+        c.close()
+def udp(fam, addr):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((addr, 53))
+    while True:
+        d, peer = s.recvfrom(4096)
+        s.sendto(d + b"\\x00" * 40, peer)
+for fam, addr in ((socket.AF_INET, sys.argv[1]), (socket.AF_INET6, sys.argv[2])):
+    threading.Thread(target=tcp, args=(fam, addr), daemon=True).start()
+    threading.Thread(target=udp, args=(fam, addr), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+# Runs inside the client namespace: bounded traffic, paced so nothing is coalesced.
+CLIENT = """
+import socket, struct, sys, time
+b4, b6 = sys.argv[1], sys.argv[2]
+def dns_query(qid, name):
+    hdr = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return hdr + labels + b"\\x00" + struct.pack(">HH", 1, 1)
+for fam, addr in ((socket.AF_INET, b4), (socket.AF_INET6, b6)):
+    c = socket.create_connection((addr, 8080), timeout=5)
+    for i in range(12):
+        c.sendall(bytes([i]) * (200 + 97 * i))
+        time.sleep(0.01)
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    c.close()
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    for i in range(6):
+        u.sendto(dns_query(i, f"q{i}x{'a' * (3 * i)}.example.org"), (addr, 53))
+        u.recvfrom(4096)
+        time.sleep(0.01)
+    u.close()
+    r = socket.socket(fam, socket.SOCK_STREAM)
+    r.settimeout(2)
+    try:
+        r.connect((addr, 9))
+    except OSError:
+        pass
+    r.close()
+print("done", flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class Routed:
+    ns_a: str
+    ns_r: str
+    ns_b: str
+    r_a: str
+    r_b: str
+
+    def run(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+@pytest.fixture
+def routed() -> Iterator[Routed]:
+    require_root_and("ip", "ethtool", "tcpdump", "ping")
+    tag = uuid.uuid4().hex[:6]
+    t = Routed(f"mldt-ca-{tag}", f"mldt-cr-{tag}", f"mldt-cb-{tag}", f"ra{tag}", f"rb{tag}")
+    a_dev, b_dev = f"aa{tag}", f"bb{tag}"
+    try:
+        for ns in (t.ns_a, t.ns_r, t.ns_b):
+            sh("ip", "netns", "add", ns)
+            t.run(ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", a_dev, "netns", t.ns_a, "type", "veth", "peer", "name", t.r_a,
+           "netns", t.ns_r)  # fmt: skip
+        sh("ip", "link", "add", b_dev, "netns", t.ns_b, "type", "veth", "peer", "name", t.r_b,
+           "netns", t.ns_r)  # fmt: skip
+        plan = (
+            (t.ns_a, a_dev, A4, A6, R4A, R6A),
+            (t.ns_b, b_dev, B4, B6, R4B, R6B),
+        )
+        for ns, dev, v4, v6, gw4, gw6 in plan:
+            t.run(ns, "ip", "addr", "add", f"{v4}/24", "dev", dev)
+            t.run(ns, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            t.run(ns, "ip", "link", "set", dev, "up")
+            t.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
+            t.run(ns, "ip", "route", "add", "default", "via", gw4)
+            t.run(ns, "ip", "-6", "route", "add", "default", "via", gw6)
+        for dev, v4, v6 in ((t.r_a, R4A, R6A), (t.r_b, R4B, R6B)):
+            t.run(t.ns_r, "ip", "addr", "add", f"{v4}/24", "dev", dev)
+            t.run(t.ns_r, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            t.run(t.ns_r, "ip", "link", "set", dev, "up")
+            t.run(t.ns_r, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
+        yield t
+    finally:
+        for ns in (t.ns_a, t.ns_r, t.ns_b):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def _netns_popen(ns: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", ns, *args], text=True, **kw)
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _addr(raw: np.ndarray) -> bytes:
+    b = bytes(raw)
+    return b[12:] if b[:12] == b"\x00" * 10 + b"\xff\xff" else b
+
+
+def _between_a_and_b(ev: np.ndarray) -> bool:
+    import ipaddress
+
+    a = {ipaddress.ip_address(x).packed for x in (A4, A6)}
+    b = {ipaddress.ip_address(x).packed for x in (B4, B6)}
+    ends = {_addr(ev["addr_lo"]), _addr(ev["addr_hi"])}
+    return len(ends & a) == 1 and len(ends & b) == 1
+
+
+# Fields that must be bit-identical; the rest are times, compared with a tolerance.
+TIME_FIELDS = {"first_ts_ns", "last_ts_ns", "end_reason"}
+
+
+def _exact_fields(names: tuple[str, ...]) -> list[str]:
+    return [
+        n for n in names if n not in TIME_FIELDS and "iat" not in n and not n.endswith("last_ts_ns")
+    ]
+
+
+def _key(ev: np.ndarray) -> tuple[bytes, ...]:
+    return (
+        bytes(ev["addr_lo"]),
+        bytes(ev["addr_hi"]),
+        int(ev["port_lo"]).to_bytes(2),
+        int(ev["port_hi"]).to_bytes(2),
+        bytes([int(ev["protocol"])]),
+    )
+
+
+def test_live_flows_equal_offline_flows(routed: Routed, tmp_path: Path) -> None:
+    native = pytest.importorskip("native")
+    live_out, ready, pcap = tmp_path / "live.bin", tmp_path / "ready", tmp_path / "r.pcap"
+    driver = tmp_path / "driver.py"
+    driver.write_text(MONITOR_DRIVER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    py = sys.executable
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        mon = _netns_popen(
+            routed.ns_r, py, str(driver), str(live_out), str(ready), routed.r_a, routed.r_b,
+            env=env, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        procs.append(mon)
+        _wait_for(lambda: ready.exists() or mon.poll() is not None, 60, "the monitor to attach")
+        assert mon.poll() is None, mon.stderr.read() if mon.stderr else ""
+        dump = _netns_popen(
+            routed.ns_r, "tcpdump", "-i", routed.r_a, "-w", str(pcap), "-U", "-s", "0",
+            "--time-stamp-precision", "nano", "-n", "--immediate-mode",
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        procs.append(dump)
+        _wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 20, "tcpdump to start")
+        time.sleep(0.3)
+        server = _netns_popen(
+            routed.ns_b, py, "-c", SERVER, B4, B6, stdout=subprocess.PIPE, env=env
+        )
+        procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        for dst in (B4, B6):
+            routed.run(routed.ns_a, "ping", "-c", "4", "-i", "0.05", "-W", "2", dst)
+        client = routed.run(routed.ns_a, py, "-c", CLIENT, B4, B6)
+        assert client.stdout.strip() == "done", client.stderr
+        time.sleep(0.5)
+        _stop(dump, signal.SIGINT)
+        _stop(mon)
+        assert mon.returncode == 0, mon.stderr.read() if mon.stderr else ""
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+            for stream in (p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
+
+    live = np.frombuffer(live_out.read_bytes(), dtype=native.EVENT_DTYPE)
+    engine = native.FlowEngine(idle_timeout_s=IDLE_S, active_timeout_s=ACTIVE_S)
+    batches = [*engine.feed_file(str(pcap)), engine.finish()]
+    offline = np.concatenate(batches)
+
+    live_ab = sorted((e for e in live if _between_a_and_b(e)), key=_key)
+    off_ab = sorted((e for e in offline if _between_a_and_b(e)), key=_key)
+    summary = {
+        "live": len(live_ab),
+        "offline": len(off_ab),
+        "live_keys": [_key(e)[4].hex() for e in live_ab],
+    }
+    # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6.
+    assert len(off_ab) == 8, json.dumps(summary)
+    assert [_key(e) for e in live_ab] == [_key(e) for e in off_ab], json.dumps(summary)
+
+    names = native.EVENT_DTYPE.names
+    for lv, of in zip(live_ab, off_ab, strict=True):
+        for field in _exact_fields(names):
+            assert np.array_equal(lv[field], of[field]), (field, lv[field], of[field])
+        assert abs(int(lv["first_ts_ns"]) - int(of["first_ts_ns"])) < TS_TOLERANCE_NS
+        assert abs(int(lv["last_ts_ns"]) - int(of["last_ts_ns"])) < TS_TOLERANCE_NS
+        for d in ("fwd", "bwd"):
+            assert abs(int(lv[f"{d}_iat_sum_ns"]) - int(of[f"{d}_iat_sum_ns"])) < TS_TOLERANCE_NS
+        # FIN and RST end the flow on a packet, so both sides agree; flows still open when
+        # the run stopped end with CAPTURE_END on both sides too.
+        assert int(lv["end_reason"]) == int(of["end_reason"]), _key(lv)
