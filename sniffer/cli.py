@@ -131,7 +131,7 @@ class _FlowPrinter:
 
 
 class _Progress:
-    """A progress line on stderr (bytes of capture read), for big inputs only."""
+    """A progress line on stderr (files done, packets read), for big inputs only."""
 
     def __init__(self, source: PcapSource, enabled: bool) -> None:
         self.source = source
@@ -144,11 +144,13 @@ class _Progress:
         if not self.enabled or now < self._next:
             return
         self._next = now + 0.5
-        total = self.source.bytes_total
-        pct = 100.0 * self.source.bytes_done / total if total else 100.0
+        src = self.source
+        done_files = src.files_read + len(src.rejected)
+        packets = src.stats()["packets"]
         sys.stderr.write(
-            f"\r{pct:5.1f}% of {total / 1e6:.1f} MB, {self.source.files_read} files, "
-            f"{done.flows.observation_point}, {now - self._start:.0f} s"
+            f"\r{done_files}/{len(src.files)} files ({src.bytes_total / 1e6:.1f} MB), "
+            f"{packets / 1e6:.2f} M packets, {done.flows.observation_point}, "
+            f"{now - self._start:.0f} s "
         )
         sys.stderr.flush()
 

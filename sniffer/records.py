@@ -22,10 +22,10 @@ those of proto/events.proto):
   each gap by under 1.024 us, which biases the std low by at most about that much).
   min/max are ``iat_min_ns / 1000`` and ``iat_max_ns / 1000``. All four are 0 with fewer
   than two packets.
-* **DNS.** The engine keeps, per flow, the wire length of the first query name, the sum
-  of all query names' wire lengths and the first 48 bytes of the first name. A wire name
+* **DNS.** The engine keeps, per flow, the wire length of the longest query name, the sum
+  of all query names' wire lengths and the first 48 bytes of the longest name. A wire name
   ``3www6google3com0`` (16 bytes) is the dotted ``www.google.com`` (14 characters), so a
-  name's length in characters is its wire length minus 2. The first name is decoded from
+  name's length in characters is its wire length minus 2. The longest name is decoded from
   its labels for its Shannon entropy (bits per character of the dotted name, over the at
   most 48 stored bytes).
 """

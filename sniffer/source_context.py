@@ -14,7 +14,7 @@ to and including itself within ``window_s`` before its ``last_ts_ns``. The field
 * ``dns_query_rate``: DNS queries the source sent / ``window_s``;
 * ``dns_qname_mean_len``: characters of the dotted names (wire length - 2 each, see
   ``records.py``) over the number of queries;
-* ``dns_qname_entropy``: mean over the window's DNS flows of their first name's entropy
+* ``dns_qname_entropy``: mean over the window's DNS flows of their longest name's entropy
   (the engine keeps one name per flow), in bits per character.
 """
 

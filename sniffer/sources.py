@@ -70,7 +70,10 @@ _CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz")
 def capture_files(paths: Sequence[str | Path]) -> list[Path]:
     """The files to read: each file as given, each folder's capture files sorted by name."""
     files: list[Path] = []
-    for p in map(Path, paths):
+    for given in paths:
+        if str(given).strip() == "":
+            raise CaptureSourceError("an empty path was given: pass a capture file or a folder")
+        p = Path(given)
         if p.is_dir():
             found = sorted(
                 f for f in p.rglob("*") if f.is_file() and f.name.endswith(_CAPTURE_SUFFIXES)

@@ -79,8 +79,9 @@
  * squared gaps is at most (flow duration / 1024 ns)^2, which fits while the active timeout
  * is under an hour (MLD_MAX_ACTIVE_TIMEOUT_NS). */
 #define MLD_IAT_SQ_SHIFT 10
-/* DNS: the first query name of a flow is kept (raw wire labels, truncated to this many
- * bytes) for its length and entropy; names are walked for at most this many labels. */
+/* DNS: the longest query name of a flow is kept (raw wire labels, truncated to this many
+ * bytes) for its entropy: a tunnel's data queries are its longest names, while its first
+ * query is often a short handshake; names are walked for at most this many labels. */
 #define MLD_DNS_NAME_MAX 48
 #define MLD_DNS_MAX_LABELS 10
 #define MLD_DNS_PORT 53
@@ -136,11 +137,11 @@ struct mld_flow_state {
     __u8 icmp_type;     /* ICMP/ICMPv6 type of the first packet */
     __u8 icmp_code;     /* ICMP/ICMPv6 code of the first packet */
     __u8 end_reason;    /* MLD_END_*, set when exported */
-    __u8 dns_qname_len; /* wire length of the first DNS query name (labels walked), 0 none */
+    __u8 dns_qname_len; /* wire length of the longest DNS query name, 0 none */
     __u8 pad[6];
     __u32 dns_queries;  /* DNS queries (UDP to port 53, QR=0) sent by the initiator */
     __u32 dns_qname_len_sum; /* sum of their name wire lengths */
-    __u8 dns_qname[MLD_DNS_NAME_MAX]; /* first query name, raw labels, truncated */
+    __u8 dns_qname[MLD_DNS_NAME_MAX]; /* longest query name, raw labels, truncated */
 };
 
 /* One exported flow: what the ring buffer carries and what native/ returns. */
@@ -525,7 +526,7 @@ MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt
             st->flags |= fwd ? MLD_F_FIN_FWD : MLD_F_FIN_BWD;
     }
     if (fwd && pkt->dns_qname_len != 0) {
-        if (st->dns_queries == 0) {
+        if (pkt->dns_qname_len > st->dns_qname_len) {
             st->dns_qname_len = pkt->dns_qname_len;
             MLD_MEMCPY(st->dns_qname, pkt->dns_qname, MLD_DNS_NAME_MAX);
         }

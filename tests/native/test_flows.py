@@ -192,17 +192,20 @@ def test_vlan_ids(tmp_path: Path) -> None:
 def test_dns_query_name(tmp_path: Path) -> None:
     q1 = ipv4(C, SRV, 17, udp(33333, 53, dns_query("www.example.com")))
     q2 = ipv4(C, SRV, 17, udp(33333, 53, dns_query("a.example.org", qid=2)))
+    q3 = ipv4(C, SRV, 17, udp(33333, 53, dns_query("mzxw6ytboi.t.example.com", qid=3)))
     resp = ipv4(SRV, C, 17, udp(53, 33333, struct.pack("!HHHHHH", 0x1234, 0x8180, 1, 1, 0, 0)))
     pcap = write_pcap(
-        tmp_path / "dns.pcap", [(T0, eth(q1)), (T0 + 5, eth(resp)), (T0 + 9, eth(q2))]
+        tmp_path / "dns.pcap",
+        [(T0, eth(q1)), (T0 + 5, eth(resp)), (T0 + 9, eth(q2)), (T0 + 12, eth(q3))],
     )
     _, rest = run(pcap)
     ev = rest[0]
-    wire = qname_wire("www.example.com")
-    assert ev["dns_queries"] == 2
-    assert ev["dns_qname_len"] == len(wire) == 17
-    assert ev["dns_qname_len_sum"] == 17 + len(qname_wire("a.example.org"))
-    assert bytes(ev["dns_qname"][:17]) == wire and not any(ev["dns_qname"][17:])
+    # The longest name is kept (a tunnel's data queries are its longest names).
+    wire = qname_wire("mzxw6ytboi.t.example.com")
+    assert ev["dns_queries"] == 3
+    assert ev["dns_qname_len"] == len(wire) == 26
+    assert ev["dns_qname_len_sum"] == 17 + len(qname_wire("a.example.org")) + 26
+    assert bytes(ev["dns_qname"][:26]) == wire and not any(ev["dns_qname"][26:])
 
 
 def test_icmp_type_code(tmp_path: Path) -> None:
