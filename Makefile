@@ -96,7 +96,11 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
+	bench/setup-peers.sh || echo "bench: a peer did not install; bench/offline.py prints nan for it"
 	$(PY) bench/transport.py
+	$(PY) bench/make_capture.py
+	$(PY) bench/offline.py
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(PROTO_OUT) proto/events_pb2.pyi .pytest_cache .mypy_cache .ruff_cache
