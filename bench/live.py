@@ -79,6 +79,7 @@ def _raise_exit(signum: int, _frame: FrameType | None) -> None:
 def worker(kind: str, iface: str, mode: str, pin_dir: str, ready: Path, out: Path) -> int:
     """Attach one variant's program to iface, report ready, poll until SIGTERM, detach."""
     signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     result: dict[str, Any] = {}
     if kind in ("flow", "drop"):
         from xdp import FlowMonitor
