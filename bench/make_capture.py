@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 import time
@@ -42,7 +43,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = (REPO / ".." / "shared" / "data" / "pcaps").resolve()
+# ../shared/data beside the repo; $MLD_SHARED_DATA overrides; a clone elsewhere uses /work.
+_SHARED = os.environ.get("MLD_SHARED_DATA") or (
+    str(REPO.parent / "shared" / "data")
+    if (REPO.parent / "shared" / "data").is_dir()
+    else "/work/shared/data"
+)
+DATA = (Path(_SHARED) / "pcaps").resolve()
 SOURCE_DIRS = ("ndpi", "attacks")
 DEFAULT_OUT = REPO / "build" / "bench" / "mixed-1m.pcap"
 FORMAT_VERSION = 1

@@ -20,6 +20,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _shared_data() -> Path:
+    """The shared captures (../shared/data beside the repo; $MLD_SHARED_DATA overrides).
+
+    A clone elsewhere (CI clones into a temp dir) falls back to /work/shared/data.
+    """
+    override = os.environ.get("MLD_SHARED_DATA")
+    if override:
+        return Path(override)
+    beside = REPO.parent / "shared" / "data"
+    return beside if beside.is_dir() else Path("/work/shared/data")
+
+
+SHARED_DATA = _shared_data()
+
+
 def require_root_and(*tools: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, BPF)")

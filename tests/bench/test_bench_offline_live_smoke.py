@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tests.support import REPO, require_root_and
+from tests.support import REPO, SHARED_DATA, require_root_and
 
-DATA = REPO.parent / "shared" / "data" / "pcaps"
+DATA = SHARED_DATA / "pcaps"
 
 
 def _last_line(script: str, timeout: float) -> dict[str, str]:

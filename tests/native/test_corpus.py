@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, SHARED_DATA
 
-CORPUS = REPO.parent / "shared" / "data" / "pcaps"
+CORPUS = SHARED_DATA / "pcaps"
 SLACK_KIB = 4096
 
 

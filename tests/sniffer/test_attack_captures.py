@@ -7,7 +7,6 @@ this records what fires so a change in rules or engine shows up here.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,9 @@ from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline
 from sniffer.service import SnifferService
 from sniffer.sources import PcapSource
+from tests.support import SHARED_DATA
 
-ATTACKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pcaps" / "attacks"
+ATTACKS = SHARED_DATA / "pcaps" / "attacks"
 
 pytestmark = pytest.mark.skipif(not ATTACKS.exists(), reason=f"needs the captures in {ATTACKS}")
 

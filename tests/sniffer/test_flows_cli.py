@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import SHARED_DATA
+
 MLD = shutil.which("mld", path=str(Path(sys.executable).parent))
-PCAPS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pcaps"
+PCAPS = SHARED_DATA / "pcaps"
 NDPI = PCAPS / "ndpi" / "443-chrome.pcap"
 MASSCAN = PCAPS / "attacks" / "scan" / "masscan_tcp_0_1000.pcap"
 
