@@ -52,25 +52,6 @@ static inline const char *mld_dlt_name(int dlt)
     return dlt == DLT_PPP_WITH_DIR ? "PPP_WITH_DIR" : "unknown";
 }
 
-/* An ethertype after up to two VLAN tags that sit inside a non-Ethernet header (SLL). */
-static inline int mld_parse_vlan_ethertype(const __u8 *p, const __u8 *end, __u16 proto,
-                                           struct mld_pkt *pkt)
-{
-    int i;
-
-    for (i = 0; i < 2; i++) {
-        if (proto != MLD_ETH_P_8021Q && proto != MLD_ETH_P_8021AD)
-            break;
-        if (p + 4 > end)
-            return MLD_PARSE_TRUNCATED;
-        if (i == 0)
-            pkt->vlan_id = mld_be16(p) & 0x0FFF;
-        proto = mld_be16(p + 2);
-        p += 4;
-    }
-    return mld_parse_ethertype(p, end, proto, pkt);
-}
-
 /* PPP: optional 0xFF 0x03 address/control, then a 1-byte (compressed, odd) or 2-byte
  * protocol: 0x0021 IPv4, 0x0057 IPv6. */
 static inline int mld_parse_ppp(const __u8 *p, const __u8 *end, struct mld_pkt *pkt)

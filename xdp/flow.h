@@ -396,16 +396,14 @@ MLD_INLINE int mld_parse_ethertype(const __u8 *p, const __u8 *end, __u16 proto,
     return MLD_PARSE_NOT_IP;
 }
 
-/* Parse an Ethernet frame with up to two VLAN tags (802.1Q, 802.1ad). */
-MLD_INLINE int mld_parse_eth(const __u8 *p, const __u8 *end, struct mld_pkt *pkt)
+/* Skip up to two VLAN tags (802.1Q, 802.1ad) starting at p, where proto is the ethertype
+ * that precedes them, noting the outer VLAN id; then parse the IP part. Ethernet uses it,
+ * and so do link layers that carry an ethertype themselves (Linux SLL). */
+MLD_INLINE int mld_parse_vlan_ethertype(const __u8 *p, const __u8 *end, __u16 proto,
+                                        struct mld_pkt *pkt)
 {
-    __u16 proto;
     int i;
 
-    if (p + 14 > end)
-        return MLD_PARSE_TRUNCATED;
-    proto = mld_be16(p + 12);
-    p += 14;
     MLD_UNROLL
     for (i = 0; i < 2; i++) {
         if (proto != MLD_ETH_P_8021Q && proto != MLD_ETH_P_8021AD)
@@ -418,6 +416,14 @@ MLD_INLINE int mld_parse_eth(const __u8 *p, const __u8 *end, struct mld_pkt *pkt
         p += 4;
     }
     return mld_parse_ethertype(p, end, proto, pkt);
+}
+
+/* Parse an Ethernet frame with up to two VLAN tags. */
+MLD_INLINE int mld_parse_eth(const __u8 *p, const __u8 *end, struct mld_pkt *pkt)
+{
+    if (p + 14 > end)
+        return MLD_PARSE_TRUNCATED;
+    return mld_parse_vlan_ethertype(p + 14, end, mld_be16(p + 12), pkt);
 }
 
 /* ---- keys ------------------------------------------------------------------------------ */
