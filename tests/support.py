@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def require_root_and(*tools: str) -> None:
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms; fail the test naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 class FakeClock:
@@ -133,6 +143,8 @@ class NetnsRouter:
     r_b: str
     addr_a: str
     addr_b: str
+    addr6_a: str
+    addr6_b: str
 
     def run(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", ns, *args, check=check)
@@ -140,7 +152,8 @@ class NetnsRouter:
 
 @pytest.fixture
 def netns_router() -> Iterator[NetnsRouter]:
-    """a (192.0.2.1) ─ r ─ b (198.51.100.1), r routes; removed even if the test fails.
+    """a (192.0.2.1, 2001:db8:a::1) ─ r ─ b (198.51.100.1, 2001:db8:b::1), r routes both
+    families; removed even if the test fails.
 
     TSO/GSO/GRO are off everywhere so XDP on r sees every packet as it was sent.
     """
@@ -154,24 +167,29 @@ def netns_router() -> Iterator[NetnsRouter]:
         r_b=f"mrb{tag}",
         addr_a="192.0.2.1",
         addr_b="198.51.100.1",
+        addr6_a="2001:db8:a::1",
+        addr6_b="2001:db8:b::1",
     )
     try:
         for ns in (t.ns_a, t.ns_r, t.ns_b):
             sh("ip", "netns", "add", ns)
             t.run(ns, "ip", "link", "set", "lo", "up")
         plan = (
-            (t.ns_a, f"mha{tag}", t.r_a, t.addr_a, "192.0.2.254"),
-            (t.ns_b, f"mhb{tag}", t.r_b, t.addr_b, "198.51.100.254"),
+            (t.ns_a, f"mha{tag}", t.r_a, t.addr_a, "192.0.2.254", t.addr6_a, "2001:db8:a::fe"),
+            (t.ns_b, f"mhb{tag}", t.r_b, t.addr_b, "198.51.100.254", t.addr6_b, "2001:db8:b::fe"),
         )
-        for ns, dev, rdev, addr, gw in plan:
+        for ns, dev, rdev, addr, gw, addr6, gw6 in plan:
             sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", rdev,
                "netns", t.ns_r)  # fmt: skip
-            for n, d, a in ((ns, dev, addr), (t.ns_r, rdev, gw)):
+            for n, d, a, a6 in ((ns, dev, addr, addr6), (t.ns_r, rdev, gw, gw6)):
                 t.run(n, "ip", "addr", "add", f"{a}/24", "dev", d)
+                t.run(n, "ip", "-6", "addr", "add", f"{a6}/64", "dev", d, "nodad")
                 t.run(n, "ip", "link", "set", d, "up")
                 t.run(n, "ethtool", "-K", d, "tso", "off", "gso", "off", "gro", "off")
             t.run(ns, "ip", "route", "add", "default", "via", gw)
+            t.run(ns, "ip", "-6", "route", "add", "default", "via", gw6)
         t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        t.run(t.ns_r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
         yield t
     finally:

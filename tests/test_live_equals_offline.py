@@ -21,16 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.support import REPO, require_root_and, sh
+from tests.support import REPO, NetnsRouter, require_root_and, wait_for
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
 
@@ -38,8 +35,6 @@ IDLE_S = 30.0
 ACTIVE_S = 300.0
 # Times: XDP stamps a packet before tcpdump does, on another clock (monotonic + offset).
 TS_TOLERANCE_NS = 50_000_000
-A4, R4A, B4, R4B = "192.0.2.1", "192.0.2.254", "198.51.100.1", "198.51.100.254"
-A6, R6A, B6, R6B = "2001:db8:a::1", "2001:db8:a::fe", "2001:db8:b::1", "2001:db8:b::fe"
 
 # Runs inside the router namespace: attach, export until SIGTERM, flush, write raw events.
 MONITOR_DRIVER = """
@@ -134,67 +129,8 @@ print("done", flush=True)
 """
 
 
-@dataclass(frozen=True)
-class Routed:
-    ns_a: str
-    ns_r: str
-    ns_b: str
-    r_a: str
-    r_b: str
-
-    def run(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", ns, *args, check=check)
-
-
-@pytest.fixture
-def routed() -> Iterator[Routed]:
-    require_root_and("ip", "ethtool", "tcpdump", "ping")
-    tag = uuid.uuid4().hex[:6]
-    t = Routed(f"mldt-ca-{tag}", f"mldt-cr-{tag}", f"mldt-cb-{tag}", f"ra{tag}", f"rb{tag}")
-    a_dev, b_dev = f"aa{tag}", f"bb{tag}"
-    try:
-        for ns in (t.ns_a, t.ns_r, t.ns_b):
-            sh("ip", "netns", "add", ns)
-            t.run(ns, "ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", a_dev, "netns", t.ns_a, "type", "veth", "peer", "name", t.r_a,
-           "netns", t.ns_r)  # fmt: skip
-        sh("ip", "link", "add", b_dev, "netns", t.ns_b, "type", "veth", "peer", "name", t.r_b,
-           "netns", t.ns_r)  # fmt: skip
-        plan = (
-            (t.ns_a, a_dev, A4, A6, R4A, R6A),
-            (t.ns_b, b_dev, B4, B6, R4B, R6B),
-        )
-        for ns, dev, v4, v6, gw4, gw6 in plan:
-            t.run(ns, "ip", "addr", "add", f"{v4}/24", "dev", dev)
-            t.run(ns, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            t.run(ns, "ip", "link", "set", dev, "up")
-            t.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
-            t.run(ns, "ip", "route", "add", "default", "via", gw4)
-            t.run(ns, "ip", "-6", "route", "add", "default", "via", gw6)
-        for dev, v4, v6 in ((t.r_a, R4A, R6A), (t.r_b, R4B, R6B)):
-            t.run(t.ns_r, "ip", "addr", "add", f"{v4}/24", "dev", dev)
-            t.run(t.ns_r, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            t.run(t.ns_r, "ip", "link", "set", dev, "up")
-            t.run(t.ns_r, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
-        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        t.run(t.ns_r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        t.run(t.ns_r, "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
-        yield t
-    finally:
-        for ns in (t.ns_a, t.ns_r, t.ns_b):
-            sh("ip", "netns", "del", ns, check=False)
-
-
 def _netns_popen(ns: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(["ip", "netns", "exec", ns, *args], text=True, **kw)
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
@@ -212,11 +148,11 @@ def _addr(raw: np.ndarray) -> bytes:
     return b[12:] if b[:12] == b"\x00" * 10 + b"\xff\xff" else b
 
 
-def _between_a_and_b(ev: np.ndarray) -> bool:
+def _between_a_and_b(ev: np.ndarray, t: NetnsRouter) -> bool:
     import ipaddress
 
-    a = {ipaddress.ip_address(x).packed for x in (A4, A6)}
-    b = {ipaddress.ip_address(x).packed for x in (B4, B6)}
+    a = {ipaddress.ip_address(x).packed for x in (t.addr_a, t.addr6_a)}
+    b = {ipaddress.ip_address(x).packed for x in (t.addr_b, t.addr6_b)}
     ends = {_addr(ev["addr_lo"]), _addr(ev["addr_hi"])}
     return len(ends & a) == 1 and len(ends & b) == 1
 
@@ -241,7 +177,9 @@ def _key(ev: np.ndarray) -> tuple[bytes, ...]:
     )
 
 
-def test_live_flows_equal_offline_flows(routed: Routed, tmp_path: Path) -> None:
+def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Path) -> None:
+    require_root_and("tcpdump", "ping")
+    t = netns_router
     native = pytest.importorskip("native")
     live_out, ready, pcap = tmp_path / "live.bin", tmp_path / "ready", tmp_path / "r.pcap"
     driver = tmp_path / "driver.py"
@@ -251,28 +189,28 @@ def test_live_flows_equal_offline_flows(routed: Routed, tmp_path: Path) -> None:
     procs: list[subprocess.Popen[str]] = []
     try:
         mon = _netns_popen(
-            routed.ns_r, py, str(driver), str(live_out), str(ready), routed.r_a, routed.r_b,
+            t.ns_r, py, str(driver), str(live_out), str(ready), t.r_a, t.r_b,
             env=env, stderr=subprocess.PIPE,
         )  # fmt: skip
         procs.append(mon)
-        _wait_for(lambda: ready.exists() or mon.poll() is not None, 60, "the monitor to attach")
+        wait_for(lambda: ready.exists() or mon.poll() is not None, 60, "the monitor to attach")
         assert mon.poll() is None, mon.stderr.read() if mon.stderr else ""
         dump = _netns_popen(
-            routed.ns_r, "tcpdump", "-i", routed.r_a, "-w", str(pcap), "-U", "-s", "0",
+            t.ns_r, "tcpdump", "-i", t.r_a, "-w", str(pcap), "-U", "-s", "0",
             "--time-stamp-precision", "nano", "-n", "--immediate-mode",
             stderr=subprocess.PIPE,
         )  # fmt: skip
         procs.append(dump)
-        _wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 20, "tcpdump to start")
+        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 20, "tcpdump to start")
         time.sleep(0.3)
         server = _netns_popen(
-            routed.ns_b, py, "-c", SERVER, B4, B6, stdout=subprocess.PIPE, env=env
+            t.ns_b, py, "-c", SERVER, t.addr_b, t.addr6_b, stdout=subprocess.PIPE, env=env
         )
         procs.append(server)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        for dst in (B4, B6):
-            routed.run(routed.ns_a, "ping", "-c", "4", "-i", "0.05", "-W", "2", dst)
-        client = routed.run(routed.ns_a, py, "-c", CLIENT, B4, B6)
+        for dst in (t.addr_b, t.addr6_b):
+            t.run(t.ns_a, "ping", "-c", "4", "-i", "0.05", "-W", "2", dst)
+        client = t.run(t.ns_a, py, "-c", CLIENT, t.addr_b, t.addr6_b)
         assert client.stdout.strip() == "done", client.stderr
         time.sleep(0.5)
         _stop(dump, signal.SIGINT)
@@ -290,8 +228,8 @@ def test_live_flows_equal_offline_flows(routed: Routed, tmp_path: Path) -> None:
     batches = [*engine.feed_file(str(pcap)), engine.finish()]
     offline = np.concatenate(batches)
 
-    live_ab = sorted((e for e in live if _between_a_and_b(e)), key=_key)
-    off_ab = sorted((e for e in offline if _between_a_and_b(e)), key=_key)
+    live_ab = sorted((e for e in live if _between_a_and_b(e, t)), key=_key)
+    off_ab = sorted((e for e in offline if _between_a_and_b(e, t)), key=_key)
     summary = {
         "live": len(live_ab),
         "offline": len(off_ab),

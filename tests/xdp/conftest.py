@@ -23,19 +23,11 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, netns_router, require_root_and
+from tests.support import REPO, require_root_and, wait_for
 
-__all__ = ["Monitor", "monitors", "netns_router"]
+__all__ = ["Monitor", "monitors"]
 
 DRIVER = Path(__file__).resolve().parent / "driver.py"
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Monitor:

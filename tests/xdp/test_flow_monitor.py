@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import NetnsPair, NetnsRouter, sh
-from tests.xdp.conftest import wait_for
+from tests.support import NetnsPair, NetnsRouter, sh, wait_for
 from xdp import flow_h_constants
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
