@@ -99,7 +99,6 @@ class PcapSource:
         self.rejected: list[RejectedFile] = []
         self.files_read = 0
         self.bytes_total = sum(f.stat().st_size for f in self.files)
-        self.bytes_done = 0
         self._last_obs = self.files[0].name if self.files else ""
         self._engine = native.FlowEngine(
             capture.idle_timeout_s,
@@ -120,7 +119,6 @@ class PcapSource:
                 self._reject(path, "corrupt", exc)
             else:
                 self.files_read += 1
-            self.bytes_done += path.stat().st_size
 
     def _reject(self, path: Path, reason: str, exc: Exception) -> None:
         self.rejected.append(RejectedFile(str(path), reason, str(exc)))
