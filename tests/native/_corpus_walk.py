@@ -1,6 +1,7 @@
-"""Child process of test_corpus.py: walk every capture under a folder, three passes.
+"""Child process of test_corpus.py: walk every capture under a folder, several passes.
 
-Prints one JSON line: counts, seconds, and RSS (KiB) after each pass.
+Usage: _corpus_walk.py DIR [PASSES [LIMIT]]. Prints one JSON line: counts, seconds, and
+anonymous RSS (KiB) after each pass.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ SKIP_SUFFIXES = (".csv", ".md", ".out", ".txt", ".json", ".yaml", ".py")
 
 
 def rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    """Anonymous resident memory: the heap, without shared-library pages faulted in lazily."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise RuntimeError("no RssAnon in /proc/self/status")
 
 
 def walk(root: str) -> list[str]:
@@ -50,15 +55,18 @@ def one_pass(files: list[str]) -> dict[str, int]:
 
 def main() -> None:
     files = walk(sys.argv[1])
+    passes = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    if len(sys.argv) > 3:
+        files = files[: int(sys.argv[3])]
     start = time.perf_counter()
     rss = []
     counts: dict[str, int] = {}
-    for _ in range(3):
+    for _ in range(passes):
         counts = one_pass(files)
         gc.collect()
         rss.append(rss_kib())
     seconds = time.perf_counter() - start
-    print(json.dumps({**counts, "seconds_3_passes": seconds, "rss_kib": rss}))
+    print(json.dumps({**counts, "seconds": seconds, "rss_kib": rss}))
 
 
 if __name__ == "__main__":
