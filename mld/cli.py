@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import load_config, resolve_config_path, to_dict
 from crypto_transport import KeyPair
+from lab.cli import register as register_lab
 from mld import __version__
 from mld.errors import KeyFileError, MldError
 from sniffer.cli import register as register_sniffer
@@ -35,6 +36,7 @@ examples:
   mld config check /etc/mld/mld.yaml           validate a file (exit 1 and the reason if bad)
   mld flows capture.pcap                       the flows of a capture, with fast-rule scores
   mld sniff --iface eth0                       capture live with XDP, send to the detector
+  mld lab up                                   the namespace lab (see mld lab --help)
   mld version
 """
 
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check)
 
     register_sniffer(sub, common)
+    register_lab(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")
     version.set_defaults(func=_cmd_version)

@@ -6,15 +6,23 @@ into these, so callers catch project errors only::
     MldError
     ├── ConfigError            a config file or value is wrong (names the key and the file)
     ├── KeyFileError           a key file is missing, unreadable, malformed or too open
-    └── TransportError         the encrypted ZeroMQ transport cannot do what was asked
-        └── FrameRejected      one received frame failed a check (carries the reason)
+    ├── TransportError         the encrypted ZeroMQ transport cannot do what was asked
+    │   └── FrameRejected      one received frame failed a check (carries the reason)
+    └── LabError               the lab cannot be built, run or torn down as asked
 
 Messages say what went wrong and what to do next.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FrameRejected", "KeyFileError", "MldError", "TransportError"]
+__all__ = [
+    "ConfigError",
+    "FrameRejected",
+    "KeyFileError",
+    "LabError",
+    "MldError",
+    "TransportError",
+]
 
 
 class MldError(Exception):
@@ -40,3 +48,7 @@ class FrameRejected(TransportError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class LabError(MldError):
+    """The lab (namespaces, services, traffic recipes, captures) failed."""

@@ -21,6 +21,15 @@ fi
 echo "apt: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# Server packages (openssh-server, nginx) would start their daemons in the root namespace
+# on install; the lab runs its own copies inside namespaces. policy-rc.d exit 101 tells
+# invoke-rc.d not to start anything; it is removed afterwards unless it was already there.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 # --no-install-recommends: python3-bpfcc recommends linux-headers-amd64, which would
 # upgrade unrelated packages; scripts/kernel-headers.sh provides headers instead.
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
