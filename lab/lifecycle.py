@@ -27,7 +27,7 @@ from lab.netns import (
     run_in,
     xdp_attachments,
 )
-from lab.services import ServiceProcess, start_services
+from lab.services import ServiceProcess, reap, start_services
 from lab.topology import Topology, load_topology
 from mld.errors import LabError
 
@@ -174,6 +174,8 @@ def down(
         (run_dir / STATE_FILE).unlink(missing_ok=True)
         if not keep_logs:
             shutil.rmtree(run_dir, ignore_errors=True)
+    for pid in killed:
+        reap(pid)
     left = [ns for prefix in prefixes for ns in list_namespaces(prefix)]
     if left:
         raise LabError(f"namespaces still present after down: {', '.join(left)}")

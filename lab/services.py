@@ -32,6 +32,7 @@ __all__ = [
     "Service",
     "ServiceProcess",
     "credentials",
+    "reap",
     "start_services",
 ]
 
@@ -323,6 +324,11 @@ def _listening(ns: str, proto: str, port: int) -> bool:
     )
 
 
+# The Popen objects of the daemons this process started: kept so they are not collected
+# while running (a ResourceWarning) and so lab.netns.kill_pids can reap them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start_services(topo: Topology, run_dir: Path, timeout_s: float = 15.0) -> list[ServiceProcess]:
     """Start every service of every host; return the processes once each one listens."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -350,6 +356,7 @@ def start_services(topo: Topology, run_dir: Path, timeout_s: float = 15.0) -> li
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+            _CHILDREN[proc.pid] = proc
             started.append(ServiceProcess(name, ns, proc.pid, tuple(argv), str(out)))
             deadline = time.monotonic() + timeout_s
             while not all(_listening(ns, p, port) for p, port in svc.ports):
@@ -370,3 +377,14 @@ def start_services(topo: Topology, run_dir: Path, timeout_s: float = 15.0) -> li
                 ", ".join(f"{p}/{port}" for p, port in svc.ports),
             )
     return started
+
+
+def reap(pid: int) -> None:
+    """Forget (and wait for) a daemon this process started, once it has been stopped."""
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
