@@ -1,0 +1,45 @@
+"""`mld lab` smoke tests: help, listing, status of a lab that is not up, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import REPO, require_root_and
+
+
+def mld(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mld.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+
+
+def test_help_has_examples() -> None:
+    for args in (("lab", "--help"), ("lab", "capture", "--help"), ("lab", "run", "--help")):
+        proc = mld(*args)
+        assert proc.returncode == 0 and "examples:" in proc.stdout, args
+
+
+def test_recipes_list_as_json() -> None:
+    proc = mld("lab", "recipes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {"syn_flood", "ssh_bruteforce", "lateral_fanout"} <= {r["name"] for r in rows}
+
+
+def test_a_lab_that_is_not_up(tmp_path: Path) -> None:
+    require_root_and("ip")
+    topo = tmp_path / "t.yaml"
+    text = (REPO / "lab" / "topology.yaml").read_text()
+    topo.write_text(text.replace("prefix: mld-lab", "prefix: mldn-lab"))
+    common = ("--topology", str(topo), "--run-dir", str(tmp_path / "run"))
+    status = mld("lab", "status", "--json", *common)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["up"] is False
+    run = mld("lab", "run", "ping", *common)
+    assert run.returncode == 1 and "run `mld lab up` first" in run.stderr
+    unknown = mld("lab", "run", "teleport", *common)
+    assert unknown.returncode == 1 and "no recipe 'teleport'" in unknown.stderr
+    bad_set = mld("lab", "capture", "--scenario", "nope", "--out", str(tmp_path), *common)
+    assert bad_set.returncode == 1
