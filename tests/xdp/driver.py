@@ -59,6 +59,14 @@ def main() -> int:
         sweep_interval_s=a.sweep,
         pin_dir=a.pin_dir,
     )
+
+    def save_stats() -> None:
+        # Write then rename: the test reads this file while the driver rewrites it, and a
+        # plain write_text let it read an empty file once (CI).
+        tmp = a.stats.with_suffix(".tmp")
+        tmp.write_text(json.dumps(mon.stats()))
+        tmp.replace(a.stats)
+
     with a.out.open("wb") as out, a.json.open("w") as js:
 
         def write(buf: bytes, phase: str) -> None:
@@ -70,10 +78,12 @@ def main() -> int:
 
         try:
             mon.attach()
-            a.ready.write_text(json.dumps({"modes": mon.modes, "size": mon.record_size}))
+            tmp = a.ready.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"modes": mon.modes, "size": mon.record_size}))
+            tmp.replace(a.ready)
             while True:
                 write(mon.poll(100), "poll")
-                a.stats.write_text(json.dumps(mon.stats()))
+                save_stats()
         except (SystemExit, KeyboardInterrupt):
             pass
         finally:
@@ -81,7 +91,7 @@ def main() -> int:
                 write(mon.poll(0), "poll")
                 if not a.no_flush:
                     write(mon.flush(), "flush")
-                a.stats.write_text(json.dumps(mon.stats()))
+                save_stats()
             finally:
                 mon.close()
     return 0
