@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from lab.lifecycle import DEFAULT_RUN_DIR, down, status, up
-from lab.recipes import load_recipes, run_recipe
-from lab.scenario import load_datasets, load_scenarios, run_scenario
+from lab.recipes import Recipe, load_recipes, run_recipe
+from lab.scenario import Scenario, load_datasets, load_scenarios, run_scenario
 from lab.summary import summarize_capture
-from lab.topology import load_topology
+from lab.topology import Topology, load_topology
 from mld.errors import LabError
 
 __all__ = ["register"]
@@ -42,15 +42,15 @@ examples:
 
 
 def _emit(args: argparse.Namespace, result: Any, text: str) -> None:
-    print(json.dumps(result, indent=None if args.json else 2) if args.json else text)
+    print(json.dumps(result) if args.json else text)
 
 
-def _topo(args: argparse.Namespace) -> Any:
+def _topo(args: argparse.Namespace) -> Topology:
     return load_topology(args.topology)
 
 
-def _require_up(args: argparse.Namespace) -> None:
-    st = status(_topo(args), Path(args.run_dir))
+def _require_up(args: argparse.Namespace, topo: Topology) -> None:
+    st = status(topo, Path(args.run_dir))
     if not st["up"]:
         raise LabError(
             f"the lab is not up (missing: {', '.join(st['missing_namespaces']) or 'services'}); "
@@ -125,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipes = load_recipes(topo, args.recipes)
     if args.recipe not in recipes:
         raise LabError(f"no recipe {args.recipe!r}; `mld lab recipes` lists them")
-    _require_up(args)
+    _require_up(args, topo)
     recipe = recipes[args.recipe]
     overrides = _parse_set(args.set or [])
     unknown = set(overrides) - set(recipe.params)
@@ -146,10 +146,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _capture_one(args: argparse.Namespace, name: str, seed: int, out: Path) -> dict[str, Any]:
+def _load_scenarios(
+    args: argparse.Namespace,
+) -> tuple[Topology, dict[str, Recipe], dict[str, Scenario]]:
     topo = _topo(args)
     recipes = load_recipes(topo, args.recipes)
-    scenarios = load_scenarios(recipes, args.scenarios)
+    return topo, recipes, load_scenarios(recipes, args.scenarios)
+
+
+def _capture_one(
+    args: argparse.Namespace,
+    loaded: tuple[Topology, dict[str, Recipe], dict[str, Scenario]],
+    name: str,
+    seed: int,
+    out: Path,
+) -> dict[str, Any]:
+    topo, recipes, scenarios = loaded
     if name not in scenarios:
         raise LabError(f"no scenario {name!r} (scenarios: {', '.join(scenarios)})")
     host, _, nic = args.iface.partition("/")
@@ -177,17 +189,17 @@ def _summary_text(s: dict[str, Any]) -> str:
 
 
 def _cmd_capture(args: argparse.Namespace) -> int:
-    _require_up(args)
-    summary = _capture_one(args, args.scenario, args.seed, Path(args.out))
+    loaded = _load_scenarios(args)
+    _require_up(args, loaded[0])
+    summary = _capture_one(args, loaded, args.scenario, args.seed, Path(args.out))
     _emit(args, summary, _summary_text(summary))
     return 0 if not summary["errors"] else 1
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    _require_up(args)
-    topo = _topo(args)
-    recipes = load_recipes(topo, args.recipes)
-    datasets = load_datasets(load_scenarios(recipes, args.scenarios), args.scenarios)
+    loaded = _load_scenarios(args)
+    _require_up(args, loaded[0])
+    datasets = load_datasets(loaded[2], args.scenarios)
     if args.name not in datasets:
         raise LabError(f"no dataset {args.name!r} (datasets: {', '.join(datasets)})")
     results = []
@@ -196,7 +208,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
         if (out / "scenario.json").exists() and not args.force:
             log.info("%s exists; skipping (--force captures it again)", out)
             continue
-        summary = _capture_one(args, scenario, seed, out)
+        summary = _capture_one(args, loaded, scenario, seed, out)
         results.append(summary)
         if not args.json:
             print(_summary_text(summary), flush=True)

@@ -22,7 +22,6 @@ from lab.netns import (
     delete_namespace,
     kill_pids,
     list_namespaces,
-    namespace_pids,
     run,
     run_in,
     xdp_attachments,
@@ -167,8 +166,7 @@ def down(
     removed = []
     for prefix in sorted(prefixes):
         for ns in list_namespaces(prefix):
-            killed += namespace_pids(ns)
-            delete_namespace(ns)
+            killed += delete_namespace(ns)
             removed.append(ns)
     if run_dir.exists():
         (run_dir / STATE_FILE).unlink(missing_ok=True)
@@ -201,11 +199,9 @@ def up(topo: Topology | None = None, run_dir: Path = DEFAULT_RUN_DIR) -> LabStat
         state.processes = start_services(topo, run_dir)
         state.save()
     except BaseException:
-        # Record what did start so down finds it, then take it all away again.
-        try:
-            down(topo, run_dir)
-        finally:
-            pass
+        # Daemons started before the failure are not in the state yet; down finds them
+        # through their namespaces.
+        down(topo, run_dir)
         raise
     log.info("lab up: %d namespaces, %d services", len(topo.namespaces()), len(state.processes))
     return state

@@ -108,10 +108,14 @@ def kill_pids(pids: Sequence[int], grace_s: float = 3.0) -> list[int]:
     return live
 
 
-def delete_namespace(ns: str) -> None:
-    """Kill every process in ``ns``, then delete it (its veths and XDP programs go with it)."""
-    kill_pids(namespace_pids(ns))
+def delete_namespace(ns: str) -> list[int]:
+    """Kill every process in ``ns``, then delete it (its veths and XDP programs go with it).
+
+    Returns the PIDs that were running in it.
+    """
+    stopped = kill_pids(namespace_pids(ns))
     run(["ip", "netns", "del", ns], check=False)
+    return stopped
 
 
 def xdp_attachments(ns: str | None = None) -> list[str]:
@@ -122,6 +126,8 @@ def xdp_attachments(ns: str | None = None) -> list[str]:
     for link in json.loads(out) if out else []:
         xdp = link.get("xdp")
         if xdp:
-            prog = xdp.get("prog", {}).get("id") or xdp.get("attached", [{}])[0].get("prog", {})
-            found.append(f"{link['ifname']}:{prog}")
+            # One program: {"prog": {"id": N}}; several modes at once: {"attached": [...]}.
+            attached = xdp.get("attached") or [xdp]
+            ids = ",".join(str(a.get("prog", {}).get("id", "?")) for a in attached)
+            found.append(f"{link['ifname']}:{ids}")
     return found

@@ -140,7 +140,8 @@ class _Runner:
         self.truths: list[GroundTruth] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._host_locks: dict[str, threading.Lock] = {}
+        # One lock per attacking host: its attacks run one after another.
+        self._host_locks = {recipes[a.recipe].host: threading.Lock() for a in scenario.attacks}
 
     def _record(self, truth: GroundTruth) -> None:
         with self._lock:
@@ -176,7 +177,7 @@ class _Runner:
         at = rng.uniform(attack.earliest, attack.latest)
         if self.stop.wait(max(0.0, self.t0 + at - time.time())):
             return
-        with self._host_locks.setdefault(recipe.host, threading.Lock()):
+        with self._host_locks[recipe.host]:
             if self.stop.is_set() or self._remaining() < 2:
                 return
             log.info(
@@ -208,8 +209,6 @@ def run_scenario(
     with Capture(topo.namespace(host), nic, pcap, snaplen) as capture:
         t0 = time.time()
         runner = _Runner(scenario, recipes, topo, run_dir, seed, t0, stop, out / "recipes.log")
-        for a in scenario.attacks:
-            runner._host_locks.setdefault(recipes[a.recipe].host, threading.Lock())
         jobs: list[tuple[Any, ...]] = [
             (f"background {n}", runner.background, i, n) for i, n in enumerate(scenario.background)
         ]
