@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import DEFAULT_TOPOLOGY, Topology, load_topology
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -195,3 +197,11 @@ def netns_router() -> Iterator[NetnsRouter]:
     finally:
         for ns in (t.ns_a, t.ns_r, t.ns_b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+def lab_topology(tmp: Path, prefix: str) -> Topology:
+    """The default lab topology under another namespace prefix, so a test's lab never
+    touches a developer's running ``mld-lab``."""
+    path = tmp / "topology.yaml"
+    path.write_text(DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {prefix}"))
+    return load_topology(path)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import REPO, require_root_and
+from tests.support import REPO, lab_topology, require_root_and
 
 
 def mld(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,10 +30,8 @@ def test_recipes_list_as_json() -> None:
 
 def test_a_lab_that_is_not_up(tmp_path: Path) -> None:
     require_root_and("ip")
-    topo = tmp_path / "t.yaml"
-    text = (REPO / "lab" / "topology.yaml").read_text()
-    topo.write_text(text.replace("prefix: mld-lab", "prefix: mldn-lab"))
-    common = ("--topology", str(topo), "--run-dir", str(tmp_path / "run"))
+    topo = lab_topology(tmp_path, "mldn-lab")
+    common = ("--topology", str(topo.source), "--run-dir", str(tmp_path / "run"))
     status = mld("lab", "status", "--json", *common)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["up"] is False

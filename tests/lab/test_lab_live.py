@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +25,8 @@ from lab.labels import read_labels
 from lab.lifecycle import down, status, up
 from lab.netns import list_namespaces
 from lab.recipes import load_recipes, run_recipe
-from lab.topology import DEFAULT_TOPOLOGY, Topology, load_topology
-from tests.support import REPO, require_root_and, sh, wait_for
+from lab.topology import Topology, load_topology
+from tests.support import REPO, lab_topology, require_root_and, sh, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -79,17 +78,11 @@ def machine_snapshot() -> dict[str, Any]:
     }
 
 
-def _topology(tmp: Path, prefix: str) -> Topology:
-    path = tmp / "topology.yaml"
-    path.write_text(DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {prefix}"))
-    return load_topology(path)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Path]]:
     require_root_and(*TOOLS)
     tmp = tmp_path_factory.mktemp("lab")
-    topo = _topology(tmp, "mldt-lab")
+    topo = lab_topology(tmp, "mldt-lab")
     run_dir = tmp / "run"
     before = machine_snapshot()
     try:
@@ -169,7 +162,7 @@ def test_down_stops_a_sniffer_and_removes_its_xdp(tmp_path: Path) -> None:
     """A process the lab did not start itself (a sniffer with XDP on the gateway's NICs) is
     stopped by ``down`` through the namespace, and its XDP programs go with it."""
     require_root_and(*TOOLS)
-    topo = _topology(tmp_path, "mldx-lab")
+    topo = lab_topology(tmp_path, "mldx-lab")
     run_dir = tmp_path / "run"
     before = machine_snapshot()
     sniffer = None
@@ -197,7 +190,7 @@ def test_down_stops_a_sniffer_and_removes_its_xdp(tmp_path: Path) -> None:
 
 def test_down_cleans_up_after_a_crashed_up_and_up_cleans_leftovers(tmp_path: Path) -> None:
     require_root_and(*TOOLS)
-    topo = _topology(tmp_path, "mldc-lab")
+    topo = lab_topology(tmp_path, "mldc-lab")
     run_dir = tmp_path / "run"
     before = machine_snapshot()
     cmd = [sys.executable, "-m", "mld.cli", "lab", "--topology", str(topo.source), "--run-dir",
@@ -233,4 +226,3 @@ def test_down_cleans_up_after_a_crashed_up_and_up_cleans_leftovers(tmp_path: Pat
         down(topo, run_dir)
     assert not list_namespaces("mldc-lab")
     assert machine_snapshot() == before
-    time.sleep(0)

@@ -60,12 +60,12 @@ def main() -> int:
         pin_dir=a.pin_dir,
     )
 
-    def save_stats() -> None:
-        # Write then rename: the test reads this file while the driver rewrites it, and a
-        # plain write_text let it read an empty file once (CI).
-        tmp = a.stats.with_suffix(".tmp")
-        tmp.write_text(json.dumps(mon.stats()))
-        tmp.replace(a.stats)
+    def save(path: Path, data: object) -> None:
+        # Write then rename: the test reads these files while the driver rewrites them, and
+        # a plain write_text let it read an empty file once (CI).
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
 
     with a.out.open("wb") as out, a.json.open("w") as js:
 
@@ -78,12 +78,10 @@ def main() -> int:
 
         try:
             mon.attach()
-            tmp = a.ready.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"modes": mon.modes, "size": mon.record_size}))
-            tmp.replace(a.ready)
+            save(a.ready, {"modes": mon.modes, "size": mon.record_size})
             while True:
                 write(mon.poll(100), "poll")
-                save_stats()
+                save(a.stats, mon.stats())
         except (SystemExit, KeyboardInterrupt):
             pass
         finally:
@@ -91,7 +89,7 @@ def main() -> int:
                 write(mon.poll(0), "poll")
                 if not a.no_flush:
                     write(mon.flush(), "flush")
-                save_stats()
+                save(a.stats, mon.stats())
             finally:
                 mon.close()
     return 0
