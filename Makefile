@@ -31,7 +31,7 @@ PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VE
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
                 $(STAMP_NATIVE)
 
-PACKAGES     := mld config proto crypto_transport xdp native sniffer lab
+PACKAGES     := mld config proto crypto_transport xdp native sniffer lab detector
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \

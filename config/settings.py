@@ -16,6 +16,7 @@ from typing import Literal
 
 from config.loader import build, load_yaml
 from crypto_transport.config import TransportConfig
+from detector.config import DetectorConfig
 from sniffer.config import SnifferConfig
 
 __all__ = [
@@ -59,6 +60,7 @@ class MldConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     sniffer: SnifferConfig = field(default_factory=SnifferConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

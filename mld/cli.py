@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import load_config, resolve_config_path, to_dict
 from crypto_transport import KeyPair
+from detector.cli import register as register_detector
 from lab.cli import register as register_lab
 from mld import __version__
 from mld.errors import KeyFileError, MldError
@@ -36,6 +37,9 @@ examples:
   mld config check /etc/mld/mld.yaml           validate a file (exit 1 and the reason if bad)
   mld flows capture.pcap                       the flows of a capture, with fast-rule scores
   mld sniff --iface eth0                       capture live with XDP, send to the detector
+  mld analyze capture.pcap                     detect attacks in a capture, offline (JSON lines)
+  mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
+  mld evaluate ../shared/data/labels.csv       detection and false-positive rates
   mld lab up                                   the namespace lab (see mld lab --help)
   mld version
 """
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check)
 
     register_sniffer(sub, common)
+    register_detector(sub, common)
     register_lab(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")

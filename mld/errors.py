@@ -8,7 +8,8 @@ into these, so callers catch project errors only::
     ├── KeyFileError           a key file is missing, unreadable, malformed or too open
     ├── TransportError         the encrypted ZeroMQ transport cannot do what was asked
     │   └── FrameRejected      one received frame failed a check (carries the reason)
-    └── LabError               the lab cannot be built, run or torn down as asked
+    ├── LabError               the lab cannot be built, run or torn down as asked
+    └── ModelError             a model bundle cannot be trained, compiled, loaded or validated
 
 Messages say what went wrong and what to do next.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "KeyFileError",
     "LabError",
     "MldError",
+    "ModelError",
     "TransportError",
 ]
 
@@ -52,3 +54,7 @@ class FrameRejected(TransportError):
 
 class LabError(MldError):
     """The lab (namespaces, services, traffic recipes, captures) failed."""
+
+
+class ModelError(MldError):
+    """A model bundle cannot be trained, compiled, loaded or validated."""

@@ -29,7 +29,7 @@ class ProcessedFlows:
     records: list[bytes]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.flows)
 
 
 class FlowPipeline:
@@ -40,12 +40,16 @@ class FlowPipeline:
         self.rules = FastRules(config.rules, config.context)
         self.records = 0
 
-    def process(self, events: npt.NDArray[np.void], observation_point: str) -> ProcessedFlows:
+    def process(
+        self, events: npt.NDArray[np.void], observation_point: str, encode: bool = True
+    ) -> ProcessedFlows:
+        """Columns, context and fast scores of ``events``; serialized FlowRecords too unless
+        ``encode`` is false (offline analysis works on the columns and skips that cost)."""
         flows = flow_columns(events, observation_point)
         context = self.context.update(flows)
         scores = self.rules.score(flows, context)
-        records = encode_records(flows, context, scores.score, scores.rule)
-        self.records += len(records)
+        records = encode_records(flows, context, scores.score, scores.rule) if encode else []
+        self.records += len(flows)
         return ProcessedFlows(flows, context, scores, records)
 
     def stats(self) -> dict[str, int]:

@@ -1,0 +1,61 @@
+"""The detector: family forests compiled to native code, ``max(fast, ml)`` scoring.
+
+Public API::
+
+    DetectorConfig, ThresholdsConfig, TrainConfig          settings (mld.yaml ``detector``)
+    FAMILIES, LABEL_FAMILY, FAST_RULE_FAMILY               families and label mapping
+    FEATURES, SCHEMA_HASH, feature_matrix,                 the feature vector, from columns
+    columns_from_flows, columns_from_records               or from FlowRecords
+    load_bundle, read_manifest, write_bundle, LoadedBundle the model bundle
+    forest_to_treelite, compile_model, CompileOptions      sklearn -> treelite -> .so
+    Scorer, Scores                                         scores, labels, explanations
+    analyze_captures, AnalyzedBatch, AnalysisStats         the whole path on capture files
+    train_bundle                                           the training pipeline
+
+The ``mld train``, ``mld analyze``, ``mld evaluate`` and ``mld detect`` commands live in
+``detector.cli``.
+"""
+
+from __future__ import annotations
+
+from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
+from detector.bundle import LoadedBundle, load_bundle, read_manifest, write_bundle
+from detector.compile import CompileOptions, compile_model, forest_to_treelite
+from detector.config import DetectorConfig, ThresholdsConfig, TrainConfig
+from detector.families import FAMILIES, FAST_RULE_FAMILY, LABEL_FAMILY
+from detector.features import (
+    FEATURES,
+    SCHEMA_HASH,
+    columns_from_flows,
+    columns_from_records,
+    feature_matrix,
+)
+from detector.scoring import Scorer, Scores
+from detector.train import train_bundle
+
+__all__ = [
+    "FAMILIES",
+    "FAST_RULE_FAMILY",
+    "FEATURES",
+    "LABEL_FAMILY",
+    "SCHEMA_HASH",
+    "AnalysisStats",
+    "AnalyzedBatch",
+    "CompileOptions",
+    "DetectorConfig",
+    "LoadedBundle",
+    "Scorer",
+    "Scores",
+    "ThresholdsConfig",
+    "TrainConfig",
+    "analyze_captures",
+    "columns_from_flows",
+    "columns_from_records",
+    "compile_model",
+    "feature_matrix",
+    "forest_to_treelite",
+    "load_bundle",
+    "read_manifest",
+    "train_bundle",
+    "write_bundle",
+]

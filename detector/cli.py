@@ -1,0 +1,337 @@
+"""``mld train``, ``mld analyze`` and ``mld evaluate`` (``mld detect`` is in detect_cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+from config import load_config
+from config.settings import MldConfig
+from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
+from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
+from detector.dataset import LAB_TEST_DEFAULT, discover
+from detector.evaluate import evaluate, render_evaluation
+from detector.scoring import LABEL_NAMES, Scorer
+from detector.train import train_bundle
+from proto.events_pb2 import LABEL_BENIGN
+
+__all__ = ["analysis_rows", "register"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR = 0, 1
+_PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 47: "GRE", 132: "SCTP"}
+
+ANALYZE_EPILOG = """\
+examples:
+  mld analyze capture.pcap                      one JSON object per flow on stdout
+  mld analyze /data/pcaps/ --out flows.jsonl    a folder, in name order, to a file
+  mld analyze capture.pcap --alerts-only | jq 'select(.family=="scan")'
+  mld analyze capture.pcap --bundle ./my-bundle --quiet
+"""
+TRAIN_EPILOG = """\
+examples:
+  make lab-dataset                              capture the lab dataset first (~35 min)
+  mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
+  mld train --shared ../shared/data --out /tmp/bundle --trees 8 --depth 8   quick, shared only
+"""
+EVALUATE_EPILOG = """\
+examples:
+  mld evaluate ../shared/data/labels.csv        shared attacks + nDPI benign (held-out only)
+  mld evaluate ../shared/data/labels.csv --json
+  mld evaluate build/lab-data/default/07-mixed-seed8/labels.csv --no-benign
+"""
+
+
+def _bundle(cfg: MldConfig, given: str | None) -> tuple[Path, Path | None]:
+    bundle = Path(given) if given else Path(cfg.detector.bundle_dir or DEFAULT_BUNDLE_DIR)
+    cache = Path(cfg.detector.model_cache_dir) if cfg.detector.model_cache_dir else None
+    return bundle, cache
+
+
+def _scorer(cfg: MldConfig, given: str | None) -> Scorer:
+    bundle_dir, cache = _bundle(cfg, given)
+    bundle = load_bundle(bundle_dir, cache, cfg.detector.predict_threads)
+    return Scorer(bundle, cfg.detector.thresholds, cfg.detector.top_features)
+
+
+def _addr(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def analysis_rows(batch: AnalyzedBatch) -> list[dict[str, Any]]:
+    """The JSON objects ``mld analyze`` writes for one analysed batch."""
+    s = batch.scores
+    assert s is not None
+    f = batch.flows
+    cols = {
+        name: f[name].tolist()
+        for name in (
+            "flow_id",
+            "src_port",
+            "dst_port",
+            "protocol",
+            "first_ts_ns",
+            "last_ts_ns",
+            "end_reason",
+            "fwd_packets",
+            "bwd_packets",
+            "fwd_bytes",
+            "bwd_bytes",
+        )
+    }
+    fam_scores = s.family_scores.tolist()
+    fast, ml, final = s.fast_score.tolist(), s.ml_score.tolist(), s.final_score.tolist()
+    labels = s.label.tolist()
+    rows = []
+    for i in range(len(f)):
+        rows.append(
+            {
+                "flow_id": cols["flow_id"][i],
+                "src_ip": _addr(f.src_addr[i]),
+                "src_port": cols["src_port"][i],
+                "dst_ip": _addr(f.dst_addr[i]),
+                "dst_port": cols["dst_port"][i],
+                "proto": _PROTO_NAMES.get(cols["protocol"][i], str(cols["protocol"][i])),
+                "first_ts": round(cols["first_ts_ns"][i] / 1e9, 6),
+                "last_ts": round(cols["last_ts_ns"][i] / 1e9, 6),
+                "packets": cols["fwd_packets"][i] + cols["bwd_packets"][i],
+                "bytes": cols["fwd_bytes"][i] + cols["bwd_bytes"][i],
+                "fast_score": round(fast[i], 4),
+                "fast_rule": s.fast_rule[i],
+                "ml_score": round(ml[i], 4),
+                "ml_family": s.ml_family[i],
+                "family_scores": {
+                    fam: round(v, 4) for fam, v in zip(s.families, fam_scores[i], strict=True)
+                },
+                "family": s.family[i] if labels[i] != LABEL_BENIGN else "",
+                "final_score": round(final[i], 4),
+                "label": LABEL_NAMES[labels[i]],
+                "top_features": [
+                    {"name": n, "value": round(v, 4), "weight": round(w, 3)}
+                    for n, v, w in s.top_features[i]
+                ],
+                "end_reason": cols["end_reason"][i],
+                "observation_point": f.observation_point,
+                "model_version": s.model_version,
+            }
+        )
+    return rows
+
+
+class _Progress:
+    """A status line on stderr every 2 s: files, packets, flows, rate."""
+
+    def __init__(self, stats: AnalysisStats, enabled: bool) -> None:
+        self.stats = stats
+        self.enabled = enabled and sys.stderr.isatty()
+        self._next = time.monotonic() + 2.0
+
+    def tick(self) -> None:
+        if not self.enabled or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 2.0
+        s = self.stats
+        print(
+            f"\ranalyze: file {s.files_read + 1}/{s.files}, {s.packets} packets, {s.flows} "
+            f"flows, {s.packets_per_s:,.0f} packets/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def end(self) -> None:
+        if self.enabled:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _summary(stats: AnalysisStats, alerts: Counter[tuple[str, str]], out: IO[str]) -> None:
+    print(
+        f"flows {stats.flows}, packets {stats.packets}, files {stats.files_read}/{stats.files}"
+        f" read, {stats.seconds:.2f} s, {stats.packets_per_s:,.0f} packets/s",
+        file=out,
+    )
+    families = sorted({fam for fam, _ in alerts})
+    if not families:
+        print("no alerts", file=out)
+        return
+    print(f"{'family':12s} {'suspicious':>10s} {'malicious':>10s}", file=out)
+    for fam in families:
+        print(
+            f"{fam:12s} {alerts[(fam, 'suspicious')]:10d} {alerts[(fam, 'malicious')]:10d}",
+            file=out,
+        )
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    sniffer = cfg.sniffer
+    if args.idle_timeout is not None:
+        capture = dataclasses.replace(sniffer.capture, idle_timeout_s=args.idle_timeout)
+        sniffer = dataclasses.replace(sniffer, capture=capture)
+    scorer = _scorer(cfg, args.bundle)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    stats = AnalysisStats()
+    progress = _Progress(stats, enabled=not args.quiet)
+    alerts: Counter[tuple[str, str]] = Counter()
+    try:
+        for batch in analyze_captures(args.paths, sniffer, scorer, stats):
+            assert batch.scores is not None
+            for row in analysis_rows(batch):
+                if row["label"] != "benign":
+                    alerts[(row["family"], row["label"])] += 1
+                elif args.alerts_only:
+                    continue
+                out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            progress.tick()
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, as other Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        progress.end()
+        if out is not sys.stdout:
+            out.close()
+        else:
+            sys.stdout.flush()
+    if not args.quiet:
+        _summary(stats, alerts, sys.stderr)
+    for rejected in stats.rejected:
+        print(f"mld: rejected {rejected.path}: {rejected.message}", file=sys.stderr)
+    return EXIT_ERROR if stats.rejected else EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    train = cfg.detector.train
+    if args.trees is not None:
+        train = dataclasses.replace(train, n_trees=args.trees)
+    if args.depth is not None:
+        train = dataclasses.replace(train, max_depth=args.depth)
+    if args.seed is not None:
+        train = dataclasses.replace(train, seed=args.seed)
+    lab = Path(args.lab) if args.lab else None
+    shared = Path(args.shared) if args.shared else None
+    captures = discover(lab, shared, tuple(args.test_capture or LAB_TEST_DEFAULT))
+    _bundle_dir, cache = _bundle(cfg, None)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else None
+    result = train_bundle(
+        captures, Path(args.out), cfg.sniffer, train, cfg.detector.thresholds.alert, cache, say
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {"version": result.manifest.version, "out": args.out, "metrics": result.metrics}
+            )
+        )
+    else:
+        print(result.report)
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    labels = Path(args.labels)
+    benign: Path | None = None
+    if not args.no_benign:
+        benign = Path(args.benign) if args.benign else labels.parent / "pcaps" / "ndpi"
+        if not benign.is_dir():
+            print(
+                f"mld: no benign folder {benign}; pass --benign DIR or --no-benign", file=sys.stderr
+            )
+            return EXIT_ERROR
+    scorer = _scorer(cfg, args.bundle)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else None
+    result = evaluate(labels, benign, cfg.sniffer, scorer, say)
+    if args.json:
+        print(json.dumps(result.to_json(args.include_trained)))
+    else:
+        print(render_evaluation(result, args.include_trained), end="")
+    return EXIT_OK
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add ``analyze``, ``train`` and ``evaluate`` to the ``mld`` subcommands."""
+    analyze = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="detect attacks in capture files, offline, with no other service",
+        description="Run the whole detection path on pcap/pcapng files or folders in one "
+        "process: flow engine, fast rules, the model bundle's forests, scoring. Writes one "
+        "JSON object per flow (src_ip, src_port, dst_ip, dst_port, proto, first_ts, last_ts, "
+        "packets, bytes, fast_score, fast_rule, ml_score, family, final_score, label, "
+        "top_features, ...) and a summary on stderr. No root, etcd or lab needed. Exit 1 if "
+        "a file could not be read (the others are still analysed).",
+        epilog=ANALYZE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analyze.add_argument("paths", nargs="+", metavar="FILE|DIR", help="capture files or folders")
+    analyze.add_argument("--out", metavar="FILE", help="write the JSON lines here (default stdout)")
+    analyze.add_argument("--alerts-only", action="store_true", help="write only non-benign flows")
+    analyze.add_argument(
+        "--bundle", metavar="DIR", help="model bundle (default: detector.bundle_dir)"
+    )
+    analyze.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"
+    )
+    analyze.set_defaults(func=_cmd_analyze)
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train the family forests and write a model bundle",
+        description="Train one RandomForest per family on labelled lab captures (mld lab "
+        "dataset output) and the shared captures, split by capture into training and "
+        "held-out sets; write the bundle (treelite checkpoints, manifest, REPORT.md), compile "
+        "it and check the compiled forests against sklearn. Prints the held-out report.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--lab", metavar="DIR", help="lab dataset folder (mld lab dataset --out)")
+    train.add_argument("--shared", metavar="DIR", help="shared captures (../shared/data)")
+    train.add_argument("--out", metavar="DIR", required=True, help="bundle folder to write")
+    train.add_argument(
+        "--test-capture",
+        action="append",
+        metavar="NAME",
+        help=f"lab capture folder to hold out (repeatable; default {', '.join(LAB_TEST_DEFAULT)})",
+    )
+    train.add_argument("--trees", type=int, metavar="N", help="default: detector.train.n_trees")
+    train.add_argument("--depth", type=int, metavar="N", help="default: detector.train.max_depth")
+    train.add_argument("--seed", type=int, metavar="N", help="default: detector.train.seed")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="detection and false-positive rates on labelled captures",
+        description="Analyse every capture a labels file names (columns pcap, family, "
+        "attack_hosts, scope as in ../shared/data/labels.csv) and a folder of benign "
+        "captures (default: pcaps/ndpi beside the labels file, risk-flagged flows left out). "
+        "Prints the detection rate per family and the false-positive rate on benign flows. "
+        "Captures the bundle was trained on are listed but not counted.",
+        epilog=EVALUATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("labels", metavar="LABELS.csv", help="labels file")
+    ev.add_argument("--benign", metavar="DIR", help="benign captures (default: pcaps/ndpi)")
+    ev.add_argument("--no-benign", action="store_true", help="attack captures only")
+    ev.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="count captures the bundle was trained on too (marked)",
+    )
+    ev.add_argument("--bundle", metavar="DIR", help="model bundle (default: detector.bundle_dir)")
+    ev.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,113 @@
+"""Typed settings of the detector (the ``detector`` section of mld.yaml).
+
+Parts: the model bundle and where its compiled libraries go, the score thresholds, the
+scoring service's channels (``listen`` for flow batches in, ``verdicts`` and ``events``
+out) and the training pipeline (``train``: forest sizes and data caps). Every default is
+written, commented, in config/mld.yaml; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DetectorConfig",
+    "ListenConfig",
+    "OutputConfig",
+    "ThresholdsConfig",
+    "TrainConfig",
+]
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    # final_score at or above this labels a flow suspicious (an alert), in [0, 1].
+    alert: float = 0.5
+    # final_score at or above this labels a flow malicious and sends its verdict to the
+    # firewall, in [0, 1]; per family below, this value for families not listed.
+    block: float = 0.9
+    # Block threshold per family (ddos, scan, bruteforce, tunnel, lateral).
+    block_per_family: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    # ZeroMQ endpoint the flow batches arrive on (the sniffer's publish.endpoint).
+    endpoint: str = "tcp://127.0.0.1:5571"
+    # pull (sniffers PUSH to one detector) or sub (sniffers PUB).
+    pattern: Literal["pull", "sub"] = "pull"
+    # Bind the endpoint instead of connecting to it; null: PULL binds, SUB connects.
+    bind: bool | None = None
+    # Channel name bound into every frame; must match the sniffer's publish.channel.
+    channel: str = "flows"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    # Send these batches; false keeps them in the process (counted only).
+    enabled: bool = True
+    # ZeroMQ endpoint the batches go to.
+    endpoint: str = ""
+    # push (one receiver) or pub (several subscribers).
+    pattern: Literal["push", "pub"] = "push"
+    # Bind the endpoint instead of connecting to it; null: PUB binds, PUSH connects.
+    bind: bool | None = None
+    # Channel name bound into every frame.
+    channel: str = ""
+    # Peer ids (keys of transport.peers) the batches are sealed for.
+    recipients: tuple[str, ...] = ()
+
+
+def _verdicts_out() -> OutputConfig:
+    return OutputConfig(
+        endpoint="tcp://127.0.0.1:5572", channel="verdicts", recipients=("firewall",)
+    )
+
+
+def _events_out() -> OutputConfig:
+    return OutputConfig(endpoint="tcp://127.0.0.1:5573", channel="events", recipients=("rag",))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Trees per family forest.
+    n_trees: int = 32
+    # Deepest split of a tree.
+    max_depth: int = 12
+    # Fewest training flows in a leaf.
+    min_samples_leaf: int = 2
+    # Features tried per split: "sqrt", "log2" or a fraction written as a string ("0.3").
+    max_features: str = "sqrt"
+    # Flows kept per label per capture (a random, seeded sample past it); floods make
+    # hundreds of thousands of near-identical flows that would drown the rest.
+    max_flows_per_label: int = 20000
+    # Seed of the sampling and of the forests.
+    seed: int = 1
+    # Worker processes for fitting and compiling (0: all cores).
+    jobs: int = 0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    # The model bundle folder; empty means the bundle that ships with ML Defender
+    # (detector/bundle). The detector watches it and swaps to a new bundle when it changes.
+    bundle_dir: str = ""
+    # Where the bundle's forests are compiled to shared libraries; empty means build/models
+    # in the source tree, or ~/.cache/mld/models when that is not writable.
+    model_cache_dir: str = ""
+    # Threads each compiled forest predicts with (tl2cgen Predictor nthread).
+    predict_threads: int = 1
+    # How often the bundle folder is checked for a new bundle, in seconds (0: never).
+    reload_interval_s: float = 2.0
+    # Features reported per verdict as its explanation.
+    top_features: int = 5
+    # Identifier of this detector in verdicts; empty means node.id, else the host name.
+    detector_id: str = ""
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    # Verdicts at or above the block threshold go to the firewall agent.
+    verdicts: OutputConfig = field(default_factory=_verdicts_out)
+    # Every scored flow goes to the RAG store.
+    events: OutputConfig = field(default_factory=_events_out)
+    train: TrainConfig = field(default_factory=TrainConfig)

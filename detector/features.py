@@ -1,0 +1,152 @@
+"""The feature vector: one definition, used for training, offline analysis and live scoring.
+
+Every feature is computed from a FlowRecord (proto/events.proto), so from packets only: no
+host metrics, nothing a network sensor cannot see. Names follow the record's field paths::
+
+    protocol, dst_port, end_reason          the record's scalars
+    src_port_lt1024                         src_port below 1024, else 1024: a reflection
+                                            service's port counts, an ephemeral one does not
+    duration_s                              (last_ts_ns - first_ts_ns) / 1e9
+    fwd.<f>, bwd.<f>                        the 20 DirectionStats fields of each direction
+    ctx.<f>                                 SourceContext, window_s left out (a constant)
+    bytes_ratio                             bwd.bytes / (fwd.bytes + 1)
+    packets_per_s                           (fwd + bwd packets) / max(duration_s, 1 ms)
+
+The same rows come out of two paths: :func:`columns_from_flows` (the sniffer's NumPy
+columns, offline and in training) and :func:`columns_from_records` (decoded FlowRecords,
+in the scoring service). The record stores some fields as float32, so the column path
+rounds those through float32 first; a test checks that both paths give identical
+matrices. :data:`SCHEMA_HASH` fingerprints the list; a model bundle whose feature list
+differs is refused at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from proto.events_pb2 import FlowRecord
+from sniffer.records import CONTEXT_FIELDS, DIRECTION_FIELDS, Array, FlowColumns
+
+__all__ = [
+    "FEATURES",
+    "SCHEMA_HASH",
+    "columns_from_flows",
+    "columns_from_records",
+    "feature_matrix",
+]
+
+# DirectionStats and SourceContext fields that the record carries as float32.
+_F32_DIRECTION = {
+    "pkt_len_mean",
+    "pkt_len_std",
+    "iat_min_us",
+    "iat_max_us",
+    "iat_mean_us",
+    "iat_std_us",
+}
+_F32_CONTEXT = {
+    "syn_without_ack_ratio",
+    "flows_per_s",
+    "dns_query_rate",
+    "dns_qname_mean_len",
+    "dns_qname_entropy",
+}
+_CONTEXT = tuple(f for f in CONTEXT_FIELDS if f != "window_s")
+_BASE = (
+    "protocol",
+    "dst_port",
+    "src_port",
+    "end_reason",
+    "first_ts_ns",
+    "last_ts_ns",
+    *(f"fwd.{f}" for f in DIRECTION_FIELDS),
+    *(f"bwd.{f}" for f in DIRECTION_FIELDS),
+    *(f"ctx.{f}" for f in _CONTEXT),
+)
+
+FEATURES: tuple[str, ...] = (
+    "protocol",
+    "dst_port",
+    "src_port_lt1024",
+    "end_reason",
+    "duration_s",
+    *(f"fwd.{f}" for f in DIRECTION_FIELDS),
+    *(f"bwd.{f}" for f in DIRECTION_FIELDS),
+    *(f"ctx.{f}" for f in _CONTEXT),
+    "bytes_ratio",
+    "packets_per_s",
+)
+SCHEMA_HASH = hashlib.sha256("\n".join(FEATURES).encode()).hexdigest()[:16]
+
+Columns = dict[str, npt.NDArray[np.float64]]
+
+
+def _f32(a: Array) -> npt.NDArray[np.float64]:
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def columns_from_flows(flows: FlowColumns, context: Mapping[str, Array]) -> Columns:
+    """The base columns of the features, from the sniffer's columns and SourceContext."""
+    cols: Columns = {}
+    for name in ("protocol", "dst_port", "src_port", "end_reason"):
+        cols[name] = np.asarray(flows[name], dtype=np.float64)
+    # uint64 nanoseconds: kept exact as int64 differences below.
+    cols["first_ts_ns"] = flows["first_ts_ns"]
+    cols["last_ts_ns"] = flows["last_ts_ns"]
+    for side in ("fwd", "bwd"):
+        for f in DIRECTION_FIELDS:
+            col = flows[f"{side}_{f}"]
+            cols[f"{side}.{f}"] = _f32(col) if f in _F32_DIRECTION else col.astype(np.float64)
+    for f in _CONTEXT:
+        col = np.asarray(context[f])
+        cols[f"ctx.{f}"] = _f32(col) if f in _F32_CONTEXT else col.astype(np.float64)
+    return cols
+
+
+def columns_from_records(records: Sequence[FlowRecord]) -> Columns:
+    """The base columns of the features, from decoded FlowRecords."""
+    n = len(records)
+    lists: dict[str, list[float]] = {name: [0.0] * n for name in _BASE}
+    direction = DIRECTION_FIELDS
+    for i, r in enumerate(records):
+        lists["protocol"][i] = r.protocol
+        lists["dst_port"][i] = r.dst_port
+        lists["src_port"][i] = r.src_port
+        lists["end_reason"][i] = r.end_reason
+        lists["first_ts_ns"][i] = r.first_ts_ns
+        lists["last_ts_ns"][i] = r.last_ts_ns
+        for side, stats in (("fwd", r.fwd), ("bwd", r.bwd)):
+            for f in direction:
+                lists[f"{side}.{f}"][i] = getattr(stats, f)
+        ctx = r.src_context
+        for f in _CONTEXT:
+            lists[f"ctx.{f}"][i] = getattr(ctx, f)
+    cols: Columns = {}
+    for name, values in lists.items():
+        if name.endswith("_ts_ns"):
+            cols[name] = np.array(values, dtype=np.uint64)
+        else:
+            cols[name] = np.array(values, dtype=np.float64)
+    return cols
+
+
+def feature_matrix(cols: Mapping[str, Array]) -> npt.NDArray[np.float32]:
+    """The float32 feature matrix (rows: flows, columns: :data:`FEATURES`)."""
+    n = len(cols["protocol"])
+    out = np.empty((n, len(FEATURES)), dtype=np.float32)
+    first = np.asarray(cols["first_ts_ns"], dtype=np.uint64)
+    last = np.asarray(cols["last_ts_ns"], dtype=np.uint64)
+    duration = np.where(last > first, last - first, 0).astype(np.float64) / 1e9
+    derived = {
+        "src_port_lt1024": np.minimum(cols["src_port"], 1024.0),
+        "duration_s": duration,
+        "bytes_ratio": cols["bwd.bytes"] / (cols["fwd.bytes"] + 1.0),
+        "packets_per_s": (cols["fwd.packets"] + cols["bwd.packets"]) / np.maximum(duration, 1e-3),
+    }
+    for j, name in enumerate(FEATURES):
+        out[:, j] = derived[name] if name in derived else cols[name]
+    return out

@@ -1,0 +1,142 @@
+"""Scores for a batch of flows: family forests, ``max(fast, ml)``, label, explanation.
+
+For a float32 feature matrix and the sniffer's fast scores::
+
+    family_scores  one column per family forest (LoadedBundle.predict)
+    ml_score       max over families; ml_family the family that gave it
+    final_score    max(fast_score, ml_score); family is ml_family, or the fast rule's
+                   family when fast_score is higher (ties go to the forest)
+    label          BENIGN below thresholds.alert, MALICIOUS at or above the family's block
+                   threshold, SUSPICIOUS between
+
+Explanations: for each flow, the features of its family's forest weighted by the forest's
+importance times how far the flow's value lies from benign traffic (``|x - median| /
+scale``, capped at 10, with median and scale of benign training flows from the bundle).
+A feature the forest relies on and that is far from normal ranks first. This is a cheap
+per-flow ranking, not an exact attribution (no SHAP on the hot path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.bundle import LoadedBundle
+from detector.config import ThresholdsConfig
+from detector.families import FAMILIES, FAST_RULE_FAMILY
+from detector.features import FEATURES
+from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
+
+__all__ = ["LABEL_NAMES", "Scorer", "Scores"]
+
+LABEL_NAMES = {LABEL_BENIGN: "benign", LABEL_SUSPICIOUS: "suspicious", LABEL_MALICIOUS: "malicious"}
+_DEVIATION_CAP = 10.0
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of n flows, as columns."""
+
+    families: tuple[str, ...]
+    family_scores: F32  # (n, len(families))
+    ml_score: F32
+    ml_family: list[str]
+    fast_score: F32
+    fast_rule: list[str]
+    final_score: F32
+    family: list[str]
+    label: npt.NDArray[np.int32]
+    top_features: list[list[tuple[str, float, float]]]  # (name, value, weight) per flow
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.final_score)
+
+
+class Scorer:
+    """Scores feature matrices with one loaded bundle and the configured thresholds."""
+
+    def __init__(self, bundle: LoadedBundle, thresholds: ThresholdsConfig, top_k: int = 5) -> None:
+        self.bundle = bundle
+        self.thresholds = thresholds
+        self.top_k = max(0, min(top_k, len(FEATURES)))
+        unknown = set(thresholds.block_per_family) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"thresholds.block_per_family: unknown families {sorted(unknown)}")
+        self._block = {f: thresholds.block_per_family.get(f, thresholds.block) for f in FAMILIES}
+        # Importances of the fast rules' families, for flows where the rule wins and its
+        # family has no forest: the mean over forests.
+        self._mean_importance = bundle.importances.mean(axis=0)
+        self._scale = np.where(bundle.scale > 0, bundle.scale, 1.0)
+
+    def score(
+        self,
+        x: F32,
+        fast_score: npt.ArrayLike | None = None,
+        fast_rule: Sequence[str] | None = None,
+    ) -> Scores:
+        n = len(x)
+        fams = self.bundle.families
+        fam_scores = self.bundle.predict(x)
+        if fams:
+            best = np.argmax(fam_scores, axis=1)
+            ml = fam_scores[np.arange(n), best]
+            ml_family = [fams[i] for i in best.tolist()]
+        else:
+            ml = np.zeros(n, dtype=np.float32)
+            ml_family = [""] * n
+        fast = np.zeros(n, np.float32) if fast_score is None else np.asarray(fast_score, np.float32)
+        rules = list(fast_rule) if fast_rule is not None else [""] * n
+        final = np.maximum(fast, ml)
+        family = [
+            FAST_RULE_FAMILY.get(rule, mf) if f > m else mf
+            for f, m, rule, mf in zip(fast.tolist(), ml.tolist(), rules, ml_family, strict=True)
+        ]
+        block = np.array([self._block.get(f, self.thresholds.block) for f in family])
+        label = np.full(n, LABEL_BENIGN, dtype=np.int32)
+        label[final >= self.thresholds.alert] = LABEL_SUSPICIOUS
+        label[final >= block] = LABEL_MALICIOUS
+        return Scores(
+            families=fams,
+            family_scores=fam_scores,
+            ml_score=ml.astype(np.float32),
+            ml_family=ml_family,
+            fast_score=fast,
+            fast_rule=rules,
+            final_score=final.astype(np.float32),
+            family=family,
+            label=label,
+            top_features=self._explain(x, family),
+            model_version=self.bundle.version,
+        )
+
+    def _explain(self, x: F32, family: list[str]) -> list[list[tuple[str, float, float]]]:
+        n = len(x)
+        if n == 0 or self.top_k == 0:
+            return [[] for _ in range(n)]
+        index = {f: i for i, f in enumerate(self.bundle.families)}
+        rows = np.array([index.get(f, -1) for f in family])
+        imp = np.where(
+            (rows >= 0)[:, None],
+            self.bundle.importances[np.maximum(rows, 0)],
+            self._mean_importance[None, :],
+        )
+        deviation = np.minimum(np.abs(x - self.bundle.center) / self._scale, _DEVIATION_CAP)
+        weight = imp * deviation
+        k = self.top_k
+        top = np.argsort(-weight, axis=1, kind="stable")[:, :k]
+        picked = np.take_along_axis(weight, top, axis=1)
+        totals = picked.sum(axis=1, keepdims=True)
+        shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
+        values = np.take_along_axis(x, top, axis=1)
+        out: list[list[tuple[str, float, float]]] = []
+        for idx, vals, ws in zip(top.tolist(), values.tolist(), shares.tolist(), strict=True):
+            out.append(
+                [(FEATURES[j], v, w) for j, v, w in zip(idx, vals, ws, strict=True) if w > 0]
+            )
+        return out

@@ -1,0 +1,87 @@
+"""Scoring: ml = max over families, final = max(fast, ml), labels, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from config import load_config
+from detector.bundle import load_bundle
+from detector.config import ThresholdsConfig
+from detector.dataset import Capture, extract
+from detector.features import FEATURES
+from detector.scoring import Scorer
+from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
+from tests.detector.conftest import TinyBundle
+from tests.support import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    name = "attacks/scan/masscan_tcp_0_1000.pcap"
+    flows = extract(Capture(name, SHARED_DATA / "pcaps" / name), load_config().sniffer)
+    benign = "ndpi/quic.pcap"
+    more = extract(Capture(benign, SHARED_DATA / "pcaps" / benign), load_config().sniffer)
+    return np.concatenate([flows.x[:200], more.x])
+
+
+def test_final_is_max_of_fast_and_ml(tiny_bundle: TinyBundle, rows: np.ndarray) -> None:
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    scorer = Scorer(bundle, ThresholdsConfig(alert=0.5, block=0.9))
+    n = len(rows)
+    rng = np.random.default_rng(0)
+    fast = rng.uniform(0, 1, n).astype(np.float32)
+    rule = ["port_scan" if f > 0 else "" for f in fast]
+    s = scorer.score(rows, fast, rule)
+    per_family = bundle.predict(rows)
+    np.testing.assert_array_equal(s.family_scores, per_family)
+    np.testing.assert_array_equal(s.ml_score, per_family.max(axis=1))
+    np.testing.assert_array_equal(s.final_score, np.maximum(fast, s.ml_score))
+    for i in range(n):
+        want = "scan" if fast[i] > s.ml_score[i] else s.ml_family[i]
+        assert s.family[i] == want
+        assert s.ml_family[i] == bundle.families[int(np.argmax(per_family[i]))]
+    assert s.model_version == bundle.version
+    expected = np.where(
+        s.final_score >= 0.9,
+        LABEL_MALICIOUS,
+        np.where(s.final_score >= 0.5, LABEL_SUSPICIOUS, LABEL_BENIGN),
+    )
+    np.testing.assert_array_equal(s.label, expected)
+    # Both sides win somewhere, and every label occurs: the checks above are not vacuous.
+    assert (fast > s.ml_score).any() and (fast < s.ml_score).any()
+    assert {LABEL_BENIGN, LABEL_SUSPICIOUS, LABEL_MALICIOUS} <= set(s.label.tolist())
+
+
+def test_block_threshold_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -> None:
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    strict = Scorer(bundle, ThresholdsConfig(alert=0.5, block=0.6, block_per_family={"scan": 1.01}))
+    s = strict.score(rows)
+    scan = np.array([f == "scan" for f in s.family])
+    assert scan.any()
+    assert not (s.label[scan] == LABEL_MALICIOUS).any()
+    assert (s.label[scan & (s.final_score >= 0.5)] == LABEL_SUSPICIOUS).all()
+    with pytest.raises(ValueError, match="unknown families"):
+        Scorer(bundle, ThresholdsConfig(block_per_family={"ransomware": 0.5}))
+
+
+def test_explanations_name_features_with_their_values(
+    tiny_bundle: TinyBundle, rows: np.ndarray
+) -> None:
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    s = Scorer(bundle, ThresholdsConfig(), top_k=4).score(rows)
+    for i in range(len(rows)):
+        top = s.top_features[i]
+        assert len(top) <= 4
+        assert sum(w for _n, _v, w in top) == pytest.approx(1.0, abs=1e-6) or not top
+        for name, value, weight in top:
+            assert name in FEATURES
+            assert value == rows[i][FEATURES.index(name)]
+            assert 0 < weight <= 1
+        weights = [w for _n, _v, w in top]
+        assert weights == sorted(weights, reverse=True)
+    # A scan flow's explanation includes the behaviour of its source.
+    scan_rows = [i for i in range(len(rows)) if s.family[i] == "scan" and s.final_score[i] >= 0.5]
+    assert scan_rows
+    names = {n for i in scan_rows for n, _v, _w in s.top_features[i]}
+    assert any(n.startswith("ctx.") for n in names)
