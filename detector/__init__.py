@@ -11,6 +11,7 @@ Public API::
     Scorer, Scores                                         scores, labels, explanations
     analyze_captures, AnalyzedBatch, AnalysisStats         the whole path on capture files
     train_bundle                                           the training pipeline
+    DetectorService, BundleWatcher                         mld detect and its hot reload
 
 The ``mld train``, ``mld analyze``, ``mld evaluate`` and ``mld detect`` commands live in
 ``detector.cli``.
@@ -30,7 +31,9 @@ from detector.features import (
     columns_from_records,
     feature_matrix,
 )
+from detector.reload import BundleWatcher
 from detector.scoring import Scorer, Scores
+from detector.service import DetectorService
 from detector.train import train_bundle
 
 __all__ = [
@@ -41,8 +44,10 @@ __all__ = [
     "SCHEMA_HASH",
     "AnalysisStats",
     "AnalyzedBatch",
+    "BundleWatcher",
     "CompileOptions",
     "DetectorConfig",
+    "DetectorService",
     "LoadedBundle",
     "Scorer",
     "Scores",

@@ -1,4 +1,4 @@
-"""``mld train``, ``mld analyze`` and ``mld evaluate`` (``mld detect`` is in detect_cli.py)."""
+"""``mld analyze``, ``mld train`` and ``mld evaluate``; ``mld detect`` is in detect_cli.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from config.settings import MldConfig
 from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.dataset import LAB_TEST_DEFAULT, discover
+from detector.detect_cli import register_detect
 from detector.evaluate import evaluate, render_evaluation
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.train import train_bundle
@@ -263,7 +264,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``analyze``, ``train`` and ``evaluate`` to the ``mld`` subcommands."""
+    """Add ``detect``, ``analyze``, ``train`` and ``evaluate`` to the ``mld`` subcommands."""
+    register_detect(sub, common)
     analyze = sub.add_parser(
         "analyze",
         parents=[common],

@@ -13,10 +13,12 @@ from typing import Literal
 
 __all__ = [
     "DetectorConfig",
+    "EventsOutput",
     "ListenConfig",
     "OutputConfig",
     "ThresholdsConfig",
     "TrainConfig",
+    "VerdictsOutput",
 ]
 
 
@@ -59,14 +61,22 @@ class OutputConfig:
     recipients: tuple[str, ...] = ()
 
 
-def _verdicts_out() -> OutputConfig:
-    return OutputConfig(
-        endpoint="tcp://127.0.0.1:5572", channel="verdicts", recipients=("firewall",)
-    )
+@dataclass(frozen=True)
+class VerdictsOutput(OutputConfig):
+    """Verdicts at or above the block threshold, to the firewall agent."""
+
+    endpoint: str = "tcp://127.0.0.1:5572"
+    channel: str = "verdicts"
+    recipients: tuple[str, ...] = ("firewall",)
 
 
-def _events_out() -> OutputConfig:
-    return OutputConfig(endpoint="tcp://127.0.0.1:5573", channel="events", recipients=("rag",))
+@dataclass(frozen=True)
+class EventsOutput(OutputConfig):
+    """Every scored flow, to the RAG store."""
+
+    endpoint: str = "tcp://127.0.0.1:5573"
+    channel: str = "events"
+    recipients: tuple[str, ...] = ("rag",)
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ class DetectorConfig:
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.
-    verdicts: OutputConfig = field(default_factory=_verdicts_out)
+    verdicts: VerdictsOutput = field(default_factory=VerdictsOutput)
     # Every scored flow goes to the RAG store.
-    events: OutputConfig = field(default_factory=_events_out)
+    events: EventsOutput = field(default_factory=EventsOutput)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -28,6 +28,7 @@ from detector.bundle import LoadedBundle
 from detector.config import ThresholdsConfig
 from detector.families import FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
+from mld.errors import ConfigError
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 __all__ = ["LABEL_NAMES", "Scorer", "Scores"]
@@ -67,7 +68,10 @@ class Scorer:
         self.top_k = max(0, min(top_k, len(FEATURES)))
         unknown = set(thresholds.block_per_family) - set(FAMILIES)
         if unknown:
-            raise ValueError(f"thresholds.block_per_family: unknown families {sorted(unknown)}")
+            raise ConfigError(
+                f"detector.thresholds.block_per_family: unknown families {sorted(unknown)} "
+                f"(families: {', '.join(FAMILIES)})"
+            )
         self._block = {f: thresholds.block_per_family.get(f, thresholds.block) for f in FAMILIES}
         # Importances of the fast rules' families, for flows where the rule wins and its
         # family has no forest: the mean over forests.

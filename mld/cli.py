@@ -37,6 +37,7 @@ examples:
   mld config check /etc/mld/mld.yaml           validate a file (exit 1 and the reason if bad)
   mld flows capture.pcap                       the flows of a capture, with fast-rule scores
   mld sniff --iface eth0                       capture live with XDP, send to the detector
+  mld detect                                   score flow batches from sniffers, send verdicts
   mld analyze capture.pcap                     detect attacks in a capture, offline (JSON lines)
   mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
   mld evaluate ../shared/data/labels.csv       detection and false-positive rates

@@ -11,6 +11,7 @@ from detector.config import ThresholdsConfig
 from detector.dataset import Capture, extract
 from detector.features import FEATURES
 from detector.scoring import Scorer
+from mld.errors import ConfigError
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 from tests.detector.conftest import TinyBundle
 from tests.support import SHARED_DATA
@@ -61,7 +62,7 @@ def test_block_threshold_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -
     assert scan.any()
     assert not (s.label[scan] == LABEL_MALICIOUS).any()
     assert (s.label[scan & (s.final_score >= 0.5)] == LABEL_SUSPICIOUS).all()
-    with pytest.raises(ValueError, match="unknown families"):
+    with pytest.raises(ConfigError, match="unknown families"):
         Scorer(bundle, ThresholdsConfig(block_per_family={"ransomware": 0.5}))
 
 

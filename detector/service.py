@@ -1,0 +1,368 @@
+"""The scoring service (``mld detect``): FlowBatches in, verdicts and scored events out.
+
+For every FlowBatch that passes the transport's checks::
+
+    records -> one float32 matrix (features.columns_from_records + feature_matrix)
+            -> Scorer: family forests, max(fast, ml), label, top features
+            -> one Verdict per record (verdicts.build_verdicts)
+            -> VerdictBatch of the MALICIOUS ones      -> detector.verdicts (firewall)
+            -> EventBatch of every record and verdict  -> detector.events   (RAG store)
+
+One input batch makes at most one batch on each output, sent at once: the sniffer already
+batches by size and age, and the firewall should not wait. An output with ``enabled:
+false`` is not opened; its batches are counted and thrown away. A batch the transport
+cannot deliver (PUSH timeout, PUB high-water mark) is counted under ``*_dropped``.
+
+Hot reload (detector/reload.py): a new bundle is swapped in between two batches, so the
+batch in flight finishes on the old one. Verdict ids are ``<detector_id>-<start
+s>-<counter>``: the start time keeps them unique across restarts.
+
+Stopping (SIGTERM, SIGINT via :func:`stop_on_signals`, or :meth:`request_stop`): the batch
+in flight is finished, the batches already queued on the socket are scored (for up to
+``drain_s``), and :meth:`close` gives queued output frames the socket linger (1 s) to
+leave before the context ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+import zmq
+
+from crypto_transport import Keyring, Receiver, Sender, TransportConfig
+from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
+from detector.config import DetectorConfig, OutputConfig
+from detector.features import columns_from_records, feature_matrix
+from detector.reload import BundleWatcher, bundle_signature
+from detector.scoring import LABEL_NAMES, Scorer
+from detector.verdicts import add_scored_events, build_verdicts
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
+
+__all__ = ["DetectorService", "stop_on_signals"]
+
+log = logging.getLogger(__name__)
+
+ZmqContext = zmq.Context[zmq.Socket[bytes]]
+
+_RECV_POLL_MS = 200  # how often the loop checks for stop and new bundles when idle
+_DROP_LOG_INTERVAL_S = 10.0
+
+
+def _sender(
+    out: OutputConfig,
+    detector_id: str,
+    keyring: Keyring,
+    transport: TransportConfig,
+    context: ZmqContext,
+) -> Sender | None:
+    if not out.enabled:
+        return None
+    return Sender(
+        pattern=out.pattern,
+        endpoint=out.endpoint,
+        channel=out.channel,
+        sender_id=detector_id,
+        keyring=keyring,
+        recipients=list(out.recipients),
+        settings=transport,
+        bind=out.bind,
+        context=context,
+    )
+
+
+class DetectorService:
+    """Scores the flow batches of one receiver and sends verdicts and events."""
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        scorer: Scorer,
+        receiver: Receiver[FlowBatch],
+        *,
+        detector_id: str,
+        verdict_sender: Sender | None = None,
+        event_sender: Sender | None = None,
+        watcher: BundleWatcher | None = None,
+        context: ZmqContext | None = None,
+        stats_interval_s: float = 60.0,
+        drain_s: float = 2.0,
+    ) -> None:
+        """``context``, if given, is terminated by :meth:`close` (the service owns it)."""
+        self.config = config
+        self.scorer = scorer
+        self.receiver = receiver
+        self.detector_id = detector_id
+        self.verdict_sender = verdict_sender
+        self.event_sender = event_sender
+        self.watcher = watcher
+        self.stats_interval_s = stats_interval_s
+        self.drain_s = drain_s
+        self.started_ts_ns = time.time_ns()
+        self.counters: Counter[str] = Counter()
+        self.score_s = 0.0  # time in Scorer.score (features to labels and explanations)
+        self.handle_s = 0.0  # time per batch, from decoded batch to output sent
+        self.max_handle_s = 0.0
+        self._context = context
+        self._id_prefix = f"{detector_id}-{self.started_ts_ns // 1_000_000_000}-"
+        self._next_id = 0
+        self._verdict_seq = 0
+        self._event_seq = 0
+        self._stop = threading.Event()
+        self._next_stats = time.monotonic() + stats_interval_s
+        self._next_drop_log = 0.0
+
+    @classmethod
+    def from_config(
+        cls,
+        config: DetectorConfig,
+        transport: TransportConfig,
+        keyring: Keyring,
+        detector_id: str,
+        *,
+        stats_interval_s: float = 60.0,
+    ) -> DetectorService:
+        """Load the bundle and open the channels ``config`` names (ModelError,
+        TransportError: nothing is left open)."""
+        bundle_dir = Path(config.bundle_dir) if config.bundle_dir else DEFAULT_BUNDLE_DIR
+        load = functools.partial(
+            load_bundle,
+            cache_dir=config.model_cache_dir or None,
+            threads=config.predict_threads,
+        )
+        signature = bundle_signature(bundle_dir)  # before loading: a change meanwhile counts
+        bundle = load(bundle_dir)
+        scorer = Scorer(bundle, config.thresholds, config.top_features)
+        watcher = None
+        if config.reload_interval_s > 0:
+            watcher = BundleWatcher(
+                bundle_dir,
+                load,
+                config.reload_interval_s,
+                current_version=bundle.version,
+                signature=signature,
+            )
+        context: ZmqContext = zmq.Context()
+        opened: list[Sender | Receiver[FlowBatch]] = []
+        try:
+            listen = config.listen
+            receiver = Receiver(
+                pattern=listen.pattern,
+                endpoint=listen.endpoint,
+                channel=listen.channel,
+                keyring=keyring,
+                message_type=FlowBatch,
+                settings=transport,
+                bind=listen.bind,
+                context=context,
+            )
+            opened.append(receiver)
+            verdicts = _sender(config.verdicts, detector_id, keyring, transport, context)
+            if verdicts is not None:
+                opened.append(verdicts)
+            events = _sender(config.events, detector_id, keyring, transport, context)
+        except BaseException:
+            for channel in opened:
+                channel.close()
+            context.term()
+            raise
+        return cls(
+            config,
+            scorer,
+            receiver,
+            detector_id=detector_id,
+            verdict_sender=verdicts,
+            event_sender=events,
+            watcher=watcher,
+            context=context,
+            stats_interval_s=stats_interval_s,
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.bundle.version
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish the batch in flight, drain and return (any thread)."""
+        self._stop.set()
+
+    def run(self, max_batches: int | None = None) -> None:
+        """Score batches until stopped (or ``max_batches`` were handled)."""
+        if self.watcher is not None:
+            self.watcher.start()
+        log.info(
+            "detector %s: scoring %s on %s with bundle %s; verdicts %s, events %s",
+            self.detector_id,
+            self.receiver.channel,
+            self.receiver.endpoint,
+            self.model_version,
+            self.verdict_sender.endpoint if self.verdict_sender else "off",
+            self.event_sender.endpoint if self.event_sender else "off",
+        )
+        try:
+            while not self._stop.is_set():
+                if max_batches is not None and self.counters["batches_in"] >= max_batches:
+                    return
+                got = self.receiver.recv(timeout_ms=_RECV_POLL_MS)
+                if got is not None:
+                    self.handle(got.message)
+                self._maybe_log_stats()
+            self._drain()
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+        finally:
+            if self.watcher is not None:
+                self.watcher.stop()
+            log.info("detector finished: %s", self.stats_line())
+
+    def _drain(self) -> None:
+        """Score what the socket already holds, for up to ``drain_s``."""
+        deadline = time.monotonic() + self.drain_s
+        drained = 0
+        while time.monotonic() < deadline:
+            got = self.receiver.recv(timeout_ms=0)
+            if got is None:
+                break
+            self.handle(got.message)
+            drained += 1
+        if drained:
+            log.info("stopping: scored %d queued batches", drained)
+
+    def handle(self, batch: FlowBatch) -> None:
+        """Score one batch and send its verdicts and events."""
+        start = time.perf_counter()
+        self._swap_if_ready()
+        records = batch.records
+        n = len(records)
+        self.counters["batches_in"] += 1
+        self.counters["records_in"] += n
+        if n == 0:
+            return
+        x = feature_matrix(columns_from_records(records))
+        fast = np.fromiter((r.fast_score for r in records), dtype=np.float32, count=n)
+        rules = [r.fast_rule for r in records]
+        t0 = time.perf_counter()
+        scores = self.scorer.score(x, fast, rules)
+        self.score_s += time.perf_counter() - t0
+        first = self._next_id
+        self._next_id += n
+        ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
+        verdicts = build_verdicts(scores, records, batch.sensor_id, ids, time.time_ns())
+        labels = scores.label.tolist()
+        for label, count in Counter(labels).items():
+            self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
+        malicious = [v for v, label in zip(verdicts, labels, strict=True)
+                     if label == LABEL_MALICIOUS]  # fmt: skip
+        if malicious:
+            self.counters["verdicts_out"] += len(malicious)
+            if self.verdict_sender is not None:
+                out = VerdictBatch(
+                    detector_id=self.detector_id, batch_seq=self._verdict_seq, verdicts=malicious
+                )
+                self._verdict_seq += 1
+                self._send(self.verdict_sender, out, "verdicts", len(malicious))
+        self.counters["events_out"] += n
+        if self.event_sender is not None:
+            events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
+            add_scored_events(events, records, verdicts, batch.sensor_id)
+            self._event_seq += 1
+            self._send(self.event_sender, events, "events", n)
+        took = time.perf_counter() - start
+        self.handle_s += took
+        self.max_handle_s = max(self.max_handle_s, took)
+
+    def _send(self, sender: Sender, message: VerdictBatch | EventBatch, what: str, n: int) -> None:
+        if sender.send(message):
+            self.counters[f"{what}_sent"] += n
+            return
+        self.counters[f"{what}_dropped"] += n
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + _DROP_LOG_INTERVAL_S
+            log.warning(
+                "dropped %d %s to %s (receiver not keeping up or not there); %d dropped so far",
+                n,
+                what,
+                sender.endpoint,
+                self.counters[f"{what}_dropped"],
+            )
+
+    def _swap_if_ready(self) -> None:
+        if self.watcher is None:
+            return
+        bundle = self.watcher.take()
+        if bundle is None:
+            return
+        old = self.model_version
+        self.scorer = Scorer(bundle, self.config.thresholds, self.config.top_features)
+        self.counters["reloads"] += 1
+        log.info("swapped model bundle %s -> %s", old, bundle.version)
+
+    def stats(self) -> dict[str, int | float]:
+        """Cumulative counters: batches and records in, frames rejected by reason, labels,
+        verdicts and events out (sent, dropped), reloads, and time spent scoring."""
+        out: dict[str, int | float] = {
+            "batches_in": 0,
+            "records_in": 0,
+            "verdicts_out": 0,
+            "events_out": 0,
+            "reloads": 0,
+        }
+        out.update(sorted(self.counters.items()))
+        rc = self.receiver.counters
+        out["frames_missing"] = rc.missing
+        out.update({f"rejected.{k}": v for k, v in sorted(rc.rejected.items())})
+        out["reload_refused"] = self.watcher.refused if self.watcher is not None else 0
+        batches = max(1, self.counters["batches_in"])
+        out["score_s"] = round(self.score_s, 6)
+        out["handle_ms_mean"] = round(1000 * self.handle_s / batches, 3)
+        out["handle_ms_max"] = round(1000 * self.max_handle_s, 3)
+        return out
+
+    def stats_line(self) -> str:
+        stats = self.stats()
+        return f"model={self.model_version} " + " ".join(f"{k}={v}" for k, v in stats.items())
+
+    def _maybe_log_stats(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.stats_interval_s
+            log.info("detector: %s", self.stats_line())
+
+    def close(self) -> None:
+        """Close the channels; queued output frames get the socket linger to leave."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.receiver.close()
+        for sender in (self.verdict_sender, self.event_sender):
+            if sender is not None:
+                sender.close()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def __enter__(self) -> DetectorService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stop_on_signals(service: DetectorService) -> None:
+    """SIGTERM and the first SIGINT ask ``service`` to stop cleanly; a second SIGINT
+    interrupts at once (KeyboardInterrupt). Main thread only."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: finishing the batch in flight and stopping", signal.Signals(signum).name)
+        service.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

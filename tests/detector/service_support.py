@@ -1,0 +1,177 @@
+"""Helpers of the scoring-service tests: records from a real capture, real keys, and a
+DetectorService on real ZeroMQ sockets between a sensor, a firewall and a RAG store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from config import load_config
+from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
+from detector.config import DetectorConfig, ListenConfig, OutputConfig
+from detector.service import DetectorService
+from proto.events_pb2 import EventBatch, FlowRecord, VerdictBatch
+from sniffer.config import PublishConfig
+from sniffer.pipeline import FlowPipeline
+from sniffer.publisher import FlowPublisher
+from sniffer.sources import PcapSource
+from tests.support import SHARED_DATA
+
+SCAN_PCAP = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
+BENIGN_PCAP = SHARED_DATA / "pcaps/ndpi/reddit.pcap"
+ANY_PORT = "tcp://127.0.0.1:*"
+SENSOR, DETECTOR, FIREWALL, RAG = "sensor-1", "det-1", "firewall", "rag"
+
+ZmqContext = zmq.Context[zmq.Socket[bytes]]
+
+
+def capture_records(*paths: Path) -> list[bytes]:
+    """Serialized FlowRecords of captures, made by the sniffer's pipeline (fast rules too)."""
+    scfg = load_config().sniffer
+    out: list[bytes] = []
+    for path in paths:
+        source = PcapSource([path], scfg.capture)
+        pipeline = FlowPipeline(scfg)
+        for events, obs in source.batches():
+            if len(events):
+                out += pipeline.process(events, obs).records
+        for events, obs in source.flush():
+            out += pipeline.process(events, obs).records
+    return out
+
+
+@dataclass
+class Keys:
+    """One key pair per node; each keyring knows the peers it talks to."""
+
+    pairs: dict[str, KeyPair] = field(
+        default_factory=lambda: {n: KeyPair.generate() for n in (SENSOR, DETECTOR, FIREWALL, RAG)}
+    )
+
+    def ring(self, node: str, *peers: str) -> Keyring:
+        ring = Keyring(self.pairs[node], grace_s=60)
+        for peer in peers:
+            ring.add_peer(peer, self.pairs[peer].public)
+        return ring
+
+
+def bound_endpoint(receiver: Receiver[Any]) -> str:
+    """The endpoint a receiver bound to (its port was chosen by the kernel)."""
+    endpoint = receiver._sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(endpoint, bytes)
+    return endpoint.decode()
+
+
+class Harness:
+    """A detector from ``DetectorService.from_config`` listening on a random port, with a
+    firewall (verdicts) and a RAG store (events) receiving on theirs, and a sensor."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        cache_dir: Path,
+        *,
+        reload_interval_s: float = 0.0,
+        verdicts: bool = True,
+        events: bool = True,
+        batch_records: int = 100,
+    ) -> None:
+        self.keys = Keys()
+        self.settings = TransportConfig(batch_records=batch_records, batch_max_delay_s=0.05)
+        self.ctx: ZmqContext = zmq.Context()
+        self.firewall = self._receiver("verdicts", VerdictBatch, FIREWALL)
+        self.rag = self._receiver("events", EventBatch, RAG)
+        self.config = DetectorConfig(
+            bundle_dir=str(bundle_dir),
+            model_cache_dir=str(cache_dir),
+            reload_interval_s=reload_interval_s,
+            detector_id=DETECTOR,
+            listen=ListenConfig(endpoint=ANY_PORT),
+            verdicts=OutputConfig(
+                enabled=verdicts,
+                endpoint=bound_endpoint(self.firewall),
+                channel="verdicts",
+                recipients=(FIREWALL,),
+            ),
+            events=OutputConfig(
+                enabled=events,
+                endpoint=bound_endpoint(self.rag),
+                channel="events",
+                recipients=(RAG,),
+            ),
+        )
+        self.service = DetectorService.from_config(
+            self.config,
+            self.settings,
+            self.keys.ring(DETECTOR, SENSOR, FIREWALL, RAG),
+            DETECTOR,
+            stats_interval_s=3600.0,
+        )
+        self.listen = bound_endpoint(self.service.receiver)
+        self._thread: threading.Thread | None = None
+
+    def _receiver(self, channel: str, kind: type[Any], node: str) -> Receiver[Any]:
+        return Receiver(
+            pattern="pull",
+            endpoint=ANY_PORT,
+            channel=channel,
+            keyring=self.keys.ring(node, DETECTOR),
+            message_type=kind,
+            settings=self.settings,
+            context=self.ctx,
+        )
+
+    def publisher(self, sensor_id: str = SENSOR) -> FlowPublisher:
+        return FlowPublisher(
+            publish=PublishConfig(endpoint=self.listen, recipients=(DETECTOR,)),
+            transport=self.settings,
+            keyring=self.keys.ring(SENSOR, DETECTOR),
+            sensor_id=sensor_id,
+        )
+
+    def start(self, max_batches: int | None = None) -> None:
+        self._thread = threading.Thread(target=self.service.run, args=(max_batches,))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.service.request_stop()
+        if self._thread is not None:
+            self._thread.join(10)
+            assert not self._thread.is_alive(), "the service did not stop"
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.service.close()
+        self.firewall.close()
+        self.rag.close()
+        self.ctx.term()
+
+
+def collect(
+    receiver: Receiver[Any],
+    done: Callable[[Sequence[Any]], bool],
+    timeout_ms: int = 10000,
+    into: list[Any] | None = None,
+) -> list[Any]:
+    """Batches from ``receiver`` until ``done(batches)`` or nothing came for ``timeout_ms``."""
+    got: list[Any] = into if into is not None else []
+    while not done(got):
+        item = receiver.recv(timeout_ms=timeout_ms)
+        if item is None:
+            break
+        got.append(item.message)
+    return got
+
+
+def events_of(batches: Sequence[EventBatch]) -> list[Any]:
+    return [e for b in batches for e in b.events]
+
+
+def parse(records: Sequence[bytes]) -> list[FlowRecord]:
+    return [FlowRecord.FromString(r) for r in records]
