@@ -27,9 +27,11 @@ STAMP_VENV   := $(VENV)/.stamp-venv
 STAMP_SHIM   := $(BUILD)/.stamp-bcc-shim
 PROTO_OUT    := proto/events_pb2.py
 STAMP_NATIVE := $(BUILD)/.stamp-native
+STAMP_MODELS := $(BUILD)/.stamp-models
+BUNDLE       := detector/bundle
 PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
-                $(STAMP_NATIVE)
+                $(STAMP_NATIVE) $(STAMP_MODELS)
 
 PACKAGES     := mld config proto crypto_transport xdp native sniffer lab detector
 PY_SOURCES   := $(PACKAGES) tests bench
@@ -80,6 +82,14 @@ $(STAMP_NATIVE): $(wildcard native/*.c native/*.h) xdp/flow.h native/setup.py $(
 	cd native && ../$(PY) setup.py -q build_ext --inplace --force \
 	    --build-temp ../$(BUILD)/native --build-lib ../$(BUILD)/native/lib
 	$(PY) -c 'import native; native.FlowEngine()' || { echo "install: native._flowengine does not import"; exit 1; }
+	@touch $@
+
+# The shipped model bundle's forests, compiled to shared libraries in build/models (tl2cgen,
+# gcc; cached by content). Loading also checks each compiled forest against the
+# probabilities its sklearn forest gave on the probe rows.
+$(STAMP_MODELS): $(wildcard $(BUNDLE)/*.tl) $(BUNDLE)/manifest.json detector/compile.py \
+                 $(PROTO_OUT) $(STAMP_NATIVE)
+	$(PY) -c 'from detector.bundle import load_bundle; b = load_bundle(); print("install: model bundle", b.version, "compiled:", " ".join(b.families))'
 	@touch $@
 
 # Regenerate into a temp dir and compare: fails when proto/events_pb2.py is stale.

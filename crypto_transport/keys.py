@@ -25,8 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nacl.bindings
+
+if TYPE_CHECKING:
+    from crypto_transport.config import TransportConfig
 import nacl.hash
 import nacl.public
 from nacl.encoding import RawEncoder
@@ -191,6 +195,14 @@ class Keyring:
         self._expired: dict[bytes, None] = {}
         # Increases whenever the accepted keys change (receivers re-subscribe on it).
         self.generation = 0
+
+    @classmethod
+    def from_config(cls, transport: TransportConfig) -> Keyring:
+        """This node's keyring from ``transport``: its key file and every configured peer."""
+        ring = cls(KeyPair.load(transport.key_file), grace_s=transport.rotation_grace_s)
+        for peer_id, public in transport.peers.items():
+            ring.add_peer(peer_id, load_public_key(public, what=f"transport.peers.{peer_id}"))
+        return ring
 
     @property
     def own(self) -> KeyPair:

@@ -12,8 +12,8 @@ import dataclasses
 import json
 import socket
 
-from config import MldConfig, load_config
-from crypto_transport import KeyPair, Keyring, load_public_key
+from config import load_config
+from crypto_transport import Keyring
 from detector.config import DetectorConfig
 from detector.service import DetectorService, stop_on_signals
 
@@ -34,13 +34,6 @@ Stop with Ctrl-C or SIGTERM: the batch in flight and those already received are 
 and sent (a second Ctrl-C stops at once).
 exit status: 0 stopped cleanly; 1 bad config, key file, model bundle or endpoint; 2 usage.
 """
-
-
-def _keyring(cfg: MldConfig) -> Keyring:
-    ring = Keyring(KeyPair.load(cfg.transport.key_file), grace_s=cfg.transport.rotation_grace_s)
-    for peer_id, public in cfg.transport.peers.items():
-        ring.add_peer(peer_id, load_public_key(public, what=f"transport.peers.{peer_id}"))
-    return ring
 
 
 def _detector_config(args: argparse.Namespace, dcfg: DetectorConfig) -> DetectorConfig:
@@ -66,7 +59,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     dcfg = _detector_config(args, cfg.detector)
     detector_id = dcfg.detector_id or cfg.node.id or socket.gethostname()
-    service = DetectorService.from_config(dcfg, cfg.transport, _keyring(cfg), detector_id)
+    service = DetectorService.from_config(
+        dcfg, cfg.transport, Keyring.from_config(cfg.transport), detector_id
+    )
     try:
         stop_on_signals(service)
         service.run(max_batches=args.max_batches)

@@ -20,7 +20,7 @@ from typing import IO, Any
 from google.protobuf import json_format
 
 from config import MldConfig, load_config
-from crypto_transport import KeyPair, Keyring, load_public_key
+from crypto_transport import Keyring
 from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
@@ -195,13 +195,6 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _keyring(cfg: MldConfig) -> Keyring:
-    ring = Keyring(KeyPair.load(cfg.transport.key_file), grace_s=cfg.transport.rotation_grace_s)
-    for peer_id, public in cfg.transport.peers.items():
-        ring.add_peer(peer_id, load_public_key(public, what=f"transport.peers.{peer_id}"))
-    return ring
-
-
 def _cmd_sniff(args: argparse.Namespace) -> int:
     cfg, scfg = _sniffer_config(args)
     import dataclasses
@@ -218,7 +211,10 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
     publisher = None
     if publish.enabled:
         publisher = FlowPublisher(
-            publish=publish, transport=cfg.transport, keyring=_keyring(cfg), sensor_id=sensor_id
+            publish=publish,
+            transport=cfg.transport,
+            keyring=Keyring.from_config(cfg.transport),
+            sensor_id=sensor_id,
         )
     sinks: list[_FlowPrinter] = []
     json_out = open(args.json_out, "a", encoding="utf-8") if args.json_out else None  # noqa: SIM115

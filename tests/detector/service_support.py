@@ -150,7 +150,7 @@ class Harness:
         self.service.close()
         self.firewall.close()
         self.rag.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # closes sockets a failed test left open
 
 
 def collect(

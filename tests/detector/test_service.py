@@ -308,7 +308,7 @@ def test_mld_detect_runs_and_stops_cleanly_on_sigterm(
     finally:
         h.firewall.close()
         h.rag.close()
-        h.ctx.term()
+        h.ctx.destroy(linger=0)  # closes sockets a failed assertion left open
 
 
 class socket_port:
