@@ -97,6 +97,33 @@ def _family_metrics(
     }
 
 
+def _by_source(
+    source: npt.NDArray[np.str_],
+    family: npt.NDArray[np.object_],
+    ml_alert: npt.NDArray[np.bool_],
+    final_alert: npt.NDArray[np.bool_],
+    trained: Sequence[str],
+) -> dict[str, Any]:
+    """Held-out detection per data source (lab, shared), by the forests alone and by the
+    final score (with the sniffer's fast rules): the share of each family's flows that
+    alert, and of benign flows (the false-positive rate)."""
+    out: dict[str, Any] = {}
+    for src in sorted(set(source.tolist())):
+        here = source == src
+        rows: dict[str, Any] = {}
+        for fam in [BENIGN, *trained]:
+            m = here & (family == fam)
+            n = int(m.sum())
+            if n:
+                rows[fam] = {
+                    "flows": n,
+                    "ml": float(ml_alert[m].mean()),
+                    "final": float(final_alert[m].mean()),
+                }
+        out[src] = rows
+    return out
+
+
 def _robust_scale(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], ...]:
     if len(x) == 0:
         return np.zeros(x.shape[1]), np.ones(x.shape[1])
@@ -158,6 +185,12 @@ def train_bundle(
     fam_train = np.concatenate([f.family[idx] for f, idx in parts_train])
     x_test = np.concatenate([f.x for f in parts_test]) if parts_test else x_train[:0]
     fam_test = np.concatenate([f.family for f in parts_test]) if parts_test else fam_train[:0]
+    fast_test = np.concatenate([f.fast_score for f in parts_test]) if parts_test else np.zeros(0)
+    source_test = (
+        np.concatenate([np.full(len(f.x), f.capture.source.split("-")[0]) for f in parts_test])
+        if parts_test
+        else np.zeros(0, dtype=str)
+    )
     say(f"training rows {len(x_train)}, held-out rows {len(x_test)}")
 
     forests: dict[str, Any] = {}
@@ -237,6 +270,10 @@ def train_bundle(
         any_alert = predicted != BENIGN
         metrics["fpr_benign_any_family"] = (
             float((benign_test & any_alert).sum() / benign_test.sum()) if benign_test.any() else 0.0
+        )
+        final = np.maximum(fast_test, sub.max(axis=1))
+        metrics["by_source"] = _by_source(
+            source_test, fam_test, any_alert, final >= alert_threshold, trained
         )
     metrics["threshold"] = alert_threshold
 
@@ -322,6 +359,21 @@ def render_report(
             )
         else:
             lines.append(f"| {family} | - | - | - | - | - | {m['nodes']} | {m['fit_s']} |")
+    if "by_source" in metrics:
+        lines += [
+            "",
+            "## Held-out alert rates by data source",
+            "",
+            "Share of each family's held-out flows at or above the threshold, by the "
+            "forests alone (ml) and by the final score max(fast, ml); for benign flows "
+            "this is the false-positive rate.",
+            "",
+            "| source | family | flows | ml | final |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for src, rows in metrics["by_source"].items():
+            for fam, r in rows.items():
+                lines.append(f"| {src} | {fam} | {r['flows']} | {r['ml']:.4f} | {r['final']:.4f} |")
     if "confusion" in metrics:
         classes = metrics["confusion"]["classes"]
         lines += [
