@@ -216,9 +216,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     train = cfg.detector.train
     if args.trees is not None:
-        train = dataclasses.replace(train, n_trees=args.trees)
+        train = dataclasses.replace(train, n_trees=args.trees, n_trees_per_family={})
     if args.depth is not None:
-        train = dataclasses.replace(train, max_depth=args.depth)
+        train = dataclasses.replace(train, max_depth=args.depth, max_depth_per_family={})
     if args.seed is not None:
         train = dataclasses.replace(train, seed=args.seed)
     lab = Path(args.lab) if args.lab else None
@@ -310,8 +310,12 @@ def register(
         metavar="NAME",
         help=f"lab capture folder to hold out (repeatable; default {', '.join(LAB_TEST_DEFAULT)})",
     )
-    train.add_argument("--trees", type=int, metavar="N", help="default: detector.train.n_trees")
-    train.add_argument("--depth", type=int, metavar="N", help="default: detector.train.max_depth")
+    train.add_argument(
+        "--trees", type=int, metavar="N", help="trees of every family (default: detector.train)"
+    )
+    train.add_argument(
+        "--depth", type=int, metavar="N", help="depth of every family (default: detector.train)"
+    )
     train.add_argument("--seed", type=int, metavar="N", help="default: detector.train.seed")
     train.set_defaults(func=_cmd_train)
 

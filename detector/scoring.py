@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +53,7 @@ class Scores:
     final_score: F32
     family: list[str]
     label: npt.NDArray[np.int32]
-    top_features: list[list[tuple[str, float, float]]]  # (name, value, weight) per flow
+    top_features: TopFeatures  # (name, value, weight) per flow, highest weight first
     model_version: str
 
     def __len__(self) -> int:
@@ -119,10 +120,12 @@ class Scorer:
             model_version=self.bundle.version,
         )
 
-    def _explain(self, x: F32, family: list[str]) -> list[list[tuple[str, float, float]]]:
+    def _explain(self, x: F32, family: list[str]) -> TopFeatures:
         n = len(x)
-        if n == 0 or self.top_k == 0:
-            return [[] for _ in range(n)]
+        k = self.top_k
+        if n == 0 or k == 0:
+            empty = np.zeros((n, 0))
+            return TopFeatures(empty.astype(np.intp), empty, empty)
         index = {f: i for i, f in enumerate(self.bundle.families)}
         rows = np.array([index.get(f, -1) for f in family])
         imp = np.where(
@@ -132,15 +135,44 @@ class Scorer:
         )
         deviation = np.minimum(np.abs(x - self.bundle.center) / self._scale, _DEVIATION_CAP)
         weight = imp * deviation
-        k = self.top_k
-        top = np.argsort(-weight, axis=1, kind="stable")[:, :k]
+        # The k largest per row (argpartition), then those k in descending order.
+        part = np.argpartition(-weight, k - 1, axis=1)[:, :k] if k < weight.shape[1] else None
+        cand = part if part is not None else np.tile(np.arange(weight.shape[1]), (n, 1))
+        order = np.argsort(-np.take_along_axis(weight, cand, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(cand, order, axis=1)
         picked = np.take_along_axis(weight, top, axis=1)
         totals = picked.sum(axis=1, keepdims=True)
         shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
-        values = np.take_along_axis(x, top, axis=1)
-        out: list[list[tuple[str, float, float]]] = []
-        for idx, vals, ws in zip(top.tolist(), values.tolist(), shares.tolist(), strict=True):
-            out.append(
-                [(FEATURES[j], v, w) for j, v, w in zip(idx, vals, ws, strict=True) if w > 0]
-            )
-        return out
+        return TopFeatures(top, np.take_along_axis(x, top, axis=1), shares)
+
+
+class TopFeatures(Sequence[list[tuple[str, float, float]]]):
+    """Each flow's explanation, ``(name, value, weight)`` highest weight first.
+
+    Kept as three (flows, k) arrays; a flow's list is built when it is asked for, since
+    most flows of a capture are never written out with their explanation.
+    """
+
+    def __init__(
+        self, indices: npt.NDArray[np.intp], values: npt.NDArray[Any], weights: npt.NDArray[Any]
+    ) -> None:
+        self.indices = indices
+        self.values = values
+        self.weights = weights
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, i: int) -> list[tuple[str, float, float]]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[list[tuple[str, float, float]]]: ...
+
+    def __getitem__(
+        self, i: int | slice
+    ) -> list[tuple[str, float, float]] | list[list[tuple[str, float, float]]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        idx, vals, ws = self.indices[i].tolist(), self.values[i].tolist(), self.weights[i].tolist()
+        return [(FEATURES[j], v, w) for j, v, w in zip(idx, vals, ws, strict=True) if w > 0]

@@ -204,9 +204,10 @@ def train_bundle(
             say(f"{family}: no training flows; family skipped")
             continue
         t0 = time.monotonic()
+        n_trees, max_depth = train.size_of(family)
         forest = RandomForestClassifier(
-            n_estimators=train.n_trees,
-            max_depth=train.max_depth,
+            n_estimators=n_trees,
+            max_depth=max_depth,
             min_samples_leaf=train.min_samples_leaf,
             max_features=_max_features(train.max_features),
             class_weight="balanced",

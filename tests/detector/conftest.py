@@ -35,7 +35,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyBundle
         captures,
         root / "bundle",
         load_config().sniffer,
-        TrainConfig(n_trees=6, max_depth=8, jobs=2),
+        TrainConfig(n_trees=6, max_depth=8, n_trees_per_family={}, max_depth_per_family={}, jobs=2),
         cache_dir=root / "cache",
     )
     yield TinyBundle(root / "bundle", root / "cache", result)

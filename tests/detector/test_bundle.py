@@ -115,3 +115,21 @@ def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="unreadable manifest"):
         load_bundle(tmp_path, tmp_path / "cache")
+
+
+def test_small_batches_take_the_row_path_with_the_same_result(tiny_bundle: TinyBundle) -> None:
+    from detector.bundle import DIRECT_MAX_ROWS
+
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    rows = np.concatenate(
+        [np.array(e.probe_rows, dtype=np.float32) for e in bundle.manifest.families.values()]
+    )
+    assert len(rows) > DIRECT_MAX_ROWS
+    whole = bundle.predict(rows)  # tl2cgen Predictor
+    for size in (1, 3, DIRECT_MAX_ROWS):
+        parts = [bundle.predict(rows[i : i + size]) for i in range(0, len(rows), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # Rows that are views with a stride (a column slice of a wider array) work too.
+    wide = np.zeros((4, len(FEATURES) + 3), dtype=np.float32)
+    wide[:, : len(FEATURES)] = rows[:4]
+    np.testing.assert_array_equal(bundle.predict(wide[:, : len(FEATURES)]), whole[:4])

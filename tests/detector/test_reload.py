@@ -43,7 +43,9 @@ def second_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         attacks + benign,
         root / "bundle",
         load_config().sniffer,
-        TrainConfig(n_trees=3, max_depth=6, seed=7, jobs=2),
+        TrainConfig(
+            n_trees=3, max_depth=6, n_trees_per_family={}, max_depth_per_family={}, seed=7, jobs=2
+        ),
         cache_dir=root / "cache",
     )
     return root / "bundle"
