@@ -265,7 +265,7 @@ class Compiled:
 
         if len(x) <= DIRECT_MAX_ROWS:
             one = np.zeros(len(x), dtype=np.float32)
-            self.rows(np.ascontiguousarray(x, dtype=np.float32), one)
+            self.rows(np.array(x, dtype=np.float32, order="C"), one)  # it may write into it
             return one
         out: npt.NDArray[np.float32] = self.predictor.predict(tl2cgen.DMatrix(x, dtype="float32"))
         return out.reshape(-1)

@@ -275,7 +275,8 @@ class RowPredictor:
     With float32 thresholds an ``Entry`` is 4 bytes (``fvalue`` or ``missing == -1``), so a
     C-contiguous float32 row is an Entry array as it stands. Its all-ones bit pattern
     (a NaN) would read as "missing"; feature_matrix never yields NaN. ``predict`` adds the
-    trees' outputs into ``out`` and then averages, so ``out`` starts at 0.
+    trees' outputs into ``out`` and then averages, so ``out`` starts at 0. The rows must be
+    a copy the caller can lose: a library compiled with quantize rewrites them in place.
     """
 
     def __init__(self, lib: Path) -> None:
@@ -326,10 +327,11 @@ class LoadedBundle:
         if len(x) == 0:
             return out
         if len(x) <= DIRECT_MAX_ROWS and len(self._rows) == len(self.families):
-            rows = np.ascontiguousarray(x, dtype=np.float32)
             column = np.zeros(len(x), dtype=np.float32)
             for j, family in enumerate(self.families):
-                self._rows[family](rows, column)
+                # A fresh copy per forest: generated code may write into its input (with
+                # quantize it replaces each value by its bin in place).
+                self._rows[family](np.array(x, dtype=np.float32, order="C"), column)
                 out[:, j] = column
             return out
         dmat = tl2cgen.DMatrix(np.ascontiguousarray(x, dtype=np.float32), dtype="float32")

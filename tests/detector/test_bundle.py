@@ -133,3 +133,22 @@ def test_small_batches_take_the_row_path_with_the_same_result(tiny_bundle: TinyB
     wide = np.zeros((4, len(FEATURES) + 3), dtype=np.float32)
     wide[:, : len(FEATURES)] = rows[:4]
     np.testing.assert_array_equal(bundle.predict(wide[:, : len(FEATURES)]), whole[:4])
+
+
+def test_scoring_never_writes_into_the_callers_rows(
+    tiny_bundle: TinyBundle, tmp_path: Path
+) -> None:
+    # tl2cgen's quantize mode rewrites its input row in place; a bench once passed its
+    # own matrix straight in and then compared corrupted rows. Every path works on a copy.
+    from detector.compile import CompileOptions
+
+    plain = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    quantized = load_bundle(tiny_bundle.path, tmp_path / "q", options=CompileOptions(quantize=True))
+    rows = np.concatenate(
+        [np.array(e.probe_rows, dtype=np.float32) for e in plain.manifest.families.values()]
+    )
+    before = rows.copy()
+    for size in (1, 8, len(rows)):
+        plain.predict(rows[:size])
+        quantized.predict(rows[:size])
+        np.testing.assert_array_equal(rows, before)
