@@ -33,7 +33,7 @@ PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VE
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
                 $(STAMP_NATIVE) $(STAMP_MODELS)
 
-PACKAGES     := mld config proto crypto_transport xdp native sniffer lab detector
+PACKAGES     := mld config proto crypto_transport xdp native sniffer lab detector firewall
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \

@@ -17,6 +17,7 @@ from typing import Literal
 from config.loader import build, load_yaml
 from crypto_transport.config import TransportConfig
 from detector.config import DetectorConfig
+from firewall.config import FirewallConfig
 from sniffer.config import SnifferConfig
 
 __all__ = [
@@ -61,6 +62,7 @@ class MldConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     sniffer: SnifferConfig = field(default_factory=SnifferConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

@@ -9,7 +9,8 @@ into these, so callers catch project errors only::
     ├── TransportError         the encrypted ZeroMQ transport cannot do what was asked
     │   └── FrameRejected      one received frame failed a check (carries the reason)
     ├── LabError               the lab cannot be built, run or torn down as asked
-    └── ModelError             a model bundle cannot be trained, compiled, loaded or validated
+    ├── ModelError             a model bundle cannot be trained, compiled, loaded or validated
+    └── FirewallError          a firewall backend or the decision log failed
 
 Messages say what went wrong and what to do next.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "FirewallError",
     "FrameRejected",
     "KeyFileError",
     "LabError",
@@ -58,3 +60,7 @@ class LabError(MldError):
 
 class ModelError(MldError):
     """A model bundle cannot be trained, compiled, loaded or validated."""
+
+
+class FirewallError(MldError):
+    """A firewall backend (XDP map, nftables) or the decision log failed."""

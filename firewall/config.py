@@ -1,0 +1,102 @@
+"""Typed settings of the firewall agent (the ``firewall`` section of mld.yaml).
+
+Parts: when to block (thresholds per family), for how long (TTL base, growth for repeat
+offenders, cap), what is never blocked (allowlist), how fast new blocks may come (token
+bucket), dry-run, the prefix a block covers, bounds against bad input and verdict storms,
+and where the decision log lives. Every default is written, commented, in
+config/mld.yaml; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detector.families import FAMILIES
+from mld.errors import ConfigError
+
+__all__ = ["FirewallConfig"]
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    # Block when a verdict's final_score is at or above this, in [0, 1]; families not in
+    # block_threshold_per_family.
+    block_threshold: float = 0.9
+    # Block threshold per family, e.g. {tunnel: 0.95}.
+    block_threshold_per_family: dict[str, float] = field(default_factory=dict)
+    # Families a verdict may name; a verdict with another family is rejected (counted).
+    families: tuple[str, ...] = (*FAMILIES, "anomaly")
+    # Length of a first block, in seconds.
+    ttl_base_s: int = 300
+    # A repeat offence within repeat_window_s multiplies the TTL by this (x4, x16, ...).
+    ttl_growth: float = 4.0
+    # Longest TTL the growth reaches, in seconds.
+    ttl_cap_s: int = 86400
+    # Offences further apart than this, in seconds, start again from ttl_base_s.
+    repeat_window_s: int = 86400
+    # Any TTL above this, in seconds, is absurd: rejected (counted), never applied.
+    max_ttl_s: int = 604800
+    # An active block is extended only when that moves its expiry at least this many
+    # seconds later (spares the backend and the log a write per verdict in a storm).
+    min_extend_s: int = 60
+    # Networks never blocked whatever the score (CIDR, IPv4 or IPv6). The host's own
+    # addresses and its gateways are added at run time.
+    allowlist: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Prefix length a block covers: 32 (IPv4) and 128 (IPv6) block one address.
+    prefix_len_v4: int = 32
+    # Prefix length of an IPv6 block (64 blocks a whole subnet).
+    prefix_len_v6: int = 128
+    # New blocks allowed per second on average (token bucket); the excess is logged as
+    # rate_limited and not applied. Extending an active block is not limited.
+    max_new_blocks_per_s: float = 100.0
+    # New blocks allowed at once before the rate applies (bucket size).
+    new_blocks_burst: int = 200
+    # Addresses tracked at most, each in the offender history and in the active blocks;
+    # the oldest is evicted past it (counted), so a verdict storm cannot grow memory.
+    max_tracked: int = 65536
+    # Log every decision without applying any (backend none).
+    dry_run: bool = False
+    # SQLite decision log; empty means <node.state_dir>/firewall/decisions.sqlite.
+    decision_log: str = ""
+
+    def decision_log_path(self, state_dir: str | Path) -> Path:
+        """The decision log file: ``decision_log``, or the default under ``state_dir``."""
+        if self.decision_log:
+            return Path(self.decision_log)
+        return Path(state_dir) / "firewall" / "decisions.sqlite"
+
+    def threshold_for(self, family: str) -> float:
+        """Block threshold of ``family``."""
+        return self.block_threshold_per_family.get(family, self.block_threshold)
+
+    def check(self) -> None:
+        """Raise ConfigError for values the policy cannot work with, naming the keys."""
+        problems = []
+        thresholds = {"block_threshold": self.block_threshold} | {
+            f"block_threshold_per_family.{f}": v for f, v in self.block_threshold_per_family.items()
+        }
+        for key, value in thresholds.items():
+            if math.isnan(value) or not 0.0 <= value <= 1.0:
+                problems.append(f"{key} is {value}, expected a number in [0, 1]")
+        unknown = sorted(set(self.block_threshold_per_family) - set(self.families))
+        if unknown:
+            problems.append(f"block_threshold_per_family names unknown families {unknown}")
+        if not 0 < self.ttl_base_s <= self.ttl_cap_s <= self.max_ttl_s:
+            problems.append(
+                f"expected 0 < ttl_base_s ({self.ttl_base_s}) <= ttl_cap_s ({self.ttl_cap_s})"
+                f" <= max_ttl_s ({self.max_ttl_s})"
+            )
+        if not self.ttl_growth >= 1.0:
+            problems.append(f"ttl_growth is {self.ttl_growth}, expected at least 1")
+        if not 0 <= self.prefix_len_v4 <= 32 or not 0 <= self.prefix_len_v6 <= 128:
+            problems.append("prefix_len_v4 must be in [0, 32] and prefix_len_v6 in [0, 128]")
+        if not self.max_new_blocks_per_s > 0 or self.new_blocks_burst < 1:
+            problems.append("max_new_blocks_per_s must be above 0 and new_blocks_burst at least 1")
+        if self.max_tracked < 1:
+            problems.append(f"max_tracked is {self.max_tracked}, expected at least 1")
+        if problems:
+            raise ConfigError(
+                "invalid firewall settings: " + "; ".join(problems) + "; fix mld.yaml"
+            )
