@@ -3,12 +3,21 @@
 Public API::
 
     FlowMonitor        load, attach, poll finished flows, sweep idle ones, flush, stats
-    Blocklist          the pinned source-prefix blocklist, usable from any process
+    Blocklist          the pinned source-prefix blocklist (with expiry), usable from any process
+    program_attached   is the pinned blocklist used by a loaded XDP program? (bool, why)
     raise_on_sigterm   SIGTERM -> SystemExit so monitors detach in `finally`
     XdpError, ...      errors (see xdp.errors)
 """
 
-from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist, prefix_key
+from xdp.blocklist import (
+    DEFAULT_PIN_DIR,
+    BlockEntry,
+    Blocklist,
+    BlocklistProgram,
+    blocklist_enforced,
+    prefix_key,
+    program_attached,
+)
 from xdp.errors import (
     BlocklistError,
     BpffsError,
@@ -24,8 +33,10 @@ __all__ = [
     "BPF_SOURCE",
     "DEFAULT_PIN_DIR",
     "FLOW_H",
+    "BlockEntry",
     "Blocklist",
     "BlocklistError",
+    "BlocklistProgram",
     "BpffsError",
     "CompileError",
     "FlowMonitor",
@@ -33,7 +44,9 @@ __all__ = [
     "Mode",
     "NotRootError",
     "XdpError",
+    "blocklist_enforced",
     "flow_h_constants",
     "prefix_key",
+    "program_attached",
     "raise_on_sigterm",
 ]

@@ -4,9 +4,10 @@ Used where BCC's Python tables do not help: opening a pinned map from another pr
 atomic lookup-and-delete, and batch reads into buffers allocated once. Every function raises
 OSError with the errno on failure; callers translate it into an :mod:`xdp.errors` error.
 
-The only struct written here is the head of the kernel's ``struct bpf_map_info`` (a kernel
-ABI, not an ML Defender struct), used to check that a pinned map has the expected type and
-key/value sizes before we write to it.
+The only structs written here are the heads of the kernel's ``struct bpf_map_info`` and
+``struct bpf_prog_info`` (kernel ABI, not ML Defender structs): the first checks that a
+pinned map has the expected type and key/value sizes before we write to it, the second finds
+the programs that use a map.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_PROG_TYPE_XDP = 6
 BPF_NOEXIST = 1
 
 _lib: Any = None
@@ -35,6 +37,10 @@ def lib() -> Any:
         h.bpf_obj_get.restype = ct.c_int
         h.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, vp, u32p]
         h.bpf_obj_get_info_by_fd.restype = ct.c_int
+        h.bpf_prog_get_next_id.argtypes = [ct.c_uint32, u32p]
+        h.bpf_prog_get_next_id.restype = ct.c_int
+        h.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
+        h.bpf_prog_get_fd_by_id.restype = ct.c_int
         for fn in ("bpf_map_lookup_elem", "bpf_map_lookup_and_delete_elem"):
             getattr(h, fn).argtypes = [ct.c_int, vp, vp]
             getattr(h, fn).restype = ct.c_int
@@ -70,6 +76,26 @@ class MapInfo(ct.Structure):
     )
 
 
+class ProgInfo(ct.Structure):
+    """Head of the kernel's struct bpf_prog_info, up to ifindex (include/uapi/linux/bpf.h)."""
+
+    _fields_ = (
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32),
+        ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64),
+        ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64),
+        ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64),
+        ("name", ct.c_char * 16),
+        ("ifindex", ct.c_uint32),
+    )
+
+
 def obj_get(path: str) -> int:
     """Open a pinned BPF object; returns a new file descriptor."""
     return _check(lib().bpf_obj_get(os.fsencode(path)), f"open pinned {path}")
@@ -80,6 +106,40 @@ def map_info(fd: int) -> MapInfo:
     size = ct.c_uint32(ct.sizeof(info))
     _check(lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "map info")
     return info
+
+
+def prog_ids() -> Iterator[int]:
+    """Ids of every BPF program loaded on the host (all network namespaces)."""
+    cur = ct.c_uint32(0)
+    while lib().bpf_prog_get_next_id(cur.value, ct.byref(cur)) == 0:
+        yield cur.value
+    err = ct.get_errno()
+    if err != errno.ENOENT:
+        _check(-1, "program get-next-id")
+
+
+def prog_info(prog_id: int) -> tuple[ProgInfo, list[int]] | None:
+    """A program's info head and the ids of the maps it uses; None when it is gone."""
+    fd = lib().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        if ct.get_errno() == errno.ENOENT:
+            return None
+        _check(-1, f"open program {prog_id}")
+    try:
+        for _ in range(3):  # the count can only change if the program is replaced: retry
+            info = ProgInfo()
+            size = ct.c_uint32(ct.sizeof(info))
+            _check(lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "prog info")
+            n = info.nr_map_ids
+            ids = (ct.c_uint32 * max(n, 1))()
+            info = ProgInfo(nr_map_ids=n, map_ids=ct.addressof(ids))
+            size = ct.c_uint32(ct.sizeof(info))
+            _check(lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "prog info")
+            if info.nr_map_ids <= n:
+                return info, list(ids[: info.nr_map_ids])
+        raise OSError(errno.EAGAIN, f"program {prog_id}: map list keeps changing")
+    finally:
+        os.close(fd)
 
 
 def lookup(fd: int, key: Any, value: Any) -> bool:

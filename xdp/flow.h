@@ -176,6 +176,18 @@ struct mld_lpm_key {
     __u8 addr[16];
 };
 
+/* Blocklist value, one per blocked prefix. expires_ns is on CLOCK_BOOTTIME (the program reads
+ * bpf_ktime_get_boot_ns(), user space clock_gettime(CLOCK_BOOTTIME)): unlike the monotonic
+ * clock the flows use, it keeps counting while the machine is suspended, so a block given a
+ * TTL of ten minutes lapses ten real minutes later. The program drops a matching packet only
+ * while now < expires_ns, so a block lapses on time even when the agent that set it died;
+ * user space deletes lapsed entries. */
+#define MLD_BLOCK_NEVER 0       /* expires_ns value: the entry never lapses */
+struct mld_block {
+    __u64 drops;      /* packets this entry dropped (atomic add in the program) */
+    __u64 expires_ns; /* CLOCK_BOOTTIME ns at which the entry stops dropping; 0 = never */
+};
+
 /* Everything the parser extracts from one packet (stack only, never in a map). */
 struct mld_pkt {
     __u8 saddr[16];     /* IPv4-mapped for IPv4 */

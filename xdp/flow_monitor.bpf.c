@@ -4,8 +4,9 @@
  *   1. parse with mld_parse_eth (flow.h); non-IP frames and parse errors are counted and
  *      passed;
  *   2. look the source address up in the blocklist LPM trie (pinned, shared with the
- *      firewall): a hit bumps the entry's counter and drops the packet, which never enters
- *      the flow table;
+ *      firewall): a hit on an entry that has not expired (struct mld_block, CLOCK_BOOTTIME)
+ *      bumps the entry's counter and drops the packet, which never enters the flow table;
+ *      an expired entry is ignored (user space deletes it);
  *   3. create or update the packet's flow in the LRU hash `flows` with flow.h's rules and
  *      export finished flows (FIN, RST, idle/active timeout noticed on a packet) to the ring
  *      buffer `events` as struct mld_flow_event.
@@ -43,8 +44,8 @@ BPF_PERCPU_ARRAY(stats, struct mld_xdp_stats, 1);
  * layout of struct mld_flow_event. */
 BPF_PERCPU_ARRAY(scratch, struct mld_flow_event, 1);
 BPF_RINGBUF_OUTPUT(events, MLD_RINGBUF_PAGES);
-/* Source prefixes to drop; value = packets dropped by this entry. Reuses a pinned map. */
-BPF_TABLE_PINNED("lpm_trie", struct mld_lpm_key, __u64, blocklist, MLD_BLOCKLIST_MAX,
+/* Source prefixes to drop, with drop counter and expiry. Reuses a pinned map. */
+BPF_TABLE_PINNED("lpm_trie", struct mld_lpm_key, struct mld_block, blocklist, MLD_BLOCKLIST_MAX,
                  MLD_BLOCKLIST_PIN, BPF_F_NO_PREALLOC);
 
 /* Copy a final flow into the ring buffer. */
@@ -74,7 +75,7 @@ int xdp_flow_monitor(struct xdp_md *ctx)
     struct mld_flow_config *cfg;
     struct mld_flow_state *st;
     struct mld_xdp_stats *s;
-    __u64 *hits;
+    struct mld_block *blk;
     int zero = 0;
     int rc, lo, act;
 
@@ -97,9 +98,12 @@ int xdp_flow_monitor(struct xdp_md *ctx)
 
     lk.prefixlen = 128;
     __builtin_memcpy(lk.addr, pkt.saddr, 16);
-    hits = blocklist.lookup(&lk);
-    if (hits) {
-        __sync_fetch_and_add(hits, 1);
+    blk = blocklist.lookup(&lk);
+    /* The clock is read only on a hit. An expired entry passes the packet even where a
+     * shorter live prefix also matches: the trie returns the longest match only. */
+    if (blk &&
+        (blk->expires_ns == MLD_BLOCK_NEVER || bpf_ktime_get_boot_ns() < blk->expires_ns)) {
+        __sync_fetch_and_add(&blk->drops, 1);
         s->blocked_packets += 1;
         s->blocked_bytes += (__u64)(end - data);
         return XDP_DROP;

@@ -192,6 +192,8 @@ class FlowMonitor:
         from bcc import BPF
 
         pin = self.pin_dir / "blocklist"
+        if pin.exists():
+            Blocklist(self.pin_dir).close()  # BpffsError naming the fix for a stale layout
         cflags = [
             f"-I{XDP_DIR}",
             f"-DMLD_MAX_FLOWS={self.max_flows}",
