@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from detector.families import FAMILIES
 from mld.errors import ConfigError
@@ -60,6 +61,30 @@ class FirewallConfig:
     dry_run: bool = False
     # SQLite decision log; empty means <node.state_dir>/firewall/decisions.sqlite.
     decision_log: str = ""
+    # Enforcement point: auto (XDP when a flow program is attached, else nftables), xdp,
+    # or nftables.
+    backend: Literal["auto", "xdp", "nftables"] = "auto"
+    # bpffs folder where the flow program pins its blocklist map.
+    xdp_pin_dir: str = "/sys/fs/bpf/mld"
+    # How often expired blocks are removed, in seconds.
+    expiry_interval_s: float = 1.0
+    # ZeroMQ endpoint the verdicts arrive on (the detector's detector.verdicts.endpoint).
+    listen_endpoint: str = "tcp://127.0.0.1:5572"
+    # pull (one detector PUSHes) or sub (detectors PUB).
+    listen_pattern: Literal["pull", "sub"] = "pull"
+    # Bind the endpoint instead of connecting to it; null: PULL binds, SUB connects.
+    listen_bind: bool | None = None
+    # Channel name bound into every frame; must match detector.verdicts.channel.
+    channel: str = "verdicts"
+    # Local control socket for mld firewall list/unblock/flush (mode 0600); empty means
+    # <node.state_dir>/firewall/control.sock.
+    control_socket: str = ""
+
+    def control_socket_path(self, state_dir: str | Path) -> Path:
+        """The control socket: ``control_socket``, or the default under ``state_dir``."""
+        if self.control_socket:
+            return Path(self.control_socket)
+        return Path(state_dir) / "firewall" / "control.sock"
 
     def decision_log_path(self, state_dir: str | Path) -> Path:
         """The decision log file: ``decision_log``, or the default under ``state_dir``."""

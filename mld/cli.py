@@ -16,6 +16,7 @@ from pathlib import Path
 from config import load_config, resolve_config_path, to_dict
 from crypto_transport import KeyPair
 from detector.cli import register as register_detector
+from firewall.cli import register as register_firewall
 from lab.cli import register as register_lab
 from mld import __version__
 from mld.errors import KeyFileError, MldError
@@ -41,6 +42,7 @@ examples:
   mld analyze capture.pcap                     detect attacks in a capture, offline (JSON lines)
   mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
   mld evaluate ../shared/data/labels.csv       detection and false-positive rates
+  mld firewall run                             the firewall agent (see mld firewall --help)
   mld lab up                                   the namespace lab (see mld lab --help)
   mld version
 """
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_sniffer(sub, common)
     register_detector(sub, common)
+    register_firewall(sub, common)
     register_lab(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")

@@ -1,5 +1,5 @@
-"""The detector benchmarks still run and print their key=value line (speed is judged by
-running them, not here)."""
+"""The detector and firewall benchmarks still run and print their key=value line (speed is
+judged by running them, not here)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def test_analyze_bench_runs_and_prints_its_keys() -> None:
     values = _last_line([str(REPO / "bench" / "analyze.py"), "--quick"], timeout=600)
     assert float(values["analyze_pps"]) > 0 and float(values["flows_only_pps"]) > 0, values
     assert int(values["packets"]) > 0 and int(values["flows"]) > 0, values
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+@pytest.mark.bpf
+def test_firewall_bench_runs_and_prints_its_keys() -> None:
+    from tests.support import require_root_and
+
+    require_root_and("ip", "nft", "nsenter", "ethtool")
+    values = _last_line([str(REPO / "bench" / "firewall_block.py"), "--quick"], timeout=600)
+    for key in (
+        "verdict_to_drop_p50_ms",
+        "verdict_to_drop_p99_ms",
+        "blocks_per_s",
+        "baseline_blocks_per_s",
+        "nft_verdict_to_drop_p50_ms",
+    ):
+        assert float(values[key]) > 0, values

@@ -1,0 +1,122 @@
+"""Where blocks are enforced: the XDP blocklist map, nftables, or nowhere (dry run).
+
+Every backend takes the same three calls (``block``, ``unblock``, ``flush``) plus
+``close`` when the agent stops. :func:`choose_backend` picks one and says why:
+
+* **xdp** -- the flow program's pinned LPM trie (``xdp.Blocklist``): a blocked source is
+  dropped before the kernel stack. Entries carry their expiry, so a block lapses in the
+  kernel even if the agent is gone. Chosen by ``auto`` when a flow program is attached
+  (its map is pinned and in use by a program).
+* **nftables** -- the agent's own table ``inet mld`` (:mod:`firewall.nft`) with sets whose
+  elements expire by nftables' own timeouts; created at start, removed at stop, no other
+  table touched. ``auto`` falls back to it when no flow program is attached.
+* **none** -- dry run: nothing is applied; decisions are logged as ``dry_run``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+from firewall.config import FirewallConfig
+from mld.errors import FirewallError
+
+__all__ = ["Backend", "NoBackend", "XdpBackend", "choose_backend"]
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    name: str
+
+    def block(self, addr: str, prefix_len: int, ttl_s: int) -> None: ...
+
+    def unblock(self, addr: str, prefix_len: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NoBackend:
+    """Dry run: every call is a no-op."""
+
+    name = "none"
+
+    def block(self, addr: str, prefix_len: int, ttl_s: int) -> None:
+        del addr, prefix_len, ttl_s
+
+    def unblock(self, addr: str, prefix_len: int) -> None:
+        del addr, prefix_len
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class XdpBackend:
+    """Blocks in the flow program's pinned blocklist map."""
+
+    name = "xdp"
+
+    def __init__(self, pin_dir: str | Path) -> None:
+        from xdp.blocklist import Blocklist
+
+        try:
+            self._map: Any = Blocklist(pin_dir)
+        except Exception as exc:  # BlocklistError, BpffsError: the map is not there
+            raise FirewallError(f"cannot open the XDP blocklist in {pin_dir}: {exc}") from exc
+
+    def block(self, addr: str, prefix_len: int, ttl_s: int) -> None:
+        self._map.add(f"{addr}/{prefix_len}", ttl_s=ttl_s)
+
+    def unblock(self, addr: str, prefix_len: int) -> None:
+        self._map.remove(f"{addr}/{prefix_len}")
+
+    def flush(self) -> None:
+        for prefix, *_rest in self._map.entries():
+            self._map.remove(prefix)
+
+    def close(self) -> None:
+        # The map stays pinned with its entries: blocks outlive the agent (they carry
+        # their expiry), and a restarted agent takes them back from the decision log.
+        self._map.close()
+
+
+def _xdp_in_use(pin_dir: str | Path) -> tuple[bool, str]:
+    import xdp.blocklist
+
+    check = getattr(xdp.blocklist, "program_attached", None)
+    if check is None:
+        return False, "this build cannot tell whether an XDP program is attached"
+    attached, why = check(pin_dir)
+    return bool(attached), str(why)
+
+
+def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Backend, str]:
+    """The backend to use and why (the agent logs the reason at start)."""
+    from firewall.nft import NftBackend
+
+    if config.dry_run:
+        return NoBackend(), "dry run: nothing is applied"
+    if config.backend in ("auto", "xdp"):
+        attached, why = _xdp_in_use(config.xdp_pin_dir)
+        if attached:
+            return XdpBackend(config.xdp_pin_dir), f"xdp: {why}"
+        if config.backend == "xdp":
+            raise FirewallError(
+                f"firewall.backend is xdp but {why}: start the sniffer (mld sniff) first, or "
+                "set firewall.backend to auto or nftables"
+            )
+        reason = f"nftables (fallback): {why}"
+    else:
+        reason = "nftables: firewall.backend is nftables"
+    nft = NftBackend(netns=netns)
+    ok, problem = nft.available()
+    if not ok:
+        raise FirewallError(f"no backend: {reason.split(':')[0]} and nft is unusable ({problem})")
+    nft.setup()
+    return nft, reason

@@ -1,0 +1,212 @@
+"""``mld firewall``: run the agent, or list, unblock and flush through a running one."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from config import load_config
+from config.settings import MldConfig
+from crypto_transport import Keyring, Receiver
+from firewall.allowlist import local_addresses
+from firewall.backends import choose_backend
+from firewall.decision_log import DecisionLog
+from firewall.policy import Policy
+from firewall.service import FirewallAgent
+from mld.errors import FirewallError
+from proto.events_pb2 import VerdictBatch
+
+__all__ = ["control_request", "register"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+EPILOG = """\
+examples:
+  mld firewall run                          the agent: verdicts from the detector -> blocks
+  mld firewall run --dry-run                log every decision, apply none
+  mld firewall run --backend nftables       force the nftables fallback
+  mld firewall list                         active blocks: address, reason, scores, expiry
+  mld firewall list --json
+  mld firewall unblock 203.0.113.66         lift one block now
+  mld firewall flush                        lift every block the agent holds
+  mld firewall status --json                backend and counters
+"""
+
+
+def _control_path(cfg: MldConfig) -> Path:
+    return cfg.firewall.control_socket_path(cfg.node.state_dir)
+
+
+def control_request(path: Path, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one request to a running agent's control socket and return its reply."""
+    if not path.exists():
+        raise FirewallError(
+            f"no firewall agent is running (no control socket {path}): start one with "
+            "`mld firewall run`, or pass the same --config it uses"
+        )
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.REQ)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"ipc://{path}")
+        sock.send(json.dumps(request).encode())
+        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise FirewallError(
+                f"the firewall agent did not answer on {path} within {timeout_s:.0f} s: is it "
+                "stuck or gone? (a stale socket is removed when the agent starts again)"
+            )
+        reply: dict[str, Any] = json.loads(sock.recv())
+        return reply
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    fw = cfg.firewall
+    changes: dict[str, Any] = {}
+    if args.dry_run:
+        changes["dry_run"] = True
+    if args.backend:
+        changes["backend"] = args.backend
+    if args.listen:
+        changes["listen_endpoint"] = args.listen
+    fw = dataclasses.replace(fw, **changes)
+    fw.check()
+    agent_id = cfg.node.id or socket.gethostname()
+    own = local_addresses()
+    policy = Policy(fw, allowlist_extra=own)
+    backend, why = choose_backend(fw)
+    log.info("firewall agent %s: backend %s", agent_id, why)
+    log.info(
+        "allowlist: %s, plus this host's own addresses and gateways: %s",
+        ", ".join(fw.allowlist),
+        ", ".join(str(a) for a in own) or "(none found)",
+    )
+    decisions = DecisionLog(fw.decision_log_path(cfg.node.state_dir))
+    receiver: Receiver[VerdictBatch] = Receiver(
+        pattern=fw.listen_pattern,
+        endpoint=fw.listen_endpoint,
+        channel=fw.channel,
+        keyring=Keyring.from_config(cfg.transport),
+        message_type=VerdictBatch,
+        settings=cfg.transport,
+        bind=fw.listen_bind,
+    )
+    agent = FirewallAgent(fw, policy, backend, decisions, receiver, _control_path(cfg))
+    from sniffer.service import sigterm_raises_systemexit
+
+    sigterm_raises_systemexit()
+    try:
+        agent.restore()
+        log.info("listening for verdicts on %s", fw.listen_endpoint)
+        agent.run()
+    finally:
+        stats = agent.stats()
+        agent.close()
+        log.info("firewall agent stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+        if args.json:
+            print(json.dumps(stats))
+    return EXIT_OK
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    reply = control_request(_control_path(load_config(args.config)), {"cmd": "list"})
+    if args.json:
+        print(json.dumps(reply))
+        return EXIT_OK if reply.get("ok") else EXIT_ERROR
+    blocks = reply.get("blocks", [])
+    print(f"{len(blocks)} active block(s), backend {reply.get('backend')}")
+    if blocks:
+        print(
+            f"{'address':24s} {'family':10s} {'score':>5s}  {'since':19s}  {'expires':19s}  reason"
+        )
+    for b in blocks:
+        print(
+            f"{b['address']:24s} {b['family']:10s} {b['final_score']:5.2f}  {_when(b['since'])}"
+            f"  {_when(b['expires'])}  {b['reason']}"
+        )
+    return EXIT_OK
+
+
+def _reply(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
+    if args.json:
+        print(json.dumps(reply))
+    elif reply.get("ok"):
+        print(text)
+    else:
+        print(f"mld: {reply.get('error', 'failed')}", file=sys.stderr)
+    return EXIT_OK if reply.get("ok") else EXIT_ERROR
+
+
+def _cmd_unblock(args: argparse.Namespace) -> int:
+    path = _control_path(load_config(args.config))
+    reply = control_request(path, {"cmd": "unblock", "addr": args.address})
+    return _reply(args, reply, f"unblocked {reply.get('unblocked')}")
+
+
+def _cmd_flush(args: argparse.Namespace) -> int:
+    reply = control_request(_control_path(load_config(args.config)), {"cmd": "flush"})
+    return _reply(args, reply, f"unblocked {len(reply.get('unblocked', []))} block(s)")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    reply = control_request(_control_path(load_config(args.config)), {"cmd": "status"})
+    text = "\n".join(f"{k}: {v}" for k, v in reply.items() if k != "ok")
+    return _reply(args, reply, text)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add ``firewall`` and its actions to the ``mld`` subcommands."""
+    fw = sub.add_parser(
+        "firewall",
+        parents=[common],
+        help="the firewall agent: verdicts -> blocks (XDP, nftables fallback)",
+        description="Run the firewall agent, which turns the detector's verdicts into "
+        "blocks with TTLs (XDP blocklist map, or its own nftables table when no XDP "
+        "program is attached), never blocking allowlisted addresses, and logs every "
+        "decision in SQLite; or list, unblock and flush through a running agent.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = fw.add_subparsers(dest="firewall_command", metavar="ACTION", required=True)
+    run = actions.add_parser(
+        "run",
+        parents=[common],
+        help="run the agent (root)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--dry-run", action="store_true", help="log decisions, apply none")
+    run.add_argument(
+        "--backend", choices=("auto", "xdp", "nftables"), help="default: firewall.backend"
+    )
+    run.add_argument("--listen", metavar="ENDPOINT", help="default: firewall.listen_endpoint")
+    run.set_defaults(func=_cmd_run)
+    lst = actions.add_parser("list", parents=[common], help="active blocks of the running agent")
+    lst.set_defaults(func=_cmd_list)
+    unb = actions.add_parser("unblock", parents=[common], help="lift one block now")
+    unb.add_argument("address", metavar="ADDR", help="address or prefix")
+    unb.set_defaults(func=_cmd_unblock)
+    fl = actions.add_parser("flush", parents=[common], help="lift every block the agent holds")
+    fl.set_defaults(func=_cmd_flush)
+    st = actions.add_parser("status", parents=[common], help="backend and counters")
+    st.set_defaults(func=_cmd_status)

@@ -1,0 +1,279 @@
+"""The firewall agent's loop: verdicts in, decisions applied and logged, blocks expired.
+
+One thread. Each turn waits up to 50 ms for a VerdictBatch (crypto_transport Receiver),
+hands every verdict to the policy, applies the decisions that act (block, extend,
+unblock) through the backend and records every decision in the SQLite log; answers the
+local control socket (``mld firewall list/unblock/flush/status``); and every
+``expiry_interval_s`` asks the policy for blocks past their TTL and removes them.
+
+At start, blocks still within their TTL are read back from the decision log and applied
+again (the nftables table was removed when the agent stopped; the XDP map kept them,
+and adding them again is harmless); expired ones are not.
+
+The control socket is a ZeroMQ REP socket on ``ipc://<state_dir>/firewall/control.sock``
+(mode 0600: root only). A request is one JSON object ``{"cmd": "list" | "unblock" |
+"flush" | "status", "addr": ...}``; the reply is ``{"ok": true, ...}`` or ``{"ok": false,
+"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from crypto_transport import Receiver
+from firewall.backends import Backend
+from firewall.config import FirewallConfig
+from firewall.decision_log import Backend as BackendName
+from firewall.decision_log import DecisionLog
+from firewall.policy import ActiveBlock, Decision, Policy
+from proto.events_pb2 import VerdictBatch
+
+__all__ = ["FirewallAgent", "block_to_json"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 50
+
+
+def block_to_json(block: ActiveBlock, now: float) -> dict[str, Any]:
+    return {
+        "address": block.network,
+        "reason": block.reason,
+        "family": block.family,
+        "final_score": round(block.final_score, 4),
+        "verdict_ids": list(block.verdict_ids),
+        "since": block.since,
+        "expires": block.expires_ts,
+        "expires_in_s": max(0, round(block.expires_ts - now)),
+    }
+
+
+class FirewallAgent:
+    """Applies the policy's decisions through one backend and keeps the decision log."""
+
+    def __init__(
+        self,
+        config: FirewallConfig,
+        policy: Policy,
+        backend: Backend,
+        decisions: DecisionLog,
+        receiver: Receiver[VerdictBatch] | None,
+        control_path: Path | None,
+        *,
+        context: zmq.Context[Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.backend = backend
+        self.decisions = decisions
+        self.receiver = receiver
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self._backend_name: BackendName = (
+            "xdp" if backend.name == "xdp" else "nftables" if backend.name == "nftables" else "none"
+        )
+        self._stop = False
+        self._next_expiry = 0.0
+        self._context = context or zmq.Context.instance()
+        self._control: zmq.Socket[bytes] | None = None
+        self.control_path = control_path
+        if control_path is not None:
+            control_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            control_path.unlink(missing_ok=True)
+            sock: zmq.Socket[bytes] = self._context.socket(zmq.REP)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"ipc://{control_path}")
+            os.chmod(control_path, 0o600)
+            self._control = sock
+
+    # ---- decisions -------------------------------------------------------------------
+
+    def apply(self, decision: Decision) -> str:
+        """Carry out one decision (if it acts) and log it; returns the final outcome."""
+        outcome: str = decision.outcome
+        if decision.acts:
+            try:
+                if decision.action in ("block", "extend"):
+                    self.backend.block(decision.addr, decision.prefix_len, decision.ttl_s)
+                else:
+                    self.backend.unblock(decision.addr, decision.prefix_len)
+                outcome = "applied"
+            except Exception as exc:  # the backend's errors: logged, counted, not fatal
+                outcome = "failed"
+                log.error(
+                    "%s %s failed on %s: %s",
+                    decision.action,
+                    decision.network,
+                    self.backend.name,
+                    exc,
+                )
+        self._record(decision, outcome)
+        return outcome
+
+    def _record(self, decision: Decision, outcome: str) -> None:
+        self.counters[f"{decision.action}.{outcome}"] += 1
+        if outcome != "below_threshold":
+            self.decisions.record(decision, self._backend_name, outcome)
+        if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
+            log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
+
+    def handle_batch(self, batch: VerdictBatch) -> None:
+        """Decide on every verdict of a batch; blocks go to the backend in one call when it
+        takes many at once (nftables: one transaction instead of one nft run each)."""
+        self.counters["batches"] += 1
+        decisions = [self.policy.decide(v) for v in batch.verdicts]
+        many = getattr(self.backend, "block_many", None)
+        blocks = [d for d in decisions if d.acts and d.action in ("block", "extend")]
+        if many is None or len(blocks) < 2:
+            for d in decisions:
+                self.apply(d)
+            return
+        try:
+            many([(d.addr, d.prefix_len, d.ttl_s) for d in blocks])
+            done = "applied"
+        except Exception as exc:  # some or all failed: apply one by one to tell which
+            log.warning(
+                "batch of %d blocks failed on %s (%s); applying one by one",
+                len(blocks),
+                self.backend.name,
+                exc,
+            )
+            done = ""
+        for d in decisions:
+            if done and d.acts and d.action in ("block", "extend"):
+                self._record(d, done)
+            else:
+                self.apply(d)
+
+    def expire(self) -> None:
+        for decision in self.policy.expire(self.clock()):
+            self.apply(decision)
+
+    def restore(self) -> int:
+        """Take back the blocks still within their TTL from the log and apply them again."""
+        now = self.clock()
+        live = self.decisions.live_blocks(now, include_dry_run=self.config.dry_run)
+        for rejected in self.policy.restore(live):
+            self.apply(rejected)
+        restored = 0
+        for block in self.policy.active():
+            remaining = int(block.expires_ts - now)
+            if remaining <= 0:
+                continue
+            try:
+                self.backend.block(block.addr, block.prefix_len, remaining)
+                restored += 1
+            except Exception as exc:
+                log.error("restoring %s failed on %s: %s", block.network, self.backend.name, exc)
+        self.counters["restored"] += restored
+        if restored:
+            log.info("restored %d block(s) still within their TTL from the decision log", restored)
+        return restored
+
+    # ---- control ---------------------------------------------------------------------
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        now = self.clock()
+        if cmd == "list":
+            blocks = sorted(self.policy.active(), key=lambda b: b.since)
+            return {
+                "ok": True,
+                "backend": self.backend.name,
+                "blocks": [block_to_json(b, now) for b in blocks],
+            }
+        if cmd == "unblock":
+            addr = str(request.get("addr", ""))
+            try:
+                ipaddress.ip_network(addr, strict=False)
+            except ValueError:
+                return {"ok": False, "error": f"{addr!r} is not an address or prefix"}
+            decision = self.policy.unblock(addr)
+            if decision is None:
+                return {"ok": False, "error": f"{addr} is not blocked"}
+            return {"ok": True, "unblocked": decision.network, "outcome": self.apply(decision)}
+        if cmd == "flush":
+            # One unblock per block the agent holds: entries others put in the XDP map
+            # (an operator's shell) are not the agent's to remove.
+            decisions = self.policy.flush()
+            outcomes = [self.apply(d) for d in decisions]
+            return {
+                "ok": all(o in ("applied", "dry_run") for o in outcomes),
+                "unblocked": [d.network for d in decisions],
+            }
+        if cmd == "status":
+            return {
+                "ok": True,
+                "backend": self.backend.name,
+                "dry_run": self.config.dry_run,
+                "active": len(self.policy.active()),
+                "counters": self.stats(),
+            }
+        return {"ok": False, "error": f"unknown command {cmd!r} (list, unblock, flush, status)"}
+
+    def _serve_control(self) -> None:
+        sock = self._control
+        if sock is None:
+            return
+        while sock.poll(0, zmq.POLLIN):
+            raw = sock.recv()
+            try:
+                request = json.loads(raw)
+                reply = self.control(request if isinstance(request, dict) else {})
+            except (ValueError, UnicodeDecodeError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            sock.send(json.dumps(reply).encode())
+
+    # ---- loop ------------------------------------------------------------------------
+
+    def step(self, timeout_ms: int = _POLL_MS) -> None:
+        """One turn: verdicts (waiting up to ``timeout_ms``), control requests, expiry."""
+        if self.receiver is not None:
+            got = self.receiver.recv(timeout_ms=timeout_ms)
+            if got is not None:
+                self.handle_batch(got.message)
+        elif timeout_ms:
+            time.sleep(timeout_ms / 1000)
+        self._serve_control()
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + self.config.expiry_interval_s
+            self.expire()
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        """Serve until :meth:`request_stop` or SIGTERM/Ctrl-C (SystemExit/KeyboardInterrupt)."""
+        try:
+            while not self._stop:
+                self.step()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            log.info("stopping (%s)", type(exc).__name__)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update({f"policy.{k}": v for k, v in self.policy.counters().items()})
+        return out
+
+    def close(self) -> None:
+        """Stop serving: the backend is closed (nftables removes its table), the log kept."""
+        if self._control is not None:
+            self._control.close(linger=0)
+            self._control = None
+            if self.control_path is not None:
+                self.control_path.unlink(missing_ok=True)
+        if self.receiver is not None:
+            self.receiver.close()
+        self.backend.close()
+        self.decisions.close()
