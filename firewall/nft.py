@@ -216,10 +216,11 @@ class NftBackend:
             [
                 f"add set {probe} {{ type ipv4_addr; flags interval, timeout; }}",
                 f"add element {probe} {{ 192.0.2.0 timeout 1000s }}",
-                f"add element {probe} {{ 192.0.2.0 timeout 9000s }}",
             ]
         )
         try:
+            # A second transaction: within one, re-adding never updates.
+            self._batch([f"add element {probe} {{ 192.0.2.0 timeout 9000s }}"])
             doc = json.loads(self._run(["-j", "list", "set", *probe.split()]))
             elems = next(o["set"].get("elem", []) for o in doc["nftables"] if "set" in o)
             return bool(int(elems[0]["elem"]["timeout"]) > 1000)
