@@ -117,6 +117,7 @@ bench: $(INSTALLED)
 	$(PY) bench/live.py
 	$(PY) bench/detector_inference.py --no-lab
 	$(PY) bench/analyze.py
+	$(PY) bench/firewall_block.py
 
 # The lab (lab/README.md). run-lab-dev grows into the whole product in the end-to-end
 # issue; today it is the lab, its traffic and a labelled capture of it.
