@@ -215,11 +215,13 @@ def write_bundle(
     scale: npt.ArrayLike,
     training: dict[str, Any],
     report: str = "",
+    created: datetime | None = None,
 ) -> Manifest:
     """Write a bundle: treelite models (``family -> treelite.Model``), then the manifest.
 
     ``entries`` carry everything but the file name and hash, which are filled in here.
-    The version is the creation time and a hash of the checkpoints.
+    The version is the creation time (``created``, default now) and a hash of the
+    checkpoints, so writing the same models with the same ``created`` keeps the version.
     """
     bundle_dir = Path(bundle_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,7 @@ def write_bundle(
             e.probe_rows,
             e.probe_proba,
         )
-    now = datetime.now(UTC)
+    now = created or datetime.now(UTC)
     manifest = Manifest(
         version=f"{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         created=now.isoformat(timespec="seconds"),

@@ -280,8 +280,9 @@ def train_bundle(
 
     center, scale = _robust_scale(x_train[fam_train == BENIGN])
     models = {f: forest_to_treelite(forests[f]) for f in trained}
+    created = datetime.now(UTC)
     training = {
-        "trained": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trained": created.isoformat(timespec="seconds"),
         "data": data_used,
         "rows": {"train": len(x_train), "held_out": len(x_test)},
         "settings": asdict(train),
@@ -294,14 +295,17 @@ def train_bundle(
             **_lib_versions(),
         },
     }
-    manifest = write_bundle(out_dir, models, entries, center, scale, training)
+    manifest = write_bundle(out_dir, models, entries, center, scale, training, created=created)
     # Load it as the detector will: compile (timed), then the probe check.
     t0 = time.monotonic()
     load_bundle(out_dir, cache_dir)
     metrics["compile_and_load_s"] = round(time.monotonic() - t0, 1)
+    # The same creation time: the manifest rewritten with the compile time and the report
+    # keeps the version the report names.
     report = render_report(manifest.version, training, metrics, forests)
-    training["metrics"] = metrics
-    manifest = write_bundle(out_dir, models, entries, center, scale, training, report)
+    manifest = write_bundle(
+        out_dir, models, entries, center, scale, training, report, created=created
+    )
     say(f"done in {time.monotonic() - started:.0f} s: bundle {manifest.version} in {out_dir}")
     return TrainResult(manifest, report, metrics)
 

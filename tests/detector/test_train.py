@@ -46,6 +46,7 @@ def test_report_has_the_metrics_per_family(tiny_bundle: TinyBundle) -> None:
     assert "## Confusion" in report
     assert "Top features per family" in report
     assert (tiny_bundle.path / "REPORT.md").read_text() == report
+    assert report.splitlines()[0] == f"# Model bundle {tiny_bundle.result.manifest.version}"
 
 
 def test_lab_folders_are_split_by_name(tmp_path: Path) -> None:
