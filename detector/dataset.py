@@ -38,6 +38,7 @@ from detector.ndpi_risk import FlowKey, flow_key, results_file, risky_flows
 from lab.labels import LabelRow, label_columns, read_labels
 from mld.errors import ModelError
 from sniffer.config import SnifferConfig
+from sniffer.records import FlowColumns
 
 __all__ = [
     "LAB_TEST_DEFAULT",
@@ -46,6 +47,8 @@ __all__ = [
     "CaptureFlows",
     "discover",
     "extract",
+    "keep_mask",
+    "labelled_captures",
     "shared_attack_captures",
     "shared_benign_captures",
 ]
@@ -105,22 +108,28 @@ def _lab_captures(lab_dir: Path, lab_test: Sequence[str]) -> list[Capture]:
     return out
 
 
+def labelled_captures(labels_csv: Path) -> list[tuple[str, Path, tuple[LabelRow, ...]]]:
+    """``(name, path, rows)`` per capture a labels file names, in file order. ``name`` is
+    the ``pcap`` column; the file is looked up under ``pcaps/`` beside the labels file,
+    then beside it."""
+    by_file: dict[str, list[LabelRow]] = {}
+    for row in read_labels(labels_csv):
+        by_file.setdefault(row.pcap, []).append(row)
+    root = labels_csv.parent / "pcaps"
+    out = []
+    for name, rows in by_file.items():
+        path = root / name if (root / name).exists() else labels_csv.parent / name
+        if not path.exists():
+            raise ModelError(f"{labels_csv}: capture {name} not found under {root} or beside it")
+        out.append((name, path, tuple(rows)))
+    return out
+
+
 def shared_attack_captures(labels_csv: Path, train: Sequence[str] = SHARED_TRAIN) -> list[Capture]:
     """The captures a shared-format labels file names, ``train`` ones not held out."""
-    rows = read_labels(labels_csv)
-    root = labels_csv.parent / "pcaps"
-    by_file: dict[str, list[LabelRow]] = {}
-    for row in rows:
-        by_file.setdefault(row.pcap, []).append(row)
     return [
-        Capture(
-            f"shared/{name}",
-            root / name,
-            tuple(r),
-            held_out=name not in train,
-            source="shared-attack",
-        )
-        for name, r in by_file.items()
+        Capture(f"shared/{name}", path, rows, held_out=name not in train, source="shared-attack")
+        for name, path, rows in labelled_captures(labels_csv)
     ]
 
 
@@ -170,6 +179,19 @@ def _addr(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
+def keep_mask(flows: FlowColumns, exclude: frozenset[FlowKey]) -> npt.NDArray[np.bool_]:
+    """False for the flows whose key is in ``exclude`` (the nDPI risk-flagged ones)."""
+    keep = np.ones(len(flows), dtype=bool)
+    if not exclude:
+        return keep
+    proto = flows["protocol"].tolist()
+    sp, dp = flows["src_port"].tolist(), flows["dst_port"].tolist()
+    for i in range(len(flows)):
+        key = flow_key(proto[i], _addr(flows.src_addr[i]), sp[i], _addr(flows.dst_addr[i]), dp[i])
+        keep[i] = key not in exclude
+    return keep
+
+
 def extract(capture: Capture, sniffer: SnifferConfig) -> CaptureFlows:
     """Features and labels of every flow of ``capture`` (risk-flagged nDPI flows dropped)."""
     xs, fams, labels, fasts = [], [], [], []
@@ -177,17 +199,8 @@ def extract(capture: Capture, sniffer: SnifferConfig) -> CaptureFlows:
     stats = AnalysisStats()
     for batch in analyze_captures([capture.path], sniffer, None, stats):
         flows = batch.flows
-        keep = np.ones(len(flows), dtype=bool)
-        if capture.exclude:
-            proto = flows["protocol"].tolist()
-            sp, dp = flows["src_port"].tolist(), flows["dst_port"].tolist()
-            for i in range(len(flows)):
-                key = flow_key(
-                    proto[i], _addr(flows.src_addr[i]), sp[i], _addr(flows.dst_addr[i]), dp[i]
-                )
-                if key in capture.exclude:
-                    keep[i] = False
-            excluded += int((~keep).sum())
+        keep = keep_mask(flows, capture.exclude)
+        excluded += int((~keep).sum())
         if capture.rows:
             _fam, fine = label_columns(capture.rows, flows)
         else:

@@ -25,13 +25,11 @@ from typing import Any
 import numpy as np
 
 from detector.analysis import AnalysisStats, analyze_captures
-from detector.dataset import Capture, shared_benign_captures
+from detector.dataset import Capture, keep_mask, labelled_captures, shared_benign_captures
 from detector.families import BENIGN, family_of_label
-from detector.ndpi_risk import flow_key
 from detector.scoring import Scorer
 from detector.train import file_sha256
-from lab.labels import LabelRow, label_columns, read_labels
-from mld.errors import ModelError
+from lab.labels import label_columns
 from sniffer.config import SnifferConfig
 
 __all__ = ["CaptureResult", "Evaluation", "evaluate", "render_evaluation"]
@@ -107,21 +105,6 @@ class Evaluation:
         }
 
 
-def _attack_captures(labels_csv: Path) -> list[Capture]:
-    rows = read_labels(labels_csv)
-    root = labels_csv.parent / "pcaps"
-    by_file: dict[str, list[LabelRow]] = {}
-    for row in rows:
-        by_file.setdefault(row.pcap, []).append(row)
-    out = []
-    for name, group in by_file.items():
-        path = root / name if (root / name).exists() else labels_csv.parent / name
-        if not path.exists():
-            raise ModelError(f"{labels_csv}: capture {name} not found under {root} or beside it")
-        out.append(Capture(f"{name}", path, tuple(group), source="shared-attack"))
-    return out
-
-
 def _trained_hashes(training: dict[str, Any]) -> set[str]:
     return {
         d["sha256"] for d in training.get("data", []) if not d.get("held_out") and d.get("sha256")
@@ -131,8 +114,6 @@ def _trained_hashes(training: dict[str, Any]) -> set[str]:
 def _run(
     capture: Capture, kind: str, sniffer: SnifferConfig, scorer: Scorer, trained: set[str]
 ) -> CaptureResult:
-    import ipaddress
-
     family = BENIGN
     if capture.rows:
         family = family_of_label(capture.rows[0].label or capture.rows[0].family)
@@ -153,19 +134,7 @@ def _run(
             verdict_family = np.array(batch.scores.family, dtype=object)
             result.family_right += int((scope & flagged & (verdict_family == right)).sum())
         else:
-            keep = np.ones(len(flows), dtype=bool)
-            if capture.exclude:
-                proto = flows["protocol"].tolist()
-                sp, dp = flows["src_port"].tolist(), flows["dst_port"].tolist()
-                for i in range(len(flows)):
-                    key = flow_key(
-                        proto[i],
-                        str(ipaddress.ip_address(flows.src_addr[i])),
-                        sp[i],
-                        str(ipaddress.ip_address(flows.dst_addr[i])),
-                        dp[i],
-                    )
-                    keep[i] = key not in capture.exclude
+            keep = keep_mask(flows, capture.exclude)
             result.excluded += int((~keep).sum())
             result.in_scope += int(keep.sum())
             result.flagged += int((keep & flagged).sum())
@@ -184,7 +153,10 @@ def evaluate(
     """Analyse every labelled and benign capture and count detections per capture."""
     say = progress or (lambda _m: None)
     trained = _trained_hashes(scorer.bundle.manifest.training)
-    work: list[tuple[Capture, str]] = [(c, "attack") for c in _attack_captures(labels_csv)]
+    work: list[tuple[Capture, str]] = [
+        (Capture(name, path, rows, source="shared-attack"), "attack")
+        for name, path, rows in labelled_captures(labels_csv)
+    ]
     if benign_dir is not None:
         work += [(c, "benign") for c in shared_benign_captures(benign_dir)]
     results = []
