@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,6 +49,21 @@ def require_root_and(*tools: str) -> None:
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
+
+
+def bench_keys(script: str, *args: str, timeout: float) -> dict[str, str]:
+    """Run ``bench/<script> --quick [args]``; the key=value pairs of its last line."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return dict(part.split("=", 1) for part in last.split())
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:

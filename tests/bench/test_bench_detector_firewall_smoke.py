@@ -3,37 +3,18 @@ judged by running them, not here)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support import REPO, SHARED_DATA
-
-
-def _last_line(args: list[str], timeout: float) -> dict[str, str]:
-    proc = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    return dict(part.split("=", 1) for part in last.split())
+from tests.support import SHARED_DATA, bench_keys, require_root_and
 
 
 @pytest.mark.slow
 def test_detector_inference_bench_runs_and_prints_its_keys() -> None:
     if not (SHARED_DATA / "labels.csv").exists():
         pytest.skip(f"needs the shared captures in {SHARED_DATA}")
-    values = _last_line(
-        [str(REPO / "bench" / "detector_inference.py"), "--quick", "--no-lab",
-         "--shared", str(SHARED_DATA)],
-        timeout=600,
-    )  # fmt: skip
+    values = bench_keys(
+        "detector_inference.py", "--no-lab", "--shared", str(SHARED_DATA), timeout=600
+    )
     for key in ("us_per_flow_1024", "sklearn_ratio_1024", "sklearn_ratio_1"):
         assert float(values[key]) > 0, values
 
@@ -42,7 +23,7 @@ def test_detector_inference_bench_runs_and_prints_its_keys() -> None:
 def test_analyze_bench_runs_and_prints_its_keys() -> None:
     if not (SHARED_DATA / "labels.csv").exists():
         pytest.skip(f"needs the shared captures in {SHARED_DATA}")
-    values = _last_line([str(REPO / "bench" / "analyze.py"), "--quick"], timeout=600)
+    values = bench_keys("analyze.py", timeout=600)
     assert float(values["analyze_pps"]) > 0 and float(values["flows_only_pps"]) > 0, values
     assert int(values["packets"]) > 0 and int(values["flows"]) > 0, values
 
@@ -51,10 +32,8 @@ def test_analyze_bench_runs_and_prints_its_keys() -> None:
 @pytest.mark.netns
 @pytest.mark.bpf
 def test_firewall_bench_runs_and_prints_its_keys() -> None:
-    from tests.support import require_root_and
-
     require_root_and("ip", "nft", "nsenter", "ethtool")
-    values = _last_line([str(REPO / "bench" / "firewall_block.py"), "--quick"], timeout=600)
+    values = bench_keys("firewall_block.py", timeout=600)
     for key in (
         "verdict_to_drop_p50_ms",
         "verdict_to_drop_p99_ms",

@@ -3,25 +3,13 @@ them, not here)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support import REPO
+from tests.support import bench_keys
 
 
 @pytest.mark.slow
 def test_transport_bench_runs_and_prints_its_keys() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "transport.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    values = dict(part.split("=") for part in last.split())
+    values = bench_keys("transport.py", timeout=300)
     for key in ("encrypted_rps", "plain_rps", "ratio", "msg_encrypted_rps", "msg_ratio"):
-        assert float(values[key]) > 0, last
+        assert float(values[key]) > 0, values
