@@ -1,7 +1,7 @@
 """Where blocks are enforced: the XDP blocklist map, nftables, or nowhere (dry run).
 
-Every backend takes the same three calls (``block``, ``unblock``, ``flush``) plus
-``close`` when the agent stops. :func:`choose_backend` picks one and says why:
+Every backend takes the same two calls (``block``, ``unblock``) plus ``close`` when the
+agent stops. :func:`choose_backend` picks one and says why:
 
 * **xdp** -- the flow program's pinned LPM trie (``xdp.Blocklist``): a blocked source is
   dropped before the kernel stack. Entries carry their expiry, so a block lapses in the
@@ -34,8 +34,6 @@ class Backend(Protocol):
 
     def unblock(self, addr: str, prefix_len: int) -> None: ...
 
-    def flush(self) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -49,9 +47,6 @@ class NoBackend:
 
     def unblock(self, addr: str, prefix_len: int) -> None:
         del addr, prefix_len
-
-    def flush(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -76,24 +71,10 @@ class XdpBackend:
     def unblock(self, addr: str, prefix_len: int) -> None:
         self._map.remove(f"{addr}/{prefix_len}")
 
-    def flush(self) -> None:
-        for prefix, *_rest in self._map.entries():
-            self._map.remove(prefix)
-
     def close(self) -> None:
         # The map stays pinned with its entries: blocks outlive the agent (they carry
         # their expiry), and a restarted agent takes them back from the decision log.
         self._map.close()
-
-
-def _xdp_in_use(pin_dir: str | Path) -> tuple[bool, str]:
-    import xdp.blocklist
-
-    check = getattr(xdp.blocklist, "program_attached", None)
-    if check is None:
-        return False, "this build cannot tell whether an XDP program is attached"
-    attached, why = check(pin_dir)
-    return bool(attached), str(why)
 
 
 def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Backend, str]:
@@ -103,7 +84,9 @@ def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Ba
     if config.dry_run:
         return NoBackend(), "dry run: nothing is applied"
     if config.backend in ("auto", "xdp"):
-        attached, why = _xdp_in_use(config.xdp_pin_dir)
+        from xdp.blocklist import program_attached
+
+        attached, why = program_attached(config.xdp_pin_dir)
         if attached:
             return XdpBackend(config.xdp_pin_dir), f"xdp: {why}"
         if config.backend == "xdp":

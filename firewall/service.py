@@ -141,7 +141,6 @@ class FirewallAgent:
             return
         try:
             many([(d.addr, d.prefix_len, d.ttl_s) for d in blocks])
-            done = "applied"
         except Exception as exc:  # some or all failed: apply one by one to tell which
             log.warning(
                 "batch of %d blocks failed on %s (%s); applying one by one",
@@ -149,10 +148,11 @@ class FirewallAgent:
                 self.backend.name,
                 exc,
             )
-            done = ""
+            blocks = []
+        batched = {id(d) for d in blocks}
         for d in decisions:
-            if done and d.acts and d.action in ("block", "extend"):
-                self._record(d, done)
+            if id(d) in batched:
+                self._record(d, "applied")
             else:
                 self.apply(d)
 
