@@ -320,6 +320,12 @@ def _params(packets: int, max_gap_ns: int, files: list[Path]) -> dict[str, objec
     }
 
 
+def capture_path(packets: int) -> Path:
+    """Where the benchmarks keep the capture of ``packets`` packets (mixed-1m, mixed-50k)."""
+    name = "mixed-1m" if packets == 1_000_000 else f"mixed-{packets // 1000}k"
+    return DEFAULT_OUT.with_name(f"{name}.pcap")
+
+
 def ensure_capture(
     out: Path = DEFAULT_OUT, packets: int = 1_000_000, max_gap_s: float = 10.0
 ) -> dict[str, int]:

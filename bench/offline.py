@@ -267,12 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from make_capture import ensure_capture
+    from make_capture import capture_path, ensure_capture
 
     if args.quick:
         args.packets, args.repeats = 50_000, 1
-    name = "mixed-1m" if args.packets == 1_000_000 else f"mixed-{args.packets // 1000}k"
-    pcap = BUILD / f"{name}.pcap"
+    pcap = capture_path(args.packets)
     counts = ensure_capture(pcap, args.packets)
     known = float(counts["packets"])
     timeout = 60 + args.packets / 5_000
