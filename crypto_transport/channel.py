@@ -89,7 +89,11 @@ class Sender:
         settings: TransportConfig,
         bind: bool | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        immediate: bool = False,
     ) -> None:
+        """``immediate`` (ZMQ_IMMEDIATE): queue frames only on completed connections, so
+        a PUSH to a receiver that went away waits and counts the batch as dropped instead
+        of queueing it for a peer that may never come back."""
         if not recipients:
             raise TransportError(f"channel {channel!r}: a sender needs at least one recipient")
         if pattern == "push" and len(recipients) != 1:
@@ -118,6 +122,8 @@ class Sender:
             options[zmq.XPUB_NODROP] = 1
         else:
             options[zmq.SNDTIMEO] = settings.send_timeout_ms
+        if immediate:
+            options[zmq.IMMEDIATE] = 1
         self._sock = _open_socket(
             context, kind, endpoint, self._pub if bind is None else bind, options
         )
@@ -172,6 +178,13 @@ class Sender:
             if self._sock.recv()[:1] == b"\x01":
                 seen += 1
         return seen
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint as ZeroMQ resolved it (the real port of a ``tcp://host:*`` bind);
+        the configured endpoint for a connecting socket."""
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) and last else self.endpoint
 
     def close(self) -> None:
         self._sock.close()
@@ -321,6 +334,13 @@ class Receiver(Generic[M]):
         except zmq.ZMQError:
             address = ""
         return str(address) if address else "unknown peer"
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint as ZeroMQ resolved it (the real port of a ``tcp://host:*`` bind);
+        the configured endpoint for a connecting socket."""
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) and last else self.endpoint
 
     def close(self) -> None:
         self._sock.close()
