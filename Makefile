@@ -5,6 +5,7 @@
 #   make bench         run the benchmarks under bench/
 #   make run-lab-dev   bring the namespace lab up, capture the mixed scenario, tear it down
 #   make status-lab    what the lab has up;  make kill-lab: remove it (also after a crash)
+#   make etcd-up       a local etcd for the control plane (mld etcd up); make etcd-down stops it
 #   make lab-dataset   capture the default training dataset into build/lab-data (~35 min)
 #   make install       idempotent setup on Debian bookworm as root (apt, kernel headers,
 #                      .venv with pinned versions, BCC shim, protobuf code)
@@ -33,11 +34,11 @@ PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VE
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
                 $(STAMP_NATIVE) $(STAMP_MODELS)
 
-PACKAGES     := mld config proto crypto_transport xdp native sniffer lab detector firewall
+PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \
-        kill-lab lab-dataset
+        kill-lab lab-dataset etcd-up etcd-down
 .DEFAULT_GOAL := help
 
 help:
@@ -118,6 +119,7 @@ bench: $(INSTALLED)
 	$(PY) bench/detector_inference.py --no-lab
 	$(PY) bench/analyze.py
 	$(PY) bench/firewall_block.py
+	$(PY) bench/control_plane.py
 
 # The lab (lab/README.md). run-lab-dev grows into the whole product in the end-to-end
 # issue; today it is the lab, its traffic and a labelled capture of it.
@@ -145,3 +147,11 @@ clean:
 
 distclean: clean
 	rm -rf $(BUILD) $(VENV) *.egg-info
+
+# A local etcd for the control plane (control/README.md): 127.0.0.1:2379, data in
+# <node.state_dir>/etcd. Services use it when mld.yaml sets control.endpoints.
+etcd-up: $(INSTALLED)
+	$(VENV)/bin/mld etcd up
+
+etcd-down: $(STAMP_VENV)
+	$(VENV)/bin/mld etcd down

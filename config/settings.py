@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from config.loader import build, load_yaml
+from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
 from detector.config import DetectorConfig
 from firewall.config import FirewallConfig
@@ -60,6 +61,7 @@ class MldConfig:
     node: NodeConfig = field(default_factory=NodeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     sniffer: SnifferConfig = field(default_factory=SnifferConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)

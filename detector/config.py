@@ -8,8 +8,11 @@ written, commented, in config/mld.yaml; a test keeps the two equal.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from mld.errors import ConfigError
 
 __all__ = [
     "DetectorConfig",
@@ -31,6 +34,26 @@ class ThresholdsConfig:
     block: float = 0.9
     # Block threshold per family (ddos, scan, bruteforce, tunnel, lateral).
     block_per_family: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ConfigError for thresholds scoring cannot work with, naming the keys."""
+        from detector.families import FAMILIES
+
+        problems = []
+        values = {"alert": self.alert, "block": self.block} | {
+            f"block_per_family.{f}": v for f, v in self.block_per_family.items()
+        }
+        for key, value in values.items():
+            if math.isnan(value) or not 0.0 <= value <= 1.0:
+                problems.append(f"{key} is {value}, expected a number in [0, 1]")
+        for key, value in values.items():
+            if key != "alert" and value < self.alert:
+                problems.append(f"{key} ({value}) is below alert ({self.alert})")
+        unknown = sorted(set(self.block_per_family) - set(FAMILIES))
+        if unknown:
+            problems.append(f"block_per_family names unknown families {unknown}")
+        if problems:
+            raise ConfigError("invalid detector.thresholds: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

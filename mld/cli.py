@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from config import load_config, resolve_config_path, to_dict
+from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
 from detector.cli import register as register_detector
 from firewall.cli import register as register_firewall
@@ -44,6 +45,9 @@ examples:
   mld evaluate ../shared/data/labels.csv       detection and false-positive rates
   mld firewall run                             the firewall agent (see mld firewall --help)
   mld lab up                                   the namespace lab (see mld lab --help)
+  mld etcd up                                  a local etcd for the control plane
+  mld status                                   every service registered in etcd, with health
+  mld config set detector.thresholds.alert 0.6 change a setting live, through etcd
   mld version
 """
 
@@ -140,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser(
         "config",
         parents=[common],
-        help="show or check the configuration",
-        description="Show the effective configuration or validate a config file.",
-        epilog="examples:\n  mld config show\n  mld config check /etc/mld/mld.yaml",
+        help="show or check the configuration; change it in etcd",
+        description="Show the effective configuration, validate a config file, or set, "
+        "unset and list the overrides in etcd that running services apply.",
+        epilog="examples:\n  mld config show\n  mld config check /etc/mld/mld.yaml\n"
+        "  mld config set detector.thresholds.alert 0.6\n  mld config list",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -163,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
+    register_config_actions(config_sub, common)
 
     register_sniffer(sub, common)
     register_detector(sub, common)
     register_firewall(sub, common)
     register_lab(sub, common)
+    register_control(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")
     version.set_defaults(func=_cmd_version)

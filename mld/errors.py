@@ -10,7 +10,9 @@ into these, so callers catch project errors only::
     │   └── FrameRejected      one received frame failed a check (carries the reason)
     ├── LabError               the lab cannot be built, run or torn down as asked
     ├── ModelError             a model bundle cannot be trained, compiled, loaded or validated
-    └── FirewallError          a firewall backend or the decision log failed
+    ├── FirewallError          a firewall backend or the decision log failed
+    └── ControlPlaneError      etcd refused a request or its data is malformed
+        └── EtcdUnavailable    no etcd endpoint answered in time (retry later)
 
 Messages say what went wrong and what to do next.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ControlPlaneError",
+    "EtcdUnavailable",
     "FirewallError",
     "FrameRejected",
     "KeyFileError",
@@ -64,3 +68,11 @@ class ModelError(MldError):
 
 class FirewallError(MldError):
     """A firewall backend (XDP map, nftables) or the decision log failed."""
+
+
+class ControlPlaneError(MldError):
+    """etcd refused a request (auth, permissions, bad key) or holds malformed data."""
+
+
+class EtcdUnavailable(ControlPlaneError):
+    """No etcd endpoint answered in time; the caller may run on and retry later."""

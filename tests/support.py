@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from control.etcd_server import EtcdServer
 from lab.topology import DEFAULT_TOPOLOGY, Topology, load_topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,30 @@ def require_root_and(*tools: str) -> None:
     for tool in tools:
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (make install provides it)")
+
+
+def require_etcd() -> None:
+    if shutil.which("etcd") is None:
+        pytest.skip("needs the etcd binary (apt-get install etcd-server; make install does)")
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A real etcd on 127.0.0.1 (free ports, temp data dir) for the whole session. Tests
+    share it and keep apart by key prefix (:func:`etcd_prefix`); a test that stops or
+    restarts etcd starts its own EtcdServer instead."""
+    require_etcd()
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"/mldtest-{uuid.uuid4().hex[:10]}"
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

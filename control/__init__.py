@@ -1,0 +1,29 @@
+"""The control plane on etcd: registration with leases, discovery, live config, public keys.
+
+See control/README.md for the key layout, the TLS and auth setup, and examples.
+"""
+
+from control.attach import ServiceControl, apply_log_level, stats_from_other_thread
+from control.client import EtcdClient
+from control.config import ControlConfig
+from control.discovery import DiscoveredSender, advertised, sync_keyring
+from control.etcd_server import EtcdServer, free_port
+from control.layout import Endpoint, Registration
+from control.session import ControlSession, ControlState
+
+__all__ = [
+    "ControlConfig",
+    "ControlSession",
+    "ControlState",
+    "DiscoveredSender",
+    "Endpoint",
+    "EtcdClient",
+    "EtcdServer",
+    "Registration",
+    "ServiceControl",
+    "advertised",
+    "apply_log_level",
+    "free_port",
+    "stats_from_other_thread",
+    "sync_keyring",
+]

@@ -1,0 +1,211 @@
+"""Senders that follow discovery, and keyrings that follow the key directory.
+
+:class:`DiscoveredSender` stands in for a ``crypto_transport.Sender`` whose receivers come
+from etcd: it keeps one PUSH socket per live instance of a component that offers the
+named endpoint, seals each batch for that instance, and spreads batches over the
+instances in turn. When an instance disappears (its lease ended) its socket is closed;
+when one appears, or comes back on another address or with another key, a socket is
+opened to it. With no live instance a batch is dropped and counted under
+``dropped["no_receiver"]``.
+
+:func:`sync_keyring` adds the public keys of the key directory to a keyring (so a
+receiver accepts frames from every registered sender) and forgets the ones it added
+that left the directory; peers from ``transport.peers`` are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+import zmq
+from google.protobuf.message import Message
+
+from control.layout import Registration
+from crypto_transport import Keyring, Sender, TransportConfig
+from crypto_transport.counters import ChannelCounters
+from crypto_transport.keys import load_public_key
+from mld.errors import KeyFileError, TransportError
+
+__all__ = ["DiscoveredSender", "advertised", "sync_keyring"]
+
+log = logging.getLogger(__name__)
+
+_WILDCARDS = {"*", "0.0.0.0", "[::]", "::"}
+
+
+def advertised(bound: str, host: str) -> str:
+    """The endpoint peers should connect to for a socket bound to ``bound`` (as ZeroMQ
+    reports it after binding): a wildcard address is replaced by ``host``."""
+    parts = urlsplit(bound)
+    if parts.scheme != "tcp" or parts.hostname is None:
+        return bound
+    address = parts.netloc.rsplit(":", 1)[0]
+    if address in _WILDCARDS:
+        return f"tcp://{host}:{parts.port}"
+    return bound
+
+
+def sync_keyring(
+    keyring: Keyring, keys: Mapping[str, str], learned: set[str], bad: set[str] | None = None
+) -> None:
+    """Make ``keyring`` hold every key of the directory ``keys``; ``learned`` holds the
+    peer ids added this way before (updated in place). Entries that are not a usable
+    key are skipped and logged once each (``bad`` remembers them)."""
+    bad = set() if bad is None else bad
+    static = set(keyring.peers) - learned
+    for instance, text in keys.items():
+        if instance in static or f"{instance}={text}" in bad:
+            continue
+        try:
+            public = load_public_key(text, what=f"key directory entry {instance}")
+            keyring.add_peer(instance, public)
+        except (KeyFileError, TransportError, ValueError) as exc:
+            bad.add(f"{instance}={text}")
+            log.warning("ignoring the public key of %s from etcd: %s", instance, exc)
+            continue
+        learned.add(instance)
+    for instance in sorted(learned - set(keys)):
+        keyring.remove_peer(instance)
+        learned.discard(instance)
+
+
+class DiscoveredSender:
+    """PUSH batches to the live instances of ``component`` offering ``endpoint_name``."""
+
+    def __init__(
+        self,
+        *,
+        component: str,
+        endpoint_name: str,
+        channel: str,
+        sender_id: str,
+        keyring: Keyring,
+        settings: TransportConfig,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.component = component
+        self.endpoint_name = endpoint_name
+        self.channel = channel
+        self.counters = ChannelCounters()
+        self._sender_id = sender_id
+        self._keyring = keyring
+        self._settings = settings
+        self._context = context
+        # instance -> (endpoint, public key, sender)
+        self._senders: dict[str, tuple[str, str, Sender]] = {}
+        self._order: list[str] = []
+        self._next = 0
+
+    @property
+    def endpoint(self) -> str:
+        live = [endpoint for endpoint, _, _ in self._senders.values()]
+        return ", ".join(live) if live else f"(no live {self.component})"
+
+    @property
+    def instances(self) -> list[str]:
+        return list(self._order)
+
+    def update(self, instances: Iterable[Registration]) -> None:
+        """Connect to new instances, reconnect moved ones, close the ones that left."""
+        wanted: dict[str, tuple[str, str]] = {}
+        for reg in instances:
+            offer = reg.endpoints.get(self.endpoint_name)
+            if offer is None or offer.channel != self.channel or not reg.public_key:
+                continue
+            if offer.pattern != "push":
+                log.warning(
+                    "%s/%s offers %s as %r: only push is supported here",
+                    reg.component,
+                    reg.instance,
+                    self.endpoint_name,
+                    offer.pattern,
+                )
+                continue
+            wanted[reg.instance] = (offer.endpoint, reg.public_key)
+        for instance in list(self._senders):
+            endpoint, public, sender = self._senders[instance]
+            if wanted.get(instance) != (endpoint, public):
+                self._fold(sender)
+                sender.close()
+                del self._senders[instance]
+                log.info(
+                    "%s: disconnected from %s/%s at %s",
+                    self.channel,
+                    self.component,
+                    instance,
+                    endpoint,
+                )
+        for instance, (endpoint, public) in wanted.items():
+            if instance in self._senders:
+                continue
+            try:
+                self._keyring.add_peer(instance, load_public_key(public, what=instance))
+                sender = Sender(
+                    pattern="push",
+                    endpoint=endpoint,
+                    channel=self.channel,
+                    sender_id=self._sender_id,
+                    keyring=self._keyring,
+                    recipients=[instance],
+                    settings=self._settings,
+                    bind=False,
+                    context=self._context,
+                    # A receiver that dies without deregistering: its batches are counted
+                    # as dropped (timeout) until its lease ends, not queued for it.
+                    immediate=True,
+                )
+            except (TransportError, KeyFileError, ValueError) as exc:
+                log.warning(
+                    "%s: cannot connect to %s/%s at %s: %s",
+                    self.channel,
+                    self.component,
+                    instance,
+                    endpoint,
+                    exc,
+                )
+                continue
+            self._senders[instance] = (endpoint, public, sender)
+            log.info(
+                "%s: connected to %s/%s at %s", self.channel, self.component, instance, endpoint
+            )
+        self._order = sorted(self._senders)
+
+    def send(self, message: Message) -> bool:
+        return self.send_payload(message.SerializeToString())
+
+    def send_payload(self, payload: bytes) -> bool:
+        """Send one batch to the next live instance; False if dropped (counted)."""
+        if not self._order:
+            self.counters.dropped["no_receiver"] += 1
+            return False
+        instance = self._order[self._next % len(self._order)]
+        self._next += 1
+        return self._senders[instance][2].send_payload(payload)
+
+    def stats(self) -> dict[str, int]:
+        """Counters summed over the live senders and the closed ones."""
+        total = ChannelCounters()
+        self._add(total, self.counters)
+        for _, _, sender in self._senders.values():
+            self._add(total, sender.counters)
+        out = {"sent": total.sent, "sent_bytes": total.sent_bytes, "receivers": len(self._order)}
+        out |= {f"dropped_{k}": v for k, v in total.dropped.items()}
+        return out
+
+    def _fold(self, sender: Sender) -> None:
+        self._add(self.counters, sender.counters)
+
+    @staticmethod
+    def _add(into: ChannelCounters, other: ChannelCounters) -> None:
+        into.sent += other.sent
+        into.sent_bytes += other.sent_bytes
+        into.dropped.update(other.dropped)
+
+    def close(self) -> None:
+        for _, _, sender in self._senders.values():
+            self._fold(sender)
+            sender.close()
+        self._senders.clear()
+        self._order = []

@@ -1,0 +1,99 @@
+"""etcd config overrides applied over the config file, and the last good set on disk.
+
+An override is one setting by its mld.yaml name (``detector.thresholds.alert``) and a
+YAML value (``0.6``). :func:`apply_overrides` applies a set over the file's config with
+the same checks as the file (config.loader.replace_path) plus the component's own
+``validate``. :class:`LastGood` keeps the accepted set in the node's state directory, so
+a service that starts while etcd is unreachable runs with the settings it had.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mld.errors import ConfigError
+
+__all__ = ["LastGood", "Validator", "apply_override", "changed_keys", "parse_value"]
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[Any], None]
+
+
+def parse_value(raw: bytes | str, *, key: str) -> object:
+    """The YAML value of an override (JSON is YAML too)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: the value {text!r} is not valid YAML ({exc})") from None
+
+
+def apply_override(config: Any, dotted: str, raw: bytes | str, *, source: str) -> Any:
+    """``config`` with one override applied and checked; ConfigError names what is wrong."""
+    # Imported here: the config package imports every component's settings, and the
+    # components import control/.
+    from config.loader import replace_path
+
+    return replace_path(config, dotted, parse_value(raw, key=dotted), source=source)
+
+
+def _flatten(value: object, prefix: str, out: dict[str, object]) -> None:
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            _flatten(inner, f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = value
+
+
+def changed_keys(old: Any, new: Any) -> tuple[str, ...]:
+    """Dotted names of the settings that differ between two configs."""
+    from config.loader import to_dict
+
+    a: dict[str, object] = {}
+    b: dict[str, object] = {}
+    _flatten(to_dict(old), "", a)
+    _flatten(to_dict(new), "", b)
+    return tuple(sorted(k for k in a.keys() | b.keys() if a.get(k, a) != b.get(k, b)))
+
+
+class LastGood:
+    """The accepted overrides of one component instance, in a small JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, overrides: Mapping[str, str]) -> None:
+        data = {"saved_ts": time.time(), "overrides": dict(overrides)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning(
+                "cannot save the last good config to %s (%s): a restart while etcd is "
+                "unreachable will use the config file alone",
+                self.path,
+                exc.strerror,
+            )
+
+    def load(self) -> tuple[dict[str, str], float | None]:
+        """The saved overrides and when they were saved; ({}, None) if there are none."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            overrides = {str(k): str(v) for k, v in data["overrides"].items()}
+            return overrides, float(data["saved_ts"])
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring the unreadable last good config %s: %s", self.path, exc)
+            return {}, None

@@ -1,0 +1,141 @@
+"""``mld etcd up|down|status``, ``mld status`` and ``mld config set|unset|list``, run as
+commands against real etcd servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from control import EtcdServer, ServiceControl, free_port
+from tests.control.support import mld_config
+from tests.support import REPO, require_etcd, wait_for
+
+pytestmark = pytest.mark.etcd
+
+
+def mld(
+    *args: str, config: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "mld.cli", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _config_file(tmp: Path, endpoint: str, prefix: str) -> Path:
+    path = tmp / "mld.yaml"
+    data = {
+        "node": {"state_dir": str(tmp / "state")},
+        "control": {"endpoints": [endpoint], "prefix": prefix, "health_interval_s": 0.5},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("words", [["etcd"], ["etcd", "up"], ["status"], ["config", "set"]])
+def test_help_has_examples(words: list[str]) -> None:
+    out = mld(*words, "--help").stdout
+    assert "examples:" in out and "mld " in out
+
+
+def test_etcd_up_status_down(tmp_path: Path) -> None:
+    require_etcd()
+    port = free_port()
+    config = _config_file(tmp_path, f"127.0.0.1:{port}", "/mld")
+    data = tmp_path / "etcd-data"
+    try:
+        up = json.loads(mld("etcd", "up", "--port", str(port), "--peer-port", str(free_port()),
+                            "--data-dir", str(data), "--json", config=config).stdout)  # fmt: skip
+        assert up["endpoint"] == f"127.0.0.1:{port}"
+        again = mld("etcd", "up", "--port", str(port), "--data-dir", str(data), config=config)
+        assert "already running" in again.stdout
+        status = json.loads(mld("etcd", "status", "--data-dir", str(data), "--json",
+                                config=config).stdout)  # fmt: skip
+        assert status["running"] and status["version"].startswith("3.")
+        # The services' client reaches it: a setting written and listed.
+        mld("config", "set", "firewall.ttl_base_s", "600", config=config)
+        listed = json.loads(mld("config", "list", "firewall", "--json", config=config).stdout)
+        assert listed == [{"component": "firewall", "setting": "firewall.ttl_base_s",
+                           "value": "600"}]  # fmt: skip
+    finally:
+        mld("etcd", "down", "--data-dir", str(data), "--purge", config=config, check=False)
+    status = json.loads(mld("etcd", "status", "--data-dir", str(data), "--json",
+                            config=config).stdout)  # fmt: skip
+    assert not status["running"] and not data.exists()
+
+
+def test_status_lists_services_with_health_and_config_outcome(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    assert "no service is registered" in mld("status", config=config).stdout
+    planes = [
+        ServiceControl(
+            mld_config(etcd_server, etcd_prefix, tmp_path / name, health_interval_s=0.5),
+            component=component,
+            instance=name,
+            live_keys=(f"{component}.thresholds",),
+            health=lambda: ("ok", {"batches_in": 7}),
+        )
+        for component, name in (("detector", "det-1"), ("firewall", "fw-1"))
+    ]
+    try:
+        for plane in planes:
+            plane.start()
+            plane.announce()
+        mld("config", "set", "detector.thresholds.alert", "0.7", config=config)
+
+        def listed() -> list[dict[str, object]]:
+            return json.loads(mld("status", "--json", config=config).stdout)["services"]
+
+        wait_for(lambda: len(listed()) == 2 and listed()[0]["config"] is not None, 10, "both")
+        det, fw = listed()
+        assert (det["component"], det["instance"], det["health"]) == ("detector", "det-1", "ok")
+        assert det["counters"] == {"batches_in": 7}
+        assert (
+            det["config"]["state"] == "applied"
+            and det["config"]["key"] == "detector.thresholds.alert"
+        )
+        assert fw["instance"] == "fw-1" and fw["registration"]["pid"] == os.getpid()
+        text = mld("status", config=config).stdout
+        assert "detector/det-1" in text and "firewall/fw-1" in text and "applied" in text
+    finally:
+        for plane in planes:
+            plane.close()
+    assert "no service is registered" in mld("status", config=config).stdout
+
+
+def test_config_set_checks_the_value_and_names_the_component(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    bad = mld("config", "set", "detector.thresholds.alert", "high", config=config, check=False)
+    assert bad.returncode == 1 and "expected a number" in bad.stderr
+    shared = mld("config", "set", "logging.level", "debug", config=config, check=False)
+    assert shared.returncode == 1 and "--component" in shared.stderr
+    mld("config", "set", "logging.level", "debug", "--component", "sniffer", config=config)
+    listed = json.loads(mld("config", "list", "--json", config=config).stdout)
+    assert listed == [{"component": "sniffer", "setting": "logging.level", "value": "debug"}]
+    mld("config", "unset", "logging.level", "--component", "sniffer", config=config)
+    assert json.loads(mld("config", "list", "--json", config=config).stdout) == []
+
+
+def test_status_without_etcd_configured_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "mld.yaml"
+    path.write_text("node: {state_dir: " + str(tmp_path) + "}\n")
+    proc = mld("status", config=path, check=False)
+    assert proc.returncode == 1 and "control.endpoints is empty" in proc.stderr
+    dead = mld("status", "--etcd", f"127.0.0.1:{free_port()}", config=path, check=False)
+    assert dead.returncode == 1 and "did not answer" in dead.stderr
