@@ -12,7 +12,8 @@ import dataclasses
 import json
 import socket
 
-from config import load_config
+from config import MldConfig, load_config
+from control import Endpoint, ServiceControl
 from crypto_transport import Keyring
 from detector.config import DetectorConfig
 from detector.service import DetectorService, stop_on_signals
@@ -30,6 +31,11 @@ examples:
   mld detect --listen tcp://0.0.0.0:5571 --verdicts tcp://10.0.0.7:5572 --no-events
   mld detect --no-verdicts --no-events -v    score and count only (nothing is sent)
   mld detect --max-batches 100 --json        stop after 100 batches, counters as JSON
+  mld detect --listen 'tcp://127.0.0.1:*'    any free port; with control.endpoints set the
+                                             real one is registered in etcd for the sniffers
+With control.endpoints set, the detector registers in etcd (detector/<id>), sends verdicts
+and events to the firewall agents and RAG stores registered there, and applies changes of
+detector.thresholds and detector.top_features from etcd while running (control/README.md).
 Stop with Ctrl-C or SIGTERM: the batch in flight and those already received are scored
 and sent (a second Ctrl-C stops at once).
 exit status: 0 stopped cleanly; 1 bad config, key file, model bundle or endpoint; 2 usage.
@@ -55,18 +61,46 @@ def _detector_config(args: argparse.Namespace, dcfg: DetectorConfig) -> Detector
     return dcfg
 
 
+def _check(cfg: MldConfig) -> None:
+    cfg.detector.thresholds.check()
+
+
 def _cmd_detect(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    dcfg = _detector_config(args, cfg.detector)
-    detector_id = dcfg.detector_id or cfg.node.id or socket.gethostname()
-    service = DetectorService.from_config(
-        dcfg, cfg.transport, Keyring.from_config(cfg.transport), detector_id
+    cfg.detector.thresholds.check()
+    detector_id = cfg.detector.detector_id or cfg.node.id or socket.gethostname()
+    keyring = Keyring.from_config(cfg.transport)
+    service: DetectorService | None = None
+    plane = ServiceControl(
+        cfg,
+        component="detector",
+        instance=detector_id,
+        keyring=keyring,
+        watch=("firewall", "rag"),
+        live_keys=("detector.thresholds", "detector.top_features"),
+        validate=_check,
+        health=lambda: service.health() if service is not None else ("starting", {}),
     )
     try:
+        cfg = plane.start()
+        dcfg = _detector_config(args, cfg.detector)
+        service = DetectorService.from_config(
+            dcfg, cfg.transport, keyring, detector_id, discover=plane.enabled
+        )
+        listen = dcfg.listen
+        if listen.pattern == "pull" and listen.bind is not False:
+            plane.announce(
+                {"flows": Endpoint(service.receiver.bound_endpoint, "push", listen.channel)}
+            )
+        else:
+            plane.announce()
+        service.attach_control(plane)
         stop_on_signals(service)
         service.run(max_batches=args.max_batches)
     finally:
-        service.close()
+        plane.close()
+        if service is not None:
+            service.close()
     if args.json:
         print(json.dumps({"model_version": service.model_version, **service.stats()}))
     return EXIT_OK

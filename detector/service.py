@@ -17,6 +17,12 @@ Hot reload (detector/reload.py): a new bundle is swapped in between two batches,
 batch in flight finishes on the old one. Verdict ids are ``<detector_id>-<start
 s>-<counter>``: the start time keeps them unique across restarts.
 
+Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control` hands
+the service its ServiceControl. Between batches the service polls it: a change of
+``detector.thresholds`` or ``detector.top_features`` takes effect from the next batch, and
+outputs that follow discovery (DiscoveredSender: verdicts to the live firewall agents,
+events to the live RAG stores) connect and disconnect as those register and go.
+
 Stopping (SIGTERM, SIGINT via :func:`stop_on_signals`, or :meth:`request_stop`): the batch
 in flight is finished, the batches already queued on the socket are scored (for up to
 ``drain_s``), and :meth:`close` gives queued output frames the socket linger (1 s) to
@@ -25,6 +31,7 @@ leave before the context ends.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import signal
@@ -37,6 +44,7 @@ from types import FrameType
 import numpy as np
 import zmq
 
+from control import DiscoveredSender, ServiceControl, stats_from_other_thread
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig, OutputConfig
@@ -56,15 +64,34 @@ _RECV_POLL_MS = 200  # how often the loop checks for stop and new bundles when i
 _DROP_LOG_INTERVAL_S = 10.0
 
 
+# An output's receiving component when it follows discovery: (component, endpoint name).
+_DISCOVERED = {"verdicts": ("firewall", "verdicts"), "events": ("rag", "events")}
+
+OutputSender = Sender | DiscoveredSender
+
+
 def _sender(
     out: OutputConfig,
+    role: str,
     detector_id: str,
     keyring: Keyring,
     transport: TransportConfig,
     context: ZmqContext,
-) -> Sender | None:
+    discover: bool = False,
+) -> OutputSender | None:
     if not out.enabled:
         return None
+    if discover and out.pattern == "push":
+        component, endpoint_name = _DISCOVERED[role]
+        return DiscoveredSender(
+            component=component,
+            endpoint_name=endpoint_name,
+            channel=out.channel,
+            sender_id=detector_id,
+            keyring=keyring,
+            settings=transport,
+            context=context,
+        )
     return Sender(
         pattern=out.pattern,
         endpoint=out.endpoint,
@@ -88,8 +115,8 @@ class DetectorService:
         receiver: Receiver[FlowBatch],
         *,
         detector_id: str,
-        verdict_sender: Sender | None = None,
-        event_sender: Sender | None = None,
+        verdict_sender: OutputSender | None = None,
+        event_sender: OutputSender | None = None,
         watcher: BundleWatcher | None = None,
         context: ZmqContext | None = None,
         stats_interval_s: float = 60.0,
@@ -116,6 +143,7 @@ class DetectorService:
         self._verdict_seq = 0
         self._event_seq = 0
         self._stop = threading.Event()
+        self.plane: ServiceControl | None = None
         self._next_stats = time.monotonic() + stats_interval_s
         self._next_drop_log = 0.0
 
@@ -128,9 +156,11 @@ class DetectorService:
         detector_id: str,
         *,
         stats_interval_s: float = 60.0,
+        discover: bool = False,
     ) -> DetectorService:
         """Load the bundle and open the channels ``config`` names (ModelError,
-        TransportError: nothing is left open)."""
+        TransportError: nothing is left open). With ``discover``, PUSH outputs follow the
+        control plane (DiscoveredSender) instead of their configured endpoints."""
         bundle_dir = Path(config.bundle_dir) if config.bundle_dir else DEFAULT_BUNDLE_DIR
         load = functools.partial(
             load_bundle,
@@ -150,7 +180,7 @@ class DetectorService:
                 signature=signature,
             )
         context: ZmqContext = zmq.Context()
-        opened: list[Sender | Receiver[FlowBatch]] = []
+        opened: list[OutputSender | Receiver[FlowBatch]] = []
         try:
             listen = config.listen
             receiver = Receiver(
@@ -164,10 +194,14 @@ class DetectorService:
                 context=context,
             )
             opened.append(receiver)
-            verdicts = _sender(config.verdicts, detector_id, keyring, transport, context)
+            verdicts = _sender(
+                config.verdicts, "verdicts", detector_id, keyring, transport, context, discover
+            )
             if verdicts is not None:
                 opened.append(verdicts)
-            events = _sender(config.events, detector_id, keyring, transport, context)
+            events = _sender(
+                config.events, "events", detector_id, keyring, transport, context, discover
+            )
         except BaseException:
             for channel in opened:
                 channel.close()
@@ -189,6 +223,46 @@ class DetectorService:
     def model_version(self) -> str:
         return self.scorer.bundle.version
 
+    def attach_control(self, plane: ServiceControl) -> None:
+        """Follow ``plane`` between batches (live thresholds, discovered receivers)."""
+        self.plane = plane
+        self._follow_control()
+
+    def _follow_control(self) -> None:
+        if self.plane is None:
+            return
+        state = self.plane.poll()
+        if state is None:
+            return
+        new = state.config.detector
+        if (new.thresholds, new.top_features) != (
+            self.config.thresholds,
+            self.config.top_features,
+        ):
+            self.config = dataclasses.replace(
+                self.config, thresholds=new.thresholds, top_features=new.top_features
+            )
+            self.scorer = Scorer(self.scorer.bundle, new.thresholds, new.top_features)
+            self.counters["config_changes"] += 1
+            log.info(
+                "thresholds now alert=%s block=%s per family %s (from etcd)",
+                new.thresholds.alert,
+                new.thresholds.block,
+                new.thresholds.block_per_family or "none",
+            )
+        for sender in (self.verdict_sender, self.event_sender):
+            if isinstance(sender, DiscoveredSender):
+                sender.update(state.peers.get(sender.component, {}).values())
+
+    def health(self) -> tuple[str, dict[str, object]]:
+        """State and counters for the control plane (called from its thread)."""
+        stats = stats_from_other_thread(self.stats)
+        stats["model_version"] = self.model_version
+        for name, sender in (("verdicts", self.verdict_sender), ("events", self.event_sender)):
+            if isinstance(sender, DiscoveredSender):
+                stats[f"{name}_receivers"] = len(sender.instances)
+        return "ok", stats
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish the batch in flight, drain and return (any thread)."""
         self._stop.set()
@@ -201,7 +275,7 @@ class DetectorService:
             "detector %s: scoring %s on %s with bundle %s; verdicts %s, events %s",
             self.detector_id,
             self.receiver.channel,
-            self.receiver.endpoint,
+            self.receiver.bound_endpoint,
             self.model_version,
             self.verdict_sender.endpoint if self.verdict_sender else "off",
             self.event_sender.endpoint if self.event_sender else "off",
@@ -213,6 +287,7 @@ class DetectorService:
                 got = self.receiver.recv(timeout_ms=_RECV_POLL_MS)
                 if got is not None:
                     self.handle(got.message)
+                self._follow_control()
                 self._maybe_log_stats()
             self._drain()
         except KeyboardInterrupt:
@@ -278,7 +353,9 @@ class DetectorService:
         self.handle_s += took
         self.max_handle_s = max(self.max_handle_s, took)
 
-    def _send(self, sender: Sender, message: VerdictBatch | EventBatch, what: str, n: int) -> None:
+    def _send(
+        self, sender: OutputSender, message: VerdictBatch | EventBatch, what: str, n: int
+    ) -> None:
         if sender.send(message):
             self.counters[f"{what}_sent"] += n
             return
