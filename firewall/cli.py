@@ -16,11 +16,13 @@ import zmq
 
 from config import load_config
 from config.settings import MldConfig
+from control import Endpoint, ServiceControl
 from crypto_transport import Keyring, Receiver
 from firewall.allowlist import local_addresses
 from firewall.backends import choose_backend
+from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
-from firewall.policy import Policy
+from firewall.policy import LIVE_SETTINGS, Policy
 from firewall.service import FirewallAgent
 from mld.errors import FirewallError
 from proto.events_pb2 import VerdictBatch
@@ -41,6 +43,13 @@ examples:
   mld firewall unblock 203.0.113.66         lift one block now
   mld firewall flush                        lift every block the agent holds
   mld firewall status --json                backend and counters
+  mld firewall run --listen 'tcp://127.0.0.1:*'
+                                            any free port; with control.endpoints set the
+                                            real one is registered in etcd for the detectors
+With control.endpoints set, the agent registers in etcd (firewall/<node id>) and applies
+changes of the thresholds, TTLs, allowlist and new-block rate from etcd while running:
+  etcdctl put /mld/config/firewall/ttl_base_s 600
+  etcdctl get /mld/status/firewall/<node id>/config
 """
 
 
@@ -73,9 +82,15 @@ def control_request(path: Path, request: dict[str, Any], timeout_s: float = 5.0)
         ctx.term()
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    fw = cfg.firewall
+def _live_keys() -> tuple[str, ...]:
+    return tuple(f"firewall.{name}" for name in LIVE_SETTINGS)
+
+
+def _check(cfg: MldConfig) -> None:
+    cfg.firewall.check()
+
+
+def _firewall_config(args: argparse.Namespace, cfg: MldConfig) -> FirewallConfig:
     changes: dict[str, Any] = {}
     if args.dry_run:
         changes["dry_run"] = True
@@ -83,42 +98,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
         changes["backend"] = args.backend
     if args.listen:
         changes["listen_endpoint"] = args.listen
-    fw = dataclasses.replace(fw, **changes)
+    fw = dataclasses.replace(cfg.firewall, **changes)
     fw.check()
+    return fw
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _firewall_config(args, cfg)  # a bad file or option fails before etcd is asked
     agent_id = cfg.node.id or socket.gethostname()
-    own = local_addresses()
-    policy = Policy(fw, allowlist_extra=own)
-    backend, why = choose_backend(fw)
-    log.info("firewall agent %s: backend %s", agent_id, why)
-    log.info(
-        "allowlist: %s, plus this host's own addresses and gateways: %s",
-        ", ".join(fw.allowlist),
-        ", ".join(str(a) for a in own) or "(none found)",
+    keyring = Keyring.from_config(cfg.transport)
+    agent: FirewallAgent | None = None
+    plane = ServiceControl(
+        cfg,
+        component="firewall",
+        instance=agent_id,
+        keyring=keyring,
+        live_keys=_live_keys(),
+        validate=_check,
+        health=lambda: agent.health() if agent is not None else ("starting", {}),
     )
-    decisions = DecisionLog(fw.decision_log_path(cfg.node.state_dir))
-    receiver: Receiver[VerdictBatch] = Receiver(
-        pattern=fw.listen_pattern,
-        endpoint=fw.listen_endpoint,
-        channel=fw.channel,
-        keyring=Keyring.from_config(cfg.transport),
-        message_type=VerdictBatch,
-        settings=cfg.transport,
-        bind=fw.listen_bind,
-    )
-    agent = FirewallAgent(fw, policy, backend, decisions, receiver, _control_path(cfg))
     from sniffer.service import sigterm_raises_systemexit
 
     sigterm_raises_systemexit()
     try:
+        cfg = plane.start()
+        fw = _firewall_config(args, cfg)
+        own = local_addresses()
+        policy = Policy(fw, allowlist_extra=own)
+        backend, why = choose_backend(fw)
+        log.info("firewall agent %s: backend %s", agent_id, why)
+        log.info(
+            "allowlist: %s, plus this host's own addresses and gateways: %s",
+            ", ".join(fw.allowlist),
+            ", ".join(str(a) for a in own) or "(none found)",
+        )
+        decisions = DecisionLog(fw.decision_log_path(cfg.node.state_dir))
+        receiver: Receiver[VerdictBatch] = Receiver(
+            pattern=fw.listen_pattern,
+            endpoint=fw.listen_endpoint,
+            channel=fw.channel,
+            keyring=keyring,
+            message_type=VerdictBatch,
+            settings=cfg.transport,
+            bind=fw.listen_bind,
+        )
+        agent = FirewallAgent(fw, policy, backend, decisions, receiver, _control_path(cfg))
+        if fw.listen_pattern == "pull" and fw.listen_bind is not False:
+            plane.announce({"verdicts": Endpoint(receiver.bound_endpoint, "push", fw.channel)})
+        else:
+            plane.announce()
         agent.restore()
-        log.info("listening for verdicts on %s", fw.listen_endpoint)
+        agent.attach_control(plane)
+        log.info("listening for verdicts on %s", receiver.bound_endpoint)
         agent.run()
     finally:
-        stats = agent.stats()
-        agent.close()
-        log.info("firewall agent stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
-        if args.json:
-            print(json.dumps(stats))
+        plane.close()
+        if agent is not None:
+            stats = agent.stats()
+            agent.close()
+            log.info("firewall agent stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+            if args.json:
+                print(json.dumps(stats))
     return EXIT_OK
 
 

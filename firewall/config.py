@@ -123,5 +123,7 @@ class FirewallConfig:
             problems.append(f"max_tracked is {self.max_tracked}, expected at least 1")
         if problems:
             raise ConfigError(
-                "invalid firewall settings: " + "; ".join(problems) + "; fix mld.yaml"
+                "invalid firewall settings: "
+                + "; ".join(problems)
+                + "; fix mld.yaml (or the etcd override, config/firewall/<key>)"
             )

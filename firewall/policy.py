@@ -21,6 +21,12 @@ Acting decisions come out ``pending`` (the agent applies them) or ``dry_run``. T
 offender history and the active blocks hold at most ``max_tracked`` prefixes each; past
 it the least recently used is evicted (counted) and an evicted active block comes out of
 the next ``expire()`` as an unblock, so the kernel never keeps a block the policy forgot.
+
+``reconfigure(config)`` takes new values of the :data:`LIVE_SETTINGS` (from etcd, while
+running) and keeps the active blocks, offender histories and counters. Active blocks
+keep the expiry they were given; the new thresholds and TTLs apply to the next verdicts.
+An active block that the new allowlist covers comes out as an unblock (reason
+``allowlisted by config change``), since the allowlist means "never blocked".
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from mld.errors import ConfigError
 from proto.events_pb2 import Verdict
 
 __all__ = [
+    "LIVE_SETTINGS",
     "REJECT_REASONS",
     "Action",
     "ActiveBlock",
@@ -61,6 +68,21 @@ Outcome = Literal[
     "rejected",
 ]
 REJECT_REASONS = ("bad_address", "unknown_family", "bad_score", "absurd_ttl")
+# FirewallConfig fields the policy takes while running (Policy.reconfigure); any other
+# setting applies when the agent restarts.
+LIVE_SETTINGS = (
+    "block_threshold",
+    "block_threshold_per_family",
+    "ttl_base_s",
+    "ttl_growth",
+    "ttl_cap_s",
+    "repeat_window_s",
+    "max_ttl_s",
+    "min_extend_s",
+    "allowlist",
+    "max_new_blocks_per_s",
+    "new_blocks_burst",
+)
 
 
 @dataclass(frozen=True)
@@ -134,9 +156,8 @@ class Policy:
     ) -> None:
         config.check()
         self.config = config
-        self.allowlist = Allowlist(config.allowlist)
-        for entry in allowlist_extra:
-            self.allowlist.add(entry)
+        self._allowlist_extra = tuple(allowlist_extra)
+        self.allowlist = self._build_allowlist(config)
         self._clock = clock
         self._families = frozenset(config.families)
         self._active: OrderedDict[IPNetwork, ActiveBlock] = OrderedDict()
@@ -318,6 +339,38 @@ class Policy:
         )
         return self._outcome(decision)
 
+    # --- settings --------------------------------------------------------------------
+
+    def reconfigure(self, config: FirewallConfig) -> tuple[list[str], list[Decision]]:
+        """Take ``config``'s :data:`LIVE_SETTINGS`; its other fields are ignored (they
+        apply at restart). Returns the names of the settings that changed and the
+        unblocks of active blocks the new allowlist covers. Raises ConfigError, changing
+        nothing, when the result is not a valid config."""
+        live = {name: getattr(config, name) for name in LIVE_SETTINGS}
+        new = replace(self.config, **live)
+        new.check()
+        changed = [n for n in LIVE_SETTINGS if getattr(new, n) != getattr(self.config, n)]
+        if not changed:
+            return [], []
+        now = self._clock()
+        # Tokens earned so far at the old rate; the new rate and burst apply from now.
+        self._refill(now)
+        self.config = new
+        self._tokens = min(self._tokens, float(new.new_blocks_burst))
+        unblocks: list[Decision] = []
+        if "allowlist" in changed:
+            self.allowlist = self._build_allowlist(new)
+            for net in [n for n in self._active if self.allowlist.covers(n)]:
+                block = self._active.pop(net)
+                unblocks.append(self._unblock(block, now, "allowlisted by config change"))
+        return changed, unblocks
+
+    def _build_allowlist(self, config: FirewallConfig) -> Allowlist:
+        allowlist = Allowlist(config.allowlist)
+        for entry in self._allowlist_extra:
+            allowlist.add(entry)
+        return allowlist
+
     # --- state -----------------------------------------------------------------------
 
     def restore(self, blocks: Iterable[ActiveBlock]) -> list[Decision]:
@@ -417,13 +470,16 @@ class Policy:
             table.popitem(last=False)
             self._counters[counter] += 1
 
-    def _take_token(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         cfg = self.config
         elapsed = max(0.0, now - self._refilled)
         self._refilled = max(self._refilled, now)
         self._tokens = min(
             float(cfg.new_blocks_burst), self._tokens + elapsed * cfg.max_new_blocks_per_s
         )
+
+    def _take_token(self, now: float) -> bool:
+        self._refill(now)
         if self._tokens < 1.0:
             return False
         self._tokens -= 1.0

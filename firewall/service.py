@@ -14,10 +14,18 @@ The control socket is a ZeroMQ REP socket on ``ipc://<state_dir>/firewall/contro
 (mode 0600: root only). A request is one JSON object ``{"cmd": "list" | "unblock" |
 "flush" | "status", "addr": ...}``; the reply is ``{"ok": true, ...}`` or ``{"ok": false,
 "error": ...}``.
+
+Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control` hands
+the agent a ``ServiceControl``; each turn polls it (it never blocks) and a new state's
+``firewall`` settings go to ``Policy.reconfigure`` (thresholds, TTLs, allowlist, new-block
+rate: ``policy.LIVE_SETTINGS``), keeping the active blocks; the unblocks of blocks the new
+allowlist covers are applied and logged like any other. :meth:`health` gives the control
+thread the counters it writes to etcd.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -30,12 +38,14 @@ from typing import Any
 
 import zmq
 
+from control import ServiceControl, stats_from_other_thread
 from crypto_transport import Receiver
 from firewall.backends import Backend
 from firewall.config import FirewallConfig
 from firewall.decision_log import Backend as BackendName
 from firewall.decision_log import DecisionLog
 from firewall.policy import ActiveBlock, Decision, Policy
+from mld.errors import ConfigError
 from proto.events_pb2 import VerdictBatch
 
 __all__ = ["FirewallAgent", "block_to_json"]
@@ -85,6 +95,7 @@ class FirewallAgent:
         )
         self._stop = False
         self._next_expiry = 0.0
+        self.plane: ServiceControl | None = None
         self._context = context or zmq.Context.instance()
         self._control: zmq.Socket[bytes] | None = None
         self.control_path = control_path
@@ -235,10 +246,58 @@ class FirewallAgent:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             sock.send(json.dumps(reply).encode())
 
+    # ---- control plane ---------------------------------------------------------------
+
+    def attach_control(self, plane: ServiceControl) -> None:
+        """Follow ``plane`` between turns (live firewall settings from etcd)."""
+        self.plane = plane
+        self._follow_control()
+
+    def _follow_control(self) -> None:
+        if self.plane is None:
+            return
+        state = self.plane.poll()
+        if state is None:
+            return
+        self.reconfigure(state.config.firewall)
+
+    def reconfigure(self, config: FirewallConfig) -> list[str]:
+        """Take the live settings of ``config`` (see ``Policy.reconfigure``) and apply the
+        unblocks it brings; returns the names of the settings that changed."""
+        try:
+            changed, unblocks = self.policy.reconfigure(config)
+        except ConfigError as exc:  # the control session checked it already: not expected
+            self.counters["config_refused"] += 1
+            log.error("config change not applied: %s", exc)
+            return []
+        if not changed:
+            return []
+        self.config = dataclasses.replace(
+            self.config, **{name: getattr(self.policy.config, name) for name in changed}
+        )
+        self.counters["config_changes"] += 1
+        log.info(
+            "firewall settings changed (from etcd): %s",
+            ", ".join(f"{name}={getattr(self.config, name)!r}" for name in changed),
+        )
+        for decision in unblocks:
+            self.apply(decision)
+        return changed
+
+    def health(self) -> tuple[str, dict[str, object]]:
+        """State and counters for the control plane (called from its thread, while this
+        one may be adding counters: the copies are retried)."""
+        stats = stats_from_other_thread(self.stats)
+        stats["active_blocks"] = stats.get("policy.active", 0)
+        stats["backend"] = self.backend.name
+        stats["dry_run"] = self.config.dry_run
+        return "ok", stats
+
     # ---- loop ------------------------------------------------------------------------
 
     def step(self, timeout_ms: int = _POLL_MS) -> None:
-        """One turn: verdicts (waiting up to ``timeout_ms``), control requests, expiry."""
+        """One turn: verdicts (waiting up to ``timeout_ms``), control requests, a new
+        config from the control plane, expiry."""
         if self.receiver is not None:
             got = self.receiver.recv(timeout_ms=timeout_ms)
             if got is not None:
@@ -246,6 +305,7 @@ class FirewallAgent:
         elif timeout_ms:
             time.sleep(timeout_ms / 1000)
         self._serve_control()
+        self._follow_control()
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + self.config.expiry_interval_s
             self.expire()

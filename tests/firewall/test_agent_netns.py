@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
-from proto.events_pb2 import LABEL_MALICIOUS, FlowRef, Verdict, VerdictBatch
+from proto.events_pb2 import VerdictBatch
+from tests.firewall.support import malicious_verdict
 from tests.support import REPO, NetnsPair, require_root_and, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -111,20 +112,7 @@ class Agent:
     def verdict(self, src: str, score: float, family: str = "scan") -> None:
         assert self.sender is not None
         self.seq += 1
-        v = Verdict(
-            verdict_id=f"det-{self.seq}",
-            flow=FlowRef(
-                ip_version=4,
-                src_addr=bytes(map(int, src.split("."))),
-                dst_addr=bytes([192, 0, 2, 2]),
-                protocol=1,
-            ),
-            final_score=score,
-            ml_score=score,
-            family=family,
-            ml_family=family,
-            label=LABEL_MALICIOUS,
-        )
+        v = malicious_verdict(src, score, n=self.seq, family=family, protocol=1)
         self.sender.send(VerdictBatch(detector_id="det", batch_seq=self.seq, verdicts=[v]))
 
     def mld(self, *args: str) -> subprocess.CompletedProcess[str]:
