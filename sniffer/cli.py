@@ -25,7 +25,7 @@ from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
-from sniffer.service import SnifferService, sigterm_raises_systemexit
+from sniffer.service import SnifferService, sigterm_raises_systemexit, sniffer_control
 from sniffer.sources import PcapSource, XdpSource
 
 __all__ = ["record_to_json", "register"]
@@ -42,6 +42,9 @@ examples:
   mld sniff --iface eth0 --iface eth1 --mode generic --connect tcp://10.0.0.5:5571
   mld sniff --iface eth0 --no-publish --json-out /tmp/flows.jsonl
                                                    no detector: write records as JSON lines
+With control.endpoints set, the sniffer registers in etcd (sniffer/<sensor id>), sends to
+the detectors registered there (push) and applies changes of sniffer.rules from etcd while
+running (sniffer/README.md, control/README.md).
 Stop with Ctrl-C or SIGTERM: the flow table is flushed and the last batch sent.
 """
 
@@ -161,6 +164,7 @@ class _Progress:
 
 def _sniffer_config(args: argparse.Namespace) -> tuple[MldConfig, SnifferConfig]:
     cfg = load_config(args.config)
+    cfg.sniffer.rules.check()
     return cfg, cfg.sniffer
 
 
@@ -199,40 +203,62 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
     cfg, scfg = _sniffer_config(args)
     import dataclasses
 
-    capture = scfg.capture
-    if args.mode is not None:
-        capture = dataclasses.replace(capture, xdp_mode=args.mode)
-    publish = scfg.publish
-    if args.connect is not None:
-        publish = dataclasses.replace(publish, endpoint=args.connect, enabled=True)
-    if args.no_publish:
-        publish = dataclasses.replace(publish, enabled=False)
-    sensor_id = publish.sensor_id or cfg.node.id or socket.gethostname()
+    sensor_id = scfg.publish.sensor_id or cfg.node.id or socket.gethostname()
+    publishing = (scfg.publish.enabled or args.connect is not None) and not args.no_publish
+    # The key file is needed to send, and to publish the public key in etcd.
+    keyring = Keyring.from_config(cfg.transport) if publishing or cfg.control.enabled else None
+    service: SnifferService | None = None
+    plane = sniffer_control(
+        cfg,
+        sensor_id=sensor_id,
+        keyring=keyring,
+        health=lambda: service.health() if service is not None else ("starting", {}),
+    )
     publisher = None
-    if publish.enabled:
-        publisher = FlowPublisher(
-            publish=publish,
-            transport=cfg.transport,
-            keyring=Keyring.from_config(cfg.transport),
-            sensor_id=sensor_id,
-        )
-    sinks: list[_FlowPrinter] = []
-    json_out = open(args.json_out, "a", encoding="utf-8") if args.json_out else None  # noqa: SIM115
-    if json_out is not None:
-        sinks.append(_FlowPrinter(json_out, True, None))
-    source = XdpSource(args.iface, capture)
+    json_out = None
+    source = None
     try:
+        cfg = plane.start()
+        scfg = cfg.sniffer
+        capture = scfg.capture
+        if args.mode is not None:
+            capture = dataclasses.replace(capture, xdp_mode=args.mode)
+        publish = scfg.publish
+        if args.connect is not None:
+            publish = dataclasses.replace(publish, endpoint=args.connect, enabled=True)
+        if args.no_publish:
+            publish = dataclasses.replace(publish, enabled=False)
+        # --connect names the detector: discovery only replaces the configured endpoint.
+        discover = plane.enabled and args.connect is None
+        if publish.enabled:
+            assert keyring is not None  # loaded above when publishing or with etcd
+            publisher = FlowPublisher(
+                publish=publish,
+                transport=cfg.transport,
+                keyring=keyring,
+                sensor_id=sensor_id,
+                discover=discover,
+            )
+        sinks: list[_FlowPrinter] = []
+        json_out = open(args.json_out, "a", encoding="utf-8") if args.json_out else None  # noqa: SIM115
+        if json_out is not None:
+            sinks.append(_FlowPrinter(json_out, True, None))
+        source = XdpSource(args.iface, capture)
         source.open()
         service = SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
+        plane.announce()
+        service.attach_control(plane)
         log.info(
             "sniffing on %s (%s), %s",
             ", ".join(args.iface),
             source.modes,
-            f"publishing to {publish.endpoint}" if publisher else "not publishing",
+            f"publishing to {publisher.sender.endpoint}" if publisher else "not publishing",
         )
         service.run()
     finally:
-        source.close()
+        plane.close()
+        if source is not None:
+            source.close()
         if publisher is not None:
             publisher.close()
         if json_out is not None:

@@ -8,8 +8,11 @@ config/mld.yaml; a test keeps the two equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Literal
+
+from mld.errors import ConfigError
 
 __all__ = [
     "CaptureConfig",
@@ -100,6 +103,32 @@ class FastRulesConfig:
     # Login services watched for brute force (80/443 are left out: browsers open many
     # short connections to one web server).
     brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
+
+    def check(self) -> None:
+        """Raise ConfigError for thresholds the rules cannot score with, naming the keys
+        (the file, ``mld sniff`` at start and every change from etcd go through this)."""
+        problems = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and (math.isnan(value) or value < 0):
+                problems.append(f"{f.name} is {value}, expected a number >= 0")
+            if f.name.endswith("_low"):
+                high_name = f.name.removesuffix("_low") + "_high"
+                high = getattr(self, high_name)
+                if not value < high:
+                    problems.append(f"{f.name} ({value}) must be below {high_name} ({high})")
+        if not self.amplification_ratio > 0:
+            problems.append(f"amplification_ratio is {self.amplification_ratio}, expected > 0")
+        if self.brute_force_max_packets < 1:
+            problems.append(
+                f"brute_force_max_packets is {self.brute_force_max_packets}, expected >= 1"
+            )
+        for name in ("amplification_ports", "brute_force_ports"):
+            bad = [p for p in getattr(self, name) if not 0 <= p <= 65535]
+            if bad:
+                problems.append(f"{name} holds {bad}, not ports (0-65535)")
+        if problems:
+            raise ConfigError("invalid sniffer.rules: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -95,11 +95,21 @@ class FastRules:
         self._reflected = windows(0)
         # Per (source, destination, port): short flows to a login service.
         self._logins = windows(0)
-        self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
-        self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
+        self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
         self.scored = 0
+
+    def _set_ports(self, rules: FastRulesConfig) -> None:
+        self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
+        self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
+
+    def reconfigure(self, rules: FastRulesConfig) -> None:
+        """Score with ``rules`` from the next batch on (a change from etcd). The windows
+        and counters stay: what a source did before the change still counts after it."""
+        rules.check()
+        self.config = rules
+        self._set_ports(rules)
 
     def score(self, flows: FlowColumns, context: dict[str, Array]) -> FastScores:
         """Scores of ``flows`` (in export order) given their SourceContext columns."""

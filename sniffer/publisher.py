@@ -7,9 +7,16 @@ leaves at ``transport.batch_records`` records or when its oldest record has wait
 ``proto.wire.join_batch`` instead of rebuilding a message tree. ``batch_seq`` counts from 0
 since start and ``started_ts_ns`` marks this run (proto/events.proto, FlowBatch).
 
+With ``discover`` (the control plane is on) and pattern push, batches go to the live
+detectors registered in etcd instead of ``publish.endpoint`` (control.DiscoveredSender,
+in turn when there are several); the service keeps it in step with
+:meth:`DiscoveredSender.update`. While no detector is registered a batch is dropped and
+counted (``dropped_no_receiver``).
+
 Counters: ``records_sent``/``batches_sent``, and ``records_dropped``/``batches_dropped``
-for batches the transport could not deliver in time (PUSH) or a full subscriber refused
-(PUB); the channel's own counters say which.
+for batches the transport could not deliver in time (PUSH), a full subscriber refused
+(PUB) or no registered detector could take (discovery); the channel's own counters say
+which.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from control import DiscoveredSender
 from crypto_transport import Batcher, Keyring, Sender, TransportConfig
 from proto.events_pb2 import FlowBatch
 from proto.wire import frame_element, join_batch
@@ -26,6 +34,10 @@ from sniffer.config import PublishConfig
 __all__ = ["FlowPublisher"]
 
 log = logging.getLogger(__name__)
+
+FlowSender = Sender | DiscoveredSender
+
+_DROP_LOG_INTERVAL_S = 10.0
 
 
 class FlowPublisher:
@@ -38,9 +50,12 @@ class FlowPublisher:
         transport: TransportConfig,
         keyring: Keyring,
         sensor_id: str,
-        sender: Sender | None = None,
+        sender: FlowSender | None = None,
+        discover: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``sender`` replaces the channel ``publish`` describes; ``discover`` sends a
+        push channel to the detectors registered in etcd (see the module docstring)."""
         self.sensor_id = sensor_id
         self.started_ts_ns = time.time_ns()
         self.batch_seq = 0
@@ -48,7 +63,16 @@ class FlowPublisher:
         self.batches_sent = 0
         self.records_dropped = 0
         self.batches_dropped = 0
-        self.sender = sender or Sender(
+        if sender is None and discover and publish.pattern == "push":
+            sender = DiscoveredSender(
+                component="detector",
+                endpoint_name="flows",
+                channel=publish.channel,
+                sender_id=sensor_id,
+                keyring=keyring,
+                settings=transport,
+            )
+        self.sender: FlowSender = sender or Sender(
             pattern=publish.pattern,
             endpoint=publish.endpoint,
             channel=publish.channel,
@@ -58,6 +82,8 @@ class FlowPublisher:
             settings=transport,
             bind=publish.bind,
         )
+        self._clock = clock
+        self._next_drop_log = 0.0
         self._batcher: Batcher[bytes] = Batcher(
             self._send,
             max_items=transport.batch_records,
@@ -92,20 +118,33 @@ class FlowPublisher:
         else:
             self.batches_dropped += 1
             self.records_dropped += len(framed)
+            now = self._clock()
+            if now < self._next_drop_log:
+                return
+            self._next_drop_log = now + _DROP_LOG_INTERVAL_S
+            if isinstance(self.sender, DiscoveredSender) and not self.sender.instances:
+                why = "no detector is registered in etcd"
+            else:
+                why = f"{self.sender.endpoint} is not keeping up"
             log.warning(
-                "dropped a batch of %d records to %s (receiver not keeping up); %d dropped so far",
+                "dropped a batch of %d records (%s); %d dropped so far",
                 len(framed),
-                self.sender.endpoint,
+                why,
                 self.records_dropped,
             )
 
     def stats(self) -> dict[str, int]:
-        return {
+        out = {
             "records_sent": self.records_sent,
             "batches_sent": self.batches_sent,
             "records_dropped": self.records_dropped,
             "batches_dropped": self.batches_dropped,
         }
+        if isinstance(self.sender, DiscoveredSender):
+            sender = self.sender.stats()
+            out["receivers"] = sender["receivers"]
+            out |= {k: v for k, v in sender.items() if k.startswith("dropped_")}
+        return out
 
     def close(self) -> None:
         self.flush()

@@ -5,6 +5,16 @@ file) or the process is told to stop (SIGINT, or SIGTERM turned into SystemExit)
 always: takes the flows still open from the source (``flush``; end reason CAPTURE_END),
 processes them, sends the last partial batch and closes. Progress and counters are logged
 every ``stats_interval_s``.
+
+Control plane (control/, when ``control.endpoints`` is set): :func:`sniffer_control` makes
+the sniffer's ServiceControl and :meth:`SnifferService.attach_control` hands it to the
+service, which polls it before every batch it handles, so a change reaches the pipeline
+before the next flows are scored. A change of ``sniffer.rules`` takes effect from that
+batch, the per-source and per-destination windows kept; a publisher that follows
+discovery connects to the detectors as they register and go. The health the
+control thread writes is a copy of the counters the service thread made (at most
+``control.health_interval_s`` old): the sources' counters (BPF maps, the native engine)
+are only read from the service thread.
 """
 
 from __future__ import annotations
@@ -14,15 +24,22 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from control import DiscoveredSender, ServiceControl
+from control.session import HealthFn
+from crypto_transport import Keyring
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
 from sniffer.sources import FlowSource
 
-__all__ = ["SnifferService", "sigterm_raises_systemexit"]
+if TYPE_CHECKING:
+    from config.settings import MldConfig
+
+__all__ = ["SnifferService", "sigterm_raises_systemexit", "sniffer_control"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +53,32 @@ def _raise_exit(signum: int, _frame: FrameType | None) -> None:
 def sigterm_raises_systemexit() -> None:
     """SIGTERM -> SystemExit(143), so the loop's ``finally`` flushes (main thread only)."""
     signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _check(cfg: MldConfig) -> None:
+    cfg.sniffer.rules.check()
+
+
+def sniffer_control(
+    cfg: MldConfig,
+    *,
+    sensor_id: str,
+    keyring: Keyring | None,
+    health: HealthFn | None = None,
+) -> ServiceControl:
+    """The sniffer's link to the control plane (does nothing without control.endpoints):
+    registered as sniffer/<sensor_id> with the node's public key, following the
+    detectors, applying ``sniffer.rules`` live (other settings need a restart)."""
+    return ServiceControl(
+        cfg,
+        component="sniffer",
+        instance=sensor_id,
+        keyring=keyring,
+        watch=("detector",),
+        live_keys=("sniffer.rules",),
+        validate=_check,
+        health=health,
+    )
 
 
 class SnifferService:
@@ -57,9 +100,47 @@ class SnifferService:
         self.interrupted = False
         # Checked after every batch: True ends the run early (the flush still happens).
         self.stop_when: Callable[[], bool] = lambda: False
+        self.plane: ServiceControl | None = None
+        self.config_changes = 0
         self._next_stats = time.monotonic() + stats_interval_s
+        self._health_interval_s = 5.0
+        self._next_health = 0.0
+        self._health: dict[str, int] = {}
+
+    def attach_control(self, plane: ServiceControl) -> None:
+        """Follow ``plane`` before every batch (live rules, discovered detectors)."""
+        self.plane = plane
+        if plane.session is not None:
+            self._health_interval_s = plane.session.cfg.health_interval_s
+        self._follow_control()
+
+    def _follow_control(self) -> None:
+        if self.plane is None:
+            return
+        now = time.monotonic()
+        if self.plane.enabled and now >= self._next_health:
+            self._next_health = now + self._health_interval_s
+            self._health = self.stats()
+        state = self.plane.poll()
+        if state is None:
+            return
+        rules = state.config.sniffer.rules
+        if rules != self.pipeline.rules.config:
+            self.pipeline.rules.reconfigure(rules)
+            self.config_changes += 1
+            changed = [k for k in state.changed if k.startswith("sniffer.rules")]
+            log.info("fast rules changed (from etcd): %s", ", ".join(changed))
+        sender = self.publisher.sender if self.publisher is not None else None
+        if isinstance(sender, DiscoveredSender):
+            sender.update(state.peers.get(sender.component, {}).values())
+
+    def health(self) -> tuple[str, dict[str, object]]:
+        """State and counters for the control plane (called from its thread): the copy
+        the service thread made last, never a read of the source from this thread."""
+        return "ok", dict(self._health)
 
     def _handle(self, events: npt.NDArray[np.void], observation_point: str) -> None:
+        self._follow_control()
         if len(events):
             done = self.pipeline.process(events, observation_point)
             if self.publisher is not None:
@@ -96,6 +177,8 @@ class SnifferService:
         out.update({f"pipeline.{k}": v for k, v in self.pipeline.stats().items()})
         if self.publisher is not None:
             out.update({f"publish.{k}": v for k, v in self.publisher.stats().items()})
+        if self.plane is not None and self.plane.enabled:
+            out["control.config_changes"] = self.config_changes
         return out
 
     def _stats_line(self) -> str:

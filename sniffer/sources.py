@@ -182,8 +182,9 @@ class XdpSource:
     def batches(self) -> Iterator[tuple[Events, str]]:
         while not self._stopping:
             buf = self._monitor.poll(self._poll_ms)
-            if buf:
-                yield self._decode(buf), self._obs
+            # Empty too: the service gets a turn at least every poll_timeout_ms, so a
+            # partial batch leaves on time and the control plane is followed while idle.
+            yield self._decode(buf), self._obs
 
     def flush(self) -> list[tuple[Events, str]]:
         buf = self._monitor.flush()
