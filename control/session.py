@@ -338,7 +338,11 @@ class ControlSession:
 
     def _put_health(self) -> None:
         assert self._client is not None
-        state, counters = ("ok", {}) if self._health is None else self._health()
+        try:
+            state, counters = ("ok", {}) if self._health is None else self._health()
+        except Exception as exc:  # a service's bug must not stop the control thread
+            log.exception("%s: the health function failed", self.component)
+            state, counters = "error", {"health_error": f"{type(exc).__name__}: {exc}"}
         record = {"state": state, "ts": time.time(), "counters": dict(counters)}
         record["control"] = dict(self.counters)
         key = health_key(self._prefix, self.component, self.instance)

@@ -21,6 +21,7 @@ from firewall.cli import register as register_firewall
 from lab.cli import register as register_lab
 from mld import __version__
 from mld.errors import KeyFileError, MldError
+from rag.cli import register as register_rag
 from sniffer.cli import register as register_sniffer
 
 __all__ = ["main"]
@@ -45,6 +46,7 @@ examples:
   mld evaluate ../shared/data/labels.csv       detection and false-positive rates
   mld firewall run                             the firewall agent (see mld firewall --help)
   mld lab up                                   the namespace lab (see mld lab --help)
+  mld rag --ask "which address scanned the server?"   questions about the stored events
   mld etcd up                                  a local etcd for the control plane
   mld status                                   every service registered in etcd, with health
   mld config set detector.thresholds.alert 0.6 change a setting live, through etcd
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_detector(sub, common)
     register_firewall(sub, common)
     register_lab(sub, common)
+    register_rag(sub, common)
     register_control(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")

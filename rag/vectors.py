@@ -1,0 +1,163 @@
+"""The FAISS indexes: one vector per event, found by event id.
+
+Two indexes beside the database, both ``IndexIDMap``-style (the FAISS id is the event id):
+
+* **features** (``*.features.faiss``, 54 dims, L2): the flow's feature vector
+  (detector/features.py), centred and scaled by the shipped bundle's benign median and
+  IQR and clipped to +-10, for "events like this one";
+* **text** (``*.text.faiss``, 256 dims, inner product on unit vectors): the embedding of
+  the event's description (rag/describe.py), for questions.
+
+An index starts exact (flat). At ``ivf_threshold`` events it is rebuilt once as an
+inverted file with 8-bit scalar quantisation (``IVF<nlist>,SQ8``, nlist = 4 sqrt(n)
+clipped to 64..4096, trained on up to 100k of its vectors): at a million events a flat
+search reads every vector (1 GB for the text index), IVF reads ``nprobe`` lists of about
+n / nlist each at a quarter of the bytes. bench/rag_speed.py measures both.
+
+The indexes are derived data: ``indexed_upto`` in the database's meta table says up to
+which event id a saved index holds, events after it are added again at start, and
+``mld rag reindex`` rebuilds both from the database. A search drops duplicate ids (an
+index saved just before the process died may hold a few events the catch-up adds again).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from mld.errors import RagError
+
+__all__ = ["VectorIndex"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+_MAX_TRAIN = 100_000
+
+
+class VectorIndex:
+    """One FAISS index of event vectors, saved to and loaded from ``path``."""
+
+    def __init__(
+        self,
+        path: Path,
+        dim: int,
+        *,
+        inner_product: bool,
+        ivf_threshold: int = 20000,
+        nprobe: int = 16,
+    ) -> None:
+        self.path = path
+        self.dim = dim
+        self.inner_product = inner_product
+        self.ivf_threshold = ivf_threshold
+        self.nprobe = nprobe
+        self._metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
+        self.index: faiss.Index = self._flat()
+        self.dirty = 0  # vectors added since the last save
+
+    def _flat(self) -> faiss.Index:
+        flat = faiss.IndexFlatIP(self.dim) if self.inner_product else faiss.IndexFlatL2(self.dim)
+        return faiss.IndexIDMap2(flat)
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if self.is_ivf else "flat"
+
+    @property
+    def is_ivf(self) -> bool:
+        return isinstance(faiss.downcast_index(self.index), faiss.IndexIVF)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def load(self) -> bool:
+        """Read the saved index; False (and an empty index) if there is none or it is
+        unreadable (it is then rebuilt from the database)."""
+        if not self.path.exists():
+            return False
+        try:
+            index = faiss.read_index(str(self.path))
+        except RuntimeError as exc:
+            log.warning("cannot read %s (%s): rebuilding it from the database", self.path, exc)
+            return False
+        if index.d != self.dim:
+            log.warning("%s has %d dims, expected %d: rebuilding it", self.path, index.d, self.dim)
+            return False
+        self.index = index
+        self._set_nprobe()
+        return True
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            faiss.write_index(self.index, str(tmp))
+            os.replace(tmp, self.path)
+        except (RuntimeError, OSError) as exc:
+            raise RagError(f"cannot save the index {self.path}: {exc}") from exc
+        self.dirty = 0
+
+    def reset(self) -> None:
+        self.index = self._flat()
+        self.dirty = 0
+
+    def add(self, ids: Sequence[int] | npt.NDArray[np.int64], vectors: F32) -> None:
+        if len(ids) == 0:
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+        )
+        self.dirty += len(ids)
+        if not self.is_ivf and len(self) >= self.ivf_threshold:
+            self._to_ivf()
+
+    def _to_ivf(self) -> None:
+        """Rebuild the flat index as IVF,SQ8 from its own vectors."""
+        n = len(self)
+        idmap: Any = faiss.downcast_index(self.index)
+        ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
+        vectors = idmap.index.reconstruct_n(0, n)
+        nlist = int(min(4096, max(64, 4 * math.sqrt(n))))
+        ivf = faiss.index_factory(self.dim, f"IVF{nlist},SQ8", self._metric)
+        rng = np.random.default_rng(0)
+        sample = vectors if n <= _MAX_TRAIN else vectors[rng.choice(n, _MAX_TRAIN, replace=False)]
+        ivf.train(sample)
+        ivf.add_with_ids(vectors, ids)
+        self.index = ivf
+        self._set_nprobe()
+        self.dirty = n
+        log.info(
+            "index %s: %d vectors, now IVF%d,SQ8 (nprobe %d)", self.path.name, n, nlist, self.nprobe
+        )
+
+    def _set_nprobe(self) -> None:
+        inner = faiss.downcast_index(self.index)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = self.nprobe
+
+    def search(self, vector: F32, k: int) -> list[tuple[int, float]]:
+        """The ``k`` nearest (id, score), best first; score is a similarity (higher is
+        closer) for both metrics. Duplicate ids are dropped."""
+        if len(self) == 0 or k <= 0:
+            return []
+        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        distances, ids = self.index.search(query, min(len(self), k * 2))
+        out: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for d, i in zip(distances[0].tolist(), ids[0].tolist(), strict=True):
+            if i < 0 or i in seen:
+                continue
+            seen.add(i)
+            out.append((i, d if self.inner_product else -d))
+            if len(out) == k:
+                break
+        return out

@@ -1,0 +1,55 @@
+"""A small real event store for the RAG tests: a masscan TCP scan and a benign capture
+(reddit.pcap) through the real detection path, at known times."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config import load_config
+from detector.bundle import load_bundle
+from detector.scoring import Scorer
+from rag.config import RagConfig
+from rag.importer import scored_events
+from rag.service import RagStore
+from tests.support import SHARED_DATA
+
+SCAN = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
+BENIGN = SHARED_DATA / "pcaps/ndpi/reddit.pcap"
+SCANNER, SCANNED = "172.31.15.102", "198.124.152.15"
+
+
+def utc(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+SCAN_AT = utc("2026-11-21T10:00:00Z")
+BENIGN_AT = utc("2026-11-21T08:00:00Z")
+NOW = utc("2026-11-21T10:30:00Z")
+
+
+def build_store(path: Path, cfg: RagConfig | None = None) -> RagStore:
+    if not SCAN.exists() or not BENIGN.exists():
+        pytest.skip(f"needs the shared captures in {SHARED_DATA}")
+    mcfg = load_config()
+    scorer = Scorer(load_bundle(), mcfg.detector.thresholds)
+    rag = RagStore(path, cfg or RagConfig())
+    rag.open_indexes()
+    for capture, at in ((BENIGN, BENIGN_AT), (SCAN, SCAN_AT)):
+        for events in scored_events([capture], mcfg.sniffer, scorer, shift_to=at):
+            rag.ingest(events, "det-test")
+    rag.save()
+    return rag
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RagStore]:
+    rag = build_store(tmp_path_factory.mktemp("rag") / "events.sqlite")
+    try:
+        yield rag
+    finally:
+        rag.close()

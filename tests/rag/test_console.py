@@ -1,0 +1,104 @@
+"""The console's commands and `mld rag` as a command, without a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rag.answer import Answerer
+from rag.config import RagConfig
+from rag.console import Console
+from rag.service import RagStore
+from tests.rag.conftest import NOW, SCANNER
+from tests.support import REPO
+
+
+def test_console_commands(small_store: RagStore) -> None:
+    console = Console(small_store, Answerer(RagConfig(), "none"), now=NOW)
+    alerts = console.handle("alerts 5")
+    assert alerts is not None and len(alerts.data["alerts"]) == 5
+    assert all(a["label"] in ("suspicious", "malicious") for a in alerts.data["alerts"])
+    stats = console.handle("stats")
+    assert stats is not None and stats.data["events"] == small_store.store.count()
+    first = alerts.data["alerts"][0]["id"]
+    similar = console.handle(f"similar e{first} 3")
+    assert similar is not None and len(similar.data["similar"]) == 3
+    assert all(s["id"] != first for s in similar.data["similar"])
+    event = console.handle(f"event {first}")
+    assert event is not None and event.data["record"]["src_addr"] == alerts.data["alerts"][0]["src"]
+    assert console.handle("event e999999") is not None
+    assert "not an event id" in (console.handle("similar banana") or console.handle("")).text
+    assert console.handle("quit") is None
+
+
+def test_question_through_the_console_cites_real_events(small_store: RagStore) -> None:
+    console = Console(small_store, Answerer(RagConfig(), "none"), now=NOW)
+    reply = console.handle("which address scanned the server?")
+    assert reply is not None
+    assert SCANNER in reply.data["reply"] and reply.data["model"] is None
+    cited = [int(c[1:]) for c in reply.data["cited"]]
+    assert cited and {r.src for r in small_store.store.get(cited)} == {SCANNER}
+    assert "no model loaded" in reply.text
+
+
+def _mld(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mld.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+
+
+def test_mld_rag_ask_json_and_interactive(small_store: RagStore, tmp_path: Path) -> None:
+    db = str(small_store.store.path)
+    asked = _mld(
+        "rag",
+        "--db",
+        db,
+        "--now",
+        "2026-11-21T10:30:00Z",
+        "--no-model",
+        "--json",
+        "--ask",
+        f"what did {SCANNER} do?",
+    )
+    assert asked.returncode == 0, asked.stderr
+    data = json.loads(asked.stdout)
+    assert data["intent"] == "about" and data["facts"]["as_source"] > 900
+    # Interactive: lines on stdin, answers on stdout, history written on exit.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mld.cli",
+            "rag",
+            "--db",
+            db,
+            "--no-model",
+            "--config",
+            str(_config(tmp_path)),
+        ],
+        input="help\nstats\nhow many scan alerts?\nquit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "similar ID" in proc.stdout and "alerts by family" in proc.stdout
+    assert "alerts match" in proc.stdout
+    missing = _mld("rag", "--db", str(tmp_path / "nothing.sqlite"), "--ask", "hi")
+    assert missing.returncode == 1 and "no event store" in missing.stderr
+
+
+def _config(tmp: Path) -> Path:
+    path = tmp / "mld.yaml"
+    path.write_text(f"node: {{state_dir: {tmp}}}\n")
+    return path

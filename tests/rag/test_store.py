@@ -1,0 +1,97 @@
+"""The event store, the indexes and retrieval on real scored events (tests/rag/conftest)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from proto.events_pb2 import ScoredEvent
+from rag.answer import Answerer, draft
+from rag.config import RagConfig
+from rag.question import parse
+from rag.retrieve import retrieve
+from rag.service import RagStore
+from rag.store import Filters
+from tests.rag.conftest import NOW, SCAN_AT, SCANNED, SCANNER, build_store
+
+
+def test_every_event_is_stored_with_every_field(small_store: RagStore) -> None:
+    store = small_store.store
+    total = store.count()
+    assert total > 1000
+    assert len(small_store.text) == total == len(small_store.features)
+    # The blob is the ScoredEvent as received: every field, including the record's.
+    ev = store.event(1)
+    assert isinstance(ev, ScoredEvent) and ev.record.fwd.packets > 0 and ev.verdict.verdict_id
+    row = store.get([1])[0]
+    assert row.src and row.ts > 0 and row.description
+    db = sqlite3.connect(store.path)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    db.close()
+    assert {"events_ts", "events_src", "events_dst", "events_family", "events_label"} <= indexes
+
+
+def test_filters_in_sql(small_store: RagStore) -> None:
+    store = small_store.store
+    scan = Filters(src=(SCANNER,), families=("scan",), min_label=2)
+    n = store.count(scan)
+    assert n > 900  # masscan: 1,003 flows, nearly all alerts
+    assert store.group("dst", scan)[0] == (SCANNED, n)
+    assert store.count(Filters(since_ts=SCAN_AT - 1, addrs=(SCANNER,))) == store.count(
+        Filters(addrs=(SCANNER,))
+    )
+    assert store.count(Filters(until_ts=SCAN_AT - 60, addrs=(SCANNER,))) == 0
+    assert store.count(Filters(addrs=("192.0.2.99",))) == 0
+
+
+def test_retrieval_answers_who_count_and_about_from_sql(small_store: RagStore) -> None:
+    answerer = Answerer(RagConfig(), "none")
+    who = retrieve(
+        small_store.store, small_store.text, parse("which address scanned the server?", NOW), 12
+    )
+    assert who.facts.sources[0][0] == SCANNER
+    a = answerer.answer(who)
+    assert SCANNER in a.reply and a.cited and not a.model
+    cited = small_store.store.get(a.cited)
+    assert all(r.src == SCANNER and r.family == "scan" for r in cited)
+
+    count = retrieve(
+        small_store.store, small_store.text, parse("how many scan alerts today?", NOW), 12
+    )
+    truth = small_store.store.count(Filters(families=("scan",), min_label=2))
+    assert count.facts.matching == truth and str(truth) in draft(count)
+
+    about = retrieve(small_store.store, small_store.text, parse(f"what did {SCANNER} do?", NOW), 12)
+    assert about.facts.as_source == small_store.store.count(Filters(src=(SCANNER,)))
+    assert about.facts.as_destination == 0
+    nothing = retrieve(
+        small_store.store, small_store.text, parse("what did 192.0.2.99 do?", NOW), 12
+    )
+    assert nothing.rows == [] and "No stored event" in draft(nothing)
+
+
+def test_text_search_finds_events_by_their_words(small_store: RagStore) -> None:
+    r = retrieve(small_store.store, small_store.text, parse("https", NOW), 5)
+    assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
+
+
+def test_killed_between_batches_nothing_is_lost_and_reindex_rebuilds(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    rag = build_store(path, RagConfig(ivf_threshold=500))
+    total = rag.store.count()
+    assert rag.text.kind == "ivf"  # past the threshold: rebuilt as IVF,SQ8
+    # Events written after the last save (as if the process died before saving): the
+    # indexes on disk miss them; the next start adds them from SQLite.
+    extra = [rag.store.event(i) for i in range(1, 51)]
+    rag.store.add([e for e in extra if e], "det-late", ["late event"] * 50)
+    rag.close()
+    again = RagStore(path, RagConfig(ivf_threshold=500))
+    assert again.open_indexes() == 50
+    assert len(again.text) == total + 50 == again.store.count()
+    # A lost or damaged index file is rebuilt from the database.
+    again.close()
+    path.with_suffix(".text.faiss").write_bytes(b"not an index")
+    third = RagStore(path, RagConfig(ivf_threshold=500))
+    assert third.open_indexes() == total + 50
+    assert third.reindex() == total + 50 and len(third.features) == total + 50
+    third.close()
