@@ -29,8 +29,8 @@ __all__ = [
     "KeyFileError",
     "LabError",
     "MldError",
-    "RagError",
     "ModelError",
+    "RagError",
     "TransportError",
 ]
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from mld.errors import RagError
 from rag.config import RagConfig
+from rag.describe import SERVICES
 from rag.retrieve import Retrieval
 
 __all__ = ["Answer", "Answerer", "check_reply", "default_model_path", "draft", "key_facts"]
@@ -124,11 +125,13 @@ def draft(r: Retrieval) -> str:
     if p.intent == "count":
         what = "alerts" if p.filters.min_label else "events"
         return f"{f.matching} {what} match ({scope}). Examples: {ids}."
+    families = f"; alerts by family: {_join(f.by_family)}" if f.by_family else ""
     if p.intent == "who":
-        who = f.sources[0][0] if f.sources else "unknown"
+        side, top = ("target", f.destinations) if p.target else ("source", f.sources)
+        who = top[0][0] if top else "unknown"
         return (
-            f"The most active source is {who}: top sources {_join(f.sources)}, "
-            f"over {f.matching} matching events ({scope}). See {ids}."
+            f"The most active {side} is {who}: top {side}s {_join(top)}, over {f.matching} "
+            f"matching events ({scope}){families}. See {ids}."
         )
     if p.intent == "about":
         addr = ", ".join(p.filters.addrs or p.filters.src or p.filters.dst)
@@ -136,10 +139,27 @@ def draft(r: Retrieval) -> str:
         return (
             f"{addr} appears in {f.matching} events ({f.as_source} as source, "
             f"{f.as_destination} as destination), {f.alerts} of them alerts; by family: "
-            f"{fams}. Top destinations: {_join(f.destinations)}; ports: {_join(f.ports)}. "
-            f"See {ids}."
+            f"{fams}. Top sources: {_join(f.sources)}; top destinations: "
+            f"{_join(f.destinations)}; ports: {_ports(f.ports)}. See {ids}."
         )
-    return f"{f.matching} events match ({scope}); the most relevant: {ids}."
+    when = f" from {_when(f.span[0])} to {_when(f.span[1])}" if f.span else ""
+    return (
+        f"{f.matching} events match ({scope}){when}{families}; top destinations: "
+        f"{_join(f.destinations)}. The most relevant: {ids}."
+    )
+
+
+def _ports(items: list[tuple[str, int]]) -> str:
+    """Top ports with the service name where it is known: 53 (dns, 12)."""
+    out = []
+    for port, n in items[:3]:
+        name = SERVICES.get(int(port)) if port.isdigit() else None
+        out.append(f"{port} ({name}, {n})" if name else f"{port} ({n})")
+    return ", ".join(out)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
 _PREFIX = re.compile(
@@ -174,9 +194,15 @@ def key_facts(r: Retrieval) -> list[str]:
     if p.intent == "count":
         return [str(f.matching)]
     if p.intent == "who":
-        return [f.sources[0][0]] if f.sources else []
+        top = f.destinations if p.target else f.sources
+        return [top[0][0]] if top else []
     if p.intent == "about":
-        return [str(f.matching)]
+        # The count, and whom it talked to most (or who talked to it most).
+        addrs = set(p.filters.addrs or p.filters.src or p.filters.dst)
+        peers = [a for a, _ in (f.destinations + f.sources) if a not in addrs]
+        return [str(f.matching), *peers[:1]]
+    if re.match(r"\s*when\b", p.question, re.I) and f.span:
+        return [time.strftime("%H:%M", time.gmtime(f.span[0]))]
     return []
 
 
@@ -188,7 +214,9 @@ def check_reply(reply: str, r: Retrieval, prompt: list[dict[str, str]]) -> str:
     if _repeats(reply):
         return "it repeated itself"
     for fact in key_facts(r):
-        if not re.search(rf"(?<![\w.]){re.escape(fact)}(?![\w.])", reply):
+        # Whole tokens only: "21" is not in "2026-11-21", "10.0.0.5" not in "10.0.0.50".
+        after = r"(?![\w.])" if re.fullmatch(r"\d\d:\d\d", fact) else r"(?![\w.:/-])"
+        if not re.search(rf"(?<![\w.:/-]){re.escape(fact)}{after}", reply):
             return f"it left out {fact}"
     f = r.facts
     counts = {f.matching, f.alerts, *(n for _, n in f.by_family)}
@@ -284,7 +312,9 @@ class Answerer:
     def answer(self, r: Retrieval) -> Answer:
         started = time.perf_counter()
         allowed = [row.id for row in r.rows]
-        llm = self._load()
+        # Nothing matched: there is nothing for a model to put in words (small models
+        # invent an answer then).
+        llm = self._load() if r.facts.matching else None
         tokens = 0
         replaced = ""
         if llm is None:
@@ -298,7 +328,7 @@ class Answerer:
                     temperature=self.cfg.temperature,
                     # Above ~1.1 the penalty keeps a small model from copying addresses.
                     repeat_penalty=1.1,
-                    stop=["Question:", "Draft answer:"],
+                    stop=["Question:"],
                     seed=1,
                 )
             except (ValueError, RuntimeError) as exc:

@@ -27,7 +27,7 @@ class RagConfig:
     # file (IVF, trained on the events so far): see rag/README.md for the measurement.
     ivf_threshold: int = 20000
     # IVF lists probed per search (more: better recall, slower).
-    ivf_nprobe: int = 16
+    ivf_nprobe: int = 32
     # Events retrieved per question and shown to the model (with their ids).
     top_k: int = 12
     # GGUF model for answers; empty means the SmolLM2-135M-Instruct file of the

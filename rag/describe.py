@@ -105,20 +105,26 @@ def tokens(text: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1 << 18)  # addresses, ports and words repeat across events
-def _bucket(token: str) -> tuple[int, float]:
+def _code(token: str) -> int:
+    """The token's bucket and sign as one code: 2 * bucket, +1 for a negative sign."""
     h = zlib.crc32(token.encode())
-    return h % TEXT_DIM, 1.0 if (h >> 16) & 1 else -1.0
+    return (h % TEXT_DIM) * 2 + (((h >> 16) & 1) ^ 1)
 
 
 def embed_texts(texts: Iterable[str]) -> npt.NDArray[np.float32]:
     """Unit-length hashed bag-of-words vectors, one row per text."""
     texts = list(texts)
-    out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
+    codes: list[int] = []
+    rows: list[int] = []
     for row, text in enumerate(texts):
-        vec = out[row]
-        for token in tokens(text):
-            index, sign = _bucket(token)
-            vec[index] += sign
+        got = [_code(t) for t in tokens(text)]
+        codes += got
+        rows += [row] * len(got)
+    # Count each (row, bucket, sign) at once, then plus minus minus.
+    flat = np.asarray(rows, dtype=np.int64) * (2 * TEXT_DIM) + np.asarray(codes, dtype=np.int64)
+    counts = np.bincount(flat, minlength=len(texts) * 2 * TEXT_DIM)
+    counts = counts.reshape(len(texts), TEXT_DIM, 2)
+    out = (counts[:, :, 0] - counts[:, :, 1]).astype(np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out

@@ -60,6 +60,7 @@ _FAMILY_PATTERNS: list[tuple[str, str, int | None]] = [
 
 _ALERT = re.compile(r"\b(alerts?|alerted|attacks?|attacked|attackers?|suspicious|threats?)\b")
 _BLOCKED = re.compile(r"\b(blocked|malicious|dropped)\b")
+_TARGET = re.compile(r"\b(targets?|targeted|victims?|destinations?|flooded|under attack)\b")
 _COUNT = re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b")
 _WHO = re.compile(
     r"\bwhich (address|addresses|host|hosts|ip|ips|source|sources|machine|client)\b|"
@@ -92,6 +93,9 @@ class Parsed:
     text: str
     # Human-readable list of what was understood, for --json and the console.
     understood: tuple[str, ...] = ()
+    # A "who" question about the target ("which address was the target of the flood?"):
+    # answered with destinations, not sources.
+    target: bool = False
 
 
 def _day_start(now: float) -> float:
@@ -199,9 +203,14 @@ def parse(question: str, now: float | None = None) -> Parsed:
         intent = "count"
     elif _WHO.search(scrubbed):
         intent = "who"
-    elif (either or src or dst) and (_ABOUT.search(scrubbed) or len(scrubbed.split()) <= 4):
+    elif (either or src or dst) and _ABOUT.search(scrubbed):
         intent = "about"
-    return Parsed(q, f, intent, q, tuple(understood))
+        # "what happened to X" asks about X whichever end it is.
+        f = replace(f, addrs=f.addrs + f.src + f.dst, src=(), dst=())
+    elif (either or src or dst) and len(scrubbed.split()) <= 4:
+        intent = "about"  # "10.0.0.5", "blocked flows from 10.0.0.5": directions kept
+    target = intent == "who" and bool(_TARGET.search(scrubbed))
+    return Parsed(q, f, intent, q, tuple(understood), target)
 
 
 def _time_range(low: str, now: float) -> tuple[float | None, float | None]:

@@ -96,9 +96,10 @@ def facts_for(store: EventStore, parsed: Parsed) -> Facts:
     # among all matching events otherwise (a benign client's top destinations).
     base = f if (f.min_label or not alerts) else alert_filter
     as_src = as_dst = None
-    if f.addrs and parsed.intent == "about":
-        as_src = store.count(replace(f, addrs=(), src=f.addrs))
-        as_dst = store.count(replace(f, addrs=(), dst=f.addrs))
+    addrs = f.addrs or f.src or f.dst
+    if parsed.intent == "about" and addrs:
+        as_src = store.count(replace(f, addrs=(), src=addrs))
+        as_dst = store.count(replace(f, addrs=(), dst=addrs))
     return Facts(
         matching=matching,
         alerts=alerts,

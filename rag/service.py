@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -66,6 +67,9 @@ class RagStore:
     """SQLite events plus the feature and text indexes beside the database."""
 
     def __init__(self, path: Path, cfg: RagConfig, *, readonly: bool = False) -> None:
+        # One FAISS thread: adding an EventBatch (~100 vectors) cost 15 ms in OpenMP
+        # start-up and spinning on 2 busy cores against 0.7 ms with one (bench/README.md).
+        faiss.omp_set_num_threads(1)
         self.cfg = cfg
         self.store = EventStore(path, readonly=readonly)
         self.scaler = FeatureScaler()
@@ -112,6 +116,14 @@ class RagStore:
             self.features.add(list(got), self.scaler(part))
             self.text.add(list(got), embed_texts(texts))
             ids = range(ids.start if len(ids) else got.start, got.stop)
+        if self.text.needs_retraining or self.features.needs_retraining:
+            started = time.perf_counter()
+            self.reindex()
+            log.info(
+                "indexes trained again at %d events in %.1f s",
+                len(self.text),
+                time.perf_counter() - started,
+            )
         return ids
 
     def save(self) -> None:
@@ -120,22 +132,32 @@ class RagStore:
         self.features.save()
         self.text.save()
         self.store.set_meta("indexed_upto", str(upto))
+        self.store.optimize()
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Rebuild both indexes from the database."""
-        self.features.reset()
-        self.text.reset()
+        """Rebuild both indexes from the database, an IVF one trained at its full size
+        (about 310 floats per event are held in memory meanwhile: 1.2 GB at 1M)."""
         total = self.store.count()
+        ids: list[np.ndarray] = []
+        features: list[np.ndarray] = []
+        texts: list[np.ndarray] = []
         done = 0
         for chunk in self.store.scan(0):
-            ids = [i for i, _, _ in chunk]
+            ids.append(np.array([i for i, _, _ in chunk], dtype=np.int64))
             events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
-            self.features.add(ids, self.scaler(events))
-            self.text.add(ids, embed_texts(d for _, _, d in chunk))
-            done += len(ids)
+            features.append(self.scaler(events))
+            texts.append(embed_texts(d for _, _, d in chunk))
+            done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        self.save()
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        empty = (0, 0)
+        self.features.build(
+            all_ids, np.vstack(features) if features else np.zeros(empty, np.float32)
+        )
+        self.text.build(all_ids, np.vstack(texts) if texts else np.zeros(empty, np.float32))
+        if not self.readonly:
+            self.save()
         return done
 
     def close(self) -> None:

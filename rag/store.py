@@ -14,6 +14,7 @@ are derived from this table and can always be rebuilt from it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sqlite3
 import time
@@ -64,6 +65,8 @@ CREATE INDEX IF NOT EXISTS events_src ON events (src, ts);
 CREATE INDEX IF NOT EXISTS events_dst ON events (dst, ts);
 CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events (label, ts);
+CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
+CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -73,6 +76,7 @@ _COLUMNS = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same addresses come back in every batch
 def address_text(raw: bytes) -> str:
     """An address from a FlowRecord (4 or 16 bytes) as text; '' if empty."""
     if not raw:
@@ -356,6 +360,10 @@ class EventStore:
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (cheap; SQLite decides what to do)."""
+        self._db.execute("PRAGMA optimize")
 
     def set_meta(self, key: str, value: str) -> None:
         with self._db:

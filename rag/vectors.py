@@ -8,11 +8,13 @@ Two indexes beside the database, both ``IndexIDMap``-style (the FAISS id is the 
 * **text** (``*.text.faiss``, 256 dims, inner product on unit vectors): the embedding of
   the event's description (rag/describe.py), for questions.
 
-An index starts exact (flat). At ``ivf_threshold`` events it is rebuilt once as an
-inverted file with 8-bit scalar quantisation (``IVF<nlist>,SQ8``, nlist = 4 sqrt(n)
-clipped to 64..4096, trained on up to 100k of its vectors): at a million events a flat
-search reads every vector (1 GB for the text index), IVF reads ``nprobe`` lists of about
-n / nlist each at a quarter of the bytes. bench/rag_speed.py measures both.
+An index starts exact (flat). At ``ivf_threshold`` events it is rebuilt as an inverted
+file with 8-bit scalar quantisation (``IVF<nlist>,SQ8``; nlist = 4 sqrt(n), clipped to
+64..4096 and to n/40; trained on up to max(100k, 40 nlist) of its vectors), and trained
+again from the database each time it holds four times what it was trained on, so nlist
+keeps up and the centroids cover later events. At a million events a flat search reads
+every vector (1 GB for the text index); IVF reads ``nprobe`` lists of about n / nlist
+each, at a quarter of the bytes. bench/rag_speed.py measures both.
 
 The indexes are derived data: ``indexed_upto`` in the database's meta table says up to
 which event id a saved index holds, events after it are added again at start, and
@@ -64,6 +66,7 @@ class VectorIndex:
         self._metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
         self.index: faiss.Index = self._flat()
         self.dirty = 0  # vectors added since the last save
+        self.trained_on = 0  # vectors the IVF index was trained with
 
     def _flat(self) -> faiss.Index:
         flat = faiss.IndexFlatIP(self.dim) if self.inner_product else faiss.IndexFlatL2(self.dim)
@@ -94,6 +97,9 @@ class VectorIndex:
             log.warning("%s has %d dims, expected %d: rebuilding it", self.path, index.d, self.dim)
             return False
         self.index = index
+        inner = faiss.downcast_index(index)
+        # Not saved with the index: assume it was trained on what it holds.
+        self.trained_on = int(index.ntotal) if isinstance(inner, faiss.IndexIVF) else 0
         self._set_nprobe()
         return True
 
@@ -120,19 +126,42 @@ class VectorIndex:
         if not self.is_ivf and len(self) >= self.ivf_threshold:
             self._to_ivf()
 
+    @property
+    def needs_retraining(self) -> bool:
+        """True once an IVF index holds four times what it was trained on: its lists are
+        too few and too long, and its centroids describe the first events only. The
+        vectors are rebuilt from the database then (RagStore), not decoded from SQ8."""
+        return self.is_ivf and len(self) >= 4 * max(self.trained_on, 1)
+
+    def build(self, ids: npt.NDArray[np.int64], vectors: F32) -> None:
+        """Replace the index by one holding exactly these vectors (IVF trained on them at
+        their number when there are ``ivf_threshold`` or more)."""
+        self.reset()
+        if len(ids) >= self.ivf_threshold:
+            self._build_ivf(ids, np.ascontiguousarray(vectors, dtype=np.float32))
+        elif len(ids):
+            self.add(ids, vectors)
+
     def _to_ivf(self) -> None:
-        """Rebuild the flat index as IVF,SQ8 from its own vectors."""
+        """Rebuild the flat index as IVF,SQ8 from its own (exact) vectors."""
         n = len(self)
         idmap: Any = faiss.downcast_index(self.index)
         ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
         vectors = idmap.index.reconstruct_n(0, n)
-        nlist = int(min(4096, max(64, 4 * math.sqrt(n))))
+        self._build_ivf(ids, vectors)
+
+    def _build_ivf(self, ids: npt.NDArray[np.int64], vectors: F32) -> None:
+        n = len(ids)
+        # 4 sqrt(n) lists, each trained on at least 40 points (FAISS warns below 39).
+        nlist = int(min(4096, max(64, min(4 * math.sqrt(n), n / 40))))
         ivf = faiss.index_factory(self.dim, f"IVF{nlist},SQ8", self._metric)
         rng = np.random.default_rng(0)
-        sample = vectors if n <= _MAX_TRAIN else vectors[rng.choice(n, _MAX_TRAIN, replace=False)]
+        size = max(_MAX_TRAIN, 40 * nlist)
+        sample = vectors if n <= size else vectors[rng.choice(n, size, replace=False)]
         ivf.train(sample)
         ivf.add_with_ids(vectors, ids)
         self.index = ivf
+        self.trained_on = n
         self._set_nprobe()
         self.dirty = n
         log.info(

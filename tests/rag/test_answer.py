@@ -10,7 +10,7 @@ from rag.config import RagConfig
 from rag.question import parse
 from rag.retrieve import retrieve
 from rag.service import RagStore
-from tests.rag.conftest import NOW, SCANNER
+from tests.rag.conftest import NOW, SCANNED, SCANNER
 
 
 def _retrieval(rag: RagStore, question: str):  # type: ignore[no-untyped-def]
@@ -30,7 +30,7 @@ def test_a_reply_must_state_the_fact_asked_for_and_invent_no_number(small_store:
     assert "repeated" in check_reply(f"{SCANNER} a b c d " * 4, r, prompt)
     about = _retrieval(small_store, f"what did {SCANNER} do?")
     n = about.facts.matching
-    wrong = f"{SCANNER} appears in {n} events, {n} as destination."
+    wrong = f"{SCANNER} appears in {n} events to {SCANNED}, {n} as destination."
     assert "destination" in check_reply(wrong, about, Answerer(RagConfig(), "none").prompt(about))
 
 

@@ -95,3 +95,16 @@ def test_killed_between_batches_nothing_is_lost_and_reindex_rebuilds(tmp_path: P
     assert third.open_indexes() == total + 50
     assert third.reindex() == total + 50 and len(third.features) == total + 50
     third.close()
+
+
+def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:
+    rag = build_store(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
+    try:
+        total = rag.store.count()
+        # IVF at 200 events, trained again (from the database) at 800.
+        assert rag.text.is_ivf and 800 <= rag.text.trained_on <= total
+        assert len(rag.text) == len(rag.features) == total
+        r = retrieve(rag.store, rag.text, parse("https", NOW), 5)
+        assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
+    finally:
+        rag.close()
