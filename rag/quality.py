@@ -1,0 +1,567 @@
+"""Quality, measured: a scenario, questions with known answers, and a grader.
+
+**Scenario.** Real shared captures (``../shared/data/pcaps``) go through the real
+detection path (rag/importer.py) into a fresh RagStore, each shifted to a fixed time of
+2026-11-21 (UTC); questions are asked at ``NOW`` (10:45)::
+
+    06:00 masscan UDP 0-1000   172.31.15.102 -> 198.124.152.15   portscan
+    07:00 nDPI firefox          192.168.1.178 -> 146.48.58.18     benign
+    08:00 nDPI pinterest        IPv6 web                          benign
+    08:30 nmap -p 80            10.87.1.10 <-> 130.211.223.103    portscan
+    08:32 nmap service scan     10.87.1.10 <-> 130.211.223.103    portscan
+    09:00 iodine DNS tunnel     10.0.2.30 <-> 10.0.2.20           dns_tunnel
+    09:30 nDPI whatsapp         10.8.0.1                          benign
+    10:00 masscan TCP 0-1000    172.31.15.102 -> 198.124.152.15   portscan
+    10:10 nDPI chrome           192.168.1.178 -> 146.48.58.18     benign
+    10:20 SYN flood             spoofed -> 10.10.10.10            syn_flood
+    10:35 ISAKMP amplification  reflectors -> 10.10.10.10         amplification
+    10:40 nDPI skinny           192.168.19x.x (VoIP)              benign
+
+**Ground truth** is the timeline and labels.csv (attack hosts, scope), never the
+detector's output: a question's *relevant events* are the flows of the captures it is
+about, within the label's scope (flows with an attack host at one end, or all flows);
+its *expected facts* are addresses, words and numbers. Numbers are counted by the
+grader's own SQL over the store (:class:`Count`), written here, independent of
+rag/retrieve.py; "alerts" means label >= 2 and a family such as "SYN flood" means family
+``ddos`` over TCP, the meaning the console documents.
+
+**Grader.** Per question the score is the mean of two checks: *facts* (every expected
+fact is in ``Answer.reply``, case-insensitive; an address matches whole, a number as a
+whole number, citation ids ``[e12]`` are not numbers) and *citations* (at least one cited
+event and at least 80 % of the cited ones relevant; a question whose right answer is
+"nothing" must cite nothing). The set's score is the mean over questions, in [0, 1].
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import re
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from config import MldConfig, load_config
+from mld.errors import RagError
+from rag.answer import Answer, Answerer
+from rag.question import parse
+from rag.retrieve import retrieve
+from rag.service import RagStore
+
+__all__ = [
+    "DAY",
+    "NOW",
+    "QUESTIONS",
+    "QUICK",
+    "TIMELINE",
+    "At",
+    "Capture",
+    "Count",
+    "Graded",
+    "Question",
+    "Scenario",
+    "Text",
+    "Truth",
+    "ask_all",
+    "build_scenario",
+    "clock",
+    "grade",
+    "set_score",
+]
+
+DAY = "2026-11-21"
+NOW = "10:45"
+_CITED_RELEVANT = 0.8
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One capture of the timeline: imported so that its first flow starts at ``at``."""
+
+    at: str  # HH:MM UTC on DAY
+    pcap: str  # relative to <data>/pcaps
+    max_flows: int | None = None  # keep the first N flows only (None: all)
+
+    @property
+    def name(self) -> str:
+        return Path(self.pcap).name.split(".")[0]
+
+
+TIMELINE: tuple[Capture, ...] = (
+    Capture("06:00", "attacks/scan/masscan_udp_0_1000.pcap"),
+    Capture("07:00", "ndpi/firefox.pcap"),
+    Capture("08:00", "ndpi/pinterest.pcap"),
+    Capture("08:30", "attacks/scan/nmap_80_vanilla.pcap"),
+    Capture("08:32", "attacks/scan/nmap_80_service_detection.pcap"),
+    Capture("09:00", "attacks/dns_tunnel/iodine_elastic.pcap"),
+    Capture("09:30", "ndpi/whatsapp_voice_and_message.pcap"),
+    Capture("10:00", "attacks/scan/masscan_tcp_0_1000.pcap"),
+    Capture("10:10", "ndpi/chrome.pcap"),
+    Capture("10:20", "attacks/ddos/syn_dominate_ecn_cwr.pcapng"),
+    Capture("10:35", "attacks/ddos/amp_udp_isakmp.pcap"),
+    Capture("10:40", "ndpi/skinny.pcap"),
+)
+
+
+def clock(hhmm: str, day: str = DAY) -> float:
+    """Seconds since the epoch of ``hhmm`` (UTC) on ``day``."""
+    return float(calendar.timegm(time.strptime(f"{day} {hhmm}", "%Y-%m-%d %H:%M")))
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The label of one capture (labels.csv; every nDPI capture used here is benign)."""
+
+    family: str
+    hosts: tuple[str, ...]  # empty: all flows are in scope
+    first_id: int
+    last_id: int
+
+
+@dataclass
+class Scenario:
+    """The built store, where each capture's events are, and the grader's SQL."""
+
+    db: Path
+    now: float
+    truths: dict[str, Truth] = field(default_factory=dict)
+    build_s: float = 0.0
+
+    def sql(self, query: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """The grader's own read-only queries over the ``events`` table."""
+        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return list(db.execute(query, list(params)))
+        finally:
+            db.close()
+
+    def of(self, *names: str) -> frozenset[int]:
+        """Ids of the events of these captures that their label makes the attack (every
+        flow of a benign capture)."""
+        ids: set[int] = set()
+        for name in names:
+            t = self.truths[name]
+            query = "SELECT id FROM events WHERE id BETWEEN ? AND ?"
+            params: list[object] = [t.first_id, t.last_id]
+            if t.hosts:
+                marks = ",".join("?" * len(t.hosts))
+                query += f" AND (src IN ({marks}) OR dst IN ({marks}))"
+                params += [*t.hosts, *t.hosts]
+            ids.update(int(str(i)) for (i,) in self.sql(query, params))
+        return frozenset(ids)
+
+    def window(self, since: float, until: float) -> frozenset[int]:
+        rows = self.sql("SELECT id FROM events WHERE ts >= ? AND ts < ?", (since, until))
+        return frozenset(int(str(i)) for (i,) in rows)
+
+
+# -- expected facts ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class At:
+    """A time parameter of a Count: HH:MM on DAY, or "now", plus an offset in seconds."""
+
+    hhmm: str
+    offset_s: float = 0.0
+
+    def ts(self, s: Scenario) -> float:
+        return (s.now if self.hhmm == "now" else clock(self.hhmm)) + self.offset_s
+
+
+@dataclass(frozen=True)
+class Text:
+    """Any one of these spellings must be in the reply (see _whole)."""
+
+    spellings: tuple[str, ...]
+
+    def __init__(self, *spellings: str) -> None:
+        object.__setattr__(self, "spellings", spellings)
+
+    def describe(self, s: Scenario | None) -> str:
+        return "|".join(self.spellings)
+
+    def found(self, reply: str, s: Scenario | None) -> bool:
+        low = reply.lower()
+        return any(re.search(_whole(w.lower()), low) for w in self.spellings)
+
+
+@dataclass(frozen=True)
+class Count:
+    """A number the reply must state: ``SELECT COUNT(*) FROM events WHERE <where>``."""
+
+    where: str
+    params: tuple[object, ...] = ()
+
+    def value(self, s: Scenario) -> int:
+        params = [p.ts(s) if isinstance(p, At) else p for p in self.params]
+        (n,) = s.sql(f"SELECT COUNT(*) FROM events WHERE {self.where}", params)[0]
+        return int(str(n))
+
+    def describe(self, s: Scenario | None) -> str:
+        return str(self.value(s)) if s is not None else "a count"
+
+    def found(self, reply: str, s: Scenario | None) -> bool:
+        assert s is not None
+        return _has_number(reply, self.value(s))
+
+
+def _whole(word: str) -> str:
+    """``word`` where a word starts; an address or number must also end there (an IPv4
+    address may be followed by ":port", an IPv6 address by nothing of its own)."""
+    start = r"(?<![\w.:])"
+    if not any(c.isdigit() for c in word):
+        return start + re.escape(word)  # "scan" finds "scans", "scanned", "scanning"
+    after = r"[\w:]" if word.count(":") >= 2 else r"\w"  # IPv6; "10:20" finds "10:20:34"
+    return rf"{start}{re.escape(word)}(?!{after}|\.\d)"
+
+
+def _has_number(reply: str, n: int) -> bool:
+    # Citation ids, dates, times, addresses and ports are not the numbers asked for.
+    text = re.sub(r"\[e\d+\]", " ", reply)
+    text = re.sub(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?Z?)?", " ", text)
+    text = re.sub(r"\b\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?Z?", " ", text)
+    text = re.sub(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?", " ", text)
+    text = re.sub(r"(?<=\d)[,\u202f](?=\d{3}\b)", "", text)  # 9,705 -> 9705
+    return re.search(rf"(?<![\d.]){n}(?!\d|\.\d)", text) is not None
+
+
+Fact = Text | Count
+
+# -- the questions -----------------------------------------------------------------------
+
+Relevance = Callable[[Scenario], frozenset[int]]
+
+_SCAN = Text("scan", "portscan", "port scan", "probe", "probing", "reconnaissance")
+_DDOS = Text("ddos", "flood", "amplification", "reflect", "denial of service")
+_NOTHING = Text(
+    "no stored event", "no event", "no alert", "nothing", "not seen", "none", "0 events"
+)
+_NO_ALERTS = Text("0 of them alerts", "0 alerts", "no alert", "benign", "none of them")
+_SCANS = (
+    "masscan_udp_0_1000",
+    "masscan_tcp_0_1000",
+    "nmap_80_vanilla",
+    "nmap_80_service_detection",
+)
+_FLOODS = ("syn_dominate_ecn_cwr", "amp_udp_isakmp")
+_ALERT = "label >= 2"
+
+
+def _nothing(_: Scenario) -> frozenset[int]:
+    return frozenset()
+
+
+def _of(*names: str) -> Relevance:
+    return lambda s: s.of(*names)
+
+
+def _window(since: str, until: str = "now") -> Relevance:
+    return lambda s: s.window(At(since).ts(s), At(until).ts(s))
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    kind: str  # count, who, about, time, benign, nothing: for reading the results
+    facts: tuple[Fact, ...]
+    relevant: Relevance
+
+
+QUESTIONS: tuple[Question, ...] = (
+    Question("which address scanned the server?", "who", (Text("172.31.15.102"),), _of(*_SCANS)),
+    Question(
+        "how many SYN flood alerts in the last hour?",
+        "count",
+        (
+            Count(
+                f"family = 'ddos' AND {_ALERT} AND proto = 6 AND ts >= ? AND ts < ?",
+                (At("now", -3600), At("now")),
+            ),
+        ),
+        _of("syn_dominate_ecn_cwr"),
+    ),
+    Question(
+        "what did 172.31.15.102 do?",
+        "about",
+        (
+            _SCAN,
+            Text("198.124.152.15"),
+            Count("src = ? OR dst = ?", ("172.31.15.102", "172.31.15.102")),
+        ),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question("what did 192.0.2.99 do?", "nothing", (_NOTHING,), _nothing),
+    Question("who attacked 10.10.10.10?", "who", (_DDOS,), _of(*_FLOODS)),
+    Question(
+        "which address was the target of the SYN flood?",
+        "who",
+        (Text("10.10.10.10"),),
+        _of("syn_dominate_ecn_cwr"),
+    ),
+    Question(
+        "which hosts used a DNS tunnel?",
+        "who",
+        (Text("10.0.2.20"), Text("10.0.2.30")),
+        _of("iodine_elastic"),
+    ),
+    Question("what happened since 10:30?", "time", (Text("10.10.10.10"), _DDOS), _window("10:30")),
+    Question(
+        "alerts between 08:00 and 09:30",
+        "time",
+        (Text("10.87.1.10"), Text("10.0.2.20", "10.0.2.30")),
+        _of("nmap_80_vanilla", "nmap_80_service_detection", "iodine_elastic"),
+    ),
+    Question(
+        "what did 192.168.1.178 do?",
+        "benign",
+        (
+            Text("146.48.58.18"),
+            Count("src = ? OR dst = ?", ("192.168.1.178", "192.168.1.178")),
+            _NO_ALERTS,
+        ),
+        _of("firefox", "chrome"),
+    ),
+    Question(
+        "how many alerts from 172.31.15.102 today?",
+        "count",
+        (Count(f"src = ? AND {_ALERT} AND ts >= ?", ("172.31.15.102", At("00:00"))),),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question(
+        "how many amplification alerts since 10:30?",
+        "count",
+        (Count(f"family = 'ddos' AND {_ALERT} AND ts >= ?", (At("10:30"),)),),
+        _of("amp_udp_isakmp"),
+    ),
+    Question(
+        "how many flows did 172.31.15.102 send to 198.124.152.15?",
+        "count",
+        (Count("src = ? AND dst = ?", ("172.31.15.102", "198.124.152.15")),),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question(
+        "how many events were there between 10:00 and 10:30?",
+        "count",
+        (Count("ts >= ? AND ts < ?", (At("10:00"), At("10:30"))),),
+        _window("10:00", "10:30"),
+    ),
+    Question(
+        "how many UDP flood alerts today?",
+        "count",
+        (Count(f"family = 'ddos' AND {_ALERT} AND proto = 17 AND ts >= ?", (At("00:00"),)),),
+        _of("amp_udp_isakmp"),
+    ),
+    Question(
+        "how many port scan alerts in the last hour?",
+        "count",
+        (Count(f"family = 'scan' AND {_ALERT} AND ts >= ?", (At("now", -3600),)),),
+        _of("masscan_tcp_0_1000"),
+    ),
+    Question(
+        "what did 10.87.1.10 do?",
+        "about",
+        (_SCAN, Text("130.211.223.103")),
+        _of("nmap_80_vanilla", "nmap_80_service_detection"),
+    ),
+    Question(
+        "what happened to 198.124.152.15?",
+        "about",
+        (Text("172.31.15.102"), _SCAN),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question(
+        "when did the SYN flood start?", "time", (Text("10:20"),), _of("syn_dominate_ecn_cwr")
+    ),
+    Question(
+        "show blocked traffic to 10.10.10.10 in the last 30 minutes",
+        "count",
+        (Count("dst = ? AND label >= 3 AND ts >= ?", ("10.10.10.10", At("now", -1800))),),
+        _of(*_FLOODS),
+    ),
+    Question(
+        "which hosts scanned in the last hour?",
+        "who",
+        (Text("172.31.15.102"),),
+        _of("masscan_tcp_0_1000"),
+    ),
+    Question("any alerts from 10.8.0.1?", "nothing", (_NOTHING,), _nothing),
+    Question(
+        "how many events involved 10.8.0.1 today?",
+        "benign",
+        (Count("(src = ? OR dst = ?) AND ts >= ?", ("10.8.0.1", "10.8.0.1", At("00:00"))),),
+        _of("whatsapp_voice_and_message"),
+    ),
+    Question(
+        "what did 10.0.2.30 do?",
+        "about",
+        (Text("10.0.2.20"), Text("tunnel", "dns")),
+        _of("iodine_elastic"),
+    ),
+)
+
+# The few questions of a --quick run: one of each main intent and the "nothing" case.
+QUICK: tuple[Question, ...] = QUESTIONS[:4]
+
+# -- building the scenario ---------------------------------------------------------------
+
+
+def _labels(data: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """labels.csv as pcap -> (family, attack hosts; empty for all flows)."""
+    path = data / "labels.csv"
+    if not path.is_file():
+        raise RagError(f"no {path}: the quality scenario needs the shared captures")
+    out = {}
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            hosts = row["attack_hosts"].strip()
+            scope_all = row["scope"] == "all_flows" or hosts == "*"
+            out[row["pcap"]] = (row["family"], () if scope_all else tuple(hosts.split(";")))
+    return out
+
+
+def build_scenario(
+    directory: Path,
+    data: Path,
+    cfg: MldConfig | None = None,
+    *,
+    timeline: Sequence[Capture] = TIMELINE,
+    now: str = NOW,
+    progress: Callable[[Capture, int], None] | None = None,
+) -> Scenario:
+    """Import ``timeline`` into a fresh store ``directory/events.sqlite``."""
+    from detector.bundle import load_bundle
+    from detector.scoring import Scorer
+    from rag.importer import scored_events
+
+    started = time.perf_counter()
+    cfg = cfg or load_config()
+    labels = _labels(data)
+    db = directory / "events.sqlite"
+    if db.exists():
+        raise RagError(f"{db} exists: the scenario is built in an empty directory")
+    scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    scenario = Scenario(db, clock(now))
+    rag = RagStore(db, cfg.rag)
+    try:
+        for cap in timeline:
+            path = data / "pcaps" / cap.pcap
+            hosts: tuple[str, ...] = ()
+            if cap.pcap.startswith("ndpi/"):
+                family = "benign"
+            elif cap.pcap in labels:
+                family, hosts = labels[cap.pcap]
+            else:
+                raise RagError(f"{cap.pcap} has no row in labels.csv: no ground truth for it")
+            events = [
+                ev
+                for batch in scored_events(
+                    [path], cfg.sniffer, scorer, sensor_id="quality", shift_to=clock(cap.at)
+                )
+                for ev in batch
+            ][: cap.max_flows]
+            if not events:
+                raise RagError(f"{path} gave no flows")
+            ids = rag.ingest(events, "quality")
+            scenario.truths[cap.name] = Truth(family, hosts, ids.start, ids.stop - 1)
+            if progress is not None:
+                progress(cap, len(events))
+        rag.save()
+    finally:
+        rag.close()
+    scenario.build_s = time.perf_counter() - started
+    return scenario
+
+
+# -- asking and grading ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Graded:
+    """One question's result, with what the grader looked for."""
+
+    question: Question
+    reply: str
+    cited: tuple[int, ...]
+    missing: tuple[str, ...]  # expected facts not in the reply
+    relevant_cited: int
+    citations_ok: bool
+    seconds: float
+    # Alerts among the relevant events: 0 means the detector missed the attack, so the
+    # RAG could not have found it by its alert filters.
+    relevant_alerts: int = 0
+    # Why the answerer replaced the model's reply by the facts-only one ("": kept).
+    replaced: str = ""
+
+    @property
+    def facts_ok(self) -> bool:
+        return not self.missing
+
+    @property
+    def score(self) -> float:
+        return (float(self.facts_ok) + float(self.citations_ok)) / 2
+
+
+def grade(
+    question: Question,
+    answer: Answer,
+    scenario: Scenario | None,
+    relevant: frozenset[int] | None = None,
+) -> Graded:
+    """Grade one answer. ``relevant`` overrides ``question.relevant(scenario)`` (tests);
+    a question with Count facts needs the scenario."""
+    if relevant is None:
+        assert scenario is not None, "pass the scenario or the relevant ids"
+        relevant = question.relevant(scenario)
+    missing = tuple(
+        f.describe(scenario) for f in question.facts if not f.found(answer.reply, scenario)
+    )
+    cited = tuple(answer.cited)
+    hits = sum(1 for i in cited if i in relevant)
+    # When the right answer is "nothing", citing any event is wrong.
+    ok = bool(cited) and hits >= _CITED_RELEVANT * len(cited) if relevant else not cited
+    alerts = 0
+    if scenario is not None and relevant:
+        ids = sorted(relevant)
+        marks = ",".join("?" * len(ids))
+        rows = scenario.sql(
+            f"SELECT COUNT(*) FROM events WHERE label >= 2 AND id IN ({marks})", ids
+        )
+        alerts = int(str(rows[0][0]))
+    return Graded(
+        question, answer.reply, cited, missing, hits, ok, answer.seconds, alerts, answer.replaced
+    )
+
+
+def ask_all(
+    scenario: Scenario,
+    answerer: Answerer,
+    questions: Sequence[Question] = QUESTIONS,
+    *,
+    top_k: int | None = None,
+    cfg: MldConfig | None = None,
+) -> list[Graded]:
+    """Ask every question of ``questions`` at the scenario's NOW; graded results. A
+    result's ``seconds`` is parse + retrieval + answer."""
+    cfg = cfg or load_config()
+    rag = RagStore(scenario.db, cfg.rag, readonly=True)
+    rag.open_indexes()
+    out = []
+    try:
+        for q in questions:
+            started = time.perf_counter()
+            r = retrieve(rag.store, rag.text, parse(q.text, scenario.now), top_k or cfg.rag.top_k)
+            answer = answerer.answer(r)
+            took = time.perf_counter() - started
+            out.append(replace(grade(q, answer, scenario), seconds=took))
+    finally:
+        rag.close()
+    return out
+
+
+def set_score(results: Sequence[Graded]) -> float:
+    """Mean score over the questions, in [0, 1] (nan for none)."""
+    return statistics.fmean(g.score for g in results) if results else float("nan")
