@@ -132,6 +132,8 @@ bench: $(INSTALLED)
 	$(PY) bench/analyze.py
 	$(PY) bench/firewall_block.py
 	$(PY) bench/control_plane.py
+	$(PY) bench/rag_speed.py
+	$(PY) bench/rag_quality.py
 
 # The lab (lab/README.md). run-lab-dev grows into the whole product in the end-to-end
 # issue; today it is the lab, its traffic and a labelled capture of it.
