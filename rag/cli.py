@@ -11,7 +11,6 @@ import calendar
 import contextlib
 import json
 import logging
-import os
 import socket
 import sys
 import time
@@ -305,23 +304,16 @@ def register(
     rag.set_defaults(func=_cmd_console)
     actions = rag.add_subparsers(dest="rag_command", metavar="ACTION")
 
-    serve = actions.add_parser(
-        "serve",
-        parents=[common, store],
-        help="store scored events",
-        epilog=EPILOG,
-        formatter_class=fmt,
-    )
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name, parents=[common, store], help=text, epilog=EPILOG, formatter_class=fmt
+        )
+
+    serve = action("serve", "store scored events")
     serve.add_argument("--listen", metavar="ENDPOINT", help="default: rag.listen_endpoint")
     serve.set_defaults(func=_cmd_serve)
 
-    imp = actions.add_parser(
-        "import",
-        parents=[common, store],
-        help="analyse captures and store their events",
-        epilog=EPILOG,
-        formatter_class=fmt,
-    )
+    imp = action("import", "analyse captures and store their events")
     imp.add_argument("captures", nargs="+", metavar="CAPTURE")
     imp.add_argument(
         "--at",
@@ -332,14 +324,7 @@ def register(
     imp.add_argument("--sensor", default="offline", help="sensor id stored with the events")
     imp.set_defaults(func=_cmd_import)
 
-    reindex = actions.add_parser(
-        "reindex",
-        parents=[common, store],
-        help="rebuild the FAISS indexes from SQLite",
-        epilog=EPILOG,
-        formatter_class=fmt,
-    )
-    reindex.set_defaults(func=_cmd_reindex)
+    action("reindex", "rebuild the FAISS indexes from SQLite").set_defaults(func=_cmd_reindex)
 
     for name, what, text in (
         ("alerts", "N", "the most recent alerts"),
@@ -347,10 +332,7 @@ def register(
         ("similar", "ID", "events nearest to one by flow features"),
         ("event", "ID", "one event, every field"),
     ):
-        action = actions.add_parser(
-            name, parents=[common, store], help=text, epilog=EPILOG, formatter_class=fmt
-        )
+        one = action(name, text)
         if what:
-            action.add_argument("what", nargs="*" if name == "alerts" else "+", metavar=what)
-        action.set_defaults(func=_one_command([name]))
-    os.environ.setdefault("LLAMA_LOG_LEVEL", "error")
+            one.add_argument("what", nargs="*" if name == "alerts" else "+", metavar=what)
+        one.set_defaults(func=_one_command([name]))
