@@ -151,6 +151,9 @@ class DetectorConfig:
     top_features: int = 5
     # Identifier of this detector in verdicts; empty means node.id, else the host name.
     detector_id: str = ""
+    # Alerts (suspicious and malicious verdicts) as EVE-like JSON lines appended to this
+    # file, for log shippers; empty: none (detector/eve.py).
+    eve_log: str = ""
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.

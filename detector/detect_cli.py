@@ -31,6 +31,7 @@ examples:
   mld detect --listen tcp://0.0.0.0:5571 --verdicts tcp://10.0.0.7:5572 --no-events
   mld detect --no-verdicts --no-events -v    score and count only (nothing is sent)
   mld detect --max-batches 100 --json        stop after 100 batches, counters as JSON
+  mld detect --eve /var/log/mld/eve.json     alerts as EVE-like JSON lines for log shippers
   mld detect --listen 'tcp://127.0.0.1:*'    any free port; with control.endpoints set the
                                              real one is registered in etcd for the sniffers
 With control.endpoints set, the detector registers in etcd (detector/<id>), sends verdicts
@@ -58,6 +59,8 @@ def _detector_config(args: argparse.Namespace, dcfg: DetectorConfig) -> Detector
         dcfg = replace(dcfg, events=replace(dcfg.events, endpoint=args.events, enabled=True))
     if args.no_events:
         dcfg = replace(dcfg, events=replace(dcfg.events, enabled=False))
+    if args.eve is not None:
+        dcfg = replace(dcfg, eve_log=args.eve)
     return dcfg
 
 
@@ -156,6 +159,11 @@ def register_detect(
     )
     events.add_argument(
         "--no-events", action="store_true", help="do not send scored events (count them only)"
+    )
+    detect.add_argument(
+        "--eve",
+        metavar="PATH",
+        help="append alerts as EVE-like JSON lines to PATH (default: detector.eve_log)",
     )
     detect.add_argument(
         "--max-batches",

@@ -48,6 +48,7 @@ from control import DiscoveredSender, ServiceControl, stats_from_other_thread
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig, OutputConfig
+from detector.eve import EveWriter
 from detector.features import columns_from_records, feature_matrix
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, Scorer
@@ -144,6 +145,7 @@ class DetectorService:
         self._event_seq = 0
         self._stop = threading.Event()
         self.plane: ServiceControl | None = None
+        self.eve = EveWriter(config.eve_log) if config.eve_log else None
         self._next_stats = time.monotonic() + stats_interval_s
         self._next_drop_log = 0.0
 
@@ -330,6 +332,8 @@ class DetectorService:
         self._next_id += n
         ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
         verdicts = build_verdicts(scores, records, batch.sensor_id, ids, time.time_ns())
+        if self.eve is not None:
+            self.counters["eve_alerts"] += self.eve.write(verdicts, records, batch.sensor_id)
         labels = scores.label.tolist()
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
@@ -417,6 +421,8 @@ class DetectorService:
         """Close the channels; queued output frames get the socket linger to leave."""
         if self.watcher is not None:
             self.watcher.stop()
+        if self.eve is not None:
+            self.eve.close()
         self.receiver.close()
         for sender in (self.verdict_sender, self.event_sender):
             if sender is not None:
