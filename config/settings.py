@@ -19,6 +19,7 @@ from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
 from detector.config import DetectorConfig
 from firewall.config import FirewallConfig
+from mld.metrics import MetricsConfig
 from rag.config import RagConfig
 from sniffer.config import SnifferConfig
 
@@ -67,6 +68,7 @@ class MldConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     rag: RagConfig = field(default_factory=RagConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

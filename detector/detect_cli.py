@@ -17,6 +17,7 @@ from control import Endpoint, ServiceControl
 from crypto_transport import Keyring
 from detector.config import DetectorConfig
 from detector.service import DetectorService, stop_on_signals
+from mld.metrics import MetricsServer, serve_metrics
 
 __all__ = ["register_detect"]
 
@@ -74,6 +75,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     detector_id = cfg.detector.detector_id or cfg.node.id or socket.gethostname()
     keyring = Keyring.from_config(cfg.transport)
     service: DetectorService | None = None
+    metrics: MetricsServer | None = None
     plane = ServiceControl(
         cfg,
         component="detector",
@@ -98,10 +100,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         else:
             plane.announce()
         service.attach_control(plane)
+        metrics = serve_metrics("detector", cfg.metrics, service.health, service.registry)
         stop_on_signals(service)
         service.run(max_batches=args.max_batches)
     finally:
         plane.close()
+        if metrics is not None:
+            metrics.close()
         if service is not None:
             service.close()
     if args.json:

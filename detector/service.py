@@ -43,6 +43,7 @@ from types import FrameType
 
 import numpy as np
 import zmq
+from prometheus_client import CollectorRegistry, Histogram
 
 from control import DiscoveredSender, ServiceControl, stats_from_other_thread
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig
@@ -146,6 +147,20 @@ class DetectorService:
         self._stop = threading.Event()
         self.plane: ServiceControl | None = None
         self.eve = EveWriter(config.eve_log) if config.eve_log else None
+        # Served by mld/metrics.py with the counters (mld detect).
+        self.registry = CollectorRegistry()
+        self.inference_hist = Histogram(
+            "mld_detector_batch_seconds",
+            "Time to score one flow batch: features, forests, verdicts, outputs sent",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.score_hist = Histogram(
+            "mld_detector_inference_seconds_per_flow",
+            "Scorer time per flow of a batch (forests, max(fast, ml), explanations)",
+            buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
+            registry=self.registry,
+        )
         self._next_stats = time.monotonic() + stats_interval_s
         self._next_drop_log = 0.0
 
@@ -327,7 +342,9 @@ class DetectorService:
         rules = [r.fast_rule for r in records]
         t0 = time.perf_counter()
         scores = self.scorer.score(x, fast, rules)
-        self.score_s += time.perf_counter() - t0
+        took_score = time.perf_counter() - t0
+        self.score_s += took_score
+        self.score_hist.observe(took_score / n)
         first = self._next_id
         self._next_id += n
         ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
@@ -354,6 +371,7 @@ class DetectorService:
             self._event_seq += 1
             self._send(self.event_sender, events, "events", n)
         took = time.perf_counter() - start
+        self.inference_hist.observe(took)
         self.handle_s += took
         self.max_handle_s = max(self.max_handle_s, took)
 

@@ -25,6 +25,7 @@ from firewall.decision_log import DecisionLog
 from firewall.policy import LIVE_SETTINGS, Policy
 from firewall.service import FirewallAgent
 from mld.errors import FirewallError
+from mld.metrics import MetricsServer, serve_metrics
 from proto.events_pb2 import VerdictBatch
 
 __all__ = ["control_request", "register"]
@@ -109,6 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     agent_id = cfg.node.id or socket.gethostname()
     keyring = Keyring.from_config(cfg.transport)
     agent: FirewallAgent | None = None
+    metrics: MetricsServer | None = None
     plane = ServiceControl(
         cfg,
         component="firewall",
@@ -150,10 +152,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             plane.announce()
         agent.restore()
         agent.attach_control(plane)
+        metrics = serve_metrics("firewall", cfg.metrics, agent.health)
         log.info("listening for verdicts on %s", receiver.bound_endpoint)
         agent.run()
     finally:
         plane.close()
+        if metrics is not None:
+            metrics.close()
         if agent is not None:
             stats = agent.stats()
             agent.close()

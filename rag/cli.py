@@ -20,6 +20,7 @@ from config import MldConfig, load_config
 from control import Endpoint, ServiceControl
 from crypto_transport import Keyring, Receiver
 from mld.errors import RagError
+from mld.metrics import MetricsServer, serve_metrics
 from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
 from rag.console import Console
@@ -170,6 +171,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     rag: RagStore | None = None
     receiver: Receiver[EventBatch] | None = None
+    metrics: MetricsServer | None = None
+
+    def service_stats() -> dict[str, int]:
+        return service.stats() if service is not None else {}
+
     try:
         cfg = plane.start()
         path = _store_path(args, cfg)
@@ -194,6 +200,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         service = RagService(rag, receiver)
         plane.announce({"events": Endpoint(receiver.bound_endpoint, "push", cfg.rag.channel)})
         service.stop_on_signals()
+        metrics = serve_metrics("rag", cfg.metrics, lambda: ("ok", service_stats()))
         log.info("storing scored events from %s", receiver.bound_endpoint)
 
         def follow() -> None:
@@ -202,6 +209,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         service.run(follow=follow)
     finally:
         plane.close()
+        if metrics is not None:
+            metrics.close()
         if receiver is not None:
             receiver.close()
         if service is not None:

@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from config import MldConfig, load_config
 from crypto_transport import Keyring
+from mld.metrics import MetricsServer, serve_metrics
 from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
@@ -217,6 +218,7 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
     publisher = None
     json_out = None
     source = None
+    metrics: MetricsServer | None = None
     try:
         cfg = plane.start()
         scfg = cfg.sniffer
@@ -248,6 +250,7 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
         service = SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
         plane.announce()
         service.attach_control(plane)
+        metrics = serve_metrics("sniffer", cfg.metrics, service.health)
         log.info(
             "sniffing on %s (%s), %s",
             ", ".join(args.iface),
@@ -257,6 +260,8 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
         service.run()
     finally:
         plane.close()
+        if metrics is not None:
+            metrics.close()
         if source is not None:
             source.close()
         if publisher is not None:
