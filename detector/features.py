@@ -38,6 +38,7 @@ __all__ = [
     "columns_from_flows",
     "columns_from_records",
     "feature_matrix",
+    "scorer_inputs",
 ]
 
 # DirectionStats and SourceContext fields that the record carries as float32.
@@ -137,3 +138,13 @@ def feature_matrix(cols: Mapping[str, Array]) -> npt.NDArray[np.float32]:
     for j, name in enumerate(FEATURES):
         out[:, j] = derived[name] if name in derived else cols[name]
     return out
+
+
+def scorer_inputs(
+    records: Sequence[FlowRecord],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[str]]:
+    """What ``Scorer.score`` takes for decoded records: the feature matrix, the sniffer's
+    fast scores and the fast rules that set them (mld detect, mld rag import)."""
+    x = feature_matrix(columns_from_records(records))
+    fast = np.fromiter((r.fast_score for r in records), dtype=np.float32, count=len(records))
+    return x, fast, [r.fast_rule for r in records]

@@ -41,7 +41,6 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
-import numpy as np
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -50,7 +49,7 @@ from crypto_transport import Keyring, Receiver, Sender, TransportConfig
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig, OutputConfig
 from detector.eve import EveWriter
-from detector.features import columns_from_records, feature_matrix
+from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
@@ -337,9 +336,7 @@ class DetectorService:
         self.counters["records_in"] += n
         if n == 0:
             return
-        x = feature_matrix(columns_from_records(records))
-        fast = np.fromiter((r.fast_score for r in records), dtype=np.float32, count=n)
-        rules = [r.fast_rule for r in records]
+        x, fast, rules = scorer_inputs(records)
         t0 = time.perf_counter()
         scores = self.scorer.score(x, fast, rules)
         took_score = time.perf_counter() - t0

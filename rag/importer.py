@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from detector.features import columns_from_records, feature_matrix
+from detector.features import scorer_inputs
 from detector.scoring import Scorer
 from detector.verdicts import add_scored_events, build_verdicts
 from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent
@@ -107,9 +105,7 @@ def scored_events(
             for r in records:
                 r.first_ts_ns += offset
                 r.last_ts_ns += offset
-        x = feature_matrix(columns_from_records(records))
-        fast = np.fromiter((r.fast_score for r in records), dtype=np.float32, count=len(records))
-        scores = scorer.score(x, fast, [r.fast_rule for r in records])
+        scores = scorer.score(*scorer_inputs(records))
         ids = [f"import-{n + i}" for i in range(len(records))]
         verdicts = build_verdicts(scores, records, sensor_id, ids, time.time_ns())
         batch = EventBatch()
