@@ -321,9 +321,10 @@ class Answerer:
             reply = draft(r)
         else:
             llm.reset()  # no state carried over from the previous question
+            prompt = self.prompt(r)
             try:
                 out = llm.create_chat_completion(
-                    messages=self.prompt(r),
+                    messages=prompt,
                     max_tokens=self.cfg.max_answer_tokens,
                     temperature=self.cfg.temperature,
                     # Above ~1.1 the penalty keeps a small model from copying addresses.
@@ -339,7 +340,7 @@ class Answerer:
             self.prompt_tokens = int(out.get("usage", {}).get("prompt_tokens", 0))
             # Drop citations of events the model was not given.
             reply = _CITE.sub(lambda m: m.group(0) if int(m.group(1)) in allowed else "", reply)
-            problem = check_reply(reply, r, self.prompt(r))
+            problem = check_reply(reply, r, prompt)
             if problem:
                 log.info("model reply replaced by the facts-only reply: %s", problem)
                 replaced = problem

@@ -23,7 +23,7 @@ from rag.answer import Answerer
 from rag.question import parse
 from rag.retrieve import retrieve
 from rag.service import RagStore
-from rag.store import Filters, address_text
+from rag.store import LABELS, Filters, address_text
 
 __all__ = ["COMMANDS", "Console", "Reply"]
 
@@ -110,10 +110,7 @@ class Console:
         by_family = store.group("family", Filters(min_label=2), limit=10)
         data: dict[str, Any] = {
             "events": total,
-            "by_label": {
-                {"1": "benign", "2": "suspicious", "3": "malicious"}.get(k, k): v
-                for k, v in by_label.items()
-            },
+            "by_label": {LABELS.get(int(k), k): v for k, v in by_label.items()},
             "alerts_by_family": dict(by_family),
             "first_ts": span[0] if span else None,
             "last_ts": span[1] if span else None,

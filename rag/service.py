@@ -92,13 +92,20 @@ class RagStore:
             upto = 0
         return self.catch_up(upto)
 
+    def _vectors(
+        self, chunk: list[tuple[int, bytes, str]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
+        ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
+        events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
+        return ids, self.scaler(events), embed_texts(d for _, _, d in chunk)
+
     def catch_up(self, after_id: int) -> int:
         added = 0
         for chunk in self.store.scan(after_id):
-            ids = [i for i, _, _ in chunk]
-            events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
-            self.features.add(ids, self.scaler(events))
-            self.text.add(ids, embed_texts(d for _, _, d in chunk))
+            ids, features, texts = self._vectors(chunk)
+            self.features.add(ids, features)
+            self.text.add(ids, texts)
             added += len(ids)
         if added:
             log.info("indexed %d events the saved indexes did not hold", added)
@@ -143,10 +150,10 @@ class RagStore:
         texts: list[np.ndarray] = []
         done = 0
         for chunk in self.store.scan(0):
-            ids.append(np.array([i for i, _, _ in chunk], dtype=np.int64))
-            events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
-            features.append(self.scaler(events))
-            texts.append(embed_texts(d for _, _, d in chunk))
+            chunk_ids, chunk_features, chunk_texts = self._vectors(chunk)
+            ids.append(chunk_ids)
+            features.append(chunk_features)
+            texts.append(chunk_texts)
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
