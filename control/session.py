@@ -375,6 +375,7 @@ class ControlSession:
         config = self._base
         for kv in entries:
             config = self._consider(config, kv.key, kv.value.decode(), deleted=False, quiet=True)
+        self.last_good.save(self._overrides)
         self._publish(config, connected=True)
 
     def _on_events(self, events: list[WatchEvent]) -> None:
@@ -444,7 +445,8 @@ class ControlSession:
         changed = changed_keys(current, config)
         restart = [k for k in changed if not self._is_live(k)]
         self.counters["config_applied"] += 1
-        self.last_good.save(self._overrides)
+        if not quiet:  # a resync saves once, after every key (_resync)
+            self.last_good.save(self._overrides)
         state = "restart_required" if restart else "applied"
         if not quiet or restart:
             log.info(
