@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +72,18 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
 def etcd_prefix() -> str:
     """A key prefix no other test uses."""
     return f"/mldtest-{uuid.uuid4().hex[:10]}"
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> tuple[Any, Any]:
+    """Stop a child the clean way (SIGTERM), SIGKILL if it takes over ``timeout`` s; the
+    output it left on its pipes (None for an output that is not a pipe)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -5,15 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from config import MldConfig, load_config
-from control import ControlConfig, EtcdClient, EtcdServer
-from tests.support import REPO
+from control import (
+    ControlConfig,
+    DiscoveredSender,
+    Endpoint,
+    EtcdClient,
+    EtcdServer,
+    ServiceControl,
+)
+from crypto_transport import KeyPair, Keyring, Receiver
+from tests.support import REPO, terminate
+
+M = TypeVar("M", bound=Message)
 
 
 def control_config(server: EtcdServer, prefix: str, **changes: Any) -> ControlConfig:
@@ -60,10 +71,54 @@ def spawn_mld(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM (the clean stop), SIGKILL if it takes over 10 s."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    if proc is not None:
+        terminate(proc, 10)
+
+
+def sniffer_stand_in(
+    server: EtcdServer, prefix: str, state_dir: Path, name: str
+) -> tuple[ServiceControl, DiscoveredSender]:
+    """What ``mld sniff`` joins the control plane with, under a fresh key: its
+    ServiceControl (watching detectors) and the sender that follows them. Not started."""
+    cfg = mld_config(server, prefix, state_dir)
+    ring = Keyring(KeyPair.generate(), grace_s=60)
+    plane = ServiceControl(
+        cfg, component="sniffer", instance=name, keyring=ring, watch=("detector",)
+    )
+    sender = DiscoveredSender(
+        component="detector",
+        endpoint_name="flows",
+        channel="flows",
+        sender_id=name,
+        keyring=ring,
+        settings=cfg.transport,
+    )
+    return plane, sender
+
+
+def receiver_stand_in(
+    server: EtcdServer,
+    prefix: str,
+    state_dir: Path,
+    component: str,
+    name: str,
+    channel: str,
+    message_type: type[M],
+) -> tuple[ServiceControl, Receiver[M]]:
+    """A service of ``component`` (firewall, rag) that registers a PULL receiver for
+    ``channel`` on a free port under a fresh key; started and announced."""
+    ring = Keyring(KeyPair.generate(), grace_s=60)
+    plane = ServiceControl(
+        mld_config(server, prefix, state_dir), component=component, instance=name, keyring=ring
+    )
+    settings = plane.start().transport
+    receiver: Receiver[M] = Receiver(
+        pattern="pull",
+        endpoint="tcp://127.0.0.1:*",
+        channel=channel,
+        keyring=ring,
+        message_type=message_type,
+        settings=settings,
+    )
+    plane.announce({channel: Endpoint(receiver.bound_endpoint, "push", channel)})
+    return plane, receiver

@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control import DiscoveredSender, Endpoint, EtcdServer, ServiceControl
-from crypto_transport import KeyPair, Keyring, Receiver
+from control import EtcdServer
+from crypto_transport import KeyPair
 from proto.events_pb2 import FlowBatch, VerdictBatch
-from tests.control.support import client, mld_config, read_json, spawn_mld, stop
+from tests.control.support import (
+    client,
+    read_json,
+    receiver_stand_in,
+    sniffer_stand_in,
+    spawn_mld,
+    stop,
+)
 from tests.detector.service_support import SCAN_PCAP, capture_records, parse
 from tests.support import wait_for
 
@@ -60,40 +67,11 @@ def test_detector_follows_etcd_and_the_sender_follows_the_detector(
     # The first 100 flows of the scan score 0.9-0.99 (the fast rule is still ramping up), the
     # next 100 score 1.0: block 1.0 keeps about half of them.
     records = parse(capture_records(SCAN_PCAP))[:200]
-    sensor_ring = Keyring(KeyPair.generate(), grace_s=60)
-    fw_ring = Keyring(KeyPair.generate(), grace_s=60)
-    sensor = ServiceControl(
-        mld_config(etcd_server, etcd_prefix, tmp_path / "s"),
-        component="sniffer",
-        instance="sensor-t",
-        keyring=sensor_ring,
-        watch=("detector",),
-    )
-    firewall = ServiceControl(
-        mld_config(etcd_server, etcd_prefix, tmp_path / "f"),
-        component="firewall",
-        instance="fw-t",
-        keyring=fw_ring,
-    )
-    settings = sensor.start().transport
-    firewall.start()
-    verdicts: Receiver[VerdictBatch] = Receiver(
-        pattern="pull",
-        endpoint="tcp://127.0.0.1:*",
-        channel="verdicts",
-        keyring=fw_ring,
-        message_type=VerdictBatch,
-        settings=settings,
-    )
-    firewall.announce({"verdicts": Endpoint(verdicts.bound_endpoint, "push", "verdicts")})
+    sensor, flows = sniffer_stand_in(etcd_server, etcd_prefix, tmp_path / "s", "sensor-t")
+    sensor.start()
     sensor.announce()
-    flows = DiscoveredSender(
-        component="detector",
-        endpoint_name="flows",
-        channel="flows",
-        sender_id="sensor-t",
-        keyring=sensor_ring,
-        settings=settings,
+    firewall, verdicts = receiver_stand_in(
+        etcd_server, etcd_prefix, tmp_path / "f", "firewall", "fw-t", "verdicts", VerdictBatch
     )
     config = _detector_config(tmp_path, etcd_server, etcd_prefix)
     log = tmp_path / "detector.log"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control import DiscoveredSender, Endpoint, EtcdServer, ServiceControl
-from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
+from control import EtcdServer
+from crypto_transport import KeyPair
 from proto.events_pb2 import EventBatch, FlowBatch
-from tests.control.support import mld_config, spawn_mld, stop
+from tests.control.support import receiver_stand_in, sniffer_stand_in, spawn_mld, stop
 from tests.detector.service_support import SCAN_PCAP, capture_records, parse
 from tests.support import wait_for
 
@@ -57,43 +57,14 @@ def test_two_sniffers_two_detectors_and_one_detector_dies(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
     records = parse(capture_records(SCAN_PCAP))[:BATCH]
-    rag_ring = Keyring(KeyPair.generate(), grace_s=60)
-    rag = ServiceControl(
-        mld_config(etcd_server, etcd_prefix, tmp_path / "rag"),
-        component="rag",
-        instance="rag-t",
-        keyring=rag_ring,
+    rag, events = receiver_stand_in(
+        etcd_server, etcd_prefix, tmp_path / "rag", "rag", "rag-t", "events", EventBatch
     )
-    settings = rag.start().transport
-    events: Receiver[EventBatch] = Receiver(
-        pattern="pull",
-        endpoint="tcp://127.0.0.1:*",
-        channel="events",
-        keyring=rag_ring,
-        message_type=EventBatch,
-        settings=settings,
-    )
-    rag.announce({"events": Endpoint(events.bound_endpoint, "push", "events")})
     sniffers = []
     for name in ("s1", "s2"):
-        ring = Keyring(KeyPair.generate(), grace_s=60)
-        plane = ServiceControl(
-            mld_config(etcd_server, etcd_prefix, tmp_path / name),
-            component="sniffer",
-            instance=name,
-            keyring=ring,
-            watch=("detector",),
-        )
+        plane, sender = sniffer_stand_in(etcd_server, etcd_prefix, tmp_path / name, name)
         plane.start()
         plane.announce()
-        sender = DiscoveredSender(
-            component="detector",
-            endpoint_name="flows",
-            channel="flows",
-            sender_id=name,
-            keyring=ring,
-            settings=TransportConfig(),
-        )
         sniffers.append((name, plane, sender))
     detectors = {
         name: spawn_mld(

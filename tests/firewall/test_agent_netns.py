@@ -10,7 +10,6 @@ is attached there).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from proto.events_pb2 import VerdictBatch
 from tests.firewall.support import malicious_verdict
-from tests.support import REPO, NetnsPair, require_root_and, wait_for
+from tests.support import REPO, NetnsPair, require_root_and, terminate, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -134,13 +133,7 @@ class Agent:
             self.sender = None
         if self.proc is None:
             return "", ""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
+        out, err = terminate(self.proc)
         self.proc = None
         return out, err
 

@@ -30,7 +30,7 @@ from firewall.policy import Policy
 from mld.errors import ConfigError
 from proto.events_pb2 import VerdictBatch
 from tests.firewall.support import malicious_verdict
-from tests.support import REPO, wait_for
+from tests.support import REPO, terminate, wait_for
 
 MLD = str(REPO / ".venv" / "bin" / "mld")
 TTL_BASE_S = 120
@@ -184,13 +184,7 @@ class EtcdAgent:
             self.sender = None
         out, err = "", ""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                out, err = self.proc.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                out, err = self.proc.communicate()
+            out, err = terminate(self.proc)
             self.proc = None
         return out, err
 

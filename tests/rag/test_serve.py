@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control import DiscoveredSender, EtcdServer, ServiceControl
+from control import EtcdServer
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from proto.events_pb2 import EventBatch, FlowBatch
 from rag.config import RagConfig
 from rag.service import RagStore
-from tests.control.support import mld_config, spawn_mld, stop
+from tests.control.support import sniffer_stand_in, spawn_mld, stop
 from tests.control.test_detector_discovery import _detector_config
 from tests.detector.service_support import SCAN_PCAP, capture_records, parse
 from tests.support import wait_for
@@ -135,22 +135,7 @@ def test_the_detector_finds_the_rag_store_through_etcd(
     data["detector"]["events"] = {"enabled": True}
     det_config.write_text(yaml.safe_dump(data))
     records = parse(capture_records(SCAN_PCAP))[:300]
-    ring = Keyring(KeyPair.generate(), grace_s=60)
-    sensor = ServiceControl(
-        mld_config(etcd_server, etcd_prefix, tmp_path / "s"),
-        component="sniffer",
-        instance="sensor-r",
-        keyring=ring,
-        watch=("detector",),
-    )
-    flows = DiscoveredSender(
-        component="detector",
-        endpoint_name="flows",
-        channel="flows",
-        sender_id="sensor-r",
-        keyring=ring,
-        settings=TransportConfig(),
-    )
+    sensor, flows = sniffer_stand_in(etcd_server, etcd_prefix, tmp_path / "s", "sensor-r")
     rag = spawn_mld(["rag", "serve", "--config", str(config)], tmp_path / "rag.log")
     det = spawn_mld(["detect", "--config", str(det_config)], tmp_path / "det.log")
     try:
