@@ -158,6 +158,7 @@ class XdpSource:
             ringbuf_pages=capture.ringbuf_pages,
             mode=capture.xdp_mode,
             sweep_interval_s=capture.sweep_interval_s,
+            pin_dir=capture.xdp_pin_dir,
         )
         self._stopping = False
 
