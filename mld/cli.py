@@ -18,6 +18,7 @@ from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
 from detector.cli import register as register_detector
 from firewall.cli import register as register_firewall
+from gateway.cli import register as register_gateway
 from lab.cli import register as register_lab
 from mld import __version__
 from mld.errors import KeyFileError, MldError
@@ -45,6 +46,7 @@ examples:
   mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
   mld evaluate ../shared/data/labels.csv       detection and false-positive rates
   mld firewall run                             the firewall agent (see mld firewall --help)
+  mld gateway --outside eth0 --inside eth1     every service on a dual-NIC gateway
   mld lab up                                   the namespace lab (see mld lab --help)
   mld rag --ask "which address scanned the server?"   questions about the stored events
   mld etcd up                                  a local etcd for the control plane
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_sniffer(sub, common)
     register_detector(sub, common)
     register_firewall(sub, common)
+    register_gateway(sub, common)
     register_lab(sub, common)
     register_rag(sub, common)
     register_control(sub, common)

@@ -11,6 +11,7 @@ into these, so callers catch project errors only::
     ├── LabError               the lab cannot be built, run or torn down as asked
     ├── ModelError             a model bundle cannot be trained, compiled, loaded or validated
     ├── FirewallError          a firewall backend or the decision log failed
+    ├── GatewayError           the service stack of a gateway cannot start or stay up
     ├── RagError               the event store, its indexes or the answering model failed
     └── ControlPlaneError      etcd refused a request or its data is malformed
         └── EtcdUnavailable    no etcd endpoint answered in time (retry later)
@@ -26,6 +27,7 @@ __all__ = [
     "EtcdUnavailable",
     "FirewallError",
     "FrameRejected",
+    "GatewayError",
     "KeyFileError",
     "LabError",
     "MldError",
@@ -70,6 +72,10 @@ class ModelError(MldError):
 
 class FirewallError(MldError):
     """A firewall backend (XDP map, nftables) or the decision log failed."""
+
+
+class GatewayError(MldError):
+    """The service stack of a gateway (mld gateway, mld lab dev) cannot start or stay up."""
 
 
 class RagError(MldError):
