@@ -3,7 +3,7 @@
 #   make test          install everything that is missing, then run the test suite
 #   make check         lint, format check, type check, generated-code freshness
 #   make bench         run the benchmarks under bench/
-#   make run-lab-dev   bring the namespace lab up, capture the mixed scenario, tear it down
+#   make run-lab-dev   the whole product on the namespace lab: attacks detected and blocked live
 #   make status-lab    what the lab has up;  make kill-lab: remove it (also after a crash)
 #   make etcd-up       a local etcd for the control plane (mld etcd up); make etcd-down stops it
 #   make lab-dataset   capture the default training dataset into build/lab-data (~35 min)
@@ -35,7 +35,7 @@ PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VE
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
                 $(STAMP_NATIVE) $(STAMP_MODELS) $(STAMP_LLM)
 
-PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall rag
+PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall rag gateway
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \
@@ -134,16 +134,18 @@ bench: $(INSTALLED)
 	$(PY) bench/control_plane.py
 	$(PY) bench/rag_speed.py
 	$(PY) bench/rag_quality.py
+	$(PY) bench/soak.py
 
-# The lab (lab/README.md). run-lab-dev grows into the whole product in the end-to-end
-# issue; today it is the lab, its traffic and a labelled capture of it.
+# The lab (lab/README.md). run-lab-dev is the whole product on the lab (mld lab dev): the
+# lab, a local etcd and every service on its gateway, the 'live' scenario with a live
+# view, then a summary; it takes the lab down at the end (Ctrl-C too).
 LAB_OUT      ?= $(BUILD)/lab-data
 MLD          := $(VENV)/bin/mld
+SCENARIO     ?= live
+LAB_DEV_ARGS ?=
 
 run-lab-dev: $(INSTALLED)
-	$(MLD) lab up
-	$(MLD) lab capture --scenario mixed --seed 1 --out $(LAB_OUT)/run-lab-dev; \
-	    rc=$$?; $(MLD) lab down; exit $$rc
+	$(MLD) lab dev --scenario $(SCENARIO) $(LAB_DEV_ARGS)
 
 status-lab: $(INSTALLED)
 	$(MLD) lab status

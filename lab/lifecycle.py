@@ -168,6 +168,9 @@ def down(
         for ns in list_namespaces(prefix):
             killed += delete_namespace(ns)
             removed.append(ns)
+    # The blocklist pin folder `mld lab dev` gives the lab's XDP program (lab/dev.py).
+    for prefix in prefixes:
+        shutil.rmtree(Path("/sys/fs/bpf") / prefix, ignore_errors=True)
     if run_dir.exists():
         (run_dir / STATE_FILE).unlink(missing_ok=True)
         if not keep_logs:

@@ -19,10 +19,12 @@ from mld.errors import LabError
 
 __all__ = [
     "delete_namespace",
+    "enter_namespace",
     "exec_args",
     "kill_pids",
     "list_namespaces",
     "namespace_pids",
+    "return_to_namespace",
     "run",
     "run_in",
     "xdp_attachments",
@@ -116,6 +118,44 @@ def delete_namespace(ns: str) -> list[int]:
     stopped = kill_pids(namespace_pids(ns))
     run(["ip", "netns", "del", ns], check=False)
     return stopped
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_namespace(ns: str) -> int:
+    """Move the calling thread into named network namespace ``ns``. Returns a descriptor
+    of the namespace it was in, for :func:`return_to_namespace`.
+
+    Only the network namespace changes (not the mount namespace, unlike ``ip netns exec``),
+    so bpffs pins stay visible. Threads started afterwards by this thread, and child
+    processes, are in ``ns`` too; call it before starting threads."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            os.close(previous)
+            raise LabError(f"cannot enter network namespace {ns}: {os.strerror(err)}")
+    finally:
+        os.close(target)
+    return previous
+
+
+def return_to_namespace(fd: int) -> None:
+    """Go back to the namespace :func:`enter_namespace` returned (and close it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise LabError(f"cannot return to the first network namespace: "
+                           f"{os.strerror(ctypes.get_errno())}")  # fmt: skip
+    finally:
+        os.close(fd)
 
 
 def xdp_attachments(ns: str | None = None) -> list[str]:

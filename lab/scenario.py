@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ from lab.recipes import GroundTruth, Recipe, run_recipe
 from lab.topology import Topology
 from mld.errors import LabError
 
-__all__ = ["DEFAULT_SCENARIOS", "Scenario", "load_datasets", "load_scenarios", "run_scenario"]
+__all__ = [
+    "DEFAULT_SCENARIOS",
+    "Scenario",
+    "ScenarioTraffic",
+    "load_datasets",
+    "load_scenarios",
+    "run_scenario",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,8 @@ class Attack:
     recipe: str
     earliest: float
     latest: float
+    # Parameters fixed for this attack (the rest drawn from the recipe's ranges).
+    params: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,10 @@ def load_scenarios(recipes: dict[str, Recipe], path: Path | None = None) -> dict
         attacks = []
         for a in raw.get("attacks") or ():
             lo, hi = a["at"] if isinstance(a.get("at"), list) else (a.get("at", 0), a.get("at", 0))
-            attacks.append(Attack(a["recipe"], float(lo), float(hi)))
+            fixed = a.get("params") or {}
+            if not isinstance(fixed, dict):
+                raise LabError(f"{where}: params of {a.get('recipe')} must be a mapping")
+            attacks.append(Attack(a["recipe"], float(lo), float(hi), tuple(fixed.items())))
         duration = float(raw.get("duration_s", 0))
         if duration <= 0:
             raise LabError(f"{where}: duration_s must be positive")
@@ -86,6 +98,10 @@ def load_scenarios(recipes: dict[str, Recipe], path: Path | None = None) -> dict
         for a in attacks:
             if a.recipe not in recipes or not recipes[a.recipe].is_attack:
                 raise LabError(f"{where}: {a.recipe!r} is not an attack recipe")
+            unknown_params = {k for k, _ in a.params} - set(recipes[a.recipe].params)
+            if unknown_params:
+                raise LabError(f"{where}: {a.recipe} has no parameter(s) "
+                               f"{', '.join(sorted(unknown_params))}")  # fmt: skip
             if not 0 <= a.earliest <= a.latest < duration:
                 raise LabError(f"{where}: {a.recipe} starts outside [0, {duration:g})")
         out[name] = Scenario(name, str(raw.get("description", "")), duration, background,
@@ -139,6 +155,8 @@ class _Runner:
         self.seed, self.t0, self.stop, self.log_file = seed, t0, stop, log_file
         self.truths: list[GroundTruth] = []
         self.errors: list[str] = []
+        # (recipe, host, wall-clock start) of every attack as it starts.
+        self.attacks_started: list[tuple[str, str, float]] = []
         self._lock = threading.Lock()
         # One lock per attacking host: its attacks run one after another.
         self._host_locks = {recipes[a.recipe].host: threading.Lock() for a in scenario.attacks}
@@ -173,6 +191,8 @@ class _Runner:
 
     def attack(self, index: int, attack: Attack) -> None:
         recipe = self.recipes[attack.recipe]
+        if attack.params:
+            recipe = replace(recipe, params={**recipe.params, **dict(attack.params)})
         rng = random.Random(f"{self.seed}:attack:{index}:{attack.recipe}")
         at = rng.uniform(attack.earliest, attack.latest)
         if self.stop.wait(max(0.0, self.t0 + at - time.time())):
@@ -183,9 +203,76 @@ class _Runner:
             log.info(
                 "attack %s from %s at +%.0f s", recipe.name, recipe.host, time.time() - self.t0
             )
+            with self._lock:
+                self.attacks_started.append((recipe.name, recipe.host, time.time()))
             truth = run_recipe(recipe, self.topo, self.run_dir, seed=rng.randrange(1 << 30),
                                timeout_s=self._remaining(), output=self.log_file)  # fmt: skip
             self._record(truth)
+
+
+class ScenarioTraffic:
+    """A scenario's traffic running in threads: background loops and scheduled attacks.
+
+    :meth:`start`, then :meth:`tick` now and then (it ends the run at ``duration_s``) until
+    :attr:`running` is false, or :meth:`stop` early; :attr:`truths` holds every finished
+    recipe run, :attr:`attacks_started` every attack as it starts."""
+
+    def __init__(self, scenario: Scenario, recipes: dict[str, Recipe], topo: Topology,
+                 run_dir: Path, seed: int, log_file: Path) -> None:  # fmt: skip
+        self.scenario = scenario
+        self.stop_event = threading.Event()
+        self.t0 = 0.0
+        self._args = (scenario, recipes, topo, run_dir, seed)
+        self._log_file = log_file
+        self._runner: _Runner | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.t0 = time.time()
+        scenario, recipes, topo, run_dir, seed = self._args
+        runner = _Runner(scenario, recipes, topo, run_dir, seed, self.t0, self.stop_event,
+                         self._log_file)  # fmt: skip
+        self._runner = runner
+        jobs: list[tuple[Any, ...]] = [
+            (f"background {n}", runner.background, i, n) for i, n in enumerate(scenario.background)
+        ]
+        jobs += [
+            (f"attack {a.recipe}", runner.attack, i, a) for i, a in enumerate(scenario.attacks)
+        ]
+        self._threads = [
+            threading.Thread(target=runner.guarded, args=job, daemon=True) for job in jobs
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.t0 if self.t0 else 0.0
+
+    def tick(self) -> None:
+        if self._runner is not None and self._runner._remaining() <= 0:
+            self.stop_event.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+
+    @property
+    def truths(self) -> list[GroundTruth]:
+        return sorted(self._runner.truths if self._runner else [], key=lambda t: t.start)
+
+    @property
+    def attacks_started(self) -> list[tuple[str, str, float]]:
+        return list(self._runner.attacks_started) if self._runner else []
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self._runner.errors) if self._runner else []
 
 
 def run_scenario(
@@ -204,42 +291,27 @@ def run_scenario(
     topo.host(host).nic(nic)
     out.mkdir(parents=True, exist_ok=True)
     pcap = out / "capture.pcap"
-    stop = threading.Event()
     started = time.time()
     with Capture(topo.namespace(host), nic, pcap, snaplen) as capture:
-        t0 = time.time()
-        runner = _Runner(scenario, recipes, topo, run_dir, seed, t0, stop, out / "recipes.log")
-        jobs: list[tuple[Any, ...]] = [
-            (f"background {n}", runner.background, i, n) for i, n in enumerate(scenario.background)
-        ]
-        jobs += [
-            (f"attack {a.recipe}", runner.attack, i, a) for i, a in enumerate(scenario.attacks)
-        ]
-        threads = [threading.Thread(target=runner.guarded, args=job, daemon=True) for job in jobs]
-        for thread in threads:
-            thread.start()
+        traffic = ScenarioTraffic(scenario, recipes, topo, run_dir, seed, out / "recipes.log")
+        traffic.start()
         last = 0.0
         try:
-            while any(thread.is_alive() for thread in threads):
-                if runner._remaining() <= 0:
-                    stop.set()
+            while traffic.running:
+                traffic.tick()
                 time.sleep(0.25)
                 if progress and time.time() - last >= 10:
                     last = time.time()
-                    done = sum(1 for tr in runner.truths if tr.kind == "attack")
-                    progress(f"{scenario.name}: {last - t0:4.0f}/{scenario.duration_s:.0f} s, "
-                             f"{len(runner.truths)} recipe runs, "
+                    done = sum(1 for tr in traffic.truths if tr.kind == "attack")
+                    progress(f"{scenario.name}: {traffic.elapsed:4.0f}/"
+                             f"{scenario.duration_s:.0f} s, "
+                             f"{len(traffic.truths)} recipe runs, "
                              f"{done}/{len(scenario.attacks)} attacks done")  # fmt: skip
-        except BaseException:
-            stop.set()
-            raise
         finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
+            traffic.stop()
         time.sleep(0.5)  # let the last packets of the last runs reach the capture
     ended = time.time()
-    truths = sorted(runner.truths, key=lambda t: t.start)
+    truths = traffic.truths
     addresses = [str(a) for h in topo.hosts.values() for n in h.nics for a in n.addresses]
     rows = [label_row(t, pcap.name, addresses) for t in truths if t.kind == "attack"]
     write_labels(out / "labels.csv", rows)
@@ -264,7 +336,7 @@ def run_scenario(
         "attack_runs": len(rows),
         "attacks_scheduled": len(scenario.attacks),
         "evidence_failed": failed,
-        "errors": runner.errors,
+        "errors": traffic.errors,
         "capture": capture.stats,
     }
     (out / "scenario.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Soak: minutes of steady traffic through the whole lab, and each service's memory.
+
+Runs ``mld lab dev`` on a lab of its own (namespace prefix ``mldb-soak``) with the
+``soak`` scenario: benign users looping for the whole run (web, DNS, SSH, transfers,
+ping), and, from this script, a port scan from the attacker every ``--attack-every`` s, so
+the detector, the firewall (a block every time, 20 s TTL) and the RAG store keep working
+too. Every ``--sample-s`` s the resident set size (VmRSS) of each service process is read
+from /proc.
+
+Growth per hour is the least-squares slope of RSS against time over the samples after
+the warm-up (the first quarter of the run, at least 60 s: imports, the compiled models,
+FAISS and SQLite caches filling), times 3600. etcd runs in the same lab and is measured
+the same way as the baseline (not ML Defender's code). A service that restarted is
+reported (``restarts_*``) and its slope is taken over its last process only.
+
+Last line: ``rss_growth_mb_per_h_sniffer=N ..._detector ..._firewall ..._rag
+rss_growth_mb_per_h_etcd=N (baseline) rss_mb_end_* ... minutes=N samples=N
+flows=N alerts=N rss_growth_mb_per_h_max=N`` (the max over the four services).
+
+    .venv/bin/python bench/soak.py                  # 10 minutes
+    .venv/bin/python bench/soak.py --minutes 60
+    .venv/bin/python bench/soak.py --quick          # 2 minutes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from lab.lifecycle import down  # noqa: E402
+from lab.netns import list_namespaces  # noqa: E402
+from lab.topology import DEFAULT_TOPOLOGY, load_topology  # noqa: E402
+
+PREFIX = "mldb-soak"
+MLD = str(_REPO / ".venv" / "bin" / "mld")
+SERVICES = ("sniffer", "detector", "firewall", "rag")
+SCENARIOS = """
+scenarios:
+  soak:
+    description: steady benign traffic for the whole run (bench/soak.py adds the scans)
+    duration_s: 600
+    background: [http_browse, http_browse, http_browse_v6, dns_lookups, dns_lookups,
+                 ssh_login, bulk_download, keepalive, ping]
+    attacks: []
+"""
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t s, MB) in MB per hour; 0 for fewer than 3 points."""
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    den = sum((t - mt) ** 2 for t, _ in points)
+    if den == 0:
+        return 0.0
+    return sum((t - mt) * (v - mv) for t, v in points) / den * 3600
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="length of the soak (10)")
+    ap.add_argument("--quick", action="store_true", help="2 minutes (a smoke run)")
+    ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period (5 s)")
+    ap.add_argument("--attack-every", type=float, default=30.0, help="a port scan every N s")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("soak: needs root (the lab)", file=sys.stderr)
+        return 1
+    minutes = 2.0 if args.quick else args.minutes
+    duration = minutes * 60
+    tmp = Path(tempfile.mkdtemp(prefix="mld-soak-"))
+    topo_path = tmp / "topology.yaml"
+    topo_path.write_text(
+        DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {PREFIX}")
+    )
+    topo = load_topology(topo_path)
+    (tmp / "scenarios.yaml").write_text(SCENARIOS)
+    run_dir = tmp / "run"
+    stack_state = run_dir / "dev" / "stack" / "stack.json"
+    argv = [MLD, "lab", "dev", "--topology", str(topo_path), "--run-dir", str(run_dir),
+            "--scenarios", str(tmp / "scenarios.yaml"), "--scenario", "soak", "--duration",
+            str(duration), "--view", "lines", "--summary", str(tmp / "summary.json")]  # fmt: skip
+    log = open(tmp / "dev.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    series: dict[str, list[tuple[float, float]]] = {s: [] for s in (*SERVICES, "etcd")}
+    pids: dict[str, int] = {}
+    restarts = {s: 0 for s in (*SERVICES, "etcd")}
+    t_start: float | None = None
+    next_attack = next_print = 0.0
+    attacker = topo.namespace("attacker")
+    try:
+        while proc.poll() is None:
+            try:
+                children = json.loads(stack_state.read_text())["children"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.5)
+                continue
+            if t_start is None:
+                if not all(children.get(s, {}).get("pid") for s in (*SERVICES, "etcd")):
+                    time.sleep(0.5)
+                    continue
+                t_start = time.monotonic()
+                next_attack = t_start + 10
+                print(f"soak: services up; sampling RSS every {args.sample_s:g} s for "
+                      f"{minutes:g} min", flush=True)  # fmt: skip
+            now = time.monotonic()
+            for name in series:
+                pid = children.get(name, {}).get("pid")
+                if not pid:
+                    continue
+                if name in pids and pids[name] != pid:
+                    restarts[name] += 1
+                    series[name] = []  # the slope of the last process only
+                pids[name] = pid
+                value = rss_mb(pid)
+                if value is not None:
+                    series[name].append((now - t_start, value))
+            if now >= next_attack and now - t_start < duration - 15:
+                next_attack = now + args.attack_every
+                subprocess.Popen(
+                    ["ip", "netns", "exec", attacker, "nmap", "-sS", "-n", "-T4", "-Pn", "-p",
+                     "1-300", "--max-retries", "1", "10.10.0.10"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            if now >= next_print:
+                next_print = now + 60
+                line = " ".join(f"{n}={series[n][-1][1]:.0f}MB" for n in series if series[n])
+                print(f"soak: +{now - t_start:.0f} s {line}", flush=True)
+            time.sleep(args.sample_s)
+        code = proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    finally:
+        log.close()
+        if list_namespaces(PREFIX):
+            down(topo, run_dir)
+    if code != 0 or t_start is None:
+        print((tmp / "dev.log").read_text()[-4000:], file=sys.stderr)
+        print(f"soak: mld lab dev exited with {code}", file=sys.stderr)
+        return 1
+    summary = json.loads((tmp / "summary.json").read_text())
+    warmup = max(60.0, duration / 4)
+    out: dict[str, str] = {}
+    growth = {}
+    for name, points in series.items():
+        kept = [p for p in points if p[0] >= warmup] or points
+        growth[name] = slope_per_hour(kept)
+        out[f"rss_growth_mb_per_h_{name}"] = f"{growth[name]:.2f}"
+    for name, points in series.items():
+        out[f"rss_mb_end_{name}"] = f"{points[-1][1]:.1f}" if points else "nan"
+    for name, count in restarts.items():
+        out[f"restarts_{name}"] = str(count)
+    counters = summary.get("services", {})
+    out["minutes"] = f"{minutes:g}"
+    out["samples"] = str(len(series["detector"]))
+    out["flows"] = str(counters.get("sniffer", {}).get("counters", {}).get("pipeline.records", 0))
+    out["alerts"] = str(summary.get("alerts", 0))
+    out["blocks"] = str(summary.get("blocks", 0))
+    out["rss_growth_mb_per_h_max"] = f"{max(growth[s] for s in SERVICES):.2f}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
