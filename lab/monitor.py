@@ -44,7 +44,7 @@ def _host_of(prefix: str) -> str:
 class AttackTimes:
     """First times (wall clock, seconds since the epoch) seen for one address."""
 
-    first_alert: list[tuple[float, str]] = field(default_factory=list)  # (t, family)
+    alerts: list[tuple[float, str]] = field(default_factory=list)  # (t, family)
     blocks: list[tuple[float, str]] = field(default_factory=list)  # (t decided, family)
     drops: list[tuple[float, int]] = field(default_factory=list)  # (t sampled, total drops)
 
@@ -65,6 +65,7 @@ class PipelineMonitor:
         self.pin_dir = pin_dir
         self.services: dict[str, dict[str, Any]] = {}
         self.alerts_by_family: Counter[str] = Counter()
+        self.alerts_by_source: Counter[str] = Counter()
         self.alerts = 0
         self.addresses: dict[str, AttackTimes] = {}
         # Packets dropped per blocked prefix over the whole run (a block that expires and
@@ -141,12 +142,14 @@ class PipelineMonitor:
             family = str(alert.get("alert", {}).get("category", "?"))
             self.alerts += 1
             self.alerts_by_family[family] += 1
-            times = self._times(str(alert.get("src_ip", "")))
+            source = str(alert.get("src_ip", ""))
+            self.alerts_by_source[source] += 1
+            times = self._times(source)
             # One entry per address and family per second at most: enough to time the
             # first alert of every attack, bounded by the length of the run.
-            last = next((t for t, f in reversed(times.first_alert) if f == family), None)
+            last = next((t for t, f in reversed(times.alerts) if f == family), None)
             if last is None or now - last >= 1.0:
-                times.first_alert.append((now, family))
+                times.alerts.append((now, family))
 
     def _sample_decisions(self) -> None:
         if not self.decision_log.exists():
@@ -239,13 +242,13 @@ class PipelineMonitor:
             def rel(x: float | None, start: float = t.start) -> float | None:
                 return None if x is None else round(max(0.0, x - start), 2)
 
-            alert = [first(self._times(h).first_alert) for h in hosts]
+            alert = [first(self._times(h).alerts) for h in hosts]
             block = [first(self._times(h).blocks) for h in hosts]
             drop = [first(self._times(h).drops) for h in hosts]
             # No block decided during the attack, because one from an earlier attack of the
             # same host was still in force: its packets were dropped from the start.
             already = _min(block) is None and any(self._active_at(h, lo) for h in hosts)
-            families = sorted({f for h in hosts for ts, f in self._times(h).first_alert
+            families = sorted({f for h in hosts for ts, f in self._times(h).alerts
                                if ts >= lo})  # fmt: skip
             attacks.append({
                 "recipe": t.recipe,
@@ -274,7 +277,7 @@ class PipelineMonitor:
                 "runs_fully_answered": len(ok),
                 "failed": sorted({t.recipe for t in runs if t not in ok}),
                 "blocks": len(blocked),
-                "alerts": sum(len(self._times(a).first_alert) for a in addrs),
+                "alerts": sum(self.alerts_by_source[a] for a in addrs),
             }
         return {
             "duration_s": round(ended - t0, 1),
@@ -359,7 +362,7 @@ def _attack_line(mon: PipelineMonitor, recipe: str, host: str, start: float, t0:
         found = [p[0] for p in pairs if p[0] >= start - 1]
         return "-" if not found else f"+{max(0.0, min(found) - start):.1f} s"
 
-    detected = after([*times.first_alert, *times.blocks])
+    detected = after([*times.alerts, *times.blocks])
     return (
         f"{recipe:20s} {addr:16s} {'+' + format(start - t0, '.0f') + ' s':>9s} "
         f"{detected:>10s} {after(times.blocks):>10s} {after(times.drops):>10s}"

@@ -223,6 +223,7 @@ class RagService:
         out = dict(self.counters)
         out["stored"] = self._stored
         out["indexed"] = len(self.rag.text)
+        out["index_bytes"] = self.rag.text.memory_bytes + self.rag.features.memory_bytes
         out["frames_missing"] = self.receiver.counters.missing
         out.update({f"rejected.{k}": v for k, v in sorted(self.receiver.counters.rejected.items())})
         return out

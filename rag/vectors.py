@@ -83,6 +83,17 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of vectors and ids the index holds (an estimate that leaves out FAISS's
+        bookkeeping: IVF centroids, the id map's hash table): what grows per event."""
+        inner = faiss.downcast_index(self.index)
+        if isinstance(inner, faiss.IndexIVF):
+            per_vector = int(inner.code_size) + 8
+        else:
+            per_vector = self.dim * 4 + 8
+        return len(self) * per_vector
+
     def load(self) -> bool:
         """Read the saved index; False (and an empty index) if there is none or it is
         unreadable (it is then rebuilt from the database)."""
