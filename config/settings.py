@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from anomaly.config import AnomalyConfig
 from config.loader import build, load_yaml
 from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
@@ -22,6 +23,7 @@ from firewall.config import FirewallConfig
 from mld.metrics import MetricsConfig
 from rag.config import RagConfig
 from sniffer.config import SnifferConfig
+from watch.config import WatchConfig
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -68,7 +70,9 @@ class MldConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     rag: RagConfig = field(default_factory=RagConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
 
 def resolve_config_path(path: str | Path | None = None) -> Path:

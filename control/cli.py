@@ -205,6 +205,8 @@ def gather_status(client: EtcdClient, control: ControlConfig) -> list[dict[str, 
                 "registration": reg,
                 "counters": health.get("counters", {}),
                 "config": extra.get("config"),
+                # Other status records a service reports (e.g. anomaly/<id>/model).
+                "reports": {k: v for k, v in extra.items() if k not in ("health", "config")},
             }
         )
     return sorted(services, key=lambda s: (s["component"], s["instance"]))
@@ -241,6 +243,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
             if change.get("reason"):
                 line += f" ({change['reason']})"
             print(line)
+        for what, record in s["reports"].items():
+            if isinstance(record, dict) and record.get("summary"):
+                print(f"    {what}: {record['summary']}")
     return EXIT_OK
 
 

@@ -35,6 +35,8 @@ examples:
   mld detect --eve /var/log/mld/eve.json     alerts as EVE-like JSON lines for log shippers
   mld detect --listen 'tcp://127.0.0.1:*'    any free port; with control.endpoints set the
                                              real one is registered in etcd for the sniffers
+With anomaly.enabled, the anomaly model that `mld anomaly serve` publishes is scored too
+(family "anomaly", alert-only unless anomaly.block) and swapped in when a new one appears.
 With control.endpoints set, the detector registers in etcd (detector/<id>), sends verdicts
 and events to the firewall agents and RAG stores registered there, and applies changes of
 detector.thresholds and detector.top_features from etcd while running (control/README.md).
@@ -90,7 +92,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         cfg = plane.start()
         dcfg = _detector_config(args, cfg.detector)
         service = DetectorService.from_config(
-            dcfg, cfg.transport, keyring, detector_id, discover=plane.enabled
+            dcfg,
+            cfg.transport,
+            keyring,
+            detector_id,
+            discover=plane.enabled,
+            anomaly=cfg.anomaly,
+            state_dir=cfg.node.state_dir,
         )
         listen = dcfg.listen
         if listen.pattern == "pull" and listen.bind is not False:

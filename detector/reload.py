@@ -16,6 +16,10 @@ progress is not read half-way), the thread loads the folder with ``load``
 
 A bundle whose version is the one already serving (only REPORT.md changed, or a file was
 touched) is not swapped in and not counted.
+
+The watcher is generic over what it loads (anything with a ``version``): the anomaly model
+(anomaly/) is watched the same way, through its ``current`` pointer (``sign``) instead of
+the folder's files.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
-from detector.bundle import LoadedBundle
 from mld.errors import ModelError
 
 __all__ = ["BundleWatcher", "Signature", "bundle_signature"]
@@ -35,6 +39,14 @@ log = logging.getLogger(__name__)
 
 # (name, size in bytes, mtime in ns) of each file, sorted; None when the folder is missing.
 Signature = tuple[tuple[str, int, int], ...] | None
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+M = TypeVar("M", bound=Versioned)
 
 
 def bundle_signature(bundle_dir: Path) -> Signature:
@@ -57,35 +69,39 @@ def bundle_signature(bundle_dir: Path) -> Signature:
     return tuple(sorted(out))
 
 
-class BundleWatcher:
+class BundleWatcher(Generic[M]):
     """Loads the bundle folder again when it changes; the scoring loop takes the result."""
 
     def __init__(
         self,
         bundle_dir: Path,
-        load: Callable[[Path], LoadedBundle],
+        load: Callable[[Path], M],
         interval_s: float,
         *,
         current_version: str = "",
         signature: Signature = None,
+        sign: Callable[[Path], Signature] = bundle_signature,
+        what: str = "model bundle",
     ) -> None:
         """``signature`` is the folder's signature when the serving bundle was loaded (take
-        it *before* loading, so a change during that load is seen); None takes it now."""
+        it *before* loading, so a change during that load is seen); None takes it now.
+        ``sign`` computes signatures (default: the folder's visible files); ``what`` names
+        the model in log lines."""
         if interval_s <= 0:
             raise ValueError("interval_s must be positive (0 means: do not watch)")
         self.bundle_dir = Path(bundle_dir)
+        self.what = what
+        self._sign = sign
         self.interval_s = interval_s
         self.reloads = 0
         self.refused = 0
         self.last_error = ""
         self.version = current_version
         self._load = load
-        self._tried: Signature = (
-            signature if signature is not None else bundle_signature(self.bundle_dir)
-        )
+        self._tried: Signature = signature if signature is not None else sign(self.bundle_dir)
         self._seen: Signature = self._tried
         self._lock = threading.Lock()
-        self._ready: LoadedBundle | None = None
+        self._ready: M | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,7 +119,7 @@ class BundleWatcher:
             self._thread.join(timeout_s)
             self._thread = None
 
-    def take(self) -> LoadedBundle | None:
+    def take(self) -> M | None:
         """The bundle loaded since the last call, or None (cheap: call between batches)."""
         if self._ready is None:
             return None
@@ -113,7 +129,7 @@ class BundleWatcher:
 
     def check(self) -> bool:
         """One look at the folder (the thread calls this); True if a new bundle was loaded."""
-        sig = bundle_signature(self.bundle_dir)
+        sig = self._sign(self.bundle_dir)
         settled = sig == self._seen
         self._seen = sig
         if sig == self._tried or not settled:
@@ -132,12 +148,12 @@ class BundleWatcher:
             self._refuse(f"{type(exc).__name__}: {exc}")
             return False
         if bundle.version == self.version:
-            log.info("bundle folder %s changed, same version %s: kept", self.bundle_dir,
-                     bundle.version)  # fmt: skip
+            log.info("%s folder %s changed, same version %s: kept", self.what,
+                     self.bundle_dir, bundle.version)  # fmt: skip
             return False
         with self._lock:
             self._ready = bundle
-        log.info("new model bundle %s ready (was %s)", bundle.version, self.version or "none")
+        log.info("new %s %s ready (was %s)", self.what, bundle.version, self.version or "none")
         self.version = bundle.version
         self.reloads += 1
         return True
@@ -146,10 +162,11 @@ class BundleWatcher:
         self.refused += 1
         self.last_error = reason
         log.warning(
-            "refused the model bundle in %s, still serving %s: %s (fix or replace the folder; "
+            "refused the %s in %s, still serving %s: %s (fix or replace it; "
             "it is tried again when it changes)",
+            self.what,
             self.bundle_dir,
-            self.version or "the previous bundle",
+            self.version or "the previous one",
             reason,
         )
 

@@ -14,13 +14,21 @@ importance times how far the flow's value lies from benign traffic (``|x - media
 scale``, capped at 10, with median and scale of benign training flows from the bundle).
 A feature the forest relies on and that is far from normal ranks first. This is a cheap
 per-flow ranking, not an exact attribution (no SHAP on the hot path).
+
+With an anomaly model (anomaly/, ``anomaly.enabled``), its score s(x) is one more column,
+family ``anomaly``, and counts only where it reaches ``anomaly.alert_threshold`` (ordinary
+flows score around 0.5, so the raw score would trip thresholds.alert): there the label is
+at least SUSPICIOUS, final_score becomes s when s is higher and the forests did not block
+(family ``anomaly``), and with ``anomaly.block`` a flow at or above thresholds.block is
+MALICIOUS. ml_score stays the forests' maximum; model_version is
+``<bundle>+anomaly-<version>``. Without an anomaly model nothing changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -32,12 +40,32 @@ from detector.features import FEATURES
 from mld.errors import ConfigError
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
-__all__ = ["LABEL_NAMES", "Scorer", "Scores"]
+__all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyScoring", "Scorer", "Scores"]
+
+ANOMALY_FAMILY = "anomaly"
 
 LABEL_NAMES = {LABEL_BENIGN: "benign", LABEL_SUSPICIOUS: "suspicious", LABEL_MALICIOUS: "malicious"}
 _DEVIATION_CAP = 10.0
 
 F32 = npt.NDArray[np.float32]
+
+
+class AnomalyModel(Protocol):
+    """What scoring needs of an anomaly model (anomaly.model.LoadedAnomalyModel)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def score(self, x: F32) -> F32: ...
+
+
+@dataclass(frozen=True)
+class AnomalyScoring:
+    """An anomaly model and how its score counts (anomaly.alert_threshold, anomaly.block)."""
+
+    model: AnomalyModel
+    alert_threshold: float
+    block: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,8 +91,15 @@ class Scores:
 class Scorer:
     """Scores feature matrices with one loaded bundle and the configured thresholds."""
 
-    def __init__(self, bundle: LoadedBundle, thresholds: ThresholdsConfig, top_k: int = 5) -> None:
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        thresholds: ThresholdsConfig,
+        top_k: int = 5,
+        anomaly: AnomalyScoring | None = None,
+    ) -> None:
         self.bundle = bundle
+        self.anomaly = anomaly
         self.thresholds = thresholds
         self.top_k = max(0, min(top_k, len(FEATURES)))
         unknown = set(thresholds.block_per_family) - set(FAMILIES)
@@ -106,6 +141,10 @@ class Scorer:
         label = np.full(n, LABEL_BENIGN, dtype=np.int32)
         label[final >= self.thresholds.alert] = LABEL_SUSPICIOUS
         label[final >= block] = LABEL_MALICIOUS
+        version = self.bundle.version
+        if self.anomaly is not None:
+            fams, fam_scores, final = self._add_anomaly(x, fams, fam_scores, final, family, label)
+            version = f"{version}+anomaly-{self.anomaly.model.version}"
         return Scores(
             families=fams,
             family_scores=fam_scores,
@@ -117,8 +156,31 @@ class Scorer:
             family=family,
             label=label,
             top_features=self._explain(x, family),
-            model_version=self.bundle.version,
+            model_version=version,
         )
+
+    def _add_anomaly(
+        self,
+        x: F32,
+        fams: tuple[str, ...],
+        fam_scores: F32,
+        final: npt.NDArray[np.float32],
+        family: list[str],
+        label: npt.NDArray[np.int32],
+    ) -> tuple[tuple[str, ...], F32, npt.NDArray[np.float32]]:
+        """The anomaly column; ``family`` and ``label`` are updated in place."""
+        assert self.anomaly is not None
+        a = self.anomaly.model.score(x).astype(np.float32)
+        alerting = a >= self.anomaly.alert_threshold
+        take = alerting & (a > final) & (label != LABEL_MALICIOUS)
+        for i in np.flatnonzero(take).tolist():
+            family[i] = ANOMALY_FAMILY
+        final = np.where(take, a, final).astype(np.float32)
+        label[alerting & (label == LABEL_BENIGN)] = LABEL_SUSPICIOUS
+        if self.anomaly.block:
+            label[take & (a >= self.thresholds.block)] = LABEL_MALICIOUS
+        scores = np.column_stack([fam_scores, a]).astype(np.float32)
+        return (*fams, ANOMALY_FAMILY), scores, final
 
     def _explain(self, x: F32, family: list[str]) -> TopFeatures:
         n = len(x)

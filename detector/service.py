@@ -14,8 +14,11 @@ false`` is not opened; its batches are counted and thrown away. A batch the tran
 cannot deliver (PUSH timeout, PUB high-water mark) is counted under ``*_dropped``.
 
 Hot reload (detector/reload.py): a new bundle is swapped in between two batches, so the
-batch in flight finishes on the old one. Verdict ids are ``<detector_id>-<start
-s>-<counter>``: the start time keeps them unique across restarts.
+batch in flight finishes on the old one. With ``anomaly.enabled`` the anomaly model
+(anomaly/) is watched the same way through its ``current`` pointer and swapped between
+batches; a model that fails to load is refused and the old one keeps serving. Verdict ids
+are ``<detector_id>-<start s>-<counter>``: the start time keeps them unique across
+restarts.
 
 Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control` hands
 the service its ServiceControl. Between batches the service polls it: a change of
@@ -40,20 +43,25 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
 from control import DiscoveredSender, ServiceControl, stats_from_other_thread
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig
-from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
+from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import DetectorConfig, OutputConfig
 from detector.eve import EveWriter
 from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
-from detector.scoring import LABEL_NAMES, Scorer
+from detector.scoring import LABEL_NAMES, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
+from mld.errors import ModelError
 from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
+
+if TYPE_CHECKING:
+    from anomaly.config import AnomalyConfig
 
 __all__ = ["DetectorService", "stop_on_signals"]
 
@@ -118,14 +126,20 @@ class DetectorService:
         detector_id: str,
         verdict_sender: OutputSender | None = None,
         event_sender: OutputSender | None = None,
-        watcher: BundleWatcher | None = None,
+        watcher: BundleWatcher[LoadedBundle] | None = None,
         context: ZmqContext | None = None,
         stats_interval_s: float = 60.0,
         drain_s: float = 2.0,
+        anomaly: AnomalyConfig | None = None,
+        anomaly_watcher: BundleWatcher[Any] | None = None,
     ) -> None:
-        """``context``, if given, is terminated by :meth:`close` (the service owns it)."""
+        """``context``, if given, is terminated by :meth:`close` (the service owns it).
+        ``anomaly`` (enabled) says how the anomaly model's score counts; the scorer's
+        anomaly model is replaced by the one ``anomaly_watcher`` loads."""
         self.config = config
         self.scorer = scorer
+        self.anomaly = anomaly if anomaly is not None and anomaly.enabled else None
+        self.anomaly_watcher = anomaly_watcher
         self.receiver = receiver
         self.detector_id = detector_id
         self.verdict_sender = verdict_sender
@@ -173,10 +187,14 @@ class DetectorService:
         *,
         stats_interval_s: float = 60.0,
         discover: bool = False,
+        anomaly: AnomalyConfig | None = None,
+        state_dir: str = "/var/lib/mld",
     ) -> DetectorService:
         """Load the bundle and open the channels ``config`` names (ModelError,
         TransportError: nothing is left open). With ``discover``, PUSH outputs follow the
-        control plane (DiscoveredSender) instead of their configured endpoints."""
+        control plane (DiscoveredSender) instead of their configured endpoints. With
+        ``anomaly.enabled``, the anomaly model of ``anomaly.path(state_dir)`` is served
+        too (none yet: the detector starts without it and takes the first one published)."""
         bundle_dir = Path(config.bundle_dir) if config.bundle_dir else DEFAULT_BUNDLE_DIR
         load = functools.partial(
             load_bundle,
@@ -185,7 +203,8 @@ class DetectorService:
         )
         signature = bundle_signature(bundle_dir)  # before loading: a change meanwhile counts
         bundle = load(bundle_dir)
-        scorer = Scorer(bundle, config.thresholds, config.top_features)
+        scoring, anomaly_watcher = _anomaly_setup(config, anomaly, state_dir)
+        scorer = Scorer(bundle, config.thresholds, config.top_features, scoring)
         watcher = None
         if config.reload_interval_s > 0:
             watcher = BundleWatcher(
@@ -233,11 +252,27 @@ class DetectorService:
             watcher=watcher,
             context=context,
             stats_interval_s=stats_interval_s,
+            anomaly=anomaly,
+            anomaly_watcher=anomaly_watcher,
         )
 
     @property
     def model_version(self) -> str:
         return self.scorer.bundle.version
+
+    @property
+    def anomaly_version(self) -> str:
+        """The anomaly model serving ('' when none)."""
+        scoring = self.scorer.anomaly
+        return scoring.model.version if scoring is not None else ""
+
+    def _make_scorer(self, bundle: LoadedBundle, anomaly_model: Any = None) -> Scorer:
+        scoring = self.scorer.anomaly
+        if anomaly_model is not None and self.anomaly is not None:
+            scoring = AnomalyScoring(
+                anomaly_model, self.anomaly.alert_threshold, self.anomaly.block
+            )
+        return Scorer(bundle, self.config.thresholds, self.config.top_features, scoring)
 
     def attach_control(self, plane: ServiceControl) -> None:
         """Follow ``plane`` between batches (live thresholds, discovered receivers)."""
@@ -258,7 +293,7 @@ class DetectorService:
             self.config = dataclasses.replace(
                 self.config, thresholds=new.thresholds, top_features=new.top_features
             )
-            self.scorer = Scorer(self.scorer.bundle, new.thresholds, new.top_features)
+            self.scorer = self._make_scorer(self.scorer.bundle)
             self.counters["config_changes"] += 1
             log.info(
                 "thresholds now alert=%s block=%s per family %s (from etcd)",
@@ -274,6 +309,10 @@ class DetectorService:
         """State and counters for the control plane (called from its thread)."""
         stats = stats_from_other_thread(self.stats)
         stats["model_version"] = self.model_version
+        if self.anomaly is not None:
+            stats["anomaly_version"] = self.anomaly_version or "none"
+            if self.anomaly_watcher is not None and self.anomaly_watcher.last_error:
+                stats["anomaly_last_refusal"] = self.anomaly_watcher.last_error[:300]
         for name, sender in (("verdicts", self.verdict_sender), ("events", self.event_sender)):
             if isinstance(sender, DiscoveredSender):
                 stats[f"{name}_receivers"] = len(sender.instances)
@@ -287,6 +326,8 @@ class DetectorService:
         """Score batches until stopped (or ``max_batches`` were handled)."""
         if self.watcher is not None:
             self.watcher.start()
+        if self.anomaly_watcher is not None:
+            self.anomaly_watcher.start()
         log.info(
             "detector %s: scoring %s on %s with bundle %s; verdicts %s, events %s",
             self.detector_id,
@@ -311,6 +352,8 @@ class DetectorService:
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
+            if self.anomaly_watcher is not None:
+                self.anomaly_watcher.stop()
             log.info("detector finished: %s", self.stats_line())
 
     def _drain(self) -> None:
@@ -391,13 +434,20 @@ class DetectorService:
             )
 
     def _swap_if_ready(self) -> None:
+        if self.anomaly_watcher is not None:
+            model = self.anomaly_watcher.take()
+            if model is not None:
+                old = self.anomaly_version
+                self.scorer = self._make_scorer(self.scorer.bundle, model)
+                self.counters["anomaly_reloads"] += 1
+                log.info("swapped anomaly model %s -> %s", old or "none", model.version)
         if self.watcher is None:
             return
         bundle = self.watcher.take()
         if bundle is None:
             return
         old = self.model_version
-        self.scorer = Scorer(bundle, self.config.thresholds, self.config.top_features)
+        self.scorer = self._make_scorer(bundle)
         self.counters["reloads"] += 1
         log.info("swapped model bundle %s -> %s", old, bundle.version)
 
@@ -416,6 +466,10 @@ class DetectorService:
         out["frames_missing"] = rc.missing
         out.update({f"rejected.{k}": v for k, v in sorted(rc.rejected.items())})
         out["reload_refused"] = self.watcher.refused if self.watcher is not None else 0
+        if self.anomaly is not None:
+            out["anomaly_reloads"] = self.counters["anomaly_reloads"]
+            aw = self.anomaly_watcher
+            out["anomaly_refused"] = aw.refused if aw is not None else 0
         batches = max(1, self.counters["batches_in"])
         out["score_s"] = round(self.score_s, 6)
         out["handle_ms_mean"] = round(1000 * self.handle_s / batches, 3)
@@ -436,6 +490,8 @@ class DetectorService:
         """Close the channels; queued output frames get the socket linger to leave."""
         if self.watcher is not None:
             self.watcher.stop()
+        if self.anomaly_watcher is not None:
+            self.anomaly_watcher.stop()
         if self.eve is not None:
             self.eve.close()
         self.receiver.close()
@@ -451,6 +507,43 @@ class DetectorService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _anomaly_setup(
+    config: DetectorConfig, anomaly: AnomalyConfig | None, state_dir: str
+) -> tuple[AnomalyScoring | None, BundleWatcher[Any] | None]:
+    """The serving anomaly model (None before the first is published) and its watcher."""
+    if anomaly is None or not anomaly.enabled:
+        return None, None
+    # Imported here: anomaly/ builds on detector/ (features, compile), not the reverse.
+    from anomaly.versions import ModelDir, pointer_signature
+
+    anomaly.check()
+    model_dir = ModelDir(anomaly.path(state_dir))
+    cache = config.model_cache_dir or None
+
+    def load(_path: Path) -> Any:
+        return model_dir.load_current(cache)
+
+    signature = pointer_signature(model_dir.path)
+    scoring = None
+    try:
+        model = load(model_dir.path)
+        scoring = AnomalyScoring(model, anomaly.alert_threshold, anomaly.block)
+    except ModelError as exc:
+        log.warning("serving without an anomaly model for now: %s", exc)
+    watcher = None
+    if config.reload_interval_s > 0:
+        watcher = BundleWatcher(
+            model_dir.path,
+            load,
+            config.reload_interval_s,
+            current_version=scoring.model.version if scoring is not None else "",
+            signature=signature,
+            sign=pointer_signature,
+            what="anomaly model",
+        )
+    return scoring, watcher
 
 
 def stop_on_signals(service: DetectorService) -> None:

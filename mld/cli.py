@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from anomaly.cli import register as register_anomaly
 from config import load_config, resolve_config_path, to_dict
 from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
@@ -24,6 +25,7 @@ from mld import __version__
 from mld.errors import KeyFileError, MldError
 from rag.cli import register as register_rag
 from sniffer.cli import register as register_sniffer
+from watch.cli import register as register_watch
 
 __all__ = ["main"]
 
@@ -49,6 +51,8 @@ examples:
   mld gateway --outside eth0 --inside eth1     every service on a dual-NIC gateway
   mld lab up                                   the namespace lab (see mld lab --help)
   mld rag --ask "which address scanned the server?"   questions about the stored events
+  mld anomaly serve                            retrain the anomaly model on recent traffic
+  mld watch /var/captures                      analyse each capture dropped in a folder
   mld etcd up                                  a local etcd for the control plane
   mld status                                   every service registered in etcd, with health
   mld config set detector.thresholds.alert 0.6 change a setting live, through etcd
@@ -181,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_gateway(sub, common)
     register_lab(sub, common)
     register_rag(sub, common)
+    register_anomaly(sub, common)
+    register_watch(sub, common)
     register_control(sub, common)
 
     version = sub.add_parser("version", parents=[common], help="print the version")

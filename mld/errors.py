@@ -13,6 +13,7 @@ into these, so callers catch project errors only::
     ├── FirewallError          a firewall backend or the decision log failed
     ├── GatewayError           the service stack of a gateway cannot start or stay up
     ├── RagError               the event store, its indexes or the answering model failed
+    ├── WatchError             the watch folder, its state file or a capture in it failed
     └── ControlPlaneError      etcd refused a request or its data is malformed
         └── EtcdUnavailable    no etcd endpoint answered in time (retry later)
 
@@ -34,6 +35,7 @@ __all__ = [
     "ModelError",
     "RagError",
     "TransportError",
+    "WatchError",
 ]
 
 
@@ -80,6 +82,10 @@ class GatewayError(MldError):
 
 class RagError(MldError):
     """The RAG store (SQLite, FAISS) or the answering model (llama.cpp) failed."""
+
+
+class WatchError(MldError):
+    """The watch folder cannot be watched, its state file read, or a failed capture moved."""
 
 
 class ControlPlaneError(MldError):

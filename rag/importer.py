@@ -20,7 +20,7 @@ from detector.verdicts import add_scored_events, build_verdicts
 from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline
-from sniffer.sources import PcapSource
+from sniffer.sources import PcapSource, RejectedFile
 
 __all__ = ["first_packet_ts", "scored_events"]
 
@@ -72,12 +72,16 @@ def first_packet_ts(path: Path) -> float | None:
     return None
 
 
-def _records(paths: Sequence[Path], cfg: SnifferConfig) -> Iterator[list[FlowRecord]]:
+def _records(
+    paths: Sequence[Path], cfg: SnifferConfig, rejected: list[RejectedFile] | None
+) -> Iterator[list[FlowRecord]]:
     source = PcapSource(paths, cfg.capture)
     pipeline = FlowPipeline(cfg)
     for events, obs in [*source.batches(), *source.flush()]:
         if len(events):
             yield [FlowRecord.FromString(b) for b in pipeline.process(events, obs).records]
+    if rejected is not None:
+        rejected.extend(source.rejected)
 
 
 def scored_events(
@@ -88,11 +92,17 @@ def scored_events(
     sensor_id: str = "offline",
     shift_to: float | None = None,
     progress: Callable[[int], None] | None = None,
+    rejected: list[RejectedFile] | None = None,
 ) -> Iterator[list[ScoredEvent]]:
-    """Batches of ScoredEvents from the flows of ``paths``."""
+    """Batches of ScoredEvents from the flows of ``paths``.
+
+    A file the engine could not read, whole or from some offset on, is skipped from there
+    (its flows up to the failure are kept, as PcapSource does) and, once the batches are
+    exhausted, appended to ``rejected`` if given (``mld watch`` flags such files).
+    """
     offset: int | None = None if shift_to is not None else 0
     n = 0
-    for records in _records(paths, cfg):
+    for records in _records(paths, cfg, rejected):
         if offset is None:
             assert shift_to is not None
             # From the first packet: a flow exported later may have started earlier.

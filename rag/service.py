@@ -18,7 +18,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -113,13 +113,24 @@ class RagStore:
                 self.save()
         return added
 
-    def ingest(self, events: Sequence[ScoredEvent], detector_id: str) -> range:
-        """Store events (one transaction per ``write_batch``) and index them."""
+    def ingest(
+        self,
+        events: Sequence[ScoredEvent],
+        detector_id: str,
+        *,
+        meta: Mapping[str, str] | None = None,
+    ) -> range:
+        """Store events (one transaction per ``write_batch``) and index them. With ``meta``,
+        all of them and those meta rows go in one transaction: all or nothing (``mld
+        watch`` stores a capture file and the record that it did so together)."""
         ids = range(0)
-        for start in range(0, len(events), self.cfg.write_batch):
-            part = events[start : start + self.cfg.write_batch]
+        if meta is not None and not events:
+            self.store.add([], detector_id, [], meta)
+        size = self.cfg.write_batch if meta is None else max(len(events), 1)
+        for start in range(0, len(events), size):
+            part = events[start : start + size]
             texts = [describe(ev) for ev in part]
-            got = self.store.add(part, detector_id, texts)
+            got = self.store.add(part, detector_id, texts, meta)
             self.features.add(list(got), self.scaler(part))
             self.text.add(list(got), embed_texts(texts))
             ids = range(ids.start if len(ids) else got.start, got.stop)

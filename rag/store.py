@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,14 +270,20 @@ class EventStore:
         events: Sequence[ScoredEvent],
         detector_id: str,
         descriptions: Sequence[str],
+        meta: Mapping[str, str] | None = None,
     ) -> range:
-        """Store events in one transaction; returns their ids (consecutive)."""
+        """Store events in one transaction, with ``meta`` rows (written in the same
+        commit, so they say exactly what was stored); returns their ids (consecutive)."""
         now = time.time()
         rows = [_flat(ev, detector_id, d, now) for ev, d in zip(events, descriptions, strict=True)]
         try:
             with self._db:
                 first = self.max_id() + 1
                 self._db.executemany(_INSERT, rows)
+                if meta:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items()
+                    )
         except sqlite3.Error as exc:
             raise RagError(f"cannot write to the event store {self.path}: {exc}") from exc
         return range(first, first + len(rows))
@@ -356,6 +362,37 @@ class EventStore:
                 return
             yield [(int(i), bytes(b), str(d)) for i, b, d in rows]
             last = int(rows[-1][0])
+
+    def recent(
+        self,
+        *,
+        window_s: float,
+        limit: int,
+        until_ts: float | None = None,
+        exclude_labels: Sequence[int] = (),
+        batch: int = 10000,
+    ) -> Iterator[list[tuple[float, bytes]]]:
+        """(ts, event blob) of the newest ``limit`` events that started at most
+        ``window_s`` before ``until_ts`` (default: the newest event's start, or now when
+        that lies in the future), newest first, in batches: the anomaly model's training
+        window. Reads through the time index, so the cost follows ``limit``, not the size
+        of the store."""
+        if until_ts is None:
+            row = self._db.execute(
+                "SELECT MAX(ts) FROM events WHERE ts <= ?", (time.time(),)
+            ).fetchone()
+            if row[0] is None:
+                return
+            until_ts = float(row[0])
+        marks = ",".join("?" * len(exclude_labels))
+        skip = f" AND label NOT IN ({marks})" if exclude_labels else ""
+        cursor = self._db.execute(
+            f"SELECT ts, event FROM events WHERE ts >= ? AND ts <= ?{skip} "
+            "ORDER BY ts DESC LIMIT ?",
+            (until_ts - window_s, until_ts, *exclude_labels, limit),
+        )
+        while rows := cursor.fetchmany(batch):
+            yield [(float(t), bytes(b)) for t, b in rows]
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

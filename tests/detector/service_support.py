@@ -80,7 +80,9 @@ class Harness:
         verdicts: bool = True,
         events: bool = True,
         batch_records: int = 100,
+        **service_options: Any,
     ) -> None:
+        """``service_options`` go to DetectorService.from_config (anomaly, state_dir)."""
         self.keys = Keys()
         self.settings = TransportConfig(batch_records=batch_records, batch_max_delay_s=0.05)
         self.ctx: ZmqContext = zmq.Context()
@@ -111,6 +113,7 @@ class Harness:
             self.keys.ring(DETECTOR, SENSOR, FIREWALL, RAG),
             DETECTOR,
             stats_interval_s=3600.0,
+            **service_options,
         )
         self.listen = bound_endpoint(self.service.receiver)
         self._thread: threading.Thread | None = None

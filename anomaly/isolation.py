@@ -1,0 +1,132 @@
+"""Isolation forests to native code, and the anomaly score of their path lengths.
+
+An isolation forest (Liu, Ting and Zhou 2008; scikit-learn's ``IsolationForest``) isolates
+a flow by random splits: the fewer splits a flow needs on average, ``E[h(x)]``, the more
+unusual it is. The score is ``s(x) = 2 ** (-E[h(x)] / c(psi))`` with ``psi`` the rows each
+tree was grown on (``max_samples``) and ``c(n)`` the average path length of an unsuccessful
+search in a binary search tree of n keys; ``s`` lies in (0, 1], about 0.5 and below for
+ordinary flows, towards 1 for flows that stand apart. scikit-learn's ``score_samples``
+returns ``-s``.
+
+:func:`isolation_to_treelite` builds the treelite model node by node, as
+detector/compile.py does for the forests (treelite 4.1.2's sklearn importer fails under
+NumPy 2). A leaf holds the path length scikit-learn adds for a flow that ends there: the
+leaf's depth plus ``c(n)`` of the training rows that reached it (the isolation that did
+not happen because the tree stopped growing). The model averages its trees, so the
+compiled library returns ``E[h(x)]``; :func:`score_from_path` turns it into ``s``.
+Thresholds are rounded *down* to float32 as in detector/compile.py, so every float32
+input takes scikit-learn's path; the only difference left is float32 leaf values and
+summation (under 1e-6 on the score, tests/anomaly/test_isolation.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mld.errors import ModelError
+
+__all__ = [
+    "average_path_length",
+    "fit_isolation_forest",
+    "isolation_to_treelite",
+    "score_from_path",
+]
+
+
+def average_path_length(n: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``c(n)``: 0 for n <= 1, 1 for n == 2, else ``2 H(n-1) - 2 (n-1) / n`` (as sklearn)."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros_like(n)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+def score_from_path(mean_path: npt.ArrayLike, max_samples: int) -> npt.NDArray[np.float32]:
+    """The anomaly score ``2 ** (-E[h] / c(max_samples))`` of mean path lengths."""
+    c = float(average_path_length(np.array([max_samples]))[0])
+    h = np.asarray(mean_path, dtype=np.float64)
+    if c <= 0:
+        return np.ones(h.shape, dtype=np.float32)
+    return np.power(2.0, -h / c).astype(np.float32)
+
+
+def fit_isolation_forest(
+    x: npt.NDArray[np.float32], n_trees: int, max_samples: int, seed: int
+) -> Any:
+    """A fitted sklearn IsolationForest over all features (no feature subsampling)."""
+    from sklearn.ensemble import IsolationForest  # imported late: the CLI starts without it
+
+    forest = IsolationForest(
+        n_estimators=n_trees,
+        max_samples=min(max_samples, len(x)),
+        max_features=1.0,
+        random_state=seed,
+        n_jobs=1,
+    )
+    forest.fit(x)
+    return forest
+
+
+def isolation_to_treelite(forest: Any) -> Any:
+    """The treelite Model of a fitted sklearn IsolationForest: mean path length E[h(x)]."""
+    from treelite.model_builder import (
+        Metadata,
+        ModelBuilder,
+        PostProcessorFunc,
+        TreeAnnotation,
+    )
+
+    n_features = int(forest.n_features_in_)
+    estimators = forest.estimators_
+    if not estimators:
+        raise ModelError("the isolation forest has no trees")
+    n_trees = len(estimators)
+    builder = ModelBuilder(
+        threshold_type="float32",
+        leaf_output_type="float32",
+        metadata=Metadata(
+            num_feature=n_features,
+            task_type="kRegressor",
+            average_tree_output=True,
+            num_target=1,
+            num_class=[1],
+            leaf_vector_shape=(1, 1),
+        ),
+        tree_annotation=TreeAnnotation(
+            num_tree=n_trees, target_id=[0] * n_trees, class_id=[0] * n_trees
+        ),
+        postprocessor=PostProcessorFunc(name="identity"),
+        base_scores=[0.0],
+    )
+    subsampled = int(forest._max_features) != n_features
+    for estimator, features in zip(estimators, forest.estimators_features_, strict=True):
+        tree = estimator.tree_
+        threshold = tree.threshold.astype(np.float32)
+        above = threshold.astype(np.float64) > tree.threshold
+        threshold[above] = np.nextafter(threshold[above], np.float32(-np.inf))
+        # sklearn: decision path length (root = 1) + c(n at the node) - 1.
+        depth = np.asarray(tree.compute_node_depths(), dtype=np.float64)
+        leaf_value = depth + average_path_length(tree.n_node_samples) - 1.0
+        feature = np.asarray(tree.feature)
+        if subsampled:
+            feature = np.where(feature >= 0, np.asarray(features)[np.maximum(feature, 0)], -1)
+        left = tree.children_left.tolist()
+        right = tree.children_right.tolist()
+        feat = feature.tolist()
+        thr = threshold.tolist()
+        leaf = leaf_value.tolist()
+        builder.start_tree()  # type: ignore[no-untyped-call]
+        for node in range(tree.node_count):
+            builder.start_node(node)
+            if left[node] == -1:
+                builder.leaf(leaf[node])
+            else:
+                builder.numerical_test(feat[node], thr[node], True, "<=", left[node], right[node])
+            builder.end_node()  # type: ignore[no-untyped-call]
+        builder.end_tree()  # type: ignore[no-untyped-call]
+    return builder.commit()

@@ -1,0 +1,633 @@
+"""``mld watch DIR``: capture files dropped into a folder, analysed once each.
+
+The loop: find capture files (inotify, or a scan every ``poll_interval_s``), wait until
+each is finished (watch/readiness.py), know it by its content (watch/state.py), run it
+through the whole offline detection path (rag.importer.scored_events: the sniffer's flow
+engine and pipeline, the shipped forests), store its events in the RAG store, record it
+in the state file, and every ``retrain_every_files`` files call the retrain hook (the
+anomaly model, trained on the store's recent events).
+
+**One transaction per file.** A file's events are collected, then written in one SQLite
+transaction together with a ``watch:<key>`` meta row naming the file; the state file is
+written after. A watcher killed between the two finds the meta row at restart and counts
+the file as done instead of storing it twice; killed before the commit, it stored nothing
+and reads the file again. (A file's events are held in memory until the commit, ~1 KB
+per flow: rotate captures to a size the host can hold, as ``tcpdump -C/-G`` does.)
+
+**A file that cannot be read** is moved to ``failed_dir`` with ``<name>.reason.json``.
+A *truncated* capture (the engine stops at a cut record) keeps the flows read up to the
+cut: they are stored, as tcpdump and Suricata would analyse them, and the file is still
+moved aside and counted as ``partial``, so the operator sees it was cut. A file that
+yields nothing (not a capture, unsupported link type, cut inside its header) stores
+nothing and counts as ``failed``. Moving a failed file back into the folder tries it
+again; a partial one is remembered (its events are stored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Protocol
+
+from mld.errors import MldError, WatchError
+from proto.events_pb2 import ScoredEvent
+from rag.service import RagStore
+from sniffer.sources import RejectedFile
+from watch.inotify import (
+    IN_CLOSE_WRITE,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    Inotify,
+    InotifyError,
+    inotify_unavailable,
+)
+from watch.readiness import Pending, held_for_writing
+from watch.state import FileEntry, WatchState, file_key
+
+if TYPE_CHECKING:
+    from config.settings import MldConfig
+    from detector.scoring import Scorer
+
+__all__ = [
+    "CAPTURE_SUFFIXES",
+    "Analysis",
+    "FileResult",
+    "RetrainHook",
+    "RetrainResult",
+    "Watcher",
+    "anomaly_retrain",
+    "detection_analyser",
+]
+
+log = logging.getLogger(__name__)
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+_LABEL_SUSPICIOUS = 2
+_MAX_WAIT_S = 0.5  # longest sleep: a stop request is seen within this
+
+
+def _stat_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class RetrainResult(Protocol):
+    """What a retrain reports: swapped in or not, why, the new version."""
+
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def version(self) -> str | None: ...
+
+
+RetrainHook = Callable[[str], RetrainResult]
+
+
+def anomaly_retrain(cfg: MldConfig) -> RetrainHook:
+    """The anomaly model's retrain (:func:`anomaly.train.retrain`) on ``cfg``'s event store
+    (``rag.db``) into its model folder: the window is read, a model fitted, compiled and
+    judged against the serving one, then swapped in or refused (anomaly/README.md)."""
+    from anomaly.train import retrain
+    from rag.service import db_path
+
+    def hook(reason: str) -> RetrainResult:
+        log.info("anomaly retrain: %s", reason)
+        decision = retrain(
+            cfg.anomaly,
+            db_path(cfg.rag, cfg.node.state_dir),
+            cfg.anomaly.path(cfg.node.state_dir),
+            cfg.detector.model_cache_dir or None,
+        )
+        return Retrained(
+            decision.action == "swap", f"{decision.action}: {decision.reason}",
+            decision.version or None,
+        )  # fmt: skip
+
+    return hook
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A RetrainResult made from what the retrain returned."""
+
+    accepted: bool
+    reason: str
+    version: str | None
+
+
+@dataclass
+class Analysis:
+    """The events of one capture file, and the read error that stopped it, if any."""
+
+    events: list[ScoredEvent]
+    error: str = ""  # why the read stopped early (or never started); "" when read whole
+    error_kind: str = ""  # corrupt, unsupported_link_type, error
+
+
+def detection_analyser(
+    cfg: MldConfig, sensor: str, *, scorer: Scorer | None = None
+) -> Callable[[Path], Analysis]:
+    """One file through the offline detection path (what ``mld rag import`` runs), scored
+    by ``scorer`` (default: the shipped bundle with cfg's thresholds)."""
+    from detector.bundle import load_bundle
+    from detector.scoring import Scorer
+    from rag.importer import scored_events
+
+    if scorer is None:
+        scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+
+    def analyse(path: Path) -> Analysis:
+        events: list[ScoredEvent] = []
+        rejected: list[RejectedFile] = []
+        try:
+            for batch in scored_events(
+                [path], cfg.sniffer, scorer, sensor_id=sensor, rejected=rejected
+            ):
+                events.extend(batch)
+        except (MldError, OSError, ValueError) as exc:
+            return Analysis([], f"{type(exc).__name__}: {exc}", "error")
+        if rejected:
+            return Analysis(events, rejected[0].message, rejected[0].reason)
+        return Analysis(events)
+
+    return analyse
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one file; ``status`` is ok, partial, failed or known."""
+
+    path: Path
+    status: str
+    flows: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str = ""
+    moved_to: Path | None = None
+
+
+class Watcher:
+    """The watch folder's loop; one thread (the SQLite connection is its own)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        cfg: MldConfig,
+        store: RagStore,
+        state: WatchState,
+        *,
+        analyse: Callable[[Path], Analysis],
+        retrain: RetrainHook | None,
+        failed_dir: Path | None = None,
+        poll: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        on_file: Callable[[FileResult], None] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.cfg = cfg.watch
+        self.rag_cfg = cfg.rag
+        self.store = store
+        self.state = state
+        self.analyse = analyse
+        self.retrain = retrain
+        self.failed_dir = (failed_dir or folder / ".failed").resolve()
+        self.clock = clock
+        self.on_file = on_file
+        self.pending: dict[Path, Pending] = {}
+        self.mode = "poll"  # or inotify, once started
+        self.started = threading.Event()  # set once the folder's first scan is done
+        self.why_poll = "--poll" if poll else ""
+        self._want_inotify = not poll
+        self._inotify: Inotify | None = None
+        # path -> (size, mtime, inode) of files that need nothing more while unchanged:
+        # analysed (from the state at start), duplicates of analysed ones, unmovable failures.
+        self._known: dict[str, tuple[int, int, int]] = {
+            e.path: (e.size, e.mtime_ns, e.ino) for e in state.files.values()
+        }
+        self._stop = threading.Event()
+        self._next_scan = 0.0
+        self._unsaved_since: float | None = None
+        self._unsaved_events = 0
+        self.results: deque[FileResult] = deque(maxlen=10000)  # the most recent
+        self.unreadable = 0  # files of this run that failed or were cut
+
+    # ----------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT finish the current file, save, and return from run()."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s: finishing the current file and stopping", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self.state.counters,
+            "pending": len(self.pending),
+            "files_at_last_retrain": self.state.files_at_last_retrain,
+        }
+
+    # -------------------------------------------------------------- discovery
+    def _start(self) -> None:
+        if not self.folder.is_dir():
+            raise WatchError(f"{self.folder} is not a folder: pass the folder to watch")
+        if self._want_inotify:
+            why = inotify_unavailable(self.folder)
+            if why is None:
+                try:
+                    self._inotify = Inotify()
+                    self._inotify.add(self.folder)
+                    self.mode = "inotify"
+                except InotifyError as exc:
+                    why = str(exc)
+                    self._close_inotify()
+            if why:
+                self.why_poll = why
+                log.warning(
+                    "inotify unavailable (%s): polling every %.1f s instead",
+                    why,
+                    self.cfg.poll_interval_s,
+                )
+        self._scan(self.folder)
+        self._next_scan = self.clock() + self.cfg.poll_interval_s
+        self.started.set()
+
+    def _close_inotify(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def _hidden_or_failed(self, path: Path) -> bool:
+        return path.name.startswith(".") or path == self.failed_dir
+
+    def _scan(self, folder: Path) -> None:
+        """Every capture file under ``folder`` becomes pending (unless known); with
+        inotify and ``recursive``, every subfolder is watched."""
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc)
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if self._hidden_or_failed(path):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if self.cfg.recursive:
+                        self._watch_subfolder(path)
+                        self._scan(path)
+                elif entry.is_file() and entry.name.endswith(CAPTURE_SUFFIXES):
+                    self._note(path, closed=False)
+            except OSError:
+                continue
+
+    def _watch_subfolder(self, path: Path) -> None:
+        if self._inotify is None:
+            return
+        try:
+            self._inotify.add(path)
+        except InotifyError as exc:  # e.g. max_user_watches: poll everything instead
+            log.warning("inotify: %s; polling every %.1f s instead", exc, self.cfg.poll_interval_s)
+            self.why_poll = str(exc)
+            self.mode = "poll"
+            self._close_inotify()
+
+    def _note(self, path: Path, *, closed: bool) -> None:
+        """A capture file appeared or changed: track it until it is ready."""
+        if self._hidden_or_failed(path) or not path.name.endswith(CAPTURE_SUFFIXES):
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            self.pending.pop(path, None)
+            return
+        if path not in self.pending and self._known.get(str(path)) == _stat_id(st):
+            return  # handled already, unchanged
+        now = self.clock()
+        got = self.pending.get(path)
+        if got is None:
+            got = self.pending[path] = Pending(st.st_size, st.st_mtime_ns, now)
+        else:
+            got.update(st.st_size, st.st_mtime_ns, now)
+        if closed:
+            got.closed = True
+
+    def _events(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for inotify events (or sleep, when polling)."""
+        if self._inotify is None:
+            self._stop.wait(timeout)
+            return
+        for ev in self._inotify.read(timeout):
+            if ev.mask & IN_Q_OVERFLOW:
+                log.warning("inotify queue overflowed: scanning %s again", self.folder)
+                self._scan(self.folder)
+            elif ev.is_dir:
+                if self.cfg.recursive and not self._hidden_or_failed(ev.path):
+                    self._watch_subfolder(ev.path)
+                    self._scan(ev.path)
+            elif ev.path == self.folder:
+                continue  # the folder itself went away (IN_DELETE_SELF): the scan says so
+            else:
+                self._note(ev.path, closed=bool(ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO)))
+
+    def _ready(self) -> tuple[list[Path], float]:
+        """Pending files that are finished (oldest first), and how long until the next
+        might be."""
+        now = self.clock()
+        ready: list[tuple[int, Path]] = []
+        wait = self.cfg.poll_interval_s
+        for path, p in list(self.pending.items()):
+            try:
+                st = path.stat()
+            except OSError:
+                del self.pending[path]
+                continue
+            p.update(st.st_size, st.st_mtime_ns, now)
+            left = p.settled(now, self.cfg.settle_s, self.cfg.closed_settle_s)
+            if left > 0:
+                wait = min(wait, left)
+            elif held_for_writing(path):
+                log.debug("%s: still open for writing", path)
+                p.closed = False
+                wait = min(wait, max(self.cfg.settle_s, 0.05))
+            else:
+                ready.append((p.mtime_ns, path))
+        return [path for _, path in sorted(ready)], wait
+
+    # --------------------------------------------------------------- the loop
+    def run(
+        self, *, once: bool = False, follow: Callable[[], object] | None = None
+    ) -> list[FileResult]:
+        """Watch until stopped (``once``: until every file found is done); returns what
+        became of the files handled (the last 10000). ``follow`` is called between files
+        and waits (the control plane's poll)."""
+        self._start()
+        log.info(
+            "watching %s (%s%s); state %s; failed files to %s",
+            self.folder,
+            self.mode,
+            f": {self.why_poll}" if self.mode == "poll" and self.why_poll else "",
+            self.state.path,
+            self.failed_dir,
+        )
+        try:
+            self._maybe_retrain()  # a retrain that was due when the last run stopped
+            while not self._stop.is_set():
+                if follow is not None:
+                    follow()
+                if self.mode == "poll" and self.clock() >= self._next_scan:
+                    self._scan(self.folder)
+                    self._next_scan = self.clock() + self.cfg.poll_interval_s
+                ready, wait = self._ready()
+                for path in ready:
+                    if self._stop.is_set():
+                        break
+                    self._handle(path)
+                if ready:
+                    continue
+                if once and not self.pending:
+                    break
+                self._save_indexes(force=False)
+                if self.mode == "poll":
+                    wait = min(wait, max(0.0, self._next_scan - self.clock()))
+                self._events(min(max(wait, 0.01), _MAX_WAIT_S))
+        finally:
+            self._save_indexes(force=True)
+            self.state.save()
+            self._close_inotify()
+        return list(self.results)
+
+    def _handle(self, path: Path) -> None:
+        self.pending.pop(path, None)
+        try:
+            st = path.stat()
+            key = file_key(path, st.st_size)
+        except OSError as exc:
+            log.info("%s: gone before it was read (%s)", path, exc)
+            return
+        entry = self.state.files.get(key)
+        if entry is not None and entry.status != "failed":
+            log.info("%s: the same capture as %s, analysed already; skipped", path, entry.path)
+            self._known[str(path)] = _stat_id(st)
+            return
+        stored = self.store.store.meta(f"watch:{key}")
+        if stored is not None:
+            self._recover(path, st, key, stored)
+            return
+        started = time.perf_counter()
+        result = self.analyse(path)
+        try:
+            changed = _stat_id(path.stat()) != _stat_id(st)
+        except OSError:
+            changed = True
+        if changed:  # a writer the checks could not see (another host): nothing stored
+            log.warning("%s: changed while it was read; read again once it settles", path)
+            self._note(path, closed=False)
+            return
+        events = result.events
+        status = "ok" if not result.error else "partial" if events else "failed"
+        alerts = Counter(
+            ev.verdict.family for ev in events if ev.verdict.label >= _LABEL_SUSPICIOUS
+        )
+        if status != "failed":
+            record = {
+                "path": str(path),
+                "status": status,
+                "events": len(events),
+                "alerts": dict(alerts),
+                "at": time.time(),
+            }
+            self.store.ingest(events, "watch", meta={f"watch:{key}": json.dumps(record)})
+            self._unsaved_events += len(events)
+            if self._unsaved_since is None:
+                self._unsaved_since = self.clock()
+        seconds = time.perf_counter() - started
+        moved = None if status == "ok" else self._move_aside(path, key, status, result, len(events))
+        final = moved or path
+        self._remember(
+            key,
+            FileEntry(
+                str(final), st.st_size, st.st_mtime_ns, st.st_ino, status, len(events), time.time()
+            ),
+        )
+        self._count(status, len(events), sum(alerts.values()))
+        self.state.prune(self.cfg.remember_files)
+        self.state.save()
+        done = FileResult(path, status, len(events), dict(alerts), seconds, result.error, moved)
+        self._log(done)
+        self.unreadable += status != "ok"
+        self.results.append(done)
+        if self.on_file is not None:
+            self.on_file(done)
+        if status != "failed":
+            self._maybe_retrain()
+
+    def _recover(self, path: Path, st: os.stat_result, key: str, stored: str) -> None:
+        """The store holds this file's events (the last run stopped before saving its
+        state): count it from the meta row, do not store it again."""
+        record = json.loads(stored)
+        status = str(record.get("status", "ok"))
+        events = int(record.get("events", 0))
+        alerts = {str(k): int(v) for k, v in dict(record.get("alerts", {})).items()}
+        log.info(
+            "%s: its %d events are in the store already (stored before a restart)", path, events
+        )
+        moved = None
+        if status != "ok":
+            moved = self._move_aside(
+                path, key, status, Analysis([], "read stopped early", "corrupt"), events
+            )
+        self._remember(
+            key,
+            FileEntry(
+                str(moved or path),
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                status,
+                events,
+                time.time(),
+            ),
+        )
+        self._count(status, events, sum(alerts.values()))
+        self.state.save()
+        done = FileResult(path, "known", events, alerts, 0.0, "", moved)
+        self.results.append(done)
+        if self.on_file is not None:
+            self.on_file(done)
+        self._maybe_retrain()
+
+    def _remember(self, key: str, entry: FileEntry) -> None:
+        self.state.record(key, entry)
+        self._known[entry.path] = (entry.size, entry.mtime_ns, entry.ino)
+
+    def _count(self, status: str, events: int, alerts: int) -> None:
+        c = self.state.counters
+        c[f"files_{status}"] += 1
+        c["flows"] += events
+        c["events"] += events
+        c["alerts"] += alerts
+
+    def _move_aside(
+        self, path: Path, key: str, status: str, result: Analysis, kept: int
+    ) -> Path | None:
+        """Move a file that could not be read (whole) to the failed folder, with why."""
+        try:
+            self.failed_dir.mkdir(parents=True, exist_ok=True)
+            target = self.failed_dir / path.name
+            if target.exists():
+                target = (
+                    self.failed_dir
+                    / f"{path.stem}-{time.strftime('%Y%m%dT%H%M%S')}-{key[:8]}{path.suffix}"
+                )
+            reason = {
+                "file": str(path),
+                "status": status,
+                "reason": result.error_kind,
+                "message": result.error,
+                "events_stored": kept,
+                "what_was_done": (
+                    f"the {kept} flows read before the error were stored; the rest of "
+                    "the file was not read"
+                    if status == "partial"
+                    else "nothing was stored; move the file back into the folder to try again"
+                ),
+                "key": key,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            sidecar = target.with_name(target.name + ".reason.json")
+            sidecar.write_text(json.dumps(reason, indent=1) + "\n", encoding="utf-8")
+            shutil.move(path, target)
+            return target
+        except OSError as exc:
+            log.error(
+                "%s: cannot move it to %s (%s); it stays where it is and is not "
+                "tried again until it changes",
+                path,
+                self.failed_dir,
+                exc,
+            )
+            return None
+
+    def _log(self, r: FileResult) -> None:
+        alerts = " ".join(f"{k}={v}" for k, v in sorted(r.alerts.items())) or "none"
+        where = f"; moved to {r.moved_to}" if r.moved_to else ""
+        if r.status == "ok":
+            log.info("%s: %d flows, alerts %s, %.2f s", r.path.name, r.flows, alerts, r.seconds)
+        elif r.status == "partial":
+            log.warning(
+                "%s: %d flows (read up to an error: %s), alerts %s, %.2f s%s",
+                r.path.name,
+                r.flows,
+                r.reason,
+                alerts,
+                r.seconds,
+                where,
+            )
+        else:
+            log.warning("%s: failed, nothing stored (%s)%s", r.path.name, r.reason, where)
+
+    # ---------------------------------------------------------- store, retrain
+    def _save_indexes(self, *, force: bool) -> None:
+        if self._unsaved_since is None:
+            return
+        due = (
+            force
+            or self._unsaved_events >= self.rag_cfg.save_every_events
+            or self.clock() - self._unsaved_since >= self.rag_cfg.save_every_s
+        )
+        if due:
+            self.store.save()
+            self._unsaved_since = None
+            self._unsaved_events = 0
+
+    def _maybe_retrain(self) -> None:
+        every = self.cfg.retrain_every_files
+        done = self.state.files_analysed
+        if self.retrain is None or every <= 0 or done - self.state.files_at_last_retrain < every:
+            return
+        why = f"mld watch {self.folder}: {done} files analysed"
+        started = time.perf_counter()
+        outcome: dict[str, object]
+        try:
+            got = self.retrain(why)
+            outcome = {
+                "accepted": bool(got.accepted),
+                "reason": str(got.reason),
+                "version": got.version,
+            }
+        except Exception as exc:  # a failed retrain must not stop the watch
+            outcome = {"accepted": False, "reason": f"retrain failed: {exc}", "version": None}
+        took = time.perf_counter() - started
+        self.state.last_retrain = {
+            "at": time.time(),
+            "files": done,
+            "seconds": round(took, 3),
+            **outcome,
+        }
+        self.state.files_at_last_retrain = done
+        self.state.save()
+        log.info(
+            "anomaly model retrain after %d files: %s (%s) in %.1f s",
+            done,
+            "accepted" if outcome["accepted"] else "not accepted",
+            outcome["reason"],
+            took,
+        )
