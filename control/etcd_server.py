@@ -117,6 +117,13 @@ class EtcdServer:
             f"{self.name}={peer}",
             "--log-level",
             "warn",
+            # Services rewrite their health every few seconds: without compaction etcd
+            # keeps every revision and its memory grows without end (bench/soak.py saw
+            # 41 MB/h). Keep ten minutes of history.
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "10m",
         ]
 
     def start(self, timeout_s: float = 15.0, detach: bool = False) -> EtcdServer:
