@@ -33,6 +33,9 @@ from lab.recipes import GroundTruth
 
 __all__ = ["AttackTimes", "PipelineMonitor", "render_summary", "render_view"]
 
+# An attack's detection, block and drops are looked for until this long after it ended.
+_AFTER_END_S = 5.0
+
 
 def _host_of(prefix: str) -> str:
     """'203.0.113.66/32' -> '203.0.113.66' (a one-address prefix)."""
@@ -233,10 +236,14 @@ class PipelineMonitor:
             if t.kind != "attack":
                 continue
             hosts = [h for h in t.attack_hosts if h != "*"]
-            lo = t.start - 1.0
+            # What happened to the attack's hosts from just before it started until a few
+            # seconds after it ended (a later attack of the same host is its own).
+            lo, hi = t.start - 1.0, t.end + _AFTER_END_S
 
-            def first(pairs: Sequence[tuple[float, Any]], lo: float = lo) -> float | None:
-                found = [p[0] for p in pairs if p[0] >= lo]
+            def first(
+                pairs: Sequence[tuple[float, Any]], lo: float = lo, hi: float = hi
+            ) -> float | None:
+                found = [p[0] for p in pairs if lo <= p[0] <= hi]
                 return min(found) if found else None
 
             def rel(x: float | None, start: float = t.start) -> float | None:
@@ -249,7 +256,7 @@ class PipelineMonitor:
             # same host was still in force: its packets were dropped from the start.
             already = _min(block) is None and any(self._active_at(h, lo) for h in hosts)
             families = sorted({f for h in hosts for ts, f in self._times(h).alerts
-                               if ts >= lo})  # fmt: skip
+                               if lo <= ts <= hi})  # fmt: skip
             attacks.append({
                 "recipe": t.recipe,
                 "family": t.family,
