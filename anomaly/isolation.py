@@ -74,59 +74,22 @@ def fit_isolation_forest(
 
 def isolation_to_treelite(forest: Any) -> Any:
     """The treelite Model of a fitted sklearn IsolationForest: mean path length E[h(x)]."""
-    from treelite.model_builder import (
-        Metadata,
-        ModelBuilder,
-        PostProcessorFunc,
-        TreeAnnotation,
-    )
+    from detector.compile import TreeArrays, trees_to_treelite
 
     n_features = int(forest.n_features_in_)
     estimators = forest.estimators_
     if not estimators:
         raise ModelError("the isolation forest has no trees")
-    n_trees = len(estimators)
-    builder = ModelBuilder(
-        threshold_type="float32",
-        leaf_output_type="float32",
-        metadata=Metadata(
-            num_feature=n_features,
-            task_type="kRegressor",
-            average_tree_output=True,
-            num_target=1,
-            num_class=[1],
-            leaf_vector_shape=(1, 1),
-        ),
-        tree_annotation=TreeAnnotation(
-            num_tree=n_trees, target_id=[0] * n_trees, class_id=[0] * n_trees
-        ),
-        postprocessor=PostProcessorFunc(name="identity"),
-        base_scores=[0.0],
-    )
     subsampled = int(forest._max_features) != n_features
+    trees = []
     for estimator, features in zip(estimators, forest.estimators_features_, strict=True):
         tree = estimator.tree_
-        threshold = tree.threshold.astype(np.float32)
-        above = threshold.astype(np.float64) > tree.threshold
-        threshold[above] = np.nextafter(threshold[above], np.float32(-np.inf))
         # sklearn: decision path length (root = 1) + c(n at the node) - 1.
         depth = np.asarray(tree.compute_node_depths(), dtype=np.float64)
         leaf_value = depth + average_path_length(tree.n_node_samples) - 1.0
         feature = np.asarray(tree.feature)
         if subsampled:
             feature = np.where(feature >= 0, np.asarray(features)[np.maximum(feature, 0)], -1)
-        left = tree.children_left.tolist()
-        right = tree.children_right.tolist()
-        feat = feature.tolist()
-        thr = threshold.tolist()
-        leaf = leaf_value.tolist()
-        builder.start_tree()  # type: ignore[no-untyped-call]
-        for node in range(tree.node_count):
-            builder.start_node(node)
-            if left[node] == -1:
-                builder.leaf(leaf[node])
-            else:
-                builder.numerical_test(feat[node], thr[node], True, "<=", left[node], right[node])
-            builder.end_node()  # type: ignore[no-untyped-call]
-        builder.end_tree()  # type: ignore[no-untyped-call]
-    return builder.commit()
+        trees.append(TreeArrays(tree.children_left, tree.children_right, feature,
+                                tree.threshold, leaf_value))  # fmt: skip
+    return trees_to_treelite(trees, n_features, "kRegressor")

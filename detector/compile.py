@@ -72,8 +72,31 @@ class CompileOptions:
         return out
 
 
-def forest_to_treelite(forest: Any) -> Any:
-    """The treelite Model of a fitted binary sklearn RandomForestClassifier."""
+@dataclass(frozen=True)
+class TreeArrays:
+    """One fitted sklearn tree as arrays: children (-1 at a leaf), split feature, sklearn's
+    float64 threshold, and the value each leaf outputs."""
+
+    left: Any
+    right: Any
+    feature: Any
+    threshold: Any
+    leaf: Any
+
+
+def float32_thresholds(threshold: Any) -> Any:
+    """sklearn's float64 thresholds as float32, each rounded *down* where float32 rounding
+    went up, so a float32 input goes left exactly when sklearn's comparison in float64
+    does (``x <= t``)."""
+    out = np.asarray(threshold).astype(np.float32)
+    above = out.astype(np.float64) > threshold
+    out[above] = np.nextafter(out[above], np.float32(-np.inf))
+    return out
+
+
+def trees_to_treelite(trees: list[TreeArrays], n_features: int, task_type: str) -> Any:
+    """A treelite Model averaging ``trees`` (one output per row), built node by node with
+    treelite's ModelBuilder: treelite 4.1's own sklearn importer fails on NumPy 2."""
     from treelite.model_builder import (  # imported late: the CLI starts without it
         Metadata,
         ModelBuilder,
@@ -81,15 +104,13 @@ def forest_to_treelite(forest: Any) -> Any:
         TreeAnnotation,
     )
 
-    if list(getattr(forest, "classes_", [])) != [0, 1]:
-        raise ModelError(f"expected a binary forest with classes [0, 1], got {forest.classes_}")
-    n_trees = len(forest.estimators_)
+    n_trees = len(trees)
     builder = ModelBuilder(
         threshold_type="float32",
         leaf_output_type="float32",
         metadata=Metadata(
-            num_feature=int(forest.n_features_in_),
-            task_type="kBinaryClf",
+            num_feature=n_features,
+            task_type=task_type,
             average_tree_output=True,
             num_target=1,
             num_class=[1],
@@ -101,21 +122,13 @@ def forest_to_treelite(forest: Any) -> Any:
         postprocessor=PostProcessorFunc(name="identity"),
         base_scores=[0.0],
     )
-    for estimator in forest.estimators_:
-        tree = estimator.tree_
-        threshold = tree.threshold.astype(np.float32)
-        above = threshold.astype(np.float64) > tree.threshold
-        threshold[above] = np.nextafter(threshold[above], np.float32(-np.inf))
-        value = tree.value[:, 0, :]
-        totals = value.sum(axis=1)
-        positive = np.divide(value[:, 1], totals, out=np.zeros(len(totals)), where=totals > 0)
-        left = tree.children_left.tolist()
-        right = tree.children_right.tolist()
-        feature = tree.feature.tolist()
-        thr = threshold.tolist()
-        leaf = positive.tolist()
+    for t in trees:
+        left, right = np.asarray(t.left).tolist(), np.asarray(t.right).tolist()
+        feature = np.asarray(t.feature).tolist()
+        thr = float32_thresholds(t.threshold).tolist()
+        leaf = np.asarray(t.leaf, dtype=np.float64).tolist()
         builder.start_tree()  # type: ignore[no-untyped-call]
-        for node in range(tree.node_count):
+        for node in range(len(left)):
             builder.start_node(node)
             if left[node] == -1:
                 builder.leaf(leaf[node])
@@ -126,6 +139,22 @@ def forest_to_treelite(forest: Any) -> Any:
             builder.end_node()  # type: ignore[no-untyped-call]
         builder.end_tree()  # type: ignore[no-untyped-call]
     return builder.commit()
+
+
+def forest_to_treelite(forest: Any) -> Any:
+    """The treelite Model of a fitted binary sklearn RandomForestClassifier: the mean of
+    the trees' positive-class fractions, as ``predict_proba``."""
+    if list(getattr(forest, "classes_", [])) != [0, 1]:
+        raise ModelError(f"expected a binary forest with classes [0, 1], got {forest.classes_}")
+    trees = []
+    for estimator in forest.estimators_:
+        tree = estimator.tree_
+        value = tree.value[:, 0, :]
+        totals = value.sum(axis=1)
+        positive = np.divide(value[:, 1], totals, out=np.zeros(len(totals)), where=totals > 0)
+        trees.append(TreeArrays(tree.children_left, tree.children_right, tree.feature,
+                                tree.threshold, positive))  # fmt: skip
+    return trees_to_treelite(trees, int(forest.n_features_in_), "kBinaryClf")
 
 
 def _versions() -> str:

@@ -7,6 +7,7 @@ here are registered in tests/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -142,6 +143,42 @@ class NetnsPair:
         return sh("ip", "netns", "exec", ns, *args, check=check)
 
 
+@contextlib.contextmanager
+def make_netns_pair(
+    prefix: str, addr_a: str, addr_b: str, offloads: tuple[str, ...] = ("tso", "gso")
+) -> Iterator[NetnsPair]:
+    """Namespaces ``<prefix>-a-<tag>`` and ``<prefix>-b-<tag>`` joined by a veth pair with
+    ``addr_a``/``addr_b`` (/24) and ``offloads`` turned off on both ends; removed on exit,
+    also when the test fails."""
+    tag = uuid.uuid4().hex[:6]
+    short = prefix.removeprefix("mldt-")[:3]
+    pair = NetnsPair(
+        ns_a=f"{prefix}-a-{tag}",
+        ns_b=f"{prefix}-b-{tag}",
+        dev_a=f"{short}a{tag}",
+        dev_b=f"{short}b{tag}",
+        addr_a=addr_a,
+        addr_b=addr_b,
+    )
+    try:
+        sh("ip", "netns", "add", pair.ns_a)
+        sh("ip", "netns", "add", pair.ns_b)
+        sh("ip", "link", "add", pair.dev_a, "netns", pair.ns_a, "type", "veth", "peer",
+           "name", pair.dev_b, "netns", pair.ns_b)  # fmt: skip
+        ends = ((pair.ns_a, pair.dev_a, pair.addr_a), (pair.ns_b, pair.dev_b, pair.addr_b))
+        off = [arg for name in offloads for arg in (name, "off")]
+        for ns, dev, addr in ends:
+            pair.run(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
+            pair.run(ns, "ip", "link", "set", dev, "up")
+            pair.run(ns, "ip", "link", "set", "lo", "up")
+            pair.run(ns, "ethtool", "-K", dev, *off)
+        yield pair
+    finally:
+        # Deleting a namespace destroys its veth end and any XDP program attached to it.
+        for ns in (pair.ns_a, pair.ns_b):
+            sh("ip", "netns", "del", ns, check=False)
+
+
 @pytest.fixture
 def netns_pair() -> Iterator[NetnsPair]:
     """Namespaces and a veth pair with TEST-NET-1 addresses; removed even if the test fails.
@@ -149,44 +186,8 @@ def netns_pair() -> Iterator[NetnsPair]:
     TSO/GSO are off on both ends so every packet is seen as one packet by generic XDP.
     """
     require_root_and("ip", "ethtool")
-    tag = uuid.uuid4().hex[:6]
-    pair = NetnsPair(
-        ns_a=f"mldt-a-{tag}",
-        ns_b=f"mldt-b-{tag}",
-        dev_a=f"mva{tag}",
-        dev_b=f"mvb{tag}",
-        addr_a="192.0.2.1",
-        addr_b="192.0.2.2",
-    )
-    try:
-        sh("ip", "netns", "add", pair.ns_a)
-        sh("ip", "netns", "add", pair.ns_b)
-        sh(
-            "ip",
-            "link",
-            "add",
-            pair.dev_a,
-            "netns",
-            pair.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            pair.dev_b,
-            "netns",
-            pair.ns_b,
-        )
-        ends = ((pair.ns_a, pair.dev_a, pair.addr_a), (pair.ns_b, pair.dev_b, pair.addr_b))
-        for ns, dev, addr in ends:
-            pair.run(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
-            pair.run(ns, "ip", "link", "set", dev, "up")
-            pair.run(ns, "ip", "link", "set", "lo", "up")
-            pair.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off")
+    with make_netns_pair("mldt", "192.0.2.1", "192.0.2.2") as pair:
         yield pair
-    finally:
-        # Deleting a namespace destroys its veth end and any XDP program attached to it.
-        for ns in (pair.ns_a, pair.ns_b):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 @dataclass(frozen=True)

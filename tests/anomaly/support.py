@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from detector.scoring import Scorer
 from proto.events_pb2 import ScoredEvent
 from rag.importer import scored_events
 from rag.store import EventStore
-from tests.support import NetnsPair, require_root_and, sh, terminate
+from tests.support import NetnsPair, make_netns_pair, require_root_and, terminate
 
 __all__ = [
     "anom_pair",
@@ -66,43 +65,9 @@ def features_of(events: Sequence[ScoredEvent]) -> npt.NDArray[np.float32]:
 def anom_pair() -> Iterator[NetnsPair]:
     """Two namespaces (mldt-anom-a-*, mldt-anom-b-*) joined by a veth pair; removed after."""
     require_root_and("ip", "ethtool", "tcpdump")
-    tag = uuid.uuid4().hex[:6]
-    pair = NetnsPair(
-        ns_a=f"mldt-anom-a-{tag}",
-        ns_b=f"mldt-anom-b-{tag}",
-        dev_a=f"man{tag}",
-        dev_b=f"mbn{tag}",
-        addr_a="198.51.100.1",
-        addr_b="198.51.100.2",
-    )
-    try:
-        sh("ip", "netns", "add", pair.ns_a)
-        sh("ip", "netns", "add", pair.ns_b)
-        sh(
-            "ip",
-            "link",
-            "add",
-            pair.dev_a,
-            "netns",
-            pair.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            pair.dev_b,
-            "netns",
-            pair.ns_b,
-        )
-        ends = ((pair.ns_a, pair.dev_a, pair.addr_a), (pair.ns_b, pair.dev_b, pair.addr_b))
-        for ns, dev, addr in ends:
-            pair.run(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
-            pair.run(ns, "ip", "link", "set", dev, "up")
-            pair.run(ns, "ip", "link", "set", "lo", "up")
-            pair.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
+    with make_netns_pair("mldt-anom", "198.51.100.1", "198.51.100.2",
+                         offloads=("tso", "gso", "gro")) as pair:  # fmt: skip
         yield pair
-    finally:
-        for ns in (pair.ns_a, pair.ns_b):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 HTTP_PORT, NEW_PORT = 8080, 47000
