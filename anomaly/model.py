@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anomaly.isolation import score_from_path
-from detector.bundle import DIRECT_MAX_ROWS, RowPredictor, default_cache_dir
+from detector.bundle import DIRECT_MAX_ROWS, RowPredictor, atomic_write, default_cache_dir
 from detector.compile import CompileOptions, compile_model
 from detector.features import FEATURES, SCHEMA_HASH
 from mld.errors import ModelError
@@ -50,12 +49,6 @@ CHECKPOINT = "model.tl"
 PROBE_TOLERANCE = 1e-5
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_model(
     folder: Path,
     model: Any,
@@ -71,7 +64,7 @@ def write_model(
     """Write a treelite ``model`` and its manifest (manifest last) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     blob = model.serialize_bytes()
-    _atomic_write(folder / CHECKPOINT, blob)
+    atomic_write(folder / CHECKPOINT, blob)
     manifest = {
         "format": MODEL_FORMAT,
         "version": version,
@@ -88,7 +81,7 @@ def write_model(
         },
         "training": training,
     }
-    _atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.model import LoadedAnomalyModel, load_model
+from detector.bundle import atomic_write
 from detector.reload import Signature
 from mld.errors import ModelError
 
@@ -38,12 +39,6 @@ HISTORY_KEEP = 100
 KEEP_VERSIONS = 3
 CURRENT = "current"
 HISTORY = "history.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def pointer_signature(model_dir: Path) -> Signature:
@@ -108,7 +103,7 @@ class ModelDir:
         """Point ``current`` at ``version`` (atomic), then prune old versions."""
         if not self.folder(version).is_dir():
             raise ModelError(f"{self.folder(version)} does not exist")
-        _atomic_write(self.path / CURRENT, f"{version}\n".encode())
+        atomic_write(self.path / CURRENT, f"{version}\n".encode())
         self.prune()
 
     def prune(self, keep: int = KEEP_VERSIONS) -> None:
@@ -133,4 +128,4 @@ class ModelDir:
         """Append a decision to the history (the newest HISTORY_KEEP are kept)."""
         self.path.mkdir(parents=True, exist_ok=True)
         entries = [*self.history(), decision][-HISTORY_KEEP:]
-        _atomic_write(self.path / HISTORY, (json.dumps(entries, indent=1) + "\n").encode())
+        atomic_write(self.path / HISTORY, (json.dumps(entries, indent=1) + "\n").encode())

@@ -46,6 +46,7 @@ __all__ = [
     "LoadedBundle",
     "Manifest",
     "RowPredictor",
+    "atomic_write",
     "default_cache_dir",
     "load_bundle",
     "read_manifest",
@@ -201,7 +202,9 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return manifest
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a hidden temp file and a rename: a reader (or
+    a watcher of the folder) sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -232,7 +235,7 @@ def write_bundle(
             continue
         blob = models[family].serialize_bytes()
         name = f"{family}.tl"
-        _atomic_write(bundle_dir / name, blob)
+        atomic_write(bundle_dir / name, blob)
         sha = hashlib.sha256(blob).hexdigest()
         digest.update(sha.encode())
         e = entries[family]
@@ -259,9 +262,9 @@ def write_bundle(
         training=training,
     )
     if report:
-        _atomic_write(bundle_dir / "REPORT.md", report.encode())
+        atomic_write(bundle_dir / "REPORT.md", report.encode())
     text = json.dumps(manifest.to_json(), indent=1) + "\n"
-    _atomic_write(bundle_dir / MANIFEST, text.encode())
+    atomic_write(bundle_dir / MANIFEST, text.encode())
     return manifest
 
 

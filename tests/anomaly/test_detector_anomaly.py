@@ -4,8 +4,6 @@ a batch, and a model that does not load is refused while the old one keeps servi
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     SCAN_PCAP,
     Harness,
+    Streamer,
     capture_records,
     collect,
     events_of,
@@ -98,26 +97,6 @@ def test_disabled_anomaly_changes_nothing(tiny_bundle: TinyBundle, tmp_path: Pat
         assert not any(k.startswith("anomaly") for k in h.service.stats())
     finally:
         h.close()
-
-
-class Streamer(threading.Thread):
-    def __init__(self, harness: Harness, records: list[bytes], size: int) -> None:
-        super().__init__()
-        self.publisher = harness.publisher()
-        self.records, self.size = records, size
-        self.sent: list[bytes] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            chunk = self.records[i : i + self.size]
-            i = (i + self.size) % (len(self.records) - self.size)
-            self.publisher.add(chunk)
-            self.publisher.flush()
-            self.sent += chunk
-            time.sleep(0.01)
-        self.publisher.close()
 
 
 def test_hot_swap_under_load_loses_nothing_and_refuses_a_broken_model(

@@ -4,6 +4,7 @@ DetectorService on real ZeroMQ sockets between a sensor, a firewall and a RAG st
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,3 +179,29 @@ def events_of(batches: Sequence[EventBatch]) -> list[Any]:
 
 def parse(records: Sequence[bytes]) -> list[FlowRecord]:
     return [FlowRecord.FromString(r) for r in records]
+
+
+class Streamer(threading.Thread):
+    """Publishes chunks of ``records`` to the harness's detector until stopped, keeping
+    every record it sent (hot-swap tests: nothing may be lost)."""
+
+    """A sensor sending batches of ``size`` records, round and round, until stopped."""
+
+    def __init__(self, harness: Harness, records: list[bytes], size: int) -> None:
+        super().__init__()
+        self.publisher = harness.publisher()
+        self.records = records
+        self.size = size
+        self.sent: list[bytes] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            chunk = self.records[i : i + self.size]
+            i = (i + self.size) % (len(self.records) - self.size)
+            self.publisher.add(chunk)
+            self.publisher.flush()
+            self.sent += chunk
+            time.sleep(0.01)
+        self.publisher.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     SCAN_PCAP,
     Harness,
+    Streamer,
     capture_records,
     collect,
     events_of,
@@ -123,29 +122,6 @@ def test_watcher_loads_a_changed_bundle_once_and_refuses_bad_ones(
     shutil.rmtree(serving)
     watcher.check()
     assert not watcher.check() and watcher.refused == 3 and "disappeared" in watcher.last_error
-
-
-class Streamer(threading.Thread):
-    """A sensor sending batches of ``size`` records, round and round, until stopped."""
-
-    def __init__(self, harness: Harness, records: list[bytes], size: int) -> None:
-        super().__init__()
-        self.publisher = harness.publisher()
-        self.records = records
-        self.size = size
-        self.sent: list[bytes] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            chunk = self.records[i : i + self.size]
-            i = (i + self.size) % (len(self.records) - self.size)
-            self.publisher.add(chunk)
-            self.publisher.flush()
-            self.sent += chunk
-            time.sleep(0.01)
-        self.publisher.close()
 
 
 def test_hot_reload_under_load_swaps_between_batches_and_loses_nothing(
