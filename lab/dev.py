@@ -166,6 +166,10 @@ def run_dev(
         traffic = ScenarioTraffic(scenario, recipes, topo, run_dir, opts.seed,
                                   dev_dir / "recipes.log")  # fmt: skip
         view = _View(opts.view, out)
+        if view.mode == "tty":
+            # The screen is redrawn every second: log lines would scroll it away. Events
+            # (restarts...) are shown in the view; warnings and errors still print.
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         traffic.start()
         title = f"ML Defender lab — scenario {scenario.name}, seed {opts.seed}"
         next_health = 0.0
