@@ -42,3 +42,19 @@ def test_firewall_bench_runs_and_prints_its_keys() -> None:
         "nft_verdict_to_drop_p50_ms",
     ):
         assert float(values[key]) > 0, values
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+@pytest.mark.bpf
+@pytest.mark.etcd
+def test_soak_bench_runs_and_prints_its_keys() -> None:
+    """90 s of the soak (its figures need minutes; this only shows the script works)."""
+    require_root_and("ip", "nsenter", "nmap", "etcd")
+    values = bench_keys("soak.py", timeout=900)
+    for service in ("sniffer", "detector", "firewall", "rag", "etcd"):
+        float(values[f"rss_growth_mb_per_h_{service}"])
+        assert float(values[f"rss_mb_end_{service}"]) > 10, values
+    assert int(values["flows"]) > 0 and int(values["samples"]) >= 5, values
+    assert values["restarts_detector"] == "0", values
+    float(values["rss_growth_mb_per_h_max"])
