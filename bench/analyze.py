@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import shared_data
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = REPO / "detector" / "bundle"
 
@@ -117,18 +119,13 @@ def _run_worker(kind: str, pcap: Path, bundle: Path, cache: Path, timeout: float
 # ---- the bundle ----------------------------------------------------------------------------
 
 
-def _shared_data() -> Path:
-    beside = REPO.parent / "shared" / "data"
-    return beside if beside.is_dir() else Path("/work/shared/data")
-
-
 def train_quick_bundle(out: Path, cache: Path, lab: Path | None, quick: bool) -> None:
     from config import load_config
     from detector.dataset import discover
     from detector.train import train_bundle
 
     cfg = load_config()
-    shared = _shared_data()
+    shared = shared_data()
     train = cfg.detector.train
     if quick:
         train = dataclasses.replace(

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sqlite3
 import subprocess
@@ -46,16 +45,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import shared_data  # noqa: E402
+
 _COLUMNS = (
     "scored_ts, stored_ts, sensor, detector, verdict_id, flow_id, ip_version, src, "
     "dst, src_port, dst_port, proto, family, label, final_score, fast_score, fast_rule, "
     "ml_score, ml_family, packets, bytes, model_version, description, event"
 )
-
-
-def shared_data() -> Path:
-    beside = REPO.parent / "shared" / "data"
-    return Path(os.environ.get("MLD_SHARED_DATA") or beside)
 
 
 def build_pool(db: Path) -> int:
@@ -189,6 +185,8 @@ def main() -> None:
         t0 = time.perf_counter()
         pool = build_pool(db)
         print(f"pool: {pool} real flows stored in {time.perf_counter() - t0:.1f} s", flush=True)
+        if pool == 0:
+            sys.exit(f"anomaly_train: no flows from the shared captures in {shared_data()}")
         base = measure(db, 0, base_only=True)
         print(f"rss of a child that only imports: {base['rss_mb']:.0f} MB", flush=True)
         results: dict[tuple[int, int], dict[str, float]] = {}

@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bench.common import shared_data
 from config import load_config
 from detector.bundle import DIRECT_MAX_ROWS, RowPredictor
 from detector.compile import CompileOptions, compile_model, forest_to_treelite
@@ -77,11 +78,7 @@ from detector.families import FAMILIES
 REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_LAB = REPO / "build" / "lab-data" / "run-lab-dev"
-DEFAULT_SHARED = (
-    REPO.parent / "shared" / "data"
-    if (REPO.parent / "shared" / "data").is_dir()
-    else Path("/work/shared/data")
-)
+DEFAULT_SHARED = shared_data()
 BATCHES = (1, 64, 1024, 65536)
 TOLERANCE = 1e-5
 CFLAGS = {"O2": ("-O2",), "O3": ("-O3",), "O3-native": ("-O3", "-march=native")}

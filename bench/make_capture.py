@@ -35,21 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import shared_data
+
 REPO = Path(__file__).resolve().parent.parent
-# ../shared/data beside the repo; $MLD_SHARED_DATA overrides; a clone elsewhere uses /work.
-_SHARED = os.environ.get("MLD_SHARED_DATA") or (
-    str(REPO.parent / "shared" / "data")
-    if (REPO.parent / "shared" / "data").is_dir()
-    else "/work/shared/data"
-)
-DATA = (Path(_SHARED) / "pcaps").resolve()
+DATA = (shared_data() / "pcaps").resolve()
 SOURCE_DIRS = ("ndpi", "attacks")
 DEFAULT_OUT = REPO / "build" / "bench" / "mixed-1m.pcap"
 FORMAT_VERSION = 1

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
+from bench.common import shared_data  # noqa: E402
 from config import load_config  # noqa: E402
 from rag.answer import Answerer  # noqa: E402
 from rag.quality import (  # noqa: E402
@@ -54,15 +54,6 @@ from rag.quality import (  # noqa: E402
     build_scenario,
     set_score,
 )
-
-
-def _shared_data() -> Path:
-    """../shared/data beside the repo, else /work/shared/data; $MLD_SHARED_DATA overrides."""
-    override = os.environ.get("MLD_SHARED_DATA")
-    if override:
-        return Path(override)
-    beside = _REPO.parent / "shared" / "data"
-    return beside if beside.is_dir() else Path("/work/shared/data")
 
 
 def _print(results: list[Graded], title: str, verbose: bool) -> None:
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M)")
     parser.add_argument("--no-model-only", action="store_true", help="skip the model run")
-    parser.add_argument("--data", type=Path, default=_shared_data(), help="shared data dir")
+    parser.add_argument("--data", type=Path, default=shared_data(), help="shared data dir")
     parser.add_argument("--top-k", type=int, default=0, help="events per question (config)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 questions")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every reply")
