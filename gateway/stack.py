@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from config import MldConfig, load_config, resolve_config_path
-from config.loader import load_yaml
+from config.loader import build, load_yaml
 from control.cli import gather_status
 from control.client import EtcdClient
 from control.etcd_server import EtcdServer
@@ -106,7 +106,7 @@ class GatewayStack:
         self.run_dir = Path(opts.run_dir or Path(base.node.state_dir) / "gateway")
         self.config_path = self.run_dir / "mld.yaml"
         self.local_etcd: EtcdServer | None = None
-        self.cfg = self._derive(base)
+        self.cfg = self._derive()
         self.supervisor = Supervisor(
             self._specs(), self.run_dir / "logs", self.run_dir / "stack.json",
             on_event=self.on_event,
@@ -114,9 +114,12 @@ class GatewayStack:
 
     # ---- config ---------------------------------------------------------------------
 
-    def _derive(self, base: MldConfig) -> MldConfig:
+    def _derive(self) -> MldConfig:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        raw = load_yaml(self.user_config)
+        # The user's file with the caller's overrides (the lab's) is what the stack's own
+        # settings are decided from: e.g. the lab always wants an etcd of its own.
+        raw = deep_merge(load_yaml(self.user_config), self.opts.overrides)
+        base = build(MldConfig, raw, source=f"{self.user_config} with the stack's overrides")
         stack: dict[str, Any] = {}
         if not base.control.endpoints:
             port = self.opts.etcd_port
@@ -139,7 +142,7 @@ class GatewayStack:
             stack["transport"] = {"key_file": str(key_file)}
         eve = self.opts.eve_log or base.detector.eve_log or str(self.run_dir / "alerts.json")
         stack["detector"] = {"eve_log": eve}
-        merged = deep_merge(deep_merge(raw, stack), self.opts.overrides)
+        merged = deep_merge(raw, stack)
         # One blocklist: the firewall writes where the sniffer's program reads.
         pin_dir = merged.get("sniffer", {}).get("capture", {}).get("xdp_pin_dir")
         pin_dir = pin_dir or base.sniffer.capture.xdp_pin_dir

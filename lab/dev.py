@@ -72,7 +72,8 @@ def lab_overrides(topo: Topology, dev_dir: Path) -> dict[str, Any]:
     return {
         "node": {"id": "lab-gateway", "state_dir": str(dev_dir / "state")},
         "logging": {"level": "info"},
-        "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
+        # Its own etcd, in the gateway's namespace, whatever the user's file names.
+        "control": {"endpoints": [], "lease_ttl_s": 3, "health_interval_s": 1.0},
         "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{topo.prefix}"}},
         "firewall": {"backend": "xdp", "ttl_base_s": 20, "ttl_growth": 1.0},
         "rag": {"model": "none"},

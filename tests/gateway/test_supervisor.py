@@ -126,6 +126,25 @@ def test_the_stack_derives_one_checked_config_for_every_service(tmp_path: Path) 
     assert all(f"--config {stack.config_path}" in argv[s] for s in argv if s != "etcd")
 
 
+def test_overrides_decide_the_stack_settings_too(tmp_path: Path) -> None:
+    """The lab's overrides empty control.endpoints: a local etcd even when the user's file
+    names another one, and a key file named by an override is the one used."""
+    require_etcd()
+    user = tmp_path / "mld.yaml"
+    user.write_text(yaml.safe_dump({"control": {"endpoints": ["192.0.2.9:2379"]}}))
+    key = tmp_path / "lab.key"
+    from crypto_transport import KeyPair
+
+    KeyPair.generate().save(key)
+    stack = GatewayStack(StackOptions(
+        outside="a", inside="b", config=str(user), run_dir=tmp_path / "run", etcd_port=0,
+        overrides={"control": {"endpoints": []}, "transport": {"key_file": str(key)}},
+    ))  # fmt: skip
+    assert stack.local_etcd is not None
+    assert stack.cfg.control.endpoints == (stack.local_etcd.endpoint,)
+    assert stack.cfg.transport.key_file == str(key)
+
+
 def test_a_bad_override_is_refused_before_anything_starts(tmp_path: Path) -> None:
     require_etcd()
     with pytest.raises(Exception, match="ttl_base_s"):
