@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Soak: minutes of steady traffic through the whole lab, and each service's memory.
 
-Runs ``mld lab dev`` on a lab of its own (namespace prefix ``mldb-soak``) with the
-``soak`` scenario: benign users looping for the whole run (web, DNS, SSH, transfers,
+Runs ``mld lab dev`` on a lab of its own (namespace prefix ``mldb-soak``; ``--prefix``)
+with the ``soak`` scenario: benign users looping for the whole run (web, DNS, SSH, transfers,
 ping), and, from this script, a port scan from the attacker every ``--attack-every`` s, so
 the detector, the firewall (a block every time, 20 s TTL) and the RAG store keep working
 too. Every ``--sample-s`` s the resident set size (VmRSS) of each service process is read
@@ -114,6 +114,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="90 s (a smoke run)")
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period (5 s)")
     ap.add_argument("--attack-every", type=float, default=30.0, help="a port scan every N s")
+    ap.add_argument("--prefix", default=PREFIX, help=f"the lab's namespace prefix ({PREFIX})")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("soak: needs root (the lab)", file=sys.stderr)
@@ -123,7 +124,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mld-soak-"))
     topo_path = tmp / "topology.yaml"
     topo_path.write_text(
-        DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {PREFIX}")
+        DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {args.prefix}")
     )
     topo = load_topology(topo_path)
     (tmp / "scenarios.yaml").write_text(SCENARIOS)
@@ -198,7 +199,7 @@ def main() -> int:
         raise
     finally:
         log.close()
-        if list_namespaces(PREFIX):
+        if list_namespaces(args.prefix):
             down(topo, run_dir)
     if code != 0 or t_start is None:
         print((tmp / "dev.log").read_text()[-4000:], file=sys.stderr)

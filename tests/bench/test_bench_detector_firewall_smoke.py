@@ -51,7 +51,8 @@ def test_firewall_bench_runs_and_prints_its_keys() -> None:
 def test_soak_bench_runs_and_prints_its_keys() -> None:
     """90 s of the soak (its figures need minutes; this only shows the script works)."""
     require_root_and("ip", "nsenter", "nmap", "etcd")
-    values = bench_keys("soak.py", timeout=900)
+    # A prefix of its own: a developer's soak (mldb-soak) may be running.
+    values = bench_keys("soak.py", "--prefix", "mldt-soak", timeout=900)
     for service in ("sniffer", "detector", "firewall", "rag", "etcd"):
         float(values[f"rss_growth_mb_per_h_{service}"])
         assert float(values[f"rss_mb_end_{service}"]) > 10, values
