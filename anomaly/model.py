@@ -27,8 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from anomaly.isolation import score_from_path
-from detector.bundle import DIRECT_MAX_ROWS, RowPredictor, atomic_write, default_cache_dir
-from detector.compile import CompileOptions, compile_model
+from detector.bundle import (
+    DIRECT_MAX_ROWS,
+    RowPredictor,
+    atomic_write,
+    default_cache_dir,
+    load_checked_model,
+)
+from detector.compile import CompileOptions
 from detector.features import FEATURES, SCHEMA_HASH
 from mld.errors import ModelError
 
@@ -169,31 +175,14 @@ def load_model(
     options: CompileOptions | None = None,
 ) -> LoadedAnomalyModel:
     """Validate, compile (once, cached) and load one version folder; ModelError if off."""
-    import tl2cgen
 
     folder = Path(folder)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     manifest = _read_manifest(folder)
-    model_file = folder / CHECKPOINT
-    try:
-        actual = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise ModelError(f"{folder}: cannot read {CHECKPOINT} ({exc})") from None
-    if actual != manifest.sha256:
-        raise ModelError(
-            f"{folder}: {CHECKPOINT} does not match the manifest's sha256 (a partly copied or "
-            "damaged model): train again (mld anomaly train)"
-        )
-    lib = compile_model(model_file, cache, options)
-    try:
-        predictor = tl2cgen.Predictor(lib, nthread=1)
-    except Exception as exc:  # tl2cgen raises its own TL2cgenError and OSError
-        raise ModelError(f"{folder}: cannot load {lib} ({exc})") from exc
-    if predictor.num_feature != len(FEATURES):
-        raise ModelError(
-            f"{folder}: the model takes {predictor.num_feature} features, the schema has "
-            f"{len(FEATURES)}"
-        )
+    predictor, lib = load_checked_model(
+        folder / CHECKPOINT, manifest.sha256, cache, options, 1, where=str(folder),
+        what="model", fix="(a partly copied or damaged model): train again (mld anomaly train)",
+    )  # fmt: skip
     model = LoadedAnomalyModel(folder, manifest, predictor, RowPredictor(lib))
     if len(manifest.probe_rows):
         for rows in (manifest.probe_rows, manifest.probe_rows[:DIRECT_MAX_ROWS]):

@@ -49,6 +49,7 @@ __all__ = [
     "atomic_write",
     "default_cache_dir",
     "load_bundle",
+    "load_checked_model",
     "read_manifest",
     "write_bundle",
 ]
@@ -345,6 +346,41 @@ class LoadedBundle:
         return out
 
 
+def load_checked_model(
+    model_file: Path,
+    sha256: str,
+    cache: Path,
+    options: CompileOptions | None,
+    threads: int,
+    *,
+    where: str,
+    what: str,
+    fix: str,
+) -> tuple[Any, Path]:
+    """One treelite checkpoint whose sha256 a manifest gives: checked against it, compiled
+    (once, cached), loaded, and checked to take the schema's features. Returns the tl2cgen
+    Predictor and the library; ModelError naming ``where`` (and ``fix`` for a mismatch)."""
+    import tl2cgen
+
+    try:
+        actual = _sha256(model_file)
+    except OSError as exc:
+        raise ModelError(f"{where}: cannot read {model_file.name} ({exc})") from None
+    if actual != sha256:
+        raise ModelError(f"{where}: {model_file.name} does not match the manifest's sha256 {fix}")
+    lib = compile_model(model_file, cache, options)
+    try:
+        predictor = tl2cgen.Predictor(lib, nthread=max(1, threads))
+    except Exception as exc:  # tl2cgen raises its own TL2cgenError and OSError
+        raise ModelError(f"{where}: cannot load {lib} ({exc})") from exc
+    if predictor.num_feature != len(FEATURES):
+        raise ModelError(
+            f"{where}: the {what} takes {predictor.num_feature} features, the schema has "
+            f"{len(FEATURES)}"
+        )
+    return predictor, lib
+
+
 def load_bundle(
     bundle_dir: Path | str | None = None,
     cache_dir: Path | str | None = None,
@@ -360,28 +396,11 @@ def load_bundle(
     predictors: dict[str, Any] = {}
     row_predictors: dict[str, RowPredictor] = {}
     for family, entry in manifest.families.items():
-        model_file = path / entry.model
-        try:
-            actual = _sha256(model_file)
-        except OSError as exc:
-            raise ModelError(
-                f"{path}: family {family}: cannot read {entry.model} ({exc})"
-            ) from None
-        if actual != entry.sha256:
-            raise ModelError(
-                f"{path}: family {family}: {entry.model} does not match the manifest's sha256 "
-                "(a partly copied bundle?): copy the whole folder again"
-            )
-        lib = compile_model(model_file, cache, options)
-        try:
-            predictor = tl2cgen.Predictor(lib, nthread=max(1, threads))
-        except Exception as exc:  # tl2cgen raises its own TL2cgenError and OSError
-            raise ModelError(f"{path}: family {family}: cannot load {lib} ({exc})") from exc
-        if predictor.num_feature != len(FEATURES):
-            raise ModelError(
-                f"{path}: family {family}: the forest takes {predictor.num_feature}"
-                f" features, the schema has {len(FEATURES)}"
-            )
+        predictor, lib = load_checked_model(
+            path / entry.model, entry.sha256, cache, options, threads,
+            where=f"{path}: family {family}", what="forest",
+            fix="(a partly copied bundle?): copy the whole folder again",
+        )  # fmt: skip
         if entry.probe_rows:
             rows = np.array(entry.probe_rows, dtype=np.float32)
             got = predictor.predict(tl2cgen.DMatrix(rows, dtype="float32")).reshape(-1)
