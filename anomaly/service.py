@@ -15,18 +15,17 @@ file alone. SIGTERM or Ctrl-C stops it after the training in progress.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import FrameType
 
 from anomaly.config import AnomalyConfig
 from anomaly.train import Decision, retrain
 from anomaly.versions import ModelDir
 from control import ServiceControl, stats_from_other_thread
 from mld.errors import MldError
+from mld.signals import stop_on_signals
 
 __all__ = ["AnomalyService"]
 
@@ -125,11 +124,5 @@ class AnomalyService:
 
     def stop_on_signals(self) -> None:
         """SIGTERM and the first SIGINT stop after the training in progress (main thread)."""
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s: stopping after the training in progress", signal.Signals(signum).name)
-            self.request_stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.request_stop, "stopping after the training in progress",
+                        second_sigint_interrupts=True)  # fmt: skip

@@ -37,12 +37,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -57,6 +55,7 @@ from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
+from mld import signals
 from mld.errors import ModelError
 from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
 
@@ -550,10 +549,5 @@ def stop_on_signals(service: DetectorService) -> None:
     """SIGTERM and the first SIGINT ask ``service`` to stop cleanly; a second SIGINT
     interrupts at once (KeyboardInterrupt). Main thread only."""
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: finishing the batch in flight and stopping", signal.Signals(signum).name)
-        service.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signals.stop_on_signals(service.request_stop, "finishing the batch in flight and stopping",
+                            second_sigint_interrupts=True)  # fmt: skip

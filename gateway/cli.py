@@ -12,11 +12,11 @@ import logging
 import signal
 import time
 from pathlib import Path
-from types import FrameType
 
 from gateway.preflight import preflight
 from gateway.stack import GatewayStack, StackOptions
 from mld.errors import GatewayError
+from mld.signals import StopRequested, raise_on_stop_signals
 
 __all__ = ["register"]
 
@@ -34,14 +34,6 @@ packets come in, before the kernel forwards them. Without control.endpoints a lo
 is started (data in <run dir>/etcd). Logs: <run dir>/logs/<service>.log; alerts:
 detector.eve_log or <run dir>/alerts.json. systemd units are in deploy/systemd.
 """
-
-
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
@@ -75,8 +67,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             etcd_port=args.etcd_port,
         )
     )
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    raise_on_stop_signals()
     try:
         log.info("starting the gateway stack in %s (config %s)", stack.run_dir, stack.config_path)
         stack.start()
@@ -89,7 +80,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         while True:
             stack.poll()
             time.sleep(0.5)
-    except (_Stop, KeyboardInterrupt) as exc:
+    except (StopRequested, KeyboardInterrupt) as exc:
         log.info("stopping the gateway stack (%s)", exc or "interrupt")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

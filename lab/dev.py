@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from gateway.stack import GatewayStack, StackOptions, deep_merge
@@ -37,6 +36,7 @@ from lab.recipes import Recipe, load_recipes
 from lab.scenario import ScenarioTraffic, load_scenarios
 from lab.topology import Topology
 from mld.errors import LabError
+from mld.signals import StopRequested, raise_on_stop_signals
 
 __all__ = ["DevOptions", "lab_overrides", "run_dev"]
 
@@ -80,14 +80,6 @@ def lab_overrides(topo: Topology, dev_dir: Path) -> dict[str, Any]:
     }
 
 
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
 class _View:
     def __init__(self, mode: str, out: TextIO) -> None:
         self.mode = mode if mode != "tty" or out.isatty() else "lines"
@@ -124,8 +116,7 @@ def run_dev(
 
     pin_dir = Path(f"/sys/fs/bpf/{topo.prefix}")
     previous_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    raise_on_stop_signals()
     root_ns: int | None = None
     stack: GatewayStack | None = None
     monitor: PipelineMonitor | None = None
@@ -195,7 +186,7 @@ def run_dev(
             stack.poll()
             monitor.sample()
             time.sleep(0.5)
-    except (_Stop, KeyboardInterrupt) as exc:
+    except (StopRequested, KeyboardInterrupt) as exc:
         event(f"stopping ({exc or 'interrupt'})")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,12 +15,10 @@ find it.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 
 import faiss
 import numpy as np
@@ -29,6 +27,7 @@ import numpy.typing as npt
 from crypto_transport import Receiver
 from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
+from mld.signals import stop_on_signals
 from proto.events_pb2 import EventBatch, ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, describe, embed_texts
@@ -240,9 +239,5 @@ class RagService:
         return out
 
     def stop_on_signals(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s: saving the indexes and stopping", signal.Signals(signum).name)
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM and SIGINT save the indexes and return from run() (main thread)."""
+        stop_on_signals(self.request_stop, "saving the indexes and stopping")

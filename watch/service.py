@@ -29,17 +29,16 @@ import json
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from mld.errors import MldError, WatchError
+from mld.signals import stop_on_signals
 from proto.events_pb2 import ScoredEvent
 from rag.service import RagStore
 from sniffer.sources import RejectedFile
@@ -228,13 +227,7 @@ class Watcher:
 
     def stop_on_signals(self) -> None:
         """SIGTERM and SIGINT finish the current file, save, and return from run()."""
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s: finishing the current file and stopping", signal.Signals(signum).name)
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.request_stop, "finishing the current file and stopping")
 
     def stats(self) -> dict[str, int]:
         return {
