@@ -106,6 +106,7 @@ class GatewayStack:
         self.run_dir = Path(opts.run_dir or Path(base.node.state_dir) / "gateway")
         self.config_path = self.run_dir / "mld.yaml"
         self.local_etcd: EtcdServer | None = None
+        self._etcd: EtcdClient | None = None
         self.cfg = self._derive()
         self.supervisor = Supervisor(
             self._specs(), self.run_dir / "logs", self.run_dir / "stack.json",
@@ -228,13 +229,18 @@ class GatewayStack:
                 raise GatewayError(f"timed out waiting for {what}\n{tails}")
             time.sleep(0.2)
 
+    def _client(self) -> EtcdClient | None:
+        """The stack's one etcd client (connected on first use, again after a failure);
+        None when etcd does not answer."""
+        if self._etcd is None:
+            try:
+                self._etcd = EtcdClient.connect(self.cfg.control)
+            except ControlPlaneError:
+                return None
+        return self._etcd
+
     def _etcd_answers(self) -> bool:
-        try:
-            client = EtcdClient.connect(self.cfg.control)
-        except ControlPlaneError:
-            return False
-        client.close()
-        return True
+        return self._client() is not None
 
     def _xdp_ready(self) -> bool:
         from xdp import program_attached
@@ -247,16 +253,15 @@ class GatewayStack:
 
     def status(self) -> list[dict[str, Any]]:
         """``mld status`` for this deployment (empty when etcd does not answer)."""
-        try:
-            client = EtcdClient.connect(self.cfg.control)
-        except ControlPlaneError:
+        client = self._client()
+        if client is None:
             return []
         try:
             return gather_status(client, self.cfg.control)
         except ControlPlaneError:
-            return []
-        finally:
             client.close()
+            self._etcd = None
+            return []
 
     def poll(self) -> list[str]:
         """Restart services that died (raises GatewayError on a crash loop)."""
@@ -264,6 +269,9 @@ class GatewayStack:
 
     def stop(self) -> dict[str, int | None]:
         order = [n for n in STOP_ORDER if n in self.supervisor.names]
+        if self._etcd is not None:
+            self._etcd.close()
+            self._etcd = None
         result = self.supervisor.stop(order)
         self.on_event("stopped: " + ", ".join(f"{n} ({_code(c)})" for n, c in result.items()))
         return result
