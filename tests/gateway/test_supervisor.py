@@ -38,13 +38,15 @@ def test_children_run_log_and_a_killed_one_is_restarted(tmp_path: Path) -> None:
         assert first is not None and sup.pid("b") is not None
         state = read_state(tmp_path / "state.json")
         assert state is not None and state["children"]["a"]["pid"] == first
+        log_path = tmp_path / "logs" / "a.log"
+        # Kill it only once it has written: killed before its echo, it never would (CI saw that).
+        wait_for(lambda: "hello from a" in log_path.read_text().splitlines(), 10, "a's output")
         os.kill(first, signal.SIGKILL)
         # Reaped at the next poll, started again after the first backoff (1 s).
         wait_for(lambda: sup.poll() or sup.pid("a") not in (None, first), 10, "a restarted")
         assert sup.restarts("a") == 1 and sup.restarts("b") == 0
         assert any("exited with SIGKILL" in e for e in events), events
         assert read_state(tmp_path / "state.json")["children"]["a"]["pid"] == sup.pid("a")  # type: ignore[index]
-        log_path = tmp_path / "logs" / "a.log"
         wait_for(lambda: log_path.read_text().splitlines().count("hello from a") == 2, 10,
                  "the restarted child's output in the same log")  # fmt: skip
         log = log_path.read_text()
@@ -76,10 +78,12 @@ def test_the_backoff_doubles_and_a_crash_loop_stops_the_supervisor(tmp_path: Pat
 
 
 def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
-    sup = Supervisor([_sh("stubborn", "trap '' TERM; while :; do sleep 0.1; done", grace_s=1)],
-                     tmp_path / "logs")  # fmt: skip
+    script = "trap '' TERM; echo trap set; while :; do sleep 0.1; done"
+    sup = Supervisor([_sh("stubborn", script, grace_s=1)], tmp_path / "logs")
     sup.start_all()
-    time.sleep(0.3)  # let the shell install its trap
+    # A fixed sleep is not enough on a loaded machine: wait until the shell says so.
+    log_path = tmp_path / "logs" / "stubborn.log"
+    wait_for(lambda: "trap set" in log_path.read_text().splitlines(), 10, "the shell's trap")
     started = time.monotonic()
     result = sup.stop()
     assert result == {"stubborn": -signal.SIGKILL}
