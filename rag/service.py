@@ -32,7 +32,7 @@ from proto.events_pb2 import EventBatch, ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, describe, embed_texts
 from rag.store import EventStore
-from rag.vectors import VectorIndex
+from rag.vectors import VectorIndex, give_back_freed_memory
 
 __all__ = ["RagService", "RagStore", "db_path"]
 
@@ -136,6 +136,7 @@ class RagStore:
         if self.text.needs_retraining or self.features.needs_retraining:
             started = time.perf_counter()
             self.reindex()
+            give_back_freed_memory()
             log.info(
                 "indexes trained again at %d events in %.1f s",
                 len(self.text),

