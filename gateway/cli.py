@@ -31,8 +31,10 @@ examples:
 
 The sniffer attaches XDP to both NICs: a blocked source is dropped on whichever NIC its
 packets come in, before the kernel forwards them. Without control.endpoints a local etcd
-is started (data in <run dir>/etcd). Logs: <run dir>/logs/<service>.log; alerts:
-detector.eve_log or <run dir>/alerts.json. systemd units are in deploy/systemd.
+is started (data in <run dir>/etcd). With anomaly.enabled, `mld anomaly serve` runs too
+(it retrains the anomaly model on the RAG store's window). Logs:
+<run dir>/logs/<service>.log; alerts: detector.eve_log or <run dir>/alerts.json. systemd
+units are in deploy/systemd.
 """
 
 

@@ -50,8 +50,7 @@ log = logging.getLogger(__name__)
 
 # Stop order: the sniffer first (it flushes its flow table to the detector), then the
 # detector (its last verdicts and events), then their receivers, etcd last.
-STOP_ORDER = ("sniffer", "detector", "firewall", "rag", "etcd")
-COMPONENTS = ("sniffer", "detector", "firewall", "rag")
+STOP_ORDER = ("sniffer", "detector", "firewall", "anomaly", "rag", "etcd")
 
 
 @dataclass(frozen=True)
@@ -188,6 +187,14 @@ class GatewayStack:
         )
         if self.opts.rag:
             specs.append(ChildSpec("rag", (*mld, "rag", "serve", *conf, *extra.get("rag", ()))))
+        if self.cfg.anomaly.enabled:
+            # It trains on the RAG store's events; without the store it keeps serving the
+            # model it has (if any) and trains nothing new.
+            if not self.opts.rag:
+                self.on_event("anomaly.enabled without the RAG store: no new anomaly model "
+                              "will be trained (its window is the store's events)")  # fmt: skip
+            anomaly = (*mld, "anomaly", "serve", *conf, *extra.get("anomaly", ()))
+            specs.append(ChildSpec("anomaly", anomaly, grace_s=30))
         specs.append(ChildSpec("detector", (*mld, "detect", *conf, *extra.get("detector", ()))))
         return specs
 
@@ -205,7 +212,7 @@ class GatewayStack:
         for name in self.supervisor.names:
             if name not in ("etcd", "sniffer"):
                 self.supervisor.start(name)
-        wanted = [c for c in COMPONENTS if c in self.supervisor.names]
+        wanted = [n for n in self.supervisor.names if n != "etcd"]
         self._wait(
             deadline,
             "every service to register in etcd",

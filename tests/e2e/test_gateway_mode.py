@@ -1,8 +1,8 @@
 """``mld gateway --outside DEV --inside DEV`` on the lab's gateway namespace, as on a
 dual-NIC box: the checks pass (the lab forwards), every service comes up through a local
-etcd, a scan from the attacker is blocked in transit (its packets die at the gateway's XDP
-while the client's requests are still forwarded and answered), and SIGTERM stops it all
-with no XDP program left on the NICs."""
+etcd (the anomaly model's trainer among them), a scan from the attacker is blocked in
+transit (its packets die at the gateway's XDP while the client's requests are still
+forwarded and answered), and SIGTERM stops it all with no XDP program left on the NICs."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         "node": {"id": "gw-test", "state_dir": str(tmp_path / "state")},
         "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{PREFIX}"}},
         "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
+        # The anomaly model's trainer is a service of the stack too once enabled.
+        "anomaly": {"enabled": True},
     }))  # fmt: skip
     run_dir = tmp_path / "gw"
     check = subprocess.run(["nsenter", f"--net={gw_ns}", MLD, "gateway", "--outside", "outside",
@@ -88,9 +90,9 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
             db.close()
 
     try:
-        wait_for(lambda: status() == dict.fromkeys(("detector", "firewall", "rag", "sniffer"),
-                                                   "ok") or proc.poll() is not None,
-                 120, "the four services registered and ok")  # fmt: skip
+        services = ("anomaly", "detector", "firewall", "rag", "sniffer")
+        wait_for(lambda: status() == dict.fromkeys(services, "ok") or proc.poll() is not None,
+                 120, "the five services registered and ok")  # fmt: skip
         assert proc.poll() is None
         assert sorted(a.split(":")[0] for a in xdp_attachments(lab.namespace("gateway"))) == [
             "inside", "outside"
@@ -110,4 +112,5 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         out, _ = terminate(proc, timeout=90)
     assert proc.returncode == 0, out[-3000:]
     assert "stopped: sniffer (exit 0), detector (exit 0)" in out, out[-3000:]
+    assert "anomaly (exit 0), rag (exit 0)" in out, out[-3000:]
     assert xdp_attachments(lab.namespace("gateway")) == []

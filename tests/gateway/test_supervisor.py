@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -147,6 +148,27 @@ def test_overrides_decide_the_stack_settings_too(tmp_path: Path) -> None:
     assert stack.local_etcd is not None
     assert stack.cfg.control.endpoints == (stack.local_etcd.endpoint,)
     assert stack.cfg.transport.key_file == str(key)
+
+
+def test_with_anomaly_enabled_the_stack_runs_its_trainer_too(tmp_path: Path) -> None:
+    require_etcd()
+
+    def stack(rag: bool = True, **overrides: Any) -> tuple[GatewayStack, list[str]]:
+        events: list[str] = []
+        opts = StackOptions(outside="a", inside="b", run_dir=tmp_path / "run", etcd_port=0,
+                            rag=rag, overrides=overrides)  # fmt: skip
+        return GatewayStack(opts, on_event=events.append), events
+
+    assert "anomaly" not in stack()[0].supervisor.names
+    with_anomaly, events = stack(anomaly={"enabled": True})
+    names = with_anomaly.supervisor.names
+    assert names == ["etcd", "sniffer", "firewall", "rag", "anomaly", "detector"]
+    argv = with_anomaly.supervisor._children["anomaly"].spec.argv
+    assert argv[-4:] == ("anomaly", "serve", "--config", str(with_anomaly.config_path))
+    assert not any("anomaly" in e for e in events), events
+    no_rag, events = stack(rag=False, anomaly={"enabled": True})
+    assert "anomaly" in no_rag.supervisor.names and "rag" not in no_rag.supervisor.names
+    assert any("without the RAG store" in e for e in events), events
 
 
 def test_a_bad_override_is_refused_before_anything_starts(tmp_path: Path) -> None:
