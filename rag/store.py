@@ -278,6 +278,9 @@ class EventStore:
         rows = [_flat(ev, detector_id, d, now) for ev, d in zip(events, descriptions, strict=True)]
         try:
             with self._db:
+                # The write lock first: read after it, the next id is ours even when another
+                # process (mld watch beside mld rag serve) writes to the same store.
+                self._db.execute("BEGIN IMMEDIATE")
                 first = self.max_id() + 1
                 self._db.executemany(_INSERT, rows)
                 if meta:
@@ -350,13 +353,18 @@ class EventStore:
         ).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
-    def scan(self, after_id: int = 0, batch: int = 10000) -> Iterator[list[tuple[int, bytes, str]]]:
-        """(id, event blob, description) of every event after ``after_id``, in batches."""
+    def scan(
+        self, after_id: int = 0, batch: int = 10000, until_id: int | None = None
+    ) -> Iterator[list[tuple[int, bytes, str]]]:
+        """(id, event blob, description) of every event after ``after_id`` (up to
+        ``until_id``, included), in batches."""
         last = after_id
+        until = until_id if until_id is not None else 2**63 - 1
         while True:
             rows = self._db.execute(
-                "SELECT id, event, description FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (last, batch),
+                "SELECT id, event, description FROM events WHERE id > ? AND id <= ? "
+                "ORDER BY id LIMIT ?",
+                (last, until, batch),
             ).fetchall()
             if not rows:
                 return
