@@ -5,6 +5,11 @@ thing: ``ingest`` writes a batch of ScoredEvents to SQLite in one transaction, t
 their vectors; ``catch_up`` adds what the saved indexes miss (events written after the
 last save, e.g. before a kill); ``reindex`` rebuilds both indexes from SQLite.
 
+Several processes may write one store (``mld watch`` beside ``mld rag serve``): each
+indexes the events the others stored (read back from SQLite) before its own and before
+saving, so every saved index holds every event up to its ``indexed_upto``, and saves take
+a lock file beside the database so two writers never interleave their index files.
+
 :class:`RagService` receives EventBatches over the encrypted transport (PULL, the
 detector's ``detector.events``), ingests each as it comes, saves the indexes every
 ``save_every_events`` events or ``save_every_s`` seconds and at exit, and (with
@@ -14,10 +19,12 @@ find it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import faiss
@@ -80,15 +87,36 @@ class RagStore:
             path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
         )
         self.readonly = readonly
+        self._lock_path = path.with_suffix(".faiss.lock")
+        # Every event id up to this one is in the in-memory indexes (None: not known yet,
+        # before open_indexes or reindex on a store that was not empty).
+        self._indexed_upto: int | None = None if self.store.max_id() else 0
+
+    @contextlib.contextmanager
+    def _index_lock(self, exclusive: bool) -> Iterator[None]:
+        """The lock around reading or writing the saved indexes and ``indexed_upto``
+        (a read-only store that cannot create the file reads without it)."""
+        try:
+            fd = open(self._lock_path, "a+b")  # noqa: SIM115 (closed below)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            fd.close()
 
     def open_indexes(self) -> int:
         """Load the saved indexes and add the events they miss; returns how many."""
-        upto = int(self.store.meta("indexed_upto") or 0)
-        loaded = self.features.load() and self.text.load()
+        with self._index_lock(exclusive=False):
+            upto = int(self.store.meta("indexed_upto") or 0)
+            loaded = self.features.load() and self.text.load()
         if not loaded:
             self.features.reset()
             self.text.reset()
             upto = 0
+        self._indexed_upto = upto
         return self.catch_up(upto)
 
     def _vectors(
@@ -99,18 +127,31 @@ class RagStore:
         events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
         return ids, self.scaler(events), embed_texts(d for _, _, d in chunk)
 
-    def catch_up(self, after_id: int) -> int:
+    def _index_stored(self, after_id: int, until_id: int | None = None) -> int:
+        """Index the stored events after ``after_id`` (up to ``until_id``); how many."""
         added = 0
-        for chunk in self.store.scan(after_id):
+        for chunk in self.store.scan(after_id, until_id=until_id):
             ids, features, texts = self._vectors(chunk)
             self.features.add(ids, features)
             self.text.add(ids, texts)
             added += len(ids)
+            self._indexed_upto = int(ids[-1])
+        return added
+
+    def catch_up(self, after_id: int) -> int:
+        added = self._index_stored(after_id)
         if added:
             log.info("indexed %d events the saved indexes did not hold", added)
             if not self.readonly:
                 self.save()
         return added
+
+    def _others_before(self, first_id: int) -> None:
+        """Index what other writers stored between the last event indexed here and
+        ``first_id`` (read back from SQLite), so the indexes have no hole."""
+        if self._indexed_upto is not None and first_id > self._indexed_upto + 1:
+            added = self._index_stored(self._indexed_upto, first_id - 1)
+            log.debug("indexed %d events another process stored", added)
 
     def ingest(
         self,
@@ -130,8 +171,12 @@ class RagStore:
             part = events[start : start + size]
             texts = [describe(ev) for ev in part]
             got = self.store.add(part, detector_id, texts, meta)
-            self.features.add(list(got), self.scaler(part))
-            self.text.add(list(got), embed_texts(texts))
+            if len(got):
+                self._others_before(got.start)
+                self.features.add(list(got), self.scaler(part))
+                self.text.add(list(got), embed_texts(texts))
+                if self._indexed_upto is not None:
+                    self._indexed_upto = got.stop - 1
             ids = range(ids.start if len(ids) else got.start, got.stop)
         if self.text.needs_retraining or self.features.needs_retraining:
             started = time.perf_counter()
@@ -145,11 +190,17 @@ class RagStore:
         return ids
 
     def save(self) -> None:
-        """Write both indexes, then record up to which event id they hold."""
-        upto = self.store.max_id()
-        self.features.save()
-        self.text.save()
-        self.store.set_meta("indexed_upto", str(upto))
+        """Write both indexes, then record up to which event id they hold (first adding
+        what other writers stored since, when it is known what these indexes hold)."""
+        with self._index_lock(exclusive=True):
+            if self._indexed_upto is None:
+                upto = self.store.max_id()  # the caller's word: ingest without open_indexes
+            else:
+                self._index_stored(self._indexed_upto)
+                upto = self._indexed_upto
+            self.features.save()
+            self.text.save()
+            self.store.set_meta("indexed_upto", str(upto))
         self.store.optimize()
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
@@ -174,6 +225,7 @@ class RagStore:
             all_ids, np.vstack(features) if features else np.zeros(empty, np.float32)
         )
         self.text.build(all_ids, np.vstack(texts) if texts else np.zeros(empty, np.float32))
+        self._indexed_upto = int(all_ids[-1]) if len(all_ids) else 0
         if not self.readonly:
             self.save()
         return done

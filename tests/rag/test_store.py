@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
+
+import faiss
 
 from proto.events_pb2 import ScoredEvent
 from rag.answer import Answerer, draft
@@ -108,3 +114,61 @@ def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:
         assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
     finally:
         rag.close()
+
+
+def _writer(path: str, name: str, blobs: list[bytes], ready: Any, out: Any) -> None:
+    """One writing process: ingest ``blobs`` in batches of 10 as detector ``name``, a
+    batch every 10 ms or so (as batches arrive), starting when the other one is ready."""
+    rag = RagStore(Path(path), RagConfig())
+    rag.open_indexes()
+    ready.wait(60)
+    ids: list[int] = []
+    for start in range(0, len(blobs), 10):
+        batch = [ScoredEvent.FromString(b) for b in blobs[start : start + 10]]
+        ids += list(rag.ingest(batch, name))
+        time.sleep(0.01)
+    rag.save()
+    rag.close()
+    out.put((name, ids))
+
+
+def test_two_writing_processes_share_one_store_and_its_indexes(tmp_path: Path) -> None:
+    """``mld watch`` beside ``mld rag serve`` on one store (two real processes writing at
+    once): the ids each is told are its own rows, and whichever saves last, the saved
+    indexes hold every event of both once, with nothing for the next start to add."""
+    path = tmp_path / "events.sqlite"
+    source = build_store(tmp_path / "source.sqlite")
+    blobs = [b for _, b, _ in next(source.store.scan(0, batch=400))]
+    source.close()
+    RagStore(path, RagConfig()).close()  # created before the writers race to create it
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/SQLite
+    ready, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer, args=(str(path), name, part, ready, out))
+        for name, part in (("det-a", blobs[:200]), ("det-b", blobs[200:]))
+    ]
+    for p in procs:
+        p.start()
+    try:
+        told = dict(out.get(timeout=120) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT id, detector FROM events ORDER BY id").fetchall()
+    db.close()
+    assert len(rows) == 400
+    for name in ("det-a", "det-b"):
+        assert told[name] == [i for i, d in rows if d == name]
+    # The batches interleaved: each writer indexed the other's rows before its own.
+    assert sum(a[1] != b[1] for a, b in itertools.pairwise(rows)) >= 4, rows
+    reader = RagStore(path, RagConfig(), readonly=True)
+    try:
+        assert reader.open_indexes() == 0
+        held = faiss.vector_to_array(faiss.downcast_index(reader.text.index).id_map)
+        assert sorted(held.tolist()) == [i for i, _ in rows]
+        assert len(reader.features) == 400
+    finally:
+        reader.close()
