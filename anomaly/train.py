@@ -164,17 +164,18 @@ def retrain(
     now: datetime | None = None,
 ) -> Decision:
     """Train on the window of ``db`` and swap the new model in, or refuse it (see module)."""
-    start = time.perf_counter()
     md = ModelDir(model_dir)
-    window = read_window(
-        db,
-        window_flows=cfg.window_flows,
-        window_s=cfg.window_s,
-        holdout_fraction=cfg.holdout_fraction,
-        seed=cfg.seed,
-        until_ts=until_ts,
-    )
-    return train_on(window, cfg, md, cache_dir, now=now, started=start)
+    with md.training_lock():
+        start = time.perf_counter()
+        window = read_window(
+            db,
+            window_flows=cfg.window_flows,
+            window_s=cfg.window_s,
+            holdout_fraction=cfg.holdout_fraction,
+            seed=cfg.seed,
+            until_ts=until_ts,
+        )
+        return train_on(window, cfg, md, cache_dir, now=now, started=start)
 
 
 def train_on(

@@ -6,6 +6,9 @@ Layout of ``anomaly.model_dir`` (default ``<node.state_dir>/anomaly``)::
     current               the serving version's name, one line; replaced by rename, so a
                           reader sees the old name or the new one, never half of one
     history.json          the last HISTORY_KEEP decisions (swap, refuse, skip), newest last
+    .train.lock           held by a trainer from reading its window to recording its
+                          decision, so two trainers (``mld anomaly serve``, ``mld watch``'s
+                          retrain) take turns: the second judges against the first's model
 
 The detector watches ``current`` (detector/reload.py with :func:`pointer_signature`) and
 loads the folder it names in the background. Old versions are pruned: the serving one
@@ -14,10 +17,13 @@ and the KEEP_VERSIONS newest others stay.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,18 @@ class ModelDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.versions = self.path / "versions"
+
+    @contextlib.contextmanager
+    def training_lock(self) -> Iterator[None]:
+        """Held while one trainer reads, trains, judges, publishes and records."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".train.lock", "a+b") as fd:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another trainer is training on %s: waiting for it", self.path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
 
     def current_version(self) -> str:
         """The serving version's name, or '' when none was published."""

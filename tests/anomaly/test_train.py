@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,3 +126,42 @@ def test_a_damaged_model_folder_does_not_load(benign: list[ScoredEvent], tmp_pat
     (features / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="feature list"):
         load_model(features, cache)
+
+
+def test_two_trainers_on_one_model_folder_take_turns(
+    benign: list[ScoredEvent], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mld anomaly serve`` and ``mld watch``'s retrain on one folder: the second waits
+    for the first's lock, then judges against the model the first published."""
+    db, md, cache = tmp_path / "events.sqlite", ModelDir(tmp_path / "anomaly"), tmp_path / "cache"
+    fill_store(db, benign)
+    # The other trainer is a real process holding the lock (flock is per open file).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(md.path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        done: list[Any] = []
+        thread = threading.Thread(target=lambda: done.append(retrain(CFG, db, md.path, cache)))
+        with caplog.at_level("INFO", logger="anomaly.versions"):
+            thread.start()
+            thread.join(1.5)
+        assert "another trainer is training" in caplog.text
+        assert thread.is_alive() and not md.history(), "trained while the lock was held"
+    finally:
+        holder.terminate()
+        holder.communicate(timeout=10)
+    thread.join(120)
+    assert done and done[0].action == "swap", done
+    assert len(md.history()) == 1
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+from pathlib import Path
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+fd = open(Path(sys.argv[1]) / ".train.lock", "a+b")
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
