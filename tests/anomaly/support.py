@@ -20,15 +20,23 @@ from detector.scoring import Scorer
 from proto.events_pb2 import ScoredEvent
 from rag.importer import scored_events
 from rag.store import EventStore
-from tests.support import NetnsPair, make_netns_pair, require_root_and, terminate
+from tests.support import SHARED_DATA, NetnsPair, make_netns_pair, require_root_and, terminate
 
 __all__ = [
     "anom_pair",
+    "benign_captures",
     "capture_events",
     "features_of",
     "fill_store",
     "live_drift_capture",
 ]
+
+
+def benign_captures() -> list[Path]:
+    """The nDPI protocol captures: real, varied, benign traffic (the fuzzed and oss-fuzz
+    ones left out)."""
+    ndpi = SHARED_DATA / "pcaps/ndpi"
+    return sorted(p for p in ndpi.glob("*.pcap*") if not p.name.startswith(("fuzz", "oss")))
 
 
 def capture_events(

@@ -17,7 +17,7 @@ from detector.bundle import load_bundle
 from detector.config import ThresholdsConfig
 from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, EventBatch
-from tests.anomaly.support import capture_events, features_of
+from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     SCAN_PCAP,
@@ -27,18 +27,14 @@ from tests.detector.service_support import (
     collect,
     events_of,
 )
-from tests.support import SHARED_DATA, wait_for
+from tests.support import wait_for
 
 CFG = AnomalyConfig(enabled=True, min_flows=100, n_trees=30)
 
 
 @pytest.fixture(scope="module")
 def benign_x() -> np.ndarray:
-    paths = sorted(
-        p
-        for p in (SHARED_DATA / "pcaps/ndpi").glob("*.pcap*")
-        if not p.name.startswith(("fuzz", "oss"))
-    )
+    paths = benign_captures()
     return features_of(capture_events(paths, start=1.7e9, spacing=100.0))
 
 

@@ -17,17 +17,16 @@ from anomaly.isolation import (
 from anomaly.model import PROBE_TOLERANCE
 from detector.bundle import RowPredictor
 from detector.compile import compile_model
-from tests.anomaly.support import capture_events, features_of
+from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.support import SHARED_DATA
 
-NDPI = SHARED_DATA / "pcaps/ndpi"
 ATTACKS = SHARED_DATA / "pcaps/attacks"
 
 
 @pytest.fixture(scope="module")
 def flows() -> tuple[np.ndarray, np.ndarray]:
     """Benign flows (nDPI captures) to fit on; they and attack flows (shared attacks) to score."""
-    benign = sorted(p for p in NDPI.glob("*.pcap*") if not p.name.startswith(("fuzz", "oss")))
+    benign = benign_captures()
     attacks = sorted(ATTACKS.rglob("*.pcap*"))
     x_benign = features_of(capture_events(benign, start=1.7e9, spacing=1e6))
     x_attack = features_of(capture_events(attacks, start=1.8e9, spacing=1e6))

@@ -22,7 +22,7 @@ from anomaly.window import Window, read_window
 from mld.cli import main
 from mld.errors import ModelError
 from proto.events_pb2 import ScoredEvent
-from tests.anomaly.support import capture_events, features_of, fill_store
+from tests.anomaly.support import benign_captures, capture_events, features_of, fill_store
 from tests.support import SHARED_DATA
 
 CFG = AnomalyConfig(window_flows=5000, min_flows=500, n_trees=30)
@@ -30,11 +30,7 @@ CFG = AnomalyConfig(window_flows=5000, min_flows=500, n_trees=30)
 
 @pytest.fixture(scope="module")
 def benign() -> list[ScoredEvent]:
-    paths = sorted(
-        p
-        for p in (SHARED_DATA / "pcaps/ndpi").glob("*.pcap*")
-        if not p.name.startswith(("fuzz", "oss"))
-    )
+    paths = benign_captures()
     return capture_events(paths, start=1.7e9, spacing=100.0)
 
 

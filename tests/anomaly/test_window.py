@@ -11,8 +11,7 @@ import pytest
 from anomaly.window import read_window
 from proto.events_pb2 import LABEL_MALICIOUS, ScoredEvent
 from rag.store import EventStore
-from tests.anomaly.support import capture_events, fill_store
-from tests.support import SHARED_DATA
+from tests.anomaly.support import benign_captures, capture_events, fill_store
 
 WINDOW = 1000
 
@@ -20,11 +19,7 @@ WINDOW = 1000
 @pytest.fixture(scope="module")
 def recent() -> list[ScoredEvent]:
     """Real flows of the nDPI captures, the newest traffic of every store below."""
-    paths = sorted(
-        p
-        for p in (SHARED_DATA / "pcaps/ndpi").glob("*.pcap*")
-        if not p.name.startswith(("fuzz", "oss"))
-    )
+    paths = benign_captures()
     return capture_events(paths, start=1.7e9, spacing=100.0)
 
 
