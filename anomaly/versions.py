@@ -18,12 +18,10 @@ and the KEEP_VERSIONS newest others stay.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from anomaly.model import LoadedAnomalyModel, load_model
 from detector.bundle import atomic_write
 from detector.reload import Signature
 from mld.errors import ModelError
+from mld.filelock import file_lock
 
 __all__ = [
     "HISTORY_KEEP",
@@ -63,17 +62,14 @@ class ModelDir:
         self.path = Path(path)
         self.versions = self.path / "versions"
 
-    @contextlib.contextmanager
-    def training_lock(self) -> Iterator[None]:
+    def training_lock(self) -> contextlib.AbstractContextManager[None]:
         """Held while one trainer reads, trains, judges, publishes and records."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".train.lock", "a+b") as fd:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("another trainer is training on %s: waiting for it", self.path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+
+        def waiting() -> None:
+            log.info("another trainer is training on %s: waiting for it", self.path)
+
+        return file_lock(self.path / ".train.lock", on_wait=waiting)
 
     def current_version(self) -> str:
         """The serving version's name, or '' when none was published."""

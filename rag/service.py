@@ -19,12 +19,10 @@ find it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import faiss
@@ -34,6 +32,7 @@ import numpy.typing as npt
 from crypto_transport import Receiver
 from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
+from mld.filelock import file_lock
 from mld.signals import stop_on_signals
 from proto.events_pb2 import EventBatch, ScoredEvent
 from rag.config import RagConfig
@@ -87,29 +86,16 @@ class RagStore:
             path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
         )
         self.readonly = readonly
+        # Held around reading or writing the saved indexes and ``indexed_upto`` (a
+        # read-only store that cannot create the file reads without it).
         self._lock_path = path.with_suffix(".faiss.lock")
         # Every event id up to this one is in the in-memory indexes (None: not known yet,
         # before open_indexes or reindex on a store that was not empty).
         self._indexed_upto: int | None = None if self.store.max_id() else 0
 
-    @contextlib.contextmanager
-    def _index_lock(self, exclusive: bool) -> Iterator[None]:
-        """The lock around reading or writing the saved indexes and ``indexed_upto``
-        (a read-only store that cannot create the file reads without it)."""
-        try:
-            fd = open(self._lock_path, "a+b")  # noqa: SIM115 (closed below)
-        except OSError:
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            fd.close()
-
     def open_indexes(self) -> int:
         """Load the saved indexes and add the events they miss; returns how many."""
-        with self._index_lock(exclusive=False):
+        with file_lock(self._lock_path, shared=True, optional=True):
             upto = int(self.store.meta("indexed_upto") or 0)
             loaded = self.features.load() and self.text.load()
         if not loaded:
@@ -192,7 +178,7 @@ class RagStore:
     def save(self) -> None:
         """Write both indexes, then record up to which event id they hold (first adding
         what other writers stored since, when it is known what these indexes hold)."""
-        with self._index_lock(exclusive=True):
+        with file_lock(self._lock_path, optional=True):
             if self._indexed_upto is None:
                 upto = self.store.max_id()  # the caller's word: ingest without open_indexes
             else:
