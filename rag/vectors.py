@@ -25,7 +25,6 @@ index saved just before the process died may hold a few events the catch-up adds
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -48,15 +47,9 @@ F32 = npt.NDArray[np.float32]
 _MAX_TRAIN = 100_000
 
 
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_TRIM = _malloc_trim()
+# The process's own symbols (no ``find_library``, which runs ldconfig at import); None
+# where the C library is not glibc.
+_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def give_back_freed_memory() -> None:
