@@ -132,14 +132,15 @@ def _writer(path: str, name: str, blobs: list[bytes], ready: Any, out: Any) -> N
     out.put((name, ids))
 
 
-def test_two_writing_processes_share_one_store_and_its_indexes(tmp_path: Path) -> None:
+def test_two_writing_processes_share_one_store_and_its_indexes(
+    small_store: RagStore, tmp_path: Path
+) -> None:
     """``mld watch`` beside ``mld rag serve`` on one store (two real processes writing at
     once): the ids each is told are its own rows, and whichever saves last, the saved
     indexes hold every event of both once, with nothing for the next start to add."""
     path = tmp_path / "events.sqlite"
-    source = build_store(tmp_path / "source.sqlite")
-    blobs = [b for _, b, _ in next(source.store.scan(0, batch=400))]
-    source.close()
+    blobs = [b for _, b, _ in next(small_store.store.scan(0, batch=400))]
+    assert len(blobs) == 400
     RagStore(path, RagConfig()).close()  # created before the writers race to create it
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/SQLite
     ready, out = ctx.Barrier(2), ctx.Queue()
