@@ -35,7 +35,7 @@ PROTOC       := $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VE
 INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM) $(PROTO_OUT) \
                 $(STAMP_NATIVE) $(STAMP_MODELS) $(STAMP_LLM)
 
-PACKAGES     := mld config proto crypto_transport control xdp native sniffer lab detector firewall rag gateway anomaly watch
+PACKAGES     := base mld config proto crypto_transport control xdp native sniffer lab detector firewall rag gateway anomaly watch
 PY_SOURCES   := $(PACKAGES) tests bench
 
 .PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = ["AnomalyConfig"]
 

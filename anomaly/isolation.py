@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mld.errors import ModelError
+from base.errors import ModelError
 
 __all__ = [
     "average_path_length",

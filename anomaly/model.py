@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anomaly.isolation import score_from_path
+from base.errors import ModelError
 from detector.bundle import (
     DIRECT_MAX_ROWS,
     RowPredictor,
@@ -36,7 +37,6 @@ from detector.bundle import (
 )
 from detector.compile import CompileOptions
 from detector.features import FEATURES, SCHEMA_HASH
-from mld.errors import ModelError
 
 __all__ = [
     "MODEL_FORMAT",

@@ -23,9 +23,9 @@ from pathlib import Path
 from anomaly.config import AnomalyConfig
 from anomaly.train import Decision, retrain
 from anomaly.versions import ModelDir
+from base.errors import MldError
+from base.signals import stop_on_signals
 from control import ServiceControl, stats_from_other_thread
-from mld.errors import MldError
-from mld.signals import stop_on_signals
 
 __all__ = ["AnomalyService"]
 

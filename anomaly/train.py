@@ -38,7 +38,7 @@ from anomaly.isolation import fit_isolation_forest, isolation_to_treelite
 from anomaly.model import LoadedAnomalyModel, write_model
 from anomaly.versions import ModelDir
 from anomaly.window import Window, read_window
-from mld.errors import ModelError
+from base.errors import ModelError
 
 __all__ = ["Decision", "alert_rate", "build_candidate", "judge", "retrain", "train_on"]
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.model import LoadedAnomalyModel, load_model
+from base.errors import ModelError
+from base.filelock import file_lock
 from detector.bundle import atomic_write
 from detector.reload import Signature
-from mld.errors import ModelError
-from mld.filelock import file_lock
 
 __all__ = [
     "HISTORY_KEEP",

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from config.loader import build, load_yaml, replace_path, to_dict
 from config.settings import (
     DEFAULT_CONFIG_PATH,
     LoggingConfig,
@@ -23,10 +22,6 @@ __all__ = [
     "LoggingConfig",
     "MldConfig",
     "NodeConfig",
-    "build",
     "load_config",
-    "load_yaml",
-    "replace_path",
     "resolve_config_path",
-    "to_dict",
 ]

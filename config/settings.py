@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 from anomaly.config import AnomalyConfig
-from config.loader import build, load_yaml
+from base.config_loader import build, load_yaml
+from base.metrics import MetricsConfig
 from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
 from detector.config import DetectorConfig
 from firewall.config import FirewallConfig
-from mld.metrics import MetricsConfig
 from rag.config import RagConfig
 from sniffer.config import SnifferConfig
 from watch.config import WatchConfig

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from base.errors import ConfigError, ControlPlaneError
 from config import MldConfig, load_config
 from control.client import EtcdClient
 from control.config import ControlConfig
 from control.etcd_server import EtcdServer
 from control.layout import COMPONENTS, GLOBAL_SECTIONS, config_key, config_prefix, dotted_name
 from control.overrides import apply_override
-from mld.errors import ConfigError, ControlPlaneError
 
 __all__ = ["register_config_actions", "register_control"]
 

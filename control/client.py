@@ -4,9 +4,9 @@
 first that answers a status request. Requests time out after ``control.timeout_s``.
 Failures are translated here, so the rest of ``control/`` catches project errors only:
 
-* :class:`~mld.errors.EtcdUnavailable`: nothing answered in time (down, partitioned,
+* :class:`~base.errors.EtcdUnavailable`: nothing answered in time (down, partitioned,
   restarting); callers retry with backoff;
-* :class:`~mld.errors.ControlPlaneError`: etcd answered with a refusal (wrong password,
+* :class:`~base.errors.ControlPlaneError`: etcd answered with a refusal (wrong password,
   no permission for the key, TLS mismatch) or a request was malformed.
 """
 
@@ -25,8 +25,8 @@ import etcd3.events
 import etcd3.exceptions
 import grpc
 
+from base.errors import ControlPlaneError, EtcdUnavailable
 from control.config import ControlConfig
-from mld.errors import ControlPlaneError, EtcdUnavailable
 
 __all__ = ["EtcdClient", "KeyValue", "WatchEvent"]
 

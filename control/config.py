@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = ["ControlConfig"]
 

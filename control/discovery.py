@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 import zmq
 from google.protobuf.message import Message
 
+from base.errors import KeyFileError, TransportError
 from control.layout import Registration
 from crypto_transport import Keyring, Sender, TransportConfig
 from crypto_transport.counters import ChannelCounters
 from crypto_transport.keys import load_public_key
-from mld.errors import KeyFileError, TransportError
 
 __all__ = ["DiscoveredSender", "advertised", "sync_keyring"]
 

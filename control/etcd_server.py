@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mld.errors import ControlPlaneError
+from base.errors import ControlPlaneError
 
 __all__ = ["EtcdServer", "ServerTls", "free_port"]
 

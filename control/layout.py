@@ -23,7 +23,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mld.errors import ConfigError, ControlPlaneError
+from base.errors import ConfigError, ControlPlaneError
 
 __all__ = [
     "COMPONENTS",

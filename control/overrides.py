@@ -2,7 +2,7 @@
 
 An override is one setting by its mld.yaml name (``detector.thresholds.alert``) and a
 YAML value (``0.6``). :func:`apply_overrides` applies a set over the file's config with
-the same checks as the file (config.loader.replace_path) plus the component's own
+the same checks as the file (base.config_loader.replace_path) plus the component's own
 ``validate``. :class:`LastGood` keeps the accepted set in the node's state directory, so
 a service that starts while etcd is unreachable runs with the settings it had.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = ["LastGood", "Validator", "apply_override", "changed_keys", "parse_value"]
 
@@ -41,7 +41,7 @@ def apply_override(config: Any, dotted: str, raw: bytes | str, *, source: str) -
     """``config`` with one override applied and checked; ConfigError names what is wrong."""
     # Imported here: the config package imports every component's settings, and the
     # components import control/.
-    from config.loader import replace_path
+    from base.config_loader import replace_path
 
     return replace_path(config, dotted, parse_value(raw, key=dotted), source=source)
 
@@ -56,7 +56,7 @@ def _flatten(value: object, prefix: str, out: dict[str, object]) -> None:
 
 def changed_keys(old: Any, new: Any) -> tuple[str, ...]:
     """Dotted names of the settings that differ between two configs."""
-    from config.loader import to_dict
+    from base.config_loader import to_dict
 
     a: dict[str, object] = {}
     b: dict[str, object] = {}

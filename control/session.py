@@ -40,6 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from base.errors import ConfigError, ControlPlaneError, EtcdUnavailable
 from control.client import EtcdClient, WatchEvent
 from control.config import ControlConfig
 from control.layout import (
@@ -53,7 +54,6 @@ from control.layout import (
     status_key,
 )
 from control.overrides import LastGood, Validator, apply_override, changed_keys
-from mld.errors import ConfigError, ControlPlaneError, EtcdUnavailable
 
 if TYPE_CHECKING:
     from config.settings import MldConfig
@@ -551,7 +551,7 @@ def default_registration(
     endpoints: Mapping[str, Any] | None = None,
 ) -> Registration:
     """A registration for this process (version, host, pid and start time filled in)."""
-    from mld import __version__
+    from base import __version__
 
     return Registration(
         component=component,

@@ -25,6 +25,7 @@ from typing import Generic, Literal, TypeVar
 import zmq
 from google.protobuf.message import DecodeError, Message
 
+from base.errors import FrameRejected, TransportError
 from crypto_transport.config import TransportConfig
 from crypto_transport.counters import ChannelCounters, RejectLog
 from crypto_transport.frame import (
@@ -37,7 +38,6 @@ from crypto_transport.frame import (
 )
 from crypto_transport.keys import Keyring
 from crypto_transport.replay import ReplayWindow
-from mld.errors import FrameRejected, TransportError
 
 __all__ = ["Received", "Receiver", "Sender"]
 

@@ -25,8 +25,8 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.utils
 
+from base.errors import FrameRejected
 from crypto_transport.keys import KEY_ID_BYTES
-from mld.errors import FrameRejected
 
 __all__ = [
     "FRAME_VERSION",

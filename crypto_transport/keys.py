@@ -35,7 +35,7 @@ import nacl.hash
 import nacl.public
 from nacl.encoding import RawEncoder
 
-from mld.errors import KeyFileError, TransportError
+from base.errors import KeyFileError, TransportError
 
 __all__ = ["KeyPair", "Keyring", "SessionKey", "derive_session_key", "load_public_key"]
 

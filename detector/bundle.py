@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from base.errors import ModelError
 from detector.compile import CompileOptions, compile_model
 from detector.families import FAMILIES
 from detector.features import FEATURES, SCHEMA_HASH
-from mld.errors import ModelError
 
 __all__ = [
     "BUNDLE_FORMAT",

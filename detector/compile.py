@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mld.errors import ModelError
+from base.errors import ModelError
 
 __all__ = [
     "COMPILE_TIMEOUT_S",

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = [
     "DetectorConfig",

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from base.errors import ModelError
 from detector.analysis import AnalysisStats, analyze_captures
 from detector.families import BENIGN, family_of_label
 from detector.features import FEATURES
 from detector.ndpi_risk import FlowKey, flow_key, results_file, risky_flows
 from lab.labels import LabelRow, label_columns, read_labels
-from mld.errors import ModelError
 from sniffer.config import SnifferConfig
 from sniffer.records import FlowColumns
 

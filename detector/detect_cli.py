@@ -12,12 +12,12 @@ import dataclasses
 import json
 import socket
 
+from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from control import Endpoint, ServiceControl
 from crypto_transport import Keyring
 from detector.config import DetectorConfig
 from detector.service import DetectorService, stop_on_signals
-from mld.metrics import MetricsServer, serve_metrics
 
 __all__ = ["register_detect"]
 

@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mld.errors import MldError
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowRecord, Verdict
+
+from base.errors import MldError
 
 __all__ = ["EveWriter", "eve_alert"]
 

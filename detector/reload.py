@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from mld.errors import ModelError
+from base.errors import ModelError
 
 __all__ = ["BundleWatcher", "Signature", "bundle_signature"]
 

@@ -45,7 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
 
+from base import signals
+from base.errors import ModelError
 from control import DiscoveredSender, ServiceControl, stats_from_other_thread
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
@@ -55,9 +58,6 @@ from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
-from mld import signals
-from mld.errors import ModelError
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
 
 if TYPE_CHECKING:
     from anomaly.config import AnomalyConfig
@@ -159,7 +159,7 @@ class DetectorService:
         self._stop = threading.Event()
         self.plane: ServiceControl | None = None
         self.eve = EveWriter(config.eve_log) if config.eve_log else None
-        # Served by mld/metrics.py with the counters (mld detect).
+        # Served by base/metrics.py with the counters (mld detect).
         self.registry = CollectorRegistry()
         self.inference_hist = Histogram(
             "mld_detector_batch_seconds",

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from base.errors import ModelError
 from detector.bundle import FamilyEntry, Manifest, load_bundle, write_bundle
 from detector.compile import forest_to_treelite
 from detector.config import TrainConfig
 from detector.dataset import Capture, CaptureFlows, extract
 from detector.families import BENIGN, FAMILIES
 from detector.features import FEATURES, SCHEMA_HASH
-from mld.errors import ModelError
 from sniffer.config import SnifferConfig
 
 __all__ = ["TrainResult", "file_sha256", "render_report", "train_bundle"]

@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = [
     "Allowlist",

@@ -19,8 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+from base.errors import FirewallError
 from firewall.config import FirewallConfig
-from mld.errors import FirewallError
 
 __all__ = ["Backend", "NoBackend", "XdpBackend", "choose_backend"]
 

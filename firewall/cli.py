@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from proto.events_pb2 import VerdictBatch
 
+from base.errors import FirewallError
+from base.metrics import MetricsServer, serve_metrics
 from config import load_config
 from config.settings import MldConfig
 from control import Endpoint, ServiceControl
@@ -24,9 +27,6 @@ from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import LIVE_SETTINGS, Policy
 from firewall.service import FirewallAgent
-from mld.errors import FirewallError
-from mld.metrics import MetricsServer, serve_metrics
-from proto.events_pb2 import VerdictBatch
 
 __all__ = ["control_request", "register"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from base.errors import ConfigError
 from detector.families import FAMILIES
-from mld.errors import ConfigError
 
 __all__ = ["FirewallConfig"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from base.errors import FirewallError
 from firewall.policy import ActiveBlock, Decision
-from mld.errors import FirewallError
 
 __all__ = ["SCHEMA_VERSION", "Backend", "DecisionLog", "LogEntry"]
 

@@ -40,8 +40,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from base.errors import FirewallError
 from firewall.allowlist import IPNetwork, unmap_network
-from mld.errors import FirewallError
 
 __all__ = ["NftBackend"]
 

@@ -40,10 +40,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from proto.events_pb2 import Verdict
+
+from base.errors import ConfigError
 from firewall.allowlist import Allowlist, IPNetwork, local_addresses, unmap
 from firewall.config import FirewallConfig
-from mld.errors import ConfigError
-from proto.events_pb2 import Verdict
 
 __all__ = [
     "LIVE_SETTINGS",

@@ -13,10 +13,10 @@ import signal
 import time
 from pathlib import Path
 
+from base.errors import GatewayError
+from base.signals import StopRequested, raise_on_stop_signals
 from gateway.preflight import preflight
 from gateway.stack import GatewayStack, StackOptions
-from mld.errors import GatewayError
-from mld.signals import StopRequested, raise_on_stop_signals
 
 __all__ = ["register"]
 

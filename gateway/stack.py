@@ -35,14 +35,14 @@ from typing import Any
 
 import yaml
 
+from base.config_loader import build, load_yaml
+from base.errors import ControlPlaneError, GatewayError
 from config import MldConfig, load_config, resolve_config_path
-from config.loader import build, load_yaml
 from control.cli import gather_status
 from control.client import EtcdClient
 from control.etcd_server import EtcdServer
 from crypto_transport import KeyPair
 from gateway.supervisor import ChildSpec, Supervisor
-from mld.errors import ControlPlaneError, GatewayError
 
 __all__ = ["STOP_ORDER", "GatewayStack", "StackOptions", "deep_merge", "mld_command"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mld.errors import GatewayError
+from base.errors import GatewayError
 
 __all__ = ["ChildSpec", "Supervisor", "read_state"]
 

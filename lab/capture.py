@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from base.errors import LabError
 from lab.netns import exec_args
-from mld.errors import LabError
 
 __all__ = ["Capture"]
 

@@ -15,12 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from base.errors import LabError
 from lab.lifecycle import DEFAULT_RUN_DIR, down, status, up
 from lab.recipes import Recipe, load_recipes, run_recipe
 from lab.scenario import Scenario, load_datasets, load_scenarios, run_scenario
 from lab.summary import summarize_capture
 from lab.topology import Topology, load_topology
-from mld.errors import LabError
 
 __all__ = ["register"]
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from base.errors import LabError
+from base.signals import StopRequested, raise_on_stop_signals
 from gateway.stack import GatewayStack, StackOptions, deep_merge
 from lab.lifecycle import down, up
 from lab.monitor import PipelineMonitor, render_summary, render_view
@@ -35,8 +37,6 @@ from lab.netns import enter_namespace, return_to_namespace
 from lab.recipes import Recipe, load_recipes
 from lab.scenario import ScenarioTraffic, load_scenarios
 from lab.topology import Topology
-from mld.errors import LabError
-from mld.signals import StopRequested, raise_on_stop_signals
 
 __all__ = ["DevOptions", "lab_overrides", "run_dev"]
 

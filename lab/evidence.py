@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base.errors import LabError
 from lab.netns import run_in
 from lab.topology import Topology
-from mld.errors import LabError
 
 __all__ = ["Evidence", "EvidenceCheck", "nstat", "parse_evidence"]
 

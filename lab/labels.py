@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from mld.errors import LabError
+from base.errors import LabError
 
 if TYPE_CHECKING:
     from sniffer.records import FlowColumns

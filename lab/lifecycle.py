@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from base.errors import LabError
 from lab.netns import (
     delete_namespace,
     kill_pids,
@@ -28,7 +29,6 @@ from lab.netns import (
 )
 from lab.services import ServiceProcess, reap, start_services
 from lab.topology import Topology, load_topology
-from mld.errors import LabError
 
 __all__ = ["DEFAULT_RUN_DIR", "LabState", "down", "status", "up"]
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from mld.errors import LabError
+from base.errors import LabError
 
 __all__ = [
     "delete_namespace",

@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
+from base.errors import LabError
 from lab.evidence import Evidence, EvidenceCheck, parse_evidence
 from lab.netns import exec_args
 from lab.services import credentials
 from lab.topology import Topology
-from mld.errors import LabError
 
 __all__ = [
     "DEFAULT_RECIPES",

@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
+from base.errors import LabError
 from lab.capture import Capture
 from lab.labels import LabelRow, write_labels
 from lab.recipes import GroundTruth, Recipe, run_recipe
 from lab.topology import Topology
-from mld.errors import LabError
 
 __all__ = [
     "DEFAULT_SCENARIOS",

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.errors import LabError
 from lab.netns import exec_args, run, run_in
 from lab.topology import Host, Topology
-from mld.errors import LabError
 
 __all__ = [
     "DNS_ZONE",

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from mld.errors import LabError
+from base.errors import LabError
 
 __all__ = ["DEFAULT_TOPOLOGY", "Host", "Nic", "Segment", "Topology", "load_topology"]
 

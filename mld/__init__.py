@@ -1,16 +1,11 @@
-"""ML Defender: the ``mld`` command and what every component shares (errors, logging)."""
+"""ML Defender's command line: ``mld`` and its subcommands (``mld.cli``).
+
+The top of the layering: it imports every component's command line; nothing imports it
+but the console script.
+"""
 
 from __future__ import annotations
 
-from mld.errors import ConfigError, FrameRejected, KeyFileError, MldError, TransportError
+from base import __version__
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "ConfigError",
-    "FrameRejected",
-    "KeyFileError",
-    "MldError",
-    "TransportError",
-    "__version__",
-]
+__all__ = ["__version__"]

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anomaly.cli import register as register_anomaly
-from config import load_config, resolve_config_path, to_dict
+from base.config_loader import to_dict
+from base.errors import KeyFileError, MldError
+from config import load_config, resolve_config_path
 from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
 from detector.cli import register as register_detector
@@ -22,7 +24,6 @@ from firewall.cli import register as register_firewall
 from gateway.cli import register as register_gateway
 from lab.cli import register as register_lab
 from mld import __version__
-from mld.errors import KeyFileError, MldError
 from rag.cli import register as register_rag
 from sniffer.cli import register as register_sniffer
 from watch.cli import register as register_watch

@@ -1,4 +1,4 @@
-"""Errors of the offline flow engine, under the project's one hierarchy (mld.errors)::
+"""Errors of the offline flow engine, under the project's one hierarchy (base.errors)::
 
     MldError
     └── CaptureError           a capture file cannot be opened or fails mid-file
@@ -9,7 +9,7 @@ Messages name the file; a mid-file failure also names the byte offset and libpca
 
 from __future__ import annotations
 
-from mld.errors import MldError
+from base.errors import MldError
 
 __all__ = ["CaptureError", "UnsupportedLinkType"]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mld.errors import RagError
+from base.errors import RagError
 from rag.config import RagConfig
 from rag.describe import SERVICES
 from rag.retrieve import Retrieval

@@ -44,8 +44,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from base.errors import RagError
 from config import MldConfig, load_config
-from mld.errors import RagError
 from rag.answer import Answer, Answerer
 from rag.question import parse
 from rag.retrieve import retrieve

@@ -22,8 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mld.errors import RagError
 from proto.events_pb2 import ScoredEvent
+
+from base.errors import RagError
 
 __all__ = ["PROTOCOLS", "EventRow", "EventStore", "Filters", "address_text"]
 

@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from mld.errors import RagError
+from base.errors import RagError
 
 __all__ = ["VectorIndex", "give_back_freed_memory"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 import native
-from mld.errors import MldError
+from base.errors import MldError
 from sniffer.config import CaptureConfig
 
 __all__ = ["CaptureSourceError", "FlowSource", "PcapSource", "RejectedFile", "XdpSource"]

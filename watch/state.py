@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mld.errors import WatchError
+from base.errors import WatchError
 
 __all__ = ["COUNTERS", "FileEntry", "WatchState", "file_key", "state_path"]
 

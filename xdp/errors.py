@@ -1,6 +1,6 @@
 """Errors of the XDP loader, translated from BCC and the bpf syscall at the boundary.
 
-They extend the project hierarchy drawn in :mod:`mld.errors`::
+They extend the project hierarchy drawn in :mod:`base.errors`::
 
     MldError
     └── XdpError               the XDP program cannot be built, loaded, attached or read
@@ -15,7 +15,7 @@ Messages say what went wrong and what to do next.
 
 from __future__ import annotations
 
-from mld.errors import MldError
+from base.errors import MldError
 
 __all__ = [
     "BlocklistError",

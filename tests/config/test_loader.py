@@ -11,20 +11,17 @@ from typing import Any, Literal, get_type_hints
 import pytest
 
 import config.settings as settings
+from base.config_loader import build, load_yaml, replace_path, to_dict
+from base.errors import ConfigError
 from config import (
     DEFAULT_CONFIG_PATH,
     LoggingConfig,
     MldConfig,
     NodeConfig,
-    build,
     load_config,
-    load_yaml,
-    replace_path,
     resolve_config_path,
-    to_dict,
 )
 from crypto_transport.config import TransportConfig
-from mld.errors import ConfigError
 
 
 @dataclass(frozen=True)

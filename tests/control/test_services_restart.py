@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from base.errors import ControlPlaneError
 from control import EtcdServer
 from crypto_transport import KeyPair
-from mld.errors import ControlPlaneError
 from tests.control.support import client, read_json, spawn_mld, stop
 from tests.control.test_detector_discovery import _detector_config, _start_detector
 from tests.support import REPO, require_etcd, wait_for

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import ConfigError
 from control import ControlSession, Endpoint, EtcdServer, ServiceControl
 from control.layout import Registration
-from mld.errors import ConfigError
 from tests.control.support import client, mld_config, read_json
 from tests.support import REPO, require_etcd, wait_for
 
@@ -292,8 +292,8 @@ def test_without_endpoints_the_plane_does_nothing(tmp_path: Path) -> None:
 
 
 def test_session_refuses_to_start_without_endpoints(tmp_path: Path) -> None:
+    from base.errors import ControlPlaneError
     from config import load_config
-    from mld.errors import ControlPlaneError
 
     cfg = load_config()
     with pytest.raises(ControlPlaneError, match=r"control\.endpoints is empty"):

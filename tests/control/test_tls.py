@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import ControlPlaneError, EtcdUnavailable
 from control import ControlConfig, EtcdClient, EtcdServer, ServiceControl
 from control.etcd_server import ServerTls
-from mld.errors import ControlPlaneError, EtcdUnavailable
 from tests.control.support import mld_config
 from tests.support import REPO, require_etcd, wait_for
 

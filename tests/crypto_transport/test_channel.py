@@ -19,11 +19,11 @@ import pytest
 import zmq
 from google.protobuf.message import DecodeError
 
+from base.errors import TransportError
 from config import MldConfig
 from crypto_transport import KeyPair, Keyring, Received, Receiver, Sender, TransportConfig, frame
 from crypto_transport.counters import RejectLog
 from crypto_transport.keys import SessionKey
-from mld.errors import TransportError
 from proto import DirectionStats, FlowBatch, FlowRecord, VerdictBatch
 from tests.support import FakeClock
 

@@ -8,9 +8,9 @@ import struct
 import lz4.block
 import pytest
 
+from base.errors import FrameRejected, TransportError
 from crypto_transport import frame
 from crypto_transport.frame import FRAME_VERSION, HEADER, OVERHEAD, open_payload, parse_header, seal
-from mld.errors import FrameRejected, TransportError
 
 KEY = bytes(range(32))
 KEY_ID = b"\x01\x02\x03\x04\x05\x06\x07\x08"

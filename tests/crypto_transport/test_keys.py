@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import KeyFileError, TransportError
 from crypto_transport import KeyPair, Keyring, SessionKey, load_public_key
-from mld.errors import KeyFileError, TransportError
 from tests.support import FakeClock
 
 GRACE_S = 30.0

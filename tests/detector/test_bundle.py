@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from base.errors import ModelError
 from detector.bundle import load_bundle, read_manifest
 from detector.features import FEATURES
-from mld.errors import ModelError
 from tests.detector.conftest import TinyBundle
 
 

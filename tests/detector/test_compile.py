@@ -16,11 +16,11 @@ import tl2cgen
 import treelite
 from sklearn.ensemble import RandomForestClassifier
 
+from base.errors import ModelError
 from config import load_config
 from detector.bundle import PROBE_TOLERANCE
 from detector.compile import CompileOptions, compile_model, forest_to_treelite, library_path
 from detector.dataset import Capture, extract
-from mld.errors import ModelError
 from tests.support import SHARED_DATA
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+from proto.events_pb2 import VerdictBatch
 
+from base.errors import ConfigError
 from control import ControlConfig, EtcdClient, EtcdServer
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from crypto_transport.keys import load_public_key
@@ -27,8 +29,6 @@ from firewall.cli import control_request
 from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import Policy
-from mld.errors import ConfigError
-from proto.events_pb2 import VerdictBatch
 from tests.firewall.support import malicious_verdict
 from tests.support import REPO, terminate, wait_for
 

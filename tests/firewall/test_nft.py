@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from base.errors import FirewallError
 from firewall.nft import NftBackend
-from mld.errors import FirewallError
 from tests.support import NetnsPair, require_root_and, wait_for
 
 OTHER_V4 = "192.0.2.3"  # a second source on the a side; never blocked by these tests

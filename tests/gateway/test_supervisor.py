@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from base.errors import GatewayError
 from config import load_config
 from gateway.stack import GatewayStack, StackOptions, deep_merge
 from gateway.supervisor import ChildSpec, Supervisor, read_state
-from mld.errors import GatewayError
 from tests.support import REPO, require_etcd, wait_for
 
 

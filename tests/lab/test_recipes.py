@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import LabError
 from lab.recipes import FAMILIES, draw_params, load_recipes, render
 from lab.scenario import load_datasets, load_scenarios
 from lab.topology import load_topology
-from mld.errors import LabError
 
 TOPO = load_topology()
 RECIPES = load_recipes(TOPO)

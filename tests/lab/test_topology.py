@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import LabError
 from lab.topology import load_topology
-from mld.errors import LabError
 
 
 def test_default_topology_has_the_required_roles() -> None:

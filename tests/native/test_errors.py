@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import native
-from mld.errors import MldError
+from base.errors import MldError
 from tests.native import pcapgen as g
 
 T0 = 1_700_000_000 * 10**9

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, g
 
 import yaml
 
-from mld.errors import ConfigError
+from base.errors import ConfigError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from mld.metrics import MetricsConfig, serve_metrics
+from base.metrics import MetricsConfig, serve_metrics
 
 
 def scrape(port: int) -> dict[str, float]:
