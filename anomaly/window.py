@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import LABEL_MALICIOUS, ScoredEvent
 
 from detector.features import FEATURES, columns_from_records, feature_matrix
+from proto.events_pb2 import LABEL_MALICIOUS, ScoredEvent
 from rag.store import EventStore
 
 __all__ = ["Window", "read_window"]

@@ -59,12 +59,11 @@ SHIPPED_BUNDLE = REPO / "detector" / "bundle"
 
 
 def _worker(kind: str, pcap: str, bundle: str, cache: str) -> dict[str, float]:
-    from proto.events_pb2 import LABEL_BENIGN
-
     from config import load_config
     from detector.analysis import AnalysisStats, analyze_captures
     from detector.bundle import load_bundle
     from detector.scoring import Scorer
+    from proto.events_pb2 import LABEL_BENIGN
 
     cfg = load_config()
     scorer: Scorer | None = None

@@ -47,8 +47,6 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from proto.events_pb2 import LABEL_MALICIOUS, FlowRef, Verdict, VerdictBatch  # noqa: E402
-
 from crypto_transport import KeyPair, Keyring, Receiver, Sender, TransportConfig  # noqa: E402
 from firewall.backends import Backend, XdpBackend  # noqa: E402
 from firewall.config import FirewallConfig  # noqa: E402
@@ -56,6 +54,7 @@ from firewall.decision_log import DecisionLog  # noqa: E402
 from firewall.nft import NftBackend  # noqa: E402
 from firewall.policy import Policy  # noqa: E402
 from firewall.service import FirewallAgent  # noqa: E402
+from proto.events_pb2 import LABEL_MALICIOUS, FlowRef, Verdict, VerdictBatch  # noqa: E402
 
 B_ADDR = "10.77.0.1"
 INTERVAL_S = 0.0002

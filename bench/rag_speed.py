@@ -71,11 +71,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import faiss  # noqa: E402
-from proto.events_pb2 import ScoredEvent  # noqa: E402
 
 from config import load_config  # noqa: E402
 from detector.bundle import load_bundle  # noqa: E402
 from detector.scoring import Scorer  # noqa: E402
+from proto.events_pb2 import ScoredEvent  # noqa: E402
 from rag import service as rag_service  # noqa: E402
 from rag.answer import Answerer, default_model_path  # noqa: E402
 from rag.config import RagConfig  # noqa: E402

@@ -13,8 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from proto.events_pb2 import LABEL_BENIGN
-
 from config import load_config
 from config.settings import MldConfig
 from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
@@ -24,6 +22,7 @@ from detector.detect_cli import register_detect
 from detector.evaluate import evaluate, render_evaluation
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.train import train_bundle
+from proto.events_pb2 import LABEL_BENIGN
 
 __all__ = ["analysis_rows", "register"]
 

@@ -34,9 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowRecord, Verdict
-
 from base.errors import MldError
+from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowRecord, Verdict
 
 __all__ = ["EveWriter", "eve_alert"]
 

@@ -28,8 +28,8 @@ from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import FlowRecord
 
+from proto.events_pb2 import FlowRecord
 from sniffer.records import CONTEXT_FIELDS, DIRECTION_FIELDS, Array, FlowColumns
 
 __all__ = [

@@ -32,13 +32,13 @@ from typing import Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 from base.errors import ConfigError
 from detector.bundle import LoadedBundle
 from detector.config import ThresholdsConfig
 from detector.families import FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
+from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 __all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyScoring", "Scorer", "Scores"]
 

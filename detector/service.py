@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
 
 from base import signals
 from base.errors import ModelError
@@ -58,6 +57,7 @@ from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
 
 if TYPE_CHECKING:
     from anomaly.config import AnomalyConfig

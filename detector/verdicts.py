@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proto.events_pb2 import EventBatch, FlowRecord, FlowRef, Verdict
-
 from detector.scoring import Scores
+from proto.events_pb2 import EventBatch, FlowRecord, FlowRef, Verdict
 
 __all__ = ["add_scored_events", "build_verdicts", "fill_flow_ref", "flow_ref"]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from proto.events_pb2 import VerdictBatch
 
 from base.errors import FirewallError
 from base.metrics import MetricsServer, serve_metrics
@@ -27,6 +26,7 @@ from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import LIVE_SETTINGS, Policy
 from firewall.service import FirewallAgent
+from proto.events_pb2 import VerdictBatch
 
 __all__ = ["control_request", "register"]
 

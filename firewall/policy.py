@@ -40,11 +40,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from proto.events_pb2 import Verdict
-
 from base.errors import ConfigError
 from firewall.allowlist import Allowlist, IPNetwork, local_addresses, unmap
 from firewall.config import FirewallConfig
+from proto.events_pb2 import Verdict
 
 __all__ = [
     "LIVE_SETTINGS",

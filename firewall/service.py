@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from proto.events_pb2 import VerdictBatch
 
 from base.errors import ConfigError
 from control import ServiceControl, stats_from_other_thread
@@ -47,6 +46,7 @@ from firewall.config import FirewallConfig
 from firewall.decision_log import Backend as BackendName
 from firewall.decision_log import DecisionLog
 from firewall.policy import ActiveBlock, Decision, Policy
+from proto.events_pb2 import VerdictBatch
 
 __all__ = ["FirewallAgent", "block_to_json"]
 

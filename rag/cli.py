@@ -16,13 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from proto.events_pb2 import EventBatch
-
 from base.errors import RagError
 from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from control import Endpoint, ServiceControl
 from crypto_transport import Keyring, Receiver
+from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
 from rag.console import Console
 from rag.service import RagService, RagStore, db_path

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import ScoredEvent
 
+from proto.events_pb2 import ScoredEvent
 from rag.store import LABELS, PROTOCOLS, address_text
 
 __all__ = ["FAMILY_WORDS", "SERVICES", "TEXT_DIM", "describe", "embed_texts", "tokens"]

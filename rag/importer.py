@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent
-
 from detector.features import scorer_inputs
 from detector.scoring import Scorer
 from detector.verdicts import add_scored_events, build_verdicts
+from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline
 from sniffer.sources import PcapSource, RejectedFile

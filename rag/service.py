@@ -28,13 +28,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import EventBatch, ScoredEvent
 
 from base.filelock import file_lock
 from base.signals import stop_on_signals
 from crypto_transport import Receiver
 from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
+from proto.events_pb2 import EventBatch, ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, describe, embed_texts
 from rag.store import EventStore

@@ -22,9 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.events_pb2 import ScoredEvent
-
 from base.errors import RagError
+from proto.events_pb2 import ScoredEvent
 
 __all__ = ["PROTOCOLS", "EventRow", "EventStore", "Filters", "address_text"]
 

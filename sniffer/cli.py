@@ -18,11 +18,11 @@ import time
 from typing import IO, Any
 
 from google.protobuf import json_format
-from proto.events_pb2 import EndReason, FlowRecord
 
 from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from crypto_transport import Keyring
+from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher

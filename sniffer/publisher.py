@@ -25,10 +25,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from proto.events_pb2 import FlowBatch
-
 from control import DiscoveredSender
 from crypto_transport import Batcher, Keyring, Sender, TransportConfig
+from proto.events_pb2 import FlowBatch
 from proto.wire import frame_element, join_batch
 from sniffer.config import PublishConfig
 

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from proto.events_pb2 import DirectionStats, FlowRecord, SourceContext
 
 import native
+from proto.events_pb2 import DirectionStats, FlowRecord, SourceContext
 
 __all__ = [
     "CONTEXT_FIELDS",

@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from proto.events_pb2 import ScoredEvent
-
 from base.errors import MldError, WatchError
 from base.signals import stop_on_signals
+from proto.events_pb2 import ScoredEvent
 from rag.service import RagStore
 from sniffer.sources import RejectedFile
 from watch.inotify import (

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from proto.events_pb2 import ScoredEvent
 
 from config import load_config
 from detector.bundle import load_bundle
 from detector.features import columns_from_records, feature_matrix
 from detector.scoring import Scorer
+from proto.events_pb2 import ScoredEvent
 from rag.importer import scored_events
 from rag.store import EventStore
 from tests.support import SHARED_DATA, NetnsPair, make_netns_pair, require_root_and, terminate

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, EventBatch
 
 from anomaly.config import AnomalyConfig
 from anomaly.train import train_on
@@ -17,6 +16,7 @@ from anomaly.window import Window
 from detector.bundle import load_bundle
 from detector.config import ThresholdsConfig
 from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, EventBatch
 from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (

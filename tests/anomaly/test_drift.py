@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from proto.events_pb2 import LABEL_SUSPICIOUS
 
 from anomaly.config import AnomalyConfig
 from anomaly.train import retrain
@@ -24,6 +23,7 @@ from anomaly.versions import ModelDir
 from config import load_config
 from detector.bundle import load_bundle
 from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from proto.events_pb2 import LABEL_SUSPICIOUS
 from tests.anomaly.support import (
     NEW_PORT,
     capture_events,

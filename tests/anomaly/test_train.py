@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from proto.events_pb2 import ScoredEvent
 
 from anomaly.config import AnomalyConfig
 from anomaly.model import load_model
@@ -22,6 +21,7 @@ from anomaly.versions import ModelDir
 from anomaly.window import Window, read_window
 from base.errors import ModelError
 from mld.cli import main
+from proto.events_pb2 import ScoredEvent
 from tests.anomaly.support import benign_captures, capture_events, features_of, fill_store
 from tests.support import SHARED_DATA
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from proto.events_pb2 import LABEL_MALICIOUS, ScoredEvent
 
 from anomaly.window import read_window
+from proto.events_pb2 import LABEL_MALICIOUS, ScoredEvent
 from rag.store import EventStore
 from tests.anomaly.support import benign_captures, capture_events, fill_store
 

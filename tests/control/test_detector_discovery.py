@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from proto.events_pb2 import FlowBatch, VerdictBatch
 
 from control import EtcdServer
 from crypto_transport import KeyPair
+from proto.events_pb2 import FlowBatch, VerdictBatch
 from tests.control.support import (
     client,
     read_json,

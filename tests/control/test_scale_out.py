@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from proto.events_pb2 import EventBatch, FlowBatch
 
 from control import EtcdServer
 from crypto_transport import KeyPair
+from proto.events_pb2 import EventBatch, FlowBatch
 from tests.control.support import receiver_stand_in, sniffer_stand_in, spawn_mld, stop
 from tests.detector.service_support import SCAN_PCAP, capture_records, parse
 from tests.support import wait_for

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from proto.events_pb2 import EventBatch, FlowRecord, VerdictBatch
 
 from config import load_config
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from detector.config import DetectorConfig, ListenConfig, OutputConfig
 from detector.service import DetectorService
+from proto.events_pb2 import EventBatch, FlowRecord, VerdictBatch
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline
 from sniffer.publisher import FlowPublisher

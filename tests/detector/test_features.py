@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from proto.events_pb2 import FlowRecord
 
 from config import load_config
 from detector.features import (
@@ -13,6 +12,7 @@ from detector.features import (
     columns_from_records,
     feature_matrix,
 )
+from proto.events_pb2 import FlowRecord
 from sniffer.pipeline import FlowPipeline
 from sniffer.sources import PcapSource
 from tests.support import SHARED_DATA

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proto.events_pb2 import FlowBatch
 from tests.mld.test_metrics import scrape
 
 from base.metrics import MetricsConfig, serve_metrics
 from crypto_transport import TransportConfig
 from detector.config import DetectorConfig, EventsOutput, ListenConfig, VerdictsOutput
 from detector.service import DetectorService
+from proto.events_pb2 import FlowBatch
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,

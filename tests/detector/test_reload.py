@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch
 
 from config import load_config
 from detector.bundle import load_bundle, read_manifest
@@ -18,6 +17,7 @@ from detector.config import TrainConfig
 from detector.dataset import discover
 from detector.reload import BundleWatcher, bundle_signature
 from detector.train import train_bundle
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     SCAN_PCAP,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 from base.errors import ConfigError
 from config import load_config
@@ -13,6 +12,7 @@ from detector.config import ThresholdsConfig
 from detector.dataset import Capture, extract
 from detector.features import FEATURES
 from detector.scoring import Scorer
+from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 from tests.detector.conftest import TinyBundle
 from tests.support import SHARED_DATA
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 import zmq
-from proto.events_pb2 import LABEL_MALICIOUS, FlowBatch
 
 from crypto_transport import KeyPair, Sender, TransportConfig
 from crypto_transport.frame import seal
@@ -33,6 +32,7 @@ from detector.features import columns_from_records, feature_matrix
 from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
+from proto.events_pb2 import LABEL_MALICIOUS, FlowBatch
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,

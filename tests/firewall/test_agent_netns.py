@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from proto.events_pb2 import VerdictBatch
 
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
+from proto.events_pb2 import VerdictBatch
 from tests.firewall.support import malicious_verdict
 from tests.support import REPO, NetnsPair, require_root_and, terminate, wait_for
 

@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from proto.events_pb2 import Verdict
 
 from base.errors import FirewallError
 from firewall import DecisionLog, FirewallConfig, Policy
 from firewall.decision_log import SCHEMA_VERSION
+from proto.events_pb2 import Verdict
 
 
 class Clock:

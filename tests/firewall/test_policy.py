@@ -9,11 +9,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from proto.events_pb2 import Verdict
 
 from base.errors import ConfigError
 from firewall import FirewallConfig, Policy
 from firewall.policy import REJECT_REASONS
+from proto.events_pb2 import Verdict
 
 
 class Clock:

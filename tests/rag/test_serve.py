@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from proto.events_pb2 import EventBatch, FlowBatch
 
 from control import EtcdServer
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
+from proto.events_pb2 import EventBatch, FlowBatch
 from rag.config import RagConfig
 from rag.service import RagStore
 from tests.control.support import sniffer_stand_in, spawn_mld, stop

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-from proto.events_pb2 import ScoredEvent
 
+from proto.events_pb2 import ScoredEvent
 from rag.answer import Answerer, draft
 from rag.config import RagConfig
 from rag.question import parse

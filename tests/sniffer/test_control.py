@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from proto.events_pb2 import FlowBatch
 
 import native
 from config import MldConfig
@@ -28,6 +27,7 @@ from control import ControlConfig, EtcdClient, EtcdServer, ServiceControl
 from control.discovery import DiscoveredSender
 from control.layout import Endpoint, config_key, health_key, service_key, status_key
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
+from proto.events_pb2 import FlowBatch
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher

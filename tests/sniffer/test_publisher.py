@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import zmq
-from proto.events_pb2 import FlowBatch, FlowRecord
 
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
+from proto.events_pb2 import FlowBatch, FlowRecord
 from sniffer.config import PublishConfig
 from sniffer.publisher import FlowPublisher
 from tests.support import FakeClock

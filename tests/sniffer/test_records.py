@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from proto.events_pb2 import FlowRecord
 
 import native
+from proto.events_pb2 import FlowRecord
 from sniffer.records import decode_qname, encode_records, flow_columns, shannon_entropy
 from tests.sniffer.events import T0, event, events, wire_name
 
