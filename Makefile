@@ -1,6 +1,8 @@
 # ML Defender — build, check and test.
 #
 #   make test          install everything that is missing, then run the test suite
+#   make test-fast     the developer's loop: unit tests without the llama.cpp build, the lab,
+#                      BPF or slow tests (installs everything else that is missing)
 #   make check         lint, format check, type check, generated-code freshness
 #   make bench         run the benchmarks under bench/
 #   make run-lab-dev   the whole product on the namespace lab: attacks detected and blocked live
@@ -38,7 +40,7 @@ INSTALLED    := $(STAMP_APT) $(HEADERS)/.mld-headers $(STAMP_VENV) $(STAMP_SHIM)
 PACKAGES     := base mld config proto crypto_transport control xdp native sniffer lab detector firewall rag gateway anomaly watch
 PY_SOURCES   := $(PACKAGES) tests bench
 
-.PHONY: install check test bench proto check-proto clean distclean help run-lab-dev status-lab \
+.PHONY: install check test test-fast bench proto check-proto clean distclean help run-lab-dev status-lab \
         kill-lab lab-dataset etcd-up etcd-down
 .DEFAULT_GOAL := help
 
@@ -121,6 +123,13 @@ check: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The developer's loop (docs/DEVELOPING.md): every install step but llama-cpp-python, and
+# the tests that need neither it (llm) nor namespaces (netns: the lab, packet paths), BPF
+# or a long run; benchmark smoke runs are left to `make test`, which CI runs.
+TEST_FAST_MARKERS := not llm and not slow and not netns and not bpf
+test-fast: $(filter-out $(STAMP_LLM),$(INSTALLED))
+	$(PY) -m pytest -m "$(TEST_FAST_MARKERS)" --ignore=tests/bench $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
 	bench/setup-peers.sh || echo "bench: a peer did not install; bench/offline.py prints nan for it"
