@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-from proto.events_pb2 import VerdictBatch
 
 from base.errors import ConfigError
 from control import ControlConfig, EtcdClient, EtcdServer
@@ -29,6 +28,7 @@ from firewall.cli import control_request
 from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import Policy
+from proto.events_pb2 import VerdictBatch
 from tests.firewall.support import malicious_verdict
 from tests.support import REPO, terminate, wait_for
 
