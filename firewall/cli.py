@@ -20,7 +20,7 @@ from config import load_config
 from config.settings import MldConfig
 from control import Endpoint, ServiceControl
 from crypto_transport import Keyring, Receiver
-from firewall.allowlist import local_addresses
+from firewall.allowlist import automatic_allowlist
 from firewall.backends import choose_backend
 from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
@@ -126,15 +126,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = plane.start()
         fw = _firewall_config(args, cfg)
-        own = local_addresses()
-        policy = Policy(fw, allowlist_extra=own)
+        auto = automatic_allowlist(fw.auto_allowlist)
+        policy = Policy(fw, allowlist_extra=auto.networks())
         backend, why = choose_backend(fw)
         log.info("firewall agent %s: backend %s", agent_id, why)
-        log.info(
-            "allowlist: %s, plus this host's own addresses and gateways: %s",
-            ", ".join(fw.allowlist),
-            ", ".join(str(a) for a in own) or "(none found)",
-        )
+        log.info("allowlist: %s; automatic: %s", ", ".join(fw.allowlist), auto.describe())
+        if auto.unresolved_ntp:
+            log.warning(
+                "NTP servers given by name are not allowlisted (names are not resolved): %s;"
+                " add their addresses to firewall.allowlist",
+                ", ".join(auto.unresolved_ntp),
+            )
         decisions = DecisionLog(fw.decision_log_path(cfg.node.state_dir))
         receiver: Receiver[VerdictBatch] = Receiver(
             pattern=fw.listen_pattern,

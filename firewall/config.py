@@ -16,6 +16,7 @@ from typing import Literal
 
 from base.errors import ConfigError
 from detector.families import FAMILIES
+from firewall.allowlist import AUTO_ALLOWLIST_SOURCES, AutoSource
 
 __all__ = ["FirewallConfig"]
 
@@ -42,20 +43,37 @@ class FirewallConfig:
     # An active block is extended only when that moves its expiry at least this many
     # seconds later (spares the backend and the log a write per verdict in a storm).
     min_extend_s: int = 60
-    # Networks never blocked whatever the score (CIDR, IPv4 or IPv6). The host's own
-    # addresses and its gateways are added at run time.
+    # Networks never blocked whatever the score (CIDR, IPv4 or IPv6): put management
+    # networks and partners here. What auto_allowlist names is added at start.
     allowlist: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    # Prefix length a block covers: 32 (IPv4) and 128 (IPv6) block one address.
+    # What the agent allowlists by itself at start, so that forged packets "from" them
+    # cannot get them blocked: own_addresses (this host's), gateways (its next hops),
+    # connected (its directly connected subnets), resolvers (/etc/resolv.conf), ntp
+    # (servers written as addresses in chrony, ntpd or timesyncd configuration).
+    auto_allowlist: tuple[AutoSource, ...] = AUTO_ALLOWLIST_SOURCES
+    # Prefix length a block covers: 32 blocks one IPv4 address.
     prefix_len_v4: int = 32
-    # Prefix length of an IPv6 block (64 blocks a whole subnet).
-    prefix_len_v6: int = 128
-    # New blocks allowed per second on average (token bucket); the excess is logged as
-    # rate_limited and not applied. Extending an active block is not limited.
+    # Prefix length of an IPv6 block: 64 blocks the sender's whole subnet, since an
+    # attacker can rotate through the 2^64 addresses of its own /64 (128: one address).
+    prefix_len_v6: int = 64
+    # New blocks allowed per second on average (token bucket), all sources together:
+    # the backend's budget. The excess is logged as rate_limited and not applied.
+    # Extending an active block is not limited.
     max_new_blocks_per_s: float = 100.0
     # New blocks allowed at once before the rate applies (bucket size).
     new_blocks_burst: int = 200
-    # Addresses tracked at most, each in the offender history and in the active blocks;
-    # the oldest is evicted past it (counted), so a verdict storm cannot grow memory.
+    # New blocks allowed per second within one neighbourhood (the prefix of
+    # rate_prefix_len_v4/v6 around the source), so that a storm of verdicts about one
+    # network cannot spend the global budget that blocks in other networks need.
+    new_blocks_per_prefix_per_s: float = 1.0
+    # New blocks allowed at once within one neighbourhood.
+    new_blocks_per_prefix_burst: int = 32
+    # Neighbourhood of the per-prefix new-block limit: an IPv4 /24, an IPv6 /48.
+    rate_prefix_len_v4: int = 24
+    rate_prefix_len_v6: int = 48
+    # Active blocks at most: past it a new block is refused (table_full, counted and
+    # logged) and no active block is ever lifted to make room. Also the size of the
+    # offender history and of the per-prefix buckets (least recently used forgotten).
     max_tracked: int = 65536
     # Log every decision without applying any (backend none).
     dry_run: bool = False
@@ -117,8 +135,17 @@ class FirewallConfig:
             problems.append(f"ttl_growth is {self.ttl_growth}, expected at least 1")
         if not 0 <= self.prefix_len_v4 <= 32 or not 0 <= self.prefix_len_v6 <= 128:
             problems.append("prefix_len_v4 must be in [0, 32] and prefix_len_v6 in [0, 128]")
+        if not 0 <= self.rate_prefix_len_v4 <= 32 or not 0 <= self.rate_prefix_len_v6 <= 128:
+            problems.append(
+                "rate_prefix_len_v4 must be in [0, 32] and rate_prefix_len_v6 in [0, 128]"
+            )
         if not self.max_new_blocks_per_s > 0 or self.new_blocks_burst < 1:
             problems.append("max_new_blocks_per_s must be above 0 and new_blocks_burst at least 1")
+        if not self.new_blocks_per_prefix_per_s > 0 or self.new_blocks_per_prefix_burst < 1:
+            problems.append(
+                "new_blocks_per_prefix_per_s must be above 0 and new_blocks_per_prefix_burst "
+                "at least 1"
+            )
         if self.max_tracked < 1:
             problems.append(f"max_tracked is {self.max_tracked}, expected at least 1")
         if problems:

@@ -13,14 +13,18 @@ nftables) and records them in the decision log. In order, a verdict is:
    whatever the score;
 4. for a prefix already blocked and not expired: an ``extend`` when the new expiry is at
    least ``min_extend_s`` later, else skipped (``already_blocked``);
-5. a new ``block``, unless the new-blocks token bucket is empty (``rate_limited``, not
-   applied). A repeat offence within ``repeat_window_s`` multiplies the TTL by
-   ``ttl_growth`` per earlier offence, up to ``ttl_cap_s``.
+5. a new ``block``, unless ``max_tracked`` blocks are active already (``table_full``:
+   refused, counted, the active blocks stay), or the new-blocks token bucket of its
+   neighbourhood (the /24 or /48 around it, ``rate_prefix_len_v4/v6``) or the global one
+   is empty (``rate_limited``, not applied). A repeat offence within ``repeat_window_s``
+   multiplies the TTL by ``ttl_growth`` per earlier offence, up to ``ttl_cap_s``.
 
-Acting decisions come out ``pending`` (the agent applies them) or ``dry_run``. The
-offender history and the active blocks hold at most ``max_tracked`` prefixes each; past
-it the least recently used is evicted (counted) and an evicted active block comes out of
-the next ``expire()`` as an unblock, so the kernel never keeps a block the policy forgot.
+Acting decisions come out ``pending`` (the agent applies them) or ``dry_run``. An active
+block is never lifted to make room for another: a flood of verdicts about many sources
+(forged ones, say) must not free the real attackers it hides. The offender history and
+the neighbourhoods' token buckets hold at most ``max_tracked`` prefixes each; past it the
+least recently used is forgotten (counted): that costs a repeat offender its longer TTL,
+never a block.
 
 ``reconfigure(config)`` takes new values of the :data:`LIVE_SETTINGS` (from etcd, while
 running) and keeps the active blocks, offender histories and counters. Active blocks
@@ -35,13 +39,13 @@ import ipaddress
 import math
 import struct
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from base.errors import ConfigError
-from firewall.allowlist import Allowlist, IPNetwork, local_addresses, unmap
+from firewall.allowlist import Allowlist, IPAddress, IPNetwork, local_addresses, unmap
 from firewall.config import FirewallConfig
 from proto.events_pb2 import Verdict
 
@@ -63,6 +67,7 @@ Outcome = Literal[
     "dry_run",
     "allowlisted",
     "rate_limited",
+    "table_full",
     "below_threshold",
     "already_blocked",
     "rejected",
@@ -82,6 +87,8 @@ LIVE_SETTINGS = (
     "allowlist",
     "max_new_blocks_per_s",
     "new_blocks_burst",
+    "new_blocks_per_prefix_per_s",
+    "new_blocks_per_prefix_burst",
 )
 
 
@@ -145,13 +152,21 @@ class _Offender:
     last_ts: float
 
 
+@dataclass
+class _Bucket:
+    """A token bucket of new blocks: ``tokens`` left, refilled up to ``refilled``."""
+
+    tokens: float
+    refilled: float
+
+
 class Policy:
     """Block decisions from verdicts; see the module docstring for the rules."""
 
     def __init__(
         self,
         config: FirewallConfig,
-        allowlist_extra: Iterable[str | ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        allowlist_extra: Iterable[str | IPAddress | IPNetwork] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         config.check()
@@ -162,9 +177,8 @@ class Policy:
         self._families = frozenset(config.families)
         self._active: OrderedDict[IPNetwork, ActiveBlock] = OrderedDict()
         self._offenders: OrderedDict[IPNetwork, _Offender] = OrderedDict()
-        self._evicted: deque[ActiveBlock] = deque()
-        self._tokens = float(config.new_blocks_burst)
-        self._refilled = clock()
+        self._global = _Bucket(float(config.new_blocks_burst), clock())
+        self._buckets: OrderedDict[IPNetwork, _Bucket] = OrderedDict()
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "verdicts",
@@ -175,9 +189,10 @@ class Policy:
                 "allowlisted",
                 "already_blocked",
                 "rate_limited",
+                "table_full",
                 "dry_run",
-                "evicted_blocks",
                 "evicted_offenders",
+                "evicted_buckets",
                 *(f"rejected_{reason}" for reason in REJECT_REASONS),
             ),
             0,
@@ -253,9 +268,17 @@ class Policy:
 
     def _block(self, base: Decision, net: IPNetwork, why: str, ttl_s: int | None) -> Decision:
         now = base.decided_ts
-        if not self._take_token(now):
+        if len(self._active) >= self.config.max_tracked:
+            self._counters["table_full"] += 1
+            why += (
+                f"; {len(self._active)} blocks active (max_tracked): refused, "
+                "the active blocks stay"
+            )
+            return replace(base, action="block", outcome="table_full", reason=why)
+        limited = self._take_token(net, now)
+        if limited:
             self._counters["rate_limited"] += 1
-            why += f"; over {self.config.max_new_blocks_per_s:g} new blocks/s, not applied"
+            why += f"; {limited}, not applied"
             return replace(base, action="block", outcome="rate_limited", reason=why)
         offences = self._offend(net, now)
         ttl, factor = self._ttl(offences) if ttl_s is None else (ttl_s, 1)
@@ -281,15 +304,10 @@ class Policy:
     # --- unblocks ------------------------------------------------------------------
 
     def expire(self, now: float | None = None) -> list[Decision]:
-        """Unblocks for evicted blocks and for blocks at or past their expiry; the policy
-        forgets them. Call it about once a second."""
+        """Unblocks for blocks at or past their expiry; the policy forgets them. Call it
+        about once a second."""
         now = self._clock() if now is None else now
         out = []
-        while self._evicted:
-            block = self._evicted.popleft()
-            if ipaddress.ip_network(block.network) in self._active:
-                continue  # blocked again since: the new block replaced it in the backend
-            out.append(self._unblock(block, now, "evicted: more than max_tracked blocks"))
         for net in [n for n, b in self._active.items() if b.expires_ts <= now]:
             block = self._active.pop(net)
             out.append(self._unblock(block, now, f"expired (ttl {_ttl_text(block)})"))
@@ -313,12 +331,9 @@ class Policy:
     def flush(self) -> list[Decision]:
         """Unblocks for every active block (offence histories are kept)."""
         now = self._clock()
-        evicted = [b for b in self._evicted if ipaddress.ip_network(b.network) not in self._active]
-        out = [self._unblock(block, now, "flushed by the operator") for block in evicted]
-        out += [
+        out = [
             self._unblock(block, now, "flushed by the operator") for block in self._active.values()
         ]
-        self._evicted.clear()
         self._active.clear()
         return out
 
@@ -353,10 +368,16 @@ class Policy:
         if not changed:
             return [], []
         now = self._clock()
-        # Tokens earned so far at the old rate; the new rate and burst apply from now.
-        self._refill(now)
+        # Tokens earned so far at the old rates; the new rates and bursts apply from now.
+        old = self.config
+        self._refill(self._global, now, old.max_new_blocks_per_s, old.new_blocks_burst)
+        for bucket in self._buckets.values():
+            self._refill(
+                bucket, now, old.new_blocks_per_prefix_per_s, old.new_blocks_per_prefix_burst
+            )
+            bucket.tokens = min(bucket.tokens, float(new.new_blocks_per_prefix_burst))
         self.config = new
-        self._tokens = min(self._tokens, float(new.new_blocks_burst))
+        self._global.tokens = min(self._global.tokens, float(new.new_blocks_burst))
         unblocks: list[Decision] = []
         if "allowlist" in changed:
             self.allowlist = self._build_allowlist(new)
@@ -405,6 +426,9 @@ class Policy:
                 why = f"restored block ends in {remaining:.0f}s > max_ttl_s"
                 rejected.append(self._reject(base, "absurd_ttl", why))
                 continue
+            if net not in self._active and len(self._active) >= self.config.max_tracked:
+                self._counters["table_full"] += 1
+                continue
             self._remember(net, block)
             offender = self._offenders.get(net)
             if offender is None:
@@ -417,8 +441,8 @@ class Policy:
         return list(self._active.values())
 
     def counters(self) -> dict[str, int]:
-        """Counts of verdicts, decisions by kind, rejections by reason and evictions,
-        plus the current sizes (``active``, ``offenders``)."""
+        """Counts of verdicts, decisions by kind, rejections by reason, refusals and
+        evictions, plus the current sizes (``active``, ``offenders``)."""
         return {
             **self._counters,
             "active": len(self._active),
@@ -458,32 +482,41 @@ class Policy:
         return offender.offences
 
     def _remember(self, net: IPNetwork, block: ActiveBlock) -> None:
+        # Callers check max_tracked first: an active block is never evicted.
         self._active[net] = block
         self._active.move_to_end(net)
-        while len(self._active) > self.config.max_tracked:
-            _, evicted = self._active.popitem(last=False)
-            self._evicted.append(evicted)
-            self._counters["evicted_blocks"] += 1
 
-    def _bound(self, table: OrderedDict[IPNetwork, _Offender], counter: str) -> None:
+    def _bound(self, table: OrderedDict[IPNetwork, Any], counter: str) -> None:
         while len(table) > self.config.max_tracked:
             table.popitem(last=False)
             self._counters[counter] += 1
 
-    def _refill(self, now: float) -> None:
-        cfg = self.config
-        elapsed = max(0.0, now - self._refilled)
-        self._refilled = max(self._refilled, now)
-        self._tokens = min(
-            float(cfg.new_blocks_burst), self._tokens + elapsed * cfg.max_new_blocks_per_s
-        )
+    @staticmethod
+    def _refill(bucket: _Bucket, now: float, rate: float, burst: int) -> None:
+        elapsed = max(0.0, now - bucket.refilled)
+        bucket.refilled = max(bucket.refilled, now)
+        bucket.tokens = min(float(burst), bucket.tokens + elapsed * rate)
 
-    def _take_token(self, now: float) -> bool:
-        self._refill(now)
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+    def _take_token(self, net: IPNetwork, now: float) -> str:
+        """Take one new-block token from ``net``'s neighbourhood and from the global
+        bucket; "" when both had one, else which limit was hit (nothing is taken)."""
+        cfg = self.config
+        hood = _neighbourhood(net, cfg)
+        bucket = self._buckets.get(hood)
+        if bucket is None:
+            bucket = _Bucket(float(cfg.new_blocks_per_prefix_burst), now)
+            self._buckets[hood] = bucket
+            self._bound(self._buckets, "evicted_buckets")
+        self._buckets.move_to_end(hood)
+        self._refill(bucket, now, cfg.new_blocks_per_prefix_per_s, cfg.new_blocks_per_prefix_burst)
+        self._refill(self._global, now, cfg.max_new_blocks_per_s, cfg.new_blocks_burst)
+        if bucket.tokens < 1.0:
+            return f"over {cfg.new_blocks_per_prefix_per_s:g} new blocks/s in {hood}"
+        if self._global.tokens < 1.0:
+            return f"over {cfg.max_new_blocks_per_s:g} new blocks/s"
+        bucket.tokens -= 1.0
+        self._global.tokens -= 1.0
+        return ""
 
 
 def _network(verdict: Verdict, config: FirewallConfig) -> tuple[IPNetwork | None, str]:
@@ -508,6 +541,16 @@ def _normalize(net: IPNetwork, config: FirewallConfig) -> IPNetwork:
     if net.prefixlen > limit:
         net = net.supernet(new_prefix=limit)
     return net
+
+
+def _neighbourhood(net: IPNetwork, config: FirewallConfig) -> IPNetwork:
+    """The prefix whose new blocks share one token bucket (a /24 or /48 by default)."""
+    limit = (
+        config.rate_prefix_len_v4
+        if isinstance(net, ipaddress.IPv4Network)
+        else config.rate_prefix_len_v6
+    )
+    return net.supernet(new_prefix=limit) if net.prefixlen > limit else net
 
 
 def _float32(value: float) -> float:

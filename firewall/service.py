@@ -52,6 +52,10 @@ __all__ = ["FirewallAgent", "block_to_json"]
 
 log = logging.getLogger(__name__)
 
+# Outcomes of a block the policy refused; the agent warns about them at most this often.
+REFUSALS = ("table_full", "rate_limited")
+REFUSAL_WARNING_S = 10.0
+
 _POLL_MS = 50
 
 
@@ -95,6 +99,9 @@ class FirewallAgent:
         )
         self._stop = False
         self._next_expiry = 0.0
+        # New blocks the policy refused (table_full, rate_limited) since the last warning.
+        self._refused: Counter[str] = Counter()
+        self._next_refusal_warning = 0.0
         self.plane: ServiceControl | None = None
         self._context = context or zmq.Context.instance()
         self._control: zmq.Socket[bytes] | None = None
@@ -138,6 +145,25 @@ class FirewallAgent:
             self.decisions.record(decision, self._backend_name, outcome)
         if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
             log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
+        elif outcome in REFUSALS:
+            self._warn_refused(decision, outcome)
+
+    def _warn_refused(self, decision: Decision, outcome: str) -> None:
+        """Say that new blocks are being refused: at once, then at most every
+        REFUSAL_WARNING_S with the counts since (a verdict storm must not flood the log)."""
+        self._refused[outcome] += 1
+        now = time.monotonic()
+        if now < self._next_refusal_warning:
+            return
+        counts = ", ".join(f"{n} {why}" for why, n in sorted(self._refused.items()))
+        log.warning(
+            "new blocks refused (%s) since the last warning; latest %s: %s",
+            counts,
+            decision.network,
+            decision.reason,
+        )
+        self._refused.clear()
+        self._next_refusal_warning = now + REFUSAL_WARNING_S
 
     def handle_batch(self, batch: VerdictBatch) -> None:
         """Decide on every verdict of a batch; blocks go to the backend in one call when it

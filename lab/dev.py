@@ -75,7 +75,14 @@ def lab_overrides(topo: Topology, dev_dir: Path) -> dict[str, Any]:
         # Its own etcd, in the gateway's namespace, whatever the user's file names.
         "control": {"endpoints": [], "lease_ttl_s": 3, "health_interval_s": 1.0},
         "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{topo.prefix}"}},
-        "firewall": {"backend": "xdp", "ttl_base_s": 20, "ttl_growth": 1.0},
+        # The lab's attackers sit on the gateway's own outside segment: allowlisting the
+        # connected subnets, as a real gateway does, would exempt them.
+        "firewall": {
+            "backend": "xdp",
+            "ttl_base_s": 20,
+            "ttl_growth": 1.0,
+            "auto_allowlist": ["own_addresses", "gateways", "resolvers", "ntp"],
+        },
         "rag": {"model": "none"},
     }
 

@@ -54,6 +54,9 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         "node": {"id": "gw-test", "state_dir": str(tmp_path / "state")},
         "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{PREFIX}"}},
         "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
+        # The attacker is on the gateway's connected outside segment, which the firewall
+        # would otherwise allowlist.
+        "firewall": {"auto_allowlist": ["own_addresses", "gateways", "resolvers", "ntp"]},
         # The anomaly model's trainer is a service of the stack too once enabled.
         "anomaly": {"enabled": True},
     }))  # fmt: skip

@@ -40,7 +40,7 @@ def test_record_and_history(tmp_path: Path) -> None:
         log.record(policy.decide(verdict("198.51.100.8", 0.1)), "none")
         log.record(policy.decide(verdict("2001:db8::1")), "nftables", "failed")
         (latest, *_) = log.history(10)
-        assert (latest.addr, latest.prefix_len, latest.outcome) == ("2001:db8::1", 128, "failed")
+        assert (latest.addr, latest.prefix_len, latest.outcome) == ("2001:db8::", 64, "failed")
         (entry,) = log.history(10, address="198.51.100.7")
         assert (entry.action, entry.backend, entry.outcome) == ("block", "xdp", "applied")
         assert entry.verdict_ids == ("det:1",)

@@ -67,10 +67,16 @@ def test_block_decision_says_why() -> None:
     assert d.acts
 
 
-def test_ipv6_block_uses_configured_prefix() -> None:
-    d = policy(prefix_len_v6=64).decide(verdict("2001:db8:1:2::99"))
+def test_ipv6_block_covers_the_senders_64_by_default() -> None:
+    # An attacker owns its whole /64 and can send from any of its 2^64 addresses: a /128
+    # block is lifted by moving to the next address.
+    p = policy()
+    d = p.decide(verdict("2001:db8:1:2::99"))
     assert (d.addr, d.prefix_len) == ("2001:db8:1:2::", 64)
-    assert policy().decide(verdict("2001:db8::5")).network == "2001:db8::5/128"
+    rotated = p.decide(verdict("2001:db8:1:2:ffff:1234:5678:9abc"))
+    assert (rotated.action, rotated.network) == ("skip", "2001:db8:1:2::/64")
+    assert rotated.outcome == "already_blocked"
+    assert policy(prefix_len_v6=128).decide(verdict("2001:db8::5")).network == "2001:db8::5/128"
 
 
 # --- allowlist --------------------------------------------------------------------------
@@ -297,7 +303,13 @@ def test_storm_of_distinct_addresses_stays_within_bound() -> None:
     clock = Clock()
     bound = 1000
     p = policy(
-        clock, allowlist=(), max_tracked=bound, max_new_blocks_per_s=1e9, new_blocks_burst=10**9
+        clock,
+        allowlist=(),
+        max_tracked=bound,
+        max_new_blocks_per_s=1e9,
+        new_blocks_burst=10**9,
+        new_blocks_per_prefix_per_s=1e9,
+        new_blocks_per_prefix_burst=10**9,
     )
     for i in range(100_000):
         d = p.decide(verdict(str(ipaddress.IPv4Address(0x0A000000 + i)), 1.0))
@@ -306,30 +318,63 @@ def test_storm_of_distinct_addresses_stays_within_bound() -> None:
             assert p.counters()["active"] <= bound and p.counters()["offenders"] <= bound
     counters = p.counters()
     assert (counters["active"], counters["offenders"]) == (bound, bound)
-    assert counters["evicted_blocks"] == counters["evicted_offenders"] == 100_000 - bound
-    # Evicted blocks come back as unblocks, so the backend forgets them too.
-    unblocks = p.expire()
-    assert len(unblocks) == 100_000 - bound
-    assert all(u.action == "unblock" and u.reason.startswith("evicted") for u in unblocks)
-    assert len(p.active()) == bound
+    assert counters["block"] == bound and counters["table_full"] == 100_000 - bound
+    # A refused block is no offence on record: the history did not grow either.
+    assert counters["evicted_offenders"] == 0
+    # Nothing was lifted to make room: the first blocks are still the active ones.
+    assert p.expire() == []
+    assert [b.addr for b in p.active()][:2] == ["10.0.0.0", "10.0.0.1"]
+
+
+def test_a_flood_of_forged_sources_does_not_lift_the_real_attackers_block() -> None:
+    """The attack: once max_tracked blocks are active, verdicts about thousands of forged
+    sources used to evict the oldest active blocks, which the next expire() lifted in the
+    kernel. The real attacker, blocked first, was free again."""
+    clock = Clock()
+    p = policy(
+        clock,
+        max_tracked=500,
+        max_new_blocks_per_s=1e9,
+        new_blocks_burst=10**9,
+        new_blocks_per_prefix_per_s=1e9,
+        new_blocks_per_prefix_burst=10**9,
+    )
+    assert p.decide(verdict("198.51.100.66", 1.0)).action == "block"
+    refused = []
+    for i in range(5_000):
+        forged = str(ipaddress.IPv4Address(0xC6120000 + i))  # 198.18.0.0/15, benchmark space
+        d = p.decide(verdict(forged, 1.0))
+        if d.outcome == "table_full":
+            refused.append(d)
+        clock.now += 0.001
+    assert len(refused) == 5_000 - 499
+    assert "refused, the active blocks stay" in refused[-1].reason
+    assert p.counters()["table_full"] == 5_000 - 499
+    assert all(u.addr != "198.51.100.66" for u in p.expire())
+    assert "198.51.100.66" in {b.addr for b in p.active()}
+
+
+def test_a_storm_in_one_network_does_not_spend_the_budget_of_the_others() -> None:
+    """The attack: verdicts about many addresses of one /24 (forged, or a botnet's) took
+    every token of the one global bucket, so the block of an attacker elsewhere came out
+    rate_limited. Each /24 now has its own bucket."""
+    clock = Clock()
+    p = policy(clock, new_blocks_burst=200, new_blocks_per_prefix_burst=32)
+    storm = [p.decide(verdict(f"192.0.2.{i}", 1.0)) for i in range(1, 255)]
+    assert sum(d.action == "block" and d.outcome == "pending" for d in storm) == 32
+    assert storm[-1].outcome == "rate_limited"
+    assert "new blocks/s in 192.0.2.0/24" in storm[-1].reason
+    real = p.decide(verdict("203.0.113.66", 1.0))
+    assert (real.action, real.outcome) == ("block", "pending")
+    # The bucket refills at new_blocks_per_prefix_per_s.
+    clock.now += 1.0
+    assert p.decide(verdict("192.0.2.254", 1.0)).outcome == "pending"
 
 
 def test_storm_against_rate_cap_keeps_table_small() -> None:
-    p = policy(max_tracked=100, new_blocks_burst=50)
+    p = policy(max_tracked=100, new_blocks_burst=50, new_blocks_per_prefix_burst=10**6)
     for i in range(20_000):
         p.decide(verdict(str(ipaddress.IPv4Address(0x1A000000 + i)), 1.0))
     counters = p.counters()
     assert counters["block"] == 50 and counters["rate_limited"] == 20_000 - 50
     assert counters["active"] == 50 and counters["offenders"] <= 100
-
-
-def test_evicted_then_blocked_again_is_not_unblocked() -> None:
-    p = policy(max_tracked=2)
-    for src in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
-        p.decide(verdict(src))
-    assert p.counters()["evicted_blocks"] == 1
-    # .1 was evicted, then offends again before expire() ran: its new block must stay.
-    assert p.decide(verdict("198.51.100.1")).action == "block"
-    unblocks = p.expire()
-    assert [u.addr for u in unblocks] == ["198.51.100.2"]
-    assert sorted(b.addr for b in p.active()) == ["198.51.100.1", "198.51.100.3"]
