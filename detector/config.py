@@ -151,9 +151,14 @@ class DetectorConfig:
     top_features: int = 5
     # Identifier of this detector in verdicts; empty means node.id, else the host name.
     detector_id: str = ""
-    # Alerts (suspicious and malicious verdicts) as EVE-like JSON lines appended to this
-    # file, for log shippers; empty: none (detector/eve.py).
+    # Alerts (suspicious and malicious verdicts) as Suricata EVE JSON lines appended to
+    # this file, for log shippers and SIEMs; empty: none (detector/eve.py).
     eve_log: str = ""
+    # Also a flow event per scored flow in eve_log (same flow_id and community_id as its
+    # alert); many more lines.
+    eve_flows: bool = False
+    # A stats event in eve_log this often, in seconds (uptime, alerts, flows); 0: none.
+    eve_stats_interval_s: float = 60.0
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.

@@ -158,7 +158,15 @@ class DetectorService:
         self._event_seq = 0
         self._stop = threading.Event()
         self.plane: ServiceControl | None = None
-        self.eve = EveWriter(config.eve_log) if config.eve_log else None
+        self.eve = (
+            EveWriter(
+                config.eve_log,
+                flows=config.eve_flows,
+                stats_interval_s=config.eve_stats_interval_s,
+            )
+            if config.eve_log
+            else None
+        )
         # Served by base/metrics.py with the counters (mld detect).
         self.registry = CollectorRegistry()
         self.inference_hist = Histogram(

@@ -348,8 +348,9 @@ class socket_port:
 def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
     tiny_bundle: TinyBundle, tmp_path: Path
 ) -> None:
-    """The detector's EVE-like alert log: one line per suspicious or malicious verdict,
-    with the fields log shippers expect, reopened after logrotate moves it."""
+    """The detector's EVE alert log: one line per suspicious or malicious verdict, with
+    the fields log shippers expect, reopened after logrotate moves it (the schema itself:
+    tests/detector/test_eve.py)."""
     eve = tmp_path / "log" / "eve.json"
     records = parse(capture_records(SCAN_PCAP))
     cfg = DetectorConfig(
@@ -374,7 +375,12 @@ def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
         assert first["event_type"] == "alert" and first["proto"] == "TCP"
         assert first["src_ip"] == "172.31.15.102" and isinstance(first["dest_port"], int)
         assert first["alert"]["severity"] in (1, 2) and first["alert"]["category"]
-        assert set(first["ml"]) >= {"family", "scores", "top_features", "final_score"}
+        assert set(first["alert"]["metadata"]) >= {
+            "ml_family",
+            "ml_family_scores",
+            "ml_top_features",
+            "ml_final_score",
+        }
         assert first["timestamp"].endswith("+0000") and first["flow"]["pkts_toserver"] >= 1
         # logrotate (no copytruncate): the file is moved away; the next batch opens a new one.
         eve.rename(eve.with_suffix(".1"))
