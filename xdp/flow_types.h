@@ -4,11 +4,15 @@
  * event, the export rules, the XDP counters, the blocklist's key and value) and the parser's
  * per-packet result, with the constants stored in them (end reasons, state flags, TCP flag
  * bits, IP protocols). Included by flow_parse.h and flow_update.h, and through flow.h by the
- * XDP program (compiled by BCC with MLD_BPF defined), and by native/.
+ * XDP program (compiled by BCC with MLD_BPF defined). native/ includes it too and hands
+ * every struct's layout and every integer #define of this file to Python (native.structs):
+ * that is how Python reads these types, and nothing in Python restates them.
  *
  * Layout rules: every struct that crosses the kernel/user boundary has explicit padding,
- * sizes that are multiples of 8 and no implicit holes, so BCC, the C compiler and the NumPy
- * dtype built from offsetof() in native/ agree byte for byte.
+ * sizes that are multiples of 8 (but struct mld_lpm_key, the kernel's 20-byte LPM trie
+ * key) and no implicit holes, so BCC, the C compiler and the NumPy
+ * dtypes and ctypes built from offsetof() in native/ agree byte for byte (tests/native
+ * checks that the members of every struct tile it exactly).
  *
  * Units: timestamps in ns (kernel monotonic clock live, capture time offline; user space
  * converts live times to the epoch), lengths in bytes at the IP layer (from the IP header's
@@ -33,6 +37,7 @@
 #define MLD_MEMSET(d, c, n) __builtin_memset((d), (c), (n))
 
 /* ---- constants ------------------------------------------------------------------------- */
+/* native/ exports every integer #define of this file to Python (native.structs). */
 /* EndReason values: must equal mld.v1.EndReason (tests/native checks it). */
 #define MLD_END_FIN 1
 #define MLD_END_RST 2
