@@ -81,7 +81,7 @@ $(PROTO_OUT): proto/events.proto $(STAMP_VENV)
 
 # native._flowengine: xdp/flow.h compiled into a CPython extension (libpcap, NumPy). The
 # shared object lands in native/ (ignored by git), objects in build/native.
-$(STAMP_NATIVE): $(wildcard native/*.c native/*.h) xdp/flow.h native/setup.py $(STAMP_VENV) | $(STAMP_APT)
+$(STAMP_NATIVE): $(wildcard native/*.c native/*.h xdp/*.h) native/setup.py $(STAMP_VENV) | $(STAMP_APT)
 	@mkdir -p $(BUILD)/native
 	cd native && ../$(PY) setup.py -q build_ext --inplace --force \
 	    --build-temp ../$(BUILD)/native --build-lib ../$(BUILD)/native/lib

@@ -14,6 +14,9 @@ uses, so a capture read here and the same traffic seen live give the same counte
             log.warning("%s", exc)
     handle(engine.finish())                          # flows still open: CAPTURE_END
 
+The layouts of flow.h's structs reach Python one way, through :mod:`native.structs`
+(EVENT_DTYPE here is that module's).
+
 Build: ``make install`` (native/setup.py, ``build_ext --inplace``).
 """
 
@@ -21,13 +24,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from native import _flowengine
 from native.errors import CaptureError, UnsupportedLinkType
+from native.structs import CONSTANTS, EVENT_DTYPE
 
 __all__ = [
     "END_ACTIVE_TIMEOUT",
@@ -44,36 +47,16 @@ __all__ = [
     "supported_linktypes",
 ]
 
-# End reasons (MLD_END_* in xdp/flow.h, equal to mld.v1.EndReason).
-END_FIN: int = _flowengine.END_FIN
-END_RST: int = _flowengine.END_RST
-END_IDLE_TIMEOUT: int = _flowengine.END_IDLE_TIMEOUT
-END_ACTIVE_TIMEOUT: int = _flowengine.END_ACTIVE_TIMEOUT
-END_EVICTED: int = _flowengine.END_EVICTED
-END_CAPTURE_END: int = _flowengine.END_CAPTURE_END
+# End reasons (MLD_END_* in xdp/flow_types.h, equal to mld.v1.EndReason).
+END_FIN: int = CONSTANTS["MLD_END_FIN"]
+END_RST: int = CONSTANTS["MLD_END_RST"]
+END_IDLE_TIMEOUT: int = CONSTANTS["MLD_END_IDLE_TIMEOUT"]
+END_ACTIVE_TIMEOUT: int = CONSTANTS["MLD_END_ACTIVE_TIMEOUT"]
+END_EVICTED: int = CONSTANTS["MLD_END_EVICTED"]
+END_CAPTURE_END: int = CONSTANTS["MLD_END_CAPTURE_END"]
 
 _READ_MORE, _READ_EOF, _READ_ERROR = 0, 1, 2
 _OPEN_FAILED, _OPEN_LINKTYPE = 1, 2
-
-
-def _event_dtype() -> np.dtype[np.void]:
-    """The dtype of struct mld_flow_event, from the offsets the C compiler computed."""
-    itemsize, fields, _pads = _flowengine.layout()
-    formats: list[Any] = [
-        np.dtype(f"u{size}") if count == 1 else (np.dtype(f"u{size}"), (count,))
-        for _name, _offset, size, count in fields
-    ]
-    return np.dtype(
-        {
-            "names": [f[0] for f in fields],
-            "formats": formats,
-            "offsets": [f[1] for f in fields],
-            "itemsize": itemsize,
-        }
-    )
-
-
-EVENT_DTYPE: np.dtype[np.void] = _event_dtype()
 
 
 def supported_linktypes() -> list[str]:

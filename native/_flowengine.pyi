@@ -5,15 +5,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-END_FIN: int
-END_RST: int
-END_IDLE_TIMEOUT: int
-END_ACTIVE_TIMEOUT: int
-END_EVICTED: int
-END_CAPTURE_END: int
-MAX_ACTIVE_TIMEOUT_NS: int
-
-def layout() -> tuple[int, list[tuple[str, int, int, int]], list[tuple[str, int, int, int]]]: ...
+def structs() -> dict[str, tuple[int, list[tuple[str, int, int, int, str]]]]: ...
+def constants() -> dict[str, int]: ...
 def supported_linktypes() -> list[str]: ...
 def flow_ids(events: npt.NDArray[np.void], /) -> npt.NDArray[np.uint64]: ...
 

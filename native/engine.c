@@ -1,9 +1,10 @@
-/* native/engine.c — pcap packets through flow.h into exported flows.
+/* native/engine.c — pcap packets through xdp/flow_parse.h and xdp/flow_update.h into
+ * exported flows.
  *
- * Export rules are flow.h's, driven by packet timestamps: before each packet, flows idle at
- * the packet's time are exported from the LRU head with mld_idle_reason(); then the packet
- * is applied with mld_flow_init()/mld_flow_update() and MLD_ACT_* handled as in the XDP
- * program; a full table evicts its least recently seen flow (MLD_END_EVICTED).
+ * Export rules are flow_update.h's, driven by packet timestamps: before each packet, flows
+ * idle at the packet's time are exported from the LRU head with mld_idle_reason(); then the
+ * packet is applied with mld_flow_init()/mld_flow_update() and MLD_ACT_* handled as in the
+ * XDP program; a full table evicts its least recently seen flow (MLD_END_EVICTED).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "flow_update.h"
 #include "link_layer.h"
 
 int mld_engine_init(struct mld_engine *e, const struct mld_flow_config *cfg, __u32 max_flows,

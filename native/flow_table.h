@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "flow.h"
+#include "flow_types.h"
 
 #define MLD_NIL UINT32_MAX
 

@@ -1,114 +1,16 @@
 /* native/flowengine.c — CPython bindings of the offline flow engine (native._flowengine).
  *
- * Thin layer: native/__init__.py builds the NumPy dtype from layout(), owns the error
- * classes and the generator; this file moves exported struct mld_flow_event records into
- * NumPy arrays and releases the GIL while packets are read.
+ * Thin layer: native/structs.py builds the NumPy dtypes from structs() (structs.c) and
+ * native/__init__.py owns the error classes and the generator; this file moves exported
+ * struct mld_flow_event records into NumPy arrays and releases the GIL while packets are
+ * read.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "structs.h" /* Python.h first */
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #include <numpy/arrayobject.h>
 
-#include <stddef.h>
-
 #include "engine.h"
 #include "link_layer.h"
-
-/* ---- layout of struct mld_flow_event, for the dtype --------------------------------- */
-
-struct field {
-    const char *name;
-    size_t offset;
-    size_t elem_size;
-    size_t count; /* 1 for scalars */
-};
-
-#define EV struct mld_flow_event
-#define SCALAR(name, member) {name, offsetof(EV, member), sizeof(((EV *)0)->member), 1}
-#define ARRAY(name, member)                                                                  \
-    {name, offsetof(EV, member), sizeof(((EV *)0)->member[0]),                               \
-     sizeof(((EV *)0)->member) / sizeof(((EV *)0)->member[0])}
-#define DIR_FIELDS(p, i)                                                                     \
-    SCALAR(p "packets", state.dir[i].packets), SCALAR(p "bytes", state.dir[i].bytes),        \
-        SCALAR(p "payload_bytes", state.dir[i].payload_bytes),                               \
-        SCALAR(p "len_sumsq", state.dir[i].len_sumsq),                                       \
-        SCALAR(p "iat_sum_ns", state.dir[i].iat_sum_ns),                                     \
-        SCALAR(p "iat_min_ns", state.dir[i].iat_min_ns),                                     \
-        SCALAR(p "iat_max_ns", state.dir[i].iat_max_ns),                                     \
-        SCALAR(p "iat_sumsq", state.dir[i].iat_sumsq),                                       \
-        SCALAR(p "last_ts_ns", state.dir[i].last_ts_ns),                                     \
-        SCALAR(p "len_min", state.dir[i].len_min), SCALAR(p "len_max", state.dir[i].len_max), \
-        SCALAR(p "syn", state.dir[i].syn), SCALAR(p "fin", state.dir[i].fin),                \
-        SCALAR(p "rst", state.dir[i].rst), SCALAR(p "psh", state.dir[i].psh),                \
-        SCALAR(p "ack", state.dir[i].ack), SCALAR(p "urg", state.dir[i].urg),                \
-        SCALAR(p "ece", state.dir[i].ece), SCALAR(p "cwr", state.dir[i].cwr),                \
-        SCALAR(p "init_window", state.dir[i].init_window)
-
-static const struct field fields[] = {
-    ARRAY("addr_lo", key.addr_lo),
-    ARRAY("addr_hi", key.addr_hi),
-    SCALAR("port_lo", key.port_lo),
-    SCALAR("port_hi", key.port_hi),
-    SCALAR("protocol", key.protocol),
-    SCALAR("ip_version", key.ip_version),
-    DIR_FIELDS("fwd_", 0),
-    DIR_FIELDS("bwd_", 1),
-    SCALAR("first_ts_ns", state.first_ts_ns),
-    SCALAR("last_ts_ns", state.last_ts_ns),
-    SCALAR("flags", state.flags),
-    SCALAR("vlan_id", state.vlan_id),
-    SCALAR("icmp_type", state.icmp_type),
-    SCALAR("icmp_code", state.icmp_code),
-    SCALAR("end_reason", state.end_reason),
-    SCALAR("dns_qname_len", state.dns_qname_len),
-    SCALAR("dns_queries", state.dns_queries),
-    SCALAR("dns_qname_len_sum", state.dns_qname_len_sum),
-    ARRAY("dns_qname", state.dns_qname),
-};
-
-/* Padding members: not exposed, listed so a test can prove every other byte is a field. */
-static const struct field pads[] = {
-    SCALAR("key.pad", key.pad),
-    SCALAR("state.dir[0].pad", state.dir[0].pad),
-    SCALAR("state.dir[1].pad", state.dir[1].pad),
-    ARRAY("state.pad", state.pad),
-};
-
-static PyObject *field_list(const struct field *f, size_t n)
-{
-    PyObject *list = PyList_New((Py_ssize_t)n);
-    size_t i;
-
-    if (list == NULL)
-        return NULL;
-    for (i = 0; i < n; i++) {
-        PyObject *t = Py_BuildValue("(snnn)", f[i].name, (Py_ssize_t)f[i].offset,
-                                    (Py_ssize_t)f[i].elem_size, (Py_ssize_t)f[i].count);
-        if (t == NULL) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-    }
-    return list;
-}
-
-static PyObject *py_layout(PyObject *mod, PyObject *unused)
-{
-    PyObject *f, *p;
-
-    (void)mod;
-    (void)unused;
-    f = field_list(fields, sizeof(fields) / sizeof(fields[0]));
-    if (f == NULL)
-        return NULL;
-    p = field_list(pads, sizeof(pads) / sizeof(pads[0]));
-    if (p == NULL) {
-        Py_DECREF(f);
-        return NULL;
-    }
-    return Py_BuildValue("(nNN)", (Py_ssize_t)sizeof(struct mld_flow_event), f, p);
-}
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
 {
@@ -412,8 +314,9 @@ static PyTypeObject EngineType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"layout", py_layout, METH_NOARGS,
-     "layout() -> (itemsize, fields, pads), each (name, offset, elem_size, count)"},
+    {"structs", mld_py_structs, METH_NOARGS,
+     "structs() -> {name: (size, [(member, offset, elem_size, count, c_type), ...])}"},
+    {"constants", mld_py_constants, METH_NOARGS, "constants() -> {name: value} of flow_types.h"},
     {"supported_linktypes", py_supported_linktypes, METH_NOARGS, "pcap link type names"},
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
     {NULL, NULL, 0, NULL},
@@ -435,14 +338,7 @@ PyMODINIT_FUNC PyInit__flowengine(void)
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
-        PyModule_AddIntConstant(m, "END_FIN", MLD_END_FIN) < 0 ||
-        PyModule_AddIntConstant(m, "END_RST", MLD_END_RST) < 0 ||
-        PyModule_AddIntConstant(m, "END_IDLE_TIMEOUT", MLD_END_IDLE_TIMEOUT) < 0 ||
-        PyModule_AddIntConstant(m, "END_ACTIVE_TIMEOUT", MLD_END_ACTIVE_TIMEOUT) < 0 ||
-        PyModule_AddIntConstant(m, "END_EVICTED", MLD_END_EVICTED) < 0 ||
-        PyModule_AddIntConstant(m, "END_CAPTURE_END", MLD_END_CAPTURE_END) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_ACTIVE_TIMEOUT_NS", (long)MLD_MAX_ACTIVE_TIMEOUT_NS) < 0) {
+    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,15 +1,15 @@
 /* native/link_layer.h — find the IP header behind a capture's link-layer header.
  *
- * Each decoder reads only inside [p, end) and hands the IP part to flow.h's parsers, so a
- * packet gives the same struct mld_pkt whatever link type it was captured on. Ethernet goes
- * through mld_parse_eth exactly as in the XDP program.
+ * Each decoder reads only inside [p, end) and hands the IP part to xdp/flow_parse.h's
+ * parsers, so a packet gives the same struct mld_pkt whatever link type it was captured on.
+ * Ethernet goes through mld_parse_eth exactly as in the XDP program.
  */
 #ifndef MLD_LINK_LAYER_H
 #define MLD_LINK_LAYER_H
 
 #include <pcap/pcap.h>
 
-#include "flow.h"
+#include "flow_parse.h"
 
 #ifndef DLT_LINUX_SLL2
 #define DLT_LINUX_SLL2 276

@@ -1,10 +1,13 @@
 """Build native._flowengine in place: ``cd native && python setup.py build_ext --inplace``.
 
 `make install` runs this (see the Makefile's native section); the shared object lands beside
-this file and is ignored by git. The flow engine's C definitions come from ../xdp/flow.h.
+this file and is ignored by git. The flow engine's C definitions come from ../xdp/flow_*.h
+(structs.c hands their layouts to Python).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy
 from setuptools import Extension, setup  # type: ignore[import-untyped]
@@ -17,8 +20,14 @@ setup(
     ext_modules=[
         Extension(
             "_flowengine",
-            sources=["flowengine.c", "engine.c", "flow_table.c"],
-            depends=["engine.h", "flow_table.h", "link_layer.h", "../xdp/flow.h"],
+            sources=["flowengine.c", "engine.c", "flow_table.c", "structs.c"],
+            depends=[
+                "engine.h",
+                "flow_table.h",
+                "link_layer.h",
+                "structs.h",
+                *sorted(str(h) for h in Path("../xdp").glob("*.h")),
+            ],
             include_dirs=["../xdp", numpy.get_include()],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],

@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 import native
+from native.structs import CONSTANTS
 from proto.events_pb2 import DirectionStats, FlowRecord, SourceContext
 
 __all__ = [
@@ -55,9 +56,12 @@ __all__ = [
     "shannon_entropy",
 ]
 
-MLD_F_INITIATOR_LO = 0x01  # xdp/flow.h
-PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
-_IAT_UNIT_US = 1.024  # one unit of iat_sumsq's gaps: 1 << MLD_IAT_SQ_SHIFT ns, in us
+# From xdp/flow_types.h, through native.structs.
+MLD_F_INITIATOR_LO = CONSTANTS["MLD_F_INITIATOR_LO"]
+PROTO_TCP, PROTO_UDP = CONSTANTS["MLD_PROTO_TCP"], CONSTANTS["MLD_PROTO_UDP"]
+PROTO_ICMP, PROTO_ICMPV6 = CONSTANTS["MLD_PROTO_ICMP"], CONSTANTS["MLD_PROTO_ICMPV6"]
+# One unit of iat_sumsq's gaps, 1 << MLD_IAT_SQ_SHIFT ns, in us (1.024).
+_IAT_UNIT_US = (1 << CONSTANTS["MLD_IAT_SQ_SHIFT"]) / 1000
 
 # DirectionStats fields, in proto order; FlowColumns holds "fwd_<name>" and "bwd_<name>".
 DIRECTION_FIELDS = (

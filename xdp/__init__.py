@@ -26,13 +26,11 @@ from xdp.errors import (
     NotRootError,
     XdpError,
 )
-from xdp.flow_h import FLOW_H, flow_h_constants
 from xdp.monitor import BPF_SOURCE, FlowMonitor, Mode, raise_on_sigterm
 
 __all__ = [
     "BPF_SOURCE",
     "DEFAULT_PIN_DIR",
-    "FLOW_H",
     "BlockEntry",
     "Blocklist",
     "BlocklistError",
@@ -45,7 +43,6 @@ __all__ = [
     "NotRootError",
     "XdpError",
     "blocklist_enforced",
-    "flow_h_constants",
     "prefix_key",
     "program_attached",
     "raise_on_sigterm",

@@ -13,7 +13,7 @@ operator's shell) can change them while the monitor runs::
                               #             expires_at=1767000000.5), ...]
         bl.purge_expired()    # delete lapsed entries, return them
 
-Keys are struct mld_lpm_key (xdp/flow.h): the kernel's LPM key layout, a host-order u32
+Keys are struct mld_lpm_key (xdp/flow_types.h): the kernel's LPM key layout, a host-order u32
 prefix length followed by the address bytes. IPv4 is stored IPv4-mapped (::ffff:a.b.c.d), so
 an IPv4 /24 has prefix length 96 + 24. Values are struct mld_block: packets dropped and the
 expiry in CLOCK_BOOTTIME ns (0 = never). The program stops dropping for an entry once it has
@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+from native import structs
 from xdp import bpf_syscall as sys_bpf
 from xdp.errors import BlocklistError, BpffsError
 
@@ -51,16 +52,11 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/mld"
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
-class _LpmKey(ct.Structure):
-    # The kernel's LPM trie key ABI (struct bpf_lpm_trie_key_u8 with 16 data bytes), which
-    # struct mld_lpm_key follows; the map's key size is checked against it on open.
-    _fields_ = (("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16))
-
-
-class _Block(ct.Structure):
-    # struct mld_block (xdp/flow.h); tests/xdp/test_blocklist.py checks the fields against
-    # the header, and the map's value size is checked on open.
-    _fields_ = (("drops", ct.c_uint64), ("expires_ns", ct.c_uint64))
+# struct mld_lpm_key (the kernel's LPM trie key ABI, struct bpf_lpm_trie_key_u8 with 16
+# data bytes) and struct mld_block, as native.structs builds them from xdp/flow_types.h; the
+# pinned map's key and value sizes are checked against them on open.
+_LpmKey = structs.ctype("mld_lpm_key")
+_Block = structs.ctype("mld_block")
 
 
 class BlockEntry(NamedTuple):
@@ -137,7 +133,7 @@ class Blocklist:
                 "start it again (blocks in the old map are lost)"
             )
 
-    def _key(self, prefix: str) -> _LpmKey:
+    def _key(self, prefix: str) -> ct.Structure:
         plen, addr = prefix_key(prefix)
         key = _LpmKey(prefixlen=plen)
         ct.memmove(key.addr, addr, 16)
@@ -196,9 +192,9 @@ class Blocklist:
         except OSError as exc:
             raise BlocklistError(f"cannot remove {prefix!r}: {exc.strerror}") from exc
 
-    def _raw(self) -> list[tuple[_LpmKey, int, int]]:
-        out: list[tuple[_LpmKey, int, int]] = []
-        key: _LpmKey | None = None
+    def _raw(self) -> list[tuple[ct.Structure, int, int]]:
+        out: list[tuple[ct.Structure, int, int]] = []
+        key: ct.Structure | None = None
         nxt = _LpmKey()
         val = _Block()
         while sys_bpf.next_key(self._fd, key, nxt):
@@ -208,7 +204,7 @@ class Blocklist:
         return out
 
     @staticmethod
-    def _entry(key: _LpmKey, drops: int, expires_ns: int, offset_ns: int) -> BlockEntry:
+    def _entry(key: ct.Structure, drops: int, expires_ns: int, offset_ns: int) -> BlockEntry:
         when = None if expires_ns == 0 else (expires_ns + offset_ns) / 1e9
         return BlockEntry(_format(key.prefixlen, bytes(key.addr)), drops, when)
 

@@ -21,7 +21,7 @@
  * MLD_BLOCKLIST_PIN (a string literal: the bpffs path of the blocklist map).
  */
 #define MLD_BPF 1
-#include "flow.h"
+#include "flow.h" /* flow_types.h, flow_parse.h, flow_update.h */
 
 #ifndef MLD_MAX_FLOWS
 #define MLD_MAX_FLOWS 65536

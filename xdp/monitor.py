@@ -26,7 +26,11 @@ attach shifts nothing, so records keep the clock as it was at attach.
 Flows that stop receiving packets are found by a sweep of the flow map that poll() runs every
 sweep_interval_s (no thread): flows idle for idle_timeout_s are removed and exported with
 end reason FIN (both sides sent FIN) or IDLE_TIMEOUT, the rules of mld_flow_idle() and
-mld_idle_reason() in flow.h.
+mld_idle_reason() in flow_update.h.
+
+Records, flow map entries, timeouts and counters are read and written with the layouts
+native.structs builds from the C compiler's view of xdp/flow_types.h; attach() checks that
+BCC (clang) laid out the program's maps the same way.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from native import structs
+from native.structs import CONSTANTS, EVENT_DTYPE
 from xdp import bpf_syscall as sys_bpf
 from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
 from xdp.bpffs import ensure_pin_dir
 from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
-from xdp.flow_h import flow_h_constants
 
 __all__ = ["FlowMonitor", "Mode", "raise_on_sigterm"]
 
@@ -60,15 +65,34 @@ XDP_DIR = Path(__file__).resolve().parent
 BPF_SOURCE = XDP_DIR / "flow_monitor.bpf.c"
 _KERNEL_HEADERS = XDP_DIR.parent / "build" / "kernel-headers"
 _FN_NAME = "xdp_flow_monitor"
-_MAX_ACTIVE_TIMEOUT_S = 3600.0  # MLD_MAX_ACTIVE_TIMEOUT_NS in flow.h
+_MAX_ACTIVE_TIMEOUT_S = CONSTANTS["MLD_MAX_ACTIVE_TIMEOUT_NS"] / 1e9
 _SWEEP_CHUNK = 4096  # flows read per BPF_MAP_LOOKUP_BATCH call
 
-_C = flow_h_constants()
-_FIN_BOTH = _C["MLD_F_FIN_FWD"] | _C["MLD_F_FIN_BWD"]
+_FIN_BOTH = CONSTANTS["MLD_F_FIN_FWD"] | CONSTANTS["MLD_F_FIN_BWD"]
+_Key = structs.ctype("mld_flow_key")
+_State = structs.ctype("mld_flow_state")
+_Event = structs.ctype("mld_flow_event")
+_Config = structs.ctype("mld_flow_config")
+_STATE_DTYPE = structs.dtype("mld_flow_state")
+_STATS_DTYPE = structs.dtype("mld_xdp_stats")
+# Every timestamp of a record: the flow's first and last packet, each direction's last.
+_TS_FIELDS = [n for n in EVENT_DTYPE.names or () if n.endswith("_ts_ns")]
 
 
-def _ctype_fields(cls: Any) -> dict[str, Any]:
-    return dict((f[0], f[1]) for f in cls._fields_)
+def _layout(cls: Any, prefix: str = "") -> list[tuple[str, int, int]]:
+    """(path, offset, size) of a ctypes struct and of every member, nested ones included."""
+    out = [(prefix, 0, ct.sizeof(cls))]
+    for f in cls._fields_:
+        name, typ = f[0], f[1]
+        off = getattr(cls, name).offset
+        out.append((prefix + name, off, ct.sizeof(typ)))
+        elem = getattr(typ, "_type_", typ)
+        if isinstance(elem, type) and issubclass(elem, ct.Structure):
+            for i in range(getattr(typ, "_length_", 1)):
+                base = off + i * ct.sizeof(elem)
+                sub = _layout(elem, f"{prefix}{name}[{i}].")
+                out.extend((path, base + o, size) for path, o, size in sub)
+    return out
 
 
 class FlowMonitor:
@@ -221,50 +245,36 @@ class FlowMonitor:
 
     def _setup_maps(self) -> None:
         b = self._bpf
-        cfg = b["config"]
-        cfg[cfg.Key(0)] = cfg.Leaf(self.idle_timeout_ns, self.active_timeout_ns)
         flows = b["flows"]
-        self._key_t, self._state_t = flows.Key, flows.Leaf
-        self._event_t = b["scratch"].sLeaf  # struct mld_flow_event, laid out by BCC
-        self.record_size = ct.sizeof(self._event_t)
-        self._key_off = self._event_t.key.offset
-        self._state_off = self._event_t.state.offset
-        state_f = _ctype_fields(self._state_t)
-        dir_t = state_f["dir"]._type_
-        self._last_ts_off = self._state_t.last_ts_ns.offset
-        self._flags_off = self._state_t.flags.offset
-        self._reason_off = self._state_t.end_reason.offset
-        ts = {
-            "first": self._state_off + self._state_t.first_ts_ns.offset,
-            "last": self._state_off + self._last_ts_off,
-        }
-        for i in range(state_f["dir"]._length_):
-            ts[f"dir{i}"] = (
-                self._state_off + self._state_t.dir.offset + i * ct.sizeof(dir_t)
-                + dir_t.last_ts_ns.offset
-            )  # fmt: skip
-        self._ts_dtype = np.dtype(
-            {
-                "names": list(ts),
-                "formats": ["=u8"] * len(ts),
-                "offsets": list(ts.values()),
-                "itemsize": self.record_size,
-            }
+        self._check_layouts(
+            (flows.Key, "mld_flow_key"),
+            (flows.Leaf, "mld_flow_state"),
+            (b["scratch"].sLeaf, "mld_flow_event"),
+            (b["config"].Leaf, "mld_flow_config"),
+            (b["stats"].sLeaf, "mld_xdp_stats"),
         )
+        cfg = b["config"]
+        cfg[cfg.Key(0)] = _Config(self.idle_timeout_ns, self.active_timeout_ns)
+        self.record_size = ct.sizeof(_Event)
+        self._key_off = _Event.key.offset
+        self._state_off = _Event.state.offset
+        self._reason_off = _State.end_reason.offset
         chunk = min(self.max_flows, _SWEEP_CHUNK)
-        self._keys_buf = (self._key_t * chunk)()
-        self._states_buf = (self._state_t * chunk)()
-        self._state_view = np.dtype(
-            {
-                "names": ["last", "flags"],
-                "formats": ["=u8", "=u4"],
-                "offsets": [self._last_ts_off, self._flags_off],
-                "itemsize": ct.sizeof(self._state_t),
-            }
-        )
+        self._keys_buf = (_Key * chunk)()
+        self._states_buf: Any = (_State * chunk)()
         self._flows_fd = flows.get_fd()
         self.clock_offset_ns = _realtime_minus_monotonic()
         b["events"].open_ring_buffer(self._on_event)
+
+    @staticmethod
+    def _check_layouts(*pairs: tuple[Any, str]) -> None:
+        """BCC's ctypes types of the program's maps (clang's layout) against native's."""
+        for bcc_type, name in pairs:
+            if _layout(bcc_type) != _layout(structs.ctype(name)):
+                raise CompileError(
+                    f"BCC laid out struct {name} unlike native/ (the C compiler): rebuild "
+                    "native/ from this tree's xdp/flow_types.h (`make install`)"
+                )
 
     def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
         self._pending.append(ct.string_at(data, size))
@@ -330,9 +340,9 @@ class FlowMonitor:
         self._pending.clear()
         if len(buf) % self.record_size:
             raise XdpError(f"ring buffer gave {len(buf)} bytes, not whole flow records")
-        arr = np.frombuffer(buf, dtype=self._ts_dtype)
+        arr = np.frombuffer(buf, dtype=EVENT_DTYPE)
         off = np.uint64(self.clock_offset_ns)
-        for name in self._ts_dtype.names or ():
+        for name in _TS_FIELDS:
             col = arr[name]
             col[col != 0] += off
         return bytes(buf)
@@ -340,27 +350,27 @@ class FlowMonitor:
     def _walk_keys(self, final: bool, now_ns: int) -> list[bytes]:
         """Keys of the flows to remove: idle ones, or all of them when final."""
         keys: list[bytes] = []
-        ksz = ct.sizeof(self._key_t)
+        ksz = ct.sizeof(_Key)
         for n in sys_bpf.lookup_batches(self._flows_fd, self._keys_buf, self._states_buf):
             raw_keys = ct.string_at(ct.addressof(self._keys_buf), n * ksz)
             if final:
                 pick = np.arange(n)
             else:
-                st = np.frombuffer(self._states_buf, dtype=self._state_view, count=n)
-                last = st["last"].astype(np.int64)
+                st = np.frombuffer(self._states_buf, dtype=_STATE_DTYPE, count=n)
+                last = st["last_ts_ns"].astype(np.int64)
                 pick = np.flatnonzero(now_ns - last >= self.idle_timeout_ns)
             keys.extend(raw_keys[i * ksz : (i + 1) * ksz] for i in pick)
         return keys
 
     def _sweep(self, final: bool) -> None:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        key, state = self._key_t(), self._state_t()
+        key, state = _Key(), _State()
         for raw in self._walk_keys(final, now):
             ct.memmove(ct.addressof(key), raw, len(raw))
             if not sys_bpf.lookup_and_delete(self._flows_fd, key, state):
                 continue  # the program exported it meanwhile
             if final:
-                reason = _C["MLD_END_CAPTURE_END"]
+                reason = CONSTANTS["MLD_END_CAPTURE_END"]
             else:
                 if now - state.last_ts_ns < self.idle_timeout_ns:
                     # A packet arrived between the walk and the delete: put the flow back.
@@ -371,7 +381,7 @@ class FlowMonitor:
                         self._sweep_races += 1  # a newer entry exists: export this one
                 # mld_idle_reason()
                 both = (state.flags & _FIN_BOTH) == _FIN_BOTH
-                reason = _C["MLD_END_FIN"] if both else _C["MLD_END_IDLE_TIMEOUT"]
+                reason = CONSTANTS["MLD_END_FIN"] if both else CONSTANTS["MLD_END_IDLE_TIMEOUT"]
             rec = bytearray(self.record_size)
             rec[self._key_off : self._key_off + len(raw)] = raw
             so = self._state_off
@@ -387,14 +397,15 @@ class FlowMonitor:
 
     @property
     def event_type(self) -> Any:
-        """BCC's ctypes class for struct mld_flow_event (fields ``key`` and ``state``)."""
+        """The ctypes class of struct mld_flow_event (fields ``key`` and ``state``), from
+        native.structs."""
         self._require()
-        return self._event_t
+        return _Event
 
     def decode(self, buf: bytes) -> list[Any]:
         """Split poll()/flush() output into event_type instances (for tests and debugging)."""
         size = self.record_size
-        return [self._event_t.from_buffer_copy(buf, i) for i in range(0, len(buf), size)]
+        return [_Event.from_buffer_copy(buf, i) for i in range(0, len(buf), size)]
 
     def live_flows(self) -> int:
         """Entries in the flow table now."""
@@ -410,10 +421,9 @@ class FlowMonitor:
         """
         b = self._require()
         table = b["stats"]
-        per_cpu = table.getvalue(table.Key(0))
-        out = {
-            name: sum(int(getattr(c, name)) for c in per_cpu) for name, _ in table.sLeaf._fields_
-        }
+        per_cpu = table.getvalue(table.Key(0))  # one struct mld_xdp_stats per CPU
+        cpus = np.frombuffer(b"".join(bytes(c) for c in per_cpu), dtype=_STATS_DTYPE)
+        out = {name: sum(cpus[name].tolist()) for name in _STATS_DTYPE.names or ()}
         out["live_flows"] = self.live_flows()
         out["swept"] = self._swept
         out["flushed"] = self._flushed

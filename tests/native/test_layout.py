@@ -1,24 +1,64 @@
-"""EVENT_DTYPE mirrors struct mld_flow_event byte for byte; constants match the schema."""
+"""native.structs mirrors flow_types.h byte for byte; constants match the header and schema."""
 
 from __future__ import annotations
 
+import ctypes as ct
+import re
+
 import numpy as np
+import pytest
 
 import native
-from native import _flowengine
+from native import structs
+from tests.support import REPO
 
 
-def test_every_non_pad_byte_is_one_field() -> None:
-    itemsize, fields, pads = _flowengine.layout()
-    owner = [""] * itemsize
-    for name, offset, size, count in [*fields, *pads]:
-        for b in range(offset, offset + size * count):
-            assert owner[b] == "", f"byte {b} is in {owner[b]} and {name}"
-            owner[b] = name
-    assert "" not in owner, f"bytes not covered: {[i for i, o in enumerate(owner) if not o]}"
-    assert native.EVENT_DTYPE.itemsize == itemsize == 368
-    pad_names = {p[0] for p in pads}
-    assert not pad_names & set(native.EVENT_DTYPE.names or ())
+@pytest.mark.parametrize("name", sorted(structs.STRUCTS))
+def test_members_tile_every_struct(name: str) -> None:
+    s = structs.STRUCTS[name]
+    owner = [""] * s.size
+    for m in s.members:
+        for b in range(m.offset, m.offset + m.size * m.count):
+            assert owner[b] == "", f"{name}: byte {b} is in {owner[b]} and {m.name}"
+            owner[b] = m.name
+    assert "" not in owner, (
+        f"{name}: bytes not covered: {[i for i, o in enumerate(owner) if not o]}"
+    )
+    # Multiples of 8, but for the kernel's LPM trie key ABI (u32 prefix length + 16 bytes).
+    assert s.size % 8 == 0 or (name, s.size) == ("mld_lpm_key", 20)
+    cls = structs.ctype(name)
+    assert ct.sizeof(cls) == s.size
+    assert [f[0] for f in cls._fields_] == [m.name for m in s.members]
+    assert structs.dtype(name).itemsize == s.size
+    assert structs.PAD not in (structs.dtype(name).names or ())
+
+
+def test_event_dtype_is_the_flattened_event() -> None:
+    assert native.EVENT_DTYPE is structs.EVENT_DTYPE
+    assert native.EVENT_DTYPE.itemsize == structs.STRUCTS["mld_flow_event"].size == 368
+    ev = structs.ctype("mld_flow_event")
+    state = ev.state.offset
+    dir_size = ct.sizeof(structs.ctype("mld_dir_stats"))
+    fields = native.EVENT_DTYPE.fields or {}
+    assert fields["port_hi"][1] == ev.key.offset + structs.ctype("mld_flow_key").port_hi.offset
+    assert fields["flags"][1] == state + structs.ctype("mld_flow_state").flags.offset
+    bwd = state + structs.ctype("mld_flow_state").dir.offset + dir_size
+    assert fields["bwd_last_ts_ns"][1] == bwd + structs.ctype("mld_dir_stats").last_ts_ns.offset
+    assert "pad" not in fields
+
+
+def test_constants_are_every_integer_define_of_flow_types_h() -> None:
+    text = (REPO / "xdp" / "flow_types.h").read_text()
+    defined = set(re.findall(r"^#define (MLD_[A-Z0-9_]+) +\(?\d", text, re.MULTILINE))
+    assert "MLD_MAX_ACTIVE_TIMEOUT_NS" in defined and "MLD_BLOCK_NEVER" in defined
+    assert set(structs.CONSTANTS) == defined
+    assert structs.CONSTANTS["MLD_MAX_ACTIVE_TIMEOUT_NS"] == 3600 * 10**9
+    assert structs.CONSTANTS["MLD_F_FIN_BWD"] == 0x04
+
+
+def test_unknown_struct_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="mld_flow_key"):
+        structs.ctype("mld_nothing")
 
 
 def test_dtype_fields() -> None:

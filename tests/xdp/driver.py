@@ -3,7 +3,7 @@
 Started by tests/xdp with ``nsenter --net=/run/netns/NS`` (network namespace only, so the
 host's bpffs and its pins stay visible). Writes, as they arrive:
   --out     the raw records poll()/flush() returned (struct mld_flow_event each);
-  --json    one JSON object per record, decoded with BCC's ctypes type for the event;
+  --json    one JSON object per record, decoded with the event's ctypes type;
   --ready   the attach modes, once attached;
   --stats   the monitor's counters, at exit.
 """
@@ -22,7 +22,7 @@ from xdp.monitor import raise_on_sigterm
 
 
 def as_python(obj: Any) -> Any:
-    """A ctypes struct/array from BCC's types as dicts, lists and ints (bytes as hex)."""
+    """A ctypes struct/array as dicts, lists and ints (byte arrays as hex)."""
     if isinstance(obj, ct.Structure):
         return {f[0]: as_python(getattr(obj, f[0])) for f in obj._fields_}
     if isinstance(obj, ct.Array):

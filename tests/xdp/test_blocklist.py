@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ctypes as ct
 import subprocess
 import sys
 import time
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from native import structs
 from tests.support import REPO, NetnsPair, require_root_and
 from xdp import (
     Blocklist,
@@ -20,8 +21,7 @@ from xdp import (
     prefix_key,
     program_attached,
 )
-from xdp.blocklist import _Block
-from xdp.flow_h import FLOW_H
+from xdp.blocklist import _Block, _LpmKey
 
 A6, B6 = "2001:db8:1::1", "2001:db8:1::2"
 V4_B_HEX = "ffffc0000202"  # ::ffff:192.0.2.2, the pair's b end
@@ -153,13 +153,13 @@ def test_readd_sets_expiry_and_keeps_drops(netns_pair: NetnsPair, monitors: Any)
             bl.add(p.addr_a, ttl_s=1, expires_at=at)
 
 
-def test_block_struct_matches_flow_h() -> None:
-    body = re.search(r"struct mld_block \{(.*?)\};", FLOW_H.read_text(), re.S)
-    assert body is not None
-    code = re.sub(r"/\*.*?\*/", "", body[1], flags=re.S)
-    fields = re.findall(r"__u64 (\w+);", code)
-    assert fields == [f[0] for f in _Block._fields_]
-    assert code.count(";") == len(fields)  # nothing but u64 fields
+def test_block_structs_come_from_flow_types_h() -> None:
+    assert _Block is structs.ctype("mld_block") and _LpmKey is structs.ctype("mld_lpm_key")
+    assert [f[0] for f in _Block._fields_] == ["drops", "expires_ns"]
+    assert ct.sizeof(_Block) == 16
+    # The kernel's LPM trie key ABI: a u32 prefix length, then the address bytes.
+    assert (_LpmKey.prefixlen.offset, _LpmKey.prefixlen.size) == (0, 4)
+    assert (_LpmKey.addr.offset, _LpmKey.addr.size, ct.sizeof(_LpmKey)) == (4, 16, 20)
 
 
 def test_stale_pin_layout_is_a_clear_error(tmp_path: Path) -> None:

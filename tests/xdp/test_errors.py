@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes as ct
+
 import pytest
 
+from native import structs
 from tests.support import require_root_and
-from xdp import FlowMonitor, InterfaceError, XdpError
+from xdp import CompileError, FlowMonitor, InterfaceError, XdpError
 
 
 @pytest.mark.parametrize(
@@ -37,3 +40,12 @@ def test_missing_interface_says_how_to_list_them() -> None:
 def test_poll_before_attach() -> None:
     with pytest.raises(XdpError, match="call attach"):
         FlowMonitor(["lo"]).poll(0)
+
+
+def test_a_map_laid_out_unlike_native_is_a_compile_error() -> None:
+    class Block(ct.Structure):  # struct mld_block as another compiler might see it
+        _fields_ = (("drops", ct.c_uint32), ("expires_ns", ct.c_uint64))
+
+    FlowMonitor._check_layouts((structs.ctype("mld_flow_state"), "mld_flow_state"))
+    with pytest.raises(CompileError, match="struct mld_block unlike native"):
+        FlowMonitor._check_layouts((Block, "mld_block"))

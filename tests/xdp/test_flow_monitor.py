@@ -2,7 +2,8 @@
 
 Each monitor runs in a test namespace (see conftest.py); traffic is bounded and stays
 between addresses of namespaces the test creates. Records are decoded by the driver with
-BCC's ctypes type for struct mld_flow_event, never with a hand-written copy.
+the ctypes type native.structs builds from the compiler's layout of struct mld_flow_event
+(the monitor checks it against BCC's), never with a hand-written copy.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from native.structs import CONSTANTS
 from tests.support import NetnsPair, NetnsRouter, sh, wait_for
-from xdp import flow_h_constants
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
 
-C = flow_h_constants()
+C = CONSTANTS
 UDP_SEND = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -1,0 +1,204 @@
+/* xdp/flow_types.h — the types of ML Defender's flow engine, and the constants they carry.
+ *
+ * The structs that cross the kernel/user boundary (flow key and state, the exported flow
+ * event, the export rules, the XDP counters, the blocklist's key and value) and the parser's
+ * per-packet result, with the constants stored in them (end reasons, state flags, TCP flag
+ * bits, IP protocols). Included by flow_parse.h and flow_update.h, and through flow.h by the
+ * XDP program (compiled by BCC with MLD_BPF defined). native/ includes it too and hands
+ * every struct's layout and every integer #define of this file to Python (native.structs):
+ * that is how Python reads these types, and nothing in Python restates them.
+ *
+ * Layout rules: every struct that crosses the kernel/user boundary has explicit padding,
+ * sizes that are multiples of 8 (but struct mld_lpm_key, the kernel's 20-byte LPM trie
+ * key) and no implicit holes, so BCC, the C compiler and the NumPy
+ * dtypes and ctypes built from offsetof() in native/ agree byte for byte (tests/native
+ * checks that the members of every struct tile it exactly).
+ *
+ * Units: timestamps in ns (kernel monotonic clock live, capture time offline; user space
+ * converts live times to the epoch), lengths in bytes at the IP layer (from the IP header's
+ * length field, so Ethernet padding and capture truncation do not change them).
+ */
+#ifndef MLD_FLOW_TYPES_H
+#define MLD_FLOW_TYPES_H
+
+/* ---- portability ----------------------------------------------------------------------- */
+#ifdef MLD_BPF
+/* BCC provides __u8.. __u64 and __always_inline through its own headers. */
+#define MLD_INLINE static __always_inline
+#define MLD_UNROLL _Pragma("unroll")
+#else
+#include <linux/types.h>
+#include <string.h>
+#define MLD_INLINE static inline __attribute__((always_inline))
+#define MLD_UNROLL
+#endif
+
+#define MLD_MEMCPY(d, s, n) __builtin_memcpy((d), (s), (n))
+#define MLD_MEMSET(d, c, n) __builtin_memset((d), (c), (n))
+
+/* ---- constants ------------------------------------------------------------------------- */
+/* native/ exports every integer #define of this file to Python (native.structs). */
+/* EndReason values: must equal mld.v1.EndReason (tests/native checks it). */
+#define MLD_END_FIN 1
+#define MLD_END_RST 2
+#define MLD_END_IDLE_TIMEOUT 3
+#define MLD_END_ACTIVE_TIMEOUT 4
+#define MLD_END_EVICTED 5
+#define MLD_END_CAPTURE_END 6
+
+/* Flow state flags. */
+#define MLD_F_INITIATOR_LO 0x01 /* the initiator is the key's "lo" endpoint */
+#define MLD_F_FIN_FWD 0x02      /* a FIN went initiator -> responder */
+#define MLD_F_FIN_BWD 0x04      /* a FIN went responder -> initiator */
+#define MLD_F_RST 0x08          /* a RST was seen */
+#define MLD_F_L4 0x10           /* the first packet carried a transport header we parsed */
+
+/* TCP flag bits as on the wire (byte 13 of the TCP header). */
+#define MLD_TCP_FIN 0x01
+#define MLD_TCP_SYN 0x02
+#define MLD_TCP_RST 0x04
+#define MLD_TCP_PSH 0x08
+#define MLD_TCP_ACK 0x10
+#define MLD_TCP_URG 0x20
+#define MLD_TCP_ECE 0x40
+#define MLD_TCP_CWR 0x80
+
+#define MLD_PROTO_TCP 6
+#define MLD_PROTO_UDP 17
+#define MLD_PROTO_ICMP 1
+#define MLD_PROTO_ICMPV6 58
+
+/* Inter-arrival squares are summed in units of 1024 ns so that they fit 64 bits: the sum of
+ * squared gaps is at most (flow duration / 1024 ns)^2, which fits while the active timeout
+ * is under an hour (MLD_MAX_ACTIVE_TIMEOUT_NS). */
+#define MLD_IAT_SQ_SHIFT 10
+/* DNS: the longest query name of a flow is kept (raw wire labels, truncated to this many
+ * bytes) for its entropy: a tunnel's data queries are its longest names, while its first
+ * query is often a short handshake. */
+#define MLD_DNS_NAME_MAX 48
+#define MLD_MAX_ACTIVE_TIMEOUT_NS (3600ULL * 1000000000ULL)
+
+/* ---- structs crossing the kernel/user boundary ----------------------------------------- */
+
+/* Canonical flow key: the two endpoints ordered so both directions of a conversation give
+ * the same key. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d). For ICMP/ICMPv6
+ * and protocols without ports both ports are 0. */
+struct mld_flow_key {
+    __u8 addr_lo[16];
+    __u8 addr_hi[16];
+    __u16 port_lo;      /* port of addr_lo, host byte order */
+    __u16 port_hi;      /* port of addr_hi, host byte order */
+    __u8 protocol;      /* IP protocol after IPv6 extension headers */
+    __u8 ip_version;    /* 4 or 6 */
+    __u16 pad;          /* always 0 */
+};
+
+/* Statistics of one direction of a flow. */
+struct mld_dir_stats {
+    __u64 packets;
+    __u64 bytes;         /* sum of IP-layer lengths */
+    __u64 payload_bytes; /* sum of transport payload lengths */
+    __u64 len_sumsq;     /* sum of squared IP-layer lengths */
+    __u64 iat_sum_ns;    /* sum of gaps between consecutive packets of this direction */
+    __u64 iat_min_ns;
+    __u64 iat_max_ns;
+    __u64 iat_sumsq;     /* sum of (gap >> MLD_IAT_SQ_SHIFT)^2 */
+    __u64 last_ts_ns;    /* time of this direction's latest packet */
+    __u32 len_min;
+    __u32 len_max;
+    __u32 syn;
+    __u32 fin;
+    __u32 rst;
+    __u32 psh;
+    __u32 ack;
+    __u32 urg;
+    __u32 ece;
+    __u32 cwr;
+    __u32 init_window;  /* TCP window of this direction's first packet, unscaled */
+    __u32 pad;
+};
+
+/* State of one flow: dir[0] is initiator -> responder (forward), dir[1] the reverse. */
+struct mld_flow_state {
+    struct mld_dir_stats dir[2];
+    __u64 first_ts_ns;
+    __u64 last_ts_ns;
+    __u32 flags;        /* MLD_F_* */
+    __u16 vlan_id;      /* outer 802.1Q id of the first packet, 0 untagged */
+    __u8 icmp_type;     /* ICMP/ICMPv6 type of the first packet */
+    __u8 icmp_code;     /* ICMP/ICMPv6 code of the first packet */
+    __u8 end_reason;    /* MLD_END_*, set when exported */
+    __u8 dns_qname_len; /* wire length of the longest DNS query name, 0 none */
+    __u8 pad[6];
+    __u32 dns_queries;  /* DNS queries (UDP to port 53, QR=0) sent by the initiator */
+    __u32 dns_qname_len_sum; /* sum of their name wire lengths */
+    __u8 dns_qname[MLD_DNS_NAME_MAX]; /* longest query name, raw labels, truncated */
+};
+
+/* One exported flow: what the ring buffer carries and what native/ returns. */
+struct mld_flow_event {
+    struct mld_flow_key key;
+    struct mld_flow_state state;
+};
+
+/* Export rules, shared by the kernel sweeper/program and the offline engine. */
+struct mld_flow_config {
+    __u64 idle_timeout_ns;   /* no packet for this long ends the flow */
+    __u64 active_timeout_ns; /* a flow older than this is exported and continues as a new one */
+};
+
+/* Per-CPU counters of the XDP program (index 0 of a per-CPU array). */
+struct mld_xdp_stats {
+    __u64 packets;        /* every packet the program saw */
+    __u64 bytes;          /* their frame lengths */
+    __u64 parse_errors;   /* truncated or malformed packets (passed, not counted in flows) */
+    __u64 non_ip;         /* ARP and other non-IP frames (passed) */
+    __u64 ringbuf_drops;  /* exports lost because the ring buffer was full */
+    __u64 flows_created;  /* new flow entries; created - exported - live = silently evicted */
+    __u64 flows_exported; /* records written to the ring buffer */
+    __u64 blocked_packets;/* packets dropped because their source is in the blocklist */
+    __u64 blocked_bytes;
+};
+
+/* Blocklist key (LPM trie): prefixlen counts bits of the IPv4-mapped 128-bit address, so an
+ * IPv4 /24 is prefixlen 96 + 24. */
+struct mld_lpm_key {
+    __u32 prefixlen;
+    __u8 addr[16];
+};
+
+/* Blocklist value, one per blocked prefix. expires_ns is on CLOCK_BOOTTIME (the program reads
+ * bpf_ktime_get_boot_ns(), user space clock_gettime(CLOCK_BOOTTIME)): unlike the monotonic
+ * clock the flows use, it keeps counting while the machine is suspended, so a block given a
+ * TTL of ten minutes lapses ten real minutes later. The program drops a matching packet only
+ * while now < expires_ns, so a block lapses on time even when the agent that set it died;
+ * user space deletes lapsed entries. */
+#define MLD_BLOCK_NEVER 0       /* expires_ns value: the entry never lapses */
+struct mld_block {
+    __u64 drops;      /* packets this entry dropped (atomic add in the program) */
+    __u64 expires_ns; /* CLOCK_BOOTTIME ns at which the entry stops dropping; 0 = never */
+};
+
+/* Everything the parser extracts from one packet (stack only, never in a map). */
+struct mld_pkt {
+    __u8 saddr[16];     /* IPv4-mapped for IPv4 */
+    __u8 daddr[16];
+    __u64 ts_ns;
+    __u32 ip_len;       /* IP-layer length from the header */
+    __u32 payload_len;  /* transport payload length (after the L4 header) */
+    __u16 sport;        /* host order; 0 without ports */
+    __u16 dport;
+    __u16 vlan_id;
+    __u16 window;
+    __u8 protocol;
+    __u8 ip_version;
+    __u8 tcp_flags;
+    __u8 has_l4;        /* the transport header was present and parsed */
+    __u8 icmp_type;
+    __u8 icmp_code;
+    __u8 dns_qname_len; /* 0 unless the packet is a DNS query */
+    __u8 pad[1];
+    __u8 dns_qname[MLD_DNS_NAME_MAX];
+};
+
+#endif /* MLD_FLOW_TYPES_H */

@@ -1,0 +1,200 @@
+/* xdp/flow_update.h — flow keys, flow state update and the export rules.
+ *
+ * Given a parsed packet (struct mld_pkt), mld_flow_key() makes its canonical key, and
+ * mld_flow_init() and mld_flow_update() start or advance the flow's state and say when the
+ * flow ends (RST, FINs both ways, idle and active timeouts); mld_flow_idle() and
+ * mld_idle_reason() are the sweepers' rules. The XDP program and native/'s offline engine
+ * both call these, so a capture replayed offline and the same traffic seen live give the
+ * same counters. Nothing here may use libc or BPF helpers directly.
+ */
+#ifndef MLD_FLOW_UPDATE_H
+#define MLD_FLOW_UPDATE_H
+
+#include "flow_types.h"
+
+/* What the caller must do after mld_flow_update(). */
+#define MLD_ACT_NONE 0          /* keep the flow */
+#define MLD_ACT_EXPORT 1        /* the state is final (this packet included): export, delete */
+#define MLD_ACT_RESTART 2       /* the state is an older flow, final, without this packet:
+                                   export it, then mld_flow_init() with this packet */
+
+/* ---- keys ------------------------------------------------------------------------------ */
+
+/* Returns 1 when (a, pa) orders before (b, pb): the "lo" endpoint. */
+MLD_INLINE int mld_endpoint_lt(const __u8 *a, __u16 pa, const __u8 *b, __u16 pb)
+{
+    int i;
+
+    MLD_UNROLL
+    for (i = 0; i < 16; i++) {
+        if (a[i] != b[i])
+            return a[i] < b[i];
+    }
+    return pa < pb;
+}
+
+/* Fill the canonical key; returns 1 when the packet's source is the key's lo endpoint. */
+MLD_INLINE int mld_flow_key(const struct mld_pkt *pkt, struct mld_flow_key *key)
+{
+    int has_ports = pkt->protocol == MLD_PROTO_TCP || pkt->protocol == MLD_PROTO_UDP;
+    __u16 sport = has_ports ? pkt->sport : 0;
+    __u16 dport = has_ports ? pkt->dport : 0;
+    int src_lo = mld_endpoint_lt(pkt->saddr, sport, pkt->daddr, dport);
+
+    if (src_lo) {
+        MLD_MEMCPY(key->addr_lo, pkt->saddr, 16);
+        MLD_MEMCPY(key->addr_hi, pkt->daddr, 16);
+        key->port_lo = sport;
+        key->port_hi = dport;
+    } else {
+        MLD_MEMCPY(key->addr_lo, pkt->daddr, 16);
+        MLD_MEMCPY(key->addr_hi, pkt->saddr, 16);
+        key->port_lo = dport;
+        key->port_hi = sport;
+    }
+    key->protocol = pkt->protocol;
+    key->ip_version = pkt->ip_version;
+    key->pad = 0;
+    return src_lo;
+}
+
+/* ---- state update ---------------------------------------------------------------------- */
+
+MLD_INLINE void mld_dir_add(struct mld_dir_stats *d, const struct mld_pkt *pkt)
+{
+    __u64 len = pkt->ip_len;
+    __u8 f = pkt->tcp_flags;
+
+    if (d->packets == 0) {
+        d->len_min = pkt->ip_len;
+        d->len_max = pkt->ip_len;
+        d->init_window = pkt->protocol == MLD_PROTO_TCP ? pkt->window : 0;
+        d->last_ts_ns = pkt->ts_ns;
+    } else {
+        /* Captures and multi-queue NICs can reorder time slightly: a negative gap is 0. */
+        __u64 gap = pkt->ts_ns > d->last_ts_ns ? pkt->ts_ns - d->last_ts_ns : 0;
+        __u64 g = gap >> MLD_IAT_SQ_SHIFT;
+
+        if (d->packets == 1 || gap < d->iat_min_ns)
+            d->iat_min_ns = gap;
+        if (gap > d->iat_max_ns)
+            d->iat_max_ns = gap;
+        d->iat_sum_ns += gap;
+        d->iat_sumsq += g * g;
+        if (pkt->ts_ns > d->last_ts_ns)
+            d->last_ts_ns = pkt->ts_ns;
+        if (pkt->ip_len < d->len_min)
+            d->len_min = pkt->ip_len;
+        if (pkt->ip_len > d->len_max)
+            d->len_max = pkt->ip_len;
+    }
+    d->packets += 1;
+    d->bytes += len;
+    d->payload_bytes += pkt->payload_len;
+    d->len_sumsq += len * len;
+    if (pkt->protocol == MLD_PROTO_TCP && pkt->has_l4) {
+        d->syn += (f & MLD_TCP_SYN) ? 1 : 0;
+        d->fin += (f & MLD_TCP_FIN) ? 1 : 0;
+        d->rst += (f & MLD_TCP_RST) ? 1 : 0;
+        d->psh += (f & MLD_TCP_PSH) ? 1 : 0;
+        d->ack += (f & MLD_TCP_ACK) ? 1 : 0;
+        d->urg += (f & MLD_TCP_URG) ? 1 : 0;
+        d->ece += (f & MLD_TCP_ECE) ? 1 : 0;
+        d->cwr += (f & MLD_TCP_CWR) ? 1 : 0;
+    }
+}
+
+/* Add a packet to a flow and note FIN/RST; returns MLD_ACT_EXPORT when it ends the flow. */
+MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt, int src_lo)
+{
+    int fwd = (src_lo != 0) == ((st->flags & MLD_F_INITIATOR_LO) != 0);
+    int closing = (st->flags & (MLD_F_FIN_FWD | MLD_F_FIN_BWD)) ==
+                  (MLD_F_FIN_FWD | MLD_F_FIN_BWD);
+
+    mld_dir_add(&st->dir[fwd ? 0 : 1], pkt);
+    if (pkt->ts_ns > st->last_ts_ns)
+        st->last_ts_ns = pkt->ts_ns;
+    if (pkt->protocol == MLD_PROTO_TCP && pkt->has_l4) {
+        if (pkt->tcp_flags & MLD_TCP_RST) {
+            st->flags |= MLD_F_RST;
+            st->end_reason = MLD_END_RST;
+            return MLD_ACT_EXPORT;
+        }
+        if (pkt->tcp_flags & MLD_TCP_FIN)
+            st->flags |= fwd ? MLD_F_FIN_FWD : MLD_F_FIN_BWD;
+    }
+    if (fwd && pkt->dns_qname_len != 0) {
+        if (pkt->dns_qname_len > st->dns_qname_len) {
+            st->dns_qname_len = pkt->dns_qname_len;
+            MLD_MEMCPY(st->dns_qname, pkt->dns_qname, MLD_DNS_NAME_MAX);
+        }
+        st->dns_queries += 1;
+        st->dns_qname_len_sum += pkt->dns_qname_len;
+    }
+    /* Both sides sent FIN before this packet: it is the last ACK, and it ends the flow. */
+    if (closing) {
+        st->end_reason = MLD_END_FIN;
+        return MLD_ACT_EXPORT;
+    }
+    return MLD_ACT_NONE;
+}
+
+/* Start a flow with its first packet; returns MLD_ACT_EXPORT if that packet ends it (RST). */
+MLD_INLINE int mld_flow_init(struct mld_flow_state *st, const struct mld_pkt *pkt, int src_lo)
+{
+    MLD_MEMSET(st, 0, sizeof(*st));
+    st->flags = src_lo ? MLD_F_INITIATOR_LO : 0;
+    if (pkt->has_l4)
+        st->flags |= MLD_F_L4;
+    st->first_ts_ns = pkt->ts_ns;
+    st->last_ts_ns = pkt->ts_ns;
+    st->vlan_id = pkt->vlan_id;
+    st->icmp_type = pkt->icmp_type;
+    st->icmp_code = pkt->icmp_code;
+    return mld_flow_add(st, pkt, src_lo);
+}
+
+/* The reason a flow that stopped receiving packets ends with. */
+MLD_INLINE __u8 mld_idle_reason(const struct mld_flow_state *st)
+{
+    __u32 both = MLD_F_FIN_FWD | MLD_F_FIN_BWD;
+
+    return (st->flags & both) == both ? MLD_END_FIN : MLD_END_IDLE_TIMEOUT;
+}
+
+/* Has the flow been idle long enough to export at time now_ns? (used by both sweepers) */
+MLD_INLINE int mld_flow_idle(const struct mld_flow_state *st, __u64 now_ns,
+                             const struct mld_flow_config *cfg)
+{
+    return now_ns >= st->last_ts_ns && now_ns - st->last_ts_ns >= cfg->idle_timeout_ns;
+}
+
+/* Apply a packet to an existing flow. Returns:
+ *   MLD_ACT_RESTART  the flow had already ended before this packet (idle or active timeout,
+ *                    or a new SYN after both FINs): st holds the old flow with end_reason
+ *                    set; export it, then mld_flow_init() with this packet;
+ *   MLD_ACT_EXPORT   this packet ends the flow (RST, or the last ACK after both FINs);
+ *   MLD_ACT_NONE     keep going. */
+MLD_INLINE int mld_flow_update(struct mld_flow_state *st, const struct mld_pkt *pkt,
+                               int src_lo, const struct mld_flow_config *cfg)
+{
+    __u32 both = MLD_F_FIN_FWD | MLD_F_FIN_BWD;
+
+    if (mld_flow_idle(st, pkt->ts_ns, cfg)) {
+        st->end_reason = mld_idle_reason(st);
+        return MLD_ACT_RESTART;
+    }
+    if (pkt->ts_ns >= st->first_ts_ns && pkt->ts_ns - st->first_ts_ns >= cfg->active_timeout_ns) {
+        st->end_reason = MLD_END_ACTIVE_TIMEOUT;
+        return MLD_ACT_RESTART;
+    }
+    /* The same 5-tuple reused by a new connection right after a close. */
+    if ((st->flags & both) == both && pkt->protocol == MLD_PROTO_TCP && pkt->has_l4 &&
+        (pkt->tcp_flags & (MLD_TCP_SYN | MLD_TCP_ACK)) == MLD_TCP_SYN) {
+        st->end_reason = MLD_END_FIN;
+        return MLD_ACT_RESTART;
+    }
+    return mld_flow_add(st, pkt, src_lo);
+}
+
+#endif /* MLD_FLOW_UPDATE_H */
