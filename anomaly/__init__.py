@@ -5,9 +5,9 @@
     rag event store -> window.py (newest flows, 54 features) -> train.py (IsolationForest,
         isolation.py: treelite -> native, model.py: versioned folder, checked on load)
         -> judge on held-back flows -> versions.py: `current` pointer + history.json
-    mld detect watches `current` (detector/reload.py) and swaps the model between batches
-    service.py: mld anomaly serve (retrains on a schedule, reports to the control plane)
-    cli.py: mld anomaly train | serve | status
+    mld detector run watches `current` (detector/reload.py) and swaps the model between batches
+    service.py: mld anomaly run (retrains on a schedule, reports to the control plane)
+    cli.py: mld anomaly train | run | status
 
 Only the settings are imported with the package; the rest loads on first use, so the
 config loader does not pull in scikit-learn and treelite.

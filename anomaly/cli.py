@@ -1,8 +1,9 @@
-"""``mld anomaly train | serve | status``: the adaptive anomaly model.
+"""``mld anomaly train | run | status``: the adaptive anomaly model.
 
-Exit codes: 0 done (trained and swapped, or skipped for want of flows; serve stopped
-cleanly); 1 an ML Defender error (config, no event store); 2 usage; 3 ``train`` built a
-model and refused it (the reason is printed; the serving model is unchanged).
+Exit codes (base/exit_codes.py): 0 done (trained and swapped, or skipped for want of
+flows; run stopped cleanly); 1 an ML Defender error (config, no event store); 2 usage; 3
+``train`` built a model and refused it (the reason is printed; the serving model is
+unchanged).
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ import socket
 import time
 from pathlib import Path
 
+from base.exit_codes import EXIT_OK, EXIT_REFUSED
 from config import MldConfig, load_config
 
 __all__ = ["register"]
-
-EXIT_OK, EXIT_REFUSED = 0, 3
 
 EPILOG = """\
 examples:
   mld anomaly train                     train once on the RAG store's window, swap or refuse
   mld anomaly train --db /var/lib/mld/rag/events.sqlite --model-dir /tmp/anomaly --json
-  mld anomaly serve                     retrain every anomaly.retrain_interval_s (own process)
-  mld anomaly serve --interval 600      ... every 10 minutes
+  mld anomaly run                       retrain every anomaly.retrain_interval_s (own process)
+  mld anomaly run --interval 600        ... every 10 minutes
   mld anomaly status                    the serving model and the last decisions
   mld anomaly status --json
-The detector scores the model with anomaly.enabled: true (mld detect), family "anomaly",
+The detector scores the model with anomaly.enabled: true (mld detector run), family "anomaly",
 alert-only unless anomaly.block. A new model is refused, and the old one keeps serving,
 when it flags more than anomaly.max_worse more of the held-back window flows than the
 running one, or does not compile or load.
@@ -123,7 +123,7 @@ def register(
     anomaly = sub.add_parser(
         "anomaly",
         parents=[common],
-        help="the adaptive anomaly model: train, serve (retrain on a schedule), status",
+        help="the adaptive anomaly model: train, run (retrain on a schedule), status",
         description="An isolation forest over the flow features of recent traffic (a "
         "sliding window of the RAG event store), compiled to native code and swapped into "
         "running detectors after a check on held-back flows.",
@@ -150,7 +150,7 @@ def register(
     train.add_argument("--db", metavar="PATH", help="event store (default: the RAG store's)")
     train.set_defaults(func=_cmd_train)
 
-    serve = action("serve", "retrain every anomaly.retrain_interval_s, in its own process")
+    serve = action("run", "retrain every anomaly.retrain_interval_s, in its own process")
     serve.add_argument("--db", metavar="PATH", help="event store (default: the RAG store's)")
     serve.add_argument("--interval", type=float, metavar="S", help="seconds between trainings")
     serve.add_argument(

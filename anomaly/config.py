@@ -28,7 +28,7 @@ class AnomalyConfig:
     window_s: float = 2592000.0
     # Fewest flows in the window to train on; with fewer, training is skipped.
     min_flows: int = 1000
-    # Seconds between trainings of `mld anomaly serve`.
+    # Seconds between trainings of `mld anomaly run`.
     retrain_interval_s: float = 3600.0
     # Isolation trees in the model.
     n_trees: int = 100

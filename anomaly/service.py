@@ -1,4 +1,4 @@
-"""``mld anomaly serve``: retrain the anomaly model on a schedule, in its own process.
+"""``mld anomaly run``: retrain the anomaly model on a schedule, in its own process.
 
 Every ``anomaly.retrain_interval_s`` (and once at start) the service runs
 :func:`anomaly.train.retrain` on the event store: the window is read, a model fitted,

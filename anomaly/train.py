@@ -14,7 +14,7 @@ One :func:`retrain`::
     publish          the ``current`` pointer names the new version (detectors swap to it)
 
 Every decision (``swap``, ``refuse``, ``skip``) is logged with its reason and appended to
-``history.json`` in the model folder (``mld anomaly status``); ``mld anomaly serve`` also
+``history.json`` in the model folder (``mld anomaly status``); ``mld anomaly run`` also
 reports it to the control plane (``mld status``).
 """
 

@@ -7,7 +7,7 @@ Layout of ``anomaly.model_dir`` (default ``<node.state_dir>/anomaly``)::
                           reader sees the old name or the new one, never half of one
     history.json          the last HISTORY_KEEP decisions (swap, refuse, skip), newest last
     .train.lock           held by a trainer from reading its window to recording its
-                          decision, so two trainers (``mld anomaly serve``, ``mld watch``'s
+                          decision, so two trainers (``mld anomaly run``, ``mld watch``'s
                           retrain) take turns: the second judges against the first's model
 
 The detector watches ``current`` (detector/reload.py with :func:`pointer_signature`) and

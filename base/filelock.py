@@ -1,7 +1,7 @@
 """``file_lock``: an advisory lock (flock) on a file, for processes that share a folder.
 
 Used where two ML Defender processes may write the same files: the RAG store's saved
-indexes (``mld rag serve`` and ``mld watch``), an anomaly model folder (``mld anomaly
+indexes (``mld rag run`` and ``mld watch``), an anomaly model folder (``mld anomaly
 serve`` and ``mld watch``'s retrain). The lock goes with the open file: a process that
 dies releases it.
 """

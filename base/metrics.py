@@ -36,11 +36,11 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     # Port of each service's /metrics; 0 picks a free port (logged), -1 turns it off.
     sniffer_port: int = 9571
-    # (mld detect)
+    # (mld detector run)
     detector_port: int = 9572
     # (mld firewall run)
     firewall_port: int = 9573
-    # (mld rag serve)
+    # (mld rag run)
     rag_port: int = 9574
 
     def port_of(self, component: str) -> int:

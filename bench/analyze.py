@@ -1,4 +1,4 @@
-"""Packets per second of the whole offline detection path (what ``mld analyze`` runs) on a
+"""Packets per second of the whole offline detection path (what ``mld detector analyze`` runs) on a
 1M-packet capture, against the same path without the forests, in the same run.
 
 The capture is build/bench/mixed-1m.pcap (bench/make_capture.py, built if missing: 1,000,000
@@ -16,7 +16,7 @@ median:
   run and printed beside.
 - flows_only: the same with ``scorer=None``: flows, features and fast rules only.
 
-No JSON is written per flow (``mld analyze`` adds that on top).
+No JSON is written per flow (``mld detector analyze`` adds that on top).
 
 The bundle: --bundle DIR; else detector/bundle when it has a manifest.json; else one is
 trained for the run into a temp folder with detector.train.train_bundle on ../shared/data

@@ -5,7 +5,7 @@ Data: the flows of a real lab capture (--lab, default build/lab-data/run-lab-dev
 ``mld lab dataset`` run, capture.pcap + labels.csv) and of ../shared/data (--shared),
 extracted with detector.dataset (the offline analysis path, so the features are the live
 ones) and split *by capture* exactly as ``detector.dataset.discover`` marks them for
-``mld train``: the shared attack captures not in SHARED_TRAIN and the odd-numbered nDPI
+``mld detector train``: the shared attack captures not in SHARED_TRAIN and the odd-numbered nDPI
 captures are held out, and so are the lab folders named by --lab-test (by default
 LAB_TEST_DEFAULT when --lab is a dataset of several runs; a single run has none held out)
 and every capture of --held-out-lab DIR (a second lab capture: same recipes, other seeds).

@@ -1,7 +1,7 @@
 """``mld etcd up|down|status``, ``mld status`` and ``mld config set|unset|list``.
 
-mld/cli.py registers these. Exit codes: 0 done; 1 an ML Defender error (etcd unreachable,
-refused, bad value); 2 usage.
+mld/cli.py registers these. Exit codes (base/exit_codes.py): 0 done; 1 an ML Defender
+error (etcd unreachable, refused, bad value); 2 usage.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import ConfigError, ControlPlaneError
+from base.exit_codes import EXIT_OK
 from config import MldConfig, load_config
 from control.client import EtcdClient
 from control.config import ControlConfig
@@ -24,8 +25,6 @@ from control.layout import COMPONENTS, GLOBAL_SECTIONS, config_key, config_prefi
 from control.overrides import apply_override
 
 __all__ = ["register_config_actions", "register_control"]
-
-EXIT_OK, EXIT_ERROR = 0, 1
 
 ETCD_EPILOG = """\
 examples:

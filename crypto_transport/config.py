@@ -9,7 +9,7 @@ __all__ = ["TransportConfig"]
 
 @dataclass(frozen=True)
 class TransportConfig:
-    # This node's X25519 private key (raw base64, mode 0600); `mld keygen` writes one.
+    # This node's X25519 private key (raw base64, mode 0600); `mld keys new` writes one.
     key_file: str = "/etc/mld/keys/node.key"
     # Peers this node talks to: peer id -> base64 X25519 public key.
     peers: dict[str, str] = field(default_factory=dict)

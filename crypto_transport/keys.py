@@ -85,7 +85,7 @@ class KeyPair:
             st = path.stat()
         except FileNotFoundError:
             raise KeyFileError(
-                f"key file {path} not found; create one with `mld keygen --out {path}` "
+                f"key file {path} not found; create one with `mld keys new {path}` "
                 "or set transport.key_file in mld.yaml"
             ) from None
         except OSError as exc:
@@ -102,7 +102,7 @@ class KeyPair:
             text = path.read_text(encoding="ascii")
         except UnicodeDecodeError:
             raise KeyFileError(
-                f"key file {path} is not base64 text; expected a key written by `mld keygen`"
+                f"key file {path} is not base64 text; expected a key written by `mld keys new`"
             ) from None
         except OSError as exc:
             raise KeyFileError(f"key file {path}: {exc.strerror}") from exc
@@ -119,7 +119,7 @@ def _decode_key(text: str, what: str) -> bytes:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise KeyFileError(
-            f"{what} is not base64; expected a key written by `mld keygen`"
+            f"{what} is not base64; expected a key written by `mld keys new`"
         ) from None
     if len(raw) != nacl.public.PrivateKey.SIZE:
         raise KeyFileError(f"{what} holds {len(raw)} bytes; an X25519 key has 32")

@@ -11,10 +11,9 @@ Public API::
     Scorer, Scores                                         scores, labels, explanations
     analyze_captures, AnalyzedBatch, AnalysisStats         the whole path on capture files
     train_bundle                                           the training pipeline
-    DetectorService, BundleWatcher                         mld detect and its hot reload
+    DetectorService, BundleWatcher                         mld detector run and its hot reload
 
-The ``mld train``, ``mld analyze``, ``mld evaluate`` and ``mld detect`` commands live in
-``detector.cli``.
+The ``mld detector run|analyze|train|evaluate`` commands live in ``detector.cli``.
 """
 
 from __future__ import annotations

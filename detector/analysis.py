@@ -1,4 +1,4 @@
-"""The whole detection path in one process, on capture files: what ``mld analyze`` runs.
+"""The whole detection path in one process, on capture files: what ``mld detector analyze`` runs.
 
 native flow engine -> sniffer pipeline (source context, fast rules) -> feature matrix ->
 family forests -> scores. The sniffer and detector services run the same steps, split by
@@ -67,7 +67,7 @@ def analyze_captures(
 ) -> Iterator[AnalyzedBatch]:
     """Batches of analysed flows from capture files (or folders), in export order.
 
-    Files are read in order through one flow engine and one pipeline, as ``mld flows``
+    Files are read in order through one flow engine and one pipeline, as ``mld sniffer flows``
     does. Unreadable files are skipped and listed in ``stats.rejected``; flows read before
     a mid-file error are kept. ``stats`` (if given) is updated as batches are produced.
     """

@@ -133,7 +133,7 @@ def _parse(data: Mapping[str, Any], where: Path) -> Manifest:
         if data["format"] != BUNDLE_FORMAT:
             raise ModelError(
                 f"{where}: bundle format {data['format']} is not {BUNDLE_FORMAT}: "
-                "retrain it with this version (mld train)"
+                "retrain it with this version (mld detector train)"
             )
         families = {}
         for name, e in data["families"].items():
@@ -170,7 +170,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     except FileNotFoundError:
         raise ModelError(
             f"{bundle_dir} is not a model bundle (no {MANIFEST}): pass a folder written by "
-            "`mld train`, or leave detector.bundle_dir empty for the shipped bundle"
+            "`mld detector train`, or leave detector.bundle_dir empty for the shipped bundle"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: unreadable manifest ({exc})") from None
@@ -184,7 +184,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
             f"{bundle_dir}: the bundle's feature list does not match this detector's schema "
             f"{SCHEMA_HASH} (bundle {manifest.schema_hash}; missing {missing[:5]}, "
             f"unknown {extra[:5]}{', order differs' if not (missing or extra) else ''}): "
-            "retrain the bundle with this version (mld train)"
+            "retrain the bundle with this version (mld detector train)"
         )
     unknown = sorted(set(manifest.families) - set(FAMILIES))
     if unknown or not manifest.families:

@@ -1,4 +1,8 @@
-"""``mld analyze``, ``mld train`` and ``mld evaluate``; ``mld detect`` is in detect_cli.py."""
+"""``mld detector analyze|train|evaluate``; ``mld detector run`` is in detect_cli.py.
+
+Exit codes (base/exit_codes.py): 0 done; 1 an ML Defender error (config, model bundle, no
+benign folder); 4 (``analyze``) some capture file was rejected, the others analysed; 2 usage.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED
 from config import load_config
 from config.settings import MldConfig
 from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
@@ -28,27 +33,38 @@ __all__ = ["analysis_rows", "register"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR = 0, 1
 _PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 47: "GRE", 132: "SCTP"}
 
+DETECTOR_EPILOG = """\
+examples:
+  mld detector run                              score the sniffers' flows, send verdicts
+  mld detector analyze capture.pcap             detect attacks in a capture, offline
+  mld detector train --shared ../shared/data --out /tmp/bundle
+  mld detector evaluate ../shared/data/labels.csv
+More in `mld detector ACTION --help`.
+"""
 ANALYZE_EPILOG = """\
 examples:
-  mld analyze capture.pcap                      one JSON object per flow on stdout
-  mld analyze /data/pcaps/ --out flows.jsonl    a folder, in name order, to a file
-  mld analyze capture.pcap --alerts-only | jq 'select(.family=="scan")'
-  mld analyze capture.pcap --bundle ./my-bundle --quiet
+  mld detector analyze capture.pcap             one JSON object per flow on stdout
+  mld detector analyze /data/pcaps/ --out flows.jsonl
+                                                a folder, in name order, to a file
+  mld detector analyze capture.pcap --alerts-only | jq 'select(.family=="scan")'
+  mld detector analyze capture.pcap --bundle ./my-bundle --quiet
+exit status: 0 ok; 1 bad config or bundle; 4 a file was rejected (the others are analysed).
 """
 TRAIN_EPILOG = """\
 examples:
   make lab-dataset                              capture the lab dataset first (~35 min)
-  mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
-  mld train --shared ../shared/data --out /tmp/bundle --trees 8 --depth 8   quick, shared only
+  mld detector train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
+  mld detector train --shared ../shared/data --out /tmp/bundle --trees 8 --depth 8
+                                                quick, shared captures only
 """
 EVALUATE_EPILOG = """\
 examples:
-  mld evaluate ../shared/data/labels.csv        shared attacks + nDPI benign (held-out only)
-  mld evaluate ../shared/data/labels.csv --json
-  mld evaluate build/lab-data/default/07-mixed-seed8/labels.csv --no-benign
+  mld detector evaluate ../shared/data/labels.csv
+                                                shared attacks + nDPI benign (held-out only)
+  mld detector evaluate ../shared/data/labels.csv --json
+  mld detector evaluate build/lab-data/default/07-mixed-seed8/labels.csv --no-benign
 """
 
 
@@ -69,7 +85,7 @@ def _addr(raw: bytes) -> str:
 
 
 def analysis_rows(batch: AnalyzedBatch) -> list[dict[str, Any]]:
-    """The JSON objects ``mld analyze`` writes for one analysed batch."""
+    """The JSON objects ``mld detector analyze`` writes for one analysed batch."""
     s = batch.scores
     assert s is not None
     f = batch.flows
@@ -209,7 +225,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         _summary(stats, alerts, sys.stderr)
     for rejected in stats.rejected:
         print(f"mld: rejected {rejected.path}: {rejected.message}", file=sys.stderr)
-    return EXIT_ERROR if stats.rejected else EXIT_OK
+    return EXIT_SOME_FAILED if stats.rejected else EXIT_OK
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -264,9 +280,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``detect``, ``analyze``, ``train`` and ``evaluate`` to the ``mld`` subcommands."""
-    register_detect(sub, common)
-    analyze = sub.add_parser(
+    """Add ``detector`` and its actions ``run``, ``analyze``, ``train`` and ``evaluate`` to
+    the ``mld`` subcommands."""
+    group = sub.add_parser(
+        "detector",
+        parents=[common],
+        help="the detector: score flows live (run), offline (analyze); train, evaluate",
+        description="Score flows with the model bundle's compiled forests and the fast rules: "
+        "live, from the sniffers, sending verdicts and events (run), or offline on capture "
+        "files (analyze); train a bundle (train) and measure it on labelled captures "
+        "(evaluate).",
+        epilog=DETECTOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = group.add_subparsers(dest="detector_command", metavar="ACTION", required=True)
+    register_detect(actions, common)
+    analyze = actions.add_parser(
         "analyze",
         parents=[common],
         help="detect attacks in capture files, offline, with no other service",
@@ -274,7 +303,7 @@ def register(
         "process: flow engine, fast rules, the model bundle's forests, scoring. Writes one "
         "JSON object per flow (src_ip, src_port, dst_ip, dst_port, proto, first_ts, last_ts, "
         "packets, bytes, fast_score, fast_rule, ml_score, family, final_score, label, "
-        "top_features, ...) and a summary on stderr. No root, etcd or lab needed. Exit 1 if "
+        "top_features, ...) and a summary on stderr. No root, etcd or lab needed. Exit 4 if "
         "a file could not be read (the others are still analysed).",
         epilog=ANALYZE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -290,7 +319,7 @@ def register(
     )
     analyze.set_defaults(func=_cmd_analyze)
 
-    train = sub.add_parser(
+    train = actions.add_parser(
         "train",
         parents=[common],
         help="train the family forests and write a model bundle",
@@ -319,7 +348,7 @@ def register(
     train.add_argument("--seed", type=int, metavar="N", help="default: detector.train.seed")
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser(
+    ev = actions.add_parser(
         "evaluate",
         parents=[common],
         help="detection and false-positive rates on labelled captures",

@@ -10,7 +10,7 @@
   gives the same answer for every float32 input, so the compiled forest takes the same
   path as sklearn's and differs only by float32 summation (under 1e-6).
 * :func:`compile_model` turns a checkpoint into a shared library with tl2cgen, in a child
-  process (treelite logs to stdout, which ``mld analyze`` uses for its output; a child
+  process (treelite logs to stdout, which ``mld detector analyze`` uses for its output; a child
   also bounds the time). Libraries are content-addressed: the file name carries a hash of
   the checkpoint, the compile settings and the tl2cgen version, so a library is built once
   and a new bundle only compiles the forests that changed.

@@ -1,8 +1,8 @@
-"""``mld detect``: the scoring service (detector/service.py) as a command.
+"""``mld detector run``: the scoring service (detector/service.py) as a command.
 
-mld/cli.py registers it through :func:`register_detect`. Exit codes: 0 stopped cleanly
-(SIGTERM, Ctrl-C, or ``--max-batches`` reached); 1 an ML Defender error (config, key
-file, model bundle, endpoint); 2 usage.
+detector/cli.py registers it through :func:`register_detect`. Exit codes
+(base/exit_codes.py): 0 stopped cleanly (SIGTERM, Ctrl-C, or ``--max-batches`` reached);
+1 an ML Defender error (config, key file, model bundle, endpoint); 2 usage.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import socket
 
+from base.exit_codes import EXIT_OK
 from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from control import Endpoint, ServiceControl
@@ -21,21 +22,23 @@ from detector.service import DetectorService, stop_on_signals
 
 __all__ = ["register_detect"]
 
-EXIT_OK = 0
-
 DETECT_EPILOG = """\
 examples:
-  mld detect                                 score the sniffer's flows (detector.listen),
+  mld detector run                           score the sniffer's flows (detector.listen),
                                              verdicts to the firewall, events to the RAG store
-  mld detect --bundle /var/lib/mld/bundle    serve that bundle; copying a new bundle into the
+  mld detector run --bundle /var/lib/mld/bundle
+                                             serve that bundle; copying a new bundle into the
                                              folder swaps it in without a restart
-  mld detect --listen tcp://0.0.0.0:5571 --verdicts tcp://10.0.0.7:5572 --no-events
-  mld detect --no-verdicts --no-events -v    score and count only (nothing is sent)
-  mld detect --max-batches 100 --json        stop after 100 batches, counters as JSON
-  mld detect --eve /var/log/mld/eve.json     alerts as EVE-like JSON lines for log shippers
-  mld detect --listen 'tcp://127.0.0.1:*'    any free port; with control.endpoints set the
+  mld detector run --listen tcp://0.0.0.0:5571 --verdicts tcp://10.0.0.7:5572 --no-events
+  mld detector run --no-verdicts --no-events -v
+                                             score and count only (nothing is sent)
+  mld detector run --max-batches 100 --json  stop after 100 batches, counters as JSON
+  mld detector run --eve /var/log/mld/eve.json
+                                             alerts as EVE-like JSON lines for log shippers
+  mld detector run --listen 'tcp://127.0.0.1:*'
+                                             any free port; with control.endpoints set the
                                              real one is registered in etcd for the sniffers
-With anomaly.enabled, the anomaly model that `mld anomaly serve` publishes is scored too
+With anomaly.enabled, the anomaly model that `mld anomaly run` publishes is scored too
 (family "anomaly", alert-only unless anomaly.block) and swapped in when a new one appears.
 With control.endpoints set, the detector registers in etcd (detector/<id>), sends verdicts
 and events to the firewall agents and RAG stores registered there, and applies changes of
@@ -132,9 +135,9 @@ def _positive_int(text: str) -> int:
 def register_detect(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``detect`` to the ``mld`` subcommands."""
+    """Add ``run`` to the actions of ``mld detector``."""
     detect = sub.add_parser(
-        "detect",
+        "run",
         parents=[common],
         help="score the sniffer's flows and send verdicts and events",
         description="Receive encrypted FlowBatches from the sniffers (detector.listen), score "

@@ -1,6 +1,6 @@
 """Evaluation on labelled captures: detection rate per family, false positives on benign.
 
-``mld evaluate LABELS.csv`` runs the offline analysis (:mod:`detector.analysis`) over each
+``mld detector evaluate LABELS.csv`` runs the offline analysis (:mod:`detector.analysis`) over each
 capture a labels file names (shared format: ``pcap, family, attack_hosts, scope``; the
 lab's ``window`` rows work too) and over a folder of benign captures (by default the nDPI
 captures beside it, with the flows nDPI flags with a risk left out):

@@ -144,7 +144,7 @@ def scorer_inputs(
     records: Sequence[FlowRecord],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[str]]:
     """What ``Scorer.score`` takes for decoded records: the feature matrix, the sniffer's
-    fast scores and the fast rules that set them (mld detect, mld rag import)."""
+    fast scores and the fast rules that set them (mld detector run, mld rag import)."""
     x = feature_matrix(columns_from_records(records))
     fast = np.fromiter((r.fast_score for r in records), dtype=np.float32, count=len(records))
     return x, fast, [r.fast_rule for r in records]

@@ -1,4 +1,4 @@
-"""The scoring service (``mld detect``): FlowBatches in, verdicts and scored events out.
+"""The scoring service (``mld detector run``): FlowBatches in, verdicts and scored events out.
 
 For every FlowBatch that passes the transport's checks::
 
@@ -167,7 +167,7 @@ class DetectorService:
             if config.eve_log
             else None
         )
-        # Served by base/metrics.py with the counters (mld detect).
+        # Served by base/metrics.py with the counters (mld detector run).
         self.registry = CollectorRegistry()
         self.inference_hist = Histogram(
             "mld_detector_batch_seconds",

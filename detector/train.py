@@ -1,6 +1,6 @@
 """Training: labelled captures -> one RandomForest per family -> a model bundle and a report.
 
-Steps (``mld train``):
+Steps (``mld detector train``):
 
 1. Read every capture with the offline analysis path (:mod:`detector.dataset`), so the
    training features are the ones the live detector computes. Past
@@ -329,7 +329,7 @@ def _lib_versions() -> dict[str, str]:
 def render_report(
     version: str, training: dict[str, Any], metrics: dict[str, Any], forests: dict[str, Any]
 ) -> str:
-    """The training report as Markdown (REPORT.md in the bundle, printed by mld train)."""
+    """The training report as Markdown (REPORT.md in the bundle, printed by mld detector train)."""
     lines = [
         f"# Model bundle {version}",
         "",

@@ -91,7 +91,7 @@ def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Ba
             return XdpBackend(config.xdp_pin_dir), f"xdp: {why}"
         if config.backend == "xdp":
             raise FirewallError(
-                f"firewall.backend is xdp but {why}: start the sniffer (mld sniff) first, or "
+                f"firewall.backend is xdp but {why}: start the sniffer (mld sniffer run) first, or "
                 "set firewall.backend to auto or nftables"
             )
         reason = f"nftables (fallback): {why}"

@@ -1,4 +1,8 @@
-"""``mld firewall``: run the agent, or list, unblock and flush through a running one."""
+"""``mld firewall``: run the agent, or list, unblock and flush through a running one.
+
+Exit codes (base/exit_codes.py): 0 done; 1 an ML Defender error (config, backend, no
+agent running) or the agent refused the request; 2 usage.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 import zmq
 
 from base.errors import FirewallError
+from base.exit_codes import EXIT_ERROR, EXIT_OK
 from base.metrics import MetricsServer, serve_metrics
 from config import load_config
 from config.settings import MldConfig
@@ -31,8 +36,6 @@ from proto.events_pb2 import VerdictBatch
 __all__ = ["control_request", "register"]
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_ERROR = 0, 1
 
 EPILOG = """\
 examples:
@@ -249,12 +252,25 @@ def register(
     )
     run.add_argument("--listen", metavar="ENDPOINT", help="default: firewall.listen_endpoint")
     run.set_defaults(func=_cmd_run)
-    lst = actions.add_parser("list", parents=[common], help="active blocks of the running agent")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def action(name: str, text: str, examples: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name, parents=[common], help=text, epilog=f"examples:\n{examples}", formatter_class=fmt
+        )
+
+    lst = action("list", "active blocks of the running agent",
+                 "  mld firewall list\n  mld firewall list --json")  # fmt: skip
     lst.set_defaults(func=_cmd_list)
-    unb = actions.add_parser("unblock", parents=[common], help="lift one block now")
+    unb = action(
+        "unblock",
+        "lift one block now",
+        "  mld firewall unblock 203.0.113.66\n  mld firewall unblock 2001:db8::66 --json",
+    )
     unb.add_argument("address", metavar="ADDR", help="address or prefix")
     unb.set_defaults(func=_cmd_unblock)
-    fl = actions.add_parser("flush", parents=[common], help="lift every block the agent holds")
+    fl = action("flush", "lift every block the agent holds", "  mld firewall flush --json")
     fl.set_defaults(func=_cmd_flush)
-    st = actions.add_parser("status", parents=[common], help="backend and counters")
+    st = action("status", "backend and counters",
+                "  mld firewall status\n  mld firewall status --json")  # fmt: skip
     st.set_defaults(func=_cmd_status)

@@ -1,7 +1,7 @@
-"""``mld gateway``: every ML Defender service on one dual-NIC box (deploy/README.md).
+"""``mld gateway run``: every ML Defender service on one dual-NIC box (deploy/README.md).
 
-mld/cli.py registers it through :func:`register`. Exit codes: 0 stopped cleanly; 1 a
-failed check, a service that cannot start or keeps crashing; 2 usage.
+mld/cli.py registers it through :func:`register`. Exit codes (base/exit_codes.py): 0
+stopped cleanly; 1 a failed check, a service that cannot start or keeps crashing; 2 usage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from base.errors import GatewayError
+from base.exit_codes import EXIT_ERROR, EXIT_OK
 from base.signals import StopRequested, raise_on_stop_signals
 from gateway.preflight import preflight
 from gateway.stack import GatewayStack, StackOptions
@@ -24,14 +25,15 @@ log = logging.getLogger(__name__)
 
 EPILOG = """\
 examples:
-  mld gateway --outside eth0 --inside eth1 --check   check forwarding, rp_filter, offloads
-  sudo mld gateway --outside eth0 --inside eth1      run the stack (Ctrl-C stops it)
-  sudo mld gateway --outside eth0 --inside eth1 --no-rag --config /etc/mld/mld.yaml
+  mld gateway run --outside eth0 --inside eth1 --check
+                                                     check forwarding, rp_filter, offloads
+  sudo mld gateway run --outside eth0 --inside eth1  run the stack (Ctrl-C stops it)
+  sudo mld gateway run --outside eth0 --inside eth1 --no-rag --config /etc/mld/mld.yaml
   mld status --config /var/lib/mld/gateway/mld.yaml  the services, through etcd
 
 The sniffer attaches XDP to both NICs: a blocked source is dropped on whichever NIC its
 packets come in, before the kernel forwards them. Without control.endpoints a local etcd
-is started (data in <run dir>/etcd). With anomaly.enabled, `mld anomaly serve` runs too
+is started (data in <run dir>/etcd). With anomaly.enabled, `mld anomaly run` runs too
 (it retrains the anomaly model on the RAG store's window). Logs:
 <run dir>/logs/<service>.log; alerts: detector.eve_log or <run dir>/alerts.json. systemd
 units are in deploy/systemd.
@@ -47,7 +49,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         else:
             for c in checks:
                 print(f"{c.level:8s} {c.what:24s} {c.detail}")
-        return 1 if errors else 0
+        return EXIT_ERROR if errors else EXIT_OK
     for c in checks:
         if c.level == "warning":
             log.warning("%s: %s", c.what, c.detail)
@@ -88,17 +90,24 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
-    return 0
+    return EXIT_OK
 
 
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``gateway`` to the ``mld`` subcommands."""
-    gw = sub.add_parser(
-        "gateway",
+    """Add ``gateway`` and its action ``run`` to the ``mld`` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    text = "run every service on a dual-NIC gateway (sniffer on both NICs, blocks in transit)"
+    group = sub.add_parser(
+        "gateway", parents=[common], help=text, description=text, epilog=EPILOG,
+        formatter_class=fmt,
+    )  # fmt: skip
+    actions = group.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
+    gw = actions.add_parser(
+        "run",
         parents=[common],
-        help="run every service on a dual-NIC gateway (sniffer on both NICs, blocks in transit)",
+        help=text,
         description="Run the sniffer (XDP on both NICs), the detector, the firewall agent "
         "(blocking at XDP) and the RAG store as supervised child processes that find each "
         "other through etcd; a service that dies is restarted. Checks forwarding, rp_filter "

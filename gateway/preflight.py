@@ -1,4 +1,4 @@
-"""Checks of a dual-NIC box before the gateway stack starts (``mld gateway --check``).
+"""Checks of a dual-NIC box before the gateway stack starts (``mld gateway run --check``).
 
 Each check reads the running system (``/proc/sys``, ``/sys/class/net``, ``ethtool -k``)
 and says what to change. ``error`` stops the start (the gateway cannot work as asked),

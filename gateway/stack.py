@@ -1,16 +1,16 @@
 """The whole service stack of one gateway box, as child processes of one process.
 
-``mld gateway --outside DEV --inside DEV`` and ``mld lab dev`` both run a
+``mld gateway run --outside DEV --inside DEV`` and ``mld lab dev`` both run a
 :class:`GatewayStack`:
 
 * **etcd**: the one in ``control.endpoints``, or, when that is empty, a local etcd started
   here as a supervised child (data in ``<run_dir>/etcd``) that every service registers in;
-* **sniffer** ``mld sniff --iface OUTSIDE --iface INSIDE``: the XDP flow program on both
+* **sniffer** ``mld sniffer run --iface OUTSIDE --iface INSIDE``: the XDP flow program on both
   NICs, which also drops sources in the blocklist, so blocks hold for traffic in transit in
   either direction;
 * **firewall** ``mld firewall run``, started once the sniffer's program uses the pinned
   blocklist, so its ``auto`` backend picks XDP;
-* **rag** ``mld rag serve`` (unless turned off) and **detector** ``mld detect``.
+* **rag** ``mld rag run`` (unless turned off) and **detector** ``mld detector run``.
 
 The services read one derived config file, ``<run_dir>/mld.yaml``: the user's file with
 the stack's settings merged over it (the local etcd, the alert log, the blocklist pin
@@ -137,7 +137,7 @@ class GatewayStack:
                 KeyPair.generate().save(key_file)
                 self.on_event(
                     f"{base.transport.key_file} does not exist: made a node key in {key_file} "
-                    "(`mld keygen --out PATH` and transport.key_file to use your own)"
+                    "(`mld keys new PATH` and transport.key_file to use your own)"
                 )
             stack["transport"] = {"key_file": str(key_file)}
         eve = self.opts.eve_log or base.detector.eve_log or str(self.run_dir / "alerts.json")
@@ -180,22 +180,24 @@ class GatewayStack:
                                    "control.endpoints to an etcd elsewhere")  # fmt: skip
             specs.append(ChildSpec("etcd", tuple(self.local_etcd.command()), grace_s=10))
         mode = ("--mode", self.opts.xdp_mode) if self.opts.xdp_mode else ()
-        sniff = ("sniff", *conf, "--iface", self.opts.outside, "--iface", self.opts.inside, *mode)
+        ifaces = ("--iface", self.opts.outside, "--iface", self.opts.inside)
+        sniff = ("sniffer", "run", *conf, *ifaces, *mode)
         specs.append(ChildSpec("sniffer", (*mld, *sniff, *extra.get("sniffer", ())), grace_s=30))
         specs.append(
             ChildSpec("firewall", (*mld, "firewall", "run", *conf, *extra.get("firewall", ())))
         )
         if self.opts.rag:
-            specs.append(ChildSpec("rag", (*mld, "rag", "serve", *conf, *extra.get("rag", ()))))
+            specs.append(ChildSpec("rag", (*mld, "rag", "run", *conf, *extra.get("rag", ()))))
         if self.cfg.anomaly.enabled:
             # It trains on the RAG store's events; without the store it keeps serving the
             # model it has (if any) and trains nothing new.
             if not self.opts.rag:
                 self.on_event("anomaly.enabled without the RAG store: no new anomaly model "
                               "will be trained (its window is the store's events)")  # fmt: skip
-            anomaly = (*mld, "anomaly", "serve", *conf, *extra.get("anomaly", ()))
+            anomaly = (*mld, "anomaly", "run", *conf, *extra.get("anomaly", ()))
             specs.append(ChildSpec("anomaly", anomaly, grace_s=30))
-        specs.append(ChildSpec("detector", (*mld, "detect", *conf, *extra.get("detector", ()))))
+        detector = (*mld, "detector", "run", *conf, *extra.get("detector", ()))
+        specs.append(ChildSpec("detector", detector))
         return specs
 
     # ---- run ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``mld lab``: bring the namespace lab up and down, run traffic recipes, capture scenarios.
 
-mld/cli.py registers it through :func:`register`. Exit codes: 0 success; 1 an ML
-Defender error (or a recipe whose evidence did not show up); 2 usage.
+mld/cli.py registers it through :func:`register`. Exit codes (base/exit_codes.py): 0
+success; 1 an ML Defender error (or a recipe whose evidence did not show up); 2 usage.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import LabError
+from base.exit_codes import EXIT_ERROR, EXIT_OK
 from lab.lifecycle import DEFAULT_RUN_DIR, down, status, up
 from lab.recipes import Recipe, load_recipes, run_recipe
 from lab.scenario import Scenario, load_datasets, load_scenarios, run_scenario
@@ -70,14 +71,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     services = ", ".join(f"{p.service} (pid {p.pid})" for p in state.processes)
     _emit(args, result, f"lab up in {result['seconds']} s; run dir {state.run_dir}\n"
                         f"services: {services}")  # fmt: skip
-    return 0
+    return EXIT_OK
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
     result = down(_topo(args), Path(args.run_dir), keep_logs=not args.purge)
     _emit(args, result, f"lab down: removed {len(result['namespaces_removed'])} namespaces, "
                         f"stopped {len(result['processes_stopped'])} processes")  # fmt: skip
-    return 0
+    return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                      f"{'running' if alive else 'stopped'}, {c.get('restarts', 0)} restarts, "
                      f"log {c.get('log')}")  # fmt: skip
     _emit(args, st, "\n".join(lines))
-    return 0 if st["up"] or not st["namespaces"] else 1
+    return EXIT_OK if st["up"] or not st["namespaces"] else EXIT_ERROR
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
@@ -117,7 +118,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         f"<= {r['timeout_s']:.0f} s" for r in rows
     )  # fmt: skip
     _emit(args, rows, text)
-    return 0
+    return EXIT_OK
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{' (timed out)' if truth.timed_out else ''}, params {truth.params}\n"
             f"{evidence}")  # fmt: skip
     _emit(args, truth.to_dict(), text)
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_ERROR
 
 
 def _load_scenarios(
@@ -203,7 +204,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     _require_up(args, loaded[0])
     summary = _capture_one(args, loaded, args.scenario, args.seed, Path(args.out))
     _emit(args, summary, _summary_text(summary))
-    return 0 if not summary["errors"] else 1
+    return EXIT_OK if not summary["errors"] else EXIT_ERROR
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
@@ -227,7 +228,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
         print(json.dumps({"captures": results, "flows": total}))
     else:
         print(f"dataset {args.name}: {len(results)} captures, {total} flows -> {args.out}")
-    return 0 if all(not r["errors"] for r in results) else 1
+    return EXIT_OK if all(not r["errors"] for r in results) else EXIT_ERROR
 
 
 def _dotted_overrides(items: list[str]) -> dict[str, Any]:
@@ -265,12 +266,14 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     if not summary:
-        return 1
+        return EXIT_ERROR
     # 1 when a recipe failed to run, or attacks ran and not one (with a real source) was
     # blocked: the product did not do its job.
     real = [a for a in summary["attacks"] if not a["spoofed"]]
     unblocked = [a for a in real if a["blocked_after_s"] is None]
-    return 1 if summary.get("errors") or (real and len(unblocked) == len(real)) else 0
+    return (
+        EXIT_ERROR if summary.get("errors") or (real and len(unblocked) == len(real)) else EXIT_OK
+    )
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -279,7 +282,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         f"  {k:20s} {v}" for k, v in result["labels"].items()
     )
     _emit(args, result, text)
-    return 0
+    return EXIT_OK
 
 
 def register(

@@ -1,6 +1,7 @@
-"""The ``mld`` command: one entry point, a subcommand per component.
+"""The ``mld`` command: one entry point, ``mld COMPONENT ACTION [ARGS]`` (mld/grammar.py).
 
-Exit codes: 0 success, 1 an ML Defender error (bad config, key file, transport), 2 usage.
+Exit codes (base/exit_codes.py): 0 success, 1 an ML Defender error (bad config, key
+file, transport), 2 usage; some commands add 3 (refused) and 4 (some inputs failed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from anomaly.cli import register as register_anomaly
 from base.config_loader import to_dict
 from base.errors import KeyFileError, MldError
+from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from config import load_config, resolve_config_path
 from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
@@ -24,6 +26,7 @@ from firewall.cli import register as register_firewall
 from gateway.cli import register as register_gateway
 from lab.cli import register as register_lab
 from mld import __version__
+from mld.grammar import renames, resolve, value_options
 from rag.cli import register as register_rag
 from sniffer.cli import register as register_sniffer
 from watch.cli import register as register_watch
@@ -32,33 +35,37 @@ __all__ = ["main"]
 
 log = logging.getLogger("mld")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _COMMON_DEFAULTS: dict[str, object] = {"verbose": 0, "quiet": False, "json": False, "config": None}
 
 EPILOG = """\
+commands are COMPONENT ACTION; the long-running action of a service is `run`.
 examples:
-  mld keygen --out /etc/mld/keys/node.key      create this node's X25519 key pair
-  mld keygen --show /etc/mld/keys/node.key     print the public key of an existing key
+  mld keys new /etc/mld/keys/node.key          create this node's X25519 key pair
+  mld keys show /etc/mld/keys/node.key         print the public key of an existing key
   mld config show                              the effective configuration
   mld config show --json --config ./mld.yaml   ... of a given file, as JSON
   mld config check /etc/mld/mld.yaml           validate a file (exit 1 and the reason if bad)
-  mld flows capture.pcap                       the flows of a capture, with fast-rule scores
-  mld sniff --iface eth0                       capture live with XDP, send to the detector
-  mld detect                                   score flow batches from sniffers, send verdicts
-  mld analyze capture.pcap                     detect attacks in a capture, offline (JSON lines)
-  mld train --lab build/lab-data/default --shared ../shared/data --out detector/bundle
-  mld evaluate ../shared/data/labels.csv       detection and false-positive rates
+  mld sniffer flows capture.pcap               the flows of a capture, with fast-rule scores
+  mld sniffer run --iface eth0                 capture live with XDP, send to the detector
+  mld detector run                             score flow batches from sniffers, send verdicts
+  mld detector analyze capture.pcap            detect attacks in a capture, offline
+  mld detector train --shared ../shared/data --out /tmp/bundle
+  mld detector evaluate ../shared/data/labels.csv   detection and false-positive rates
   mld firewall run                             the firewall agent (see mld firewall --help)
-  mld gateway --outside eth0 --inside eth1     every service on a dual-NIC gateway
+  mld gateway run --outside eth0 --inside eth1
+                                               every service on a dual-NIC gateway
   mld lab up                                   the namespace lab (see mld lab --help)
-  mld rag --ask "which address scanned the server?"   questions about the stored events
-  mld anomaly serve                            retrain the anomaly model on recent traffic
-  mld watch /var/captures                      analyse each capture dropped in a folder
+  mld rag ask "which address scanned the server?"   questions about the stored events
+  mld anomaly run                              retrain the anomaly model on recent traffic
+  mld watch run /var/captures                  analyse each capture dropped in a folder
   mld etcd up                                  a local etcd for the control plane
   mld status                                   every service registered in etcd, with health
   mld config set detector.thresholds.alert 0.6 change a setting live, through etcd
   mld version
-"""
+exit status: 0 ok; 1 error; 2 usage; 3 refused (anomaly train); 4 some inputs failed
+(docs/CLI.md).
+
+""" + renames()
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -133,22 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    keygen = sub.add_parser(
-        "keygen",
+    fmt = argparse.RawDescriptionHelpFormatter
+    keys_epilog = (
+        "examples:\n  mld keys new /etc/mld/keys/node.key\n"
+        "  mld keys show /etc/mld/keys/node.key --json"
+    )
+    keys = sub.add_parser(
+        "keys",
         parents=[common],
-        help="create an X25519 key pair for the encrypted transport",
+        help="create or show this node's X25519 key pair for the encrypted transport",
         description="Create this node's X25519 key pair: the private key (mode 0600) and "
         "PATH.pub. Give the public key to the peers that talk to this node "
         "(transport.peers in their mld.yaml).",
-        epilog="examples:\n  mld keygen --out /etc/mld/keys/node.key\n"
-        "  mld keygen --show /etc/mld/keys/node.key --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys_epilog,
+        formatter_class=fmt,
     )
-    what = keygen.add_mutually_exclusive_group(required=True)
-    what.add_argument("--out", metavar="PATH", help="where to write the new private key")
-    what.add_argument("--show", metavar="PATH", help="print the public key of a private key file")
-    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
-    keygen.set_defaults(func=_cmd_keygen)
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        parents=[common],
+        help="create a key pair: PATH (mode 0600) and PATH.pub",
+        epilog=keys_epilog,
+        formatter_class=fmt,
+    )
+    new.add_argument("out", metavar="PATH", help="where to write the new private key")
+    new.add_argument("--force", action="store_true", help="replace an existing key file")
+    new.set_defaults(func=_cmd_keygen, show=None)
+    show_key = keys_sub.add_parser(
+        "show",
+        parents=[common],
+        help="print the public key of a private key file",
+        epilog=keys_epilog,
+        formatter_class=fmt,
+    )
+    show_key.add_argument("show", metavar="PATH", help="the private key file")
+    show_key.set_defaults(func=_cmd_keygen, out=None, force=False)
 
     config = sub.add_parser(
         "config",
@@ -190,7 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_watch(sub, common)
     register_control(sub, common)
 
-    version = sub.add_parser("version", parents=[common], help="print the version")
+    version = sub.add_parser(
+        "version",
+        parents=[common],
+        help="print the version",
+        epilog="examples:\n  mld version\n  mld version --json",
+        formatter_class=fmt,
+    )
     version.set_defaults(func=_cmd_version)
     return parser
 
@@ -202,7 +234,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words, alias = resolve(sys.argv[1:] if argv is None else argv, value_options(parser))
+    if alias is not None:
+        print(alias.note, file=sys.stderr)
+    args = parser.parse_args(words)
     for name, default in _COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)

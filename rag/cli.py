@@ -1,7 +1,8 @@
-"""``mld rag``: the console, and ``mld rag serve|import|reindex``.
+"""``mld rag console|ask``: questions about the stored events; ``mld rag run|import|reindex``:
+storing them; ``mld rag alerts|stats|similar|event``: the console's commands, one at a time.
 
-mld/cli.py registers it. Exit codes: 0 done; 1 an ML Defender error (no store, bad model
-file, transport); 2 usage.
+mld/cli.py registers it. Exit codes (base/exit_codes.py): 0 done; 1 an ML Defender error
+(no store, bad model file, transport); 2 usage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from base.errors import RagError
+from base.exit_codes import EXIT_OK
 from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from control import Endpoint, ServiceControl
@@ -30,17 +32,15 @@ __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-
 EPILOG = """\
 examples:
-  mld rag                                        interactive console (history, line editing)
-  mld rag --ask "which address scanned the server?"
-  mld rag --ask "how many SYN flood alerts in the last hour?" --json
-  mld rag --ask "what did 10.0.0.5 do?" --no-model   retrieved events and computed facts only
-  mld rag --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf
+  mld rag console                                interactive console (history, line editing)
+  mld rag ask "which address scanned the server?"
+  mld rag ask "how many SYN flood alerts in the last hour?" --json
+  mld rag ask "what did 10.0.0.5 do?" --no-model    retrieved events and computed facts only
+  mld rag console --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf
   mld rag alerts 20 | mld rag stats | mld rag similar e1234 | mld rag event e1234
-  mld rag serve                                  store the detector's scored events
+  mld rag run                                    store the detector's scored events
   mld rag import capture.pcap --at 2026-11-21T10:00:00Z   fill the store from captures
   mld rag reindex                                rebuild the FAISS indexes from SQLite
 In the console: alerts [N], stats, similar ID [N], event ID, help, quit; anything else is
@@ -305,20 +305,30 @@ def register(
         epilog=EPILOG,
         formatter_class=fmt,
     )
-    rag.add_argument("--ask", metavar="QUESTION", help="answer one question and exit")
-    model = rag.add_mutually_exclusive_group()
-    model.add_argument("--model", metavar="PATH.gguf", help="the GGUF model (default: rag.model)")
-    model.add_argument("--no-model", action="store_true", help="answer without a model")
-    rag.add_argument("-k", "--top-k", type=int, metavar="N", help="events retrieved (rag.top_k)")
-    rag.set_defaults(func=_cmd_console)
-    actions = rag.add_subparsers(dest="rag_command", metavar="ACTION")
+    actions = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
 
     def action(name: str, text: str) -> argparse.ArgumentParser:
         return actions.add_parser(
             name, parents=[common, store], help=text, epilog=EPILOG, formatter_class=fmt
         )
 
-    serve = action("serve", "store scored events")
+    def answer_options(p: argparse.ArgumentParser) -> None:
+        model = p.add_mutually_exclusive_group()
+        model.add_argument(
+            "--model", metavar="PATH.gguf", help="the GGUF model (default: rag.model)"
+        )
+        model.add_argument("--no-model", action="store_true", help="answer without a model")
+        p.add_argument("-k", "--top-k", type=int, metavar="N", help="events retrieved (rag.top_k)")
+        p.set_defaults(func=_cmd_console)
+
+    console = action("console", "the interactive console (history, line editing)")
+    answer_options(console)
+    console.set_defaults(ask=None)
+    ask = action("ask", "answer one question and exit")
+    ask.add_argument("ask", metavar="QUESTION", help="the question, in plain language")
+    answer_options(ask)
+
+    serve = action("run", "store scored events (the long-running service)")
     serve.add_argument("--listen", metavar="ENDPOINT", help="default: rag.listen_endpoint")
     serve.set_defaults(func=_cmd_serve)
 

@@ -1,5 +1,5 @@
-"""The console's commands and questions, shared by ``mld rag`` (interactive and
-``--ask``) and the tests.
+"""The console's commands and questions, shared by ``mld rag console`` (interactive),
+``mld rag ask`` and the tests.
 
 Lines starting with a command word run that command; anything else is a question::
 

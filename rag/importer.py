@@ -1,7 +1,7 @@
 """``mld rag import``: capture files through the whole detection path into the store.
 
-The flows of the captures are made by the sniffer's pipeline (as ``mld flows`` and the
-live sensor make them), scored by the shipped model bundle as ``mld detect`` scores them,
+The flows of the captures are made by the sniffer's pipeline (as ``mld sniffer flows`` and the
+live sensor make them), scored by the shipped model bundle as ``mld detector run`` scores them,
 and stored as ScoredEvents, so a store can be filled offline, without the services.
 ``shift_to`` moves every flow's times so the first capture starts at that instant (a
 demo timeline from old captures; the scores do not depend on absolute times).

@@ -1,11 +1,11 @@
-"""The RAG store's ingestion (``mld rag serve``) and the indexes kept beside it.
+"""The RAG store's ingestion (``mld rag run``) and the indexes kept beside it.
 
 :class:`RagStore` is the event store and its two FAISS indexes (rag/vectors.py) as one
 thing: ``ingest`` writes a batch of ScoredEvents to SQLite in one transaction, then adds
 their vectors; ``catch_up`` adds what the saved indexes miss (events written after the
 last save, e.g. before a kill); ``reindex`` rebuilds both indexes from SQLite.
 
-Several processes may write one store (``mld watch`` beside ``mld rag serve``): each
+Several processes may write one store (``mld watch`` beside ``mld rag run``): each
 indexes the events the others stored (read back from SQLite) before its own and before
 saving, so every saved index holds every event up to its ``indexed_upto``, and saves take
 a lock file beside the database so two writers never interleave their index files.

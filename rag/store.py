@@ -252,7 +252,7 @@ class EventStore:
             if readonly:
                 if not self.path.exists():
                     raise RagError(
-                        f"no event store at {self.path}: run `mld rag serve` (or `mld rag "
+                        f"no event store at {self.path}: run `mld rag run` (or `mld rag "
                         "import CAPTURE`) first, or pass --db"
                     )
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -279,7 +279,7 @@ class EventStore:
         try:
             with self._db:
                 # The write lock first: read after it, the next id is ours even when another
-                # process (mld watch beside mld rag serve) writes to the same store.
+                # process (mld watch run beside mld rag run) writes to the same store.
                 self._db.execute("BEGIN IMMEDIATE")
                 first = self.max_id() + 1
                 self._db.executemany(_INSERT, rows)

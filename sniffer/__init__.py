@@ -11,7 +11,7 @@ Public API::
     FlowPublisher                                 encrypted FlowBatch sender
     SnifferService                                the long-running loop
 
-The ``mld sniff`` and ``mld flows`` commands live in ``sniffer.cli``.
+The ``mld sniffer run`` and ``mld sniffer flows`` commands live in ``sniffer.cli``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""``mld sniff`` (live capture into the detector) and ``mld flows`` (flows of capture files).
+"""``mld sniffer run`` (live capture into the detector) and ``mld sniffer flows`` (flows of
+capture files).
 
-mld/cli.py registers both through :func:`register`. Exit codes: 0 success; 1 an ML
-Defender error, or (``mld flows``) some capture file was rejected, the flows of every
-other file (and of the rejected one up to its error) still printed; 2 usage.
+mld/cli.py registers both through :func:`register`. Exit codes (base/exit_codes.py): 0
+success; 1 an ML Defender error; 4 (``flows``) some capture file was rejected, the flows
+of every other file (and of the rejected one up to its error) still printed; 2 usage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
+from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
 from crypto_transport import Keyring
@@ -33,15 +35,21 @@ __all__ = ["record_to_json", "register"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR = 0, 1
 _PROGRESS_MIN_BYTES = 16 * 1024 * 1024  # show progress for inputs at least this big
 _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 47: "gre", 50: "esp", 132: "sctp"}
 
+SNIFFER_EPILOG = """\
+examples:
+  mld sniffer run --iface eth0                     attach XDP, send flows to the detector
+  mld sniffer flows capture.pcap                   the flows of a capture, with fast-rule scores
+More in `mld sniffer run --help` and `mld sniffer flows --help`.
+"""
+
 SNIFF_EPILOG = """\
 examples:
-  mld sniff --iface eth0                           attach XDP, send flows to the detector
-  mld sniff --iface eth0 --iface eth1 --mode generic --connect tcp://10.0.0.5:5571
-  mld sniff --iface eth0 --no-publish --json-out /tmp/flows.jsonl
+  mld sniffer run --iface eth0                     attach XDP, send flows to the detector
+  mld sniffer run --iface eth0 --iface eth1 --mode generic --connect tcp://10.0.0.5:5571
+  mld sniffer run --iface eth0 --no-publish --json-out /tmp/flows.jsonl
                                                    no detector: write records as JSON lines
 With control.endpoints set, the sniffer registers in etcd (sniffer/<sensor id>), sends to
 the detectors registered there (push) and applies changes of sniffer.rules from etcd while
@@ -51,13 +59,13 @@ Stop with Ctrl-C or SIGTERM: the flow table is flushed and the last batch sent.
 
 FLOWS_EPILOG = """\
 examples:
-  mld flows capture.pcap                           one line per flow, with the fast rule
-  mld flows /var/log/pcaps/ --limit 50             a folder: its files in name order, one
+  mld sniffer flows capture.pcap                   one line per flow, with the fast rule
+  mld sniffer flows /var/log/pcaps/ --limit 50     a folder: its files in name order, one
                                                    flow table (flows continue across files)
-  mld flows capture.pcap --json | jq -c 'select(.fast_score > 0.5)'
-  mld flows capture.pcap --idle-timeout 10 --active-timeout 60
-exit status: 0 ok; 1 a file was rejected (unsupported link type, corrupt, truncated):
-the other files, and the rejected one up to the error, are still printed.
+  mld sniffer flows capture.pcap --json | jq -c 'select(.fast_score > 0.5)'
+  mld sniffer flows capture.pcap --idle-timeout 10 --active-timeout 60
+exit status: 0 ok; 1 bad config; 4 a file was rejected (unsupported link type, corrupt,
+truncated): the other files, and the rejected one up to the error, are still printed.
 """
 
 
@@ -196,7 +204,7 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     for rejected in source.rejected:
         print(f"mld: rejected {rejected.path}: {rejected.message}", file=sys.stderr)
     if source.rejected:
-        return EXIT_ERROR
+        return EXIT_SOME_FAILED
     return EXIT_OK
 
 
@@ -274,9 +282,21 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``sniff`` and ``flows`` to the ``mld`` subcommands."""
-    sniff = sub.add_parser(
-        "sniff",
+    """Add ``sniffer`` and its actions ``run`` and ``flows`` to the ``mld`` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    group = sub.add_parser(
+        "sniffer",
+        parents=[common],
+        help="the sniffer: live XDP capture (run), flows of capture files (flows)",
+        description="Turn packets into flow records with source context and a fast heuristic "
+        "score: live with XDP, sent to the detector (run), or from capture files, printed "
+        "(flows).",
+        epilog=SNIFFER_EPILOG,
+        formatter_class=fmt,
+    )
+    actions = group.add_subparsers(dest="sniffer_command", metavar="ACTION", required=True)
+    sniff = actions.add_parser(
+        "run",
         parents=[common],
         help="capture flows live with XDP and send them to the detector",
         description="Attach the XDP flow program to the interfaces, turn finished flows into "
@@ -303,7 +323,7 @@ def register(
     )
     sniff.set_defaults(func=_cmd_sniff)
 
-    flows = sub.add_parser(
+    flows = actions.add_parser(
         "flows",
         parents=[common],
         help="print the flows of capture files (offline, no other service needed)",

@@ -109,7 +109,7 @@ class FastRulesConfig:
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys
-        (the file, ``mld sniff`` at start and every change from etcd go through this)."""
+        (the file, ``mld sniffer run`` at start and every change from etcd go through this)."""
         problems = []
         for f in fields(self):
             value = getattr(self, f.name)

@@ -1,6 +1,6 @@
 """One step of the sniffer: flow events -> columns -> source context -> fast rules -> bytes.
 
-The service (live or offline) and ``mld flows`` run the same step, so a capture read
+The service (live or offline) and ``mld sniffer flows`` run the same step, so a capture read
 offline gets the same context and fast scores as the same traffic seen live.
 """
 

@@ -1,4 +1,4 @@
-"""The capture watch folder: ``mld watch DIR`` (watch/README.md)."""
+"""The capture watch folder: ``mld watch run DIR`` (watch/README.md)."""
 
 from watch.config import WatchConfig
 from watch.service import Analysis, FileResult, RetrainHook, Watcher, anomaly_retrain

@@ -1,8 +1,9 @@
-"""``mld watch DIR``: analyse the capture files dropped into a folder, once each.
+"""``mld watch run DIR``: analyse the capture files dropped into a folder, once each.
 
-mld/cli.py registers it. Exit codes: 0 done (``--once``: every file read whole; without
-it: stopped by Ctrl-C or SIGTERM); 1 some file failed or was cut (``--once``), or an ML
-Defender error (no such folder, unreadable state file, event store); 2 usage.
+mld/cli.py registers it. Exit codes (base/exit_codes.py): 0 done (``--once``: every file
+read whole; without it: stopped by Ctrl-C or SIGTERM); 1 an ML Defender error (no such
+folder, unreadable state file, event store); 4 some file failed or was cut (``--once``);
+2 usage.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 from pathlib import Path
 
 from base.errors import WatchError
+from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from config import MldConfig, load_config
 from control import ServiceControl
 from control.attach import stats_from_other_thread
@@ -26,20 +28,18 @@ __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
-
 EPILOG = """\
 examples:
-  mld watch /var/captures                     analyse each new capture; Ctrl-C stops
-  mld watch /var/captures --once              what is there now, then exit (1 if one failed)
-  mld watch /srv/drop --poll --settle 30      an NFS/SMB share: poll, wait 30 s of quiet
-  mld watch /var/captures --db /tmp/ev.sqlite --retrain-every 50 --json
+  mld watch run /var/captures                 analyse each new capture; Ctrl-C stops
+  mld watch run /var/captures --once          what is there now, then exit (4 if one failed)
+  mld watch run /srv/drop --poll --settle 30  an NFS/SMB share: poll, wait 30 s of quiet
+  mld watch run /var/captures --db /tmp/ev.sqlite --retrain-every 50 --json
   tcpdump -i eth0 -G 300 -w '/var/captures/%Y%m%d-%H%M%S.pcap'   a feed for it
 
 A file is read once it is finished: closed by its writer (inotify) or renamed in, or
 unchanged for watch.settle_s with no process holding it open for writing. A file that
 cannot be read goes to DIR/.failed with NAME.reason.json (a truncated one after its
-flows up to the cut are stored). Events go to the RAG store (`mld rag` answers about
+flows up to the cut are stored). Events go to the RAG store (`mld rag ask` answers about
 them); every watch.retrain_every_files files the anomaly model is trained again.
 State (files done, counters, last retrain): <node.state_dir>/watch/<hash of DIR>.json.
 """
@@ -138,11 +138,21 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``watch`` to the ``mld`` subcommands."""
-    p = sub.add_parser(
+    """Add ``watch`` and its action ``run`` to the ``mld`` subcommands."""
+    text = "analyse the capture files dropped into a folder"
+    group = sub.add_parser(
         "watch",
         parents=[common],
-        help="analyse the capture files dropped into a folder",
+        help=text,
+        description=text,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = group.add_subparsers(dest="watch_command", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "run",
+        parents=[common],
+        help=text,
         description="Watch a folder for new .pcap/.pcapng files and run each, once it is "
         "finished, through the whole detection path (flow engine, fast rules, forests); "
         "store its events in the RAG store and train the anomaly model again every few "

@@ -1,4 +1,4 @@
-"""``mld watch DIR``: capture files dropped into a folder, analysed once each.
+"""``mld watch run DIR``: capture files dropped into a folder, analysed once each.
 
 The loop: find capture files (inotify, or a scan every ``poll_interval_s``), wait until
 each is finished (watch/readiness.py), know it by its content (watch/state.py), run it

@@ -1,4 +1,4 @@
-"""``mld anomaly serve`` as a command: trains in its own process, registers as
+"""``mld anomaly run`` as a command: trains in its own process, registers as
 ``anomaly/<id>`` and its decisions show in ``mld status``; ``--help`` has examples."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-@pytest.mark.parametrize("words", [["anomaly"], ["anomaly", "train"], ["anomaly", "serve"]])
+@pytest.mark.parametrize("words", [["anomaly"], ["anomaly", "train"], ["anomaly", "run"]])
 def test_help_has_examples(words: list[str]) -> None:
     out = mld(*words, "--help").stdout
     assert "examples:" in out and "mld anomaly" in out
@@ -58,7 +58,7 @@ def test_help_has_examples(words: list[str]) -> None:
 
 def test_serve_without_etcd_trains_once_and_stops(store: Path, tmp_path: Path) -> None:
     config = config_file(tmp_path)
-    done = mld("anomaly", "serve", "--db", str(store), "--max-rounds", "1", "--json", config=config)
+    done = mld("anomaly", "run", "--db", str(store), "--max-rounds", "1", "--json", config=config)
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
     assert stats["swap"] == 1 and stats["serving"] == stats["last_version"]
@@ -78,7 +78,7 @@ def test_serve_reports_its_decisions_to_mld_status(
         "-m",
         "mld.cli",
         "anomaly",
-        "serve",
+        "run",
         "--db",
         str(store),
         "--config",

@@ -127,7 +127,7 @@ def test_a_damaged_model_folder_does_not_load(benign: list[ScoredEvent], tmp_pat
 def test_two_trainers_on_one_model_folder_take_turns(
     benign: list[ScoredEvent], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``mld anomaly serve`` and ``mld watch``'s retrain on one folder: the second waits
+    """``mld anomaly run`` and ``mld watch``'s retrain on one folder: the second waits
     for the first's lock, then judges against the model the first published."""
     db, md, cache = tmp_path / "events.sqlite", ModelDir(tmp_path / "anomaly"), tmp_path / "cache"
     fill_store(db, benign)

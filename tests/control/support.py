@@ -78,7 +78,7 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 def sniffer_stand_in(
     server: EtcdServer, prefix: str, state_dir: Path, name: str
 ) -> tuple[ServiceControl, DiscoveredSender]:
-    """What ``mld sniff`` joins the control plane with, under a fresh key: its
+    """What ``mld sniffer run`` joins the control plane with, under a fresh key: its
     ServiceControl (watching detectors) and the sender that follows them. Not started."""
     cfg = mld_config(server, prefix, state_dir)
     ring = Keyring(KeyPair.generate(), grace_s=60)

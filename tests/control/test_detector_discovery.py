@@ -1,4 +1,4 @@
-"""``mld detect`` on the control plane, as a real process: discovery both ways, live
+"""``mld detector run`` on the control plane, as a real process: discovery both ways, live
 thresholds, and a sender that follows a restarted detector to its new port.
 
 The test plays the sniffer (a ServiceControl watching detectors and a DiscoveredSender)
@@ -58,7 +58,7 @@ def _detector_config(tmp: Path, server: EtcdServer, prefix: str) -> Path:
 
 
 def _start_detector(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return spawn_mld(["detect", "--config", str(config)], log)
+    return spawn_mld(["detector", "run", "--config", str(config)], log)
 
 
 def test_detector_follows_etcd_and_the_sender_follows_the_detector(

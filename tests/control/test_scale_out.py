@@ -1,7 +1,7 @@
-"""Scale-out: two sniffers spread their batches over two real `mld detect` processes found
+"""Scale-out: two sniffers spread their batches over two real `mld detector run` processes found
 in etcd; one detector is killed with SIGKILL mid-stream and the sniffers drop it within
 its lease, losing no more than the batches it held. The test plays the two sniffers
-(ServiceControl + DiscoveredSender, as `mld sniff` uses them) and the RAG store that every
+(ServiceControl + DiscoveredSender, as `mld sniffer run` uses them) and the RAG store that every
 scored record reaches (a PULL receiver registered as rag/), so it can count them."""
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ def test_two_sniffers_two_detectors_and_one_detector_dies(
         sniffers.append((name, plane, sender))
     detectors = {
         name: spawn_mld(
-            ["detect", "--config", str(_detector(tmp_path, etcd_server, etcd_prefix, name))],
+            [
+                "detector",
+                "run",
+                "--config",
+                str(_detector(tmp_path, etcd_server, etcd_prefix, name)),
+            ],
             tmp_path / f"{name}.log",
         )
         for name in ("d1", "d2")

@@ -1,4 +1,4 @@
-"""etcd restarted under running services: `mld detect` and `mld firewall run` (real
+"""etcd restarted under running services: `mld detector run` and `mld firewall run` (real
 processes) register again on their own, find each other again, and follow config."""
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def test_save_over_an_open_file_tightens_its_mode(tmp_path: Path) -> None:
 
 def test_load_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
     path = tmp_path / "absent.key"
-    with pytest.raises(KeyFileError, match="mld keygen") as info:
+    with pytest.raises(KeyFileError, match="mld keys new") as info:
         KeyPair.load(path)
     assert str(path) in str(info.value)
 

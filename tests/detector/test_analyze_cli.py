@@ -1,4 +1,5 @@
-"""``mld analyze`` and ``mld evaluate``, run as a user runs them (subprocess, timeout)."""
+"""``mld detector analyze`` and ``mld detector evaluate``, run as a user runs them
+(subprocess, timeout)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ def _run(
 def test_analyze_writes_one_object_per_flow(tiny_bundle: TinyBundle, tmp_path: Path) -> None:
     pcap = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
     env = _env(tiny_bundle, tmp_path)
-    done = _run(["analyze", str(pcap), "--bundle", str(tiny_bundle.path)], env)
+    done = _run(["detector", "analyze", str(pcap), "--bundle", str(tiny_bundle.path)], env)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
-    flows = _run(["flows", str(pcap), "--json", "-q"], env)
+    flows = _run(["sniffer", "flows", str(pcap), "--json", "-q"], env)
     assert len(rows) == len(flows.stdout.splitlines()) > 1000
     for row in rows:
         for key in REQUIRED:
@@ -71,6 +72,7 @@ def test_analyze_writes_one_object_per_flow(tiny_bundle: TinyBundle, tmp_path: P
     out = tmp_path / "alerts.jsonl"
     alerts = _run(
         [
+            "detector",
             "analyze",
             str(pcap),
             "--bundle",
@@ -93,10 +95,10 @@ def test_analyze_keeps_going_past_a_bad_file(tiny_bundle: TinyBundle, tmp_path: 
     bad.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 7)
     good = SHARED_DATA / "pcaps/attacks/scan/nmap_80_vanilla.pcap"
     done = _run(
-        ["analyze", str(bad), str(good), "--bundle", str(tiny_bundle.path)],
+        ["detector", "analyze", str(bad), str(good), "--bundle", str(tiny_bundle.path)],
         _env(tiny_bundle, tmp_path),
     )
-    assert done.returncode == 1
+    assert done.returncode == 4  # some inputs failed, the others were analysed
     assert "rejected" in done.stderr and "broken.pcap" in done.stderr
     assert len(done.stdout.splitlines()) >= 1
 
@@ -105,7 +107,9 @@ def test_a_refused_bundle_is_an_error_with_the_reason(
     tiny_bundle: TinyBundle, tmp_path: Path
 ) -> None:
     pcap = SHARED_DATA / "pcaps/attacks/scan/nmap_80_vanilla.pcap"
-    done = _run(["analyze", str(pcap), "--bundle", str(tmp_path)], _env(tiny_bundle, tmp_path))
+    done = _run(
+        ["detector", "analyze", str(pcap), "--bundle", str(tmp_path)], _env(tiny_bundle, tmp_path)
+    )
     assert done.returncode == 1
     assert "not a model bundle" in done.stderr
 
@@ -116,6 +120,7 @@ def test_analyze_runs_on_every_shared_capture(tiny_bundle: TinyBundle, tmp_path:
     # files and one unsupported link type; everything else is analysed.
     done = _run(
         [
+            "detector",
             "analyze",
             str(SHARED_DATA / "pcaps"),
             "--bundle",
@@ -126,7 +131,7 @@ def test_analyze_runs_on_every_shared_capture(tiny_bundle: TinyBundle, tmp_path:
         _env(tiny_bundle, tmp_path),
         600,
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 4, done.stderr
     rejected = [line for line in done.stderr.splitlines() if line.startswith("mld: rejected")]
     assert len(rejected) == 8, rejected
     lines = (tmp_path / "all.jsonl").read_text().count("\n")
@@ -156,6 +161,7 @@ def test_evaluate_leaves_training_captures_out(tiny_bundle: TinyBundle) -> None:
 def test_evaluate_cli_json(tiny_bundle: TinyBundle, tmp_path: Path) -> None:
     done = _run(
         [
+            "detector",
             "evaluate",
             str(SHARED_DATA / "labels.csv"),
             "--no-benign",
@@ -171,6 +177,7 @@ def test_evaluate_cli_json(tiny_bundle: TinyBundle, tmp_path: Path) -> None:
     assert len(result["captures"]) == 11
     text = _run(
         [
+            "detector",
             "evaluate",
             str(SHARED_DATA / "labels.csv"),
             "--no-benign",
@@ -182,7 +189,9 @@ def test_evaluate_cli_json(tiny_bundle: TinyBundle, tmp_path: Path) -> None:
     assert "detection rate" in text.stdout and "(trained on)" in text.stdout
 
 
-@pytest.mark.parametrize("command", ["analyze", "train", "evaluate"])
-def test_help_has_examples(command: str) -> None:
-    done = subprocess.run([MLD, command, "--help"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("action", ["analyze", "train", "evaluate"])
+def test_help_has_examples(action: str) -> None:
+    done = subprocess.run(
+        [MLD, "detector", action, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "examples:" in done.stdout

@@ -247,21 +247,21 @@ def test_register_detect_adds_the_subcommand_with_examples(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        _fresh_parser().parse_args(["detect", "--help"])
+        _fresh_parser().parse_args(["run", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and "mld detect --bundle" in out and "--no-events" in out
+    assert "examples:" in out and "mld detector run --bundle" in out and "--no-events" in out
     args = _fresh_parser().parse_args(
-        ["detect", "--listen", "tcp://127.0.0.1:1", "--no-verdicts", "--max-batches", "2"]
+        ["run", "--listen", "tcp://127.0.0.1:1", "--no-verdicts", "--max-batches", "2"]
     )
     assert args.listen == "tcp://127.0.0.1:1" and args.no_verdicts and args.max_batches == 2
     with pytest.raises(SystemExit):
-        _fresh_parser().parse_args(["detect", "--verdicts", "tcp://x:1", "--no-verdicts"])
+        _fresh_parser().parse_args(["run", "--verdicts", "tcp://x:1", "--no-verdicts"])
 
 
 def test_mld_detect_help_runs() -> None:
     done = subprocess.run(
-        [*_mld_command(), "detect", "--help"],
+        [*_mld_command(), "detector", "run", "--help"],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -303,7 +303,7 @@ def test_mld_detect_runs_and_stops_cleanly_on_sigterm(
         cfg_file = tmp_path / "mld.yaml"
         cfg_file.write_text(yaml.safe_dump(config))
         proc = subprocess.Popen(
-            [*_mld_command(), "detect", "--config", str(cfg_file), "--json"],
+            [*_mld_command(), "detector", "run", "--config", str(cfg_file), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         try:

@@ -1,4 +1,4 @@
-"""``mld gateway --outside DEV --inside DEV`` on the lab's gateway namespace, as on a
+"""``mld gateway run --outside DEV --inside DEV`` on the lab's gateway namespace, as on a
 dual-NIC box: the checks pass (the lab forwards), every service comes up through a local
 etcd (the anomaly model's trainer among them), a scan from the attacker is blocked in
 transit (its packets die at the gateway's XDP while the client's requests are still
@@ -61,14 +61,14 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         "anomaly": {"enabled": True},
     }))  # fmt: skip
     run_dir = tmp_path / "gw"
-    check = subprocess.run(["nsenter", f"--net={gw_ns}", MLD, "gateway", "--outside", "outside",
-                            "--inside", "inside", "--check", "--json"],
+    check = subprocess.run(["nsenter", f"--net={gw_ns}", MLD, "gateway", "run", "--outside",
+                            "outside", "--inside", "inside", "--check", "--json"],
                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     levels = {c["what"]: c["level"] for c in json.loads(check.stdout)}
     assert levels["IPv4 forwarding"] == "ok" and levels["interface outside"] == "ok", levels
     proc = subprocess.Popen(
-        ["nsenter", f"--net={gw_ns}", MLD, "gateway", "--outside", "outside", "--inside",
+        ["nsenter", f"--net={gw_ns}", MLD, "gateway", "run", "--outside", "outside", "--inside",
          "inside", "--config", str(config), "--run-dir", str(run_dir), "--etcd-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

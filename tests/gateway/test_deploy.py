@@ -1,5 +1,5 @@
 """The files in deploy/: every systemd unit runs an `mld` command our parser accepts (with
-the example environment), and the sysctl file sets what `mld gateway --check` checks."""
+the example environment), and the sysctl file sets what `mld gateway run --check` checks."""
 
 from __future__ import annotations
 

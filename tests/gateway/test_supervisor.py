@@ -164,7 +164,7 @@ def test_with_anomaly_enabled_the_stack_runs_its_trainer_too(tmp_path: Path) -> 
     names = with_anomaly.supervisor.names
     assert names == ["etcd", "sniffer", "firewall", "rag", "anomaly", "detector"]
     argv = with_anomaly.supervisor._children["anomaly"].spec.argv
-    assert argv[-4:] == ("anomaly", "serve", "--config", str(with_anomaly.config_path))
+    assert argv[-4:] == ("anomaly", "run", "--config", str(with_anomaly.config_path))
     assert not any("anomaly" in e for e in events), events
     no_rag, events = stack(rag=False, anomaly={"enabled": True})
     assert "anomaly" in no_rag.supervisor.names and "rag" not in no_rag.supervisor.names
@@ -183,7 +183,7 @@ def test_gateway_check_names_what_to_fix() -> None:
     import subprocess
 
     proc = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "mld"), "gateway", "--outside", "lo", "--inside",
+        [str(REPO / ".venv" / "bin" / "mld"), "gateway", "run", "--outside", "lo", "--inside",
          "no-such-nic", "--check", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

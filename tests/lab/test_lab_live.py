@@ -170,7 +170,7 @@ def test_down_stops_a_sniffer_and_removes_its_xdp(tmp_path: Path) -> None:
         up(topo, run_dir)
         gw = topo.namespace("gateway")
         sniffer = subprocess.Popen(
-            ["ip", "netns", "exec", gw, sys.executable, "-m", "mld.cli", "sniff",
+            ["ip", "netns", "exec", gw, sys.executable, "-m", "mld.cli", "sniffer", "run",
              "--iface", "outside", "--iface", "inside", "--no-publish"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

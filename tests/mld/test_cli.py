@@ -26,7 +26,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     "args",
     [
         ["--help"],
-        ["keygen", "--help"],
+        ["keys", "--help"],
+        ["keys", "new", "--help"],
         ["config", "--help"],
         ["config", "show", "--help"],
         ["config", "check", "--help"],
@@ -44,25 +45,25 @@ def test_no_command_prints_usage_and_exits_2() -> None:
     assert "usage: mld" in proc.stdout
 
 
-def test_keygen_writes_private_key_0600_and_public_key(tmp_path: Path) -> None:
+def test_keys_new_writes_private_key_0600_and_public_key(tmp_path: Path) -> None:
     key = tmp_path / "keys" / "node.key"
-    proc = run("keygen", "--out", str(key), "--json")
+    proc = run("keys", "new", str(key), "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert Path(f"{key}.pub").read_text().strip() == out["public_key"]
-    shown = json.loads(run("keygen", "--show", str(key), "--json").stdout)
+    shown = json.loads(run("keys", "show", str(key), "--json").stdout)
     assert shown["public_key"] == out["public_key"]
 
 
-def test_keygen_refuses_to_overwrite_and_open_key(tmp_path: Path) -> None:
+def test_keys_new_refuses_to_overwrite_and_show_an_open_key(tmp_path: Path) -> None:
     key = tmp_path / "node.key"
-    assert run("keygen", "--out", str(key)).returncode == 0
-    again = run("keygen", "--out", str(key))
+    assert run("keys", "new", str(key)).returncode == 0
+    again = run("keys", "new", str(key))
     assert again.returncode == 1
     assert "--force" in again.stderr
     os.chmod(key, 0o644)
-    shown = run("keygen", "--show", str(key))
+    shown = run("keys", "show", str(key))
     assert shown.returncode == 1
     assert "chmod 600" in shown.stderr
     assert "Traceback" not in shown.stderr

@@ -59,14 +59,14 @@ def test_mld_rag_ask_json_and_interactive(small_store: RagStore, tmp_path: Path)
     db = str(small_store.store.path)
     asked = _mld(
         "rag",
+        "ask",
+        f"what did {SCANNER} do?",
         "--db",
         db,
         "--now",
         "2026-11-21T10:30:00Z",
         "--no-model",
         "--json",
-        "--ask",
-        f"what did {SCANNER} do?",
     )
     assert asked.returncode == 0, asked.stderr
     data = json.loads(asked.stdout)
@@ -78,6 +78,7 @@ def test_mld_rag_ask_json_and_interactive(small_store: RagStore, tmp_path: Path)
             "-m",
             "mld.cli",
             "rag",
+            "console",
             "--db",
             db,
             "--no-model",
@@ -94,7 +95,7 @@ def test_mld_rag_ask_json_and_interactive(small_store: RagStore, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert "similar ID" in proc.stdout and "alerts by family" in proc.stdout
     assert "alerts match" in proc.stdout
-    missing = _mld("rag", "--db", str(tmp_path / "nothing.sqlite"), "--ask", "hi")
+    missing = _mld("rag", "ask", "hi", "--db", str(tmp_path / "nothing.sqlite"))
     assert missing.returncode == 1 and "no event store" in missing.stderr
 
 

@@ -1,4 +1,4 @@
-"""`mld rag serve` as a real process: encrypted EventBatches in over ZeroMQ, SQLite as the
+"""`mld rag run` as a real process: encrypted EventBatches in over ZeroMQ, SQLite as the
 source of truth across a kill -9, and the detector finding it through etcd."""
 
 from __future__ import annotations
@@ -66,9 +66,7 @@ def test_kill_between_batches_loses_nothing_committed(
     db = tmp_path / "state" / "rag" / "events.sqlite"
     log = tmp_path / "rag.log"
     events = [small_store.store.event(i) for i in range(1, 10 * BATCH + 1)]
-    proc = spawn_mld(
-        ["rag", "serve", "--config", str(config), "--listen", "tcp://127.0.0.1:0"], log
-    )
+    proc = spawn_mld(["rag", "run", "--config", str(config), "--listen", "tcp://127.0.0.1:0"], log)
     ring = Keyring(det, grace_s=60)
     ring.add_peer("rag", rag_key.public)
     sender = None
@@ -99,7 +97,7 @@ def test_kill_between_batches_loses_nothing_committed(
         kept = _stored(db)
         assert kept >= 5 * BATCH and kept % BATCH == 0, "whole batches only: one transaction each"
         # Restart: the indexes catch up with SQLite.
-        proc = spawn_mld(["rag", "serve", "--config", str(config)], log)
+        proc = spawn_mld(["rag", "run", "--config", str(config)], log)
         wait_for(lambda: log.read_text().count("storing scored events from") == 2, 30, "restart")
         stop(proc)
         rag = RagStore(db, RagConfig(), readonly=True)
@@ -121,7 +119,7 @@ def test_kill_between_batches_loses_nothing_committed(
 def test_the_detector_finds_the_rag_store_through_etcd(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    """sniffer (this test) -> mld detect -> mld rag serve, every hop found in etcd."""
+    """sniffer (this test) -> mld detector run -> mld rag run, every hop found in etcd."""
     control = {
         "endpoints": [etcd_server.endpoint],
         "prefix": etcd_prefix,
@@ -136,8 +134,8 @@ def test_the_detector_finds_the_rag_store_through_etcd(
     det_config.write_text(yaml.safe_dump(data))
     records = parse(capture_records(SCAN_PCAP))[:300]
     sensor, flows = sniffer_stand_in(etcd_server, etcd_prefix, tmp_path / "s", "sensor-r")
-    rag = spawn_mld(["rag", "serve", "--config", str(config)], tmp_path / "rag.log")
-    det = spawn_mld(["detect", "--config", str(det_config)], tmp_path / "det.log")
+    rag = spawn_mld(["rag", "run", "--config", str(config)], tmp_path / "rag.log")
+    det = spawn_mld(["detector", "run", "--config", str(det_config)], tmp_path / "det.log")
     try:
         sensor.start()
         sensor.announce()

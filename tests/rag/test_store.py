@@ -135,7 +135,7 @@ def _writer(path: str, name: str, blobs: list[bytes], ready: Any, out: Any) -> N
 def test_two_writing_processes_share_one_store_and_its_indexes(
     small_store: RagStore, tmp_path: Path
 ) -> None:
-    """``mld watch`` beside ``mld rag serve`` on one store (two real processes writing at
+    """``mld watch`` beside ``mld rag run`` on one store (two real processes writing at
     once): the ids each is told are its own rows, and whichever saves last, the saved
     indexes hold every event of both once, with nothing for the next start to add."""
     path = tmp_path / "events.sqlite"

@@ -1,6 +1,6 @@
 """The sniffer on the control plane, with a real etcd and real ZeroMQ sockets.
 
-The sniffer is wired as ``mld sniff`` wires it (sniffer_control, FlowPublisher with
+The sniffer is wired as ``mld sniffer run`` wires it (sniffer_control, FlowPublisher with
 discovery, SnifferService.attach_control), but its source replays the flow events of a
 capture file on demand instead of attaching XDP: like the live source it hands the loop a
 batch, possibly empty, at least every 20 ms.
@@ -102,7 +102,7 @@ def _config(tmp_path: Path, name: str, etcd: EtcdServer, prefix: str) -> MldConf
 
 
 class _Sniffer:
-    """SnifferService + its ServiceControl, as `mld sniff` builds them, run in a thread."""
+    """SnifferService + its ServiceControl, as `mld sniffer run` builds them, run in a thread."""
 
     def __init__(self, cfg: MldConfig, *, publish: bool) -> None:
         self.keyring = Keyring.from_config(cfg.transport)
@@ -325,7 +325,7 @@ def test_publisher_follows_detectors_as_they_come_and_go(
         wait_for(lambda: det_a.records == len(parts[0]), 5, "det-a to receive the records")
         assert det_a.senders == {SENSOR}
 
-        det_a.deregister()  # as mld detect stops: deregister, then close the socket
+        det_a.deregister()  # as mld detector run stops: deregister, then close the socket
         wait_for(lambda: sniffer.sender.instances == [], 3, "the sniffer to drop det-a")
         det_a.close()
 

@@ -1,4 +1,5 @@
-"""``mld flows`` and ``mld sniff --help`` run as a user runs them, on real captures."""
+"""``mld sniffer flows`` and ``mld sniffer run --help`` run as a user runs them, on real
+captures."""
 
 from __future__ import annotations
 
@@ -25,16 +26,16 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MLD, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.mark.parametrize("command", ["flows", "sniff"])
-def test_help_has_examples(command: str) -> None:
-    proc = run(command, "--help")
+@pytest.mark.parametrize("action", ["flows", "run"])
+def test_help_has_examples(action: str) -> None:
+    proc = run("sniffer", action, "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "examples:" in proc.stdout and f"mld {command}" in proc.stdout
+    assert "examples:" in proc.stdout and f"mld sniffer {action}" in proc.stdout
 
 
 @needs_pcaps
 def test_table_of_a_benign_capture() -> None:
-    proc = run("flows", str(NDPI))
+    proc = run("sniffer", "flows", str(NDPI))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("time (UTC)")
@@ -44,7 +45,7 @@ def test_table_of_a_benign_capture() -> None:
 
 @needs_pcaps
 def test_json_lines_hold_every_field() -> None:
-    proc = run("flows", "--json", "-q", str(MASSCAN))
+    proc = run("sniffer", "flows", "--json", "-q", str(MASSCAN))
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) > 900
@@ -59,7 +60,7 @@ def test_json_lines_hold_every_field() -> None:
 
 @needs_pcaps
 def test_limit() -> None:
-    proc = run("flows", "--json", "--limit", "7", str(MASSCAN))
+    proc = run("sniffer", "flows", "--json", "--limit", "7", str(MASSCAN))
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 7
 
@@ -71,8 +72,8 @@ def test_truncated_file_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
     data = MASSCAN.read_bytes()
     (folder / "a-truncated.pcap").write_bytes(data[: len(data) // 2 + 7])  # cut mid-packet
     shutil.copy(NDPI, folder / "b-good.pcap")
-    proc = run("flows", "--json", str(folder))
-    assert proc.returncode == 1
+    proc = run("sniffer", "flows", "--json", str(folder))
+    assert proc.returncode == 4  # some inputs failed, the others were read
     assert "a-truncated.pcap" in proc.stderr and "b-good.pcap" not in proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     points = {r["observation_point"] for r in records}
@@ -81,6 +82,6 @@ def test_truncated_file_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_missing_path_is_an_error_not_a_traceback(tmp_path: Path) -> None:
-    proc = run("flows", str(tmp_path / "absent.pcap"))
+    proc = run("sniffer", "flows", str(tmp_path / "absent.pcap"))
     assert proc.returncode == 1
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""``mld sniff`` live: XDP on a veth in a namespace, real packets, SIGTERM, flushed records."""
+"""``mld sniffer run`` live: XDP on a veth in a namespace, real packets, SIGTERM, flushed
+records."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_sniff_flushes_live_flows_on_sigterm(netns_pair: NetnsPair, tmp_path: Pa
     assert MLD
     out = tmp_path / "flows.jsonl"
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns_pair.ns_b, MLD, "sniff", "--iface", netns_pair.dev_b,
+        ["ip", "netns", "exec", netns_pair.ns_b, MLD, "sniffer", "run", "--iface", netns_pair.dev_b,
          "--mode", "generic", "--no-publish", "--json-out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -89,7 +89,7 @@ def test_sigkill_and_restart(tmp_path: Path, mode: str) -> None:
     state = state_path(folder.resolve(), "", str(tmp_path / "state"))
     log = tmp_path / "first.log"
     poll = ["--poll"] if mode == "poll" else []
-    proc = spawn_mld(["watch", str(folder), "--config", str(config), *poll], log)
+    proc = spawn_mld(["watch", "run", str(folder), "--config", str(config), *poll], log)
     try:
         wait_for(lambda: _counters(state).get("files_ok", 0) >= 2, 60, "two files analysed")
         proc.send_signal(signal.SIGKILL)
@@ -105,7 +105,7 @@ def test_sigkill_and_restart(tmp_path: Path, mode: str) -> None:
     late = {"g-masscan_udp.pcap": GROWING_SOURCE, "h-dns_rrsig.pcap": LATE}
     for name, source in late.items():
         shutil.copyfile(source, folder / name)
-    run = _mld("watch", str(folder), "--once", "--json", "--config", str(config), *poll)
+    run = _mld("watch", "run", str(folder), "--once", "--json", "--config", str(config), *poll)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [json.loads(x) for x in run.stdout.splitlines()]
     per_file = {Path(x["file"]).name: x["status"] for x in lines if "file" in x}
@@ -123,7 +123,7 @@ def test_sigkill_and_restart(tmp_path: Path, mode: str) -> None:
     assert lines[-1]["summary"]["files_ok"] == len(everything)
 
     # A third run finds nothing to do.
-    run = _mld("watch", str(folder), "--once", "--json", "--config", str(config))
+    run = _mld("watch", "run", str(folder), "--once", "--json", "--config", str(config))
     assert run.returncode == 0, run.stderr
     assert [json.loads(x) for x in run.stdout.splitlines() if '"file"' in x] == []
 
@@ -134,16 +134,16 @@ def test_once_exit_code_and_sigterm(tmp_path: Path) -> None:
     folder.mkdir()
     config = _config(tmp_path)
     shutil.copyfile(GOOD["nmap_vanilla.pcap"], folder / "good.pcap")
-    ok = _mld("watch", str(folder), "--once", "--config", str(config))
+    ok = _mld("watch", "run", str(folder), "--once", "--config", str(config))
     assert ok.returncode == 0, ok.stderr
     assert re.search(r"good\.pcap: \d+ flows", ok.stderr)
     (folder / "bad.pcap").write_text("not a capture")
-    bad = _mld("watch", str(folder), "--once", "--config", str(config))
-    assert bad.returncode == 1, bad.stderr
+    bad = _mld("watch", "run", str(folder), "--once", "--config", str(config))
+    assert bad.returncode == 4, bad.stderr  # some inputs failed
     assert (folder / ".failed" / "bad.pcap.reason.json").exists()
 
     log = tmp_path / "run.log"
-    proc = spawn_mld(["watch", str(folder), "--config", str(config)], log)
+    proc = spawn_mld(["watch", "run", str(folder), "--config", str(config)], log)
     try:
         wait_for(lambda: "watching " in log.read_text(), 60, "the watcher to start")
         proc.send_signal(signal.SIGTERM)
@@ -154,6 +154,6 @@ def test_once_exit_code_and_sigterm(tmp_path: Path) -> None:
 
 
 def test_help_has_examples() -> None:
-    run = _mld("watch", "--help", timeout=30)
+    run = _mld("watch", "run", "--help", timeout=30)
     assert run.returncode == 0
-    assert "examples:" in run.stdout and "mld watch /var/captures --once" in run.stdout
+    assert "examples:" in run.stdout and "mld watch run /var/captures --once" in run.stdout
