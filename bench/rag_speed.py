@@ -2,7 +2,7 @@
 the text index type at 100k and 1M vectors, and answer latency with the default model.
 
 Events. A pool of real ScoredEvents is made from the shared captures (pcaps/attacks and
-pcaps/ndpi, ~30,000 events) through ``rag.importer.scored_events``: the sniffer's
+pcaps/ndpi, ~30,000 events) through ``detector.analysis.scored_events``: the sniffer's
 pipeline and the shipped model bundle, as ``mld rag import`` does. Each capture's
 timeline is laid after the previous one's (gaps inside a capture capped at 10 s, flows
 at 600 s, 1 s between captures: some nDPI captures span years). The pool is replayed in
@@ -74,13 +74,12 @@ import faiss  # noqa: E402
 from proto.events_pb2 import ScoredEvent  # noqa: E402
 
 from config import load_config  # noqa: E402
-from detector.bundle import load_bundle  # noqa: E402
-from detector.scoring import Scorer  # noqa: E402
+from detector.analysis import scored_events  # noqa: E402
+from detector.scoring import default_scorer  # noqa: E402
 from rag import service as rag_service  # noqa: E402
 from rag.answer import Answerer, default_model_path  # noqa: E402
 from rag.config import RagConfig  # noqa: E402
 from rag.describe import embed_texts  # noqa: E402
-from rag.importer import scored_events  # noqa: E402
 from rag.question import parse  # noqa: E402
 from rag.retrieve import facts_for, retrieve  # noqa: E402
 from rag.service import RagStore  # noqa: E402
@@ -141,7 +140,7 @@ def pct(values: Sequence[float], q: float) -> float:
 def make_pool(paths: Sequence[Path]) -> tuple[list[bytes], int]:
     """Serialized ScoredEvents of ``paths`` on one compact timeline, and its span in ns."""
     cfg = load_config()
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds)
+    scorer = default_scorer(cfg.detector)
     pool: list[bytes] = []
     cursor = _START_NS
     for path in paths:

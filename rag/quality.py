@@ -1,7 +1,7 @@
 """Quality, measured: a scenario, questions with known answers, and a grader.
 
 **Scenario.** Real shared captures (``../shared/data/pcaps``) go through the real
-detection path (rag/importer.py) into a fresh RagStore, each shifted to a fixed time of
+detection path (detector.analysis) into a fresh RagStore, each shifted to a fixed time of
 2026-11-21 (UTC); questions are asked at ``NOW`` (10:45)::
 
     06:00 masscan UDP 0-1000   172.31.15.102 -> 198.124.152.15   portscan
@@ -433,9 +433,8 @@ def build_scenario(
     progress: Callable[[Capture, int], None] | None = None,
 ) -> Scenario:
     """Import ``timeline`` into a fresh store ``directory/events.sqlite``."""
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
+    from detector.analysis import scored_events
+    from detector.scoring import default_scorer
 
     started = time.perf_counter()
     cfg = cfg or load_config()
@@ -443,7 +442,7 @@ def build_scenario(
     db = directory / "events.sqlite"
     if db.exists():
         raise RagError(f"{db} exists: the scenario is built in an empty directory")
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    scorer = default_scorer(cfg.detector)
     scenario = Scenario(db, clock(now))
     rag = RagStore(db, cfg.rag)
     try:

@@ -2,9 +2,9 @@
 
 The loop: find capture files (inotify, or a scan every ``poll_interval_s``), wait until
 each is finished (watch/readiness.py), know it by its content (watch/state.py), run it
-through the whole offline detection path (rag.importer.scored_events: the sniffer's flow
-engine and pipeline, the shipped forests), store its events in the RAG store, record it
-in the state file, and every ``retrain_every_files`` files call the retrain hook (the
+through the whole offline detection path (detector.analysis.scored_events: the sniffer's
+flow engine and pipeline, the shipped forests), store its events in the RAG store, record
+it in the state file, and every ``retrain_every_files`` files call the retrain hook (the
 anomaly model, trained on the store's recent events).
 
 **One transaction per file.** A file's events are collected, then written in one SQLite
@@ -140,12 +140,11 @@ def detection_analyser(
 ) -> Callable[[Path], Analysis]:
     """One file through the offline detection path (what ``mld rag import`` runs), scored
     by ``scorer`` (default: the shipped bundle with cfg's thresholds)."""
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
+    from detector.analysis import scored_events
+    from detector.scoring import default_scorer
 
     if scorer is None:
-        scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+        scorer = default_scorer(cfg.detector)
 
     def analyse(path: Path) -> Analysis:
         events: list[ScoredEvent] = []

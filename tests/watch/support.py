@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from config import MldConfig, load_config
-from detector.bundle import load_bundle
-from detector.scoring import Scorer
-from rag.importer import scored_events
+from detector.analysis import scored_events
+from detector.scoring import Scorer, default_scorer
 from rag.service import RagStore
 from tests.support import SHARED_DATA
 from watch.config import WatchConfig
@@ -53,7 +52,7 @@ def need_captures() -> None:
 @cache
 def scorer() -> Scorer:
     cfg = load_config()
-    return Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    return default_scorer(cfg.detector)
 
 
 @cache
