@@ -25,7 +25,8 @@ from control import Endpoint, ServiceControl
 from crypto_transport import Keyring, Receiver
 from rag.answer import Answerer
 from rag.console import Console
-from rag.service import RagService, RagStore, db_path
+from rag.indexed_store import RagStore, db_path
+from rag.service import RagService
 
 __all__ = ["register"]
 

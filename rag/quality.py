@@ -47,9 +47,9 @@ from pathlib import Path
 from base.errors import RagError
 from config import MldConfig, load_config
 from rag.answer import Answer, Answerer
+from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.service import RagStore
 
 __all__ = [
     "DAY",

@@ -18,7 +18,7 @@ from base.errors import WatchError
 from config import MldConfig, load_config
 from control import ServiceControl
 from control.attach import stats_from_other_thread
-from rag.service import RagStore, db_path
+from rag.indexed_store import RagStore, db_path
 from watch.service import FileResult, Watcher, anomaly_retrain, detection_analyser
 from watch.state import WatchState, state_path
 

@@ -41,7 +41,7 @@ from proto.events_pb2 import ScoredEvent
 
 from base.errors import MldError, WatchError
 from base.signals import stop_on_signals
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from sniffer.sources import RejectedFile
 from watch.inotify import (
     IN_CLOSE_WRITE,
@@ -99,7 +99,7 @@ def anomaly_retrain(cfg: MldConfig) -> RetrainHook:
     (``rag.db``) into its model folder: the window is read, a model fitted, compiled and
     judged against the serving one, then swapped in or refused (anomaly/README.md)."""
     from anomaly.train import retrain
-    from rag.service import db_path
+    from rag.indexed_store import db_path
 
     def hook(reason: str) -> RetrainResult:
         log.info("anomaly retrain: %s", reason)

@@ -14,7 +14,7 @@ from config import load_config
 from detector.analysis import scored_events
 from detector.scoring import default_scorer
 from rag.config import RagConfig
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from tests.support import SHARED_DATA
 
 SCAN = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"

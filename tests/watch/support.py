@@ -18,7 +18,7 @@ import pytest
 from config import MldConfig, load_config
 from detector.analysis import scored_events
 from detector.scoring import Scorer, default_scorer
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from tests.support import SHARED_DATA
 from watch.config import WatchConfig
 from watch.service import (
