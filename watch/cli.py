@@ -19,8 +19,9 @@ from config import MldConfig, load_config
 from control import ServiceControl
 from control.attach import stats_from_other_thread
 from rag.indexed_store import RagStore, db_path
-from watch.service import FileResult, Watcher, anomaly_retrain, detection_analyser
+from watch.service import FileResult, Watcher
 from watch.state import WatchState, state_path
+from watch.wiring import anomaly_retrain, detection_analyser
 
 __all__ = ["register"]
 

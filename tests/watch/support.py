@@ -21,15 +21,9 @@ from detector.scoring import Scorer, default_scorer
 from rag.indexed_store import RagStore
 from tests.support import SHARED_DATA
 from watch.config import WatchConfig
-from watch.service import (
-    Analysis,
-    FileResult,
-    RetrainHook,
-    Watcher,
-    anomaly_retrain,
-    detection_analyser,
-)
+from watch.service import Analysis, FileResult, RetrainHook, Watcher
 from watch.state import WatchState, state_path
+from watch.wiring import anomaly_retrain, detection_analyser
 
 SCAN = SHARED_DATA / "pcaps/attacks/scan"
 GOOD = {
