@@ -36,7 +36,7 @@ exit status: 0 done; 1 bad config or no event store; 2 usage; 3 train refused th
 
 
 def _paths(args: argparse.Namespace, cfg: MldConfig) -> tuple[Path, Path]:
-    from rag.service import db_path
+    from rag.indexed_store import db_path
 
     db = Path(args.db) if getattr(args, "db", None) else db_path(cfg.rag, cfg.node.state_dir)
     model_dir = Path(args.model_dir) if args.model_dir else cfg.anomaly.path(cfg.node.state_dir)

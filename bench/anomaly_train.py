@@ -2,7 +2,7 @@
 
 Events. A pool of real ScoredEvents is made from the shared captures (pcaps/ndpi,
 pcaps/attacks and pcaps/suricata-verify, ~40,000 flows) through the sniffer's flow engine
-and the shipped bundle (``rag.importer.scored_events``, as ``mld rag import`` does), each
+and the shipped bundle (``detector.analysis.scored_events``, as ``mld rag import`` does), each
 capture moved 30 s after the previous one (flows starting later in a capture dropped) and
 at most 1,000 flows per capture (floods make hundreds of thousands of alike flows; most
 of a network's traffic is not an attack), and stored in a fresh event store. History is
@@ -57,13 +57,12 @@ _COLUMNS = (
 def build_pool(db: Path) -> int:
     """The real events, stored; returns how many."""
     from config import load_config
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
+    from detector.analysis import scored_events
+    from detector.scoring import default_scorer
     from rag.store import EventStore
 
     cfg = load_config()
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    scorer = default_scorer(cfg.detector)
     data = shared_data() / "pcaps"
     paths = [
         *sorted((data / "ndpi").glob("*.pcap*")),

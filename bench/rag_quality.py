@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RAG answer quality on the measured question set, with the model against without it.
 
-The scenario of rag/quality.py (12 real shared captures, the attacks and some benign nDPI
+The scenario of bench/rag_scenario.py (12 real shared captures, the attacks and some benign nDPI
 traffic, shifted onto 2026-11-21 06:00-10:40 UTC) is imported into a fresh store in a
 temp dir through the real detection path; the question set (24 questions with known
 answers: counts, who, about an address, time windows, benign, "nothing") is asked at
@@ -43,17 +43,10 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from bench.common import shared_data  # noqa: E402
+from bench.rag_questions import QUESTIONS, QUICK, Graded, ask_all, set_score  # noqa: E402
+from bench.rag_scenario import Capture, build_scenario  # noqa: E402
 from config import load_config  # noqa: E402
 from rag.answer import Answerer  # noqa: E402
-from rag.quality import (  # noqa: E402
-    QUESTIONS,
-    QUICK,
-    Capture,
-    Graded,
-    ask_all,
-    build_scenario,
-    set_score,
-)
 
 
 def _print(results: list[Graded], title: str, verbose: bool) -> None:

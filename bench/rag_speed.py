@@ -2,7 +2,7 @@
 the text index type at 100k and 1M vectors, and answer latency with the default model.
 
 Events. A pool of real ScoredEvents is made from the shared captures (pcaps/attacks and
-pcaps/ndpi, ~30,000 events) through ``rag.importer.scored_events``: the sniffer's
+pcaps/ndpi, ~30,000 events) through ``detector.analysis.scored_events``: the sniffer's
 pipeline and the shipped model bundle, as ``mld rag import`` does. Each capture's
 timeline is laid after the previous one's (gaps inside a capture capped at 10 s, flows
 at 600 s, 1 s between captures: some nDPI captures span years). The pool is replayed in
@@ -73,17 +73,16 @@ sys.path.insert(0, str(REPO))
 import faiss  # noqa: E402
 
 from config import load_config  # noqa: E402
-from detector.bundle import load_bundle  # noqa: E402
-from detector.scoring import Scorer  # noqa: E402
+from detector.analysis import scored_events  # noqa: E402
+from detector.scoring import default_scorer  # noqa: E402
 from proto.events_pb2 import ScoredEvent  # noqa: E402
-from rag import service as rag_service  # noqa: E402
+from rag import indexed_store as rag_indexed_store  # noqa: E402
 from rag.answer import Answerer, default_model_path  # noqa: E402
 from rag.config import RagConfig  # noqa: E402
 from rag.describe import embed_texts  # noqa: E402
-from rag.importer import scored_events  # noqa: E402
+from rag.indexed_store import RagStore  # noqa: E402
 from rag.question import parse  # noqa: E402
 from rag.retrieve import facts_for, retrieve  # noqa: E402
-from rag.service import RagStore  # noqa: E402
 from tests.support import SHARED_DATA  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
@@ -112,7 +111,7 @@ QUESTIONS = [
 ]
 ANSWER_QUESTIONS = [QUESTIONS[i] for i in (0, 1, 2, 3, 5)]
 TOP_K = 12
-_EMBED_TEXTS = embed_texts  # the function rag.service calls
+_EMBED_TEXTS = embed_texts  # the function rag.indexed_store calls
 SEARCH_K = max(TOP_K * 20, 200)  # what retrieve asks the text index for
 
 _GAP_CAP_NS = 10 * 10**9
@@ -141,7 +140,7 @@ def pct(values: Sequence[float], q: float) -> float:
 def make_pool(paths: Sequence[Path]) -> tuple[list[bytes], int]:
     """Serialized ScoredEvents of ``paths`` on one compact timeline, and its span in ns."""
     cfg = load_config()
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds)
+    scorer = default_scorer(cfg.detector)
     pool: list[bytes] = []
     cursor = _START_NS
     for path in paths:
@@ -253,13 +252,13 @@ def instrument(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
     rag.features._to_ivf = parts.wrap("ivf rebuild", rag.features._to_ivf)  # type: ignore[method-assign]
     rag.text._to_ivf = parts.wrap("ivf rebuild", rag.text._to_ivf)  # type: ignore[method-assign]
     # ingest calls it once per write_batch; restored by the caller (``uninstrument``).
-    setattr(rag_service, "embed_texts", parts.wrap("text embedding", _EMBED_TEXTS))  # noqa: B010
+    setattr(rag_indexed_store, "embed_texts", parts.wrap("text embedding", _EMBED_TEXTS))  # noqa: B010
     _timed_add(rag.features.add, parts, None, rag.features)
     _timed_add(rag.text.add, parts, text_vectors, rag.text)
 
 
 def uninstrument() -> None:
-    setattr(rag_service, "embed_texts", _EMBED_TEXTS)  # noqa: B010
+    setattr(rag_indexed_store, "embed_texts", _EMBED_TEXTS)  # noqa: B010
 
 
 def _timed_add(add: Callable[..., None], parts: Parts, keep: F32 | None, index: Any) -> None:

@@ -8,8 +8,9 @@ Public API::
     columns_from_flows, columns_from_records               or from FlowRecords
     load_bundle, read_manifest, write_bundle, LoadedBundle the model bundle
     forest_to_treelite, compile_model, CompileOptions      sklearn -> treelite -> .so
-    Scorer, Scores                                         scores, labels, explanations
+    Scorer, Scores, default_scorer                         scores, labels, explanations
     analyze_captures, AnalyzedBatch, AnalysisStats         the whole path on capture files
+    scored_events, scored_batches                          ... as ScoredEvents (rag, watch)
     train_bundle                                           the training pipeline
     DetectorService, BundleWatcher                         mld detector run and its hot reload
 
@@ -18,7 +19,13 @@ The ``mld detector run|analyze|train|evaluate`` commands live in ``detector.cli`
 
 from __future__ import annotations
 
-from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
+from detector.analysis import (
+    AnalysisStats,
+    AnalyzedBatch,
+    analyze_captures,
+    scored_batches,
+    scored_events,
+)
 from detector.bundle import LoadedBundle, load_bundle, read_manifest, write_bundle
 from detector.compile import CompileOptions, compile_model, forest_to_treelite
 from detector.config import DetectorConfig, ThresholdsConfig, TrainConfig
@@ -31,7 +38,7 @@ from detector.features import (
     feature_matrix,
 )
 from detector.reload import BundleWatcher
-from detector.scoring import Scorer, Scores
+from detector.scoring import Scorer, Scores, default_scorer
 from detector.service import DetectorService
 from detector.train import train_bundle
 
@@ -56,10 +63,13 @@ __all__ = [
     "columns_from_flows",
     "columns_from_records",
     "compile_model",
+    "default_scorer",
     "feature_matrix",
     "forest_to_treelite",
     "load_bundle",
     "read_manifest",
+    "scored_batches",
+    "scored_events",
     "train_bundle",
     "write_bundle",
 ]

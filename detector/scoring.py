@@ -34,13 +34,20 @@ import numpy as np
 import numpy.typing as npt
 
 from base.errors import ConfigError
-from detector.bundle import LoadedBundle
-from detector.config import ThresholdsConfig
+from detector.bundle import LoadedBundle, load_bundle
+from detector.config import DetectorConfig, ThresholdsConfig
 from detector.families import FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
-__all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyScoring", "Scorer", "Scores"]
+__all__ = [
+    "ANOMALY_FAMILY",
+    "LABEL_NAMES",
+    "AnomalyScoring",
+    "Scorer",
+    "Scores",
+    "default_scorer",
+]
 
 ANOMALY_FAMILY = "anomaly"
 
@@ -206,6 +213,14 @@ class Scorer:
         totals = picked.sum(axis=1, keepdims=True)
         shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
         return TopFeatures(top, np.take_along_axis(x, top, axis=1), shares)
+
+
+def default_scorer(cfg: DetectorConfig) -> Scorer:
+    """The shipped model bundle (detector/bundle) with ``cfg``'s thresholds and
+    explanation size: what the offline paths score with (``mld rag import``, ``mld
+    watch``). ``cfg.bundle_dir`` is not read; ``mld analyze --bundle`` and ``mld detect``
+    load the configured bundle themselves."""
+    return Scorer(load_bundle(), cfg.thresholds, cfg.top_features)
 
 
 class TopFeatures(Sequence[list[tuple[str, float, float]]]):

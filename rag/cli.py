@@ -26,7 +26,8 @@ from crypto_transport import Keyring, Receiver
 from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
 from rag.console import Console
-from rag.service import RagService, RagStore, db_path
+from rag.indexed_store import RagStore, db_path
+from rag.service import RagService
 
 __all__ = ["register"]
 
@@ -224,15 +225,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
+    from detector.analysis import scored_events
+    from detector.scoring import default_scorer
 
     cfg = load_config(args.config)
     rag = RagStore(_store_path(args, cfg), cfg.rag)
     try:
         rag.open_indexes()
-        scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+        scorer = default_scorer(cfg.detector)
         shift = args.at
         total = 0
         for path in args.captures:

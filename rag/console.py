@@ -20,9 +20,9 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from rag.answer import Answerer
+from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.service import RagStore
 from rag.store import LABELS, Filters, address_text
 
 __all__ = ["COMMANDS", "Console", "Reply"]

@@ -8,6 +8,7 @@ Public API::
     FastRules, FastScores, RULES, ramp            the fast detector
     FlowPipeline, ProcessedFlows                  the three steps above, in order
     PcapSource, XdpSource, FlowSource             capture sources
+    first_packet_ts                               a capture file's start, from its headers
     FlowPublisher                                 encrypted FlowBatch sender
     SnifferService                                the long-running loop
 
@@ -16,6 +17,7 @@ The ``mld sniffer run`` and ``mld sniffer flows`` commands live in ``sniffer.cli
 
 from __future__ import annotations
 
+from sniffer.capture_file import first_packet_ts
 from sniffer.config import (
     CaptureConfig,
     ContextConfig,
@@ -52,6 +54,7 @@ __all__ = [
     "SourceContextTracker",
     "XdpSource",
     "encode_records",
+    "first_packet_ts",
     "flow_columns",
     "ramp",
 ]

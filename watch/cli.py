@@ -20,9 +20,10 @@ from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from config import MldConfig, load_config
 from control import ServiceControl
 from control.attach import stats_from_other_thread
-from rag.service import RagStore, db_path
-from watch.service import FileResult, Watcher, anomaly_retrain, detection_analyser
+from rag.indexed_store import RagStore, db_path
+from watch.service import FileResult, Watcher
 from watch.state import WatchState, state_path
+from watch.wiring import anomaly_retrain, detection_analyser
 
 __all__ = ["register"]
 

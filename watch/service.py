@@ -2,10 +2,10 @@
 
 The loop: find capture files (inotify, or a scan every ``poll_interval_s``), wait until
 each is finished (watch/readiness.py), know it by its content (watch/state.py), run it
-through the whole offline detection path (rag.importer.scored_events: the sniffer's flow
-engine and pipeline, the shipped forests), store its events in the RAG store, record it
-in the state file, and every ``retrain_every_files`` files call the retrain hook (the
-anomaly model, trained on the store's recent events).
+through the analyser it is given (watch/wiring.py: the whole offline detection path,
+detector.analysis.scored_events), store its events in the RAG store, record it in the
+state file, and every ``retrain_every_files`` files call the retrain hook it is given
+(wiring: the anomaly model, trained on the store's recent events).
 
 **One transaction per file.** A file's events are collected, then written in one SQLite
 transaction together with a ``watch:<key>`` meta row naming the file; the state file is
@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from base.errors import MldError, WatchError
+from base.errors import WatchError
 from base.signals import stop_on_signals
 from proto.events_pb2 import ScoredEvent
-from rag.service import RagStore
-from sniffer.sources import RejectedFile
+from rag.indexed_store import RagStore
 from watch.inotify import (
     IN_CLOSE_WRITE,
     IN_MOVED_TO,
@@ -55,7 +54,6 @@ from watch.state import FileEntry, WatchState, file_key
 
 if TYPE_CHECKING:
     from config.settings import MldConfig
-    from detector.scoring import Scorer
 
 __all__ = [
     "CAPTURE_SUFFIXES",
@@ -64,8 +62,6 @@ __all__ = [
     "RetrainHook",
     "RetrainResult",
     "Watcher",
-    "anomaly_retrain",
-    "detection_analyser",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,38 +89,6 @@ class RetrainResult(Protocol):
 RetrainHook = Callable[[str], RetrainResult]
 
 
-def anomaly_retrain(cfg: MldConfig) -> RetrainHook:
-    """The anomaly model's retrain (:func:`anomaly.train.retrain`) on ``cfg``'s event store
-    (``rag.db``) into its model folder: the window is read, a model fitted, compiled and
-    judged against the serving one, then swapped in or refused (anomaly/README.md)."""
-    from anomaly.train import retrain
-    from rag.service import db_path
-
-    def hook(reason: str) -> RetrainResult:
-        log.info("anomaly retrain: %s", reason)
-        decision = retrain(
-            cfg.anomaly,
-            db_path(cfg.rag, cfg.node.state_dir),
-            cfg.anomaly.path(cfg.node.state_dir),
-            cfg.detector.model_cache_dir or None,
-        )
-        return Retrained(
-            decision.action == "swap", f"{decision.action}: {decision.reason}",
-            decision.version or None,
-        )  # fmt: skip
-
-    return hook
-
-
-@dataclass(frozen=True)
-class Retrained:
-    """A RetrainResult made from what the retrain returned."""
-
-    accepted: bool
-    reason: str
-    version: str | None
-
-
 @dataclass
 class Analysis:
     """The events of one capture file, and the read error that stopped it, if any."""
@@ -132,35 +96,6 @@ class Analysis:
     events: list[ScoredEvent]
     error: str = ""  # why the read stopped early (or never started); "" when read whole
     error_kind: str = ""  # corrupt, unsupported_link_type, error
-
-
-def detection_analyser(
-    cfg: MldConfig, sensor: str, *, scorer: Scorer | None = None
-) -> Callable[[Path], Analysis]:
-    """One file through the offline detection path (what ``mld rag import`` runs), scored
-    by ``scorer`` (default: the shipped bundle with cfg's thresholds)."""
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
-
-    if scorer is None:
-        scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
-
-    def analyse(path: Path) -> Analysis:
-        events: list[ScoredEvent] = []
-        rejected: list[RejectedFile] = []
-        try:
-            for batch in scored_events(
-                [path], cfg.sniffer, scorer, sensor_id=sensor, rejected=rejected
-            ):
-                events.extend(batch)
-        except (MldError, OSError, ValueError) as exc:
-            return Analysis([], f"{type(exc).__name__}: {exc}", "error")
-        if rejected:
-            return Analysis(events, rejected[0].message, rejected[0].reason)
-        return Analysis(events)
-
-    return analyse
 
 
 @dataclass(frozen=True)

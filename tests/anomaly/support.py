@@ -14,11 +14,10 @@ import numpy.typing as npt
 import pytest
 
 from config import load_config
-from detector.bundle import load_bundle
+from detector.analysis import scored_events
 from detector.features import columns_from_records, feature_matrix
-from detector.scoring import Scorer
+from detector.scoring import default_scorer
 from proto.events_pb2 import ScoredEvent
-from rag.importer import scored_events
 from rag.store import EventStore
 from tests.support import SHARED_DATA, NetnsPair, make_netns_pair, require_root_and, terminate
 
@@ -46,7 +45,7 @@ def capture_events(
     capture moved to ``start + i * spacing`` and its flows kept within ``spacing`` (some
     fuzzed captures jump years ahead)."""
     cfg = load_config()
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    scorer = default_scorer(cfg.detector)
     out: list[ScoredEvent] = []
     for i, path in enumerate(paths):
         t0 = start + i * spacing

@@ -3,7 +3,7 @@
 Phase 1 is web traffic only (HTTP over TCP to port 8080), phase 2 adds a new service (UDP
 request/response on port 47000) among the web flows, phase 3 is web only again. The
 traffic is real (Python clients and servers in two namespaces), captured by tcpdump and
-turned into flows by the real flow engine and scored by the shipped bundle (rag.importer),
+turned into flows by the real flow engine and scored by the shipped bundle (detector.analysis),
 then stored in time order in an event store while `retrain` runs at checkpoints, as
 `mld anomaly run` would. The share of the new service's flows the serving model alerts
 on is high after phase 1, falls as the window takes in the new service, and rises again

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from config import load_config
-from detector.bundle import load_bundle
-from detector.scoring import Scorer
+from detector.analysis import scored_events
+from detector.scoring import default_scorer
 from rag.config import RagConfig
-from rag.importer import scored_events
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from tests.support import SHARED_DATA
 
 SCAN = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
@@ -36,7 +35,7 @@ def build_store(path: Path, cfg: RagConfig | None = None) -> RagStore:
     if not SCAN.exists() or not BENIGN.exists():
         pytest.skip(f"needs the shared captures in {SHARED_DATA}")
     mcfg = load_config()
-    scorer = Scorer(load_bundle(), mcfg.detector.thresholds)
+    scorer = default_scorer(mcfg.detector)
     rag = RagStore(path, cfg or RagConfig())
     rag.open_indexes()
     for capture, at in ((BENIGN, BENIGN_AT), (SCAN, SCAN_AT)):

@@ -7,9 +7,9 @@ import pytest
 
 from rag.answer import Answerer, check_reply, default_model_path
 from rag.config import RagConfig
+from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.service import RagStore
 from tests.rag.conftest import NOW, SCANNED, SCANNER
 
 

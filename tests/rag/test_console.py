@@ -11,7 +11,7 @@ from pathlib import Path
 from rag.answer import Answerer
 from rag.config import RagConfig
 from rag.console import Console
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from tests.rag.conftest import NOW, SCANNER
 from tests.support import REPO
 

@@ -11,23 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from config import load_config
-from rag.answer import Answer, Answerer, default_model_path
-from rag.quality import (
+from bench.rag_questions import (
     QUESTIONS,
     At,
     Count,
     Graded,
     Question,
-    Scenario,
     Text,
-    Truth,
     ask_all,
-    build_scenario,
-    clock,
     grade,
     set_score,
 )
+from bench.rag_scenario import Scenario, Truth, build_scenario, clock
+from config import load_config
+from rag.answer import Answer, Answerer, default_model_path
 from rag.question import parse
 from rag.retrieve import Facts, Retrieval
 from tests.support import SHARED_DATA, bench_keys

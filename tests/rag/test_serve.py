@@ -17,7 +17,7 @@ from control import EtcdServer
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from proto.events_pb2 import EventBatch, FlowBatch
 from rag.config import RagConfig
-from rag.service import RagStore
+from rag.indexed_store import RagStore
 from tests.control.support import sniffer_stand_in, spawn_mld, stop
 from tests.control.test_detector_discovery import _detector_config
 from tests.detector.service_support import SCAN_PCAP, capture_records, parse

@@ -14,9 +14,9 @@ import faiss
 from proto.events_pb2 import ScoredEvent
 from rag.answer import Answerer, draft
 from rag.config import RagConfig
+from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.service import RagStore
 from rag.store import Filters
 from tests.rag.conftest import NOW, SCAN_AT, SCANNED, SCANNER, build_store
 

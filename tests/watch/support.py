@@ -16,21 +16,14 @@ from pathlib import Path
 import pytest
 
 from config import MldConfig, load_config
-from detector.bundle import load_bundle
-from detector.scoring import Scorer
-from rag.importer import scored_events
-from rag.service import RagStore
+from detector.analysis import scored_events
+from detector.scoring import Scorer, default_scorer
+from rag.indexed_store import RagStore
 from tests.support import SHARED_DATA
 from watch.config import WatchConfig
-from watch.service import (
-    Analysis,
-    FileResult,
-    RetrainHook,
-    Watcher,
-    anomaly_retrain,
-    detection_analyser,
-)
+from watch.service import Analysis, FileResult, RetrainHook, Watcher
 from watch.state import WatchState, state_path
+from watch.wiring import anomaly_retrain, detection_analyser
 
 SCAN = SHARED_DATA / "pcaps/attacks/scan"
 GOOD = {
@@ -53,7 +46,7 @@ def need_captures() -> None:
 @cache
 def scorer() -> Scorer:
     cfg = load_config()
-    return Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
+    return default_scorer(cfg.detector)
 
 
 @cache

@@ -1,162 +1,49 @@
-"""Quality, measured: a scenario, questions with known answers, and a grader.
+"""The RAG quality question set: questions with known answers, and the grader.
 
-**Scenario.** Real shared captures (``../shared/data/pcaps``) go through the real
-detection path (rag/importer.py) into a fresh RagStore, each shifted to a fixed time of
-2026-11-21 (UTC); questions are asked at ``NOW`` (10:45)::
-
-    06:00 masscan UDP 0-1000   172.31.15.102 -> 198.124.152.15   portscan
-    07:00 nDPI firefox          192.168.1.178 -> 146.48.58.18     benign
-    08:00 nDPI pinterest        IPv6 web                          benign
-    08:30 nmap -p 80            10.87.1.10 <-> 130.211.223.103    portscan
-    08:32 nmap service scan     10.87.1.10 <-> 130.211.223.103    portscan
-    09:00 iodine DNS tunnel     10.0.2.30 <-> 10.0.2.20           dns_tunnel
-    09:30 nDPI whatsapp         10.8.0.1                          benign
-    10:00 masscan TCP 0-1000    172.31.15.102 -> 198.124.152.15   portscan
-    10:10 nDPI chrome           192.168.1.178 -> 146.48.58.18     benign
-    10:20 SYN flood             spoofed -> 10.10.10.10            syn_flood
-    10:35 ISAKMP amplification  reflectors -> 10.10.10.10         amplification
-    10:40 nDPI skinny           192.168.19x.x (VoIP)              benign
-
-**Ground truth** is the timeline and labels.csv (attack hosts, scope), never the
-detector's output: a question's *relevant events* are the flows of the captures it is
-about, within the label's scope (flows with an attack host at one end, or all flows);
-its *expected facts* are addresses, words and numbers. Numbers are counted by the
-grader's own SQL over the store (:class:`Count`), written here, independent of
-rag/retrieve.py; "alerts" means label >= 2 and a family such as "SYN flood" means family
-``ddos`` over TCP, the meaning the console documents.
+Asked at the scenario's ``NOW`` (bench/rag_scenario.py: real captures on a fixed
+timeline). A question's *expected facts* are addresses, words and numbers. Numbers are
+counted by the grader's own SQL over the store (:class:`Count`), written here,
+independent of rag/retrieve.py; "alerts" means label >= 2 and a family such as "SYN
+flood" means family ``ddos`` over TCP, the meaning the console documents. Its *relevant
+events* come from the scenario's ground truth (labels.csv), never the detector's output.
 
 **Grader.** Per question the score is the mean of two checks: *facts* (every expected
 fact is in ``Answer.reply``, case-insensitive; an address matches whole, a number as a
 whole number, citation ids ``[e12]`` are not numbers) and *citations* (at least one cited
 event and at least 80 % of the cited ones relevant; a question whose right answer is
 "nothing" must cite nothing). The set's score is the mean over questions, in [0, 1].
+Used by bench/rag_quality.py and tests/rag; not part of the product.
 """
 
 from __future__ import annotations
 
-import calendar
-import csv
 import re
-import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from base.errors import RagError
+from bench.rag_scenario import Scenario, clock
 from config import MldConfig, load_config
 from rag.answer import Answer, Answerer
+from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.service import RagStore
 
 __all__ = [
-    "DAY",
-    "NOW",
     "QUESTIONS",
     "QUICK",
-    "TIMELINE",
     "At",
-    "Capture",
     "Count",
     "Graded",
     "Question",
-    "Scenario",
     "Text",
-    "Truth",
     "ask_all",
-    "build_scenario",
-    "clock",
     "grade",
     "set_score",
 ]
 
-DAY = "2026-11-21"
-NOW = "10:45"
 _CITED_RELEVANT = 0.8
-
-
-@dataclass(frozen=True)
-class Capture:
-    """One capture of the timeline: imported so that its first flow starts at ``at``."""
-
-    at: str  # HH:MM UTC on DAY
-    pcap: str  # relative to <data>/pcaps
-    max_flows: int | None = None  # keep the first N flows only (None: all)
-
-    @property
-    def name(self) -> str:
-        return Path(self.pcap).name.split(".")[0]
-
-
-TIMELINE: tuple[Capture, ...] = (
-    Capture("06:00", "attacks/scan/masscan_udp_0_1000.pcap"),
-    Capture("07:00", "ndpi/firefox.pcap"),
-    Capture("08:00", "ndpi/pinterest.pcap"),
-    Capture("08:30", "attacks/scan/nmap_80_vanilla.pcap"),
-    Capture("08:32", "attacks/scan/nmap_80_service_detection.pcap"),
-    Capture("09:00", "attacks/dns_tunnel/iodine_elastic.pcap"),
-    Capture("09:30", "ndpi/whatsapp_voice_and_message.pcap"),
-    Capture("10:00", "attacks/scan/masscan_tcp_0_1000.pcap"),
-    Capture("10:10", "ndpi/chrome.pcap"),
-    Capture("10:20", "attacks/ddos/syn_dominate_ecn_cwr.pcapng"),
-    Capture("10:35", "attacks/ddos/amp_udp_isakmp.pcap"),
-    Capture("10:40", "ndpi/skinny.pcap"),
-)
-
-
-def clock(hhmm: str, day: str = DAY) -> float:
-    """Seconds since the epoch of ``hhmm`` (UTC) on ``day``."""
-    return float(calendar.timegm(time.strptime(f"{day} {hhmm}", "%Y-%m-%d %H:%M")))
-
-
-@dataclass(frozen=True)
-class Truth:
-    """The label of one capture (labels.csv; every nDPI capture used here is benign)."""
-
-    family: str
-    hosts: tuple[str, ...]  # empty: all flows are in scope
-    first_id: int
-    last_id: int
-
-
-@dataclass
-class Scenario:
-    """The built store, where each capture's events are, and the grader's SQL."""
-
-    db: Path
-    now: float
-    truths: dict[str, Truth] = field(default_factory=dict)
-    build_s: float = 0.0
-
-    def sql(self, query: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        """The grader's own read-only queries over the ``events`` table."""
-        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return list(db.execute(query, list(params)))
-        finally:
-            db.close()
-
-    def of(self, *names: str) -> frozenset[int]:
-        """Ids of the events of these captures that their label makes the attack (every
-        flow of a benign capture)."""
-        ids: set[int] = set()
-        for name in names:
-            t = self.truths[name]
-            query = "SELECT id FROM events WHERE id BETWEEN ? AND ?"
-            params: list[object] = [t.first_id, t.last_id]
-            if t.hosts:
-                marks = ",".join("?" * len(t.hosts))
-                query += f" AND (src IN ({marks}) OR dst IN ({marks}))"
-                params += [*t.hosts, *t.hosts]
-            ids.update(int(str(i)) for (i,) in self.sql(query, params))
-        return frozenset(ids)
-
-    def window(self, since: float, until: float) -> frozenset[int]:
-        rows = self.sql("SELECT id FROM events WHERE ts >= ? AND ts < ?", (since, until))
-        return frozenset(int(str(i)) for (i,) in rows)
-
 
 # -- expected facts ----------------------------------------------------------------------
 
@@ -405,76 +292,6 @@ QUESTIONS: tuple[Question, ...] = (
 
 # The few questions of a --quick run: one of each main intent and the "nothing" case.
 QUICK: tuple[Question, ...] = QUESTIONS[:4]
-
-# -- building the scenario ---------------------------------------------------------------
-
-
-def _labels(data: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """labels.csv as pcap -> (family, attack hosts; empty for all flows)."""
-    path = data / "labels.csv"
-    if not path.is_file():
-        raise RagError(f"no {path}: the quality scenario needs the shared captures")
-    out = {}
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            hosts = row["attack_hosts"].strip()
-            scope_all = row["scope"] == "all_flows" or hosts == "*"
-            out[row["pcap"]] = (row["family"], () if scope_all else tuple(hosts.split(";")))
-    return out
-
-
-def build_scenario(
-    directory: Path,
-    data: Path,
-    cfg: MldConfig | None = None,
-    *,
-    timeline: Sequence[Capture] = TIMELINE,
-    now: str = NOW,
-    progress: Callable[[Capture, int], None] | None = None,
-) -> Scenario:
-    """Import ``timeline`` into a fresh store ``directory/events.sqlite``."""
-    from detector.bundle import load_bundle
-    from detector.scoring import Scorer
-    from rag.importer import scored_events
-
-    started = time.perf_counter()
-    cfg = cfg or load_config()
-    labels = _labels(data)
-    db = directory / "events.sqlite"
-    if db.exists():
-        raise RagError(f"{db} exists: the scenario is built in an empty directory")
-    scorer = Scorer(load_bundle(), cfg.detector.thresholds, cfg.detector.top_features)
-    scenario = Scenario(db, clock(now))
-    rag = RagStore(db, cfg.rag)
-    try:
-        for cap in timeline:
-            path = data / "pcaps" / cap.pcap
-            hosts: tuple[str, ...] = ()
-            if cap.pcap.startswith("ndpi/"):
-                family = "benign"
-            elif cap.pcap in labels:
-                family, hosts = labels[cap.pcap]
-            else:
-                raise RagError(f"{cap.pcap} has no row in labels.csv: no ground truth for it")
-            events = [
-                ev
-                for batch in scored_events(
-                    [path], cfg.sniffer, scorer, sensor_id="quality", shift_to=clock(cap.at)
-                )
-                for ev in batch
-            ][: cap.max_flows]
-            if not events:
-                raise RagError(f"{path} gave no flows")
-            ids = rag.ingest(events, "quality")
-            scenario.truths[cap.name] = Truth(family, hosts, ids.start, ids.stop - 1)
-            if progress is not None:
-                progress(cap, len(events))
-        rag.save()
-    finally:
-        rag.close()
-    scenario.build_s = time.perf_counter() - started
-    return scenario
-
 
 # -- asking and grading ------------------------------------------------------------------
 

@@ -1,0 +1,213 @@
+"""The RAG store: the event store (rag/store.py) and the two FAISS indexes beside it.
+
+:class:`RagStore` is the event store and its two FAISS indexes (rag/vectors.py) as one
+thing: ``ingest`` writes a batch of ScoredEvents to SQLite in one transaction, then adds
+their vectors; ``catch_up`` adds what the saved indexes miss (events written after the
+last save, e.g. before a kill); ``reindex`` rebuilds both indexes from SQLite. Readers
+(the console, ``mld rag`` queries) and writers (``mld rag run``, ``mld rag import``,
+``mld watch``) all open it here; the transport service is rag/service.py.
+
+Several processes may write one store (``mld watch run`` beside ``mld rag run``): each
+indexes the events the others stored (read back from SQLite) before its own and before
+saving, so every saved index holds every event up to its ``indexed_upto``, and saves take
+a lock file beside the database so two writers never interleave their index files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from base.filelock import file_lock
+from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
+from detector.features import columns_from_records, feature_matrix
+from proto.events_pb2 import ScoredEvent
+from rag.config import RagConfig
+from rag.describe import TEXT_DIM, describe, embed_texts
+from rag.store import EventStore
+from rag.vectors import VectorIndex, give_back_freed_memory
+
+__all__ = ["RagStore", "db_path"]
+
+log = logging.getLogger(__name__)
+
+_CLIP = 10.0
+
+
+def db_path(cfg: RagConfig, state_dir: str) -> Path:
+    return Path(cfg.db) if cfg.db else Path(state_dir) / "rag" / "events.sqlite"
+
+
+class FeatureScaler:
+    """Feature vectors centred and scaled like the detector's explanations (benign median
+    and IQR of the shipped bundle), clipped, so no one feature's unit dominates L2."""
+
+    def __init__(self, bundle_dir: Path = DEFAULT_BUNDLE_DIR) -> None:
+        manifest = read_manifest(bundle_dir)
+        self.center = np.array(manifest.center, dtype=np.float32)
+        scale = np.array(manifest.scale, dtype=np.float32)
+        self.scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        self.dim = len(self.center)
+
+    def __call__(self, events: Sequence[ScoredEvent]) -> npt.NDArray[np.float32]:
+        x = feature_matrix(columns_from_records([ev.record for ev in events]))
+        scaled = np.clip((x - self.center) / self.scale, -_CLIP, _CLIP)
+        return np.asarray(scaled, dtype=np.float32)
+
+
+class RagStore:
+    """SQLite events plus the feature and text indexes beside the database."""
+
+    def __init__(self, path: Path, cfg: RagConfig, *, readonly: bool = False) -> None:
+        # One FAISS thread: adding an EventBatch (~100 vectors) cost 15 ms in OpenMP
+        # start-up and spinning on 2 busy cores against 0.7 ms with one (bench/README.md).
+        faiss.omp_set_num_threads(1)
+        self.cfg = cfg
+        self.store = EventStore(path, readonly=readonly)
+        self.scaler = FeatureScaler()
+        common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
+        self.features = VectorIndex(
+            path.with_suffix(".features.faiss"), self.scaler.dim, inner_product=False, **common
+        )
+        self.text = VectorIndex(
+            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
+        )
+        self.readonly = readonly
+        # Held around reading or writing the saved indexes and ``indexed_upto`` (a
+        # read-only store that cannot create the file reads without it).
+        self._lock_path = path.with_suffix(".faiss.lock")
+        # Every event id up to this one is in the in-memory indexes (None: not known yet,
+        # before open_indexes or reindex on a store that was not empty).
+        self._indexed_upto: int | None = None if self.store.max_id() else 0
+
+    def open_indexes(self) -> int:
+        """Load the saved indexes and add the events they miss; returns how many."""
+        with file_lock(self._lock_path, shared=True, optional=True):
+            upto = int(self.store.meta("indexed_upto") or 0)
+            loaded = self.features.load() and self.text.load()
+        if not loaded:
+            self.features.reset()
+            self.text.reset()
+            upto = 0
+        self._indexed_upto = upto
+        return self.catch_up(upto)
+
+    def _vectors(
+        self, chunk: list[tuple[int, bytes, str]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
+        ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
+        events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
+        return ids, self.scaler(events), embed_texts(d for _, _, d in chunk)
+
+    def _index_stored(self, after_id: int, until_id: int | None = None) -> int:
+        """Index the stored events after ``after_id`` (up to ``until_id``); how many."""
+        added = 0
+        for chunk in self.store.scan(after_id, until_id=until_id):
+            ids, features, texts = self._vectors(chunk)
+            self.features.add(ids, features)
+            self.text.add(ids, texts)
+            added += len(ids)
+            self._indexed_upto = int(ids[-1])
+        return added
+
+    def catch_up(self, after_id: int) -> int:
+        added = self._index_stored(after_id)
+        if added:
+            log.info("indexed %d events the saved indexes did not hold", added)
+            if not self.readonly:
+                self.save()
+        return added
+
+    def _others_before(self, first_id: int) -> None:
+        """Index what other writers stored between the last event indexed here and
+        ``first_id`` (read back from SQLite), so the indexes have no hole."""
+        if self._indexed_upto is not None and first_id > self._indexed_upto + 1:
+            added = self._index_stored(self._indexed_upto, first_id - 1)
+            log.debug("indexed %d events another process stored", added)
+
+    def ingest(
+        self,
+        events: Sequence[ScoredEvent],
+        detector_id: str,
+        *,
+        meta: Mapping[str, str] | None = None,
+    ) -> range:
+        """Store events (one transaction per ``write_batch``) and index them. With ``meta``,
+        all of them and those meta rows go in one transaction: all or nothing (``mld
+        watch`` stores a capture file and the record that it did so together)."""
+        ids = range(0)
+        if meta is not None and not events:
+            self.store.add([], detector_id, [], meta)
+        size = self.cfg.write_batch if meta is None else max(len(events), 1)
+        for start in range(0, len(events), size):
+            part = events[start : start + size]
+            texts = [describe(ev) for ev in part]
+            got = self.store.add(part, detector_id, texts, meta)
+            if len(got):
+                self._others_before(got.start)
+                self.features.add(list(got), self.scaler(part))
+                self.text.add(list(got), embed_texts(texts))
+                if self._indexed_upto is not None:
+                    self._indexed_upto = got.stop - 1
+            ids = range(ids.start if len(ids) else got.start, got.stop)
+        if self.text.needs_retraining or self.features.needs_retraining:
+            started = time.perf_counter()
+            self.reindex()
+            give_back_freed_memory()
+            log.info(
+                "indexes trained again at %d events in %.1f s",
+                len(self.text),
+                time.perf_counter() - started,
+            )
+        return ids
+
+    def save(self) -> None:
+        """Write both indexes, then record up to which event id they hold (first adding
+        what other writers stored since, when it is known what these indexes hold)."""
+        with file_lock(self._lock_path, optional=True):
+            if self._indexed_upto is None:
+                upto = self.store.max_id()  # the caller's word: ingest without open_indexes
+            else:
+                self._index_stored(self._indexed_upto)
+                upto = self._indexed_upto
+            self.features.save()
+            self.text.save()
+            self.store.set_meta("indexed_upto", str(upto))
+        self.store.optimize()
+
+    def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rebuild both indexes from the database, an IVF one trained at its full size
+        (about 310 floats per event are held in memory meanwhile: 1.2 GB at 1M)."""
+        total = self.store.count()
+        ids: list[np.ndarray] = []
+        features: list[np.ndarray] = []
+        texts: list[np.ndarray] = []
+        done = 0
+        for chunk in self.store.scan(0):
+            chunk_ids, chunk_features, chunk_texts = self._vectors(chunk)
+            ids.append(chunk_ids)
+            features.append(chunk_features)
+            texts.append(chunk_texts)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        empty = (0, 0)
+        self.features.build(
+            all_ids, np.vstack(features) if features else np.zeros(empty, np.float32)
+        )
+        self.text.build(all_ids, np.vstack(texts) if texts else np.zeros(empty, np.float32))
+        self._indexed_upto = int(all_ids[-1]) if len(all_ids) else 0
+        if not self.readonly:
+            self.save()
+        return done
+
+    def close(self) -> None:
+        self.store.close()
