@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from base.errors import ModelError
-from detector.compile import CompileOptions, compile_model
+from detector.compile import CompileOptions, compile_model, verified_copy
 from detector.families import FAMILIES
 from detector.features import FEATURES, SCHEMA_HASH
 
@@ -122,10 +122,6 @@ class Manifest:
             "families": {f: e.to_json() for f, e in self.families.items()},
             "training": self.training,
         }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _parse(data: Mapping[str, Any], where: Path) -> Manifest:
@@ -363,12 +359,14 @@ def load_checked_model(
     import tl2cgen
 
     try:
-        actual = _sha256(model_file)
+        data = model_file.read_bytes()
     except OSError as exc:
         raise ModelError(f"{where}: cannot read {model_file.name} ({exc})") from None
-    if actual != sha256:
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise ModelError(f"{where}: {model_file.name} does not match the manifest's sha256 {fix}")
-    lib = compile_model(model_file, cache, options)
+    # The bytes just checked are the ones compiled: no second read of the file. What is
+    # loaded is a private copy of a library that matches its compile record.
+    lib = verified_copy(compile_model(data, cache, options, name=model_file.stem))
     try:
         predictor = tl2cgen.Predictor(lib, nthread=max(1, threads))
     except Exception as exc:  # tl2cgen raises its own TL2cgenError and OSError

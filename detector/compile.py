@@ -13,19 +13,29 @@
   process (treelite logs to stdout, which ``mld detector analyze`` uses for its output; a child
   also bounds the time). Libraries are content-addressed: the file name carries a hash of
   the checkpoint, the compile settings and the tl2cgen version, so a library is built once
-  and a new bundle only compiles the forests that changed.
+  and a new bundle only compiles the forests that changed. The checkpoint is read once and
+  its bytes both hashed and compiled (the child reads them on stdin).
+* A library is trusted only when it matches the record written beside it when it was
+  compiled (``<lib>.sha256``: this user's, mode 0600); :func:`verified_copy` gives the
+  loader a private copy of bytes that matched, so a library planted in or swapped into the cache is
+  never loaded (it is compiled again instead, with a warning).
 
-Run as ``python -m detector.compile MODEL.tl OUT.so OPTIONS_JSON``: the child's entry point.
+Run as ``python -m detector.compile MODEL.tl|- OUT.so OPTIONS_JSON``: the child's entry
+point (``-``: the checkpoint's bytes on stdin).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,8 @@ __all__ = [
     "compile_model",
     "forest_to_treelite",
     "library_path",
+    "verified_copy",
+    "verified_library_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,57 +175,140 @@ def _versions() -> str:
     return f"tl2cgen {tl2cgen.__version__}"
 
 
-def library_path(model_file: Path, cache_dir: Path, options: CompileOptions) -> Path:
-    """Where the compiled library of ``model_file`` with ``options`` lives in the cache."""
+def _library_path(data: bytes, stem: str, cache_dir: Path, options: CompileOptions) -> Path:
     digest = hashlib.sha256()
-    digest.update(model_file.read_bytes())
+    digest.update(data)
     digest.update(json.dumps(asdict(options), sort_keys=True).encode())
     if options.annotation:
         digest.update(Path(options.annotation).read_bytes())
     digest.update(_versions().encode())
-    return cache_dir / f"{model_file.stem}-{digest.hexdigest()[:16]}.so"
+    return cache_dir / f"{stem}-{digest.hexdigest()[:16]}.so"
+
+
+def library_path(model_file: Path, cache_dir: Path, options: CompileOptions) -> Path:
+    """Where the compiled library of ``model_file`` with ``options`` lives in the cache."""
+    return _library_path(model_file.read_bytes(), model_file.stem, cache_dir, options)
+
+
+def _record_path(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _write_record(lib: Path, data: bytes) -> None:
+    """Record the library's sha256 beside it: a file of this user's, mode 0600."""
+    record = json.dumps({"library": lib.name, "sha256": hashlib.sha256(data).hexdigest()})
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}.sha256.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(record)
+    os.replace(tmp, _record_path(lib))
+
+
+def verified_library_bytes(lib: Path) -> bytes | None:
+    """The bytes of a cached library when they match its record, else None.
+
+    The record must be a regular file of this process's user that nobody else may write,
+    and name this library: a library planted in the cache (or a record planted beside it
+    by another user) is never taken for a compiled forest.
+    """
+    record = _record_path(lib)
+    try:
+        st = os.lstat(record)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        fields = json.loads(record.read_text(encoding="utf-8"))
+        fd = os.open(lib, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fields, dict) or fields.get("library") != lib.name:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == fields.get("sha256") else None
 
 
 def compile_model(
-    model_file: Path,
+    model: Path | bytes,
     cache_dir: Path,
     options: CompileOptions | None = None,
     timeout_s: float = COMPILE_TIMEOUT_S,
+    *,
+    name: str | None = None,
 ) -> Path:
-    """The shared library of a treelite checkpoint, compiled unless already in the cache."""
+    """The shared library of a treelite checkpoint (a file, or its bytes already read and
+    checked by the caller), compiled unless a library that matches its record is cached.
+
+    The checkpoint is read once: the cache key is hashed from, and the child compiles,
+    the same bytes, so a checkpoint changed on disk meanwhile cannot be compiled under
+    the key of the one that was checked. ``name`` is the library's name stem (default:
+    the file's).
+    """
     options = options or CompileOptions()
-    out = library_path(model_file, cache_dir, options)
+    if isinstance(model, Path):
+        data, stem, shown = model.read_bytes(), name or model.stem, str(model)
+    else:
+        data, stem, shown = model, name or "model", f"{name or 'model'} (checkpoint bytes)"
+    out = _library_path(data, stem, cache_dir, options)
     if out.exists():
-        return out
+        if verified_library_bytes(out) is not None:
+            return out
+        log.warning(
+            "cached library %s does not match its record (changed, or not compiled here): "
+            "compiling it again",
+            out,
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.so")
-    cmd = [
-        sys.executable,
-        "-m",
-        "detector.compile",
-        str(model_file),
-        str(tmp),
-        json.dumps(asdict(options)),
-    ]
-    log.info("compiling %s -> %s", model_file.name, out)
+    cmd = [sys.executable, "-m", "detector.compile", "-", str(tmp), json.dumps(asdict(options))]
+    log.info("compiling %s -> %s", stem, out)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
         raise ModelError(
-            f"compiling {model_file} took over {timeout_s:.0f} s: the forest is too large; "
+            f"compiling {shown} took over {timeout_s:.0f} s: the forest is too large; "
             "lower detector.train.n_trees or max_depth and retrain"
         ) from None
     if done.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        text = (done.stderr or done.stdout).decode("utf-8", "replace")
+        tail = text.strip().splitlines()[-5:]
         raise ModelError(
-            f"compiling {model_file} failed (exit {done.returncode}): {' | '.join(tail)}. "
+            f"compiling {shown} failed (exit {done.returncode}): {' | '.join(tail)}. "
             "Likely causes: no C compiler (apt install gcc), or a checkpoint this treelite "
             "cannot read. Run `make install`."
         )
+    _write_record(out, tmp.read_bytes())
     os.replace(tmp, out)
     return out
+
+
+_private_dir: Path | None = None
+
+
+def verified_copy(lib: Path) -> Path:
+    """A private copy of a cached library, made of bytes that match its record, for the
+    process to load: read once and checked, so the file in the cache cannot change
+    between the check and the load. The copies live in one folder of this process (mode
+    0700, removed at exit). ModelError when the library does not match its record."""
+    global _private_dir
+    data = verified_library_bytes(lib)
+    if data is None:
+        raise ModelError(
+            f"{lib} does not match its record (changed after it was compiled?): remove it "
+            "and its .sha256 file from the model cache, and load again to recompile"
+        )
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="mld-models-"))
+        atexit.register(shutil.rmtree, _private_dir, True)
+    copy = _private_dir / lib.name
+    if not copy.exists():
+        tmp = _private_dir / f".{lib.name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o500)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, copy)
+    return copy
 
 
 def _child(model_file: str, out: str, options_json: str) -> None:
@@ -221,7 +316,10 @@ def _child(model_file: str, out: str, options_json: str) -> None:
     import treelite
 
     opts = CompileOptions(**json.loads(options_json))
-    model = treelite.Model.deserialize(model_file)
+    if model_file == "-":  # the checkpoint's bytes on stdin, as the parent checked them
+        model = treelite.Model.deserialize_bytes(sys.stdin.buffer.read())
+    else:
+        model = treelite.Model.deserialize(model_file)
     tl2cgen.export_lib(
         model,
         toolchain="gcc",

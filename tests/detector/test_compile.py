@@ -8,7 +8,12 @@ just below and just above split thresholds check the rounding.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +24,14 @@ from sklearn.ensemble import RandomForestClassifier
 from base.errors import ModelError
 from config import load_config
 from detector.bundle import PROBE_TOLERANCE
-from detector.compile import CompileOptions, compile_model, forest_to_treelite, library_path
+from detector.compile import (
+    CompileOptions,
+    compile_model,
+    forest_to_treelite,
+    library_path,
+    verified_copy,
+    verified_library_bytes,
+)
 from detector.dataset import Capture, extract
 from tests.support import SHARED_DATA
 
@@ -134,3 +146,70 @@ def test_split_between_adjacent_float32_values(tmp_path: Path, start: float) -> 
         got = predictor.predict(tl2cgen.DMatrix(x[:2], dtype="float32")).reshape(-1)
         np.testing.assert_allclose(got, forest.predict_proba(x[:2])[:, 1], atol=PROBE_TOLERANCE)
         assert got.tolist() == [0.0, 1.0]
+
+
+def _forest_file(x: np.ndarray, y: np.ndarray, path: Path, seed: int) -> tuple[Path, Any]:
+    forest = RandomForestClassifier(n_estimators=2, max_depth=3, random_state=seed).fit(x, y)
+    forest_to_treelite(forest).serialize(str(path))
+    return path, forest
+
+
+def test_a_library_planted_in_the_cache_is_compiled_again_never_loaded(
+    tmp_path: Path, real_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The attack: whoever can write the model cache (or point detector.model_cache_dir at
+    a folder of theirs) drops a library under the name the detector will look up, and the
+    detector, running as root, dlopens it. A cached library is now trusted only when it
+    matches the record written when it was compiled, and loaded from a private copy."""
+    x, y = real_rows
+    genuine, forest = _forest_file(x, y, tmp_path / "scan.tl", seed=0)
+    planted_src, other = _forest_file(x, 1 - y, tmp_path / "evil.tl", seed=1)
+    cache = tmp_path / "cache"
+    lib = compile_model(genuine, cache)
+    planted = compile_model(planted_src, tmp_path / "elsewhere")
+    shutil.copyfile(planted, lib)  # the attacker's library under the genuine name
+    with pytest.raises(ModelError, match="does not match its record"):
+        verified_copy(lib)
+    # Looked up again: compiled again from the checkpoint, and the forest is the genuine one.
+    assert compile_model(genuine, cache) == lib
+    predictor = tl2cgen.Predictor(verified_copy(lib), nthread=1)
+    got = predictor.predict(tl2cgen.DMatrix(x, dtype="float32")).reshape(-1)
+    np.testing.assert_allclose(got, forest.predict_proba(x)[:, 1], atol=PROBE_TOLERANCE)
+    assert not np.allclose(got, other.predict_proba(x)[:, 1], atol=PROBE_TOLERANCE)
+
+
+@pytest.mark.parametrize("how", ["other_owner", "group_writable", "other_library"])
+def test_a_record_planted_beside_a_library_is_not_trusted(
+    tmp_path: Path, real_rows: tuple[np.ndarray, np.ndarray], how: str
+) -> None:
+    x, y = real_rows
+    genuine, _ = _forest_file(x, y, tmp_path / "scan.tl", seed=0)
+    planted_src, _ = _forest_file(x, 1 - y, tmp_path / "evil.tl", seed=1)
+    lib = compile_model(genuine, tmp_path / "cache")
+    planted = compile_model(planted_src, tmp_path / "elsewhere")
+    shutil.copyfile(planted, lib)
+    record = lib.with_name(lib.name + ".sha256")
+    digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+    name = "other.so" if how == "other_library" else lib.name
+    record.write_text(json.dumps({"library": name, "sha256": digest}))
+    if how == "other_owner":
+        os.chown(record, 65534, 65534)  # nobody: what another local user could write
+    elif how == "group_writable":
+        record.chmod(0o664)
+    assert verified_library_bytes(lib) is None
+    with pytest.raises(ModelError, match="does not match its record"):
+        verified_copy(lib)
+
+
+def test_a_checkpoint_is_compiled_from_the_bytes_that_were_checked(
+    tmp_path: Path, real_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = real_rows
+    model_file, forest = _forest_file(x, y, tmp_path / "ddos.tl", seed=0)
+    data = model_file.read_bytes()
+    model_file.write_bytes(b"swapped after the check")  # the file no longer matters
+    lib = compile_model(data, tmp_path / "cache", name="ddos")
+    assert lib.name.startswith("ddos-")
+    predictor = tl2cgen.Predictor(verified_copy(lib), nthread=1)
+    got = predictor.predict(tl2cgen.DMatrix(x, dtype="float32")).reshape(-1)
+    np.testing.assert_allclose(got, forest.predict_proba(x)[:, 1], atol=PROBE_TOLERANCE)
