@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +47,10 @@ _MAX_EXPIRED_REMEMBERED = 256
 
 @dataclass(frozen=True)
 class KeyPair:
-    """One node's X25519 key pair."""
+    """One node's X25519 key pair. Its repr shows the public key only: a key pair that
+    reaches a log line, a traceback or an error message must not carry the private key."""
 
-    private: bytes
+    private: bytes = field(repr=False)
     public: bytes
 
     @classmethod
@@ -128,10 +129,11 @@ def _decode_key(text: str, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class SessionKey:
-    """The symmetric key for one direction between two nodes."""
+    """The symmetric key for one direction between two nodes (its repr leaves the key
+    out: the key id names it)."""
 
     key_id: bytes
-    key: bytes
+    key: bytes = field(repr=False)
     peer_id: str
     sender_public: bytes
     receiver_public: bytes

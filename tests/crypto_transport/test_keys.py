@@ -11,6 +11,7 @@ import pytest
 
 from base.errors import KeyFileError, TransportError
 from crypto_transport import KeyPair, Keyring, SessionKey, load_public_key
+from crypto_transport.keys import derive_session_key
 from tests.support import FakeClock
 
 GRACE_S = 30.0
@@ -336,3 +337,15 @@ def test_session_key_is_a_value() -> None:
     k2 = _ring(a, b=b.public).sending_key("b")
     assert isinstance(k1, SessionKey)
     assert k1 == k2
+
+
+def test_reprs_never_show_key_material() -> None:
+    """A key pair or session key in a log line, a traceback or an error message (a repr of
+    a dataclass holding it, say) used to print the private key and the session key."""
+    own, peer = KeyPair.generate(), KeyPair.generate()
+    session = derive_session_key(own, peer.public, peer_id="peer", own_is_sender=True)
+    for secret, obj in ((own.private, own), (session.key, session)):
+        text = repr(obj) + str(obj) + repr([obj])
+        for form in (secret.hex(), base64.b64encode(secret).decode(), repr(secret)):
+            assert form not in text
+    assert repr(own.public) in repr(own)
