@@ -31,7 +31,6 @@ import numpy.typing as npt
 from proto.events_pb2 import EventBatch, ScoredEvent
 
 from base.filelock import file_lock
-from base.signals import stop_on_signals
 from crypto_transport import Receiver
 from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
@@ -276,7 +275,3 @@ class RagService:
         out["frames_missing"] = self.receiver.counters.missing
         out.update({f"rejected.{k}": v for k, v in sorted(self.receiver.counters.rejected.items())})
         return out
-
-    def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT save the indexes and return from run() (main thread)."""
-        stop_on_signals(self.request_stop, "saving the indexes and stopping")

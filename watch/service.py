@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Protocol
 from proto.events_pb2 import ScoredEvent
 
 from base.errors import MldError, WatchError
-from base.signals import stop_on_signals
 from rag.service import RagStore
 from sniffer.sources import RejectedFile
 from watch.inotify import (
@@ -225,10 +224,6 @@ class Watcher:
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
         self._stop.set()
-
-    def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT finish the current file, save, and return from run()."""
-        stop_on_signals(self.request_stop, "finishing the current file and stopping")
 
     def stats(self) -> dict[str, int]:
         return {

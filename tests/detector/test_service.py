@@ -28,7 +28,7 @@ from detector.config import (
     ThresholdsConfig,
     VerdictsOutput,
 )
-from detector.detect_cli import register_detect
+from detector.cli import register_detect
 from detector.features import columns_from_records, feature_matrix
 from detector.scoring import Scorer
 from detector.service import DetectorService
