@@ -114,7 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fw = _firewall_config(args, cfg)
         own = local_addresses()
         policy = Policy(fw, allowlist_extra=own)
-        backend, why = choose_backend(fw)
+        backend, why = choose_backend(fw, cfg.node.xdp_pin_dir)
         log.info("firewall agent %s: backend %s", agent_id, why)
         log.info(
             "allowlist: %s, plus this host's own addresses and gateways: %s",

@@ -267,7 +267,7 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
             sinks.append(_FlowPrinter(json_out, True, None))
         if publisher is not None:
             closing.callback(publisher.close)
-        source = XdpSource(args.iface, capture)
+        source = XdpSource(args.iface, capture, pin_dir=cfg.node.xdp_pin_dir)
         source.open()
         closing.callback(source.close)
         return SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
