@@ -100,7 +100,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         store.open_indexes()
         return Watcher(
             folder,
-            cfg,
+            cfg.watch,
             store,
             state,
             analyse=detection_analyser(cfg, cfg.watch.sensor),

@@ -51,6 +51,7 @@ from watch.inotify import (
     inotify_unavailable,
 )
 from watch.readiness import Pending, held_for_writing
+from watch.config import WatchConfig
 from watch.state import FileEntry, WatchState, file_key
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class Watcher:
     def __init__(
         self,
         folder: Path,
-        cfg: MldConfig,
+        cfg: WatchConfig,
         store: RagStore,
         state: WatchState,
         *,
@@ -194,8 +195,8 @@ class Watcher:
         on_file: Callable[[FileResult], None] | None = None,
     ) -> None:
         self.folder = folder
-        self.cfg = cfg.watch
-        self.rag_cfg = cfg.rag
+        self.cfg = cfg
+        self.rag_cfg = store.cfg  # when to save the store's indexes
         self.store = store
         self.state = state
         self.analyse = analyse
