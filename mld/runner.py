@@ -4,16 +4,16 @@
 A service's run command loads the config, builds a :class:`ServiceParts` naming its
 parts and hands both to :func:`run_service`, which does, always in this order::
 
-    SIGTERM -> SystemExit          (stop="exit" only: before anything can be left open)
-    plane = parts.control.plane(cfg, health)   # ServiceControl: component, instance,
-                             # keyring, watch, live_keys, validate; health says "starting"
-                             # until the service exists
+    SIGTERM -> SystemExit                # stop="exit" only, before anything is open
+    plane = parts.control.plane(cfg, health)  # ServiceControl from ControlParts; health
+                                         # says "starting" until the service exists
     cfg = plane.start()                  # file config + accepted etcd overrides
     service = parts.build(cfg, plane, closing)      # closing: an ExitStack for its parts
     plane.announce(parts.endpoints(service))        # with the ports really bound
     service.attach_control(plane)        # parts.attach (control.FollowsControl)
     /metrics                             # parts.metrics: serve_metrics(component, ...)
     SIGTERM, SIGINT -> request_stop      # stop="finish": base.signals.stop_on_signals
+                                         # (stop="none": the source installs its own)
     parts.run(service, plane)
   finally:
     plane.close(); metrics.close(); closing.close()   # what build opened, last first
