@@ -9,6 +9,7 @@ unchanged).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import time
@@ -65,35 +66,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from anomaly.service import AnomalyService
-    from control import ServiceControl
+    from mld.runner import ControlParts, Plane, ServiceParts, run_service
 
     cfg = load_config(args.config)
     cfg.anomaly.check()
-    instance = cfg.node.id or socket.gethostname()
-    service: AnomalyService | None = None
-    plane = ServiceControl(
-        cfg,
-        component="anomaly",
-        instance=instance,
-        health=lambda: service.health() if service is not None else ("starting", {}),
-    )
-    try:
-        cfg = plane.start()
+
+    def build(cfg: MldConfig, _plane: Plane, _closing: contextlib.ExitStack) -> AnomalyService:
         db, model_dir = _paths(args, cfg)
-        service = AnomalyService(
+        return AnomalyService(
             cfg.anomaly,
             db,
             model_dir,
             cfg.detector.model_cache_dir or None,
             interval_s=args.interval,
         )
-        plane.announce()
-        service.attach_control(plane)
-        service.stop_on_signals()
-        service.run(max_rounds=args.max_rounds)
-    finally:
-        plane.close()
-    if args.json and service is not None:
+
+    service = run_service(
+        cfg,
+        ServiceParts(
+            ControlParts(component="anomaly", instance=cfg.node.id or socket.gethostname()),
+            build=build,
+            run=lambda service, _plane: service.run(max_rounds=args.max_rounds),
+            metrics=False,
+            stopping="stopping after the training in progress",
+            second_sigint_interrupts=True,
+        ),
+    )
+    if args.json:
         print(json.dumps(service.stats()))
     return EXIT_OK
 

@@ -9,7 +9,8 @@ only load a finished, checked model, in a background thread.
 With ``control.endpoints`` set it registers as ``anomaly/<node id>``; its health carries
 the serving version and the last decision, and every decision is also reported under
 ``status/anomaly/<id>/model`` (``mld status`` prints it). Without etcd it runs from the
-file alone. SIGTERM or Ctrl-C stops it after the training in progress.
+file alone. SIGTERM or Ctrl-C stops it after the training in progress (``mld anomaly
+serve`` hands :meth:`request_stop` to base.signals.stop_on_signals).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from anomaly.config import AnomalyConfig
 from anomaly.train import Decision, retrain
 from anomaly.versions import ModelDir
 from base.errors import MldError
-from base.signals import stop_on_signals
-from control import ServiceControl, stats_from_other_thread
+from control import ControlState, FollowsControl, stats_from_other_thread
 
 __all__ = ["AnomalyService"]
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 1.0  # how often the waiting loop looks at the control plane and for stop
 
 
-class AnomalyService:
+class AnomalyService(FollowsControl):
     """Retrains every ``interval_s`` until stopped."""
 
     def __init__(
@@ -54,11 +55,10 @@ class AnomalyService:
         self.interval_s = interval_s if interval_s is not None else cfg.retrain_interval_s
         self.counters: Counter[str] = Counter()
         self.last: Decision | None = None
-        self.plane: ServiceControl | None = None
         self._stop = threading.Event()
 
-    def attach_control(self, plane: ServiceControl) -> None:
-        self.plane = plane
+    def apply_control(self, state: ControlState[Any]) -> None:
+        """Nothing of its own: polling keeps the keyring and the log level in step."""
 
     def run_once(self) -> Decision | None:
         """One training; its decision (None when it failed before deciding, logged)."""
@@ -93,8 +93,7 @@ class AnomalyService:
                     return
                 deadline = time.monotonic() + self.interval_s
                 while not self._stop.is_set() and time.monotonic() < deadline:
-                    if self.plane is not None:
-                        self.plane.poll()
+                    self.follow_control()
                     self._stop.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
@@ -121,8 +120,3 @@ class AnomalyService:
 
     def health(self) -> tuple[str, dict[str, object]]:
         return "ok", stats_from_other_thread(self.stats)
-
-    def stop_on_signals(self) -> None:
-        """SIGTERM and the first SIGINT stop after the training in progress (main thread)."""
-        stop_on_signals(self.request_stop, "stopping after the training in progress",
-                        second_sigint_interrupts=True)  # fmt: skip

@@ -6,8 +6,14 @@
 * :func:`raise_on_stop_signals`: SIGTERM and SIGINT raise :class:`StopRequested` in the
   main thread, for a loop that stops things itself in ``finally`` (``mld gateway``,
   ``mld lab dev``).
+* :func:`sigterm_raises_systemexit`: SIGTERM raises ``SystemExit(143)`` (Ctrl-C stays
+  KeyboardInterrupt), for a loop that flushes or detaches in ``finally`` and treats both
+  alike (``mld sniffer run``, ``mld firewall run``, xdp.monitor). ``defer`` lets a caller note
+  the signal instead when raising at that frame would be lost (inside a ctypes callback)
+  and raise it itself later.
 
-Both install handlers, so call them from the main thread.
+All install handlers, so call them from the main thread. Nothing else in the project
+calls ``signal.signal`` for SIGTERM or SIGINT except to ignore them around a child.
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["StopRequested", "raise_on_stop_signals", "stop_on_signals"]
+__all__ = [
+    "StopRequested",
+    "raise_on_stop_signals",
+    "sigterm_raises_systemexit",
+    "stop_on_signals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +60,15 @@ def raise_on_stop_signals() -> None:
     """SIGTERM and SIGINT raise :class:`StopRequested` (main thread)."""
     signal.signal(signal.SIGTERM, _raise)
     signal.signal(signal.SIGINT, _raise)
+
+
+def sigterm_raises_systemexit(defer: Callable[[FrameType | None], bool] | None = None) -> None:
+    """SIGTERM raises ``SystemExit(128 + SIGTERM)`` in the main thread, unless ``defer``
+    (given the interrupted frame) returns True: then the caller raises it later."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if defer is not None and defer(frame):
+            return
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

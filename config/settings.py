@@ -16,6 +16,7 @@ from typing import Literal
 
 from anomaly.config import AnomalyConfig
 from base.config_loader import build, load_yaml
+from base.errors import ConfigError
 from base.metrics import MetricsConfig
 from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
@@ -24,6 +25,7 @@ from firewall.config import FirewallConfig
 from rag.config import RagConfig
 from sniffer.config import SnifferConfig
 from watch.config import WatchConfig
+from xdp.blocklist import DEFAULT_PIN_DIR
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -52,6 +54,9 @@ class NodeConfig:
     id: str = ""
     # Directory where the node keeps state across restarts.
     state_dir: str = "/var/lib/mld"
+    # bpffs folder where the sniffer's XDP program pins its blocklist map and where the
+    # firewall agent writes its blocks: one folder for both, so the program enforces them.
+    xdp_pin_dir: str = DEFAULT_PIN_DIR
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,33 @@ def resolve_config_path(path: str | Path | None = None) -> Path:
     return DEFAULT_CONFIG_PATH
 
 
+# Settings that moved: old dotted name -> new one (a file still using the old name gets
+# an error saying where to write it instead of "unknown key").
+MOVED_KEYS = {
+    "sniffer.capture.xdp_pin_dir": "node.xdp_pin_dir",
+    "firewall.xdp_pin_dir": "node.xdp_pin_dir",
+}
+
+
+def _check_moved(raw: object, source: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        value = raw
+        for part in old.split("."):
+            value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is not _ABSENT:
+            raise ConfigError(
+                f"{old} ({source}) has moved to {new}: the sniffer's XDP program and the "
+                f"firewall share one pin folder now; write it once as {new}"
+            )
+
+
+_ABSENT = object()
+
+
 def load_config(path: str | Path | None = None) -> MldConfig:
     """Load and check the config file chosen by :func:`resolve_config_path`."""
     resolved = resolve_config_path(path)
     log.debug("loading config from %s", resolved)
-    return build(MldConfig, load_yaml(resolved), source=str(resolved))
+    raw = load_yaml(resolved)
+    _check_moved(raw, str(resolved))
+    return build(MldConfig, raw, source=str(resolved))

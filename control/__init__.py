@@ -6,9 +6,11 @@ See control/README.md for the key layout, the TLS and auth setup, and examples.
 from control.attach import ServiceControl, apply_log_level, stats_from_other_thread
 from control.client import EtcdClient
 from control.config import ControlConfig
-from control.discovery import DiscoveredSender, advertised, sync_keyring
+from control.discovery import DiscoveredSender, advertised, output_sender, sync_keyring
 from control.etcd_server import EtcdServer, free_port
+from control.follow import FollowsControl
 from control.layout import Endpoint, Registration
+from control.root import RootConfig
 from control.session import ControlSession, ControlState
 
 __all__ = [
@@ -19,11 +21,14 @@ __all__ = [
     "Endpoint",
     "EtcdClient",
     "EtcdServer",
+    "FollowsControl",
     "Registration",
+    "RootConfig",
     "ServiceControl",
     "advertised",
     "apply_log_level",
     "free_port",
+    "output_sender",
     "stats_from_other_thread",
     "sync_keyring",
 ]

@@ -3,6 +3,7 @@
 Every service follows the same steps::
 
     plane = ServiceControl(cfg, component="detector", instance=detector_id, ...)
+                                   # cfg: the root config (control.root.RootConfig)
     cfg = plane.start()            # file config + accepted etcd overrides (or last good)
     ... build the service from cfg, bind its sockets ...
     plane.announce({"flows": Endpoint(receiver.bound_endpoint, "push", "flows")})
@@ -15,6 +16,9 @@ Without ``control.endpoints`` the same calls work and do nothing: ``start`` retu
 file's config and ``poll`` returns None, so a service runs from the file alone with its
 static endpoints. ``poll`` also keeps the keyring in step with the key directory and
 applies ``logging.level``.
+
+The commands do not write these steps themselves: ``mld/runner.py`` does, for every
+service, and a service follows the plane through control.follow.FollowsControl.
 """
 
 from __future__ import annotations
@@ -22,16 +26,14 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Generic
 
 from control.discovery import advertised, sync_keyring
 from control.layout import Endpoint
 from control.overrides import Validator
+from control.root import C
 from control.session import ControlSession, ControlState, HealthFn, default_registration
 from crypto_transport import Keyring
-
-if TYPE_CHECKING:
-    from config.settings import MldConfig
 
 __all__ = ["ServiceControl", "apply_log_level", "stats_from_other_thread"]
 
@@ -55,12 +57,13 @@ def apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-class ServiceControl:
-    """One service instance's registration, live config and discovery (or none)."""
+class ServiceControl(Generic[C]):
+    """One service instance's registration, live config and discovery (or none), over a
+    root config dataclass ``C`` (control.root.RootConfig)."""
 
     def __init__(
         self,
-        config: MldConfig,
+        config: C,
         *,
         component: str,
         instance: str,
@@ -78,7 +81,7 @@ class ServiceControl:
         self._config = config
         self._learned: set[str] = set()
         self._bad_keys: set[str] = set()
-        self.session: ControlSession | None = None
+        self.session: ControlSession[C] | None = None
         if config.control.enabled:
             live = tuple(live_keys) + (("logging.level",) if follow_log_level else ())
             self.session = ControlSession(
@@ -96,7 +99,7 @@ class ServiceControl:
     def enabled(self) -> bool:
         return self.session is not None
 
-    def start(self) -> MldConfig:
+    def start(self) -> C:
         """Connect (or fall back to the last good config) and return the config to run."""
         if self.session is None:
             return self._config
@@ -132,7 +135,7 @@ class ServiceControl:
         if self.session is not None:
             self.session.report(what, record)
 
-    def poll(self) -> ControlState | None:
+    def poll(self) -> ControlState[C] | None:
         """The new state if anything changed; keyring and log level are already applied."""
         if self.session is None:
             return None
@@ -142,10 +145,10 @@ class ServiceControl:
         return state
 
     @property
-    def state(self) -> ControlState | None:
+    def state(self) -> ControlState[C] | None:
         return None if self.session is None else self.session.state
 
-    def _apply_common(self, state: ControlState) -> None:
+    def _apply_common(self, state: ControlState[C]) -> None:
         if self.keyring is not None:
             sync_keyring(self.keyring, state.public_keys, self._learned, self._bad_keys)
         if self.follow_log_level and "logging.level" in state.changed:

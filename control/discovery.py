@@ -8,6 +8,10 @@ when one appears, or comes back on another address or with another key, a socket
 opened to it. With no live instance a batch is dropped and counted under
 ``dropped["no_receiver"]``.
 
+:func:`output_sender` is how a service opens a sending end: a DiscoveredSender when it
+follows discovery and the end is a PUSH, else crypto_transport's ``open_sender`` on the
+configured endpoint (the detector's outputs, the sniffer's publisher).
+
 :func:`sync_keyring` adds the public keys of the key directory to a keyring (so a
 receiver accepts frames from every registered sender) and forgets the ones it added
 that left the directory; peers from ``transport.peers`` are never touched.
@@ -24,11 +28,11 @@ from google.protobuf.message import Message
 
 from base.errors import KeyFileError, TransportError
 from control.layout import Registration
-from crypto_transport import Keyring, Sender, TransportConfig
+from crypto_transport import Keyring, Sender, SendingEnd, TransportConfig, open_sender
 from crypto_transport.counters import ChannelCounters
 from crypto_transport.keys import load_public_key
 
-__all__ = ["DiscoveredSender", "advertised", "sync_keyring"]
+__all__ = ["DiscoveredSender", "advertised", "output_sender", "sync_keyring"]
 
 log = logging.getLogger(__name__)
 
@@ -209,3 +213,32 @@ class DiscoveredSender:
             sender.close()
         self._senders.clear()
         self._order = []
+
+
+def output_sender(
+    end: SendingEnd,
+    *,
+    sender_id: str,
+    keyring: Keyring,
+    settings: TransportConfig,
+    discover: bool = False,
+    component: str = "",
+    endpoint_name: str = "",
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> Sender | DiscoveredSender:
+    """The sender for one output: with ``discover`` and a PUSH end, batches go to the
+    live instances of ``component`` offering ``endpoint_name``; otherwise to
+    ``end.endpoint`` (TransportError)."""
+    if discover and end.pattern == "push":
+        return DiscoveredSender(
+            component=component,
+            endpoint_name=endpoint_name,
+            channel=end.channel,
+            sender_id=sender_id,
+            keyring=keyring,
+            settings=settings,
+            context=context,
+        )
+    return open_sender(
+        end, sender_id=sender_id, keyring=keyring, settings=settings, context=context
+    )

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic
 
 from base.errors import ConfigError, ControlPlaneError, EtcdUnavailable
 from control.client import EtcdClient, WatchEvent
@@ -54,9 +54,7 @@ from control.layout import (
     status_key,
 )
 from control.overrides import LastGood, Validator, apply_override, changed_keys
-
-if TYPE_CHECKING:
-    from config.settings import MldConfig
+from control.root import C
 
 __all__ = ["ControlSession", "ControlState", "HealthFn"]
 
@@ -69,11 +67,13 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
-class ControlState:
-    """What the control plane says now; a new object on every change."""
+class ControlState(Generic[C]):
+    """What the control plane says now; a new object on every change. ``config`` is the
+    root config the session was given (the whole-house config for the services) with
+    the accepted overrides applied."""
 
     generation: int
-    config: MldConfig
+    config: C
     # Settings that differ from the previous state's config (dotted mld.yaml names).
     changed: tuple[str, ...] = ()
     # component -> instance id -> registration, for the components the service watches.
@@ -84,8 +84,11 @@ class ControlState:
     connected: bool = False
 
 
-class ControlSession:
-    """Registers one service instance and follows its config and peers in etcd."""
+class ControlSession(Generic[C]):
+    """Registers one service instance and follows its config and peers in etcd.
+
+    Generic over the root config dataclass (control.root.RootConfig): overrides are
+    applied to it by their dotted names, whatever it is."""
 
     def __init__(
         self,
@@ -93,7 +96,7 @@ class ControlSession:
         *,
         component: str,
         instance: str,
-        base_config: MldConfig,
+        base_config: C,
         registration: Registration | None = None,
         watch: Sequence[str] = (),
         validate: Validator | None = None,
@@ -125,7 +128,7 @@ class ControlSession:
         self._lock = threading.Lock()
         # Records of report(): status name -> record, written on every (re)registration.
         self._reports: dict[str, dict[str, object]] = {}
-        self._state = ControlState(0, base_config)
+        self._state: ControlState[C] = ControlState(0, base_config)
         self._polled = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,12 +150,12 @@ class ControlSession:
     # -- the service's side ------------------------------------------------------------
 
     @property
-    def state(self) -> ControlState:
+    def state(self) -> ControlState[C]:
         with self._lock:
             return self._state
 
     @property
-    def config(self) -> MldConfig:
+    def config(self) -> C:
         return self.state.config
 
     def start(self) -> bool:
@@ -194,7 +197,7 @@ class ControlSession:
             self._reports[what] = dict(record)
         self._events.put(None)
 
-    def poll(self) -> ControlState | None:
+    def poll(self) -> ControlState[C] | None:
         """The state if it changed since the previous poll, else None (never blocks)."""
         with self._lock:
             state = self._state
@@ -411,13 +414,13 @@ class ControlSession:
 
     def _consider(
         self,
-        current: MldConfig,
+        current: C,
         key: str,
         raw: str,
         deleted: bool,
         quiet: bool = False,
         retry: bool = True,
-    ) -> MldConfig:
+    ) -> C:
         """Apply one override change if it passes every check; write the outcome."""
         dotted = key
         try:
@@ -475,7 +478,7 @@ class ControlSession:
     def _is_live(self, dotted: str) -> bool:
         return any(dotted == p or dotted.startswith(p + ".") for p in self._live)
 
-    def _build(self, overrides: Mapping[str, str], *, source: str) -> MldConfig:
+    def _build(self, overrides: Mapping[str, str], *, source: str) -> C:
         config = self._base
         # Shorter names first: a whole mapping before one of its entries.
         for dotted in sorted(overrides, key=lambda k: (k.count("."), k)):
@@ -484,7 +487,7 @@ class ControlSession:
             self._validate(config)
         return config
 
-    def _publish(self, config: MldConfig, *, connected: bool) -> None:
+    def _publish(self, config: C, *, connected: bool) -> None:
         with self._lock:
             old = self._state
             peers = {c: MappingProxyType(dict(p)) for c, p in self._peers.items()}
@@ -536,7 +539,7 @@ class ControlSession:
         self._publish(config, connected=False)
 
 
-def _replace(state: ControlState, **changes: Any) -> ControlState:
+def _replace(state: ControlState[C], **changes: Any) -> ControlState[C]:
     values = {f: getattr(state, f) for f in state.__dataclass_fields__}
     values.update(changes)
     values["generation"] = state.generation + 1

@@ -2,7 +2,8 @@
 
 Frames are ``version | key id | sequence | nonce | XChaCha20-Poly1305(LZ4(protobuf batch))``
 (see ``frame.py``); keys come from X25519 agreement between each sender's and receiver's key
-pair (``keys.py``); channels wrap ZeroMQ PUSH/PULL and PUB/SUB (``channel.py``).
+pair (``keys.py``); channels wrap ZeroMQ PUSH/PULL and PUB/SUB (``channel.py``) and are
+opened from a service's endpoint settings in one place (``endpoints.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from crypto_transport.batcher import Batcher
 from crypto_transport.channel import Received, Receiver, Sender
 from crypto_transport.config import TransportConfig
 from crypto_transport.counters import REJECT_REASONS, ChannelCounters
+from crypto_transport.endpoints import (
+    ChannelEnd,
+    ReceivingEnd,
+    SendingEnd,
+    open_receiver,
+    open_sender,
+)
 from crypto_transport.frame import FRAME_VERSION
 from crypto_transport.keys import KeyPair, Keyring, SessionKey, load_public_key
 
@@ -19,12 +27,17 @@ __all__ = [
     "REJECT_REASONS",
     "Batcher",
     "ChannelCounters",
+    "ChannelEnd",
     "KeyPair",
     "Keyring",
     "Received",
     "Receiver",
+    "ReceivingEnd",
     "Sender",
+    "SendingEnd",
     "SessionKey",
     "TransportConfig",
     "load_public_key",
+    "open_receiver",
+    "open_sender",
 ]

@@ -20,14 +20,16 @@ batches; a model that fails to load is refused and the old one keeps serving. Ve
 are ``<detector_id>-<start s>-<counter>``: the start time keeps them unique across
 restarts.
 
-Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control` hands
-the service its ServiceControl. Between batches the service polls it: a change of
-``detector.thresholds`` or ``detector.top_features`` takes effect from the next batch, and
-outputs that follow discovery (DiscoveredSender: verdicts to the live firewall agents,
-events to the live RAG stores) connect and disconnect as those register and go.
+Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control`
+(control.FollowsControl) hands the service its ServiceControl. Between batches the
+service polls it: a change of ``detector.thresholds`` or ``detector.top_features`` takes
+effect from the next batch, and outputs that follow discovery (DiscoveredSender:
+verdicts to the live firewall agents, events to the live RAG stores) connect and
+disconnect as those register and go.
 
-Stopping (SIGTERM, SIGINT via :func:`stop_on_signals`, or :meth:`request_stop`): the batch
-in flight is finished, the batches already queued on the socket are scored (for up to
+Stopping (SIGTERM or SIGINT, which ``mld detector run`` turns into :meth:`request_stop` with
+base.signals.stop_on_signals; a second SIGINT interrupts at once): the batch in flight
+is finished, the batches already queued on the socket are scored (for up to
 ``drain_s``), and :meth:`close` gives queued output frames the socket linger (1 s) to
 leave before the context ends.
 """
@@ -46,10 +48,15 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
-from base import signals
 from base.errors import ModelError
-from control import DiscoveredSender, ServiceControl, stats_from_other_thread
-from crypto_transport import Keyring, Receiver, Sender, TransportConfig
+from control import (
+    ControlState,
+    DiscoveredSender,
+    FollowsControl,
+    output_sender,
+    stats_from_other_thread,
+)
+from crypto_transport import Keyring, Receiver, Sender, TransportConfig, open_receiver
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import DetectorConfig, OutputConfig
 from detector.eve import EveWriter
@@ -62,7 +69,7 @@ from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatc
 if TYPE_CHECKING:
     from anomaly.config import AnomalyConfig
 
-__all__ = ["DetectorService", "stop_on_signals"]
+__all__ = ["DetectorService"]
 
 log = logging.getLogger(__name__)
 
@@ -89,31 +96,20 @@ def _sender(
 ) -> OutputSender | None:
     if not out.enabled:
         return None
-    if discover and out.pattern == "push":
-        component, endpoint_name = _DISCOVERED[role]
-        return DiscoveredSender(
-            component=component,
-            endpoint_name=endpoint_name,
-            channel=out.channel,
-            sender_id=detector_id,
-            keyring=keyring,
-            settings=transport,
-            context=context,
-        )
-    return Sender(
-        pattern=out.pattern,
-        endpoint=out.endpoint,
-        channel=out.channel,
+    component, endpoint_name = _DISCOVERED[role]
+    return output_sender(
+        out,
         sender_id=detector_id,
         keyring=keyring,
-        recipients=list(out.recipients),
         settings=transport,
-        bind=out.bind,
+        discover=discover,
+        component=component,
+        endpoint_name=endpoint_name,
         context=context,
     )
 
 
-class DetectorService:
+class DetectorService(FollowsControl):
     """Scores the flow batches of one receiver and sends verdicts and events."""
 
     def __init__(
@@ -157,7 +153,6 @@ class DetectorService:
         self._verdict_seq = 0
         self._event_seq = 0
         self._stop = threading.Event()
-        self.plane: ServiceControl | None = None
         self.eve = (
             EveWriter(
                 config.eve_log,
@@ -224,16 +219,8 @@ class DetectorService:
         context: ZmqContext = zmq.Context()
         opened: list[OutputSender | Receiver[FlowBatch]] = []
         try:
-            listen = config.listen
-            receiver = Receiver(
-                pattern=listen.pattern,
-                endpoint=listen.endpoint,
-                channel=listen.channel,
-                keyring=keyring,
-                message_type=FlowBatch,
-                settings=transport,
-                bind=listen.bind,
-                context=context,
+            receiver = open_receiver(
+                config.listen, FlowBatch, keyring=keyring, settings=transport, context=context
             )
             opened.append(receiver)
             verdicts = _sender(
@@ -281,17 +268,8 @@ class DetectorService:
             )
         return Scorer(bundle, self.config.thresholds, self.config.top_features, scoring)
 
-    def attach_control(self, plane: ServiceControl) -> None:
-        """Follow ``plane`` between batches (live thresholds, discovered receivers)."""
-        self.plane = plane
-        self._follow_control()
-
-    def _follow_control(self) -> None:
-        if self.plane is None:
-            return
-        state = self.plane.poll()
-        if state is None:
-            return
+    def apply_control(self, state: ControlState[Any]) -> None:
+        """Live thresholds and top features; discovered receivers for the outputs."""
         new = state.config.detector
         if (new.thresholds, new.top_features) != (
             self.config.thresholds,
@@ -351,7 +329,7 @@ class DetectorService:
                 got = self.receiver.recv(timeout_ms=_RECV_POLL_MS)
                 if got is not None:
                     self.handle(got.message)
-                self._follow_control()
+                self.follow_control()
                 self._maybe_log_stats()
             self._drain()
         except KeyboardInterrupt:
@@ -551,11 +529,3 @@ def _anomaly_setup(
             what="anomaly model",
         )
     return scoring, watcher
-
-
-def stop_on_signals(service: DetectorService) -> None:
-    """SIGTERM and the first SIGINT ask ``service`` to stop cleanly; a second SIGINT
-    interrupts at once (KeyboardInterrupt). Main thread only."""
-
-    signals.stop_on_signals(service.request_stop, "finishing the batch in flight and stopping",
-                            second_sigint_interrupts=True)  # fmt: skip

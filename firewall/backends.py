@@ -77,8 +77,11 @@ class XdpBackend:
         self._map.close()
 
 
-def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Backend, str]:
-    """The backend to use and why (the agent logs the reason at start)."""
+def choose_backend(
+    config: FirewallConfig, pin_dir: str, netns: str | None = None
+) -> tuple[Backend, str]:
+    """The backend to use and why (the agent logs the reason at start). ``pin_dir``: the
+    node's bpffs folder where the sniffer's program pins its blocklist (node.xdp_pin_dir)."""
     from firewall.nft import NftBackend
 
     if config.dry_run:
@@ -86,9 +89,9 @@ def choose_backend(config: FirewallConfig, netns: str | None = None) -> tuple[Ba
     if config.backend in ("auto", "xdp"):
         from xdp.blocklist import program_attached
 
-        attached, why = program_attached(config.xdp_pin_dir)
+        attached, why = program_attached(pin_dir)
         if attached:
-            return XdpBackend(config.xdp_pin_dir), f"xdp: {why}"
+            return XdpBackend(pin_dir), f"xdp: {why}"
         if config.backend == "xdp":
             raise FirewallError(
                 f"firewall.backend is xdp but {why}: start the sniffer (mld sniffer run) first, or "

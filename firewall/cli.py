@@ -7,6 +7,7 @@ agent running) or the agent refused the request; 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,17 +21,16 @@ import zmq
 
 from base.errors import FirewallError
 from base.exit_codes import EXIT_ERROR, EXIT_OK
-from base.metrics import MetricsServer, serve_metrics
-from config import load_config
-from config.settings import MldConfig
-from control import Endpoint, ServiceControl
-from crypto_transport import Keyring, Receiver
+from config import MldConfig, load_config
+from control import Endpoint
+from crypto_transport import ChannelEnd, Keyring, open_receiver
 from firewall.allowlist import automatic_allowlist
 from firewall.backends import choose_backend
 from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import LIVE_SETTINGS, Policy
 from firewall.service import FirewallAgent
+from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import VerdictBatch
 
 __all__ = ["control_request", "register"]
@@ -112,26 +112,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _firewall_config(args, cfg)  # a bad file or option fails before etcd is asked
     agent_id = cfg.node.id or socket.gethostname()
     keyring = Keyring.from_config(cfg.transport)
-    agent: FirewallAgent | None = None
-    metrics: MetricsServer | None = None
-    plane = ServiceControl(
-        cfg,
-        component="firewall",
-        instance=agent_id,
-        keyring=keyring,
-        live_keys=_live_keys(),
-        validate=_check,
-        health=lambda: agent.health() if agent is not None else ("starting", {}),
-    )
-    from sniffer.service import sigterm_raises_systemexit
 
-    sigterm_raises_systemexit()
-    try:
-        cfg = plane.start()
+    def build(cfg: MldConfig, _plane: Plane, closing: contextlib.ExitStack) -> FirewallAgent:
         fw = _firewall_config(args, cfg)
         auto = automatic_allowlist(fw.auto_allowlist)
         policy = Policy(fw, allowlist_extra=auto.networks())
-        backend, why = choose_backend(fw)
+        backend, why = choose_backend(fw, cfg.node.xdp_pin_dir)
         log.info("firewall agent %s: backend %s", agent_id, why)
         log.info("allowlist: %s; automatic: %s", ", ".join(fw.allowlist), auto.describe())
         if auto.unresolved_ntp:
@@ -141,36 +127,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 ", ".join(auto.unresolved_ntp),
             )
         decisions = DecisionLog(fw.decision_log_path(cfg.node.state_dir))
-        receiver: Receiver[VerdictBatch] = Receiver(
-            pattern=fw.listen_pattern,
-            endpoint=fw.listen_endpoint,
-            channel=fw.channel,
+        receiver = open_receiver(
+            ChannelEnd(fw.listen_endpoint, fw.listen_pattern, fw.channel, fw.listen_bind),
+            VerdictBatch,
             keyring=keyring,
-            message_type=VerdictBatch,
             settings=cfg.transport,
-            bind=fw.listen_bind,
         )
         agent = FirewallAgent(fw, policy, backend, decisions, receiver, _control_path(cfg))
-        if fw.listen_pattern == "pull" and fw.listen_bind is not False:
-            plane.announce({"verdicts": Endpoint(receiver.bound_endpoint, "push", fw.channel)})
-        else:
-            plane.announce()
+        closing.callback(_stopped, agent, args.json)
         agent.restore()
-        agent.attach_control(plane)
-        metrics = serve_metrics("firewall", cfg.metrics, agent.health)
-        log.info("listening for verdicts on %s", receiver.bound_endpoint)
+        return agent
+
+    def endpoints(agent: FirewallAgent) -> dict[str, Endpoint]:
+        fw, receiver = agent.config, agent.receiver
+        if receiver is not None and fw.listen_pattern == "pull" and fw.listen_bind is not False:
+            return {"verdicts": Endpoint(receiver.bound_endpoint, "push", fw.channel)}
+        return {}
+
+    def run(agent: FirewallAgent, _plane: Plane) -> None:
+        if agent.receiver is not None:
+            log.info("listening for verdicts on %s", agent.receiver.bound_endpoint)
         agent.run()
-    finally:
-        plane.close()
-        if metrics is not None:
-            metrics.close()
-        if agent is not None:
-            stats = agent.stats()
-            agent.close()
-            log.info("firewall agent stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
-            if args.json:
-                print(json.dumps(stats))
+
+    run_service(
+        cfg,
+        ServiceParts(
+            ControlParts(
+                component="firewall",
+                instance=agent_id,
+                keyring=keyring,
+                live_keys=_live_keys(),
+                validate=_check,
+            ),
+            build=build,
+            endpoints=endpoints,
+            stop="exit",
+            run=run,
+        ),
+    )
     return EXIT_OK
+
+
+def _stopped(agent: FirewallAgent, as_json: bool) -> None:
+    stats = agent.stats()
+    agent.close()
+    log.info("firewall agent stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+    if as_json:
+        print(json.dumps(stats))
 
 
 def _when(ts: float) -> str:

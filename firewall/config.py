@@ -82,8 +82,6 @@ class FirewallConfig:
     # Enforcement point: auto (XDP when a flow program is attached, else nftables), xdp,
     # or nftables.
     backend: Literal["auto", "xdp", "nftables"] = "auto"
-    # bpffs folder where the flow program pins its blocklist map.
-    xdp_pin_dir: str = "/sys/fs/bpf/mld"
     # How often expired blocks are removed, in seconds.
     expiry_interval_s: float = 1.0
     # ZeroMQ endpoint the verdicts arrive on (the detector's detector.verdicts.endpoint).

@@ -15,11 +15,12 @@ The control socket is a ZeroMQ REP socket on ``ipc://<state_dir>/firewall/contro
 "flush" | "status", "addr": ...}``; the reply is ``{"ok": true, ...}`` or ``{"ok": false,
 "error": ...}``.
 
-Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control` hands
-the agent a ``ServiceControl``; each turn polls it (it never blocks) and a new state's
-``firewall`` settings go to ``Policy.reconfigure`` (thresholds, TTLs, allowlist, new-block
-rate: ``policy.LIVE_SETTINGS``), keeping the active blocks; the unblocks of blocks the new
-allowlist covers are applied and logged like any other. :meth:`health` gives the control
+Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control`
+(control.FollowsControl) hands the agent a ``ServiceControl``; each turn polls it (it
+never blocks) and a new state's ``firewall`` settings go to ``Policy.reconfigure``
+(thresholds, TTLs, allowlist, new-block rate: ``policy.LIVE_SETTINGS``), keeping the
+active blocks; the unblocks of blocks the new allowlist covers are applied and logged
+like any other. :meth:`health` gives the control
 thread the counters it writes to etcd.
 """
 
@@ -39,7 +40,7 @@ from typing import Any
 import zmq
 
 from base.errors import ConfigError
-from control import ServiceControl, stats_from_other_thread
+from control import ControlState, FollowsControl, stats_from_other_thread
 from crypto_transport import Receiver
 from firewall.backends import Backend
 from firewall.config import FirewallConfig
@@ -72,7 +73,7 @@ def block_to_json(block: ActiveBlock, now: float) -> dict[str, Any]:
     }
 
 
-class FirewallAgent:
+class FirewallAgent(FollowsControl):
     """Applies the policy's decisions through one backend and keeps the decision log."""
 
     def __init__(
@@ -102,7 +103,6 @@ class FirewallAgent:
         # New blocks the policy refused (table_full, rate_limited) since the last warning.
         self._refused: Counter[str] = Counter()
         self._next_refusal_warning = 0.0
-        self.plane: ServiceControl | None = None
         self._context = context or zmq.Context.instance()
         self._control: zmq.Socket[bytes] | None = None
         self.control_path = control_path
@@ -274,17 +274,8 @@ class FirewallAgent:
 
     # ---- control plane ---------------------------------------------------------------
 
-    def attach_control(self, plane: ServiceControl) -> None:
-        """Follow ``plane`` between turns (live firewall settings from etcd)."""
-        self.plane = plane
-        self._follow_control()
-
-    def _follow_control(self) -> None:
-        if self.plane is None:
-            return
-        state = self.plane.poll()
-        if state is None:
-            return
+    def apply_control(self, state: ControlState[Any]) -> None:
+        """A new state's ``firewall`` settings (see :meth:`reconfigure`)."""
         self.reconfigure(state.config.firewall)
 
     def reconfigure(self, config: FirewallConfig) -> list[str]:
@@ -331,7 +322,7 @@ class FirewallAgent:
         elif timeout_ms:
             time.sleep(timeout_ms / 1000)
         self._serve_control()
-        self._follow_control()
+        self.follow_control()
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + self.config.expiry_interval_s
             self.expire()

@@ -143,10 +143,6 @@ class GatewayStack:
         eve = self.opts.eve_log or base.detector.eve_log or str(self.run_dir / "alerts.json")
         stack["detector"] = {"eve_log": eve}
         merged = deep_merge(raw, stack)
-        # One blocklist: the firewall writes where the sniffer's program reads.
-        pin_dir = merged.get("sniffer", {}).get("capture", {}).get("xdp_pin_dir")
-        pin_dir = pin_dir or base.sniffer.capture.xdp_pin_dir
-        merged = deep_merge(merged, {"firewall": {"xdp_pin_dir": pin_dir}})
         header = (
             f"# Written by the gateway stack from {self.user_config} on "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}; edit that file, not this one.\n"
@@ -163,7 +159,7 @@ class GatewayStack:
 
     @property
     def pin_dir(self) -> Path:
-        return Path(self.cfg.sniffer.capture.xdp_pin_dir)
+        return Path(self.cfg.node.xdp_pin_dir)
 
     @property
     def instance(self) -> str:

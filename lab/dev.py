@@ -70,11 +70,14 @@ def lab_overrides(topo: Topology, dev_dir: Path) -> dict[str, Any]:
     folder of its own, short leases and health intervals for a lively view, short block
     TTLs so one attacker's later attacks are seen again."""
     return {
-        "node": {"id": "lab-gateway", "state_dir": str(dev_dir / "state")},
+        "node": {
+            "id": "lab-gateway",
+            "state_dir": str(dev_dir / "state"),
+            "xdp_pin_dir": f"/sys/fs/bpf/{topo.prefix}",
+        },
         "logging": {"level": "info"},
         # Its own etcd, in the gateway's namespace, whatever the user's file names.
         "control": {"endpoints": [], "lease_ttl_s": 3, "health_interval_s": 1.0},
-        "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{topo.prefix}"}},
         # The lab's attackers sit on the gateway's own outside segment: allowlisting the
         # connected subnets, as a real gateway does, would exempt them.
         "firewall": {

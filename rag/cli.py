@@ -19,10 +19,10 @@ from pathlib import Path
 
 from base.errors import RagError
 from base.exit_codes import EXIT_OK
-from base.metrics import MetricsServer, serve_metrics
 from config import MldConfig, load_config
-from control import Endpoint, ServiceControl
-from crypto_transport import Keyring, Receiver
+from control import Endpoint
+from crypto_transport import ChannelEnd, Keyring, open_receiver
+from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
 from rag.console import Console
@@ -160,27 +160,12 @@ def _one_command(words: list[str]) -> object:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    instance = cfg.node.id or socket.gethostname()
     keyring = Keyring.from_config(cfg.transport)
-    service: RagService | None = None
-    plane = ServiceControl(
-        cfg,
-        component="rag",
-        instance=instance,
-        keyring=keyring,
-        health=lambda: ("ok", service.stats()) if service is not None else ("starting", {}),
-    )
-    rag: RagStore | None = None
-    receiver: Receiver[EventBatch] | None = None
-    metrics: MetricsServer | None = None
 
-    def service_stats() -> dict[str, int]:
-        return service.stats() if service is not None else {}
-
-    try:
-        cfg = plane.start()
+    def build(cfg: MldConfig, _plane: Plane, closing: contextlib.ExitStack) -> RagService:
         path = _store_path(args, cfg)
         rag = RagStore(path, cfg.rag)
+        closing.callback(rag.close)
         added = rag.open_indexes()
         log.info(
             "event store %s: %d events, %d indexed now (%s index)",
@@ -189,39 +174,49 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             added,
             rag.text.kind,
         )
-        receiver = Receiver(
-            pattern="pull",
-            endpoint=args.listen or cfg.rag.listen_endpoint,
-            channel=cfg.rag.channel,
+        receiver = open_receiver(
+            ChannelEnd(args.listen or cfg.rag.listen_endpoint, "pull", cfg.rag.channel, True),
+            EventBatch,
             keyring=keyring,
-            message_type=EventBatch,
             settings=cfg.transport,
-            bind=True,
         )
+        closing.callback(receiver.close)
         service = RagService(rag, receiver)
-        plane.announce({"events": Endpoint(receiver.bound_endpoint, "push", cfg.rag.channel)})
-        service.stop_on_signals()
-        metrics = serve_metrics("rag", cfg.metrics, lambda: ("ok", service_stats()))
-        log.info("storing scored events from %s", receiver.bound_endpoint)
+        closing.callback(_stopped, service, args.json)
+        return service
+
+    def run(service: RagService, plane: Plane) -> None:
+        log.info("storing scored events from %s", service.receiver.bound_endpoint)
 
         def follow() -> None:
             plane.poll()  # keyring and log level follow etcd
 
         service.run(follow=follow)
-    finally:
-        plane.close()
-        if metrics is not None:
-            metrics.close()
-        if receiver is not None:
-            receiver.close()
-        if service is not None:
-            stats = service.stats()
-            log.info("rag store stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
-            if args.json:
-                print(json.dumps(stats))
-        if rag is not None:
-            rag.close()
+
+    run_service(
+        cfg,
+        ServiceParts(
+            ControlParts(
+                component="rag", instance=cfg.node.id or socket.gethostname(), keyring=keyring
+            ),
+            build=build,
+            health=lambda service: ("ok", service.stats()),
+            endpoints=lambda service: {
+                "events": Endpoint(service.receiver.bound_endpoint, "push", cfg.rag.channel)
+            },
+            attach=None,
+            stopping="saving the indexes and stopping",
+            run=run,
+        ),
+    )
     return EXIT_OK
+
+
+def _stopped(service: RagService, as_json: bool) -> None:
+    stats = service.stats()
+    log.info("rag store stopped: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+    if as_json:
+        print(json.dumps(stats))
 
 
 def _cmd_import(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from base.signals import stop_on_signals
 from crypto_transport import Receiver
 from proto.events_pb2 import EventBatch
 from rag.indexed_store import RagStore
@@ -77,7 +76,3 @@ class RagService:
         out["frames_missing"] = self.receiver.counters.missing
         out.update({f"rejected.{k}": v for k, v in sorted(self.receiver.counters.rejected.items())})
         return out
-
-    def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT save the indexes and return from run() (main thread)."""
-        stop_on_signals(self.request_stop, "saving the indexes and stopping")

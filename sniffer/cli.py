@@ -9,6 +9,8 @@ of every other file (and of the rejected one up to its error) still printed; 2 u
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -16,22 +18,24 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from google.protobuf import json_format
 
 from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
-from base.metrics import MetricsServer, serve_metrics
+from base.signals import sigterm_raises_systemexit
 from config import MldConfig, load_config
 from crypto_transport import Keyring
+from mld.runner import ControlParts, Health, Plane, ServiceParts, run_service
 from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
-from sniffer.service import SnifferService, sigterm_raises_systemexit, sniffer_control
+from sniffer.service import SnifferService
 from sniffer.sources import PcapSource, XdpSource
 
-__all__ = ["record_to_json", "register"]
+__all__ = ["record_to_json", "register", "sniffer_control"]
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +185,6 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     _cfg, scfg = _sniffer_config(args)
     capture = scfg.capture
     if args.idle_timeout is not None or args.active_timeout is not None:
-        import dataclasses
-
         capture = dataclasses.replace(
             capture,
             idle_timeout_s=args.idle_timeout or capture.idle_timeout_s,
@@ -208,27 +210,43 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check(cfg: MldConfig) -> None:
+    cfg.sniffer.rules.check()
+
+
+def _control_parts(sensor_id: str, keyring: Keyring | None) -> ControlParts:
+    """Registered as sniffer/<sensor_id> with the node's public key, following the
+    detectors, applying ``sniffer.rules`` live (other settings need a restart)."""
+    return ControlParts(
+        component="sniffer",
+        instance=sensor_id,
+        keyring=keyring,
+        watch=("detector",),
+        live_keys=("sniffer.rules",),
+        validate=_check,
+    )
+
+
+def sniffer_control(
+    cfg: MldConfig,
+    *,
+    sensor_id: str,
+    keyring: Keyring | None,
+    health: Callable[[], Health] | None = None,
+) -> Plane:
+    """The sniffer's link to the control plane as ``mld sniffer run`` makes it (does nothing
+    without control.endpoints), for code that runs the service its own way (tests)."""
+    return _control_parts(sensor_id, keyring).plane(cfg, health)
+
+
 def _cmd_sniff(args: argparse.Namespace) -> int:
     cfg, scfg = _sniffer_config(args)
-    import dataclasses
-
     sensor_id = scfg.publish.sensor_id or cfg.node.id or socket.gethostname()
     publishing = (scfg.publish.enabled or args.connect is not None) and not args.no_publish
     # The key file is needed to send, and to publish the public key in etcd.
     keyring = Keyring.from_config(cfg.transport) if publishing or cfg.control.enabled else None
-    service: SnifferService | None = None
-    plane = sniffer_control(
-        cfg,
-        sensor_id=sensor_id,
-        keyring=keyring,
-        health=lambda: service.health() if service is not None else ("starting", {}),
-    )
-    publisher = None
-    json_out = None
-    source = None
-    metrics: MetricsServer | None = None
-    try:
-        cfg = plane.start()
+
+    def build(cfg: MldConfig, plane: Plane, closing: contextlib.ExitStack) -> SnifferService:
         scfg = cfg.sniffer
         capture = scfg.capture
         if args.mode is not None:
@@ -240,6 +258,7 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
             publish = dataclasses.replace(publish, enabled=False)
         # --connect names the detector: discovery only replaces the configured endpoint.
         discover = plane.enabled and args.connect is None
+        publisher = None
         if publish.enabled:
             assert keyring is not None  # loaded above when publishing or with etcd
             publisher = FlowPublisher(
@@ -250,32 +269,38 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
                 discover=discover,
             )
         sinks: list[_FlowPrinter] = []
-        json_out = open(args.json_out, "a", encoding="utf-8") if args.json_out else None  # noqa: SIM115
-        if json_out is not None:
+        if args.json_out:
+            out = open(args.json_out, "a", encoding="utf-8")  # noqa: SIM115 (closing owns it)
+            json_out = closing.enter_context(out)
             sinks.append(_FlowPrinter(json_out, True, None))
-        source = XdpSource(args.iface, capture)
+        if publisher is not None:
+            closing.callback(publisher.close)
+        source = XdpSource(args.iface, capture, pin_dir=cfg.node.xdp_pin_dir)
         source.open()
-        service = SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
-        plane.announce()
-        service.attach_control(plane)
-        metrics = serve_metrics("sniffer", cfg.metrics, service.health)
+        closing.callback(source.close)
+        return SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
+
+    def run(service: SnifferService, _plane: Plane) -> None:
+        publisher, source = service.publisher, service.source
         log.info(
             "sniffing on %s (%s), %s",
             ", ".join(args.iface),
-            source.modes,
+            source.modes if isinstance(source, XdpSource) else {},
             f"publishing to {publisher.sender.endpoint}" if publisher else "not publishing",
         )
         service.run()
-    finally:
-        plane.close()
-        if metrics is not None:
-            metrics.close()
-        if source is not None:
-            source.close()
-        if publisher is not None:
-            publisher.close()
-        if json_out is not None:
-            json_out.close()
+
+    run_service(
+        cfg,
+        ServiceParts(
+            _control_parts(sensor_id, keyring),
+            build=build,
+            run=run,
+            # XdpSource.open() turns SIGTERM into SystemExit (xdp.monitor), Ctrl-C stays
+            # KeyboardInterrupt: SnifferService.run flushes the flow table on both.
+            stop="none",
+        ),
+    )
     return EXIT_OK
 
 

@@ -41,9 +41,6 @@ class CaptureConfig:
     sweep_interval_s: float = 1.0
     # Longest wait for ring-buffer events in one poll, in milliseconds.
     poll_timeout_ms: int = 200
-    # bpffs folder where the XDP program pins its blocklist map (firewall.xdp_pin_dir must
-    # name the same one for blocks to be enforced by this program).
-    xdp_pin_dir: str = "/sys/fs/bpf/mld"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from control import DiscoveredSender
+from control import DiscoveredSender, output_sender
 from crypto_transport import Batcher, Keyring, Sender, TransportConfig
 from proto.events_pb2 import FlowBatch
 from proto.wire import frame_element, join_batch
@@ -63,24 +63,14 @@ class FlowPublisher:
         self.batches_sent = 0
         self.records_dropped = 0
         self.batches_dropped = 0
-        if sender is None and discover and publish.pattern == "push":
-            sender = DiscoveredSender(
-                component="detector",
-                endpoint_name="flows",
-                channel=publish.channel,
-                sender_id=sensor_id,
-                keyring=keyring,
-                settings=transport,
-            )
-        self.sender: FlowSender = sender or Sender(
-            pattern=publish.pattern,
-            endpoint=publish.endpoint,
-            channel=publish.channel,
+        self.sender: FlowSender = sender or output_sender(
+            publish,
             sender_id=sensor_id,
             keyring=keyring,
-            recipients=list(publish.recipients),
             settings=transport,
-            bind=publish.bind,
+            discover=discover,
+            component="detector",
+            endpoint_name="flows",
         )
         self._clock = clock
         self._next_drop_log = 0.0

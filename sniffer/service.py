@@ -1,87 +1,45 @@
 """The sniffer's long-running loop: source -> pipeline -> publisher (and optional sinks).
 
 ``SnifferService.run()`` reads events from its source until the source ends (a capture
-file) or the process is told to stop (SIGINT, or SIGTERM turned into SystemExit), then
-always: takes the flows still open from the source (``flush``; end reason CAPTURE_END),
-processes them, sends the last partial batch and closes. Progress and counters are logged
-every ``stats_interval_s``.
+file) or the process is told to stop (SIGINT, or SIGTERM turned into SystemExit by
+base.signals.sigterm_raises_systemexit), then always: takes the flows still open from
+the source (``flush``; end reason CAPTURE_END), processes them, sends the last partial
+batch and closes. Progress and counters are logged every ``stats_interval_s``.
 
-Control plane (control/, when ``control.endpoints`` is set): :func:`sniffer_control` makes
-the sniffer's ServiceControl and :meth:`SnifferService.attach_control` hands it to the
-service, which polls it before every batch it handles, so a change reaches the pipeline
-before the next flows are scored. A change of ``sniffer.rules`` takes effect from that
-batch, the per-source and per-destination windows kept; a publisher that follows
-discovery connects to the detectors as they register and go. The health the
-control thread writes is a copy of the counters the service thread made (at most
-``control.health_interval_s`` old): the sources' counters (BPF maps, the native engine)
-are only read from the service thread.
+Control plane (control/, when ``control.endpoints`` is set): ``mld sniffer run`` makes the
+sniffer's ServiceControl (sniffer/cli.py) and :meth:`SnifferService.attach_control`
+(control.FollowsControl) hands it to the service, which polls it before every batch it
+handles, so a change reaches the pipeline before the next flows are scored. A change of
+``sniffer.rules`` takes effect from that batch, the per-source and per-destination
+windows kept; a publisher that follows discovery connects to the detectors as they
+register and go. The health the control thread writes is a copy of the counters the
+service thread made (at most ``control.health_interval_s`` old): the sources' counters
+(BPF maps, the native engine) are only read from the service thread.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable
-from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from control import DiscoveredSender, ServiceControl
-from control.session import HealthFn
-from crypto_transport import Keyring
+from control import ControlState, DiscoveredSender, FollowsControl, ServiceControl
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
 from sniffer.sources import FlowSource
 
-if TYPE_CHECKING:
-    from config.settings import MldConfig
-
-__all__ = ["SnifferService", "sigterm_raises_systemexit", "sniffer_control"]
+__all__ = ["SnifferService"]
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[ProcessedFlows], None]
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def sigterm_raises_systemexit() -> None:
-    """SIGTERM -> SystemExit(143), so the loop's ``finally`` flushes (main thread only)."""
-    signal.signal(signal.SIGTERM, _raise_exit)
-
-
-def _check(cfg: MldConfig) -> None:
-    cfg.sniffer.rules.check()
-
-
-def sniffer_control(
-    cfg: MldConfig,
-    *,
-    sensor_id: str,
-    keyring: Keyring | None,
-    health: HealthFn | None = None,
-) -> ServiceControl:
-    """The sniffer's link to the control plane (does nothing without control.endpoints):
-    registered as sniffer/<sensor_id> with the node's public key, following the
-    detectors, applying ``sniffer.rules`` live (other settings need a restart)."""
-    return ServiceControl(
-        cfg,
-        component="sniffer",
-        instance=sensor_id,
-        keyring=keyring,
-        watch=("detector",),
-        live_keys=("sniffer.rules",),
-        validate=_check,
-        health=health,
-    )
-
-
-class SnifferService:
+class SnifferService(FollowsControl):
     """Runs one source through the pipeline into the publisher and sinks."""
 
     def __init__(
@@ -100,30 +58,29 @@ class SnifferService:
         self.interrupted = False
         # Checked after every batch: True ends the run early (the flush still happens).
         self.stop_when: Callable[[], bool] = lambda: False
-        self.plane: ServiceControl | None = None
         self.config_changes = 0
         self._next_stats = time.monotonic() + stats_interval_s
         self._health_interval_s = 5.0
         self._next_health = 0.0
         self._health: dict[str, int] = {}
 
-    def attach_control(self, plane: ServiceControl) -> None:
+    def attach_control(self, plane: ServiceControl[Any]) -> None:
         """Follow ``plane`` before every batch (live rules, discovered detectors)."""
-        self.plane = plane
         if plane.session is not None:
             self._health_interval_s = plane.session.cfg.health_interval_s
-        self._follow_control()
+        super().attach_control(plane)
 
-    def _follow_control(self) -> None:
+    def follow_control(self) -> None:
         if self.plane is None:
             return
         now = time.monotonic()
         if now >= self._next_health:  # for etcd and /metrics
             self._next_health = now + self._health_interval_s
             self._health = self.stats()
-        state = self.plane.poll()
-        if state is None:
-            return
+        super().follow_control()
+
+    def apply_control(self, state: ControlState[Any]) -> None:
+        """Live ``sniffer.rules``; the detectors a discovering publisher sends to."""
         rules = state.config.sniffer.rules
         if rules != self.pipeline.rules.config:
             self.pipeline.rules.reconfigure(rules)
@@ -140,7 +97,7 @@ class SnifferService:
         return "ok", dict(self._health)
 
     def _handle(self, events: npt.NDArray[np.void], observation_point: str) -> None:
-        self._follow_control()
+        self.follow_control()
         if len(events):
             done = self.pipeline.process(events, observation_point)
             if self.publisher is not None:

@@ -142,7 +142,8 @@ class PcapSource:
 class XdpSource:
     """Flow events from the XDP program on live interfaces (needs root and BCC)."""
 
-    def __init__(self, ifaces: Sequence[str], capture: CaptureConfig) -> None:
+    def __init__(self, ifaces: Sequence[str], capture: CaptureConfig, *, pin_dir: str) -> None:
+        """``pin_dir``: the node's bpffs folder for the blocklist (node.xdp_pin_dir)."""
         import xdp  # BCC: only live capture needs it
 
         self.ifaces = list(ifaces)
@@ -158,7 +159,7 @@ class XdpSource:
             ringbuf_pages=capture.ringbuf_pages,
             mode=capture.xdp_mode,
             sweep_interval_s=capture.sweep_interval_s,
-            pin_dir=capture.xdp_pin_dir,
+            pin_dir=pin_dir,
         )
         self._stopping = False
 

@@ -9,6 +9,7 @@ folder, unreadable state file, event store); 4 some file failed or was cut (``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,8 +19,8 @@ from pathlib import Path
 from base.errors import WatchError
 from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from config import MldConfig, load_config
-from control import ServiceControl
-from control.attach import stats_from_other_thread
+from control import stats_from_other_thread
+from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from rag.indexed_store import RagStore, db_path
 from watch.service import FileResult, Watcher
 from watch.state import WatchState, state_path
@@ -72,17 +73,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     folder = Path(args.folder).resolve()
     if not folder.is_dir():
         raise WatchError(f"{folder} is not a folder: pass the folder to watch")
-    watcher: Watcher | None = None
-    plane = ServiceControl(
-        cfg,
-        component="watch",
-        instance=cfg.node.id or socket.gethostname(),
-        health=lambda: (
-            ("ok", stats_from_other_thread(watcher.stats))
-            if watcher is not None
-            else ("starting", {})
-        ),
-    )
 
     def on_file(result: FileResult) -> None:
         if args.json:
@@ -101,18 +91,17 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    store: RagStore | None = None
-    try:
-        cfg = plane.start()
+    def build(cfg: MldConfig, _plane: Plane, closing: contextlib.ExitStack) -> Watcher:
         cfg = _config(args, cfg)
         state = WatchState.load(
             state_path(folder, cfg.watch.state_file, cfg.node.state_dir), folder
         )
         store = RagStore(Path(cfg.rag.db), cfg.rag)
+        closing.callback(store.close)
         store.open_indexes()
-        watcher = Watcher(
+        return Watcher(
             folder,
-            cfg,
+            cfg.watch,
             store,
             state,
             analyse=detection_analyser(cfg, cfg.watch.sensor),
@@ -121,18 +110,28 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             poll=args.poll,
             on_file=on_file,
         )
-        plane.announce({})
-        watcher.stop_on_signals()
+
+    def run(watcher: Watcher, plane: Plane) -> None:
         watcher.run(once=args.once, follow=plane.poll)
-    finally:
-        plane.close()
-        if store is not None:
-            store.close()
+
+    watcher = run_service(
+        cfg,
+        ServiceParts(
+            ControlParts(component="watch", instance=cfg.node.id or socket.gethostname()),
+            build=build,
+            run=run,
+            health=lambda watcher: ("ok", stats_from_other_thread(watcher.stats)),
+            attach=None,
+            metrics=False,
+            stopping="finishing the current file and stopping",
+        ),
+    )
     counters = watcher.stats()
     summary = " ".join(f"{k}={v}" for k, v in counters.items())
-    log.info("watch stopped: %s (store %s)", summary, cfg.rag.db)
+    db = watcher.rag_cfg.db
+    log.info("watch stopped: %s (store %s)", summary, db)
     if args.json:
-        print(json.dumps({"summary": counters, "db": cfg.rag.db, "state": str(state.path)}))
+        print(json.dumps({"summary": counters, "db": db, "state": str(watcher.state.path)}))
     return EXIT_SOME_FAILED if args.once and watcher.unreadable else EXIT_OK
 
 

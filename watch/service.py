@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from base.errors import WatchError
-from base.signals import stop_on_signals
 from proto.events_pb2 import ScoredEvent
 from rag.indexed_store import RagStore
+from watch.config import WatchConfig
 from watch.inotify import (
     IN_CLOSE_WRITE,
     IN_MOVED_TO,
@@ -53,7 +53,7 @@ from watch.readiness import Pending, held_for_writing
 from watch.state import FileEntry, WatchState, file_key
 
 if TYPE_CHECKING:
-    from config.settings import MldConfig
+    pass
 
 __all__ = [
     "CAPTURE_SUFFIXES",
@@ -117,7 +117,7 @@ class Watcher:
     def __init__(
         self,
         folder: Path,
-        cfg: MldConfig,
+        cfg: WatchConfig,
         store: RagStore,
         state: WatchState,
         *,
@@ -129,8 +129,8 @@ class Watcher:
         on_file: Callable[[FileResult], None] | None = None,
     ) -> None:
         self.folder = folder
-        self.cfg = cfg.watch
-        self.rag_cfg = cfg.rag
+        self.cfg = cfg
+        self.rag_cfg = store.cfg  # when to save the store's indexes
         self.store = store
         self.state = state
         self.analyse = analyse
@@ -159,10 +159,6 @@ class Watcher:
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
         self._stop.set()
-
-    def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT finish the current file, save, and return from run()."""
-        stop_on_signals(self.request_stop, "finishing the current file and stopping")
 
     def stats(self) -> dict[str, int]:
         return {

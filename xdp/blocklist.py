@@ -48,6 +48,8 @@ __all__ = [
     "program_attached",
 ]
 
+# The one definition of the default pin folder: config's node.xdp_pin_dir defaults to it
+# (config/mld.yaml writes it out), and the sniffer and the firewall both use that setting.
 DEFAULT_PIN_DIR = "/sys/fs/bpf/mld"
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 

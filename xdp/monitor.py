@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from base.signals import sigterm_raises_systemexit
 from native import structs
 from native.structs import CONSTANTS, EVENT_DTYPE
 from xdp import bpf_syscall as sys_bpf
@@ -456,7 +457,8 @@ _deferred_sigterm = False
 _CALLBACK_NAMES = {FlowMonitor._on_event.__code__.co_name, "ringbuf_cb_"}
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _in_callback(frame: FrameType | None) -> bool:
+    """True (and the SIGTERM noted) when ``frame`` is inside a ring-buffer callback."""
     global _deferred_sigterm
     f = frame
     while f is not None:
@@ -464,9 +466,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         # the signal instead, and poll() raises it once the C call has returned.
         if f.f_code.co_name in _CALLBACK_NAMES:
             _deferred_sigterm = True
-            return
+            return True
         f = f.f_back
-    raise SystemExit(128 + signum)
+    return False
 
 
 def _raise_deferred_sigterm() -> None:
@@ -482,4 +484,4 @@ def raise_on_sigterm() -> None:
     Call it from the main thread before attach(). Without it SIGTERM kills the process and
     the XDP program stays attached (the kernel keeps netlink-attached programs).
     """
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    sigterm_raises_systemexit(defer=_in_callback)

@@ -112,6 +112,19 @@ def test_unknown_key_names_section_file_and_suggestion(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["sniffer:\n  capture:\n    xdp_pin_dir: /sys/fs/bpf/x\n", "firewall:\n  xdp_pin_dir: /x\n"],
+)
+def test_a_moved_key_says_where_it_went(tmp_path: Path, raw: str) -> None:
+    path = tmp_path / "mld.yaml"
+    path.write_text(raw)
+    with pytest.raises(ConfigError, match=r"xdp_pin_dir \(.*mld.yaml\) has moved to node"):
+        load_config(path)
+    path.write_text("node:\n  xdp_pin_dir: /sys/fs/bpf/x\n")
+    assert load_config(path).node.xdp_pin_dir == "/sys/fs/bpf/x"
+
+
 def test_unknown_section_suggests_close_name(tmp_path: Path) -> None:
     path = _write(tmp_path, "transprt:\n  replay_window: 10\n")
     with pytest.raises(ConfigError, match="did you mean 'transport'") as info:

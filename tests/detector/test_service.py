@@ -20,6 +20,7 @@ import zmq
 from crypto_transport import KeyPair, Sender, TransportConfig
 from crypto_transport.frame import seal
 from detector.bundle import load_bundle
+from detector.cli import register_detect
 from detector.config import (
     DetectorConfig,
     EventsOutput,
@@ -27,7 +28,6 @@ from detector.config import (
     ThresholdsConfig,
     VerdictsOutput,
 )
-from detector.detect_cli import register_detect
 from detector.features import columns_from_records, feature_matrix
 from detector.scoring import Scorer
 from detector.service import DetectorService

@@ -51,8 +51,8 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
     gw_ns = f"/run/netns/{lab.namespace('gateway')}"
     config = tmp_path / "mld.yaml"
     config.write_text(yaml.safe_dump({
-        "node": {"id": "gw-test", "state_dir": str(tmp_path / "state")},
-        "sniffer": {"capture": {"xdp_pin_dir": f"/sys/fs/bpf/{PREFIX}"}},
+        "node": {"id": "gw-test", "state_dir": str(tmp_path / "state"),
+                 "xdp_pin_dir": f"/sys/fs/bpf/{PREFIX}"},
         "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
         # The attacker is on the gateway's connected outside segment, which the firewall
         # would otherwise allowlist.

@@ -50,14 +50,17 @@ class Agent:
         self.config.write_text(
             yaml.safe_dump(
                 {
-                    "node": {"id": "fw-test", "state_dir": str(tmp / "state")},
+                    "node": {
+                        "id": "fw-test",
+                        "state_dir": str(tmp / "state"),
+                        "xdp_pin_dir": xdp_pin_dir,
+                    },
                     "transport": {
                         "key_file": str(tmp / "fw.key"),
                         "peers": {"detector": self.det_key.public_b64},
                     },
                     "firewall": {
                         "backend": backend,
-                        "xdp_pin_dir": xdp_pin_dir,
                         "listen_endpoint": self.endpoint,
                         "listen_bind": True,
                         "allowlist": ["127.0.0.0/8", "::1/128", f"{TRUSTED}/32"],

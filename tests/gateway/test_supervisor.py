@@ -102,9 +102,9 @@ def test_the_stack_derives_one_checked_config_for_every_service(tmp_path: Path) 
     require_etcd()
     user = tmp_path / "mld.yaml"
     user.write_text(yaml.safe_dump({
-        "node": {"id": "gw-1", "state_dir": str(tmp_path / "state")},
+        "node": {"id": "gw-1", "state_dir": str(tmp_path / "state"),
+                 "xdp_pin_dir": "/sys/fs/bpf/mld-gw-test"},
         "transport": {"key_file": str(tmp_path / "missing.key")},
-        "sniffer": {"capture": {"xdp_pin_dir": "/sys/fs/bpf/mld-gw-test"}},
     }))  # fmt: skip
     events: list[str] = []
     stack = GatewayStack(
@@ -122,7 +122,7 @@ def test_the_stack_derives_one_checked_config_for_every_service(tmp_path: Path) 
     assert oct(os.stat(cfg.transport.key_file).st_mode & 0o777) == "0o600"
     assert any("does not exist" in e for e in events), events
     # One blocklist for the sniffer and the firewall; alerts in the run folder.
-    assert cfg.firewall.xdp_pin_dir == "/sys/fs/bpf/mld-gw-test"
+    assert stack.pin_dir == Path("/sys/fs/bpf/mld-gw-test")
     assert cfg.detector.eve_log == str(tmp_path / "run" / "alerts.json")
     assert cfg.firewall.ttl_base_s == 42 and cfg.node.id == "gw-1"
     argv = {s: " ".join(stack.supervisor._children[s].spec.argv) for s in stack.supervisor.names}

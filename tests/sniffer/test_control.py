@@ -28,10 +28,11 @@ from control.discovery import DiscoveredSender
 from control.layout import Endpoint, config_key, health_key, service_key, status_key
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from proto.events_pb2 import FlowBatch
+from sniffer.cli import sniffer_control
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
-from sniffer.service import SnifferService, sniffer_control
+from sniffer.service import SnifferService
 from sniffer.sources import PcapSource
 from tests.sniffer.events import events
 from tests.support import SHARED_DATA, wait_for

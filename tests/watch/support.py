@@ -166,7 +166,7 @@ class Rig:
         path = state_path(self.folder, "", self.cfg.node.state_dir)
         self.watcher = Watcher(
             self.folder,
-            self.cfg,
+            self.cfg.watch,
             self.store,
             WatchState.load(path, self.folder),
             analyse=self.analyse,
