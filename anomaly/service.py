@@ -20,12 +20,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import Decision, retrain
 from anomaly.versions import ModelDir
 from base.errors import MldError
 from base.signals import stop_on_signals
 from control import ServiceControl, stats_from_other_thread
+from detector.config import AnomalyConfig
 
 __all__ = ["AnomalyService"]
 

@@ -40,7 +40,7 @@ from detector.config import ThresholdsConfig
 from detector.families import FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
 
-__all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyScoring", "Scorer", "Scores"]
+__all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyModel", "AnomalyScoring", "Scorer", "Scores"]
 
 ANOMALY_FAMILY = "anomaly"
 
@@ -51,7 +51,7 @@ F32 = npt.NDArray[np.float32]
 
 
 class AnomalyModel(Protocol):
-    """What scoring needs of an anomaly model (anomaly.model.LoadedAnomalyModel)."""
+    """What scoring needs of an anomaly model (detector.anomaly_model.LoadedAnomalyModel)."""
 
     @property
     def version(self) -> str: ...

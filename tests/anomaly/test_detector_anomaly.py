@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, EventBatch
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import train_on
 from anomaly.versions import ModelDir
 from anomaly.window import Window
 from detector.bundle import load_bundle
-from detector.config import ThresholdsConfig
+from detector.config import AnomalyConfig, ThresholdsConfig
 from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
 from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.detector.conftest import TinyBundle

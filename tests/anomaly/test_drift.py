@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from proto.events_pb2 import LABEL_SUSPICIOUS
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import retrain
 from anomaly.versions import ModelDir
 from config import load_config
 from detector.bundle import load_bundle
+from detector.config import AnomalyConfig
 from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
 from tests.anomaly.support import (
     NEW_PORT,
