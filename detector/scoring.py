@@ -37,12 +37,10 @@ from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 from base.errors import ConfigError
 from detector.bundle import LoadedBundle
 from detector.config import ThresholdsConfig
-from detector.families import FAMILIES, FAST_RULE_FAMILY
+from detector.families import ANOMALY, FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
 
-__all__ = ["ANOMALY_FAMILY", "LABEL_NAMES", "AnomalyModel", "AnomalyScoring", "Scorer", "Scores"]
-
-ANOMALY_FAMILY = "anomaly"
+__all__ = ["LABEL_NAMES", "AnomalyModel", "AnomalyScoring", "Scorer", "Scores"]
 
 LABEL_NAMES = {LABEL_BENIGN: "benign", LABEL_SUSPICIOUS: "suspicious", LABEL_MALICIOUS: "malicious"}
 _DEVIATION_CAP = 10.0
@@ -174,13 +172,13 @@ class Scorer:
         alerting = a >= self.anomaly.alert_threshold
         take = alerting & (a > final) & (label != LABEL_MALICIOUS)
         for i in np.flatnonzero(take).tolist():
-            family[i] = ANOMALY_FAMILY
+            family[i] = ANOMALY
         final = np.where(take, a, final).astype(np.float32)
         label[alerting & (label == LABEL_BENIGN)] = LABEL_SUSPICIOUS
         if self.anomaly.block:
             label[take & (a >= self.thresholds.block)] = LABEL_MALICIOUS
         scores = np.column_stack([fam_scores, a]).astype(np.float32)
-        return (*fams, ANOMALY_FAMILY), scores, final
+        return (*fams, ANOMALY), scores, final
 
     def _explain(self, x: F32, family: list[str]) -> TopFeatures:
         n = len(x)

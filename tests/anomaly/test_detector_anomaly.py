@@ -15,7 +15,8 @@ from anomaly.versions import ModelDir
 from anomaly.window import Window
 from detector.bundle import load_bundle
 from detector.config import AnomalyConfig, ThresholdsConfig
-from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from detector.families import ANOMALY as ANOMALY_FAMILY
+from detector.scoring import AnomalyScoring, Scorer
 from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (

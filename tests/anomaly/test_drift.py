@@ -23,7 +23,8 @@ from anomaly.versions import ModelDir
 from config import load_config
 from detector.bundle import load_bundle
 from detector.config import AnomalyConfig
-from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from detector.families import ANOMALY as ANOMALY_FAMILY
+from detector.scoring import AnomalyScoring, Scorer
 from tests.anomaly.support import (
     NEW_PORT,
     capture_events,

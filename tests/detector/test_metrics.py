@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proto.events_pb2 import FlowBatch
-from tests.mld.test_metrics import scrape
+from tests.base.test_metrics import scrape
 
 from base.metrics import MetricsConfig, serve_metrics
 from crypto_transport import TransportConfig
