@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from proto.events_pb2 import FlowBatch
-from tests.base.test_metrics import scrape
 
 from base.metrics import MetricsConfig, serve_metrics
 from crypto_transport import TransportConfig
 from detector.config import DetectorConfig, EventsOutput, ListenConfig, VerdictsOutput
 from detector.service import DetectorService
+from tests.base.test_metrics import scrape
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
