@@ -1,30 +1,28 @@
-"""The adaptive anomaly model: an isolation forest over recent traffic, kept fresh.
+"""Training the adaptive anomaly model: an isolation forest over recent traffic, kept fresh.
 
 ::
 
     rag event store -> window.py (newest flows, 54 features) -> train.py (IsolationForest,
-        isolation.py: treelite -> native, model.py: versioned folder, checked on load)
-        -> judge on held-back flows -> versions.py: `current` pointer + history.json
-    mld detector run watches `current` (detector/reload.py) and swaps the model between batches
+        isolation.py: treelite -> native; the version folder and its checks are
+        detector/anomaly_model.py) -> judge on held-back flows
+        -> versions.py: `current` pointer + history.json
+    mld detector run serves `current` (detector/anomaly_model.py, watched by detector/reload.py)
     service.py: mld anomaly run (retrains on a schedule, reports to the control plane)
     cli.py: mld anomaly train | run | status
 
-Only the settings are imported with the package; the rest loads on first use, so the
-config loader does not pull in scikit-learn and treelite.
+The settings (``anomaly`` in mld.yaml) are ``detector.config.AnomalyConfig``: the
+detector serves what this package trains, so this package builds on detector/ and
+never the reverse. Nothing is imported with the package; the rest loads on first use, so
+the command line does not pull in scikit-learn and treelite.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from anomaly.config import AnomalyConfig
-
 __all__ = [
-    "AnomalyConfig",
     "Decision",
-    "LoadedAnomalyModel",
     "ModelDir",
-    "load_model",
     "read_window",
     "retrain",
 ]
@@ -32,8 +30,6 @@ __all__ = [
 _LAZY = {
     "Decision": "anomaly.train",
     "retrain": "anomaly.train",
-    "LoadedAnomalyModel": "anomaly.model",
-    "load_model": "anomaly.model",
     "ModelDir": "anomaly.versions",
     "read_window": "anomaly.window",
 }

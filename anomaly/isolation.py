@@ -1,4 +1,4 @@
-"""Isolation forests to native code, and the anomaly score of their path lengths.
+"""Isolation forests to native code (the score of their path lengths is served by the detector).
 
 An isolation forest (Liu, Ting and Zhou 2008; scikit-learn's ``IsolationForest``) isolates
 a flow by random splits: the fewer splits a flow needs on average, ``E[h(x)]``, the more
@@ -13,7 +13,8 @@ detector/compile.py does for the forests (treelite 4.1.2's sklearn importer fail
 NumPy 2). A leaf holds the path length scikit-learn adds for a flow that ends there: the
 leaf's depth plus ``c(n)`` of the training rows that reached it (the isolation that did
 not happen because the tree stopped growing). The model averages its trees, so the
-compiled library returns ``E[h(x)]``; :func:`score_from_path` turns it into ``s``.
+compiled library returns ``E[h(x)]``; detector/anomaly_model.py's ``score_from_path``
+turns it into ``s``.
 Thresholds are rounded *down* to float32 as in detector/compile.py, so every float32
 input takes scikit-learn's path; the only difference left is float32 leaf values and
 summation (under 1e-6 on the score, tests/anomaly/test_isolation.py).
@@ -27,32 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from base.errors import ModelError
+from detector.anomaly_model import average_path_length
 
-__all__ = [
-    "average_path_length",
-    "fit_isolation_forest",
-    "isolation_to_treelite",
-    "score_from_path",
-]
-
-
-def average_path_length(n: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """``c(n)``: 0 for n <= 1, 1 for n == 2, else ``2 H(n-1) - 2 (n-1) / n`` (as sklearn)."""
-    n = np.asarray(n, dtype=np.float64)
-    out = np.zeros_like(n)
-    out[n == 2] = 1.0
-    big = n > 2
-    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
-    return out
-
-
-def score_from_path(mean_path: npt.ArrayLike, max_samples: int) -> npt.NDArray[np.float32]:
-    """The anomaly score ``2 ** (-E[h] / c(max_samples))`` of mean path lengths."""
-    c = float(average_path_length(np.array([max_samples]))[0])
-    h = np.asarray(mean_path, dtype=np.float64)
-    if c <= 0:
-        return np.ones(h.shape, dtype=np.float32)
-    return np.power(2.0, -h / c).astype(np.float32)
+__all__ = ["fit_isolation_forest", "isolation_to_treelite"]
 
 
 def fit_isolation_forest(

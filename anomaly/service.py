@@ -22,11 +22,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import Decision, retrain
 from anomaly.versions import ModelDir
 from base.errors import MldError
 from control import ControlState, FollowsControl, stats_from_other_thread
+from detector.config import AnomalyConfig
 
 __all__ = ["AnomalyService"]
 

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from anomaly.config import AnomalyConfig
 from anomaly.isolation import fit_isolation_forest, isolation_to_treelite
-from anomaly.model import LoadedAnomalyModel, write_model
 from anomaly.versions import ModelDir
 from anomaly.window import Window, read_window
 from base.errors import ModelError
+from detector.anomaly_model import LoadedAnomalyModel, load_model, write_model
+from detector.config import AnomalyConfig
 
 __all__ = ["Decision", "alert_rate", "build_candidate", "judge", "retrain", "train_on"]
 
@@ -121,8 +121,6 @@ def build_candidate(
     )
     folder = model_dir.commit(staging, version)
     t1 = time.perf_counter()
-    from anomaly.model import load_model
-
     loaded = load_model(folder, cache_dir)
     return loaded, {"fit_s": fit_s, "compile_s": time.perf_counter() - t1}
 

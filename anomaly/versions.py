@@ -1,8 +1,8 @@
-"""The model folder: versions, the ``current`` pointer and the decision history.
+"""The model folder, publishing side: versions, the ``current`` pointer, the history.
 
 Layout of ``anomaly.model_dir`` (default ``<node.state_dir>/anomaly``)::
 
-    versions/<version>/   one folder per trained model (anomaly/model.py)
+    versions/<version>/   one folder per trained model (detector/anomaly_model.py)
     current               the serving version's name, one line; replaced by rename, so a
                           reader sees the old name or the new one, never half of one
     history.json          the last HISTORY_KEEP decisions (swap, refuse, skip), newest last
@@ -10,9 +10,9 @@ Layout of ``anomaly.model_dir`` (default ``<node.state_dir>/anomaly``)::
                           decision, so two trainers (``mld anomaly run``, ``mld watch``'s
                           retrain) take turns: the second judges against the first's model
 
-The detector watches ``current`` (detector/reload.py with :func:`pointer_signature`) and
-loads the folder it names in the background. Old versions are pruned: the serving one
-and the KEEP_VERSIONS newest others stay.
+The detector reads ``current`` and the version folders (detector/anomaly_model.py, which
+defines both); this module writes them. Old versions are pruned: the serving one and
+the KEEP_VERSIONS newest others stay.
 """
 
 from __future__ import annotations
@@ -25,34 +25,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from anomaly.model import LoadedAnomalyModel, load_model
 from base.errors import ModelError
 from base.filelock import file_lock
+from detector.anomaly_model import (
+    CURRENT,
+    LoadedAnomalyModel,
+    current_version,
+    load_current,
+    version_folder,
+)
 from detector.bundle import atomic_write
-from detector.reload import Signature
 
-__all__ = [
-    "HISTORY_KEEP",
-    "KEEP_VERSIONS",
-    "ModelDir",
-    "pointer_signature",
-]
+__all__ = ["HISTORY_KEEP", "KEEP_VERSIONS", "ModelDir"]
 
 log = logging.getLogger(__name__)
 
 HISTORY_KEEP = 100
 KEEP_VERSIONS = 3
-CURRENT = "current"
 HISTORY = "history.json"
-
-
-def pointer_signature(model_dir: Path) -> Signature:
-    """What the detector's watcher compares: the ``current`` file's name, size, mtime."""
-    try:
-        st = os.stat(Path(model_dir) / CURRENT)
-    except OSError:
-        return None
-    return ((CURRENT, st.st_size, st.st_mtime_ns),)
 
 
 class ModelDir:
@@ -73,30 +63,14 @@ class ModelDir:
 
     def current_version(self) -> str:
         """The serving version's name, or '' when none was published."""
-        try:
-            return (self.path / CURRENT).read_text(encoding="utf-8").strip()
-        except OSError:
-            return ""
+        return current_version(self.path)
 
     def folder(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
-            raise ModelError(f"{self.path}: bad anomaly model version name {version!r}")
-        return self.versions / version
+        return version_folder(self.path, version)
 
     def load_current(self, cache_dir: Path | str | None = None) -> LoadedAnomalyModel:
-        """Load the version ``current`` names; ModelError if none or it does not load."""
-        version = self.current_version()
-        if not version:
-            raise ModelError(
-                f"no anomaly model in {self.path} yet: run `mld anomaly train` (or `mld anomaly "
-                "serve`) once the event store holds anomaly.min_flows flows"
-            )
-        model = load_model(self.folder(version), cache_dir)
-        if model.version != version:
-            raise ModelError(
-                f"{self.folder(version)}: holds version {model.version}, {CURRENT} names {version}"
-            )
-        return model
+        """Load the version ``current`` names (as the detector does); ModelError if none."""
+        return load_current(self.path, cache_dir)
 
     def staging(self) -> Path:
         """A fresh hidden folder to write a candidate into (renamed by :meth:`commit`)."""

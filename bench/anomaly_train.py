@@ -119,8 +119,8 @@ def child(db: str, window: int, base_only: bool) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    from anomaly.config import AnomalyConfig
     from anomaly.train import retrain
+    from detector.config import AnomalyConfig
 
     out: dict[str, object] = {}
     if not base_only:

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from anomaly.config import AnomalyConfig
 from base.config_loader import build, load_yaml
 from base.errors import ConfigError
 from base.metrics import MetricsConfig
 from control.config import ControlConfig
 from crypto_transport.config import TransportConfig
-from detector.config import DetectorConfig
+from detector.config import AnomalyConfig, DetectorConfig
 from firewall.config import FirewallConfig
 from rag.config import RagConfig
 from sniffer.config import SnifferConfig

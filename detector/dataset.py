@@ -1,7 +1,7 @@
 """Labelled flows from captures, for training and evaluation, kept apart by capture.
 
 A :class:`Capture` is one capture file (or a lab capture folder) with its label rows
-(``lab/labels.py`` format; none means every flow is benign) and, for the nDPI captures,
+(``detector/labels.py`` format; none means every flow is benign) and, for the nDPI captures,
 the flows nDPI flags with a risk, which are left out. :func:`extract` reads it with the
 offline analysis path (so the features are the live ones) and returns its flows'
 features, family and fine label.
@@ -35,8 +35,8 @@ from base.errors import ModelError
 from detector.analysis import AnalysisStats, analyze_captures
 from detector.families import BENIGN, family_of_label
 from detector.features import FEATURES
+from detector.labels import LabelRow, label_columns, read_labels
 from detector.ndpi_risk import FlowKey, flow_key, results_file, risky_flows
-from lab.labels import LabelRow, label_columns, read_labels
 from sniffer.config import SnifferConfig
 from sniffer.records import FlowColumns
 

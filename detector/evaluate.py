@@ -27,9 +27,9 @@ import numpy as np
 from detector.analysis import AnalysisStats, analyze_captures
 from detector.dataset import Capture, keep_mask, labelled_captures, shared_benign_captures
 from detector.families import BENIGN, family_of_label
+from detector.labels import label_columns
 from detector.scoring import Scorer
 from detector.train import file_sha256
-from lab.labels import label_columns
 from sniffer.config import SnifferConfig
 
 __all__ = ["CaptureResult", "Evaluation", "evaluate", "render_evaluation"]

@@ -1,13 +1,17 @@
-"""Detector families and how attack labels and fast rules map onto them.
+"""The detector families, from the schema, and how attack labels and fast rules map onto them.
 
-One RandomForest per family, each trained one-against-the-rest (benign flows and the
-other families' flows are its negatives):
+The families are defined once, as the ``Family`` enum of proto/events.proto (with their
+meaning); this module is their Python view. A family is written everywhere (protobuf
+string fields, labels.csv, the model bundle's manifest, EVE output, mld.yaml) as its
+enum name without the prefix, in lower case (``FAMILY_DDOS`` -> ``ddos``):
 
-    ddos        floods (SYN, UDP, ICMP), reflection/amplification, slow HTTP
-    scan        port scans and host sweeps
-    bruteforce  credential guessing against a login service (SSH, HTTP basic auth, ...)
-    tunnel      DNS tunnelling, DNS exfiltration and C2-like beaconing
-    lateral     SMB/RDP fan-out from an inside host (the network side of ransomware spread)
+    FAMILIES          the families with a forest, in bundle order: one RandomForest per
+                      family, trained one-against-the-rest (benign flows and the other
+                      families' flows are its negatives): ddos, scan, bruteforce, tunnel,
+                      lateral
+    ANOMALY           the anomaly model's family (detector/anomaly_model.py): no forest
+    VERDICT_FAMILIES  every family a verdict can name: FAMILIES, then ANOMALY
+    BENIGN            no attack (labels and training; never a verdict's family)
 
 Labels come from two vocabularies: the lab's fine labels (``lab/recipes.yaml``) and the
 shared captures' ``family`` column (``../shared/data/labels.csv``). A label that is in
@@ -16,16 +20,33 @@ neither is an error, so a new recipe cannot silently train as benign.
 
 from __future__ import annotations
 
+from proto.events_pb2 import FAMILY_ANOMALY, FAMILY_BENIGN, FAMILY_UNSPECIFIED, Family
+
 __all__ = [
+    "ANOMALY",
     "BENIGN",
     "FAMILIES",
     "FAST_RULE_FAMILY",
     "LABEL_FAMILY",
+    "VERDICT_FAMILIES",
+    "family_name",
     "family_of_label",
 ]
 
-BENIGN = "benign"
-FAMILIES = ("ddos", "scan", "bruteforce", "tunnel", "lateral")
+_PREFIX = "FAMILY_"
+
+
+def family_name(value: Family.ValueType) -> str:
+    """The written name of a ``Family`` value: ``FAMILY_DDOS`` -> ``"ddos"``."""
+    return Family.Name(value).removeprefix(_PREFIX).lower()
+
+
+BENIGN = family_name(FAMILY_BENIGN)
+ANOMALY = family_name(FAMILY_ANOMALY)
+VERDICT_FAMILIES: tuple[str, ...] = tuple(
+    family_name(v) for v in sorted(Family.values()) if v not in (FAMILY_UNSPECIFIED, FAMILY_BENIGN)
+)
+FAMILIES: tuple[str, ...] = tuple(f for f in VERDICT_FAMILIES if f != ANOMALY)
 
 LABEL_FAMILY: dict[str, str] = {
     # lab/recipes.yaml labels

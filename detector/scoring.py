@@ -36,20 +36,18 @@ import numpy.typing as npt
 from base.errors import ConfigError
 from detector.bundle import LoadedBundle, load_bundle
 from detector.config import DetectorConfig, ThresholdsConfig
-from detector.families import FAMILIES, FAST_RULE_FAMILY
+from detector.families import ANOMALY, FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 __all__ = [
-    "ANOMALY_FAMILY",
     "LABEL_NAMES",
+    "AnomalyModel",
     "AnomalyScoring",
     "Scorer",
     "Scores",
     "default_scorer",
 ]
-
-ANOMALY_FAMILY = "anomaly"
 
 LABEL_NAMES = {LABEL_BENIGN: "benign", LABEL_SUSPICIOUS: "suspicious", LABEL_MALICIOUS: "malicious"}
 _DEVIATION_CAP = 10.0
@@ -58,7 +56,7 @@ F32 = npt.NDArray[np.float32]
 
 
 class AnomalyModel(Protocol):
-    """What scoring needs of an anomaly model (anomaly.model.LoadedAnomalyModel)."""
+    """What scoring needs of an anomaly model (detector.anomaly_model.LoadedAnomalyModel)."""
 
     @property
     def version(self) -> str: ...
@@ -181,13 +179,13 @@ class Scorer:
         alerting = a >= self.anomaly.alert_threshold
         take = alerting & (a > final) & (label != LABEL_MALICIOUS)
         for i in np.flatnonzero(take).tolist():
-            family[i] = ANOMALY_FAMILY
+            family[i] = ANOMALY
         final = np.where(take, a, final).astype(np.float32)
         label[alerting & (label == LABEL_BENIGN)] = LABEL_SUSPICIOUS
         if self.anomaly.block:
             label[take & (a >= self.thresholds.block)] = LABEL_MALICIOUS
         scores = np.column_stack([fam_scores, a]).astype(np.float32)
-        return (*fams, ANOMALY_FAMILY), scores, final
+        return (*fams, ANOMALY), scores, final
 
     def _explain(self, x: F32, family: list[str]) -> TopFeatures:
         n = len(x)
@@ -218,8 +216,8 @@ class Scorer:
 def default_scorer(cfg: DetectorConfig) -> Scorer:
     """The shipped model bundle (detector/bundle) with ``cfg``'s thresholds and
     explanation size: what the offline paths score with (``mld rag import``, ``mld
-    watch``). ``cfg.bundle_dir`` is not read; ``mld detector analyze --bundle`` and ``mld detector run``
-    load the configured bundle themselves."""
+    watch run``). ``cfg.bundle_dir`` is not read; ``mld detector analyze --bundle`` and
+    ``mld detector run`` load the configured bundle themselves."""
     return Scorer(load_bundle(), cfg.thresholds, cfg.top_features)
 
 

@@ -15,10 +15,10 @@ cannot deliver (PUSH timeout, PUB high-water mark) is counted under ``*_dropped`
 
 Hot reload (detector/reload.py): a new bundle is swapped in between two batches, so the
 batch in flight finishes on the old one. With ``anomaly.enabled`` the anomaly model
-(anomaly/) is watched the same way through its ``current`` pointer and swapped between
-batches; a model that fails to load is refused and the old one keeps serving. Verdict ids
-are ``<detector_id>-<start s>-<counter>``: the start time keeps them unique across
-restarts.
+(detector/anomaly_model.py; anomaly/ trains it) is watched the same way through its
+``current`` pointer and swapped between batches; a model that fails to load is refused
+and the old one keeps serving. Verdict ids are ``<detector_id>-<start s>-<counter>``: the
+start time keeps them unique across restarts.
 
 Control plane (control/, when ``control.endpoints`` is set): :meth:`attach_control`
 (control.FollowsControl) hands the service its ServiceControl. Between batches the
@@ -43,12 +43,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
-from base.errors import ModelError
 from control import (
     ControlState,
     DiscoveredSender,
@@ -57,17 +56,15 @@ from control import (
     stats_from_other_thread,
 )
 from crypto_transport import Keyring, Receiver, Sender, TransportConfig, open_receiver
+from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
-from detector.config import DetectorConfig, OutputConfig
+from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
 from detector.eve import EveWriter
 from detector.features import scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
-from detector.scoring import LABEL_NAMES, AnomalyScoring, Scorer
+from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
 from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
-
-if TYPE_CHECKING:
-    from anomaly.config import AnomalyConfig
 
 __all__ = ["DetectorService"]
 
@@ -126,7 +123,7 @@ class DetectorService(FollowsControl):
         stats_interval_s: float = 60.0,
         drain_s: float = 2.0,
         anomaly: AnomalyConfig | None = None,
-        anomaly_watcher: BundleWatcher[Any] | None = None,
+        anomaly_watcher: BundleWatcher[AnomalyModel] | None = None,
     ) -> None:
         """``context``, if given, is terminated by :meth:`close` (the service owns it).
         ``anomaly`` (enabled) says how the anomaly model's score counts; the scorer's
@@ -205,7 +202,7 @@ class DetectorService(FollowsControl):
         )
         signature = bundle_signature(bundle_dir)  # before loading: a change meanwhile counts
         bundle = load(bundle_dir)
-        scoring, anomaly_watcher = _anomaly_setup(config, anomaly, state_dir)
+        scoring, anomaly_watcher = anomaly_serving(config, anomaly, state_dir)
         scorer = Scorer(bundle, config.thresholds, config.top_features, scoring)
         watcher = None
         if config.reload_interval_s > 0:
@@ -260,7 +257,9 @@ class DetectorService(FollowsControl):
         scoring = self.scorer.anomaly
         return scoring.model.version if scoring is not None else ""
 
-    def _make_scorer(self, bundle: LoadedBundle, anomaly_model: Any = None) -> Scorer:
+    def _make_scorer(
+        self, bundle: LoadedBundle, anomaly_model: AnomalyModel | None = None
+    ) -> Scorer:
         scoring = self.scorer.anomaly
         if anomaly_model is not None and self.anomaly is not None:
             scoring = AnomalyScoring(
@@ -492,40 +491,3 @@ class DetectorService(FollowsControl):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _anomaly_setup(
-    config: DetectorConfig, anomaly: AnomalyConfig | None, state_dir: str
-) -> tuple[AnomalyScoring | None, BundleWatcher[Any] | None]:
-    """The serving anomaly model (None before the first is published) and its watcher."""
-    if anomaly is None or not anomaly.enabled:
-        return None, None
-    # Imported here: anomaly/ builds on detector/ (features, compile), not the reverse.
-    from anomaly.versions import ModelDir, pointer_signature
-
-    anomaly.check()
-    model_dir = ModelDir(anomaly.path(state_dir))
-    cache = config.model_cache_dir or None
-
-    def load(_path: Path) -> Any:
-        return model_dir.load_current(cache)
-
-    signature = pointer_signature(model_dir.path)
-    scoring = None
-    try:
-        model = load(model_dir.path)
-        scoring = AnomalyScoring(model, anomaly.alert_threshold, anomaly.block)
-    except ModelError as exc:
-        log.warning("serving without an anomaly model for now: %s", exc)
-    watcher = None
-    if config.reload_interval_s > 0:
-        watcher = BundleWatcher(
-            model_dir.path,
-            load,
-            config.reload_interval_s,
-            current_version=scoring.model.version if scoring is not None else "",
-            signature=signature,
-            sign=pointer_signature,
-            what="anomaly model",
-        )
-    return scoring, watcher

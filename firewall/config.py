@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from base.errors import ConfigError
-from detector.families import FAMILIES
+from detector.families import VERDICT_FAMILIES
 from firewall.allowlist import AUTO_ALLOWLIST_SOURCES, AutoSource
 
 __all__ = ["FirewallConfig"]
@@ -29,7 +29,7 @@ class FirewallConfig:
     # Block threshold per family, e.g. {tunnel: 0.95}.
     block_threshold_per_family: dict[str, float] = field(default_factory=dict)
     # Families a verdict may name; a verdict with another family is rejected (counted).
-    families: tuple[str, ...] = (*FAMILIES, "anomaly")
+    families: tuple[str, ...] = VERDICT_FAMILIES
     # Length of a first block, in seconds.
     ttl_base_s: int = 300
     # A repeat offence within repeat_window_s multiplies the TTL by this (x4, x16, ...).

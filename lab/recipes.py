@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from base.errors import LabError
+from detector.families import FAMILIES
 from lab.evidence import Evidence, EvidenceCheck, parse_evidence
 from lab.netns import exec_args
 from lab.services import credentials
@@ -29,7 +30,6 @@ from lab.topology import Topology
 
 __all__ = [
     "DEFAULT_RECIPES",
-    "FAMILIES",
     "GroundTruth",
     "Recipe",
     "load_recipes",
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 DEFAULT_RECIPES = Path(__file__).with_name("recipes.yaml")
-FAMILIES = ("ddos", "scan", "bruteforce", "tunnel", "lateral")
 PROTOS = ("tcp", "udp", "icmp", "*")
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([a-z][a-z0-9_]*)\}")
 _KEYS = {

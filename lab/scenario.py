@@ -4,7 +4,7 @@ on the gateway and written out as a pcap, a labels file and the ground truth.
 Output folder::
 
     capture.pcap    what the gateway's NIC saw (tcpdump, snaplen 256 by default)
-    labels.csv      one ``window`` row per attack run (format: lab/labels.py)
+    labels.csv      one ``window`` row per attack run (format: detector/labels.py)
     truth.jsonl     every recipe run, benign ones too, with parameters and evidence
     scenario.json   name, seed, interface, times, tcpdump counters, counts
 """
@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from base.errors import LabError
+from detector.labels import LabelRow, write_labels
 from lab.capture import Capture
-from lab.labels import LabelRow, write_labels
 from lab.recipes import GroundTruth, Recipe, run_recipe
 from lab.topology import Topology
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import native
-from lab.labels import label_columns, read_labels
+from detector.labels import label_columns, read_labels
 from sniffer.records import flow_columns
 
 __all__ = ["summarize_capture"]

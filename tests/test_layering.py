@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("base",),
     ("proto",),
-    ("crypto_transport", "xdp", "native"),
+    ("native",),
+    ("crypto_transport", "xdp"),
     ("control",),
     ("sniffer",),
     ("detector",),

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import train_on
 from anomaly.versions import ModelDir
 from anomaly.window import Window
 from detector.bundle import load_bundle
-from detector.config import ThresholdsConfig
-from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from detector.config import AnomalyConfig, ThresholdsConfig
+from detector.families import ANOMALY as ANOMALY_FAMILY
+from detector.scoring import AnomalyScoring, Scorer
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, EventBatch
 from tests.anomaly.support import benign_captures, capture_events, features_of
 from tests.detector.conftest import TinyBundle

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly.config import AnomalyConfig
 from anomaly.train import retrain
 from anomaly.versions import ModelDir
 from config import load_config
 from detector.bundle import load_bundle
-from detector.scoring import ANOMALY_FAMILY, AnomalyScoring, Scorer
+from detector.config import AnomalyConfig
+from detector.families import ANOMALY as ANOMALY_FAMILY
+from detector.scoring import AnomalyScoring, Scorer
 from proto.events_pb2 import LABEL_SUSPICIOUS
 from tests.anomaly.support import (
     NEW_PORT,

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import tl2cgen
 
-from anomaly.isolation import (
-    average_path_length,
-    fit_isolation_forest,
-    isolation_to_treelite,
-    score_from_path,
-)
-from anomaly.model import PROBE_TOLERANCE
+from anomaly.isolation import fit_isolation_forest, isolation_to_treelite
+from detector.anomaly_model import PROBE_TOLERANCE, average_path_length, score_from_path
 from detector.bundle import RowPredictor
 from detector.compile import compile_model
 from tests.anomaly.support import benign_captures, capture_events, features_of

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from anomaly.config import AnomalyConfig
-from anomaly.model import load_model
 from anomaly.train import retrain, train_on
 from anomaly.versions import ModelDir
 from anomaly.window import Window, read_window
 from base.errors import ModelError
+from detector.anomaly_model import load_model
+from detector.config import AnomalyConfig
 from mld.cli import main
 from proto.events_pb2 import ScoredEvent
 from tests.anomaly.support import benign_captures, capture_events, features_of, fill_store

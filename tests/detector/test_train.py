@@ -10,7 +10,7 @@ import pytest
 from base.errors import ModelError
 from detector.dataset import SHARED_TRAIN, discover
 from detector.families import FAMILIES, family_of_label
-from lab.labels import LabelRow, write_labels
+from detector.labels import LabelRow, write_labels
 from tests.detector.conftest import TinyBundle
 from tests.support import SHARED_DATA
 

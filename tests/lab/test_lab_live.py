@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from lab.labels import read_labels
+from detector.labels import read_labels
 from lab.lifecycle import down, status, up
 from lab.netns import list_namespaces
 from lab.recipes import load_recipes, run_recipe

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from base.errors import LabError
-from lab.recipes import FAMILIES, draw_params, load_recipes, render
+from detector.families import FAMILIES
+from lab.recipes import draw_params, load_recipes, render
 from lab.scenario import load_datasets, load_scenarios
 from lab.topology import load_topology
 

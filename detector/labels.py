@@ -1,4 +1,9 @@
-"""Label files: the shared ``labels.csv`` format, extended with per-flow time windows.
+"""Label files (``labels.csv``): which flows of a capture are which attack.
+
+The one definition of the format: training and evaluation read it (detector/dataset.py,
+detector/evaluate.py), the lab writes it (``mld lab dataset``, lab/scenario.py) and
+summarises captures with it, and ``../shared/data/labels.csv`` is in it. The lab does
+not define it: it writes rows of this module's :class:`LabelRow`.
 
 The shared columns (``../shared/data/labels.csv``) are kept, in order::
 
@@ -35,13 +40,15 @@ import numpy as np
 import numpy.typing as npt
 
 from base.errors import LabError
+from detector.families import BENIGN
 
 if TYPE_CHECKING:
     from sniffer.records import FlowColumns
 
 __all__ = [
-    "BENIGN",
     "COLUMNS",
+    "SCOPES",
+    "SHARED_COLUMNS",
     "SLACK_S",
     "LabelRow",
     "label_columns",
@@ -50,7 +57,6 @@ __all__ = [
     "write_labels",
 ]
 
-BENIGN = "benign"
 SHARED_COLUMNS = ("pcap", "family", "attack_hosts", "scope", "notes")
 COLUMNS = (
     *SHARED_COLUMNS,

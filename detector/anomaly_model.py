@@ -1,6 +1,20 @@
-"""One anomaly model: a folder with a treelite checkpoint and its manifest.
+"""Serving the anomaly model: the published version folder, its score, the pointer to it.
 
-Layout of a version folder (``<model_dir>/versions/<version>/``)::
+anomaly/ trains the model (``mld anomaly train | serve``); the detector only loads a
+finished, checked one and scores with it (family ``anomaly``, detector/scoring.py). This
+module is that serving side, and the one definition of the folders both sides share.
+
+The model folder (``anomaly.model_dir``, default ``<node.state_dir>/anomaly``)::
+
+    versions/<version>/   one folder per trained model (below)
+    current               the serving version's name, one line; replaced by rename, so a
+                          reader sees the old name or the new one, never half of one
+
+Its publishing side (versions, pruning, the decision history, the trainer's lock) is
+anomaly/versions.py. The detector watches ``current`` (detector/reload.py with
+:func:`pointer_signature`) and loads the folder it names in the background.
+
+A version folder (``<model_dir>/versions/<version>/``)::
 
     model.tl     treelite 4.1 checkpoint: the isolation trees, mean path length E[h(x)]
     model.json   format, version, created, feature list and schema hash, n_trees,
@@ -12,6 +26,12 @@ unreadable, whose feature list is not this detector's, whose checkpoint is missi
 not match its hash, that does not compile, or whose compiled trees do not reproduce the
 probe scores to :data:`PROBE_TOLERANCE`. Libraries are compiled into the detector's model
 cache, named by content (detector/compile.py), so a model is compiled once per host.
+
+The score of a flow is ``s(x) = 2 ** (-E[h(x)] / c(psi))`` (Liu, Ting and Zhou 2008), with
+``psi`` the rows each tree was grown on (``max_samples``) and ``c(n)`` the average path
+length of an unsuccessful search in a binary search tree of n keys: about 0.5 and below
+for ordinary flows, towards 1 for flows that stand apart (anomaly/isolation.py builds
+the trees).
 """
 
 from __future__ import annotations
@@ -19,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +47,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from anomaly.isolation import score_from_path
 from base.errors import ModelError
 from detector.bundle import (
     DIRECT_MAX_ROWS,
@@ -36,17 +56,50 @@ from detector.bundle import (
     load_checked_model,
 )
 from detector.compile import CompileOptions
+from detector.config import AnomalyConfig, DetectorConfig
 from detector.features import FEATURES, SCHEMA_HASH
+from detector.reload import BundleWatcher, Signature
+from detector.scoring import AnomalyModel, AnomalyScoring
 
 __all__ = [
+    "CURRENT",
     "MODEL_FORMAT",
     "PROBE_TOLERANCE",
     "LoadedAnomalyModel",
+    "anomaly_serving",
+    "average_path_length",
+    "current_version",
+    "load_current",
     "load_model",
+    "pointer_signature",
+    "score_from_path",
+    "version_folder",
     "write_model",
 ]
 
 log = logging.getLogger(__name__)
+
+CURRENT = "current"
+
+
+def average_path_length(n: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``c(n)``: 0 for n <= 1, 1 for n == 2, else ``2 H(n-1) - 2 (n-1) / n`` (as sklearn)."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros_like(n)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+def score_from_path(mean_path: npt.ArrayLike, max_samples: int) -> npt.NDArray[np.float32]:
+    """The anomaly score ``2 ** (-E[h] / c(max_samples))`` of mean path lengths."""
+    c = float(average_path_length(np.array([max_samples]))[0])
+    h = np.asarray(mean_path, dtype=np.float64)
+    if c <= 0:
+        return np.ones(h.shape, dtype=np.float32)
+    return np.power(2.0, -h / c).astype(np.float32)
+
 
 MODEL_FORMAT = 1
 MANIFEST = "model.json"
@@ -195,3 +248,77 @@ def load_model(
                 )
     log.info("loaded anomaly model %s from %s", manifest.version, folder)
     return model
+
+
+def pointer_signature(model_dir: Path) -> Signature:
+    """What the detector's watcher compares: the ``current`` file's name, size, mtime."""
+    try:
+        st = os.stat(Path(model_dir) / CURRENT)
+    except OSError:
+        return None
+    return ((CURRENT, st.st_size, st.st_mtime_ns),)
+
+
+def current_version(model_dir: Path) -> str:
+    """The serving version's name, or '' when none was published."""
+    try:
+        return (Path(model_dir) / CURRENT).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def version_folder(model_dir: Path, version: str) -> Path:
+    """``<model_dir>/versions/<version>``; ModelError for a name that is not one folder."""
+    if not version or "/" in version or version.startswith("."):
+        raise ModelError(f"{model_dir}: bad anomaly model version name {version!r}")
+    return Path(model_dir) / "versions" / version
+
+
+def load_current(model_dir: Path, cache_dir: Path | str | None = None) -> LoadedAnomalyModel:
+    """Load the version ``current`` names; ModelError if none or it does not load."""
+    version = current_version(model_dir)
+    if not version:
+        raise ModelError(
+            f"no anomaly model in {model_dir} yet: run `mld anomaly train` (or `mld anomaly "
+            "serve`) once the event store holds anomaly.min_flows flows"
+        )
+    folder = version_folder(model_dir, version)
+    model = load_model(folder, cache_dir)
+    if model.version != version:
+        raise ModelError(f"{folder}: holds version {model.version}, {CURRENT} names {version}")
+    return model
+
+
+def anomaly_serving(
+    config: DetectorConfig, anomaly: AnomalyConfig | None, state_dir: str
+) -> tuple[AnomalyScoring | None, BundleWatcher[AnomalyModel] | None]:
+    """The serving anomaly model (None before the first is published) and its watcher;
+    (None, None) unless ``anomaly.enabled``."""
+    if anomaly is None or not anomaly.enabled:
+        return None, None
+    anomaly.check()
+    model_dir = anomaly.path(state_dir)
+    cache = config.model_cache_dir or None
+
+    def load(_path: Path) -> AnomalyModel:
+        return load_current(model_dir, cache)
+
+    signature = pointer_signature(model_dir)
+    scoring = None
+    try:
+        model = load(model_dir)
+        scoring = AnomalyScoring(model, anomaly.alert_threshold, anomaly.block)
+    except ModelError as exc:
+        log.warning("serving without an anomaly model for now: %s", exc)
+    watcher = None
+    if config.reload_interval_s > 0:
+        watcher = BundleWatcher(
+            model_dir,
+            load,
+            config.reload_interval_s,
+            current_version=scoring.model.version if scoring is not None else "",
+            signature=signature,
+            sign=pointer_signature,
+            what="anomaly model",
+        )
+    return scoring, watcher

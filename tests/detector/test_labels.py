@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.labels import BENIGN, LabelRow, label_flows, read_labels, write_labels
+from detector.families import BENIGN
+from detector.labels import LabelRow, label_flows, read_labels, write_labels
 from tests.support import SHARED_DATA
 
 
