@@ -19,7 +19,7 @@ at ``NOW`` (10:45)::
     10:40 nDPI skinny           192.168.19x.x (VoIP)              benign
 
 **Ground truth** is the timeline and labels.csv, never the detector's output: a capture's
-*relevant events* are its flows that its label rows (lab.labels: the row's scope, attack
+*relevant events* are its flows that its label rows (detector.labels: the row's scope, attack
 hosts and, for ``window`` rows, targets, ports, protocol and time window on the capture's
 own clock) make the attack, or every flow of a benign capture. Used by
 bench/rag_quality.py and tests/rag; not part of the product.
@@ -37,8 +37,9 @@ from pathlib import Path
 from base.errors import RagError
 from config import MldConfig, load_config
 from detector.analysis import scored_batches
+from detector.families import BENIGN
+from detector.labels import LabelRow, label_columns, read_labels
 from detector.scoring import default_scorer
-from lab.labels import BENIGN, LabelRow, label_columns, read_labels
 from rag.indexed_store import RagStore
 
 __all__ = [
@@ -96,7 +97,7 @@ class Truth:
     where its events are in the store.
 
     Its relevant events are ``ids`` when given (:func:`build_scenario` labels every flow
-    with lab.labels, whatever the row's scope, ``window`` included); else the events
+    with detector.labels, whatever the row's scope, ``window`` included); else the events
     ``first_id..last_id`` with an address of ``hosts`` at one end, all of them when
     ``hosts`` is empty (a hand-made store)."""
 
