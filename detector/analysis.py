@@ -29,7 +29,7 @@ import numpy.typing as npt
 from detector.features import columns_from_flows, feature_matrix
 from detector.scoring import Scorer, Scores
 from detector.verdicts import add_scored_events, build_verdicts
-from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent
+from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent, Verdict
 from sniffer.capture_file import first_packet_ts
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastScores
@@ -41,6 +41,7 @@ __all__ = [
     "AnalysisStats",
     "AnalyzedBatch",
     "analyze_captures",
+    "batch_verdicts",
     "scored_batches",
     "scored_events",
 ]
@@ -129,6 +130,16 @@ def analyze_captures(
     update()
 
 
+def batch_verdicts(
+    batch: AnalyzedBatch, flows: Sequence[FlowRecord], sensor_id: str, *, first_id: int
+) -> list[Verdict]:
+    """The Verdicts of an analysed batch's flows (its scores and its records, parsed), ids
+    ``import-<n>`` from ``first_id`` on."""
+    assert batch.scores is not None
+    ids = [f"import-{first_id + i}" for i in range(len(flows))]
+    return build_verdicts(batch.scores, flows, sensor_id, ids, time.time_ns())
+
+
 def scored_batches(
     paths: Sequence[str | Path],
     sniffer: SnifferConfig,
@@ -164,8 +175,7 @@ def scored_batches(
             for r in flows:
                 r.first_ts_ns += offset
                 r.last_ts_ns += offset
-        ids = [f"import-{n + i}" for i in range(len(flows))]
-        verdicts = build_verdicts(batch.scores, flows, sensor_id, ids, time.time_ns())
+        verdicts = batch_verdicts(batch, flows, sensor_id, first_id=n)
         out = EventBatch()
         add_scored_events(out, flows, verdicts, sensor_id)
         n += len(flows)

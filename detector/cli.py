@@ -27,16 +27,17 @@ from config import load_config
 from config.settings import MldConfig
 from control import Endpoint
 from crypto_transport import Keyring
-from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures
+from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures, batch_verdicts
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig
 from detector.dataset import LAB_TEST_DEFAULT, discover
 from detector.evaluate import evaluate, render_evaluation
+from detector.eve import EveWriter
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.service import DetectorService
 from detector.train import train_bundle
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
-from proto.events_pb2 import LABEL_BENIGN
+from proto.events_pb2 import LABEL_BENIGN, FlowRecord
 
 __all__ = ["analysis_rows", "register", "register_detect"]
 
@@ -59,6 +60,8 @@ examples:
                                                 a folder, in name order, to a file
   mld detector analyze capture.pcap --alerts-only | jq 'select(.family=="scan")'
   mld detector analyze capture.pcap --bundle ./my-bundle --quiet
+  mld detector analyze capture.pcap --alerts-only --eve eve.json
+                                                Suricata EVE alerts for a SIEM, EveBox, jq
 exit status: 0 ok; 1 bad config or bundle; 4 a file was rejected (the others are analysed).
 """
 TRAIN_EPILOG = """\
@@ -204,13 +207,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         capture = dataclasses.replace(sniffer.capture, idle_timeout_s=args.idle_timeout)
         sniffer = dataclasses.replace(sniffer, capture=capture)
     scorer = _scorer(cfg, args.bundle)
+    eve = EveWriter(args.eve, flows=args.eve_flows) if args.eve else None
+    sensor = cfg.node.id or socket.gethostname()
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     stats = AnalysisStats()
     progress = _Progress(stats, enabled=not args.quiet)
     alerts: Counter[tuple[str, str]] = Counter()
     try:
-        for batch in analyze_captures(args.paths, sniffer, scorer, stats):
+        for batch in analyze_captures(args.paths, sniffer, scorer, stats, records=eve is not None):
             assert batch.scores is not None
+            if eve is not None:
+                flows = [FlowRecord.FromString(b) for b in batch.records]
+                verdicts = batch_verdicts(batch, flows, sensor, first_id=stats.flows - len(flows))
+                eve.write(verdicts, flows, sensor)
             for row in analysis_rows(batch):
                 if row["label"] != "benign":
                     alerts[(row["family"], row["label"])] += 1
@@ -226,6 +235,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         progress.end()
+        if eve is not None:
+            eve.close()
         if out is not sys.stdout:
             out.close()
         else:
@@ -491,6 +502,15 @@ def register(
     )
     analyze.add_argument(
         "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"
+    )
+    analyze.add_argument(
+        "--eve",
+        metavar="FILE",
+        help="also append the alerts to FILE as Suricata EVE JSON (validates against "
+        "Suricata's schema; signature ids in detector/eve.py)",
+    )
+    analyze.add_argument(
+        "--eve-flows", action="store_true", help="with --eve: a flow event for every flow too"
     )
     analyze.set_defaults(func=_cmd_analyze)
 

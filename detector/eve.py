@@ -309,7 +309,11 @@ def eve_drop(
             "signature": sig.signature,
             "category": sig.category,
             "severity": 1,
-            "metadata": {"ml_firewall_action": [action], "ml_blocked_prefix": [network]},
+            "metadata": {
+                "ml_firewall_action": [action],
+                "ml_blocked_prefix": [network],
+                **({"ml_family": [family]} if family else {}),
+            },
         },
     }
 

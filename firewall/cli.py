@@ -24,6 +24,7 @@ from base.exit_codes import EXIT_ERROR, EXIT_OK
 from config import MldConfig, load_config
 from control import Endpoint
 from crypto_transport import ChannelEnd, Keyring, open_receiver
+from detector.eve import EveWriter
 from firewall.allowlist import automatic_allowlist
 from firewall.backends import choose_backend
 from firewall.config import FirewallConfig
@@ -133,7 +134,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             keyring=keyring,
             settings=cfg.transport,
         )
-        agent = FirewallAgent(fw, policy, backend, decisions, receiver, _control_path(cfg))
+        eve = EveWriter(fw.eve_log) if fw.eve_log else None
+        agent = FirewallAgent(
+            fw, policy, backend, decisions, receiver, _control_path(cfg),
+            eve=eve, agent_id=agent_id,
+        )  # fmt: skip
         closing.callback(_stopped, agent, args.json)
         agent.restore()
         return agent

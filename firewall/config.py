@@ -79,6 +79,9 @@ class FirewallConfig:
     dry_run: bool = False
     # SQLite decision log; empty means <node.state_dir>/firewall/decisions.sqlite.
     decision_log: str = ""
+    # Suricata EVE drop events (one per block, extension and unblock) appended to this
+    # file, for the SIEM that reads the detector's alerts; empty: none (detector/eve.py).
+    eve_log: str = ""
     # Enforcement point: auto (XDP when a flow program is attached, else nftables), xdp,
     # or nftables.
     backend: Literal["auto", "xdp", "nftables"] = "auto"

@@ -42,6 +42,7 @@ import zmq
 from base.errors import ConfigError
 from control import ControlState, FollowsControl, stats_from_other_thread
 from crypto_transport import Receiver
+from detector.eve import EveWriter, eve_drop
 from firewall.backends import Backend
 from firewall.config import FirewallConfig
 from firewall.decision_log import Backend as BackendName
@@ -87,8 +88,13 @@ class FirewallAgent(FollowsControl):
         *,
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], float] = time.time,
+        eve: EveWriter | None = None,
+        agent_id: str = "",
     ) -> None:
         self.config = config
+        # firewall.eve_log: a Suricata EVE drop event per block, extension and unblock.
+        self.eve = eve
+        self.agent_id = agent_id
         self.policy = policy
         self.backend = backend
         self.decisions = decisions
@@ -145,6 +151,18 @@ class FirewallAgent(FollowsControl):
             self.decisions.record(decision, self._backend_name, outcome)
         if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
             log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
+            if self.eve is not None:
+                event = eve_drop(
+                    action=decision.action,
+                    network=decision.network,
+                    family=decision.family,
+                    reason=decision.reason
+                    if outcome == "applied"
+                    else f"{decision.reason} (dry run)",
+                    agent_id=self.agent_id,
+                    ts=decision.decided_ts,
+                )
+                self.eve.write_events([event])
         elif outcome in REFUSALS:
             self._warn_refused(decision, outcome)
 
@@ -354,3 +372,5 @@ class FirewallAgent(FollowsControl):
             self.receiver.close()
         self.backend.close()
         self.decisions.close()
+        if self.eve is not None:
+            self.eve.close()

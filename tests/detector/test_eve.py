@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from tests.detector.service_support import (
     capture_records,
     parse,
 )
-from tests.support import SHARED_DATA
+from tests.support import REPO, SHARED_DATA
+
+MLD = str(REPO / ".venv/bin/mld")
 
 SCHEMA_PATH = SHARED_DATA / "suricata-eve-schema.json"
 # ICMPv6 and IPv6 TCP/UDP (android), ICMP (signal), besides the scan's TCP.
@@ -172,3 +175,31 @@ def _text(raw: bytes) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)
     return str(addr)
+
+
+def test_analyze_writes_eve_for_the_same_alerts(
+    tiny_bundle: TinyBundle, validator: Any, tmp_path: Path
+) -> None:
+    """`mld detector analyze --eve FILE`: one alert event per non-benign flow of its JSON
+    output, each valid against the schema, and with --eve-flows a flow event per flow."""
+    pcap = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
+    config = tmp_path / "mld.yaml"
+    config.write_text(f"node:\n  id: sensor-x\ndetector:\n  model_cache_dir: {tiny_bundle.cache}\n")
+    eve = tmp_path / "eve.json"
+    args = ["detector", "analyze", str(pcap), "--bundle", str(tiny_bundle.path)]
+    done = subprocess.run(
+        [MLD, "--config", str(config), *args, "--eve", str(eve), "--eve-flows", "-q"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    events = [json.loads(line) for line in eve.read_text().splitlines()]
+    alerts = [e for e in events if e["event_type"] == "alert"]
+    assert len(alerts) == sum(r["label"] != "benign" for r in rows) > 900
+    assert sum(e["event_type"] == "flow" for e in events) == len(rows)
+    assert all(_errors(validator, e) == [] for e in events)
+    assert {e["host"] for e in events} == {"sensor-x"}
+    by_flow = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"]): r for r in rows}
+    for alert in alerts[:50]:
+        row = by_flow[(alert["src_ip"], alert["src_port"], alert["dest_ip"], alert["dest_port"])]
+        assert alert["alert"]["metadata"]["ml_family"] == [row["family"]]
