@@ -142,7 +142,10 @@ class PipelineMonitor:
                 alert = json.loads(line)
             except ValueError:
                 continue
-            family = str(alert.get("alert", {}).get("category", "?"))
+            if alert.get("event_type") != "alert":
+                continue  # the EVE log's stats (and flow) events
+            meta = alert.get("alert", {}).get("metadata", {})
+            family = str((meta.get("ml_family") or ["?"])[0])
             self.alerts += 1
             self.alerts_by_family[family] += 1
             source = str(alert.get("src_ip", ""))
