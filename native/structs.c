@@ -92,6 +92,8 @@ static const struct member flow_state[] = {
     SCALAR(mld_flow_state, dns_queries),
     SCALAR(mld_flow_state, dns_qname_len_sum),
     ARRAY(mld_flow_state, dns_qname),
+    SCALAR(mld_flow_state, init_isn),
+    SCALAR(mld_flow_state, resp_isn),
 };
 
 static const struct member flow_event[] = {
@@ -164,6 +166,10 @@ static const struct {
     CONST(MLD_F_FIN_BWD),
     CONST(MLD_F_RST),
     CONST(MLD_F_L4),
+    CONST(MLD_F_INIT_SYN),
+    CONST(MLD_F_SYNACK),
+    CONST(MLD_F_HS_CONFLICT),
+    CONST(MLD_F_HS_VERIFIED),
     CONST(MLD_TCP_FIN),
     CONST(MLD_TCP_SYN),
     CONST(MLD_TCP_RST),

@@ -52,6 +52,13 @@
 #define MLD_F_FIN_BWD 0x04      /* a FIN went responder -> initiator */
 #define MLD_F_RST 0x08          /* a RST was seen */
 #define MLD_F_L4 0x10           /* the first packet carried a transport header we parsed */
+/* TCP handshake evidence (flow_update.h, "Handshake evidence"). */
+#define MLD_F_INIT_SYN 0x20     /* the flow began with the initiator's SYN (init_isn is set) */
+#define MLD_F_SYNACK 0x40       /* the responder's SYN-ACK acknowledging it was seen
+                                   (resp_isn is set) */
+#define MLD_F_HS_CONFLICT 0x80  /* two different SYN-ACKs: the evidence is void */
+#define MLD_F_HS_VERIFIED 0x100 /* the initiator acknowledged resp_isn + 1: it received the
+                                   responder's SYN-ACK, so its address is its own */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define MLD_TCP_FIN 0x01
@@ -133,6 +140,8 @@ struct mld_flow_state {
     __u32 dns_queries;  /* DNS queries (UDP to port 53, QR=0) sent by the initiator */
     __u32 dns_qname_len_sum; /* sum of their name wire lengths */
     __u8 dns_qname[MLD_DNS_NAME_MAX]; /* longest query name, raw labels, truncated */
+    __u32 init_isn;     /* sequence number of the initiator's SYN (MLD_F_INIT_SYN) */
+    __u32 resp_isn;     /* sequence number of the responder's SYN-ACK (MLD_F_SYNACK) */
 };
 
 /* One exported flow: what the ring buffer carries and what native/ returns. */
@@ -199,6 +208,8 @@ struct mld_pkt {
     __u8 dns_qname_len; /* 0 unless the packet is a DNS query */
     __u8 pad[1];
     __u8 dns_qname[MLD_DNS_NAME_MAX];
+    __u32 tcp_seq;      /* TCP sequence number, host order (0 without TCP) */
+    __u32 tcp_ack;      /* TCP acknowledgment number, host order (0 without TCP) */
 };
 
 #endif /* MLD_FLOW_TYPES_H */
