@@ -218,8 +218,8 @@ class Scorer:
 def default_scorer(cfg: DetectorConfig) -> Scorer:
     """The shipped model bundle (detector/bundle) with ``cfg``'s thresholds and
     explanation size: what the offline paths score with (``mld rag import``, ``mld
-    watch``). ``cfg.bundle_dir`` is not read; ``mld detector analyze --bundle`` and ``mld detector run``
-    load the configured bundle themselves."""
+    watch``). ``cfg.bundle_dir`` is not read; ``mld detector analyze --bundle`` and
+    ``mld detector run`` load the configured bundle themselves."""
     return Scorer(load_bundle(), cfg.thresholds, cfg.top_features)
 
 
