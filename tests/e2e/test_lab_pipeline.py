@@ -148,10 +148,12 @@ class DevRun:
                 and d["outcome"] == "applied" and d["ts"] >= after]  # fmt: skip
 
     def alerts(self) -> list[dict[str, Any]]:
+        """The alert events of the EVE log (it also holds periodic ``stats`` events)."""
         path = self.dev / "alerts.json"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        return [e for e in events if e.get("event_type") == "alert"]
 
     def drops(self, prefix: str) -> int:
         from xdp import Blocklist
