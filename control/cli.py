@@ -17,6 +17,7 @@ from typing import Any
 
 from base.errors import ConfigError, ControlPlaneError
 from base.exit_codes import EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control.client import EtcdClient
 from control.config import ControlConfig
@@ -231,20 +232,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         endpoints = ", ".join(
             f"{name}={e.get('endpoint')}" for name, e in reg.get("endpoints", {}).items()
         )
-        print(
-            f"{s['component'] + '/' + s['instance']:28} {s['health']:12} "
+        print(printable(
+            f"{s['component'] + '/' + s['instance']:28} {s['health']!s:12} "
             f"{reg.get('host', '?')!s:16} {reg.get('pid', '?')!s:>7} {_ago(up):>8}  "
             f"{endpoints or '-'}"
-        )
+        ))  # fmt: skip
         change = s["config"]
         if change:
             line = f"    last config change: {change.get('key')} -> {change.get('state')}"
             if change.get("reason"):
                 line += f" ({change['reason']})"
-            print(line)
+            print(printable(line))
         for what, record in s["reports"].items():
             if isinstance(record, dict) and record.get("summary"):
-                print(f"    {what}: {record['summary']}")
+                print(printable(f"    {what}: {record['summary']}"))
     return EXIT_OK
 
 
@@ -326,7 +327,7 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no settings are overridden in etcd")
     for row in [] if args.json else rows:
-        print(f"{row['component']:10} {row['setting']} = {row['value']}")
+        print(printable(f"{row['component']:10} {row['setting']} = {row['value']}"))
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from base.terminal import printable
 from lab.recipes import GroundTruth
 
 __all__ = ["AttackTimes", "PipelineMonitor", "render_summary", "render_view"]
@@ -123,7 +124,7 @@ class PipelineMonitor:
         return 0
 
     def health(self, component: str) -> str:
-        return str(self.services.get(component, {}).get("health", "not registered"))
+        return printable(self.services.get(component, {}).get("health", "not registered"))
 
     def _sample_eve(self, now: float) -> None:
         if self._eve is None:
@@ -142,10 +143,10 @@ class PipelineMonitor:
                 alert = json.loads(line)
             except ValueError:
                 continue
-            family = str(alert.get("alert", {}).get("category", "?"))
+            family = printable(alert.get("alert", {}).get("category", "?"))
             self.alerts += 1
             self.alerts_by_family[family] += 1
-            source = str(alert.get("src_ip", ""))
+            source = printable(alert.get("src_ip", ""))
             self.alerts_by_source[source] += 1
             times = self._times(source)
             # One entry per address and family per second at most: enough to time the
