@@ -22,7 +22,7 @@ from config import MldConfig, load_config
 from control import stats_from_other_thread
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from rag.indexed_store import RagStore, db_path
-from watch.service import FileResult, Watcher
+from watch.service import FileResult, RetrainHook, Watcher
 from watch.state import WatchState, state_path
 from watch.wiring import anomaly_retrain, detection_analyser
 
@@ -71,6 +71,16 @@ def _config(args: argparse.Namespace, cfg: MldConfig) -> MldConfig:
     return dataclasses.replace(cfg, watch=w, rag=dataclasses.replace(cfg.rag, db=str(db)))
 
 
+def _retrain(cfg: MldConfig) -> RetrainHook:
+    """The anomaly retrain on the store the watcher writes (cfg.rag.db, set by _config)."""
+    return anomaly_retrain(
+        cfg.anomaly,
+        Path(cfg.rag.db),
+        cfg.anomaly.path(cfg.node.state_dir),
+        cfg.detector.model_cache_dir,
+    )
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     cfg = _config(args, load_config(args.config))
     folder = Path(args.folder).resolve()
@@ -107,8 +117,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             cfg.watch,
             store,
             state,
-            analyse=detection_analyser(cfg, cfg.watch.sensor),
-            retrain=None if args.no_retrain else anomaly_retrain(cfg),
+            analyse=detection_analyser(cfg.sniffer, cfg.detector, cfg.watch.sensor),
+            retrain=None if args.no_retrain else _retrain(cfg),
             failed_dir=Path(cfg.watch.failed_dir) if cfg.watch.failed_dir else None,
             poll=args.poll,
             on_file=on_file,

@@ -7,7 +7,8 @@ shipped forests, what ``mld rag import`` runs) and reports how far the file was 
 :func:`anomaly_retrain` trains the anomaly model again on the event store the watcher
 writes. The Watcher (watch/service.py) takes both as plain callables, so tests hand it
 their own. The detector and the anomaly trainer are imported when a factory is called,
-not when the ``mld`` parser is built.
+not when the ``mld`` parser is built. Both take the sections of the config they use, not
+the whole-house MldConfig (docs/ARCHITECTURE.md, "Layering": watch/cli.py picks them).
 """
 
 from __future__ import annotations
@@ -24,29 +25,28 @@ from sniffer.sources import RejectedFile
 from watch.service import Analysis, RetrainHook, RetrainResult
 
 if TYPE_CHECKING:
-    from config.settings import MldConfig
+    from anomaly.config import AnomalyConfig
+    from detector.config import DetectorConfig
     from detector.scoring import Scorer
+    from sniffer.config import SnifferConfig
 
 __all__ = ["Retrained", "anomaly_retrain", "detection_analyser"]
 
 log = logging.getLogger(__name__)
 
 
-def anomaly_retrain(cfg: MldConfig) -> RetrainHook:
-    """The anomaly model's retrain (:func:`anomaly.train.retrain`) on ``cfg``'s event store
-    (``rag.db``) into its model folder: the window is read, a model fitted, compiled and
-    judged against the serving one, then swapped in or refused (anomaly/README.md)."""
+def anomaly_retrain(
+    cfg: AnomalyConfig, db: Path, model_dir: Path, model_cache_dir: str = ""
+) -> RetrainHook:
+    """The anomaly model's retrain (:func:`anomaly.train.retrain`) on the event store ``db``
+    into ``model_dir``: the window is read, a model fitted, compiled (in
+    ``model_cache_dir``, empty: the default) and judged against the serving one, then
+    swapped in or refused (anomaly/README.md)."""
     from anomaly.train import retrain
-    from rag.indexed_store import db_path
 
     def hook(reason: str) -> RetrainResult:
         log.info("anomaly retrain: %s", reason)
-        decision = retrain(
-            cfg.anomaly,
-            db_path(cfg.rag, cfg.node.state_dir),
-            cfg.anomaly.path(cfg.node.state_dir),
-            cfg.detector.model_cache_dir or None,
-        )
+        decision = retrain(cfg, db, model_dir, model_cache_dir or None)
         return Retrained(
             decision.action == "swap", f"{decision.action}: {decision.reason}",
             decision.version or None,
@@ -65,22 +65,26 @@ class Retrained:
 
 
 def detection_analyser(
-    cfg: MldConfig, sensor: str, *, scorer: Scorer | None = None
+    sniffer: SnifferConfig,
+    detector: DetectorConfig,
+    sensor: str,
+    *,
+    scorer: Scorer | None = None,
 ) -> Callable[[Path], Analysis]:
     """One file through the offline detection path (what ``mld rag import`` runs), scored
-    by ``scorer`` (default: the shipped bundle with cfg's thresholds)."""
+    by ``scorer`` (default: the shipped bundle with ``detector``'s thresholds)."""
     from detector.analysis import scored_events
     from detector.scoring import default_scorer
 
     if scorer is None:
-        scorer = default_scorer(cfg.detector)
+        scorer = default_scorer(detector)
 
     def analyse(path: Path) -> Analysis:
         events: list[ScoredEvent] = []
         rejected: list[RejectedFile] = []
         try:
             for batch in scored_events(
-                [path], cfg.sniffer, scorer, sensor_id=sensor, rejected=rejected
+                [path], sniffer, scorer, sensor_id=sensor, rejected=rejected
             ):
                 events.extend(batch)
         except (MldError, OSError, ValueError) as exc:

@@ -18,7 +18,7 @@ import pytest
 from config import MldConfig, load_config
 from detector.analysis import scored_events
 from detector.scoring import Scorer, default_scorer
-from rag.indexed_store import RagStore
+from rag.indexed_store import RagStore, db_path
 from tests.support import SHARED_DATA
 from watch.config import WatchConfig
 from watch.service import Analysis, FileResult, RetrainHook, Watcher
@@ -124,7 +124,12 @@ class RecordingRetrain:
     def __init__(self, cfg: MldConfig, state: Callable[[], WatchState]) -> None:
         self.calls: list[RetrainCall] = []
         self._state = state
-        self._real: RetrainHook = anomaly_retrain(cfg)
+        self._real: RetrainHook = anomaly_retrain(
+            cfg.anomaly,
+            db_path(cfg.rag, cfg.node.state_dir),
+            cfg.anomaly.path(cfg.node.state_dir),
+            cfg.detector.model_cache_dir,
+        )
 
     def __call__(self, reason: str) -> Stub:
         self.calls.append(RetrainCall(reason, self._state().files_analysed))
@@ -233,7 +238,8 @@ def make_rig(tmp: Path, watch: WatchConfig = FAST) -> Rig:
         rag=dataclasses.replace(base.rag, db=str(tmp / "events.sqlite")),
         watch=watch,
     )
-    return Rig(tmp, folder, cfg, detection_analyser(cfg, cfg.watch.sensor, scorer=scorer()))
+    analyse = detection_analyser(cfg.sniffer, cfg.detector, cfg.watch.sensor, scorer=scorer())
+    return Rig(tmp, folder, cfg, analyse)
 
 
 def copy_good(folder: Path, names: Iterator[str] | list[str]) -> int:
