@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for bench.common
 from bench.common import shared_data
 
 REPO = Path(__file__).resolve().parent.parent

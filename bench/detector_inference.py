@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for bench.common
 from bench.common import shared_data
 from config import load_config
 from detector.bundle import DIRECT_MAX_ROWS, RowPredictor

@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for bench.common
 from bench.common import shared_data
 
 REPO = Path(__file__).resolve().parent.parent
