@@ -216,6 +216,9 @@ def run_backend(
         ttl_base_s=600,
         max_new_blocks_per_s=1e6,
         new_blocks_burst=1_000_000,
+        # The batch is one /24: the per-neighbourhood limit (issue 19) is not what is measured.
+        new_blocks_per_prefix_per_s=1e6,
+        new_blocks_per_prefix_burst=1_000_000,
         max_tracked=1_000_000,
     )
     receiver: Receiver[VerdictBatch] = Receiver(
