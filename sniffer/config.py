@@ -41,6 +41,10 @@ class CaptureConfig:
     sweep_interval_s: float = 1.0
     # Longest wait for ring-buffer events in one poll, in milliseconds.
     poll_timeout_ms: int = 200
+    # XDP: packets the parser cannot follow (truncated or malformed headers, an IP length
+    # too short for its headers, more than 6 IPv6 extension headers): drop (they would
+    # pass unseen by detection) or pass. Counted by reason either way (source.parse_*).
+    parse_error_action: Literal["drop", "pass"] = "drop"
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,35 @@ MLD_INLINE void mld_dir_add(struct mld_dir_stats *d, const struct mld_pkt *pkt)
     }
 }
 
+/* Count a fragment. Overlaps are found against one contiguous byte range of the latest
+ * fragmented datagram: a fragment of the same id that starts or ends inside it overlaps
+ * (or repeats) bytes already seen; one next to it extends it; anything else (another
+ * datagram, a gap) starts a new range. In-order and reverse-order overlaps are seen;
+ * out-of-order ones across a gap, and overlaps between a first fragment (in the ports'
+ * flow) and a later one (in the ports-0 flow), are not. */
+MLD_INLINE void mld_frag_add(struct mld_flow_state *st, const struct mld_pkt *pkt)
+{
+    int known = st->frag_count != 0 && st->frag_id == pkt->frag_id;
+
+    if (!(pkt->frag & MLD_FRAG_IS))
+        return;
+    st->frag_count += 1;
+    if (pkt->frag & MLD_FRAG_TINY)
+        st->tiny_frag_count += 1;
+    if (known && pkt->frag_off < st->frag_hi && pkt->frag_end > st->frag_lo) {
+        st->overlap_frag_count += 1;
+    } else if (!(known && (pkt->frag_off == st->frag_hi || pkt->frag_end == st->frag_lo))) {
+        st->frag_id = pkt->frag_id;
+        st->frag_lo = pkt->frag_off;
+        st->frag_hi = pkt->frag_end;
+        return;
+    }
+    if (pkt->frag_off < st->frag_lo)
+        st->frag_lo = pkt->frag_off;
+    if (pkt->frag_end > st->frag_hi)
+        st->frag_hi = pkt->frag_end;
+}
+
 /* Add a packet to a flow and note FIN/RST; returns MLD_ACT_EXPORT when it ends the flow. */
 MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt, int src_lo)
 {
@@ -112,6 +141,7 @@ MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt
                   (MLD_F_FIN_FWD | MLD_F_FIN_BWD);
 
     mld_dir_add(&st->dir[fwd ? 0 : 1], pkt);
+    mld_frag_add(st, pkt);
     if (pkt->ts_ns > st->last_ts_ns)
         st->last_ts_ns = pkt->ts_ns;
     if (pkt->protocol == MLD_PROTO_TCP && pkt->has_l4) {

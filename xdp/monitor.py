@@ -56,11 +56,12 @@ from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
 from xdp.bpffs import ensure_pin_dir
 from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
 
-__all__ = ["FlowMonitor", "Mode", "raise_on_sigterm"]
+__all__ = ["FlowMonitor", "Mode", "ParseErrorAction", "raise_on_sigterm"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "native", "generic"]
+ParseErrorAction = Literal["drop", "pass"]
 
 XDP_DIR = Path(__file__).resolve().parent
 BPF_SOURCE = XDP_DIR / "flow_monitor.bpf.c"
@@ -110,6 +111,11 @@ class FlowMonitor:
         sweep_interval_s: how often poll() sweeps idle flows out of the table.
         pin_dir: bpffs directory where the blocklist map is pinned (and reused from).
         blocklist_max: blocklist capacity, used only when the map is created.
+        parse_error_action: what to do with a packet the parser cannot follow (truncated
+            or malformed headers, an IP length that cannot hold its headers, more IPv6
+            extension headers than it follows): "drop" (the default: such a packet would
+            pass unseen by detection) or "pass". Counted by reason either way. A blocked
+            source is dropped whatever follows its IP header.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class FlowMonitor:
         sweep_interval_s: float = 1.0,
         pin_dir: str | Path = DEFAULT_PIN_DIR,
         blocklist_max: int = 65536,
+        parse_error_action: ParseErrorAction = "drop",
     ) -> None:
         if isinstance(ifaces, str) or not ifaces or len(set(ifaces)) != len(ifaces):
             raise XdpError(f"ifaces must be a list of distinct interface names, got {ifaces!r}")
@@ -137,6 +144,10 @@ class FlowMonitor:
             raise XdpError("max_flows and blocklist_max must be >= 1")
         if mode not in ("auto", "native", "generic"):
             raise XdpError(f"mode must be 'auto', 'native' or 'generic', got {mode!r}")
+        if parse_error_action not in ("drop", "pass"):
+            raise XdpError(
+                f"parse_error_action must be 'drop' or 'pass', got {parse_error_action!r}"
+            )
         if sweep_interval_s <= 0:
             raise XdpError(f"sweep_interval_s must be > 0, got {sweep_interval_s}")
         self.ifaces = list(ifaces)
@@ -148,6 +159,7 @@ class FlowMonitor:
         self.sweep_interval_s = sweep_interval_s
         self.pin_dir = Path(pin_dir)
         self.blocklist_max = blocklist_max
+        self.parse_error_action: ParseErrorAction = parse_error_action
         self.modes: dict[str, str] = {}
         self.clock_offset_ns = 0
         self._bpf: Any = None
@@ -225,6 +237,7 @@ class FlowMonitor:
             f"-DMLD_RINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMLD_BLOCKLIST_MAX={self.blocklist_max}",
             f'-DMLD_BLOCKLIST_PIN="{pin}"',
+            f"-DMLD_PARSE_ERROR_DROP={int(self.parse_error_action == 'drop')}",
         ]
         try:
             bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)

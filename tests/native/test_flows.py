@@ -284,7 +284,8 @@ def test_flow_ids(tmp_path: Path) -> None:
     assert ids.dtype == np.uint64 and len(set(ids.tolist())) == 4
     raw = rest.tobytes()
     for i, ev in enumerate(rest):
-        data = raw[i * 368 : i * 368 + 40] + int(ev["first_ts_ns"]).to_bytes(8, "little")
+        size = native.EVENT_DTYPE.itemsize
+        data = raw[i * size : i * size + 40] + int(ev["first_ts_ns"]).to_bytes(8, "little")
         h = 0xCBF29CE484222325
         for byte in data:
             h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
