@@ -107,6 +107,10 @@ class FastRulesConfig:
     # Login services watched for brute force (80/443 are left out: browsers open many
     # short connections to one web server).
     brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
+    # tiny_fragments: tiny and overlapping IP fragments from one source within the window
+    # (no ordinary stack sends them; nmap -f does), in packets.
+    tiny_fragments_low: float = 0.0
+    tiny_fragments_high: float = 4.0
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys

@@ -28,6 +28,10 @@ those of proto/events.proto):
   name's length in characters is its wire length minus 2. The longest name is decoded from
   its labels for its Shannon entropy (bits per character of the dotted name, over the at
   most 48 stored bytes).
+* **Fragments.** ``frag_count``, ``tiny_frag_count`` and ``overlap_frag_count`` are the
+  flow state's counters unchanged (packets; see FlowRecord in proto/events.proto). They are
+  not model features (the shipped bundle's feature list is fixed); the fast rule
+  ``tiny_fragments`` reads them.
 """
 
 from __future__ import annotations
@@ -208,6 +212,9 @@ def flow_columns(events: npt.NDArray[np.void], observation_point: str) -> FlowCo
         "last_ts_ns": ev["last_ts_ns"],
         "end_reason": ev["end_reason"],
         "vlan_id": ev["vlan_id"],
+        "frag_count": ev["frag_count"],
+        "tiny_frag_count": ev["tiny_frag_count"],
+        "overlap_frag_count": ev["overlap_frag_count"],
         "dns_queries": ev["dns_queries"],
         # Dotted length = wire length - 2 per name (see the module docstring).
         "dns_name_chars": np.maximum(
@@ -250,6 +257,9 @@ _SCALARS = (
     "last_ts_ns",
     "end_reason",
     "vlan_id",
+    "frag_count",
+    "tiny_frag_count",
+    "overlap_frag_count",
 )
 
 
@@ -304,6 +314,9 @@ def encode_records(
             vlan_id=sc[8],
             fast_score=score,
             fast_rule=rule,
+            frag_count=sc[9],
+            tiny_frag_count=sc[10],
+            overlap_frag_count=sc[11],
         )
         append(record.SerializeToString())
     return out
