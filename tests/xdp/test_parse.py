@@ -197,3 +197,27 @@ def test_parse_error_action_pass_lets_them_through_counted(
     stats = mon.fresh_stats()
     assert {k: stats[k] for k in want} == want
     assert stats["parse_dropped"] == 0
+
+
+def test_nmap_fragment_scan_is_seen_per_port(netns_pair: NetnsPair, monitors: Any) -> None:
+    """Attack with the real tool: ``nmap -f -sS`` (SYN scan, TCP header split into 8-byte
+    fragments) against 32 ports of b. Each port must come out as its own flow carrying a
+    tiny fragment, not one ports-0 flow."""
+    require_root_and("nmap")
+    p = netns_pair
+    mon = monitors(p.ns_b, [p.dev_b])
+    ports = list(range(2000, 2032))
+    p.run(p.ns_a, "nmap", "-n", "-Pn", "-sS", "-f", "--max-retries", "0", "--host-timeout",
+          "60s", "-p", f"{ports[0]}-{ports[-1]}", p.addr_b)  # fmt: skip
+    assert mon.stop() == 0, mon.err()
+    stats = mon.stats()
+    assert stats["tiny_fragments"] >= 2 * len(ports) and stats["parse_errors"] == 0, stats
+    b_hex = "00000000000000000000ffff" + bytes(map(int, p.addr_b.split("."))).hex()
+    scanned = {}
+    for e in mon.events():
+        k = e["key"]
+        if k["protocol"] == 6:
+            scanned[k["port_hi"] if k["addr_hi"] == b_hex else k["port_lo"]] = e["state"]
+    assert set(ports) <= set(scanned), sorted(scanned)
+    assert all(scanned[port]["tiny_frag_count"] >= 1 for port in ports)
+    assert scanned[0]["tiny_frag_count"] >= len(ports)  # the later fragments at offset 8
