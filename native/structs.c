@@ -98,6 +98,8 @@ static const struct member flow_state[] = {
     SCALAR(mld_flow_state, frag_id),
     SCALAR(mld_flow_state, frag_lo),
     SCALAR(mld_flow_state, frag_hi),
+    SCALAR(mld_flow_state, init_isn),
+    SCALAR(mld_flow_state, resp_isn),
 };
 
 static const struct member flow_event[] = {
@@ -177,6 +179,10 @@ static const struct {
     CONST(MLD_F_FIN_BWD),
     CONST(MLD_F_RST),
     CONST(MLD_F_L4),
+    CONST(MLD_F_INIT_SYN),
+    CONST(MLD_F_SYNACK),
+    CONST(MLD_F_HS_CONFLICT),
+    CONST(MLD_F_HS_VERIFIED),
     CONST(MLD_TCP_FIN),
     CONST(MLD_TCP_SYN),
     CONST(MLD_TCP_RST),

@@ -47,6 +47,10 @@
 #define MLD_IPV6_MAX_EXT 6
 
 MLD_INLINE __u16 mld_be16(const __u8 *p) { return (__u16)(((__u16)p[0] << 8) | p[1]); }
+MLD_INLINE __u32 mld_be32(const __u8 *p)
+{
+    return ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
+}
 
 /* A DNS query (QR=0, at least one question) in a UDP payload: record the first name's wire
  * length and its first MLD_DNS_NAME_MAX bytes. Anything odd leaves the packet a plain one. */
@@ -78,11 +82,6 @@ MLD_INLINE void mld_parse_dns(const __u8 *p, const __u8 *end, struct mld_pkt *pk
             break;
         pkt->dns_qname[i] = n[i];
     }
-}
-
-MLD_INLINE __u32 mld_be32(const __u8 *p)
-{
-    return ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
 }
 
 /* Note a fragment of datagram id covering bytes [off, off + len) of its payload. */
@@ -135,6 +134,8 @@ MLD_INLINE int mld_parse_l4(const __u8 *p, const __u8 *end, __u32 l3_hdr_len,
         pkt->sport = mld_be16(p);
         pkt->dport = mld_be16(p + 2);
         pkt->tcp_flags = p[13];
+        pkt->tcp_seq = mld_be32(p + 4);
+        pkt->tcp_ack = mld_be32(p + 8);
         pkt->window = mld_be16(p + 14);
         hdr = (__u32)(p[12] >> 4) * 4;
         if (hdr < 20)

@@ -52,6 +52,13 @@
 #define MLD_F_FIN_BWD 0x04      /* a FIN went responder -> initiator */
 #define MLD_F_RST 0x08          /* a RST was seen */
 #define MLD_F_L4 0x10           /* the first packet carried a transport header we parsed */
+/* TCP handshake evidence (flow_update.h, "Handshake evidence"). */
+#define MLD_F_INIT_SYN 0x20     /* the flow began with the initiator's SYN (init_isn is set) */
+#define MLD_F_SYNACK 0x40       /* the responder's SYN-ACK acknowledging it was seen
+                                   (resp_isn is set) */
+#define MLD_F_HS_CONFLICT 0x80  /* two different SYN-ACKs: the evidence is void */
+#define MLD_F_HS_VERIFIED 0x100 /* the initiator acknowledged resp_isn + 1: it received the
+                                   responder's SYN-ACK, so its address is its own */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define MLD_TCP_FIN 0x01
@@ -148,6 +155,8 @@ struct mld_flow_state {
     __u32 frag_id;            /* bookkeeping: datagram id of the latest fragment */
     __u32 frag_lo;            /* bookkeeping: [frag_lo, frag_hi) is a contiguous range of */
     __u32 frag_hi;            /*   that datagram's bytes seen in this flow */
+    __u32 init_isn;     /* sequence number of the initiator's SYN (MLD_F_INIT_SYN) */
+    __u32 resp_isn;     /* sequence number of the responder's SYN-ACK (MLD_F_SYNACK) */
 };
 
 /* One exported flow: what the ring buffer carries and what native/ returns. */
@@ -228,6 +237,8 @@ struct mld_pkt {
     __u32 frag_end;     /*   [frag_off, frag_end) */
     __u8 frag;          /* MLD_FRAG_* */
     __u8 pad2[3];
+    __u32 tcp_seq;      /* TCP sequence number, host order (0 without TCP) */
+    __u32 tcp_ack;      /* TCP acknowledgment number, host order (0 without TCP) */
 };
 
 #endif /* MLD_FLOW_TYPES_H */

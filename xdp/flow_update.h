@@ -6,6 +6,16 @@
  * mld_idle_reason() are the sweepers' rules. The XDP program and native/'s offline engine
  * both call these, so a capture replayed offline and the same traffic seen live give the
  * same counters. Nothing here may use libc or BPF helpers directly.
+ *
+ * Handshake evidence (mld_handshake): a flow's initiator is marked MLD_F_HS_VERIFIED when it
+ * acknowledged the responder's initial sequence number: its SYN (ISN i) drew a SYN-ACK
+ * acknowledging i + 1 (ISN r), and its first ACK after that acknowledges exactly r + 1. A
+ * sender with a forged source address never receives the SYN-ACK, so it cannot know r: it
+ * gets one guess in 2^32 per flow, because the first ACK decides (a wrong one voids the
+ * evidence, MLD_F_HS_CONFLICT). Two SYNs or two SYN-ACKs that disagree (a forger injecting
+ * its own SYN-ACK "from" the responder next to the real one) also void it. Only a sender
+ * that sees the responder's replies can pass, which is what "the address is its own"
+ * means; the firewall blocks on nothing weaker by default (firewall/policy.py).
  */
 #ifndef MLD_FLOW_UPDATE_H
 #define MLD_FLOW_UPDATE_H
@@ -133,6 +143,40 @@ MLD_INLINE void mld_frag_add(struct mld_flow_state *st, const struct mld_pkt *pk
         st->frag_hi = pkt->frag_end;
 }
 
+/* The handshake evidence of one TCP packet (see the header comment). fwd: the packet goes
+ * initiator -> responder; first: it is the flow's first packet. */
+MLD_INLINE void mld_handshake(struct mld_flow_state *st, const struct mld_pkt *pkt, int fwd,
+                              int first)
+{
+    __u8 f = pkt->tcp_flags & (MLD_TCP_SYN | MLD_TCP_ACK | MLD_TCP_RST);
+
+    if (pkt->protocol != MLD_PROTO_TCP || !pkt->has_l4 || (st->flags & MLD_F_HS_CONFLICT))
+        return;
+    if (fwd && f == MLD_TCP_SYN) {
+        if (first) {
+            st->flags |= MLD_F_INIT_SYN;
+            st->init_isn = pkt->tcp_seq;
+        } else if (!(st->flags & MLD_F_INIT_SYN) || pkt->tcp_seq != st->init_isn) {
+            st->flags |= MLD_F_HS_CONFLICT; /* a retransmitted SYN keeps its ISN */
+        }
+    } else if (!fwd && f == (MLD_TCP_SYN | MLD_TCP_ACK)) {
+        if (!(st->flags & MLD_F_INIT_SYN) || pkt->tcp_ack != st->init_isn + 1)
+            return; /* not an answer to the initiator's SYN */
+        if (!(st->flags & MLD_F_SYNACK)) {
+            st->flags |= MLD_F_SYNACK;
+            st->resp_isn = pkt->tcp_seq;
+        } else if (pkt->tcp_seq != st->resp_isn) {
+            st->flags |= MLD_F_HS_CONFLICT; /* a retransmitted SYN-ACK keeps its ISN */
+        }
+    } else if (fwd && f == MLD_TCP_ACK && (st->flags & MLD_F_SYNACK) &&
+               !(st->flags & MLD_F_HS_VERIFIED)) {
+        /* The initiator's first ACK after the SYN-ACK decides: one guess per flow. */
+        st->flags |= pkt->tcp_ack == st->resp_isn + 1 ? MLD_F_HS_VERIFIED : MLD_F_HS_CONFLICT;
+    }
+    if (st->flags & MLD_F_HS_CONFLICT)
+        st->flags &= ~(__u32)MLD_F_HS_VERIFIED;
+}
+
 /* Add a packet to a flow and note FIN/RST; returns MLD_ACT_EXPORT when it ends the flow. */
 MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt, int src_lo)
 {
@@ -140,6 +184,7 @@ MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt
     int closing = (st->flags & (MLD_F_FIN_FWD | MLD_F_FIN_BWD)) ==
                   (MLD_F_FIN_FWD | MLD_F_FIN_BWD);
 
+    mld_handshake(st, pkt, fwd, st->dir[0].packets == 0 && st->dir[1].packets == 0);
     mld_dir_add(&st->dir[fwd ? 0 : 1], pkt);
     mld_frag_add(st, pkt);
     if (pkt->ts_ns > st->last_ts_ns)
