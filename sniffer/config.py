@@ -60,6 +60,13 @@ class ContextConfig:
     # Flows remembered over all sources; past it whole least recently updated sources are
     # forgotten. Bounds memory (about 200 bytes per flow).
     max_entries: int = 1000000
+    # A source that completed a verified TCP handshake (it acknowledged the responder's
+    # SYN-ACK, which a forged address never receives) counts as verified
+    # (FlowRecord.src_verified) for this many seconds after that flow's last packet.
+    verified_ttl_s: float = 600.0
+    # Verified sources remembered at once (about 200 bytes each); past it the least
+    # recently verified is forgotten until its next handshake.
+    verified_max_sources: int = 65536
 
 
 @dataclass(frozen=True)
