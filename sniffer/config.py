@@ -64,7 +64,7 @@ class ContextConfig:
     # SYN-ACK, which a forged address never receives) counts as verified
     # (FlowRecord.src_verified) for this many seconds after that flow's last packet.
     verified_ttl_s: float = 600.0
-    # Verified sources remembered at once (about 200 bytes each); past it the least
+    # Verified sources remembered at once (about 120 bytes each); past it the least
     # recently verified is forgotten until its next handshake.
     verified_max_sources: int = 65536
 

@@ -107,9 +107,9 @@ class VerifiedSources:
     a capture read offline gives what the same traffic gave live. At most
     ``verified_max_sources`` addresses are kept: past it the least recently verified is
     forgotten (counted in ``evicted``); forgetting only costs a real source its
-    verification until its next handshake, never lets a forged one in. Memory: about 200
+    verification until its next handshake, never lets a forged one in. Memory: about 120
     bytes per address (a 4- or 16-byte ``bytes`` key, an int and the ordered dict's
-    links), so some 13 MB at the default 65,536.
+    links): 7.9 MB for 65,536 IPv4 sources (the default bound), measured with tracemalloc.
     """
 
     def __init__(self, config: ContextConfig) -> None:
