@@ -27,8 +27,8 @@ Target: ``blocked_never_sent=0`` with the real attacker blocked.
 Last line: ``forged_packets=N blocked_never_sent=N real_attacker_blocked_s=S``, after
 ``unverified_skips=N`` (verdicts the firewall did not act on because their source never
 completed a handshake, its policy.unverified counter), ``alerts_forged=N`` (alerts whose
-source was forged: detection is kept) and ``victims=ADDR:N,...`` (the destinations of the
-skipped verdicts in the decision log, which keeps at most 10 such rows a second) on the
+source was forged: detection is kept) and ``victims=ADDR:N,...`` (the five most hit destinations of
+the skipped verdicts in the decision log, which keeps at most 10 such rows a second) on the
 line before. The sniffer's idle timeout is 5 s here, so one-way flows end sooner.
 
     .venv/bin/python bench/spoof.py            # 4,000 packets per forged flood
@@ -247,7 +247,7 @@ def main() -> int:
         }
         bad = sorted(b for b in blocked if never_sent(b))
         hit = attacker_block()
-        blocked_s = float(str(hit["decided_ts"])) - t_scan if hit else float("nan")
+        blocked_s = float(str(hit["ts"])) - t_scan if hit else float("nan")
         skips = counters.get("policy.unverified", 0)
         alerts_path = run_dir / "alerts.json"
         alerts = [json.loads(x) for x in alerts_path.read_text().splitlines()] if (
@@ -261,7 +261,8 @@ def main() -> int:
                     victims[m.group(1)] = victims.get(m.group(1), 0) + 1
         if bad:
             print(f"spoof: blocked though they never sent a packet: {', '.join(bad)}")
-        vict = ",".join(f"{a}:{n}" for a, n in sorted(victims.items(), key=lambda kv: -kv[1]))
+        top = sorted(victims.items(), key=lambda kv: -kv[1])[:5]
+        vict = ",".join(f"{a}:{n}" for a, n in top)
         print(f"unverified_skips={skips} alerts_forged={alerts_forged} victims={vict or '-'}")
         print(f"forged_packets={forged} blocked_never_sent={len(bad)} "
               f"real_attacker_blocked_s={blocked_s:.2f}")  # fmt: skip
