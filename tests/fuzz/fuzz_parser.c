@@ -9,10 +9,16 @@
  * Input layout (so that one input is a short packet train, which reaches flow updates and
  * exports and not only the parser):
  *
- *     byte 0          link type: index into mld_supported_dlts (modulo its length)
- *     then records    u8 gap   time since the previous packet: gap * 2^(gap >> 5) ms
+ *     byte 0          bits 0-6: link type, index into mld_supported_dlts (modulo its length)
+ *                     bit 7: flood mode (below)
+ *     then records    u8 gap   time since the previous packet: (gap & 31) << (gap >> 5) ms
  *                     u16 len  little-endian captured length
  *                     len bytes of the packet (the last record takes what is left)
+ *
+ * Flood mode applies each parsed packet 1 + ((gap & 31) << 7) times with its source port
+ * (or, without ports, its source address) varied, to a table of up to 65,536 flows: one
+ * input then grows the table past its first allocation, probes long collision chains and
+ * removes from the middle of the LRU list, which a train of 64 packets never reaches.
  *
  * Each packet is copied into a heap buffer of exactly its captured length, so AddressSanitizer
  * reports a parser that reads even one byte past the end (the engine hands the parser
@@ -28,6 +34,8 @@
 #define FUZZ_MAX_FLOWS 8  /* small: eviction happens within one input */
 #define FUZZ_BATCH 4      /* small: the output fills up and packets stay pending */
 #define FUZZ_MAX_PACKETS 64
+#define FUZZ_FLOOD_MAX_FLOWS 65536
+#define FUZZ_FLOOD_MAX_APPLIES 20000 /* per input, to keep each input fast */
 
 static void check(int ok, const char *what)
 {
@@ -77,12 +85,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     __u64 ts = 1700000000ULL * 1000000000ULL;
     size_t off = 1;
     int packets = 0;
+    int flood;
+    unsigned applies = 0;
+    struct mld_pkt parsed;
 
     if (size < 1)
         return 0;
-    if (mld_engine_init(&e, &cfg, FUZZ_MAX_FLOWS, FUZZ_BATCH) != 0)
+    flood = (data[0] & 0x80) != 0;
+    if (mld_engine_init(&e, &cfg, flood ? FUZZ_FLOOD_MAX_FLOWS : FUZZ_MAX_FLOWS, FUZZ_BATCH) != 0)
         abort();
-    e.dlt = mld_supported_dlts[data[0] % n_dlts];
+    e.dlt = mld_supported_dlts[(data[0] & 0x7F) % n_dlts];
 
     while (off < size && packets < FUZZ_MAX_PACKETS) {
         __u8 gap = data[off++];
@@ -123,20 +135,39 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc == MLD_PARSE_OK)
             check_pkt(&e.pkt);
         e.pkt.ts_ns = ts;
-        e.pending = 1;
-        e.pending_ip = rc == MLD_PARSE_OK;
-        for (;;) {
-            rc = step(&e, e.batch_size);
-            if (rc < 0)
-                abort(); /* out of memory */
-            if (rc == 0)
-                break;
-            check(e.out_n >= e.batch_size, "step stops only when the output is full");
-            drain(&e);
+        parsed = e.pkt;
+        {
+            unsigned reps = flood && rc == MLD_PARSE_OK ? 1u + ((unsigned)(gap & 31) << 7) : 1u;
+            unsigned r;
+
+            for (r = 0; r < reps && applies < FUZZ_FLOOD_MAX_APPLIES; r++, applies++) {
+                int st;
+
+                if (r > 0) {
+                    e.pkt = parsed;
+                    if (parsed.protocol == MLD_PROTO_TCP || parsed.protocol == MLD_PROTO_UDP) {
+                        e.pkt.sport = (__u16)(parsed.sport + r);
+                    } else {
+                        e.pkt.saddr[15] ^= (__u8)r;
+                        e.pkt.saddr[14] ^= (__u8)(r >> 8);
+                    }
+                }
+                e.pending = 1;
+                e.pending_ip = rc == MLD_PARSE_OK;
+                for (;;) {
+                    st = step(&e, e.batch_size);
+                    if (st < 0)
+                        abort(); /* out of memory */
+                    if (st == 0)
+                        break;
+                    check(e.out_n >= e.batch_size, "step stops only when the output is full");
+                    drain(&e);
+                }
+                check(e.table.live <= e.table.max_flows, "live flows <= max_flows");
+                if (e.out_n >= e.batch_size)
+                    drain(&e);
+            }
         }
-        check(e.table.live <= e.table.max_flows, "live flows <= max_flows");
-        if (e.out_n >= e.batch_size)
-            drain(&e);
         packets++;
     }
     if (mld_engine_finish(&e) != 0)

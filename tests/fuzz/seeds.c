@@ -4,7 +4,7 @@
  *
  * For each capture libpcap can open (pcap or pcapng) whose link type the engine supports,
  * writes the first PER_FILE packets as one-packet inputs, and those packets together as one
- * packet-train input, in fuzz_parser.c's layout. Files are named by a hash of their content,
+ * packet-train input (also in flood mode), in fuzz_parser.c's layout. Files are named by a hash of their content,
  * so identical packets from different captures give one seed. Prints the number written.
  */
 #include <errno.h>
@@ -112,8 +112,19 @@ static void one_capture(const char *outdir, const char *path, long per_file)
         train_n += put_record(train + train_n, sizeof(train) - train_n, gap, data, h->caplen);
         count++;
     }
-    if (count > 1)
+    if (count > 1) {
+        size_t off = 1;
+
         save(outdir, train, train_n);
+        /* The same train in fuzz_parser.c's flood mode, each packet applied 3,969 times:
+         * the flow table grows past its first allocation. */
+        train[0] |= 0x80;
+        while (off + 3 <= train_n) {
+            train[off] = 31;
+            off += 3 + ((size_t)train[off + 1] | ((size_t)train[off + 2] << 8));
+        }
+        save(outdir, train, train_n);
+    }
     pcap_close(p);
 }
 
