@@ -131,7 +131,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memset(&e.pkt, 0, sizeof(e.pkt));
         rc = mld_parse_link(e.dlt, buf, buf + len, &e.pkt);
         free(buf);
-        check(rc >= MLD_PARSE_OK && rc <= MLD_PARSE_MALFORMED, "parser returns a known code");
+        /* Codes past MLD_PARSE_MALFORMED may come (the engine counts any non-OK one as a
+         * parse error); a negative one is a bug. */
+        check(rc >= MLD_PARSE_OK, "parser returns a non-negative code");
         if (rc == MLD_PARSE_OK)
             check_pkt(&e.pkt);
         e.pkt.ts_ns = ts;
