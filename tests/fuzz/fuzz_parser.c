@@ -15,10 +15,11 @@
  *                     u16 len  little-endian captured length
  *                     len bytes of the packet (the last record takes what is left)
  *
- * Flood mode applies each parsed packet 1 + ((gap & 31) << 7) times with its source port
- * (or, without ports, its source address) varied, to a table of up to 65,536 flows: one
- * input then grows the table past its first allocation, probes long collision chains and
- * removes from the middle of the LRU list, which a train of 64 packets never reaches.
+ * Flood mode applies each parsed packet 1 + ((gap & 31) << 7) times (at most 5,000 in all)
+ * with its source port (or, without ports, its source address) varied, to a table of 4,500
+ * flows: one input then grows the table past its first 4,096 nodes, fills it and evicts
+ * from it, probes long collision chains and removes from the middle of the LRU list, which
+ * a train of 64 packets never reaches.
  *
  * Each packet is copied into a heap buffer of exactly its captured length, so AddressSanitizer
  * reports a parser that reads even one byte past the end (the engine hands the parser
@@ -34,8 +35,8 @@
 #define FUZZ_MAX_FLOWS 8  /* small: eviction happens within one input */
 #define FUZZ_BATCH 4      /* small: the output fills up and packets stay pending */
 #define FUZZ_MAX_PACKETS 64
-#define FUZZ_FLOOD_MAX_FLOWS 65536
-#define FUZZ_FLOOD_MAX_APPLIES 20000 /* per input, to keep each input fast */
+#define FUZZ_FLOOD_MAX_FLOWS 4500 /* past the first 4,096 nodes, then full: eviction */
+#define FUZZ_FLOOD_MAX_APPLIES 5000 /* per input: past the table's first 4,096 nodes, yet fast */
 
 static void check(int ok, const char *what)
 {

@@ -116,8 +116,8 @@ static void one_capture(const char *outdir, const char *path, long per_file)
         size_t off = 1;
 
         save(outdir, train, train_n);
-        /* The same train in fuzz_parser.c's flood mode, each packet applied 3,969 times:
-         * the flow table grows past its first allocation. */
+        /* The same train in fuzz_parser.c's flood mode, each packet applied 3,969 times
+         * (5,000 in all): the flow table grows past its first allocation. */
         train[0] |= 0x80;
         while (off + 3 <= train_n) {
             train[off] = 31;
