@@ -52,6 +52,15 @@ static void check_pkt(const struct mld_pkt *pkt)
     check(pkt->payload_len <= pkt->ip_len, "payload_len <= ip_len");
     check(pkt->dns_qname_len <= 255, "dns_qname_len <= 255");
     check(pkt->has_l4 <= 1, "has_l4 is 0 or 1");
+    /* Fragments (issue 19, finding 3): a byte range only for a fragment, never inverted. */
+    if (pkt->frag & MLD_FRAG_IS)
+        check(pkt->frag_off <= pkt->frag_end, "fragment range is [frag_off, frag_end)");
+    else
+        check(pkt->frag == 0 && pkt->frag_id == 0 && pkt->frag_off == 0 && pkt->frag_end == 0,
+              "no fragment fields without MLD_FRAG_IS");
+    /* Handshake evidence (issue 19, finding 1) reads seq/ack only from a TCP header. */
+    if (pkt->protocol != MLD_PROTO_TCP)
+        check(pkt->tcp_seq == 0 && pkt->tcp_ack == 0, "no TCP seq/ack without TCP");
 }
 
 static void check_events(const struct mld_engine *e)
@@ -66,6 +75,17 @@ static void check_events(const struct mld_engine *e)
         check(st->dir[0].packets + st->dir[1].packets > 0, "exported flow has packets");
         check(st->last_ts_ns >= st->first_ts_ns, "flow ends after it starts");
         check(e->out[i].key.pad == 0, "key padding is zero");
+        check(st->tiny_frag_count <= st->frag_count && st->overlap_frag_count <= st->frag_count,
+              "tiny and overlapping fragments are counted among the fragments");
+        check(st->frag_count <= st->dir[0].packets + st->dir[1].packets,
+              "no more fragments than packets");
+        if (st->flags & MLD_F_HS_VERIFIED)
+            check((st->flags & (MLD_F_INIT_SYN | MLD_F_SYNACK)) ==
+                          (MLD_F_INIT_SYN | MLD_F_SYNACK) &&
+                      !(st->flags & MLD_F_HS_CONFLICT) && e->out[i].key.protocol == MLD_PROTO_TCP,
+                  "a verified handshake saw the SYN and the SYN-ACK, and no conflict");
+        if (st->flags & MLD_F_SYNACK)
+            check(st->flags & MLD_F_INIT_SYN, "a SYN-ACK counts only after the initiator's SYN");
     }
 }
 
