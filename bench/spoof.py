@@ -68,8 +68,8 @@ ATTACKER, SERVER = "203.0.113.66", "10.10.0.10"
 # Addresses that really send packets in this run: the attacker, the server (its replies)
 # and the gateway (ICMP errors, forwarding). A block of anything else blocked a forgery.
 REAL_SENDERS = (ATTACKER, SERVER, "203.0.113.1", "10.10.0.1")
-# The services `mld gateway run` starts with the default configuration (anomaly.enabled).
-SERVICES = ("anomaly", "detector", "firewall", "rag", "sniffer")
+# The services the bench needs up (the gateway may start more: anomaly when enabled).
+SERVICES = ("detector", "firewall", "rag", "sniffer")
 
 
 def floods(count: int) -> list[tuple[str, list[str]]]:
@@ -206,8 +206,8 @@ def main() -> int:
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         stack_config = run_dir / "mld.yaml"
-        wait(lambda: proc.poll() is not None or status(gw_ns, stack_config)
-             == dict.fromkeys(SERVICES, "ok"), 180, "the five services")  # fmt: skip
+        wait(lambda: proc.poll() is not None or all(status(gw_ns, stack_config).get(s) == "ok"
+             for s in SERVICES), 180, "the four services")  # fmt: skip
         if proc.poll() is not None:
             raise RuntimeError(f"spoof: mld gateway run exited with {proc.returncode}")
         print(f"spoof: stack up in {gw_ns}; {count} packets per forged flood", flush=True)
