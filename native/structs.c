@@ -129,6 +129,7 @@ static const struct member xdp_stats[] = {
     SCALAR(mld_xdp_stats, parse_dropped),
     SCALAR(mld_xdp_stats, fragments),
     SCALAR(mld_xdp_stats, tiny_fragments),
+    SCALAR(mld_xdp_stats, rpf_dropped),
 };
 
 static const struct member lpm_key[] = {

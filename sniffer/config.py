@@ -45,6 +45,11 @@ class CaptureConfig:
     # too short for its headers, more than 6 IPv6 extension headers): drop (they would
     # pass unseen by detection) or pass. Counted by reason either way (source.parse_*).
     parse_error_action: Literal["drop", "pass"] = "drop"
+    # XDP: strict drops a packet whose source this host would not route back out of the
+    # interface it arrived on, or not at all (a forged source, as strict rp_filter; counted
+    # as source.rpf_dropped); none checks nothing. Needs forwarding on (a gateway), and
+    # symmetric routes: with asymmetric ones leave it at none.
+    reverse_path_check: Literal["none", "strict"] = "none"
 
 
 @dataclass(frozen=True)

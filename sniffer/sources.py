@@ -161,6 +161,7 @@ class XdpSource:
             sweep_interval_s=capture.sweep_interval_s,
             pin_dir=pin_dir,
             parse_error_action=capture.parse_error_action,
+            reverse_path_check=capture.reverse_path_check,
         )
         self._stopping = False
 

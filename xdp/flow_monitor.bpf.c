@@ -8,6 +8,9 @@
  *      (struct mld_block, CLOCK_BOOTTIME) bumps the entry's counter and drops the packet,
  *      whatever follows the IP header; it never enters the flow table; an expired entry is
  *      ignored (user space deletes it);
+ *   2b. with MLD_RPF=1 (sniffer.capture.reverse_path_check: strict), drop a packet whose
+ *      source the kernel's FIB would not route back out of the interface it came in on
+ *      (bpf_fib_lookup, as strict rp_filter, RFC 3704), or would not route at all;
  *   3. parse the rest (IPv6 extension headers, fragments, transport header, DNS) with
  *      mld_parse_ip_rest; a packet the parser cannot follow (truncated, malformed, bad
  *      length, too many extension headers) is counted by reason and dropped, or passed
@@ -24,7 +27,8 @@
  *
  * Build-time knobs (-D): MLD_MAX_FLOWS, MLD_RINGBUF_PAGES, MLD_BLOCKLIST_MAX,
  * MLD_BLOCKLIST_PIN (a string literal: the bpffs path of the blocklist map),
- * MLD_PARSE_ERROR_DROP (1: drop packets the parser cannot follow, the default; 0: pass).
+ * MLD_PARSE_ERROR_DROP (1: drop packets the parser cannot follow, the default; 0: pass),
+ * MLD_RPF (1: strict reverse-path check; 0: none, the default).
  */
 #define MLD_BPF 1
 #include "flow.h" /* flow_types.h, flow_parse.h, flow_update.h */
@@ -40,6 +44,9 @@
 #endif
 #ifndef MLD_PARSE_ERROR_DROP
 #define MLD_PARSE_ERROR_DROP 1
+#endif
+#ifndef MLD_RPF
+#define MLD_RPF 0
 #endif
 #ifndef MLD_BLOCKLIST_PIN
 #define MLD_BLOCKLIST_PIN "/sys/fs/bpf/mld/blocklist"
@@ -81,6 +88,48 @@ static __always_inline int mld_parse_error(int rc, struct mld_xdp_stats *s)
     return XDP_PASS;
 #endif
 }
+
+#if MLD_RPF
+/* Strict reverse-path check: may a packet from pkt->saddr arrive on this interface? Yes
+ * when the FIB's route back to the source leaves by the interface the packet came in on.
+ * No when it leaves by another one (a source of another network forged on this link), when
+ * there is no route back (blackhole, unreachable, prohibit), or when the source is one of
+ * this host's own addresses (only forged packets arrive "from" it). Undecided, so passed:
+ * unspecified, link-local and multicast sources, and an interface without forwarding (the
+ * helper only answers for a router). The lookup leaves the source of the route back
+ * unset: IPv6 refuses a link-local or multicast one (neighbour discovery's destinations),
+ * and the check is about the way back to the sender only. */
+static __always_inline int mld_rpf_ok(struct xdp_md *ctx, const struct mld_pkt *pkt)
+{
+    struct bpf_fib_lookup fib = {};
+    const __u8 *a = pkt->saddr;
+    __u32 w[4];
+    int rc;
+
+    if (pkt->ip_version == 4) {
+        if ((a[12] | a[13] | a[14] | a[15]) == 0 || (a[12] & 0xF0) == 0xE0)
+            return 1;
+        fib.family = 2; /* AF_INET */
+        __builtin_memcpy(&fib.ipv4_dst, a + 12, 4);
+    } else {
+        __builtin_memcpy(w, a, 16);
+        if ((w[0] | w[1] | w[2] | w[3]) == 0) /* ::, duplicate address detection */
+            return 1;
+        if (a[0] == 0xFF || (a[0] == 0xFE && (a[1] & 0xC0) == 0x80))
+            return 1;
+        fib.family = 10; /* AF_INET6 */
+        __builtin_memcpy(fib.ipv6_dst, a, 16);
+    }
+    fib.ifindex = ctx->ingress_ifindex;
+    rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        return fib.ifindex == ctx->ingress_ifindex;
+    if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE ||
+        rc == BPF_FIB_LKUP_RET_PROHIBIT || rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+        return 0;
+    return 1;
+}
+#endif
 
 /* Copy a final flow into the ring buffer. */
 static __always_inline void mld_export(const struct mld_flow_key *key,
@@ -145,6 +194,12 @@ int xdp_flow_monitor(struct xdp_md *ctx)
         s->blocked_bytes += (__u64)(end - data);
         return XDP_DROP;
     }
+#if MLD_RPF
+    if (!mld_rpf_ok(ctx, pkt)) {
+        s->rpf_dropped += 1;
+        return XDP_DROP;
+    }
+#endif
 
     rc = mld_parse_ip_rest(ip, end, pkt);
     if (rc != MLD_PARSE_OK)

@@ -191,6 +191,8 @@ struct mld_xdp_stats {
     __u64 parse_dropped;    /* parse errors dropped (parse_error_action drop), else passed */
     __u64 fragments;        /* IP fragments seen (not blocked) */
     __u64 tiny_fragments;   /* of them MLD_FRAG_TINY */
+    __u64 rpf_dropped;      /* dropped by the reverse-path check (MLD_RPF): the route back
+                               to their source leaves by another interface, or there is none */
 };
 
 /* Blocklist key (LPM trie): prefixlen counts bits of the IPv4-mapped 128-bit address, so an

@@ -47,6 +47,7 @@ def main() -> int:
     p.add_argument("--max-flows", type=int, default=1024)
     p.add_argument("--no-flush", action="store_true")
     p.add_argument("--parse-error-action", default="drop")
+    p.add_argument("--reverse-path-check", default="none")
     a = p.parse_args()
 
     raise_on_sigterm()
@@ -60,6 +61,7 @@ def main() -> int:
         sweep_interval_s=a.sweep,
         pin_dir=a.pin_dir,
         parse_error_action=a.parse_error_action,
+        reverse_path_check=a.reverse_path_check,
     )
 
     def save(path: Path, data: object) -> None:
