@@ -5,6 +5,7 @@
 #                      BPF or slow tests (installs everything else that is missing)
 #   make check         lint, format check, type check, generated-code freshness
 #   make bench         run the benchmarks under bench/
+#   make fuzz          fuzz the native parser (ASan/UBSan) and the frame decoder, FUZZ_MINUTES=10
 #   make run-lab-dev   the whole product on the namespace lab: attacks detected and blocked live
 #   make status-lab    what the lab has up;  make kill-lab: remove it (also after a crash)
 #   make etcd-up       a local etcd for the control plane (mld etcd up); make etcd-down stops it
@@ -165,6 +166,13 @@ kill-lab: $(INSTALLED)
 lab-dataset: $(INSTALLED)
 	$(MLD) lab up
 	$(MLD) lab dataset --name default --out $(LAB_OUT)/default; rc=$$?; $(MLD) lab down; exit $$rc
+
+# Sanitized libFuzzer run of native/ + a mutation loop over the transport's frame decoder
+# (bench/fuzz.py; corpus and findings in a temp folder, kept between runs).
+FUZZ_MINUTES ?= 10
+.PHONY: fuzz
+fuzz: $(INSTALLED)
+	$(PY) bench/fuzz.py --minutes $(FUZZ_MINUTES)
 
 clean:
 	rm -rf $(PROTO_OUT) proto/events_pb2.pyi .pytest_cache .mypy_cache .ruff_cache

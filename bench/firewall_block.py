@@ -170,6 +170,9 @@ def one_trial(lab: Lab, attacker: str, sender: Sender, seq: int) -> float | None
         family="ddos",
         ml_family="ddos",
         label=LABEL_MALICIOUS,
+        # What is measured is how fast a block lands, so the source is one that completed a
+        # handshake (an unverified one is not blocked by default: bench/spoof.py).
+        src_verified=True,
     )
     t0 = time.time_ns()
     sender.send(VerdictBatch(detector_id="bench", batch_seq=seq, verdicts=[v]))

@@ -3,7 +3,8 @@
 
 Runs ``mld lab dev`` on a lab of its own (namespace prefix ``mldb-soak``; ``--prefix``)
 with the ``soak`` scenario: benign users looping for the whole run (web, DNS, SSH, transfers,
-ping), and, from this script, a port scan from the attacker every ``--attack-every`` s, so
+ping), and, from this script, a connect scan (``nmap -sT``: its handshakes verify the
+source, so it is blocked; a SYN scan is only alerted) every ``--attack-every`` s, so
 the detector, the firewall (a block every time, 20 s TTL) and the RAG store keep working
 too. Every ``--sample-s`` s the resident set size (VmRSS) of each service process is read
 from /proc.
@@ -180,7 +181,7 @@ def main() -> int:
             if now >= next_attack and now - t_start < duration - 15:
                 next_attack = now + args.attack_every
                 subprocess.Popen(
-                    ["ip", "netns", "exec", attacker, "nmap", "-sS", "-n", "-T4", "-Pn", "-p",
+                    ["ip", "netns", "exec", attacker, "nmap", "-sT", "-n", "-T4", "-Pn", "-p",
                      "1-300", "--max-retries", "1", "10.10.0.10"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip

@@ -108,7 +108,12 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
     "ddos": _family(
         9100100, "ddos", "Detection of a Denial of Service Attack", ("syn_flood", "udp_flood")
     ),
-    "scan": _family(9100200, "scan", "Detection of a Network Scan", ("port_scan", "host_sweep")),
+    "scan": _family(
+        9100200,
+        "scan",
+        "Detection of a Network Scan",
+        ("port_scan", "host_sweep", "tiny_fragments"),
+    ),
     "bruteforce": _family(9100300, "bruteforce", "Attempted User Privilege Gain", ("brute_force",)),
     "tunnel": _family(9100400, "tunnel", "Potentially Bad Traffic", ("dns_tunnel",)),
     "lateral": _family(9100500, "lateral", "Misc Attack", ()),

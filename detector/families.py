@@ -76,6 +76,7 @@ FAST_RULE_FAMILY: dict[str, str] = {
     "udp_flood": "ddos",
     "port_scan": "scan",
     "host_sweep": "scan",
+    "tiny_fragments": "scan",
     "dns_tunnel": "tunnel",
     "brute_force": "bruteforce",
 }

@@ -2,8 +2,10 @@
 
 The scoring service (detector/service.py) makes one Verdict per scored record, whatever its
 label: the malicious ones go to the firewall in a VerdictBatch, and every record goes to
-the RAG store as a ScoredEvent carrying the record unchanged and its verdict. Field
-meanings are those of proto/events.proto (Verdict, FlowRef, ScoredEvent).
+the RAG store as a ScoredEvent carrying the record unchanged and its verdict. A verdict
+carries its record's ``src_verified`` (the source completed a TCP handshake, so it is not
+forged), which the firewall requires before blocking by default. Field meanings are those
+of proto/events.proto (Verdict, FlowRef, ScoredEvent).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def build_verdicts(
             family=fam,
             model_version=version,
             scored_ts_ns=scored_ts_ns,
+            # The sniffer's evidence that the source is not forged: the firewall blocks
+            # only such sources by default (firewall.block_unverified).
+            src_verified=rec.src_verified,
         )
         fill_flow_ref(v.flow, rec, sensor_id)
         add_score = v.family_scores.add

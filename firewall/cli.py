@@ -227,8 +227,12 @@ def _cmd_flush(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     reply = control_request(_control_path(load_config(args.config)), {"cmd": "status"})
-    text = "\n".join(f"{k}: {v}" for k, v in reply.items() if k != "ok")
-    return _reply(args, reply, text)
+    lines = [f"{k}: {v}" for k, v in reply.items() if k not in ("ok", "unverified_victims")]
+    victims = reply.get("unverified_victims") or []
+    if victims:
+        hit = ", ".join(f"{v['address']} ({v['verdicts']})" for v in victims)
+        lines.append(f"not blocked, source never completed a handshake; most hit: {hit}")
+    return _reply(args, reply, "\n".join(lines))
 
 
 def register(

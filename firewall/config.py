@@ -75,6 +75,13 @@ class FirewallConfig:
     # logged) and no active block is ever lifted to make room. Also the size of the
     # offender history and of the per-prefix buckets (least recently used forgotten).
     max_tracked: int = 65536
+    # Block a source that never completed a TCP handshake (Verdict.src_verified false).
+    # false: such a verdict is skipped (outcome unverified, counted per victim, the alert
+    # still goes out), because every packet of it may be forged: 7,000 SYNs "from" a
+    # resolver must not get the resolver blocked. true blocks them too (a sensor that sees
+    # one direction only, accepting that forged sources get blocked). Not a live setting:
+    # a running agent keeps the value it started with.
+    block_unverified: bool = False
     # Log every decision without applying any (backend none).
     dry_run: bool = False
     # SQLite decision log; empty means <node.state_dir>/firewall/decisions.sqlite.

@@ -11,9 +11,16 @@ nftables) and records them in the decision log. In order, a verdict is:
 2. skipped (``below_threshold``) when final_score is below its family's block threshold;
 3. skipped (``allowlisted``) when the blocked prefix overlaps an allowed network,
    whatever the score;
-4. for a prefix already blocked and not expired: an ``extend`` when the new expiry is at
+4. skipped (``unverified``) when the verdict's source never completed a TCP handshake
+   (``Verdict.src_verified`` false) and ``block_unverified`` is off (the default): every
+   packet of such a source may have been forged ("from" a resolver, a partner, an inside
+   server), and blocking it would block whom the forger chose. The alert still goes out
+   (the detector sends it); the policy counts these skips per victim (the flow's
+   destination, :meth:`Policy.unverified_victims`), since a flood of forged sources is
+   mitigated where it lands, not by blocking addresses that never sent it;
+5. for a prefix already blocked and not expired: an ``extend`` when the new expiry is at
    least ``min_extend_s`` later, else skipped (``already_blocked``);
-5. a new ``block``, unless ``max_tracked`` blocks are active already (``table_full``:
+6. a new ``block``, unless ``max_tracked`` blocks are active already (``table_full``:
    refused, counted, the active blocks stay), or the new-blocks token bucket of its
    neighbourhood (the /24 or /48 around it, ``rate_prefix_len_v4/v6``) or the global one
    is empty (``rate_limited``, not applied). A repeat offence within ``repeat_window_s``
@@ -70,8 +77,11 @@ Outcome = Literal[
     "table_full",
     "below_threshold",
     "already_blocked",
+    "unverified",
     "rejected",
 ]
+# Victims (destinations of skipped unverified verdicts) whose counts are kept at once.
+UNVERIFIED_VICTIMS_MAX = 4096
 REJECT_REASONS = ("bad_address", "unknown_family", "bad_score", "absurd_ttl")
 # FirewallConfig fields the policy takes while running (Policy.reconfigure); any other
 # setting applies when the agent restarts.
@@ -179,6 +189,9 @@ class Policy:
         self._offenders: OrderedDict[IPNetwork, _Offender] = OrderedDict()
         self._global = _Bucket(float(config.new_blocks_burst), clock())
         self._buckets: OrderedDict[IPNetwork, _Bucket] = OrderedDict()
+        # Unverified verdicts skipped per destination address (least recently hit
+        # forgotten past UNVERIFIED_VICTIMS_MAX).
+        self._victims: OrderedDict[str, int] = OrderedDict()
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "verdicts",
@@ -188,6 +201,7 @@ class Policy:
                 "below_threshold",
                 "allowlisted",
                 "already_blocked",
+                "unverified",
                 "rate_limited",
                 "table_full",
                 "dry_run",
@@ -235,6 +249,17 @@ class Policy:
             self._counters["allowlisted"] += 1
             why += "; allowlisted, never blocked"
             return replace(base, action="skip", outcome="allowlisted", reason=why)
+        if not verdict.src_verified and not self.config.block_unverified:
+            self._counters["unverified"] += 1
+            victim = _victim(verdict)
+            self._victims[victim] = self._victims.pop(victim, 0) + 1
+            if len(self._victims) > UNVERIFIED_VICTIMS_MAX:
+                self._victims.popitem(last=False)
+            why += (
+                f"; not blocked: the source never completed a handshake, it may be forged "
+                f"(victim {victim})"
+            )
+            return replace(base, action="skip", outcome="unverified", reason=why)
 
         current = self._active.get(net)
         if current is not None and current.expires_ts > now:
@@ -440,6 +465,11 @@ class Policy:
         """The active blocks, least recently blocked or extended first."""
         return list(self._active.values())
 
+    def unverified_victims(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` destinations with the most skipped unverified verdicts (address,
+        count), most first: where a flood of forged sources lands."""
+        return sorted(self._victims.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
     def counters(self) -> dict[str, int]:
         """Counts of verdicts, decisions by kind, rejections by reason, refusals and
         evictions, plus the current sizes (``active``, ``offenders``)."""
@@ -447,6 +477,7 @@ class Policy:
             **self._counters,
             "active": len(self._active),
             "offenders": len(self._offenders),
+            "unverified_victims": len(self._victims),
         }
 
     # --- helpers ---------------------------------------------------------------------
@@ -529,6 +560,14 @@ def _network(verdict: Verdict, config: FirewallConfig) -> tuple[IPNetwork | None
     if addr.is_unspecified or addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
         return None, f"{addr} cannot be the source of an attack"
     return _normalize(ipaddress.ip_network(addr), config), ""
+
+
+def _victim(verdict: Verdict) -> str:
+    """The verdict's destination address as text ("?" when it is not an address)."""
+    raw = verdict.flow.dst_addr
+    if len(raw) not in (4, 16):
+        return "?"
+    return str(unmap(ipaddress.ip_address(raw)))
 
 
 def _normalize(net: IPNetwork, config: FirewallConfig) -> IPNetwork:

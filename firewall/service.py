@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 # Outcomes of a block the policy refused; the agent warns about them at most this often.
 REFUSALS = ("table_full", "rate_limited")
 REFUSAL_WARNING_S = 10.0
+# Unverified skips (the source never completed a handshake) written to the decision log
+# per second at most; the rest are counted (a forged flood must not become a flood of log
+# rows). The warning about them names the victims they were aimed at.
+UNVERIFIED_LOG_PER_S = 10
 
 _POLL_MS = 50
 
@@ -109,6 +113,9 @@ class FirewallAgent(FollowsControl):
         # New blocks the policy refused (table_full, rate_limited) since the last warning.
         self._refused: Counter[str] = Counter()
         self._next_refusal_warning = 0.0
+        self._unverified = 0  # skipped since the last warning
+        self._next_unverified_warning = 0.0
+        self._unverified_logged: tuple[int, int] = (0, 0)  # (second, rows written in it)
         self._context = context or zmq.Context.instance()
         self._control: zmq.Socket[bytes] | None = None
         self.control_path = control_path
@@ -147,7 +154,9 @@ class FirewallAgent(FollowsControl):
 
     def _record(self, decision: Decision, outcome: str) -> None:
         self.counters[f"{decision.action}.{outcome}"] += 1
-        if outcome != "below_threshold":
+        if outcome == "unverified":
+            self._note_unverified(decision)
+        elif outcome != "below_threshold":
             self.decisions.record(decision, self._backend_name, outcome)
         if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
             log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
@@ -165,6 +174,35 @@ class FirewallAgent(FollowsControl):
                 self.eve.write_events([event])
         elif outcome in REFUSALS:
             self._warn_refused(decision, outcome)
+
+    def _note_unverified(self, decision: Decision) -> None:
+        """A verdict not acted on because its source may be forged: into the decision log
+        (at most UNVERIFIED_LOG_PER_S rows a second, the rest counted), and a warning at
+        once, then at most every REFUSAL_WARNING_S, naming the victims."""
+        second = int(time.monotonic())
+        start, rows = self._unverified_logged
+        rows = rows if start == second else 0
+        if rows < UNVERIFIED_LOG_PER_S:
+            self.decisions.record(decision, self._backend_name, "unverified")
+            self._unverified_logged = (second, rows + 1)
+        else:
+            self.counters["unverified.not_logged"] += 1
+        self._unverified += 1
+        now = time.monotonic()
+        if now < self._next_unverified_warning:
+            return
+        victims = ", ".join(f"{addr} ({n})" for addr, n in self.policy.unverified_victims(5))
+        log.warning(
+            "%d verdict(s) not blocked since the last warning: the source never completed a "
+            "handshake, it may be forged (firewall.block_unverified is off); latest %s: %s; "
+            "most hit destinations: %s",
+            self._unverified,
+            decision.network,
+            decision.reason,
+            victims,
+        )
+        self._unverified = 0
+        self._next_unverified_warning = now + REFUSAL_WARNING_S
 
     def _warn_refused(self, decision: Decision, outcome: str) -> None:
         """Say that new blocks are being refused: at once, then at most every
@@ -274,6 +312,10 @@ class FirewallAgent(FollowsControl):
                 "dry_run": self.config.dry_run,
                 "active": len(self.policy.active()),
                 "counters": self.stats(),
+                # Destinations of verdicts not blocked because their source may be forged.
+                "unverified_victims": [
+                    {"address": addr, "verdicts": n} for addr, n in self.policy.unverified_victims()
+                ],
             }
         return {"ok": False, "error": f"unknown command {cmd!r} (list, unblock, flush, status)"}
 

@@ -116,7 +116,9 @@ def preflight(outside: str, inside: str, xdp_mode: str = "auto") -> list[Check]:
             checks.append(Check("warning", f"rp_filter {dev}",
                                 "0: packets with spoofed sources are forwarded; "
                                 f"`sysctl -w net.ipv4.conf.{dev}.rp_filter=1` (strict) or 2 "
-                                "(loose, for asymmetric routes)"))  # fmt: skip
+                                "(loose, for asymmetric routes); or drop them in XDP "
+                                "before detection sees them, IPv6 too: "
+                                "sniffer.capture.reverse_path_check: strict"))  # fmt: skip
         else:
             kind = "strict" if effective == 1 else "loose"
             checks.append(Check("ok", f"rp_filter {dev}", f"{effective} ({kind})"))

@@ -267,13 +267,22 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     if not summary:
         return EXIT_ERROR
-    # 1 when a recipe failed to run, or attacks ran and not one (with a real source) was
-    # blocked: the product did not do its job.
+    return dev_exit_code(summary)
+
+
+def dev_exit_code(summary: dict[str, Any]) -> int:
+    """1 when a recipe failed to run, or attacks ran and not one (with a real source) was
+    handled: blocked, or detected and deliberately not blocked because its source never
+    completed a handshake (``not_blocked_unverified``: a SYN scan or flood, whose source
+    could be forged; firewall.block_unverified). Then the product did not do its job."""
     real = [a for a in summary["attacks"] if not a["spoofed"]]
-    unblocked = [a for a in real if a["blocked_after_s"] is None]
-    return (
-        EXIT_ERROR if summary.get("errors") or (real and len(unblocked) == len(real)) else EXIT_OK
-    )
+    unhandled = [
+        a
+        for a in real
+        if a["blocked_after_s"] is None and not a.get("not_blocked_unverified", False)
+    ]
+    failed = summary.get("errors") or (real and len(unhandled) == len(real))
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

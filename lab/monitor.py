@@ -6,7 +6,9 @@
 * new lines of the detector's alert log (EVE JSON): alerts per family, and the first
   alert seen for each source address, timed when read;
 * new rows of the firewall's decision log (SQLite, read only): blocks and when they were
-  decided;
+  decided, and verdicts not blocked because their source never completed a TCP handshake
+  (outcome ``unverified``: a SYN scan or a SYN flood, whose packets anyone could forge,
+  is detected and alerted but not blocked; firewall.block_unverified);
 * the XDP blocklist (the pinned map): packets dropped per blocked prefix, and the first
   time each one's count grew.
 
@@ -50,6 +52,8 @@ class AttackTimes:
     alerts: list[tuple[float, str]] = field(default_factory=list)  # (t, family)
     blocks: list[tuple[float, str]] = field(default_factory=list)  # (t decided, family)
     drops: list[tuple[float, int]] = field(default_factory=list)  # (t sampled, total drops)
+    # (t decided, family) of verdicts not blocked: the source never completed a handshake.
+    unverified: list[tuple[float, str]] = field(default_factory=list)
 
 
 class PipelineMonitor:
@@ -183,6 +187,8 @@ class PipelineMonitor:
             self.decisions.append(entry)
             if action == "block" and outcome == "applied":
                 self._times(addr).blocks.append((ts, family))
+            elif outcome == "unverified":
+                self._times(addr).unverified.append((ts, family))
 
     def _sample_blocklist(self, now: float) -> None:
         if self._blocklist is None:
@@ -255,6 +261,7 @@ class PipelineMonitor:
             alert = [first(self._times(h).alerts) for h in hosts]
             block = [first(self._times(h).blocks) for h in hosts]
             drop = [first(self._times(h).drops) for h in hosts]
+            skipped = [first(self._times(h).unverified) for h in hosts]
             # No block decided during the attack, because one from an earlier attack of the
             # same host was still in force: its packets were dropped from the start.
             already = _min(block) is None and any(self._active_at(h, lo) for h in hosts)
@@ -269,10 +276,13 @@ class PipelineMonitor:
                 "duration_s": round(t.end - t.start, 2),
                 # A block comes from a malicious verdict, which is an alert: the first alert
                 # is read from the log every half second, the block time is exact.
-                "detected_after_s": rel(_min([*alert, *block])),
+                "detected_after_s": rel(_min([*alert, *block, *skipped])),
                 "blocked_after_s": 0.0 if already else rel(_min(block)),
                 "dropped_after_s": 0.0 if already else rel(_min(drop)),
                 "already_blocked": bool(already),
+                # Detected, not blocked: the source never completed a handshake (it may have
+                # been forged), so the firewall did not block it.
+                "not_blocked_unverified": _min(block) is None and _min(skipped) is not None,
                 "alert_families": families,
                 "spoofed": "*" in t.attack_hosts,
             })  # fmt: skip
@@ -323,9 +333,11 @@ def _min(values: Sequence[float | None]) -> float | None:
     return min(present) if present else None
 
 
-def _fmt_after(value: float | None, already: bool = False) -> str:
+def _fmt_after(value: float | None, already: bool = False, unverified: bool = False) -> str:
     if already:
         return "already"
+    if unverified and value is None:
+        return "unverified"
     return "-" if value is None else f"+{value:.1f} s"
 
 
@@ -397,16 +409,22 @@ def render_summary(summary: dict[str, Any]) -> str:
     ]
     for a in summary["attacks"]:
         src = "spoofed" if a["spoofed"] else a["attack_hosts"][0]
+        unverified = bool(a.get("not_blocked_unverified"))
         lines.append(
             f"{a['recipe']:20s} {a['family'] or '-':10s} {src:16s} "
             f"{'+' + format(a['started_s'], '.0f') + ' s':>8s} "
             f"{_fmt_after(a['detected_after_s']):>10s} "
-            f"{_fmt_after(a['blocked_after_s'], a['already_blocked']):>10s} "
+            f"{_fmt_after(a['blocked_after_s'], a['already_blocked'], unverified):>10s} "
             f"{_fmt_after(a['dropped_after_s'], a['already_blocked']):>10s}  "
             f"{','.join(a['alert_families']) or '-'}"
         )
     if not summary["attacks"]:
         lines.append("(no attack ran)")
+    if any(a.get("not_blocked_unverified") for a in summary["attacks"]):
+        lines.append(
+            'blocked "unverified": detected, not blocked: unverified source (it never '
+            "completed a TCP handshake, so its packets may be forged; firewall.block_unverified)"
+        )
     lines.append("")
     for host, b in summary["benign"].items():
         failed = f"; not fully answered: {', '.join(b['failed'])}" if b["failed"] else ""

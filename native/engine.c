@@ -222,12 +222,27 @@ static int next_packet(struct mld_engine *e)
     e->pkt.ts_ns = ts;
     e->pending = 1;
     e->pending_ip = rc == MLD_PARSE_OK;
-    if (rc == MLD_PARSE_OK)
+    if (rc == MLD_PARSE_OK) {
         e->stats.ip_packets++;
-    else if (rc == MLD_PARSE_NOT_IP)
+        if (e->pkt.frag & MLD_FRAG_IS) {
+            e->stats.fragments++;
+            if (e->pkt.frag & MLD_FRAG_TINY)
+                e->stats.tiny_fragments++;
+        }
+    } else if (rc == MLD_PARSE_NOT_IP) {
         e->stats.non_ip++;
-    else
+    } else {
+        /* Offline nothing can be dropped: counted, kept out of the flows, as live. */
         e->stats.parse_errors++;
+        if (rc == MLD_PARSE_TRUNCATED)
+            e->stats.parse_truncated++;
+        else if (rc == MLD_PARSE_BAD_LENGTH)
+            e->stats.parse_bad_length++;
+        else if (rc == MLD_PARSE_EXT_LIMIT)
+            e->stats.parse_ext_limit++;
+        else
+            e->stats.parse_malformed++;
+    }
     return 1;
 }
 

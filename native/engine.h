@@ -14,12 +14,19 @@ struct mld_engine_stats {
     __u64 packets;        /* records read */
     __u64 bytes;          /* their wire lengths (pcap len) */
     __u64 ip_packets;     /* parsed into a flow */
-    __u64 parse_errors;   /* truncated or malformed */
+    __u64 parse_errors;   /* the parser could not follow them: the four reasons below */
     __u64 non_ip;
     __u64 flows_created;
     __u64 flows_exported;
     __u64 flows_evicted;
     __u64 files;          /* files opened */
+    /* parse_errors by reason, as the XDP program counts them (struct mld_xdp_stats). */
+    __u64 parse_truncated;
+    __u64 parse_malformed;
+    __u64 parse_bad_length;
+    __u64 parse_ext_limit;
+    __u64 fragments;      /* IP fragments parsed into a flow */
+    __u64 tiny_fragments; /* of them MLD_FRAG_TINY */
 };
 
 struct mld_engine {

@@ -92,6 +92,14 @@ static const struct member flow_state[] = {
     SCALAR(mld_flow_state, dns_queries),
     SCALAR(mld_flow_state, dns_qname_len_sum),
     ARRAY(mld_flow_state, dns_qname),
+    SCALAR(mld_flow_state, frag_count),
+    SCALAR(mld_flow_state, tiny_frag_count),
+    SCALAR(mld_flow_state, overlap_frag_count),
+    SCALAR(mld_flow_state, frag_id),
+    SCALAR(mld_flow_state, frag_lo),
+    SCALAR(mld_flow_state, frag_hi),
+    SCALAR(mld_flow_state, init_isn),
+    SCALAR(mld_flow_state, resp_isn),
 };
 
 static const struct member flow_event[] = {
@@ -114,6 +122,14 @@ static const struct member xdp_stats[] = {
     SCALAR(mld_xdp_stats, flows_exported),
     SCALAR(mld_xdp_stats, blocked_packets),
     SCALAR(mld_xdp_stats, blocked_bytes),
+    SCALAR(mld_xdp_stats, parse_truncated),
+    SCALAR(mld_xdp_stats, parse_malformed),
+    SCALAR(mld_xdp_stats, parse_bad_length),
+    SCALAR(mld_xdp_stats, parse_ext_limit),
+    SCALAR(mld_xdp_stats, parse_dropped),
+    SCALAR(mld_xdp_stats, fragments),
+    SCALAR(mld_xdp_stats, tiny_fragments),
+    SCALAR(mld_xdp_stats, rpf_dropped),
 };
 
 static const struct member lpm_key[] = {
@@ -164,6 +180,10 @@ static const struct {
     CONST(MLD_F_FIN_BWD),
     CONST(MLD_F_RST),
     CONST(MLD_F_L4),
+    CONST(MLD_F_INIT_SYN),
+    CONST(MLD_F_SYNACK),
+    CONST(MLD_F_HS_CONFLICT),
+    CONST(MLD_F_HS_VERIFIED),
     CONST(MLD_TCP_FIN),
     CONST(MLD_TCP_SYN),
     CONST(MLD_TCP_RST),
@@ -180,6 +200,8 @@ static const struct {
     CONST(MLD_DNS_NAME_MAX),
     CONST(MLD_MAX_ACTIVE_TIMEOUT_NS),
     CONST(MLD_BLOCK_NEVER),
+    CONST(MLD_FRAG_IS),
+    CONST(MLD_FRAG_TINY),
 };
 
 static PyObject *members(const struct layout *l)

@@ -41,6 +41,15 @@ class CaptureConfig:
     sweep_interval_s: float = 1.0
     # Longest wait for ring-buffer events in one poll, in milliseconds.
     poll_timeout_ms: int = 200
+    # XDP: packets the parser cannot follow (truncated or malformed headers, an IP length
+    # too short for its headers, more than 6 IPv6 extension headers): drop (they would
+    # pass unseen by detection) or pass. Counted by reason either way (source.parse_*).
+    parse_error_action: Literal["drop", "pass"] = "drop"
+    # XDP: strict drops a packet whose source this host would not route back out of the
+    # interface it arrived on, or not at all (a forged source, as strict rp_filter; counted
+    # as source.rpf_dropped); none checks nothing. Needs forwarding on (a gateway), and
+    # symmetric routes: with asymmetric ones leave it at none.
+    reverse_path_check: Literal["none", "strict"] = "none"
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,13 @@ class ContextConfig:
     # Flows remembered over all sources; past it whole least recently updated sources are
     # forgotten. Bounds memory (about 200 bytes per flow).
     max_entries: int = 1000000
+    # A source that completed a verified TCP handshake (it acknowledged the responder's
+    # SYN-ACK, which a forged address never receives) counts as verified
+    # (FlowRecord.src_verified) for this many seconds after that flow's last packet.
+    verified_ttl_s: float = 600.0
+    # Verified sources remembered at once (about 120 bytes each); past it the least
+    # recently verified is forgotten until its next handshake.
+    verified_max_sources: int = 65536
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,10 @@ class FastRulesConfig:
     # Login services watched for brute force (80/443 are left out: browsers open many
     # short connections to one web server).
     brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
+    # tiny_fragments: tiny and overlapping IP fragments from one source within the window
+    # (no ordinary stack sends them; nmap -f does), in packets.
+    tiny_fragments_low: float = 0.0
+    tiny_fragments_high: float = 4.0
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys

@@ -23,6 +23,10 @@ records each scores:
   entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
 * ``brute_force``: short TCP flows (at most ``brute_force_max_packets`` from the
   initiator) from the source to one login service (address and port); scores such flows.
+* ``tiny_fragments``: tiny and overlapping IP fragments (FlowRecord.tiny_frag_count +
+  overlap_frag_count) from the source; scores the flows that carry any. No ordinary stack
+  sends them: they are how scans and attacks hide from filters and IDSs (``nmap -f``),
+  so a few within the window are enough (a scan family rule).
 
 Reflection (amplification): a UDP flow whose *initiator* port is a reflection service port
 (DNS 53, NTP 123, SSDP 1900, memcached 11211, ...) is a response nobody on this side asked
@@ -48,7 +52,15 @@ from sniffer.sliding_window import SlidingWindows
 
 __all__ = ["RULES", "FastRules", "FastScores", "ramp"]
 
-RULES = ("syn_flood", "port_scan", "host_sweep", "udp_flood", "dns_tunnel", "brute_force")
+RULES = (
+    "syn_flood",
+    "port_scan",
+    "host_sweep",
+    "udp_flood",
+    "dns_tunnel",
+    "brute_force",
+    "tiny_fragments",
+)
 
 Floats = npt.NDArray[np.float64]
 
@@ -95,6 +107,8 @@ class FastRules:
         self._reflected = windows(0)
         # Per (source, destination, port): short flows to a login service.
         self._logins = windows(0)
+        # Per source: tiny and overlapping fragments.
+        self._evasive = windows(1)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
@@ -137,6 +151,8 @@ class FastRules:
             & (flows["fwd_packets"] <= c.brute_force_max_packets)
         )
 
+        evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
+        evasive_sum = np.zeros(n)
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
         reflected = np.zeros(n)
@@ -150,9 +166,10 @@ class FastRules:
             ts,
             syn_only.astype(np.float64).tolist(),
             udp_packets.tolist(),
+            evasive.tolist(),
             strict=True,
         )
-        for i, (src, dst, port, t, syn, pk) in enumerate(rows):
+        for i, (src, dst, port, t, syn, pk, ev) in enumerate(rows):
             win = self._to_dst.add(dst, t, (syn, pk))
             syn_rate[i] = win.sums[0] * rate
             udp_rate[i] = win.sums[1] * rate
@@ -161,6 +178,8 @@ class FastRules:
                 reflected[i] = self._reflected.add(victim, t).count
             if login[i]:
                 logins[i] = self._logins.add((src, dst, port), t).count
+            if ev:
+                evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -185,6 +204,9 @@ class FastRules:
             ),
             "dns_tunnel": np.where(dns, dns_score, 0),
             "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
+            "tiny_fragments": np.where(
+                evasive > 0, ramp(evasive_sum, c.tiny_fragments_low, c.tiny_fragments_high), 0
+            ),
         }
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         self.fired.update(r for r in result.rule if r)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastRules, FastScores
 from sniffer.records import Array, FlowColumns, encode_records, flow_columns
-from sniffer.source_context import SourceContextTracker
+from sniffer.source_context import SourceContextTracker, VerifiedSources
 
 __all__ = ["FlowPipeline", "ProcessedFlows"]
 
@@ -27,6 +27,8 @@ class ProcessedFlows:
     context: dict[str, Array]
     scores: FastScores
     records: list[bytes]
+    # FlowRecord.src_verified per record (VerifiedSources).
+    src_verified: Array
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -37,6 +39,7 @@ class FlowPipeline:
 
     def __init__(self, config: SnifferConfig) -> None:
         self.context = SourceContextTracker(config.context)
+        self.verified = VerifiedSources(config.context)
         self.rules = FastRules(config.rules, config.context)
         self.records = 0
 
@@ -47,14 +50,19 @@ class FlowPipeline:
         ``encode`` is false (offline analysis works on the columns and skips that cost)."""
         flows = flow_columns(events, observation_point)
         context = self.context.update(flows)
+        verified = self.verified.update(flows)
         scores = self.rules.score(flows, context)
-        records = encode_records(flows, context, scores.score, scores.rule) if encode else []
+        records = (
+            encode_records(flows, context, scores.score, scores.rule, verified) if encode else []
+        )
         self.records += len(flows)
-        return ProcessedFlows(flows, context, scores, records)
+        return ProcessedFlows(flows, context, scores, records, verified)
 
     def stats(self) -> dict[str, int]:
         out = {"records": self.records, "scored": self.rules.scored}
         out.update({f"fired.{rule}": n for rule, n in sorted(self.rules.fired.items())})
         out["context_sources"] = len(self.context.windows)
         out["context_evicted_sources"] = self.context.windows.evicted_keys
+        out["verified_sources"] = len(self.verified)
+        out["verified_evicted_sources"] = self.verified.evicted
         return out

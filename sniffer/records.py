@@ -22,12 +22,19 @@ those of proto/events.proto):
   each gap by under 1.024 us, which biases the std low by at most about that much).
   min/max are ``iat_min_ns / 1000`` and ``iat_max_ns / 1000``. All four are 0 with fewer
   than two packets.
+* **Handshake.** ``handshake_verified`` is the state flag ``MLD_F_HS_VERIFIED`` (the
+  initiator acknowledged the responder's ISN, xdp/flow_update.h). ``src_verified`` is not
+  the engine's: the sniffer's :class:`~sniffer.source_context.VerifiedSources` sets it.
 * **DNS.** The engine keeps, per flow, the wire length of the longest query name, the sum
   of all query names' wire lengths and the first 48 bytes of the longest name. A wire name
   ``3www6google3com0`` (16 bytes) is the dotted ``www.google.com`` (14 characters), so a
   name's length in characters is its wire length minus 2. The longest name is decoded from
   its labels for its Shannon entropy (bits per character of the dotted name, over the at
   most 48 stored bytes).
+* **Fragments.** ``frag_count``, ``tiny_frag_count`` and ``overlap_frag_count`` are the
+  flow state's counters unchanged (packets; see FlowRecord in proto/events.proto). They are
+  not model features (the shipped bundle's feature list is fixed); the fast rule
+  ``tiny_fragments`` reads them.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ __all__ = [
 
 # From xdp/flow_types.h, through native.structs.
 MLD_F_INITIATOR_LO = CONSTANTS["MLD_F_INITIATOR_LO"]
+MLD_F_HS_VERIFIED = CONSTANTS["MLD_F_HS_VERIFIED"]
 PROTO_TCP, PROTO_UDP = CONSTANTS["MLD_PROTO_TCP"], CONSTANTS["MLD_PROTO_UDP"]
 PROTO_ICMP, PROTO_ICMPV6 = CONSTANTS["MLD_PROTO_ICMP"], CONSTANTS["MLD_PROTO_ICMPV6"]
 # One unit of iat_sumsq's gaps, 1 << MLD_IAT_SQ_SHIFT ns, in us (1.024).
@@ -208,6 +216,10 @@ def flow_columns(events: npt.NDArray[np.void], observation_point: str) -> FlowCo
         "last_ts_ns": ev["last_ts_ns"],
         "end_reason": ev["end_reason"],
         "vlan_id": ev["vlan_id"],
+        "frag_count": ev["frag_count"],
+        "tiny_frag_count": ev["tiny_frag_count"],
+        "overlap_frag_count": ev["overlap_frag_count"],
+        "handshake_verified": (ev["flags"] & MLD_F_HS_VERIFIED) != 0,
         "dns_queries": ev["dns_queries"],
         # Dotted length = wire length - 2 per name (see the module docstring).
         "dns_name_chars": np.maximum(
@@ -250,6 +262,10 @@ _SCALARS = (
     "last_ts_ns",
     "end_reason",
     "vlan_id",
+    "frag_count",
+    "tiny_frag_count",
+    "overlap_frag_count",
+    "handshake_verified",
 )
 
 
@@ -258,11 +274,13 @@ def encode_records(
     context: dict[str, Array] | None = None,
     fast_score: Array | None = None,
     fast_rule: list[str] | None = None,
+    src_verified: Array | None = None,
 ) -> list[bytes]:
     """One serialized FlowRecord per flow.
 
     ``context`` maps each SourceContext field name to a column (from
-    ``SourceContextTracker``); ``fast_score``/``fast_rule`` come from ``FastRules``.
+    ``SourceContextTracker``); ``fast_score``/``fast_rule`` come from ``FastRules``;
+    ``src_verified`` from ``VerifiedSources`` (all false when not given).
     Columns become Python lists first (one C loop each), so the per-record work is
     building the message and serializing it.
     """
@@ -272,6 +290,7 @@ def encode_records(
     bwd = zip(*(flows["bwd_" + name].tolist() for name in DIRECTION_FIELDS), strict=True)
     scores = fast_score.tolist() if fast_score is not None else [0.0] * n
     rules = fast_rule if fast_rule is not None else [""] * n
+    verified = src_verified.tolist() if src_verified is not None else [False] * n
     if context is not None:
         ctx: Iterable[tuple[object, ...] | None] = zip(
             *(context[name].tolist() for name in CONTEXT_FIELDS), strict=True
@@ -282,8 +301,11 @@ def encode_records(
     out: list[bytes] = []
     append = out.append
     names = DIRECTION_FIELDS
-    rows = zip(scalars, flows.src_addr, flows.dst_addr, fwd, bwd, ctx, scores, rules, strict=True)
-    for sc, src, dst, f, b, c, score, rule in rows:
+    rows = zip(
+        scalars, flows.src_addr, flows.dst_addr, fwd, bwd, ctx, scores, rules, verified,
+        strict=True,
+    )  # fmt: skip
+    for sc, src, dst, f, b, c, score, rule, src_ok in rows:
         record = FlowRecord(
             flow_id=sc[0],
             ip_version=sc[1],
@@ -304,6 +326,11 @@ def encode_records(
             vlan_id=sc[8],
             fast_score=score,
             fast_rule=rule,
+            frag_count=sc[9],
+            tiny_frag_count=sc[10],
+            overlap_frag_count=sc[11],
+            handshake_verified=sc[12],
+            src_verified=src_ok,
         )
         append(record.SerializeToString())
     return out

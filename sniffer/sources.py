@@ -160,6 +160,8 @@ class XdpSource:
             mode=capture.xdp_mode,
             sweep_interval_s=capture.sweep_interval_s,
             pin_dir=pin_dir,
+            parse_error_action=capture.parse_error_action,
+            reverse_path_check=capture.reverse_path_check,
         )
         self._stopping = False
 

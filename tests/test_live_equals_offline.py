@@ -4,10 +4,11 @@ Three namespaces: a client ``a``, a router ``r`` and a server ``b``. The flow pr
 attached to both of the router's interfaces (one program, one flow map), as on a gateway, so
 each flow's two directions meet in one record. tcpdump on the router's client-side
 interface records the same packets: A→B on its way in, B→A on its way out. After a bounded
-mix of TCP (clean close and refused), UDP (with DNS-shaped queries) and ICMP traffic over
-IPv4 and IPv6, the records the monitor exported are compared with what native.FlowEngine
-makes of the capture: same flows, same counters; times within a tolerance, because the
-kernel stamps a packet at XDP and tcpdump a few microseconds later.
+mix of TCP (clean close and refused), UDP (with DNS-shaped queries, and one datagram larger
+than the MTU that the kernels fragment both ways) and ICMP traffic over IPv4 and IPv6, the
+records the monitor exported are compared with what native.FlowEngine makes of the capture:
+same flows, same counters; times within a tolerance, because the kernel stamps a packet at
+XDP and tcpdump a few microseconds later.
 
 TSO/GSO are off on the senders and GRO off on the router, so XDP and tcpdump see the same
 packets (no super-frames on either side).
@@ -117,6 +118,10 @@ for fam, addr in ((socket.AF_INET, b4), (socket.AF_INET6, b6)):
         u.sendto(dns_query(i, f"q{i}x{'a' * (3 * i)}.example.org"), (addr, 53))
         u.recvfrom(4096)
         time.sleep(0.01)
+    # Larger than the MTU: the kernels fragment it both ways (first fragments join this
+    # flow, later ones the ports-0 flow of the same addresses).
+    u.sendto(bytes(3000), (addr, 53))
+    u.recvfrom(4096)
     u.close()
     r = socket.socket(fam, socket.SOCK_STREAM)
     r.settimeout(2)
@@ -235,8 +240,14 @@ def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Pat
         "offline": len(off_ab),
         "live_keys": [_key(e)[4].hex() for e in live_ab],
     }
-    # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6.
-    assert len(off_ab) == 8, json.dumps(summary)
+    # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6, and the later
+    # fragments of the large UDP datagrams (ports 0) v4+v6.
+    assert len(off_ab) == 10, json.dumps(summary)
+    # 3000 + 40 bytes over a 1500-byte MTU: 3 fragments each way; the first of each in the
+    # UDP flow, the other two in the ports-0 flow; none tiny, none overlapping.
+    frags = sorted((int(e["frag_count"]), int(e["port_lo"] or e["port_hi"])) for e in off_ab)
+    assert [f for f, port in frags if f] == [2, 2, 4, 4], frags
+    assert sum(int(e["tiny_frag_count"]) + int(e["overlap_frag_count"]) for e in off_ab) == 0
     assert [_key(e) for e in live_ab] == [_key(e) for e in off_ab], json.dumps(summary)
 
     names = native.EVENT_DTYPE.names

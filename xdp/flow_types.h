@@ -52,6 +52,13 @@
 #define MLD_F_FIN_BWD 0x04      /* a FIN went responder -> initiator */
 #define MLD_F_RST 0x08          /* a RST was seen */
 #define MLD_F_L4 0x10           /* the first packet carried a transport header we parsed */
+/* TCP handshake evidence (flow_update.h, "Handshake evidence"). */
+#define MLD_F_INIT_SYN 0x20     /* the flow began with the initiator's SYN (init_isn is set) */
+#define MLD_F_SYNACK 0x40       /* the responder's SYN-ACK acknowledging it was seen
+                                   (resp_isn is set) */
+#define MLD_F_HS_CONFLICT 0x80  /* two different SYN-ACKs: the evidence is void */
+#define MLD_F_HS_VERIFIED 0x100 /* the initiator acknowledged resp_isn + 1: it received the
+                                   responder's SYN-ACK, so its address is its own */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define MLD_TCP_FIN 0x01
@@ -77,6 +84,11 @@
  * query is often a short handshake. */
 #define MLD_DNS_NAME_MAX 48
 #define MLD_MAX_ACTIVE_TIMEOUT_NS (3600ULL * 1000000000ULL)
+
+/* struct mld_pkt's frag bits (set by the parser). */
+#define MLD_FRAG_IS 0x01   /* the packet is an IP fragment (first or later) */
+#define MLD_FRAG_TINY 0x02 /* a first fragment too short for its transport header, or a TCP
+                              fragment at offset 8 (inside the first one's TCP header) */
 
 /* ---- structs crossing the kernel/user boundary ----------------------------------------- */
 
@@ -133,6 +145,18 @@ struct mld_flow_state {
     __u32 dns_queries;  /* DNS queries (UDP to port 53, QR=0) sent by the initiator */
     __u32 dns_qname_len_sum; /* sum of their name wire lengths */
     __u8 dns_qname[MLD_DNS_NAME_MAX]; /* longest query name, raw labels, truncated */
+    /* IP fragments (both directions). A fragmented datagram's first fragment joins the flow
+     * of its ports, its later fragments (no transport header) the flow with ports 0. */
+    __u32 frag_count;         /* fragments */
+    __u32 tiny_frag_count;    /* of them MLD_FRAG_TINY */
+    __u32 overlap_frag_count; /* of them starting inside bytes already seen of their
+                                 datagram (in-order and reverse-order overlaps and duplicates;
+                                 see mld_frag_add) */
+    __u32 frag_id;            /* bookkeeping: datagram id of the latest fragment */
+    __u32 frag_lo;            /* bookkeeping: [frag_lo, frag_hi) is a contiguous range of */
+    __u32 frag_hi;            /*   that datagram's bytes seen in this flow */
+    __u32 init_isn;     /* sequence number of the initiator's SYN (MLD_F_INIT_SYN) */
+    __u32 resp_isn;     /* sequence number of the responder's SYN-ACK (MLD_F_SYNACK) */
 };
 
 /* One exported flow: what the ring buffer carries and what native/ returns. */
@@ -147,7 +171,8 @@ struct mld_flow_config {
     __u64 active_timeout_ns; /* a flow older than this is exported and continues as a new one */
 };
 
-/* Per-CPU counters of the XDP program (index 0 of a per-CPU array). */
+/* Per-CPU counters of the XDP program (index 0 of a per-CPU array). Parse errors are
+ * counted before the blocklist only when the IP header itself could not be read. */
 struct mld_xdp_stats {
     __u64 packets;        /* every packet the program saw */
     __u64 bytes;          /* their frame lengths */
@@ -158,6 +183,16 @@ struct mld_xdp_stats {
     __u64 flows_exported; /* records written to the ring buffer */
     __u64 blocked_packets;/* packets dropped because their source is in the blocklist */
     __u64 blocked_bytes;
+    /* parse_errors by reason (MLD_PARSE_* of flow_parse.h); they add up to parse_errors. */
+    __u64 parse_truncated;  /* a header runs past the frame */
+    __u64 parse_malformed;  /* an impossible field (IP version, IHL < 5, TCP offset < 5) */
+    __u64 parse_bad_length; /* the IP length cannot hold the headers it announces */
+    __u64 parse_ext_limit;  /* more IPv6 extension headers than the parser follows */
+    __u64 parse_dropped;    /* parse errors dropped (parse_error_action drop), else passed */
+    __u64 fragments;        /* IP fragments seen (not blocked) */
+    __u64 tiny_fragments;   /* of them MLD_FRAG_TINY */
+    __u64 rpf_dropped;      /* dropped by the reverse-path check (MLD_RPF): the route back
+                               to their source leaves by another interface, or there is none */
 };
 
 /* Blocklist key (LPM trie): prefixlen counts bits of the IPv4-mapped 128-bit address, so an
@@ -199,6 +234,13 @@ struct mld_pkt {
     __u8 dns_qname_len; /* 0 unless the packet is a DNS query */
     __u8 pad[1];
     __u8 dns_qname[MLD_DNS_NAME_MAX];
+    __u32 frag_id;      /* fragments: the datagram's id (IPv4 16 bits, IPv6 32 bits) */
+    __u32 frag_off;     /* fragments: the bytes they cover in the datagram's payload, */
+    __u32 frag_end;     /*   [frag_off, frag_end) */
+    __u8 frag;          /* MLD_FRAG_* */
+    __u8 pad2[3];
+    __u32 tcp_seq;      /* TCP sequence number, host order (0 without TCP) */
+    __u32 tcp_ack;      /* TCP acknowledgment number, host order (0 without TCP) */
 };
 
 #endif /* MLD_FLOW_TYPES_H */

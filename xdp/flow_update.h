@@ -6,6 +6,16 @@
  * mld_idle_reason() are the sweepers' rules. The XDP program and native/'s offline engine
  * both call these, so a capture replayed offline and the same traffic seen live give the
  * same counters. Nothing here may use libc or BPF helpers directly.
+ *
+ * Handshake evidence (mld_handshake): a flow's initiator is marked MLD_F_HS_VERIFIED when it
+ * acknowledged the responder's initial sequence number: its SYN (ISN i) drew a SYN-ACK
+ * acknowledging i + 1 (ISN r), and its first ACK after that acknowledges exactly r + 1. A
+ * sender with a forged source address never receives the SYN-ACK, so it cannot know r: it
+ * gets one guess in 2^32 per flow, because the first ACK decides (a wrong one voids the
+ * evidence, MLD_F_HS_CONFLICT). Two SYNs or two SYN-ACKs that disagree (a forger injecting
+ * its own SYN-ACK "from" the responder next to the real one) also void it. Only a sender
+ * that sees the responder's replies can pass, which is what "the address is its own"
+ * means; the firewall blocks on nothing weaker by default (firewall/policy.py).
  */
 #ifndef MLD_FLOW_UPDATE_H
 #define MLD_FLOW_UPDATE_H
@@ -104,6 +114,69 @@ MLD_INLINE void mld_dir_add(struct mld_dir_stats *d, const struct mld_pkt *pkt)
     }
 }
 
+/* Count a fragment. Overlaps are found against one contiguous byte range of the latest
+ * fragmented datagram: a fragment of the same id that starts or ends inside it overlaps
+ * (or repeats) bytes already seen; one next to it extends it; anything else (another
+ * datagram, a gap) starts a new range. In-order and reverse-order overlaps are seen;
+ * out-of-order ones across a gap, and overlaps between a first fragment (in the ports'
+ * flow) and a later one (in the ports-0 flow), are not. */
+MLD_INLINE void mld_frag_add(struct mld_flow_state *st, const struct mld_pkt *pkt)
+{
+    int known = st->frag_count != 0 && st->frag_id == pkt->frag_id;
+
+    if (!(pkt->frag & MLD_FRAG_IS))
+        return;
+    st->frag_count += 1;
+    if (pkt->frag & MLD_FRAG_TINY)
+        st->tiny_frag_count += 1;
+    if (known && pkt->frag_off < st->frag_hi && pkt->frag_end > st->frag_lo) {
+        st->overlap_frag_count += 1;
+    } else if (!(known && (pkt->frag_off == st->frag_hi || pkt->frag_end == st->frag_lo))) {
+        st->frag_id = pkt->frag_id;
+        st->frag_lo = pkt->frag_off;
+        st->frag_hi = pkt->frag_end;
+        return;
+    }
+    if (pkt->frag_off < st->frag_lo)
+        st->frag_lo = pkt->frag_off;
+    if (pkt->frag_end > st->frag_hi)
+        st->frag_hi = pkt->frag_end;
+}
+
+/* The handshake evidence of one TCP packet (see the header comment). fwd: the packet goes
+ * initiator -> responder; first: it is the flow's first packet. */
+MLD_INLINE void mld_handshake(struct mld_flow_state *st, const struct mld_pkt *pkt, int fwd,
+                              int first)
+{
+    __u8 f = pkt->tcp_flags & (MLD_TCP_SYN | MLD_TCP_ACK | MLD_TCP_RST);
+
+    if (pkt->protocol != MLD_PROTO_TCP || !pkt->has_l4 || (st->flags & MLD_F_HS_CONFLICT))
+        return;
+    if (fwd && f == MLD_TCP_SYN) {
+        if (first) {
+            st->flags |= MLD_F_INIT_SYN;
+            st->init_isn = pkt->tcp_seq;
+        } else if (!(st->flags & MLD_F_INIT_SYN) || pkt->tcp_seq != st->init_isn) {
+            st->flags |= MLD_F_HS_CONFLICT; /* a retransmitted SYN keeps its ISN */
+        }
+    } else if (!fwd && f == (MLD_TCP_SYN | MLD_TCP_ACK)) {
+        if (!(st->flags & MLD_F_INIT_SYN) || pkt->tcp_ack != st->init_isn + 1)
+            return; /* not an answer to the initiator's SYN */
+        if (!(st->flags & MLD_F_SYNACK)) {
+            st->flags |= MLD_F_SYNACK;
+            st->resp_isn = pkt->tcp_seq;
+        } else if (pkt->tcp_seq != st->resp_isn) {
+            st->flags |= MLD_F_HS_CONFLICT; /* a retransmitted SYN-ACK keeps its ISN */
+        }
+    } else if (fwd && f == MLD_TCP_ACK && (st->flags & MLD_F_SYNACK) &&
+               !(st->flags & MLD_F_HS_VERIFIED)) {
+        /* The initiator's first ACK after the SYN-ACK decides: one guess per flow. */
+        st->flags |= pkt->tcp_ack == st->resp_isn + 1 ? MLD_F_HS_VERIFIED : MLD_F_HS_CONFLICT;
+    }
+    if (st->flags & MLD_F_HS_CONFLICT)
+        st->flags &= ~(__u32)MLD_F_HS_VERIFIED;
+}
+
 /* Add a packet to a flow and note FIN/RST; returns MLD_ACT_EXPORT when it ends the flow. */
 MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt, int src_lo)
 {
@@ -111,7 +184,9 @@ MLD_INLINE int mld_flow_add(struct mld_flow_state *st, const struct mld_pkt *pkt
     int closing = (st->flags & (MLD_F_FIN_FWD | MLD_F_FIN_BWD)) ==
                   (MLD_F_FIN_FWD | MLD_F_FIN_BWD);
 
+    mld_handshake(st, pkt, fwd, st->dir[0].packets == 0 && st->dir[1].packets == 0);
     mld_dir_add(&st->dir[fwd ? 0 : 1], pkt);
+    mld_frag_add(st, pkt);
     if (pkt->ts_ns > st->last_ts_ns)
         st->last_ts_ns = pkt->ts_ns;
     if (pkt->protocol == MLD_PROTO_TCP && pkt->has_l4) {

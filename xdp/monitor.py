@@ -56,11 +56,13 @@ from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
 from xdp.bpffs import ensure_pin_dir
 from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
 
-__all__ = ["FlowMonitor", "Mode", "raise_on_sigterm"]
+__all__ = ["FlowMonitor", "Mode", "ParseErrorAction", "ReversePathCheck", "raise_on_sigterm"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "native", "generic"]
+ParseErrorAction = Literal["drop", "pass"]
+ReversePathCheck = Literal["none", "strict"]
 
 XDP_DIR = Path(__file__).resolve().parent
 BPF_SOURCE = XDP_DIR / "flow_monitor.bpf.c"
@@ -110,6 +112,16 @@ class FlowMonitor:
         sweep_interval_s: how often poll() sweeps idle flows out of the table.
         pin_dir: bpffs directory where the blocklist map is pinned (and reused from).
         blocklist_max: blocklist capacity, used only when the map is created.
+        parse_error_action: what to do with a packet the parser cannot follow (truncated
+            or malformed headers, an IP length that cannot hold its headers, more IPv6
+            extension headers than it follows): "drop" (the default: such a packet would
+            pass unseen by detection) or "pass". Counted by reason either way. A blocked
+            source is dropped whatever follows its IP header.
+        reverse_path_check: "strict" drops a packet whose source the kernel would not
+            route back out of the interface it arrived on, or not at all (a forged source,
+            as strict rp_filter, RFC 3704; counted as rpf_dropped); "none" (the default)
+            checks nothing. Only a router answers (forwarding on): elsewhere nothing is
+            dropped.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class FlowMonitor:
         sweep_interval_s: float = 1.0,
         pin_dir: str | Path = DEFAULT_PIN_DIR,
         blocklist_max: int = 65536,
+        parse_error_action: ParseErrorAction = "drop",
+        reverse_path_check: ReversePathCheck = "none",
     ) -> None:
         if isinstance(ifaces, str) or not ifaces or len(set(ifaces)) != len(ifaces):
             raise XdpError(f"ifaces must be a list of distinct interface names, got {ifaces!r}")
@@ -137,6 +151,14 @@ class FlowMonitor:
             raise XdpError("max_flows and blocklist_max must be >= 1")
         if mode not in ("auto", "native", "generic"):
             raise XdpError(f"mode must be 'auto', 'native' or 'generic', got {mode!r}")
+        if parse_error_action not in ("drop", "pass"):
+            raise XdpError(
+                f"parse_error_action must be 'drop' or 'pass', got {parse_error_action!r}"
+            )
+        if reverse_path_check not in ("none", "strict"):
+            raise XdpError(
+                f"reverse_path_check must be 'none' or 'strict', got {reverse_path_check!r}"
+            )
         if sweep_interval_s <= 0:
             raise XdpError(f"sweep_interval_s must be > 0, got {sweep_interval_s}")
         self.ifaces = list(ifaces)
@@ -148,6 +170,8 @@ class FlowMonitor:
         self.sweep_interval_s = sweep_interval_s
         self.pin_dir = Path(pin_dir)
         self.blocklist_max = blocklist_max
+        self.parse_error_action: ParseErrorAction = parse_error_action
+        self.reverse_path_check: ReversePathCheck = reverse_path_check
         self.modes: dict[str, str] = {}
         self.clock_offset_ns = 0
         self._bpf: Any = None
@@ -225,6 +249,8 @@ class FlowMonitor:
             f"-DMLD_RINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMLD_BLOCKLIST_MAX={self.blocklist_max}",
             f'-DMLD_BLOCKLIST_PIN="{pin}"',
+            f"-DMLD_PARSE_ERROR_DROP={int(self.parse_error_action == 'drop')}",
+            f"-DMLD_RPF={int(self.reverse_path_check == 'strict')}",
         ]
         try:
             bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)

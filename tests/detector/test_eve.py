@@ -19,8 +19,10 @@ import pytest
 from crypto_transport import TransportConfig
 from detector.config import DetectorConfig, EventsOutput, ListenConfig, VerdictsOutput
 from detector.eve import GID, SIGNATURES, community_id, eve_drop
+from detector.families import FAST_RULE_FAMILY
 from detector.service import DetectorService
 from proto.events_pb2 import FlowBatch, FlowRecord
+from sniffer.fast_rules import RULES
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -168,6 +170,15 @@ def test_signature_ids_are_unique_and_in_our_range() -> None:
     assert SIGNATURES["scan"]["port_scan"].sid == 9100201
     assert SIGNATURES["ddos"]["syn_flood"].sid == 9100101
     assert SIGNATURES["bruteforce"]["brute_force"].sid == 9100301
+    assert SIGNATURES["scan"]["tiny_fragments"].sid == 9100203
+
+
+def test_every_fast_rule_has_a_family_and_a_signature() -> None:
+    """A fast rule the sniffer can name must map to a family and to that family's own sid,
+    not fall back to the model's signature or the catch-all id."""
+    for rule in RULES:
+        family = FAST_RULE_FAMILY[rule]
+        assert SIGNATURES[family][rule].signature.endswith(f"{rule} fast rule")
 
 
 def _text(raw: bytes) -> str:

@@ -1,8 +1,16 @@
 """``mld gateway run --outside DEV --inside DEV`` on the lab's gateway namespace, as on a
 dual-NIC box: the checks pass (the lab forwards), every service comes up through a local
-etcd (the anomaly model's trainer among them), a scan from the attacker is blocked in
-transit (its packets die at the gateway's XDP while the client's requests are still
-forwarded and answered), and SIGTERM stops it all with no XDP program left on the NICs."""
+etcd (the anomaly model's trainer among them), a SYN flood forged "from" an address that
+never sends a packet is detected but that address is not blocked, a connect scan from the
+attacker (handshakes completed) is blocked in transit (its packets die at the gateway's
+XDP while the client's requests are still forwarded and answered), and SIGTERM stops it
+all with no XDP program left on the NICs.
+
+The attack (issue 19, finding 1): the attacker sends 8,000 SYNs with the forged source
+FORGED to the server. Before the fix they scored syn_flood 1.0 and the firewall blocked
+FORGED, an address that never sent anything: anyone could get any address blocked. Now
+the verdict carries src_verified false (FORGED never completed a handshake) and the
+firewall skips it with outcome ``unverified``; the alert still goes out."""
 
 from __future__ import annotations
 
@@ -27,11 +35,13 @@ pytestmark = [pytest.mark.netns, pytest.mark.bpf, pytest.mark.etcd, pytest.mark.
 MLD = str(REPO / ".venv" / "bin" / "mld")
 PREFIX = "mldt-gw"
 ATTACKER, SERVER = "203.0.113.66", "10.10.0.10"
+# A documentation address on no lab segment: it never sends a packet, the attacker forges it.
+FORGED = "198.51.100.53"
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Topology]:
-    require_root_and("ip", "nsenter", "nginx", "nmap", "curl")
+    require_root_and("ip", "nsenter", "nginx", "nmap", "curl", "hping3")
     require_etcd()
     topo = lab_topology(tmp_path, PREFIX)
     up(topo, tmp_path / "labrun")
@@ -81,16 +91,21 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
             return {}
         return {s["component"]: s["health"] for s in json.loads(out.stdout)["services"]}
 
-    def blocks() -> list[tuple[Any, ...]]:
+    def decisions(where: str) -> list[tuple[Any, ...]]:
         path = tmp_path / "state" / "firewall" / "decisions.sqlite"
         if not path.exists():
             return []
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            return db.execute("SELECT addr, backend FROM decisions WHERE action = 'block' AND "
-                              "outcome = 'applied'").fetchall()  # fmt: skip
+            return db.execute(f"SELECT addr, backend FROM decisions WHERE {where}").fetchall()
         finally:
             db.close()
+
+    def blocks() -> list[tuple[Any, ...]]:
+        return decisions("action IN ('block', 'extend') AND outcome = 'applied'")
+
+    def unverified() -> list[Any]:
+        return [addr for addr, _ in decisions("outcome = 'unverified'")]
 
     try:
         services = ("anomaly", "detector", "firewall", "rag", "sniffer")
@@ -100,10 +115,20 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         assert sorted(a.split(":")[0] for a in xdp_attachments(lab.namespace("gateway"))) == [
             "inside", "outside"
         ]  # fmt: skip
-        scan = _in(lab, "attacker", "nmap", "-sS", "-n", "-T4", "-Pn", "-p", "1-400",
+        # The forged flood: 8,000 SYNs "from" FORGED to the web server (10 kHz), whose
+        # SYN-ACKs go to FORGED's real owner (here: nowhere), so no handshake completes.
+        # Enough to score syn_flood 1.0 (over 100 SYN-only flows/s to one destination).
+        flood = _in(lab, "attacker", "hping3", "-q", "-S", "-p", "80", "-a", FORGED,
+                    "-i", "u100", "-c", "8000", SERVER)  # fmt: skip
+        assert "8000 packets transmitted" in flood.stdout + flood.stderr, flood
+        # SYN-only flows end by idle timeout (sniffer.capture.idle_timeout_s, 30 s here).
+        wait_for(lambda: FORGED in unverified(), 150, "the forged flood judged, not blocked")
+        # A connect scan completes handshakes on the open ports: its source is verified.
+        scan = _in(lab, "attacker", "nmap", "-sT", "-n", "-T4", "-Pn", "-p", "1-400",
                    "--max-retries", "1", SERVER)  # fmt: skip
         assert scan.returncode == 0, scan.stderr
         wait_for(lambda: (ATTACKER, "xdp") in blocks(), 30, "the attacker blocked at XDP")
+        assert FORGED not in [addr for addr, _ in blocks()]
         ping = _in(lab, "attacker", "ping", "-c", "3", "-i", "0.2", "-W", "1", SERVER)
         assert " 0 received" in ping.stdout, ping.stdout
         curl = _in(lab, "client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -112,6 +137,7 @@ def test_mld_gateway_blocks_in_transit_and_stops_cleanly(lab: Topology, tmp_path
         eve = [json.loads(line) for line in (run_dir / "alerts.json").read_text().splitlines()]
         alerts = [e for e in eve if e.get("event_type") == "alert"]  # not the stats events
         assert any(a["src_ip"] == ATTACKER for a in alerts)
+        assert any(a["src_ip"] == FORGED for a in alerts)  # alerted, though not blocked
     finally:
         out, _ = terminate(proc, timeout=90)
     assert proc.returncode == 0, out[-3000:]

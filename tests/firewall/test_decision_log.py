@@ -24,9 +24,11 @@ class Clock:
         return self.now
 
 
-def verdict(src: str, score: float = 0.97, family: str = "scan", vid: str = "v") -> Verdict:
+def verdict(
+    src: str, score: float = 0.97, family: str = "scan", vid: str = "v", verified: bool = True
+) -> Verdict:
     addr = ipaddress.ip_address(src)
-    v = Verdict(verdict_id=vid, final_score=score, family=family)
+    v = Verdict(verdict_id=vid, final_score=score, family=family, src_verified=verified)
     v.flow.ip_version = addr.version
     v.flow.src_addr = addr.packed
     return v

@@ -25,10 +25,14 @@ class Clock:
 
 
 def verdict(
-    src: str = "203.0.113.7", score: float = 0.97, family: str = "scan", vid: str = "v1"
+    src: str = "203.0.113.7",
+    score: float = 0.97,
+    family: str = "scan",
+    vid: str = "v1",
+    verified: bool = True,
 ) -> Verdict:
     addr = ipaddress.ip_address(src)
-    v = Verdict(verdict_id=vid, final_score=score, family=family)
+    v = Verdict(verdict_id=vid, final_score=score, family=family, src_verified=verified)
     v.flow.ip_version = addr.version
     v.flow.src_addr = addr.packed
     return v
@@ -378,3 +382,45 @@ def test_storm_against_rate_cap_keeps_table_small() -> None:
     counters = p.counters()
     assert counters["block"] == 50 and counters["rate_limited"] == 20_000 - 50
     assert counters["active"] == 50 and counters["offenders"] <= 100
+
+
+def test_unverified_source_is_not_blocked_but_counted_per_victim() -> None:
+    """7,000 SYNs forged "from" 8.8.8.8 scored syn_flood 1.0: the verdict's source never
+    completed a handshake (src_verified false), so it is skipped, not blocked."""
+    pol = policy()
+    forged = verdict("8.8.8.8", score=1.0, family="ddos", verified=False)
+    forged.flow.dst_addr = ipaddress.ip_address("10.10.0.10").packed
+    for _ in range(3):
+        d = pol.decide(forged)
+        assert (d.action, d.outcome) == ("skip", "unverified")
+    assert "never completed a handshake, it may be forged" in d.reason
+    assert "victim 10.10.0.10" in d.reason
+    assert pol.active() == []
+    assert pol.counters()["unverified"] == 3 and pol.counters()["block"] == 0
+    assert pol.unverified_victims() == [("10.10.0.10", 3)]
+    # The same source once it completed a handshake is blocked.
+    assert pol.decide(verdict("8.8.8.8", score=1.0, family="ddos")).action == "block"
+
+
+def test_block_unverified_true_blocks_them_and_allowlist_still_wins() -> None:
+    pol = policy(block_unverified=True, allowlist=("192.0.2.0/24",))
+    assert pol.decide(verdict("203.0.113.9", verified=False)).action == "block"
+    d = pol.decide(verdict("192.0.2.9", verified=False))
+    assert d.outcome == "allowlisted"
+
+
+def test_unverified_victims_are_bounded() -> None:
+    from firewall import policy as policy_module
+
+    pol = policy()
+    for i in range(policy_module.UNVERIFIED_VICTIMS_MAX + 5):
+        v = verdict("198.51.100.1", verified=False)
+        v.flow.dst_addr = (0x0A000000 + i).to_bytes(4, "big")
+        pol.decide(v)
+    assert pol.counters()["unverified_victims"] == policy_module.UNVERIFIED_VICTIMS_MAX
+
+
+def test_block_unverified_is_not_a_live_setting() -> None:
+    pol = policy()
+    changed, _ = pol.reconfigure(replace(pol.config, block_unverified=True))
+    assert changed == [] and pol.config.block_unverified is False

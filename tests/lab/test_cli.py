@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from base.exit_codes import EXIT_ERROR, EXIT_OK
+from lab.cli import dev_exit_code
 from tests.support import REPO, lab_topology, require_root_and
 
 
@@ -41,3 +43,16 @@ def test_a_lab_that_is_not_up(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "no recipe 'teleport'" in unknown.stderr
     bad_set = mld("lab", "capture", "--scenario", "nope", "--out", str(tmp_path), *common)
     assert bad_set.returncode == 1
+
+
+def test_dev_exit_code_counts_an_unverified_skip_as_handled() -> None:
+    """A run whose only attack is a SYN flood (alerted, not blocked: unverified source) did
+    what the product promises; one whose attack was neither blocked nor skipped did not."""
+
+    def attack(blocked: float | None, unverified: bool) -> dict[str, object]:
+        return {"spoofed": False, "blocked_after_s": blocked, "not_blocked_unverified": unverified}
+
+    assert dev_exit_code({"attacks": [attack(None, True)]}) == EXIT_OK
+    assert dev_exit_code({"attacks": [attack(None, False)]}) == EXIT_ERROR
+    assert dev_exit_code({"attacks": [attack(None, False), attack(1.0, False)]}) == EXIT_OK
+    assert dev_exit_code({"attacks": [attack(1.0, False)], "errors": ["x"]}) == EXIT_ERROR

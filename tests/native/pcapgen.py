@@ -70,8 +70,17 @@ def ext_header(next_header: int, body6: bytes = bytes(6)) -> bytes:
     return struct.pack("!BB", next_header, 0) + body6
 
 
-def tcp(sport: int, dport: int, flags: int, window: int = 1024, payload: bytes = b"") -> bytes:
-    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, window, 0, 0) + payload
+def tcp(
+    sport: int,
+    dport: int,
+    flags: int,
+    window: int = 1024,
+    payload: bytes = b"",
+    *,
+    seq: int = 1,
+    ack: int = 0,
+) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0) + payload
 
 
 def udp(sport: int, dport: int, payload: bytes = b"") -> bytes:

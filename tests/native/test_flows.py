@@ -11,6 +11,7 @@ import numpy.typing as npt
 import pytest
 
 import native
+from native.structs import CONSTANTS
 from tests.native.pcapgen import (
     ACK,
     FIN,
@@ -58,8 +59,10 @@ def seg(
     flags: int,
     window: int = 1024,
     payload: bytes = b"",
+    seq: int = 1,
+    ack: int = 0,
 ) -> tuple[int, bytes]:
-    return T0 + ts, eth(ipv4(src, dst, 6, tcp(sp, dp, flags, window, payload)))
+    return T0 + ts, eth(ipv4(src, dst, 6, tcp(sp, dp, flags, window, payload, seq=seq, ack=ack)))
 
 
 def test_tcp_handshake_data_fin(tmp_path: Path) -> None:
@@ -67,14 +70,14 @@ def test_tcp_handshake_data_fin(tmp_path: Path) -> None:
     pcap = write_pcap(
         tmp_path / "tcp.pcap",
         [
-            seg(0, *c, SYN, window=64240),
-            seg(1000, *s, SYN | ACK, window=65160),
-            seg(3000, *c, ACK),
-            seg(10000, *c, PSH | ACK, payload=bytes(100)),
-            seg(20000, *s, PSH | ACK, payload=bytes(200)),
-            seg(30000, *c, FIN | ACK),
-            seg(31000, *s, FIN | ACK),
-            seg(40000, *c, ACK),
+            seg(0, *c, SYN, window=64240, seq=1000),
+            seg(1000, *s, SYN | ACK, window=65160, seq=5000, ack=1001),
+            seg(3000, *c, ACK, seq=1001, ack=5001),
+            seg(10000, *c, PSH | ACK, payload=bytes(100), seq=1001, ack=5001),
+            seg(20000, *s, PSH | ACK, payload=bytes(200), seq=5001, ack=1101),
+            seg(30000, *c, FIN | ACK, seq=1101, ack=5201),
+            seg(31000, *s, FIN | ACK, seq=5201, ack=1102),
+            seg(40000, *c, ACK, seq=1102, ack=5202),
         ],
     )
     fed, rest = run(pcap)
@@ -83,7 +86,10 @@ def test_tcp_handshake_data_fin(tmp_path: Path) -> None:
     assert list(ev["addr_lo"]) == mapped(C) and list(ev["addr_hi"]) == mapped(SRV)
     assert (ev["port_lo"], ev["port_hi"], ev["protocol"], ev["ip_version"]) == (40000, 80, 6, 4)
     assert ev["end_reason"] == native.END_FIN
-    assert ev["flags"] == 0x01 | 0x02 | 0x04 | 0x10
+    hs = CONSTANTS
+    handshake = hs["MLD_F_INIT_SYN"] | hs["MLD_F_SYNACK"] | hs["MLD_F_HS_VERIFIED"]
+    assert ev["flags"] == 0x01 | 0x02 | 0x04 | 0x10 | handshake
+    assert (ev["init_isn"], ev["resp_isn"]) == (1000, 5000)
     assert (ev["first_ts_ns"], ev["last_ts_ns"]) == (T0, T0 + 40000)
     expect_fwd = {
         "packets": 5, "bytes": 300, "payload_bytes": 100, "len_min": 40, "len_max": 140,
@@ -283,8 +289,9 @@ def test_flow_ids(tmp_path: Path) -> None:
     ids = native.flow_ids(rest)
     assert ids.dtype == np.uint64 and len(set(ids.tolist())) == 4
     raw = rest.tobytes()
+    size = rest.dtype.itemsize
     for i, ev in enumerate(rest):
-        data = raw[i * 368 : i * 368 + 40] + int(ev["first_ts_ns"]).to_bytes(8, "little")
+        data = raw[i * size : i * size + 40] + int(ev["first_ts_ns"]).to_bytes(8, "little")
         h = 0xCBF29CE484222325
         for byte in data:
             h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
@@ -312,3 +319,62 @@ def test_hostile_records(tmp_path: Path) -> None:
     assert st["packets"] == len(pkts)
     assert st["ip_packets"] + st["parse_errors"] + st["non_ip"] == st["packets"]
     assert st["flows_created"] == st["flows_exported"] == len(fed) + len(rest)
+
+
+# ---- handshake evidence (flow_update.h, mld_handshake) ----------------------------------
+INIT_SYN, SYNACK = CONSTANTS["MLD_F_INIT_SYN"], CONSTANTS["MLD_F_SYNACK"]
+HS_CONFLICT, HS_VERIFIED = CONSTANTS["MLD_F_HS_CONFLICT"], CONSTANTS["MLD_F_HS_VERIFIED"]
+
+
+def _handshake_flags(tmp_path: Path, packets: list[tuple[int, bytes]]) -> int:
+    fed, rest = run(write_pcap(tmp_path / "hs.pcap", packets))
+    events = np.concatenate([fed, rest])
+    assert len(events) == 1
+    return int(events[0]["flags"])
+
+
+def test_handshake_verified_only_when_the_initiator_acks_the_responders_isn(
+    tmp_path: Path,
+) -> None:
+    c, s = (C, SRV, 40001, 22), (SRV, C, 22, 40001)
+    ok = [
+        seg(0, *c, SYN, seq=7),
+        seg(10, *s, SYN | ACK, seq=0xFFFFFFFF, ack=8),  # resp_isn + 1 wraps to 0
+        seg(20, *c, ACK, seq=8, ack=0),
+    ]
+    assert _handshake_flags(tmp_path, ok) & (INIT_SYN | SYNACK | HS_VERIFIED | HS_CONFLICT) == (
+        INIT_SYN | SYNACK | HS_VERIFIED
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["syn_only", "syn_and_blind_ack", "synack_not_for_the_syn", "two_synacks", "reply_first"],
+)
+def test_handshake_not_verified_on_what_a_spoofer_can_produce(tmp_path: Path, case: str) -> None:
+    """A forged source never sees the SYN-ACK: SYNs alone, an ACK guessing the responder's
+    ISN, a SYN-ACK that answers another SYN, a second SYN-ACK injected "from" the responder
+    with an ISN the forger chose, or a flow that starts with a reply never verify."""
+    c, s = (C, SRV, 40002, 80), (SRV, C, 80, 40002)
+    packets = {
+        "syn_only": [seg(0, *c, SYN, seq=1), seg(10, *c, SYN, seq=1)],
+        "syn_and_blind_ack": [
+            seg(0, *c, SYN, seq=1),
+            seg(10, *s, SYN | ACK, seq=900, ack=2),
+            seg(20, *c, ACK, seq=2, ack=1),  # wrong guess: voids the evidence
+            seg(30, *c, ACK, seq=2, ack=901),  # the right value comes too late
+        ],
+        "synack_not_for_the_syn": [
+            seg(0, *c, SYN, seq=1),
+            seg(10, *s, SYN | ACK, seq=900, ack=77),
+            seg(20, *c, ACK, seq=2, ack=901),
+        ],
+        "two_synacks": [
+            seg(0, *c, SYN, seq=1),
+            seg(10, *s, SYN | ACK, seq=1234, ack=2),  # forged, ISN chosen by the forger
+            seg(20, *c, ACK, seq=2, ack=1235),
+            seg(30, *s, SYN | ACK, seq=900, ack=2),  # the real one
+        ],
+        "reply_first": [seg(0, *c, SYN | ACK, seq=1, ack=5), seg(10, *c, ACK, seq=2, ack=1)],
+    }[case]
+    assert not _handshake_flags(tmp_path, packets) & HS_VERIFIED

@@ -35,7 +35,7 @@ def test_members_tile_every_struct(name: str) -> None:
 
 def test_event_dtype_is_the_flattened_event() -> None:
     assert native.EVENT_DTYPE is structs.EVENT_DTYPE
-    assert native.EVENT_DTYPE.itemsize == structs.STRUCTS["mld_flow_event"].size == 368
+    assert native.EVENT_DTYPE.itemsize == structs.STRUCTS["mld_flow_event"].size == 400
     ev = structs.ctype("mld_flow_event")
     state = ev.state.offset
     dir_size = ct.sizeof(structs.ctype("mld_dir_stats"))
@@ -75,7 +75,8 @@ def test_dtype_fields() -> None:
                   "iat_max_ns", "iat_sumsq", "last_ts_ns", "len_min", "len_max", "syn", "fin",
                   "rst", "psh", "ack", "urg", "ece", "cwr", "init_window"):  # fmt: skip
             assert d + f in names
-    assert names[-11:] == [
+    start = names.index("first_ts_ns")
+    assert names[start : start + 11] == [
         "first_ts_ns",
         "last_ts_ns",
         "flags",
@@ -88,6 +89,10 @@ def test_dtype_fields() -> None:
         "dns_qname_len_sum",
         "dns_qname",
     ]
+    # Issue 19: after the DNS fields, the fragment counters (finding 3) and then the
+    # handshake's ISNs (finding 1) are the flow state's last members.
+    frag = ["frag_count", "tiny_frag_count", "overlap_frag_count", "frag_id", "frag_lo", "frag_hi"]
+    assert names[names.index("dns_qname") + 1 :] == [*frag, "init_isn", "resp_isn"]
 
 
 def test_end_reasons_equal_proto() -> None:

@@ -190,3 +190,24 @@ def test_brute_force() -> None:
     assert rule[-1] == "brute_force" and score[-1] == 1.0
     # Web servers are not watched: browsers open many short connections.
     assert _score(_logins(int(RULES.brute_force_high), port=443))[0].max() == 0.0
+
+
+def test_tiny_fragments() -> None:
+    """Flows that carry tiny or overlapping fragments score by how many the source sent in
+    the window; flows of the same source without any keep 0 for this rule."""
+    c = RULES
+    plain = event(dport=80, ts=T0, fwd_syn=1, fwd_ack=3, bwd_packets=3)
+    one = event(dport=81, ts=T0 + MS, tiny_frag_count=1, frag_count=1)
+    score, rule, rules = _score(events(plain, one))
+    assert score.tolist() == [
+        0.0,
+        pytest.approx(ramp(1, c.tiny_fragments_low, c.tiny_fragments_high)),
+    ]
+    assert rule == ["", "tiny_fragments"]
+    many = [
+        event(dport=100 + i, ts=T0 + i * MS, tiny_frag_count=1, overlap_frag_count=i % 2)
+        for i in range(int(c.tiny_fragments_high))
+    ]
+    score, rule, rules = _score(events(*many))
+    assert score[-1] == 1.0 and rule[-1] == "tiny_fragments"
+    assert rules.fired["tiny_fragments"] == len(many)

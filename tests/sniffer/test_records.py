@@ -125,3 +125,9 @@ def test_entropy_values() -> None:
 def test_wrong_dtype_is_refused() -> None:
     with pytest.raises(TypeError, match="EVENT_DTYPE"):
         flow_columns(np.zeros(1, dtype=np.uint64), "x")  # type: ignore[arg-type]
+
+
+def test_fragment_counters_are_exported() -> None:
+    rec = _one(events(event(frag_count=7, tiny_frag_count=3, overlap_frag_count=2)))
+    assert (rec.frag_count, rec.tiny_frag_count, rec.overlap_frag_count) == (7, 3, 2)
+    assert _one(events(event())).frag_count == 0

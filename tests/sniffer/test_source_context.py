@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from base.errors import ConfigError
+from native.structs import CONSTANTS
+from proto.events_pb2 import FlowRecord
 from sniffer.config import ContextConfig
-from sniffer.records import flow_columns
+from sniffer.records import encode_records, flow_columns
 from sniffer.sliding_window import SlidingWindows
-from sniffer.source_context import SourceContextTracker
+from sniffer.source_context import SourceContextTracker, VerifiedSources
 from tests.sniffer.events import T0, event, events, wire_name
 
 S = 1_000_000_000
@@ -79,3 +82,44 @@ def test_caps_bound_keys_and_entries() -> None:
         w.add(k, T0, (1.0,), (0,))
     assert len(w) == 3 and w.evicted_keys == 2
     assert w.entries <= 10
+
+
+def _verified(ev: np.ndarray) -> np.ndarray:
+    ev["flags"] |= CONSTANTS["MLD_F_HS_VERIFIED"]
+    return ev
+
+
+def test_verified_sources_mark_records_after_a_verified_handshake() -> None:
+    """A source is src_verified from its first flow whose handshake verified, for
+    verified_ttl_s; a source that only ever sent SYNs (forgeable) never is."""
+    forged, real = "8.8.8.8", "203.0.113.66"
+    ev = events(
+        event(src=forged, ts=T0, fwd_syn=1),
+        event(src=real, ts=T0 + S, fwd_syn=1),  # before its handshake: not yet
+        _verified(event(src=real, dport=22, ts=T0 + 2 * S, fwd_syn=1, fwd_ack=2)),
+        event(src=real, dport=23, ts=T0 + 3 * S, fwd_syn=1),  # SYN scan after it: verified
+        event(src=forged, ts=T0 + 4 * S, fwd_syn=1),
+        event(src=real, dport=24, ts=T0 + 20 * S, fwd_syn=1),  # past the TTL: lapsed
+    )
+    flows = flow_columns(ev, "x")
+    assert flows["handshake_verified"].tolist() == [False, False, True, False, False, False]
+    tracker = VerifiedSources(ContextConfig(verified_ttl_s=10.0))
+    assert tracker.update(flows).tolist() == [False, False, True, True, False, False]
+    assert len(tracker) == 0  # the lapsed stamp was dropped
+
+
+def test_verified_sources_are_bounded() -> None:
+    ev = events(*(_verified(event(src=f"192.0.2.{i}", ts=T0 + i)) for i in range(1, 11)))
+    tracker = VerifiedSources(ContextConfig(verified_max_sources=4))
+    assert tracker.update(flow_columns(ev, "x")).all()
+    assert len(tracker) == 4 and tracker.evicted == 6
+    with pytest.raises(ConfigError, match="verified_ttl_s"):
+        VerifiedSources(ContextConfig(verified_ttl_s=0.0))
+
+
+def test_records_carry_the_handshake_flags() -> None:
+    ev = events(_verified(event(src="203.0.113.66", fwd_ack=1)), event(src="8.8.8.8"))
+    flows = flow_columns(ev, "x")
+    raw = encode_records(flows, src_verified=np.array([True, False]))
+    recs = [FlowRecord.FromString(r) for r in raw]
+    assert [(r.handshake_verified, r.src_verified) for r in recs] == [(True, True), (False, False)]

@@ -46,6 +46,8 @@ def main() -> int:
     p.add_argument("--mode", default="auto")
     p.add_argument("--max-flows", type=int, default=1024)
     p.add_argument("--no-flush", action="store_true")
+    p.add_argument("--parse-error-action", default="drop")
+    p.add_argument("--reverse-path-check", default="none")
     a = p.parse_args()
 
     raise_on_sigterm()
@@ -58,6 +60,8 @@ def main() -> int:
         mode=a.mode,
         sweep_interval_s=a.sweep,
         pin_dir=a.pin_dir,
+        parse_error_action=a.parse_error_action,
+        reverse_path_check=a.reverse_path_check,
     )
 
     def save(path: Path, data: object) -> None:
