@@ -15,14 +15,37 @@ records each scores:
 
 * ``syn_flood``: SYN-only flows (SYN, no ACK from the initiator) toward the destination
   address, per second; scores SYN-only TCP flows.
-* ``port_scan``: distinct destination ports of the source (SourceContext); all its flows.
-* ``host_sweep``: distinct destination addresses of the source (SourceContext); likewise.
+* ``port_scan``: distinct destination ports on which the source *failed* (below) at the
+  record's destination address; scores the source's flows to that address.
+* ``host_sweep``: distinct destination addresses on which the source failed at the
+  record's destination port (ICMP echo: one "port"), times the ramp of the share of the
+  source's flows to that port that failed; scores the source's flows to that port.
 * ``udp_flood``: UDP packets toward the destination address per second, or reflected flows
   toward the victim (below), whichever scores higher; scores UDP flows.
 * ``dns_tunnel``: the lower of the ramps of mean name length and query rate, times the
   entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
-* ``brute_force``: short TCP flows (at most ``brute_force_max_packets`` from the
-  initiator) from the source to one login service (address and port); scores such flows.
+* ``brute_force``: failed login attempts from the source to one login service (address
+  and port): TCP flows to a login port in which the initiator sent at most
+  ``brute_force_max_packets`` and that were refused or reset by the service, or completed
+  the handshake and got at most ``brute_force_max_reply_bytes`` of payload back (no
+  session followed); scores such flows.
+* ``beacon`` (family c2): answered connections (not failed) of the source to one service
+  (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
+  count times the ramp of their regularity ``max(0, 1 - std/mean)`` of the gaps between
+  connection starts (RITA's beacon score works on the same dispersion), 0 when the mean
+  gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
+  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
+  Benign pollers that keep a clock (monitoring, update checks every minute) score like
+  beacons: the rule alerts, and by default a fast rule alone never blocks
+  (``detector.thresholds.block_on_fast_rule_alone``).
+
+Failures, not counts. A flow *failed* (:func:`failed_flows`) when it is a TCP flow that
+carried no payload either way and was refused (RST from the responder), unanswered or
+closed straight after the handshake (a SYN scan's half-open probe, a NULL/FIN/Xmas probe,
+a connect scan); a TCP flow reset by the responder before it sent any payload; a UDP
+flow that got no answer; or an ICMP/ICMPv6 echo request without a reply. A client that
+talks to many hosts that answer (a browser behind NAT, a peer-to-peer node) fails rarely,
+so the scan rules stay quiet for it; a scanner's probes are mostly failures.
 
 Reflection (amplification): a UDP flow whose *initiator* port is a reflection service port
 (DNS 53, NTP 123, SSDP 1900, memcached 11211, ...) is a response nobody on this side asked
@@ -37,18 +60,29 @@ use the same record-time windows and caps as the source context.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
 import numpy.typing as npt
 
 from sniffer.config import ContextConfig, FastRulesConfig
-from sniffer.records import PROTO_TCP, PROTO_UDP, Array, FlowColumns
+from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
-__all__ = ["RULES", "FastRules", "FastScores", "ramp"]
+__all__ = ["RULES", "FastRules", "FastScores", "failed_flows", "ramp"]
 
-RULES = ("syn_flood", "port_scan", "host_sweep", "udp_flood", "dns_tunnel", "brute_force")
+RULES = (
+    "syn_flood",
+    "port_scan",
+    "host_sweep",
+    "udp_flood",
+    "dns_tunnel",
+    "brute_force",
+    "beacon",
+)
+# ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
+_ECHO_REQUESTS = (8, 128)
 
 Floats = npt.NDArray[np.float64]
 
@@ -58,6 +92,25 @@ def ramp(x: npt.ArrayLike, low: float, high: float) -> Floats:
     if high <= low:
         raise ValueError(f"a ramp needs low < high, got {low} and {high}")
     return np.clip((np.asarray(x, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def failed_flows(flows: FlowColumns) -> npt.NDArray[np.bool_]:
+    """Which flows failed: refused, reset, unanswered or data-less probes (module doc)."""
+    proto = flows["protocol"]
+    tcp = proto == PROTO_TCP
+    fwd_payload = flows["fwd_payload_bytes"]
+    bwd_payload = flows["bwd_payload_bytes"]
+    bwd_packets = flows["bwd_packets"]
+    refused = flows["bwd_rst_count"] > 0
+    no_data = (fwd_payload == 0) & (bwd_payload == 0)
+    probe = no_data & (refused | (bwd_packets == 0) | (flows["fwd_syn_count"] > 0))
+    reset_early = refused & (bwd_payload == 0)
+    tcp_failed = tcp & (probe | reset_early)
+    udp_failed = (proto == PROTO_UDP) & (bwd_packets == 0)
+    icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+    echo_failed = icmp & np.isin(flows["src_port"], _ECHO_REQUESTS) & (bwd_packets == 0)
+    result: npt.NDArray[np.bool_] = tcp_failed | udp_failed | echo_failed
+    return result
 
 
 class FastScores:
@@ -77,7 +130,9 @@ class FastRules:
 
     def __init__(self, rules: FastRulesConfig, context: ContextConfig) -> None:
         self.config = rules
+        self._context = context
         self.window_s = context.window_s
+        self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
 
         def windows(n_sums: int) -> SlidingWindows:
             return SlidingWindows(
@@ -93,14 +148,48 @@ class FastRules:
         self._to_dst = windows(2)
         # Per victim address: reflected flows.
         self._reflected = windows(0)
-        # Per (source, destination, port): short flows to a login service.
+        # Per (source, destination, port): failed attempts at a login service.
         self._logins = windows(0)
+        # Per (source, destination): the destination ports of failed flows (port_scan).
+        self._pair_failures = SlidingWindows(
+            window_s=context.window_s,
+            n_sums=0,
+            n_distinct=1,
+            max_keys=context.max_keys,
+            max_entries_per_key=context.max_entries_per_key,
+            max_entries=context.max_entries,
+        )
+        # Per (source, destination port): failed flows (sum) and their destinations
+        # (distinct; -1 stands for a flow that did not fail) (host_sweep).
+        self._port_failures = SlidingWindows(
+            window_s=context.window_s,
+            n_sums=1,
+            n_distinct=1,
+            max_keys=context.max_keys,
+            max_entries_per_key=context.max_entries_per_key,
+            max_entries=context.max_entries,
+        )
+        # Per (source, destination, port, protocol): connection starts, for beacon. Each
+        # entry holds (gap to the previous start, its square) in seconds.
+        self._beacons = self._beacon_windows(rules, context)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
         self.scored = 0
 
+    @staticmethod
+    def _beacon_windows(rules: FastRulesConfig, context: ContextConfig) -> SlidingWindows:
+        return SlidingWindows(
+            window_s=rules.beacon_window_s,
+            n_sums=2,
+            n_distinct=0,
+            max_keys=context.max_keys,
+            max_entries_per_key=rules.beacon_max_connections,
+            max_entries=context.max_entries,
+        )
+
     def _set_ports(self, rules: FastRulesConfig) -> None:
+        self._beacon_ignore = np.array(sorted(rules.beacon_ignore_ports), dtype=np.int64)
         self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
         self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
 
@@ -108,6 +197,12 @@ class FastRules:
         """Score with ``rules`` from the next batch on (a change from etcd). The windows
         and counters stay: what a source did before the change still counts after it."""
         rules.check()
+        if (rules.beacon_window_s, rules.beacon_max_connections) != (
+            self.config.beacon_window_s,
+            self.config.beacon_max_connections,
+        ):
+            # A new window length or depth starts the rhythm windows afresh.
+            self._beacons = self._beacon_windows(rules, self._context)
         self.config = rules
         self._set_ports(rules)
 
@@ -131,11 +226,21 @@ class FastRules:
             & (bwd_bytes > 0)
             & (bwd_bytes >= c.amplification_ratio * fwd_bytes)
         )
+        failed = failed_flows(flows)
+        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
         login = (
             tcp
             & np.isin(dst_port, self._login_ports)
             & (flows["fwd_packets"] <= c.brute_force_max_packets)
+            & (
+                (flows["bwd_rst_count"] > 0)
+                | (answered & (flows["bwd_payload_bytes"] <= c.brute_force_max_reply_bytes))
+            )
         )
+        icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+        # host_sweep's "port": the destination port; every ICMP flow shares -1.
+        sweep_port = np.where(icmp, -1, dst_port)
+        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed
 
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
@@ -152,6 +257,8 @@ class FastRules:
             udp_packets.tolist(),
             strict=True,
         )
+        scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
+        beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
         for i, (src, dst, port, t, syn, pk) in enumerate(rows):
             win = self._to_dst.add(dst, t, (syn, pk))
             syn_rate[i] = win.sums[0] * rate
@@ -173,8 +280,9 @@ class FastRules:
         )
         per_rule = {
             "syn_flood": np.where(syn_only, ramp(syn_rate, c.syn_flood_low, c.syn_flood_high), 0),
-            "port_scan": ramp(context["distinct_dst_ports"], c.port_scan_low, c.port_scan_high),
-            "host_sweep": ramp(context["distinct_dst_addrs"], c.host_sweep_low, c.host_sweep_high),
+            "port_scan": ramp(scan_ports, c.port_scan_low, c.port_scan_high),
+            "host_sweep": ramp(sweep_hosts, c.host_sweep_low, c.host_sweep_high)
+            * ramp(sweep_share, c.host_sweep_failed_share_low, c.host_sweep_failed_share_high),
             "udp_flood": np.where(
                 udp,
                 np.maximum(
@@ -185,8 +293,97 @@ class FastRules:
             ),
             "dns_tunnel": np.where(dns, dns_score, 0),
             "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
+            "beacon": np.where(
+                beacon_scored,
+                ramp(beacon_count, c.beacon_low, c.beacon_high)
+                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high),
+                0,
+            ),
         }
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         self.fired.update(r for r in result.rule if r)
         self.scored += int(np.count_nonzero(result.score))
         return result
+
+    def _failures(
+        self, flows: FlowColumns, failed: npt.NDArray[np.bool_], sweep_port: Array
+    ) -> tuple[Floats, Floats, Floats]:
+        """Per record: distinct failed ports at its (source, destination) (port_scan), and
+        distinct failed destinations and the failed share at its (source, port)
+        (host_sweep). A record that did not fail still reads its pair's counts, so every
+        probe of a scan is scored, the answered ones too."""
+        n = len(flows)
+        scan_ports = np.zeros(n)
+        sweep_hosts = np.zeros(n)
+        share = np.zeros(n)
+        pairs = self._pair_failures
+        ports = self._port_failures
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            flows["dst_port"].tolist(),
+            sweep_port.tolist(),
+            flows["last_ts_ns"].tolist(),
+            failed.tolist(),
+            strict=True,
+        )
+        for i, (src, dst, port, sport, t, bad) in enumerate(rows):
+            key = (src, dst)
+            if bad:
+                win = pairs.add(key, t, (), (port,))
+                scan_ports[i] = win.distinct_count(0)
+            else:
+                seen = pairs.peek(key, t)
+                scan_ports[i] = seen.distinct_count(0) if seen is not None else 0
+            pw = ports.add((src, sport), t, (1.0 if bad else 0.0,), (dst if bad else -1,))
+            sweep_hosts[i] = pw.distinct_count(0) - (1 if -1 in pw.distinct[0] else 0)
+            share[i] = pw.sums[0] / pw.count
+        return scan_ports, sweep_hosts, share
+
+    def _rhythm(self, flows: FlowColumns, scored: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
+        """Per record: connections of its (source, destination, port, protocol) within
+        beacon_window_s and the regularity of the gaps between their starts (0 with fewer
+        than three connections). Records come in export order, not start order: a gap is
+        taken to the latest start seen before, and a start earlier than that counts with
+        a gap of 0 (it only lowers the regularity)."""
+        n = len(flows)
+        count = np.zeros(n)
+        regularity = np.zeros(n)
+        last = self._last_start
+        windows = self._beacons
+        min_period = self.config.beacon_min_period_s
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            flows["dst_port"].tolist(),
+            flows["protocol"].tolist(),
+            flows["first_ts_ns"].tolist(),
+            scored.tolist(),
+            strict=True,
+        )
+        for i, (src, dst, port, proto, start, ok) in enumerate(rows):
+            if not ok:
+                continue
+            key = (src, dst, port, proto)
+            prev = last.get(key)
+            last[key] = start if prev is None else max(prev, start)
+            if prev is None:
+                win = windows.add(key, start, (0.0, 0.0))
+                count[i] = 1
+                continue
+            gap = max(start - prev, 0) / 1e9
+            win = windows.add(key, start, (gap, gap * gap))
+            count[i] = win.count
+            gaps = win.count - 1  # the oldest entry's gap reaches outside the window
+            if gaps >= 2:
+                oldest = win.entries[0][1]
+                total = win.sums[0] - oldest[0]
+                total_sq = win.sums[1] - oldest[1]
+                mean = total / gaps
+                var = max(total_sq / gaps - mean * mean, 0.0)
+                if mean >= min_period:
+                    regularity[i] = max(0.0, 1.0 - math.sqrt(var) / mean)
+        if len(last) > 2 * self._context.max_keys:
+            # Forget the start of pairs the window no longer holds (bounded memory).
+            self._last_start = {k: v for k, v in last.items() if windows.peek(k, None) is not None}
+        return count, regularity

@@ -133,6 +133,19 @@ class SlidingWindows:
                 break
         return win
 
+    def peek(self, key: Hashable, ts_ns: int | None) -> KeyWindow | None:
+        """``key``'s window without adding to it (None when the key is not held). With
+        ``ts_ns``, entries older than ``ts_ns - window`` are dropped first (as an ``add``
+        at that time would); the key's recency is not changed."""
+        win = self._keys.get(key)
+        if win is None or ts_ns is None:
+            return win
+        horizon = max(win.newest_ns, ts_ns) - self._window_ns
+        while win.entries and win.entries[0][0] < horizon:
+            win._pop_oldest()
+            self._total -= 1
+        return win
+
     def _forget_oldest_key(self, keep: Hashable) -> bool:
         oldest = next(iter(self._keys))
         if oldest == keep:
