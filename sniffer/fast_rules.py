@@ -60,8 +60,10 @@ use the same record-time windows and caps as the source context.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
+from collections.abc import Hashable
 
 import numpy as np
 import numpy.typing as npt
@@ -133,6 +135,7 @@ class FastRules:
         self._context = context
         self.window_s = context.window_s
         self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
+        self._pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
 
         def windows(n_sums: int) -> SlidingWindows:
             return SlidingWindows(
@@ -327,18 +330,68 @@ class FastRules:
             failed.tolist(),
             strict=True,
         )
+        pending = self._pending
         for i, (src, dst, port, sport, t, bad) in enumerate(rows):
             key = (src, dst)
             if bad:
-                win = pairs.add(key, t, (), (port,))
-                scan_ports[i] = win.distinct_count(0)
+                if key in pairs or self._promote(
+                    pending, ("pair", key), pairs, key, t, (), (port,)
+                ):
+                    scan_ports[i] = pairs.add(key, t, (), (port,)).distinct_count(0)
+                else:
+                    scan_ports[i] = 1
             else:
-                seen = pairs.peek(key, t)
+                seen = pairs.peek(key, t) if key in pairs else None
                 scan_ports[i] = seen.distinct_count(0) if seen is not None else 0
-            pw = ports.add((src, sport), t, (1.0 if bad else 0.0,), (dst if bad else -1,))
+            pkey = (src, sport)
+            entry = ((1.0 if bad else 0.0,), (dst if bad else -1,))
+            if pkey not in ports:
+                if not bad and ("port", pkey) not in pending:
+                    continue  # no failure at this port yet: nothing to score or keep
+                if not self._promote(pending, ("port", pkey), ports, pkey, t, *entry):
+                    sweep_hosts[i] = 1
+                    share[i] = 1.0
+                    continue
+            pw = ports.add(pkey, t, *entry)
             sweep_hosts[i] = pw.distinct_count(0) - (1 if -1 in pw.distinct[0] else 0)
             share[i] = pw.sums[0] / pw.count
         return scan_ports, sweep_hosts, share
+
+    def _forget_first_starts(self) -> dict[tuple[bytes, bytes, int, int], int]:
+        """Forget the older half of the pairs' last starts (bounded memory under a flood of
+        one-off pairs); pairs that have a window keep theirs. Amortised O(1) per flow."""
+        last = self._last_start
+        drop = len(last) // 2
+        windows = self._beacons
+        for k in list(itertools.islice(last, drop)):
+            if k not in windows:
+                del last[k]
+        return last
+
+    @staticmethod
+    def _promote(
+        pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]],
+        tag: Hashable,
+        windows: SlidingWindows,
+        key: Hashable,
+        ts: int,
+        sums: tuple[float, ...],
+        values: tuple[Hashable, ...],
+    ) -> bool:
+        """A key's first failure waits in ``pending`` (a tuple, not a window: a spoofed
+        flood brings a new source with every packet). At its second entry the window is
+        made with the first one in it and True returned: the caller then adds the entry."""
+        first = pending.pop(tag, None)
+        if first is None:
+            pending[tag] = (ts, sums, values)
+            if len(pending) > windows.max_keys:
+                # Forget the older half of the one-off failures (a spoofed flood's
+                # sources): amortised O(1) per flow.
+                for k in list(itertools.islice(pending, len(pending) // 2)):
+                    del pending[k]
+            return False
+        windows.add(key, *first)
+        return True
 
     def _rhythm(self, flows: FlowColumns, scored: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
         """Per record: connections of its (source, destination, port, protocol) within
@@ -368,10 +421,15 @@ class FastRules:
             prev = last.get(key)
             last[key] = start if prev is None else max(prev, start)
             if prev is None:
-                win = windows.add(key, start, (0.0, 0.0))
+                # A first connection is only remembered by its start (most pairs never
+                # connect again); the window begins with the second.
                 count[i] = 1
+                if len(last) > windows.max_keys:
+                    last = self._forget_first_starts()
                 continue
             gap = max(start - prev, 0) / 1e9
+            if key not in windows:
+                windows.add(key, prev, (0.0, 0.0))
             win = windows.add(key, start, (gap, gap * gap))
             count[i] = win.count
             gaps = win.count - 1  # the oldest entry's gap reaches outside the window
@@ -383,7 +441,4 @@ class FastRules:
                 var = max(total_sq / gaps - mean * mean, 0.0)
                 if mean >= min_period:
                     regularity[i] = max(0.0, 1.0 - math.sqrt(var) / mean)
-        if len(last) > 2 * self._context.max_keys:
-            # Forget the start of pairs the window no longer holds (bounded memory).
-            self._last_start = {k: v for k, v in last.items() if windows.peek(k, None) is not None}
         return count, regularity

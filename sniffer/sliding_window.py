@@ -102,6 +102,13 @@ class SlidingWindows:
         return len(self._keys)
 
     @property
+    def max_keys(self) -> int:
+        return self._max_keys
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    @property
     def entries(self) -> int:
         """Entries held over all keys."""
         return self._total

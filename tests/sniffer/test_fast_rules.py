@@ -329,3 +329,35 @@ def test_benign_polling_is_no_beacon() -> None:
     assert _beacon(_connections([300.0] * 11))[0].max() < 0.5
     # Retries and floods repeat faster than beacon_min_period_s: no rhythm score.
     assert _beacon(_connections([0.05] * 200))[0].max() == 0.0
+
+
+def test_memory_stays_bounded_under_a_spoofed_source_flood() -> None:
+    """Every flow from a new (spoofed) source, answered or not: the failure windows, their
+    pending first entries and the beacon starts stay within context.max_keys."""
+    cap = 500
+    ctx_cfg = ContextConfig(window_s=60.0, max_keys=cap, max_entries=10 * cap)
+    rules = FastRules(RULES, ctx_cfg)
+    tracker = SourceContextTracker(ctx_cfg)
+    for batch in range(6):
+        ev = events(
+            *(
+                event(
+                    src=f"10.{batch}.{i // 250}.{i % 250 + 1}",
+                    sport=1024 + i,
+                    dport=80 + i % 2,
+                    ts=T0 + (batch * 1000 + i) * MS,
+                    fwd_syn=1,
+                    # Half answered (beacon starts), half unanswered (failures).
+                    bwd_packets=i % 2,
+                    fwd_payload_bytes=100 * (i % 2),
+                    bwd_payload_bytes=100 * (i % 2),
+                )
+                for i in range(1000)
+            )
+        )
+        flows = flow_columns(ev, "x")
+        rules.score(flows, tracker.update(flows))
+    assert len(rules._pending) <= cap
+    assert len(rules._last_start) <= cap
+    for windows in (rules._pair_failures, rules._port_failures, rules._beacons):
+        assert len(windows) <= cap and windows.entries <= 10 * cap
