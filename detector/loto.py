@@ -44,7 +44,7 @@ class ToolResult:
     trained_captures: int
     flows: int
     detected: int  # final score alerts (fast rules and forests)
-    detected_ml: int  # the forests alone at the alert threshold
+    detected_ml: int  # the forests alone at the family's alert threshold
     family_right: int
 
     @property
@@ -115,7 +115,7 @@ def leave_one_tool_out(
                     r.flows += res.in_scope
                     r.detected += n["flagged"]
                     r.family_right += n["family_right"]
-                    r.detected_ml += int((res.ml >= thresholds.alert).sum())
+                    r.detected_ml += int((res.ml >= thresholds.alert_of(family)).sum())
             say(f"{family}/{tool}: {r.detected}/{r.flows} detected ({r.rate:.3f})")
             results.append(r)
     return results
