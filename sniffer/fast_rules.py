@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
 import numpy as np
@@ -136,6 +136,8 @@ class FastRules:
         self.window_s = context.window_s
         self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
         self._pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
+        # Sources that failed at least once, most recent last (bounded by max_keys).
+        self._failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
         def windows(n_sums: int) -> SlidingWindows:
             return SlidingWindows(
@@ -321,17 +323,30 @@ class FastRules:
         share = np.zeros(n)
         pairs = self._pair_failures
         ports = self._port_failures
-        rows = zip(
-            flows.src_addr,
-            flows.dst_addr,
-            flows["dst_port"].tolist(),
-            sweep_port.tolist(),
-            flows["last_ts_ns"].tolist(),
-            failed.tolist(),
-            strict=True,
+        # Only the flows that failed, or whose source failed before, have anything to
+        # count or read: most traffic skips the loop below.
+        failing = self._failing_sources
+        src_addr = flows.src_addr
+        bad_list = failed.tolist()
+        for src, bad in zip(src_addr, bad_list, strict=True):
+            if bad:
+                failing[src] = None
+                failing.move_to_end(src)
+        while len(failing) > pairs.max_keys:
+            failing.popitem(last=False)
+        todo = [i for i, src in enumerate(src_addr) if src in failing]
+        if not todo:
+            return scan_ports, sweep_hosts, share
+        dst_addr = flows.dst_addr
+        dst_port = flows["dst_port"].tolist()
+        sweep_list = sweep_port.tolist()
+        ts = flows["last_ts_ns"].tolist()
+        rows = (
+            (i, src_addr[i], dst_addr[i], dst_port[i], sweep_list[i], ts[i], bad_list[i])
+            for i in todo
         )
         pending = self._pending
-        for i, (src, dst, port, sport, t, bad) in enumerate(rows):
+        for i, src, dst, port, sport, t, bad in rows:
             key = (src, dst)
             if bad:
                 if key in pairs or self._promote(
