@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -33,8 +34,10 @@ from detector.config import DetectorConfig
 from detector.dataset import LAB_TEST_DEFAULT, discover
 from detector.evaluate import evaluate, render_evaluation
 from detector.eve import EveWriter
+from detector.loto import leave_one_tool_out, render_loto
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.service import DetectorService
+from detector.suricata import run_suricata, suricata_version
 from detector.train import train_bundle
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import LABEL_BENIGN, FlowRecord
@@ -76,6 +79,12 @@ examples:
   mld detector evaluate ../shared/data/labels.csv
                                                 shared attacks + nDPI benign (held-out only)
   mld detector evaluate ../shared/data/labels.csv --json
+  mld detector evaluate ../shared/data/labels.csv --calibrate --show-benign
+                                                per-family thresholds for <=0.5% false alerts
+  mld detector evaluate ../shared/data/labels.csv --no-suricata
+  mld detector evaluate ../shared/data/labels.csv --leave-one-tool-out
+                                                train without each tool, test on it
+                                                without the Suricata + ET Open column
   mld detector evaluate build/lab-data/default/07-mixed-seed8/labels.csv --no-benign
 """
 
@@ -289,11 +298,53 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             return EXIT_ERROR
     scorer = _scorer(cfg, args.bundle)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else None
-    result = evaluate(labels, benign, cfg.sniffer, scorer, say)
+    run_sur = None
+    rules = (
+        Path(args.suricata_rules) if args.suricata_rules else labels.parent / "rules" / "et-open"
+    )
+    if not args.no_suricata:
+        version = suricata_version()
+        if version is None:
+            print(
+                "mld: Suricata 7 is not installed, the suricata column is left empty "
+                "(bash bench/setup-peers.sh installs it; --no-suricata to skip)",
+                file=sys.stderr,
+            )
+        elif not rules.is_dir():
+            print(
+                f"mld: no rule folder {rules}, the suricata column is left empty "
+                "(--suricata-rules DIR)",
+                file=sys.stderr,
+            )
+        else:
+            run_sur = functools.partial(run_suricata, rules_dir=rules)
+    result = evaluate(
+        labels,
+        benign,
+        cfg.sniffer,
+        scorer,
+        say,
+        suricata=run_sur,
+        calibrate_budget=args.calibrate,
+    )
+    loto = None
+    if args.leave_one_tool_out:
+        train = cfg.detector.train
+        if args.trees is not None:
+            train = dataclasses.replace(train, n_trees=args.trees, n_trees_per_family={})
+        captures = discover(Path(args.lab) if args.lab else None, labels.parent)
+        loto = leave_one_tool_out(captures, cfg.sniffer, train, cfg.detector.thresholds, say)
     if args.json:
-        print(json.dumps(result.to_json(args.include_trained)))
+        doc = result.to_json(args.include_trained)
+        if loto is not None:
+            doc["leave_one_tool_out"] = [r.to_json() for r in loto]
+        print(json.dumps(doc))
     else:
-        print(render_evaluation(result, args.include_trained), end="")
+        shown = ("attack", "benign-alerts") if args.show_benign else ("attack",)
+        print(render_evaluation(result, args.include_trained, shown), end="")
+        if loto is not None:
+            print()
+            print(render_loto(loto), end="")
     return EXIT_OK
 
 
@@ -564,4 +615,41 @@ def register(
         help="count captures the bundle was trained on too (marked)",
     )
     ev.add_argument("--bundle", metavar="DIR", help="model bundle (default: detector.bundle_dir)")
+    ev.add_argument(
+        "--suricata-rules",
+        metavar="DIR",
+        help="rule folder for the Suricata column (default: rules/et-open beside the labels)",
+    )
+    ev.add_argument("--no-suricata", action="store_true", help="leave the Suricata column out")
+    ev.add_argument(
+        "--calibrate",
+        type=float,
+        nargs="?",
+        const=0.005,
+        metavar="BUDGET",
+        help="choose per-family alert/block thresholds on half of the held-out benign "
+        "captures (at most BUDGET of their flows alerting, default 0.005; no benign source "
+        "blocked) and report the other half with them",
+    )
+    ev.add_argument(
+        "--leave-one-tool-out",
+        action="store_true",
+        help="also train without each tool of every family with two tools or more and "
+        "test on it (the labels folder must hold pcaps/ndpi, as ../shared/data does; "
+        "a few minutes)",
+    )
+    ev.add_argument(
+        "--lab", metavar="DIR", help="lab dataset to train on too (--leave-one-tool-out)"
+    )
+    ev.add_argument(
+        "--trees",
+        type=int,
+        metavar="N",
+        help="trees of every family for --leave-one-tool-out (default: detector.train)",
+    )
+    ev.add_argument(
+        "--show-benign",
+        action="store_true",
+        help="list the benign captures with alerts too",
+    )
     ev.set_defaults(func=_cmd_evaluate)

@@ -118,7 +118,7 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
     "tunnel": _family(9100400, "tunnel", "Potentially Bad Traffic", ("dns_tunnel",)),
     "lateral": _family(9100500, "lateral", "Misc Attack", ()),
     "anomaly": _family(9100600, "anomaly", "Potentially Bad Traffic", ()),
-    "c2": _family(9100700, "c2", "A Network Trojan was detected", ()),
+    "c2": _family(9100700, "c2", "A Network Trojan was detected", ("beacon",)),
 }
 # A family or rule this table does not know yet (a newer bundle): one catch-all id.
 UNKNOWN = Signature(9100000, 1, "ML Defender: unlisted family", "Potentially Bad Traffic")

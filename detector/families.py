@@ -8,7 +8,9 @@ enum name without the prefix, in lower case (``FAMILY_DDOS`` -> ``ddos``):
     FAMILIES          the families with a forest, in bundle order: one RandomForest per
                       family, trained one-against-the-rest (benign flows and the other
                       families' flows are its negatives): ddos, scan, bruteforce, tunnel,
-                      lateral
+                      lateral, c2 (a bundle holds the forests it was trained with; one
+                      trained before c2 existed has none, and c2 then comes from the
+                      ``beacon`` fast rule only)
     ANOMALY           the anomaly model's family (detector/anomaly_model.py): no forest
     VERDICT_FAMILIES  every family a verdict can name: FAMILIES, then ANOMALY
     BENIGN            no attack (labels and training; never a verdict's family)
@@ -43,10 +45,12 @@ def family_name(value: Family.ValueType) -> str:
 
 BENIGN = family_name(FAMILY_BENIGN)
 ANOMALY = family_name(FAMILY_ANOMALY)
-VERDICT_FAMILIES: tuple[str, ...] = tuple(
-    family_name(v) for v in sorted(Family.values()) if v not in (FAMILY_UNSPECIFIED, FAMILY_BENIGN)
+FAMILIES: tuple[str, ...] = tuple(
+    family_name(v)
+    for v in sorted(Family.values())
+    if v not in (FAMILY_UNSPECIFIED, FAMILY_BENIGN, FAMILY_ANOMALY)
 )
-FAMILIES: tuple[str, ...] = tuple(f for f in VERDICT_FAMILIES if f != ANOMALY)
+VERDICT_FAMILIES: tuple[str, ...] = (*FAMILIES, ANOMALY)
 
 LABEL_FAMILY: dict[str, str] = {
     # lab/recipes.yaml labels
@@ -61,7 +65,7 @@ LABEL_FAMILY: dict[str, str] = {
     "http_bruteforce": "bruteforce",
     "dns_tunnel": "tunnel",
     "dns_exfil": "tunnel",
-    "c2_beacon": "tunnel",
+    "c2_beacon": "c2",
     "lateral_fanout": "lateral",
     # ../shared/data/labels.csv families
     "portscan": "scan",
@@ -79,6 +83,7 @@ FAST_RULE_FAMILY: dict[str, str] = {
     "tiny_fragments": "scan",
     "dns_tunnel": "tunnel",
     "brute_force": "bruteforce",
+    "beacon": "c2",
 }
 
 

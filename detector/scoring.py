@@ -6,8 +6,12 @@ For a float32 feature matrix and the sniffer's fast scores::
     ml_score       max over families; ml_family the family that gave it
     final_score    max(fast_score, ml_score); family is ml_family, or the fast rule's
                    family when fast_score is higher (ties go to the forest)
-    label          BENIGN below thresholds.alert, MALICIOUS at or above the family's block
-                   threshold, SUSPICIOUS between
+    label          BENIGN below the family's alert threshold (thresholds.alert_per_family,
+                   else thresholds.alert), MALICIOUS at or above the family's block
+                   threshold, SUSPICIOUS between. A fast rule alone does not block: when
+                   the rule scored higher than the forests and the forests scored under
+                   thresholds.alert, the label is at most SUSPICIOUS, unless
+                   thresholds.block_on_fast_rule_alone
 
 Explanations: for each flow, the features of its family's forest weighted by the forest's
 importance times how far the flow's value lies from benign traffic (``|x - median| /
@@ -47,6 +51,7 @@ __all__ = [
     "Scorer",
     "Scores",
     "default_scorer",
+    "label_flows",
 ]
 
 LABEL_NAMES = {LABEL_BENIGN: "benign", LABEL_SUSPICIOUS: "suspicious", LABEL_MALICIOUS: "malicious"}
@@ -107,13 +112,13 @@ class Scorer:
         self.anomaly = anomaly
         self.thresholds = thresholds
         self.top_k = max(0, min(top_k, len(FEATURES)))
-        unknown = set(thresholds.block_per_family) - set(FAMILIES)
-        if unknown:
-            raise ConfigError(
-                f"detector.thresholds.block_per_family: unknown families {sorted(unknown)} "
-                f"(families: {', '.join(FAMILIES)})"
-            )
-        self._block = {f: thresholds.block_per_family.get(f, thresholds.block) for f in FAMILIES}
+        for key in ("block_per_family", "alert_per_family"):
+            unknown = set(getattr(thresholds, key)) - set(FAMILIES)
+            if unknown:
+                raise ConfigError(
+                    f"detector.thresholds.{key}: unknown families {sorted(unknown)} "
+                    f"(families: {', '.join(FAMILIES)})"
+                )
         # Importances of the fast rules' families, for flows where the rule wins and its
         # family has no forest: the mean over forests.
         self._mean_importance = bundle.importances.mean(axis=0)
@@ -142,10 +147,7 @@ class Scorer:
             FAST_RULE_FAMILY.get(rule, mf) if f > m else mf
             for f, m, rule, mf in zip(fast.tolist(), ml.tolist(), rules, ml_family, strict=True)
         ]
-        block = np.array([self._block.get(f, self.thresholds.block) for f in family])
-        label = np.full(n, LABEL_BENIGN, dtype=np.int32)
-        label[final >= self.thresholds.alert] = LABEL_SUSPICIOUS
-        label[final >= block] = LABEL_MALICIOUS
+        label = label_flows(self.thresholds, final, ml, fast, family)
         version = self.bundle.version
         if self.anomaly is not None:
             fams, fam_scores, final = self._add_anomaly(x, fams, fam_scores, final, family, label)
@@ -211,6 +213,31 @@ class Scorer:
         totals = picked.sum(axis=1, keepdims=True)
         shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
         return TopFeatures(top, np.take_along_axis(x, top, axis=1), shares)
+
+
+def label_flows(
+    thresholds: ThresholdsConfig,
+    final: npt.ArrayLike,
+    ml: npt.ArrayLike,
+    fast: npt.ArrayLike,
+    family: Sequence[str],
+) -> npt.NDArray[np.int32]:
+    """Labels from the scores and the verdict families (module doc): the family's alert and
+    block thresholds, and no block by a fast rule alone unless configured."""
+    final_a = np.asarray(final, dtype=np.float32)
+    ml_a = np.asarray(ml, dtype=np.float32)
+    fast_a = np.asarray(fast, dtype=np.float32)
+    per = {f: (thresholds.alert_of(f), thresholds.block_of(f)) for f in set(family)}
+    alert = np.array([per[f][0] for f in family], dtype=np.float64).reshape(-1)
+    block = np.array([per[f][1] for f in family], dtype=np.float64).reshape(-1)
+    label = np.full(len(final_a), LABEL_BENIGN, dtype=np.int32)
+    label[final_a >= alert] = LABEL_SUSPICIOUS
+    malicious = final_a >= block
+    if not thresholds.block_on_fast_rule_alone:
+        # The rule won and the forests call the flow benign: alert, do not block.
+        malicious &= ~((fast_a > ml_a) & (ml_a < thresholds.alert))
+    label[malicious] = LABEL_MALICIOUS
+    return label
 
 
 def default_scorer(cfg: DetectorConfig) -> Scorer:

@@ -280,10 +280,13 @@ class DetectorService(FollowsControl):
             self.scorer = self._make_scorer(self.scorer.bundle)
             self.counters["config_changes"] += 1
             log.info(
-                "thresholds now alert=%s block=%s per family %s (from etcd)",
+                "thresholds now alert=%s block=%s, per family alert %s block %s, "
+                "fast rule alone blocks: %s (from etcd)",
                 new.thresholds.alert,
                 new.thresholds.block,
+                new.thresholds.alert_per_family or "none",
                 new.thresholds.block_per_family or "none",
+                new.thresholds.block_on_fast_rule_alone,
             )
         for sender in (self.verdict_sender, self.event_sender):
             if isinstance(sender, DiscoveredSender):

@@ -80,12 +80,22 @@ class FastRulesConfig:
     # syn_flood: SYN-only flows (SYN sent, no ACK) toward one destination, per second.
     syn_flood_low: float = 10.0
     syn_flood_high: float = 100.0
-    # port_scan: distinct destination ports one source contacted within the window.
+    # A flow *failed* when it carried no data either way and was refused (RST), unanswered
+    # or closed straight after the handshake, or was an unanswered UDP flow or ICMP echo
+    # (sniffer/fast_rules.py). port_scan and host_sweep count failed flows only, so a busy
+    # client or a peer-to-peer node talking to many hosts that answer is not a scanner.
+    # port_scan: distinct destination ports one source failed on at one destination
+    # address within the window.
     port_scan_low: float = 16.0
     port_scan_high: float = 128.0
-    # host_sweep: distinct destination addresses one source contacted within the window.
+    # host_sweep: distinct destination addresses one source failed on at one destination
+    # port (ICMP echo counts as one port) within the window ...
     host_sweep_low: float = 32.0
     host_sweep_high: float = 256.0
+    # ... times a ramp of the share of that source's flows to that port that failed (a
+    # peer-to-peer client whose peers mostly answer keeps a low share).
+    host_sweep_failed_share_low: float = 0.5
+    host_sweep_failed_share_high: float = 0.9
     # udp_flood: UDP packets toward one destination, per second.
     udp_flood_low: float = 1000.0
     udp_flood_high: float = 10000.0
@@ -110,12 +120,18 @@ class FastRulesConfig:
     # ... and mean name entropy, in bits per character.
     dns_entropy_low: float = 3.5
     dns_entropy_high: float = 4.5
-    # brute_force: short flows from one source to one service (address and port) within
-    # the window.
+    # brute_force: failed login attempts from one source to one service (address and port)
+    # within the window. An attempt is a TCP flow to a login port in which the initiator
+    # sent at most brute_force_max_packets; it failed when it was refused or reset by the
+    # service, or the handshake completed and the service sent back at most
+    # brute_force_max_reply_bytes of payload (a login that succeeds gets a session:
+    # command output, host keys, a desktop; a rejected one gets a banner and a refusal).
     brute_force_low: float = 10.0
     brute_force_high: float = 60.0
     # A flow is short when the initiator sent at most this many packets.
     brute_force_max_packets: int = 64
+    # Most payload bytes a service sends back on a failed login, in bytes.
+    brute_force_max_reply_bytes: int = 3072
     # Login services watched for brute force (80/443 are left out: browsers open many
     # short connections to one web server).
     brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
@@ -123,6 +139,26 @@ class FastRulesConfig:
     # (no ordinary stack sends them; nmap -f does), in packets.
     tiny_fragments_low: float = 0.0
     tiny_fragments_high: float = 4.0
+    # beacon (family c2): answered connections (not failed, above) of one source to one
+    # service (address, port and protocol) at a steady rhythm, in the spirit of RITA's
+    # beacon score. Over the last beacon_window_s, the gaps between the starts of the
+    # pair's connections give a regularity 1 - (std of the gaps / their mean), floored at
+    # 0; the score is the ramp of the connection count times the ramp of that regularity.
+    beacon_window_s: float = 3600.0
+    # Connections kept per pair within the window; past it the oldest go first.
+    beacon_max_connections: int = 64
+    # Connections of the pair within the window.
+    beacon_low: float = 6.0
+    beacon_high: float = 20.0
+    # Shortest mean gap between the connections that counts as a rhythm, in seconds:
+    # faster repeats are floods or retries, not check-ins.
+    beacon_min_period_s: float = 1.0
+    # Regularity of the gaps (1: a clock; a 20% uniform jitter gives about 0.88).
+    beacon_regularity_low: float = 0.7
+    beacon_regularity_high: float = 0.9
+    # Services that poll by design and are never scored (NTP, DNS, DHCP, mDNS, SSDP,
+    # SNMP traps, syslog, LLMNR, NetBIOS).
+    beacon_ignore_ports: tuple[int, ...] = (53, 67, 68, 123, 137, 138, 162, 514, 1900, 5353, 5355)
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys
@@ -139,11 +175,24 @@ class FastRulesConfig:
                     problems.append(f"{f.name} ({value}) must be below {high_name} ({high})")
         if not self.amplification_ratio > 0:
             problems.append(f"amplification_ratio is {self.amplification_ratio}, expected > 0")
+        for name in ("host_sweep_failed_share_low", "host_sweep_failed_share_high"):
+            if getattr(self, name) > 1:
+                problems.append(f"{name} is {getattr(self, name)}, expected a share in [0, 1]")
+        if not self.beacon_window_s > 0:
+            problems.append(f"beacon_window_s is {self.beacon_window_s}, expected > 0")
+        if self.beacon_max_connections < 3:
+            problems.append(
+                f"beacon_max_connections is {self.beacon_max_connections}, expected >= 3"
+            )
+        if self.brute_force_max_reply_bytes < 0:
+            problems.append(
+                f"brute_force_max_reply_bytes is {self.brute_force_max_reply_bytes}, expected >= 0"
+            )
         if self.brute_force_max_packets < 1:
             problems.append(
                 f"brute_force_max_packets is {self.brute_force_max_packets}, expected >= 1"
             )
-        for name in ("amplification_ports", "brute_force_ports"):
+        for name in ("amplification_ports", "brute_force_ports", "beacon_ignore_ports"):
             bad = [p for p in getattr(self, name) if not 0 <= p <= 65535]
             if bad:
                 problems.append(f"{name} holds {bad}, not ports (0-65535)")

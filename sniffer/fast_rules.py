@@ -15,18 +15,41 @@ records each scores:
 
 * ``syn_flood``: SYN-only flows (SYN, no ACK from the initiator) toward the destination
   address, per second; scores SYN-only TCP flows.
-* ``port_scan``: distinct destination ports of the source (SourceContext); all its flows.
-* ``host_sweep``: distinct destination addresses of the source (SourceContext); likewise.
+* ``port_scan``: distinct destination ports on which the source *failed* (below) at the
+  record's destination address; scores the source's flows to that address.
+* ``host_sweep``: distinct destination addresses on which the source failed at the
+  record's destination port (ICMP echo: one "port"), times the ramp of the share of the
+  source's flows to that port that failed; scores the source's flows to that port.
 * ``udp_flood``: UDP packets toward the destination address per second, or reflected flows
   toward the victim (below), whichever scores higher; scores UDP flows.
 * ``dns_tunnel``: the lower of the ramps of mean name length and query rate, times the
-  entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
-* ``brute_force``: short TCP flows (at most ``brute_force_max_packets`` from the
-  initiator) from the source to one login service (address and port); scores such flows.
 * ``tiny_fragments``: tiny and overlapping IP fragments (FlowRecord.tiny_frag_count +
   overlap_frag_count) from the source; scores the flows that carry any. No ordinary stack
   sends them: they are how scans and attacks hide from filters and IDSs (``nmap -f``),
   so a few within the window are enough (a scan family rule).
+  entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
+* ``brute_force``: failed login attempts from the source to one login service (address
+  and port): TCP flows to a login port in which the initiator sent at most
+  ``brute_force_max_packets`` and that were refused or reset by the service, or completed
+  the handshake and got at most ``brute_force_max_reply_bytes`` of payload back (no
+  session followed); scores such flows.
+* ``beacon`` (family c2): answered connections (not failed) of the source to one service
+  (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
+  count times the ramp of their regularity ``max(0, 1 - std/mean)`` of the gaps between
+  connection starts (RITA's beacon score works on the same dispersion), 0 when the mean
+  gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
+  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
+  Benign pollers that keep a clock (monitoring, update checks every minute) score like
+  beacons: the rule alerts, and by default a fast rule alone never blocks
+  (``detector.thresholds.block_on_fast_rule_alone``).
+
+Failures, not counts. A flow *failed* (:func:`failed_flows`) when it is a TCP flow that
+carried no payload either way and was refused (RST from the responder), unanswered or
+closed straight after the handshake (a SYN scan's half-open probe, a NULL/FIN/Xmas probe,
+a connect scan); a TCP flow reset by the responder before it sent any payload; a UDP
+flow that got no answer; or an ICMP/ICMPv6 echo request without a reply. A client that
+talks to many hosts that answer (a browser behind NAT, a peer-to-peer node) fails rarely,
+so the scan rules stay quiet for it; a scanner's probes are mostly failures.
 
 Reflection (amplification): a UDP flow whose *initiator* port is a reflection service port
 (DNS 53, NTP 123, SSDP 1900, memcached 11211, ...) is a response nobody on this side asked
@@ -41,16 +64,19 @@ use the same record-time windows and caps as the source context.
 
 from __future__ import annotations
 
-from collections import Counter
+import itertools
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Hashable
 
 import numpy as np
 import numpy.typing as npt
 
 from sniffer.config import ContextConfig, FastRulesConfig
-from sniffer.records import PROTO_TCP, PROTO_UDP, Array, FlowColumns
+from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
-__all__ = ["RULES", "FastRules", "FastScores", "ramp"]
+__all__ = ["RULES", "FastRules", "FastScores", "failed_flows", "ramp"]
 
 RULES = (
     "syn_flood",
@@ -60,7 +86,10 @@ RULES = (
     "dns_tunnel",
     "brute_force",
     "tiny_fragments",
+    "beacon",
 )
+# ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
+_ECHO_REQUESTS = (8, 128)
 
 Floats = npt.NDArray[np.float64]
 
@@ -70,6 +99,25 @@ def ramp(x: npt.ArrayLike, low: float, high: float) -> Floats:
     if high <= low:
         raise ValueError(f"a ramp needs low < high, got {low} and {high}")
     return np.clip((np.asarray(x, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def failed_flows(flows: FlowColumns) -> npt.NDArray[np.bool_]:
+    """Which flows failed: refused, reset, unanswered or data-less probes (module doc)."""
+    proto = flows["protocol"]
+    tcp = proto == PROTO_TCP
+    fwd_payload = flows["fwd_payload_bytes"]
+    bwd_payload = flows["bwd_payload_bytes"]
+    bwd_packets = flows["bwd_packets"]
+    refused = flows["bwd_rst_count"] > 0
+    no_data = (fwd_payload == 0) & (bwd_payload == 0)
+    probe = no_data & (refused | (bwd_packets == 0) | (flows["fwd_syn_count"] > 0))
+    reset_early = refused & (bwd_payload == 0)
+    tcp_failed = tcp & (probe | reset_early)
+    udp_failed = (proto == PROTO_UDP) & (bwd_packets == 0)
+    icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+    echo_failed = icmp & np.isin(flows["src_port"], _ECHO_REQUESTS) & (bwd_packets == 0)
+    result: npt.NDArray[np.bool_] = tcp_failed | udp_failed | echo_failed
+    return result
 
 
 class FastScores:
@@ -89,7 +137,12 @@ class FastRules:
 
     def __init__(self, rules: FastRulesConfig, context: ContextConfig) -> None:
         self.config = rules
+        self._context = context
         self.window_s = context.window_s
+        self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
+        self._pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
+        # Sources that failed at least once, most recent last (bounded by max_keys).
+        self._failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
         def windows(n_sums: int) -> SlidingWindows:
             return SlidingWindows(
@@ -105,16 +158,50 @@ class FastRules:
         self._to_dst = windows(2)
         # Per victim address: reflected flows.
         self._reflected = windows(0)
-        # Per (source, destination, port): short flows to a login service.
-        self._logins = windows(0)
         # Per source: tiny and overlapping fragments.
         self._evasive = windows(1)
+        # Per (source, destination, port): failed attempts at a login service.
+        self._logins = windows(0)
+        # Per (source, destination): the destination ports of failed flows (port_scan).
+        self._pair_failures = SlidingWindows(
+            window_s=context.window_s,
+            n_sums=0,
+            n_distinct=1,
+            max_keys=context.max_keys,
+            max_entries_per_key=context.max_entries_per_key,
+            max_entries=context.max_entries,
+        )
+        # Per (source, destination port): failed flows (sum) and their destinations
+        # (distinct; -1 stands for a flow that did not fail) (host_sweep).
+        self._port_failures = SlidingWindows(
+            window_s=context.window_s,
+            n_sums=1,
+            n_distinct=1,
+            max_keys=context.max_keys,
+            max_entries_per_key=context.max_entries_per_key,
+            max_entries=context.max_entries,
+        )
+        # Per (source, destination, port, protocol): connection starts, for beacon. Each
+        # entry holds (gap to the previous start, its square) in seconds.
+        self._beacons = self._beacon_windows(rules, context)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
         self.scored = 0
 
+    @staticmethod
+    def _beacon_windows(rules: FastRulesConfig, context: ContextConfig) -> SlidingWindows:
+        return SlidingWindows(
+            window_s=rules.beacon_window_s,
+            n_sums=2,
+            n_distinct=0,
+            max_keys=context.max_keys,
+            max_entries_per_key=rules.beacon_max_connections,
+            max_entries=context.max_entries,
+        )
+
     def _set_ports(self, rules: FastRulesConfig) -> None:
+        self._beacon_ignore = np.array(sorted(rules.beacon_ignore_ports), dtype=np.int64)
         self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
         self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
 
@@ -122,6 +209,12 @@ class FastRules:
         """Score with ``rules`` from the next batch on (a change from etcd). The windows
         and counters stay: what a source did before the change still counts after it."""
         rules.check()
+        if (rules.beacon_window_s, rules.beacon_max_connections) != (
+            self.config.beacon_window_s,
+            self.config.beacon_max_connections,
+        ):
+            # A new window length or depth starts the rhythm windows afresh.
+            self._beacons = self._beacon_windows(rules, self._context)
         self.config = rules
         self._set_ports(rules)
 
@@ -145,18 +238,28 @@ class FastRules:
             & (bwd_bytes > 0)
             & (bwd_bytes >= c.amplification_ratio * fwd_bytes)
         )
+        failed = failed_flows(flows)
+        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
         login = (
             tcp
             & np.isin(dst_port, self._login_ports)
             & (flows["fwd_packets"] <= c.brute_force_max_packets)
+            & (
+                (flows["bwd_rst_count"] > 0)
+                | (answered & (flows["bwd_payload_bytes"] <= c.brute_force_max_reply_bytes))
+            )
         )
+        icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+        # host_sweep's "port": the destination port; every ICMP flow shares -1.
+        sweep_port = np.where(icmp, -1, dst_port)
+        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed
 
-        evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
-        evasive_sum = np.zeros(n)
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
         reflected = np.zeros(n)
         logins = np.zeros(n)
+        evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
+        evasive_sum = np.zeros(n)
         rate = 1.0 / self.window_s
         ts = flows["last_ts_ns"].tolist()
         rows = zip(
@@ -169,6 +272,8 @@ class FastRules:
             evasive.tolist(),
             strict=True,
         )
+        scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
+        beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
         for i, (src, dst, port, t, syn, pk, ev) in enumerate(rows):
             win = self._to_dst.add(dst, t, (syn, pk))
             syn_rate[i] = win.sums[0] * rate
@@ -192,8 +297,9 @@ class FastRules:
         )
         per_rule = {
             "syn_flood": np.where(syn_only, ramp(syn_rate, c.syn_flood_low, c.syn_flood_high), 0),
-            "port_scan": ramp(context["distinct_dst_ports"], c.port_scan_low, c.port_scan_high),
-            "host_sweep": ramp(context["distinct_dst_addrs"], c.host_sweep_low, c.host_sweep_high),
+            "port_scan": ramp(scan_ports, c.port_scan_low, c.port_scan_high),
+            "host_sweep": ramp(sweep_hosts, c.host_sweep_low, c.host_sweep_high)
+            * ramp(sweep_share, c.host_sweep_failed_share_low, c.host_sweep_failed_share_high),
             "udp_flood": np.where(
                 udp,
                 np.maximum(
@@ -203,12 +309,166 @@ class FastRules:
                 0,
             ),
             "dns_tunnel": np.where(dns, dns_score, 0),
-            "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
             "tiny_fragments": np.where(
                 evasive > 0, ramp(evasive_sum, c.tiny_fragments_low, c.tiny_fragments_high), 0
+            ),
+            "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
+            "beacon": np.where(
+                beacon_scored,
+                ramp(beacon_count, c.beacon_low, c.beacon_high)
+                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high),
+                0,
             ),
         }
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         self.fired.update(r for r in result.rule if r)
         self.scored += int(np.count_nonzero(result.score))
         return result
+
+    def _failures(
+        self, flows: FlowColumns, failed: npt.NDArray[np.bool_], sweep_port: Array
+    ) -> tuple[Floats, Floats, Floats]:
+        """Per record: distinct failed ports at its (source, destination) (port_scan), and
+        distinct failed destinations and the failed share at its (source, port)
+        (host_sweep). A record that did not fail still reads its pair's counts, so every
+        probe of a scan is scored, the answered ones too."""
+        n = len(flows)
+        scan_ports = np.zeros(n)
+        sweep_hosts = np.zeros(n)
+        share = np.zeros(n)
+        pairs = self._pair_failures
+        ports = self._port_failures
+        # Only the flows that failed, or whose source failed before, have anything to
+        # count or read: most traffic skips the loop below.
+        failing = self._failing_sources
+        src_addr = flows.src_addr
+        bad_list = failed.tolist()
+        for src, bad in zip(src_addr, bad_list, strict=True):
+            if bad:
+                failing[src] = None
+                failing.move_to_end(src)
+        while len(failing) > pairs.max_keys:
+            failing.popitem(last=False)
+        todo = [i for i, src in enumerate(src_addr) if src in failing]
+        if not todo:
+            return scan_ports, sweep_hosts, share
+        dst_addr = flows.dst_addr
+        dst_port = flows["dst_port"].tolist()
+        sweep_list = sweep_port.tolist()
+        ts = flows["last_ts_ns"].tolist()
+        rows = (
+            (i, src_addr[i], dst_addr[i], dst_port[i], sweep_list[i], ts[i], bad_list[i])
+            for i in todo
+        )
+        pending = self._pending
+        for i, src, dst, port, sport, t, bad in rows:
+            key = (src, dst)
+            if bad:
+                if key in pairs or self._promote(
+                    pending, ("pair", key), pairs, key, t, (), (port,)
+                ):
+                    scan_ports[i] = pairs.add(key, t, (), (port,)).distinct_count(0)
+                else:
+                    scan_ports[i] = 1
+            else:
+                seen = pairs.peek(key, t) if key in pairs else None
+                scan_ports[i] = seen.distinct_count(0) if seen is not None else 0
+            pkey = (src, sport)
+            entry = ((1.0 if bad else 0.0,), (dst if bad else -1,))
+            if pkey not in ports:
+                if not bad and ("port", pkey) not in pending:
+                    continue  # no failure at this port yet: nothing to score or keep
+                if not self._promote(pending, ("port", pkey), ports, pkey, t, *entry):
+                    sweep_hosts[i] = 1
+                    share[i] = 1.0
+                    continue
+            pw = ports.add(pkey, t, *entry)
+            sweep_hosts[i] = pw.distinct_count(0) - (1 if -1 in pw.distinct[0] else 0)
+            share[i] = pw.sums[0] / pw.count
+        return scan_ports, sweep_hosts, share
+
+    def _forget_first_starts(self) -> dict[tuple[bytes, bytes, int, int], int]:
+        """Forget the older half of the pairs' last starts (bounded memory under a flood of
+        one-off pairs); pairs that have a window keep theirs. Amortised O(1) per flow."""
+        last = self._last_start
+        drop = len(last) // 2
+        windows = self._beacons
+        for k in list(itertools.islice(last, drop)):
+            if k not in windows:
+                del last[k]
+        return last
+
+    @staticmethod
+    def _promote(
+        pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]],
+        tag: Hashable,
+        windows: SlidingWindows,
+        key: Hashable,
+        ts: int,
+        sums: tuple[float, ...],
+        values: tuple[Hashable, ...],
+    ) -> bool:
+        """A key's first failure waits in ``pending`` (a tuple, not a window: a spoofed
+        flood brings a new source with every packet). At its second entry the window is
+        made with the first one in it and True returned: the caller then adds the entry."""
+        first = pending.pop(tag, None)
+        if first is None:
+            pending[tag] = (ts, sums, values)
+            if len(pending) > windows.max_keys:
+                # Forget the older half of the one-off failures (a spoofed flood's
+                # sources): amortised O(1) per flow.
+                for k in list(itertools.islice(pending, len(pending) // 2)):
+                    del pending[k]
+            return False
+        windows.add(key, *first)
+        return True
+
+    def _rhythm(self, flows: FlowColumns, scored: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
+        """Per record: connections of its (source, destination, port, protocol) within
+        beacon_window_s and the regularity of the gaps between their starts (0 with fewer
+        than three connections). Records come in export order, not start order: a gap is
+        taken to the latest start seen before, and a start earlier than that counts with
+        a gap of 0 (it only lowers the regularity)."""
+        n = len(flows)
+        count = np.zeros(n)
+        regularity = np.zeros(n)
+        last = self._last_start
+        windows = self._beacons
+        min_period = self.config.beacon_min_period_s
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            flows["dst_port"].tolist(),
+            flows["protocol"].tolist(),
+            flows["first_ts_ns"].tolist(),
+            scored.tolist(),
+            strict=True,
+        )
+        for i, (src, dst, port, proto, start, ok) in enumerate(rows):
+            if not ok:
+                continue
+            key = (src, dst, port, proto)
+            prev = last.get(key)
+            last[key] = start if prev is None else max(prev, start)
+            if prev is None:
+                # A first connection is only remembered by its start (most pairs never
+                # connect again); the window begins with the second.
+                count[i] = 1
+                if len(last) > windows.max_keys:
+                    last = self._forget_first_starts()
+                continue
+            gap = max(start - prev, 0) / 1e9
+            if key not in windows:
+                windows.add(key, prev, (0.0, 0.0))
+            win = windows.add(key, start, (gap, gap * gap))
+            count[i] = win.count
+            gaps = win.count - 1  # the oldest entry's gap reaches outside the window
+            if gaps >= 2:
+                oldest = win.entries[0][1]
+                total = win.sums[0] - oldest[0]
+                total_sq = win.sums[1] - oldest[1]
+                mean = total / gaps
+                var = max(total_sq / gaps - mean * mean, 0.0)
+                if mean >= min_period:
+                    regularity[i] = max(0.0, 1.0 - math.sqrt(var) / mean)
+        return count, regularity

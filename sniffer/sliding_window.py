@@ -102,6 +102,13 @@ class SlidingWindows:
         return len(self._keys)
 
     @property
+    def max_keys(self) -> int:
+        return self._max_keys
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    @property
     def entries(self) -> int:
         """Entries held over all keys."""
         return self._total
@@ -131,6 +138,19 @@ class SlidingWindows:
         while len(self._keys) > self._max_keys or self._total > self._max_entries:
             if not self._forget_oldest_key(keep=key):
                 break
+        return win
+
+    def peek(self, key: Hashable, ts_ns: int | None) -> KeyWindow | None:
+        """``key``'s window without adding to it (None when the key is not held). With
+        ``ts_ns``, entries older than ``ts_ns - window`` are dropped first (as an ``add``
+        at that time would); the key's recency is not changed."""
+        win = self._keys.get(key)
+        if win is None or ts_ns is None:
+            return win
+        horizon = max(win.newest_ns, ts_ns) - self._window_ns
+        while win.entries and win.entries[0][0] < horizon:
+            win._pop_oldest()
+            self._total -= 1
         return win
 
     def _forget_oldest_key(self, keep: Hashable) -> bool:

@@ -12,19 +12,21 @@ from detector.families import (
     family_name,
 )
 from firewall.config import FirewallConfig
-from proto.events_pb2 import FAMILY_DDOS, FAMILY_LATERAL, FAMILY_UNSPECIFIED, Family
+from proto.events_pb2 import FAMILY_C2, FAMILY_DDOS, FAMILY_LATERAL, FAMILY_UNSPECIFIED, Family
 
 
 def test_the_python_names_are_the_enum_names() -> None:
     # The forests' order is the bundle's and the training's column order: it must not move.
-    assert FAMILIES == ("ddos", "scan", "bruteforce", "tunnel", "lateral")
+    # c2 came after anomaly in the enum (values never change meaning): it is the sixth forest.
+    assert FAMILIES == ("ddos", "scan", "bruteforce", "tunnel", "lateral", "c2")
     assert [BENIGN, ANOMALY] == ["benign", "anomaly"]
     assert (*FAMILIES, ANOMALY) == VERDICT_FAMILIES
     named = {family_name(v) for v in Family.values() if v != FAMILY_UNSPECIFIED}
     assert named == {BENIGN, *VERDICT_FAMILIES}
-    assert [Family.Value("FAMILY_" + f.upper()) for f in FAMILIES] == list(
-        range(FAMILY_DDOS, FAMILY_LATERAL + 1)
-    )
+    assert [Family.Value("FAMILY_" + f.upper()) for f in FAMILIES] == [
+        *range(FAMILY_DDOS, FAMILY_LATERAL + 1),
+        FAMILY_C2,
+    ]
 
 
 def test_every_mapping_lands_on_a_family() -> None:

@@ -43,12 +43,15 @@ def test_final_is_max_of_fast_and_ml(tiny_bundle: TinyBundle, rows: np.ndarray) 
         assert s.family[i] == want
         assert s.ml_family[i] == bundle.families[int(np.argmax(per_family[i]))]
     assert s.model_version == bundle.version
+    # A fast rule alone (it won, the forests said benign) alerts but never blocks.
+    rule_alone = (fast > s.ml_score) & (s.ml_score < 0.5)
     expected = np.where(
-        s.final_score >= 0.9,
+        (s.final_score >= 0.9) & ~rule_alone,
         LABEL_MALICIOUS,
         np.where(s.final_score >= 0.5, LABEL_SUSPICIOUS, LABEL_BENIGN),
     )
     np.testing.assert_array_equal(s.label, expected)
+    assert (rule_alone & (s.final_score >= 0.9)).any()  # the case occurs in this data
     # Both sides win somewhere, and every label occurs: the checks above are not vacuous.
     assert (fast > s.ml_score).any() and (fast < s.ml_score).any()
     assert {LABEL_BENIGN, LABEL_SUSPICIOUS, LABEL_MALICIOUS} <= set(s.label.tolist())
@@ -64,6 +67,41 @@ def test_block_threshold_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -
     assert (s.label[scan & (s.final_score >= 0.5)] == LABEL_SUSPICIOUS).all()
     with pytest.raises(ConfigError, match="unknown families"):
         Scorer(bundle, ThresholdsConfig(block_per_family={"ransomware": 0.5}))
+
+
+def test_fast_rule_alone_blocks_only_when_configured(
+    tiny_bundle: TinyBundle, rows: np.ndarray
+) -> None:
+    """A fast rule at 1.0 on flows the forests score benign: with the default an alert
+    (suspicious), with block_on_fast_rule_alone a block (malicious). Where the forests
+    agree (ml at or above the alert threshold) the block stands either way."""
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    fast = np.ones(len(rows), dtype=np.float32)
+    rule = ["port_scan"] * len(rows)
+    default = Scorer(bundle, ThresholdsConfig()).score(rows, fast, rule)
+    forests_benign = default.ml_score < 0.5
+    assert forests_benign.any() and (~forests_benign).any()
+    assert (default.label[forests_benign] == LABEL_SUSPICIOUS).all()
+    assert (default.label[~forests_benign] == LABEL_MALICIOUS).all()
+    allowed = Scorer(bundle, ThresholdsConfig(block_on_fast_rule_alone=True))
+    assert (allowed.score(rows, fast, rule).label == LABEL_MALICIOUS).all()
+
+
+def test_alert_threshold_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -> None:
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    base = Scorer(bundle, ThresholdsConfig(alert=0.5, block=0.99)).score(rows)
+    family = np.array(base.family, dtype=object)
+    fam = family[int(np.argmax(base.final_score))]
+    raised = Scorer(
+        bundle, ThresholdsConfig(alert=0.5, block=0.99, alert_per_family={fam: 0.99})
+    ).score(rows)
+    mine = family == fam
+    between = mine & (base.final_score >= 0.5) & (base.final_score < 0.99)
+    assert between.any()
+    assert (raised.label[between] == LABEL_BENIGN).all()
+    np.testing.assert_array_equal(raised.label[~mine], base.label[~mine])
+    with pytest.raises(ConfigError, match="below its alert"):
+        ThresholdsConfig(alert=0.5, block=0.9, alert_per_family={fam: 0.95}).check()
 
 
 def test_explanations_name_features_with_their_values(

@@ -46,17 +46,75 @@ def test_port_scan() -> None:
     score, rule, rules = _score(_port_scan(int(RULES.port_scan_high)))
     assert rule[-1] == "port_scan" and score[-1] == 1.0
     assert rules.fired["port_scan"] > 0
+    # Closed ports answer with RST: those are failures too.
+    rst = _port_scan(int(RULES.port_scan_high))
+    rst["bwd_packets"], rst["bwd_rst"] = 1, 1
+    score, rule, _ = _score(rst)
+    assert rule[-1] == "port_scan" and score[-1] == 1.0
 
 
-def _sweep(n_hosts: int) -> np.ndarray:
+def test_many_answered_ports_on_one_host_is_no_port_scan() -> None:
+    """Many services of one server used for real (data both ways): no failures, no scan."""
+    used = _port_scan(int(RULES.port_scan_high))
+    used["fwd_ack"], used["bwd_packets"] = 3, 3
+    used["fwd_payload_bytes"], used["bwd_payload_bytes"] = 200, 2000
+    assert _score(used)[0].max() == 0.0
+
+
+def _sweep(n_hosts: int, **fields: int) -> np.ndarray:
     return events(
-        *(event(dst=f"198.51.{i // 250}.{i % 250 + 1}", ts=T0 + i * MS) for i in range(n_hosts))
+        *(
+            event(dst=f"198.51.{i // 250}.{i % 250 + 1}", ts=T0 + i * MS, fwd_syn=1, **fields)
+            for i in range(n_hosts)
+        )
     )
 
 
 def test_host_sweep() -> None:
     assert _score(_sweep(int(RULES.host_sweep_low)))[0].max() == 0.0
     score, rule, _ = _score(_sweep(int(RULES.host_sweep_high)))
+    assert rule[-1] == "host_sweep" and score[-1] == 1.0
+
+
+def test_answered_fan_out_is_no_scan() -> None:
+    """A peer-to-peer client or a busy NAT: many hosts and ports, and they answer with
+    data. Counted by destinations and ports alone it looked like a sweep and a port scan
+    (the Gnutella client of issue 18: 721 of 1,311 flows malicious); on failures it is not."""
+    answered = {"fwd_ack": 5, "fwd_payload_bytes": 300, "bwd_packets": 5, "bwd_payload_bytes": 900}
+    peers = events(
+        *(
+            event(
+                dst=f"198.51.{i // 250}.{i % 250 + 1}",
+                dport=6346,  # Gnutella's port: one port, many peers
+                ts=T0 + i * 50 * MS,
+                fwd_syn=1,
+                **answered,
+            )
+            for i in range(1000)
+        )
+    )
+    score, rule, _ = _score(peers)
+    assert score.max() == 0.0 and set(rule) == {""}
+    # The same client with a third of its dials unanswered (peers gone offline) is still
+    # no sweep: most of its flows to the port succeed.
+    mixed = peers.copy()
+    gone = np.arange(len(mixed)) % 3 == 0
+    for name in ("fwd_ack", "fwd_payload_bytes", "bwd_packets", "bwd_payload_bytes"):
+        mixed[name][gone] = 0
+    score, rule, _ = _score(mixed)
+    assert "host_sweep" not in rule and "port_scan" not in rule
+
+
+def test_icmp_echo_sweep() -> None:
+    """A ping sweep: echo requests to many hosts, few answer."""
+    n = int(RULES.host_sweep_high)
+    sweep = events(
+        *(
+            event(dst=f"10.9.{i // 250}.{i % 250 + 1}", protocol=1, ts=T0 + i * MS, icmp_type=8)
+            for i in range(n)
+        )
+    )
+    score, rule, _ = _score(sweep)
     assert rule[-1] == "host_sweep" and score[-1] == 1.0
 
 
@@ -167,7 +225,9 @@ def test_dns_tunnel() -> None:
     assert _score(_dns(tunnel, 2))[0].max() == 0.0
 
 
-def _logins(n: int, port: int = 22) -> np.ndarray:
+def _logins(n: int, port: int = 22, reply: int = 2000) -> np.ndarray:
+    """SSH-like logins: key exchange and a password or two; ``reply`` payload bytes from
+    the server (about 2 KB when the password is refused, several KB with a session)."""
     return events(
         *(
             event(
@@ -177,19 +237,130 @@ def _logins(n: int, port: int = 22) -> np.ndarray:
                 fwd_packets=20,
                 fwd_syn=1,
                 fwd_ack=19,
+                fwd_payload_bytes=1600,
                 bwd_packets=18,
+                bwd_payload_bytes=reply,
             )
             for i in range(n)
         )
     )
 
 
+def _brute(ev: np.ndarray) -> np.ndarray:
+    ctx_cfg = ContextConfig(window_s=60.0)
+    flows = flow_columns(ev, "x")
+    ctx = SourceContextTracker(ctx_cfg).update(flows)
+    return FastRules(RULES, ctx_cfg).score(flows, ctx).per_rule["brute_force"]
+
+
 def test_brute_force() -> None:
-    assert _score(_logins(int(RULES.brute_force_low)))[0].max() == 0.0
+    assert _brute(_logins(int(RULES.brute_force_low))).max() == 0.0
     score, rule, _ = _score(_logins(int(RULES.brute_force_high)))
     assert rule[-1] == "brute_force" and score[-1] == 1.0
     # Web servers are not watched: browsers open many short connections.
-    assert _score(_logins(int(RULES.brute_force_high), port=443))[0].max() == 0.0
+    assert _brute(_logins(int(RULES.brute_force_high), port=443)).max() == 0.0
+    # Refused connections (RST from the service) are failed attempts too.
+    refused = _logins(int(RULES.brute_force_high), reply=0)
+    refused["bwd_rst"] = 1
+    assert _brute(refused)[-1] == 1.0
+
+
+def test_frequent_successful_logins_are_no_brute_force() -> None:
+    """The lab client's scripted SSH logins (`id; ls -la; uptime`, one a second): each gets
+    a session back (host keys, command output), more than a refused password's reply."""
+    ok = _logins(int(RULES.brute_force_high), reply=RULES.brute_force_max_reply_bytes + 2000)
+    assert _brute(ok).max() == 0.0
+
+
+S = 1_000_000_000
+
+
+def _connections(gaps_s: list[float], dport: int = 443, protocol: int = 6) -> np.ndarray:
+    """Answered connections of one pair, started after the given gaps (seconds)."""
+    starts = np.cumsum([0.0, *gaps_s])
+    return events(
+        *(
+            event(
+                sport=50000 + i,
+                dport=dport,
+                protocol=protocol,
+                ts=T0 + int(t * S),
+                fwd_packets=8,
+                fwd_syn=1,
+                fwd_ack=7,
+                fwd_payload_bytes=400,
+                bwd_packets=6,
+                bwd_payload_bytes=300,
+            )
+            for i, t in enumerate(starts.tolist())
+        )
+    )
+
+
+def _beacon(ev: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    ctx_cfg = ContextConfig(window_s=60.0)
+    flows = flow_columns(ev, "x")
+    ctx = SourceContextTracker(ctx_cfg).update(flows)
+    scores = FastRules(RULES, ctx_cfg).score(flows, ctx)
+    return scores.per_rule["beacon"], scores.rule
+
+
+def test_beacon_with_jitter() -> None:
+    """A C2 implant checking in every 60 s with 20% jitter (Cobalt Strike style: each sleep
+    shortened by up to 20%), over TLS: the rhythm, not the bytes, gives it away."""
+    rng = np.random.default_rng(7)
+    gaps = (60.0 * (1 - 0.2 * rng.random(29))).tolist()
+    score, rule = _beacon(_connections(gaps))
+    assert score[-1] == 1.0 and rule[-1] == "beacon"
+    # The first check-ins are too few to tell.
+    assert score[: int(RULES.beacon_low)].max() == 0.0
+
+
+def test_benign_polling_is_no_beacon() -> None:
+    """Benign traffic with rhythm or repetition stays under the alert threshold (0.5)."""
+    rng = np.random.default_rng(3)
+    # A person browsing one site: gaps drawn from an exponential (no clock).
+    browsing = _beacon(_connections(rng.exponential(20.0, 60).tolist()))[0]
+    assert browsing.max() < 0.5
+    # NTP polling every 64 s: a port that polls by design, never scored.
+    assert _beacon(_connections([64.0] * 40, dport=123, protocol=17))[0].max() == 0.0
+    # A 5-minute health check over an hour: a clock, but 12 connections an hour score
+    # under the alert threshold.
+    assert _beacon(_connections([300.0] * 11))[0].max() < 0.5
+    # Retries and floods repeat faster than beacon_min_period_s: no rhythm score.
+    assert _beacon(_connections([0.05] * 200))[0].max() == 0.0
+
+
+def test_memory_stays_bounded_under_a_spoofed_source_flood() -> None:
+    """Every flow from a new (spoofed) source, answered or not: the failure windows, their
+    pending first entries and the beacon starts stay within context.max_keys."""
+    cap = 500
+    ctx_cfg = ContextConfig(window_s=60.0, max_keys=cap, max_entries=10 * cap)
+    rules = FastRules(RULES, ctx_cfg)
+    tracker = SourceContextTracker(ctx_cfg)
+    for batch in range(6):
+        ev = events(
+            *(
+                event(
+                    src=f"10.{batch}.{i // 250}.{i % 250 + 1}",
+                    sport=1024 + i,
+                    dport=80 + i % 2,
+                    ts=T0 + (batch * 1000 + i) * MS,
+                    fwd_syn=1,
+                    # Half answered (beacon starts), half unanswered (failures).
+                    bwd_packets=i % 2,
+                    fwd_payload_bytes=100 * (i % 2),
+                    bwd_payload_bytes=100 * (i % 2),
+                )
+                for i in range(1000)
+            )
+        )
+        flows = flow_columns(ev, "x")
+        rules.score(flows, tracker.update(flows))
+    assert len(rules._pending) <= cap
+    assert len(rules._last_start) <= cap
+    for windows in (rules._pair_failures, rules._port_failures, rules._beacons):
+        assert len(windows) <= cap and windows.entries <= 10 * cap
 
 
 def test_tiny_fragments() -> None:
