@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from base.errors import ConfigError
 
-__all__ = ["ControlConfig"]
+__all__ = ["ControlConfig", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (an address, ``[v6]`` or a name) this machine's loopback?"""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,19 @@ class ControlConfig:
     user: str = ""
     # File holding that user's password (one line, mode 0600); never the password itself.
     password_file: str = ""
+    # Folder of the credentials made when mld starts etcd (`mld etcd up`, `mld gateway`):
+    # ca.pem and <user>.pem/<user>-key.pem, one user per component. Empty:
+    # <node.state_dir>/etcd-pki. Used when ca_cert/cert/key are not given and the folder
+    # has them: every component then authenticates as itself.
+    credentials_dir: str = ""
+    # Talk to an etcd on another host without TLS. Refused unless true: anyone on the
+    # path could read the keys and rewrite the config.
+    allow_plaintext: bool = False
+    # The widest network an etcd override may name (an allowlist entry): IPv4 prefixes
+    # shorter than this are refused, and 0.0.0.0/0 always. Wider ones go in mld.yaml.
+    override_min_prefix_v4: int = 8
+    # (the same for IPv6; ::/0 is always refused)
+    override_min_prefix_v6: int = 32
 
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/") or self.prefix.endswith("/"):
@@ -60,6 +85,22 @@ class ControlConfig:
                     f"control.endpoints entry {endpoint!r} is not host:port "
                     "(for example 127.0.0.1:2379)"
                 )
+        remote = [e for e in self.endpoints if not is_loopback(e.rpartition(":")[0])]
+        if remote and not self.ca_cert and not self.allow_plaintext:
+            raise ConfigError(
+                f"control.endpoints {', '.join(remote)} is on another host and "
+                "control.ca_cert is not set: the control plane would travel in plaintext. "
+                "Run etcd with TLS and set control.ca_cert, control.cert and control.key "
+                "(control/README.md), or set control.allow_plaintext: true to accept that"
+            )
+        if (
+            not 1 <= self.override_min_prefix_v4 <= 32
+            or not 1 <= self.override_min_prefix_v6 <= 128
+        ):
+            raise ConfigError(
+                "control.override_min_prefix_v4 must be in 1..32 and "
+                "control.override_min_prefix_v6 in 1..128 (/0 is never settable from etcd)"
+            )
         if bool(self.cert) != bool(self.key):
             raise ConfigError("control.cert and control.key go together: give both or neither")
         if self.cert and not self.ca_cert:

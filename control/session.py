@@ -53,7 +53,15 @@ from control.layout import (
     services_prefix,
     status_key,
 )
-from control.overrides import LastGood, Validator, apply_override, changed_keys
+from control.overrides import (
+    LastGood,
+    NetworkBounds,
+    Validator,
+    apply_override,
+    changed_keys,
+    check_settable,
+    is_live,
+)
 from control.root import C
 
 __all__ = ["ControlSession", "ControlState", "HealthFn"]
@@ -115,6 +123,7 @@ class ControlSession(Generic[C]):
         self._watch = tuple(watch)
         self._validate = validate
         self._live = tuple(live_keys)
+        self._bounds = NetworkBounds(control.override_min_prefix_v4, control.override_min_prefix_v6)
         self._health = health
         self._prefix = control.prefix
         cache_dir = Path(state_dir or base_config.node.state_dir) / "control"
@@ -476,12 +485,22 @@ class ControlSession(Generic[C]):
         return config
 
     def _is_live(self, dotted: str) -> bool:
-        return any(dotted == p or dotted.startswith(p + ".") for p in self._live)
+        return is_live(dotted, self._live)
 
     def _build(self, overrides: Mapping[str, str], *, source: str) -> C:
         config = self._base
         # Shorter names first: a whole mapping before one of its entries.
         for dotted in sorted(overrides, key=lambda k: (k.count("."), k)):
+            # Only the live settings, networks within bounds (control/overrides.py);
+            # also for the last good file, which an older version or a user may have
+            # written.
+            check_settable(
+                dotted,
+                overrides[dotted],
+                live=self._live,
+                bounds=self._bounds,
+                file_value=_lookup(self._base, dotted),
+            )
             config = apply_override(config, dotted, overrides[dotted], source=source)
         if self._validate is not None:
             self._validate(config)
@@ -537,6 +556,16 @@ class ControlSession(Generic[C]):
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved_ts)),
             )
         self._publish(config, connected=False)
+
+
+def _lookup(config: Any, dotted: str) -> object:
+    """The value of ``dotted`` in ``config`` (None when there is none)."""
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 def _replace(state: ControlState[C], **changes: Any) -> ControlState[C]:

@@ -309,10 +309,11 @@ def test_an_invalid_change_is_refused_and_the_old_value_kept(agent: EtcdAgent) -
 
 
 @pytest.mark.etcd
-def test_a_setting_read_at_start_needs_a_restart(agent: EtcdAgent) -> None:
+def test_a_setting_read_at_start_is_not_settable_from_etcd(agent: EtcdAgent) -> None:
+    # Issue 19, finding 2: etcd sets the live settings only (control/overrides.py).
     agent.put_config("dry_run", "false")
     status = agent.wait_status("dry_run", "false")
-    assert status["state"] == "restart_required" and "firewall.dry_run" in status["reason"]
+    assert status["state"] == "refused" and "cannot be set from etcd" in status["reason"]
     assert agent.send_and_wait("198.51.100.11", 0.95, "203.0.113.11")
     out = control_request(agent.state / "firewall" / "control.sock", {"cmd": "status"})
     assert out["dry_run"] is True and out["backend"] == "none"
