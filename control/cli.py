@@ -23,6 +23,7 @@ from control.config import ControlConfig
 from control.etcd_server import EtcdServer
 from control.layout import COMPONENTS, GLOBAL_SECTIONS, config_key, config_prefix, dotted_name
 from control.overrides import apply_override
+from control.pki import OPERATOR
 
 __all__ = ["register_config_actions", "register_control"]
 
@@ -32,8 +33,11 @@ examples:
   mld etcd up --port 23790 --data-dir /tmp/etcd-lab
   mld etcd status --json
   mld etcd down                      stop it (the data stays; --purge removes it)
-Then point the services at it with control.endpoints: [127.0.0.1:2379] in mld.yaml.
-A multi-host deployment runs etcd with TLS and auth instead: see control/README.md.
+It serves TLS and requires client certificates, made at the first start in
+<node.state_dir>/etcd-pki (0700): one etcd user and role per component, operator for
+`mld config`/`mld status`. Point the services at it with control.endpoints:
+[127.0.0.1:2379] in mld.yaml; they find their certificates there by themselves.
+A multi-host deployment: see control/README.md.
 """
 
 STATUS_EPILOG = """\
@@ -62,6 +66,8 @@ def _control(args: argparse.Namespace) -> tuple[MldConfig, ControlConfig]:
     control = cfg.control
     if getattr(args, "etcd", None):
         control = dataclasses.replace(control, endpoints=(args.etcd,))
+    # The command line is the operator: read everything, write the config.
+    control = control.with_credentials(cfg.node.state_dir, OPERATOR)
     if not control.enabled:
         raise ControlPlaneError(
             "control.endpoints is empty, so no service uses etcd: set it in mld.yaml "
@@ -75,6 +81,10 @@ def _control(args: argparse.Namespace) -> tuple[MldConfig, ControlConfig]:
 
 def _etcd_dir(args: argparse.Namespace, cfg: MldConfig) -> Path:
     return Path(args.data_dir) if args.data_dir else Path(cfg.node.state_dir) / "etcd"
+
+
+def _pki_dir(cfg: MldConfig) -> Path:
+    return Path(cfg.control.credentials_dir or Path(cfg.node.state_dir) / "etcd-pki")
 
 
 def _pid_file(data_dir: Path) -> Path:
@@ -105,6 +115,10 @@ def _cmd_etcd_up(args: argparse.Namespace) -> int:
         client_port=args.port,
         peer_port=args.peer_port or args.port + 1,
         log_file=data_dir.with_name(data_dir.name + ".log"),
+        # Authenticated: the credentials where every service of this node finds them,
+        # a role per component under this deployment's prefix.
+        pki_dir=_pki_dir(cfg),
+        rbac_prefix=cfg.control.prefix,
     )
     server.start(detach=True)
     pid_file.write_text(f"{server.pid} {server.endpoint}\n")
@@ -112,7 +126,8 @@ def _cmd_etcd_up(args: argparse.Namespace) -> int:
         args,
         {"pid": server.pid, "endpoint": server.endpoint, "data_dir": str(data_dir)},
         f"etcd {server.endpoint} up (pid {server.pid}, data {data_dir}, log {server.log_file})\n"
-        f"use it with control.endpoints: [{server.endpoint}]",
+        f"use it with control.endpoints: [{server.endpoint}]; clients authenticate with "
+        f"the certificates in {server.pki_dir} (found there by themselves)",
     )
     return EXIT_OK
 
@@ -149,7 +164,8 @@ def _cmd_etcd_status(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"running": running is not None, "data_dir": str(data_dir)}
     if running is not None:
         result |= {"pid": running[0], "endpoint": running[1]}
-        probe = dataclasses.replace(cfg.control, endpoints=(running[1],), ca_cert="", cert="")
+        probe = dataclasses.replace(cfg.control, endpoints=(running[1],))
+        probe = probe.with_credentials(cfg.node.state_dir, OPERATOR)
         try:
             client = EtcdClient.connect(probe)
             result["version"] = client.version()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from base.errors import ConfigError
 
@@ -109,3 +111,15 @@ class ControlConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.endpoints)
+
+    def with_credentials(self, state_dir: str | Path, user: str) -> ControlConfig:
+        """This config with the TLS settings of ``user`` from the credentials folder
+        mld made when it started etcd (``credentials_dir``, else
+        ``<state_dir>/etcd-pki``), when none are given and the folder has them."""
+        if self.ca_cert or self.cert or self.user:
+            return self
+        folder = Path(self.credentials_dir or Path(state_dir) / "etcd-pki")
+        ca, cert, key = folder / "ca.pem", folder / f"{user}.pem", folder / f"{user}-key.pem"
+        if not (ca.is_file() and cert.is_file() and key.is_file()):
+            return self
+        return dataclasses.replace(self, ca_cert=str(ca), cert=str(cert), key=str(key))

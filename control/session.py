@@ -16,11 +16,13 @@ The thread's loop::
     watch events: services/keys -> new state; config -> check, apply or refuse, status
     any etcd failure: drop the connection, wait (backoff with jitter), start again
 
-A config change is checked like the file (types, unknown keys, the component's own
-checks) and written back under status/<component>/<instance>/config as ``applied``,
-``restart_required`` (a setting the service reads only at start) or ``refused`` with the
-reason. Accepted overrides are also saved on disk (:class:`LastGood`); without etcd at
-start the service runs from them and says so.
+A config change must name one of the service's live settings (``live_keys``; anything
+else, a path, a peer, a key file, an endpoint, is never etcd's to set: issue 19, finding
+2), with networks no wider than control.override_min_prefix_v4/_v6; it is then checked
+like the file (types, unknown keys, the component's own checks) and written back under
+status/<component>/<instance>/config as ``applied`` or ``refused`` with the reason.
+Accepted overrides are also saved on disk (:class:`LastGood`); without etcd at start the
+service runs from them and says so.
 """
 
 from __future__ import annotations
@@ -113,9 +115,11 @@ class ControlSession(Generic[C]):
         health: HealthFn | None = None,
     ) -> None:
         """``live_keys`` are dotted prefixes the service applies while running (e.g.
-        ``detector.thresholds``, ``logging.level``); other settings need a restart.
+        ``detector.thresholds``, ``logging.level``): the only settings etcd may set.
         ``validate`` gets a candidate config and raises ConfigError to refuse it."""
-        self.cfg = control
+        # The component authenticates as itself to the etcd mld started (control/pki.py).
+        state = state_dir or base_config.node.state_dir
+        self.cfg = control.with_credentials(state, component)
         self.component = component
         self.instance = instance
         self.registration = registration
@@ -126,7 +130,7 @@ class ControlSession(Generic[C]):
         self._bounds = NetworkBounds(control.override_min_prefix_v4, control.override_min_prefix_v6)
         self._health = health
         self._prefix = control.prefix
-        cache_dir = Path(state_dir or base_config.node.state_dir) / "control"
+        cache_dir = Path(state) / "control"
         self.last_good = LastGood(cache_dir / f"{component}-{instance}.json")
         # Accepted overrides: dotted name -> raw YAML text.
         self._overrides: dict[str, str] = {}

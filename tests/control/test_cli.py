@@ -34,12 +34,15 @@ def mld(
     return proc
 
 
-def _config_file(tmp: Path, endpoint: str, prefix: str) -> Path:
+def _config_file(tmp: Path, endpoint: str, prefix: str, server: EtcdServer | None = None) -> Path:
+    """A config for ``endpoint``: the credentials of ``server`` (the tests' etcd), or
+    (None) the ones `mld etcd up` makes under node.state_dir."""
     path = tmp / "mld.yaml"
-    data = {
-        "node": {"state_dir": str(tmp / "state")},
-        "control": {"endpoints": [endpoint], "prefix": prefix, "health_interval_s": 0.5},
-    }
+    control: dict[str, object] = {"endpoints": [endpoint], "prefix": prefix}
+    control |= {"health_interval_s": 0.5}
+    if server is not None:
+        control["credentials_dir"] = str(server.pki_dir)
+    data = {"node": {"state_dir": str(tmp / "state")}, "control": control}
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -79,7 +82,7 @@ def test_etcd_up_status_down(tmp_path: Path) -> None:
 def test_status_lists_services_with_health_and_config_outcome(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
     assert "no service is registered" in mld("status", config=config).stdout
     planes = [
         ServiceControl(
@@ -120,7 +123,7 @@ def test_status_lists_services_with_health_and_config_outcome(
 def test_config_set_checks_the_value_and_names_the_component(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
     bad = mld("config", "set", "detector.thresholds.alert", "high", config=config, check=False)
     assert bad.returncode == 1 and "expected a number" in bad.stderr
     shared = mld("config", "set", "logging.level", "debug", config=config, check=False)

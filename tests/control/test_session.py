@@ -82,6 +82,7 @@ def test_killed_process_disappears_within_the_lease_ttl(
             etcd_prefix,
             "victim",
             str(tmp_path),
+            str(etcd_server.pki_dir),
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -56,6 +56,7 @@ class EtcdAgent:
                     "transport": {"key_file": str(tmp / "fw.key")},
                     "control": {
                         "endpoints": [server.endpoint],
+                        "credentials_dir": str(server.pki_dir),
                         "prefix": prefix,
                         # Long: a registration gone right after exit was revoked, not expired.
                         "lease_ttl_s": 60,
@@ -72,7 +73,9 @@ class EtcdAgent:
                 }
             )
         )
-        self.etcd = EtcdClient.connect(ControlConfig(endpoints=(server.endpoint,), prefix=prefix))
+        self.etcd = EtcdClient.connect(
+            ControlConfig(endpoints=(server.endpoint,), prefix=prefix, **server.client_settings())
+        )
         # The detector's public key comes from the key directory, as in a deployment.
         self.etcd.put(f"{prefix}/keys/{self.detector_id}", self.det_key.public_b64)
         self.proc: subprocess.Popen[str] | None = None

@@ -122,6 +122,7 @@ def test_the_detector_finds_the_rag_store_through_etcd(
     """sniffer (this test) -> mld detector run -> mld rag run, every hop found in etcd."""
     control = {
         "endpoints": [etcd_server.endpoint],
+        "credentials_dir": str(etcd_server.pki_dir),
         "prefix": etcd_prefix,
         "lease_ttl_s": 2,
         "health_interval_s": 0.5,
