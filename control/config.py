@@ -120,6 +120,10 @@ class ControlConfig:
             return self
         folder = Path(self.credentials_dir or Path(state_dir) / "etcd-pki")
         ca, cert, key = folder / "ca.pem", folder / f"{user}.pem", folder / f"{user}-key.pem"
-        if not (ca.is_file() and cert.is_file() and key.is_file()):
+        if not ca.is_file():
             return self
+        if not (cert.is_file() and key.is_file()):
+            # TLS without a client certificate: etcd refuses it, and the error names
+            # control.cert; `mld etcd up` again makes the certificates that are missing.
+            return dataclasses.replace(self, ca_cert=str(ca))
         return dataclasses.replace(self, ca_cert=str(ca), cert=str(cert), key=str(key))

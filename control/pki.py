@@ -31,10 +31,11 @@ from base.errors import ControlPlaneError
 __all__ = ["COMPONENT_USERS", "OPERATOR", "ROOT", "Credentials", "ensure_credentials"]
 
 # The etcd users mld makes certificates for: root (sets up the roles), operator (the
-# command line: mld status, mld config), and one per component.
+# command line: mld status, mld config), and one per component that joins the control
+# plane (the ``component`` of its ControlParts).
 ROOT = "root"
 OPERATOR = "operator"
-COMPONENT_USERS = ("sniffer", "detector", "firewall", "rag", "anomaly")
+COMPONENT_USERS = ("sniffer", "detector", "firewall", "rag", "anomaly", "watch")
 _DAYS = 3650
 
 

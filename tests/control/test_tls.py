@@ -23,7 +23,7 @@ from tests.support import REPO, require_etcd, wait_for
 
 pytestmark = pytest.mark.etcd
 
-USERS = ["root", "operator", "sniffer", "detector", "firewall", "rag", "anomaly"]
+USERS = ["root", "operator", "sniffer", "detector", "firewall", "rag", "anomaly", "watch"]
 
 
 @pytest.fixture(scope="module")
