@@ -193,21 +193,25 @@ def gather_status(client: EtcdClient, control: ControlConfig) -> list[dict[str, 
         parts = kv.key[len(f"{prefix}/status/") :].split("/")
         if len(parts) == 3:
             try:
-                status.setdefault("/".join(parts[:2]), {})[parts[2]] = json.loads(kv.value)
+                record = json.loads(kv.value)
             except ValueError:
                 continue
+            if isinstance(record, dict):
+                status.setdefault("/".join(parts[:2]), {})[parts[2]] = record
     now = time.time()
     services = []
     for kv in client.get_prefix(f"{prefix}/services/"):
         try:
             reg = json.loads(kv.value)
         except ValueError:
+            reg = None
+        if not isinstance(reg, dict):
             reg = {"malformed": kv.value.decode("utf-8", "replace")}
         name = kv.key[len(f"{prefix}/services/") :]
         component, _, instance = name.partition("/")
         extra = status.get(name, {})
         health = extra.get("health", {})
-        age = now - float(health.get("ts", 0.0)) if health else None
+        age = now - _number(health.get("ts"), 0.0) if health else None
         state = health.get("state", "unknown")
         if age is not None and age > 3 * control.health_interval_s:
             state = f"stale ({age:.0f} s)"
@@ -243,25 +247,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{'SERVICE':28} {'HEALTH':12} {'HOST':16} {'PID':>7} {'UP':>8}  ENDPOINTS")
     for s in services:
         reg = s["registration"]
-        up = time.time() - float(reg.get("started_ts", time.time()))
+        up = time.time() - _number(reg.get("started_ts"), time.time())
+        offers = reg.get("endpoints")
         endpoints = ", ".join(
-            f"{name}={e.get('endpoint')}" for name, e in reg.get("endpoints", {}).items()
+            f"{name}={e.get('endpoint') if isinstance(e, dict) else e}"
+            for name, e in (offers.items() if isinstance(offers, dict) else ())
         )
+        name = _shown(s["component"] + "/" + s["instance"])
         print(
-            f"{s['component'] + '/' + s['instance']:28} {s['health']:12} "
-            f"{reg.get('host', '?')!s:16} {reg.get('pid', '?')!s:>7} {_ago(up):>8}  "
-            f"{endpoints or '-'}"
+            f"{name:28} {_shown(s['health']):12} "
+            f"{_shown(reg.get('host', '?')):16} {_shown(reg.get('pid', '?')):>7} {_ago(up):>8}  "
+            f"{_shown(endpoints or '-')}"
         )
         change = s["config"]
         if change:
             line = f"    last config change: {change.get('key')} -> {change.get('state')}"
             if change.get("reason"):
                 line += f" ({change['reason']})"
-            print(line)
+            print(_shown(line))
         for what, record in s["reports"].items():
             if isinstance(record, dict) and record.get("summary"):
-                print(f"    {what}: {record['summary']}")
+                print(_shown(f"    {what}: {record['summary']}"))
     return EXIT_OK
+
+
+def _number(value: object, default: float) -> float:
+    """A number from etcd's JSON, or ``default`` for anything else."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+
+
+def _shown(value: object) -> str:
+    """``value`` as text safe for a terminal: what etcd holds is written by others (a
+    registration's host, a refusal's reason, a setting's value), and a control character
+    in it (an escape sequence that retitles the window, moves the cursor or hides the
+    lines above) is shown escaped, never sent to the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _ago(seconds: float) -> str:
@@ -342,7 +368,7 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no settings are overridden in etcd")
     for row in [] if args.json else rows:
-        print(f"{row['component']:10} {row['setting']} = {row['value']}")
+        print(_shown(f"{row['component']:10} {row['setting']} = {row['value']}"))
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from control import EtcdServer, ServiceControl, free_port
-from tests.control.support import mld_config
+from tests.control.support import client, mld_config
 from tests.support import REPO, require_etcd, wait_for
 
 pytestmark = pytest.mark.etcd
@@ -142,3 +142,33 @@ def test_status_without_etcd_configured_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "control.endpoints is empty" in proc.stderr
     dead = mld("status", "--etcd", f"127.0.0.1:{free_port()}", config=path, check=False)
     assert dead.returncode == 1 and "did not answer" in dead.stderr
+
+
+def test_status_shows_what_etcd_holds_without_sending_escapes_to_the_terminal(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The attack: whoever writes a registration or a status record (a compromised
+    component, or anyone on the plaintext etcd of before) puts terminal escape sequences
+    in it (retitle the window, clear the screen, hide the lines above) and malformed
+    numbers; the operator's `mld status` used to print the escapes raw and crashed on a
+    started_ts that is not a number. Now each control character is shown escaped."""
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    esc = "\x1b]0;owned\x07\x1b[2J\x1b[1A"
+    etcd = client(etcd_server)
+    try:
+        etcd.put(
+            f"{etcd_prefix}/services/firewall/fw{esc}",
+            json.dumps({"host": f"h{esc}", "pid": esc, "started_ts": "soon",
+                        "endpoints": {"verdicts": {"endpoint": f"tcp://x{esc}"}}}),
+        )  # fmt: skip
+        etcd.put(
+            f"{etcd_prefix}/status/firewall/fw{esc}/config",
+            json.dumps({"key": "firewall.ttl_base_s", "state": "refused", "reason": esc}),
+        )
+        etcd.put(f"{etcd_prefix}/services/rag/odd", "[1, 2]")
+        etcd.put(f"{etcd_prefix}/config/firewall/ttl_base_s", f"600{esc}")
+    finally:
+        etcd.close()
+    out = mld("status", config=config).stdout + mld("config", "list", config=config).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07" in out and "fw\\x1b" in out
