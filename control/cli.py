@@ -7,6 +7,7 @@ error (etcd unreachable, refused, bad value); 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ from control.client import EtcdClient
 from control.config import ControlConfig
 from control.etcd_server import EtcdServer
 from control.layout import COMPONENTS, GLOBAL_SECTIONS, config_key, config_prefix, dotted_name
-from control.overrides import apply_override
+from control.overrides import NetworkBounds, apply_override, check_settable
 from control.pki import OPERATOR
 
 __all__ = ["register_config_actions", "register_control"]
@@ -55,7 +56,9 @@ examples:
   mld config set logging.level debug --component sniffer
   mld config unset detector.thresholds.alert         back to the file's value
   mld config list detector
-The value is YAML (JSON works too) and is checked against the config file's schema first.
+The value is YAML (JSON works too) and is checked against the config file's schema first,
+and against the settings the running instances take from etcd (the live ones: paths,
+peers, keys and endpoints never come from etcd; allowlist entries no wider than /8, /32).
 A running service checks it again and writes the outcome under
 <prefix>/status/<component>/<instance>/config (see `mld status`).
 """
@@ -328,11 +331,33 @@ def _cmd_config_set(args: argparse.Namespace) -> int:
     key = config_key(control.prefix, component, args.key)
     client = EtcdClient.connect(control)
     try:
+        if not args.no_check:
+            _check_live(client, control, component, args.key, args.value, cfg)
         client.put(key, args.value)
     finally:
         client.close()
     _emit(args, {"key": key, "value": args.value}, f"{key} = {args.value}")
     return EXIT_OK
+
+
+def _check_live(
+    client: EtcdClient, control: ControlConfig, component: str, dotted: str, raw: str, cfg: Any
+) -> None:
+    """Refuse at once what the running instances of ``component`` would refuse: a
+    setting outside the live ones they report in their health, or a network wider than
+    etcd may set (control/overrides.py). Nothing to check when none runs."""
+    live: set[str] = set()
+    for kv in client.get_prefix(f"{control.prefix}/status/{component}/"):
+        if kv.key.endswith("/health"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                live.update(str(k) for k in json.loads(kv.value).get("live_keys") or ())
+    if not live:
+        return
+    bounds = NetworkBounds(control.override_min_prefix_v4, control.override_min_prefix_v6)
+    file_value: Any = cfg
+    for part in dotted.split("."):
+        file_value = getattr(file_value, part, None)
+    check_settable(dotted, raw, live=sorted(live), bounds=bounds, file_value=file_value)
 
 
 def _cmd_config_unset(args: argparse.Namespace) -> int:

@@ -361,6 +361,8 @@ class ControlSession(Generic[C]):
             state, counters = "error", {"health_error": f"{type(exc).__name__}: {exc}"}
         record = {"state": state, "ts": time.time(), "counters": dict(counters)}
         record["control"] = dict(self.counters)
+        # What etcd may set for this service: `mld config set` checks against it.
+        record["live_keys"] = list(self._live)
         key = health_key(self._prefix, self.component, self.instance)
         self._client.put(key, json.dumps(record, sort_keys=True, default=str), self._lease)
 

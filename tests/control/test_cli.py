@@ -172,3 +172,35 @@ def test_status_shows_what_etcd_holds_without_sending_escapes_to_the_terminal(
     out = mld("status", config=config).stdout + mld("config", "list", config=config).stdout
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b]0;owned\\x07" in out and "fw\\x1b" in out
+
+
+def test_config_set_refuses_at_once_what_the_running_service_would_refuse(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    plane = ServiceControl(
+        mld_config(etcd_server, etcd_prefix, tmp_path / "fw", health_interval_s=0.5),
+        component="firewall",
+        instance="fw-1",
+        live_keys=("firewall.ttl_base_s", "firewall.allowlist"),
+    )
+    try:
+        plane.start()
+        plane.announce()
+        etcd = client(etcd_server)
+        health = f"{etcd_prefix}/status/firewall/fw-1/health"
+        try:
+            wait_for(lambda: b"live_keys" in (etcd.get(health) or b""), 10, "its health")
+        finally:
+            etcd.close()
+        path = mld("config", "set", "firewall.control_socket", "/etc/shadow", config=config,
+                   check=False)  # fmt: skip
+        assert path.returncode == 1 and "cannot be set from etcd" in path.stderr
+        wide = mld("config", "set", "firewall.allowlist", "[0.0.0.0/0]", config=config,
+                   check=False)  # fmt: skip
+        assert wide.returncode == 1 and "wider than" in wide.stderr
+        mld("config", "set", "firewall.allowlist", "[198.51.100.0/24]", config=config)
+        listed = json.loads(mld("config", "list", "firewall", "--json", config=config).stdout)
+        assert [row["setting"] for row in listed] == ["firewall.allowlist"]
+    finally:
+        plane.close()
