@@ -26,7 +26,7 @@ import etcd3.exceptions
 import grpc
 
 from base.errors import ControlPlaneError, EtcdUnavailable
-from control.config import ControlConfig
+from control.config import ControlConfig, is_loopback
 
 __all__ = ["EtcdClient", "KeyValue", "WatchEvent"]
 
@@ -156,6 +156,13 @@ class EtcdClient:
         component)."""
         if cfg.credentials_dir:
             cfg = cfg.with_credentials("", user)
+            remote = [e for e in cfg.endpoints if not is_loopback(e.rpartition(":")[0])]
+            if remote and not cfg.ca_cert and not cfg.allow_plaintext:
+                raise ControlPlaneError(
+                    f"control.credentials_dir {cfg.credentials_dir} has no ca.pem: put the "
+                    f"etcd CA certificate there, with {user}.pem and {user}-key.pem "
+                    "(control/README.md), or set control.ca_cert, cert and key"
+                )
         if not cfg.endpoints:
             raise ControlPlaneError("control.endpoints is empty: there is no etcd to connect to")
         password = _password(cfg)

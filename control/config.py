@@ -88,12 +88,13 @@ class ControlConfig:
                     "(for example 127.0.0.1:2379)"
                 )
         remote = [e for e in self.endpoints if not is_loopback(e.rpartition(":")[0])]
-        if remote and not self.ca_cert and not self.allow_plaintext:
+        if remote and not (self.ca_cert or self.credentials_dir) and not self.allow_plaintext:
             raise ConfigError(
-                f"control.endpoints {', '.join(remote)} is on another host and "
-                "control.ca_cert is not set: the control plane would travel in plaintext. "
-                "Run etcd with TLS and set control.ca_cert, control.cert and control.key "
-                "(control/README.md), or set control.allow_plaintext: true to accept that"
+                f"control.endpoints {', '.join(remote)} is on another host and neither "
+                "control.ca_cert nor control.credentials_dir is set: the control plane would "
+                "travel in plaintext. Run etcd with TLS and set control.credentials_dir (or "
+                "control.ca_cert, cert and key; control/README.md), or set "
+                "control.allow_plaintext: true to accept that"
             )
         if (
             not 1 <= self.override_min_prefix_v4 <= 32

@@ -108,6 +108,9 @@ def test_plaintext_to_another_host_is_refused_unless_allowed(host: str) -> None:
         ControlConfig(endpoints=(f"{host}:2379",))
     ControlConfig(endpoints=(f"{host}:2379",), allow_plaintext=True)
     ControlConfig(endpoints=(f"{host}:2379",), ca_cert="/etc/mld/etcd-pki/ca.pem")
+    remote = ControlConfig(endpoints=(f"{host}:2379",), credentials_dir="/nonexistent/pki")
+    with pytest.raises(ControlPlaneError, match=r"has no ca\.pem"):
+        EtcdClient.connect(remote, user="sniffer")  # never falls back to plaintext
     ControlConfig(endpoints=("127.0.0.1:2379", "[::1]:2379", "localhost:2379"))
 
 
