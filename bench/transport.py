@@ -133,7 +133,7 @@ def _keyrings(settings: TransportConfig) -> tuple[Keyring, Keyring]:
     ks = Keyring(snd, grace_s=settings.rotation_grace_s)
     ks.add_peer("receiver", rcv.public)
     kr = Keyring(rcv, grace_s=settings.rotation_grace_s)
-    kr.add_peer("sender", snd.public)
+    kr.add_peer("sender", snd.public, roles=["sniffer"])
     return ks, kr
 
 

@@ -151,7 +151,9 @@ class ServiceControl(Generic[C]):
 
     def _apply_common(self, state: ControlState[C]) -> None:
         if self.keyring is not None:
-            sync_keyring(self.keyring, state.public_keys, self._learned, self._bad_keys)
+            sync_keyring(
+                self.keyring, state.public_keys, self._learned, self._bad_keys, state.key_roles
+            )
         if self.follow_log_level and "logging.level" in state.changed:
             apply_log_level(state.config.logging.level)
             log.info("log level is now %s (from etcd)", state.config.logging.level)

@@ -82,11 +82,16 @@ def is_pinned(keyring: Keyring, instance: str) -> bool:
 
 
 def sync_keyring(
-    keyring: Keyring, keys: Mapping[str, str], learned: set[str], bad: set[str] | None = None
+    keyring: Keyring,
+    keys: Mapping[str, str],
+    learned: set[str],
+    bad: set[str] | None = None,
+    roles: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
-    """Make ``keyring`` hold every key of the directory ``keys``; ``learned`` holds the
-    peer ids added this way before (updated in place). Entries that are not a usable
-    key are skipped and logged once each (``bad`` remembers them)."""
+    """Make ``keyring`` hold every key of the directory ``keys``, each with the roles
+    ``roles`` gives its instance (the components it is registered as; none: it may send
+    nothing); ``learned`` holds the peer ids added this way before (updated in place).
+    Entries that are not a usable key are skipped and logged once each (``bad``)."""
     bad = set() if bad is None else bad
     static = set(keyring.peers) - learned
     for instance, text in keys.items():
@@ -94,7 +99,7 @@ def sync_keyring(
             continue
         try:
             public = load_public_key(text, what=f"key directory entry {instance}")
-            keyring.add_peer(instance, public)
+            keyring.add_peer(instance, public, roles=(roles or {}).get(instance, ()))
         except (KeyFileError, TransportError, ValueError) as exc:
             bad.add(f"{instance}={text}")
             log.warning("ignoring the public key of %s from etcd: %s", instance, exc)

@@ -90,6 +90,9 @@ class ControlState(Generic[C]):
     peers: Mapping[str, Mapping[str, Registration]] = field(default_factory=lambda: _EMPTY)
     # instance id -> base64 X25519 public key, from the key directory.
     public_keys: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # instance id -> the components it is registered as (services/<component>/<instance>),
+    # of every component: the roles its key may send as (crypto_transport channel_senders).
+    key_roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
     # True while the thread holds a working etcd connection.
     connected: bool = False
 
@@ -138,6 +141,8 @@ class ControlSession(Generic[C]):
         self._pending: dict[str, str] = {}
         self._peers: dict[str, dict[str, Registration]] = {c: {} for c in self._watch}
         self._keys: dict[str, str] = {}
+        # Every registration's etcd key -> (component, instance), for key_roles.
+        self._registered: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
         # Records of report(): status name -> record, written on every (re)registration.
         self._reports: dict[str, dict[str, object]] = {}
@@ -381,6 +386,9 @@ class ControlSession(Generic[C]):
             self._peers[component] = {}
             for kv in client.get_prefix(services_prefix(self._prefix, component)):
                 self._set_peer(kv.key, kv.value)
+        self._registered = {}
+        for kv in client.get_prefix(services_prefix(self._prefix)):
+            self._note_registered(kv.key, deleted=False)
         self._keys = {}
         for kv in client.get_prefix(f"{self._prefix}/keys/"):
             self._keys[kv.key.rsplit("/", 1)[1]] = kv.value.decode()
@@ -409,6 +417,7 @@ class ControlSession(Generic[C]):
                 else:
                     self._keys[instance] = event.value.decode()
             elif key.startswith(f"{self._prefix}/services/"):
+                self._note_registered(key, event.deleted)
                 component = key[len(f"{self._prefix}/services/") :].split("/", 1)[0]
                 if component not in self._peers:
                     continue
@@ -417,6 +426,13 @@ class ControlSession(Generic[C]):
                 else:
                     self._set_peer(key, event.value)
         self._publish(config, connected=True)
+
+    def _note_registered(self, key: str, deleted: bool) -> None:
+        parts = key[len(services_prefix(self._prefix)) :].split("/")
+        if deleted:
+            self._registered.pop(key, None)
+        elif len(parts) == 2 and all(parts):
+            self._registered[key] = (parts[0], parts[1])
 
     def _set_peer(self, key: str, value: bytes) -> None:
         try:
@@ -517,10 +533,15 @@ class ControlSession(Generic[C]):
             old = self._state
             peers = {c: MappingProxyType(dict(p)) for c, p in self._peers.items()}
             keys = MappingProxyType(dict(self._keys))
+            roles: dict[str, frozenset[str]] = {}
+            for component, instance in self._registered.values():
+                roles[instance] = roles.get(instance, frozenset()) | {component}
+            key_roles = MappingProxyType(roles)
             if (
                 config == old.config
                 and peers == old.peers
                 and keys == old.public_keys
+                and key_roles == old.key_roles
                 and connected == old.connected
             ):
                 return
@@ -530,6 +551,7 @@ class ControlSession(Generic[C]):
                 changed_keys(old.config, config),
                 MappingProxyType(peers),
                 keys,
+                key_roles,
                 connected,
             )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -36,7 +36,7 @@ from crypto_transport.frame import (
     peek_key_id,
     seal,
 )
-from crypto_transport.keys import Keyring
+from crypto_transport.keys import ROLES, Keyring
 from crypto_transport.replay import ReplayWindow
 
 __all__ = ["Received", "Receiver", "Sender"]
@@ -219,7 +219,18 @@ class Receiver(Generic[M]):
         settings: TransportConfig,
         bind: bool | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        senders: Collection[str] | None = None,
     ) -> None:
+        """``senders``: the roles that may send on this channel; None takes them from
+        ``settings.channel_senders`` (TransportError when the channel is not there)."""
+        if senders is None:
+            senders = settings.channel_senders.get(channel)
+            if senders is None:
+                raise TransportError(
+                    f"channel {channel!r}: transport.channel_senders does not say which roles "
+                    f"may send on it; add `{channel}: [ROLE]` there (roles: {', '.join(ROLES)})"
+                )
+        self.senders = frozenset(senders)
         self.channel = channel
         self.endpoint = endpoint
         self.counters = ChannelCounters()
@@ -307,7 +318,15 @@ class Receiver(Generic[M]):
             sender_id=key.peer_id.encode(),
             max_decompressed=self._settings.max_decompressed_bytes,
         )
-        # Authentic: only now may it move the window.
+        # Authentic, so the key really is this peer's: may its role send here?
+        if not self._keyring.roles_of(key.peer_id) & self.senders:
+            roles = ", ".join(sorted(self._keyring.roles_of(key.peer_id))) or "no role"
+            raise FrameRejected(
+                "unauthorized_role",
+                f"{key.peer_id} ({roles}) may not send on {self.channel!r}; only "
+                f"{', '.join(sorted(self.senders))} may (transport.channel_senders)",
+            )
+        # Authentic and allowed: only now may it move the window.
         self.counters.missing += window.accept(seq)
         try:
             message = self._type.FromString(payload)

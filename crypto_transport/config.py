@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TransportConfig"]
+__all__ = ["DEFAULT_CHANNEL_SENDERS", "TransportConfig"]
+
+# Which roles may send on each channel: a receiver refuses (``unauthorized_role``) an
+# authentic frame from a peer that holds none of them.
+DEFAULT_CHANNEL_SENDERS: dict[str, tuple[str, ...]] = {
+    "flows": ("sniffer",),
+    "verdicts": ("detector",),
+    "events": ("detector",),
+}
 
 
 @dataclass(frozen=True)
@@ -13,6 +21,13 @@ class TransportConfig:
     key_file: str = "/etc/mld/keys/node.key"
     # Peers this node talks to: peer id -> base64 X25519 public key.
     peers: dict[str, str] = field(default_factory=dict)
+    # Roles of peers whose name does not spell one (sniffer, detector, firewall, rag,
+    # watch): peer id -> roles. A peer named detector-1 or sensor-1 needs no entry.
+    peer_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Channel name -> roles that may send on it (receivers refuse other senders).
+    channel_senders: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_CHANNEL_SENDERS)
+    )
     # Seconds a replaced key (ours or a peer's) is still accepted after a rotation.
     rotation_grace_s: float = 300.0
     # Sequence numbers accepted behind the newest one seen from a sender (anti-replay).

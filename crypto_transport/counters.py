@@ -21,6 +21,7 @@ REJECT_REASONS = (
     "decompression_bomb",
     "bad_compression",
     "bad_protobuf",
+    "unauthorized_role",
 )
 
 

@@ -169,7 +169,7 @@ def make_link(
         s_ring = Keyring(sensor, grace_s=GRACE_S, clock=clock)
         s_ring.add_peer(DETECTOR, detector.public)
         r_ring = Keyring(detector, grace_s=GRACE_S, clock=clock)
-        r_ring.add_peer(SENSOR, sensor.public)
+        r_ring.add_peer(SENSOR, sensor.public, roles=["sniffer"])
         receiver: Receiver[FlowBatch] = Receiver(
             pattern="pull",
             endpoint=endpoint,
@@ -286,7 +286,7 @@ def test_round_trip_between_two_processes(
     endpoint = _ipc_endpoint(tmp_path, "mp")
     sensor, detector = KeyPair.generate(), KeyPair.generate()
     r_ring = Keyring(detector, grace_s=GRACE_S)
-    r_ring.add_peer(SENSOR, sensor.public)
+    r_ring.add_peer(SENSOR, sensor.public, roles=["sniffer"])
     receiver: Receiver[FlowBatch] = Receiver(
         pattern="pull",
         endpoint=endpoint,
@@ -556,7 +556,7 @@ def _pub_sub(
         kp = KeyPair.generate()
         p_ring.add_peer(name, kp.public)
         s_rings[name] = Keyring(kp, grace_s=GRACE_S)
-        s_rings[name].add_peer("detector-1", pub_kp.public)
+        s_rings[name].add_peer("detector-1", pub_kp.public, roles=["detector"])
     publisher = Sender(
         pattern="pub",
         endpoint=endpoint,

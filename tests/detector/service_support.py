@@ -27,6 +27,8 @@ SCAN_PCAP = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
 BENIGN_PCAP = SHARED_DATA / "pcaps/ndpi/reddit.pcap"
 ANY_PORT = "tcp://127.0.0.1:*"
 SENSOR, DETECTOR, FIREWALL, RAG = "sensor-1", "det-1", "firewall", "rag"
+# Each node's transport role (what its key may send: crypto_transport channel_senders).
+ROLES = {SENSOR: "sniffer", DETECTOR: "detector", FIREWALL: "firewall", RAG: "rag"}
 
 ZmqContext = zmq.Context[zmq.Socket[bytes]]
 
@@ -57,7 +59,7 @@ class Keys:
     def ring(self, node: str, *peers: str) -> Keyring:
         ring = Keyring(self.pairs[node], grace_s=60)
         for peer in peers:
-            ring.add_peer(peer, self.pairs[peer].public)
+            ring.add_peer(peer, self.pairs[peer].public, roles=[ROLES[peer]])
         return ring
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from base.errors import ConfigError
 from control import ControlConfig, EtcdClient, EtcdServer
+from control.session import default_registration
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from crypto_transport.keys import load_public_key
 from firewall.cli import control_request
@@ -76,8 +77,15 @@ class EtcdAgent:
         self.etcd = EtcdClient.connect(
             ControlConfig(endpoints=(server.endpoint,), prefix=prefix, **server.client_settings())
         )
-        # The detector's public key comes from the key directory, as in a deployment.
+        # The detector's public key comes from the key directory, as in a deployment, and
+        # its registration as a detector is what lets that key send verdicts.
         self.etcd.put(f"{prefix}/keys/{self.detector_id}", self.det_key.public_b64)
+        self.etcd.put(
+            f"{prefix}/services/detector/{self.detector_id}",
+            default_registration(
+                component="detector", instance=self.detector_id, public_key=self.det_key.public_b64
+            ).to_json(),
+        )
         self.proc: subprocess.Popen[str] | None = None
         self.sender: Sender | None = None
         self.seq = 0

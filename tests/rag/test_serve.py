@@ -61,7 +61,13 @@ def test_kill_between_batches_loses_nothing_committed(
     rag_key = KeyPair.load(tmp_path / "rag.key")
     config = _config(
         tmp_path,
-        {"transport": {"key_file": str(tmp_path / "rag.key"), "peers": {"det-a": det.public_b64}}},
+        {
+            "transport": {
+                "key_file": str(tmp_path / "rag.key"),
+                "peers": {"det-a": det.public_b64},
+                "peer_roles": {"det-a": ["detector"]},
+            }
+        },
     )
     db = tmp_path / "state" / "rag" / "events.sqlite"
     log = tmp_path / "rag.log"
