@@ -27,8 +27,16 @@ SCAN_PCAP = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
 BENIGN_PCAP = SHARED_DATA / "pcaps/ndpi/reddit.pcap"
 ANY_PORT = "tcp://127.0.0.1:*"
 SENSOR, DETECTOR, FIREWALL, RAG = "sensor-1", "det-1", "firewall", "rag"
+# A second sensor the detector knows (attribution tests).
+SENSOR2 = "sensor-2"
 # Each node's transport role (what its key may send: crypto_transport channel_senders).
-ROLES = {SENSOR: "sniffer", DETECTOR: "detector", FIREWALL: "firewall", RAG: "rag"}
+ROLES = {
+    SENSOR: "sniffer",
+    SENSOR2: "sniffer",
+    DETECTOR: "detector",
+    FIREWALL: "firewall",
+    RAG: "rag",
+}
 
 ZmqContext = zmq.Context[zmq.Socket[bytes]]
 
@@ -53,7 +61,7 @@ class Keys:
     """One key pair per node; each keyring knows the peers it talks to."""
 
     pairs: dict[str, KeyPair] = field(
-        default_factory=lambda: {n: KeyPair.generate() for n in (SENSOR, DETECTOR, FIREWALL, RAG)}
+        default_factory=lambda: {n: KeyPair.generate() for n in ROLES}
     )
 
     def ring(self, node: str, *peers: str) -> Keyring:
@@ -113,7 +121,7 @@ class Harness:
         self.service = DetectorService.from_config(
             self.config,
             self.settings,
-            self.keys.ring(DETECTOR, SENSOR, FIREWALL, RAG),
+            self.keys.ring(DETECTOR, SENSOR, SENSOR2, FIREWALL, RAG),
             DETECTOR,
             stats_interval_s=3600.0,
             **service_options,
