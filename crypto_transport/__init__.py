@@ -21,6 +21,7 @@ from crypto_transport.endpoints import (
 )
 from crypto_transport.frame import FRAME_VERSION
 from crypto_transport.keys import KeyPair, Keyring, SessionKey, load_public_key
+from crypto_transport.replay import replay_state_path
 
 __all__ = [
     "FRAME_VERSION",
@@ -40,4 +41,5 @@ __all__ = [
     "load_public_key",
     "open_receiver",
     "open_sender",
+    "replay_state_path",
 ]

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
 import zmq
@@ -37,7 +38,7 @@ from crypto_transport.frame import (
     seal,
 )
 from crypto_transport.keys import ROLES, Keyring
-from crypto_transport.replay import ReplayWindow
+from crypto_transport.replay import ReplayState, ReplayWindow
 
 __all__ = ["Received", "Receiver", "Sender"]
 
@@ -220,9 +221,12 @@ class Receiver(Generic[M]):
         bind: bool | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         senders: Collection[str] | None = None,
+        replay_state: str | Path | None = None,
     ) -> None:
         """``senders``: the roles that may send on this channel; None takes them from
-        ``settings.channel_senders`` (TransportError when the channel is not there)."""
+        ``settings.channel_senders`` (TransportError when the channel is not there).
+        ``replay_state``: file keeping the newest sequence number per key across
+        restarts (replay.replay_state_path); None keeps them in memory only."""
         if senders is None:
             senders = settings.channel_senders.get(channel)
             if senders is None:
@@ -240,6 +244,10 @@ class Receiver(Generic[M]):
         self._settings = settings
         self._sub = pattern == "sub"
         self._windows: dict[bytes, ReplayWindow] = {}
+        self._state = ReplayState(replay_state) if replay_state is not None else None
+        # Newest numbers restored from the state file, per key id not yet seen again.
+        self._restored = self._state.load() if self._state is not None else {}
+        self._state_dirty = False
         self._subscribed: set[bytes] = set()
         self._generation = -1
         self._reject_log = RejectLog(log, settings.reject_log_interval_s)
@@ -277,6 +285,8 @@ class Receiver(Generic[M]):
             if deadline is not None:
                 left_ms = max(0, int((deadline - time.monotonic()) * 1000))
                 if not self._sock.poll(left_ms, zmq.POLLIN):
+                    # Quiet: write what the last accepted frames left unsaved.
+                    self._persist(force=False)
                     return None
             try:
                 zframe = self._sock.recv(copy=False)
@@ -304,7 +314,10 @@ class Receiver(Generic[M]):
             )
         window = self._windows.get(key_id)
         if window is None:
-            window = self._windows[key_id] = ReplayWindow(self._settings.replay_window)
+            size = self._settings.replay_window
+            stored = self._restored.pop(key_id, None)
+            window = ReplayWindow(size) if stored is None else ReplayWindow.restored(size, stored)
+            self._windows[key_id] = window
         reason = window.check(seq)
         if reason is not None:
             raise FrameRejected(
@@ -328,6 +341,9 @@ class Receiver(Generic[M]):
             )
         # Authentic and allowed: only now may it move the window.
         self.counters.missing += window.accept(seq)
+        if self._state is not None:
+            self._state_dirty = True
+            self._persist(force=False)
         try:
             message = self._type.FromString(payload)
         except DecodeError as exc:
@@ -361,7 +377,34 @@ class Receiver(Generic[M]):
         last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) and last else self.endpoint
 
+    def _persist(self, *, force: bool) -> None:
+        """Write the newest number per key (at most once a second unless ``force``); a
+        failure is logged and counted (``replay_state_errors``), the receiver goes on."""
+        if self._state is None or not self._state_dirty:
+            return
+        newest = dict(self._restored)
+        newest.update({k: w.newest for k, w in self._windows.items() if w.newest is not None})
+        try:
+            if force:
+                self._state.save(newest)
+                saved = True
+            else:
+                saved = self._state.maybe_save(newest)
+        except OSError as exc:
+            self.counters.replay_state_errors += 1
+            log.warning(
+                "%s: cannot save the replay state %s: %s (recorded frames could be accepted "
+                "again after a restart)",
+                self.channel,
+                self._state.path,
+                exc.strerror or exc,
+            )
+            return
+        if saved:
+            self._state_dirty = False
+
     def close(self) -> None:
+        self._persist(force=True)
         self._sock.close()
 
     def __enter__(self) -> Receiver[M]:

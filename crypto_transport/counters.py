@@ -40,6 +40,8 @@ class ChannelCounters:
         self.rejected: Counter[str] = Counter()
         # Sequence numbers skipped by accepted frames: frames this receiver never got.
         self.missing = 0
+        # Failed writes of the receiver's replay state file.
+        self.replay_state_errors = 0
 
     def snapshot(self) -> dict[str, int]:
         """Flat ``name -> value`` view, e.g. for a Heartbeat's counters map."""
@@ -49,6 +51,7 @@ class ChannelCounters:
             "received": self.received,
             "received_bytes": self.received_bytes,
             "missing": self.missing,
+            "replay_state_errors": self.replay_state_errors,
         }
         out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
         out.update({f"rejected.{k}": v for k, v in sorted(self.rejected.items())})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 import zmq
@@ -85,6 +86,7 @@ def open_receiver(
     settings: TransportConfig,
     context: ZmqContext | None = None,
     senders: Collection[str] | None = None,
+    replay_state: str | Path | None = None,
 ) -> Receiver[M]:
     """A bound or connected Receiver of ``message_type`` batches (TransportError); it
     accepts frames only from peers holding one of ``senders`` (None: the roles
@@ -99,6 +101,7 @@ def open_receiver(
         bind=end.bind,
         context=context,
         senders=senders,
+        replay_state=replay_state,
     )
 
 

@@ -55,7 +55,14 @@ from control import (
     output_sender,
     stats_from_other_thread,
 )
-from crypto_transport import Keyring, Receiver, Sender, TransportConfig, open_receiver
+from crypto_transport import (
+    Keyring,
+    Receiver,
+    Sender,
+    TransportConfig,
+    open_receiver,
+    replay_state_path,
+)
 from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
@@ -219,7 +226,14 @@ class DetectorService(FollowsControl):
         opened: list[OutputSender | Receiver[FlowBatch]] = []
         try:
             receiver = open_receiver(
-                config.listen, FlowBatch, keyring=keyring, settings=transport, context=context
+                config.listen,
+                FlowBatch,
+                keyring=keyring,
+                settings=transport,
+                context=context,
+                replay_state=replay_state_path(
+                    state_dir, f"detector-{detector_id}", config.listen.channel
+                ),
             )
             opened.append(receiver)
             verdicts = _sender(

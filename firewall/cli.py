@@ -23,7 +23,7 @@ from base.errors import FirewallError
 from base.exit_codes import EXIT_ERROR, EXIT_OK
 from config import MldConfig, load_config
 from control import Endpoint
-from crypto_transport import ChannelEnd, Keyring, open_receiver
+from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
 from detector.eve import EveWriter
 from firewall.allowlist import automatic_allowlist
 from firewall.backends import choose_backend
@@ -133,6 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             VerdictBatch,
             keyring=keyring,
             settings=cfg.transport,
+            replay_state=replay_state_path(cfg.node.state_dir, f"firewall-{agent_id}", fw.channel),
         )
         eve = EveWriter(fw.eve_log) if fw.eve_log else None
         agent = FirewallAgent(

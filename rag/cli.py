@@ -21,7 +21,7 @@ from base.errors import RagError
 from base.exit_codes import EXIT_OK
 from config import MldConfig, load_config
 from control import Endpoint
-from crypto_transport import ChannelEnd, Keyring, open_receiver
+from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
@@ -179,6 +179,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             EventBatch,
             keyring=keyring,
             settings=cfg.transport,
+            replay_state=replay_state_path(
+                cfg.node.state_dir, f"rag-{cfg.node.id or socket.gethostname()}", cfg.rag.channel
+            ),
         )
         closing.callback(receiver.close)
         service = RagService(rag, receiver)

@@ -10,6 +10,8 @@ settings and key files (``Keyring.from_config``), and every receiver is opened w
 from __future__ import annotations
 
 import dataclasses
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,22 @@ from typing import Any
 import pytest
 import zmq
 
-from base.errors import ConfigError
+from base.errors import ConfigError, TransportError
 from config import MldConfig
 from crypto_transport import (
     ChannelEnd,
     KeyPair,
     Keyring,
+    Received,
+    Receiver,
     Sender,
     TransportConfig,
+    frame,
     open_receiver,
 )
+from crypto_transport.replay import ReplayState, replay_state_path
 from proto import FlowBatch, Verdict, VerdictBatch
+from tests.support import FakeClock
 
 EXPECT_MS = 3000
 
@@ -179,3 +186,151 @@ def test_peer_roles_come_from_the_config_or_a_clear_error(tmp_path: Path) -> Non
     # "sniffer-detector-1" names two components: ambiguous, refused.
     with pytest.raises(ConfigError, match="does not say which component"):
         me.ring(Node(tmp_path, "sniffer-detector-1"))
+
+
+# --- replay after a receiver restart ------------------------------------------------------
+
+# 2020-06-01 00:00 UTC in ns: a sender started then numbers its frames from here.
+NS_2020 = 1_590_969_600 * 10**9
+
+
+def _frames_until(receiver: Receiver[Any], count: int) -> list[Received[Any]]:
+    """Run the receiver until ``count`` frames were accepted or refused; the accepted."""
+    accepted: list[Received[Any]] = []
+    deadline = time.monotonic() + EXPECT_MS / 1000
+    while len(accepted) + sum(receiver.counters.rejected.values()) < count:
+        assert time.monotonic() < deadline, dict(receiver.counters.rejected)
+        got = receiver.recv(timeout_ms=50)
+        if got is not None:
+            accepted.append(got)
+    return accepted
+
+
+def test_recorded_frames_are_refused_after_a_receiver_restart(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Attack: an on-path attacker records the sealed flow batches a sensor sends to the
+    detector (and, from long ago, batches of 2020: their sequence numbers are 2020's
+    wall-clock ns) and sends them again after the detector restarts. Before the fix the
+    restarted receiver began with empty replay windows and accepted every recorded frame
+    once more (old flows scored again, old verdicts sent again). Now the newest number
+    per key is kept in node.state_dir/transport/ and every recorded frame is refused."""
+    detector = Node(tmp_path, "detector-1")
+    sensor = Node(tmp_path, "sensor-1")
+    s_ring = sensor.ring(detector)
+    state = replay_state_path(tmp_path / "state", "detector-det-1", "flows")
+    endpoint = f"ipc://{tmp_path}/flows.sock"
+
+    def receiver() -> Receiver[FlowBatch]:
+        return open_receiver(
+            ChannelEnd(endpoint, "pull", "flows"),
+            FlowBatch,
+            keyring=detector.ring(sensor),
+            settings=detector.settings(sensor),
+            context=zctx,
+            replay_state=state,
+        )
+
+    # Frames the sensor sent in 2020, sealed with the same keys.
+    key = s_ring.sending_key(detector.name)
+    old = [
+        frame.seal(
+            FlowBatch(sensor_id=sensor.name, batch_seq=i).SerializeToString(),
+            key=key.key,
+            key_id=key.key_id,
+            seq=NS_2020 + i,
+            channel=b"flows",
+            sender_id=sensor.name.encode(),
+        )
+        for i in range(1, 3)
+    ]
+    # Today's frames, recorded off the wire: the real sender sends to the attacker's tap.
+    tap = zctx.socket(zmq.PULL)
+    tap_endpoint = f"ipc://{tmp_path}/tap.sock"
+    tap.bind(tap_endpoint)
+    with Sender(
+        pattern="push",
+        endpoint=tap_endpoint,
+        channel="flows",
+        sender_id=sensor.name,
+        keyring=s_ring,
+        recipients=[detector.name],
+        settings=sensor.settings(detector),
+        context=zctx,
+    ) as real:
+        for i in range(3):
+            assert real.send(FlowBatch(sensor_id=sensor.name, batch_seq=100 + i))
+        recorded = []
+        for _ in range(3):
+            assert tap.poll(EXPECT_MS)
+            recorded.append(tap.recv())
+    tap.close(linger=0)
+
+    def injector() -> zmq.Socket[bytes]:
+        # A fresh connection per receiver: frames queued for a closed one would be lost.
+        sock = zctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        return sock
+
+    # The detector receives today's frames (relayed by the attacker): accepted.
+    first = receiver()
+    inject = injector()
+    try:
+        for data in recorded:
+            inject.send(data)
+        got = [first.recv(timeout_ms=EXPECT_MS) for _ in recorded]
+        assert [g.message.batch_seq for g in got if g] == [100, 101, 102]
+    finally:
+        inject.close(linger=0)
+        first.close()
+    assert state.is_file()
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
+
+    # The detector restarts; the attacker sends the recorded frames again.
+    second = receiver()
+    inject = injector()
+    try:
+        for data in old + recorded:
+            inject.send(data)
+        accepted = _frames_until(second, len(old) + len(recorded))
+        assert not accepted, f"a restarted receiver accepted {len(accepted)} recorded frames"
+        assert second.counters.rejected["out_of_window"] == 2  # 2020's
+        assert second.counters.rejected["replay"] == 3  # today's
+        # The sensor's next real frame is still accepted.
+        with Sender(
+            pattern="push",
+            endpoint=endpoint,
+            channel="flows",
+            sender_id=sensor.name,
+            keyring=s_ring,
+            recipients=[detector.name],
+            settings=sensor.settings(detector),
+            context=zctx,
+        ) as real:
+            assert real.send(FlowBatch(sensor_id=sensor.name, batch_seq=200))
+            got2 = second.recv(timeout_ms=EXPECT_MS)
+            assert got2 is not None and got2.message.batch_seq == 200
+    finally:
+        inject.close(linger=0)
+        second.close()
+
+
+def test_replay_state_is_saved_at_most_once_a_second(tmp_path: Path) -> None:
+    clock = FakeClock()
+    state = ReplayState(tmp_path / "t" / "s.json", clock=clock)
+    assert state.load() == {}
+    assert state.maybe_save({b"k" * 8: 5})
+    assert not state.maybe_save({b"k" * 8: 6})
+    assert state.load() == {b"k" * 8: 5}
+    clock.advance(1.0)
+    assert state.maybe_save({b"k" * 8: 7})
+    assert state.load() == {b"k" * 8: 7}
+    assert [p.name for p in state.path.parent.iterdir()] == ["s.json"]  # no temporary left
+
+
+def test_a_damaged_replay_state_stops_the_receiver_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"newest": {"zz": 1}}')
+    with pytest.raises(TransportError, match=r"damaged .* delete it"):
+        ReplayState(path).load()

@@ -3,6 +3,8 @@ DetectorService on real ZeroMQ sockets between a sensor, a firewall and a RAG st
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,6 +96,9 @@ class Harness:
         **service_options: Any,
     ) -> None:
         """``service_options`` go to DetectorService.from_config (anomaly, state_dir)."""
+        # The receiver's replay state goes to node.state_dir: never the real /var/lib/mld.
+        self._state = tempfile.mkdtemp(prefix="mld-det-state-")
+        service_options.setdefault("state_dir", self._state)
         self.keys = Keys()
         self.settings = TransportConfig(batch_records=batch_records, batch_max_delay_s=0.05)
         self.ctx: ZmqContext = zmq.Context()
@@ -165,6 +170,7 @@ class Harness:
         self.firewall.close()
         self.rag.close()
         self.ctx.destroy(linger=0)  # closes sockets a failed test left open
+        shutil.rmtree(self._state, ignore_errors=True)
 
 
 def collect(

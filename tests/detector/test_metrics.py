@@ -34,7 +34,7 @@ def test_the_detector_serves_its_counters_and_inference_histograms(
         events=EventsOutput(enabled=False),
     )
     service = DetectorService.from_config(
-        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR, state_dir=str(tmp_path)
     )
     server = serve_metrics(
         "detector", MetricsConfig(detector_port=0), service.health, service.registry

@@ -341,7 +341,7 @@ def test_mld_detect_runs_and_stops_cleanly_on_sigterm(
         with socket_port() as port:
             listen = f"tcp://127.0.0.1:{port}"
         config = {
-            "node": {"id": DETECTOR},
+            "node": {"id": DETECTOR, "state_dir": str(tmp_path / "state")},
             "transport": {"key_file": str(key_file), "peers": peers},
             "detector": {
                 "bundle_dir": str(tiny_bundle.path),
@@ -424,7 +424,7 @@ def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
         events=EventsOutput(enabled=False),
     )
     service = DetectorService.from_config(
-        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR, state_dir=str(tmp_path)
     )
     try:
         service.handle(FlowBatch(sensor_id=SENSOR, records=records[:200]), SENSOR)
