@@ -8,9 +8,12 @@ every frame's associated data. A sender seals each batch once per recipient (its
   subscribe to the prefix ``version | key id`` of the keys they accept, so ZeroMQ hands each
   one only its own frames.
 
-Nothing is dropped silently: a PUSH that finds no room within ``send_timeout_ms`` and a PUB
-whose subscriber is at its high-water mark (XPUB_NODROP) count the batch under ``dropped``;
-a receiver counts every refused frame under ``rejected`` by reason, logs it at most once
+Nothing is dropped silently: a PUSH that finds no room within ``send_timeout_ms`` counts
+the batch under ``dropped``. A PUB never waits for a subscriber: one whose queue is full
+(``send_hwm``) loses its own frames, which it counts under ``missing`` when a later frame
+arrives (sequence numbers), and the other subscribers are not held up, so one subscriber
+that never reads (a squatter on the endpoint) cannot stop verdicts reaching the others.
+A receiver counts every refused frame under ``rejected`` by reason, logs it at most once
 per peer per interval, and goes on with the next frame.
 """
 
@@ -118,11 +121,10 @@ class Sender:
         context = context or zmq.Context.instance()
         kind = zmq.XPUB if self._pub else zmq.PUSH
         options = {zmq.SNDHWM: settings.send_hwm}
-        if self._pub:
-            # Make a full subscriber queue visible (zmq.Again) instead of a silent drop.
-            options[zmq.XPUB_NODROP] = 1
-        else:
+        if not self._pub:
             options[zmq.SNDTIMEO] = settings.send_timeout_ms
+        # A PUB drops for a subscriber at its high-water mark and goes on with the others
+        # (no XPUB_NODROP: with it one subscriber that never reads failed every publish).
         if immediate:
             options[zmq.IMMEDIATE] = 1
         self._sock = _open_socket(
@@ -157,7 +159,7 @@ class Sender:
         try:
             self._sock.send(frame, zmq.NOBLOCK if self._pub else 0)
         except zmq.Again:
-            self.counters.dropped["hwm" if self._pub else "timeout"] += 1
+            self.counters.dropped["timeout"] += 1
             return False
         except zmq.ZMQError as exc:
             raise _zmq_error("send on", self.endpoint, exc) from exc

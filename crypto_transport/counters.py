@@ -33,8 +33,8 @@ class ChannelCounters:
         self.sent_bytes = 0
         self.received = 0
         self.received_bytes = 0
-        # Frames the sender gave up on, by reason ("hwm": PUB past its high-water mark,
-        # "timeout": PUSH found no room within send_timeout_ms).
+        # Frames the sender gave up on, by reason ("timeout": PUSH found no room within
+        # send_timeout_ms; a PUB drops for a full subscriber only, which counts "missing").
         self.dropped: Counter[str] = Counter()
         # Frames the receiver refused, by reason (REJECT_REASONS).
         self.rejected: Counter[str] = Counter()

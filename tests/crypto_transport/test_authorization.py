@@ -10,6 +10,7 @@ settings and key files (``Keyring.from_config``), and every receiver is opened w
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import time
 from collections.abc import Iterator
@@ -334,3 +335,68 @@ def test_a_damaged_replay_state_stops_the_receiver_with_what_to_do(tmp_path: Pat
     path.write_text('{"newest": {"zz": 1}}')
     with pytest.raises(TransportError, match=r"damaged .* delete it"):
         ReplayState(path).load()
+
+
+# --- a subscriber that never reads ------------------------------------------------------
+
+
+def test_a_subscriber_that_never_reads_does_not_hold_up_the_others(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Attack: anyone who can reach a PUB endpoint connects a SUB socket, subscribes to
+    everything and never reads. Before the fix the publisher used XPUB_NODROP: once that
+    one queue was full every publish failed, so the real subscriber lost every batch
+    from then on. Now the reader that never reads loses its own frames only; N publishes
+    take bounded time and the real subscriber gets all N."""
+    detector = Node(tmp_path, "detector-1")
+    firewall = Node(tmp_path, "firewall-1")
+    settings = detector.settings(firewall, send_hwm=10, recv_hwm=10)
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    publisher = Sender(
+        pattern="pub",
+        endpoint=endpoint,
+        channel="verdicts",
+        sender_id=detector.name,
+        keyring=detector.ring(firewall),
+        recipients=[firewall.name],
+        settings=settings,
+        context=zctx,
+    )
+    subscriber = open_receiver(
+        ChannelEnd(endpoint, "sub", "verdicts"),
+        VerdictBatch,
+        keyring=firewall.ring(detector),
+        settings=firewall.settings(detector),
+        context=zctx,
+    )
+    squatter = zctx.socket(zmq.SUB)
+    squatter.setsockopt(zmq.LINGER, 0)
+    squatter.setsockopt(zmq.RCVHWM, 1)
+    squatter.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        squatter.connect(endpoint)
+        assert publisher.wait_for_subscribers(2, 5.0) == 2
+        # Incompressible, 64 KiB: the squatter's queue and socket buffers fill quickly.
+        bulk = os.urandom(64 * 1024).hex()
+        n = 300
+        started = time.monotonic()
+        got = 0
+        for i in range(n):
+            batch = VerdictBatch(detector_id=bulk, batch_seq=i)
+            publisher.send(batch)
+            # The real subscriber keeps up (reads each batch as it comes).
+            item = subscriber.recv(timeout_ms=EXPECT_MS)
+            assert item is not None, (
+                f"batch {i} never reached the real subscriber: publisher dropped "
+                f"{dict(publisher.counters.dropped)} because of a subscriber that never reads"
+            )
+            assert item.message.batch_seq == i
+            got += 1
+        took = time.monotonic() - started
+        assert got == n
+        assert not publisher.counters.dropped
+        assert took < 30, f"{n} publishes took {took:.1f} s"
+    finally:
+        squatter.close(linger=0)
+        subscriber.close()
+        publisher.close()

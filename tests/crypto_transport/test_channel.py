@@ -610,9 +610,11 @@ def test_pub_sub_each_subscriber_gets_only_its_own_frames(
     assert seqs["fw-a"] == seqs["fw-b"]
 
 
-def test_pub_drops_at_the_high_water_mark_are_counted(
+def test_pub_drops_for_a_full_subscriber_are_counted_as_missing_by_it(
     zctx: zmq.Context[zmq.Socket[bytes]], closing: list[Any], tmp_path: Path
 ) -> None:
+    """A PUB never waits for a subscriber at its high-water mark: that subscriber loses
+    frames, and counts them as missing once a later frame arrives."""
     settings = _settings(send_hwm=10, recv_hwm=10)
     ps = _pub_sub(zctx, closing, _ipc_endpoint(tmp_path, "hwm"), settings, ["fw-a"])
     sub = ps.subs["fw-a"]
@@ -623,28 +625,22 @@ def test_pub_drops_at_the_high_water_mark_are_counted(
     results = [ps.publisher.send(batch) for _ in range(attempts)]
 
     c = ps.publisher.counters
-    assert c.dropped["hwm"] > 0
-    assert set(c.dropped) == {"hwm"}
-    assert c.sent + c.dropped["hwm"] == attempts
-    assert results.count(True) == c.sent
-    assert results.count(False) == c.dropped["hwm"]
-
-    # Nothing silent: the subscriber gets exactly what was counted as sent, and counts the
-    # dropped ones as missing once a later frame arrives.
+    assert all(results) and c.sent == attempts and not c.dropped
     received = 0
     while sub.recv(timeout_ms=500) is not None:
         received += 1
-    assert received == c.sent
+    assert 0 < received < attempts
     assert ps.publisher.send(batch)
     assert sub.recv(timeout_ms=EXPECT_MS) is not None
-    assert sub.counters.missing == c.dropped["hwm"]
+    # Nothing silent: every frame it did not get is counted by the subscriber.
+    assert sub.counters.missing == attempts - received
     assert not sub.counters.rejected
 
 
 def test_pub_send_hwm_setting_is_applied(
     zctx: zmq.Context[zmq.Socket[bytes]], closing: list[Any], tmp_path: Path
 ) -> None:
-    """With send_hwm = recv_hwm = 10 a subscriber that does not read holds up about 20 frames
+    """With send_hwm = recv_hwm = 10 a subscriber that does not read holds about 20 frames
     (plus what the kernel buffers), not ZeroMQ's default of 1000."""
     settings = _settings(send_hwm=10, recv_hwm=10)
     ps = _pub_sub(zctx, closing, _ipc_endpoint(tmp_path, "hwm"), settings, ["fw-a"])
@@ -654,7 +650,10 @@ def test_pub_send_hwm_setting_is_applied(
         ps.publisher.send(batch)
 
     # 64 KiB frames: the socket buffers hold only a handful of them.
-    assert ps.publisher.counters.sent <= 100, ps.publisher.counters.sent
+    held = 0
+    while ps.subs["fw-a"].recv(timeout_ms=500) is not None:
+        held += 1
+    assert 0 < held <= 100, held
 
 
 def test_push_without_a_peer_times_out_and_counts_the_drop(
