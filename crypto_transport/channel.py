@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 from base.errors import FrameRejected, TransportError
 from crypto_transport.config import TransportConfig
 from crypto_transport.counters import ChannelCounters, RejectLog
+from crypto_transport.curve import Admission, Redial, curve_client, curve_server
 from crypto_transport.frame import (
     FRAME_VERSION,
     compress,
@@ -48,6 +49,9 @@ __all__ = ["Received", "Receiver", "Sender"]
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+ZmqContext = zmq.Context[zmq.Socket[bytes]]
+# Longest a receive waits without letting a Redial retry a refused handshake.
+_REDIAL_POLL_MS = 250
 
 
 def _zmq_error(what: str, endpoint: str, exc: zmq.ZMQError, hint: str = "") -> TransportError:
@@ -60,22 +64,37 @@ def _open_socket(
     endpoint: str,
     bind: bool,
     options: dict[zmq.SocketOption, int],
-) -> zmq.Socket[bytes]:
+    secure: Callable[[zmq.Socket[bytes]], Admission | None],
+    curve: bool,
+) -> tuple[zmq.Socket[bytes], Admission | None, Redial | None]:
+    """A bound or connected socket, made a CURVE server or client by ``secure`` first;
+    returns the socket, its ZAP admission if it is a server (release it at close) and,
+    if it connects with CURVE, the Redial that retries a refused handshake."""
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 1000)
     # libzmq copies most options when the socket binds or connects: set them first.
     for option, value in options.items():
         sock.setsockopt(option, value)
+    admission = None
+    redial = None
     try:
+        admission = secure(sock)
         if bind:
             sock.bind(endpoint)
         else:
+            redial = Redial(sock, endpoint) if curve else None
             sock.connect(endpoint)
-    except zmq.ZMQError as exc:
+    except BaseException as exc:
+        if redial is not None:
+            redial.close()
         sock.close(linger=0)
-        hint = " (is another process bound to it?)" if exc.errno == zmq.EADDRINUSE else ""
-        raise _zmq_error("bind" if bind else "connect", endpoint, exc, hint) from exc
-    return sock
+        if admission is not None:
+            admission.release()
+        if isinstance(exc, zmq.ZMQError):
+            hint = " (is another process bound to it?)" if exc.errno == zmq.EADDRINUSE else ""
+            raise _zmq_error("bind" if bind else "connect", endpoint, exc, hint) from exc
+        raise
+    return sock, admission, redial
 
 
 class Sender:
@@ -127,9 +146,36 @@ class Sender:
         # (no XPUB_NODROP: with it one subscriber that never reads failed every publish).
         if immediate:
             options[zmq.IMMEDIATE] = 1
-        self._sock = _open_socket(
-            context, kind, endpoint, self._pub if bind is None else bind, options
+        self._sock, self._admission, self._redial = _open_socket(
+            context,
+            kind,
+            endpoint,
+            self._pub if bind is None else bind,
+            options,
+            lambda sock: self._secure(sock, context),
+            settings.curve,
         )
+
+    def _secure(self, sock: zmq.Socket[bytes], context: ZmqContext) -> Admission | None:
+        """CURVE: a PUB admits its recipients; a PUSH is a client of its recipient."""
+        if not self._settings.curve:
+            return None
+        own = self._keyring.own
+        if self._pub:
+            recipients = frozenset(self._recipients)
+            keyring = self._keyring
+
+            def admit(public: bytes) -> str | None:
+                peer = keyring.peer_with_public(public)
+                if peer in recipients:
+                    return peer
+                self.counters.refused_connections += 1
+                return None
+
+            return curve_server(sock, context, own.private, admit)
+        server = self._keyring.peers[self._recipients[0]]
+        curve_client(sock, public=own.public, secret=own.private, server_public=server)
+        return None
 
     def send(self, message: Message) -> bool:
         """Serialize, compress, seal and send one batch; False if it was dropped (counted)."""
@@ -137,6 +183,8 @@ class Sender:
 
     def send_payload(self, payload: bytes) -> bool:
         """Send an already serialized batch."""
+        if self._redial is not None:
+            self._redial.check()
         self._seq += 1
         seq = self._seq
         compressed = compress(payload, self._settings.lz4_acceleration)
@@ -190,7 +238,13 @@ class Sender:
         return last.decode() if isinstance(last, bytes) and last else self.endpoint
 
     def close(self) -> None:
+        if self._redial is not None:
+            self._redial.close()
+            self._redial = None
         self._sock.close()
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
 
     def __enter__(self) -> Sender:
         return self
@@ -224,11 +278,14 @@ class Receiver(Generic[M]):
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         senders: Collection[str] | None = None,
         replay_state: str | Path | None = None,
+        publisher: str | None = None,
     ) -> None:
         """``senders``: the roles that may send on this channel; None takes them from
         ``settings.channel_senders`` (TransportError when the channel is not there).
         ``replay_state``: file keeping the newest sequence number per key across
-        restarts (replay.replay_state_path); None keeps them in memory only."""
+        restarts (replay.replay_state_path); None keeps them in memory only.
+        ``publisher`` (SUB): the peer whose PUB it connects to; None: the one peer whose
+        role may send on the channel."""
         if senders is None:
             senders = settings.channel_senders.get(channel)
             if senders is None:
@@ -260,10 +317,53 @@ class Receiver(Generic[M]):
             # ZeroMQ itself refuses (and disconnects) a peer sending a larger message.
             zmq.MAXMSGSIZE: settings.max_frame_bytes,
         }
-        self._sock = _open_socket(
-            context, kind, endpoint, (not self._sub) if bind is None else bind, options
+        self._publisher = publisher
+        self._sock, self._admission, self._redial = _open_socket(
+            context,
+            kind,
+            endpoint,
+            (not self._sub) if bind is None else bind,
+            options,
+            lambda sock: self._secure(sock, context),
+            settings.curve,
         )
         self.refresh_subscriptions()
+
+    def _secure(self, sock: zmq.Socket[bytes], context: ZmqContext) -> Admission | None:
+        """CURVE: a PULL admits the peers whose role may send here; a SUB is a client of
+        its publisher."""
+        if not self._settings.curve:
+            return None
+        own = self._keyring.own
+        keyring, senders = self._keyring, self.senders
+        if not self._sub:
+
+            def admit(public: bytes) -> str | None:
+                peer = keyring.peer_with_public(public)
+                if peer is not None and keyring.roles_of(peer) & senders:
+                    return peer
+                self.counters.refused_connections += 1
+                return None
+
+            return curve_server(sock, context, own.private, admit)
+        publisher = self._publisher
+        if publisher is None:
+            candidates = sorted(p for p in keyring.peers if keyring.roles_of(p) & senders)
+            if len(candidates) != 1:
+                raise TransportError(
+                    f"channel {self.channel!r}: a SUB receiver connects to one publisher, and "
+                    f"{len(candidates)} peers may publish here ({', '.join(candidates) or 'none'}"
+                    "); keep only the publisher's key among the peers of those roles"
+                )
+            publisher = candidates[0]
+        server = keyring.peers.get(publisher)
+        if server is None:
+            raise TransportError(
+                f"channel {self.channel!r}: no public key for publisher {publisher!r}; add it "
+                "under transport.peers"
+            )
+        curve_client(sock, public=own.public, secret=own.private, server_public=server)
+        return None
 
     def refresh_subscriptions(self) -> None:
         """SUB only: subscribe to the key ids the keyring accepts now (call after a rotation)."""
@@ -284,12 +384,21 @@ class Receiver(Generic[M]):
         while True:
             if self._sub and self._generation != self._keyring.generation:
                 self.refresh_subscriptions()
-            if deadline is not None:
-                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if self._redial is not None:
+                self._redial.check()
+            if deadline is not None or self._redial is not None:
+                # With a Redial, wake at least every _REDIAL_POLL_MS to let it retry.
+                left_ms = _REDIAL_POLL_MS
+                if deadline is not None:
+                    left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                    if self._redial is not None:
+                        left_ms = min(left_ms, _REDIAL_POLL_MS)
                 if not self._sock.poll(left_ms, zmq.POLLIN):
                     # Quiet: write what the last accepted frames left unsaved.
                     self._persist(force=False)
-                    return None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
             try:
                 zframe = self._sock.recv(copy=False)
             except zmq.ZMQError as exc:
@@ -407,7 +516,13 @@ class Receiver(Generic[M]):
 
     def close(self) -> None:
         self._persist(force=True)
+        if self._redial is not None:
+            self._redial.close()
+            self._redial = None
         self._sock.close()
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
 
     def __enter__(self) -> Receiver[M]:
         return self

@@ -28,6 +28,9 @@ class TransportConfig:
     channel_senders: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_CHANNEL_SENDERS)
     )
+    # Authenticate every connection with ZeroMQ CURVE (the X25519 keys above): only known
+    # peers allowed on a channel may connect. false only to debug with plain ZeroMQ tools.
+    curve: bool = True
     # Seconds a replaced key (ours or a peer's) is still accepted after a rotation.
     rotation_grace_s: float = 300.0
     # Sequence numbers accepted behind the newest one seen from a sender (anti-replay).

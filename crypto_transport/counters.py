@@ -40,6 +40,9 @@ class ChannelCounters:
         self.rejected: Counter[str] = Counter()
         # Sequence numbers skipped by accepted frames: frames this receiver never got.
         self.missing = 0
+        # Connections refused by CURVE authentication (unknown key, or a role that may not
+        # use this endpoint); a refused client retries, each attempt counts.
+        self.refused_connections = 0
         # Failed writes of the receiver's replay state file.
         self.replay_state_errors = 0
 
@@ -52,6 +55,7 @@ class ChannelCounters:
             "received_bytes": self.received_bytes,
             "missing": self.missing,
             "replay_state_errors": self.replay_state_errors,
+            "refused_connections": self.refused_connections,
         }
         out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
         out.update({f"rejected.{k}": v for k, v in sorted(self.rejected.items())})

@@ -285,6 +285,20 @@ class Keyring:
         """The roles ``peer_id`` may play (empty for an unknown peer)."""
         return self._roles.get(peer_id, frozenset())
 
+    def peer_with_public(self, public_key: bytes) -> str | None:
+        """The peer whose current key, or replaced key still in its grace period, is
+        ``public_key`` (who holds a connection: crypto_transport.curve); None if none."""
+        for peer_id, public in self._peers.items():
+            if public == public_key:
+                return peer_id
+        now = self._clock()
+        for entry in list(self._recv.values()):
+            if entry.key.sender_public == public_key and (
+                entry.expires_at is None or now < entry.expires_at
+            ):
+                return entry.key.peer_id
+        return None
+
     def add_peer(
         self, peer_id: str, public_key: bytes, *, roles: Iterable[str] | None = None
     ) -> None:

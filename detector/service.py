@@ -485,6 +485,7 @@ class DetectorService(FollowsControl):
         out.update(sorted(self.counters.items()))
         rc = self.receiver.counters
         out["frames_missing"] = rc.missing
+        out["refused_connections"] = rc.refused_connections
         out.update({f"rejected.{k}": v for k, v in sorted(rc.rejected.items())})
         out["reload_refused"] = self.watcher.refused if self.watcher is not None else 0
         if self.anomaly is not None:

@@ -33,9 +33,10 @@ from crypto_transport import (
     frame,
     open_receiver,
 )
+from crypto_transport.curve import curve_client
 from crypto_transport.replay import ReplayState, replay_state_path
 from proto import FlowBatch, Verdict, VerdictBatch
-from tests.support import FakeClock
+from tests.support import FakeClock, wait_for
 
 EXPECT_MS = 3000
 
@@ -78,24 +79,26 @@ def _verdicts(n: int, detector_id: str) -> VerdictBatch:
     )
 
 
+@pytest.mark.parametrize("curve", [True, False], ids=["curve", "frames-only"])
 def test_a_sniffer_key_cannot_send_verdicts_to_the_firewall(
-    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]], curve: bool
 ) -> None:
     """Attack: an attacker who took over a sensor host holds its transport key, which the
-    firewall knows (one deployment, one set of peers). It seals a VerdictBatch naming
-    8.8.8.8 for the firewall's verdict channel. Before the fix any known key could send
-    on any channel and the firewall accepted the batch (and would block 8.8.8.8); now the
-    authentic frame is refused as ``unauthorized_role``, while the detector's verdicts on
-    the same socket still arrive."""
+    firewall knows (one deployment, one set of peers). It seals a VerdictBatch for the
+    firewall's verdict channel. Before the fix any known key could send on any channel
+    and the firewall accepted the batch (and would block what it names). Now the
+    firewall's CURVE handshake refuses the sensor's connection, and with CURVE off (the
+    frame check alone) the authentic frame is refused as ``unauthorized_role``; the
+    detector's verdicts on the same socket still arrive either way."""
     firewall = Node(tmp_path, "firewall-1")
     detector = Node(tmp_path, "detector-1")
     sensor = Node(tmp_path, "sensor-1")
-    fw_ring = firewall.ring(detector, sensor)
+    fw_ring = firewall.ring(detector, sensor, curve=curve)
     receiver = open_receiver(
         ChannelEnd("tcp://127.0.0.1:*", "pull", "verdicts"),
         VerdictBatch,
         keyring=fw_ring,
-        settings=firewall.settings(detector, sensor),
+        settings=firewall.settings(detector, sensor, curve=curve),
         context=zctx,
     )
     try:
@@ -108,7 +111,7 @@ def test_a_sniffer_key_cannot_send_verdicts_to_the_firewall(
                 sender_id=node.name,
                 keyring=node.ring(firewall),
                 recipients=[firewall.name],
-                settings=node.settings(firewall),
+                settings=node.settings(firewall, curve=curve),
                 context=zctx,
             )
             for node in (sensor, detector)
@@ -123,7 +126,12 @@ def test_a_sniffer_key_cannot_send_verdicts_to_the_firewall(
                 "send on any channel"
             )
             assert got.message.batch_seq == 2
-            assert receiver.counters.rejected["unauthorized_role"] == 1
+            if curve:
+                assert receiver.counters.refused_connections >= 1
+                assert receiver.recv(timeout_ms=300) is None
+                assert not receiver.counters.rejected
+            else:
+                assert receiver.counters.rejected["unauthorized_role"] == 1
             assert receiver.counters.received == 1
         finally:
             for s in senders.values():
@@ -136,14 +144,15 @@ def test_a_firewall_key_cannot_send_flows_to_the_detector(
     tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
     """Attack: the firewall's key (a detector knows it: it sends verdicts there) used to
-    feed forged flows into the detector's flow channel; only sniffers may send flows."""
+    feed forged flows into the detector's flow channel; only sniffers may send flows.
+    (Frame check alone, CURVE off: the CURVE refusal is the test above.)"""
     detector = Node(tmp_path, "detector-1")
     firewall = Node(tmp_path, "firewall-1")
     receiver = open_receiver(
         ChannelEnd("tcp://127.0.0.1:*", "pull", "flows"),
         FlowBatch,
         keyring=detector.ring(firewall),
-        settings=detector.settings(firewall),
+        settings=detector.settings(firewall, curve=False),
         context=zctx,
     )
     with (
@@ -155,7 +164,7 @@ def test_a_firewall_key_cannot_send_flows_to_the_detector(
             sender_id=firewall.name,
             keyring=firewall.ring(detector),
             recipients=[detector.name],
-            settings=firewall.settings(detector),
+            settings=firewall.settings(detector, curve=False),
             context=zctx,
         ) as sender,
     ):
@@ -215,7 +224,11 @@ def test_recorded_frames_are_refused_after_a_receiver_restart(
     wall-clock ns) and sends them again after the detector restarts. Before the fix the
     restarted receiver began with empty replay windows and accepted every recorded frame
     once more (old flows scored again, old verdicts sent again). Now the newest number
-    per key is kept in node.state_dir/transport/ and every recorded frame is refused."""
+    per key is kept in node.state_dir/transport/ and every recorded frame is refused.
+
+    CURVE is off here: with it (the default) the wire is encrypted again and an on-path
+    recorder gets nothing to replay; the frame layer tested here is what holds for a
+    frame recorded anywhere else (a host's capture, a debug log, CURVE turned off)."""
     detector = Node(tmp_path, "detector-1")
     sensor = Node(tmp_path, "sensor-1")
     s_ring = sensor.ring(detector)
@@ -227,7 +240,7 @@ def test_recorded_frames_are_refused_after_a_receiver_restart(
             ChannelEnd(endpoint, "pull", "flows"),
             FlowBatch,
             keyring=detector.ring(sensor),
-            settings=detector.settings(sensor),
+            settings=detector.settings(sensor, curve=False),
             context=zctx,
             replay_state=state,
         )
@@ -256,7 +269,7 @@ def test_recorded_frames_are_refused_after_a_receiver_restart(
         sender_id=sensor.name,
         keyring=s_ring,
         recipients=[detector.name],
-        settings=sensor.settings(detector),
+        settings=sensor.settings(detector, curve=False),
         context=zctx,
     ) as real:
         for i in range(3):
@@ -306,7 +319,7 @@ def test_recorded_frames_are_refused_after_a_receiver_restart(
             sender_id=sensor.name,
             keyring=s_ring,
             recipients=[detector.name],
-            settings=sensor.settings(detector),
+            settings=sensor.settings(detector, curve=False),
             context=zctx,
         ) as real:
             assert real.send(FlowBatch(sensor_id=sensor.name, batch_seq=200))
@@ -343,22 +356,24 @@ def test_a_damaged_replay_state_stops_the_receiver_with_what_to_do(tmp_path: Pat
 def test_a_subscriber_that_never_reads_does_not_hold_up_the_others(
     tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    """Attack: anyone who can reach a PUB endpoint connects a SUB socket, subscribes to
-    everything and never reads. Before the fix the publisher used XPUB_NODROP: once that
-    one queue was full every publish failed, so the real subscriber lost every batch
-    from then on. Now the reader that never reads loses its own frames only; N publishes
-    take bounded time and the real subscriber gets all N."""
+    """Attack: a subscriber of the verdict PUB (a firewall host the attacker took over,
+    so it passes authentication) subscribes to every frame, not only its own, and never
+    reads. Before the fix the publisher used XPUB_NODROP: once that queue was full every
+    publish failed, so the other firewalls lost every batch from then on. Now the
+    reader that never reads loses its own copies only; N publishes take bounded time and
+    the real subscriber gets all N."""
     detector = Node(tmp_path, "detector-1")
     firewall = Node(tmp_path, "firewall-1")
-    settings = detector.settings(firewall, send_hwm=10, recv_hwm=10)
+    taken = Node(tmp_path, "firewall-2")
+    settings = detector.settings(firewall, taken, send_hwm=10, recv_hwm=10)
     endpoint = f"ipc://{tmp_path}/pub.sock"
     publisher = Sender(
         pattern="pub",
         endpoint=endpoint,
         channel="verdicts",
         sender_id=detector.name,
-        keyring=detector.ring(firewall),
-        recipients=[firewall.name],
+        keyring=detector.ring(firewall, taken),
+        recipients=[firewall.name, taken.name],
         settings=settings,
         context=zctx,
     )
@@ -370,20 +385,24 @@ def test_a_subscriber_that_never_reads_does_not_hold_up_the_others(
         context=zctx,
     )
     squatter = zctx.socket(zmq.SUB)
-    squatter.setsockopt(zmq.LINGER, 0)
-    squatter.setsockopt(zmq.RCVHWM, 1)
-    squatter.setsockopt(zmq.SUBSCRIBE, b"")
+    curve_client(
+        squatter,
+        public=taken.pair.public,
+        secret=taken.pair.private,
+        server_public=detector.pair.public,
+    )
     try:
+        squatter.setsockopt(zmq.LINGER, 0)
+        squatter.setsockopt(zmq.RCVHWM, 1)
+        squatter.setsockopt(zmq.SUBSCRIBE, b"")
         squatter.connect(endpoint)
         assert publisher.wait_for_subscribers(2, 5.0) == 2
         # Incompressible, 64 KiB: the squatter's queue and socket buffers fill quickly.
         bulk = os.urandom(64 * 1024).hex()
         n = 300
         started = time.monotonic()
-        got = 0
         for i in range(n):
-            batch = VerdictBatch(detector_id=bulk, batch_seq=i)
-            publisher.send(batch)
+            publisher.send(VerdictBatch(detector_id=bulk, batch_seq=i))
             # The real subscriber keeps up (reads each batch as it comes).
             item = subscriber.recv(timeout_ms=EXPECT_MS)
             assert item is not None, (
@@ -391,12 +410,129 @@ def test_a_subscriber_that_never_reads_does_not_hold_up_the_others(
                 f"{dict(publisher.counters.dropped)} because of a subscriber that never reads"
             )
             assert item.message.batch_seq == i
-            got += 1
         took = time.monotonic() - started
-        assert got == n
         assert not publisher.counters.dropped
         assert took < 30, f"{n} publishes took {took:.1f} s"
     finally:
         squatter.close(linger=0)
         subscriber.close()
         publisher.close()
+
+
+def test_a_stranger_cannot_subscribe_to_the_verdicts(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Attack: anyone who reaches the verdict PUB endpoint connects a SUB (plain, or
+    CURVE with a key of its own) to squat on it. Before the fix both were served (and
+    the one that never read stopped every publish, see above); now neither completes a
+    handshake: no subscription reaches the publisher and nothing reaches them."""
+    detector = Node(tmp_path, "detector-1")
+    firewall = Node(tmp_path, "firewall-1")
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    publisher = Sender(
+        pattern="pub",
+        endpoint=endpoint,
+        channel="verdicts",
+        sender_id=detector.name,
+        keyring=detector.ring(firewall),
+        recipients=[firewall.name],
+        settings=detector.settings(firewall),
+        context=zctx,
+    )
+    plain = zctx.socket(zmq.SUB)
+    stranger = zctx.socket(zmq.SUB)
+    key = KeyPair.generate()
+    curve_client(
+        stranger, public=key.public, secret=key.private, server_public=detector.pair.public
+    )
+    try:
+        for sock in (plain, stranger):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(endpoint)
+        wait_for(lambda: publisher.counters.refused_connections >= 1, 5, "the ZAP refusal")
+        assert publisher.wait_for_subscribers(1, 0.5) == 0
+        for i in range(20):
+            publisher.send(VerdictBatch(detector_id=detector.name, batch_seq=i))
+        assert not plain.poll(300) and not stranger.poll(300)
+    finally:
+        plain.close(linger=0)
+        stranger.close(linger=0)
+        publisher.close()
+
+
+def test_a_stranger_cannot_connect_to_a_receiver(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A PUSH without CURVE, or with an unknown key, never gets a frame to the
+    receiver: before the fix its junk was read, and refused frame by frame."""
+    detector = Node(tmp_path, "detector-1")
+    sensor = Node(tmp_path, "sensor-1")
+    receiver = open_receiver(
+        ChannelEnd(f"ipc://{tmp_path}/flows.sock", "pull", "flows"),
+        FlowBatch,
+        keyring=detector.ring(sensor),
+        settings=detector.settings(sensor),
+        context=zctx,
+    )
+    plain = zctx.socket(zmq.PUSH)
+    stranger = zctx.socket(zmq.PUSH)
+    key = KeyPair.generate()
+    curve_client(
+        stranger, public=key.public, secret=key.private, server_public=detector.pair.public
+    )
+    try:
+        for sock in (plain, stranger):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(receiver.bound_endpoint)
+            sock.send(b"\x01" + os.urandom(100), zmq.NOBLOCK)
+        wait_for(lambda: receiver.counters.refused_connections >= 1, 5, "the ZAP refusal")
+        assert receiver.recv(timeout_ms=300) is None
+        assert not receiver.counters.rejected and not receiver.counters.received
+    finally:
+        plain.close(linger=0)
+        stranger.close(linger=0)
+        receiver.close()
+
+
+def test_a_sender_refused_before_its_key_was_learnt_gets_through_later(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """With etcd a sensor may connect before the detector has learnt its key: the first
+    handshake is refused and ZeroMQ would never try again. The sender connects again
+    (Redial) and its batches flow once the key is known."""
+    detector = Node(tmp_path, "detector-1")
+    sensor = Node(tmp_path, "sensor-1")
+    d_ring = detector.ring()
+    receiver = open_receiver(
+        ChannelEnd(f"ipc://{tmp_path}/flows.sock", "pull", "flows"),
+        FlowBatch,
+        keyring=d_ring,
+        settings=detector.settings(),
+        context=zctx,
+    )
+    sender = Sender(
+        pattern="push",
+        endpoint=receiver.bound_endpoint,
+        channel="flows",
+        sender_id=sensor.name,
+        keyring=sensor.ring(detector),
+        recipients=[detector.name],
+        settings=sensor.settings(detector),
+        context=zctx,
+        immediate=True,  # as DiscoveredSender: nothing is queued for a refused connection
+    )
+    try:
+        sender.send(FlowBatch(batch_seq=1))
+        wait_for(lambda: receiver.counters.refused_connections >= 1, 5, "the refusal")
+        d_ring.add_peer(sensor.name, sensor.pair.public, roles=["sniffer"])
+        got = None
+        deadline = time.monotonic() + 10
+        while got is None and time.monotonic() < deadline:
+            sender.send(FlowBatch(batch_seq=2))
+            got = receiver.recv(timeout_ms=200)
+        assert got is not None, "the sender never connected again after the refusal"
+        assert got.peer_id == sensor.name
+    finally:
+        sender.close()
+        receiver.close()

@@ -23,6 +23,7 @@ from base.errors import TransportError
 from config import MldConfig
 from crypto_transport import KeyPair, Keyring, Received, Receiver, Sender, TransportConfig, frame
 from crypto_transport.counters import RejectLog
+from crypto_transport.curve import curve_client
 from crypto_transport.keys import SessionKey
 from proto import DirectionStats, FlowBatch, FlowRecord, VerdictBatch
 from tests.support import FakeClock
@@ -115,9 +116,15 @@ class Link:
     next_batch: int = field(default=1)
 
     def raw_push(self) -> zmq.Socket[bytes]:
+        """A bare PUSH holding the sensor's CURVE credentials: it gets through the
+        connection check, so the frames it sends meet the receiver's frame checks."""
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         self.closing.append(sock)
+        curve_client(
+            sock, public=self.sensor.public, secret=self.sensor.private,
+            server_public=self.detector.public,
+        )  # fmt: skip
         sock.connect(self.endpoint)
         return sock
 

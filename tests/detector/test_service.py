@@ -18,6 +18,7 @@ import yaml
 import zmq
 
 from crypto_transport import KeyPair, Sender, TransportConfig
+from crypto_transport.curve import curve_client
 from crypto_transport.frame import seal
 from detector.bundle import load_bundle
 from detector.cli import register_detect
@@ -150,7 +151,16 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
     batch = FlowBatch(sensor_id=SENSOR, batch_seq=0, records=parse(records[:10]))
     payload = batch.SerializeToString()
     good_key = harness.keys.ring(SENSOR, DETECTOR).sending_key(DETECTOR)
+    # A socket holding the sensor's connection credentials (CURVE), so its frame meets
+    # the frame checks.
     raw = harness.ctx.socket(zmq.PUSH)
+    sensor_pair = harness.keys.pairs[SENSOR]
+    curve_client(
+        raw,
+        public=sensor_pair.public,
+        secret=sensor_pair.private,
+        server_public=harness.keys.pairs[DETECTOR].public,
+    )
     harness.keys.pairs["intruder"] = KeyPair.generate()
     intruder = Sender(
         pattern="push",
@@ -170,23 +180,25 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
         # another socket) reaches the detector first; otherwise it would count as a replay.
         raw.send(seal(payload, key=os.urandom(32), key_id=good_key.key_id, seq=1 << 62,
                       channel=b"flows", sender_id=SENSOR.encode()))  # fmt: skip
-        # A node the detector does not know, claiming to be the sensor.
+        # A node the detector does not know, claiming to be the sensor: its connection
+        # is refused (CURVE), so its frames never reach the frame checks.
         intruder.send(batch)
         publisher.add(records[:10])
         publisher.flush()
         events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 10))
-        # Three sockets reach the PULL in any order: wait for both rejections.
+        # Three sockets reach the PULL in any order: wait for both refusals.
         wait_for(
             lambda: (
-                harness.service.stats().get("rejected.unknown_key") == 1
+                harness.service.stats().get("refused_connections", 0) >= 1
                 and harness.service.stats().get("rejected.bad_tag") == 1
             ),
             5,
-            "both rejections",
+            "both refusals",
         )
         stats = harness.service.stats()
         assert len(events) == 10 and harness.rag.recv(timeout_ms=200) is None
         assert stats["batches_in"] == 1 and stats["records_in"] == 10
+        assert "rejected.unknown_key" not in stats
     finally:
         raw.close(linger=0)
         intruder.close()
