@@ -35,13 +35,18 @@ class TransportConfig:
     rotation_grace_s: float = 300.0
     # Sequence numbers accepted behind the newest one seen from a sender (anti-replay).
     replay_window: int = 4096
-    # Largest frame read off the wire, in bytes; bigger ones are rejected unread.
-    max_frame_bytes: int = 16 * 1024 * 1024
-    # Largest decompressed batch, in bytes (decompression-bomb cap).
-    max_decompressed_bytes: int = 64 * 1024 * 1024
-    # ZeroMQ high-water marks, in messages; past them PUSH waits and PUB drops (counted).
-    send_hwm: int = 10000
-    recv_hwm: int = 10000
+    # Largest frame read off the wire, in bytes; ZeroMQ cuts off a peer sending a bigger
+    # one. The largest real frame of 100 records is 17 KB (an event batch; 101 KB at 1000
+    # records: bench/batch_sizes.py), so 1 MiB fits 1000-record batches even incompressible.
+    max_frame_bytes: int = 1024 * 1024
+    # Largest decompressed batch, in bytes (decompression-bomb cap): 63 KB per 100 events
+    # (588 KB per 1000), so 4 MiB fits about 6000 records a batch.
+    max_decompressed_bytes: int = 4 * 1024 * 1024
+    # ZeroMQ high-water marks, in messages, per connection; past them PUSH waits and PUB
+    # drops for that subscriber. A receiver buffers at most recv_hwm x max_frame_bytes per
+    # sender (256 MiB worst case, about 4 MiB of real 17 KB batches).
+    send_hwm: int = 1000
+    recv_hwm: int = 256
     # How long a PUSH send waits for room before the batch is dropped and counted, in ms.
     send_timeout_ms: int = 1000
     # LZ4 acceleration (1 = best ratio; higher trades ratio for speed, see bench/transport.py).
