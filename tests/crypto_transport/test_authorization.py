@@ -22,6 +22,7 @@ import zmq
 
 from base.errors import ConfigError, TransportError
 from config import MldConfig
+from control import EtcdServer, ServiceControl
 from crypto_transport import (
     ChannelEnd,
     KeyPair,
@@ -36,6 +37,7 @@ from crypto_transport import (
 from crypto_transport.curve import curve_client
 from crypto_transport.replay import ReplayState, replay_state_path
 from proto import FlowBatch, Verdict, VerdictBatch
+from tests.control.support import mld_config, receiver_stand_in
 from tests.support import FakeClock, wait_for
 
 EXPECT_MS = 3000
@@ -536,3 +538,72 @@ def test_a_sender_refused_before_its_key_was_learnt_gets_through_later(
     finally:
         sender.close()
         receiver.close()
+
+
+# --- roles of keys learnt from etcd -------------------------------------------------------
+
+
+@pytest.mark.etcd
+def test_a_key_from_etcd_sends_only_as_the_component_it_registered_as(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Attack: with a control plane every node learns every key of the key directory, so
+    the firewall knows the sensors' keys. Before the fix a key learnt from etcd could
+    send on any channel: a taken-over sensor sent verdicts to the firewall. Now a key
+    from etcd has the roles of its instance's registrations (services/<component>/<id>):
+    the sensor's connection to the verdict endpoint is refused, the detector's works."""
+    fw_plane, receiver = receiver_stand_in(
+        etcd_server, etcd_prefix, tmp_path / "f", "firewall", "fw-e", "verdicts", VerdictBatch
+    )
+    planes: list[ServiceControl[Any]] = [fw_plane]
+    senders: dict[str, Sender] = {}
+    try:
+        for component, name in (("sniffer", "sensor-e"), ("detector", "det-e")):
+            ring = Keyring(KeyPair.generate(), grace_s=60)
+            plane: ServiceControl[Any] = ServiceControl(
+                mld_config(etcd_server, etcd_prefix, tmp_path / name),
+                component=component,
+                instance=name,
+                keyring=ring,
+            )
+            planes.append(plane)
+            plane.start()
+            plane.announce()
+
+            def knows_firewall(plane: ServiceControl[Any] = plane, ring: Keyring = ring) -> bool:
+                plane.poll()
+                return "fw-e" in ring.peers
+
+            wait_for(knows_firewall, 10, f"{name} to learn the firewall's key")
+            senders[name] = Sender(
+                pattern="push",
+                endpoint=receiver.bound_endpoint,
+                channel="verdicts",
+                sender_id=name,
+                keyring=ring,
+                recipients=["fw-e"],
+                settings=TransportConfig(),
+            )
+
+        def knows_both() -> bool:
+            fw_plane.poll()
+            ring = fw_plane.keyring
+            assert ring is not None
+            return ring.roles_of("sensor-e") == {"sniffer"} and ring.roles_of("det-e") == {
+                "detector"
+            }
+
+        wait_for(knows_both, 10, "the firewall to learn both keys and their roles")
+        senders["sensor-e"].send(VerdictBatch(detector_id="sensor-e", batch_seq=1))
+        senders["det-e"].send(VerdictBatch(detector_id="det-e", batch_seq=2))
+        got = receiver.recv(timeout_ms=EXPECT_MS)
+        assert got is not None and got.peer_id == "det-e"
+        assert receiver.recv(timeout_ms=500) is None
+        assert receiver.counters.refused_connections >= 1
+        assert receiver.counters.received == 1
+    finally:
+        for sender in senders.values():
+            sender.close()
+        receiver.close()
+        for plane in planes:
+            plane.close()
