@@ -66,10 +66,13 @@ def _open_socket(
     options: dict[zmq.SocketOption, int],
     secure: Callable[[zmq.Socket[bytes]], Admission | None],
     curve: bool,
+    deferred: Callable[[], bool] = lambda: False,
 ) -> tuple[zmq.Socket[bytes], Admission | None, Redial | None]:
     """A bound or connected socket, made a CURVE server or client by ``secure`` first;
     returns the socket, its ZAP admission if it is a server (release it at close) and,
-    if it connects with CURVE, the Redial that retries a refused handshake."""
+    if it connects with CURVE, the Redial that retries a refused handshake. When
+    ``deferred()`` says so after ``secure`` the socket is returned neither bound nor
+    connected (see :func:`_attach`)."""
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 1000)
     # libzmq copies most options when the socket binds or connects: set them first.
@@ -79,11 +82,8 @@ def _open_socket(
     redial = None
     try:
         admission = secure(sock)
-        if bind:
-            sock.bind(endpoint)
-        else:
-            redial = Redial(sock, endpoint) if curve else None
-            sock.connect(endpoint)
+        if not deferred():
+            redial = _attach(sock, endpoint, bind, curve)
     except BaseException as exc:
         if redial is not None:
             redial.close()
@@ -95,6 +95,21 @@ def _open_socket(
             raise _zmq_error("bind" if bind else "connect", endpoint, exc, hint) from exc
         raise
     return sock, admission, redial
+
+
+def _attach(sock: zmq.Socket[bytes], endpoint: str, bind: bool, curve: bool) -> Redial | None:
+    """Bind or connect ``sock``; a connecting CURVE socket gets its Redial first."""
+    if bind:
+        sock.bind(endpoint)
+        return None
+    redial = Redial(sock, endpoint) if curve else None
+    try:
+        sock.connect(endpoint)
+    except BaseException:
+        if redial is not None:
+            redial.close()
+        raise
+    return redial
 
 
 class Sender:
@@ -318,14 +333,19 @@ class Receiver(Generic[M]):
             zmq.MAXMSGSIZE: settings.max_frame_bytes,
         }
         self._publisher = publisher
+        # A SUB whose publisher's key is not known yet (it comes from etcd) is opened
+        # but not bound or connected until it is (_attach_when_known, on every recv).
+        self._deferred = False
+        self._bind = (not self._sub) if bind is None else bind
         self._sock, self._admission, self._redial = _open_socket(
             context,
             kind,
             endpoint,
-            (not self._sub) if bind is None else bind,
+            self._bind,
             options,
             lambda sock: self._secure(sock, context),
             settings.curve,
+            lambda: self._deferred,
         )
         self.refresh_subscriptions()
 
@@ -346,24 +366,49 @@ class Receiver(Generic[M]):
                 return None
 
             return curve_server(sock, context, own.private, admit)
+        server = self._publisher_key()
+        if server is None:
+            self._deferred = True
+            log.info(
+                "%s: waiting for the publisher's key before connecting to %s",
+                self.channel,
+                self.endpoint,
+            )
+        else:
+            curve_client(sock, public=own.public, secret=own.private, server_public=server)
+        return None
+
+    def _publisher_key(self) -> bytes | None:
+        """SUB: the CURVE key of the peer it subscribes to (``publisher``, else the one
+        peer whose role may send here); None while no such peer is known yet."""
+        keyring = self._keyring
         publisher = self._publisher
         if publisher is None:
-            candidates = sorted(p for p in keyring.peers if keyring.roles_of(p) & senders)
-            if len(candidates) != 1:
+            candidates = sorted(p for p in keyring.peers if keyring.roles_of(p) & self.senders)
+            if len(candidates) > 1:
                 raise TransportError(
                     f"channel {self.channel!r}: a SUB receiver connects to one publisher, and "
-                    f"{len(candidates)} peers may publish here ({', '.join(candidates) or 'none'}"
-                    "); keep only the publisher's key among the peers of those roles"
+                    f"{len(candidates)} peers may publish here ({', '.join(candidates)}); keep "
+                    "only the publisher's key among the peers of those roles"
                 )
+            if not candidates:
+                return None
             publisher = candidates[0]
-        server = keyring.peers.get(publisher)
+        return keyring.peers.get(publisher)
+
+    def _attach_when_known(self) -> None:
+        """A deferred SUB: connect (or bind) once its publisher's key is known."""
+        server = self._publisher_key()
         if server is None:
-            raise TransportError(
-                f"channel {self.channel!r}: no public key for publisher {publisher!r}; add it "
-                "under transport.peers"
-            )
-        curve_client(sock, public=own.public, secret=own.private, server_public=server)
-        return None
+            return
+        own = self._keyring.own
+        curve_client(self._sock, public=own.public, secret=own.private, server_public=server)
+        try:
+            self._redial = _attach(self._sock, self.endpoint, self._bind, True)
+        except zmq.ZMQError as exc:
+            raise _zmq_error("bind" if self._bind else "connect", self.endpoint, exc) from exc
+        self._deferred = False
+        log.info("%s: publisher's key known, connected to %s", self.channel, self.endpoint)
 
     def refresh_subscriptions(self) -> None:
         """SUB only: subscribe to the key ids the keyring accepts now (call after a rotation)."""
@@ -382,16 +427,21 @@ class Receiver(Generic[M]):
         (None waits for ever). Refused frames are counted and skipped."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
+            if self._deferred:
+                # (Roles can arrive without the keyring's generation changing.)
+                self._attach_when_known()
             if self._sub and self._generation != self._keyring.generation:
                 self.refresh_subscriptions()
             if self._redial is not None:
                 self._redial.check()
-            if deadline is not None or self._redial is not None:
-                # With a Redial, wake at least every _REDIAL_POLL_MS to let it retry.
+            waking = self._redial is not None or self._deferred
+            if deadline is not None or waking:
+                # With a Redial or a deferred connect, wake at least every
+                # _REDIAL_POLL_MS to let them act.
                 left_ms = _REDIAL_POLL_MS
                 if deadline is not None:
                     left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-                    if self._redial is not None:
+                    if waking:
                         left_ms = min(left_ms, _REDIAL_POLL_MS)
                 if not self._sock.poll(left_ms, zmq.POLLIN):
                     # Quiet: write what the last accepted frames left unsaved.

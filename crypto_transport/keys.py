@@ -288,7 +288,8 @@ class Keyring:
     def peer_with_public(self, public_key: bytes) -> str | None:
         """The peer whose current key, or replaced key still in its grace period, is
         ``public_key`` (who holds a connection: crypto_transport.curve); None if none."""
-        for peer_id, public in self._peers.items():
+        # Copies: this runs on the ZAP thread while the service thread may add a peer.
+        for peer_id, public in list(self._peers.items()):
             if public == public_key:
                 return peer_id
         now = self._clock()

@@ -607,3 +607,48 @@ def test_a_key_from_etcd_sends_only_as_the_component_it_registered_as(
         receiver.close()
         for plane in planes:
             plane.close()
+
+
+def test_a_subscriber_waits_for_its_publishers_key_then_connects(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A firewall subscribing to a detector's PUB may start before it has learnt the
+    detector's key (from etcd): it opens, connects once the key is there, and gets the
+    verdicts published after that."""
+    detector = Node(tmp_path, "detector-1")
+    firewall = Node(tmp_path, "firewall-1")
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    fw_ring = firewall.ring()
+    subscriber = open_receiver(
+        ChannelEnd(endpoint, "sub", "verdicts"),
+        VerdictBatch,
+        keyring=fw_ring,
+        settings=firewall.settings(),
+        context=zctx,
+    )
+    publisher = Sender(
+        pattern="pub",
+        endpoint=endpoint,
+        channel="verdicts",
+        sender_id=detector.name,
+        keyring=detector.ring(firewall),
+        recipients=[firewall.name],
+        settings=detector.settings(firewall),
+        context=zctx,
+    )
+    try:
+        assert subscriber.recv(timeout_ms=300) is None
+        assert publisher.wait_for_subscribers(1, 0.3) == 0
+        # The key arrives without its role first (key directory before registration).
+        fw_ring.add_peer(detector.name, detector.pair.public)
+        assert subscriber.recv(timeout_ms=300) is None
+        fw_ring.add_peer(detector.name, detector.pair.public, roles=["detector"])
+        got = None
+        deadline = time.monotonic() + 10
+        while got is None and time.monotonic() < deadline:
+            publisher.send(VerdictBatch(detector_id=detector.name, batch_seq=7))
+            got = subscriber.recv(timeout_ms=200)
+        assert got is not None and got.message.batch_seq == 7
+    finally:
+        publisher.close()
+        subscriber.close()
