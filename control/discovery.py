@@ -12,8 +12,9 @@ opened to it. With no live instance a batch is dropped and counted under
 follows discovery and the end is a PUSH, else crypto_transport's ``open_sender`` on the
 configured endpoint (the detector's outputs, the sniffer's publisher).
 
-:func:`sync_keyring` adds the public keys of the key directory to a keyring (so a
-receiver accepts frames from every registered sender) and forgets the ones it added
+:func:`sync_keyring` adds the public keys of the key directory to a keyring, each with
+the roles of its instance's registrations (so a receiver accepts frames from every
+registered sender whose component may send there) and forgets the ones it added
 that left the directory; peers from ``transport.peers`` are never touched.
 
 A peer in ``transport.peers`` is **pinned**: neither the key directory nor a
