@@ -17,7 +17,9 @@ operator       read P/; write P/config/ (``mld config set``, ``mld status``)
 So the sniffer's certificate cannot change the firewall's settings, register as a
 detector or write another component's status. It can still write under P/keys/ (the key
 directory is by instance id, shared by a node's services); pinned peers
-(``transport.peers``) are never replaced from there (control/discovery.py). It is done
+(``transport.peers``) are never replaced from there (control/discovery.py), and a
+registration grants its component only to the key it names, which stays the instance's
+whatever keys/ says (control/session.py, ``_keys_and_roles``). It is done
 once per data folder: a marker file ``mld-rbac`` in the data folder records the prefix.
 """
 

@@ -88,10 +88,12 @@ class ControlState(Generic[C]):
     changed: tuple[str, ...] = ()
     # component -> instance id -> registration, for the components the service watches.
     peers: Mapping[str, Mapping[str, Registration]] = field(default_factory=lambda: _EMPTY)
-    # instance id -> base64 X25519 public key, from the key directory.
+    # instance id -> base64 X25519 public key, from the key directory; for a registered
+    # instance, the key its registrations name (see ControlSession._publish).
     public_keys: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    # instance id -> the components it is registered as (services/<component>/<instance>),
-    # of every component: the roles its key may send as (crypto_transport channel_senders).
+    # instance id -> the components it is registered as (services/<component>/<instance>)
+    # with the key of public_keys, of every component: the roles its key may send as
+    # (crypto_transport channel_senders).
     key_roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
     # True while the thread holds a working etcd connection.
     connected: bool = False
@@ -141,8 +143,11 @@ class ControlSession(Generic[C]):
         self._pending: dict[str, str] = {}
         self._peers: dict[str, dict[str, Registration]] = {c: {} for c in self._watch}
         self._keys: dict[str, str] = {}
-        # Every registration's etcd key -> (component, instance), for key_roles.
-        self._registered: dict[str, tuple[str, str]] = {}
+        # Every registration's etcd key -> (component, instance, the public key it names),
+        # for key_roles.
+        self._registered: dict[str, tuple[str, str, str]] = {}
+        # (instance, directory key) pairs already warned about as not registered.
+        self._disowned_seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         # Records of report(): status name -> record, written on every (re)registration.
         self._reports: dict[str, dict[str, object]] = {}
@@ -163,6 +168,8 @@ class ControlSession(Generic[C]):
             "reregistrations": 0,
             "config_applied": 0,
             "config_refused": 0,
+            # Key directory entries that no registration of their instance names.
+            "disowned_keys": 0,
         }
 
     # -- the service's side ------------------------------------------------------------
@@ -388,7 +395,7 @@ class ControlSession(Generic[C]):
                 self._set_peer(kv.key, kv.value)
         self._registered = {}
         for kv in client.get_prefix(services_prefix(self._prefix)):
-            self._note_registered(kv.key, deleted=False)
+            self._note_registered(kv.key, kv.value, deleted=False)
         self._keys = {}
         for kv in client.get_prefix(f"{self._prefix}/keys/"):
             self._keys[kv.key.rsplit("/", 1)[1]] = kv.value.decode()
@@ -417,7 +424,7 @@ class ControlSession(Generic[C]):
                 else:
                     self._keys[instance] = event.value.decode()
             elif key.startswith(f"{self._prefix}/services/"):
-                self._note_registered(key, event.deleted)
+                self._note_registered(key, event.value, event.deleted)
                 component = key[len(f"{self._prefix}/services/") :].split("/", 1)[0]
                 if component not in self._peers:
                     continue
@@ -427,12 +434,17 @@ class ControlSession(Generic[C]):
                     self._set_peer(key, event.value)
         self._publish(config, connected=True)
 
-    def _note_registered(self, key: str, deleted: bool) -> None:
+    def _note_registered(self, key: str, value: bytes, deleted: bool) -> None:
         parts = key[len(services_prefix(self._prefix)) :].split("/")
         if deleted:
             self._registered.pop(key, None)
         elif len(parts) == 2 and all(parts):
-            self._registered[key] = (parts[0], parts[1])
+            # The key the registration names; a record without one grants nothing.
+            try:
+                public = json.loads(value).get("public_key")
+            except (ValueError, AttributeError):
+                public = None
+            self._registered[key] = (parts[0], parts[1], public if isinstance(public, str) else "")
 
     def _set_peer(self, key: str, value: bytes) -> None:
         try:
@@ -532,10 +544,7 @@ class ControlSession(Generic[C]):
         with self._lock:
             old = self._state
             peers = {c: MappingProxyType(dict(p)) for c, p in self._peers.items()}
-            keys = MappingProxyType(dict(self._keys))
-            roles: dict[str, frozenset[str]] = {}
-            for component, instance in self._registered.values():
-                roles[instance] = roles.get(instance, frozenset()) | {component}
+            keys, roles = self._keys_and_roles()
             key_roles = MappingProxyType(roles)
             if (
                 config == old.config
@@ -554,6 +563,45 @@ class ControlSession(Generic[C]):
                 key_roles,
                 connected,
             )
+
+    def _keys_and_roles(self) -> tuple[Mapping[str, str], dict[str, frozenset[str]]]:
+        """The key of every instance and the components it may send as.
+
+        A registration (services/<component>/<instance>, writable by that component's
+        etcd role only) grants its component to the key it names, never to whatever the
+        key directory holds for the instance: every component may write keys/ (it is by
+        instance id, shared by a node's services; control/rbac.py), so a taken-over
+        sniffer could otherwise put its own key under a detector's id and send verdicts as
+        that detector. When no registration names the directory's key (or there is none)
+        but they all name one other key, that key is the instance's (a directory entry
+        that differs is logged and counted as disowned_keys): overwriting or deleting
+        another instance's entry neither lends its role nor locks it out."""
+        keys = dict(self._keys)
+        named: dict[str, dict[str, set[str]]] = {}  # instance -> key -> components
+        for component, instance, public in self._registered.values():
+            if public:
+                named.setdefault(instance, {}).setdefault(public, set()).add(component)
+        roles: dict[str, frozenset[str]] = {}
+        for instance, by_key in named.items():
+            listed = keys.get(instance)
+            if listed not in by_key and len(by_key) == 1:
+                if listed is not None and (instance, listed) not in self._disowned_seen:
+                    self._disowned_seen.add((instance, listed))
+                    self.counters["disowned_keys"] += 1
+                    log.warning(
+                        "the key directory's entry for %s is not the key its registration "
+                        "as %s names: using the registration's (someone with an etcd "
+                        "certificate wrote %s/keys/%s)",
+                        instance,
+                        "/".join(sorted(next(iter(by_key.values())))),
+                        self._prefix,
+                        instance,
+                    )
+                listed = next(iter(by_key))
+                keys[instance] = listed
+            if listed in by_key:
+                roles[instance] = frozenset(by_key[listed])
+        return MappingProxyType(keys), roles
 
     def _start_from_last_good(self, exc: EtcdUnavailable) -> None:
         overrides, saved_ts = self.last_good.load()

@@ -23,6 +23,7 @@ import zmq
 from base.errors import ConfigError, TransportError
 from config import MldConfig
 from control import EtcdServer, ServiceControl
+from control.layout import public_key_key
 from crypto_transport import (
     ChannelEnd,
     KeyPair,
@@ -37,6 +38,7 @@ from crypto_transport import (
 from crypto_transport.curve import curve_client
 from crypto_transport.replay import ReplayState, replay_state_path
 from proto import FlowBatch, Verdict, VerdictBatch
+from tests.control.support import client as control_client
 from tests.control.support import mld_config, receiver_stand_in
 from tests.support import FakeClock, wait_for
 
@@ -652,3 +654,111 @@ def test_a_subscriber_waits_for_its_publishers_key_then_connects(
     finally:
         publisher.close()
         subscriber.close()
+
+
+@pytest.mark.etcd
+def test_a_key_written_over_another_instances_directory_entry_gets_no_role(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Attack: every component's etcd certificate may write <prefix>/keys/ (control/rbac.py:
+    the directory is by instance id, shared by a node's services), and a key from the
+    directory took the roles of its instance's registrations. A taken-over sensor, with
+    the sniffer's own certificate, wrote a key of its own over the detector's directory
+    entry: the firewall learnt it as the detector's, with the detector's role, and took
+    the sensor's verdicts as the detector's (anything it names gets blocked). Now a
+    registration grants its component only to the key it names itself (services/ is
+    writable by that component alone), and that key stays the instance's: the forged
+    key is refused and the real detector's verdicts still get through."""
+    fw_plane, receiver = receiver_stand_in(
+        etcd_server, etcd_prefix, tmp_path / "f", "firewall", "fw-k", "verdicts", VerdictBatch
+    )
+    det_key = KeyPair.generate()
+    det_plane: ServiceControl[Any] = ServiceControl(
+        mld_config(etcd_server, etcd_prefix, tmp_path / "d"),
+        component="detector",
+        instance="det-k",
+        keyring=Keyring(det_key, grace_s=0),
+    )
+    attacker = KeyPair.generate()
+    sender: Sender | None = None
+    sniffer_etcd = control_client(etcd_server, "sniffer")
+    try:
+        det_plane.start()
+        det_plane.announce()
+        ring = fw_plane.keyring
+        assert ring is not None
+
+        def knows(public: bytes) -> bool:
+            fw_plane.poll()
+            return ring.peers.get("det-k") == public
+
+        wait_for(lambda: knows(det_key.public), 10, "the firewall to learn the detector's key")
+        assert ring.roles_of("det-k") == {"detector"}
+        # The sensor's certificate may write there (the etcd's real roles refuse it
+        # nothing here), so the directory now names the attacker's key for det-k.
+        sniffer_etcd.put(public_key_key(etcd_prefix, "det-k"), attacker.public_b64)
+        assert sniffer_etcd.get(public_key_key(etcd_prefix, "det-k")) == (
+            attacker.public_b64.encode()
+        )
+        session = fw_plane.session
+        assert session is not None
+
+        def saw_the_entry() -> bool:
+            # Either way the firewall took the change in: it refused the entry (counted)
+            # or took the attacker's key for det-k (what it did before the fix).
+            fw_plane.poll()
+            return session.counters.get("disowned_keys", 0) >= 1 or knows(attacker.public)
+
+        wait_for(saw_the_entry, 10, "the firewall to see the overwritten entry")
+
+        attacker_ring = Keyring(attacker, grace_s=0)
+        attacker_ring.add_peer("fw-k", ring.own.public)
+        sender = Sender(
+            pattern="push",
+            endpoint=receiver.bound_endpoint,
+            channel="verdicts",
+            sender_id="det-k",
+            keyring=attacker_ring,
+            recipients=["fw-k"],
+            settings=TransportConfig(),
+        )
+        sender.send(VerdictBatch(detector_id="det-k", batch_seq=1))
+        got: list[Received[VerdictBatch]] = []
+
+        def decided() -> bool:
+            item = receiver.recv(timeout_ms=100)
+            if item is not None:
+                got.append(item)
+            return bool(got) or receiver.counters.refused_connections >= 1
+
+        wait_for(decided, 10, "the firewall to take or refuse the forged key's connection")
+        assert got == [], "the firewall took the attacker's verdicts as the detector's"
+        assert receiver.counters.received == 0
+        assert ring.peers.get("det-k") == det_key.public
+        assert ring.roles_of("det-k") == {"detector"}
+        # The real detector is not locked out by the overwritten entry.
+        det_ring = Keyring(det_key, grace_s=0)
+        det_ring.add_peer("fw-k", ring.own.public)
+        real = Sender(
+            pattern="push",
+            endpoint=receiver.bound_endpoint,
+            channel="verdicts",
+            sender_id="det-k",
+            keyring=det_ring,
+            recipients=["fw-k"],
+            settings=TransportConfig(),
+        )
+        try:
+            real.send(VerdictBatch(detector_id="det-k", batch_seq=2))
+            item = receiver.recv(timeout_ms=EXPECT_MS)
+            assert item is not None and item.peer_id == "det-k"
+            assert item.message.batch_seq == 2
+        finally:
+            real.close()
+    finally:
+        if sender is not None:
+            sender.close()
+        receiver.close()
+        sniffer_etcd.close()
+        det_plane.close()
+        fw_plane.close()
