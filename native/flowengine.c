@@ -283,11 +283,13 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
     (void)unused;
     if (check_usable(self) != 0)
         return NULL;
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
                          "ip_packets", s->ip_packets, "parse_errors", s->parse_errors, "non_ip",
                          s->non_ip, "flows_created", s->flows_created, "flows_exported",
                          s->flows_exported, "flows_evicted", s->flows_evicted, "live_flows",
-                         (unsigned long long)self->eng.table.live, "files", s->files);
+                         (unsigned long long)self->eng.table.live, "files", s->files,
+                         "table_lookups", (unsigned long long)self->eng.table.lookups,
+                         "table_probes", (unsigned long long)self->eng.table.probes);
 }
 
 static PyMethodDef engine_methods[] = {
