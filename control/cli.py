@@ -18,6 +18,7 @@ from typing import Any
 
 from base.errors import ConfigError, ControlPlaneError
 from base.exit_codes import EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control.client import EtcdClient
 from control.config import ControlConfig
@@ -256,21 +257,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"{name}={e.get('endpoint') if isinstance(e, dict) else e}"
             for name, e in (offers.items() if isinstance(offers, dict) else ())
         )
-        name = _shown(s["component"] + "/" + s["instance"])
+        name = printable(s["component"] + "/" + s["instance"])
+        host, pid = printable(reg.get("host", "?")), printable(reg.get("pid", "?"))
         print(
-            f"{name:28} {_shown(s['health']):12} "
-            f"{_shown(reg.get('host', '?')):16} {_shown(reg.get('pid', '?')):>7} {_ago(up):>8}  "
-            f"{_shown(endpoints or '-')}"
+            f"{name:28} {printable(s['health']):12} {host:16} {pid:>7} {_ago(up):>8}  "
+            f"{printable(endpoints or '-')}"
         )
         change = s["config"]
         if change:
             line = f"    last config change: {change.get('key')} -> {change.get('state')}"
             if change.get("reason"):
                 line += f" ({change['reason']})"
-            print(_shown(line))
+            print(printable(line))
         for what, record in s["reports"].items():
             if isinstance(record, dict) and record.get("summary"):
-                print(_shown(f"    {what}: {record['summary']}"))
+                print(printable(f"    {what}: {record['summary']}"))
     return EXIT_OK
 
 
@@ -280,17 +281,6 @@ def _number(value: object, default: float) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
-
-
-def _shown(value: object) -> str:
-    """``value`` as text safe for a terminal: what etcd holds is written by others (a
-    registration's host, a refusal's reason, a setting's value), and a control character
-    in it (an escape sequence that retitles the window, moves the cursor or hides the
-    lines above) is shown escaped, never sent to the terminal."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _ago(seconds: float) -> str:
@@ -393,7 +383,7 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no settings are overridden in etcd")
     for row in [] if args.json else rows:
-        print(_shown(f"{row['component']:10} {row['setting']} = {row['value']}"))
+        print(printable(f"{row['component']:10} {row['setting']} = {row['value']}"))
     return EXIT_OK
 
 

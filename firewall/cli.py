@@ -21,6 +21,7 @@ import zmq
 
 from base.errors import FirewallError
 from base.exit_codes import EXIT_ERROR, EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control import Endpoint
 from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
@@ -198,10 +199,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"{'address':24s} {'family':10s} {'score':>5s}  {'since':19s}  {'expires':19s}  reason"
         )
     for b in blocks:
-        print(
-            f"{b['address']:24s} {b['family']:10s} {b['final_score']:5.2f}  {_when(b['since'])}"
-            f"  {_when(b['expires'])}  {b['reason']}"
-        )
+        print(printable(
+            f"{b['address']!s:24s} {b['family']!s:10s} {b['final_score']:5.2f}  "
+            f"{_when(b['since'])}  {_when(b['expires'])}  {b['reason']}"
+        ))  # fmt: skip
     return EXIT_OK
 
 
@@ -211,7 +212,7 @@ def _reply(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
     elif reply.get("ok"):
         print(text)
     else:
-        print(f"mld: {reply.get('error', 'failed')}", file=sys.stderr)
+        print(printable(f"mld: {reply.get('error', 'failed')}"), file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from base.errors import RagError
 from base.exit_codes import EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control import Endpoint
 from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
@@ -113,7 +114,7 @@ def _interactive(console: Console, as_json: bool, history: Path) -> None:
         with contextlib.suppress(OSError):
             readline.read_history_file(history)
     print(
-        f"mld rag: {console.stats().text.splitlines()[0]}; model "
+        f"mld rag: {printable(console.stats().text.splitlines()[0])}; model "
         f"{console.answerer.model_name or 'none'}. Type help, or a question."
     )
     try:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from control import EtcdServer, ServiceControl, free_port
+from control.layout import service_key
 from tests.control.support import client, mld_config
 from tests.support import REPO, require_etcd, wait_for
 
@@ -204,3 +205,39 @@ def test_config_set_refuses_at_once_what_the_running_service_would_refuse(
         assert [row["setting"] for row in listed] == ["firewall.allowlist"]
     finally:
         plane.close()
+
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J\n"  # sets the window title, clears the screen, forges a line
+
+
+def test_status_and_config_list_do_not_pass_terminal_controls_from_etcd(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Attack: whoever can write to etcd registers a service (and writes its health, a
+    config outcome, a report and an override) whose strings carry ESC sequences and a
+    newline; ``mld status`` and ``mld config list`` printed them raw, so the operator's
+    terminal got a new title, a cleared screen and a forged line. Each field is now shown
+    with its controls escaped."""
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    etcd = client(etcd_server)
+    try:
+        instance = f"det{EVIL}"
+        etcd.put(
+            service_key(etcd_prefix, "detector", instance),
+            json.dumps({"host": f"h{EVIL}", "pid": EVIL, "started_ts": 0,
+                        "endpoints": {"verdicts": {"endpoint": f"tcp://x{EVIL}"}}}),
+        )  # fmt: skip
+        status = f"{etcd_prefix}/status/detector/{instance}"
+        etcd.put(f"{status}/health", json.dumps({"state": f"ok{EVIL}", "ts": 4e9}))
+        etcd.put(f"{status}/config", json.dumps({"key": EVIL, "state": EVIL, "reason": EVIL}))
+        etcd.put(f"{status}/model", json.dumps({"summary": f"model{EVIL}"}))
+        etcd.put(f"{etcd_prefix}/config/detector/thresholds/alert", f"0.7{EVIL}")
+    finally:
+        etcd.close()
+    for args in (("status",), ("config", "list")):
+        out = mld(*args, config=config).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\n" in out, args
+    lines = mld("status", config=config).stdout.splitlines()
+    assert len(lines) == 4  # header, the service, its config outcome, its report
+    assert len(mld("config", "list", config=config).stdout.splitlines()) == 1
