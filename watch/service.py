@@ -516,7 +516,7 @@ class Watcher:
             return
         stored = self.store.store.meta(f"watch:{key}")
         if stored is not None:
-            self._recover(path, parent, st, key, stored)
+            self._recover(path, parent, fd, st, key, stored)
             return
         started = time.perf_counter()
         result = self._analyse(path, fd)
@@ -581,7 +581,9 @@ class Watcher:
             result.error = result.error.replace(str(link), str(path))
         return result
 
-    def _recover(self, path: Path, parent: int, st: os.stat_result, key: str, stored: str) -> None:
+    def _recover(
+        self, path: Path, parent: int, fd: int, st: os.stat_result, key: str, stored: str
+    ) -> None:
         """The store holds this file's events (the last run stopped before saving its
         state): count it from the meta row, do not store it again."""
         record = json.loads(stored)
@@ -596,7 +598,7 @@ class Watcher:
             moved = self._move_aside(
                 path,
                 parent,
-                -1,
+                fd,
                 st,
                 key,
                 status,
@@ -686,17 +688,14 @@ class Watcher:
             }
             with os.fdopen(sidecar, "w", encoding="utf-8") as f:
                 f.write(json.dumps(reason, indent=1) + "\n")
-            now = os.lstat(path.name, dir_fd=parent)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                os.unlink(f"{name}.reason.json", dir_fd=self._failed_fd)
-                raise OSError(errno.ESTALE, "the name now holds another file")
             try:
-                os.rename(path.name, name, src_dir_fd=parent, dst_dir_fd=self._failed_fd)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV or fd < 0:
-                    raise
-                self._copy_into_failed(fd, name)
-                os.unlink(path.name, dir_fd=parent)
+                now = os.lstat(path.name, dir_fd=parent)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise OSError(errno.ESTALE, "the name now holds another file")
+                self._move(path.name, parent, fd, name)
+            except OSError:
+                os.unlink(f"{name}.reason.json", dir_fd=self._failed_fd)
+                raise
             return self.failed_dir / name
         except OSError as exc:
             log.error(
@@ -708,19 +707,29 @@ class Watcher:
             )
             return None
 
-    def _copy_into_failed(self, fd: int, name: str) -> None:
+    def _move(self, src: str, parent: int, fd: int, name: str) -> None:
+        """``src`` (in ``parent``) to ``name`` in the failed folder: renamed, or across
+        filesystems copied from ``fd`` (the file that was read) into a new file, then
+        unlinked."""
+        try:
+            os.rename(src, name, src_dir_fd=parent, dst_dir_fd=self._failed_fd)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
         out = os.open(name, _CREATE_NEW, 0o600, dir_fd=self._failed_fd)
         try:
-            size = os.fstat(fd).st_size
-            done = 0
-            while done < size:
-                sent = os.copy_file_range(fd, out, size - done, done, done)
-                if sent == 0:
-                    break
-                done += sent
+            offset = 0
+            while chunk := os.pread(fd, 1 << 20, offset):
+                os.write(out, chunk)
+                offset += len(chunk)
             os.fsync(out)
+        except OSError:
+            os.unlink(name, dir_fd=self._failed_fd)
+            raise
         finally:
             os.close(out)
+        os.unlink(src, dir_fd=parent)
 
     def _log(self, r: FileResult) -> None:
         alerts = " ".join(f"{k}={v}" for k, v in sorted(r.alerts.items())) or "none"

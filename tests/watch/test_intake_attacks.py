@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -227,3 +228,24 @@ def test_a_failed_folder_inside_the_watched_one_is_refused(tmp_path: Path) -> No
     with pytest.raises(WatchError, match="failed_dir"):
         rig.build(poll=True, failed_dir=rig.folder / "failed")
     rig.store.close()  # type: ignore[union-attr]
+
+
+def test_a_failed_folder_on_another_filesystem(tmp_path: Path) -> None:
+    """Not an attack: a failed folder on another filesystem (rename says EXDEV) gets the
+    file copied from the descriptor that was read, then unlinked from the folder."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's")
+    rig = make_rig(tmp_path)
+    failed = Path(tempfile.mkdtemp(prefix="mld-watch-test-", dir=shm))
+    try:
+        cut = rig.folder / "cut.pcap"
+        cut.write_bytes(GOOD["masscan_tcp.pcap"].read_bytes()[:50_000])
+        results = rig.build(poll=True, failed_dir=failed).run(once=True)
+        rig.store.close()  # type: ignore[union-attr]
+        assert [(r.status, r.moved_to) for r in results] == [("partial", failed / "cut.pcap")]
+        assert not cut.exists()
+        assert (failed / "cut.pcap").read_bytes() == GOOD["masscan_tcp.pcap"].read_bytes()[:50_000]
+        assert (failed / "cut.pcap.reason.json").is_file()
+    finally:
+        shutil.rmtree(failed)
