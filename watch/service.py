@@ -46,7 +46,6 @@ import os
 import pwd
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -199,7 +198,10 @@ class Watcher:
         self._owners = allowed_uids(cfg.allowed_owners)
         self._folder_fd = -1
         self._failed_fd = -1
-        self._links = ""  # private folder of the links handed to the analyser
+        # Private folder of the links handed to the analyser, beside the state file (a
+        # watcher killed mid-file leaves it; the next start empties it).
+        self._links = state.path.with_name(state.path.stem + ".reading")
+        self._links_made = False
         self.clock = clock
         self.on_file = on_file
         self.pending: dict[Path, Pending] = {}
@@ -244,7 +246,9 @@ class Watcher:
                 f"cannot open the failed folder {self.failed_dir} ({exc.strerror}): it must "
                 "be a folder (not a link) the watcher can write; set watch.failed_dir"
             ) from exc
-        self._links = tempfile.mkdtemp(prefix="mld-watch-")
+        self._clear_links()
+        self._links.mkdir(mode=0o700, parents=True)
+        self._links_made = True
         if self._want_inotify:
             why = inotify_unavailable(self.folder)
             if why is None:
@@ -272,9 +276,15 @@ class Watcher:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
-        if self._links:
-            shutil.rmtree(self._links, ignore_errors=True)
-            self._links = ""
+        if self._links_made:
+            self._clear_links()
+            self._links_made = False
+
+    def _clear_links(self) -> None:
+        if self._links.is_symlink():
+            self._links.unlink()
+        elif self._links.exists():
+            shutil.rmtree(self._links)
 
     def _close_inotify(self) -> None:
         if self._inotify is not None:
@@ -570,7 +580,7 @@ class Watcher:
         named as the file, in a folder only this process can write, to /proc/self/fd/N
         (the reader opens the very file that was checked; its flows keep the file's name
         as their observation point)."""
-        link = Path(self._links) / path.name
+        link = self._links / path.name
         link.unlink(missing_ok=True)
         link.symlink_to(f"/proc/self/fd/{fd}")
         try:
