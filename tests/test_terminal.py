@@ -71,7 +71,12 @@ def test_lab_monitor_view_escapes_etcd_and_eve_strings(
     appends to; the rendered view holds no terminal control."""
     etcd = client(etcd_server)
     eve = tmp_path / "alerts.json"
-    alert = {"event_type": "alert", "src_ip": f"10.0.0.9{EVIL}", "alert": {"category": EVIL}}
+    alert = {
+        "event_type": "alert",
+        "src_ip": f"10.0.0.9{EVIL}",
+        # The EVE log names the family in the alert's metadata (detector/eve.py).
+        "alert": {"category": EVIL, "metadata": {"ml_family": [EVIL]}},
+    }
     eve.write_text(json.dumps(alert) + "\n")
     control = control_config(etcd_server, etcd_prefix)
     try:

@@ -57,28 +57,42 @@ def test_list_does_not_pass_terminal_controls(tmp_path: Path) -> None:
     fw = FirewallConfig(families=(family,), control_socket=str(sock), dry_run=True)
     decisions = DecisionLog(tmp_path / "decisions.sqlite")
     agent = FirewallAgent(fw, Policy(fw), NoBackend(), decisions, None, sock)
-    serving = threading.Thread(target=agent.run)
+    config = tmp_path / "mld.yaml"
+    data = {"node": {"state_dir": str(tmp_path)}, "firewall": {"control_socket": str(sock)}}
+    config.write_text(yaml.safe_dump(data))
+    listed: list[subprocess.CompletedProcess[str]] = []
+
+    def list_blocks() -> None:
+        try:
+            listed.append(
+                subprocess.run(
+                    [MLD, "--config", str(config), "firewall", "list"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            )
+        finally:
+            agent.request_stop()
+
+    # The agent runs on the thread that opened its decision log (SQLite objects stay on
+    # their thread, as in `mld firewall run`); the command line runs beside it.
+    lister = threading.Thread(target=list_blocks)
     try:
         agent.handle_batch(
             VerdictBatch(verdicts=[malicious_verdict("198.51.100.7", 0.99, n=1, family=family)])
         )
         assert agent.stats()["policy.active"] == 1
-        serving.start()
-        config = tmp_path / "mld.yaml"
-        data = {"node": {"state_dir": str(tmp_path)}, "firewall": {"control_socket": str(sock)}}
-        config.write_text(yaml.safe_dump(data))
-        done = subprocess.run(
-            [MLD, "--config", str(config), "firewall", "list"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        lister.start()
+        agent.run()
     finally:
         agent.request_stop()
-        if serving.is_alive():
-            serving.join(timeout=10)
+        if lister.is_alive():
+            lister.join(timeout=90)
         agent.close()
         decisions.close()
+    assert listed, "mld firewall list did not finish"
+    done = listed[0]
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     lines = done.stdout.splitlines()
