@@ -83,6 +83,13 @@ ATTACKS = [
     # Another node's key file, another peer's key, another etcd: never from etcd.
     ("detector", "transport.key_file", "/tmp/attacker.key", "cannot be set from etcd"),
     ("detector", "transport.peers", "{fw-1: AAAA}", "cannot be set from etcd"),
+    # The transport's roles and authentication (issue 19, finding 5) are the file's only:
+    # a sensor's key allowed to send verdicts, a sensor made a detector, CURVE turned off,
+    # a frame limit that lets a peer fill the receiver's memory.
+    ("firewall", "transport.channel_senders", "{verdicts: [sniffer]}", "cannot be set from etcd"),
+    ("firewall", "transport.peer_roles", "{sensor-1: [detector]}", "cannot be set from etcd"),
+    ("detector", "transport.curve", "false", "cannot be set from etcd"),
+    ("detector", "transport.max_frame_bytes", "1073741824", "cannot be set from etcd"),
 ]
 
 
