@@ -51,10 +51,11 @@ _CHILD = """
 import dataclasses, sys, time
 from config import load_config
 from control import ControlConfig, ServiceControl
-endpoint, ttl, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+endpoint, ttl, state, pki = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 cfg = load_config()
 cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, state_dir=state),
-    control=ControlConfig(endpoints=(endpoint,), prefix="/bench", lease_ttl_s=ttl))
+    control=ControlConfig(endpoints=(endpoint,), prefix="/bench", lease_ttl_s=ttl,
+                          credentials_dir=pki))
 plane = ServiceControl(cfg, component="detector", instance="victim")
 plane.start()
 plane.announce()
@@ -131,14 +132,14 @@ def config_propagation(
     return raw, applied
 
 
-def kill_to_gone(endpoint: str, ttl: int, state: Path, trials: int) -> list[float]:
-    etcd = EtcdClient.connect(ControlConfig(endpoints=(endpoint,)))
+def kill_to_gone(endpoint: str, ttl: int, state: Path, trials: int, pki: str) -> list[float]:
+    etcd = EtcdClient.connect(ControlConfig(endpoints=(endpoint,), credentials_dir=pki))
     key = "/bench/services/detector/victim"
     out = []
     try:
         for _ in range(trials):
             child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, endpoint, str(ttl), str(state)],
+                [sys.executable, "-c", _CHILD, endpoint, str(ttl), str(state), pki],
                 stdout=subprocess.PIPE, text=True, cwd=_REPO,
                 env=os.environ | {"PYTHONPATH": str(_REPO)},
             )  # fmt: skip
@@ -202,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mld-bench-etcd-") as tmp:
         server = EtcdServer(Path(tmp) / "etcd").start()
         # The shipped reconnection backoff (0.5 s doubling up to 30 s), as services use it.
-        control = ControlConfig(endpoints=(server.endpoint,), prefix="/bench", lease_ttl_s=args.ttl)
+        # Authenticated (TLS client certificates) like the etcd mld starts.
+        pki = str(server.pki_dir)
+        control = ControlConfig(endpoints=(server.endpoint,), prefix="/bench", lease_ttl_s=args.ttl,
+                                credentials_dir=pki)  # fmt: skip
         try:
             raw, applied = config_propagation(control, Path(tmp) / "s1", args.changes)
             p50, p99 = 1000 * statistics.median(applied), 1000 * _pct(applied, 0.99)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"bare watch p50 {1000 * statistics.median(raw):.2f} ms",
                 flush=True,
             )
-            gone = kill_to_gone(server.endpoint, args.ttl, Path(tmp) / "s2", args.kills)
+            gone = kill_to_gone(server.endpoint, args.ttl, Path(tmp) / "s2", args.kills, pki)
             shown = ", ".join(f"{g:.2f}" for g in gone)
             print(f"kill -9: registration gone after {shown} s (lease {args.ttl} s)", flush=True)
             back = restart_to_registered(server, control, Path(tmp) / "s3", args.restarts)

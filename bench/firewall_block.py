@@ -203,7 +203,7 @@ class Keys:
     def __init__(self) -> None:
         fw_key, det_key = KeyPair.generate(), KeyPair.generate()
         self.firewall = Keyring(fw_key, grace_s=60)
-        self.firewall.add_peer("detector", det_key.public)
+        self.firewall.add_peer("detector", det_key.public, roles=["detector"])
         self.detector = Keyring(det_key, grace_s=60)
         self.detector.add_peer("firewall", fw_key.public)
 

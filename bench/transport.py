@@ -133,7 +133,7 @@ def _keyrings(settings: TransportConfig) -> tuple[Keyring, Keyring]:
     ks = Keyring(snd, grace_s=settings.rotation_grace_s)
     ks.add_peer("receiver", rcv.public)
     kr = Keyring(rcv, grace_s=settings.rotation_grace_s)
-    kr.add_peer("sender", snd.public)
+    kr.add_peer("sender", snd.public, roles=["sniffer"])
     return ks, kr
 
 
@@ -274,10 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (median)")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--lz4-acceleration", type=int, default=None)
+    parser.add_argument(
+        "--no-curve", action="store_true", help="encrypted runs without CURVE authentication"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.repeats = 2000, 1
     settings = MldConfig().transport
+    if args.no_curve:
+        settings = replace(settings, curve=False)
     if args.lz4_acceleration is not None:
         settings = replace(settings, lz4_acceleration=args.lz4_acceleration)
 

@@ -25,6 +25,7 @@ from rag.config import RagConfig
 from sniffer.config import SnifferConfig
 from watch.config import WatchConfig
 from xdp.blocklist import DEFAULT_PIN_DIR
+from xdp.bpffs import check_pin_dir
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -56,6 +57,9 @@ class NodeConfig:
     # bpffs folder where the sniffer's XDP program pins its blocklist map and where the
     # firewall agent writes its blocks: one folder for both, so the program enforces them.
     xdp_pin_dir: str = DEFAULT_PIN_DIR
+
+    def __post_init__(self) -> None:
+        check_pin_dir(self.xdp_pin_dir)  # it reaches the BPF compile flags (issue 19)
 
 
 @dataclass(frozen=True)

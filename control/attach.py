@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic
 
-from control.discovery import advertised, sync_keyring
+from control.discovery import advertised, learned_peers, sync_keyring
 from control.layout import Endpoint
 from control.overrides import Validator
 from control.root import C
@@ -79,7 +79,8 @@ class ServiceControl(Generic[C]):
         self.keyring = keyring
         self.follow_log_level = follow_log_level
         self._config = config
-        self._learned: set[str] = set()
+        # Shared with the keyring's DiscoveredSenders: what etcd taught, not pinned.
+        self._learned: set[str] = learned_peers(keyring) if keyring is not None else set()
         self._bad_keys: set[str] = set()
         self.session: ControlSession[C] | None = None
         if config.control.enabled:
@@ -150,7 +151,9 @@ class ServiceControl(Generic[C]):
 
     def _apply_common(self, state: ControlState[C]) -> None:
         if self.keyring is not None:
-            sync_keyring(self.keyring, state.public_keys, self._learned, self._bad_keys)
+            sync_keyring(
+                self.keyring, state.public_keys, self._learned, self._bad_keys, state.key_roles
+            )
         if self.follow_log_level and "logging.level" in state.changed:
             apply_log_level(state.config.logging.level)
             log.info("log level is now %s (from etcd)", state.config.logging.level)

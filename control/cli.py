@@ -7,6 +7,7 @@ error (etcd unreachable, refused, bad value); 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,12 +18,14 @@ from typing import Any
 
 from base.errors import ConfigError, ControlPlaneError
 from base.exit_codes import EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control.client import EtcdClient
 from control.config import ControlConfig
 from control.etcd_server import EtcdServer
 from control.layout import COMPONENTS, GLOBAL_SECTIONS, config_key, config_prefix, dotted_name
-from control.overrides import apply_override
+from control.overrides import NetworkBounds, apply_override, check_settable
+from control.pki import OPERATOR
 
 __all__ = ["register_config_actions", "register_control"]
 
@@ -32,8 +35,11 @@ examples:
   mld etcd up --port 23790 --data-dir /tmp/etcd-lab
   mld etcd status --json
   mld etcd down                      stop it (the data stays; --purge removes it)
-Then point the services at it with control.endpoints: [127.0.0.1:2379] in mld.yaml.
-A multi-host deployment runs etcd with TLS and auth instead: see control/README.md.
+It serves TLS and requires client certificates, made at the first start in
+<node.state_dir>/etcd-pki (0700): one etcd user and role per component, operator for
+`mld config`/`mld status`. Point the services at it with control.endpoints:
+[127.0.0.1:2379] in mld.yaml; they find their certificates there by themselves.
+A multi-host deployment: see control/README.md.
 """
 
 STATUS_EPILOG = """\
@@ -51,7 +57,9 @@ examples:
   mld config set logging.level debug --component sniffer
   mld config unset detector.thresholds.alert         back to the file's value
   mld config list detector
-The value is YAML (JSON works too) and is checked against the config file's schema first.
+The value is YAML (JSON works too) and is checked against the config file's schema first,
+and against the settings the running instances take from etcd (the live ones: paths,
+peers, keys and endpoints never come from etcd; allowlist entries no wider than /8, /32).
 A running service checks it again and writes the outcome under
 <prefix>/status/<component>/<instance>/config (see `mld status`).
 """
@@ -62,6 +70,8 @@ def _control(args: argparse.Namespace) -> tuple[MldConfig, ControlConfig]:
     control = cfg.control
     if getattr(args, "etcd", None):
         control = dataclasses.replace(control, endpoints=(args.etcd,))
+    # The command line is the operator: read everything, write the config.
+    control = control.with_credentials(cfg.node.state_dir, OPERATOR)
     if not control.enabled:
         raise ControlPlaneError(
             "control.endpoints is empty, so no service uses etcd: set it in mld.yaml "
@@ -75,6 +85,10 @@ def _control(args: argparse.Namespace) -> tuple[MldConfig, ControlConfig]:
 
 def _etcd_dir(args: argparse.Namespace, cfg: MldConfig) -> Path:
     return Path(args.data_dir) if args.data_dir else Path(cfg.node.state_dir) / "etcd"
+
+
+def _pki_dir(cfg: MldConfig) -> Path:
+    return Path(cfg.control.credentials_dir or Path(cfg.node.state_dir) / "etcd-pki")
 
 
 def _pid_file(data_dir: Path) -> Path:
@@ -105,6 +119,10 @@ def _cmd_etcd_up(args: argparse.Namespace) -> int:
         client_port=args.port,
         peer_port=args.peer_port or args.port + 1,
         log_file=data_dir.with_name(data_dir.name + ".log"),
+        # Authenticated: the credentials where every service of this node finds them,
+        # a role per component under this deployment's prefix.
+        pki_dir=_pki_dir(cfg),
+        rbac_prefix=cfg.control.prefix,
     )
     server.start(detach=True)
     pid_file.write_text(f"{server.pid} {server.endpoint}\n")
@@ -112,7 +130,8 @@ def _cmd_etcd_up(args: argparse.Namespace) -> int:
         args,
         {"pid": server.pid, "endpoint": server.endpoint, "data_dir": str(data_dir)},
         f"etcd {server.endpoint} up (pid {server.pid}, data {data_dir}, log {server.log_file})\n"
-        f"use it with control.endpoints: [{server.endpoint}]",
+        f"use it with control.endpoints: [{server.endpoint}]; clients authenticate with "
+        f"the certificates in {server.pki_dir} (found there by themselves)",
     )
     return EXIT_OK
 
@@ -149,7 +168,8 @@ def _cmd_etcd_status(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"running": running is not None, "data_dir": str(data_dir)}
     if running is not None:
         result |= {"pid": running[0], "endpoint": running[1]}
-        probe = dataclasses.replace(cfg.control, endpoints=(running[1],), ca_cert="", cert="")
+        probe = dataclasses.replace(cfg.control, endpoints=(running[1],))
+        probe = probe.with_credentials(cfg.node.state_dir, OPERATOR)
         try:
             client = EtcdClient.connect(probe)
             result["version"] = client.version()
@@ -177,21 +197,25 @@ def gather_status(client: EtcdClient, control: ControlConfig) -> list[dict[str, 
         parts = kv.key[len(f"{prefix}/status/") :].split("/")
         if len(parts) == 3:
             try:
-                status.setdefault("/".join(parts[:2]), {})[parts[2]] = json.loads(kv.value)
+                record = json.loads(kv.value)
             except ValueError:
                 continue
+            if isinstance(record, dict):
+                status.setdefault("/".join(parts[:2]), {})[parts[2]] = record
     now = time.time()
     services = []
     for kv in client.get_prefix(f"{prefix}/services/"):
         try:
             reg = json.loads(kv.value)
         except ValueError:
+            reg = None
+        if not isinstance(reg, dict):
             reg = {"malformed": kv.value.decode("utf-8", "replace")}
         name = kv.key[len(f"{prefix}/services/") :]
         component, _, instance = name.partition("/")
         extra = status.get(name, {})
         health = extra.get("health", {})
-        age = now - float(health.get("ts", 0.0)) if health else None
+        age = now - _number(health.get("ts"), 0.0) if health else None
         state = health.get("state", "unknown")
         if age is not None and age > 3 * control.health_interval_s:
             state = f"stale ({age:.0f} s)"
@@ -227,25 +251,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{'SERVICE':28} {'HEALTH':12} {'HOST':16} {'PID':>7} {'UP':>8}  ENDPOINTS")
     for s in services:
         reg = s["registration"]
-        up = time.time() - float(reg.get("started_ts", time.time()))
+        up = time.time() - _number(reg.get("started_ts"), time.time())
+        offers = reg.get("endpoints")
         endpoints = ", ".join(
-            f"{name}={e.get('endpoint')}" for name, e in reg.get("endpoints", {}).items()
+            f"{name}={e.get('endpoint') if isinstance(e, dict) else e}"
+            for name, e in (offers.items() if isinstance(offers, dict) else ())
         )
+        name = printable(s["component"] + "/" + s["instance"])
+        host, pid = printable(reg.get("host", "?")), printable(reg.get("pid", "?"))
         print(
-            f"{s['component'] + '/' + s['instance']:28} {s['health']:12} "
-            f"{reg.get('host', '?')!s:16} {reg.get('pid', '?')!s:>7} {_ago(up):>8}  "
-            f"{endpoints or '-'}"
+            f"{name:28} {printable(s['health']):12} {host:16} {pid:>7} {_ago(up):>8}  "
+            f"{printable(endpoints or '-')}"
         )
         change = s["config"]
         if change:
             line = f"    last config change: {change.get('key')} -> {change.get('state')}"
             if change.get("reason"):
                 line += f" ({change['reason']})"
-            print(line)
+            print(printable(line))
         for what, record in s["reports"].items():
             if isinstance(record, dict) and record.get("summary"):
-                print(f"    {what}: {record['summary']}")
+                print(printable(f"    {what}: {record['summary']}"))
     return EXIT_OK
+
+
+def _number(value: object, default: float) -> float:
+    """A number from etcd's JSON, or ``default`` for anything else."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
 
 
 def _ago(seconds: float) -> str:
@@ -286,11 +321,33 @@ def _cmd_config_set(args: argparse.Namespace) -> int:
     key = config_key(control.prefix, component, args.key)
     client = EtcdClient.connect(control)
     try:
+        if not args.no_check:
+            _check_live(client, control, component, args.key, args.value, cfg)
         client.put(key, args.value)
     finally:
         client.close()
     _emit(args, {"key": key, "value": args.value}, f"{key} = {args.value}")
     return EXIT_OK
+
+
+def _check_live(
+    client: EtcdClient, control: ControlConfig, component: str, dotted: str, raw: str, cfg: Any
+) -> None:
+    """Refuse at once what the running instances of ``component`` would refuse: a
+    setting outside the live ones they report in their health, or a network wider than
+    etcd may set (control/overrides.py). Nothing to check when none runs."""
+    live: set[str] = set()
+    for kv in client.get_prefix(f"{control.prefix}/status/{component}/"):
+        if kv.key.endswith("/health"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                live.update(str(k) for k in json.loads(kv.value).get("live_keys") or ())
+    if not live:
+        return
+    bounds = NetworkBounds(control.override_min_prefix_v4, control.override_min_prefix_v6)
+    file_value: Any = cfg
+    for part in dotted.split("."):
+        file_value = getattr(file_value, part, None)
+    check_settable(dotted, raw, live=sorted(live), bounds=bounds, file_value=file_value)
 
 
 def _cmd_config_unset(args: argparse.Namespace) -> int:
@@ -326,7 +383,7 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("no settings are overridden in etcd")
     for row in [] if args.json else rows:
-        print(f"{row['component']:10} {row['setting']} = {row['value']}")
+        print(printable(f"{row['component']:10} {row['setting']} = {row['value']}"))
     return EXIT_OK
 
 

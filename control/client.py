@@ -26,7 +26,7 @@ import etcd3.exceptions
 import grpc
 
 from base.errors import ControlPlaneError, EtcdUnavailable
-from control.config import ControlConfig
+from control.config import ControlConfig, is_loopback
 
 __all__ = ["EtcdClient", "KeyValue", "WatchEvent"]
 
@@ -69,7 +69,9 @@ def translate(exc: BaseException, what: str, endpoint: str) -> ControlPlaneError
     ):
         return EtcdUnavailable(
             f"etcd at {endpoint} did not answer ({what}): {exc or 'timeout'}; is it running, "
-            "and do control.ca_cert, control.cert and control.key match its TLS setup?"
+            "and do control.ca_cert, control.cert and control.key match its TLS setup? (the "
+            "etcd mld starts requires the certificates it made in control.credentials_dir, "
+            "by default <node.state_dir>/etcd-pki)"
         )
     if isinstance(exc, grpc.RpcError):
         code = exc.code() if hasattr(exc, "code") else None
@@ -130,6 +132,11 @@ def _tls_files(cfg: ControlConfig) -> dict[str, str | None]:
                 f"TLS file {value} (control.{'cert' if name == 'cert_cert' else name}) "
                 "does not exist; see control/README.md for making the certificates"
             )
+    if cfg.key and Path(cfg.key).stat().st_mode & 0o077:
+        raise ControlPlaneError(
+            f"control.key {cfg.key} is readable by others: chmod 600 {cfg.key} (whoever "
+            "reads it is this node in etcd)"
+        )
     return {name: value or None for name, value in files.items()}
 
 
@@ -142,8 +149,20 @@ class EtcdClient:
         self.timeout_s = timeout_s
 
     @classmethod
-    def connect(cls, cfg: ControlConfig) -> EtcdClient:
-        """Connect to the first endpoint that answers; EtcdUnavailable if none does."""
+    def connect(cls, cfg: ControlConfig, user: str = "operator") -> EtcdClient:
+        """Connect to the first endpoint that answers; EtcdUnavailable if none does.
+        With ``control.credentials_dir`` and no TLS files given, authenticate as
+        ``user`` with the certificate mld made there (a service's session passes its
+        component)."""
+        if cfg.credentials_dir:
+            cfg = cfg.with_credentials("", user)
+            remote = [e for e in cfg.endpoints if not is_loopback(e.rpartition(":")[0])]
+            if remote and not cfg.ca_cert and not cfg.allow_plaintext:
+                raise ControlPlaneError(
+                    f"control.credentials_dir {cfg.credentials_dir} has no ca.pem: put the "
+                    f"etcd CA certificate there, with {user}.pem and {user}-key.pem "
+                    "(control/README.md), or set control.ca_cert, cert and key"
+                )
         if not cfg.endpoints:
             raise ControlPlaneError("control.endpoints is empty: there is no etcd to connect to")
         password = _password(cfg)

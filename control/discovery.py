@@ -12,14 +12,23 @@ opened to it. With no live instance a batch is dropped and counted under
 follows discovery and the end is a PUSH, else crypto_transport's ``open_sender`` on the
 configured endpoint (the detector's outputs, the sniffer's publisher).
 
-:func:`sync_keyring` adds the public keys of the key directory to a keyring (so a
-receiver accepts frames from every registered sender) and forgets the ones it added
+:func:`sync_keyring` adds the public keys of the key directory to a keyring, each with
+the roles of its instance's registrations (so a receiver accepts frames from every
+registered sender whose component may send there) and forgets the ones it added
 that left the directory; peers from ``transport.peers`` are never touched.
+
+A peer in ``transport.peers`` is **pinned**: neither the key directory nor a
+registration replaces its key. A registration under a pinned instance id with another
+key is ignored, logged and counted (``DiscoveredSender.forged``): whoever can write etcd
+cannot redirect a service's output to a socket of their own by claiming a pinned
+peer's name. Which peers a keyring learned from etcd (as opposed to pinned) is kept
+per keyring by :func:`learned_peers`, shared by sync_keyring and every sender.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -32,7 +41,7 @@ from crypto_transport import Keyring, Sender, SendingEnd, TransportConfig, open_
 from crypto_transport.counters import ChannelCounters
 from crypto_transport.keys import load_public_key
 
-__all__ = ["DiscoveredSender", "advertised", "output_sender", "sync_keyring"]
+__all__ = ["DiscoveredSender", "advertised", "learned_peers", "output_sender", "sync_keyring"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +60,39 @@ def advertised(bound: str, host: str) -> str:
     return bound
 
 
+# Per keyring: the peer ids added from the key directory (sync_keyring), and the ones
+# added from registrations (DiscoveredSender). Every other peer is pinned.
+_LEARNED: weakref.WeakKeyDictionary[Keyring, set[str]] = weakref.WeakKeyDictionary()
+_DISCOVERED: weakref.WeakKeyDictionary[Keyring, set[str]] = weakref.WeakKeyDictionary()
+
+
+def learned_peers(keyring: Keyring) -> set[str]:
+    """The peer ids ``keyring`` holds because the key directory in etcd named them. The
+    same set object for the life of the keyring: callers update it in place."""
+    return _LEARNED.setdefault(keyring, set())
+
+
+def is_pinned(keyring: Keyring, instance: str) -> bool:
+    """Does ``keyring`` hold a key for ``instance`` that did not come from etcd (a
+    ``transport.peers`` entry)?"""
+    return (
+        instance in keyring.peers
+        and instance not in learned_peers(keyring)
+        and instance not in _DISCOVERED.setdefault(keyring, set())
+    )
+
+
 def sync_keyring(
-    keyring: Keyring, keys: Mapping[str, str], learned: set[str], bad: set[str] | None = None
+    keyring: Keyring,
+    keys: Mapping[str, str],
+    learned: set[str],
+    bad: set[str] | None = None,
+    roles: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
-    """Make ``keyring`` hold every key of the directory ``keys``; ``learned`` holds the
-    peer ids added this way before (updated in place). Entries that are not a usable
-    key are skipped and logged once each (``bad`` remembers them)."""
+    """Make ``keyring`` hold every key of the directory ``keys``, each with the roles
+    ``roles`` gives its instance (the components it is registered as; none: it may send
+    nothing); ``learned`` holds the peer ids added this way before (updated in place).
+    Entries that are not a usable key are skipped and logged once each (``bad``)."""
     bad = set() if bad is None else bad
     static = set(keyring.peers) - learned
     for instance, text in keys.items():
@@ -64,7 +100,7 @@ def sync_keyring(
             continue
         try:
             public = load_public_key(text, what=f"key directory entry {instance}")
-            keyring.add_peer(instance, public)
+            keyring.add_peer(instance, public, roles=(roles or {}).get(instance, ()))
         except (KeyFileError, TransportError, ValueError) as exc:
             bad.add(f"{instance}={text}")
             log.warning("ignoring the public key of %s from etcd: %s", instance, exc)
@@ -99,6 +135,9 @@ class DiscoveredSender:
         self._context = context
         # instance -> (endpoint, public key, sender)
         self._senders: dict[str, tuple[str, str, Sender]] = {}
+        # Registrations ignored because they claim a pinned peer with another key.
+        self.forged = 0
+        self._forged_seen: set[tuple[str, str]] = set()
         self._order: list[str] = []
         self._next = 0
 
@@ -127,6 +166,8 @@ class DiscoveredSender:
                     offer.pattern,
                 )
                 continue
+            if not self._key_allowed(reg):
+                continue
             wanted[reg.instance] = (offer.endpoint, reg.public_key)
         for instance in list(self._senders):
             endpoint, public, sender = self._senders[instance]
@@ -145,7 +186,10 @@ class DiscoveredSender:
             if instance in self._senders:
                 continue
             try:
-                self._keyring.add_peer(instance, load_public_key(public, what=instance))
+                key = load_public_key(public, what=instance)
+                if not is_pinned(self._keyring, instance):
+                    self._keyring.add_peer(instance, key)
+                    _DISCOVERED.setdefault(self._keyring, set()).add(instance)
                 sender = Sender(
                     pattern="push",
                     endpoint=endpoint,
@@ -176,6 +220,34 @@ class DiscoveredSender:
             )
         self._order = sorted(self._senders)
 
+    def _key_allowed(self, reg: Registration) -> bool:
+        """False (logged once, counted once) for a registration that claims a pinned
+        peer with a key other than the pinned one."""
+        if not is_pinned(self._keyring, reg.instance):
+            return True
+        try:
+            if (
+                load_public_key(reg.public_key, what=reg.instance)
+                == self._keyring.peers[reg.instance]
+            ):
+                return True
+        except (KeyFileError, TransportError, ValueError):
+            pass
+        seen = (reg.instance, reg.public_key)
+        if seen not in self._forged_seen:
+            self._forged_seen.add(seen)
+            self.forged += 1
+            log.warning(
+                "%s: ignoring the registration of %s/%s from etcd: its public key is not "
+                "the one pinned for %s in transport.peers (a forged or stale registration; "
+                "if the peer's key really changed, update transport.peers)",
+                self.channel,
+                reg.component,
+                reg.instance,
+                reg.instance,
+            )
+        return False
+
     def send(self, message: Message) -> bool:
         return self.send_payload(message.SerializeToString())
 
@@ -195,6 +267,7 @@ class DiscoveredSender:
         for _, _, sender in self._senders.values():
             self._add(total, sender.counters)
         out = {"sent": total.sent, "sent_bytes": total.sent_bytes, "receivers": len(self._order)}
+        out["forged_registrations"] = self.forged
         out |= {f"dropped_{k}": v for k, v in total.dropped.items()}
         return out
 

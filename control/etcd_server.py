@@ -4,6 +4,12 @@ Debian ships the binary without a service manager here, so :class:`EtcdServer` s
 itself: one member on loopback, a data directory of its own, client and peer ports that
 are free (or given). ``mld etcd up/down`` use it with a pid file in the node's state
 directory; the tests' session fixture uses it with a temporary directory.
+
+It is authenticated by default (issue 19, finding 2): clients must present a certificate
+signed by a CA made at the first start (control/pki.py) in ``pki_dir`` (mode 0700, keys
+0600), so a local user without access to that folder can neither read nor write it.
+``tls=False`` runs it in plaintext (explicitly only). With ``rbac_prefix`` every
+component's user also gets its own role under that prefix (control/rbac.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base.errors import ControlPlaneError
+from control.pki import Credentials, ensure_credentials
 
 __all__ = ["EtcdServer", "ServerTls", "free_port"]
 
@@ -62,8 +69,13 @@ class EtcdServer:
         binary: str = "etcd",
         log_file: str | Path | None = None,
         name: str = "mld",
-        tls: ServerTls | None = None,
+        tls: ServerTls | bool = True,
+        pki_dir: str | Path | None = None,
+        rbac_prefix: str | None = None,
     ) -> None:
+        """``tls``: True (the default) makes or reuses the credentials in ``pki_dir``
+        (default: ``<data_dir>-pki`` beside the data) and requires client certificates;
+        a ServerTls uses certificates of your own; False serves plaintext."""
         self.data_dir = Path(data_dir)
         self.host = host
         self.client_port = client_port or free_port(host)
@@ -71,13 +83,38 @@ class EtcdServer:
         self.binary = binary
         self.log_file = Path(log_file) if log_file else self.data_dir.with_suffix(".log")
         self.name = name
-        self.tls = tls
+        self.credentials: Credentials | None = None
+        self.pki_dir: Path | None = None
+        if tls is True:
+            self.pki_dir = (
+                Path(pki_dir) if pki_dir else self.data_dir.with_name(self.data_dir.name + "-pki")
+            )
+            self.credentials = Credentials(self.pki_dir)
+            tls = ServerTls(
+                self.credentials.server_cert, self.credentials.server_key, self.credentials.ca
+            )
+        self.tls: ServerTls | None = tls or None
+        self.rbac_prefix = rbac_prefix
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         """host:port for control.endpoints."""
         return f"{self.host}:{self.client_port}"
+
+    def client_settings(self, user: str = "root") -> dict[str, str]:
+        """control.* TLS settings that authenticate as ``user`` (empty without TLS made
+        here)."""
+        return {} if self.credentials is None else self.credentials.client(user)
+
+    def prepare(self) -> None:
+        """Make the credentials (first start) and the data folder; start() calls it, a
+        supervisor that runs :meth:`command` itself calls it first."""
+        if self.credentials is not None:
+            hosts = () if self.host in ("127.0.0.1", "localhost", "::1") else (self.host,)
+            ensure_credentials(self.credentials.folder, hosts)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
 
     @property
     def pid(self) -> int | None:
@@ -139,8 +176,7 @@ class EtcdServer:
                 f"{self.host}:{self.client_port} is already in use: stop what listens "
                 "there (`mld etcd down`) or pick another port"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
+        self.prepare()
         out = open(self.log_file, "ab")  # noqa: SIM115 (handed to the child)
         try:
             self.process = subprocess.Popen(
@@ -159,7 +195,16 @@ class EtcdServer:
                     f"etcd exited with status {self.process.returncode} at start; "
                     f"see {self.log_file}"
                 )
-            if self._healthy() if self.tls is None else _listening(self.host, self.client_port):
+            if self._healthy():
+                if self.rbac_prefix is not None and self.credentials is not None:
+                    from control.rbac import enable_rbac
+
+                    try:
+                        enable_rbac(self.endpoint, self.credentials, self.rbac_prefix,
+                                    self.data_dir)  # fmt: skip
+                    except ControlPlaneError:
+                        self.stop()
+                        raise
                 return self
             time.sleep(0.05)
         self.stop(kill=True)
@@ -168,11 +213,24 @@ class EtcdServer:
         )
 
     def _healthy(self) -> bool:
+        """Does etcd answer /health? Over TLS with the root certificate when the
+        credentials are ours; with certificates of the caller's own, an open port."""
+        import ssl
         import urllib.request
 
-        url = f"http://{self.host}:{self.client_port}/health"
+        context = None
+        if self.tls is not None:
+            if self.credentials is None:
+                return _listening(self.host, self.client_port)
+            context = ssl.create_default_context(cafile=str(self.credentials.ca))
+            context.load_cert_chain(
+                str(self.credentials.cert("root")), str(self.credentials.key("root"))
+            )
+        scheme = "http" if self.tls is None else "https"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"{scheme}://{host}:{self.client_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=0.5) as reply:
+            with urllib.request.urlopen(url, timeout=0.5, context=context) as reply:
                 return b'"true"' in reply.read()
         except OSError:
             return False

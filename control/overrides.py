@@ -5,15 +5,24 @@ YAML value (``0.6``). :func:`apply_overrides` applies a set over the file's conf
 the same checks as the file (base.config_loader.replace_path) plus the component's own
 ``validate``. :class:`LastGood` keeps the accepted set in the node's state directory, so
 a service that starts while etcd is unreachable runs with the settings it had.
+
+What etcd may set at all is narrow (issue 19, finding 2): :func:`check_settable` lets
+through only the component's live settings (thresholds, TTLs, rates, the allowlist, the
+log level: what the service applies while running) and refuses everything else, paths,
+peers, key files, endpoints, the pin folder that reaches the BPF compiler, with a reason
+that says to change it in mld.yaml. Networks in a value are bounded too: never wider
+than ``control.override_min_prefix_v4``/``_v6`` (so never 0.0.0.0/0 or ::/0), except
+the entries the file itself already has.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,16 @@ import yaml
 
 from base.errors import ConfigError
 
-__all__ = ["LastGood", "Validator", "apply_override", "changed_keys", "parse_value"]
+__all__ = [
+    "LastGood",
+    "NetworkBounds",
+    "Validator",
+    "apply_override",
+    "changed_keys",
+    "check_settable",
+    "is_live",
+    "parse_value",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +53,61 @@ def parse_value(raw: bytes | str, *, key: str) -> object:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: the value {text!r} is not valid YAML ({exc})") from None
+
+
+def is_live(dotted: str, live: Sequence[str]) -> bool:
+    """Is ``dotted`` one of the ``live`` prefixes, or inside one?"""
+    return any(dotted == p or dotted.startswith(p + ".") for p in live)
+
+
+class NetworkBounds:
+    """The widest networks an etcd override may name: IPv4 prefixes of at least
+    ``min_v4`` bits, IPv6 of at least ``min_v6``; /0 never."""
+
+    def __init__(self, min_v4: int, min_v6: int) -> None:
+        self.min = {4: max(1, min_v4), 6: max(1, min_v6)}
+
+    def check(self, dotted: str, value: object, allowed: Iterable[object] = ()) -> None:
+        """ConfigError when ``value`` (a string or a list of strings) names a network
+        wider than the bound; the entries in ``allowed`` (the file's) are not checked."""
+        kept = {str(a) for a in allowed}
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if not isinstance(item, str) or "/" not in item or item in kept:
+                continue
+            try:
+                net = ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                continue  # not a network: the setting's own type check says what is wrong
+            bound = self.min[net.version]
+            if net.prefixlen < bound:
+                raise ConfigError(
+                    f"{dotted}: {item} is wider than etcd may set (at most /{bound} for "
+                    f"IPv{net.version}, control.override_min_prefix_v{net.version}); put "
+                    "a network that wide in mld.yaml on the node if you really mean it"
+                )
+
+
+def check_settable(
+    dotted: str,
+    raw: bytes | str,
+    *,
+    live: Sequence[str],
+    bounds: NetworkBounds,
+    file_value: object = None,
+) -> None:
+    """ConfigError unless etcd may set ``dotted`` to ``raw``: only the live settings,
+    and their networks within ``bounds`` (the file's own entries excepted)."""
+    if not is_live(dotted, live):
+        shown = ", ".join(live) if live else "none"
+        raise ConfigError(
+            f"{dotted} cannot be set from etcd: only the live settings can ({shown}); "
+            "paths, peers, keys, endpoints and the like are set in mld.yaml on the node "
+            f"(then restart the service). Delete the key: etcdctl del {dotted!r} under "
+            "the component's config prefix, or `mld config unset`"
+        )
+    allowed = file_value if isinstance(file_value, list | tuple) else [file_value]
+    bounds.check(dotted, parse_value(raw, key=dotted), allowed)
 
 
 def apply_override(config: Any, dotted: str, raw: bytes | str, *, source: str) -> Any:

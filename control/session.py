@@ -16,11 +16,13 @@ The thread's loop::
     watch events: services/keys -> new state; config -> check, apply or refuse, status
     any etcd failure: drop the connection, wait (backoff with jitter), start again
 
-A config change is checked like the file (types, unknown keys, the component's own
-checks) and written back under status/<component>/<instance>/config as ``applied``,
-``restart_required`` (a setting the service reads only at start) or ``refused`` with the
-reason. Accepted overrides are also saved on disk (:class:`LastGood`); without etcd at
-start the service runs from them and says so.
+A config change must name one of the service's live settings (``live_keys``; anything
+else, a path, a peer, a key file, an endpoint, is never etcd's to set: issue 19, finding
+2), with networks no wider than control.override_min_prefix_v4/_v6; it is then checked
+like the file (types, unknown keys, the component's own checks) and written back under
+status/<component>/<instance>/config as ``applied`` or ``refused`` with the reason.
+Accepted overrides are also saved on disk (:class:`LastGood`); without etcd at start the
+service runs from them and says so.
 """
 
 from __future__ import annotations
@@ -53,7 +55,15 @@ from control.layout import (
     services_prefix,
     status_key,
 )
-from control.overrides import LastGood, Validator, apply_override, changed_keys
+from control.overrides import (
+    LastGood,
+    NetworkBounds,
+    Validator,
+    apply_override,
+    changed_keys,
+    check_settable,
+    is_live,
+)
 from control.root import C
 
 __all__ = ["ControlSession", "ControlState", "HealthFn"]
@@ -78,8 +88,13 @@ class ControlState(Generic[C]):
     changed: tuple[str, ...] = ()
     # component -> instance id -> registration, for the components the service watches.
     peers: Mapping[str, Mapping[str, Registration]] = field(default_factory=lambda: _EMPTY)
-    # instance id -> base64 X25519 public key, from the key directory.
+    # instance id -> base64 X25519 public key, from the key directory; for a registered
+    # instance, the key its registrations name (see ControlSession._publish).
     public_keys: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # instance id -> the components it is registered as (services/<component>/<instance>)
+    # with the key of public_keys, of every component: the roles its key may send as
+    # (crypto_transport channel_senders).
+    key_roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
     # True while the thread holds a working etcd connection.
     connected: bool = False
 
@@ -105,9 +120,11 @@ class ControlSession(Generic[C]):
         health: HealthFn | None = None,
     ) -> None:
         """``live_keys`` are dotted prefixes the service applies while running (e.g.
-        ``detector.thresholds``, ``logging.level``); other settings need a restart.
+        ``detector.thresholds``, ``logging.level``): the only settings etcd may set.
         ``validate`` gets a candidate config and raises ConfigError to refuse it."""
-        self.cfg = control
+        # The component authenticates as itself to the etcd mld started (control/pki.py).
+        state = state_dir or base_config.node.state_dir
+        self.cfg = control.with_credentials(state, component)
         self.component = component
         self.instance = instance
         self.registration = registration
@@ -115,9 +132,10 @@ class ControlSession(Generic[C]):
         self._watch = tuple(watch)
         self._validate = validate
         self._live = tuple(live_keys)
+        self._bounds = NetworkBounds(control.override_min_prefix_v4, control.override_min_prefix_v6)
         self._health = health
         self._prefix = control.prefix
-        cache_dir = Path(state_dir or base_config.node.state_dir) / "control"
+        cache_dir = Path(state) / "control"
         self.last_good = LastGood(cache_dir / f"{component}-{instance}.json")
         # Accepted overrides: dotted name -> raw YAML text.
         self._overrides: dict[str, str] = {}
@@ -125,6 +143,11 @@ class ControlSession(Generic[C]):
         self._pending: dict[str, str] = {}
         self._peers: dict[str, dict[str, Registration]] = {c: {} for c in self._watch}
         self._keys: dict[str, str] = {}
+        # Every registration's etcd key -> (component, instance, the public key it names),
+        # for key_roles.
+        self._registered: dict[str, tuple[str, str, str]] = {}
+        # (instance, directory key) pairs already warned about as not registered.
+        self._disowned_seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         # Records of report(): status name -> record, written on every (re)registration.
         self._reports: dict[str, dict[str, object]] = {}
@@ -145,6 +168,8 @@ class ControlSession(Generic[C]):
             "reregistrations": 0,
             "config_applied": 0,
             "config_refused": 0,
+            # Key directory entries that no registration of their instance names.
+            "disowned_keys": 0,
         }
 
     # -- the service's side ------------------------------------------------------------
@@ -348,6 +373,8 @@ class ControlSession(Generic[C]):
             state, counters = "error", {"health_error": f"{type(exc).__name__}: {exc}"}
         record = {"state": state, "ts": time.time(), "counters": dict(counters)}
         record["control"] = dict(self.counters)
+        # What etcd may set for this service: `mld config set` checks against it.
+        record["live_keys"] = list(self._live)
         key = health_key(self._prefix, self.component, self.instance)
         self._client.put(key, json.dumps(record, sort_keys=True, default=str), self._lease)
 
@@ -366,6 +393,9 @@ class ControlSession(Generic[C]):
             self._peers[component] = {}
             for kv in client.get_prefix(services_prefix(self._prefix, component)):
                 self._set_peer(kv.key, kv.value)
+        self._registered = {}
+        for kv in client.get_prefix(services_prefix(self._prefix)):
+            self._note_registered(kv.key, kv.value, deleted=False)
         self._keys = {}
         for kv in client.get_prefix(f"{self._prefix}/keys/"):
             self._keys[kv.key.rsplit("/", 1)[1]] = kv.value.decode()
@@ -394,6 +424,7 @@ class ControlSession(Generic[C]):
                 else:
                     self._keys[instance] = event.value.decode()
             elif key.startswith(f"{self._prefix}/services/"):
+                self._note_registered(key, event.value, event.deleted)
                 component = key[len(f"{self._prefix}/services/") :].split("/", 1)[0]
                 if component not in self._peers:
                     continue
@@ -402,6 +433,18 @@ class ControlSession(Generic[C]):
                 else:
                     self._set_peer(key, event.value)
         self._publish(config, connected=True)
+
+    def _note_registered(self, key: str, value: bytes, deleted: bool) -> None:
+        parts = key[len(services_prefix(self._prefix)) :].split("/")
+        if deleted:
+            self._registered.pop(key, None)
+        elif len(parts) == 2 and all(parts):
+            # The key the registration names; a record without one grants nothing.
+            try:
+                public = json.loads(value).get("public_key")
+            except (ValueError, AttributeError):
+                public = None
+            self._registered[key] = (parts[0], parts[1], public if isinstance(public, str) else "")
 
     def _set_peer(self, key: str, value: bytes) -> None:
         try:
@@ -476,12 +519,22 @@ class ControlSession(Generic[C]):
         return config
 
     def _is_live(self, dotted: str) -> bool:
-        return any(dotted == p or dotted.startswith(p + ".") for p in self._live)
+        return is_live(dotted, self._live)
 
     def _build(self, overrides: Mapping[str, str], *, source: str) -> C:
         config = self._base
         # Shorter names first: a whole mapping before one of its entries.
         for dotted in sorted(overrides, key=lambda k: (k.count("."), k)):
+            # Only the live settings, networks within bounds (control/overrides.py);
+            # also for the last good file, which an older version or a user may have
+            # written.
+            check_settable(
+                dotted,
+                overrides[dotted],
+                live=self._live,
+                bounds=self._bounds,
+                file_value=_lookup(self._base, dotted),
+            )
             config = apply_override(config, dotted, overrides[dotted], source=source)
         if self._validate is not None:
             self._validate(config)
@@ -491,11 +544,13 @@ class ControlSession(Generic[C]):
         with self._lock:
             old = self._state
             peers = {c: MappingProxyType(dict(p)) for c, p in self._peers.items()}
-            keys = MappingProxyType(dict(self._keys))
+            keys, roles = self._keys_and_roles()
+            key_roles = MappingProxyType(roles)
             if (
                 config == old.config
                 and peers == old.peers
                 and keys == old.public_keys
+                and key_roles == old.key_roles
                 and connected == old.connected
             ):
                 return
@@ -505,8 +560,48 @@ class ControlSession(Generic[C]):
                 changed_keys(old.config, config),
                 MappingProxyType(peers),
                 keys,
+                key_roles,
                 connected,
             )
+
+    def _keys_and_roles(self) -> tuple[Mapping[str, str], dict[str, frozenset[str]]]:
+        """The key of every instance and the components it may send as.
+
+        A registration (services/<component>/<instance>, writable by that component's
+        etcd role only) grants its component to the key it names, never to whatever the
+        key directory holds for the instance: every component may write keys/ (it is by
+        instance id, shared by a node's services; control/rbac.py), so a taken-over
+        sniffer could otherwise put its own key under a detector's id and send verdicts as
+        that detector. When no registration names the directory's key (or there is none)
+        but they all name one other key, that key is the instance's (a directory entry
+        that differs is logged and counted as disowned_keys): overwriting or deleting
+        another instance's entry neither lends its role nor locks it out."""
+        keys = dict(self._keys)
+        named: dict[str, dict[str, set[str]]] = {}  # instance -> key -> components
+        for component, instance, public in self._registered.values():
+            if public:
+                named.setdefault(instance, {}).setdefault(public, set()).add(component)
+        roles: dict[str, frozenset[str]] = {}
+        for instance, by_key in named.items():
+            listed = keys.get(instance)
+            if listed not in by_key and len(by_key) == 1:
+                if listed is not None and (instance, listed) not in self._disowned_seen:
+                    self._disowned_seen.add((instance, listed))
+                    self.counters["disowned_keys"] += 1
+                    log.warning(
+                        "the key directory's entry for %s is not the key its registration "
+                        "as %s names: using the registration's (someone with an etcd "
+                        "certificate wrote %s/keys/%s)",
+                        instance,
+                        "/".join(sorted(next(iter(by_key.values())))),
+                        self._prefix,
+                        instance,
+                    )
+                listed = next(iter(by_key))
+                keys[instance] = listed
+            if listed in by_key:
+                roles[instance] = frozenset(by_key[listed])
+        return MappingProxyType(keys), roles
 
     def _start_from_last_good(self, exc: EtcdUnavailable) -> None:
         overrides, saved_ts = self.last_good.load()
@@ -537,6 +632,16 @@ class ControlSession(Generic[C]):
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved_ts)),
             )
         self._publish(config, connected=False)
+
+
+def _lookup(config: Any, dotted: str) -> object:
+    """The value of ``dotted`` in ``config`` (None when there is none)."""
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 def _replace(state: ControlState[C], **changes: Any) -> ControlState[C]:

@@ -21,6 +21,7 @@ REJECT_REASONS = (
     "decompression_bomb",
     "bad_compression",
     "bad_protobuf",
+    "unauthorized_role",
 )
 
 
@@ -32,13 +33,18 @@ class ChannelCounters:
         self.sent_bytes = 0
         self.received = 0
         self.received_bytes = 0
-        # Frames the sender gave up on, by reason ("hwm": PUB past its high-water mark,
-        # "timeout": PUSH found no room within send_timeout_ms).
+        # Frames the sender gave up on, by reason ("timeout": PUSH found no room within
+        # send_timeout_ms; a PUB drops for a full subscriber only, which counts "missing").
         self.dropped: Counter[str] = Counter()
         # Frames the receiver refused, by reason (REJECT_REASONS).
         self.rejected: Counter[str] = Counter()
         # Sequence numbers skipped by accepted frames: frames this receiver never got.
         self.missing = 0
+        # Connections refused by CURVE authentication (unknown key, or a role that may not
+        # use this endpoint); a refused client retries, each attempt counts.
+        self.refused_connections = 0
+        # Failed writes of the receiver's replay state file.
+        self.replay_state_errors = 0
 
     def snapshot(self) -> dict[str, int]:
         """Flat ``name -> value`` view, e.g. for a Heartbeat's counters map."""
@@ -48,6 +54,8 @@ class ChannelCounters:
             "received": self.received,
             "received_bytes": self.received_bytes,
             "missing": self.missing,
+            "replay_state_errors": self.replay_state_errors,
+            "refused_connections": self.refused_connections,
         }
         out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
         out.update({f"rejected.{k}": v for k, v in sorted(self.rejected.items())})

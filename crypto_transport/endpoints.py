@@ -15,8 +15,9 @@ otherwise (the firewall's ``listen_*``, the RAG store's ``listen_endpoint``) bui
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 import zmq
@@ -84,8 +85,12 @@ def open_receiver(
     keyring: Keyring,
     settings: TransportConfig,
     context: ZmqContext | None = None,
+    senders: Collection[str] | None = None,
+    replay_state: str | Path | None = None,
 ) -> Receiver[M]:
-    """A bound or connected Receiver of ``message_type`` batches (TransportError)."""
+    """A bound or connected Receiver of ``message_type`` batches (TransportError); it
+    accepts frames only from peers holding one of ``senders`` (None: the roles
+    ``settings.channel_senders`` gives for the channel)."""
     return Receiver(
         pattern=end.pattern,
         endpoint=end.endpoint,
@@ -95,6 +100,8 @@ def open_receiver(
         settings=settings,
         bind=end.bind,
         context=context,
+        senders=senders,
+        replay_state=replay_state,
     )
 
 

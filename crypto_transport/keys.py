@@ -10,6 +10,12 @@ is derived by both ends from the X25519 shared secret and both public keys::
 so the S->R key differs from the R->S key, and the key id names the pair of public keys
 without revealing anything. Only public keys ever leave a host.
 
+Roles: every peer has the roles it may play (its components: ``sniffer``, ``detector``, ...),
+from ``transport.peer_roles`` or its name for configured peers and from its registrations
+for peers learnt from etcd. A receiver accepts a frame only from a peer holding one of the
+roles allowed to send on its channel (``TransportConfig.channel_senders``), so a stolen
+sniffer key cannot send verdicts to the firewall.
+
 Rotation: when a node replaces its own key pair, or learns a peer's new public key, the
 keys derived from the old ones stay accepted for a grace period, so frames in flight and
 senders that have not yet heard of the new key are not lost.
@@ -20,24 +26,38 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nacl.bindings
-
-if TYPE_CHECKING:
-    from crypto_transport.config import TransportConfig
 import nacl.hash
 import nacl.public
 from nacl.encoding import RawEncoder
 
-from base.errors import KeyFileError, TransportError
+from base.errors import ConfigError, KeyFileError, TransportError
 
-__all__ = ["KeyPair", "Keyring", "SessionKey", "derive_session_key", "load_public_key"]
+if TYPE_CHECKING:
+    from crypto_transport.config import TransportConfig
+
+__all__ = [
+    "ROLES",
+    "KeyPair",
+    "Keyring",
+    "SessionKey",
+    "derive_session_key",
+    "load_public_key",
+    "role_from_name",
+]
+
+# The roles a peer can hold: the components that send or receive on the transport.
+ROLES = ("sniffer", "detector", "firewall", "rag", "watch")
+# Words in peer names that mean a role (a sniffer's id is its sensor id: sensor-1).
+_ROLE_WORDS = {role: role for role in ROLES} | {"sensor": "sniffer"}
 
 _KEY_PERSON = b"mld-transport-1"
 _KEY_ID_PERSON = b"mld-key-id-1"
@@ -127,6 +147,46 @@ def _decode_key(text: str, what: str) -> bytes:
     return raw
 
 
+def role_from_name(peer_id: str) -> str | None:
+    """The role a peer name spells (``detector-1`` -> detector, ``edge.sensor.2`` ->
+    sniffer), or None when its words name no role or more than one."""
+    words = {w for w in re.split(r"[^a-z0-9]+", peer_id.lower()) if w}
+    roles = {_ROLE_WORDS[w] for w in words if w in _ROLE_WORDS}
+    return roles.pop() if len(roles) == 1 else None
+
+
+def peer_roles_from_config(transport: TransportConfig) -> dict[str, frozenset[str]]:
+    """The roles of each peer of ``transport.peers``: ``transport.peer_roles`` when it
+    names the peer, else the role its name spells; ConfigError when neither says."""
+    out: dict[str, frozenset[str]] = {}
+    for peer_id, roles in transport.peer_roles.items():
+        if peer_id not in transport.peers:
+            raise ConfigError(
+                f"transport.peer_roles.{peer_id} names no peer of transport.peers; "
+                "add its public key there or remove the entry"
+            )
+        bad = [r for r in roles if r not in ROLES]
+        if bad or not roles:
+            raise ConfigError(
+                f"transport.peer_roles.{peer_id}: {', '.join(bad) or 'empty list'} is not a "
+                f"role; give one or more of {', '.join(ROLES)}"
+            )
+    for peer_id in transport.peers:
+        if peer_id in transport.peer_roles:
+            out[peer_id] = frozenset(transport.peer_roles[peer_id])
+            continue
+        role = role_from_name(peer_id)
+        if role is None:
+            raise ConfigError(
+                f"transport.peers.{peer_id}: its name does not say which component it is, "
+                "so this node cannot tell what it may send; add "
+                f"`transport.peer_roles: {{{peer_id}: [ROLE]}}` with ROLE one or more of "
+                f"{', '.join(ROLES)}"
+            )
+        out[peer_id] = frozenset((role,))
+    return out
+
+
 @dataclass(frozen=True)
 class SessionKey:
     """The symmetric key for one direction between two nodes (its repr leaves the key
@@ -191,6 +251,7 @@ class Keyring:
         self._grace_s = grace_s
         self._clock = clock
         self._peers: dict[str, bytes] = {}
+        self._roles: dict[str, frozenset[str]] = {}
         self._send: dict[str, SessionKey] = {}
         self._recv: dict[bytes, _Entry] = {}
         # Key ids whose grace period ended, newest last; bounded, only for error reasons.
@@ -200,10 +261,16 @@ class Keyring:
 
     @classmethod
     def from_config(cls, transport: TransportConfig) -> Keyring:
-        """This node's keyring from ``transport``: its key file and every configured peer."""
+        """This node's keyring from ``transport``: its key file and every configured peer
+        with its roles (ConfigError when a peer's role cannot be told)."""
+        roles = peer_roles_from_config(transport)
         ring = cls(KeyPair.load(transport.key_file), grace_s=transport.rotation_grace_s)
         for peer_id, public in transport.peers.items():
-            ring.add_peer(peer_id, load_public_key(public, what=f"transport.peers.{peer_id}"))
+            ring.add_peer(
+                peer_id,
+                load_public_key(public, what=f"transport.peers.{peer_id}"),
+                roles=roles[peer_id],
+            )
         return ring
 
     @property
@@ -214,19 +281,55 @@ class Keyring:
     def peers(self) -> dict[str, bytes]:
         return dict(self._peers)
 
-    def add_peer(self, peer_id: str, public_key: bytes) -> None:
-        """Learn or replace a peer's public key; a replaced key stays accepted for the grace."""
+    def roles_of(self, peer_id: str) -> frozenset[str]:
+        """The roles ``peer_id`` may play (empty for an unknown peer)."""
+        return self._roles.get(peer_id, frozenset())
+
+    def peer_with_public(self, public_key: bytes) -> str | None:
+        """The peer whose current key, or replaced key still in its grace period, is
+        ``public_key`` (who holds a connection: crypto_transport.curve); None if none."""
+        # Copies: this runs on the ZAP thread while the service thread may add a peer.
+        for peer_id, public in list(self._peers.items()):
+            if public == public_key:
+                return peer_id
+        now = self._clock()
+        for entry in list(self._recv.values()):
+            if entry.key.sender_public == public_key and (
+                entry.expires_at is None or now < entry.expires_at
+            ):
+                return entry.key.peer_id
+        return None
+
+    def add_peer(
+        self, peer_id: str, public_key: bytes, *, roles: Iterable[str] | None = None
+    ) -> None:
+        """Learn or replace a peer's public key; a replaced key stays accepted for the grace.
+
+        ``roles`` replaces the peer's roles; None keeps the ones it has (none for a new
+        peer: it can be sent to, but no receiver accepts its frames)."""
+        if roles is not None:
+            bad = sorted(set(roles) - set(ROLES))
+            if bad:
+                raise TransportError(
+                    f"peer {peer_id!r}: unknown role {', '.join(bad)}; roles are {', '.join(ROLES)}"
+                )
         old = self._peers.get(peer_id)
+        if old != public_key:
+            # Refuse an unusable key (low-order point) before anything changes.
+            derive_session_key(self._own, public_key, peer_id=peer_id, own_is_sender=True)
+        if roles is not None:
+            self._roles[peer_id] = frozenset(roles)
+        else:
+            self._roles.setdefault(peer_id, frozenset())
         if old == public_key:
             return
-        # Refuse an unusable key (low-order point) before anything changes.
-        derive_session_key(self._own, public_key, peer_id=peer_id, own_is_sender=True)
         self._peers[peer_id] = public_key
         self._rebuild(retire_own=None, retire_peer=(peer_id, old) if old else None)
 
     def remove_peer(self, peer_id: str) -> None:
         """Forget a peer at once (no grace): its frames are rejected from now on."""
         self._peers.pop(peer_id, None)
+        self._roles.pop(peer_id, None)
         self._send.pop(peer_id, None)
         self._recv = {kid: e for kid, e in self._recv.items() if e.key.peer_id != peer_id}
         self.generation += 1

@@ -55,7 +55,14 @@ from control import (
     output_sender,
     stats_from_other_thread,
 )
-from crypto_transport import Keyring, Receiver, Sender, TransportConfig, open_receiver
+from crypto_transport import (
+    Keyring,
+    Receiver,
+    Sender,
+    TransportConfig,
+    open_receiver,
+    replay_state_path,
+)
 from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
@@ -134,6 +141,8 @@ class DetectorService(FollowsControl):
         self.anomaly_watcher = anomaly_watcher
         self.receiver = receiver
         self.detector_id = detector_id
+        # Peers whose claimed sensor_id was not theirs, already logged (bounded).
+        self._mismatch_logged: set[str] = set()
         self.verdict_sender = verdict_sender
         self.event_sender = event_sender
         self.watcher = watcher
@@ -217,7 +226,14 @@ class DetectorService(FollowsControl):
         opened: list[OutputSender | Receiver[FlowBatch]] = []
         try:
             receiver = open_receiver(
-                config.listen, FlowBatch, keyring=keyring, settings=transport, context=context
+                config.listen,
+                FlowBatch,
+                keyring=keyring,
+                settings=transport,
+                context=context,
+                replay_state=replay_state_path(
+                    state_dir, f"detector-{detector_id}", config.listen.channel
+                ),
             )
             opened.append(receiver)
             verdicts = _sender(
@@ -330,7 +346,7 @@ class DetectorService(FollowsControl):
                     return
                 got = self.receiver.recv(timeout_ms=_RECV_POLL_MS)
                 if got is not None:
-                    self.handle(got.message)
+                    self.handle(got.message, got.peer_id)
                 self.follow_control()
                 self._maybe_log_stats()
             self._drain()
@@ -351,14 +367,35 @@ class DetectorService(FollowsControl):
             got = self.receiver.recv(timeout_ms=0)
             if got is None:
                 break
-            self.handle(got.message)
+            self.handle(got.message, got.peer_id)
             drained += 1
         if drained:
             log.info("stopping: scored %d queued batches", drained)
 
-    def handle(self, batch: FlowBatch) -> None:
-        """Score one batch and send its verdicts and events."""
+    def sensor_name(self, batch: FlowBatch, peer_id: str) -> str:
+        """The sensor a batch is credited to: the authenticated peer that sent it. The
+        batch's own ``sensor_id`` is only a claim; it is kept when it is the peer's id or
+        names a part of it (``<peer>/<capture point>``), else the peer's id is used and
+        the mismatch counted (``sensor_id_mismatch``) and logged once per peer."""
+        claimed = batch.sensor_id
+        if claimed == peer_id or claimed.startswith(peer_id + "/"):
+            return claimed
+        self.counters["sensor_id_mismatch"] += 1
+        if peer_id not in self._mismatch_logged and len(self._mismatch_logged) < 1024:
+            self._mismatch_logged.add(peer_id)
+            log.warning(
+                "flows from %s claim sensor_id %r: credited to %s (the authenticated sender)",
+                peer_id,
+                claimed[:64],  # %r escapes what a terminal would interpret
+                peer_id,
+            )
+        return peer_id
+
+    def handle(self, batch: FlowBatch, peer_id: str) -> None:
+        """Score one batch sent by the authenticated ``peer_id``; send its verdicts and
+        events, credited to that peer (see :meth:`sensor_name`)."""
         start = time.perf_counter()
+        sensor = self.sensor_name(batch, peer_id)
         self._swap_if_ready()
         records = batch.records
         n = len(records)
@@ -375,9 +412,9 @@ class DetectorService(FollowsControl):
         first = self._next_id
         self._next_id += n
         ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
-        verdicts = build_verdicts(scores, records, batch.sensor_id, ids, time.time_ns())
+        verdicts = build_verdicts(scores, records, sensor, ids, time.time_ns())
         if self.eve is not None:
-            self.counters["eve_alerts"] += self.eve.write(verdicts, records, batch.sensor_id)
+            self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor)
         labels = scores.label.tolist()
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
@@ -394,7 +431,7 @@ class DetectorService(FollowsControl):
         self.counters["events_out"] += n
         if self.event_sender is not None:
             events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
-            add_scored_events(events, records, verdicts, batch.sensor_id)
+            add_scored_events(events, records, verdicts, sensor)
             self._event_seq += 1
             self._send(self.event_sender, events, "events", n)
         took = time.perf_counter() - start
@@ -451,6 +488,7 @@ class DetectorService(FollowsControl):
         out.update(sorted(self.counters.items()))
         rc = self.receiver.counters
         out["frames_missing"] = rc.missing
+        out["refused_connections"] = rc.refused_connections
         out.update({f"rejected.{k}": v for k, v in sorted(rc.rejected.items())})
         out["reload_refused"] = self.watcher.refused if self.watcher is not None else 0
         if self.anomaly is not None:

@@ -21,9 +21,10 @@ import zmq
 
 from base.errors import FirewallError
 from base.exit_codes import EXIT_ERROR, EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control import Endpoint
-from crypto_transport import ChannelEnd, Keyring, open_receiver
+from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
 from detector.eve import EveWriter
 from firewall.allowlist import automatic_allowlist
 from firewall.backends import choose_backend
@@ -133,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             VerdictBatch,
             keyring=keyring,
             settings=cfg.transport,
+            replay_state=replay_state_path(cfg.node.state_dir, f"firewall-{agent_id}", fw.channel),
         )
         eve = EveWriter(fw.eve_log) if fw.eve_log else None
         agent = FirewallAgent(
@@ -197,10 +199,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"{'address':24s} {'family':10s} {'score':>5s}  {'since':19s}  {'expires':19s}  reason"
         )
     for b in blocks:
-        print(
-            f"{b['address']:24s} {b['family']:10s} {b['final_score']:5.2f}  {_when(b['since'])}"
-            f"  {_when(b['expires'])}  {b['reason']}"
-        )
+        print(printable(
+            f"{b['address']!s:24s} {b['family']!s:10s} {b['final_score']:5.2f}  "
+            f"{_when(b['since'])}  {_when(b['expires'])}  {b['reason']}"
+        ))  # fmt: skip
     return EXIT_OK
 
 
@@ -210,7 +212,7 @@ def _reply(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
     elif reply.get("ok"):
         print(text)
     else:
-        print(f"mld: {reply.get('error', 'failed')}", file=sys.stderr)
+        print(printable(f"mld: {reply.get('error', 'failed')}"), file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 

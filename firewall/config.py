@@ -89,6 +89,10 @@ class FirewallConfig:
     # Suricata EVE drop events (one per block, extension and unblock) appended to this
     # file, for the SIEM that reads the detector's alerts; empty: none (detector/eve.py).
     eve_log: str = ""
+    # Days decisions are kept; older ones are deleted hourly by the running agent (the
+    # latest block/extend/unblock per prefix is always kept: restore needs it). 0 keeps
+    # every decision for ever.
+    decision_log_days: float = 90.0
     # Enforcement point: auto (XDP when a flow program is attached, else nftables), xdp,
     # or nftables.
     backend: Literal["auto", "xdp", "nftables"] = "auto"

@@ -63,6 +63,8 @@ REFUSAL_WARNING_S = 10.0
 UNVERIFIED_LOG_PER_S = 10
 
 _POLL_MS = 50
+# How often the decision log is pruned (firewall.decision_log_days), in seconds.
+_PRUNE_INTERVAL_S = 3600.0
 
 
 def block_to_json(block: ActiveBlock, now: float) -> dict[str, Any]:
@@ -110,6 +112,8 @@ class FirewallAgent(FollowsControl):
         )
         self._stop = False
         self._next_expiry = 0.0
+        # The decision log is pruned at the first step, then every _PRUNE_INTERVAL_S.
+        self._next_prune = 0.0
         # New blocks the policy refused (table_full, rate_limited) since the last warning.
         self._refused: Counter[str] = Counter()
         self._next_refusal_warning = 0.0
@@ -386,6 +390,26 @@ class FirewallAgent(FollowsControl):
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + self.config.expiry_interval_s
             self.expire()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + _PRUNE_INTERVAL_S
+            self.prune_log()
+
+    def prune_log(self) -> int:
+        """Delete decisions older than ``decision_log_days`` (what restore needs stays);
+        returns how many. Counted under ``decisions_pruned``."""
+        days = self.config.decision_log_days
+        if days <= 0:
+            return 0
+        pruned = self.decisions.prune(self.clock() - days * 86400)
+        self.counters["decisions_pruned"] += pruned
+        if pruned:
+            log.info(
+                "decision log: deleted %d decisions older than %g days (%s)",
+                pruned,
+                days,
+                self.decisions.path,
+            )
+        return pruned
 
     def request_stop(self) -> None:
         self._stop = True

@@ -4,7 +4,11 @@
 :class:`GatewayStack`:
 
 * **etcd**: the one in ``control.endpoints``, or, when that is empty, a local etcd started
-  here as a supervised child (data in ``<run_dir>/etcd``) that every service registers in;
+  here as a supervised child (data in ``<run_dir>/etcd``) that every service registers in.
+  It requires TLS client certificates, made at the first start in ``<run_dir>/etcd-pki``
+  (0700, keys 0600; ``control.credentials_dir`` of the derived config), and gives each
+  component its own etcd user and role (control/rbac.py): no other local user can read
+  or write it, and the sniffer cannot change the firewall's settings;
 * **sniffer** ``mld sniffer run --iface OUTSIDE --iface INSIDE``: the XDP flow program on both
   NICs, which also drops sources in the blocklist, so blocks hold for traffic in transit in
   either direction;
@@ -128,8 +132,16 @@ class GatewayStack:
                 client_port=port,
                 peer_port=port + 1 if port else 0,
                 log_file=self.run_dir / "logs" / "etcd.log",
+                pki_dir=self.run_dir / "etcd-pki",
             )
-            stack["control"] = {"endpoints": [self.local_etcd.endpoint]}
+            self.local_etcd.prepare()  # the credentials, before anything reads the config
+            # Its own credentials (control/pki.py), whatever the user's file names for
+            # another etcd.
+            stack["control"] = {
+                "endpoints": [self.local_etcd.endpoint],
+                "credentials_dir": str(self.local_etcd.pki_dir),
+                **dict.fromkeys(("ca_cert", "cert", "key", "user", "password_file"), ""),
+            }
         key_file = Path(base.transport.key_file)
         if not key_file.exists():
             key_file = self.run_dir / "node.key"
@@ -205,6 +217,7 @@ class GatewayStack:
             self.local_etcd.data_dir.mkdir(parents=True, exist_ok=True)
             self.supervisor.start("etcd")
             self._wait(deadline, "etcd to answer", self._etcd_answers, child="etcd")
+            self._enable_rbac()
         self.supervisor.start("sniffer")
         self._wait(deadline, "the XDP program on both NICs", self._xdp_ready, child="sniffer")
         for name in self.supervisor.names:
@@ -243,6 +256,17 @@ class GatewayStack:
             except ControlPlaneError:
                 return None
         return self._etcd
+
+    def _enable_rbac(self) -> None:
+        """A role per component on the local etcd (once per data folder)."""
+        from control.rbac import enable_rbac
+
+        etcd = self.local_etcd
+        assert etcd is not None and etcd.credentials is not None
+        enable_rbac(etcd.endpoint, etcd.credentials, self.cfg.control.prefix, etcd.data_dir)
+        if self._etcd is not None:  # connected before auth was on: connect again
+            self._etcd.close()
+            self._etcd = None
 
     def _etcd_answers(self) -> bool:
         return self._client() is not None

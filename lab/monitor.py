@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from base.terminal import printable
 from lab.recipes import GroundTruth
 
 __all__ = ["AttackTimes", "PipelineMonitor", "render_summary", "render_view"]
@@ -127,7 +128,7 @@ class PipelineMonitor:
         return 0
 
     def health(self, component: str) -> str:
-        return str(self.services.get(component, {}).get("health", "not registered"))
+        return printable(self.services.get(component, {}).get("health", "not registered"))
 
     def _sample_eve(self, now: float) -> None:
         if self._eve is None:
@@ -149,10 +150,10 @@ class PipelineMonitor:
             if alert.get("event_type") != "alert":
                 continue  # the EVE log's stats (and flow) events
             meta = alert.get("alert", {}).get("metadata", {})
-            family = str((meta.get("ml_family") or ["?"])[0])
+            family = printable((meta.get("ml_family") or ["?"])[0])
             self.alerts += 1
             self.alerts_by_family[family] += 1
-            source = str(alert.get("src_ip", ""))
+            source = printable(alert.get("src_ip", ""))
             self.alerts_by_source[source] += 1
             times = self._times(source)
             # One entry per address and family per second at most: enough to time the

@@ -18,6 +18,7 @@ from anomaly.cli import register as register_anomaly
 from base.config_loader import to_dict
 from base.errors import KeyFileError, MldError
 from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from base.terminal import PrintableFormatter, printable
 from config import load_config, resolve_config_path
 from control.cli import register_config_actions, register_control
 from crypto_transport import KeyPair
@@ -229,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr; no terminal controls from logged strings
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except MldError as exc:
-        print(f"mld: error: {exc}", file=sys.stderr)
+        print(printable(f"mld: error: {exc}", keep_newlines=True), file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # Output piped into `head` and the like: not an error. Point stdout at /dev/null so

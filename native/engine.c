@@ -104,7 +104,7 @@ static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
     struct mld_flow_key key;
     struct mld_flow_state st;
     int src_lo = mld_flow_key(pkt, &key);
-    __u64 hash = mld_key_hash(&key);
+    __u64 hash = mld_key_hash(t, &key);
     __u32 idx = mld_table_find(t, &key, hash);
     int act;
 

@@ -1,6 +1,10 @@
 /* native/flow_table.c — hash table and LRU list of live flows (see flow_table.h). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "flow_table.h"
 
@@ -18,11 +22,38 @@ static struct mld_slot *alloc_slots(__u32 count)
     return s;
 }
 
+/* 16 random bytes for the hash seed: getrandom() (never blocks once the pool is ready,
+ * which is long before a capture is read); where it is missing (ENOSYS in an old seccomp
+ * sandbox), the clock, pid and addresses, which at least differ per table and run. */
+static void draw_seed(struct mld_table *t)
+{
+    size_t got = 0;
+
+    while (got < sizeof(t->seed)) {
+        ssize_t n = getrandom((char *)t->seed + got, sizeof(t->seed) - got, 0);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        got += (size_t)n;
+    }
+    if (got < sizeof(t->seed)) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t->seed[0] ^= ((__u64)ts.tv_sec << 32) ^ (__u64)ts.tv_nsec ^ (__u64)(uintptr_t)t;
+        t->seed[1] ^= mld_mum((__u64)getpid() ^ (__u64)(uintptr_t)&ts, 0x9e3779b97f4a7c15ULL);
+    }
+}
+
 int mld_table_init(struct mld_table *t, __u32 max_flows)
 {
     __u32 nodes = max_flows < MLD_INITIAL_NODES ? max_flows : MLD_INITIAL_NODES;
 
     memset(t, 0, sizeof(*t));
+    draw_seed(t);
     t->max_flows = max_flows;
     t->free_head = MLD_NIL;
     t->lru_head = MLD_NIL;
@@ -48,14 +79,16 @@ void mld_table_free(struct mld_table *t)
     t->live = 0;
 }
 
-__u32 mld_table_find(const struct mld_table *t, const struct mld_flow_key *key, __u64 hash)
+__u32 mld_table_find(struct mld_table *t, const struct mld_flow_key *key, __u64 hash)
 {
     __u32 tag = (__u32)hash;
     __u32 i = tag & t->mask;
 
+    t->lookups++;
     for (;;) {
         const struct mld_slot *s = &t->slots[i];
 
+        t->probes++;
         if (s->node == MLD_NIL)
             return MLD_NIL;
         if (s->tag == tag && mld_key_equal(&t->nodes[s->node].key, key))

@@ -39,14 +39,17 @@ struct mld_table {
     __u32 max_flows;
     __u32 lru_head;   /* least recently seen */
     __u32 lru_tail;   /* most recently seen */
+    __u64 seed[2];    /* of mld_key_hash, from getrandom() at init: placement unguessable */
+    __u64 lookups;    /* mld_table_find calls */
+    __u64 probes;     /* slots they examined (probes / lookups: 1-3 when hashing spreads) */
 };
 
-/* 0 on success, -1 when out of memory. */
+/* 0 on success, -1 when out of memory. Draws the hash seed from getrandom(). */
 int mld_table_init(struct mld_table *t, __u32 max_flows);
 void mld_table_free(struct mld_table *t);
 
 /* Node index of the key, or MLD_NIL. */
-__u32 mld_table_find(const struct mld_table *t, const struct mld_flow_key *key, __u64 hash);
+__u32 mld_table_find(struct mld_table *t, const struct mld_flow_key *key, __u64 hash);
 /* Add an absent key at the LRU tail (caller keeps live < max_flows); the node's state is
  * left for the caller to fill. Returns the node index, or MLD_NIL when out of memory. */
 __u32 mld_table_insert(struct mld_table *t, const struct mld_flow_key *key, __u64 hash);
@@ -89,7 +92,10 @@ static inline void mld_table_touch(struct mld_table *t, __u32 idx)
 }
 
 /* 64-bit hash of a canonical key: multiply-fold mixing of its five 64-bit words (wyhash's
- * mum construction). Used for table placement only; flow ids use FNV-1a (flowengine.c). */
+ * mum construction), keyed by the table's random seed. Used for table placement only; flow
+ * ids use FNV-1a (flowengine.c). Unseeded, anyone could pick ports whose flows all share
+ * one slot and make every lookup walk the whole cluster (hash flooding: 10k such flows
+ * made the engine 18x slower; tests/native/test_hash_flood.py). */
 static inline __u64 mld_mum(__u64 a, __u64 b)
 {
     __uint128_t r = (__uint128_t)a * b;
@@ -97,15 +103,16 @@ static inline __u64 mld_mum(__u64 a, __u64 b)
     return (__u64)r ^ (__u64)(r >> 64);
 }
 
-static inline __u64 mld_key_hash(const struct mld_flow_key *key)
+static inline __u64 mld_key_hash(const struct mld_table *t, const struct mld_flow_key *key)
 {
     __u64 w[5];
 
     _Static_assert(sizeof(struct mld_flow_key) == sizeof(w), "flow key is five 64-bit words");
     memcpy(w, key, sizeof(w));
-    __u64 h = mld_mum(w[0] ^ 0xa0761d6478bd642fULL, w[1] ^ 0xe7037ed1a0b428dbULL);
-    h = mld_mum(h ^ w[2] ^ 0x8ebc6af09c88c6e3ULL, w[3] ^ 0x589965cc75374cc3ULL);
-    return mld_mum(h ^ w[4], 0x1d8e4e27c47d124fULL);
+    __u64 h = mld_mum(w[0] ^ t->seed[0] ^ 0xa0761d6478bd642fULL,
+                      w[1] ^ t->seed[1] ^ 0xe7037ed1a0b428dbULL);
+    h = mld_mum(h ^ w[2] ^ 0x8ebc6af09c88c6e3ULL, w[3] ^ t->seed[0] ^ 0x589965cc75374cc3ULL);
+    return mld_mum(h ^ w[4] ^ t->seed[1], 0x1d8e4e27c47d124fULL);
 }
 
 static inline int mld_key_equal(const struct mld_flow_key *a, const struct mld_flow_key *b)

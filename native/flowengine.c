@@ -284,13 +284,15 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
     if (check_usable(self) != 0)
         return NULL;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
         "ip_packets", s->ip_packets, "parse_errors", s->parse_errors, "non_ip", s->non_ip,
         "flows_created", s->flows_created, "flows_exported", s->flows_exported,
         "flows_evicted", s->flows_evicted, "live_flows", (unsigned long long)self->eng.table.live,
         "files", s->files, "parse_truncated", s->parse_truncated, "parse_malformed",
         s->parse_malformed, "parse_bad_length", s->parse_bad_length, "parse_ext_limit",
-        s->parse_ext_limit, "fragments", s->fragments, "tiny_fragments", s->tiny_fragments);
+        s->parse_ext_limit, "fragments", s->fragments, "tiny_fragments", s->tiny_fragments,
+        "table_lookups", (unsigned long long)self->eng.table.lookups, "table_probes",
+        (unsigned long long)self->eng.table.probes);
 }
 
 static PyMethodDef engine_methods[] = {

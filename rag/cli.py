@@ -19,9 +19,10 @@ from pathlib import Path
 
 from base.errors import RagError
 from base.exit_codes import EXIT_OK
+from base.terminal import printable
 from config import MldConfig, load_config
 from control import Endpoint
-from crypto_transport import ChannelEnd, Keyring, open_receiver
+from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import EventBatch
 from rag.answer import Answerer
@@ -113,7 +114,7 @@ def _interactive(console: Console, as_json: bool, history: Path) -> None:
         with contextlib.suppress(OSError):
             readline.read_history_file(history)
     print(
-        f"mld rag: {console.stats().text.splitlines()[0]}; model "
+        f"mld rag: {printable(console.stats().text.splitlines()[0])}; model "
         f"{console.answerer.model_name or 'none'}. Type help, or a question."
     )
     try:
@@ -179,6 +180,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             EventBatch,
             keyring=keyring,
             settings=cfg.transport,
+            replay_state=replay_state_path(
+                cfg.node.state_dir, f"rag-{cfg.node.id or socket.gethostname()}", cfg.rag.channel
+            ),
         )
         closing.callback(receiver.close)
         service = RagService(rag, receiver)

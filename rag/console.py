@@ -19,6 +19,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from base.terminal import printable
 from rag.answer import Answerer
 from rag.indexed_store import RagStore
 from rag.question import parse
@@ -43,7 +44,13 @@ class Reply:
     data: dict[str, Any] = field(default_factory=dict)
 
     def render(self, as_json: bool) -> str:
-        return json.dumps(self.data, default=str) if as_json else self.text
+        # The text holds strings of stored events (and a model's words): no terminal
+        # controls get through; the rows' own fields are escaped whole where they are built.
+        return (
+            json.dumps(self.data, default=str)
+            if as_json
+            else printable(self.text, keep_newlines=True)
+        )
 
 
 def _event_id(word: str) -> int:
@@ -99,7 +106,7 @@ class Console:
 
     def alerts(self, n: int) -> Reply:
         rows = self.rag.store.rows(Filters(min_label=2), limit=n, order="ts DESC, id DESC")
-        lines = [r.line() for r in rows] or ["no alerts stored"]
+        lines = [printable(r.line()) for r in rows] or ["no alerts stored"]
         return Reply("\n".join(lines), {"alerts": [r.to_json() for r in rows]})
 
     def stats(self) -> Reply:
@@ -147,7 +154,7 @@ class Console:
         rows = self.rag.store.get([i for i, _ in hits])
         distance = {i: -s for i, s in hits}
         lines = [f"events nearest to e{event_id} by flow features (L2 distance):"]
-        lines += [f"  {distance[r.id]:7.2f}  {r.line()}" for r in rows]
+        lines += [f"  {distance[r.id]:7.2f}  {printable(r.line())}" for r in rows]
         return Reply(
             "\n".join(lines),
             {
@@ -169,4 +176,6 @@ class Console:
                     holder[key] = address_text(getattr(message, key))
         data["event_id"] = f"e{event_id}"
         data["description"] = rows[0].description
-        return Reply(rows[0].line() + "\n" + json.dumps(data, indent=1, default=str), data)
+        return Reply(
+            printable(rows[0].line()) + "\n" + json.dumps(data, indent=1, default=str), data
+        )

@@ -168,6 +168,27 @@ class RagStore:
             )
         return ids
 
+    def prune(self, now: float | None = None) -> int:
+        """Apply ``retention_days`` and ``max_events``: delete the events past them and
+        their vectors, then save the indexes (so a saved index never names a deleted
+        event for long); returns how many events went. The age is the time an event
+        was stored here, not the flow's own time (an imported old capture is kept
+        retention_days after the import)."""
+        days = self.cfg.retention_days
+        now = time.time() if now is None else now
+        ids = self.store.prune(now - days * 86400 if days > 0 else None, self.cfg.max_events)
+        if ids:
+            self.features.remove(ids)
+            self.text.remove(ids)
+            self.save()
+            log.info(
+                "deleted %d events past rag.retention_days=%g / rag.max_events=%d",
+                len(ids),
+                days,
+                self.cfg.max_events,
+            )
+        return len(ids)
+
     def save(self) -> None:
         """Write both indexes, then record up to which event id they hold (first adding
         what other writers stored since, when it is known what these indexes hold)."""

@@ -3,7 +3,8 @@
 :class:`RagService` receives EventBatches over the encrypted transport (PULL, the
 detector's ``detector.events``), ingests each into a :class:`rag.indexed_store.RagStore`
 as it comes, saves the indexes every ``save_every_events`` events or ``save_every_s``
-seconds and at exit, and (with control.endpoints) registers as ``rag/<id>`` with its
+seconds and at exit, deletes what is past ``retention_days``/``max_events`` at start and
+every ``prune_interval_s``, and (with control.endpoints) registers as ``rag/<id>`` with its
 ``events`` endpoint so detectors find it.
 """
 
@@ -32,11 +33,17 @@ class RagService:
         self._stored = rag.store.max_id()
         self._stop = threading.Event()
         self._unsaved_since: float | None = None
+        # Retention is applied at the first step, then every rag.prune_interval_s.
+        self._next_prune = 0.0
+        self.counters["pruned"] = 0
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def step(self, timeout_ms: int = 200) -> None:
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.rag.cfg.prune_interval_s
+            self.counters["pruned"] += self.rag.prune()
         got = self.receiver.recv(timeout_ms=timeout_ms)
         if got is not None:
             batch = got.message

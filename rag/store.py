@@ -291,6 +291,33 @@ class EventStore:
             raise RagError(f"cannot write to the event store {self.path}: {exc}") from exc
         return range(first, first + len(rows))
 
+    def prune(self, stored_before: float | None, max_events: int) -> list[int]:
+        """Delete the events stored before ``stored_before`` (None: no age limit) and the
+        oldest beyond the newest ``max_events`` (0: no limit), in one transaction;
+        returns the ids deleted (their vectors are the caller's to remove)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                upto = 0  # every id <= upto goes
+                if max_events > 0:
+                    row = self._db.execute(
+                        "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", (max_events,)
+                    ).fetchone()
+                    upto = int(row[0]) if row is not None else 0
+                cutoff = -1.0 if stored_before is None else stored_before
+                where = "id <= ? OR stored_ts < ?"
+                ids = [
+                    int(r[0])
+                    for r in self._db.execute(
+                        f"SELECT id FROM events WHERE {where}", (upto, cutoff)
+                    )
+                ]
+                if ids:
+                    self._db.execute(f"DELETE FROM events WHERE {where}", (upto, cutoff))
+        except sqlite3.Error as exc:
+            raise RagError(f"cannot prune the event store {self.path}: {exc}") from exc
+        return ids
+
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
         return int(row[0])

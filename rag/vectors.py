@@ -154,6 +154,15 @@ class VectorIndex:
             self._to_ivf()
             give_back_freed_memory()
 
+    def remove(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        """Drop the vectors of ``ids`` (those it holds); returns how many went."""
+        if len(ids) == 0:
+            return 0
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        removed = int(self.index.remove_ids(selector))
+        self.dirty += removed
+        return removed
+
     @property
     def needs_retraining(self) -> bool:
         """True once an IVF index holds four times what it was trained on: its lists are

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 
 from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from base.signals import sigterm_raises_systemexit
+from base.terminal import printable
 from config import MldConfig, load_config
 from crypto_transport import Keyring
 from mld.runner import ControlParts, Health, Plane, ServiceParts, run_service
@@ -142,7 +143,7 @@ class _FlowPrinter:
             if self.as_json:
                 self.out.write(json.dumps(record_to_json(record)) + "\n")
             else:
-                self.out.write(_human_line(record) + "\n")
+                self.out.write(printable(_human_line(record)) + "\n")
             self.printed += 1
 
 
@@ -165,7 +166,7 @@ class _Progress:
         packets = src.stats()["packets"]
         sys.stderr.write(
             f"\r{done_files}/{len(src.files)} files ({src.bytes_total / 1e6:.1f} MB), "
-            f"{packets / 1e6:.2f} M packets, {done.flows.observation_point}, "
+            f"{packets / 1e6:.2f} M packets, {printable(done.flows.observation_point)}, "
             f"{now - self._start:.0f} s "
         )
         sys.stderr.flush()
@@ -204,7 +205,7 @@ def _cmd_flows(args: argparse.Namespace) -> int:
         progress.end()
     sys.stdout.flush()
     for rejected in source.rejected:
-        print(f"mld: rejected {rejected.path}: {rejected.message}", file=sys.stderr)
+        print(printable(f"mld: rejected {rejected.path}: {rejected.message}"), file=sys.stderr)
     if source.rejected:
         return EXIT_SOME_FAILED
     return EXIT_OK

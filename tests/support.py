@@ -60,7 +60,8 @@ def require_etcd() -> None:
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """A real etcd on 127.0.0.1 (free ports, temp data dir) for the whole session. Tests
     share it and keep apart by key prefix (:func:`etcd_prefix`); a test that stops or
-    restarts etcd starts its own EtcdServer instead."""
+    restarts etcd starts its own EtcdServer instead. Authenticated like the etcd mld
+    starts: TLS client certificates from ``server.pki_dir`` (control.credentials_dir)."""
     require_etcd()
     server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
     try:

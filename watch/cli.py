@@ -39,10 +39,13 @@ examples:
   tcpdump -i eth0 -G 300 -w '/var/captures/%Y%m%d-%H%M%S.pcap'   a feed for it
 
 A file is read once it is finished: closed by its writer (inotify) or renamed in, or
-unchanged for watch.settle_s with no process holding it open for writing. A file that
-cannot be read goes to DIR/.failed with NAME.reason.json (a truncated one after its
-flows up to the cut are stored). Events go to the RAG store (`mld rag ask` answers about
-them); every watch.retrain_every_files files the anomaly model is trained again.
+unchanged for watch.settle_s with no process holding it open for writing. Only regular
+files owned by root, the watcher's user or watch.allowed_owners are read; links, FIFOs
+and others' files are refused (logged, left in place). A file that cannot be read goes
+to watch.failed_dir (default: beside the state file, never inside DIR) with
+NAME.reason.json (a truncated one after its flows up to the cut are stored). Events go
+to the RAG store (`mld rag ask` answers about them); every watch.retrain_every_files
+files the anomaly model is trained again.
 State (files done, counters, last retrain): <node.state_dir>/watch/<hash of DIR>.json.
 """
 
@@ -183,7 +186,11 @@ def register(
         help="retrain the anomaly model every N files (watch.retrain_every_files; 0 never)",
     )
     p.add_argument("--no-retrain", action="store_true", help="never retrain the anomaly model")
-    p.add_argument("--failed-dir", metavar="DIR", help="default: DIR/.failed")
+    p.add_argument(
+        "--failed-dir",
+        metavar="DIR",
+        help="where unreadable files go (watch.failed_dir; default: beside the state file)",
+    )
     p.add_argument("--state", metavar="FILE", help="state file (watch.state_file)")
     p.add_argument("--recursive", action="store_true", help="subfolders too")
     p.set_defaults(func=_cmd_watch)

@@ -21,9 +21,13 @@ class WatchConfig:
     # The anomaly model is trained again after every this many capture files analysed
     # (0: never).
     retrain_every_files: int = 20
-    # Where a file that cannot be read is moved, with <name>.reason.json beside it;
-    # empty means <folder>/.failed.
+    # Where a file that cannot be read is moved, with <name>.reason.json beside it; empty
+    # means beside the state file (<state file without .json>.failed). Never inside the
+    # watched folder: whoever drops files there would control it (refused at start).
     failed_dir: str = ""
+    # Owners (user names or uids) whose files are read besides root and the watcher's own
+    # user; "*" for anyone. Files of other owners are refused (not read, not moved).
+    allowed_owners: tuple[str, ...] = ()
     # The watcher's state (files analysed, counters, last retrain); empty means
     # <node.state_dir>/watch/<hash of the folder's path>.json.
     state_file: str = ""

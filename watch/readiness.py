@@ -25,6 +25,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +72,12 @@ def held_for_writing(path: Path) -> bool:
     """Whether some process has ``path`` open for writing (see the module docstring)."""
     global _lease_warned
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False  # gone: the caller's stat will say so
+        return False  # gone or a link: the watcher's own open says so
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False  # a FIFO or device: the watcher refuses it
         fcntl.fcntl(fd, _F_SETLEASE, _F_RDLCK)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EBUSY):

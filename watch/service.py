@@ -14,6 +14,19 @@ the file as done instead of storing it twice; killed before the commit, it store
 and reads the file again. (A file's events are held in memory until the commit, ~1 KB
 per flow: rotate captures to a size the host can hold, as ``tcpdump -C/-G`` does.)
 
+**Safe intake.** Whoever can drop files into the folder must not make the watcher (often
+root) read, write or move anything else. A file is opened once, relative to the folder's
+descriptor, with ``O_NOFOLLOW|O_NONBLOCK`` (a link is not followed, a FIFO cannot block),
+``fstat``-ed, and read only if it is a regular file owned by root, the watcher's user or
+one of ``allowed_owners``; otherwise it is *refused* (counted, logged, left where it is).
+Everything after that (the content key, the analysis, the "changed while read" check)
+uses that descriptor: the analyser is handed a link, in a private folder, to
+``/proc/self/fd/N``, never the name again. The failed folder is opened once at start
+(``O_NOFOLLOW``) and must be outside the watched folder (default: beside the state
+file); files are renamed into it relative to both folders' descriptors and the reason
+file is created ``O_EXCL|O_NOFOLLOW``, so neither a planted link nor a swapped folder
+redirects a write.
+
 **A file that cannot be read** is moved to ``failed_dir`` with ``<name>.reason.json``.
 A *truncated* capture (the engine stops at a cut record) keeps the flows read up to the
 cut: they are stored, as tcpdump and Suricata would analyse them, and the file is still
@@ -25,17 +38,21 @@ again; a partial one is remembered (its events are stored).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import pwd
 import shutil
+import stat
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from base.errors import WatchError
 from proto.events_pb2 import ScoredEvent
@@ -52,9 +69,6 @@ from watch.inotify import (
 from watch.readiness import Pending, held_for_writing
 from watch.state import FileEntry, WatchState, file_key
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
     "CAPTURE_SUFFIXES",
     "Analysis",
@@ -69,10 +83,49 @@ log = logging.getLogger(__name__)
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
 _LABEL_SUSPICIOUS = 2
 _MAX_WAIT_S = 0.5  # longest sleep: a stop request is seen within this
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symbolic link",
+}
 
 
 def _stat_id(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class _Refused(Exception):
+    """A file the watcher will not read (a link, not a regular file, a stranger's)."""
+
+
+def allowed_uids(owners: tuple[str, ...]) -> frozenset[int] | None:
+    """Root, this process's user and ``owners`` (names or uids); None: anyone ("*")."""
+    if "*" in owners:
+        return None
+    uids = {0, os.geteuid()}
+    for owner in owners:
+        if owner.isdigit():
+            uids.add(int(owner))
+            continue
+        try:
+            uids.add(pwd.getpwnam(owner).pw_uid)
+        except KeyError:
+            raise WatchError(
+                f"watch.allowed_owners names {owner!r}, which is no user on this host: "
+                "give a user name or a uid"
+            ) from None
+    return frozenset(uids)
+
+
+def default_failed_dir(state_file: Path) -> Path:
+    """Beside the state file: <state file without its suffix>.failed."""
+    return state_file.with_name(state_file.stem + ".failed")
 
 
 class RetrainResult(Protocol):
@@ -100,10 +153,10 @@ class Analysis:
 
 @dataclass(frozen=True)
 class FileResult:
-    """What became of one file; ``status`` is ok, partial, failed or known."""
+    """What became of one file."""
 
     path: Path
-    status: str
+    status: str  # ok, partial, failed, known, refused
     flows: int = 0
     alerts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -135,7 +188,20 @@ class Watcher:
         self.state = state
         self.analyse = analyse
         self.retrain = retrain
-        self.failed_dir = (failed_dir or folder / ".failed").resolve()
+        self.failed_dir = (failed_dir or default_failed_dir(state.path)).resolve()
+        if self.failed_dir.is_relative_to(folder.resolve()):
+            raise WatchError(
+                f"watch.failed_dir {self.failed_dir} is inside the watched folder {folder}: "
+                "whoever drops files there could plant links in it or swap it; choose a "
+                "folder outside it (empty: beside the state file)"
+            )
+        self._owners = allowed_uids(cfg.allowed_owners)
+        self._folder_fd = -1
+        self._failed_fd = -1
+        # Private folder of the links handed to the analyser, beside the state file (a
+        # watcher killed mid-file leaves it; the next start empties it).
+        self._links = state.path.with_name(state.path.stem + ".reading")
+        self._links_made = False
         self.clock = clock
         self.on_file = on_file
         self.pending: dict[Path, Pending] = {}
@@ -171,6 +237,18 @@ class Watcher:
     def _start(self) -> None:
         if not self.folder.is_dir():
             raise WatchError(f"{self.folder} is not a folder: pass the folder to watch")
+        self._folder_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.failed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._failed_fd = os.open(self.failed_dir, _OPEN_DIR)
+        except OSError as exc:
+            raise WatchError(
+                f"cannot open the failed folder {self.failed_dir} ({exc.strerror}): it must "
+                "be a folder (not a link) the watcher can write; set watch.failed_dir"
+            ) from exc
+        self._clear_links()
+        self._links.mkdir(mode=0o700, parents=True)
+        self._links_made = True
         if self._want_inotify:
             why = inotify_unavailable(self.folder)
             if why is None:
@@ -191,6 +269,22 @@ class Watcher:
         self._scan(self.folder)
         self._next_scan = self.clock() + self.cfg.poll_interval_s
         self.started.set()
+
+    def _close_fds(self) -> None:
+        for name in ("_folder_fd", "_failed_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        if self._links_made:
+            self._clear_links()
+            self._links_made = False
+
+    def _clear_links(self) -> None:
+        if self._links.is_symlink():
+            self._links.unlink()
+        elif self._links.exists():
+            shutil.rmtree(self._links)
 
     def _close_inotify(self) -> None:
         if self._inotify is not None:
@@ -217,7 +311,7 @@ class Watcher:
                     if self.cfg.recursive:
                         self._watch_subfolder(path)
                         self._scan(path)
-                elif entry.is_file() and entry.name.endswith(CAPTURE_SUFFIXES):
+                elif entry.name.endswith(CAPTURE_SUFFIXES):  # links, FIFOs: refused
                     self._note(path, closed=False)
             except OSError:
                 continue
@@ -238,7 +332,7 @@ class Watcher:
         if self._hidden_or_failed(path) or not path.name.endswith(CAPTURE_SUFFIXES):
             return
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             self.pending.pop(path, None)
             return
@@ -279,7 +373,7 @@ class Watcher:
         wait = self.cfg.poll_interval_s
         for path, p in list(self.pending.items()):
             try:
-                st = path.stat()
+                st = path.lstat()
             except OSError:
                 del self.pending[path]
                 continue
@@ -302,7 +396,12 @@ class Watcher:
         """Watch until stopped (``once``: until every file found is done); returns what
         became of the files handled (the last 10000). ``follow`` is called between files
         and waits (the control plane's poll)."""
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            self._close_inotify()
+            self._close_fds()
+            raise
         log.info(
             "watching %s (%s%s); state %s; failed files to %s",
             self.folder,
@@ -336,16 +435,90 @@ class Watcher:
             self._save_indexes(force=True)
             self.state.save()
             self._close_inotify()
+            self._close_fds()
         return list(self.results)
+
+    def _parent_fd(self, path: Path) -> int:
+        """A descriptor of ``path``'s folder, reached from the watched folder's descriptor
+        one component at a time without following links (a subfolder swapped for a link
+        is not entered). The caller closes it."""
+        fd = os.dup(self._folder_fd)
+        try:
+            for part in path.parent.relative_to(self.folder).parts:
+                sub = os.open(part, _OPEN_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open(self, parent: int, name: str) -> tuple[int, os.stat_result]:
+        """The capture file, opened once: a regular file of an allowed owner, or _Refused."""
+        try:
+            fd = os.open(name, _OPEN_FILE, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Refused("a symbolic link: links are not followed") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+                raise _Refused(f"{kind}, not a regular file")
+            if self._owners is not None and st.st_uid not in self._owners:
+                try:
+                    who = f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
+                except KeyError:
+                    who = f"uid {st.st_uid}"
+                raise _Refused(
+                    f"owned by {who}, not root or the watcher's user: add it to "
+                    "watch.allowed_owners to read its files"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
 
     def _handle(self, path: Path) -> None:
         self.pending.pop(path, None)
         try:
-            st = path.stat()
-            key = file_key(path, st.st_size)
+            parent = self._parent_fd(path)
         except OSError as exc:
-            log.info("%s: gone before it was read (%s)", path, exc)
+            self._refuse(path, f"its folder cannot be opened without following a link ({exc})")
             return
+        try:
+            try:
+                fd, st = self._open(parent, path.name)
+            except _Refused as why:
+                self._refuse(path, str(why))
+                return
+            except OSError as exc:
+                log.info("%s: gone before it was read (%s)", path, exc.strerror)
+                return
+            try:
+                self._handle_open(path, parent, fd, st)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+
+    def _refuse(self, path: Path, why: str) -> None:
+        """Not read, not moved (it may not be ours to move); not looked at again until it
+        changes."""
+        with contextlib.suppress(OSError):
+            self._known[str(path)] = _stat_id(path.lstat())
+        log.warning("%s: refused, not read: %s", path, why)
+        self.state.counters["files_refused"] += 1
+        self.state.save()
+        self.unreadable += 1
+        done = FileResult(path, "refused", reason=why)
+        self.results.append(done)
+        if self.on_file is not None:
+            self.on_file(done)
+
+    def _handle_open(self, path: Path, parent: int, fd: int, st: os.stat_result) -> None:
+        key = file_key(fd, st.st_size)
         entry = self.state.files.get(key)
         if entry is not None and entry.status != "failed":
             log.info("%s: the same capture as %s, analysed already; skipped", path, entry.path)
@@ -353,15 +526,12 @@ class Watcher:
             return
         stored = self.store.store.meta(f"watch:{key}")
         if stored is not None:
-            self._recover(path, st, key, stored)
+            self._recover(path, parent, fd, st, key, stored)
             return
         started = time.perf_counter()
-        result = self.analyse(path)
-        try:
-            changed = _stat_id(path.stat()) != _stat_id(st)
-        except OSError:
-            changed = True
-        if changed:  # a writer the checks could not see (another host): nothing stored
+        result = self._analyse(path, fd)
+        if _stat_id(os.fstat(fd)) != _stat_id(st):
+            # a writer the checks could not see (another host): nothing stored
             log.warning("%s: changed while it was read; read again once it settles", path)
             self._note(path, closed=False)
             return
@@ -383,7 +553,9 @@ class Watcher:
             if self._unsaved_since is None:
                 self._unsaved_since = self.clock()
         seconds = time.perf_counter() - started
-        moved = None if status == "ok" else self._move_aside(path, key, status, result, len(events))
+        moved = None
+        if status != "ok":
+            moved = self._move_aside(path, parent, fd, st, key, status, result, len(events))
         final = moved or path
         self._remember(
             key,
@@ -403,7 +575,25 @@ class Watcher:
         if status != "failed":
             self._maybe_retrain()
 
-    def _recover(self, path: Path, st: os.stat_result, key: str, stored: str) -> None:
+    def _analyse(self, path: Path, fd: int) -> Analysis:
+        """Run the analyser on the open file, never on its name again: it gets a link
+        named as the file, in a folder only this process can write, to /proc/self/fd/N
+        (the reader opens the very file that was checked; its flows keep the file's name
+        as their observation point)."""
+        link = self._links / path.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        try:
+            result = self.analyse(link)
+        finally:
+            link.unlink(missing_ok=True)
+        if str(link) in result.error:
+            result.error = result.error.replace(str(link), str(path))
+        return result
+
+    def _recover(
+        self, path: Path, parent: int, fd: int, st: os.stat_result, key: str, stored: str
+    ) -> None:
         """The store holds this file's events (the last run stopped before saving its
         state): count it from the meta row, do not store it again."""
         record = json.loads(stored)
@@ -416,7 +606,14 @@ class Watcher:
         moved = None
         if status != "ok":
             moved = self._move_aside(
-                path, key, status, Analysis([], "read stopped early", "corrupt"), events
+                path,
+                parent,
+                fd,
+                st,
+                key,
+                status,
+                Analysis([], "read stopped early", "corrupt"),
+                events,
             )
         self._remember(
             key,
@@ -449,18 +646,41 @@ class Watcher:
         c["events"] += events
         c["alerts"] += alerts
 
-    def _move_aside(
-        self, path: Path, key: str, status: str, result: Analysis, kept: int
-    ) -> Path | None:
-        """Move a file that could not be read (whole) to the failed folder, with why."""
-        try:
-            self.failed_dir.mkdir(parents=True, exist_ok=True)
-            target = self.failed_dir / path.name
-            if target.exists():
-                target = (
-                    self.failed_dir
-                    / f"{path.stem}-{time.strftime('%Y%m%dT%H%M%S')}-{key[:8]}{path.suffix}"
+    def _reserve(self, path: Path, key: str) -> tuple[str, int]:
+        """A name free in the failed folder, and its reason file created new (O_EXCL:
+        an existing file or a planted link there is never written through)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for n in range(100):
+            name = path.name if n == 0 else f"{path.stem}-{stamp}-{key[:8]}-{n}{path.suffix}"
+            try:
+                os.lstat(name, dir_fd=self._failed_fd)
+                continue  # taken
+            except FileNotFoundError:
+                pass
+            try:
+                return name, os.open(
+                    f"{name}.reason.json", _CREATE_NEW, 0o600, dir_fd=self._failed_fd
                 )
+            except FileExistsError:
+                continue
+        raise OSError(errno.EEXIST, "no free name (100 tried)")
+
+    def _move_aside(
+        self,
+        path: Path,
+        parent: int,
+        fd: int,
+        st: os.stat_result,
+        key: str,
+        status: str,
+        result: Analysis,
+        kept: int,
+    ) -> Path | None:
+        """Move a file that could not be read (whole) to the failed folder, with why:
+        renamed relative to the two folders' descriptors (copied from the open file, then
+        unlinked, when they are on different filesystems)."""
+        try:
+            name, sidecar = self._reserve(path, key)
             reason = {
                 "file": str(path),
                 "status": status,
@@ -476,10 +696,17 @@ class Watcher:
                 "key": key,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            sidecar = target.with_name(target.name + ".reason.json")
-            sidecar.write_text(json.dumps(reason, indent=1) + "\n", encoding="utf-8")
-            shutil.move(path, target)
-            return target
+            with os.fdopen(sidecar, "w", encoding="utf-8") as f:
+                f.write(json.dumps(reason, indent=1) + "\n")
+            try:
+                now = os.lstat(path.name, dir_fd=parent)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise OSError(errno.ESTALE, "the name now holds another file")
+                self._move(path.name, parent, fd, name)
+            except OSError:
+                os.unlink(f"{name}.reason.json", dir_fd=self._failed_fd)
+                raise
+            return self.failed_dir / name
         except OSError as exc:
             log.error(
                 "%s: cannot move it to %s (%s); it stays where it is and is not "
@@ -489,6 +716,30 @@ class Watcher:
                 exc,
             )
             return None
+
+    def _move(self, src: str, parent: int, fd: int, name: str) -> None:
+        """``src`` (in ``parent``) to ``name`` in the failed folder: renamed, or across
+        filesystems copied from ``fd`` (the file that was read) into a new file, then
+        unlinked."""
+        try:
+            os.rename(src, name, src_dir_fd=parent, dst_dir_fd=self._failed_fd)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        out = os.open(name, _CREATE_NEW, 0o600, dir_fd=self._failed_fd)
+        try:
+            offset = 0
+            while chunk := os.pread(fd, 1 << 20, offset):
+                os.write(out, chunk)
+                offset += len(chunk)
+            os.fsync(out)
+        except OSError:
+            os.unlink(name, dir_fd=self._failed_fd)
+            raise
+        finally:
+            os.close(out)
+        os.unlink(src, dir_fd=parent)
 
     def _log(self, r: FileResult) -> None:
         alerts = " ".join(f"{k}={v}" for k, v in sorted(r.alerts.items())) or "none"

@@ -29,7 +29,15 @@ log = logging.getLogger(__name__)
 
 _VERSION = 1
 _EDGE = 1 << 16  # bytes hashed at each end of a file
-COUNTERS = ("files_ok", "files_partial", "files_failed", "flows", "events", "alerts")
+COUNTERS = (
+    "files_ok",
+    "files_partial",
+    "files_failed",
+    "flows",
+    "events",
+    "alerts",
+    "files_refused",
+)
 
 
 def state_path(folder: Path, configured: str, state_dir: str) -> Path:
@@ -40,20 +48,27 @@ def state_path(folder: Path, configured: str, state_dir: str) -> Path:
     return Path(state_dir) / "watch" / f"{digest}.json"
 
 
-def file_key(path: Path, size: int) -> str:
+def file_key(source: Path | int, size: int) -> str:
     """A capture's identity: its size and a SHA-256 of its first and last 64 KiB.
+
+    ``source`` is the file's open descriptor (the watcher hashes the file it checked) or a
+    path, opened without following a link.
 
     From the content, not the inode or mtime: a file renamed, copied back, touched, or
     restored to another filesystem is still the same capture and is not analysed twice,
     while two captures of the same size differ in their first packets' timestamps. Two
     reads of 64 KiB cost nothing next to the analysis.
     """
+    if not isinstance(source, int):
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return file_key(fd, size)
+        finally:
+            os.close(fd)
     h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_EDGE))
-        if size > _EDGE:
-            f.seek(max(_EDGE, size - _EDGE))
-            h.update(f.read(_EDGE))
+    h.update(os.pread(source, _EDGE, 0))
+    if size > _EDGE:
+        h.update(os.pread(source, _EDGE, max(_EDGE, size - _EDGE)))
     return h.hexdigest()[:32]
 
 

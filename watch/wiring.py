@@ -7,7 +7,8 @@ shipped forests, what ``mld rag import`` runs) and reports how far the file was 
 :func:`anomaly_retrain` trains the anomaly model again on the event store the watcher
 writes. The Watcher (watch/service.py) takes both as plain callables, so tests hand it
 their own. The detector and the anomaly trainer are imported when a factory is called,
-not when the ``mld`` parser is built.
+not when the ``mld`` parser is built. Both take the sections of the config they use, not
+the whole-house MldConfig (docs/ARCHITECTURE.md, "Layering": watch/cli.py picks them).
 """
 
 from __future__ import annotations

@@ -13,11 +13,13 @@ import ctypes as ct
 import ctypes.util
 import logging
 import os
+import re
 from pathlib import Path
 
+from base.errors import ConfigError
 from xdp.errors import BpffsError
 
-__all__ = ["BPFFS_ROOT", "ensure_pin_dir"]
+__all__ = ["BPFFS_ROOT", "check_pin_dir", "ensure_pin_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,29 @@ def _mount_bpffs(where: Path) -> None:
     log.warning("bpffs was not mounted; mounted it on %s", where)
 
 
+# Letters, digits and . _ - between slashes: the pin path is written into the BPF
+# program's compile flags (-DMLD_BLOCKLIST_PIN="..."), where a quote, a space or a
+# backslash would be read as more flags (issue 19, finding 2).
+_SAFE_PIN_DIR = re.compile(r"/sys/fs/bpf(/[A-Za-z0-9_.-]+)*")
+
+
+def check_pin_dir(pin_dir: str | Path, what: str = "node.xdp_pin_dir") -> Path:
+    """``pin_dir`` if it is an absolute path under /sys/fs/bpf made of safe characters
+    (letters, digits, ``.``, ``_``, ``-``) without ``..``; ConfigError otherwise."""
+    text = str(pin_dir)
+    parts = text.split("/")
+    if not _SAFE_PIN_DIR.fullmatch(text) or ".." in parts or "." in parts:
+        raise ConfigError(
+            f"{what} {text!r} is not a safe bpffs folder: give an absolute path under "
+            f"{BPFFS_ROOT} made of letters, digits, '.', '_' and '-' (for example "
+            f"{BPFFS_ROOT}/mld); it is written into the XDP program's compile flags"
+        )
+    return Path(text)
+
+
 def ensure_pin_dir(pin_dir: str | Path) -> Path:
     """Make sure pin_dir exists inside a bpffs mount (mounting /sys/fs/bpf if needed)."""
-    path = Path(pin_dir).resolve()
+    path = check_pin_dir(pin_dir).resolve()
     if not _inside(path, _bpffs_mounts()):
         if not (path == BPFFS_ROOT or BPFFS_ROOT in path.parents):
             raise BpffsError(

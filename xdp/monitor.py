@@ -53,7 +53,7 @@ from native import structs
 from native.structs import CONSTANTS, EVENT_DTYPE
 from xdp import bpf_syscall as sys_bpf
 from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
-from xdp.bpffs import ensure_pin_dir
+from xdp.bpffs import check_pin_dir, ensure_pin_dir
 from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
 
 __all__ = ["FlowMonitor", "Mode", "ParseErrorAction", "ReversePathCheck", "raise_on_sigterm"]
@@ -168,7 +168,7 @@ class FlowMonitor:
         self.ringbuf_pages = ringbuf_pages
         self.mode: Mode = mode
         self.sweep_interval_s = sweep_interval_s
-        self.pin_dir = Path(pin_dir)
+        self.pin_dir = check_pin_dir(pin_dir, "pin_dir")
         self.blocklist_max = blocklist_max
         self.parse_error_action: ParseErrorAction = parse_error_action
         self.reverse_path_check: ReversePathCheck = reverse_path_check
@@ -240,7 +240,7 @@ class FlowMonitor:
         os.environ.setdefault("BCC_KERNEL_SOURCE", str(_KERNEL_HEADERS))
         from bcc import BPF
 
-        pin = self.pin_dir / "blocklist"
+        pin = check_pin_dir(self.pin_dir, "pin_dir") / "blocklist"  # it reaches the cflags
         if pin.exists():
             Blocklist(self.pin_dir).close()  # BpffsError naming the fix for a stale layout
         cflags = [

@@ -72,6 +72,7 @@ def test_serve_reports_its_decisions_to_mld_status(
     etcd_server: EtcdServer, etcd_prefix: str, store: Path, tmp_path: Path
 ) -> None:
     control = {"endpoints": [etcd_server.endpoint], "prefix": etcd_prefix, "health_interval_s": 0.5}
+    control["credentials_dir"] = str(etcd_server.pki_dir)
     config = config_file(tmp_path, control=control)
     cmd = [
         sys.executable,

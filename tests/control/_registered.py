@@ -9,12 +9,14 @@ import time
 from config import load_config
 from control import ControlConfig, Endpoint, ServiceControl
 
-endpoint, prefix, instance, state_dir = sys.argv[1:5]
+endpoint, prefix, instance, state_dir, credentials_dir = sys.argv[1:6]
 cfg = load_config()
 cfg = dataclasses.replace(
     cfg,
     node=dataclasses.replace(cfg.node, state_dir=state_dir),
-    control=ControlConfig(endpoints=(endpoint,), prefix=prefix, lease_ttl_s=2),
+    control=ControlConfig(
+        endpoints=(endpoint,), prefix=prefix, lease_ttl_s=2, credentials_dir=credentials_dir
+    ),
 )
 plane = ServiceControl(cfg, component="detector", instance=instance)
 plane.start()

@@ -35,6 +35,8 @@ def control_config(server: EtcdServer, prefix: str, **changes: Any) -> ControlCo
         "health_interval_s": 0.5,
         "retry_initial_s": 0.2,
         "retry_max_s": 1.0,
+        # The etcd mld starts requires client certificates: each component uses its own.
+        "credentials_dir": str(server.pki_dir or ""),
     }
     return ControlConfig(**(values | changes))
 
@@ -48,8 +50,11 @@ def mld_config(server: EtcdServer, prefix: str, state_dir: Path, **changes: Any)
     )
 
 
-def client(server: EtcdServer) -> EtcdClient:
-    return EtcdClient.connect(ControlConfig(endpoints=(server.endpoint,)))
+def client(server: EtcdServer, user: str = "root") -> EtcdClient:
+    """A client of the test's etcd, authenticated as ``user`` (root: anything)."""
+    return EtcdClient.connect(
+        ControlConfig(endpoints=(server.endpoint,), **server.client_settings(user))
+    )
 
 
 def read_json(etcd: EtcdClient, key: str) -> Any:

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from control import EtcdServer, ServiceControl, free_port
-from tests.control.support import mld_config
+from control.layout import service_key
+from tests.control.support import client, mld_config
 from tests.support import REPO, require_etcd, wait_for
 
 pytestmark = pytest.mark.etcd
@@ -34,12 +35,15 @@ def mld(
     return proc
 
 
-def _config_file(tmp: Path, endpoint: str, prefix: str) -> Path:
+def _config_file(tmp: Path, endpoint: str, prefix: str, server: EtcdServer | None = None) -> Path:
+    """A config for ``endpoint``: the credentials of ``server`` (the tests' etcd), or
+    (None) the ones `mld etcd up` makes under node.state_dir."""
     path = tmp / "mld.yaml"
-    data = {
-        "node": {"state_dir": str(tmp / "state")},
-        "control": {"endpoints": [endpoint], "prefix": prefix, "health_interval_s": 0.5},
-    }
+    control: dict[str, object] = {"endpoints": [endpoint], "prefix": prefix}
+    control |= {"health_interval_s": 0.5}
+    if server is not None:
+        control["credentials_dir"] = str(server.pki_dir)
+    data = {"node": {"state_dir": str(tmp / "state")}, "control": control}
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -79,7 +83,7 @@ def test_etcd_up_status_down(tmp_path: Path) -> None:
 def test_status_lists_services_with_health_and_config_outcome(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
     assert "no service is registered" in mld("status", config=config).stdout
     planes = [
         ServiceControl(
@@ -120,7 +124,7 @@ def test_status_lists_services_with_health_and_config_outcome(
 def test_config_set_checks_the_value_and_names_the_component(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix)
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
     bad = mld("config", "set", "detector.thresholds.alert", "high", config=config, check=False)
     assert bad.returncode == 1 and "expected a number" in bad.stderr
     shared = mld("config", "set", "logging.level", "debug", config=config, check=False)
@@ -139,3 +143,101 @@ def test_status_without_etcd_configured_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "control.endpoints is empty" in proc.stderr
     dead = mld("status", "--etcd", f"127.0.0.1:{free_port()}", config=path, check=False)
     assert dead.returncode == 1 and "did not answer" in dead.stderr
+
+
+def test_status_shows_what_etcd_holds_without_sending_escapes_to_the_terminal(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The attack: whoever writes a registration or a status record (a compromised
+    component, or anyone on the plaintext etcd of before) puts terminal escape sequences
+    in it (retitle the window, clear the screen, hide the lines above) and malformed
+    numbers; the operator's `mld status` used to print the escapes raw and crashed on a
+    started_ts that is not a number. Now each control character is shown escaped."""
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    esc = "\x1b]0;owned\x07\x1b[2J\x1b[1A"
+    etcd = client(etcd_server)
+    try:
+        etcd.put(
+            f"{etcd_prefix}/services/firewall/fw{esc}",
+            json.dumps({"host": f"h{esc}", "pid": esc, "started_ts": "soon",
+                        "endpoints": {"verdicts": {"endpoint": f"tcp://x{esc}"}}}),
+        )  # fmt: skip
+        etcd.put(
+            f"{etcd_prefix}/status/firewall/fw{esc}/config",
+            json.dumps({"key": "firewall.ttl_base_s", "state": "refused", "reason": esc}),
+        )
+        etcd.put(f"{etcd_prefix}/services/rag/odd", "[1, 2]")
+        etcd.put(f"{etcd_prefix}/config/firewall/ttl_base_s", f"600{esc}")
+    finally:
+        etcd.close()
+    out = mld("status", config=config).stdout + mld("config", "list", config=config).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07" in out and "fw\\x1b" in out
+
+
+def test_config_set_refuses_at_once_what_the_running_service_would_refuse(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    plane = ServiceControl(
+        mld_config(etcd_server, etcd_prefix, tmp_path / "fw", health_interval_s=0.5),
+        component="firewall",
+        instance="fw-1",
+        live_keys=("firewall.ttl_base_s", "firewall.allowlist"),
+    )
+    try:
+        plane.start()
+        plane.announce()
+        etcd = client(etcd_server)
+        health = f"{etcd_prefix}/status/firewall/fw-1/health"
+        try:
+            wait_for(lambda: b"live_keys" in (etcd.get(health) or b""), 10, "its health")
+        finally:
+            etcd.close()
+        path = mld("config", "set", "firewall.control_socket", "/etc/shadow", config=config,
+                   check=False)  # fmt: skip
+        assert path.returncode == 1 and "cannot be set from etcd" in path.stderr
+        wide = mld("config", "set", "firewall.allowlist", "[0.0.0.0/0]", config=config,
+                   check=False)  # fmt: skip
+        assert wide.returncode == 1 and "wider than" in wide.stderr
+        mld("config", "set", "firewall.allowlist", "[198.51.100.0/24]", config=config)
+        listed = json.loads(mld("config", "list", "firewall", "--json", config=config).stdout)
+        assert [row["setting"] for row in listed] == ["firewall.allowlist"]
+    finally:
+        plane.close()
+
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J\n"  # sets the window title, clears the screen, forges a line
+
+
+def test_status_and_config_list_do_not_pass_terminal_controls_from_etcd(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Attack: whoever can write to etcd registers a service (and writes its health, a
+    config outcome, a report and an override) whose strings carry ESC sequences and a
+    newline; ``mld status`` and ``mld config list`` printed them raw, so the operator's
+    terminal got a new title, a cleared screen and a forged line. Each field is now shown
+    with its controls escaped."""
+    config = _config_file(tmp_path, etcd_server.endpoint, etcd_prefix, etcd_server)
+    etcd = client(etcd_server)
+    try:
+        instance = f"det{EVIL}"
+        etcd.put(
+            service_key(etcd_prefix, "detector", instance),
+            json.dumps({"host": f"h{EVIL}", "pid": EVIL, "started_ts": 0,
+                        "endpoints": {"verdicts": {"endpoint": f"tcp://x{EVIL}"}}}),
+        )  # fmt: skip
+        status = f"{etcd_prefix}/status/detector/{instance}"
+        etcd.put(f"{status}/health", json.dumps({"state": f"ok{EVIL}", "ts": 4e9}))
+        etcd.put(f"{status}/config", json.dumps({"key": EVIL, "state": EVIL, "reason": EVIL}))
+        etcd.put(f"{status}/model", json.dumps({"summary": f"model{EVIL}"}))
+        etcd.put(f"{etcd_prefix}/config/detector/thresholds/alert", f"0.7{EVIL}")
+    finally:
+        etcd.close()
+    for args in (("status",), ("config", "list")):
+        out = mld(*args, config=config).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\n" in out, args
+    lines = mld("status", config=config).stdout.splitlines()
+    assert len(lines) == 4  # header, the service, its config outcome, its report
+    assert len(mld("config", "list", config=config).stdout.splitlines()) == 1

@@ -41,6 +41,7 @@ def _detector_config(tmp: Path, server: EtcdServer, prefix: str) -> Path:
         "transport": {"key_file": str(key)},
         "control": {
             "endpoints": [server.endpoint],
+            "credentials_dir": str(server.pki_dir),
             "prefix": prefix,
             "lease_ttl_s": 2,
             "health_interval_s": 0.5,

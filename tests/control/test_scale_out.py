@@ -37,6 +37,7 @@ def _detector(tmp: Path, server: EtcdServer, prefix: str, name: str) -> Path:
                 "transport": {"key_file": str(tmp / f"{name}.key")},
                 "control": {
                     "endpoints": [server.endpoint],
+                    "credentials_dir": str(server.pki_dir),
                     "prefix": prefix,
                     "lease_ttl_s": 2,
                     "health_interval_s": 0.5,

@@ -33,6 +33,7 @@ def _start_firewall(tmp: Path, server: EtcdServer, prefix: str) -> subprocess.Po
                 "transport": {"key_file": str(tmp / "fw.key")},
                 "control": {
                     "endpoints": [server.endpoint],
+                    "credentials_dir": str(server.pki_dir),
                     "prefix": prefix,
                     "lease_ttl_s": 2,
                     "health_interval_s": 0.5,
@@ -100,7 +101,7 @@ def test_services_register_again_after_an_etcd_restart(tmp_path: Path) -> None:
             status = json.loads(
                 subprocess.run(
                     [sys.executable, "-m", "mld.cli", "status", "--json", "--etcd",
-                     server.endpoint],
+                     server.endpoint, "--config", str(tmp_path / "detector.yaml")],
                     capture_output=True, text=True, timeout=60, cwd=REPO, check=True,
                     env=os.environ | {"PYTHONPATH": str(REPO)},
                 ).stdout

@@ -82,6 +82,7 @@ def test_killed_process_disappears_within_the_lease_ttl(
             etcd_prefix,
             "victim",
             str(tmp_path),
+            str(etcd_server.pki_dir),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -153,13 +154,16 @@ def test_config_change_applied_live_and_invalid_one_refused_with_reason(
         # Once block moves up, the refused alert=0.95 still in etcd becomes valid and applies.
         etcd.put(f"{base}/block", "0.97")
         wait_for(lambda: _alert_is(plane, 0.95), 2, "convergence")
-        # A setting read only at start is accepted but says so.
+        # A setting read only at start (an endpoint) is not etcd's to set: refused.
         etcd.put(f"{etcd_prefix}/config/detector/listen/endpoint", "tcp://127.0.0.1:6001")
         wait_for(
-            lambda: (read_json(etcd, status_key) or {}).get("state") == "restart_required",
+            lambda: (
+                "cannot be set from etcd" in (read_json(etcd, status_key) or {}).get("reason", "")
+            ),
             2,
-            "restart_required",
+            "the refusal of a restart-only setting",
         )
+        etcd.delete(f"{etcd_prefix}/config/detector/listen/endpoint")
         # Deleting an override goes back to the file's value.
         etcd.delete(f"{base}/alert")
         etcd.delete(f"{base}/block")

@@ -1,6 +1,7 @@
 """etcd with TLS client certificates and role-based auth, as a multi-host deployment runs
-it (control/README.md): certificates from scripts/etcd-certs.sh, users and roles made
-with etcdctl, and ControlSession connecting with the paths in its config."""
+it (control/README.md): certificates from scripts/etcd-certs.sh, a role per component
+made with etcdctl (control/rbac.py runs the README's commands), and ControlSession
+connecting with the paths in its config."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import pytest
 from base.errors import ControlPlaneError, EtcdUnavailable
 from control import ControlConfig, EtcdClient, EtcdServer, ServiceControl
 from control.etcd_server import ServerTls
+from control.pki import Credentials
+from control.rbac import enable_rbac
 from tests.control.support import mld_config
 from tests.support import REPO, require_etcd, wait_for
 
 pytestmark = pytest.mark.etcd
+
+USERS = ["root", "operator", "sniffer", "detector", "firewall", "rag", "anomaly", "watch"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdSer
     tmp = tmp_path_factory.mktemp("etcd-tls")
     pki = tmp / "pki"
     subprocess.run(
-        [str(REPO / "scripts/etcd-certs.sh"), str(pki), "127.0.0.1", "--", "root", "mld-node"],
+        [str(REPO / "scripts/etcd-certs.sh"), str(pki), "127.0.0.1", "--", *USERS],
         check=True,
         capture_output=True,
         timeout=60,
@@ -46,16 +51,11 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdSer
         )  # fmt: skip
 
     try:
-        # The commands of control/README.md, "etcd with TLS and role-based auth".
-        etcdctl("user", "add", "root", "--no-password")
-        etcdctl("user", "grant-role", "root", "root")
-        etcdctl("role", "add", "mld-node")
-        etcdctl("role", "grant-permission", "mld-node", "--prefix=true", "readwrite", "/mld/")
-        etcdctl("user", "add", "mld-node", "--no-password")
-        etcdctl("user", "grant-role", "mld-node", "mld-node")
+        # A password user with the firewall's role, then the roles of control/README.md,
+        # "etcd across hosts" (control/rbac.py runs those commands) and auth on.
         etcdctl("user", "add", "mld-pw:s3cret-pw")
-        etcdctl("user", "grant-role", "mld-pw", "mld-node")
-        etcdctl("auth", "enable")
+        enable_rbac(server.endpoint, Credentials(pki), "/mld", tmp)
+        etcdctl("user", "grant-role", "mld-pw", "firewall")
         yield server, pki
     finally:
         server.stop()
@@ -75,14 +75,21 @@ def test_a_client_certificate_is_the_user_and_its_role_bounds_the_keys(
     tls_etcd: tuple[EtcdServer, Path],
 ) -> None:
     server, pki = tls_etcd
-    etcd = EtcdClient.connect(_tls(server, pki, "mld-node"))
+    etcd = EtcdClient.connect(_tls(server, pki, "firewall"))
     try:
-        etcd.put("/mld/tls-test", "1")
-        assert etcd.get("/mld/tls-test") == b"1"
-        with pytest.raises(ControlPlaneError, match="permission denied"):
-            etcd.put("/elsewhere/x", "1")
+        etcd.put("/mld/services/firewall/tls-test", "1")
+        assert etcd.get("/mld/services/firewall/tls-test") == b"1"
+        for key in ("/elsewhere/x", "/mld/config/firewall/ttl_base_s", "/mld/services/x/y"):
+            with pytest.raises(ControlPlaneError, match="permission denied"):
+                etcd.put(key, "1")
     finally:
         etcd.close()
+    operator = EtcdClient.connect(_tls(server, pki, "operator"))
+    try:
+        operator.put("/mld/config/firewall/ttl_base_s", "600")
+        assert operator.get("/mld/services/firewall/tls-test") == b"1"
+    finally:
+        operator.close()
 
 
 def test_without_a_client_certificate_nothing_is_reachable(
@@ -110,7 +117,7 @@ def test_password_auth_reads_the_password_file_and_refuses_an_open_one(
     password.chmod(0o600)
     etcd = EtcdClient.connect(cfg)
     try:
-        etcd.put("/mld/pw-test", "1")
+        etcd.put("/mld/status/firewall/pw-test", "1")
         with pytest.raises(ControlPlaneError, match="permission denied"):
             etcd.put("/elsewhere/y", "1")
     finally:
@@ -119,17 +126,15 @@ def test_password_auth_reads_the_password_file_and_refuses_an_open_one(
 
 def test_a_service_registers_over_tls(tls_etcd: tuple[EtcdServer, Path], tmp_path: Path) -> None:
     server, pki = tls_etcd
-    tls = _tls(server, pki, "mld-node")
-    cfg = mld_config(
-        server, "/mld/tls-svc", tmp_path, ca_cert=tls.ca_cert, cert=tls.cert, key=tls.key
-    )
+    # Each component finds its own certificate in the folder (control.credentials_dir).
+    cfg = mld_config(server, "/mld", tmp_path, credentials_dir=str(pki))
     plane = ServiceControl(cfg, component="firewall", instance="fw-tls")
-    etcd = EtcdClient.connect(tls)
+    etcd = EtcdClient.connect(_tls(server, pki, "operator"))
     try:
         plane.start()
         plane.announce()
-        wait_for(lambda: etcd.get("/mld/tls-svc/services/firewall/fw-tls") is not None, 5, "reg")
+        wait_for(lambda: etcd.get("/mld/services/firewall/fw-tls") is not None, 5, "reg")
     finally:
         plane.close()
         etcd.close()
-    assert os.stat(pki / "mld-node-key.pem").st_mode & 0o077 == 0
+    assert os.stat(pki / "firewall-key.pem").st_mode & 0o077 == 0

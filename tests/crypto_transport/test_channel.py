@@ -23,6 +23,7 @@ from base.errors import TransportError
 from config import MldConfig
 from crypto_transport import KeyPair, Keyring, Received, Receiver, Sender, TransportConfig, frame
 from crypto_transport.counters import RejectLog
+from crypto_transport.curve import curve_client
 from crypto_transport.keys import SessionKey
 from proto import DirectionStats, FlowBatch, FlowRecord, VerdictBatch
 from tests.support import FakeClock
@@ -115,9 +116,15 @@ class Link:
     next_batch: int = field(default=1)
 
     def raw_push(self) -> zmq.Socket[bytes]:
+        """A bare PUSH holding the sensor's CURVE credentials: it gets through the
+        connection check, so the frames it sends meet the receiver's frame checks."""
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         self.closing.append(sock)
+        curve_client(
+            sock, public=self.sensor.public, secret=self.sensor.private,
+            server_public=self.detector.public,
+        )  # fmt: skip
         sock.connect(self.endpoint)
         return sock
 
@@ -169,7 +176,7 @@ def make_link(
         s_ring = Keyring(sensor, grace_s=GRACE_S, clock=clock)
         s_ring.add_peer(DETECTOR, detector.public)
         r_ring = Keyring(detector, grace_s=GRACE_S, clock=clock)
-        r_ring.add_peer(SENSOR, sensor.public)
+        r_ring.add_peer(SENSOR, sensor.public, roles=["sniffer"])
         receiver: Receiver[FlowBatch] = Receiver(
             pattern="pull",
             endpoint=endpoint,
@@ -286,7 +293,7 @@ def test_round_trip_between_two_processes(
     endpoint = _ipc_endpoint(tmp_path, "mp")
     sensor, detector = KeyPair.generate(), KeyPair.generate()
     r_ring = Keyring(detector, grace_s=GRACE_S)
-    r_ring.add_peer(SENSOR, sensor.public)
+    r_ring.add_peer(SENSOR, sensor.public, roles=["sniffer"])
     receiver: Receiver[FlowBatch] = Receiver(
         pattern="pull",
         endpoint=endpoint,
@@ -556,7 +563,7 @@ def _pub_sub(
         kp = KeyPair.generate()
         p_ring.add_peer(name, kp.public)
         s_rings[name] = Keyring(kp, grace_s=GRACE_S)
-        s_rings[name].add_peer("detector-1", pub_kp.public)
+        s_rings[name].add_peer("detector-1", pub_kp.public, roles=["detector"])
     publisher = Sender(
         pattern="pub",
         endpoint=endpoint,
@@ -610,9 +617,11 @@ def test_pub_sub_each_subscriber_gets_only_its_own_frames(
     assert seqs["fw-a"] == seqs["fw-b"]
 
 
-def test_pub_drops_at_the_high_water_mark_are_counted(
+def test_pub_drops_for_a_full_subscriber_are_counted_as_missing_by_it(
     zctx: zmq.Context[zmq.Socket[bytes]], closing: list[Any], tmp_path: Path
 ) -> None:
+    """A PUB never waits for a subscriber at its high-water mark: that subscriber loses
+    frames, and counts them as missing once a later frame arrives."""
     settings = _settings(send_hwm=10, recv_hwm=10)
     ps = _pub_sub(zctx, closing, _ipc_endpoint(tmp_path, "hwm"), settings, ["fw-a"])
     sub = ps.subs["fw-a"]
@@ -623,28 +632,22 @@ def test_pub_drops_at_the_high_water_mark_are_counted(
     results = [ps.publisher.send(batch) for _ in range(attempts)]
 
     c = ps.publisher.counters
-    assert c.dropped["hwm"] > 0
-    assert set(c.dropped) == {"hwm"}
-    assert c.sent + c.dropped["hwm"] == attempts
-    assert results.count(True) == c.sent
-    assert results.count(False) == c.dropped["hwm"]
-
-    # Nothing silent: the subscriber gets exactly what was counted as sent, and counts the
-    # dropped ones as missing once a later frame arrives.
+    assert all(results) and c.sent == attempts and not c.dropped
     received = 0
     while sub.recv(timeout_ms=500) is not None:
         received += 1
-    assert received == c.sent
+    assert 0 < received < attempts
     assert ps.publisher.send(batch)
     assert sub.recv(timeout_ms=EXPECT_MS) is not None
-    assert sub.counters.missing == c.dropped["hwm"]
+    # Nothing silent: every frame it did not get is counted by the subscriber.
+    assert sub.counters.missing == attempts - received
     assert not sub.counters.rejected
 
 
 def test_pub_send_hwm_setting_is_applied(
     zctx: zmq.Context[zmq.Socket[bytes]], closing: list[Any], tmp_path: Path
 ) -> None:
-    """With send_hwm = recv_hwm = 10 a subscriber that does not read holds up about 20 frames
+    """With send_hwm = recv_hwm = 10 a subscriber that does not read holds about 20 frames
     (plus what the kernel buffers), not ZeroMQ's default of 1000."""
     settings = _settings(send_hwm=10, recv_hwm=10)
     ps = _pub_sub(zctx, closing, _ipc_endpoint(tmp_path, "hwm"), settings, ["fw-a"])
@@ -654,7 +657,10 @@ def test_pub_send_hwm_setting_is_applied(
         ps.publisher.send(batch)
 
     # 64 KiB frames: the socket buffers hold only a handful of them.
-    assert ps.publisher.counters.sent <= 100, ps.publisher.counters.sent
+    held = 0
+    while ps.subs["fw-a"].recv(timeout_ms=500) is not None:
+        held += 1
+    assert 0 < held <= 100, held
 
 
 def test_push_without_a_peer_times_out_and_counts_the_drop(

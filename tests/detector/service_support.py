@@ -3,6 +3,8 @@ DetectorService on real ZeroMQ sockets between a sensor, a firewall and a RAG st
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +29,16 @@ SCAN_PCAP = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
 BENIGN_PCAP = SHARED_DATA / "pcaps/ndpi/reddit.pcap"
 ANY_PORT = "tcp://127.0.0.1:*"
 SENSOR, DETECTOR, FIREWALL, RAG = "sensor-1", "det-1", "firewall", "rag"
+# A second sensor the detector knows (attribution tests).
+SENSOR2 = "sensor-2"
+# Each node's transport role (what its key may send: crypto_transport channel_senders).
+ROLES = {
+    SENSOR: "sniffer",
+    SENSOR2: "sniffer",
+    DETECTOR: "detector",
+    FIREWALL: "firewall",
+    RAG: "rag",
+}
 
 ZmqContext = zmq.Context[zmq.Socket[bytes]]
 
@@ -51,13 +63,13 @@ class Keys:
     """One key pair per node; each keyring knows the peers it talks to."""
 
     pairs: dict[str, KeyPair] = field(
-        default_factory=lambda: {n: KeyPair.generate() for n in (SENSOR, DETECTOR, FIREWALL, RAG)}
+        default_factory=lambda: {n: KeyPair.generate() for n in ROLES}
     )
 
     def ring(self, node: str, *peers: str) -> Keyring:
         ring = Keyring(self.pairs[node], grace_s=60)
         for peer in peers:
-            ring.add_peer(peer, self.pairs[peer].public)
+            ring.add_peer(peer, self.pairs[peer].public, roles=[ROLES[peer]])
         return ring
 
 
@@ -84,6 +96,9 @@ class Harness:
         **service_options: Any,
     ) -> None:
         """``service_options`` go to DetectorService.from_config (anomaly, state_dir)."""
+        # The receiver's replay state goes to node.state_dir: never the real /var/lib/mld.
+        self._state = tempfile.mkdtemp(prefix="mld-det-state-")
+        service_options.setdefault("state_dir", self._state)
         self.keys = Keys()
         self.settings = TransportConfig(batch_records=batch_records, batch_max_delay_s=0.05)
         self.ctx: ZmqContext = zmq.Context()
@@ -111,7 +126,7 @@ class Harness:
         self.service = DetectorService.from_config(
             self.config,
             self.settings,
-            self.keys.ring(DETECTOR, SENSOR, FIREWALL, RAG),
+            self.keys.ring(DETECTOR, SENSOR, SENSOR2, FIREWALL, RAG),
             DETECTOR,
             stats_interval_s=3600.0,
             **service_options,
@@ -155,6 +170,7 @@ class Harness:
         self.firewall.close()
         self.rag.close()
         self.ctx.destroy(linger=0)  # closes sockets a failed test left open
+        shutil.rmtree(self._state, ignore_errors=True)
 
 
 def collect(

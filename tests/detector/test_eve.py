@@ -79,11 +79,13 @@ def test_every_detector_event_validates_against_suricatas_schema(
         events=EventsOutput(enabled=False),
     )
     service = DetectorService.from_config(
-        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR, state_dir=str(tmp_path)
     )
     try:
         for start in range(0, len(records), 500):
-            service.handle(FlowBatch(sensor_id=SENSOR, records=records[start : start + 500]))
+            service.handle(
+                FlowBatch(sensor_id=SENSOR, records=records[start : start + 500]), SENSOR
+            )
     finally:
         service.close()
     events = [json.loads(line) for line in eve.read_text().splitlines()]

@@ -34,7 +34,7 @@ def test_the_detector_serves_its_counters_and_inference_histograms(
         events=EventsOutput(enabled=False),
     )
     service = DetectorService.from_config(
-        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR, state_dir=str(tmp_path)
     )
     server = serve_metrics(
         "detector", MetricsConfig(detector_port=0), service.health, service.registry
@@ -42,8 +42,8 @@ def test_the_detector_serves_its_counters_and_inference_histograms(
     assert server is not None
     try:
         records = parse(capture_records(SCAN_PCAP))[:150]
-        service.handle(FlowBatch(sensor_id=SENSOR, records=records[:100]))
-        service.handle(FlowBatch(sensor_id=SENSOR, records=records[100:]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=records[:100]), SENSOR)
+        service.handle(FlowBatch(sensor_id=SENSOR, records=records[100:]), SENSOR)
         got = scrape(server.port)
         assert got["mld_detector_batches_in"] == 2 and got["mld_detector_records_in"] == 150
         assert got["mld_detector_batch_seconds_count"] == 2

@@ -18,6 +18,7 @@ import yaml
 import zmq
 
 from crypto_transport import KeyPair, Sender, TransportConfig
+from crypto_transport.curve import curve_client
 from crypto_transport.frame import seal
 from detector.bundle import load_bundle
 from detector.cli import register_detect
@@ -42,6 +43,7 @@ from tests.detector.service_support import (
     RAG,
     SCAN_PCAP,
     SENSOR,
+    SENSOR2,
     Harness,
     Keys,
     capture_records,
@@ -149,7 +151,16 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
     batch = FlowBatch(sensor_id=SENSOR, batch_seq=0, records=parse(records[:10]))
     payload = batch.SerializeToString()
     good_key = harness.keys.ring(SENSOR, DETECTOR).sending_key(DETECTOR)
+    # A socket holding the sensor's connection credentials (CURVE), so its frame meets
+    # the frame checks.
     raw = harness.ctx.socket(zmq.PUSH)
+    sensor_pair = harness.keys.pairs[SENSOR]
+    curve_client(
+        raw,
+        public=sensor_pair.public,
+        secret=sensor_pair.private,
+        server_public=harness.keys.pairs[DETECTOR].public,
+    )
     harness.keys.pairs["intruder"] = KeyPair.generate()
     intruder = Sender(
         pattern="push",
@@ -169,27 +180,89 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
         # another socket) reaches the detector first; otherwise it would count as a replay.
         raw.send(seal(payload, key=os.urandom(32), key_id=good_key.key_id, seq=1 << 62,
                       channel=b"flows", sender_id=SENSOR.encode()))  # fmt: skip
-        # A node the detector does not know, claiming to be the sensor.
+        # A node the detector does not know, claiming to be the sensor: its connection
+        # is refused (CURVE), so its frames never reach the frame checks.
         intruder.send(batch)
         publisher.add(records[:10])
         publisher.flush()
         events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 10))
-        # Three sockets reach the PULL in any order: wait for both rejections.
+        # Three sockets reach the PULL in any order: wait for both refusals.
         wait_for(
             lambda: (
-                harness.service.stats().get("rejected.unknown_key") == 1
+                harness.service.stats().get("refused_connections", 0) >= 1
                 and harness.service.stats().get("rejected.bad_tag") == 1
             ),
             5,
-            "both rejections",
+            "both refusals",
         )
         stats = harness.service.stats()
         assert len(events) == 10 and harness.rag.recv(timeout_ms=200) is None
         assert stats["batches_in"] == 1 and stats["records_in"] == 10
+        assert "rejected.unknown_key" not in stats
     finally:
         raw.close(linger=0)
         intruder.close()
         publisher.sender.close()
+
+
+def test_a_batch_claiming_another_sensor_is_credited_to_its_real_sender(
+    harness: Harness, records: list[bytes]
+) -> None:
+    """Attack: a sensor the detector knows (sensor-2, a real sniffer key) sends a port
+    scan in a batch whose payload says ``sensor_id: sensor-1``, to pin its own scan on
+    another sensor (whose segment an operator would then isolate) and hide its own.
+    Before the fix the detector credited the verdicts and events to the payload's
+    sensor_id; now they name the authenticated sender and the claim is counted."""
+    harness.start()
+    sender = Sender(
+        pattern="push",
+        endpoint=harness.listen,
+        channel="flows",
+        sender_id=SENSOR2,
+        keyring=harness.keys.ring(SENSOR2, DETECTOR),
+        recipients=[DETECTOR],
+        settings=harness.settings,
+        context=harness.ctx,
+    )
+    try:
+        rows = parse(records)
+        assert sender.send(FlowBatch(sensor_id=SENSOR, batch_seq=0, records=rows))
+        events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= len(rows)))
+        verdicts = [v for b in collect(harness.firewall, lambda got: bool(got)) for v in b.verdicts]
+        assert len(events) == len(rows)
+        assert {e.sensor_id for e in events} == {SENSOR2}
+        assert verdicts, "the scan gave no verdict to check"
+        assert {v.flow.sensor_id for v in verdicts} == {SENSOR2}
+        wait_for(
+            lambda: harness.service.stats().get("sensor_id_mismatch") == 1, 5, "the mismatch count"
+        )
+    finally:
+        sender.close()
+
+
+def test_a_sensor_id_under_the_sender_is_kept_as_its_label(
+    harness: Harness, records: list[bytes]
+) -> None:
+    """A sniffer may label its batches ``<its id>/<capture point>``: kept as it is."""
+    harness.start()
+    sender = Sender(
+        pattern="push",
+        endpoint=harness.listen,
+        channel="flows",
+        sender_id=SENSOR,
+        keyring=harness.keys.ring(SENSOR, DETECTOR),
+        recipients=[DETECTOR],
+        settings=harness.settings,
+        context=harness.ctx,
+    )
+    try:
+        label = f"{SENSOR}/eth1"
+        assert sender.send(FlowBatch(sensor_id=label, records=parse(records[:5])))
+        events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 5))
+        assert {e.sensor_id for e in events} == {label}
+        assert "sensor_id_mismatch" not in harness.service.stats()
+    finally:
+        sender.close()
 
 
 def test_disabled_outputs_are_counted_only(tiny_bundle: TinyBundle, records: list[bytes]) -> None:
@@ -280,7 +353,7 @@ def test_mld_detect_runs_and_stops_cleanly_on_sigterm(
         with socket_port() as port:
             listen = f"tcp://127.0.0.1:{port}"
         config = {
-            "node": {"id": DETECTOR},
+            "node": {"id": DETECTOR, "state_dir": str(tmp_path / "state")},
             "transport": {"key_file": str(key_file), "peers": peers},
             "detector": {
                 "bundle_dir": str(tiny_bundle.path),
@@ -363,10 +436,10 @@ def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
         events=EventsOutput(enabled=False),
     )
     service = DetectorService.from_config(
-        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR, state_dir=str(tmp_path)
     )
     try:
-        service.handle(FlowBatch(sensor_id=SENSOR, records=records[:200]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=records[:200]), SENSOR)
         lines = [json.loads(line) for line in eve.read_text().splitlines()]
         alerts = service.counters["eve_alerts"]
         labelled = service.counters["labels.suspicious"] + service.counters["labels.malicious"]
@@ -386,7 +459,7 @@ def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
         eve.rename(eve.with_suffix(".1"))
         assert service.eve is not None
         service.eve._next_check = 0.0  # the once-a-second check, due now
-        service.handle(FlowBatch(sensor_id=SENSOR, records=records[200:400]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=records[200:400]), SENSOR)
         assert eve.exists() and len(eve.read_text().splitlines()) > 0
     finally:
         service.close()

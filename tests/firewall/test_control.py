@@ -22,6 +22,7 @@ import yaml
 
 from base.errors import ConfigError
 from control import ControlConfig, EtcdClient, EtcdServer
+from control.session import default_registration
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
 from crypto_transport.keys import load_public_key
 from firewall.cli import control_request
@@ -56,6 +57,7 @@ class EtcdAgent:
                     "transport": {"key_file": str(tmp / "fw.key")},
                     "control": {
                         "endpoints": [server.endpoint],
+                        "credentials_dir": str(server.pki_dir),
                         "prefix": prefix,
                         # Long: a registration gone right after exit was revoked, not expired.
                         "lease_ttl_s": 60,
@@ -72,9 +74,18 @@ class EtcdAgent:
                 }
             )
         )
-        self.etcd = EtcdClient.connect(ControlConfig(endpoints=(server.endpoint,), prefix=prefix))
-        # The detector's public key comes from the key directory, as in a deployment.
+        self.etcd = EtcdClient.connect(
+            ControlConfig(endpoints=(server.endpoint,), prefix=prefix, **server.client_settings())
+        )
+        # The detector's public key comes from the key directory, as in a deployment, and
+        # its registration as a detector is what lets that key send verdicts.
         self.etcd.put(f"{prefix}/keys/{self.detector_id}", self.det_key.public_b64)
+        self.etcd.put(
+            f"{prefix}/services/detector/{self.detector_id}",
+            default_registration(
+                component="detector", instance=self.detector_id, public_key=self.det_key.public_b64
+            ).to_json(),
+        )
         self.proc: subprocess.Popen[str] | None = None
         self.sender: Sender | None = None
         self.seq = 0
@@ -309,10 +320,11 @@ def test_an_invalid_change_is_refused_and_the_old_value_kept(agent: EtcdAgent) -
 
 
 @pytest.mark.etcd
-def test_a_setting_read_at_start_needs_a_restart(agent: EtcdAgent) -> None:
+def test_a_setting_read_at_start_is_not_settable_from_etcd(agent: EtcdAgent) -> None:
+    # Issue 19, finding 2: etcd sets the live settings only (control/overrides.py).
     agent.put_config("dry_run", "false")
     status = agent.wait_status("dry_run", "false")
-    assert status["state"] == "restart_required" and "firewall.dry_run" in status["reason"]
+    assert status["state"] == "refused" and "cannot be set from etcd" in status["reason"]
     assert agent.send_and_wait("198.51.100.11", 0.95, "203.0.113.11")
     out = control_request(agent.state / "firewall" / "control.sock", {"cmd": "status"})
     assert out["dry_run"] is True and out["backend"] == "none"

@@ -12,7 +12,9 @@ import pytest
 
 from base.errors import FirewallError
 from firewall import DecisionLog, FirewallConfig, Policy
+from firewall.backends import NoBackend
 from firewall.decision_log import SCHEMA_VERSION
+from firewall.service import FirewallAgent
 from proto.events_pb2 import Verdict
 
 
@@ -154,3 +156,50 @@ def test_prune_keeps_what_restore_needs(tmp_path: Path) -> None:
         assert [b.network for b in log.live_blocks(clock.now)] == ["198.51.100.1/32"]
         assert [e.action for e in log.history(10, "198.51.100.2")] == ["unblock"]
         assert log.prune(clock.now) == 0
+
+
+def test_the_running_agent_prunes_the_log_past_decision_log_days(tmp_path: Path) -> None:
+    """Before, nothing called prune(): the log grew for ever (every verdict about every
+    source is a row). The agent now prunes at its first step and hourly after; what a
+    restart must restore stays."""
+    clock = Clock()
+    cfg = replace(FirewallConfig(), max_ttl_s=10**9, ttl_cap_s=10**9, decision_log_days=30)
+    policy = Policy(cfg, clock=clock)
+    path = tmp_path / "d.sqlite"
+    with DecisionLog(path) as log:
+        # 40 days ago: a long block still live, and skipped verdicts about other sources.
+        log.record(policy.decide(verdict("198.51.100.1"), ttl_s=100 * 86400), "none", "applied")
+        for i in range(5):
+            log.record(policy.decide(verdict(f"198.51.100.{10 + i}", 0.1)), "none")
+        clock.now += 40 * 86400
+        # Today: one more skipped verdict (kept: younger than 30 days).
+        log.record(policy.decide(verdict("198.51.100.99", 0.1)), "none")
+    log = DecisionLog(path)
+    agent = FirewallAgent(cfg, Policy(cfg, clock=clock), NoBackend(), log, None, None, clock=clock)
+    try:
+        agent.step(timeout_ms=0)
+        assert agent.counters["decisions_pruned"] == 5
+        assert [e.addr for e in log.history(10)] == ["198.51.100.99", "198.51.100.1"]
+        assert [b.network for b in log.live_blocks(clock.now)] == ["198.51.100.1/32"]
+        # Not again before the next interval.
+        log.record(policy.decide(verdict("198.51.100.98", 0.1)), "none")
+        clock.now += 31 * 86400
+        agent.step(timeout_ms=0)
+        assert agent.counters["decisions_pruned"] == 5
+        assert agent.prune_log() == 2  # the two skips, now older than 30 days
+    finally:
+        agent.close()
+        log.close()
+
+
+def test_decision_log_days_zero_keeps_everything(tmp_path: Path) -> None:
+    clock = Clock()
+    cfg = replace(FirewallConfig(), decision_log_days=0)
+    policy = Policy(cfg, clock=clock)
+    with DecisionLog(tmp_path / "d.sqlite") as log:
+        log.record(policy.decide(verdict("198.51.100.10", 0.1)), "none")
+        clock.now += 1000 * 86400
+        agent = FirewallAgent(cfg, policy, NoBackend(), log, None, None, clock=clock)
+        agent.step(timeout_ms=0)
+        assert agent.prune_log() == 0 and len(log.history(10)) == 1
+        agent.close()

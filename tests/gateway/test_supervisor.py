@@ -136,7 +136,8 @@ def test_overrides_decide_the_stack_settings_too(tmp_path: Path) -> None:
     names another one, and a key file named by an override is the one used."""
     require_etcd()
     user = tmp_path / "mld.yaml"
-    user.write_text(yaml.safe_dump({"control": {"endpoints": ["192.0.2.9:2379"]}}))
+    other = {"endpoints": ["192.0.2.9:2379"], "ca_cert": "/etc/mld/etcd-pki/ca.pem"}
+    user.write_text(yaml.safe_dump({"control": other}))
     key = tmp_path / "lab.key"
     from crypto_transport import KeyPair
 
@@ -147,6 +148,9 @@ def test_overrides_decide_the_stack_settings_too(tmp_path: Path) -> None:
     ))  # fmt: skip
     assert stack.local_etcd is not None
     assert stack.cfg.control.endpoints == (stack.local_etcd.endpoint,)
+    # ... with its own credentials, not the other etcd's.
+    assert stack.cfg.control.ca_cert == "" and stack.local_etcd.pki_dir is not None
+    assert stack.cfg.control.credentials_dir == str(stack.local_etcd.pki_dir)
     assert stack.cfg.transport.key_file == str(key)
 
 

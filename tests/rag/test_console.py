@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rag.answer import Answerer
 from rag.config import RagConfig
 from rag.console import Console
@@ -103,3 +105,48 @@ def _config(tmp: Path) -> Path:
     path = tmp / "mld.yaml"
     path.write_text(f"node: {{state_dir: {tmp}}}\n")
     return path
+
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J\n"  # sets the window title, clears the screen, forges a line
+
+
+def test_console_output_does_not_pass_terminal_controls_from_events(tmp_path: Path) -> None:
+    """Attack: a verdict arrives whose family and fast rule carry ESC sequences and a
+    newline (a compromised detector or sensor writes what it likes); ``mld rag alerts``,
+    ``similar``, ``event`` and ``ask`` printed them raw, driving the operator's terminal.
+    The real detection path makes the events; the two strings are then set as an
+    attacker would send them, the events stored, and every command's text rendered."""
+    from config import load_config
+    from detector.analysis import scored_events
+    from detector.scoring import default_scorer
+    from tests.rag.conftest import SCAN, SCAN_AT
+
+    if not SCAN.exists():
+        pytest.skip(f"needs {SCAN}")
+    mcfg = load_config()
+    scorer = default_scorer(mcfg.detector)
+    batches = scored_events([SCAN], mcfg.sniffer, scorer, shift_to=SCAN_AT)
+    events = [ev for batch in batches for ev in batch][:40]
+    for ev in events:
+        ev.verdict.family = f"scan{EVIL}"
+        ev.verdict.fast_rule = f"port_scan{EVIL}"
+        ev.verdict.label = 2
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig())
+    try:
+        rag.open_indexes()
+        rag.ingest(events, "det-test")
+        console = Console(rag, Answerer(RagConfig(), "none"), now=NOW)
+        first = rag.store.rows(limit=1)[0].id
+        for line in ("alerts 5", f"similar e{first} 3", f"event e{first}", "what happened?"):
+            reply = console.handle(line)
+            assert reply is not None
+            text = reply.render(False)
+            assert "\x1b" not in text and "\x07" not in text, line
+            assert "\\x1b]0;pwned\\x07" in text, line
+            # The answer of a question is composed in rag/answer.py: its terminal controls are
+            # escaped here, a newline inside an event's string still breaks its line there.
+            assert "\\x1b[2J\\n" in text or line.startswith("what"), line
+        alerts = console.handle("alerts 5")
+        assert alerts is not None and len(alerts.render(False).splitlines()) == 5
+    finally:
+        rag.close()

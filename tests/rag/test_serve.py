@@ -61,7 +61,13 @@ def test_kill_between_batches_loses_nothing_committed(
     rag_key = KeyPair.load(tmp_path / "rag.key")
     config = _config(
         tmp_path,
-        {"transport": {"key_file": str(tmp_path / "rag.key"), "peers": {"det-a": det.public_b64}}},
+        {
+            "transport": {
+                "key_file": str(tmp_path / "rag.key"),
+                "peers": {"det-a": det.public_b64},
+                "peer_roles": {"det-a": ["detector"]},
+            }
+        },
     )
     db = tmp_path / "state" / "rag" / "events.sqlite"
     log = tmp_path / "rag.log"
@@ -122,6 +128,7 @@ def test_the_detector_finds_the_rag_store_through_etcd(
     """sniffer (this test) -> mld detector run -> mld rag run, every hop found in etcd."""
     control = {
         "endpoints": [etcd_server.endpoint],
+        "credentials_dir": str(etcd_server.pki_dir),
         "prefix": etcd_prefix,
         "lease_ttl_s": 2,
         "health_interval_s": 0.5,

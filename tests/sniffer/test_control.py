@@ -97,7 +97,11 @@ def _config(tmp_path: Path, name: str, etcd: EtcdServer, prefix: str) -> MldConf
         node=NodeConfig(id=name, state_dir=str(tmp_path / name / "state")),
         transport=TransportConfig(key_file=str(key), batch_records=50, batch_max_delay_s=0.05),
         control=ControlConfig(
-            endpoints=(etcd.endpoint,), prefix=prefix, lease_ttl_s=2, health_interval_s=0.3
+            endpoints=(etcd.endpoint,),
+            prefix=prefix,
+            lease_ttl_s=2,
+            health_interval_s=0.3,
+            credentials_dir=str(etcd.pki_dir),
         ),
     )
 

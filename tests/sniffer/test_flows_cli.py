@@ -85,3 +85,26 @@ def test_missing_path_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     proc = run("sniffer", "flows", str(tmp_path / "absent.pcap"))
     assert proc.returncode == 1
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J\n"  # sets the window title, clears the screen, forges a line
+
+
+@needs_pcaps
+def test_file_names_do_not_drive_the_terminal(tmp_path: Path) -> None:
+    """Attack: whoever can write into a folder of captures names files with ESC sequences
+    and a newline (``bad<ESC>]0;pwned<BEL><ESC>[2J<LF>.pcap``); ``mld sniffer flows DIR``
+    printed the name raw in its rejection line and log warning, so the operator's terminal
+    got a new title, a cleared screen and a forged line. Now every such line shows the
+    name with its controls escaped, on one line."""
+    (tmp_path / f"bad{EVIL}.pcap").write_text("not a capture")
+    shutil.copyfile(NDPI, tmp_path / f"good{EVIL}.pcap")
+    proc = run("sniffer", "flows", str(tmp_path))
+    assert proc.returncode == 4, proc.stderr  # one file rejected
+    for out in (proc.stdout, proc.stderr):
+        assert "\x1b" not in out and "\x07" not in out
+    rejected = [line for line in proc.stderr.splitlines() if line.startswith("mld: rejected")]
+    assert len(rejected) == 1 and "bad\\x1b]0;pwned\\x07\\x1b[2J\\n.pcap" in rejected[0]
+    warned = [line for line in proc.stderr.splitlines() if "unknown file format" in line]
+    assert len(warned) == 2  # the log warning and the rejection, each on one line
+    assert all(line.startswith(("WARNING", "mld: rejected")) for line in warned)

@@ -16,7 +16,7 @@ def test_batches_arrive_decrypted_in_order() -> None:
     s_ring = Keyring(sensor, grace_s=60)
     s_ring.add_peer("detector", detector.public)
     r_ring = Keyring(detector, grace_s=60)
-    r_ring.add_peer("sensor-1", sensor.public)
+    r_ring.add_peer("sensor-1", sensor.public, roles=["sniffer"])
     settings = TransportConfig(batch_records=3, batch_max_delay_s=0.5)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     clock = FakeClock()

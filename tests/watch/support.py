@@ -165,7 +165,9 @@ class Rig:
         assert self.watcher is not None
         return self.watcher.state
 
-    def build(self, *, poll: bool, retrain: RetrainHook | None = None) -> Watcher:
+    def build(
+        self, *, poll: bool, retrain: RetrainHook | None = None, failed_dir: Path | None = None
+    ) -> Watcher:
         self.store = RagStore(self.db, self.cfg.rag)
         self.store.open_indexes()
         path = state_path(self.folder, "", self.cfg.node.state_dir)
@@ -176,17 +178,20 @@ class Rig:
             WatchState.load(path, self.folder),
             analyse=self.analyse,
             retrain=retrain,
+            failed_dir=failed_dir,
             poll=poll,
             on_file=lambda r: self.results.append((time.monotonic(), r)),
         )
         return self.watcher
 
-    def start(self, *, poll: bool, retrain: RetrainHook | None = None) -> Watcher:
+    def start(
+        self, *, poll: bool, retrain: RetrainHook | None = None, failed_dir: Path | None = None
+    ) -> Watcher:
         """Build and run a Watcher in a thread (its SQLite connection is made there)."""
         built: list[Watcher] = []
 
         def run() -> None:
-            watcher = self.build(poll=poll, retrain=retrain)
+            watcher = self.build(poll=poll, retrain=retrain, failed_dir=failed_dir)
             built.append(watcher)
             try:
                 watcher.run()

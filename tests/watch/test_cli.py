@@ -140,7 +140,9 @@ def test_once_exit_code_and_sigterm(tmp_path: Path) -> None:
     (folder / "bad.pcap").write_text("not a capture")
     bad = _mld("watch", "run", str(folder), "--once", "--config", str(config))
     assert bad.returncode == 4, bad.stderr  # some inputs failed
-    assert (folder / ".failed" / "bad.pcap.reason.json").exists()
+    state = state_path(folder.resolve(), "", str(tmp_path / "state"))
+    assert (state.with_name(state.stem + ".failed") / "bad.pcap.reason.json").exists()
+    assert not (folder / ".failed").exists()  # never inside the watched folder
 
     log = tmp_path / "run.log"
     proc = spawn_mld(["watch", "run", str(folder), "--config", str(config)], log)

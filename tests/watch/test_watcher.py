@@ -72,7 +72,7 @@ def test_good_truncated_and_bad_files(tmp_path: Path) -> None:
         "empty.pcapng": "failed",
     }
     assert rig.stored_events() == good + kept
-    failed = rig.folder / ".failed"
+    failed = rig.state().path.with_suffix(".failed")  # beside the state file
     moved = ("cut.pcap", "notes.pcap", "empty.pcapng")
     assert sorted(p.name for p in failed.iterdir()) == sorted(
         [f"{n}{x}" for n in moved for x in ("", ".reason.json")]
