@@ -48,6 +48,7 @@ from firewall.config import FirewallConfig
 from firewall.decision_log import Backend as BackendName
 from firewall.decision_log import DecisionLog
 from firewall.policy import ActiveBlock, Decision, Policy
+from firewall.publish import DecisionPublisher
 from proto.events_pb2 import VerdictBatch
 
 __all__ = ["FirewallAgent", "block_to_json"]
@@ -90,8 +91,11 @@ class FirewallAgent(FollowsControl):
         clock: Callable[[], float] = time.time,
         eve: EveWriter | None = None,
         agent_id: str = "",
+        publisher: DecisionPublisher | None = None,
     ) -> None:
         self.config = config
+        # firewall.blocks: every recorded decision, to the RAG store (firewall/publish.py).
+        self.publisher = publisher
         # firewall.eve_log: a Suricata EVE drop event per block, extension and unblock.
         self.eve = eve
         self.agent_id = agent_id
@@ -149,6 +153,8 @@ class FirewallAgent(FollowsControl):
         self.counters[f"{decision.action}.{outcome}"] += 1
         if outcome != "below_threshold":
             self.decisions.record(decision, self._backend_name, outcome)
+            if self.publisher is not None:
+                self.publisher.add(decision, outcome, self._backend_name)
         if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
             log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
             if self.eve is not None:
@@ -344,6 +350,8 @@ class FirewallAgent(FollowsControl):
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + self.config.expiry_interval_s
             self.expire()
+        if self.publisher is not None:
+            self.publisher.flush()
 
     def request_stop(self) -> None:
         self._stop = True
@@ -359,6 +367,8 @@ class FirewallAgent(FollowsControl):
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out.update({f"policy.{k}": v for k, v in self.policy.counters().items()})
+        if self.publisher is not None:
+            out.update({f"blocks_out.{k}": v for k, v in self.publisher.counters.items()})
         return out
 
     def close(self) -> None:
@@ -370,6 +380,8 @@ class FirewallAgent(FollowsControl):
                 self.control_path.unlink(missing_ok=True)
         if self.receiver is not None:
             self.receiver.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.backend.close()
         self.decisions.close()
         if self.eve is not None:

@@ -17,15 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from base.errors import RagError
+from base.errors import LabError, RagError
 from base.exit_codes import EXIT_OK
 from config import MldConfig, load_config
 from control import Endpoint
 from crypto_transport import ChannelEnd, Keyring, open_receiver
+from lab.topology import load_topology
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
-from proto.events_pb2 import EventBatch
+from proto.events_pb2 import DecisionBatch, EventBatch
 from rag.answer import Answerer
 from rag.console import Console
+from rag.hosts import HostNames, read_etc_hosts
 from rag.indexed_store import RagStore, db_path
 from rag.service import RagService
 
@@ -85,7 +87,13 @@ def _open(args: argparse.Namespace, cfg: MldConfig) -> RagStore:
 
 
 def _console(args: argparse.Namespace, cfg: MldConfig, rag: RagStore) -> Console:
-    return Console(rag, _answerer(args, cfg), top_k=args.top_k or cfg.rag.top_k, now=args.now)
+    return Console(
+        rag,
+        _answerer(args, cfg),
+        top_k=args.top_k or cfg.rag.top_k,
+        now=args.now,
+        hosts=host_names(cfg),
+    )
 
 
 def _cmd_console(args: argparse.Namespace) -> int:
@@ -158,6 +166,18 @@ def _one_command(words: list[str]) -> object:
     return run
 
 
+def host_names(cfg: MldConfig) -> HostNames:
+    """The names questions may use for addresses: rag.host_names, /etc/hosts, the lab's
+    hosts (lab/topology.yaml; read as hosts only where the store has their addresses)."""
+    lab: dict[str, list[str]] = {}
+    try:
+        for name, host in load_topology().hosts.items():
+            lab[name] = [str(a) for nic in host.nics for a in (nic.ipv4, nic.ipv6) if a]
+    except LabError as exc:
+        log.debug("lab host names not read: %s", exc)
+    return HostNames(cfg.rag.host_names, read_etc_hosts(), lab)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     keyring = Keyring.from_config(cfg.transport)
@@ -181,12 +201,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             settings=cfg.transport,
         )
         closing.callback(receiver.close)
-        service = RagService(rag, receiver)
+        blocks = None
+        if cfg.rag.blocks_endpoint or args.listen_blocks:
+            blocks = open_receiver(
+                ChannelEnd(
+                    args.listen_blocks or cfg.rag.blocks_endpoint,
+                    "pull",
+                    cfg.rag.blocks_channel,
+                    True,
+                ),
+                DecisionBatch,
+                keyring=keyring,
+                settings=cfg.transport,
+            )
+            closing.callback(blocks.close)
+        service = RagService(rag, receiver, blocks)
         closing.callback(_stopped, service, args.json)
         return service
 
     def run(service: RagService, plane: Plane) -> None:
         log.info("storing scored events from %s", service.receiver.bound_endpoint)
+        if service.blocks is not None:
+            log.info("storing firewall decisions from %s", service.blocks.bound_endpoint)
 
         def follow() -> None:
             plane.poll()  # keyring and log level follow etcd
@@ -201,15 +237,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ),
             build=build,
             health=lambda service: ("ok", service.stats()),
-            endpoints=lambda service: {
-                "events": Endpoint(service.receiver.bound_endpoint, "push", cfg.rag.channel)
-            },
+            endpoints=lambda service: _endpoints(service, cfg),
             attach=None,
             stopping="saving the indexes and stopping",
             run=run,
         ),
     )
     return EXIT_OK
+
+
+def _endpoints(service: RagService, cfg: MldConfig) -> dict[str, Endpoint]:
+    out = {"events": Endpoint(service.receiver.bound_endpoint, "push", cfg.rag.channel)}
+    if service.blocks is not None:
+        out["blocks"] = Endpoint(service.blocks.bound_endpoint, "push", cfg.rag.blocks_channel)
+    return out
 
 
 def _stopped(service: RagService, as_json: bool) -> None:
@@ -325,6 +366,11 @@ def register(
 
     serve = action("run", "store scored events (the long-running service)")
     serve.add_argument("--listen", metavar="ENDPOINT", help="default: rag.listen_endpoint")
+    serve.add_argument(
+        "--listen-blocks",
+        metavar="ENDPOINT",
+        help="firewall decisions; default: rag.blocks_endpoint",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     imp = action("import", "analyse captures and store their events")

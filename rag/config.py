@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["RagConfig"]
 
@@ -16,6 +16,11 @@ class RagConfig:
     listen_endpoint: str = "tcp://127.0.0.1:5573"
     # Channel name bound into every frame; must match detector.events.channel.
     channel: str = "events"
+    # ZeroMQ endpoint the firewall agents' decisions arrive on (firewall.blocks); empty:
+    # decisions are not received.
+    blocks_endpoint: str = "tcp://127.0.0.1:5574"
+    # Channel of the decisions; must match firewall.blocks.channel.
+    blocks_channel: str = "blocks"
     # Events written per SQLite transaction at most (one EventBatch is one transaction
     # when it is smaller).
     write_batch: int = 2000
@@ -43,3 +48,6 @@ class RagConfig:
     model_threads: int = 1
     # Sampling temperature (0: the same question gets the same answer).
     temperature: float = 0.0
+    # Host names the operator uses in questions, with their addresses, e.g.
+    # {workstation: 10.0.2.20}; /etc/hosts and the lab's hosts are read as well.
+    host_names: dict[str, str] = field(default_factory=dict)
