@@ -138,6 +138,12 @@ def _day_hm(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
+def _some(items: list[str], n: int = 5, sep: str = ", ") -> str:
+    """The first ``n`` items, and how many more."""
+    more = f"{sep}and {len(items) - n} more" if len(items) > n else ""
+    return sep.join(items[:n]) + more
+
+
 def _draft_blocks(r: Retrieval) -> str:
     b = r.blocks
     assert b is not None
@@ -151,9 +157,7 @@ def _draft_blocks(r: Retrieval) -> str:
             "sends its decisions to this store (firewall.blocks to rag.blocks_endpoint)."
         )
     now = (
-        "Blocked now: "
-        + ", ".join(f"{a.network} until {_hm(a.expires_ts)}" for a in b.active)
-        + "."
+        f"Blocked now: {_some([f'{a.network} until {_hm(a.expires_ts)}' for a in b.active])}."
         if b.active
         else f"Nothing is blocked now ({_day_hm(b.now)})."
     )
@@ -162,7 +166,7 @@ def _draft_blocks(r: Retrieval) -> str:
             last = b.unblocked[-1:] if b.unblocked else []
             tail = f" The last unblock: {last[0].network} at {_hm(last[0].ts)} ({last[0].reason})."
             return now + (tail if last else "")
-        reasons = "; ".join(f"{a.network}: {a.reason}" for a in b.active[:5])
+        reasons = _some([f"{a.network}: {a.reason}" for a in b.active], sep="; ")
         return f"{now} Why: {reasons}.{see}"
     if b.ask == "why":
         if b.blocked:
@@ -181,8 +185,8 @@ def _draft_blocks(r: Retrieval) -> str:
         return f"{who or 'That address'} was not blocked ({b.scope}): no decision blocked it."
     if b.ask == "unblock":
         if b.unblocked:
-            parts = [f"{d.network} at {_day_hm(d.ts)} ({d.reason})" for d in b.unblocked[-5:]]
-            return f"Unblocked ({b.scope}): {'; '.join(parts)}."
+            parts = [f"{d.network} at {_day_hm(d.ts)} ({d.reason})" for d in b.unblocked]
+            return f"Unblocked ({b.scope}): {_some(parts[::-1], sep='; ')}."
         if b.active:
             return f"{who or 'Nothing'} has not been unblocked: {now}"
         return f"No unblock is stored ({b.scope})."
@@ -190,9 +194,12 @@ def _draft_blocks(r: Retrieval) -> str:
         refused = f" {len(b.refused)} block(s) were refused." if b.refused else ""
         return f"Nothing was blocked ({b.scope}).{refused} {now}"
     nets = list(dict.fromkeys(d.network for d in b.blocked))
-    listed = "; ".join(
-        f"{d.network} at {_hm(d.ts)} ({d.reason})"
-        for d in {d.network: d for d in b.blocked}.values()
+    listed = _some(
+        [
+            f"{d.network} at {_hm(d.ts)} ({d.reason})"
+            for d in {d.network: d for d in b.blocked}.values()
+        ],
+        sep="; ",
     )
     refused = f" {len(b.refused)} block(s) were refused." if b.refused else ""
     return (
@@ -249,8 +256,9 @@ def draft(r: Retrieval) -> str:
         )
     when = f" from {_when(f.span[0])} to {_when(f.span[1])}" if f.span else ""
     return (
-        f"{f.matching} events match ({scope}){when}{families}; top destinations over "
-        f"{f.scope}: {_join(f.destinations)}. The most relevant: {ids}."
+        f"{f.matching} events match ({scope}){when}{families}; over {f.scope}, top "
+        f"sources {_join(f.sources)}; top destinations {_join(f.destinations)}. The most "
+        f"relevant: {ids}."
     )
 
 

@@ -321,7 +321,7 @@ def follow_up(previous: Parsed, question: str, now: float | None = None, **kw: A
     if nf.divergent:
         f = replace(f, divergent=True)
     intent, blocks, target = previous.intent, previous.blocks, previous.target
-    asks = re.search(r"\bwhich|\bwho|\bhow many", question, re.I)
+    asks = re.search(r"\bwhich|\bwho|\bhow many|\bwhen\b|\bwhat happened", question, re.I)
     if new.intent not in ("list", "about") or asks:
         intent, blocks, target = new.intent, new.blocks, new.target
     if intent == "about" and not (f.addrs or f.src or f.dst):

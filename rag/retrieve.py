@@ -271,12 +271,12 @@ def _retrieve_blocks(store: EventStore, parsed: Parsed, k: int, now: float) -> R
     blocks = block_facts(store, parsed, now)
     wanted = blocks.active if parsed.blocks == "now" else blocks.blocked or blocks.decisions
     verdicts = [v for d in reversed(wanted) for v in d.verdict_ids.split()]
-    rows = store.events_of_verdicts(list(dict.fromkeys(verdicts))[: k * 4], limit=k)
+    nets = list(dict.fromkeys(d.addr for d in reversed(wanted)))
+    rows = store.events_of_verdicts(list(dict.fromkeys(verdicts))[: k * 4], nets[:k], limit=k)
     f = parsed.filters
     facts = Facts(matching=len(blocks.decisions), alerts=0, span=None)
     if not rows and wanted:
         # The verdicts' events are not here (another store, or older): the address's
         # malicious events around the decisions stand in for them.
-        nets = tuple({d.addr for d in wanted})
-        rows = store.rows(replace(f, addrs=nets, src=(), dst=(), min_label=3), limit=k)
+        rows = store.rows(replace(f, addrs=tuple(nets[:k]), src=(), dst=(), min_label=3), limit=k)
     return Retrieval(parsed, rows, facts, "blocks", blocks)

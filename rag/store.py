@@ -477,7 +477,7 @@ class EventStore:
         since_ts: float | None = None,
         until_ts: float | None = None,
         actions: Sequence[str] = (),
-        limit: int = 1000,
+        limit: int | None = None,
     ) -> list[BlockRow]:
         """Firewall decisions, oldest first: of these addresses (an address inside a
         blocked prefix matches it), in [since_ts, until_ts), of these actions."""
@@ -497,21 +497,27 @@ class EventStore:
         if addrs:
             wanted = [ipaddress.ip_address(a) for a in addrs]
             rows = [r for r in rows if any(_covers(r, a) for a in wanted)]
-        return rows[-limit:]
+        return rows if limit is None else rows[-limit:]
 
     def count_blocks(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
 
-    def events_of_verdicts(self, verdict_ids: Sequence[str], limit: int = 20) -> list[EventRow]:
-        """The stored events the verdicts behind a decision came from."""
-        if not verdict_ids:
+    def events_of_verdicts(
+        self, verdict_ids: Sequence[str], addrs: Sequence[str], limit: int = 20
+    ) -> list[EventRow]:
+        """The stored events the verdicts behind a decision came from: their verdict id,
+        and the decision's address at one end (a verdict id names one verdict of one
+        detector run; another detector, or the same one restarted, may reuse it)."""
+        if not verdict_ids or not addrs:
             return []
         marks = ",".join("?" * len(verdict_ids))
+        ends = ",".join("?" * len(addrs))
         sql = (
             f"SELECT {_COLUMNS} FROM events WHERE verdict_id IN ({marks}) "
-            "ORDER BY final_score DESC, ts DESC LIMIT ?"
+            f"AND (src IN ({ends}) OR dst IN ({ends})) ORDER BY final_score DESC, ts DESC LIMIT ?"
         )
-        return [EventRow(*r) for r in self._db.execute(sql, [*verdict_ids, limit])]
+        params = [*verdict_ids, *addrs, *addrs, limit]
+        return [EventRow(*r) for r in self._db.execute(sql, params)]
 
     def add(
         self,
