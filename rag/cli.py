@@ -40,15 +40,19 @@ examples:
   mld rag console                                interactive console (history, line editing)
   mld rag ask "which address scanned the server?"
   mld rag ask "how many SYN flood alerts in the last hour?" --json
-  mld rag ask "what did 10.0.0.5 do?" --no-model    retrieved events and computed facts only
+  mld rag ask "was anything blocked?"           the firewall's decisions (firewall.blocks)
+  mld rag ask "where did the rules and the models disagree today?"
+  mld rag ask "what did 10.0.0.5 do?" --model smollm2   a local model rewords the reply
   mld rag console --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf
   mld rag alerts 20 | mld rag stats | mld rag similar e1234 | mld rag event e1234
   mld rag run                                    store the detector's scored events
   mld rag import capture.pcap --at 2026-11-21T10:00:00Z   fill the store from captures
   mld rag reindex                                rebuild the FAISS indexes from SQLite
-In the console: alerts [N], stats, similar ID [N], event ID, help, quit; anything else is
-a question. Addresses, ports, families (scan, flood, brute force, tunnel, lateral),
-"alerts"/"blocked" and times ("last hour", "since 10:00", "today"; UTC) become filters.
+In the console: alerts [N], stats, similar ID [N], event ID, forget, help, quit; anything
+else is a question; "and from which hosts?", "what about yesterday?" follow up on the
+last one. Addresses, host names (rag.host_names, /etc/hosts, the lab's), ports, families
+(scan, flood, brute force, tunnel, lateral), "alerts"/"malicious" and times ("last hour",
+"since 10:00", "today"; UTC) become filters.
 """
 
 
