@@ -46,7 +46,12 @@ def _config(tmp: Path, extra: dict[str, object]) -> Path:
     data = {
         "node": {"id": "rag-1", "state_dir": str(tmp / "state")},
         "transport": {"key_file": str(key)},
-        "rag": {"listen_endpoint": "tcp://127.0.0.1:*", "save_every_s": 0.5},
+        # Any free port for the firewall's decisions too: a fixed one collides between runs.
+        "rag": {
+            "listen_endpoint": "tcp://127.0.0.1:*",
+            "blocks_endpoint": "tcp://127.0.0.1:*",
+            "save_every_s": 0.5,
+        },
     } | extra
     path = tmp / "rag.yaml"
     path.write_text(yaml.safe_dump(data))
