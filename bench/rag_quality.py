@@ -22,9 +22,10 @@ answer_s_p50=F answer_s_max=F answer_s_p50_no_model=F model_replaced=N model=NAM
 the answerer's check replaced by the facts-only reply). Without llama-cpp-python or the
 model file, ``score_model=nan`` and the reason is printed.
 
-    .venv/bin/python bench/rag_quality.py                      # ~2 minutes (24 answers by SmolLM2)
+    .venv/bin/python bench/rag_quality.py                      # ~8 minutes (55 answers by SmolLM2)
     .venv/bin/python bench/rag_quality.py --model ~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf
     .venv/bin/python bench/rag_quality.py --no-model-only -v   # replies printed in full
+    .venv/bin/python bench/rag_quality.py --set harder         # the 46 questions of issue 21
     .venv/bin/python bench/rag_quality.py --quick              # smoke run: 4 questions
 """
 
