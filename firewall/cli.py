@@ -165,6 +165,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 keyring=keyring,
                 live_keys=_live_keys(),
                 validate=_check,
+                # The RAG stores the decisions go to (firewall.blocks follows them).
+                watch=("rag",),
             ),
             build=build,
             endpoints=endpoints,

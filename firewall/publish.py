@@ -21,7 +21,8 @@ import logging
 import queue
 import threading
 from collections import Counter
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from firewall.policy import Decision
 from proto.events_pb2 import BlockDecision, DecisionBatch
@@ -100,6 +101,10 @@ class DecisionPublisher:
         self._seq = 0
         self._batch_seq = 0
         self._queue: queue.Queue[DecisionBatch | None] = queue.Queue(maxsize=queue_batches)
+        # Live RAG stores from the control plane, for a sender that follows them
+        # (control.DiscoveredSender); applied by the sending thread, which owns the sockets.
+        self._peers_lock = threading.Lock()
+        self._peers: list[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="blocks-out", daemon=True)
         self._thread.start()
 
@@ -129,8 +134,29 @@ class DecisionPublisher:
             self.counters["dropped"] += n
             log.warning("%d decision(s) not sent to the RAG store: the send queue is full", n)
 
+    def follow(self, registrations: Iterable[Any]) -> None:
+        """The live RAG stores (control plane registrations), for a sender that follows
+        them; taken up by the sending thread before its next send."""
+        with self._peers_lock:
+            self._peers = list(registrations)
+
+    def _take_peers(self) -> None:
+        with self._peers_lock:
+            peers, self._peers = self._peers, None
+        update = getattr(self._sender, "update", None)
+        if peers is not None and update is not None:
+            update(peers)
+
     def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
+        while True:
+            try:
+                batch = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._take_peers()
+                continue
+            if batch is None:
+                return
+            self._take_peers()
             try:
                 ok = self._sender.send(batch)
             except Exception as exc:  # a transport error must not end the thread

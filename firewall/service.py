@@ -299,8 +299,11 @@ class FirewallAgent(FollowsControl):
     # ---- control plane ---------------------------------------------------------------
 
     def apply_control(self, state: ControlState[Any]) -> None:
-        """A new state's ``firewall`` settings (see :meth:`reconfigure`)."""
+        """A new state's ``firewall`` settings (see :meth:`reconfigure`), and the live RAG
+        stores the decisions go to."""
         self.reconfigure(state.config.firewall)
+        if self.publisher is not None:
+            self.publisher.follow(state.peers.get("rag", {}).values())
 
     def reconfigure(self, config: FirewallConfig) -> list[str]:
         """Take the live settings of ``config`` (see ``Policy.reconfigure``) and apply the
