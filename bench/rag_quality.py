@@ -4,10 +4,11 @@
 The scenario of bench/rag_scenario.py (12 real shared captures, the attacks and some benign nDPI
 traffic, shifted onto 2026-11-21 06:00-10:40 UTC) is imported into a fresh store in a
 temp dir through the real detection path; the question set (24 questions with known
-answers: counts, who, about an address, time windows, benign, "nothing") is asked at
-10:45, once without a model (the reply built from the SQL facts, ``Answerer(cfg,
-"none")``) and once with the default model (SmolLM2-135M-Instruct, or ``--model
-PATH``). Each answer is graded: expected facts in the reply (addresses, words, numbers
+answers: counts, who, about an address, time windows, benign, "nothing"; and the 46
+harder ones of issue 21: phrasings, misspellings, host names, blocks, disagreements,
+follow-ups) is asked at 10:45, once without a model (the reply built from the SQL
+facts, ``Answerer(cfg, "none")``) and once with the model (SmolLM2-135M-Instruct, or
+``--model PATH``). Each answer is graded: expected facts in the reply (addresses, words, numbers
 counted by the grader's own SQL) and citations (cited events relevant by ground truth);
 a question scores the mean of the two, the set the mean over questions.
 
@@ -21,9 +22,10 @@ answer_s_p50=F answer_s_max=F answer_s_p50_no_model=F model_replaced=N model=NAM
 the answerer's check replaced by the facts-only reply). Without llama-cpp-python or the
 model file, ``score_model=nan`` and the reason is printed.
 
-    .venv/bin/python bench/rag_quality.py                      # ~2 minutes (24 answers by SmolLM2)
+    .venv/bin/python bench/rag_quality.py                      # ~8 minutes (55 answers by SmolLM2)
     .venv/bin/python bench/rag_quality.py --model ~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf
     .venv/bin/python bench/rag_quality.py --no-model-only -v   # replies printed in full
+    .venv/bin/python bench/rag_quality.py --set harder         # the 46 questions of issue 21
     .venv/bin/python bench/rag_quality.py --quick              # smoke run: 4 questions
 """
 
@@ -43,7 +45,14 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from bench.common import shared_data  # noqa: E402
-from bench.rag_questions import QUESTIONS, QUICK, Graded, ask_all, set_score  # noqa: E402
+from bench.rag_questions import (  # noqa: E402
+    HARDER,
+    QUESTIONS,
+    QUICK,
+    Graded,
+    ask_all,
+    set_score,
+)
 from bench.rag_scenario import Capture, build_scenario  # noqa: E402
 from config import load_config  # noqa: E402
 from rag.answer import Answerer  # noqa: E402
@@ -78,11 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=shared_data(), help="shared data dir")
     parser.add_argument("--top-k", type=int, default=0, help="events per question (config)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 questions")
+    parser.add_argument(
+        "--set",
+        choices=("all", "first", "harder"),
+        default="all",
+        help="the first 24 questions, the harder ones of issue 21, or both (default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every reply")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config()
-    questions = QUICK if args.quick else QUESTIONS
+    sets = {"all": QUESTIONS + HARDER, "first": QUESTIONS, "harder": HARDER}
+    questions = QUICK if args.quick else sets[args.set]
 
     why_no_model = ""
     model: Answerer | None = None
@@ -120,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def p50(rs: list[Graded]) -> float:
         return statistics.median(g.seconds for g in rs) if rs else float("nan")
+
+    def part(rs: list[Graded], of: tuple[object, ...]) -> list[Graded]:
+        return [g for g in rs if g.question in of]
+
+    if args.set == "all" and not args.quick:
+        for name, of in (("first", QUESTIONS), ("harder", HARDER)):
+            print(
+                f"{name}: score_model={set_score(part(with_model, of)):.3f} "
+                f"score_no_model={set_score(part(plain, of)):.3f} questions={len(of)}"
+            )
 
     print(  # the one key=value line
         f"score_model={set_score(with_model):.3f} score_no_model={set_score(plain):.3f} "

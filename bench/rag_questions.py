@@ -26,11 +26,13 @@ from dataclasses import dataclass, replace
 from bench.rag_scenario import Scenario, clock
 from config import MldConfig, load_config
 from rag.answer import Answer, Answerer
+from rag.console import Console
+from rag.hosts import HostNames
 from rag.indexed_store import RagStore
-from rag.question import parse
-from rag.retrieve import retrieve
 
 __all__ = [
+    "HARDER",
+    "HOST_NAMES",
     "QUESTIONS",
     "QUICK",
     "At",
@@ -78,14 +80,17 @@ class Text:
 
 @dataclass(frozen=True)
 class Count:
-    """A number the reply must state: ``SELECT COUNT(*) FROM events WHERE <where>``."""
+    """A number the reply must state: ``SELECT <what> FROM <table> WHERE <where>`` (the
+    events by default; ``blocks``: the firewall decisions the scenario stored)."""
 
     where: str
     params: tuple[object, ...] = ()
+    table: str = "events"
+    what: str = "COUNT(*)"
 
     def value(self, s: Scenario) -> int:
         params = [p.ts(s) if isinstance(p, At) else p for p in self.params]
-        (n,) = s.sql(f"SELECT COUNT(*) FROM events WHERE {self.where}", params)[0]
+        (n,) = s.sql(f"SELECT {self.what} FROM {self.table} WHERE {self.where}", params)[0]
         return int(str(n))
 
     def describe(self, s: Scenario | None) -> str:
@@ -290,6 +295,200 @@ QUESTIONS: tuple[Question, ...] = (
     ),
 )
 
+# -- the harder set (issue 21): phrased the way operators ask ---------------------------
+# Several phrasings per intent, misspellings, relative times, host names (HOST_NAMES, as
+# rag.host_names would give them), the firewall's decisions, disagreements between the
+# fast rules and the forests, follow-ups (asked right after the question before them, in
+# one conversation), and questions whose honest answer is "nothing matched".
+
+HOST_NAMES = {"workstation": "192.168.1.178", "vpn-gw": "10.8.0.1", "webserver": "198.124.152.15"}
+
+_SCANNER = Text("172.31.15.102")
+_BLOCKED_ADDRS = Count(
+    "action = 'block' AND outcome = 'applied'", table="blocks", what="COUNT(DISTINCT addr)"
+)
+_NOT_BLOCKED = Text("not blocked", "nothing was blocked", "was not blocked")
+_NO_DISAGREEMENT = Text("no event where")
+_ALL_ATTACKS = (*_SCANS, *_FLOODS, "iodine_elastic")
+
+HARDER: tuple[Question, ...] = (
+    # blocks: several phrasings
+    Question("was anything blocked?", "blocks", (Text("yes"), _BLOCKED_ADDRS), _of(*_ALL_ATTACKS)),
+    Question("did we block anything today?", "blocks", (Text("yes"),), _of(*_ALL_ATTACKS)),
+    Question(
+        "what did the firewall block in the last hour?",
+        "blocks",
+        (
+            _SCANNER,
+            Count(
+                "action = 'block' AND outcome = 'applied' AND ts >= ?",
+                (At("now", -3600),),
+                table="blocks",
+                what="COUNT(DISTINCT addr)",
+            ),
+        ),
+        _of(*_ALL_ATTACKS),
+    ),
+    Question(
+        "why was 172.31.15.102 blocked?",
+        "blocks",
+        (_SCANNER, _SCAN),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question(
+        "why did the firewall block 172.31.15.102?",
+        "blocks",
+        (_SCANNER, _SCAN),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question(
+        "when was 172.31.15.102 unblocked?",
+        "blocks",
+        (Text("expired"), Text("10:20")),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question("was 192.168.1.178 blocked?", "nothing", (_NOT_BLOCKED,), _nothing),
+    Question("is 10.10.10.10 blocked?", "nothing", (_NOT_BLOCKED,), _nothing),
+    Question("any blocks yesterday?", "nothing", (_NOT_BLOCKED,), _nothing),
+    # At 10:45 the last blocks (the reflectors of 10:35, 300 s) have expired.
+    Question("what is blocked now?", "nothing", (Text("nothing is blocked now"),), _nothing),
+    Question(
+        "how many blocks were refused?",
+        "blocks",
+        (Count("action = 'block' AND outcome != 'applied'", table="blocks"),),
+        _of(*_ALL_ATTACKS),
+    ),
+    Question("did the firewall blokced anyone?", "blocks", (Text("yes"),), _of(*_ALL_ATTACKS)),
+    # disagreements
+    Question(
+        "where did the rules and the models disagree today?",
+        "divergent",
+        (Count("divergent = 1 AND ts >= ?", (At("00:00"),)), Text("fast rules")),
+        _of(*_ALL_ATTACKS),
+    ),
+    Question(
+        "show me disagreements between the fast rules and the forests",
+        "divergent",
+        (Count("divergent = 1"),),
+        _of(*_ALL_ATTACKS),
+    ),
+    Question(
+        "how many divergent events in the last hour?",
+        "count",
+        (Count("divergent = 1 AND ts >= ?", (At("now", -3600),)),),
+        _of(*_ALL_ATTACKS),
+    ),
+    Question(
+        "did the heuristics and the ml disagree on anything yesterday?",
+        "nothing",
+        (_NO_DISAGREEMENT,),
+        _nothing,
+    ),
+    # follow-ups: each pair or triple is one conversation, asked in this order
+    Question(
+        "how many scan alerts today?",
+        "count",
+        (Count(f"family = 'scan' AND {_ALERT} AND ts >= ?", (At("00:00"),)),),
+        _of(*_SCANS),
+    ),
+    Question("and from which hosts?", "followup", (_SCANNER,), _of(*_SCANS)),
+    Question("what about yesterday?", "nothing", (_NOTHING,), _nothing),
+    Question(
+        "which hosts were targeted by the flood?",
+        "who",
+        (Text("10.10.10.10"),),
+        _of(*_FLOODS),
+    ),
+    Question("and when did it start?", "followup", (Text("10:20"),), _of(*_FLOODS)),
+    Question("what did 10.87.1.10 do?", "about", (Text("130.211.223.103"),), _of(*_SCANS)),
+    Question(
+        "and what about 172.31.15.102?",
+        "followup",
+        (Count("src = ? OR dst = ?", ("172.31.15.102", "172.31.15.102")), _SCAN),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    # host names
+    Question(
+        "what did the workstation do?",
+        "benign",
+        (Text("146.48.58.18"), Count("src = ? OR dst = ?", ("192.168.1.178", "192.168.1.178"))),
+        _of("firefox", "chrome"),
+    ),
+    Question(
+        "how many events involved the vpn-gw today?",
+        "benign",
+        (Count("(src = ? OR dst = ?) AND ts >= ?", ("10.8.0.1", "10.8.0.1", At("00:00"))),),
+        _of("whatsapp_voice_and_message"),
+    ),
+    Question(
+        "who scanned the webserver?",
+        "who",
+        (_SCANNER,),
+        _of("masscan_udp_0_1000", "masscan_tcp_0_1000"),
+    ),
+    Question("was the workstation attacked?", "nothing", (_NOTHING,), _nothing),
+    # phrasings, misspellings, relative times
+    Question("which adress scaned the server?", "who", (_SCANNER,), _of(*_SCANS)),
+    Question("who was scanning us?", "who", (_SCANNER,), _of(*_SCANS)),
+    Question(
+        "show me the port scans",
+        "list",
+        (_SCAN, Count(f"family = 'scan' AND {_ALERT}")),
+        _of(*_SCANS),
+    ),
+    Question(
+        "how many flod alerts in the past 30 minutes?",
+        "count",
+        (Count(f"family = 'ddos' AND {_ALERT} AND ts >= ?", (At("now", -1800),)),),
+        _of(*_FLOODS),
+    ),
+    Question(
+        "number of syn flood alerts today",
+        "count",
+        (Count(f"family = 'ddos' AND {_ALERT} AND proto = 6 AND ts >= ?", (At("00:00"),)),),
+        _of("syn_dominate_ecn_cwr"),
+    ),
+    Question(
+        "how many alerts in the last 2 hours?",
+        "count",
+        (Count(f"{_ALERT} AND ts >= ?", (At("now", -7200),)),),
+        _of("masscan_tcp_0_1000", *_FLOODS),
+    ),
+    Question(
+        "any attacks in the past 15 minutes?",
+        "time",
+        (_DDOS, Count(f"{_ALERT} AND ts >= ?", (At("now", -900),))),
+        _of("amp_udp_isakmp"),
+    ),
+    Question(
+        "what happened between 06:00 and 07:00?",
+        "time",
+        (_SCANNER, _SCAN),
+        _of("masscan_udp_0_1000"),
+    ),
+    Question("which hosts attacked us today?", "who", (_SCANNER,), _of(*_ALL_ATTACKS)),
+    Question("what did 172.31.15.102 do yesterday?", "nothing", (_NOTHING,), _nothing),
+    Question("any brute force attempts against ssh?", "nothing", (_NOTHING,), _nothing),
+    Question("show me the brute force attempts against ssh", "nothing", (_NOTHING,), _nothing),
+    Question("any lateral movement today?", "nothing", (_NOTHING,), _nothing),
+    Question("what did 2001:db8::99 do?", "nothing", (_NOTHING,), _nothing),
+    Question(
+        "how many events came from 10.87.1.10?",
+        "count",
+        (Count("src = ?", ("10.87.1.10",)),),
+        _of("nmap_80_vanilla", "nmap_80_service_detection"),
+    ),
+    Question(
+        "when did the amplification attack start?",
+        "time",
+        (Text("10:35"),),
+        _of("amp_udp_isakmp"),
+    ),
+    Question("which address was flooded?", "who", (Text("10.10.10.10"),), _of(*_FLOODS)),
+    Question("were there any UDP floods since 10:30?", "time", (_DDOS,), _of("amp_udp_isakmp")),
+    Question("tell me about 198.124.152.15", "about", (_SCANNER, _SCAN), _of(*_SCANS)),
+)
+
 # The few questions of a --quick run: one of each main intent and the "nothing" case.
 QUICK: tuple[Question, ...] = QUESTIONS[:4]
 
@@ -361,17 +560,25 @@ def ask_all(
     top_k: int | None = None,
     cfg: MldConfig | None = None,
 ) -> list[Graded]:
-    """Ask every question of ``questions`` at the scenario's NOW; graded results. A
+    """Ask every question of ``questions`` at the scenario's NOW, in order, in one
+    console conversation (follow-ups follow the question before them; a question that
+    does not start like a follow-up starts afresh), with HOST_NAMES; graded results. A
     result's ``seconds`` is parse + retrieval + answer."""
     cfg = cfg or load_config()
     rag = RagStore(scenario.db, cfg.rag, readonly=True)
     rag.open_indexes()
+    console = Console(
+        rag,
+        answerer,
+        top_k=top_k or cfg.rag.top_k,
+        now=scenario.now,
+        hosts=HostNames(HOST_NAMES),
+    )
     out = []
     try:
         for q in questions:
             started = time.perf_counter()
-            r = retrieve(rag.store, rag.text, parse(q.text, scenario.now), top_k or cfg.rag.top_k)
-            answer = answerer.answer(r)
+            answer = console.answer(q.text)
             took = time.perf_counter() - started
             out.append(replace(grade(q, answer, scenario), seconds=took))
     finally:

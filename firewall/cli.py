@@ -19,11 +19,11 @@ from typing import Any
 
 import zmq
 
-from base.errors import FirewallError
+from base.errors import FirewallError, TransportError
 from base.exit_codes import EXIT_ERROR, EXIT_OK
 from base.terminal import printable
 from config import MldConfig, load_config
-from control import Endpoint
+from control import Endpoint, output_sender
 from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
 from detector.eve import EveWriter
 from firewall.allowlist import automatic_allowlist
@@ -31,6 +31,7 @@ from firewall.backends import choose_backend
 from firewall.config import FirewallConfig
 from firewall.decision_log import DecisionLog
 from firewall.policy import LIVE_SETTINGS, Policy
+from firewall.publish import DecisionPublisher
 from firewall.service import FirewallAgent
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import VerdictBatch
@@ -115,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     agent_id = cfg.node.id or socket.gethostname()
     keyring = Keyring.from_config(cfg.transport)
 
-    def build(cfg: MldConfig, _plane: Plane, closing: contextlib.ExitStack) -> FirewallAgent:
+    def build(cfg: MldConfig, plane: Plane, closing: contextlib.ExitStack) -> FirewallAgent:
         fw = _firewall_config(args, cfg)
         auto = automatic_allowlist(fw.auto_allowlist)
         policy = Policy(fw, allowlist_extra=auto.networks())
@@ -137,9 +138,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             replay_state=replay_state_path(cfg.node.state_dir, f"firewall-{agent_id}", fw.channel),
         )
         eve = EveWriter(fw.eve_log) if fw.eve_log else None
+        publisher = _publisher(cfg, fw, agent_id, keyring, discover=plane.enabled)
         agent = FirewallAgent(
             fw, policy, backend, decisions, receiver, _control_path(cfg),
-            eve=eve, agent_id=agent_id,
+            eve=eve, agent_id=agent_id, publisher=publisher,
         )  # fmt: skip
         closing.callback(_stopped, agent, args.json)
         agent.restore()
@@ -165,6 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 keyring=keyring,
                 live_keys=_live_keys(),
                 validate=_check,
+                # The RAG stores the decisions go to (firewall.blocks follows them).
+                watch=("rag",),
             ),
             build=build,
             endpoints=endpoints,
@@ -173,6 +177,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     return EXIT_OK
+
+
+def _publisher(
+    cfg: MldConfig, fw: FirewallConfig, agent_id: str, keyring: Keyring, *, discover: bool
+) -> DecisionPublisher | None:
+    """The sender of decisions to the RAG store, or None (disabled, or no key for its
+    recipient: blocking goes on, the console just cannot tell about blocks)."""
+    if not fw.blocks.enabled:
+        return None
+    try:
+        sender = output_sender(
+            fw.blocks,
+            sender_id=agent_id,
+            keyring=keyring,
+            settings=cfg.transport,
+            discover=discover,
+            component="rag",
+            endpoint_name="blocks",
+        )
+    except TransportError as exc:
+        log.warning(
+            "decisions are not sent to the RAG store (%s); fix transport.peers, or set "
+            "firewall.blocks.enabled: false to silence this",
+            exc,
+        )
+        return None
+    log.info("decisions to the RAG store on %s (channel %s)", fw.blocks.endpoint, fw.blocks.channel)
+    return DecisionPublisher(sender, agent_id)
 
 
 def _stopped(agent: FirewallAgent, as_json: bool) -> None:

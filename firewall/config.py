@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Literal
 
 from base.errors import ConfigError
+from detector.config import OutputConfig
 from detector.families import VERDICT_FAMILIES
 from firewall.allowlist import AUTO_ALLOWLIST_SOURCES, AutoSource
 
-__all__ = ["FirewallConfig"]
+__all__ = ["BlocksOutput", "FirewallConfig"]
+
+
+@dataclass(frozen=True)
+class BlocksOutput(OutputConfig):
+    """Every decision (block, extend, unblock, refusal), to the RAG store (firewall/publish.py)."""
+
+    endpoint: str = "tcp://127.0.0.1:5574"
+    channel: str = "blocks"
+    recipients: tuple[str, ...] = ("rag",)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,9 @@ class FirewallConfig:
     # Local control socket for mld firewall list/unblock/flush (mode 0600); empty means
     # <node.state_dir>/firewall/control.sock.
     control_socket: str = ""
+    # Decisions to the RAG store (rag.blocks_endpoint), so the console can say what was
+    # blocked and why. With control.endpoints set, a PUSH follows the live RAG stores.
+    blocks: BlocksOutput = field(default_factory=BlocksOutput)
 
     def control_socket_path(self, state_dir: str | Path) -> Path:
         """The control socket: ``control_socket``, or the default under ``state_dir``."""

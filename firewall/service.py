@@ -48,6 +48,7 @@ from firewall.config import FirewallConfig
 from firewall.decision_log import Backend as BackendName
 from firewall.decision_log import DecisionLog
 from firewall.policy import ActiveBlock, Decision, Policy
+from firewall.publish import DecisionPublisher
 from proto.events_pb2 import VerdictBatch
 
 __all__ = ["FirewallAgent", "block_to_json"]
@@ -96,8 +97,11 @@ class FirewallAgent(FollowsControl):
         clock: Callable[[], float] = time.time,
         eve: EveWriter | None = None,
         agent_id: str = "",
+        publisher: DecisionPublisher | None = None,
     ) -> None:
         self.config = config
+        # firewall.blocks: every recorded decision, to the RAG store (firewall/publish.py).
+        self.publisher = publisher
         # firewall.eve_log: a Suricata EVE drop event per block, extension and unblock.
         self.eve = eve
         self.agent_id = agent_id
@@ -162,6 +166,8 @@ class FirewallAgent(FollowsControl):
             self._note_unverified(decision)
         elif outcome != "below_threshold":
             self.decisions.record(decision, self._backend_name, outcome)
+            if self.publisher is not None:
+                self.publisher.add(decision, outcome, self._backend_name)
         if decision.action in ("block", "extend", "unblock") and outcome in ("applied", "dry_run"):
             log.info("%s %s (%s): %s", decision.action, decision.network, outcome, decision.reason)
             if self.eve is not None:
@@ -339,8 +345,11 @@ class FirewallAgent(FollowsControl):
     # ---- control plane ---------------------------------------------------------------
 
     def apply_control(self, state: ControlState[Any]) -> None:
-        """A new state's ``firewall`` settings (see :meth:`reconfigure`)."""
+        """A new state's ``firewall`` settings (see :meth:`reconfigure`), and the live RAG
+        stores the decisions go to."""
         self.reconfigure(state.config.firewall)
+        if self.publisher is not None:
+            self.publisher.follow(state.peers.get("rag", {}).values())
 
     def reconfigure(self, config: FirewallConfig) -> list[str]:
         """Take the live settings of ``config`` (see ``Policy.reconfigure``) and apply the
@@ -393,6 +402,9 @@ class FirewallAgent(FollowsControl):
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + _PRUNE_INTERVAL_S
             self.prune_log()
+        if self.publisher is not None:
+            self.publisher.flush()
+
 
     def prune_log(self) -> int:
         """Delete decisions older than ``decision_log_days`` (what restore needs stays);
@@ -425,6 +437,8 @@ class FirewallAgent(FollowsControl):
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out.update({f"policy.{k}": v for k, v in self.policy.counters().items()})
+        if self.publisher is not None:
+            out.update({f"blocks_out.{k}": v for k, v in self.publisher.counters.items()})
         return out
 
     def close(self) -> None:
@@ -436,6 +450,8 @@ class FirewallAgent(FollowsControl):
                 self.control_path.unlink(missing_ok=True)
         if self.receiver is not None:
             self.receiver.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.backend.close()
         self.decisions.close()
         if self.eve is not None:

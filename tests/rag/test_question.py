@@ -72,3 +72,59 @@ def test_ports_from_numbers_and_service_names() -> None:
 def test_blocked_means_malicious_only_and_an_address_is_not_a_time() -> None:
     f = parse("blocked flows from 10.0.0.5", NOW).filters
     assert f.min_label == 3 and f.src == ("10.0.0.5",) and f.since_ts is None
+
+
+def test_host_names_from_config_etc_hosts_and_the_lab(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rag.hosts import HostNames, read_etc_hosts
+
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("127.0.0.1 localhost\n10.9.9.9 backup-nas nas # the NAS\n")
+    hosts = HostNames(
+        {"printer": "10.0.0.77"},
+        read_etc_hosts(hosts_file),
+        {"workstation": ["203.0.113.20", "fd00:203::20"], "server": ["10.10.0.10"]},
+    )
+    p = parse(
+        "summarize the DNS traffic from the workstation", NOW, hosts=hosts, seen=lambda a: True
+    )
+    assert p.filters.src == ("203.0.113.20", "fd00:203::20")
+    assert any("workstation = 203.0.113.20" in u for u in p.understood)
+    assert parse("what did the printer do?", NOW, hosts=hosts).filters.addrs == ("10.0.0.77",)
+    assert parse("what did backup-nas do?", NOW, hosts=hosts).filters.addrs == ("10.9.9.9",)
+    # A lab name is an everyday word unless the store has seen the host's address.
+    p = parse("which address scanned the server?", NOW, hosts=hosts, seen=lambda a: False)
+    assert p.filters.addrs == () and p.intent == "who"
+
+
+def test_blocks_questions_are_about_the_firewall_decisions() -> None:
+    assert parse("was anything blocked?", NOW).blocks == "list"
+    assert parse("why was 203.0.113.66 blocked?", NOW).blocks == "why"
+    assert parse("what is blocked now?", NOW).blocks == "now"
+    assert parse("when was 203.0.113.66 unblocked?", NOW).blocks == "unblock"
+    assert parse("did the firewall bloked anyone yesterday?", NOW).blocks == "list"
+    # Blocked traffic is still the malicious events.
+    p = parse("show blocked traffic to 10.10.10.10 in the last 30 minutes", NOW)
+    assert p.intent != "blocks" and p.filters.min_label == 3
+
+
+def test_misspellings_and_disagreements() -> None:
+    p = parse("any brut force atacks yesterdy?", NOW)
+    assert p.filters.families == ("bruteforce",) and p.filters.until_ts == utc(
+        "2026-11-21T00:00:00Z"
+    )
+    d = parse("where did the rules and the models disagree today?", NOW)
+    assert d.intent == "divergent" and d.filters.divergent
+
+
+def test_follow_ups_keep_the_previous_question() -> None:
+    from rag.question import follow_up, is_followup
+
+    first = parse("how many scan alerts today?", NOW)
+    assert is_followup("and from which hosts?")
+    who = follow_up(first, "and from which hosts?", NOW)
+    assert who.intent == "who" and who.filters.families == ("scan",)
+    assert who.filters.since_ts == first.filters.since_ts
+    before = follow_up(first, "what about yesterday?", NOW)
+    assert before.intent == "count" and before.filters.families == ("scan",)
+    assert before.filters.until_ts == utc("2026-11-21T00:00:00Z")
+    assert not is_followup("which address scanned the server?")

@@ -46,7 +46,12 @@ def _config(tmp: Path, extra: dict[str, object]) -> Path:
     data = {
         "node": {"id": "rag-1", "state_dir": str(tmp / "state")},
         "transport": {"key_file": str(key)},
-        "rag": {"listen_endpoint": "tcp://127.0.0.1:*", "save_every_s": 0.5},
+        # Any free port for the firewall's decisions too: a fixed one collides between runs.
+        "rag": {
+            "listen_endpoint": "tcp://127.0.0.1:*",
+            "blocks_endpoint": "tcp://127.0.0.1:*",
+            "save_every_s": 0.5,
+        },
     } | extra
     path = tmp / "rag.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -168,6 +173,89 @@ def test_the_detector_finds_the_rag_store_through_etcd(
         assert {("rag", "rag-1"), ("detector", "det-a")} <= names
     finally:
         stop(det)
+        stop(rag)
+        flows.close()
+        sensor.close()
+
+
+def _blocks(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_the_firewall_finds_the_rag_store_through_etcd(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """sniffer (this test) -> mld detector run -> mld firewall run (dry run) -> mld rag
+    run: the agent's decisions reach the store it found in etcd (its ``blocks``
+    endpoint), sealed for the key the store registered there."""
+    control = {
+        "endpoints": [etcd_server.endpoint],
+        "prefix": etcd_prefix,
+        "lease_ttl_s": 2,
+        "health_interval_s": 0.5,
+    }
+    config = _config(tmp_path, {"control": control})
+    db = tmp_path / "state" / "rag" / "events.sqlite"
+    det_config = _detector_config(tmp_path, etcd_server, etcd_prefix)
+    KeyPair.generate().save(tmp_path / "fw.key")
+    fw_config = tmp_path / "firewall.yaml"
+    fw_config.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"id": "fw-1", "state_dir": str(tmp_path / "fw-state")},
+                "transport": {"key_file": str(tmp_path / "fw.key")},
+                "control": control,
+                "firewall": {
+                    "dry_run": True,
+                    "auto_allowlist": [],
+                    "listen_endpoint": "tcp://127.0.0.1:*",
+                },
+            }
+        )
+    )
+    records = parse(capture_records(SCAN_PCAP))[:300]
+    sensor, flows = sniffer_stand_in(etcd_server, etcd_prefix, tmp_path / "s", "sensor-b")
+    rag = spawn_mld(["rag", "run", "--config", str(config)], tmp_path / "rag.log")
+    fw = spawn_mld(["firewall", "run", "--config", str(fw_config)], tmp_path / "fw.log")
+    det = spawn_mld(["detector", "run", "--config", str(det_config)], tmp_path / "det.log")
+    try:
+        sensor.start()
+        sensor.announce()
+        deadline = time.monotonic() + 60
+        seq = 0
+        while _blocks(db) < 1 and time.monotonic() < deadline:
+            state = sensor.poll()
+            if state is not None:
+                flows.update(state.peers.get("detector", {}).values())
+            if flows.instances and seq < 3:
+                flows.send(FlowBatch(sensor_id="sensor-b", batch_seq=seq, records=records))
+                seq += 1
+            time.sleep(0.2)
+        logs = "".join(
+            f"\n{name} log:\n{(tmp_path / f'{name}.log').read_text()}"
+            for name in ("det", "fw", "rag")
+        )
+        assert _blocks(db) >= 1, logs
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            agent, addr, outcome = con.execute("SELECT agent, addr, outcome FROM blocks").fetchone()
+        finally:
+            con.close()
+        assert (agent, addr, outcome) == ("fw-1", "172.31.15.102", "dry_run"), logs
+    finally:
+        stop(det)
+        stop(fw)
         stop(rag)
         flows.close()
         sensor.close()
