@@ -405,7 +405,6 @@ class FirewallAgent(FollowsControl):
         if self.publisher is not None:
             self.publisher.flush()
 
-
     def prune_log(self) -> int:
         """Delete decisions older than ``decision_log_days`` (what restore needs stays);
         returns how many. Counted under ``decisions_pruned``."""
