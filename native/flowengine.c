@@ -10,6 +10,7 @@
 #include <numpy/arrayobject.h>
 
 #include "engine.h"
+#include "jsonnum.h"
 #include "link_layer.h"
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
@@ -319,6 +320,8 @@ static PyMethodDef module_methods[] = {
     {"constants", mld_py_constants, METH_NOARGS, "constants() -> {name: value} of flow_types.h"},
     {"supported_linktypes", py_supported_linktypes, METH_NOARGS, "pcap link type names"},
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
+    {"json_floats", mld_py_json_floats, METH_VARARGS,
+     "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
     {NULL, NULL, 0, NULL},
 };
 
