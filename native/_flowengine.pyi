@@ -25,3 +25,31 @@ class Engine:
     def close(self) -> None: ...
     def finish(self) -> npt.NDArray[np.void]: ...
     def stats(self) -> dict[str, int]: ...
+
+class Windows:
+    def __init__(
+        self,
+        window_ns: int,
+        n_sums: int,
+        n_distinct: int,
+        key_size: int,
+        value_size: int,
+        max_keys: int,
+        max_entries_per_key: int,
+        max_entries: int,
+    ) -> None: ...
+    def add(
+        self,
+        n: int,
+        keys: npt.NDArray[np.uint8],
+        ts: npt.NDArray[np.int64],
+        sums: npt.NDArray[np.float64],
+        values: npt.NDArray[np.uint8],
+        value_mask: npt.NDArray[np.uint8],
+        select: npt.NDArray[np.uint8],
+        out_count: npt.NDArray[np.int64],
+        out_sums: npt.NDArray[np.float64],
+        out_distinct: npt.NDArray[np.int64],
+        /,
+    ) -> None: ...
+    def stats(self) -> dict[str, int]: ...

@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "jsonnum.h"
+#include "windows.h"
 #include "link_layer.h"
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
@@ -336,12 +337,13 @@ PyMODINIT_FUNC PyInit__flowengine(void)
     PyObject *m;
 
     import_array();
-    if (PyType_Ready(&EngineType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
+    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

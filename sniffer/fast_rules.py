@@ -38,10 +38,12 @@ use the same record-time windows and caps as the source context.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sniffer.batch_windows import ADDRESS_KEY_SIZE, BatchWindows, address_keys, int_values
 from sniffer.config import ContextConfig, FastRulesConfig
 from sniffer.records import PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
@@ -75,26 +77,34 @@ class FastScores:
 class FastRules:
     """Scores records with the rules above; keeps per-destination windows and counters."""
 
-    def __init__(self, rules: FastRulesConfig, context: ContextConfig) -> None:
+    def __init__(
+        self, rules: FastRulesConfig, context: ContextConfig, *, native: bool = True
+    ) -> None:
+        """``native``: the windows are native and fed a batch at a time
+        (sniffer/batch_windows.py); false runs the per-record Python definition."""
         self.config = rules
         self.window_s = context.window_s
+        self.native = native
 
-        def windows(n_sums: int) -> SlidingWindows:
-            return SlidingWindows(
-                window_s=context.window_s,
-                n_sums=n_sums,
-                n_distinct=0,
-                max_keys=context.max_keys,
-                max_entries_per_key=context.max_entries_per_key,
-                max_entries=context.max_entries,
-            )
+        def windows(n_sums: int, key_size: int = ADDRESS_KEY_SIZE) -> Any:
+            caps: dict[str, Any] = {
+                "window_s": context.window_s,
+                "n_sums": n_sums,
+                "n_distinct": 0,
+                "max_keys": context.max_keys,
+                "max_entries_per_key": context.max_entries_per_key,
+                "max_entries": context.max_entries,
+            }
+            if native:
+                return BatchWindows(**caps, key_size=key_size, value_size=1)
+            return SlidingWindows(**caps)
 
         # Per destination address: SYN-only flows, UDP packets toward it.
         self._to_dst = windows(2)
         # Per victim address: reflected flows.
         self._reflected = windows(0)
         # Per (source, destination, port): short flows to a login service.
-        self._logins = windows(0)
+        self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
@@ -114,7 +124,6 @@ class FastRules:
     def score(self, flows: FlowColumns, context: dict[str, Array]) -> FastScores:
         """Scores of ``flows`` (in export order) given their SourceContext columns."""
         c = self.config
-        n = len(flows)
         proto = flows["protocol"]
         src_port = flows["src_port"].astype(np.int64)
         dst_port = flows["dst_port"].astype(np.int64)
@@ -137,30 +146,14 @@ class FastRules:
             & (flows["fwd_packets"] <= c.brute_force_max_packets)
         )
 
-        syn_rate = np.zeros(n)
-        udp_rate = np.zeros(n)
-        reflected = np.zeros(n)
-        logins = np.zeros(n)
-        rate = 1.0 / self.window_s
-        ts = flows["last_ts_ns"].tolist()
-        rows = zip(
-            flows.src_addr,
-            flows.dst_addr,
-            dst_port.tolist(),
-            ts,
-            syn_only.astype(np.float64).tolist(),
-            udp_packets.tolist(),
-            strict=True,
-        )
-        for i, (src, dst, port, t, syn, pk) in enumerate(rows):
-            win = self._to_dst.add(dst, t, (syn, pk))
-            syn_rate[i] = win.sums[0] * rate
-            udp_rate[i] = win.sums[1] * rate
-            if unsolicited[i] or amplified[i]:
-                victim = dst if unsolicited[i] else src
-                reflected[i] = self._reflected.add(victim, t).count
-            if login[i]:
-                logins[i] = self._logins.add((src, dst, port), t).count
+        if self.native:
+            syn_rate, udp_rate, reflected, logins = self._windows_batch(
+                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login
+            )
+        else:
+            syn_rate, udp_rate, reflected, logins = self._windows_per_record(
+                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login
+            )
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -187,6 +180,75 @@ class FastRules:
             "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
         }
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
-        self.fired.update(r for r in result.rule if r)
+        fired = Counter(result.rule)
+        fired.pop("", None)
+        self.fired.update(fired)
         self.scored += int(np.count_nonzero(result.score))
         return result
+
+    def _windows_per_record(
+        self,
+        flows: FlowColumns,
+        dst_port: npt.NDArray[np.int64],
+        syn_only: npt.NDArray[np.bool_],
+        udp_packets: Floats,
+        unsolicited: npt.NDArray[np.bool_],
+        amplified: npt.NDArray[np.bool_],
+        login: npt.NDArray[np.bool_],
+    ) -> tuple[Floats, Floats, Floats, Floats]:
+        """The destination windows' values per record, one record at a time (the
+        definition; :meth:`_windows_batch` gives the same numbers)."""
+        n = len(flows)
+        syn_rate = np.zeros(n)
+        udp_rate = np.zeros(n)
+        reflected = np.zeros(n)
+        logins = np.zeros(n)
+        rate = 1.0 / self.window_s
+        ts = flows["last_ts_ns"].tolist()
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            dst_port.tolist(),
+            ts,
+            syn_only.astype(np.float64).tolist(),
+            udp_packets.tolist(),
+            strict=True,
+        )
+        for i, (src, dst, port, t, syn, pk) in enumerate(rows):
+            win = self._to_dst.add(dst, t, (syn, pk))
+            syn_rate[i] = win.sums[0] * rate
+            udp_rate[i] = win.sums[1] * rate
+            if unsolicited[i] or amplified[i]:
+                victim = dst if unsolicited[i] else src
+                reflected[i] = self._reflected.add(victim, t).count
+            if login[i]:
+                logins[i] = self._logins.add((src, dst, port), t).count
+
+        return syn_rate, udp_rate, reflected, logins
+
+    def _windows_batch(
+        self,
+        flows: FlowColumns,
+        dst_port: npt.NDArray[np.int64],
+        syn_only: npt.NDArray[np.bool_],
+        udp_packets: Floats,
+        unsolicited: npt.NDArray[np.bool_],
+        amplified: npt.NDArray[np.bool_],
+        login: npt.NDArray[np.bool_],
+    ) -> tuple[Floats, Floats, Floats, Floats]:
+        """:meth:`_windows_per_record` over the whole batch in native windows (each window
+        set is independent of the others, so each takes the batch in one call)."""
+        rate = 1.0 / self.window_s
+        ts = flows["last_ts_ns"]
+        src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+        to_dst = self._to_dst.add(
+            dst, ts, np.column_stack([syn_only.astype(np.float64), udp_packets])
+        )
+        syn_rate = to_dst.sums[:, 0] * rate
+        udp_rate = to_dst.sums[:, 1] * rate
+        reflecting = unsolicited | amplified
+        victim = np.where(unsolicited[:, None], dst, src)
+        reflected = self._reflected.add(victim, ts, select=reflecting).count.astype(np.float64)
+        login_keys = np.concatenate([src, dst, int_values(dst_port, 8)], axis=1)
+        logins = self._logins.add(login_keys, ts, select=login).count.astype(np.float64)
+        return syn_rate, udp_rate, reflected, logins
