@@ -4,9 +4,10 @@
 ``json.dumps(row, separators=(",", ":"))`` as its line. :func:`analysis_lines` writes the
 same lines byte for byte without a Python step per flow: every field is turned into JSON
 text for the whole column at once (integers by ``str`` over the column, floats by the
-native ``json_floats``, which is ``round`` then ``repr`` in C, strings and addresses through
-a table of the batch's distinct values), and a line is one ``%`` of a fixed template over
-the columns' texts. tests/detector/test_jsonlines.py checks the two agree on real captures.
+native ``json_floats``, which is ``round`` then ``repr`` in C, addresses by the native
+``json_addresses``, strings through a table of the batch's distinct values), and a line
+is one ``%`` of a fixed template over the columns' texts. tests/detector/test_jsonlines.py
+checks the two agree on real captures.
 
 The fields, in order (``FIELDS``): flow_id, src_ip, src_port, dst_ip, dst_port, proto,
 first_ts, last_ts, packets, bytes, fast_score, fast_rule, ml_score, ml_family,
@@ -30,8 +31,9 @@ import numpy.typing as npt
 from detector.analysis import AnalyzedBatch
 from detector.features import FEATURES
 from detector.scoring import LABEL_NAMES, Scores, TopFeatures
-from native._flowengine import json_floats
+from native._flowengine import json_addresses, json_floats
 from proto.events_pb2 import LABEL_BENIGN
+from sniffer.batch_windows import address_keys
 
 __all__ = ["FIELDS", "PROTO_NAMES", "alert_counts", "analysis_lines", "analysis_rows"]
 
@@ -156,8 +158,7 @@ def _strings(values: Sequence[str]) -> list[str]:
 
 
 def _addresses(values: Sequence[bytes]) -> list[str]:
-    table = {v: _dumps(_addr(v)) for v in set(values)}
-    return list(map(table.__getitem__, values))
+    return json_addresses(address_keys(list(values)))
 
 
 def _ints(values: npt.NDArray[Any]) -> list[str]:

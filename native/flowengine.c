@@ -323,6 +323,8 @@ static PyMethodDef module_methods[] = {
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
     {"json_floats", mld_py_json_floats, METH_VARARGS,
      "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
+    {"json_addresses", mld_py_json_addresses, METH_O,
+     "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
     {NULL, NULL, 0, NULL},
 };
 

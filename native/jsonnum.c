@@ -1,4 +1,4 @@
-/* native/jsonnum.c — JSON number text of whole arrays, exactly as Python writes them.
+/* native/jsonnum.c — JSON text of whole arrays (numbers, addresses), exactly as Python writes it.
  *
  * json_floats(values, ndigits) gives, for every float64 of a 1-D array, the text that
  * json.dumps(round(v, ndigits)) gives in Python: the value rounded to ndigits decimals
@@ -22,6 +22,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "jsonnum.h"
@@ -152,6 +153,94 @@ PyObject *mld_py_json_floats(PyObject *mod, PyObject *args)
             s = PyUnicode_FromStringAndSize(buf, len);
         else
             s = exact_text(v, ndigits);
+        if (s == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, s);
+    }
+    PyBuffer_Release(&view);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* The text of an IPv6 address as Python's ipaddress writes it (3.11): hextets in lowercase
+ * hex without leading zeros, the longest run of two or more zero hextets (the first of
+ * equal runs) written "::". */
+static int ipv6_text(const uint8_t *a, char *buf)
+{
+    unsigned h[8];
+    int best = -1, best_len = 0, run_start = -1, run_len = 0, len = 0;
+
+    for (int i = 0; i < 8; i++) {
+        h[i] = ((unsigned)a[2 * i] << 8) | a[2 * i + 1];
+        if (h[i] == 0) {
+            if (run_start < 0)
+                run_start = i;
+            run_len++;
+            if (run_len > best_len) {
+                best_len = run_len;
+                best = run_start;
+            }
+        } else {
+            run_start = -1;
+            run_len = 0;
+        }
+    }
+    if (best_len < 2)
+        best = -1;
+    for (int i = 0; i < 8; i++) {
+        if (i == best) {
+            buf[len++] = ':';
+            if (i == 0)
+                buf[len++] = ':';
+            i += best_len - 1;
+            continue;
+        }
+        len += sprintf(buf + len, "%x", h[i]);
+        if (i < 7)
+            buf[len++] = ':';
+    }
+    return len;
+}
+
+PyObject *mld_py_json_addresses(PyObject *mod, PyObject *arg)
+{
+    Py_buffer view;
+    PyObject *out = NULL;
+    Py_ssize_t n;
+    char buf[64];
+    (void)mod;
+
+    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.len % 17 != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "json_addresses: expected (n, 17) rows of length + 16 address bytes");
+        goto fail;
+    }
+    n = view.len / 17;
+    out = PyList_New(n);
+    if (out == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *row = (const uint8_t *)view.buf + i * 17;
+        int len = 0;
+        PyObject *s;
+
+        buf[len++] = '"';
+        if (row[0] == 4) {
+            len += sprintf(buf + len, "%u.%u.%u.%u", row[1], row[2], row[3], row[4]);
+        } else if (row[0] == 16) {
+            len += ipv6_text(row + 1, buf + len);
+        } else {
+            PyErr_Format(PyExc_ValueError, "json_addresses: row %zd: address of %u bytes", i,
+                         row[0]);
+            goto fail;
+        }
+        buf[len++] = '"';
+        s = PyUnicode_FromStringAndSize(buf, len);
         if (s == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, s);

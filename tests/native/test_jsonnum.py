@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from native._flowengine import json_floats
+from native._flowengine import json_addresses, json_floats
 
 
 def _expected(values: np.ndarray, ndigits: int) -> list[str]:
@@ -57,3 +57,30 @@ def test_rejects_what_it_cannot_format() -> None:
     with pytest.raises(TypeError, match="float64"):
         json_floats(np.zeros((2, 2)), 4)
     assert json_floats(np.zeros(0), 4) == []
+
+
+def _addresses() -> list[bytes]:
+    rng = np.random.default_rng(7)
+    out = [bytes(rng.integers(0, 256, 4, dtype=np.uint8)) for _ in range(2_000)]
+    out += [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x0a\x00\x00\x01"]
+    # IPv6 with zero hextets in every pattern: random words, each zero half the time.
+    for _ in range(5_000):
+        words = np.where(rng.random(8) < 0.5, 0, rng.integers(0, 1 << 16, 8))
+        out.append(b"".join(int(w).to_bytes(2, "big") for w in words))
+    out += [bytes(16), bytes(15) + b"\x01", b"\xfe\x80" + bytes(14)]
+    out += [bytes(10) + b"\xff\xff\x01\x02\x03\x04", bytes(12) + b"\x01\x02\x03\x04"]  # mapped
+    return out
+
+
+def test_addresses_as_python_writes_them() -> None:
+    import ipaddress
+
+    from sniffer.batch_windows import address_keys
+
+    addrs = _addresses()
+    got = json_addresses(address_keys(addrs))
+    want = [json.dumps(str(ipaddress.ip_address(a))) for a in addrs]
+    wrong = [(a, g, w) for a, g, w in zip(addrs, got, want, strict=True) if g != w]
+    assert not wrong, wrong[:5]
+    with pytest.raises(ValueError, match="17"):
+        json_addresses(np.zeros((2, 16), dtype=np.uint8))
