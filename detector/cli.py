@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -32,7 +33,7 @@ from detector.config import DetectorConfig
 from detector.dataset import LAB_TEST_DEFAULT, discover
 from detector.evaluate import evaluate, render_evaluation
 from detector.eve import EveWriter
-from detector.jsonlines import alert_counts, analysis_lines, analysis_rows
+from detector.jsonlines import LineWriter, alert_counts, analysis_rows
 from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.train import train_bundle
@@ -147,6 +148,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     stats = AnalysisStats()
     progress = _Progress(stats, enabled=not args.quiet)
     alerts: Counter[tuple[str, str]] = Counter()
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    lines = LineWriter(out, alerts_only=args.alerts_only, jobs=jobs)
     try:
         for batch in analyze_captures(args.paths, sniffer, scorer, stats, records=eve is not None):
             assert batch.scores is not None
@@ -155,18 +158,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 verdicts = batch_verdicts(batch, flows, sensor, first_id=stats.flows - len(flows))
                 eve.write(verdicts, flows, sensor)
             alerts.update(alert_counts(batch))
-            lines = analysis_lines(batch, alerts_only=args.alerts_only)
-            if lines:
-                out.write("\n".join(lines))
-                out.write("\n")
+            lines.write(batch)
             progress.tick()
+        lines.close()
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, as other Unix tools do.
-        import os
-
+        lines.abort()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     finally:
+        lines.abort()
         progress.end()
         if eve is not None:
             eve.close()
@@ -432,6 +433,13 @@ def register(
     analyze.add_argument("--alerts-only", action="store_true", help="write only non-benign flows")
     analyze.add_argument(
         "--bundle", metavar="DIR", help="model bundle (default: detector.bundle_dir)"
+    )
+    analyze.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="processes that write the JSON lines beside the one reading and scoring "
+        "(default: one per core; 1: all in one process). The output is the same",
     )
     analyze.add_argument(
         "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"

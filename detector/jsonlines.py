@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import multiprocessing
 import operator
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from itertools import repeat
-from typing import Any
+from multiprocessing.pool import AsyncResult, Pool
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +36,16 @@ from detector.scoring import LABEL_NAMES, Scores, TopFeatures
 from native._flowengine import json_addresses, json_floats
 from proto.events_pb2 import LABEL_BENIGN
 from sniffer.batch_windows import address_keys
+from sniffer.records import FlowColumns
 
-__all__ = ["FIELDS", "PROTO_NAMES", "alert_counts", "analysis_lines", "analysis_rows"]
+__all__ = [
+    "FIELDS",
+    "PROTO_NAMES",
+    "LineWriter",
+    "alert_counts",
+    "analysis_lines",
+    "analysis_rows",
+]
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 47: "GRE", 132: "SCTP"}
 
@@ -277,3 +287,125 @@ def alert_counts(batch: AnalyzedBatch) -> Counter[tuple[str, str]]:
     rows = np.flatnonzero(label != LABEL_BENIGN)
     names = _label_names(label[rows], encode=False)
     return Counter(zip(_take(s.family, rows), names, strict=True))
+
+
+# ---- on several processes ------------------------------------------------------------------
+
+# The flow columns the lines are made of (a batch sent to a worker carries only these).
+_LINE_COLUMNS = (
+    "flow_id",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "first_ts_ns",
+    "last_ts_ns",
+    "end_reason",
+    "fwd_packets",
+    "bwd_packets",
+    "fwd_bytes",
+    "bwd_bytes",
+)
+
+
+def _rows_of(batch: AnalyzedBatch, rows: npt.NDArray[np.intp]) -> AnalyzedBatch:
+    """The part of ``batch`` the lines of ``rows`` need: those rows of the columns written
+    (no features, context or records), small enough to send to another process."""
+    s = batch.scores
+    assert s is not None and isinstance(s.top_features, TopFeatures)
+    f = batch.flows
+    top = s.top_features
+    flows = FlowColumns(
+        observation_point=f.observation_point,
+        cols={name: np.asarray(f[name])[rows] for name in _LINE_COLUMNS},
+        src_addr=_take(f.src_addr, rows),
+        dst_addr=_take(f.dst_addr, rows),
+        dns_entropy=np.zeros(0),
+    )
+    scores = Scores(
+        families=s.families,
+        family_scores=np.asarray(s.family_scores)[rows],
+        ml_score=np.asarray(s.ml_score)[rows],
+        ml_family=_take(s.ml_family, rows),
+        fast_score=np.asarray(s.fast_score)[rows],
+        fast_rule=_take(s.fast_rule, rows),
+        final_score=np.asarray(s.final_score)[rows],
+        family=_take(s.family, rows),
+        label=np.asarray(s.label)[rows],
+        top_features=TopFeatures(top.indices[rows], top.values[rows], top.weights[rows]),
+        model_version=s.model_version,
+    )
+    empty = np.zeros((len(rows), 0), dtype=np.float32)
+    return AnalyzedBatch(flows, {}, batch.fast, empty, scores)
+
+
+def _text(batch: AnalyzedBatch) -> bytes:
+    """The batch's lines as UTF-8 (bytes cross the process boundary and reach the file
+    without being decoded and encoded again)."""
+    lines = analysis_lines(batch)
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+class LineWriter:
+    """Writes the JSON lines of analysed batches to ``out`` in batch order, made on
+    ``jobs`` worker processes (forked, so they start with everything imported) while the
+    caller reads and scores the next batches; ``jobs`` <= 1 makes them in this process.
+
+    Only the lines are made elsewhere: the flow engine, the source context and the fast
+    rules keep their state across batches and stay in the caller's process, in order.
+    At most ``2 * jobs`` batches wait for their text; :meth:`close` writes the rest.
+    """
+
+    def __init__(self, out: IO[str], *, alerts_only: bool, jobs: int) -> None:
+        self.out = out
+        self.alerts_only = alerts_only
+        self.jobs = max(1, jobs)
+        self._pool: Pool | None = None
+        self._pending: deque[AsyncResult[bytes]] = deque()
+        if self.jobs > 1:
+            self._pool = multiprocessing.get_context("fork").Pool(self.jobs)
+
+    def write(self, batch: AnalyzedBatch) -> None:
+        s = batch.scores
+        assert s is not None
+        if self._pool is None or not isinstance(s.top_features, TopFeatures):
+            self._drain(block=True)
+            lines = analysis_lines(batch, alerts_only=self.alerts_only)
+            if lines:
+                self.out.write("\n".join(lines) + "\n")
+            return
+        label = np.asarray(s.label)
+        rows = np.flatnonzero(label != LABEL_BENIGN) if self.alerts_only else np.arange(len(label))
+        if len(rows) == 0:
+            return
+        self._pending.append(self._pool.apply_async(_text, (_rows_of(batch, rows),)))
+        self._drain(block=len(self._pending) > 2 * self.jobs)
+
+    def _drain(self, block: bool) -> None:
+        """Write the texts that are ready, in order (``block``: wait for the oldest one)."""
+        while self._pending and (block or self._pending[0].ready()):
+            self._put(self._pending.popleft().get())
+            block = False
+
+    def _put(self, text: bytes) -> None:
+        raw = getattr(self.out, "buffer", None)
+        if raw is None:
+            self.out.write(text.decode())
+            return
+        self.out.flush()
+        raw.write(text)
+
+    def close(self) -> None:
+        """Write every batch still being made; stop the workers."""
+        try:
+            while self._pending:
+                self._put(self._pending.popleft().get())
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the workers without writing what they were making (an error, a closed pipe)."""
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
