@@ -13,40 +13,39 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import ipaddress
 import json
 import logging
+import os
 import socket
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED
 from config import load_config
 from config.settings import MldConfig
 from control import Endpoint
 from crypto_transport import Keyring
-from detector.analysis import AnalysisStats, AnalyzedBatch, analyze_captures, batch_verdicts
+from detector.analysis import AnalysisStats, analyze_captures, batch_verdicts
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig
 from detector.dataset import LAB_TEST_DEFAULT, discover
 from detector.evaluate import evaluate, render_evaluation
 from detector.eve import EveWriter
+from detector.jsonlines import LineWriter, alert_counts, analysis_rows
 from detector.loto import leave_one_tool_out, render_loto
-from detector.scoring import LABEL_NAMES, Scorer
+from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.suricata import run_suricata, suricata_version
 from detector.train import train_bundle
 from mld.runner import ControlParts, Plane, ServiceParts, run_service
-from proto.events_pb2 import LABEL_BENIGN, FlowRecord
+from proto.events_pb2 import FlowRecord
 
 __all__ = ["analysis_rows", "register", "register_detect"]
 
 log = logging.getLogger(__name__)
-
-_PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 47: "GRE", 132: "SCTP"}
 
 DETECTOR_EPILOG = """\
 examples:
@@ -99,70 +98,6 @@ def _scorer(cfg: MldConfig, given: str | None) -> Scorer:
     bundle_dir, cache = _bundle(cfg, given)
     bundle = load_bundle(bundle_dir, cache, cfg.detector.predict_threads)
     return Scorer(bundle, cfg.detector.thresholds, cfg.detector.top_features)
-
-
-def _addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
-
-
-def analysis_rows(batch: AnalyzedBatch) -> list[dict[str, Any]]:
-    """The JSON objects ``mld detector analyze`` writes for one analysed batch."""
-    s = batch.scores
-    assert s is not None
-    f = batch.flows
-    cols = {
-        name: f[name].tolist()
-        for name in (
-            "flow_id",
-            "src_port",
-            "dst_port",
-            "protocol",
-            "first_ts_ns",
-            "last_ts_ns",
-            "end_reason",
-            "fwd_packets",
-            "bwd_packets",
-            "fwd_bytes",
-            "bwd_bytes",
-        )
-    }
-    fam_scores = s.family_scores.tolist()
-    fast, ml, final = s.fast_score.tolist(), s.ml_score.tolist(), s.final_score.tolist()
-    labels = s.label.tolist()
-    rows = []
-    for i in range(len(f)):
-        rows.append(
-            {
-                "flow_id": cols["flow_id"][i],
-                "src_ip": _addr(f.src_addr[i]),
-                "src_port": cols["src_port"][i],
-                "dst_ip": _addr(f.dst_addr[i]),
-                "dst_port": cols["dst_port"][i],
-                "proto": _PROTO_NAMES.get(cols["protocol"][i], str(cols["protocol"][i])),
-                "first_ts": round(cols["first_ts_ns"][i] / 1e9, 6),
-                "last_ts": round(cols["last_ts_ns"][i] / 1e9, 6),
-                "packets": cols["fwd_packets"][i] + cols["bwd_packets"][i],
-                "bytes": cols["fwd_bytes"][i] + cols["bwd_bytes"][i],
-                "fast_score": round(fast[i], 4),
-                "fast_rule": s.fast_rule[i],
-                "ml_score": round(ml[i], 4),
-                "ml_family": s.ml_family[i],
-                "family_scores": {
-                    fam: round(v, 4) for fam, v in zip(s.families, fam_scores[i], strict=True)
-                },
-                "family": s.family[i] if labels[i] != LABEL_BENIGN else "",
-                "final_score": round(final[i], 4),
-                "label": LABEL_NAMES[labels[i]],
-                "top_features": [
-                    {"name": n, "value": round(v, 4), "weight": round(w, 3)}
-                    for n, v, w in s.top_features[i]
-                ],
-                "end_reason": cols["end_reason"][i],
-                "observation_point": f.observation_point,
-                "model_version": s.model_version,
-            }
-        )
-    return rows
 
 
 class _Progress:
@@ -222,6 +157,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     stats = AnalysisStats()
     progress = _Progress(stats, enabled=not args.quiet)
     alerts: Counter[tuple[str, str]] = Counter()
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    lines = LineWriter(out, alerts_only=args.alerts_only, jobs=jobs)
     try:
         for batch in analyze_captures(args.paths, sniffer, scorer, stats, records=eve is not None):
             assert batch.scores is not None
@@ -229,20 +166,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 flows = [FlowRecord.FromString(b) for b in batch.records]
                 verdicts = batch_verdicts(batch, flows, sensor, first_id=stats.flows - len(flows))
                 eve.write(verdicts, flows, sensor)
-            for row in analysis_rows(batch):
-                if row["label"] != "benign":
-                    alerts[(row["family"], row["label"])] += 1
-                elif args.alerts_only:
-                    continue
-                out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            alerts.update(alert_counts(batch))
+            lines.write(batch)
             progress.tick()
+        lines.close()
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, as other Unix tools do.
-        import os
-
+        lines.abort()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     finally:
+        lines.abort()
         progress.end()
         if eve is not None:
             eve.close()
@@ -550,6 +484,13 @@ def register(
     analyze.add_argument("--alerts-only", action="store_true", help="write only non-benign flows")
     analyze.add_argument(
         "--bundle", metavar="DIR", help="model bundle (default: detector.bundle_dir)"
+    )
+    analyze.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="processes that write the JSON lines beside the one reading and scoring "
+        "(default: one per core; 1: all in one process). The output is the same",
     )
     analyze.add_argument(
         "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"

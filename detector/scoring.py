@@ -136,17 +136,20 @@ class Scorer:
         if fams:
             best = np.argmax(fam_scores, axis=1)
             ml = fam_scores[np.arange(n), best]
-            ml_family = [fams[i] for i in best.tolist()]
+            ml_family = np.array(fams, dtype=object)[best].tolist()
         else:
             ml = np.zeros(n, dtype=np.float32)
             ml_family = [""] * n
         fast = np.zeros(n, np.float32) if fast_score is None else np.asarray(fast_score, np.float32)
         rules = list(fast_rule) if fast_rule is not None else [""] * n
         final = np.maximum(fast, ml)
-        family = [
-            FAST_RULE_FAMILY.get(rule, mf) if f > m else mf
-            for f, m, rule, mf in zip(fast.tolist(), ml.tolist(), rules, ml_family, strict=True)
-        ]
+        # Per flow: the fast rule's family where the rule scored higher, else the forest's;
+        # and that family's block threshold. Made through tables of the distinct values.
+        ml_fam = np.array(ml_family, dtype=object).reshape(n)
+        rule_fam = _lookup(rules, lambda r: FAST_RULE_FAMILY.get(r, ""))
+        from_rule = (fast > ml) & _lookup(rules, lambda r: r in FAST_RULE_FAMILY).astype(bool)
+        family_arr = np.where(from_rule, rule_fam, ml_fam)
+        family: list[str] = family_arr.tolist()
         label = label_flows(self.thresholds, final, ml, fast, family)
         version = self.bundle.version
         if self.anomaly is not None:
@@ -238,6 +241,14 @@ def label_flows(
         malicious &= ~((fast_a > ml_a) & (ml_a < thresholds.alert))
     label[malicious] = LABEL_MALICIOUS
     return label
+
+
+def _lookup(values: Sequence[str], fn: Any) -> npt.NDArray[Any]:
+    """``fn(v)`` for every value, as an object array, calling ``fn`` once per distinct value."""
+    table = {v: fn(v) for v in set(values)}
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(map(table.__getitem__, values))
+    return out
 
 
 def default_scorer(cfg: DetectorConfig) -> Scorer:

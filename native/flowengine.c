@@ -10,6 +10,8 @@
 #include <numpy/arrayobject.h>
 
 #include "engine.h"
+#include "jsonnum.h"
+#include "windows.h"
 #include "link_layer.h"
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
@@ -324,6 +326,10 @@ static PyMethodDef module_methods[] = {
     {"constants", mld_py_constants, METH_NOARGS, "constants() -> {name: value} of flow_types.h"},
     {"supported_linktypes", py_supported_linktypes, METH_NOARGS, "pcap link type names"},
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
+    {"json_floats", mld_py_json_floats, METH_VARARGS,
+     "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
+    {"json_addresses", mld_py_json_addresses, METH_O,
+     "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -338,12 +344,13 @@ PyMODINIT_FUNC PyInit__flowengine(void)
     PyObject *m;
 
     import_array();
-    if (PyType_Ready(&EngineType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
+    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

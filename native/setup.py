@@ -20,10 +20,19 @@ setup(
     ext_modules=[
         Extension(
             "_flowengine",
-            sources=["flowengine.c", "engine.c", "flow_table.c", "structs.c"],
+            sources=[
+                "flowengine.c",
+                "engine.c",
+                "flow_table.c",
+                "structs.c",
+                "jsonnum.c",
+                "windows.c",
+            ],
             depends=[
                 "engine.h",
                 "flow_table.h",
+                "jsonnum.h",
+                "windows.h",
                 "link_layer.h",
                 "structs.h",
                 *sorted(str(h) for h in Path("../xdp").glob("*.h")),

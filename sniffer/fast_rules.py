@@ -68,10 +68,12 @@ import itertools
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sniffer.batch_windows import ADDRESS_KEY_SIZE, BatchWindows, address_keys, int_values
 from sniffer.config import ContextConfig, FastRulesConfig
 from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
@@ -135,24 +137,32 @@ class FastScores:
 class FastRules:
     """Scores records with the rules above; keeps per-destination windows and counters."""
 
-    def __init__(self, rules: FastRulesConfig, context: ContextConfig) -> None:
+    def __init__(
+        self, rules: FastRulesConfig, context: ContextConfig, *, native: bool = True
+    ) -> None:
+        """``native``: the windows are native and fed a batch at a time
+        (sniffer/batch_windows.py); false runs the per-record Python definition."""
         self.config = rules
         self._context = context
         self.window_s = context.window_s
+        self.native = native
         self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
         self._pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
         # Sources that failed at least once, most recent last (bounded by max_keys).
         self._failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
-        def windows(n_sums: int) -> SlidingWindows:
-            return SlidingWindows(
-                window_s=context.window_s,
-                n_sums=n_sums,
-                n_distinct=0,
-                max_keys=context.max_keys,
-                max_entries_per_key=context.max_entries_per_key,
-                max_entries=context.max_entries,
-            )
+        def windows(n_sums: int, key_size: int = ADDRESS_KEY_SIZE) -> Any:
+            caps: dict[str, Any] = {
+                "window_s": context.window_s,
+                "n_sums": n_sums,
+                "n_distinct": 0,
+                "max_keys": context.max_keys,
+                "max_entries_per_key": context.max_entries_per_key,
+                "max_entries": context.max_entries,
+            }
+            if native:
+                return BatchWindows(**caps, key_size=key_size, value_size=1)
+            return SlidingWindows(**caps)
 
         # Per destination address: SYN-only flows, UDP packets toward it.
         self._to_dst = windows(2)
@@ -161,7 +171,7 @@ class FastRules:
         # Per source: tiny and overlapping fragments.
         self._evasive = windows(1)
         # Per (source, destination, port): failed attempts at a login service.
-        self._logins = windows(0)
+        self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
         # Per (source, destination): the destination ports of failed flows (port_scan).
         self._pair_failures = SlidingWindows(
             window_s=context.window_s,
@@ -221,7 +231,6 @@ class FastRules:
     def score(self, flows: FlowColumns, context: dict[str, Array]) -> FastScores:
         """Scores of ``flows`` (in export order) given their SourceContext columns."""
         c = self.config
-        n = len(flows)
         proto = flows["protocol"]
         src_port = flows["src_port"].astype(np.int64)
         dst_port = flows["dst_port"].astype(np.int64)
@@ -254,37 +263,17 @@ class FastRules:
         sweep_port = np.where(icmp, -1, dst_port)
         beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed
 
-        syn_rate = np.zeros(n)
-        udp_rate = np.zeros(n)
-        reflected = np.zeros(n)
-        logins = np.zeros(n)
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
-        evasive_sum = np.zeros(n)
-        rate = 1.0 / self.window_s
-        ts = flows["last_ts_ns"].tolist()
-        rows = zip(
-            flows.src_addr,
-            flows.dst_addr,
-            dst_port.tolist(),
-            ts,
-            syn_only.astype(np.float64).tolist(),
-            udp_packets.tolist(),
-            evasive.tolist(),
-            strict=True,
-        )
+        if self.native:
+            syn_rate, udp_rate, reflected, logins, evasive_sum = self._windows_batch(
+                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login, evasive
+            )
+        else:
+            syn_rate, udp_rate, reflected, logins, evasive_sum = self._windows_per_record(
+                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login, evasive
+            )
         scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
         beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
-        for i, (src, dst, port, t, syn, pk, ev) in enumerate(rows):
-            win = self._to_dst.add(dst, t, (syn, pk))
-            syn_rate[i] = win.sums[0] * rate
-            udp_rate[i] = win.sums[1] * rate
-            if unsolicited[i] or amplified[i]:
-                victim = dst if unsolicited[i] else src
-                reflected[i] = self._reflected.add(victim, t).count
-            if login[i]:
-                logins[i] = self._logins.add((src, dst, port), t).count
-            if ev:
-                evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -321,9 +310,85 @@ class FastRules:
             ),
         }
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
-        self.fired.update(r for r in result.rule if r)
+        fired = Counter(result.rule)
+        fired.pop("", None)
+        self.fired.update(fired)
         self.scored += int(np.count_nonzero(result.score))
         return result
+
+    def _windows_per_record(
+        self,
+        flows: FlowColumns,
+        dst_port: npt.NDArray[np.int64],
+        syn_only: npt.NDArray[np.bool_],
+        udp_packets: Floats,
+        unsolicited: npt.NDArray[np.bool_],
+        amplified: npt.NDArray[np.bool_],
+        login: npt.NDArray[np.bool_],
+        evasive: Floats,
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+        """The destination windows' values per record, one record at a time (the
+        definition; :meth:`_windows_batch` gives the same numbers)."""
+        n = len(flows)
+        syn_rate = np.zeros(n)
+        udp_rate = np.zeros(n)
+        reflected = np.zeros(n)
+        logins = np.zeros(n)
+        evasive_sum = np.zeros(n)
+        rate = 1.0 / self.window_s
+        ts = flows["last_ts_ns"].tolist()
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            dst_port.tolist(),
+            ts,
+            syn_only.astype(np.float64).tolist(),
+            udp_packets.tolist(),
+            evasive.tolist(),
+            strict=True,
+        )
+        for i, (src, dst, port, t, syn, pk, ev) in enumerate(rows):
+            win = self._to_dst.add(dst, t, (syn, pk))
+            syn_rate[i] = win.sums[0] * rate
+            udp_rate[i] = win.sums[1] * rate
+            if unsolicited[i] or amplified[i]:
+                victim = dst if unsolicited[i] else src
+                reflected[i] = self._reflected.add(victim, t).count
+            if login[i]:
+                logins[i] = self._logins.add((src, dst, port), t).count
+            if ev:
+                evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]
+        return syn_rate, udp_rate, reflected, logins, evasive_sum
+
+    def _windows_batch(
+        self,
+        flows: FlowColumns,
+        dst_port: npt.NDArray[np.int64],
+        syn_only: npt.NDArray[np.bool_],
+        udp_packets: Floats,
+        unsolicited: npt.NDArray[np.bool_],
+        amplified: npt.NDArray[np.bool_],
+        login: npt.NDArray[np.bool_],
+        evasive: Floats,
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+        """:meth:`_windows_per_record` over the whole batch in native windows (each window
+        set is independent of the others, so each takes the batch in one call)."""
+        rate = 1.0 / self.window_s
+        ts = flows["last_ts_ns"]
+        src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+        to_dst = self._to_dst.add(
+            dst, ts, np.column_stack([syn_only.astype(np.float64), udp_packets])
+        )
+        syn_rate = to_dst.sums[:, 0] * rate
+        udp_rate = to_dst.sums[:, 1] * rate
+        reflecting = unsolicited | amplified
+        victim = np.where(unsolicited[:, None], dst, src)
+        reflected = self._reflected.add(victim, ts, select=reflecting).count.astype(np.float64)
+        login_keys = np.concatenate([src, dst, int_values(dst_port, 8)], axis=1)
+        logins = self._logins.add(login_keys, ts, select=login).count.astype(np.float64)
+        frag = self._evasive.add(src, ts, evasive[:, None], select=evasive > 0)
+        evasive_sum = np.where(evasive > 0, frag.sums[:, 0], 0.0)
+        return syn_rate, udp_rate, reflected, logins, evasive_sum
 
     def _failures(
         self, flows: FlowColumns, failed: npt.NDArray[np.bool_], sweep_port: Array

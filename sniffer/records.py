@@ -168,10 +168,11 @@ def shannon_entropy(text: str) -> float:
 
 def _addresses(raw: npt.NDArray[np.uint8], version: npt.NDArray[np.uint8]) -> list[bytes]:
     """16-byte keys -> 4 bytes (the IPv4-mapped tail) for version 4, 16 bytes otherwise."""
-    blob = raw.tobytes()
-    v4 = (version == 4).tolist()
-    return [blob[16 * i + 12 : 16 * i + 16] if is4 else blob[16 * i : 16 * i + 16]
-            for i, is4 in enumerate(v4)]  # fmt: skip
+    raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 16)
+    full = np.array(raw.view("V16").ravel().tolist(), dtype=object)
+    tail = np.array(np.ascontiguousarray(raw[:, 12:]).view("V4").ravel().tolist(), dtype=object)
+    out: list[bytes] = np.where(version == 4, tail, full).tolist()
+    return out
 
 
 def _direction(ev: npt.NDArray[np.void], prefix: str, out: dict[str, Array]) -> None:

@@ -27,10 +27,12 @@ sources by default (firewall.block_unverified).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
 from base.errors import ConfigError
+from sniffer.batch_windows import BatchWindows, address_keys, int_values
 from sniffer.config import ContextConfig
 from sniffer.records import CONTEXT_FIELDS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
@@ -43,21 +45,30 @@ _ADDR, _PORT = 0, 1
 
 
 class SourceContextTracker:
-    """Per-source sliding windows; :meth:`update` gives the SourceContext of each record."""
+    """Per-source sliding windows; :meth:`update` gives the SourceContext of each record.
 
-    def __init__(self, config: ContextConfig) -> None:
+    The windows are native and fed a batch at a time (sniffer/batch_windows.py);
+    ``native=False`` runs the per-record Python definition instead (tests compare the two).
+    """
+
+    def __init__(self, config: ContextConfig, *, native: bool = True) -> None:
         self.window_s = config.window_s
-        self.windows = SlidingWindows(
-            window_s=config.window_s,
-            n_sums=6,
-            n_distinct=2,
-            max_keys=config.max_keys,
-            max_entries_per_key=config.max_entries_per_key,
-            max_entries=config.max_entries,
+        caps: dict[str, Any] = {
+            "window_s": config.window_s,
+            "n_sums": 6,
+            "n_distinct": 2,
+            "max_keys": config.max_keys,
+            "max_entries_per_key": config.max_entries_per_key,
+            "max_entries": config.max_entries,
+        }
+        self.windows: SlidingWindows | BatchWindows = (
+            BatchWindows(**caps) if native else SlidingWindows(**caps)
         )
 
     def update(self, flows: FlowColumns) -> dict[str, Array]:
         """Add ``flows`` in order; return their SourceContext fields as columns."""
+        if isinstance(self.windows, BatchWindows):
+            return self._update_batch(self.windows, flows)
         n = len(flows)
         proto = flows["protocol"]
         is_tcp = proto == PROTO_TCP
@@ -91,6 +102,52 @@ class SourceContextTracker:
             out[i, 6] = s[_DNS_CHARS] / s[_DNS_QUERIES] if s[_DNS_QUERIES] >= 1 else 0.0
             out[i, 7] = s[_DNS_ENTROPY] / s[_DNS_FLOWS] if s[_DNS_FLOWS] >= 1 else 0.0
         out[:, 0] = self.window_s
+        cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}
+        cols["distinct_dst_addrs"] = out[:, 1].astype(np.uint32)
+        cols["distinct_dst_ports"] = out[:, 2].astype(np.uint32)
+        return cols
+
+    def _update_batch(self, windows: BatchWindows, flows: FlowColumns) -> dict[str, Array]:
+        """:meth:`update` over the whole batch in native windows: the same sums, in the same
+        order, and the same divisions as the per-record loop."""
+        n = len(flows)
+        proto = flows["protocol"]
+        is_tcp = proto == PROTO_TCP
+        syn_no_ack = is_tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
+        has_port = (proto != PROTO_ICMP) & (proto != PROTO_ICMPV6)
+        queries = flows["dns_queries"].astype(np.float64)
+        sums = np.column_stack(
+            [
+                is_tcp.astype(np.float64),
+                syn_no_ack.astype(np.float64),
+                queries,
+                flows["dns_name_chars"].astype(np.float64),
+                (queries > 0).astype(np.float64),
+                flows.dns_entropy.astype(np.float64),
+            ]
+        ).reshape(n, 6)
+        values = np.stack(
+            [address_keys(flows.dst_addr), int_values(flows["dst_port"].astype(np.int64))], axis=1
+        )
+        counted = np.column_stack([np.ones(n, dtype=bool), has_port]).reshape(n, 2)
+        state = windows.add(
+            address_keys(flows.src_addr), flows["last_ts_ns"], sums, values, counted
+        )
+        s = state.sums
+        rate = 1.0 / self.window_s
+
+        def ratio(num: int, den: int) -> Array:
+            return np.divide(s[:, num], s[:, den], out=np.zeros(n), where=s[:, den] >= 1)
+
+        out = np.zeros((n, len(CONTEXT_FIELDS)), dtype=np.float64)
+        out[:, 0] = self.window_s
+        out[:, 1] = state.distinct[:, _ADDR]
+        out[:, 2] = state.distinct[:, _PORT]
+        out[:, 3] = ratio(_SYN_NO_ACK, _TCP)
+        out[:, 4] = state.count * rate
+        out[:, 5] = s[:, _DNS_QUERIES] * rate
+        out[:, 6] = ratio(_DNS_CHARS, _DNS_QUERIES)
+        out[:, 7] = ratio(_DNS_ENTROPY, _DNS_FLOWS)
         cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}
         cols["distinct_dst_addrs"] = out[:, 1].astype(np.uint32)
         cols["distinct_dst_ports"] = out[:, 2].astype(np.uint32)

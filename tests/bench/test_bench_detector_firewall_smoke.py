@@ -19,13 +19,38 @@ def test_detector_inference_bench_runs_and_prints_its_keys() -> None:
         assert float(values[key]) > 0, values
 
 
-@pytest.mark.slow
-def test_analyze_bench_runs_and_prints_its_keys() -> None:
+@pytest.fixture(scope="module")
+def analyze_keys() -> dict[str, str]:
+    """bench/analyze.py --quick, run once for the tests below."""
     if not (SHARED_DATA / "labels.csv").exists():
         pytest.skip(f"needs the shared captures in {SHARED_DATA}")
-    values = bench_keys("analyze.py", timeout=600)
+    return bench_keys("analyze.py", timeout=900)
+
+
+@pytest.mark.slow
+def test_analyze_bench_runs_and_prints_its_keys(analyze_keys: dict[str, str]) -> None:
+    values = analyze_keys
     assert float(values["analyze_pps"]) > 0 and float(values["flows_only_pps"]) > 0, values
     assert int(values["packets"]) > 0 and int(values["flows"]) > 0, values
+    # The whole `mld detector analyze --alerts-only` process wrote the alerts it counted.
+    assert float(values["mld_analyze_pps"]) > 0, values
+    assert values["mld_alerts"] == values["alerts"], values
+    for key in ("suricata_pps", "suricata_et_pps", "ratio_suricata_et", "suricata_et_rules"):
+        assert key in values, values
+
+
+@pytest.mark.slow
+def test_analyze_bench_runs_suricata_with_et_open(analyze_keys: dict[str, str]) -> None:
+    """The Suricata contenders, when Suricata 7 is installed (bench/setup-peers.sh)."""
+    values = analyze_keys
+    if values["suricata_et_pps"] == "nan" and values["suricata_pps"] == "nan":
+        pytest.skip("Suricata 7 is not installed (bench/setup-peers.sh); the bench said so")
+    if not (SHARED_DATA / "rules" / "et-open").is_dir():
+        pytest.skip(f"needs the ET Open rules in {SHARED_DATA / 'rules' / 'et-open'}")
+    assert float(values["suricata_pps"]) > 0, values
+    assert float(values["suricata_et_pps"]) > 0 and float(values["ratio_suricata_et"]) > 0, values
+    # The rule set loaded (19,470 rules, one of which Suricata 7 rejects).
+    assert int(values["suricata_et_rules"]) > 19_000, values
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def test_detector_follows_etcd_and_the_sender_follows_the_detector(
         wait_for(
             lambda: (read_json(etcd, status_key) or {}).get("state") == "refused", 3, "the refusal"
         )
-        assert "below alert" in read_json(etcd, status_key)["reason"]
+        assert "is below its alert" in read_json(etcd, status_key)["reason"]
         assert len(until(lambda g: True, 5, "verdicts")[-1].verdicts) < n_default
 
         # 4. The detector restarts on another port: the sender follows it.

@@ -1,0 +1,411 @@
+"""The JSON lines of ``mld detector analyze``: one object per flow, built a column at a time.
+
+:func:`analysis_rows` is the definition: one dict per flow, in the key order written, with
+``json.dumps(row, separators=(",", ":"))`` as its line. :func:`analysis_lines` writes the
+same lines byte for byte without a Python step per flow: every field is turned into JSON
+text for the whole column at once (integers by ``str`` over the column, floats by the
+native ``json_floats``, which is ``round`` then ``repr`` in C, addresses by the native
+``json_addresses``, strings through a table of the batch's distinct values), and a line
+is one ``%`` of a fixed template over the columns' texts. tests/detector/test_jsonlines.py
+checks the two agree on real captures.
+
+The fields, in order (``FIELDS``): flow_id, src_ip, src_port, dst_ip, dst_port, proto,
+first_ts, last_ts, packets, bytes, fast_score, fast_rule, ml_score, ml_family,
+family_scores, family, final_score, label, top_features, end_reason, observation_point,
+model_version.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import multiprocessing
+import operator
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from itertools import repeat
+from multiprocessing.pool import AsyncResult, Pool
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.analysis import AnalyzedBatch
+from detector.features import FEATURES
+from detector.scoring import LABEL_NAMES, Scores, TopFeatures
+from native._flowengine import json_addresses, json_floats
+from proto.events_pb2 import LABEL_BENIGN
+from sniffer.batch_windows import address_keys
+from sniffer.records import FlowColumns
+
+__all__ = [
+    "FIELDS",
+    "PROTO_NAMES",
+    "LineWriter",
+    "alert_counts",
+    "analysis_lines",
+    "analysis_rows",
+]
+
+PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 47: "GRE", 132: "SCTP"}
+
+FIELDS = (
+    "flow_id",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "proto",
+    "first_ts",
+    "last_ts",
+    "packets",
+    "bytes",
+    "fast_score",
+    "fast_rule",
+    "ml_score",
+    "ml_family",
+    "family_scores",
+    "family",
+    "final_score",
+    "label",
+    "top_features",
+    "end_reason",
+    "observation_point",
+    "model_version",
+)
+
+# Decimals each float field is rounded to.
+_SCORE_DIGITS = 4
+_TS_DIGITS = 6
+_FEATURE_VALUE_DIGITS = 4
+_FEATURE_WEIGHT_DIGITS = 3
+
+
+_DROP_FIRST = operator.itemgetter(slice(1, None))
+
+
+def _addr(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def analysis_rows(batch: AnalyzedBatch) -> list[dict[str, Any]]:
+    """The JSON objects of one analysed batch, one dict per flow (the reference:
+    :func:`analysis_lines` writes exactly ``json.dumps`` of these, faster)."""
+    s = batch.scores
+    assert s is not None
+    f = batch.flows
+    cols = {
+        name: f[name].tolist()
+        for name in (
+            "flow_id",
+            "src_port",
+            "dst_port",
+            "protocol",
+            "first_ts_ns",
+            "last_ts_ns",
+            "end_reason",
+            "fwd_packets",
+            "bwd_packets",
+            "fwd_bytes",
+            "bwd_bytes",
+        )
+    }
+    fam_scores = s.family_scores.tolist()
+    fast, ml, final = s.fast_score.tolist(), s.ml_score.tolist(), s.final_score.tolist()
+    labels = s.label.tolist()
+    rows = []
+    for i in range(len(f)):
+        rows.append(
+            {
+                "flow_id": cols["flow_id"][i],
+                "src_ip": _addr(f.src_addr[i]),
+                "src_port": cols["src_port"][i],
+                "dst_ip": _addr(f.dst_addr[i]),
+                "dst_port": cols["dst_port"][i],
+                "proto": PROTO_NAMES.get(cols["protocol"][i], str(cols["protocol"][i])),
+                "first_ts": round(cols["first_ts_ns"][i] / 1e9, _TS_DIGITS),
+                "last_ts": round(cols["last_ts_ns"][i] / 1e9, _TS_DIGITS),
+                "packets": cols["fwd_packets"][i] + cols["bwd_packets"][i],
+                "bytes": cols["fwd_bytes"][i] + cols["bwd_bytes"][i],
+                "fast_score": round(fast[i], _SCORE_DIGITS),
+                "fast_rule": s.fast_rule[i],
+                "ml_score": round(ml[i], _SCORE_DIGITS),
+                "ml_family": s.ml_family[i],
+                "family_scores": {
+                    fam: round(v, _SCORE_DIGITS)
+                    for fam, v in zip(s.families, fam_scores[i], strict=True)
+                },
+                "family": s.family[i] if labels[i] != LABEL_BENIGN else "",
+                "final_score": round(final[i], _SCORE_DIGITS),
+                "label": LABEL_NAMES[labels[i]],
+                "top_features": [
+                    {
+                        "name": n,
+                        "value": round(v, _FEATURE_VALUE_DIGITS),
+                        "weight": round(w, _FEATURE_WEIGHT_DIGITS),
+                    }
+                    for n, v, w in s.top_features[i]
+                ],
+                "end_reason": cols["end_reason"][i],
+                "observation_point": f.observation_point,
+                "model_version": s.model_version,
+            }
+        )
+    return rows
+
+
+# ---- column at a time ----------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _strings(values: Sequence[str]) -> list[str]:
+    """JSON text of each string, each distinct string encoded once."""
+    table = {v: _dumps(v) for v in set(values)}
+    return list(map(table.__getitem__, values))
+
+
+def _addresses(values: Sequence[bytes]) -> list[str]:
+    return json_addresses(address_keys(list(values)))
+
+
+def _ints(values: npt.NDArray[Any]) -> list[str]:
+    return list(map(str, values.tolist()))
+
+
+def _floats(values: npt.NDArray[Any], ndigits: int) -> list[str]:
+    return json_floats(np.ascontiguousarray(values, dtype=np.float64), ndigits)
+
+
+def _label_names(labels: npt.NDArray[Any], encode: bool = True) -> list[str]:
+    """The label name (JSON text if ``encode``) of each label value."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    names = [LABEL_NAMES[v] for v in values.tolist()]
+    table = np.array([_dumps(n) for n in names] if encode else names, dtype=object)
+    return table[inverse].tolist() if len(labels) else []
+
+
+def _take(values: Sequence[Any], rows: npt.NDArray[np.intp]) -> list[Any]:
+    return np.asarray(values, dtype=object)[rows].tolist() if len(rows) else []
+
+
+def _top_features(top: TopFeatures, rows: npt.NDArray[np.intp]) -> list[str]:
+    """Each flow's ``[{"name":..,"value":..,"weight":..},...]``: the entries of weight > 0,
+    in the order kept (highest weight first)."""
+    n, k = len(rows), top.indices.shape[1] if top.indices.ndim == 2 else 0
+    if k == 0:
+        return ["[]"] * n
+    names = np.array([_dumps(name) for name in FEATURES], dtype=object)
+    idx = top.indices[rows]
+    values = np.asarray(top.values, dtype=np.float64)[rows]
+    weights = np.asarray(top.weights, dtype=np.float64)[rows]
+    slots = []
+    for j in range(k):
+        keep = weights[:, j] > 0
+        texts = zip(
+            names[idx[:, j]].tolist(),
+            _floats(values[:, j], _FEATURE_VALUE_DIGITS),
+            _floats(weights[:, j], _FEATURE_WEIGHT_DIGITS),
+            strict=True,
+        )
+        entry = list(map(',{"name":%s,"value":%s,"weight":%s}'.__mod__, texts))
+        slots.append(np.where(keep, np.array(entry, dtype=object), "").tolist())
+    # Each kept entry starts with a comma; the first one's is dropped.
+    joined = map("".join, zip(*slots, strict=True))
+    return list(map("[%s]".__mod__, map(_DROP_FIRST, joined)))
+
+
+def _family_scores(s: Scores, rows: npt.NDArray[np.intp]) -> list[str]:
+    if not s.families:
+        return ["{}"] * len(rows)
+    scores = np.asarray(s.family_scores, dtype=np.float64)[rows]
+    parts = []
+    for j, fam in enumerate(s.families):
+        key = ("{" if j == 0 else ",") + _dumps(fam) + ":"
+        parts.append(list(map(key.__add__, _floats(scores[:, j], _SCORE_DIGITS))))
+    return list(map("".join, zip(*parts, repeat("}"), strict=False)))
+
+
+def analysis_lines(batch: AnalyzedBatch, *, alerts_only: bool = False) -> list[str]:
+    """``json.dumps`` of :func:`analysis_rows` (compact separators), one string per flow
+    (``alerts_only``: only the non-benign ones), made column by column."""
+    s = batch.scores
+    assert s is not None
+    if not isinstance(s.top_features, TopFeatures):
+        rows = analysis_rows(batch)
+        return [_dumps(r) for r in rows if not alerts_only or r["label"] != "benign"]
+    f = batch.flows
+    label = np.asarray(s.label)
+    rows = np.flatnonzero(label != LABEL_BENIGN) if alerts_only else np.arange(len(f))
+    if len(rows) == 0:
+        return []
+
+    def col(name: str) -> npt.NDArray[Any]:
+        return np.asarray(f[name])[rows]
+
+    protos = col("protocol").tolist()
+    proto_text = {p: _dumps(PROTO_NAMES.get(p, str(p))) for p in set(protos)}
+    labels = label[rows]
+    family = np.where(labels != LABEL_BENIGN, np.asarray(s.family, dtype=object)[rows], "")
+    packets = col("fwd_packets").astype(np.uint64) + col("bwd_packets").astype(np.uint64)
+    nbytes = col("fwd_bytes").astype(np.uint64) + col("bwd_bytes").astype(np.uint64)
+    columns: list[Iterable[str]] = [
+        _ints(col("flow_id")),
+        _addresses(_take(f.src_addr, rows)),
+        _ints(col("src_port")),
+        _addresses(_take(f.dst_addr, rows)),
+        _ints(col("dst_port")),
+        list(map(proto_text.__getitem__, protos)),
+        _floats(col("first_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS),
+        _floats(col("last_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS),
+        _ints(packets),
+        _ints(nbytes),
+        _floats(np.asarray(s.fast_score)[rows], _SCORE_DIGITS),
+        _strings(_take(s.fast_rule, rows)),
+        _floats(np.asarray(s.ml_score)[rows], _SCORE_DIGITS),
+        _strings(_take(s.ml_family, rows)),
+        _family_scores(s, rows),
+        _strings(family.tolist()),
+        _floats(np.asarray(s.final_score)[rows], _SCORE_DIGITS),
+        _label_names(labels),
+        _top_features(s.top_features, rows),
+        _ints(col("end_reason")),
+    ]
+    tail = f',"observation_point":{_dumps(f.observation_point)}'
+    tail += f',"model_version":{_dumps(s.model_version)}}}'
+    template = "{" + ",".join(f'"{name}":%s' for name in FIELDS[:20]) + tail.replace("%", "%%")
+    return list(map(template.__mod__, zip(*columns, strict=True)))
+
+
+def alert_counts(batch: AnalyzedBatch) -> Counter[tuple[str, str]]:
+    """Alerts of the batch by (family, label name)."""
+    s = batch.scores
+    assert s is not None
+    label = np.asarray(s.label)
+    rows = np.flatnonzero(label != LABEL_BENIGN)
+    names = _label_names(label[rows], encode=False)
+    return Counter(zip(_take(s.family, rows), names, strict=True))
+
+
+# ---- on several processes ------------------------------------------------------------------
+
+# The flow columns the lines are made of (a batch sent to a worker carries only these).
+_LINE_COLUMNS = (
+    "flow_id",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "first_ts_ns",
+    "last_ts_ns",
+    "end_reason",
+    "fwd_packets",
+    "bwd_packets",
+    "fwd_bytes",
+    "bwd_bytes",
+)
+
+
+def _rows_of(batch: AnalyzedBatch, rows: npt.NDArray[np.intp]) -> AnalyzedBatch:
+    """The part of ``batch`` the lines of ``rows`` need: those rows of the columns written
+    (no features, context or records), small enough to send to another process."""
+    s = batch.scores
+    assert s is not None and isinstance(s.top_features, TopFeatures)
+    f = batch.flows
+    top = s.top_features
+    flows = FlowColumns(
+        observation_point=f.observation_point,
+        cols={name: np.asarray(f[name])[rows] for name in _LINE_COLUMNS},
+        src_addr=_take(f.src_addr, rows),
+        dst_addr=_take(f.dst_addr, rows),
+        dns_entropy=np.zeros(0),
+    )
+    scores = Scores(
+        families=s.families,
+        family_scores=np.asarray(s.family_scores)[rows],
+        ml_score=np.asarray(s.ml_score)[rows],
+        ml_family=_take(s.ml_family, rows),
+        fast_score=np.asarray(s.fast_score)[rows],
+        fast_rule=_take(s.fast_rule, rows),
+        final_score=np.asarray(s.final_score)[rows],
+        family=_take(s.family, rows),
+        label=np.asarray(s.label)[rows],
+        top_features=TopFeatures(top.indices[rows], top.values[rows], top.weights[rows]),
+        model_version=s.model_version,
+    )
+    empty = np.zeros((len(rows), 0), dtype=np.float32)
+    return AnalyzedBatch(flows, {}, batch.fast, empty, scores)
+
+
+def _text(batch: AnalyzedBatch) -> bytes:
+    """The batch's lines as UTF-8 (bytes cross the process boundary and reach the file
+    without being decoded and encoded again)."""
+    lines = analysis_lines(batch)
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+class LineWriter:
+    """Writes the JSON lines of analysed batches to ``out`` in batch order, made on
+    ``jobs`` worker processes (forked, so they start with everything imported) while the
+    caller reads and scores the next batches; ``jobs`` <= 1 makes them in this process.
+
+    Only the lines are made elsewhere: the flow engine, the source context and the fast
+    rules keep their state across batches and stay in the caller's process, in order.
+    At most ``2 * jobs`` batches wait for their text; :meth:`close` writes the rest.
+    """
+
+    def __init__(self, out: IO[str], *, alerts_only: bool, jobs: int) -> None:
+        self.out = out
+        self.alerts_only = alerts_only
+        self.jobs = max(1, jobs)
+        self._pool: Pool | None = None
+        self._pending: deque[AsyncResult[bytes]] = deque()
+        if self.jobs > 1:
+            self._pool = multiprocessing.get_context("fork").Pool(self.jobs)
+
+    def write(self, batch: AnalyzedBatch) -> None:
+        s = batch.scores
+        assert s is not None
+        if self._pool is None or not isinstance(s.top_features, TopFeatures):
+            self._drain(block=True)
+            lines = analysis_lines(batch, alerts_only=self.alerts_only)
+            if lines:
+                self.out.write("\n".join(lines) + "\n")
+            return
+        label = np.asarray(s.label)
+        rows = np.flatnonzero(label != LABEL_BENIGN) if self.alerts_only else np.arange(len(label))
+        if len(rows) == 0:
+            return
+        self._pending.append(self._pool.apply_async(_text, (_rows_of(batch, rows),)))
+        self._drain(block=len(self._pending) > 2 * self.jobs)
+
+    def _drain(self, block: bool) -> None:
+        """Write the texts that are ready, in order (``block``: wait for the oldest one)."""
+        while self._pending and (block or self._pending[0].ready()):
+            self._put(self._pending.popleft().get())
+            block = False
+
+    def _put(self, text: bytes) -> None:
+        raw = getattr(self.out, "buffer", None)
+        if raw is None:
+            self.out.write(text.decode())
+            return
+        self.out.flush()
+        raw.write(text)
+
+    def close(self) -> None:
+        """Write every batch still being made; stop the workers."""
+        try:
+            while self._pending:
+                self._put(self._pending.popleft().get())
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the workers without writing what they were making (an error, a closed pipe)."""
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None

@@ -1,0 +1,564 @@
+/* native/windows.c — sliding windows per key over whole batches (native._flowengine.Windows).
+ *
+ * The same windows as sniffer/sliding_window.py (SlidingWindows), entry for entry, for the
+ * batch path of the source context and the fast rules: time is the records' own, each
+ * key keeps the entries of its last window_ns, running sums and distinct-value counts are
+ * updated on insert and eviction, and memory is capped by entries per key, keys and total
+ * entries, the least recently updated key going first. Sums are added and subtracted in
+ * the same order as the Python class (and reset to exact zeros when a key's window
+ * empties), so the results are the same doubles. tests/sniffer/test_batch_windows.py
+ * compares the two on real captures and on synthetic streams that hit every cap.
+ *
+ * Keys and distinct values are fixed-size byte strings (the caller packs an address as
+ * its length and 16 bytes). A distinct value whose mask is 0 is not counted in its
+ * dimension (the Python tracker counts a port of -1 and subtracts it again).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "windows.h"
+
+/* ---- an open-addressing table of fixed-size byte strings -> int32 ------------------------ */
+
+typedef struct {
+    size_t cap; /* power of two, 0 when unallocated */
+    size_t used;
+    size_t size;    /* bytes per key */
+    uint8_t *keys;  /* cap * size */
+    int32_t *vals;  /* 0: empty slot */
+} Table;
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static int table_init(Table *t, size_t size, size_t cap)
+{
+    t->size = size;
+    t->cap = cap;
+    t->used = 0;
+    t->keys = PyMem_Calloc(cap, size ? size : 1);
+    t->vals = PyMem_Calloc(cap, sizeof(int32_t));
+    return (t->keys && t->vals) ? 0 : -1;
+}
+
+static void table_free(Table *t)
+{
+    PyMem_Free(t->keys);
+    PyMem_Free(t->vals);
+    t->keys = NULL;
+    t->vals = NULL;
+    t->cap = t->used = 0;
+}
+
+/* Slot of key, or of the empty slot where it would go. */
+static size_t table_slot(const Table *t, const uint8_t *key)
+{
+    size_t mask = t->cap - 1;
+    size_t i = (size_t)hash_bytes(key, t->size) & mask;
+    while (t->vals[i] != 0 && memcmp(t->keys + i * t->size, key, t->size) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+static int table_grow(Table *t)
+{
+    Table bigger;
+    if (table_init(&bigger, t->size, t->cap * 2) < 0)
+        return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->vals[i] != 0) {
+            size_t j = table_slot(&bigger, t->keys + i * t->size);
+            memcpy(bigger.keys + j * t->size, t->keys + i * t->size, t->size);
+            bigger.vals[j] = t->vals[i];
+        }
+    }
+    bigger.used = t->used;
+    table_free(t);
+    *t = bigger;
+    return 0;
+}
+
+/* Pointer to the value of key, inserted as 0-valued-but-present (caller sets it) if new;
+ * NULL on memory error. *fresh tells whether it was inserted. */
+static int32_t *table_upsert(Table *t, const uint8_t *key, int *fresh)
+{
+    size_t i;
+    if (t->cap == 0 && table_init(t, t->size, 8) < 0)
+        return NULL;
+    if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0)
+        return NULL;
+    i = table_slot(t, key);
+    *fresh = t->vals[i] == 0;
+    if (*fresh) {
+        memcpy(t->keys + i * t->size, key, t->size);
+        t->used++;
+    }
+    return &t->vals[i];
+}
+
+/* Remove the key at slot i (backward-shift deletion, linear probing). */
+static void table_remove_slot(Table *t, size_t i)
+{
+    size_t mask = t->cap - 1;
+    size_t j = i;
+    for (;;) {
+        size_t home;
+        j = (j + 1) & mask;
+        if (t->vals[j] == 0)
+            break;
+        home = (size_t)hash_bytes(t->keys + j * t->size, t->size) & mask;
+        /* Move j back to i unless its home lies cyclically in (i, j]. */
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            memcpy(t->keys + i * t->size, t->keys + j * t->size, t->size);
+            t->vals[i] = t->vals[j];
+            i = j;
+        }
+    }
+    t->vals[i] = 0;
+    t->used--;
+}
+
+/* ---- one key's window --------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t *ts;
+    double *sums;   /* cap * n_sums */
+    uint8_t *vals;  /* cap * n_distinct * vsize */
+    uint8_t *mask;  /* cap * n_distinct */
+    size_t cap, head, len;
+    double *total;  /* n_sums running sums */
+    Table *distinct; /* n_distinct tables value -> count */
+    int64_t newest;
+    uint8_t *key;       /* ksize bytes */
+    int32_t prev, next; /* LRU list, -1 at the ends */
+    int live;
+} KeyWin;
+
+typedef struct {
+    PyObject_HEAD
+    int64_t window_ns;
+    int n_sums, n_distinct;
+    Py_ssize_t ksize, vsize;
+    Py_ssize_t max_keys, max_per_key, max_entries;
+    Table keys;      /* key bytes -> window index + 1 */
+    KeyWin *wins;
+    size_t nwins, capwins;
+    int32_t *free_ids;
+    size_t nfree;
+    int32_t lru_head, lru_tail; /* head: least recently updated */
+    Py_ssize_t nkeys, total;
+    long long evicted_keys, evicted_entries;
+} WindowsObject;
+
+static void win_release(WindowsObject *w, KeyWin *k)
+{
+    PyMem_Free(k->ts);
+    PyMem_Free(k->sums);
+    PyMem_Free(k->vals);
+    PyMem_Free(k->mask);
+    PyMem_Free(k->total);
+    PyMem_Free(k->key);
+    if (k->distinct) {
+        for (int d = 0; d < w->n_distinct; d++)
+            table_free(&k->distinct[d]);
+        PyMem_Free(k->distinct);
+    }
+    memset(k, 0, sizeof(*k));
+}
+
+static int win_setup(WindowsObject *w, KeyWin *k)
+{
+    memset(k, 0, sizeof(*k));
+    k->total = PyMem_Calloc((size_t)w->n_sums + 1, sizeof(double));
+    k->distinct = PyMem_Calloc((size_t)w->n_distinct + 1, sizeof(Table));
+    if (!k->total || !k->distinct)
+        return -1;
+    for (int d = 0; d < w->n_distinct; d++)
+        k->distinct[d].size = (size_t)w->vsize;
+    k->prev = k->next = -1;
+    k->live = 1;
+    return 0;
+}
+
+static int win_set_key(WindowsObject *w, KeyWin *k, const uint8_t *key)
+{
+    k->key = PyMem_Malloc((size_t)w->ksize + 1);
+    if (k->key == NULL)
+        return -1;
+    memcpy(k->key, key, (size_t)w->ksize);
+    return 0;
+}
+
+static int win_reserve(WindowsObject *w, KeyWin *k)
+{
+    size_t cap = k->cap ? k->cap * 2 : 4, nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums;
+    int64_t *ts;
+    double *sums;
+    uint8_t *vals, *mask;
+
+    if (k->len < k->cap)
+        return 0;
+    ts = PyMem_Malloc(cap * sizeof(int64_t));
+    sums = PyMem_Malloc(cap * (ns + 1) * sizeof(double));
+    vals = PyMem_Malloc(cap * (nd * (size_t)w->vsize + 1));
+    mask = PyMem_Malloc(cap * (nd + 1));
+    if (!ts || !sums || !vals || !mask) {
+        PyMem_Free(ts);
+        PyMem_Free(sums);
+        PyMem_Free(vals);
+        PyMem_Free(mask);
+        return -1;
+    }
+    for (size_t i = 0; i < k->len; i++) {
+        size_t from = (k->head + i) % k->cap;
+        ts[i] = k->ts[from];
+        memcpy(sums + i * ns, k->sums + from * ns, ns * sizeof(double));
+        memcpy(vals + i * nd * w->vsize, k->vals + from * nd * w->vsize, nd * w->vsize);
+        memcpy(mask + i * nd, k->mask + from * nd, nd);
+    }
+    PyMem_Free(k->ts);
+    PyMem_Free(k->sums);
+    PyMem_Free(k->vals);
+    PyMem_Free(k->mask);
+    k->ts = ts;
+    k->sums = sums;
+    k->vals = vals;
+    k->mask = mask;
+    k->cap = cap;
+    k->head = 0;
+    return 0;
+}
+
+static int win_push(WindowsObject *w, KeyWin *k, int64_t ts, const double *sums,
+                    const uint8_t *vals, const uint8_t *mask)
+{
+    size_t nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums, at;
+
+    if (win_reserve(w, k) < 0)
+        return -1;
+    at = (k->head + k->len) % k->cap;
+    k->ts[at] = ts;
+    memcpy(k->sums + at * ns, sums, ns * sizeof(double));
+    memcpy(k->vals + at * nd * w->vsize, vals, nd * w->vsize);
+    memcpy(k->mask + at * nd, mask, nd);
+    k->len++;
+    for (size_t i = 0; i < ns; i++)
+        k->total[i] += sums[i];
+    for (size_t d = 0; d < nd; d++) {
+        int fresh;
+        int32_t *count;
+        if (!mask[d])
+            continue;
+        count = table_upsert(&k->distinct[d], vals + d * w->vsize, &fresh);
+        if (count == NULL)
+            return -1;
+        *count += 1;
+    }
+    if (ts > k->newest)
+        k->newest = ts;
+    return 0;
+}
+
+static void win_pop(WindowsObject *w, KeyWin *k)
+{
+    size_t nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums, at = k->head;
+
+    for (size_t i = 0; i < ns; i++)
+        k->total[i] -= k->sums[at * ns + i];
+    for (size_t d = 0; d < nd; d++) {
+        Table *t = &k->distinct[d];
+        size_t slot;
+        if (!k->mask[at * nd + d])
+            continue;
+        slot = table_slot(t, k->vals + (at * nd + d) * w->vsize);
+        if (--t->vals[slot] == 0)
+            table_remove_slot(t, slot);
+    }
+    k->head = (k->head + 1) % k->cap;
+    k->len--;
+    if (k->len == 0)
+        memset(k->total, 0, ns * sizeof(double));
+}
+
+/* ---- the LRU list of keys ----------------------------------------------------------------- */
+
+static void lru_unlink(WindowsObject *w, int32_t id)
+{
+    KeyWin *k = &w->wins[id];
+    if (k->prev >= 0)
+        w->wins[k->prev].next = k->next;
+    else
+        w->lru_head = k->next;
+    if (k->next >= 0)
+        w->wins[k->next].prev = k->prev;
+    else
+        w->lru_tail = k->prev;
+    k->prev = k->next = -1;
+}
+
+static void lru_append(WindowsObject *w, int32_t id)
+{
+    KeyWin *k = &w->wins[id];
+    k->prev = w->lru_tail;
+    k->next = -1;
+    if (w->lru_tail >= 0)
+        w->wins[w->lru_tail].next = id;
+    else
+        w->lru_head = id;
+    w->lru_tail = id;
+}
+
+/* Index of the window of key, created (and appended to the LRU list) if new; -1 on error. */
+static int32_t key_window(WindowsObject *w, const uint8_t *key)
+{
+    int fresh;
+    int32_t *slot = table_upsert(&w->keys, key, &fresh), id;
+
+    if (slot == NULL)
+        return -1;
+    if (!fresh) {
+        id = *slot - 1;
+        lru_unlink(w, id);
+        lru_append(w, id);
+        return id;
+    }
+    if (w->nfree) {
+        id = w->free_ids[--w->nfree];
+    } else {
+        if (w->nwins == w->capwins) {
+            size_t cap = w->capwins ? w->capwins * 2 : 1024;
+            KeyWin *more = PyMem_Realloc(w->wins, cap * sizeof(KeyWin));
+            int32_t *ids = PyMem_Realloc(w->free_ids, cap * sizeof(int32_t));
+            if (more)
+                w->wins = more;
+            if (ids)
+                w->free_ids = ids;
+            if (!more || !ids)
+                return -1;
+            w->capwins = cap;
+        }
+        id = (int32_t)w->nwins++;
+    }
+    *slot = id + 1;
+    if (win_setup(w, &w->wins[id]) < 0 || win_set_key(w, &w->wins[id], key) < 0)
+        return -1;
+    lru_append(w, id);
+    w->nkeys++;
+    return id;
+}
+
+/* Forget the least recently updated key unless it is keep; 0 when it was keep. */
+static int forget_oldest(WindowsObject *w, int32_t keep)
+{
+    int32_t id = w->lru_head;
+    KeyWin *k;
+    size_t slot;
+
+    if (id < 0 || id == keep)
+        return 0;
+    k = &w->wins[id];
+    slot = table_slot(&w->keys, k->key);
+    lru_unlink(w, id);
+    w->total -= (Py_ssize_t)k->len;
+    table_remove_slot(&w->keys, slot);
+    win_release(w, k);
+    w->free_ids[w->nfree++] = id;
+    w->nkeys--;
+    w->evicted_keys++;
+    return 1;
+}
+
+/* ---- add a batch -------------------------------------------------------------------------- */
+
+/* One entry, as SlidingWindows.add; the window's index, or -1 on memory error. */
+static int32_t add_one(WindowsObject *w, const uint8_t *key, int64_t ts, const double *sums,
+                       const uint8_t *vals, const uint8_t *mask)
+{
+    int32_t id = key_window(w, key);
+    KeyWin *k;
+    int64_t horizon;
+
+    if (id < 0)
+        return -1;
+    k = &w->wins[id];
+    if (win_push(w, k, ts, sums, vals, mask) < 0)
+        return -1;
+    w->total++;
+    horizon = k->newest - w->window_ns;
+    while (k->len && (k->ts[k->head] < horizon || (Py_ssize_t)k->len > w->max_per_key)) {
+        if (k->ts[k->head] >= horizon)
+            w->evicted_entries++;
+        win_pop(w, k);
+        w->total--;
+    }
+    while (w->nkeys > w->max_keys || w->total > w->max_entries) {
+        if (!forget_oldest(w, id))
+            break;
+    }
+    return id;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
+                      Py_ssize_t n, Py_ssize_t per_row, const char *what)
+{
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (view->len != n * per_row * itemsize) {
+        PyErr_Format(PyExc_ValueError, "Windows.add: %s has %zd bytes, expected %zd", what,
+                     view->len, n * per_row * itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *windows_add(WindowsObject *w, PyObject *args)
+{
+    PyObject *o[9];
+    Py_buffer b[9];
+    int got = 0, ok = 0;
+    Py_ssize_t n, nd = w->n_distinct, ns = w->n_sums;
+
+    if (!PyArg_ParseTuple(args, "nOOOOOOOOO", &n, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &o[7], &o[8]))
+        return NULL;
+    /* keys, ts, sums, values, value mask, select; out count, out sums, out distinct */
+    if (get_buffer(o[0], &b[0], 0, 1, n, w->ksize, "keys") < 0)
+        goto done;
+    got = 1;
+    if (get_buffer(o[1], &b[1], 0, 8, n, 1, "ts") < 0)
+        goto done;
+    got = 2;
+    if (get_buffer(o[2], &b[2], 0, 8, n, ns, "sums") < 0)
+        goto done;
+    got = 3;
+    if (get_buffer(o[3], &b[3], 0, 1, n, nd * w->vsize, "values") < 0)
+        goto done;
+    got = 4;
+    if (get_buffer(o[4], &b[4], 0, 1, n, nd, "value mask") < 0)
+        goto done;
+    got = 5;
+    if (get_buffer(o[5], &b[5], 0, 1, n, 1, "select") < 0)
+        goto done;
+    got = 6;
+    if (get_buffer(o[6], &b[6], 1, 8, n, 1, "out count") < 0)
+        goto done;
+    got = 7;
+    if (get_buffer(o[7], &b[7], 1, 8, n, ns, "out sums") < 0)
+        goto done;
+    got = 8;
+    if (get_buffer(o[8], &b[8], 1, 8, n, nd, "out distinct") < 0)
+        goto done;
+    got = 9;
+    {
+        const uint8_t *keys = b[0].buf, *vals = b[3].buf, *mask = b[4].buf, *sel = b[5].buf;
+        const int64_t *ts = b[1].buf;
+        const double *sums = b[2].buf;
+        int64_t *count = b[6].buf, *distinct = b[8].buf;
+        double *osums = b[7].buf;
+
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int32_t id;
+            KeyWin *k;
+            if (!sel[i])
+                continue;
+            id = add_one(w, keys + i * w->ksize, ts[i], sums + i * ns,
+                         vals + i * nd * w->vsize, mask + i * nd);
+            if (id < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            k = &w->wins[id];
+            count[i] = (int64_t)k->len;
+            memcpy(osums + i * ns, k->total, (size_t)ns * sizeof(double));
+            for (Py_ssize_t d = 0; d < nd; d++)
+                distinct[i * nd + d] = (int64_t)k->distinct[d].used;
+        }
+    }
+    ok = 1;
+done:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&b[i]);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *windows_stats(WindowsObject *w, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("{s:n,s:n,s:L,s:L}", "keys", w->nkeys, "entries", w->total,
+                         "evicted_keys", w->evicted_keys, "evicted_entries",
+                         w->evicted_entries);
+}
+
+static int windows_init(WindowsObject *w, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"window_ns",   "n_sums",      "n_distinct", "key_size",
+                             "value_size",  "max_keys",    "max_entries_per_key",
+                             "max_entries", NULL};
+    long long window_ns;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Liinnnnn", kwlist, &window_ns, &w->n_sums,
+                                     &w->n_distinct, &w->ksize, &w->vsize, &w->max_keys,
+                                     &w->max_per_key, &w->max_entries))
+        return -1;
+    if (window_ns <= 0 || w->n_sums < 0 || w->n_distinct < 0 || w->ksize < 1 ||
+        w->vsize < 1 || w->max_keys < 1 || w->max_per_key < 1 || w->max_entries < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Windows: window_ns, key_size, value_size and every cap must be "
+                        "positive, n_sums and n_distinct not negative");
+        return -1;
+    }
+    if (w->keys.keys != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Windows: already initialised");
+        return -1;
+    }
+    w->window_ns = window_ns;
+    w->lru_head = w->lru_tail = -1;
+    if (table_init(&w->keys, (size_t)w->ksize, 1024) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void windows_dealloc(WindowsObject *w)
+{
+    for (size_t i = 0; i < w->nwins; i++)
+        if (w->wins[i].live)
+            win_release(w, &w->wins[i]);
+    PyMem_Free(w->wins);
+    PyMem_Free(w->free_ids);
+    table_free(&w->keys);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyMethodDef windows_methods[] = {
+    {"add", (PyCFunction)windows_add, METH_VARARGS,
+     "add(n, keys, ts, sums, values, value_mask, select, out_count, out_sums, out_distinct)"},
+    {"stats", (PyCFunction)windows_stats, METH_NOARGS,
+     "{keys, entries, evicted_keys, evicted_entries}"},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject MldWindowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "native._flowengine.Windows",
+    .tp_basicsize = sizeof(WindowsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sliding windows per key over batches (sniffer/sliding_window.py BatchWindows).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)windows_init,
+    .tp_dealloc = (destructor)windows_dealloc,
+    .tp_methods = windows_methods,
+};

@@ -1,0 +1,138 @@
+"""Sliding windows over whole batches of records, in native code: the batch twin of
+``sliding_window.SlidingWindows``.
+
+``native._flowengine.Windows`` (native/windows.c) keeps the same per-key windows entry for
+entry (record time, running sums, distinct counts, the same three caps and LRU eviction)
+and takes a batch of n entries in one call, giving each entry's window as it was right
+after that entry was added: its entry count, its sums and its distinct counts. The source
+context and the fast rules use it, so no Python runs per flow; ``SlidingWindows`` stays
+the readable definition and tests/sniffer/test_batch_windows.py checks that both agree.
+
+Keys and distinct values are fixed-size byte rows: :func:`address_keys` packs an address
+(4 or 16 bytes) as its length and 16 bytes, :func:`int_values` packs integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from native._flowengine import Windows
+
+__all__ = ["ADDRESS_KEY_SIZE", "BatchWindows", "WindowState", "address_keys", "int_values"]
+
+ADDRESS_KEY_SIZE = 17
+
+U8 = npt.NDArray[np.uint8]
+
+
+def address_keys(addrs: list[bytes]) -> U8:
+    """(n, 17) rows: each address's length, then its bytes zero-padded to 16."""
+    n = len(addrs)
+    out = np.zeros((n, ADDRESS_KEY_SIZE), dtype=np.uint8)
+    if n:
+        out[:, 0] = np.fromiter(map(len, addrs), dtype=np.uint8, count=n)
+        out[:, 1:] = np.array(addrs, dtype="S16").view(np.uint8).reshape(n, 16)
+    return out
+
+
+def int_values(values: npt.ArrayLike, width: int = ADDRESS_KEY_SIZE) -> U8:
+    """(n, width) rows holding each integer's 8 little-endian bytes, zero-padded."""
+    ints = np.ascontiguousarray(values, dtype="<i8")
+    out = np.zeros((len(ints), width), dtype=np.uint8)
+    out[:, :8] = ints.view(np.uint8).reshape(len(ints), 8)
+    return out
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """Each entry's window right after it was added (0 for rows not selected)."""
+
+    count: npt.NDArray[np.int64]
+    sums: npt.NDArray[np.float64]  # (n, n_sums)
+    distinct: npt.NDArray[np.int64]  # (n, n_distinct)
+
+
+class BatchWindows:
+    """Per-key sliding windows fed a batch at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float,
+        n_sums: int,
+        n_distinct: int,
+        max_keys: int,
+        max_entries_per_key: int,
+        max_entries: int,
+        key_size: int = ADDRESS_KEY_SIZE,
+        value_size: int = ADDRESS_KEY_SIZE,
+    ) -> None:
+        if window_s <= 0 or max_keys < 1 or max_entries_per_key < 1 or max_entries < 1:
+            raise ValueError("window_s and every cap must be positive")
+        self.window_s = window_s
+        self.n_sums = n_sums
+        self.n_distinct = n_distinct
+        self.key_size = key_size
+        self.value_size = value_size
+        self._windows = Windows(
+            int(window_s * 1e9),
+            n_sums,
+            n_distinct,
+            key_size,
+            value_size,
+            max_keys,
+            max_entries_per_key,
+            max_entries,
+        )
+
+    def add(
+        self,
+        keys: U8,
+        ts_ns: npt.ArrayLike,
+        sums: npt.ArrayLike | None = None,
+        values: U8 | None = None,
+        counted: npt.ArrayLike | None = None,
+        select: npt.ArrayLike | None = None,
+    ) -> WindowState:
+        """Add entry i (key ``keys[i]``, time ``ts_ns[i]``, sums ``sums[i]``, distinct values
+        ``values[i, d]``) for each selected i, in order. ``counted[i, d]`` false leaves a
+        value out of its distinct count; ``select`` false skips the row."""
+        n = len(keys)
+        keys = np.ascontiguousarray(keys, dtype=np.uint8)
+        ts = np.ascontiguousarray(ts_ns, dtype=np.int64)
+        s = np.zeros((n, self.n_sums)) if sums is None else np.asarray(sums, np.float64)
+        s = np.ascontiguousarray(s.reshape(n, self.n_sums))
+        shape = (n, self.n_distinct, self.value_size)
+        v = np.zeros(shape, np.uint8) if values is None else np.ascontiguousarray(values, np.uint8)
+        c = np.ones((n, self.n_distinct), np.uint8) if counted is None else counted
+        c = np.ascontiguousarray(c, dtype=np.uint8)
+        sel = np.ones(n, np.uint8) if select is None else np.ascontiguousarray(select, np.uint8)
+        state = WindowState(
+            np.zeros(n, np.int64),
+            np.zeros((n, self.n_sums)),
+            np.zeros((n, self.n_distinct), np.int64),
+        )
+        self._windows.add(n, keys, ts, s, v, c, sel, state.count, state.sums, state.distinct)
+        return state
+
+    def _stats(self) -> dict[str, int]:
+        return self._windows.stats()
+
+    def __len__(self) -> int:
+        return self._stats()["keys"]
+
+    @property
+    def entries(self) -> int:
+        """Entries held over all keys."""
+        return self._stats()["entries"]
+
+    @property
+    def evicted_keys(self) -> int:
+        return self._stats()["evicted_keys"]
+
+    @property
+    def evicted_entries(self) -> int:
+        return self._stats()["evicted_entries"]

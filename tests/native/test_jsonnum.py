@@ -1,0 +1,86 @@
+"""native.json_floats against Python's own round() and repr(): the JSON writer of ``mld
+detector analyze`` relies on the two giving the same text for every value."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from native._flowengine import json_addresses, json_floats
+
+
+def _expected(values: np.ndarray, ndigits: int) -> list[str]:
+    return [json.dumps(round(v, ndigits)) for v in values.tolist()]
+
+
+def _values() -> np.ndarray:
+    rng = np.random.default_rng(20)
+    edge = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-5, -1e-5, 5e-5, 1.5e-4, 1e300, -1e300]
+    edge += [1e16, 1e15, 123456789012345.67, 2.0**53, 0.5, 1.5, 2.5, -0.5, 0.125, 2.675]
+    return np.ascontiguousarray(
+        np.concatenate(
+            [
+                rng.random(20_000),
+                rng.random(20_000).astype(np.float32).astype(np.float64),  # scores
+                rng.random(5_000) * 1e12,
+                -rng.random(5_000) * 100,
+                1.7e9 + rng.random(10_000) * 1e6,  # timestamps in seconds
+                rng.integers(0, 2**40, 5_000) / 1e9,
+                # Exact and near ties at every precision used.
+                (np.arange(-2000, 2000) + 0.5) / 1e4,
+                (np.arange(-2000, 2000) + 0.5) / 1e3,
+                (np.arange(0, 2000) + 0.5) / 1e6 + 1.7e3,
+                np.arange(-2000, 2000) / 1e4,
+                edge,
+            ]
+        ),
+        dtype=np.float64,
+    )
+
+
+@pytest.mark.parametrize("ndigits", range(9))
+def test_same_text_as_round_then_repr(ndigits: int) -> None:
+    values = _values()
+    got = json_floats(values, ndigits)
+    want = _expected(values, ndigits)
+    wrong = [(v, g, w) for v, g, w in zip(values.tolist(), got, want, strict=True) if g != w]
+    assert not wrong, wrong[:5]
+
+
+def test_rejects_what_it_cannot_format() -> None:
+    with pytest.raises(ValueError, match="ndigits"):
+        json_floats(np.zeros(3), 9)
+    with pytest.raises(TypeError, match="float64"):
+        json_floats(np.zeros(3, dtype=np.float32), 4)
+    with pytest.raises(TypeError, match="float64"):
+        json_floats(np.zeros((2, 2)), 4)
+    assert json_floats(np.zeros(0), 4) == []
+
+
+def _addresses() -> list[bytes]:
+    rng = np.random.default_rng(7)
+    out = [bytes(rng.integers(0, 256, 4, dtype=np.uint8)) for _ in range(2_000)]
+    out += [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x0a\x00\x00\x01"]
+    # IPv6 with zero hextets in every pattern: random words, each zero half the time.
+    for _ in range(5_000):
+        words = np.where(rng.random(8) < 0.5, 0, rng.integers(0, 1 << 16, 8))
+        out.append(b"".join(int(w).to_bytes(2, "big") for w in words))
+    out += [bytes(16), bytes(15) + b"\x01", b"\xfe\x80" + bytes(14)]
+    out += [bytes(10) + b"\xff\xff\x01\x02\x03\x04", bytes(12) + b"\x01\x02\x03\x04"]  # mapped
+    return out
+
+
+def test_addresses_as_python_writes_them() -> None:
+    import ipaddress
+
+    from sniffer.batch_windows import address_keys
+
+    addrs = _addresses()
+    got = json_addresses(address_keys(addrs))
+    want = [json.dumps(str(ipaddress.ip_address(a))) for a in addrs]
+    wrong = [(a, g, w) for a, g, w in zip(addrs, got, want, strict=True) if g != w]
+    assert not wrong, wrong[:5]
+    with pytest.raises(ValueError, match="17"):
+        json_addresses(np.zeros((2, 16), dtype=np.uint8))
