@@ -220,6 +220,11 @@ class DiscoveredSender:
             )
         self._order = sorted(self._senders)
 
+    def maintain(self) -> None:
+        """:meth:`crypto_transport.Sender.maintain` for every live instance."""
+        for _, _, sender in self._senders.values():
+            sender.maintain()
+
     def _key_allowed(self, reg: Registration) -> bool:
         """False (logged once, counted once) for a registration that claims a pinned
         peer with a key other than the pinned one."""

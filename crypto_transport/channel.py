@@ -192,6 +192,13 @@ class Sender:
         curve_client(sock, public=own.public, secret=own.private, server_public=server)
         return None
 
+    def maintain(self) -> None:
+        """Connect again after a refused CURVE handshake once its wait is over. Sending
+        does this too; a sender that may stay idle (nothing to send for minutes) calls it
+        so that its first batch after the wait does not meet a refused connection."""
+        if self._redial is not None:
+            self._redial.check()
+
     def send(self, message: Message) -> bool:
         """Serialize, compress, seal and send one batch; False if it was dropped (counted)."""
         return self.send_payload(message.SerializeToString())

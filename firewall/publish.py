@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -90,6 +91,10 @@ def to_block_decision(
     )
 
 
+# Seconds a batch that could not be handed over is tried again before it counts as dropped.
+RETRY_S = 30.0
+
+
 class DecisionPublisher:
     """Collects a turn's decisions and sends them from its own thread."""
 
@@ -148,21 +153,48 @@ class DecisionPublisher:
             update(peers)
 
     def _run(self) -> None:
+        # A batch the sender could not hand over (no live store yet, or its connection was
+        # refused while the store had not yet learnt this agent's key from etcd) is tried
+        # again every turn for RETRY_S, then counted as dropped.
+        held: DecisionBatch | None = None
+        held_since = 0.0
         while True:
             try:
                 batch = self._queue.get(timeout=0.2)
             except queue.Empty:
-                self._take_peers()
-                continue
-            if batch is None:
-                return
+                batch = None if held is None else held
+                if batch is None:
+                    self._take_peers()
+                    self._maintain()
+                    continue
+            else:
+                if batch is None:
+                    if held is not None:
+                        self.counters["dropped"] += len(held.decisions)
+                    return
+                if held is not None:
+                    self.counters["dropped"] += len(held.decisions)  # a newer batch waits
+                    held = None
             self._take_peers()
+            self._maintain()
             try:
                 ok = self._sender.send(batch)
             except Exception as exc:  # a transport error must not end the thread
                 log.error("sending decisions to the RAG store failed: %s", exc)
                 ok = False
-            self.counters["sent" if ok else "dropped"] += len(batch.decisions)
+            if ok:
+                self.counters["sent"] += len(batch.decisions)
+                held = None
+            elif held is None:
+                held, held_since = batch, time.monotonic()
+            elif time.monotonic() - held_since > RETRY_S:
+                self.counters["dropped"] += len(batch.decisions)
+                held = None
+
+    def _maintain(self) -> None:
+        maintain = getattr(self._sender, "maintain", None)
+        if maintain is not None:
+            maintain()
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Send what is queued (waiting at most ``timeout_s``), then close the sender."""

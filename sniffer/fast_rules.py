@@ -449,7 +449,7 @@ class FastRules:
                     continue
             pw = ports.add(pkey, t, *entry)
             sweep_hosts[i] = pw.distinct_count(0) - (1 if -1 in pw.distinct[0] else 0)
-            share[i] = pw.sums[0] / pw.count
+            share[i] = pw.sums[0] / pw.count if pw.count else 0.0
         return scan_ports, sweep_hosts, share
 
     def _forget_first_starts(self) -> dict[tuple[bytes, bytes, int, int], int]:

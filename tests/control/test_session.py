@@ -146,7 +146,7 @@ def test_config_change_applied_live_and_invalid_one_refused_with_reason(
         # Valid type, but the component's own check fails (alert above block).
         etcd.put(f"{base}/alert", "0.95")
         wait_for(
-            lambda: "below alert" in (read_json(etcd, status_key) or {}).get("reason", ""),
+            lambda: "is below its alert" in (read_json(etcd, status_key) or {}).get("reason", ""),
             2,
             "the component's refusal",
         )

@@ -217,7 +217,9 @@ class _Target:
         send_ring = Keyring(sender_pair, grace_s=60)
         send_ring.add_peer("receiver", receiver_pair.public)
         recv_ring = Keyring(receiver_pair, grace_s=60)
-        recv_ring.add_peer("sensor-1", sender_pair.public)
+        # The peer may send on every channel fuzzed (issue 19's per-channel roles would
+        # otherwise refuse its verdict and event frames before they reach LZ4 and protobuf).
+        recv_ring.add_peer("sensor-1", sender_pair.public, roles=("sniffer", "detector"))
         self.key = send_ring.sending_key("receiver")
         settings = TransportConfig()
         self.settings = settings

@@ -48,6 +48,9 @@ def _count(db: Path, table: str) -> int:
         return 0
 
 
+_ROLES = {"det-a": "detector", "fw-1": "firewall"}
+
+
 def _start_rag(tmp: Path, peers: dict[str, str]) -> tuple[object, Path, str, str, KeyPair]:
     key = KeyPair.generate()
     key.save(tmp / "rag.key")
@@ -56,7 +59,12 @@ def _start_rag(tmp: Path, peers: dict[str, str]) -> tuple[object, Path, str, str
         yaml.safe_dump(
             {
                 "node": {"id": "rag-1", "state_dir": str(tmp / "state")},
-                "transport": {"key_file": str(tmp / "rag.key"), "peers": peers},
+                "transport": {
+                    "key_file": str(tmp / "rag.key"),
+                    "peers": peers,
+                    # Names that do not spell a component get their roles here (issue 19).
+                    "peer_roles": {p: [_ROLES[p]] for p in peers},
+                },
                 "rag": {"save_every_s": 0.5},
             }
         )
@@ -105,7 +113,7 @@ def test_decisions_reach_the_console_over_the_encrypted_channel(
 
         # The firewall agent, deciding on those verdicts on its own clock.
         clock = [NOW - 600.0]
-        cfg = FirewallConfig(dry_run=True, auto_allowlist=(), ttl_base_s=300)
+        cfg = FirewallConfig(dry_run=True, auto_allowlist=(), ttl_base_s=300, block_unverified=True)
         fw_ring = Keyring(fw, grace_s=60)
         fw_ring.add_peer("rag", rag_key.public)
         out = Sender(

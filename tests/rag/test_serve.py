@@ -201,6 +201,7 @@ def test_the_firewall_finds_the_rag_store_through_etcd(
     endpoint), sealed for the key the store registered there."""
     control = {
         "endpoints": [etcd_server.endpoint],
+        "credentials_dir": str(etcd_server.pki_dir),
         "prefix": etcd_prefix,
         "lease_ttl_s": 2,
         "health_interval_s": 0.5,
@@ -218,6 +219,9 @@ def test_the_firewall_finds_the_rag_store_through_etcd(
                 "control": control,
                 "firewall": {
                     "dry_run": True,
+                    # The capture's scanner never completes a handshake (a SYN scan): let
+                    # the agent block it anyway, this test is about where decisions go.
+                    "block_unverified": True,
                     "auto_allowlist": [],
                     "listen_endpoint": "tcp://127.0.0.1:*",
                 },
