@@ -100,8 +100,8 @@ typedef struct {
 static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"idle_timeout_ns", "active_timeout_ns", "max_flows", "batch_size",
-                            "dtype", NULL};
-    unsigned long long idle, active;
+                            "dtype", "interim_ns", NULL};
+    unsigned long long idle, active, interim = 0;
     Py_ssize_t max_flows, batch;
     PyObject *dtype;
     struct mld_flow_config cfg;
@@ -110,8 +110,8 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Engine is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKnnO!", names, &idle, &active, &max_flows,
-                                     &batch, &PyArrayDescr_Type, &dtype))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKnnO!|K", names, &idle, &active, &max_flows,
+                                     &batch, &PyArrayDescr_Type, &dtype, &interim))
         return -1;
     if (idle == 0 || active == 0 || active > MLD_MAX_ACTIVE_TIMEOUT_NS) {
         PyErr_SetString(PyExc_ValueError,
@@ -129,6 +129,7 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
     }
     cfg.idle_timeout_ns = idle;
     cfg.active_timeout_ns = active;
+    cfg.interim_ns = interim; /* 0: no interim records */
     if (mld_engine_init(&self->eng, &cfg, (__u32)max_flows, (size_t)batch) != 0) {
         PyErr_NoMemory();
         return -1;
@@ -284,13 +285,14 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
     if (check_usable(self) != 0)
         return NULL;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
         "ip_packets", s->ip_packets, "parse_errors", s->parse_errors, "non_ip", s->non_ip,
         "flows_created", s->flows_created, "flows_exported", s->flows_exported,
         "flows_evicted", s->flows_evicted, "live_flows", (unsigned long long)self->eng.table.live,
         "files", s->files, "parse_truncated", s->parse_truncated, "parse_malformed",
         s->parse_malformed, "parse_bad_length", s->parse_bad_length, "parse_ext_limit",
-        s->parse_ext_limit, "fragments", s->fragments, "tiny_fragments", s->tiny_fragments);
+        s->parse_ext_limit, "fragments", s->fragments, "tiny_fragments", s->tiny_fragments,
+        "interim_exported", s->interim_exported);
 }
 
 static PyMethodDef engine_methods[] = {
