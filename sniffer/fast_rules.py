@@ -37,6 +37,11 @@ flow toward its victim.
 
 The destination-keyed windows live here (SourceContext only has the source's view) and
 use the same record-time windows and caps as the source context.
+
+Interim records (issue 18; ``sniffer/interim.py``): given the records' ``previous``, a
+flow adds to the windows once for what it is (a SYN-only flow, a login attempt) at its
+first record, and only the growth of its counters (UDP packets, tiny and overlapping
+fragments) at later ones, as in the source context.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sniffer.config import ContextConfig, FastRulesConfig
+from sniffer.interim import Previous
 from sniffer.records import PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
@@ -125,8 +131,13 @@ class FastRules:
         self.config = rules
         self._set_ports(rules)
 
-    def score(self, flows: FlowColumns, context: dict[str, Array]) -> FastScores:
-        """Scores of ``flows`` (in export order) given their SourceContext columns."""
+    def score(
+        self, flows: FlowColumns, context: dict[str, Array], previous: Previous | None = None
+    ) -> FastScores:
+        """Scores of ``flows`` (in export order) given their SourceContext columns and what
+        earlier records of the same flows counted (None: every record is a new flow)."""
+        prev = previous if previous is not None else Previous.none(flows)
+        first = prev.first
         c = self.config
         n = len(flows)
         proto = flows["protocol"]
@@ -137,7 +148,9 @@ class FastRules:
         tcp = proto == PROTO_TCP
         udp = proto == PROTO_UDP
         syn_only = tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
-        udp_packets = np.where(udp, flows["fwd_packets"], 0).astype(np.float64)
+        udp_packets = np.where(
+            udp, flows["fwd_packets"].astype(np.float64) - prev.values["fwd_packets"], 0
+        )
         unsolicited = udp & np.isin(src_port, self._amp_ports)
         amplified = (
             udp
@@ -152,6 +165,7 @@ class FastRules:
         )
 
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
+        evasive -= prev.values["tiny_frag_count"] + prev.values["overlap_frag_count"]
         evasive_sum = np.zeros(n)
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
@@ -164,7 +178,7 @@ class FastRules:
             flows.dst_addr,
             dst_port.tolist(),
             ts,
-            syn_only.astype(np.float64).tolist(),
+            (syn_only & first).astype(np.float64).tolist(),
             udp_packets.tolist(),
             evasive.tolist(),
             strict=True,
@@ -176,7 +190,7 @@ class FastRules:
             if unsolicited[i] or amplified[i]:
                 victim = dst if unsolicited[i] else src
                 reflected[i] = self._reflected.add(victim, t).count
-            if login[i]:
+            if login[i] and first[i]:
                 logins[i] = self._logins.add((src, dst, port), t).count
             if ev:
                 evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]

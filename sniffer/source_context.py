@@ -17,6 +17,17 @@ to and including itself within ``window_s`` before its ``last_ts_ns``. The field
 * ``dns_qname_entropy``: mean over the window's DNS flows of their longest name's entropy
   (the engine keeps one name per flow), in bits per character.
 
+Interim records (``FlowRecord.interim``): a long flow comes as several cumulative records
+with one ``flow_id``. Given the :class:`~sniffer.interim.Previous` of the records
+(``sniffer/interim.py``), a flow counts as a flow (``flows_per_s``, its TCP and DNS-flow
+indicators) at its first record only, and later records add only what grew since the
+flow's previous record: new queries and name characters, the change of its SYN-without-ACK
+and DNS-flow indicators and of its name entropy. Each record still adds its destination
+and port to the distinct counts (the same values again change nothing). So the window
+counts each connection once and the queries sent within it, not the flow's whole history
+again at every record. Without ``previous`` every record is a flow of its own (as before
+interim records existed).
+
 :class:`VerifiedSources` is the other per-source memory: which initiator addresses
 completed a verified TCP handshake (FlowRecord.handshake_verified, xdp/flow_update.h)
 within ``verified_ttl_s`` before a record, which sets the record's ``src_verified``. A
@@ -32,13 +43,14 @@ import numpy as np
 
 from base.errors import ConfigError
 from sniffer.config import ContextConfig
+from sniffer.interim import Previous
 from sniffer.records import CONTEXT_FIELDS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
 __all__ = ["CONTEXT_FIELDS", "SourceContextTracker", "VerifiedSources"]
 
 # Window sums, by index.
-_TCP, _SYN_NO_ACK, _DNS_QUERIES, _DNS_CHARS, _DNS_FLOWS, _DNS_ENTROPY = range(6)
+_TCP, _SYN_NO_ACK, _DNS_QUERIES, _DNS_CHARS, _DNS_FLOWS, _DNS_ENTROPY, _FLOWS = range(7)
 _ADDR, _PORT = 0, 1
 
 
@@ -49,28 +61,38 @@ class SourceContextTracker:
         self.window_s = config.window_s
         self.windows = SlidingWindows(
             window_s=config.window_s,
-            n_sums=6,
+            n_sums=7,
             n_distinct=2,
             max_keys=config.max_keys,
             max_entries_per_key=config.max_entries_per_key,
             max_entries=config.max_entries,
         )
 
-    def update(self, flows: FlowColumns) -> dict[str, Array]:
-        """Add ``flows`` in order; return their SourceContext fields as columns."""
+    def update(self, flows: FlowColumns, previous: Previous | None = None) -> dict[str, Array]:
+        """Add ``flows`` in order; return their SourceContext fields as columns.
+
+        ``previous``: what earlier records of the same flows counted (interim records,
+        see the module docstring); None counts every record as a flow of its own."""
         n = len(flows)
+        prev = previous if previous is not None else Previous.none(flows)
+        pv = prev.values
+        first = prev.first.astype(np.float64)
         proto = flows["protocol"]
         is_tcp = proto == PROTO_TCP
         syn_no_ack = is_tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
+        was_syn_no_ack = (
+            is_tcp & ~prev.first & (pv["fwd_syn_count"] > 0) & (pv["fwd_ack_count"] == 0)
+        )
         has_port = (proto != PROTO_ICMP) & (proto != PROTO_ICMPV6)
         queries = flows["dns_queries"].astype(np.float64)
         sums = zip(
-            is_tcp.astype(np.float64).tolist(),
-            syn_no_ack.astype(np.float64).tolist(),
-            queries.tolist(),
-            flows["dns_name_chars"].astype(np.float64).tolist(),
-            (queries > 0).astype(np.float64).tolist(),
-            flows.dns_entropy.tolist(),
+            (is_tcp * first).tolist(),
+            (syn_no_ack.astype(np.float64) - was_syn_no_ack).tolist(),
+            (queries - pv["dns_queries"]).tolist(),
+            (flows["dns_name_chars"].astype(np.float64) - pv["dns_name_chars"]).tolist(),
+            ((queries > 0).astype(np.float64) - (pv["dns_queries"] > 0)).tolist(),
+            (flows.dns_entropy - pv["dns_entropy"]).tolist(),
+            first.tolist(),
             strict=True,
         )
         ports = np.where(has_port, flows["dst_port"].astype(np.int64), -1).tolist()
@@ -85,11 +107,14 @@ class SourceContextTracker:
             distinct_ports = win.distinct_count(_PORT) - (1 if -1 in win.distinct[_PORT] else 0)
             out[i, 1] = win.distinct_count(_ADDR)
             out[i, 2] = distinct_ports
-            out[i, 3] = s[_SYN_NO_ACK] / s[_TCP] if s[_TCP] >= 1 else 0.0
-            out[i, 4] = win.count * rate
-            out[i, 5] = s[_DNS_QUERIES] * rate
-            out[i, 6] = s[_DNS_CHARS] / s[_DNS_QUERIES] if s[_DNS_QUERIES] >= 1 else 0.0
-            out[i, 7] = s[_DNS_ENTROPY] / s[_DNS_FLOWS] if s[_DNS_FLOWS] >= 1 else 0.0
+            # With interim records a window can hold the growth of a flow whose first
+            # record has left it: ratios are kept within their ranges.
+            tcp, dns_q, dns_flows = s[_TCP], s[_DNS_QUERIES], s[_DNS_FLOWS]
+            out[i, 3] = min(1.0, max(0.0, s[_SYN_NO_ACK] / tcp)) if tcp >= 1 else 0.0
+            out[i, 4] = max(0.0, s[_FLOWS]) * rate
+            out[i, 5] = max(0.0, dns_q) * rate
+            out[i, 6] = max(0.0, s[_DNS_CHARS] / dns_q) if dns_q >= 1 else 0.0
+            out[i, 7] = max(0.0, s[_DNS_ENTROPY] / dns_flows) if dns_flows >= 1 else 0.0
         out[:, 0] = self.window_s
         cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}
         cols["distinct_dst_addrs"] = out[:, 1].astype(np.uint32)
