@@ -33,6 +33,7 @@ from detector.config import DetectorConfig
 from detector.dataset import LAB_TEST_DEFAULT, discover
 from detector.evaluate import evaluate, render_evaluation
 from detector.eve import EveWriter
+from detector.raised import RaisedFlows
 from detector.scoring import LABEL_NAMES, Scorer
 from detector.service import DetectorService
 from detector.train import train_bundle
@@ -208,6 +209,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         sniffer = dataclasses.replace(sniffer, capture=capture)
     scorer = _scorer(cfg, args.bundle)
     eve = EveWriter(args.eve, flows=args.eve_flows) if args.eve else None
+    raised = RaisedFlows(cfg.detector.raised_flows_max)
     sensor = cfg.node.id or socket.gethostname()
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     stats = AnalysisStats()
@@ -219,7 +221,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             if eve is not None:
                 flows = [FlowRecord.FromString(b) for b in batch.records]
                 verdicts = batch_verdicts(batch, flows, sensor, first_id=stats.flows - len(flows))
-                eve.write(verdicts, flows, sensor)
+                # Once per flow, as the live detector: interim records alert no more.
+                labels = [v.label for v in verdicts]
+                eve.write(verdicts, flows, sensor, alert=raised.select(flows, labels, sensor))
             for row in analysis_rows(batch):
                 if row["label"] != "benign":
                     alerts[(row["family"], row["label"])] += 1
