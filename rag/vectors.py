@@ -154,6 +154,14 @@ class VectorIndex:
             self._to_ivf()
             give_back_freed_memory()
 
+    def remove(self, ids: Sequence[int]) -> None:
+        """Drop the vectors of these ids (events replaced by a newer record of their flow)."""
+        if len(ids) == 0:
+            return
+        arr = np.ascontiguousarray(ids, dtype=np.int64)
+        self.index.remove_ids(faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)))
+        self.dirty += len(ids)
+
     @property
     def needs_retraining(self) -> bool:
         """True once an IVF index holds four times what it was trained on: its lists are
