@@ -36,6 +36,7 @@ from detector.evaluate import evaluate, render_evaluation
 from detector.eve import EveWriter
 from detector.jsonlines import LineWriter, alert_counts, analysis_rows
 from detector.loto import leave_one_tool_out, render_loto
+from detector.raised import RaisedFlows
 from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.suricata import run_suricata, suricata_version
@@ -152,6 +153,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         sniffer = dataclasses.replace(sniffer, capture=capture)
     scorer = _scorer(cfg, args.bundle)
     eve = EveWriter(args.eve, flows=args.eve_flows) if args.eve else None
+    raised = RaisedFlows(cfg.detector.raised_flows_max)
     sensor = cfg.node.id or socket.gethostname()
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     stats = AnalysisStats()
@@ -165,7 +167,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             if eve is not None:
                 flows = [FlowRecord.FromString(b) for b in batch.records]
                 verdicts = batch_verdicts(batch, flows, sensor, first_id=stats.flows - len(flows))
-                eve.write(verdicts, flows, sensor)
+                # Once per flow, as the live detector: interim records alert no more.
+                labels = [v.label for v in verdicts]
+                eve.write(verdicts, flows, sensor, alert=raised.select(flows, labels, sensor))
             alerts.update(alert_counts(batch))
             lines.write(batch)
             progress.tick()

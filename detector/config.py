@@ -191,6 +191,10 @@ class DetectorConfig:
     eve_flows: bool = False
     # A stats event in eve_log this often, in seconds (uptime, alerts, flows); 0: none.
     eve_stats_interval_s: float = 60.0
+    # Flows remembered as already alerted or blocked, so that a flow scored again by its
+    # interim records (sniffer.capture.interim_s) raises one alert and one verdict; past
+    # it the least recently raised is forgotten (about 150 bytes each).
+    raised_flows_max: int = 65536
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.

@@ -22,6 +22,7 @@ out. The split is by capture, never by rows of one capture:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -197,6 +198,11 @@ def extract(capture: Capture, sniffer: SnifferConfig) -> CaptureFlows:
     xs, fams, labels, fasts = [], [], [], []
     excluded = 0
     stats = AnalysisStats()
+    # One row per flow, its final record: interim records (sniffer.capture.interim_s) would
+    # add partial copies of every long flow to the training and evaluation sets.
+    sniffer = dataclasses.replace(
+        sniffer, capture=dataclasses.replace(sniffer.capture, interim_s=0.0)
+    )
     for batch in analyze_captures([capture.path], sniffer, None, stats):
         flows = batch.flows
         keep = keep_mask(flows, capture.exclude)

@@ -388,13 +388,21 @@ class EveWriter:
             self._open()
 
     def write(
-        self, verdicts: Sequence[Verdict], records: Sequence[FlowRecord], sensor_id: str
+        self,
+        verdicts: Sequence[Verdict],
+        records: Sequence[FlowRecord],
+        sensor_id: str,
+        alert: Sequence[bool] | None = None,
     ) -> int:
-        """Write the events of one scored batch; returns how many alerts it held."""
+        """Write the events of one scored batch; returns how many alerts it held.
+
+        ``alert``, if given, says which records may alert (the detector's once-per-flow
+        choice, detector/raised.py); without it every suspicious or malicious one does."""
         events: list[dict[str, Any]] = []
         alerts = 0
-        for verdict, record in zip(verdicts, records, strict=True):
-            if verdict.label in (LABEL_SUSPICIOUS, LABEL_MALICIOUS):
+        allowed = alert if alert is not None else [True] * len(records)
+        for verdict, record, may in zip(verdicts, records, allowed, strict=True):
+            if may and verdict.label in (LABEL_SUSPICIOUS, LABEL_MALICIOUS):
                 events.append(eve_alert(verdict, record, sensor_id))
                 alerts += 1
             if self.flows:

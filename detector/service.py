@@ -8,6 +8,11 @@ For every FlowBatch that passes the transport's checks::
             -> VerdictBatch of the MALICIOUS ones      -> detector.verdicts (firewall)
             -> EventBatch of every record and verdict  -> detector.events   (RAG store)
 
+A long flow comes as interim records (FlowRecord.interim) and then its final record, all
+with one flow_id; each is scored and goes to the RAG store (which keeps the flow's latest
+state), but alerts (EVE) and verdicts to the firewall are raised once per flow, when its
+label first rises to suspicious or malicious (detector/raised.py, RaisedFlows).
+
 One input batch makes at most one batch on each output, sent at once: the sniffer already
 batches by size and age, and the firewall should not wait. An output with ``enabled:
 false`` is not opened; its batches are counted and thrown away. A batch the transport
@@ -68,6 +73,7 @@ from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
 from detector.eve import EveWriter
 from detector.features import scorer_inputs
+from detector.raised import RaisedFlows
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
@@ -159,6 +165,7 @@ class DetectorService(FollowsControl):
         self._verdict_seq = 0
         self._event_seq = 0
         self._stop = threading.Event()
+        self.raised = RaisedFlows(config.raised_flows_max)
         self.eve = (
             EveWriter(
                 config.eve_log,
@@ -413,13 +420,17 @@ class DetectorService(FollowsControl):
         self._next_id += n
         ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
         verdicts = build_verdicts(scores, records, sensor, ids, time.time_ns())
-        if self.eve is not None:
-            self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor)
         labels = scores.label.tolist()
+        # Once per flow: a record raises an alert (and a verdict if malicious) only when its
+        # flow's label rises above what was raised for it (interim records, RaisedFlows).
+        raise_ = self.raised.select(records, labels, sensor)
+        if self.eve is not None:
+            self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
-        malicious = [v for v, label in zip(verdicts, labels, strict=True)
-                     if label == LABEL_MALICIOUS]  # fmt: skip
+        self.counters["interim_in"] += sum(1 for r in records if r.interim)
+        malicious = [v for v, label, new in zip(verdicts, labels, raise_, strict=True)
+                     if label == LABEL_MALICIOUS and new]  # fmt: skip
         if malicious:
             self.counters["verdicts_out"] += len(malicious)
             if self.verdict_sender is not None:
@@ -491,6 +502,9 @@ class DetectorService(FollowsControl):
         out["refused_connections"] = rc.refused_connections
         out.update({f"rejected.{k}": v for k, v in sorted(rc.rejected.items())})
         out["reload_refused"] = self.watcher.refused if self.watcher is not None else 0
+        out["raised_repeats"] = self.raised.repeats
+        out["raised_flows"] = len(self.raised)
+        out["raised_evicted"] = self.raised.evicted
         if self.anomaly is not None:
             out["anomaly_reloads"] = self.counters["anomaly_reloads"]
             aw = self.anomaly_watcher

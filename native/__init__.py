@@ -87,6 +87,11 @@ class FlowEngine:
     as the kernel's sweeper does), when older than active_timeout_s (it goes on as a new
     record), when the table holds max_flows and a new flow needs room (least recently seen
     flow, END_EVICTED), or at finish() (END_CAPTURE_END).
+
+    With ``interim_s`` > 0 a flow that goes on is also exported as an interim record
+    (``flags & MLD_F_INTERIM``, cumulative counters, same flow id as its final record)
+    on its first packet ``interim_s`` after its start, and after each interim record, as
+    the XDP program does; 0 (the default here) gives final records only.
     """
 
     def __init__(
@@ -95,13 +100,17 @@ class FlowEngine:
         active_timeout_s: float = 300,
         max_flows: int = 1_000_000,
         batch_size: int = 65536,
+        interim_s: float = 0,
     ) -> None:
+        if not interim_s >= 0:
+            raise ValueError(f"interim_s must be >= 0 seconds (0: none), got {interim_s}")
         self._engine = _flowengine.Engine(
             idle_timeout_ns=_ns("idle_timeout_s", idle_timeout_s),
             active_timeout_ns=_ns("active_timeout_s", active_timeout_s),
             max_flows=max_flows,
             batch_size=batch_size,
             dtype=EVENT_DTYPE,
+            interim_ns=round(interim_s * 1e9),
         )
 
     def feed_file(
@@ -145,7 +154,8 @@ class FlowEngine:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: packets, bytes (wire lengths), ip_packets, parse_errors (truncated or
-        malformed), non_ip, flows_created, flows_exported, flows_evicted, live_flows, files,
-        table_lookups and table_probes (flow table slots examined by those lookups: their
-        ratio stays near 1-3 unless keys collide)."""
+        malformed), non_ip, flows_created, flows_exported (flows that ended), flows_evicted,
+        live_flows, files, interim_exported (interim records), table_lookups and table_probes
+        (flow table slots examined by those lookups: their ratio stays near 1-3 unless keys
+        collide)."""
         return self._engine.stats()

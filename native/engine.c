@@ -4,7 +4,8 @@
  * Export rules are flow_update.h's, driven by packet timestamps: before each packet, flows
  * idle at the packet's time are exported from the LRU head with mld_idle_reason(); then the
  * packet is applied with mld_flow_init()/mld_flow_update() and MLD_ACT_* handled as in the
- * XDP program; a full table evicts its least recently seen flow (MLD_END_EVICTED).
+ * XDP program (MLD_ACT_INTERIM: a copy of the state flagged MLD_F_INTERIM is exported and
+ * the flow goes on); a full table evicts its least recently seen flow (MLD_END_EVICTED).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -49,7 +50,7 @@ void mld_engine_free(struct mld_engine *e)
 
 /* Append one event, growing out only beyond its preallocated room (finish, close). */
 static int emit(struct mld_engine *e, const struct mld_flow_key *key,
-                const struct mld_flow_state *st)
+                const struct mld_flow_state *st, int interim)
 {
     struct mld_flow_event *ev;
 
@@ -65,7 +66,8 @@ static int emit(struct mld_engine *e, const struct mld_flow_key *key,
     ev = &e->out[e->out_n++];
     ev->key = *key;
     ev->state = *st;
-    e->stats.flows_exported++;
+    if (!interim)
+        e->stats.flows_exported++;
     return 0;
 }
 
@@ -76,7 +78,7 @@ static int export_node(struct mld_engine *e, __u32 idx, __u8 reason)
 
     if (reason != 0)
         n->state.end_reason = reason;
-    if (emit(e, &n->key, &n->state) != 0)
+    if (emit(e, &n->key, &n->state, 0) != 0)
         return -1;
     mld_table_remove(&e->table, idx);
     return 0;
@@ -116,10 +118,18 @@ static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
             mld_table_touch(t, idx);
             return 0;
         }
+        if (act == MLD_ACT_INTERIM) {
+            struct mld_flow_state copy = n->state;
+
+            mld_table_touch(t, idx);
+            copy.flags |= MLD_F_INTERIM;
+            e->stats.interim_exported++;
+            return emit(e, &n->key, &copy, 1);
+        }
         if (act == MLD_ACT_EXPORT)
             return export_node(e, idx, 0);
         /* MLD_ACT_RESTART: the stored flow ended before this packet. */
-        if (emit(e, &n->key, &n->state) != 0)
+        if (emit(e, &n->key, &n->state, 0) != 0)
             return -1;
         e->stats.flows_created++;
         if (mld_flow_init(&n->state, pkt, src_lo) == MLD_ACT_EXPORT)
@@ -129,7 +139,7 @@ static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
     }
     e->stats.flows_created++;
     if (mld_flow_init(&st, pkt, src_lo) == MLD_ACT_EXPORT)
-        return emit(e, &key, &st); /* a lone RST: never stored */
+        return emit(e, &key, &st, 0); /* a lone RST: never stored */
     if (t->live >= t->max_flows && t->lru_head != MLD_NIL) {
         if (export_node(e, t->lru_head, MLD_END_EVICTED) != 0)
             return -1;
@@ -147,7 +157,7 @@ static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
     if (idx == MLD_NIL) {
         st.end_reason = MLD_END_EVICTED;
         e->stats.flows_evicted++;
-        return emit(e, &key, &st);
+        return emit(e, &key, &st, 0);
     }
     t->nodes[idx].state = st;
     return 0;

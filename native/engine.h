@@ -27,6 +27,7 @@ struct mld_engine_stats {
     __u64 parse_ext_limit;
     __u64 fragments;      /* IP fragments parsed into a flow */
     __u64 tiny_fragments; /* of them MLD_FRAG_TINY */
+    __u64 interim_exported; /* interim records (MLD_F_INTERIM), not in flows_exported */
 };
 
 struct mld_engine {

@@ -102,8 +102,8 @@ typedef struct {
 static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"idle_timeout_ns", "active_timeout_ns", "max_flows", "batch_size",
-                            "dtype", NULL};
-    unsigned long long idle, active;
+                            "dtype", "interim_ns", NULL};
+    unsigned long long idle, active, interim = 0;
     Py_ssize_t max_flows, batch;
     PyObject *dtype;
     struct mld_flow_config cfg;
@@ -112,8 +112,8 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Engine is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKnnO!", names, &idle, &active, &max_flows,
-                                     &batch, &PyArrayDescr_Type, &dtype))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKnnO!|K", names, &idle, &active, &max_flows,
+                                     &batch, &PyArrayDescr_Type, &dtype, &interim))
         return -1;
     if (idle == 0 || active == 0 || active > MLD_MAX_ACTIVE_TIMEOUT_NS) {
         PyErr_SetString(PyExc_ValueError,
@@ -131,6 +131,7 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
     }
     cfg.idle_timeout_ns = idle;
     cfg.active_timeout_ns = active;
+    cfg.interim_ns = interim; /* 0: no interim records */
     if (mld_engine_init(&self->eng, &cfg, (__u32)max_flows, (size_t)batch) != 0) {
         PyErr_NoMemory();
         return -1;
@@ -286,7 +287,7 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
     if (check_usable(self) != 0)
         return NULL;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "packets", s->packets, "bytes", s->bytes,
         "ip_packets", s->ip_packets, "parse_errors", s->parse_errors, "non_ip", s->non_ip,
         "flows_created", s->flows_created, "flows_exported", s->flows_exported,
         "flows_evicted", s->flows_evicted, "live_flows", (unsigned long long)self->eng.table.live,
@@ -294,7 +295,7 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
         s->parse_malformed, "parse_bad_length", s->parse_bad_length, "parse_ext_limit",
         s->parse_ext_limit, "fragments", s->fragments, "tiny_fragments", s->tiny_fragments,
         "table_lookups", (unsigned long long)self->eng.table.lookups, "table_probes",
-        (unsigned long long)self->eng.table.probes);
+        (unsigned long long)self->eng.table.probes, "interim_exported", s->interim_exported);
 }
 
 static PyMethodDef engine_methods[] = {

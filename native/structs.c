@@ -100,6 +100,7 @@ static const struct member flow_state[] = {
     SCALAR(mld_flow_state, frag_hi),
     SCALAR(mld_flow_state, init_isn),
     SCALAR(mld_flow_state, resp_isn),
+    SCALAR(mld_flow_state, interim_ts_ns),
 };
 
 static const struct member flow_event[] = {
@@ -110,6 +111,7 @@ static const struct member flow_event[] = {
 static const struct member flow_config[] = {
     SCALAR(mld_flow_config, idle_timeout_ns),
     SCALAR(mld_flow_config, active_timeout_ns),
+    SCALAR(mld_flow_config, interim_ns),
 };
 
 static const struct member xdp_stats[] = {
@@ -130,6 +132,7 @@ static const struct member xdp_stats[] = {
     SCALAR(mld_xdp_stats, fragments),
     SCALAR(mld_xdp_stats, tiny_fragments),
     SCALAR(mld_xdp_stats, rpf_dropped),
+    SCALAR(mld_xdp_stats, interim_exported),
 };
 
 static const struct member lpm_key[] = {
@@ -184,6 +187,7 @@ static const struct {
     CONST(MLD_F_SYNACK),
     CONST(MLD_F_HS_CONFLICT),
     CONST(MLD_F_HS_VERIFIED),
+    CONST(MLD_F_INTERIM),
     CONST(MLD_TCP_FIN),
     CONST(MLD_TCP_SYN),
     CONST(MLD_TCP_RST),

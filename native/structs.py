@@ -178,7 +178,7 @@ def flat_dtype(name: str, prefixes: Mapping[str, tuple[str, ...]]) -> np.dtype[n
 
 # struct mld_flow_state's dir[0] is initiator -> responder, dir[1] the reverse.
 DIRECTION_PREFIXES = ("fwd_", "bwd_")
-# struct mld_flow_event (400 bytes) as the flow arrays of both capture engines hold it: the
+# struct mld_flow_event (408 bytes) as the flow arrays of both capture engines hold it: the
 # key's and the state's members by their own names, each direction's behind fwd_ / bwd_
 # (fwd_packets, bwd_init_window), padding left out.
 EVENT_DTYPE: np.dtype[np.void] = flat_dtype("mld_flow_event", {"dir": DIRECTION_PREFIXES})

@@ -154,6 +154,9 @@ class RagStore:
                 self._others_before(got.start)
                 self.features.add(list(got), self.scaler(part))
                 self.text.add(list(got), embed_texts(texts))
+                # Rows replaced by a newer record of their flow (interim records).
+                self.features.remove(self.store.superseded)
+                self.text.remove(self.store.superseded)
                 if self._indexed_upto is not None:
                     self._indexed_upto = got.stop - 1
             ids = range(ids.start if len(ids) else got.start, got.stop)

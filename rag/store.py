@@ -1,10 +1,18 @@
 """The event store: every scored event in SQLite, the source of truth.
 
-One row per ScoredEvent: the columns questions filter and group on (time, addresses,
+One row per flow: the columns questions filter and group on (time, addresses,
 ports, protocol, family, label, scores, sizes), indexed by time, source, destination,
 family and label, plus the whole ScoredEvent as received (``event`` blob), so every field
 is kept even when no column holds it. An event's id is its row id; answers cite it as
 ``[e<id>]``.
+
+Latest state per flow: a long flow comes as interim records (FlowRecord.interim) and then
+its final record, all with the same ``flow_id`` from the same sensor. Each new record of a
+flow replaces the row of its previous one (upsert by sensor and flow id, in the same
+transaction): the store keeps the flow's latest state, not a row per update, and the
+flow's row gets the new record's id (``superseded`` lists the ids replaced, so the FAISS
+indexes drop their vectors). Only interim rows are replaced: a final record stays, so the
+same capture imported twice stores its flows twice, as before.
 
 Writes go in one transaction per batch. The database runs in WAL mode with
 ``synchronous=NORMAL``: a killed process loses nothing that was committed (a power cut
@@ -75,6 +83,7 @@ CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events (label, ts);
 CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
 CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
+CREATE INDEX IF NOT EXISTS events_flow ON events (flow_id, sensor);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY,
@@ -385,6 +394,8 @@ def _flat(ev: ScoredEvent, detector_id: str, description: str, now: float) -> tu
     )
 
 
+_FLOW_COL, _SENSOR_COL = 7, 4  # of _flat's tuple
+
 _INSERT = (
     "INSERT INTO events (ts, last_ts, scored_ts, stored_ts, sensor, detector, verdict_id, "
     "flow_id, ip_version, src, dst, src_port, dst_port, proto, family, label, final_score, "
@@ -420,6 +431,8 @@ class EventStore:
                         )
         except sqlite3.Error as exc:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
+        # Ids of rows the last add() replaced by a newer record of the same flow.
+        self.superseded: list[int] = []
 
     def _has_divergent(self) -> bool:
         return any(r[1] == "divergent" for r in self._db.execute("PRAGMA table_xinfo(events)"))
@@ -527,7 +540,12 @@ class EventStore:
         meta: Mapping[str, str] | None = None,
     ) -> range:
         """Store events in one transaction, with ``meta`` rows (written in the same
-        commit, so they say exactly what was stored); returns their ids (consecutive)."""
+        commit, so they say exactly what was stored); returns their ids (consecutive).
+
+        A record of a flow already stored (same sensor and flow_id: an interim record
+        and the records after it) replaces that flow's row; ``superseded`` then holds the
+        ids deleted, which may include ids of this call when a batch holds several
+        records of one flow."""
         now = time.time()
         rows = [_flat(ev, detector_id, d, now) for ev, d in zip(events, descriptions, strict=True)]
         try:
@@ -537,6 +555,7 @@ class EventStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 first = self.max_id() + 1
                 self._db.executemany(_INSERT, rows)
+                self.superseded = self._supersede(rows, first)
                 if meta:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items()
@@ -571,6 +590,34 @@ class EventStore:
         except sqlite3.Error as exc:
             raise RagError(f"cannot prune the event store {self.path}: {exc}") from exc
         return ids
+
+    def _supersede(self, rows: Sequence[tuple[object, ...]], first: int) -> list[int]:
+        """Delete the interim rows that the newest row of each flow of ``rows`` (ids from
+        ``first``) replaces: earlier interim records of the same (sensor, flow_id), stored
+        before or in this batch. A final record is never replaced (the same capture
+        imported twice still stores its flows twice). Returns the ids deleted."""
+        newest: dict[tuple[object, object], int] = {}
+        for k, row in enumerate(rows):
+            newest[(row[_FLOW_COL], row[_SENSOR_COL])] = first + k
+        gone: list[int] = []
+        keys = list(newest)
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found = self._db.execute(
+                f"SELECT id, flow_id, sensor, event FROM events WHERE flow_id IN ({marks})",
+                [fid for fid, _ in part],
+            ).fetchall()
+            gone += [
+                i
+                for i, fid, sensor, blob in found
+                if i < newest.get((fid, sensor), -1) and ScoredEvent.FromString(blob).record.interim
+            ]
+        for start in range(0, len(gone), 500):
+            ids = gone[start : start + 500]
+            marks = ",".join("?" * len(ids))
+            self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+        return sorted(gone)
 
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()

@@ -29,6 +29,11 @@ class CaptureConfig:
     idle_timeout_s: float = 30.0
     # A flow older than this is exported and continues as a new record, in seconds (< 3600).
     active_timeout_s: float = 300.0
+    # A flow that goes on is also exported as an interim record (FlowRecord.interim,
+    # counters so far) this long after its start and after each interim record, in
+    # seconds, so that a tunnel or a long session is scored within seconds rather than at
+    # active_timeout_s; its final record still comes at the end. 0: final records only.
+    interim_s: float = 5.0
     # Flows held at once; past it the oldest are exported early (END_REASON_EVICTED).
     max_flows: int = 262144
     # Offline engine: flow events handed over per batch.

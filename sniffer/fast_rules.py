@@ -60,6 +60,11 @@ flow toward its victim.
 
 The destination-keyed windows live here (SourceContext only has the source's view) and
 use the same record-time windows and caps as the source context.
+
+Interim records (issue 18; ``sniffer/interim.py``): given the records' ``previous``, a
+flow adds to the windows once for what it is (a SYN-only flow, a login attempt) at its
+first record, and only the growth of its counters (UDP packets, tiny and overlapping
+fragments) at later ones, as in the source context.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ import numpy.typing as npt
 
 from sniffer.batch_windows import ADDRESS_KEY_SIZE, BatchWindows, address_keys, int_values
 from sniffer.config import ContextConfig, FastRulesConfig
+from sniffer.interim import Previous
 from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
@@ -228,8 +234,13 @@ class FastRules:
         self.config = rules
         self._set_ports(rules)
 
-    def score(self, flows: FlowColumns, context: dict[str, Array]) -> FastScores:
-        """Scores of ``flows`` (in export order) given their SourceContext columns."""
+    def score(
+        self, flows: FlowColumns, context: dict[str, Array], previous: Previous | None = None
+    ) -> FastScores:
+        """Scores of ``flows`` (in export order) given their SourceContext columns and what
+        earlier records of the same flows counted (None: every record is a new flow)."""
+        prev = previous if previous is not None else Previous.none(flows)
+        first = prev.first
         c = self.config
         proto = flows["protocol"]
         src_port = flows["src_port"].astype(np.int64)
@@ -239,7 +250,9 @@ class FastRules:
         tcp = proto == PROTO_TCP
         udp = proto == PROTO_UDP
         syn_only = tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
-        udp_packets = np.where(udp, flows["fwd_packets"], 0).astype(np.float64)
+        udp_packets = np.where(
+            udp, flows["fwd_packets"].astype(np.float64) - prev.values["fwd_packets"], 0
+        )
         unsolicited = udp & np.isin(src_port, self._amp_ports)
         amplified = (
             udp
@@ -261,17 +274,18 @@ class FastRules:
         icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
         # host_sweep's "port": the destination port; every ICMP flow shares -1.
         sweep_port = np.where(icmp, -1, dst_port)
-        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed
+        # A connection's start counts once, at its first record (an interim record of the
+        # same flow would add a gap of 0).
+        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & first
 
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
-        if self.native:
-            syn_rate, udp_rate, reflected, logins, evasive_sum = self._windows_batch(
-                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login, evasive
-            )
-        else:
-            syn_rate, udp_rate, reflected, logins, evasive_sum = self._windows_per_record(
-                flows, dst_port, syn_only, udp_packets, unsolicited, amplified, login, evasive
-            )
+        evasive -= prev.values["tiny_frag_count"] + prev.values["overlap_frag_count"]
+        # A flow adds itself (a SYN-only flow, a login attempt) at its first record only.
+        windows = self._windows_batch if self.native else self._windows_per_record
+        syn_rate, udp_rate, reflected, logins, evasive_sum = windows(
+            flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified, login & first,
+            evasive,
+        )  # fmt: skip
         scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
         beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
 

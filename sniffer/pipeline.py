@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastRules, FastScores
+from sniffer.interim import FlowHistory
 from sniffer.records import Array, FlowColumns, encode_records, flow_columns
 from sniffer.source_context import SourceContextTracker, VerifiedSources
 
@@ -39,9 +40,12 @@ class FlowPipeline:
 
     def __init__(self, config: SnifferConfig) -> None:
         self.context = SourceContextTracker(config.context)
+        # Interim records: what earlier records of a flow already counted (sniffer/interim.py).
+        self.history = FlowHistory(config.context.max_entries)
         self.verified = VerifiedSources(config.context)
         self.rules = FastRules(config.rules, config.context)
         self.records = 0
+        self.interim_records = 0
 
     def process(
         self, events: npt.NDArray[np.void], observation_point: str, encode: bool = True
@@ -49,13 +53,15 @@ class FlowPipeline:
         """Columns, context and fast scores of ``events``; serialized FlowRecords too unless
         ``encode`` is false (offline analysis works on the columns and skips that cost)."""
         flows = flow_columns(events, observation_point)
-        context = self.context.update(flows)
+        previous = self.history.previous(flows)
+        context = self.context.update(flows, previous)
         verified = self.verified.update(flows)
-        scores = self.rules.score(flows, context)
+        scores = self.rules.score(flows, context, previous)
         records = (
             encode_records(flows, context, scores.score, scores.rule, verified) if encode else []
         )
         self.records += len(flows)
+        self.interim_records += int(np.count_nonzero(flows["interim"]))
         return ProcessedFlows(flows, context, scores, records, verified)
 
     def stats(self) -> dict[str, int]:
@@ -65,4 +71,7 @@ class FlowPipeline:
         out["context_evicted_sources"] = self.context.windows.evicted_keys
         out["verified_sources"] = len(self.verified)
         out["verified_evicted_sources"] = self.verified.evicted
+        out["interim_records"] = self.interim_records
+        out["interim_flows_open"] = len(self.history)
+        out["interim_flows_evicted"] = self.history.evicted
         return out

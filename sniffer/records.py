@@ -31,6 +31,10 @@ those of proto/events.proto):
   name's length in characters is its wire length minus 2. The longest name is decoded from
   its labels for its Shannon entropy (bits per character of the dotted name, over the at
   most 48 stored bytes).
+* **Interim records.** ``interim`` is the record flag ``MLD_F_INTERIM``: the flow goes on
+  and this is an update of it (cumulative counters, end reason 0), exported every
+  ``sniffer.capture.interim_s``; later records of the flow, the final one last (interim
+  false), have the same ``flow_id`` (the id hashes the key and ``first_ts_ns``).
 * **Fragments.** ``frag_count``, ``tiny_frag_count`` and ``overlap_frag_count`` are the
   flow state's counters unchanged (packets; see FlowRecord in proto/events.proto). They are
   not model features (the shipped bundle's feature list is fixed); the fast rule
@@ -66,6 +70,7 @@ __all__ = [
 # From xdp/flow_types.h, through native.structs.
 MLD_F_INITIATOR_LO = CONSTANTS["MLD_F_INITIATOR_LO"]
 MLD_F_HS_VERIFIED = CONSTANTS["MLD_F_HS_VERIFIED"]
+MLD_F_INTERIM = CONSTANTS["MLD_F_INTERIM"]
 PROTO_TCP, PROTO_UDP = CONSTANTS["MLD_PROTO_TCP"], CONSTANTS["MLD_PROTO_UDP"]
 PROTO_ICMP, PROTO_ICMPV6 = CONSTANTS["MLD_PROTO_ICMP"], CONSTANTS["MLD_PROTO_ICMPV6"]
 # One unit of iat_sumsq's gaps, 1 << MLD_IAT_SQ_SHIFT ns, in us (1.024).
@@ -221,6 +226,7 @@ def flow_columns(events: npt.NDArray[np.void], observation_point: str) -> FlowCo
         "tiny_frag_count": ev["tiny_frag_count"],
         "overlap_frag_count": ev["overlap_frag_count"],
         "handshake_verified": (ev["flags"] & MLD_F_HS_VERIFIED) != 0,
+        "interim": (ev["flags"] & MLD_F_INTERIM) != 0,
         "dns_queries": ev["dns_queries"],
         # Dotted length = wire length - 2 per name (see the module docstring).
         "dns_name_chars": np.maximum(
@@ -267,6 +273,7 @@ _SCALARS = (
     "tiny_frag_count",
     "overlap_frag_count",
     "handshake_verified",
+    "interim",
 )
 
 
@@ -331,6 +338,7 @@ def encode_records(
             tiny_frag_count=sc[10],
             overlap_frag_count=sc[11],
             handshake_verified=sc[12],
+            interim=sc[13],
             src_verified=src_ok,
         )
         append(record.SerializeToString())

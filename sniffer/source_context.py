@@ -17,6 +17,17 @@ to and including itself within ``window_s`` before its ``last_ts_ns``. The field
 * ``dns_qname_entropy``: mean over the window's DNS flows of their longest name's entropy
   (the engine keeps one name per flow), in bits per character.
 
+Interim records (``FlowRecord.interim``): a long flow comes as several cumulative records
+with one ``flow_id``. Given the :class:`~sniffer.interim.Previous` of the records
+(``sniffer/interim.py``), a flow counts as a flow (``flows_per_s``, its TCP and DNS-flow
+indicators) at its first record only, and later records add only what grew since the
+flow's previous record: new queries and name characters, the change of its SYN-without-ACK
+and DNS-flow indicators and of its name entropy. Each record still adds its destination
+and port to the distinct counts (the same values again change nothing). So the window
+counts each connection once and the queries sent within it, not the flow's whole history
+again at every record. Without ``previous`` every record is a flow of its own (as before
+interim records existed).
+
 :class:`VerifiedSources` is the other per-source memory: which initiator addresses
 completed a verified TCP handshake (FlowRecord.handshake_verified, xdp/flow_update.h)
 within ``verified_ttl_s`` before a record, which sets the record's ``src_verified``. A
@@ -34,28 +45,30 @@ import numpy as np
 from base.errors import ConfigError
 from sniffer.batch_windows import BatchWindows, address_keys, int_values
 from sniffer.config import ContextConfig
+from sniffer.interim import Previous
 from sniffer.records import CONTEXT_FIELDS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
 __all__ = ["CONTEXT_FIELDS", "SourceContextTracker", "VerifiedSources"]
 
 # Window sums, by index.
-_TCP, _SYN_NO_ACK, _DNS_QUERIES, _DNS_CHARS, _DNS_FLOWS, _DNS_ENTROPY = range(6)
+_TCP, _SYN_NO_ACK, _DNS_QUERIES, _DNS_CHARS, _DNS_FLOWS, _DNS_ENTROPY, _FLOWS = range(7)
 _ADDR, _PORT = 0, 1
 
 
 class SourceContextTracker:
     """Per-source sliding windows; :meth:`update` gives the SourceContext of each record.
 
-    The windows are native and fed a batch at a time (sniffer/batch_windows.py);
-    ``native=False`` runs the per-record Python definition instead (tests compare the two).
+    ``native`` (the default): the windows are native and take a batch at a time
+    (``batch_windows.py``); false runs the per-record Python definition
+    (``sliding_window.py``). Both give the same columns (tests/sniffer/test_batch_context.py).
     """
 
     def __init__(self, config: ContextConfig, *, native: bool = True) -> None:
         self.window_s = config.window_s
         caps: dict[str, Any] = {
             "window_s": config.window_s,
-            "n_sums": 6,
+            "n_sums": 7,
             "n_distinct": 2,
             "max_keys": config.max_keys,
             "max_entries_per_key": config.max_entries_per_key,
@@ -65,87 +78,91 @@ class SourceContextTracker:
             BatchWindows(**caps) if native else SlidingWindows(**caps)
         )
 
-    def update(self, flows: FlowColumns) -> dict[str, Array]:
-        """Add ``flows`` in order; return their SourceContext fields as columns."""
-        if isinstance(self.windows, BatchWindows):
-            return self._update_batch(self.windows, flows)
-        n = len(flows)
-        proto = flows["protocol"]
-        is_tcp = proto == PROTO_TCP
-        syn_no_ack = is_tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
-        has_port = (proto != PROTO_ICMP) & (proto != PROTO_ICMPV6)
-        queries = flows["dns_queries"].astype(np.float64)
-        sums = zip(
-            is_tcp.astype(np.float64).tolist(),
-            syn_no_ack.astype(np.float64).tolist(),
-            queries.tolist(),
-            flows["dns_name_chars"].astype(np.float64).tolist(),
-            (queries > 0).astype(np.float64).tolist(),
-            flows.dns_entropy.tolist(),
-            strict=True,
-        )
-        ports = np.where(has_port, flows["dst_port"].astype(np.int64), -1).tolist()
-        out = np.zeros((n, len(CONTEXT_FIELDS)), dtype=np.float64)
-        rate = 1.0 / self.window_s
-        rows = zip(
-            flows.src_addr, flows.dst_addr, ports, flows["last_ts_ns"].tolist(), sums, strict=True
-        )
-        for i, (src, dst, port, ts, row_sums) in enumerate(rows):
-            win = self.windows.add(src, ts, row_sums, (dst, port))
-            s = win.sums
-            distinct_ports = win.distinct_count(_PORT) - (1 if -1 in win.distinct[_PORT] else 0)
-            out[i, 1] = win.distinct_count(_ADDR)
-            out[i, 2] = distinct_ports
-            out[i, 3] = s[_SYN_NO_ACK] / s[_TCP] if s[_TCP] >= 1 else 0.0
-            out[i, 4] = win.count * rate
-            out[i, 5] = s[_DNS_QUERIES] * rate
-            out[i, 6] = s[_DNS_CHARS] / s[_DNS_QUERIES] if s[_DNS_QUERIES] >= 1 else 0.0
-            out[i, 7] = s[_DNS_ENTROPY] / s[_DNS_FLOWS] if s[_DNS_FLOWS] >= 1 else 0.0
-        out[:, 0] = self.window_s
-        cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}
-        cols["distinct_dst_addrs"] = out[:, 1].astype(np.uint32)
-        cols["distinct_dst_ports"] = out[:, 2].astype(np.uint32)
-        return cols
+    def update(self, flows: FlowColumns, previous: Previous | None = None) -> dict[str, Array]:
+        """Add ``flows`` in order; return their SourceContext fields as columns.
 
-    def _update_batch(self, windows: BatchWindows, flows: FlowColumns) -> dict[str, Array]:
-        """:meth:`update` over the whole batch in native windows: the same sums, in the same
-        order, and the same divisions as the per-record loop."""
+        ``previous``: what earlier records of the same flows counted (interim records,
+        see the module docstring); None counts every record as a flow of its own."""
         n = len(flows)
+        prev = previous if previous is not None else Previous.none(flows)
+        pv = prev.values
+        first = prev.first.astype(np.float64)
         proto = flows["protocol"]
         is_tcp = proto == PROTO_TCP
         syn_no_ack = is_tcp & (flows["fwd_syn_count"] > 0) & (flows["fwd_ack_count"] == 0)
+        was_syn_no_ack = (
+            is_tcp & ~prev.first & (pv["fwd_syn_count"] > 0) & (pv["fwd_ack_count"] == 0)
+        )
         has_port = (proto != PROTO_ICMP) & (proto != PROTO_ICMPV6)
         queries = flows["dns_queries"].astype(np.float64)
         sums = np.column_stack(
             [
-                is_tcp.astype(np.float64),
-                syn_no_ack.astype(np.float64),
-                queries,
-                flows["dns_name_chars"].astype(np.float64),
-                (queries > 0).astype(np.float64),
-                flows.dns_entropy.astype(np.float64),
+                is_tcp * first,
+                syn_no_ack.astype(np.float64) - was_syn_no_ack,
+                queries - pv["dns_queries"],
+                flows["dns_name_chars"].astype(np.float64) - pv["dns_name_chars"],
+                (queries > 0).astype(np.float64) - (pv["dns_queries"] > 0),
+                flows.dns_entropy - pv["dns_entropy"],
+                first,
             ]
-        ).reshape(n, 6)
-        values = np.stack(
-            [address_keys(flows.dst_addr), int_values(flows["dst_port"].astype(np.int64))], axis=1
+        ).reshape(n, 7)
+        if isinstance(self.windows, BatchWindows):
+            values = np.stack(
+                [address_keys(flows.dst_addr), int_values(flows["dst_port"].astype(np.int64))],
+                axis=1,
+            )
+            counted = np.column_stack([np.ones(n, dtype=bool), has_port]).reshape(n, 2)
+            state = self.windows.add(
+                address_keys(flows.src_addr), flows["last_ts_ns"], sums, values, counted
+            )
+            s = state.sums
+            d_addr = state.distinct[:, _ADDR].astype(np.float64)
+            d_port = state.distinct[:, _PORT].astype(np.float64)
+        else:
+            s, d_addr, d_port = self._add_per_record(self.windows, flows, sums, has_port)
+        return self._columns(n, s, d_addr, d_port)
+
+    @staticmethod
+    def _add_per_record(
+        windows: SlidingWindows, flows: FlowColumns, sums: Array, has_port: Array
+    ) -> tuple[Array, Array, Array]:
+        """The window sums and distinct counts after each record, one record at a time."""
+        n = len(flows)
+        s = np.zeros((n, sums.shape[1]))
+        d_addr = np.zeros(n)
+        d_port = np.zeros(n)
+        ports = np.where(has_port, flows["dst_port"].astype(np.int64), -1).tolist()
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            ports,
+            flows["last_ts_ns"].tolist(),
+            sums.tolist(),
+            strict=True,
         )
-        counted = np.column_stack([np.ones(n, dtype=bool), has_port]).reshape(n, 2)
-        state = windows.add(
-            address_keys(flows.src_addr), flows["last_ts_ns"], sums, values, counted
-        )
-        s = state.sums
+        for i, (src, dst, port, ts, row_sums) in enumerate(rows):
+            win = windows.add(src, ts, tuple(row_sums), (dst, port))
+            s[i] = win.sums
+            d_addr[i] = win.distinct_count(_ADDR)
+            d_port[i] = win.distinct_count(_PORT) - (1 if -1 in win.distinct[_PORT] else 0)
+        return s, d_addr, d_port
+
+    def _columns(self, n: int, s: Array, d_addr: Array, d_port: Array) -> dict[str, Array]:
         rate = 1.0 / self.window_s
 
         def ratio(num: int, den: int) -> Array:
-            return np.divide(s[:, num], s[:, den], out=np.zeros(n), where=s[:, den] >= 1)
+            # With interim records a window can hold the growth of a flow whose first
+            # record has left it: ratios are kept within their ranges.
+            q = np.divide(s[:, num], s[:, den], out=np.zeros(n), where=s[:, den] >= 1)
+            return np.maximum(q, 0.0)
 
         out = np.zeros((n, len(CONTEXT_FIELDS)), dtype=np.float64)
         out[:, 0] = self.window_s
-        out[:, 1] = state.distinct[:, _ADDR]
-        out[:, 2] = state.distinct[:, _PORT]
-        out[:, 3] = ratio(_SYN_NO_ACK, _TCP)
-        out[:, 4] = state.count * rate
-        out[:, 5] = s[:, _DNS_QUERIES] * rate
+        out[:, 1] = d_addr
+        out[:, 2] = d_port
+        out[:, 3] = np.minimum(ratio(_SYN_NO_ACK, _TCP), 1.0)
+        out[:, 4] = np.maximum(s[:, _FLOWS], 0.0) * rate
+        out[:, 5] = np.maximum(s[:, _DNS_QUERIES], 0.0) * rate
         out[:, 6] = ratio(_DNS_CHARS, _DNS_QUERIES)
         out[:, 7] = ratio(_DNS_ENTROPY, _DNS_FLOWS)
         cols: dict[str, Array] = {name: out[:, j] for j, name in enumerate(CONTEXT_FIELDS)}

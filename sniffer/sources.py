@@ -105,6 +105,7 @@ class PcapSource:
             capture.active_timeout_s,
             capture.max_flows,
             capture.batch_size,
+            capture.interim_s,
         )
 
     def batches(self) -> Iterator[tuple[Events, str]]:
@@ -155,6 +156,7 @@ class XdpSource:
             self.ifaces,
             idle_timeout_s=capture.idle_timeout_s,
             active_timeout_s=capture.active_timeout_s,
+            interim_s=capture.interim_s,
             max_flows=capture.max_flows,
             ringbuf_pages=capture.ringbuf_pages,
             mode=capture.xdp_mode,

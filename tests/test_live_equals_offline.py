@@ -10,6 +10,12 @@ records the monitor exported are compared with what native.FlowEngine makes of t
 same flows, same counters; times within a tolerance, because the kernel stamps a packet at
 XDP and tcpdump a few microseconds later.
 
+Interim records (issue 18): both sides run with interim_s = 1 s, and a UDP flow of twelve
+query/answer pairs on a fixed 0.3 s schedule (3.3 s, so the packets lie 0.1 s or more
+away from where an interim record falls due: the two clocks differ by microseconds) gives
+two interim records per family before its final one; they too must be the same records,
+in the same order, live and offline.
+
 TSO/GSO are off on the senders and GRO off on the router, so XDP and tcpdump see the same
 packets (no super-frames on either side).
 """
@@ -34,11 +40,13 @@ pytestmark = [pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
 
 IDLE_S = 30.0
 ACTIVE_S = 300.0
+INTERIM_S = 1.0
 # Times: XDP stamps a packet before tcpdump does, on another clock (monotonic + offset).
 TS_TOLERANCE_NS = 50_000_000
 
 # Runs inside the router namespace: attach, export until SIGTERM, flush, write raw events.
-MONITOR_DRIVER = """
+MONITOR_DRIVER = (
+    """
 import sys, time
 from pathlib import Path
 from xdp import FlowMonitor
@@ -48,7 +56,8 @@ out, ready, ifaces = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 raise_on_sigterm()
 chunks = []
 mon = FlowMonitor(ifaces, idle_timeout_s=IDLE_S, active_timeout_s=ACTIVE_S,
-                  max_flows=65536, ringbuf_pages=256, mode="auto", sweep_interval_s=0.5)
+                  interim_s=INTERIM_S, max_flows=65536, ringbuf_pages=256, mode="auto",
+                  sweep_interval_s=0.5)
 try:
     mon.attach()
     ready.write_text(repr(mon.modes))
@@ -63,7 +72,10 @@ finally:
     finally:
         mon.close()
         out.write_bytes(b"".join(chunks))
-""".replace("IDLE_S", repr(IDLE_S)).replace("ACTIVE_S", repr(ACTIVE_S))
+""".replace("IDLE_S", repr(IDLE_S))
+    .replace("ACTIVE_S", repr(ACTIVE_S))
+    .replace("INTERIM_S", repr(INTERIM_S))
+)
 
 # Runs inside the server namespace: TCP sink that answers, UDP echo; both families.
 SERVER = """
@@ -123,6 +135,15 @@ for fam, addr in ((socket.AF_INET, b4), (socket.AF_INET6, b6)):
     u.sendto(bytes(3000), (addr, 53))
     u.recvfrom(4096)
     u.close()
+    # A longer flow (3.3 s) on a fixed schedule: interim records at 1.2 s and 2.4 s.
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    t0 = time.monotonic()
+    for i in range(12):
+        time.sleep(max(0.0, t0 + 0.3 * i - time.monotonic()))
+        u.sendto(dns_query(100 + i, f"long{i}.example.org"), (addr, 53))
+        u.recvfrom(4096)
+    u.close()
     r = socket.socket(fam, socket.SOCK_STREAM)
     r.settimeout(2)
     try:
@@ -163,7 +184,7 @@ def _between_a_and_b(ev: np.ndarray, t: NetnsRouter) -> bool:
 
 
 # Fields that must be bit-identical; the rest are times, compared with a tolerance.
-TIME_FIELDS = {"first_ts_ns", "last_ts_ns", "end_reason"}
+TIME_FIELDS = {"first_ts_ns", "last_ts_ns", "end_reason", "interim_ts_ns"}
 
 
 def _exact_fields(names: tuple[str, ...]) -> list[str]:
@@ -229,7 +250,9 @@ def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Pat
                     stream.close()
 
     live = np.frombuffer(live_out.read_bytes(), dtype=native.EVENT_DTYPE)
-    engine = native.FlowEngine(idle_timeout_s=IDLE_S, active_timeout_s=ACTIVE_S)
+    engine = native.FlowEngine(
+        idle_timeout_s=IDLE_S, active_timeout_s=ACTIVE_S, interim_s=INTERIM_S
+    )
     batches = [*engine.feed_file(str(pcap)), engine.finish()]
     offline = np.concatenate(batches)
 
@@ -240,9 +263,13 @@ def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Pat
         "offline": len(off_ab),
         "live_keys": [_key(e)[4].hex() for e in live_ab],
     }
-    # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6, and the later
-    # fragments of the large UDP datagrams (ports 0) v4+v6.
-    assert len(off_ab) == 10, json.dumps(summary)
+    # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6, the later
+    # fragments of the large UDP datagrams (ports 0) v4+v6, the long UDP flows v4+v6 and
+    # their two interim records each.
+    assert len(off_ab) == 16, json.dumps(summary)
+    interim = native.CONSTANTS["MLD_F_INTERIM"]
+    assert sum(1 for e in off_ab if int(e["flags"]) & interim) == 4
+    assert sum(1 for e in live_ab if int(e["flags"]) & interim) == 4
     # 3000 + 40 bytes over a 1500-byte MTU: 3 fragments each way; the first of each in the
     # UDP flow, the other two in the ports-0 flow; none tiny, none overlapping.
     frags = sorted((int(e["frag_count"]), int(e["port_lo"] or e["port_hi"])) for e in off_ab)
@@ -256,6 +283,7 @@ def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Pat
             assert np.array_equal(lv[field], of[field]), (field, lv[field], of[field])
         assert abs(int(lv["first_ts_ns"]) - int(of["first_ts_ns"])) < TS_TOLERANCE_NS
         assert abs(int(lv["last_ts_ns"]) - int(of["last_ts_ns"])) < TS_TOLERANCE_NS
+        assert abs(int(lv["interim_ts_ns"]) - int(of["interim_ts_ns"])) < TS_TOLERANCE_NS
         for d in ("fwd", "bwd"):
             assert abs(int(lv[f"{d}_iat_sum_ns"]) - int(of[f"{d}_iat_sum_ns"])) < TS_TOLERANCE_NS
         # FIN and RST end the flow on a packet, so both sides agree; flows still open when

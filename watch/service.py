@@ -537,14 +537,19 @@ class Watcher:
             return
         events = result.events
         status = "ok" if not result.error else "partial" if events else "failed"
-        alerts = Counter(
-            ev.verdict.family for ev in events if ev.verdict.label >= _LABEL_SUSPICIOUS
-        )
+        # Per flow: a long flow comes as interim records and its final record (one
+        # flow_id); the store keeps one row per flow and a flow alerts once.
+        flows = sum(1 for ev in events if not ev.record.interim)
+        alerted: dict[int, str] = {}
+        for ev in events:
+            if ev.verdict.label >= _LABEL_SUSPICIOUS:
+                alerted.setdefault(ev.record.flow_id, ev.verdict.family)
+        alerts = Counter(alerted.values())
         if status != "failed":
             record = {
                 "path": str(path),
                 "status": status,
-                "events": len(events),
+                "events": flows,
                 "alerts": dict(alerts),
                 "at": time.time(),
             }
@@ -555,18 +560,18 @@ class Watcher:
         seconds = time.perf_counter() - started
         moved = None
         if status != "ok":
-            moved = self._move_aside(path, parent, fd, st, key, status, result, len(events))
+            moved = self._move_aside(path, parent, fd, st, key, status, result, flows)
         final = moved or path
         self._remember(
             key,
             FileEntry(
-                str(final), st.st_size, st.st_mtime_ns, st.st_ino, status, len(events), time.time()
+                str(final), st.st_size, st.st_mtime_ns, st.st_ino, status, flows, time.time()
             ),
         )
-        self._count(status, len(events), sum(alerts.values()))
+        self._count(status, flows, sum(alerts.values()))
         self.state.prune(self.cfg.remember_files)
         self.state.save()
-        done = FileResult(path, status, len(events), dict(alerts), seconds, result.error, moved)
+        done = FileResult(path, status, flows, dict(alerts), seconds, result.error, moved)
         self._log(done)
         self.unreadable += status != "ok"
         self.results.append(done)

@@ -17,7 +17,8 @@
  *      when built with MLD_PARSE_ERROR_DROP=0 (sniffer.capture.parse_error_action: pass);
  *   4. create or update the packet's flow in the LRU hash `flows` with flow.h's rules and
  *      export finished flows (FIN, RST, idle/active timeout noticed on a packet) to the ring
- *      buffer `events` as struct mld_flow_event.
+ *      buffer `events` as struct mld_flow_event; a flow that goes on is also exported every
+ *      interim_ns (config) as an interim record (MLD_F_INTERIM, the entry stays).
  * User space sweeps flows that stopped receiving packets (idle timeout) and flushes the table
  * on exit; this program only sees flows when they get a packet.
  *
@@ -131,10 +132,11 @@ static __always_inline int mld_rpf_ok(struct xdp_md *ctx, const struct mld_pkt *
 }
 #endif
 
-/* Copy a final flow into the ring buffer. */
+/* Copy a flow into the ring buffer: a final one (extra_flags 0), or an interim record of a
+ * flow that goes on (extra_flags MLD_F_INTERIM, set on the copy only). */
 static __always_inline void mld_export(const struct mld_flow_key *key,
                                        const struct mld_flow_state *st,
-                                       struct mld_xdp_stats *s)
+                                       struct mld_xdp_stats *s, __u32 extra_flags)
 {
     struct mld_flow_event *e = events.ringbuf_reserve(sizeof(struct mld_flow_event));
 
@@ -144,8 +146,12 @@ static __always_inline void mld_export(const struct mld_flow_key *key,
     }
     __builtin_memcpy(&e->key, key, sizeof(struct mld_flow_key));
     __builtin_memcpy(&e->state, st, sizeof(struct mld_flow_state));
+    e->state.flags |= extra_flags;
     events.ringbuf_submit(e, 0);
-    s->flows_exported += 1;
+    if (extra_flags)
+        s->interim_exported += 1;
+    else
+        s->flows_exported += 1;
 }
 
 int xdp_flow_monitor(struct xdp_md *ctx)
@@ -220,7 +226,7 @@ int xdp_flow_monitor(struct xdp_md *ctx)
     if (!st) {
         s->flows_created += 1;
         if (mld_flow_init(&fresh->state, pkt, lo) == MLD_ACT_EXPORT) {
-            mld_export(&fresh->key, &fresh->state, s); /* a lone RST: never stored */
+            mld_export(&fresh->key, &fresh->state, s, 0); /* a lone RST: never stored */
             return XDP_PASS;
         }
         if (flows.insert(&fresh->key, &fresh->state) == 0)
@@ -233,13 +239,17 @@ int xdp_flow_monitor(struct xdp_md *ctx)
     }
 
     act = mld_flow_update(st, pkt, lo, cfg);
+    if (act == MLD_ACT_INTERIM) {
+        mld_export(&fresh->key, st, s, MLD_F_INTERIM);
+        return XDP_PASS;
+    }
     if (act == MLD_ACT_RESTART) {
-        mld_export(&fresh->key, st, s);
+        mld_export(&fresh->key, st, s, 0);
         s->flows_created += 1;
         act = mld_flow_init(st, pkt, lo);
     }
     if (act == MLD_ACT_EXPORT) {
-        mld_export(&fresh->key, st, s);
+        mld_export(&fresh->key, st, s, 0);
         flows.delete(&fresh->key);
     }
     return XDP_PASS;

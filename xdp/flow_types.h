@@ -59,6 +59,8 @@
 #define MLD_F_HS_CONFLICT 0x80  /* two different SYN-ACKs: the evidence is void */
 #define MLD_F_HS_VERIFIED 0x100 /* the initiator acknowledged resp_isn + 1: it received the
                                    responder's SYN-ACK, so its address is its own */
+#define MLD_F_INTERIM 0x200     /* set on exported records only: an interim update of a flow
+                                   that goes on (counters so far; the final record follows) */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define MLD_TCP_FIN 0x01
@@ -157,6 +159,7 @@ struct mld_flow_state {
     __u32 frag_hi;            /*   that datagram's bytes seen in this flow */
     __u32 init_isn;     /* sequence number of the initiator's SYN (MLD_F_INIT_SYN) */
     __u32 resp_isn;     /* sequence number of the responder's SYN-ACK (MLD_F_SYNACK) */
+    __u64 interim_ts_ns; /* time of the packet that made the latest interim record, 0 none */
 };
 
 /* One exported flow: what the ring buffer carries and what native/ returns. */
@@ -169,6 +172,9 @@ struct mld_flow_event {
 struct mld_flow_config {
     __u64 idle_timeout_ns;   /* no packet for this long ends the flow */
     __u64 active_timeout_ns; /* a flow older than this is exported and continues as a new one */
+    __u64 interim_ns;        /* a flow that goes on is exported as an interim record (flag
+                                MLD_F_INTERIM) this long after its start and after each
+                                interim record; 0: no interim records */
 };
 
 /* Per-CPU counters of the XDP program (index 0 of a per-CPU array). Parse errors are
@@ -193,6 +199,8 @@ struct mld_xdp_stats {
     __u64 tiny_fragments;   /* of them MLD_FRAG_TINY */
     __u64 rpf_dropped;      /* dropped by the reverse-path check (MLD_RPF): the route back
                                to their source leaves by another interface, or there is none */
+    __u64 interim_exported; /* interim records (MLD_F_INTERIM) written to the ring buffer;
+                               not in flows_exported, which counts flows that ended */
 };
 
 /* Blocklist key (LPM trie): prefixlen counts bits of the IPv4-mapped 128-bit address, so an

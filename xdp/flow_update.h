@@ -2,7 +2,8 @@
  *
  * Given a parsed packet (struct mld_pkt), mld_flow_key() makes its canonical key, and
  * mld_flow_init() and mld_flow_update() start or advance the flow's state and say when the
- * flow ends (RST, FINs both ways, idle and active timeouts); mld_flow_idle() and
+ * flow ends (RST, FINs both ways, idle and active timeouts) or when an interim record of a
+ * flow that goes on is due (mld_interim_due); mld_flow_idle() and
  * mld_idle_reason() are the sweepers' rules. The XDP program and native/'s offline engine
  * both call these, so a capture replayed offline and the same traffic seen live give the
  * same counters. Nothing here may use libc or BPF helpers directly.
@@ -27,6 +28,8 @@
 #define MLD_ACT_EXPORT 1        /* the state is final (this packet included): export, delete */
 #define MLD_ACT_RESTART 2       /* the state is an older flow, final, without this packet:
                                    export it, then mld_flow_init() with this packet */
+#define MLD_ACT_INTERIM 3       /* the flow goes on (this packet included): export a copy of
+                                   the state with MLD_F_INTERIM set, keep the flow */
 
 /* ---- keys ------------------------------------------------------------------------------ */
 
@@ -244,16 +247,32 @@ MLD_INLINE int mld_flow_idle(const struct mld_flow_state *st, __u64 now_ns,
     return now_ns >= st->last_ts_ns && now_ns - st->last_ts_ns >= cfg->idle_timeout_ns;
 }
 
+/* Is an interim record of a flow that goes on due at time now_ns? Interim records come
+ * cfg->interim_ns after the flow's first packet, then that long after the previous interim
+ * record, each on the first packet at or past that time (so a flow that gets no packet
+ * gets no interim record: it is the idle sweep's to export). Driven by packet times, as
+ * every rule here, so the XDP program and the offline engine cut the same records. */
+MLD_INLINE int mld_interim_due(const struct mld_flow_state *st, __u64 now_ns,
+                               const struct mld_flow_config *cfg)
+{
+    __u64 since = st->interim_ts_ns ? st->interim_ts_ns : st->first_ts_ns;
+
+    return cfg->interim_ns != 0 && now_ns >= since && now_ns - since >= cfg->interim_ns;
+}
+
 /* Apply a packet to an existing flow. Returns:
  *   MLD_ACT_RESTART  the flow had already ended before this packet (idle or active timeout,
  *                    or a new SYN after both FINs): st holds the old flow with end_reason
  *                    set; export it, then mld_flow_init() with this packet;
  *   MLD_ACT_EXPORT   this packet ends the flow (RST, or the last ACK after both FINs);
+ *   MLD_ACT_INTERIM  the flow goes on and an interim record is due (mld_interim_due): export
+ *                    a copy of st with MLD_F_INTERIM set in its flags, keep st;
  *   MLD_ACT_NONE     keep going. */
 MLD_INLINE int mld_flow_update(struct mld_flow_state *st, const struct mld_pkt *pkt,
                                int src_lo, const struct mld_flow_config *cfg)
 {
     __u32 both = MLD_F_FIN_FWD | MLD_F_FIN_BWD;
+    int act;
 
     if (mld_flow_idle(st, pkt->ts_ns, cfg)) {
         st->end_reason = mld_idle_reason(st);
@@ -269,7 +288,12 @@ MLD_INLINE int mld_flow_update(struct mld_flow_state *st, const struct mld_pkt *
         st->end_reason = MLD_END_FIN;
         return MLD_ACT_RESTART;
     }
-    return mld_flow_add(st, pkt, src_lo);
+    act = mld_flow_add(st, pkt, src_lo);
+    if (act == MLD_ACT_NONE && mld_interim_due(st, pkt->ts_ns, cfg)) {
+        st->interim_ts_ns = pkt->ts_ns;
+        return MLD_ACT_INTERIM;
+    }
+    return act;
 }
 
 #endif /* MLD_FLOW_UPDATE_H */

@@ -106,6 +106,10 @@ class FlowMonitor:
         idle_timeout_s: a flow without packets for this long is exported.
         active_timeout_s: a flow older than this is exported and continues as a new one
             (at most 3600 s, see MLD_MAX_ACTIVE_TIMEOUT_NS).
+        interim_s: a flow that goes on is also exported as an interim record (flags &
+            MLD_F_INTERIM, cumulative counters, the flow stays in the table) on its first
+            packet this long after its start and after each interim record; 0 (the
+            default here) exports final records only (xdp/flow_update.h, mld_interim_due).
         max_flows: flow table size (LRU hash; a full table evicts silently).
         ringbuf_pages: ring buffer size in pages (a power of two).
         mode: "native" (driver XDP), "generic" (skb XDP) or "auto" (native, else generic).
@@ -130,6 +134,7 @@ class FlowMonitor:
         *,
         idle_timeout_s: float = 30.0,
         active_timeout_s: float = 300.0,
+        interim_s: float = 0.0,
         max_flows: int = 65536,
         ringbuf_pages: int = 256,
         mode: Mode = "auto",
@@ -145,6 +150,10 @@ class FlowMonitor:
             raise XdpError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
         if not 0 < active_timeout_s <= _MAX_ACTIVE_TIMEOUT_S:
             raise XdpError(f"active_timeout_s must be in (0, 3600], got {active_timeout_s}")
+        if not 0 <= interim_s <= _MAX_ACTIVE_TIMEOUT_S:
+            raise XdpError(
+                f"interim_s must be in [0, 3600] (0: no interim records), got {interim_s}"
+            )
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise XdpError(f"ringbuf_pages must be a power of two, got {ringbuf_pages}")
         if max_flows < 1 or blocklist_max < 1:
@@ -164,6 +173,7 @@ class FlowMonitor:
         self.ifaces = list(ifaces)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.active_timeout_ns = int(active_timeout_s * 1e9)
+        self.interim_ns = int(interim_s * 1e9)
         self.max_flows = max_flows
         self.ringbuf_pages = ringbuf_pages
         self.mode: Mode = mode
@@ -281,7 +291,7 @@ class FlowMonitor:
             (b["stats"].sLeaf, "mld_xdp_stats"),
         )
         cfg = b["config"]
-        cfg[cfg.Key(0)] = _Config(self.idle_timeout_ns, self.active_timeout_ns)
+        cfg[cfg.Key(0)] = _Config(self.idle_timeout_ns, self.active_timeout_ns, self.interim_ns)
         self.record_size = ct.sizeof(_Event)
         self._key_off = _Event.key.offset
         self._state_off = _Event.state.offset

@@ -30,10 +30,11 @@ from detector.config import (
     VerdictsOutput,
 )
 from detector.features import columns_from_records, feature_matrix
+from detector.raised import RaisedFlows
 from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
-from proto.events_pb2 import LABEL_MALICIOUS, FlowBatch
+from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowBatch, FlowRecord
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -463,3 +464,69 @@ def test_alerts_are_written_as_eve_json_lines_and_survive_a_rotation(
         assert eve.exists() and len(eve.read_text().splitlines()) > 0
     finally:
         service.close()
+
+
+def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
+    tiny_bundle: TinyBundle, tmp_path: Path
+) -> None:
+    """Issue 18: a long flow is scored at each interim record and at its end. A malicious
+    flow sent as two interim records and its final record (one flow_id) reaches the firewall
+    once and is alerted once; all three records reach the RAG store. A flow that was
+    suspicious and turns malicious alerts again (now it blocks)."""
+    records = parse(capture_records(SCAN_PCAP))
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    labels = (
+        Scorer(bundle, ThresholdsConfig(), 5)
+        .score(
+            feature_matrix(columns_from_records(records)),
+            [r.fast_score for r in records],
+            [r.fast_rule for r in records],
+        )
+        .label.tolist()
+    )
+    bad = records[labels.index(LABEL_MALICIOUS)]
+    copies = []
+    for interim in (True, True, False):
+        r = FlowRecord()
+        r.CopyFrom(bad)
+        r.interim = interim
+        copies.append(r)
+    eve = tmp_path / "eve.json"
+    cfg = DetectorConfig(
+        bundle_dir=str(tiny_bundle.path),
+        model_cache_dir=str(tmp_path / "cache"),
+        reload_interval_s=0,
+        eve_log=str(eve),
+        listen=ListenConfig(endpoint=ANY_PORT),
+        verdicts=VerdictsOutput(enabled=False),
+        events=EventsOutput(enabled=False),
+    )
+    service = DetectorService.from_config(
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+    )
+    try:
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[:2]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[2:]))
+        stats = service.stats()
+        assert stats["labels.malicious"] == 3 and stats["events_out"] == 3
+        assert stats["verdicts_out"] == 1 and stats["eve_alerts"] == 1
+        assert stats["interim_in"] == 2 and stats["raised_repeats"] == 2
+        assert stats["raised_flows"] == 0, "the final record forgets the flow"
+        alerts = [json.loads(line) for line in eve.read_text().splitlines()]
+        assert len(alerts) == 1 and alerts[0]["flow_id"] == bad.flow_id
+        # The same flow from another sensor is another flow.
+        service.handle(FlowBatch(sensor_id="sensor-2", records=copies[:1]))
+        assert service.stats()["verdicts_out"] == 2
+    finally:
+        service.close()
+
+    raised = RaisedFlows(max_flows=2)
+    r = FlowRecord(flow_id=7, interim=True)
+    assert raised.select([r, r, r], [LABEL_SUSPICIOUS, LABEL_SUSPICIOUS, LABEL_MALICIOUS], "s") == [
+        True,
+        False,
+        True,
+    ]
+    for fid in (8, 9, 10):  # past max_flows the least recently raised is forgotten
+        raised.select([FlowRecord(flow_id=fid, interim=True)], [LABEL_MALICIOUS], "s")
+    assert len(raised) == 2 and raised.evicted == 2

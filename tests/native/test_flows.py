@@ -159,6 +159,35 @@ def test_active_timeout_splits(tmp_path: Path) -> None:
     assert len(rest) == 1 and rest[0]["fwd_packets"] == 4
 
 
+def test_interim_records_of_a_flow_that_goes_on(tmp_path: Path) -> None:
+    """A UDP flow with a packet every second for 12 s and interim_s=5: interim records at
+    the first packets at or past 5 s after the start and 5 s after the previous interim
+    (5 s and 10 s), cumulative, flagged, with the final record's flow id; then the final
+    record. A flow that ends sooner than interim_s (the 7000 one) has none."""
+    interim = native.CONSTANTS["MLD_F_INTERIM"]
+    pkts = [_udp(i * S) for i in range(13)] + [_udp(2 * S, sport=7000)]
+    pcap = write_pcap(tmp_path / "interim.pcap", sorted(pkts, key=lambda p: p[0]))
+    eng = native.FlowEngine(idle_timeout_s=30, interim_s=5)
+    fed, rest = run(pcap, eng)
+    assert [int(e["fwd_packets"]) for e in fed] == [6, 11]
+    assert all(int(e["flags"]) & interim for e in fed)
+    assert [int(e["interim_ts_ns"] - T0) // S for e in fed] == [5, 10]
+    assert all(e["end_reason"] == 0 for e in fed)
+    final = rest[rest["port_lo"] == 5000]
+    assert len(final) == 1 and int(final[0]["fwd_packets"]) == 13
+    assert not int(final[0]["flags"]) & interim
+    assert int(final[0]["interim_ts_ns"] - T0) // S == 10
+    assert int(final[0]["end_reason"]) == native.END_CAPTURE_END
+    both = np.concatenate([fed, final]).astype(native.EVENT_DTYPE)
+    ids = set(native.flow_ids(both).tolist())
+    assert len(ids) == 1, "interim and final records of a flow share its id"
+    assert not int(rest[rest["port_lo"] == 7000][0]["flags"]) & interim
+    assert eng.stats["interim_exported"] == 2 and eng.stats["flows_exported"] == 2
+    # interim_s=0 (the default): final records only.
+    fed0, rest0 = run(pcap, native.FlowEngine(idle_timeout_s=30))
+    assert len(fed0) == 0 and len(rest0) == 2
+
+
 def test_ipv6_extension_headers_and_fragments(tmp_path: Path) -> None:
     a, b = "2001:db8::1", "2001:db8::2"
     syn = tcp(1234, 443, SYN)

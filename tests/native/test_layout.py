@@ -35,7 +35,7 @@ def test_members_tile_every_struct(name: str) -> None:
 
 def test_event_dtype_is_the_flattened_event() -> None:
     assert native.EVENT_DTYPE is structs.EVENT_DTYPE
-    assert native.EVENT_DTYPE.itemsize == structs.STRUCTS["mld_flow_event"].size == 400
+    assert native.EVENT_DTYPE.itemsize == structs.STRUCTS["mld_flow_event"].size == 408
     ev = structs.ctype("mld_flow_event")
     state = ev.state.offset
     dir_size = ct.sizeof(structs.ctype("mld_dir_stats"))
@@ -90,9 +90,10 @@ def test_dtype_fields() -> None:
         "dns_qname",
     ]
     # Issue 19: after the DNS fields, the fragment counters (finding 3) and then the
-    # handshake's ISNs (finding 1) are the flow state's last members.
+    # handshake's ISNs (finding 1), then the time of the latest interim record (issue 18).
     frag = ["frag_count", "tiny_frag_count", "overlap_frag_count", "frag_id", "frag_lo", "frag_hi"]
-    assert names[names.index("dns_qname") + 1 :] == [*frag, "init_isn", "resp_isn"]
+    tail = [*frag, "init_isn", "resp_isn", "interim_ts_ns"]
+    assert names[names.index("dns_qname") + 1 :] == tail
 
 
 def test_end_reasons_equal_proto() -> None:

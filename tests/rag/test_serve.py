@@ -15,7 +15,7 @@ import yaml
 
 from control import EtcdServer
 from crypto_transport import KeyPair, Keyring, Sender, TransportConfig
-from proto.events_pb2 import EventBatch, FlowBatch
+from proto.events_pb2 import EventBatch, FlowBatch, ScoredEvent
 from rag.config import RagConfig
 from rag.indexed_store import RagStore
 from tests.control.support import sniffer_stand_in, spawn_mld, stop
@@ -76,7 +76,10 @@ def test_kill_between_batches_loses_nothing_committed(
     )
     db = tmp_path / "state" / "rag" / "events.sqlite"
     log = tmp_path / "rag.log"
-    events = [small_store.store.event(i) for i in range(1, 10 * BATCH + 1)]
+    # Stored events (one per flow; ids have gaps where a flow's interim records were).
+    events = [
+        ScoredEvent.FromString(blob) for chunk in small_store.store.scan(0) for _, blob, _ in chunk
+    ][: 10 * BATCH]
     proc = spawn_mld(["rag", "run", "--config", str(config), "--listen", "tcp://127.0.0.1:0"], log)
     ring = Keyring(det, grace_s=60)
     ring.add_peer("rag", rag_key.public)

@@ -88,7 +88,11 @@ def test_killed_between_batches_nothing_is_lost_and_reindex_rebuilds(tmp_path: P
     assert rag.text.kind == "ivf"  # past the threshold: rebuilt as IVF,SQ8
     # Events written after the last save (as if the process died before saving): the
     # indexes on disk miss them; the next start adds them from SQLite.
-    extra = [rag.store.event(i) for i in range(1, 51)]
+    stored = [i for chunk in rag.store.scan(0) for i, _, _ in chunk]  # ids have gaps
+    extra = [rag.store.event(i) for i in stored[:50]]
+    for e in extra:  # other flows: a record of a stored flow would replace its row
+        assert e is not None
+        e.record.flow_id ^= 1 << 63
     rag.store.add([e for e in extra if e], "det-late", ["late event"] * 50)
     rag.close()
     again = RagStore(path, RagConfig(ivf_threshold=500))
@@ -101,6 +105,47 @@ def test_killed_between_batches_nothing_is_lost_and_reindex_rebuilds(tmp_path: P
     assert third.open_indexes() == total + 50
     assert third.reindex() == total + 50 and len(third.features) == total + 50
     third.close()
+
+
+def test_the_store_keeps_the_latest_record_of_a_flow(small_store: RagStore, tmp_path: Path) -> None:
+    """Issue 18: a long flow comes as interim records, then its final record (one flow_id).
+    The store keeps one row per flow, the latest, and the indexes one vector per row."""
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig())
+    rag.open_indexes()
+    stored = [i for chunk in small_store.store.scan(0) for i, _, _ in chunk][:3]
+    base = [small_store.store.event(i) for i in stored]
+    assert all(e is not None for e in base)
+
+    def record_of(i: int, packets: int, interim: bool, sensor: str = "") -> ScoredEvent:
+        ev = ScoredEvent()
+        ev.CopyFrom(base[i])  # type: ignore[arg-type]
+        ev.record.interim = interim
+        ev.record.fwd.packets = packets
+        if sensor:
+            ev.sensor_id = sensor
+        return ev
+
+    flow = base[0].record.flow_id  # type: ignore[union-attr]
+    first = rag.ingest([record_of(0, 10, True), record_of(1, 5, False)], "det")
+    assert rag.store.count() == 2
+    # Two more records of flow 0 in one batch (an interim one, then the final one).
+    rag.ingest([record_of(0, 20, True), record_of(2, 7, False), record_of(0, 30, False)], "det")
+    assert rag.store.count() == 3 == len(rag.text) == len(rag.features)
+    # Replaced: the first interim record (stored before) and the one of this batch.
+    assert rag.store.superseded == [first.start, first.stop]
+    rows = [r for r in rag.store.rows(Filters(), limit=10) if r.id >= first.stop]
+    kept = [rag.store.event(r.id) for r in rows]
+    ours = [e for e in kept if e is not None and e.record.flow_id == flow]
+    assert len(ours) == 1 and ours[0].record.fwd.packets == 30 and not ours[0].record.interim
+    # The same flow id from another sensor is another flow.
+    rag.ingest([record_of(0, 40, True, sensor="sensor-other")], "det")
+    assert rag.store.count() == 4
+    rag.save()
+    rag.close()
+    again = RagStore(tmp_path / "events.sqlite", RagConfig())
+    assert again.open_indexes() == 0 and len(again.text) == 4
+    assert again.reindex() == 4
+    again.close()
 
 
 def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:

@@ -26,8 +26,11 @@ def _rules(name: str, attacker: bytes | None) -> Counter[str]:
     fired: Counter[str] = Counter()
 
     def sink(done):  # type: ignore[no-untyped-def]
-        for src, rule in zip(done.flows.src_addr, done.scores.rule, strict=True):
-            if attacker is None or src == attacker:
+        # One count per flow, at its final record: interim records (sniffer.capture.
+        # interim_s) of the same flow come before it.
+        rows = zip(done.flows.src_addr, done.scores.rule, done.flows["interim"], strict=True)
+        for src, rule, interim in rows:
+            if not interim and (attacker is None or src == attacker):
                 fired[rule] += 1
 
     SnifferService(
@@ -54,3 +57,22 @@ def test_rule_fires_on_attack(
     fired = _rules(capture, attacker)
     total = sum(fired.values())
     assert fired[rule] >= share * total, fired
+
+
+def test_dns_tunnel_flagged_by_an_interim_record_before_it_ends() -> None:
+    """iodine's tunnel is one UDP flow that never goes idle: with interim records (default
+    interim_s 5 s) the rule fires on an interim record while the flow goes on, not only
+    when it ends (issue 18)."""
+    cfg = SnifferConfig()
+    seen: list[tuple[bool, str, int]] = []
+
+    def sink(done):  # type: ignore[no-untyped-def]
+        f = done.flows
+        rows = zip(f["interim"].tolist(), done.scores.rule, f["last_ts_ns"].tolist(), strict=True)
+        seen.extend(rows)
+
+    path = ATTACKS / "dns_tunnel" / "iodine_elastic.pcap"
+    SnifferService(PcapSource([path], cfg.capture), FlowPipeline(cfg), None, (sink,)).run()
+    final_ts = max(ts for interim, _, ts in seen if not interim)
+    flagged = [ts for interim, rule, ts in seen if interim and rule == "dns_tunnel"]
+    assert flagged and min(flagged) < final_ts, seen

@@ -123,3 +123,39 @@ def test_records_carry_the_handshake_flags() -> None:
     raw = encode_records(flows, src_verified=np.array([True, False]))
     recs = [FlowRecord.FromString(r) for r in raw]
     assert [(r.handshake_verified, r.src_verified) for r in recs] == [(True, True), (False, False)]
+
+
+def test_interim_records_count_a_flow_once_and_add_only_what_grew() -> None:
+    """A DNS flow exported as two interim records (cumulative: 10, then 20 queries) and a
+    final one (24 queries), with a SYN-only TCP flow of the same source between them: the
+    flow counts once in flows_per_s and its queries once each, so its final record's
+    context is what the same two flows give without interim records (issue 18)."""
+    from sniffer.interim import FlowHistory
+
+    interim = CONSTANTS["MLD_F_INTERIM"]
+    dns = {"protocol": 17, "dport": 53, "ts": T0}
+    parts = [
+        event(**dns, last_ts_ns=T0 + 5 * S, dns_queries=10, dns_qname_len_sum=10 * 22),
+        event(**dns, last_ts_ns=T0 + 10 * S, dns_queries=20, dns_qname_len_sum=20 * 22),
+        event(dst="198.51.100.9", ts=T0 + 11 * S, fwd_syn=1),
+        event(**dns, last_ts_ns=T0 + 12 * S, dns_queries=24, dns_qname_len_sum=24 * 22),
+    ]
+    for p in parts[:2]:
+        p["flags"] |= interim
+    flows = flow_columns(events(*parts), "x")
+    assert flows["interim"].tolist() == [True, True, False, False]
+    assert len(set(flows["flow_id"][[0, 1, 3]].tolist())) == 1
+    history = FlowHistory(max_flows=100)
+    ctx = SourceContextTracker(ContextConfig(window_s=60.0)).update(flows, history.previous(flows))
+    assert ctx["flows_per_s"].tolist() == pytest.approx([1 / 60, 1 / 60, 2 / 60, 2 / 60])
+    assert ctx["dns_query_rate"].tolist() == pytest.approx([10 / 60, 20 / 60, 20 / 60, 24 / 60])
+    assert ctx["dns_qname_mean_len"].tolist() == pytest.approx([20.0] * 4)
+    assert ctx["syn_without_ack_ratio"].tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0])
+    assert len(history) == 0, "the final record forgets the flow"
+    # The same flows without interim records: the final record's context is the same.
+    plain = _ctx(events(parts[2], parts[3]), window_s=60.0)
+    for name, col in plain.items():
+        assert ctx[name][-1] == pytest.approx(col[-1]), name
+    # Without the history every record counts as a flow of its own (the old behaviour).
+    again = _ctx(events(*parts), window_s=60.0)
+    assert again["flows_per_s"][-1] == pytest.approx(4 / 60)

@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--pin-dir", required=True)
     p.add_argument("--idle", type=float, default=30.0)
     p.add_argument("--active", type=float, default=300.0)
+    p.add_argument("--interim", type=float, default=0.0)
     p.add_argument("--sweep", type=float, default=0.2)
     p.add_argument("--mode", default="auto")
     p.add_argument("--max-flows", type=int, default=1024)
@@ -55,6 +56,7 @@ def main() -> int:
         a.iface,
         idle_timeout_s=a.idle,
         active_timeout_s=a.active,
+        interim_s=a.interim,
         max_flows=a.max_flows,
         ringbuf_pages=64,
         mode=a.mode,

@@ -9,6 +9,7 @@ the ctypes type native.structs builds from the compiler's layout of struct mld_f
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import signal
 import subprocess
@@ -148,6 +149,48 @@ def test_idle_sweep_exports_and_active_timeout_splits(netns_pair: NetnsPair, mon
         assert st["last_ts_ns"] - st["first_ts_ns"] < 1.0e9
     stats = mon.stats()
     assert stats["swept"] >= 1 and stats["flows_exported"] >= 2
+
+
+def test_interim_records_while_the_flow_goes_on(netns_pair: NetnsPair, monitors: Any) -> None:
+    """A flow that never goes idle (40 pings, 0.1 s apart) with interim_s=1: interim
+    records (MLD_F_INTERIM, cumulative counters) come out of the program while the pings
+    still run, and the final record still comes at the end, with every packet."""
+    p = netns_pair
+    mon = monitors(p.ns_b, [p.dev_b], idle=30.0, interim=1.0)
+    cmd = ["ip", "netns", "exec", p.ns_a, "ping", "-n", "-q", "-c", "40", "-i", "0.1", p.addr_b]
+    pinger = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+
+        def interim() -> list[Any]:
+            icmp = flows_between(mon.events(), p.addr_a, p.addr_b, C["MLD_PROTO_ICMP"])
+            return [e for e in icmp if e["state"]["flags"] & C["MLD_F_INTERIM"]]
+
+        wait_for(lambda: interim(), 20, "an interim record of the running ping flow")
+        assert pinger.wait(timeout=30) == 0
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait(timeout=5)
+    assert mon.stop() == 0, mon.err()
+    icmp = flows_between(mon.events(), p.addr_a, p.addr_b, C["MLD_PROTO_ICMP"])
+    *interims, final = icmp
+    assert 2 <= len(interims) <= 4, [e["state"]["dir"][0]["packets"] for e in icmp]
+    first_ts = final["state"]["first_ts_ns"]
+    packets = [e["state"]["dir"][0]["packets"] for e in interims]
+    assert packets == sorted(packets) and packets[-1] < 40, packets
+    for e in interims:
+        st = e["state"]
+        assert st["flags"] & C["MLD_F_INTERIM"] and st["end_reason"] == 0
+        assert st["first_ts_ns"] == first_ts, "an interim record is the same flow"
+        assert st["interim_ts_ns"] == st["last_ts_ns"], "cut on the packet that made it due"
+    cuts = [first_ts, *(e["state"]["interim_ts_ns"] for e in interims)]
+    assert all(b - a >= 1e9 for a, b in itertools.pairwise(cuts)), cuts
+    st = final["state"]
+    assert not st["flags"] & C["MLD_F_INTERIM"]
+    assert st["dir"][0]["packets"] == 40 and st["end_reason"] == C["MLD_END_CAPTURE_END"]
+    stats = mon.stats()
+    assert stats["interim_exported"] == len(interims)
+    assert stats["evicted_estimate"] == 0, "interim records are not counted as ended flows"
 
 
 def test_router_merges_directions_fin_and_rst(netns_router: NetnsRouter, monitors: Any) -> None:
