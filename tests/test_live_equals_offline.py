@@ -265,11 +265,14 @@ def test_live_flows_equal_offline_flows(netns_router: NetnsRouter, tmp_path: Pat
     }
     # TCP v4+v6 (clean close + refused), UDP v4+v6, ICMP echo v4+v6, the later
     # fragments of the large UDP datagrams (ports 0) v4+v6, the long UDP flows v4+v6 and
-    # their two interim records each.
-    assert len(off_ab) == 16, json.dumps(summary)
+    # their two interim records each. On a loaded machine another flow may last past
+    # interim_s too and get an interim record: both sides then have it (compared below).
     interim = native.CONSTANTS["MLD_F_INTERIM"]
-    assert sum(1 for e in off_ab if int(e["flags"]) & interim) == 4
-    assert sum(1 for e in live_ab if int(e["flags"]) & interim) == 4
+    finals = [e for e in off_ab if not int(e["flags"]) & interim]
+    assert len(finals) == 12, json.dumps(summary)
+    n_interim = sum(1 for e in off_ab if int(e["flags"]) & interim)
+    assert n_interim >= 4, json.dumps(summary)
+    assert sum(1 for e in live_ab if int(e["flags"]) & interim) == n_interim
     # 3000 + 40 bytes over a 1500-byte MTU: 3 fragments each way; the first of each in the
     # UDP flow, the other two in the ports-0 flow; none tiny, none overlapping.
     frags = sorted((int(e["frag_count"]), int(e["port_lo"] or e["port_hi"])) for e in off_ab)
