@@ -93,7 +93,10 @@ class RagStore:
         """Load the saved indexes and add the events they miss; returns how many."""
         with file_lock(self._lock_path, shared=True, optional=True):
             upto = int(self.store.meta("indexed_upto") or 0)
-            loaded = self.features.load() and self.text.load()
+            # A reader maps the saved lists rather than reading them into its heap,
+            # unless it has events to add to them (a writer that has not saved yet).
+            mapped = self.readonly and self.store.max_id() <= upto
+            loaded = self.features.load(mapped=mapped) and self.text.load(mapped=mapped)
         if not loaded:
             self.features.reset()
             self.text.reset()

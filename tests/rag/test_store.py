@@ -245,3 +245,35 @@ def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> 
     finally:
         gate.set()
         rag.close()
+
+
+def test_a_reader_maps_the_saved_indexes(tmp_path: Path) -> None:
+    """A reader (``mld rag ask``, the console) memory-maps the saved indexes instead of
+    reading them into its heap, and finds the same events; one that has events to add
+    (a writer has not saved them yet) reads them into memory and adds them."""
+    path = tmp_path / "events.sqlite"
+    for threshold in (500, 20000):  # IVF,SQ8 and flat
+        cfg = RagConfig(ivf_threshold=threshold)
+        writer = build_store(path, cfg) if not path.exists() else RagStore(path, cfg)
+        writer.open_indexes()
+        writer.reindex()  # saved, as the running store saves them
+        query = parse("https", NOW)
+        want = [r.id for r in retrieve(writer.store, writer.text, query, 5).rows]
+        reader = RagStore(path, cfg, readonly=True)
+        try:
+            assert reader.open_indexes() == 0
+            assert reader.text.mapped and reader.features.mapped
+            assert reader.text.kind == ("ivf" if threshold == 500 else "flat")
+            assert [r.id for r in retrieve(reader.store, reader.text, query, 5).rows] == want
+        finally:
+            reader.close()
+        # Events the saved indexes lack: the reader loads them unmapped and adds them.
+        late = [e for e in (writer.store.event(i) for i in range(1, 21)) if e is not None]
+        writer.store.add(late, "det-late", ["late event"] * len(late))
+        reader = RagStore(path, cfg, readonly=True)
+        try:
+            assert reader.open_indexes() == len(late)
+            assert not reader.text.mapped and len(reader.text) == reader.store.count()
+        finally:
+            reader.close()
+        writer.close()
