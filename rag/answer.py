@@ -165,9 +165,10 @@ def _draft_blocks(r: Retrieval) -> str:
     )
     if b.ask == "now":
         if not b.active:
-            last = b.unblocked[-1:] if b.unblocked else []
-            tail = f" The last unblock: {last[0].network} at {_hm(last[0].ts)} ({last[0].reason})."
-            return now + (tail if last else "")
+            if not b.unblocked:
+                return now
+            last = b.unblocked[-1]
+            return f"{now} The last unblock: {last.network} at {_hm(last.ts)} ({last.reason})."
         reasons = _some([f"{a.network}: {a.reason}" for a in b.active], sep="; ")
         return f"{now} Why: {reasons}.{see}"
     if b.ask == "why":
