@@ -179,6 +179,15 @@ class RagStore:
             self._retrain = _Retrain(self, self._indexed_upto)
             self._retrain.start()
 
+    def swap_retrained(self) -> bool:
+        """Swap in the indexes a background training finished (the running store calls
+        it between batches, so an idle store does not hold both for long); True if it
+        did."""
+        if self._retrain is not None and self._retrain.done.is_set():
+            self._swap_retrained()
+            return True
+        return False
+
     @property
     def retraining(self) -> bool:
         """True while indexes are being trained again in the background."""

@@ -233,7 +233,9 @@ def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> 
         rag.cfg = dataclasses.replace(rag.cfg, retention_days=0, max_events=keep)
         assert rag.prune() == 100
         gate.set()
-        assert rag.wait_retrained(120)
+        job = rag._retrain
+        assert job is not None and job.done.wait(120)
+        assert rag.swap_retrained()  # what the running store does between batches
         assert not rag.retraining and rag.text is not old_text and rag.text.is_ivf
         db_ids = sorted(i for chunk in rag.store.scan(0) for i, _, _ in chunk)
         assert len(db_ids) == keep
