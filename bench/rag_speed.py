@@ -246,13 +246,29 @@ class Parts:
 
 
 def instrument(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
-    """Time the steps of ``rag.ingest`` and keep a copy of every text vector added."""
+    """Time the steps of ``rag.ingest`` and keep a copy of every text vector added. The
+    indexes trained again in the background replace ``rag.text`` and ``rag.features``:
+    they are instrumented when swapped in (every vector they hold went through the old
+    ones' ``add`` first). The training thread's feature matrices and embeddings count
+    in their parts too (it runs beside ingest, so the parts add up to more than the wall
+    time while it runs)."""
     rag.store.add = parts.wrap("sqlite rows+insert", rag.store.add)  # type: ignore[method-assign]
     rag.scaler = parts.wrap("feature matrix", rag.scaler)  # type: ignore[assignment]
-    rag.features._to_ivf = parts.wrap("ivf rebuild", rag.features._to_ivf)  # type: ignore[method-assign]
-    rag.text._to_ivf = parts.wrap("ivf rebuild", rag.text._to_ivf)  # type: ignore[method-assign]
+    _instrument_indexes(rag, parts, text_vectors)
+    swap = rag._swap_retrained
+
+    def swapped() -> None:
+        swap()
+        _instrument_indexes(rag, parts, text_vectors)
+
+    rag._swap_retrained = swapped  # type: ignore[method-assign]
     # ingest calls it once per write_batch; restored by the caller (``uninstrument``).
     setattr(rag_indexed_store, "embed_texts", parts.wrap("text embedding", _EMBED_TEXTS))  # noqa: B010
+
+
+def _instrument_indexes(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
+    rag.features._to_ivf = parts.wrap("ivf rebuild", rag.features._to_ivf)  # type: ignore[method-assign]
+    rag.text._to_ivf = parts.wrap("ivf rebuild", rag.text._to_ivf)  # type: ignore[method-assign]
     _timed_add(rag.features.add, parts, None, rag.features)
     _timed_add(rag.text.add, parts, text_vectors, rag.text)
 

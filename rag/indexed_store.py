@@ -16,6 +16,7 @@ a lock file beside the database so two writers never interleave their index file
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -85,12 +86,17 @@ class RagStore:
         # Every event id up to this one is in the in-memory indexes (None: not known yet,
         # before open_indexes or reindex on a store that was not empty).
         self._indexed_upto: int | None = None if self.store.max_id() else 0
+        # Training again in the background (ingest goes on into the current indexes).
+        self._retrain: _Retrain | None = None
 
     def open_indexes(self) -> int:
         """Load the saved indexes and add the events they miss; returns how many."""
         with file_lock(self._lock_path, shared=True, optional=True):
             upto = int(self.store.meta("indexed_upto") or 0)
-            loaded = self.features.load() and self.text.load()
+            # A reader maps the saved lists rather than reading them into its heap,
+            # unless it has events to add to them (a writer that has not saved yet).
+            mapped = self.readonly and self.store.max_id() <= upto
+            loaded = self.features.load(mapped=mapped) and self.text.load(mapped=mapped)
         if not loaded:
             self.features.reset()
             self.text.reset()
@@ -160,16 +166,77 @@ class RagStore:
                 if self._indexed_upto is not None:
                     self._indexed_upto = got.stop - 1
             ids = range(ids.start if len(ids) else got.start, got.stop)
-        if self.text.needs_retraining or self.features.needs_retraining:
-            started = time.perf_counter()
-            self.reindex()
-            give_back_freed_memory()
-            log.info(
-                "indexes trained again at %d events in %.1f s",
-                len(self.text),
-                time.perf_counter() - started,
-            )
+        self._retrain_if_due()
         return ids
+
+    def _retrain_if_due(self) -> None:
+        """Swap in indexes trained in the background once they are ready; start training
+        when an index has grown four times past what it was trained on."""
+        if self._retrain is not None:
+            if self._retrain.done.is_set():
+                self._swap_retrained()
+            return
+        if self.readonly or self._indexed_upto is None:
+            return
+        if self.text.needs_retraining or self.features.needs_retraining:
+            self._retrain = _Retrain(self, self._indexed_upto)
+            self._retrain.start()
+
+    def swap_retrained(self) -> bool:
+        """Swap in the indexes a background training finished (the running store calls
+        it between batches, so an idle store does not hold both for long); True if it
+        did."""
+        if self._retrain is not None and self._retrain.done.is_set():
+            self._swap_retrained()
+            return True
+        return False
+
+    @property
+    def retraining(self) -> bool:
+        """True while indexes are being trained again in the background."""
+        return self._retrain is not None
+
+    def wait_retrained(self, timeout: float | None = None) -> bool:
+        """Wait for a background training to finish and swap its indexes in; False if it
+        is still running after ``timeout`` seconds."""
+        job = self._retrain
+        if job is None:
+            return True
+        if not job.done.wait(timeout):
+            return False
+        self._swap_retrained()
+        return True
+
+    def _swap_retrained(self) -> None:
+        job = self._retrain
+        assert job is not None and job.done.is_set()
+        self._retrain = None
+        job.join()
+        if job.error is not None:
+            log.warning(
+                "training the indexes again failed (%s): keeping the current ones", job.error
+            )
+            return
+        assert job.features is not None and job.text is not None
+        # The new indexes hold the events up to the snapshot; add what was ingested since
+        # (read back from SQLite) and drop what retention deleted meanwhile.
+        features, text = job.features, job.text
+        upto = self._indexed_upto if self._indexed_upto is not None else job.upto
+        for chunk in self.store.scan(job.upto, until_id=upto):
+            ids, f_vectors, t_vectors = self._vectors(chunk)
+            features.add(ids, f_vectors)
+            text.add(ids, t_vectors)
+        if job.removed:
+            features.remove(job.removed)
+            text.remove(job.removed)
+        features.dirty = text.dirty = len(text)
+        self.features, self.text = features, text
+        give_back_freed_memory()
+        log.info(
+            "indexes trained again in the background at %d events in %.1f s",
+            job.upto_count,
+            job.seconds,
+        )
 
     def prune(self, now: float | None = None) -> int:
         """Apply ``retention_days`` and ``max_events``: delete the events past them and
@@ -183,6 +250,8 @@ class RagStore:
         if ids:
             self.features.remove(ids)
             self.text.remove(ids)
+            if self._retrain is not None:
+                self._retrain.removed.extend(ids)
             self.save()
             log.info(
                 "deleted %d events past rag.retention_days=%g / rag.max_events=%d",
@@ -234,4 +303,71 @@ class RagStore:
         return done
 
     def close(self) -> None:
+        if self._retrain is not None:
+            self._retrain.stop.set()
+            self._retrain.join()
+            self._retrain = None
         self.store.close()
+
+
+class _Retrain(threading.Thread):
+    """Builds new indexes from the events up to ``upto`` (read from SQLite on this
+    thread's own connection) while the ingest thread keeps adding to the current ones.
+    FAISS's training and adding release the GIL; describing and parsing the events do
+    not, so ingest slows meanwhile but never waits for the whole training."""
+
+    def __init__(self, owner: RagStore, upto: int) -> None:
+        super().__init__(name="rag-retrain", daemon=True)
+        self.path = owner.store.path
+        self.owner_features = owner.features
+        self.owner_text = owner.text
+        self.vectors = owner._vectors
+        self.upto = upto
+        self.upto_count = 0
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.removed: list[int] = []  # deleted by retention meanwhile (from the ingest thread)
+        self.features: VectorIndex | None = None
+        self.text: VectorIndex | None = None
+        self.error: Exception | None = None
+        self.seconds = 0.0
+
+    def _like(self, index: VectorIndex) -> VectorIndex:
+        return VectorIndex(
+            index.path,
+            index.dim,
+            inner_product=index.inner_product,
+            ivf_threshold=index.ivf_threshold,
+            nprobe=index.nprobe,
+        )
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            store = EventStore(self.path, readonly=True)
+            try:
+                ids: list[np.ndarray] = []
+                features: list[np.ndarray] = []
+                texts: list[np.ndarray] = []
+                for chunk in store.scan(0, until_id=self.upto):
+                    if self.stop.is_set():
+                        return
+                    chunk_ids, chunk_features, chunk_texts = self.vectors(chunk)
+                    ids.append(chunk_ids)
+                    features.append(chunk_features)
+                    texts.append(chunk_texts)
+            finally:
+                store.close()
+            all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+            self.upto_count = len(all_ids)
+            new_features, new_text = self._like(self.owner_features), self._like(self.owner_text)
+            new_features.build(
+                all_ids, np.vstack(features) if features else np.zeros((0, 0), np.float32)
+            )
+            new_text.build(all_ids, np.vstack(texts) if texts else np.zeros((0, 0), np.float32))
+            self.features, self.text = new_features, new_text
+        except Exception as exc:  # reported by the ingest thread, which keeps the old ones
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - started
+            self.done.set()

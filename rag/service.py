@@ -63,6 +63,7 @@ class RagService:
             self.counters["events"] += len(batch.events)
             if self._unsaved_since is None:
                 self._unsaved_since = time.monotonic()
+        self.rag.swap_retrained()
         # Decisions are few (one batch per firewall turn that decided something): read
         # whatever is waiting, without waiting.
         while self.blocks is not None and (decided := self.blocks.recv(timeout_ms=0)):

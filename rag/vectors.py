@@ -83,6 +83,7 @@ class VectorIndex:
         self.index: faiss.Index = self._flat()
         self.dirty = 0  # vectors added since the last save
         self.trained_on = 0  # vectors the IVF index was trained with
+        self.mapped = False  # lists memory-mapped from the file, read-only (load)
 
     def _flat(self) -> faiss.Index:
         flat = faiss.IndexFlatIP(self.dim) if self.inner_product else faiss.IndexFlatL2(self.dim)
@@ -110,13 +111,18 @@ class VectorIndex:
             per_vector = self.dim * 4 + 8
         return len(self) * per_vector
 
-    def load(self) -> bool:
+    def load(self, *, mapped: bool = False) -> bool:
         """Read the saved index; False (and an empty index) if there is none or it is
-        unreadable (it is then rebuilt from the database)."""
+        unreadable (it is then rebuilt from the database). ``mapped``: an IVF index's
+        lists are memory-mapped read-only from the file instead of read into the heap (a
+        reader's question touches only the ``nprobe`` lists it probes: loading the 100k
+        text index took 0.9 ms and 2 MB against 20 ms and 27 MB); such an index cannot be
+        added to (``writable`` False)."""
         if not self.path.exists():
             return False
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0
         try:
-            index = faiss.read_index(str(self.path))
+            index = faiss.read_index(str(self.path), flags)
         except RuntimeError as exc:
             log.warning("cannot read %s (%s): rebuilding it from the database", self.path, exc)
             return False
@@ -124,6 +130,7 @@ class VectorIndex:
             log.warning("%s has %d dims, expected %d: rebuilding it", self.path, index.d, self.dim)
             return False
         self.index = index
+        self.mapped = mapped
         inner = faiss.downcast_index(index)
         # Not saved with the index: assume it was trained on what it holds.
         self.trained_on = int(index.ntotal) if isinstance(inner, faiss.IndexIVF) else 0
@@ -141,11 +148,14 @@ class VectorIndex:
 
     def reset(self) -> None:
         self.index = self._flat()
+        self.mapped = False
         self.dirty = 0
 
     def add(self, ids: Sequence[int] | npt.NDArray[np.int64], vectors: F32) -> None:
         if len(ids) == 0:
             return
+        if self.mapped:
+            raise RagError(f"{self.path} is memory-mapped read-only: load it unmapped to add")
         self.index.add_with_ids(
             np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
         )
@@ -158,6 +168,8 @@ class VectorIndex:
         """Drop the vectors of ``ids`` (those it holds); returns how many went."""
         if len(ids) == 0:
             return 0
+        if self.mapped:
+            raise RagError(f"{self.path} is memory-mapped read-only: load it unmapped to remove")
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
         removed = int(self.index.remove_ids(selector))
         self.dirty += removed
@@ -198,6 +210,7 @@ class VectorIndex:
         ivf.train(sample)
         ivf.add_with_ids(vectors, ids)
         self.index = ivf
+        self.mapped = False
         self.trained_on = n
         self._set_nprobe()
         self.dirty = n

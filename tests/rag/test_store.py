@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,8 @@ def test_the_store_keeps_the_latest_record_of_a_flow(small_store: RagStore, tmp_
 def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:
     rag = build_store(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
     try:
+        # Trained again in the background: wait for it (ingest did not).
+        assert rag.wait_retrained(120)
         total = rag.store.count()
         # IVF at 200 events, trained again (from the database) at 800.
         assert rag.text.is_ivf and 800 <= rag.text.trained_on <= total
@@ -218,3 +222,105 @@ def test_two_writing_processes_share_one_store_and_its_indexes(
         assert len(reader.features) == 400
     finally:
         reader.close()
+
+
+def _ids_held(index: Any) -> list[int]:
+    """Every id an IVF index holds (duplicates kept), read from its inverted lists."""
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    out: list[int] = []
+    for n in range(ivf.nlist):
+        size = lists.list_size(n)
+        if size:
+            out += faiss.rev_swig_ptr(lists.get_ids(n), size).tolist()
+    return out
+
+
+def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> None:
+    """Before, an index that had grown four times past its training was trained again
+    inside ``ingest``: every vector read back, described and embedded again, then the IVF
+    trained, while no batch was stored (seconds at 100k events, a minute at 1M). Now it is
+    trained in a thread: here that thread is held at its start until the test lets it go,
+    and ingest and retention go on meanwhile; the indexes swapped in then hold exactly
+    the events in the database (those ingested meanwhile added, those pruned dropped)."""
+    import rag.indexed_store as indexed_store
+
+    gate = threading.Event()
+    started = threading.Event()
+    run = indexed_store._Retrain.run
+
+    def held(self: Any) -> None:
+        started.set()
+        assert gate.wait(120), "the test never let the training go"
+        run(self)
+
+    monkeypatch.setattr(indexed_store._Retrain, "run", held)
+    source = build_store(tmp_path / "source.sqlite")
+    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
+    source.close()
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
+    rag.open_indexes()
+    try:
+        # Batches of 50 as they arrive: IVF at 200 events, trained again at 800.
+        batches = [events[n : n + 50] for n in range(0, len(events), 50)]
+        while not rag.retraining:
+            rag.ingest(batches.pop(0), "det-test")
+        assert started.wait(60) and rag.store.count() == 800
+        old_text = rag.text
+        # Ingest goes on while the training is held: these return without it.
+        for batch in batches:
+            rag.ingest(batch, "det-late")
+        assert rag.store.count() == len(events)
+        assert rag.retraining and rag.text is old_text and not gate.is_set()
+        # Retention meanwhile: the oldest 100 go, from the current indexes and (at the
+        # swap) from the new ones, which the thread builds from the rows before it.
+        keep = rag.store.count() - 100
+        rag.cfg = dataclasses.replace(rag.cfg, retention_days=0, max_events=keep)
+        assert rag.prune() == 100
+        gate.set()
+        job = rag._retrain
+        assert job is not None and job.done.wait(120)
+        assert rag.swap_retrained()  # what the running store does between batches
+        assert not rag.retraining and rag.text is not old_text and rag.text.is_ivf
+        db_ids = sorted(i for chunk in rag.store.scan(0) for i, _, _ in chunk)
+        assert len(db_ids) == keep
+        assert sorted(_ids_held(rag.text.index)) == db_ids == sorted(_ids_held(rag.features.index))
+        # Trained on the snapshot's 800 less the 100 pruned before the thread read them.
+        assert rag.text.trained_on == 700
+        r = retrieve(rag.store, rag.text, parse("https", NOW), 5)
+        assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
+    finally:
+        gate.set()
+        rag.close()
+
+
+def test_a_reader_maps_the_saved_indexes(tmp_path: Path) -> None:
+    """A reader (``mld rag ask``, the console) memory-maps the saved indexes instead of
+    reading them into its heap, and finds the same events; one that has events to add
+    (a writer has not saved them yet) reads them into memory and adds them."""
+    path = tmp_path / "events.sqlite"
+    for threshold in (500, 20000):  # IVF,SQ8 and flat
+        cfg = RagConfig(ivf_threshold=threshold)
+        writer = build_store(path, cfg) if not path.exists() else RagStore(path, cfg)
+        writer.open_indexes()
+        writer.reindex()  # saved, as the running store saves them
+        query = parse("https", NOW)
+        want = [r.id for r in retrieve(writer.store, writer.text, query, 5).rows]
+        reader = RagStore(path, cfg, readonly=True)
+        try:
+            assert reader.open_indexes() == 0
+            assert reader.text.mapped and reader.features.mapped
+            assert reader.text.kind == ("ivf" if threshold == 500 else "flat")
+            assert [r.id for r in retrieve(reader.store, reader.text, query, 5).rows] == want
+        finally:
+            reader.close()
+        # Events the saved indexes lack: the reader loads them unmapped and adds them.
+        late = [e for e in (writer.store.event(i) for i in range(1, 21)) if e is not None]
+        writer.store.add(late, "det-late", ["late event"] * len(late))
+        reader = RagStore(path, cfg, readonly=True)
+        try:
+            assert reader.open_indexes() == len(late)
+            assert not reader.text.mapped and len(reader.text) == reader.store.count()
+        finally:
+            reader.close()
+        writer.close()
