@@ -42,9 +42,12 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -67,11 +70,12 @@ from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
 from detector.eve import EveWriter
-from detector.features import scorer_inputs
+from detector.features import columns_from_packed, feature_matrix, scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
 from detector.verdicts import add_scored_events, build_verdicts
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
+from proto.flowpack import PackedFormatError, to_records, unpack_batch
 
 __all__ = ["DetectorService"]
 
@@ -397,13 +401,28 @@ class DetectorService(FollowsControl):
         start = time.perf_counter()
         sensor = self.sensor_name(batch, peer_id)
         self._swap_if_ready()
-        records = batch.records
-        n = len(records)
+        records: Sequence[FlowRecord] = batch.records
+        rows: npt.NDArray[np.void] | None = None
+        strings: list[str] = []
+        if batch.packed_layout or batch.packed_records:
+            try:
+                if len(records):
+                    raise PackedFormatError("both packed and repeated records in one batch")
+                rows, strings = unpack_batch(batch)
+            except PackedFormatError as exc:
+                self._refuse_packed(peer_id, exc)
+                return
+        n = len(rows) if rows is not None else len(records)
         self.counters["batches_in"] += 1
         self.counters["records_in"] += n
         if n == 0:
             return
-        x, fast, rules = scorer_inputs(records)
+        if rows is not None:
+            x = feature_matrix(columns_from_packed(rows))
+            fast = rows["fast_score"]
+            rules = np.asarray(strings, dtype=object)[rows["fast_rule"]].tolist()
+        else:
+            x, fast, rules = scorer_inputs(records)
         t0 = time.perf_counter()
         scores = self.scorer.score(x, fast, rules)
         took_score = time.perf_counter() - t0
@@ -411,13 +430,24 @@ class DetectorService(FollowsControl):
         self.score_hist.observe(took_score / n)
         first = self._next_id
         self._next_id += n
-        ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
-        verdicts = build_verdicts(scores, records, sensor, ids, time.time_ns())
+        # Verdicts (and FlowRecords of packed rows) only for what something reads: every
+        # record when scored events or EVE are written, else the MALICIOUS ones.
+        every = self.event_sender is not None or self.eve is not None
+        pick = None if every else np.flatnonzero(scores.label == LABEL_MALICIOUS)
+        if rows is not None:
+            records = to_records(rows if pick is None else rows[pick], strings)
+        elif pick is not None:
+            records = [records[i] for i in pick.tolist()]
+        numbers = range(first, first + n) if pick is None else (first + pick).tolist()
+        ids = [f"{self._id_prefix}{i}" for i in numbers]
+        picked = scores if pick is None else scores.take(pick)
+        verdicts = build_verdicts(picked, records, sensor, ids, time.time_ns())
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor)
-        labels = scores.label.tolist()
-        for label, count in Counter(labels).items():
+        label_arr = scores.label
+        for label, count in Counter(label_arr.tolist()).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
+        labels = picked.label.tolist()
         malicious = [v for v, label in zip(verdicts, labels, strict=True)
                      if label == LABEL_MALICIOUS]  # fmt: skip
         if malicious:
@@ -438,6 +468,20 @@ class DetectorService(FollowsControl):
         self.inference_hist.observe(took)
         self.handle_s += took
         self.max_handle_s = max(self.max_handle_s, took)
+
+    def _refuse_packed(self, peer_id: str, exc: PackedFormatError) -> None:
+        """A batch whose packed records this version cannot read: counted, logged."""
+        self.counters["batches_refused_packed"] += 1
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + _DROP_LOG_INTERVAL_S
+            log.warning(
+                "refused a flow batch from %s: %s (is the sniffer a different version? "
+                "%d refused so far)",
+                peer_id,
+                exc,
+                self.counters["batches_refused_packed"],
+            )
 
     def _send(
         self, sender: OutputSender, message: VerdictBatch | EventBatch, what: str, n: int
@@ -484,6 +528,8 @@ class DetectorService(FollowsControl):
             "verdicts_out": 0,
             "events_out": 0,
             "reloads": 0,
+            "batches_refused_packed": 0,
+            "verdicts_dropped": 0,
         }
         out.update(sorted(self.counters.items()))
         rc = self.receiver.counters

@@ -1,0 +1,144 @@
+"""The packed form of FlowRecords (proto/flowpack.py): the same records and features as
+the repeated-message form, from real captures (IPv4 and IPv6, TCP, UDP, ICMP, DNS), and
+the publisher cutting packed rows into batches with one string table each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from config import load_config
+from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
+from detector.features import columns_from_packed, columns_from_records, feature_matrix
+from proto.events_pb2 import FlowBatch, FlowRecord
+from proto.flowpack import (
+    PACKED_DTYPE,
+    PackedFormatError,
+    batch_records,
+    pack_batch,
+    to_records,
+    unpack_batch,
+)
+from sniffer.config import PublishConfig
+from sniffer.pipeline import FlowPipeline
+from sniffer.publisher import FlowPublisher
+from sniffer.records import PackedFlows
+from sniffer.sources import PcapSource
+from tests.support import SHARED_DATA, FakeClock
+
+CAPTURES = [
+    SHARED_DATA / "pcaps/ndpi/dns-exf.pcap",
+    SHARED_DATA / "pcaps/ndpi/http_ipv6.pcap",
+    SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap",
+    SHARED_DATA / "pcaps/ndpi/reddit.pcap",
+    SHARED_DATA / "pcaps/suricata-verify/bug-4663-03__icmp_and_ssh.pcap",
+]
+
+
+def _processed(path: Path) -> list[tuple[list[bytes], np.ndarray, list[str]]]:
+    """Per event array of the capture: serialized records, packed rows and strings."""
+    if not path.exists():
+        pytest.skip(f"{path} is not in the shared data")
+    scfg = load_config().sniffer
+    source = PcapSource([path], scfg.capture)
+    pipeline = FlowPipeline(scfg)
+    out = []
+    for events, obs in [*source.batches(), *source.flush()]:
+        if len(events):
+            done = pipeline.process(events, obs, pack=True)
+            assert done.packed is not None
+            out.append((done.records, done.packed.rows, done.packed.strings))
+    return out
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+def test_packed_rows_hold_the_records_and_give_the_same_features(path: Path) -> None:
+    parts = _processed(path)
+    assert parts
+    for records, rows, strings in parts:
+        payload = pack_batch(FlowBatch(sensor_id="s"), rows, strings)
+        back, back_strings = unpack_batch(FlowBatch.FromString(payload))
+        decoded = [FlowRecord.FromString(r) for r in records]
+        # Every field, src_context and booleans included, exactly as the message has it.
+        assert to_records(back, back_strings) == decoded
+        np.testing.assert_array_equal(
+            feature_matrix(columns_from_packed(back)),
+            feature_matrix(columns_from_records(decoded)),
+        )
+
+
+def test_packed_rows_of_another_layout_or_size_are_refused() -> None:
+    rows = np.zeros(2, dtype=PACKED_DTYPE)
+    good = FlowBatch.FromString(pack_batch(FlowBatch(), rows, [""]))
+    assert len(batch_records(good)) == 2
+    other = FlowBatch.FromString(good.SerializeToString())
+    other.packed_layout = 2
+    with pytest.raises(PackedFormatError, match="layout 2"):
+        unpack_batch(other)
+    cut = FlowBatch.FromString(good.SerializeToString())
+    cut.packed_records = cut.packed_records[:-1]
+    with pytest.raises(PackedFormatError, match="whole number"):
+        unpack_batch(cut)
+    bad_index = rows.copy()
+    bad_index["fast_rule"] = 5
+    with pytest.raises(PackedFormatError, match="string 5"):
+        unpack_batch(FlowBatch.FromString(pack_batch(FlowBatch(), bad_index, [""])))
+
+
+def test_publisher_cuts_packed_rows_into_batches_with_one_string_table() -> None:
+    parts = _processed(SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap")
+    parts += _processed(SHARED_DATA / "pcaps/ndpi/dns-exf.pcap")
+    expected = [FlowRecord.FromString(r) for records, _, _ in parts for r in records]
+    sensor, detector = KeyPair.generate(), KeyPair.generate()
+    s_ring = Keyring(sensor, grace_s=60)
+    s_ring.add_peer("detector", detector.public)
+    r_ring = Keyring(detector, grace_s=60)
+    r_ring.add_peer("sensor-1", sensor.public, roles=["sniffer"])
+    settings = TransportConfig(batch_records=7, batch_max_delay_s=0.5)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    clock = FakeClock()
+    receiver = Receiver(
+        pattern="pull",
+        endpoint="tcp://127.0.0.1:*",
+        channel="flows",
+        keyring=r_ring,
+        message_type=FlowBatch,
+        settings=settings,
+        context=ctx,
+    )
+    endpoint = receiver._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    publisher = FlowPublisher(
+        publish=PublishConfig(endpoint=endpoint, recipients=("detector",)),
+        transport=settings,
+        keyring=s_ring,
+        sensor_id="sensor-1",
+        clock=clock,
+    )
+
+    try:
+        for _, rows, strings in parts:
+            publisher.add_packed(PackedFlows(rows, strings))
+        queued = publisher.stats()["records_queued"]
+        assert queued == len(expected) % 7
+        clock.advance(1.0)
+        publisher.poll()  # the partial batch has waited long enough
+        got: list[FlowRecord] = []
+        seqs = []
+        while len(got) < len(expected):
+            batch = receiver.recv(timeout_ms=5000)
+            assert batch is not None
+            assert not batch.message.records and batch.message.packed_layout == 1
+            assert len(batch.message.packed_strings) <= 8
+            got += batch_records(batch.message)
+            seqs.append(batch.message.batch_seq)
+        assert got == expected  # rules and observation points remapped per batch
+        assert seqs == list(range(-(-len(expected) // 7)))
+        assert publisher.stats()["records_sent"] == len(expected)
+        assert publisher.stats()["records_queued"] == 0
+    finally:
+        publisher.sender.close()
+        receiver.close()
+        ctx.term()
