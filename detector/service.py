@@ -73,9 +73,9 @@ from detector.eve import EveWriter
 from detector.features import columns_from_packed, feature_matrix, scorer_inputs
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
-from detector.verdicts import add_scored_events, build_verdicts
+from detector.verdicts import FlowIdentity, add_scored_events, build_verdicts
 from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
-from proto.flowpack import PackedFormatError, to_records, unpack_batch
+from proto.flowpack import PackedFormatError, flow_keys, to_records, unpack_batch
 
 __all__ = ["DetectorService"]
 
@@ -434,14 +434,19 @@ class DetectorService(FollowsControl):
         # record when scored events or EVE are written, else the MALICIOUS ones.
         every = self.event_sender is not None or self.eve is not None
         pick = None if every else np.flatnonzero(scores.label == LABEL_MALICIOUS)
+        judged: Sequence[FlowIdentity] = records
         if rows is not None:
-            records = to_records(rows if pick is None else rows[pick], strings)
+            # Whole FlowRecords only for events and EVE; a verdict needs the flow's key.
+            if pick is None:
+                judged = records = to_records(rows, strings)
+            else:
+                judged = flow_keys(rows[pick])
         elif pick is not None:
-            records = [records[i] for i in pick.tolist()]
+            judged = [records[i] for i in pick.tolist()]
         numbers = range(first, first + n) if pick is None else (first + pick).tolist()
         ids = [f"{self._id_prefix}{i}" for i in numbers]
         picked = scores if pick is None else scores.take(pick)
-        verdicts = build_verdicts(picked, records, sensor, ids, time.time_ns())
+        verdicts = build_verdicts(picked, judged, sensor, ids, time.time_ns())
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor)
         label_arr = scores.label
@@ -530,6 +535,7 @@ class DetectorService(FollowsControl):
             "reloads": 0,
             "batches_refused_packed": 0,
             "verdicts_dropped": 0,
+            "events_dropped": 0,
         }
         out.update(sorted(self.counters.items()))
         rc = self.receiver.counters

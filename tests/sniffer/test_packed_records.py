@@ -13,11 +13,13 @@ import zmq
 from config import load_config
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from detector.features import columns_from_packed, columns_from_records, feature_matrix
+from detector.verdicts import flow_ref
 from proto.events_pb2 import FlowBatch, FlowRecord
 from proto.flowpack import (
     PACKED_DTYPE,
     PackedFormatError,
     batch_records,
+    flow_keys,
     pack_batch,
     to_records,
     unpack_batch,
@@ -68,6 +70,24 @@ def test_packed_rows_hold_the_records_and_give_the_same_features(path: Path) -> 
             feature_matrix(columns_from_packed(back)),
             feature_matrix(columns_from_records(decoded)),
         )
+        # What a verdict names when only verdicts are built (no events, no EVE).
+        keys = flow_keys(back)
+        assert [flow_ref(k, "s") for k in keys] == [flow_ref(r, "s") for r in decoded]
+        assert [k.src_verified for k in keys] == [r.src_verified for r in decoded]
+
+
+def test_flow_keys_keep_addresses_that_end_in_zero_bytes() -> None:
+    rows = np.zeros(3, dtype=PACKED_DTYPE)
+    rows["ip_version"] = [4, 6, 4]
+    rows["src_addr"][0, :4] = [10, 0, 0, 0]
+    rows["src_addr"][2, :4] = [0, 0, 0, 0]
+    rows["dst_addr"][1, :2] = [0x20, 0x01]
+    rows["flags"] = [2, 0, 3]
+    keys = flow_keys(rows)
+    assert [k.src_addr for k in keys] == [bytes([10, 0, 0, 0]), bytes(16), bytes(4)]
+    assert keys[1].dst_addr == b"\x20\x01" + bytes(14)
+    assert [k.src_verified for k in keys] == [True, False, True]
+    assert to_records(rows, [""])[0].src_addr == bytes([10, 0, 0, 0])
 
 
 def test_packed_rows_of_another_layout_or_size_are_refused() -> None:
