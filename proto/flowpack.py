@@ -105,6 +105,7 @@ PACKED_DTYPE = np.dtype(
 )
 
 Packed = npt.NDArray[np.void]
+_INT32_MAX = 2**31 - 1
 
 
 class PackedFormatError(ValueError):
@@ -138,8 +139,12 @@ def unpack_batch(batch: FlowBatch) -> tuple[Packed, list[str]]:
     rows = np.frombuffer(raw, dtype=PACKED_DTYPE)
     strings = list(batch.packed_strings)
     if len(rows):
+        # FlowRecord.end_reason is an enum, an int32 on the wire: a row beyond it could
+        # not become a record (to_records would raise in the middle of a batch).
+        if int(rows["end_reason"].max()) > _INT32_MAX:
+            raise PackedFormatError("a packed record's end_reason is beyond an enum's range")
         top = max(int(rows["fast_rule"].max()), int(rows["observation_point"].max()))
-        if top >= max(len(strings), 1) or (top and not strings):
+        if top >= len(strings):
             raise PackedFormatError(
                 f"a packed record names string {top}; the batch has {len(strings)}"
             )

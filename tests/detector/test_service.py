@@ -34,6 +34,7 @@ from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
 from proto.events_pb2 import LABEL_MALICIOUS, FlowBatch
+from proto.flowpack import PACKED_DTYPE, pack_batch
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -245,6 +246,11 @@ def test_packed_batches_are_scored_as_the_repeated_records_are(
 def test_packed_rows_of_an_unknown_layout_are_refused_counted_and_serving_goes_on(
     harness: Harness, records: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The attack: a peer holding a sniffer's key sends packed batches this detector cannot
+    read: another layout, and rows of the right layout whose end_reason (an enum, int32
+    on the wire) is 2**32 - 1. The second one, before the check in proto.flowpack, raised
+    ValueError while the detector built the FlowRecords of its events and ended the
+    service. Both must be refused, counted and logged, and the next batch scored."""
     harness.start()
     sender = Sender(
         pattern="push",
@@ -260,7 +266,11 @@ def test_packed_rows_of_an_unknown_layout_are_refused_counted_and_serving_goes_o
     try:
         future = FlowBatch(sensor_id=SENSOR, packed_layout=9, packed_records=b"\0" * 64)
         assert sender.send(future)
-        wait_for(lambda: harness.service.stats()["batches_refused_packed"] == 1, 5, "the refusal")
+        rows = np.zeros(3, dtype=PACKED_DTYPE)
+        rows["end_reason"] = [1, 2**32 - 1, 1]
+        rows["ip_version"] = 4
+        assert sender.send_payload(pack_batch(FlowBatch(sensor_id=SENSOR), rows, [""]))
+        wait_for(lambda: harness.service.stats()["batches_refused_packed"] == 2, 5, "the refusals")
         publisher.add(records[:10])
         publisher.flush()
         events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 10))

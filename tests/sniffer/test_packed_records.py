@@ -102,6 +102,8 @@ def test_packed_rows_of_another_layout_or_size_are_refused() -> None:
     cut.packed_records = cut.packed_records[:-1]
     with pytest.raises(PackedFormatError, match="whole number"):
         unpack_batch(cut)
+    with pytest.raises(PackedFormatError, match="string 0; the batch has 0"):
+        unpack_batch(FlowBatch.FromString(pack_batch(FlowBatch(), rows, [])))
     bad_index = rows.copy()
     bad_index["fast_rule"] = 5
     with pytest.raises(PackedFormatError, match="string 5"):
