@@ -51,6 +51,7 @@ import numpy.typing as npt
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
+import native
 from control import (
     ControlState,
     DiscoveredSender,
@@ -75,7 +76,7 @@ from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
 from detector.verdicts import FlowIdentity, add_scored_events, build_verdicts
 from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
-from proto.flowpack import PackedFormatError, flow_keys, to_records, unpack_batch
+from proto.flowpack import PackedFormatError, flow_keys, unpack_batch
 
 __all__ = ["DetectorService"]
 
@@ -438,7 +439,9 @@ class DetectorService(FollowsControl):
         if rows is not None:
             # Whole FlowRecords only for events and EVE; a verdict needs the flow's key.
             if pick is None:
-                judged = records = to_records(rows, strings)
+                judged = records = [
+                    FlowRecord.FromString(b) for b in native.packed_record_bytes(rows, strings)
+                ]
             else:
                 judged = flow_keys(rows[pick])
         elif pick is not None:

@@ -22,10 +22,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from proto.events_pb2 import FlowBatch, FlowRecord
 
 __all__ = [
+    "ENCODE_OPS",
     "FLAG_BITS",
     "PACKED_DTYPE",
     "PACKED_LAYOUT",
@@ -106,6 +108,52 @@ PACKED_DTYPE = np.dtype(
 
 Packed = npt.NDArray[np.void]
 _INT32_MAX = 2**31 - 1
+
+
+# The program of native rows_to_protobuf (native/protowire.c): how a row becomes a
+# serialized FlowRecord, op by op (kind, field number, offset in the row, a, b), made from
+# PACKED_DTYPE and FlowRecord's descriptor so the layout keeps one definition.
+_OP_VARINT, _OP_FLOAT, _OP_FLAG, _OP_ADDR, _OP_STRING, _OP_BEGIN, _OP_END = range(1, 8)
+_SUB_PREFIX = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx."}
+_INTEGERS = {
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_ENUM,
+}
+
+
+def _program(desc: Descriptor, prefix: str) -> list[tuple[int, int, int, int, int]]:
+    fields: dict[str, Any] = dict(PACKED_DTYPE.fields or {})
+    flags = fields["flags"][1]
+    ops: list[tuple[int, int, int, int, int]] = []
+    for f in sorted(desc.fields, key=lambda f: f.number):
+        name = prefix + f.name
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            sub = _SUB_PREFIX[f.name]
+            assert f.message_type is not None
+            when = (flags, FLAG_BITS["has_context"]) if f.name == "src_context" else (-1, 0)
+            ops.append((_OP_BEGIN, f.number, 0, *when))
+            ops += _program(f.message_type, sub)
+            ops.append((_OP_END, f.number, 0, 0, 0))
+        elif f.type == FieldDescriptor.TYPE_BOOL:
+            ops.append((_OP_FLAG, f.number, flags, FLAG_BITS[f.name], 0))
+        elif name not in fields:
+            continue  # tests/sniffer/test_packed_records.py: every field has its column
+        elif f.type == FieldDescriptor.TYPE_BYTES:
+            ops.append((_OP_ADDR, f.number, fields[name][1], fields["ip_version"][1], 0))
+        elif f.type == FieldDescriptor.TYPE_STRING:
+            ops.append((_OP_STRING, f.number, fields[name][1], 0, 0))
+        elif f.type == FieldDescriptor.TYPE_FLOAT:
+            ops.append((_OP_FLOAT, f.number, fields[name][1], 0, 0))
+        elif f.type in _INTEGERS:
+            col = fields[name][0]
+            ops.append((_OP_VARINT, f.number, fields[name][1], col.itemsize, 0))
+        else:
+            raise TypeError(f"FlowRecord.{name}: no packed encoding for its type")
+    return ops
+
+
+ENCODE_OPS = np.array(_program(FlowRecord.DESCRIPTOR, ""), dtype=np.int32)
 
 
 class PackedFormatError(ValueError):

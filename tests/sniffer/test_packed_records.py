@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import zmq
 
+import native
 from config import load_config
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from detector.features import columns_from_packed, columns_from_records, feature_matrix
 from detector.verdicts import flow_ref
+from native import _flowengine
 from proto.events_pb2 import FlowBatch, FlowRecord
 from proto.flowpack import (
+    ENCODE_OPS,
+    FLAG_BITS,
     PACKED_DTYPE,
     PackedFormatError,
     batch_records,
@@ -70,6 +74,9 @@ def test_packed_rows_hold_the_records_and_give_the_same_features(path: Path) -> 
             feature_matrix(columns_from_packed(back)),
             feature_matrix(columns_from_records(decoded)),
         )
+        # The same records serialized in C (the detector's scored events).
+        native_bytes = native.packed_record_bytes(back, back_strings)
+        assert [FlowRecord.FromString(b) for b in native_bytes] == decoded
         # What a verdict names when only verdicts are built (no events, no EVE).
         keys = flow_keys(back)
         assert [flow_ref(k, "s") for k in keys] == [flow_ref(r, "s") for r in decoded]
@@ -164,3 +171,33 @@ def test_publisher_cuts_packed_rows_into_batches_with_one_string_table() -> None
         publisher.sender.close()
         receiver.close()
         ctx.term()
+
+
+def test_every_flow_record_field_has_its_place_in_the_packed_rows() -> None:
+    """A field added to FlowRecord needs its column in PACKED_DTYPE (or a FLAG_BITS bit)
+    and a new PACKED_LAYOUT, or the packed form would drop it."""
+    names = set(PACKED_DTYPE.names or ())
+    prefix = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx."}
+    for f in FlowRecord.DESCRIPTOR.fields:
+        if f.message_type is not None:
+            missing = [
+                s.name for s in f.message_type.fields if prefix[f.name] + s.name not in names
+            ]
+            assert not missing, (f.name, missing)
+        elif f.type == f.TYPE_BOOL:
+            assert f.name in FLAG_BITS, f.name
+        else:
+            assert f.name in names, f.name
+
+
+def test_native_encoder_refuses_bad_programs_and_string_indexes() -> None:
+    rows = np.zeros(2, dtype=PACKED_DTYPE)
+    rows["fast_rule"] = 3
+    with pytest.raises(ValueError, match="names string 3"):
+        native.packed_record_bytes(rows, [""])
+    bad = ENCODE_OPS.copy()
+    bad[0, 2] = PACKED_DTYPE.itemsize  # an offset past the row
+    with pytest.raises(ValueError, match="out of the row"):
+        _flowengine.rows_to_protobuf(rows, PACKED_DTYPE.itemsize, bad, [b""])
+    with pytest.raises(ValueError, match="wrong size"):
+        _flowengine.rows_to_protobuf(rows.tobytes()[:-1], PACKED_DTYPE.itemsize, ENCODE_OPS, [])
