@@ -13,8 +13,9 @@ records as the service sends them) and ``FlowPublisher`` (batches of
 
 The *detector* process runs ``DetectorService.handle`` on every batch its real encrypted
 Receiver accepts (decode, features, forests of the shipped bundle, max(fast, ml), verdicts,
-EVE off, events output off) and sends the MALICIOUS verdicts, sealed, to the *firewall
-receiver* (a Receiver of VerdictBatch in the main process that opens and counts them).
+EVE off, events output off unless --events) and sends the MALICIOUS verdicts, sealed, to
+the *firewall receiver* (a Receiver of VerdictBatch in the main process that opens and
+counts them; with --events a Receiver of EventBatch beside it takes every scored event).
 
 Figures (one run; --quick is a smoke run with few records):
 
@@ -31,8 +32,11 @@ Figures (one run; --quick is a smoke run with few records):
   ratio_score_only  pipeline_rps / score_only_rps
   dropped        records lost anywhere (publisher send timeouts, detector outputs)
   verdicts       verdicts the firewall receiver opened
+  events         scored events a RAG receiver opened (--events: every record, as the
+                 default config sends them; off by default, 0)
 
     .venv/bin/python bench/pipeline.py               # ~1M records
+    .venv/bin/python bench/pipeline.py --events      # and every scored event to a RAG receiver
     .venv/bin/python bench/pipeline.py --quick       # smoke run
 
 Last line: ``pipeline_rps=N p50_ms=N p99_ms=N`` then the other keys above.
@@ -45,6 +49,7 @@ import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -57,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for
 from bench.common import REPO
 
 DEFAULT_CAPTURE = REPO / "build" / "bench" / "mixed-50k.pcap"
-SENSOR, DETECTOR, FIREWALL = "sensor-bench", "detector-bench", "firewall-bench"
+SENSOR, DETECTOR, FIREWALL, RAG = "sensor-bench", "detector-bench", "firewall-bench", "rag-bench"
 _TS_FIELDS = ("first_ts_ns", "last_ts_ns")
 
 
@@ -65,9 +70,14 @@ def _keyrings(grace_s: float) -> dict[str, Any]:
     """One key pair per service; each keyring knows the peers it talks to and their role."""
     from crypto_transport import KeyPair, Keyring
 
-    pairs = {name: KeyPair.generate() for name in (SENSOR, DETECTOR, FIREWALL)}
-    talks = {SENSOR: (DETECTOR,), DETECTOR: (SENSOR, FIREWALL), FIREWALL: (DETECTOR,)}
-    roles = {SENSOR: ["sniffer"], DETECTOR: ["detector"], FIREWALL: ["firewall"]}
+    pairs = {name: KeyPair.generate() for name in (SENSOR, DETECTOR, FIREWALL, RAG)}
+    talks = {
+        SENSOR: (DETECTOR,),
+        DETECTOR: (SENSOR, FIREWALL, RAG),
+        FIREWALL: (DETECTOR,),
+        RAG: (DETECTOR,),
+    }
+    roles = {SENSOR: ["sniffer"], DETECTOR: ["detector"], FIREWALL: ["firewall"], RAG: ["rag"]}
     rings = {}
     for name, peers in talks.items():
         ring = Keyring(pairs[name], grace_s=grace_s)
@@ -186,7 +196,12 @@ def _scorer() -> Any:
 
 
 def detector_proc(
-    listen: str, verdicts: str, rings: dict[str, Any], settings: Any, out: Connection
+    listen: str,
+    verdicts: str,
+    events: str | None,
+    rings: dict[str, Any],
+    settings: Any,
+    out: Connection,
 ) -> None:
     import zmq
 
@@ -217,12 +232,26 @@ def detector_proc(
         bind=False,
         context=context,
     )
+    event_sender = None
+    if events is not None:
+        event_sender = Sender(
+            pattern="push",
+            endpoint=events,
+            channel="events",
+            sender_id=DETECTOR,
+            keyring=rings[DETECTOR],
+            recipients=[RAG],
+            settings=settings,
+            bind=False,
+            context=context,
+        )
     service = DetectorService(
         cfg,
         scorer,
         receiver,
         detector_id=DETECTOR,
         verdict_sender=sender,
+        event_sender=event_sender,
         context=context,
         stats_interval_s=3600.0,
     )
@@ -254,8 +283,24 @@ def detector_proc(
     service.close()
 
 
-def score_only(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) -> float:
-    """Records/s of DetectorService.handle alone on decoded batches (no transport)."""
+class _Serializing:
+    """The baseline's outputs: what a Sender does first (serialize), then nothing."""
+
+    endpoint = "none"
+
+    def send(self, message: Any) -> bool:
+        message.SerializeToString()
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def score_only(
+    arrays: list[Any], obs: str, span_ns: int, batch: int, records: int, events: bool
+) -> float:
+    """Records/s of DetectorService.handle alone on decoded batches (no transport); its
+    verdicts (and events with ``events``) are serialized and thrown away."""
     from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
     from detector.service import DetectorService
     from proto.events_pb2 import FlowBatch
@@ -286,7 +331,14 @@ def score_only(arrays: list[Any], obs: str, span_ns: int, batch: int, records: i
             settings=TransportConfig(curve=False),
             bind=True,
         )
-        service = DetectorService(cfg, scorer, rx, detector_id=DETECTOR)
+        service = DetectorService(
+            cfg,
+            scorer,
+            rx,
+            detector_id=DETECTOR,
+            verdict_sender=_Serializing(),  # type: ignore[arg-type]
+            event_sender=_Serializing() if events else None,  # type: ignore[arg-type]
+        )
         service.handle(batches[0], SENSOR)  # warm-up
         t0 = time.perf_counter()
         for b in batches:
@@ -302,6 +354,8 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=1_000_000, help="records to send")
     ap.add_argument("--batch-records", type=int, default=None,
                     help="transport.batch_records (default: the shipped default)")  # fmt: skip
+    ap.add_argument("--events", action="store_true",
+                    help="scored events to a RAG receiver too (the default)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run (20k records)")
     args = ap.parse_args()
     if args.quick:
@@ -317,7 +371,7 @@ def main() -> int:
         )  # fmt: skip
 
     from crypto_transport import Receiver, TransportConfig
-    from proto.events_pb2 import VerdictBatch
+    from proto.events_pb2 import EventBatch, VerdictBatch
 
     settings = TransportConfig()
     if args.batch_records:
@@ -326,13 +380,16 @@ def main() -> int:
     flows = sum(len(a) for a in arrays)
     print(f"capture {args.capture.name}: {flows} flow records from the native engine in "
           f"{engine_s:.2f} s ({flows / engine_s:,.0f}/s)")  # fmt: skip
-    base = score_only(arrays, obs, span_ns, settings.batch_records, min(args.records, 50_000))
+    base = score_only(
+        arrays, obs, span_ns, settings.batch_records, min(args.records, 50_000), args.events
+    )
     print(f"baseline: detector handle() alone on decoded batches: {base:,.0f} records/s")
 
     rings = _keyrings(settings.rotation_grace_s)
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="mld-bench-pipe-") as tmp:
         flows_ep, verdicts_ep = f"ipc://{tmp}/flows", f"ipc://{tmp}/verdicts"
+        events_ep = f"ipc://{tmp}/events" if args.events else None
         firewall: Receiver[VerdictBatch] = Receiver(
             pattern="pull",
             endpoint=verdicts_ep,
@@ -342,10 +399,22 @@ def main() -> int:
             settings=settings,
             bind=True,
         )
+        rag: Receiver[EventBatch] | None = None
+        if events_ep is not None:
+            rag = Receiver(
+                pattern="pull",
+                endpoint=events_ep,
+                channel="events",
+                keyring=rings[RAG],
+                message_type=EventBatch,
+                settings=settings,
+                bind=True,
+            )
         det_end, det_child = ctx.Pipe()
         snf_end, snf_child = ctx.Pipe()
         det = ctx.Process(
-            target=detector_proc, args=(flows_ep, verdicts_ep, rings, settings, det_child)
+            target=detector_proc,
+            args=(flows_ep, verdicts_ep, events_ep, rings, settings, det_child),
         )
         snf = ctx.Process(
             target=sniffer_proc,
@@ -360,21 +429,41 @@ def main() -> int:
             det_end.recv()
             snf_end.recv()
             snf_end.send("go")
-            verdicts = 0
-            while not snf_end.poll():
-                got = firewall.recv(timeout_ms=50)
-                if got is not None:
-                    verdicts += len(got.message.verdicts)
-            made, snf_s, pub = snf_end.recv()
-            det_end.send(pub["records_sent"])
-            while not det_end.poll():
-                got = firewall.recv(timeout_ms=50)
-                if got is not None:
-                    verdicts += len(got.message.verdicts)
-            scored, det_s, lat_ms, counts, dstats = det_end.recv()
-            snf_end.send("close")
-            while (got := firewall.recv(timeout_ms=500)) is not None:
-                verdicts += len(got.message.verdicts)
+            counted = {"verdicts": 0, "events": 0}
+            last_seen = {"t": time.monotonic()}
+            stop = threading.Event()
+
+            def drain(rx: Any, what: str, size: Any) -> None:
+                """A receiving service's loop: open and count until told to stop."""
+                while not stop.is_set():
+                    got = rx.recv(timeout_ms=100)
+                    if got is not None:
+                        counted[what] += size(got.message)
+                        last_seen["t"] = time.monotonic()
+
+            threads = [
+                threading.Thread(
+                    target=drain, args=(firewall, "verdicts", lambda m: len(m.verdicts))
+                )
+            ]
+            if rag is not None:
+                threads.append(
+                    threading.Thread(target=drain, args=(rag, "events", lambda m: len(m.events)))
+                )
+            for t in threads:
+                t.start()
+            try:
+                made, snf_s, pub = snf_end.recv()
+                det_end.send(pub["records_sent"])
+                scored, det_s, lat_ms, counts, dstats = det_end.recv()
+                snf_end.send("close")
+                while time.monotonic() - last_seen["t"] < 1.0:  # the last outputs arrive
+                    time.sleep(0.1)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            verdicts, events = counted["verdicts"], counted["events"]
         finally:
             for proc in (snf, det):
                 proc.join(timeout=30)
@@ -382,6 +471,8 @@ def main() -> int:
                     proc.kill()
                     proc.join()
             firewall.close()
+            if rag is not None:
+                rag.close()
     lat = np.repeat(np.asarray(lat_ms), np.asarray(counts)) if counts else np.zeros(1)
     rps = scored / det_s if det_s > 0 else 0.0
     dropped = pub["records_dropped"] + int(dstats.get("verdicts_dropped", 0))
@@ -392,7 +483,7 @@ def main() -> int:
         f"pipeline_rps={rps:.0f} p50_ms={np.percentile(lat, 50):.2f} "
         f"p99_ms={np.percentile(lat, 99):.2f} sniffer_rps={made / snf_s:.0f} "
         f"score_only_rps={base:.0f} ratio_score_only={rps / base:.3f} dropped={dropped} "
-        f"verdicts={verdicts} records={dstats['records_in']}"
+        f"verdicts={verdicts} records={dstats['records_in']} events={events}"
     )
     return 0
 

@@ -17,3 +17,10 @@ def test_pipeline_bench_runs_and_prints_its_keys() -> None:
     # Every record sent was scored (the quick run sends 20000) and none was lost.
     assert int(values["records"]) == 20000 and int(values["dropped"]) == 0, values
     assert int(values["verdicts"]) > 0, values
+
+
+@pytest.mark.slow
+def test_pipeline_bench_with_events_delivers_every_scored_event() -> None:
+    values = bench_keys("pipeline.py", "--events", timeout=600)
+    assert int(values["events"]) == int(values["records"]) == 20000, values
+    assert int(values["dropped"]) == 0, values
