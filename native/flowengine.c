@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "jsonnum.h"
+#include "protowire.h"
 #include "windows.h"
 #include "link_layer.h"
 
@@ -331,6 +332,8 @@ static PyMethodDef module_methods[] = {
      "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
     {"json_addresses", mld_py_json_addresses, METH_O,
      "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
+    {"rows_to_protobuf", mld_py_rows_to_protobuf, METH_VARARGS,
+     "rows_to_protobuf(rows, itemsize, ops, strings) -> one serialized message per row"},
     {NULL, NULL, 0, NULL},
 };
 

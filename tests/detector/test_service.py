@@ -35,6 +35,7 @@ from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowBatch, FlowRecord
+from proto.flowpack import PACKED_DTYPE, pack_batch
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -47,6 +48,7 @@ from tests.detector.service_support import (
     SENSOR2,
     Harness,
     Keys,
+    capture_packed,
     capture_records,
     collect,
     events_of,
@@ -203,6 +205,82 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
     finally:
         raw.close(linger=0)
         intruder.close()
+        publisher.sender.close()
+
+
+def test_packed_batches_are_scored_as_the_repeated_records_are(
+    harness: Harness, tiny_bundle: TinyBundle, records: list[bytes]
+) -> None:
+    """The live sniffer sends packed rows (proto/flowpack.py): the detector gives them the
+    verdicts and events the same records get as repeated messages."""
+    harness.start()
+    publisher = harness.publisher()
+    for packed in capture_packed(SCAN_PCAP, BENIGN_PCAP):
+        publisher.add_packed(packed)
+    publisher.flush()
+    n = len(records)
+    events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= n))
+    rows = parse(records)
+    assert [e.record for e in events] == rows
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    expected = Scorer(bundle, ThresholdsConfig(), 5).score(
+        feature_matrix(columns_from_records(rows)),
+        [r.fast_score for r in rows],
+        [r.fast_rule for r in rows],
+    )
+    verdicts = [e.verdict for e in events]
+    np.testing.assert_array_equal(
+        np.array([v.final_score for v in verdicts], dtype=np.float32), expected.final_score
+    )
+    assert [v.label for v in verdicts] == expected.label.tolist()
+    assert [v.fast_rule for v in verdicts] == expected.fast_rule
+    assert [v.flow for v in verdicts] == [flow_ref(r, SENSOR) for r in rows]
+    assert [v.src_verified for v in verdicts] == [r.src_verified for r in rows]
+    malicious = [v for v in verdicts if v.label == LABEL_MALICIOUS]
+    assert malicious
+    want = len(malicious)
+    sent = collect(harness.firewall, lambda got: sum(len(b.verdicts) for b in got) >= want)
+    assert [v for b in sent for v in b.verdicts] == malicious
+    publisher.sender.close()
+
+
+def test_packed_rows_of_an_unknown_layout_are_refused_counted_and_serving_goes_on(
+    harness: Harness, records: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: a peer holding a sniffer's key sends packed batches this detector cannot
+    read: another layout, and rows of the right layout whose end_reason (an enum, int32
+    on the wire) is 2**32 - 1. The second one, before the check in proto.flowpack, raised
+    ValueError while the detector built the FlowRecords of its events and ended the
+    service. Both must be refused, counted and logged, and the next batch scored."""
+    harness.start()
+    sender = Sender(
+        pattern="push",
+        endpoint=harness.listen,
+        channel="flows",
+        sender_id=SENSOR,
+        keyring=harness.keys.ring(SENSOR, DETECTOR),
+        recipients=[DETECTOR],
+        settings=harness.settings,
+        context=harness.ctx,
+    )
+    publisher = harness.publisher()
+    try:
+        future = FlowBatch(sensor_id=SENSOR, packed_layout=9, packed_records=b"\0" * 64)
+        assert sender.send(future)
+        rows = np.zeros(3, dtype=PACKED_DTYPE)
+        rows["end_reason"] = [1, 2**32 - 1, 1]
+        rows["ip_version"] = 4
+        assert sender.send_payload(pack_batch(FlowBatch(sensor_id=SENSOR), rows, [""]))
+        wait_for(lambda: harness.service.stats()["batches_refused_packed"] == 2, 5, "the refusals")
+        publisher.add(records[:10])
+        publisher.flush()
+        events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 10))
+        assert len(events) == 10
+        stats = harness.service.stats()
+        assert stats["batches_in"] == 1 and stats["records_in"] == 10
+        assert any("refused a flow batch from sensor-1" in r.getMessage() for r in caplog.records)
+    finally:
+        sender.close()
         publisher.sender.close()
 
 
