@@ -35,7 +35,7 @@ from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowBatch, FlowRecord
-from proto.flowpack import PACKED_DTYPE, pack_batch
+from proto.flowpack import FLAG_BITS, PACKED_DTYPE, pack_batch, to_records
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -583,8 +583,8 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
         cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
     )
     try:
-        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[:2]))
-        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[2:]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[:2]), SENSOR)
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[2:]), SENSOR)
         stats = service.stats()
         assert stats["labels.malicious"] == 3 and stats["events_out"] == 3
         assert stats["verdicts_out"] == 1 and stats["eve_alerts"] == 1
@@ -593,7 +593,7 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
         alerts = [json.loads(line) for line in eve.read_text().splitlines()]
         assert len(alerts) == 1 and alerts[0]["flow_id"] == bad.flow_id
         # The same flow from another sensor is another flow.
-        service.handle(FlowBatch(sensor_id="sensor-2", records=copies[:1]))
+        service.handle(FlowBatch(sensor_id="sensor-2", records=copies[:1]), "sensor-2")
         assert service.stats()["verdicts_out"] == 2
     finally:
         service.close()
@@ -608,3 +608,64 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
     for fid in (8, 9, 10):  # past max_flows the least recently raised is forgotten
         raised.select([FlowRecord(flow_id=fid, interim=True)], [LABEL_MALICIOUS], "s")
     assert len(raised) == 2 and raised.evicted == 2
+
+
+@pytest.mark.parametrize("eve_on", [True, False], ids=["eve", "verdicts-only"])
+def test_packed_interim_rows_alert_and_block_once_per_flow(
+    tiny_bundle: TinyBundle, tmp_path: Path, eve_on: bool
+) -> None:
+    """Issue 18 over issue 20's packed rows (what the live sniffer sends): a malicious flow
+    as two interim rows and its final row reaches the firewall once (and EVE once). With
+    EVE on every row gets its verdict; with nothing reading events only the rows for the
+    firewall do (from flow keys), and the flow still blocks once. Before the interim flag
+    bit (packed layout 1) every row read as its flow's final record: each one blocked."""
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    scorer = Scorer(bundle, ThresholdsConfig(), 5)
+    for part in capture_packed(SCAN_PCAP):
+        recs = to_records(part.rows, part.strings)
+        labels = scorer.score(
+            feature_matrix(columns_from_records(recs)),
+            [r.fast_score for r in recs],
+            [r.fast_rule for r in recs],
+        ).label
+        hit = np.flatnonzero(labels == LABEL_MALICIOUS)
+        if len(hit):
+            break
+    else:
+        pytest.fail("no malicious row in the scan capture")
+    rows = np.concatenate([part.rows[hit[:1]]] * 3)
+    rows["flags"][:2] |= FLAG_BITS["interim"]
+    rows["end_reason"][:2] = 0
+    eve = tmp_path / "eve.json"
+    cfg = DetectorConfig(
+        bundle_dir=str(tiny_bundle.path),
+        model_cache_dir=str(tmp_path / "cache"),
+        reload_interval_s=0,
+        eve_log=str(eve) if eve_on else "",
+        listen=ListenConfig(endpoint=ANY_PORT),
+        verdicts=VerdictsOutput(enabled=False),
+        events=EventsOutput(enabled=False),
+    )
+    service = DetectorService.from_config(
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+    )
+
+    def packed(part_rows: np.ndarray) -> FlowBatch:
+        return FlowBatch.FromString(
+            pack_batch(FlowBatch(sensor_id=SENSOR), part_rows, part.strings)
+        )
+
+    try:
+        service.handle(packed(rows[:2]), SENSOR)
+        service.handle(packed(rows[2:]), SENSOR)
+        stats = service.stats()
+        assert stats["records_in"] == 3 and stats["labels.malicious"] == 3
+        assert stats["verdicts_out"] == 1, "one block per flow"
+        assert stats["interim_in"] == 2 and stats["raised_repeats"] == 2
+        assert stats["raised_flows"] == 0, "the final row forgets the flow"
+        if eve_on:
+            alerts = [json.loads(line) for line in eve.read_text().splitlines()]
+            assert len(alerts) == 1 and stats["eve_alerts"] == 1
+            assert alerts[0]["flow_id"] == int(rows["flow_id"][0])
+    finally:
+        service.close()
