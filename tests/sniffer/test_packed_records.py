@@ -32,7 +32,7 @@ from proto.flowpack import (
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline
 from sniffer.publisher import FlowPublisher
-from sniffer.records import PackedFlows
+from sniffer.records import MLD_F_INTERIM, PackedFlows
 from sniffer.sources import PcapSource
 from tests.support import SHARED_DATA, FakeClock
 
@@ -82,6 +82,37 @@ def test_packed_rows_hold_the_records_and_give_the_same_features(path: Path) -> 
         keys = flow_keys(back)
         assert [flow_ref(k, "s") for k in keys] == [flow_ref(r, "s") for r in decoded]
         assert [k.src_verified for k in keys] == [r.src_verified for r in decoded]
+
+
+def test_interim_records_keep_their_flag_in_the_packed_rows() -> None:
+    """FlowRecord.interim (issue 18) travels in the flags byte (layout 2): packed rows of
+    interim records give interim records back, in Python and in C, or the detector would
+    take each one for its flow's final record and alert and block it again."""
+    path = CAPTURES[0]
+    if not path.exists():
+        pytest.skip(f"{path} is not in the shared data")
+    scfg = load_config().sniffer
+    source = PcapSource([path], scfg.capture)
+    pipeline = FlowPipeline(scfg)
+    seen = 0
+    for events, obs in [*source.batches(), *source.flush()]:
+        if not len(events):
+            continue
+        events = events.copy()
+        events["flags"][::2] |= MLD_F_INTERIM  # every other record an interim update
+        done = pipeline.process(events, obs, pack=True)
+        assert done.packed is not None
+        decoded = [FlowRecord.FromString(r) for r in done.records]
+        want = [r.interim for r in decoded]
+        assert (any(want) and not all(want)) or len(want) == 1
+        rows, strings = done.packed.rows, done.packed.strings
+        flagged = ((rows["flags"] & FLAG_BITS["interim"]) != 0).tolist()
+        assert flagged == want
+        assert to_records(rows, strings) == decoded
+        native_bytes = native.packed_record_bytes(rows, strings)
+        assert [FlowRecord.FromString(b) for b in native_bytes] == decoded
+        seen += sum(want)
+    assert seen
 
 
 def test_flow_keys_keep_addresses_that_end_in_zero_bytes() -> None:
