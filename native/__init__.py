@@ -68,8 +68,9 @@ def supported_linktypes() -> list[str]:
 
 def flow_ids(events: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
     """One 64-bit id per flow: FNV-1a 64 over the event's 40 key bytes (struct mld_flow_key
-    as laid out in memory, ports in host order) followed by first_ts_ns as 8 little-endian
-    bytes. Both directions of a flow share the key, so the id names the flow record."""
+    as laid out in memory, ports in host order, its 2 pad bytes taken as 0) followed by
+    first_ts_ns as 8 little-endian bytes. Both directions of a flow share the key, so the id
+    names the flow record (an interim record and its flow's final record share it)."""
     if events.dtype != EVENT_DTYPE:
         raise TypeError(f"flow_ids expects an array of EVENT_DTYPE, got {events.dtype}")
     return _flowengine.flow_ids(events)

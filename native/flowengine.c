@@ -39,7 +39,9 @@ static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
 }
 
 /* Flow id: FNV-1a 64 over the 40 key bytes then the 8 bytes of first_ts_ns, as laid out in
- * struct mld_flow_event (little-endian). */
+ * struct mld_flow_event (little-endian). The key's pad counts as 0 whatever it holds: the
+ * engine and XDP write 0 there, but NumPy leaves unnamed bytes uninitialized when it copies
+ * an events array (np.concatenate, astype), and the id must not depend on them. */
 static __u64 flow_id(const struct mld_flow_event *ev)
 {
     const __u8 *k = (const __u8 *)&ev->key;
@@ -83,6 +85,7 @@ static PyObject *py_flow_ids(PyObject *mod, PyObject *arg)
         struct mld_flow_event ev;
 
         memcpy(&ev, src + i * (npy_intp)sizeof(ev), sizeof(ev));
+        ev.key.pad = 0;
         dst[i] = flow_id(&ev);
     }
     Py_DECREF(in);
