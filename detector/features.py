@@ -36,6 +36,7 @@ __all__ = [
     "FEATURES",
     "SCHEMA_HASH",
     "columns_from_flows",
+    "columns_from_packed",
     "columns_from_records",
     "feature_matrix",
     "scorer_inputs",
@@ -119,6 +120,22 @@ def columns_from_records(records: Sequence[FlowRecord]) -> Columns:
     for f in _CONTEXT:
         get = attrgetter(f)
         cols[f"ctx.{f}"] = np.array([get(c) for c in contexts], dtype=np.float64)
+    return cols
+
+
+def columns_from_packed(rows: npt.NDArray[np.void]) -> Columns:
+    """The base columns of the features, from packed records (proto/flowpack.py): the
+    rows hold the record's values under the feature paths, float32 where it is float."""
+    cols: Columns = {}
+    for name in ("protocol", "dst_port", "src_port", "end_reason"):
+        cols[name] = rows[name].astype(np.float64)
+    for name in ("first_ts_ns", "last_ts_ns"):
+        cols[name] = rows[name].astype(np.uint64)
+    for side in ("fwd", "bwd"):
+        for f in DIRECTION_FIELDS:
+            cols[f"{side}.{f}"] = rows[f"{side}.{f}"].astype(np.float64)
+    for f in _CONTEXT:
+        cols[f"ctx.{f}"] = rows[f"ctx.{f}"].astype(np.float64)
     return cols
 
 

@@ -50,10 +50,23 @@ class RaisedFlows:
 
         True when the record's label is suspicious or malicious and above the label
         already raised for its flow."""
-        out = [False] * len(records)
+        return self.select_flows(
+            [r.flow_id for r in records], [r.interim for r in records], labels, sensor_id
+        )
+
+    def select_flows(
+        self,
+        flow_ids: Sequence[int],
+        interim: Sequence[bool],
+        labels: Sequence[int],
+        sensor_id: str,
+    ) -> list[bool]:
+        """:meth:`select` for records given as their flow ids and interim flags (the
+        columns of packed rows, proto/flowpack.py), so no FlowRecord is built for it."""
+        out = [False] * len(flow_ids)
         raised = self._raised
-        for i, (rec, label) in enumerate(zip(records, labels, strict=True)):
-            key = (sensor_id, rec.flow_id)
+        for i, (flow_id, label, goes_on) in enumerate(zip(flow_ids, labels, interim, strict=True)):
+            key = (sensor_id, flow_id)
             before = raised.get(key, 0)
             if label in (LABEL_SUSPICIOUS, LABEL_MALICIOUS):
                 if label > before:
@@ -61,7 +74,7 @@ class RaisedFlows:
                     before = label
                 else:
                     self.repeats += 1
-            if not rec.interim:
+            if not goes_on:
                 raised.pop(key, None)  # the flow's last record
             elif before:
                 raised[key] = before

@@ -31,7 +31,7 @@ MALICIOUS. ml_score stays the forests' maximum; model_version is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, overload
 
 import numpy as np
@@ -96,6 +96,23 @@ class Scores:
 
     def __len__(self) -> int:
         return len(self.final_score)
+
+    def take(self, idx: npt.NDArray[np.intp]) -> Scores:
+        """The scores of the flows at ``idx``, in that order (verdicts for a few flows)."""
+        pick = idx.tolist()
+        top = self.top_features
+        return replace(
+            self,
+            family_scores=self.family_scores[idx],
+            ml_score=self.ml_score[idx],
+            ml_family=[self.ml_family[i] for i in pick],
+            fast_score=self.fast_score[idx],
+            fast_rule=[self.fast_rule[i] for i in pick],
+            final_score=self.final_score[idx],
+            family=[self.family[i] for i in pick],
+            label=self.label[idx],
+            top_features=TopFeatures(top.indices[idx], top.values[idx], top.weights[idx]),
+        )
 
 
 class Scorer:

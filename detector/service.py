@@ -47,12 +47,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
+import native
 from control import (
     ControlState,
     DiscoveredSender,
@@ -72,12 +76,13 @@ from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
 from detector.eve import EveWriter
-from detector.features import scorer_inputs
+from detector.features import columns_from_packed, feature_matrix, scorer_inputs
 from detector.raised import RaisedFlows
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
-from detector.verdicts import add_scored_events, build_verdicts
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, VerdictBatch
+from detector.verdicts import FlowIdentity, add_scored_events, build_verdicts
+from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
+from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
 
 __all__ = ["DetectorService"]
 
@@ -404,13 +409,28 @@ class DetectorService(FollowsControl):
         start = time.perf_counter()
         sensor = self.sensor_name(batch, peer_id)
         self._swap_if_ready()
-        records = batch.records
-        n = len(records)
+        records: Sequence[FlowRecord] = batch.records
+        rows: npt.NDArray[np.void] | None = None
+        strings: list[str] = []
+        if batch.packed_layout or batch.packed_records:
+            try:
+                if len(records):
+                    raise PackedFormatError("both packed and repeated records in one batch")
+                rows, strings = unpack_batch(batch)
+            except PackedFormatError as exc:
+                self._refuse_packed(peer_id, exc)
+                return
+        n = len(rows) if rows is not None else len(records)
         self.counters["batches_in"] += 1
         self.counters["records_in"] += n
         if n == 0:
             return
-        x, fast, rules = scorer_inputs(records)
+        if rows is not None:
+            x = feature_matrix(columns_from_packed(rows))
+            fast = rows["fast_score"]
+            rules = np.asarray(strings, dtype=object)[rows["fast_rule"]].tolist()
+        else:
+            x, fast, rules = scorer_inputs(records)
         t0 = time.perf_counter()
         scores = self.scorer.score(x, fast, rules)
         took_score = time.perf_counter() - t0
@@ -418,19 +438,49 @@ class DetectorService(FollowsControl):
         self.score_hist.observe(took_score / n)
         first = self._next_id
         self._next_id += n
-        ids = [f"{self._id_prefix}{i}" for i in range(first, first + n)]
-        verdicts = build_verdicts(scores, records, sensor, ids, time.time_ns())
-        labels = scores.label.tolist()
-        # Once per flow: a record raises an alert (and a verdict if malicious) only when its
-        # flow's label rises above what was raised for it (interim records, RaisedFlows).
-        raise_ = self.raised.select(records, labels, sensor)
+        label_arr = scores.label
+        labels = label_arr.tolist()
+        # Once per flow: a record raises an alert (and a verdict to the firewall if
+        # malicious) only when its flow's label rises above what was raised for it
+        # (interim records, RaisedFlows); packed rows give their flow ids and interim
+        # flags as columns, with no FlowRecord built.
+        if rows is not None:
+            interim = (rows["flags"] & FLAG_BITS["interim"]) != 0
+            raise_ = self.raised.select_flows(
+                rows["flow_id"].tolist(), interim.tolist(), labels, sensor
+            )
+            self.counters["interim_in"] += int(np.count_nonzero(interim))
+        else:
+            raise_ = self.raised.select(records, labels, sensor)
+            self.counters["interim_in"] += sum(1 for r in records if r.interim)
+        blocks = (label_arr == LABEL_MALICIOUS) & np.asarray(raise_, dtype=bool)
+        # Verdicts (and FlowRecords of packed rows) only for what something reads: every
+        # record when scored events or EVE are written, else the ones the firewall gets.
+        every = self.event_sender is not None or self.eve is not None
+        pick = None if every else np.flatnonzero(blocks)
+        judged: Sequence[FlowIdentity] = records
+        if rows is not None:
+            # Whole FlowRecords only for events and EVE; a verdict needs the flow's key.
+            if pick is None:
+                judged = records = [
+                    FlowRecord.FromString(b) for b in native.packed_record_bytes(rows, strings)
+                ]
+            else:
+                judged = flow_keys(rows[pick])
+        elif pick is not None:
+            judged = [records[i] for i in pick.tolist()]
+        numbers = range(first, first + n) if pick is None else (first + pick).tolist()
+        ids = [f"{self._id_prefix}{i}" for i in numbers]
+        picked = scores if pick is None else scores.take(pick)
+        verdicts = build_verdicts(picked, judged, sensor, ids, time.time_ns())
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
-        self.counters["interim_in"] += sum(1 for r in records if r.interim)
-        malicious = [v for v, label, new in zip(verdicts, labels, raise_, strict=True)
-                     if label == LABEL_MALICIOUS and new]  # fmt: skip
+        if pick is None:
+            malicious = [v for v, block in zip(verdicts, blocks.tolist(), strict=True) if block]
+        else:
+            malicious = verdicts  # picked: malicious and raised
         if malicious:
             self.counters["verdicts_out"] += len(malicious)
             if self.verdict_sender is not None:
@@ -449,6 +499,20 @@ class DetectorService(FollowsControl):
         self.inference_hist.observe(took)
         self.handle_s += took
         self.max_handle_s = max(self.max_handle_s, took)
+
+    def _refuse_packed(self, peer_id: str, exc: PackedFormatError) -> None:
+        """A batch whose packed records this version cannot read: counted, logged."""
+        self.counters["batches_refused_packed"] += 1
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + _DROP_LOG_INTERVAL_S
+            log.warning(
+                "refused a flow batch from %s: %s (is the sniffer a different version? "
+                "%d refused so far)",
+                peer_id,
+                exc,
+                self.counters["batches_refused_packed"],
+            )
 
     def _send(
         self, sender: OutputSender, message: VerdictBatch | EventBatch, what: str, n: int
@@ -495,6 +559,9 @@ class DetectorService(FollowsControl):
             "verdicts_out": 0,
             "events_out": 0,
             "reloads": 0,
+            "batches_refused_packed": 0,
+            "verdicts_dropped": 0,
+            "events_dropped": 0,
         }
         out.update(sorted(self.counters.items()))
         rc = self.receiver.counters

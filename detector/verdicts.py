@@ -11,14 +11,40 @@ of proto/events.proto (Verdict, FlowRef, ScoredEvent).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from detector.scoring import Scores
 from proto.events_pb2 import EventBatch, FlowRecord, FlowRef, Verdict
 
-__all__ = ["add_scored_events", "build_verdicts", "fill_flow_ref", "flow_ref"]
+__all__ = ["FlowIdentity", "add_scored_events", "build_verdicts", "fill_flow_ref", "flow_ref"]
 
 
-def fill_flow_ref(ref: FlowRef, record: FlowRecord, sensor_id: str) -> FlowRef:
+class FlowIdentity(Protocol):
+    """What a verdict reads of its record: a FlowRecord, or a proto.flowpack.FlowKey."""
+
+    @property
+    def flow_id(self) -> int: ...
+    @property
+    def ip_version(self) -> int: ...
+    @property
+    def src_addr(self) -> bytes: ...
+    @property
+    def dst_addr(self) -> bytes: ...
+    @property
+    def src_port(self) -> int: ...
+    @property
+    def dst_port(self) -> int: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def first_ts_ns(self) -> int: ...
+    @property
+    def last_ts_ns(self) -> int: ...
+    @property
+    def src_verified(self) -> bool: ...
+
+
+def fill_flow_ref(ref: FlowRef, record: FlowIdentity, sensor_id: str) -> FlowRef:
     """Set ``ref`` to the record's 5-tuple, times and sensor; returns it."""
     ref.sensor_id = sensor_id
     ref.flow_id = record.flow_id
@@ -40,7 +66,7 @@ def flow_ref(record: FlowRecord, sensor_id: str) -> FlowRef:
 
 def build_verdicts(
     scores: Scores,
-    records: Sequence[FlowRecord],
+    records: Sequence[FlowIdentity],
     sensor_id: str,
     verdict_ids: Sequence[str],
     scored_ts_ns: int,

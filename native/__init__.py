@@ -31,6 +31,7 @@ import numpy.typing as npt
 from native import _flowengine
 from native.errors import CaptureError, UnsupportedLinkType
 from native.structs import CONSTANTS, EVENT_DTYPE
+from proto.flowpack import ENCODE_OPS, PACKED_DTYPE
 
 __all__ = [
     "END_ACTIVE_TIMEOUT",
@@ -44,6 +45,7 @@ __all__ = [
     "FlowEngine",
     "UnsupportedLinkType",
     "flow_ids",
+    "packed_record_bytes",
     "supported_linktypes",
 ]
 
@@ -66,8 +68,9 @@ def supported_linktypes() -> list[str]:
 
 def flow_ids(events: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
     """One 64-bit id per flow: FNV-1a 64 over the event's 40 key bytes (struct mld_flow_key
-    as laid out in memory, ports in host order) followed by first_ts_ns as 8 little-endian
-    bytes. Both directions of a flow share the key, so the id names the flow record."""
+    as laid out in memory, ports in host order, its 2 pad bytes taken as 0) followed by
+    first_ts_ns as 8 little-endian bytes. Both directions of a flow share the key, so the id
+    names the flow record (an interim record and its flow's final record share it)."""
     if events.dtype != EVENT_DTYPE:
         raise TypeError(f"flow_ids expects an array of EVENT_DTYPE, got {events.dtype}")
     return _flowengine.flow_ids(events)
@@ -159,3 +162,16 @@ class FlowEngine:
         (flow table slots examined by those lookups: their ratio stays near 1-3 unless keys
         collide)."""
         return self._engine.stats()
+
+
+def packed_record_bytes(rows: npt.NDArray[np.void], strings: list[str]) -> list[bytes]:
+    """One serialized FlowRecord per packed row (proto/flowpack.py), made in C: the
+    records of scored events without a message built field by field in Python."""
+    if rows.dtype != PACKED_DTYPE:
+        raise TypeError(f"expected rows of proto.flowpack.PACKED_DTYPE, got {rows.dtype}")
+    return _flowengine.rows_to_protobuf(
+        np.ascontiguousarray(rows),
+        PACKED_DTYPE.itemsize,
+        ENCODE_OPS,
+        [s.encode() for s in strings],
+    )

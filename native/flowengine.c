@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "jsonnum.h"
+#include "protowire.h"
 #include "windows.h"
 #include "link_layer.h"
 
@@ -38,7 +39,9 @@ static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
 }
 
 /* Flow id: FNV-1a 64 over the 40 key bytes then the 8 bytes of first_ts_ns, as laid out in
- * struct mld_flow_event (little-endian). */
+ * struct mld_flow_event (little-endian). The key's pad counts as 0 whatever it holds: the
+ * engine and XDP write 0 there, but NumPy leaves unnamed bytes uninitialized when it copies
+ * an events array (np.concatenate, astype), and the id must not depend on them. */
 static __u64 flow_id(const struct mld_flow_event *ev)
 {
     const __u8 *k = (const __u8 *)&ev->key;
@@ -82,6 +85,7 @@ static PyObject *py_flow_ids(PyObject *mod, PyObject *arg)
         struct mld_flow_event ev;
 
         memcpy(&ev, src + i * (npy_intp)sizeof(ev), sizeof(ev));
+        ev.key.pad = 0;
         dst[i] = flow_id(&ev);
     }
     Py_DECREF(in);
@@ -331,6 +335,8 @@ static PyMethodDef module_methods[] = {
      "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
     {"json_addresses", mld_py_json_addresses, METH_O,
      "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
+    {"rows_to_protobuf", mld_py_rows_to_protobuf, METH_VARARGS,
+     "rows_to_protobuf(rows, itemsize, ops, strings) -> one serialized message per row"},
     {NULL, NULL, 0, NULL},
 };
 

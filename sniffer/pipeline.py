@@ -14,7 +14,14 @@ import numpy.typing as npt
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastRules, FastScores
 from sniffer.interim import FlowHistory
-from sniffer.records import Array, FlowColumns, encode_records, flow_columns
+from sniffer.records import (
+    Array,
+    FlowColumns,
+    PackedFlows,
+    encode_records,
+    flow_columns,
+    pack_records,
+)
 from sniffer.source_context import SourceContextTracker, VerifiedSources
 
 __all__ = ["FlowPipeline", "ProcessedFlows"]
@@ -30,6 +37,8 @@ class ProcessedFlows:
     records: list[bytes]
     # FlowRecord.src_verified per record (VerifiedSources).
     src_verified: Array
+    # The records as packed rows (proto/flowpack.py) when asked for (the live publisher).
+    packed: PackedFlows | None = None
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -48,10 +57,15 @@ class FlowPipeline:
         self.interim_records = 0
 
     def process(
-        self, events: npt.NDArray[np.void], observation_point: str, encode: bool = True
+        self,
+        events: npt.NDArray[np.void],
+        observation_point: str,
+        encode: bool = True,
+        pack: bool = False,
     ) -> ProcessedFlows:
         """Columns, context and fast scores of ``events``; serialized FlowRecords too unless
-        ``encode`` is false (offline analysis works on the columns and skips that cost)."""
+        ``encode`` is false (offline analysis works on the columns and skips that cost),
+        and the packed rows the live publisher sends when ``pack`` is true."""
         flows = flow_columns(events, observation_point)
         previous = self.history.previous(flows)
         context = self.context.update(flows, previous)
@@ -60,9 +74,10 @@ class FlowPipeline:
         records = (
             encode_records(flows, context, scores.score, scores.rule, verified) if encode else []
         )
+        packed = pack_records(flows, context, scores.score, scores.rule, verified) if pack else None
         self.records += len(flows)
         self.interim_records += int(np.count_nonzero(flows["interim"]))
-        return ProcessedFlows(flows, context, scores, records, verified)
+        return ProcessedFlows(flows, context, scores, records, verified, packed)
 
     def stats(self) -> dict[str, int]:
         out = {"records": self.records, "scored": self.rules.scored}

@@ -1,11 +1,14 @@
 """Sends flow records to the detector as encrypted FlowBatch messages.
 
-Records arrive serialized (``records.encode_records``); the publisher frames each once as a
-``FlowBatch.records`` element, collects them with crypto_transport's Batcher (a batch
+Records arrive packed (:meth:`FlowPublisher.add_packed`, rows of ``proto.flowpack``'s
+PACKED_DTYPE from ``records.pack_records``: what the sniffer service sends) or serialized
+(:meth:`FlowPublisher.add`, ``records.encode_records``). Packed rows are cut into batches
+of ``transport.batch_records`` rows and sent as ``FlowBatch.packed_records``, one
+``tobytes`` per batch; serialized records are framed each as a ``FlowBatch.records``
+element and joined behind the header (``proto.wire.join_batch``). Either way a batch
 leaves at ``transport.batch_records`` records or when its oldest record has waited
-``transport.batch_max_delay_s``), and joins each batch behind its header with
-``proto.wire.join_batch`` instead of rebuilding a message tree. ``batch_seq`` counts from 0
-since start and ``started_ts_ns`` marks this run (proto/events.proto, FlowBatch).
+``transport.batch_max_delay_s``. ``batch_seq`` counts from 0 since start and
+``started_ts_ns`` marks this run (proto/events.proto, FlowBatch).
 
 With ``discover`` (the control plane is on) and pattern push, batches go to the live
 detectors registered in etcd instead of ``publish.endpoint`` (control.DiscoveredSender,
@@ -25,11 +28,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
+
 from control import DiscoveredSender, output_sender
 from crypto_transport import Batcher, Keyring, Sender, TransportConfig
 from proto.events_pb2 import FlowBatch
+from proto.flowpack import pack_batch
 from proto.wire import frame_element, join_batch
 from sniffer.config import PublishConfig
+from sniffer.records import PackedFlows
 
 __all__ = ["FlowPublisher"]
 
@@ -80,6 +87,49 @@ class FlowPublisher:
             max_delay_s=transport.batch_max_delay_s,
             clock=clock,
         )
+        self._batch_records = transport.batch_records
+        self._max_delay_s = transport.batch_max_delay_s
+        self._pending: list[PackedFlows] = []
+        self._pending_n = 0
+        self._pending_since = 0.0
+
+    def add_packed(self, packed: PackedFlows) -> None:
+        """Queue packed records (rows and their strings); full batches are sent at once."""
+        if not len(packed):
+            return
+        if not self._pending:
+            self._pending_since = self._clock()
+        self._pending.append(packed)
+        self._pending_n += len(packed)
+        while self._pending_n >= self._batch_records:
+            self._send_packed(self._batch_records)
+
+    def _send_packed(self, k: int) -> None:
+        """Send the oldest ``k`` queued rows as one batch, their strings in one table."""
+        parts: list[np.ndarray] = []
+        table: dict[str, int] = {}
+        taken = 0
+        while taken < k and self._pending:
+            head = self._pending[0]
+            need = k - taken
+            if len(head) <= need:
+                self._pending.pop(0)
+                part = head
+            else:
+                part = PackedFlows(head.rows[:need], head.strings)
+                self._pending[0] = PackedFlows(head.rows[need:], head.strings)
+            remap = np.array(
+                [table.setdefault(text, len(table)) for text in part.strings], dtype=np.uint16
+            )
+            rows = part.rows.copy()
+            rows["fast_rule"] = remap[rows["fast_rule"]]
+            rows["observation_point"] = remap[rows["observation_point"]]
+            parts.append(rows)
+            taken += len(part)
+        self._pending_n -= taken
+        header = self._header()
+        payload = pack_batch(header, np.concatenate(parts), list(table))
+        self._deliver(payload, taken)
 
     def add(self, records: Iterable[bytes]) -> None:
         """Queue serialized FlowRecords; full batches are sent at once."""
@@ -89,12 +139,16 @@ class FlowPublisher:
     def poll(self) -> None:
         """Send a partial batch whose oldest record has waited long enough (call often)."""
         self._batcher.poll()
+        if self._pending and self._clock() - self._pending_since >= self._max_delay_s:
+            self._send_packed(self._pending_n)
 
     def flush(self) -> None:
         """Send whatever is queued (at shutdown)."""
         self._batcher.flush()
+        while self._pending:
+            self._send_packed(self._batch_records)
 
-    def _send(self, framed: list[bytes]) -> None:
+    def _header(self) -> FlowBatch:
         header = FlowBatch(
             sensor_id=self.sensor_id,
             batch_seq=self.batch_seq,
@@ -102,12 +156,18 @@ class FlowPublisher:
             sent_ts_ns=time.time_ns(),
         )
         self.batch_seq += 1
-        if self.sender.send_payload(join_batch(header, "records", framed)):
+        return header
+
+    def _send(self, framed: list[bytes]) -> None:
+        self._deliver(join_batch(self._header(), "records", framed), len(framed))
+
+    def _deliver(self, payload: bytes, n: int) -> None:
+        if self.sender.send_payload(payload):
             self.batches_sent += 1
-            self.records_sent += len(framed)
+            self.records_sent += n
         else:
             self.batches_dropped += 1
-            self.records_dropped += len(framed)
+            self.records_dropped += n
             now = self._clock()
             if now < self._next_drop_log:
                 return
@@ -118,7 +178,7 @@ class FlowPublisher:
                 why = f"{self.sender.endpoint} is not keeping up"
             log.warning(
                 "dropped a batch of %d records (%s); %d dropped so far",
-                len(framed),
+                n,
                 why,
                 self.records_dropped,
             )
@@ -129,6 +189,7 @@ class FlowPublisher:
             "batches_sent": self.batches_sent,
             "records_dropped": self.records_dropped,
             "batches_dropped": self.batches_dropped,
+            "records_queued": self._pending_n + len(self._batcher),
         }
         if isinstance(self.sender, DiscoveredSender):
             sender = self.sender.stats()

@@ -99,9 +99,13 @@ class SnifferService(FollowsControl):
     def _handle(self, events: npt.NDArray[np.void], observation_point: str) -> None:
         self.follow_control()
         if len(events):
-            done = self.pipeline.process(events, observation_point)
-            if self.publisher is not None:
-                self.publisher.add(done.records)
+            # The publisher sends packed rows; serialized records only for sinks that print.
+            live = self.publisher is not None
+            done = self.pipeline.process(
+                events, observation_point, encode=bool(self.sinks) or not live, pack=live
+            )
+            if self.publisher is not None and done.packed is not None:
+                self.publisher.add_packed(done.packed)
             for sink in self.sinks:
                 sink(done)
         if self.publisher is not None:

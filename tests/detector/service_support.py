@@ -22,6 +22,7 @@ from proto.events_pb2 import EventBatch, FlowRecord, VerdictBatch
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline
 from sniffer.publisher import FlowPublisher
+from sniffer.records import PackedFlows
 from sniffer.sources import PcapSource
 from tests.support import SHARED_DATA
 
@@ -41,6 +42,21 @@ ROLES = {
 }
 
 ZmqContext = zmq.Context[zmq.Socket[bytes]]
+
+
+def capture_packed(*paths: Path) -> list[PackedFlows]:
+    """The same records as :func:`capture_records`, packed as the live sniffer sends them."""
+    scfg = load_config().sniffer
+    out: list[PackedFlows] = []
+    for path in paths:
+        source = PcapSource([path], scfg.capture)
+        pipeline = FlowPipeline(scfg)
+        for events, obs in [*source.batches(), *source.flush()]:
+            if len(events):
+                packed = pipeline.process(events, obs, encode=False, pack=True).packed
+                assert packed is not None
+                out.append(packed)
+    return out
 
 
 def capture_records(*paths: Path) -> list[bytes]:

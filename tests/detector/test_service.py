@@ -35,6 +35,7 @@ from detector.scoring import Scorer
 from detector.service import DetectorService
 from detector.verdicts import flow_ref
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowBatch, FlowRecord
+from proto.flowpack import FLAG_BITS, PACKED_DTYPE, pack_batch, to_records
 from tests.detector.conftest import TinyBundle
 from tests.detector.service_support import (
     ANY_PORT,
@@ -47,6 +48,7 @@ from tests.detector.service_support import (
     SENSOR2,
     Harness,
     Keys,
+    capture_packed,
     capture_records,
     collect,
     events_of,
@@ -203,6 +205,82 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
     finally:
         raw.close(linger=0)
         intruder.close()
+        publisher.sender.close()
+
+
+def test_packed_batches_are_scored_as_the_repeated_records_are(
+    harness: Harness, tiny_bundle: TinyBundle, records: list[bytes]
+) -> None:
+    """The live sniffer sends packed rows (proto/flowpack.py): the detector gives them the
+    verdicts and events the same records get as repeated messages."""
+    harness.start()
+    publisher = harness.publisher()
+    for packed in capture_packed(SCAN_PCAP, BENIGN_PCAP):
+        publisher.add_packed(packed)
+    publisher.flush()
+    n = len(records)
+    events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= n))
+    rows = parse(records)
+    assert [e.record for e in events] == rows
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    expected = Scorer(bundle, ThresholdsConfig(), 5).score(
+        feature_matrix(columns_from_records(rows)),
+        [r.fast_score for r in rows],
+        [r.fast_rule for r in rows],
+    )
+    verdicts = [e.verdict for e in events]
+    np.testing.assert_array_equal(
+        np.array([v.final_score for v in verdicts], dtype=np.float32), expected.final_score
+    )
+    assert [v.label for v in verdicts] == expected.label.tolist()
+    assert [v.fast_rule for v in verdicts] == expected.fast_rule
+    assert [v.flow for v in verdicts] == [flow_ref(r, SENSOR) for r in rows]
+    assert [v.src_verified for v in verdicts] == [r.src_verified for r in rows]
+    malicious = [v for v in verdicts if v.label == LABEL_MALICIOUS]
+    assert malicious
+    want = len(malicious)
+    sent = collect(harness.firewall, lambda got: sum(len(b.verdicts) for b in got) >= want)
+    assert [v for b in sent for v in b.verdicts] == malicious
+    publisher.sender.close()
+
+
+def test_packed_rows_of_an_unknown_layout_are_refused_counted_and_serving_goes_on(
+    harness: Harness, records: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: a peer holding a sniffer's key sends packed batches this detector cannot
+    read: another layout, and rows of the right layout whose end_reason (an enum, int32
+    on the wire) is 2**32 - 1. The second one, before the check in proto.flowpack, raised
+    ValueError while the detector built the FlowRecords of its events and ended the
+    service. Both must be refused, counted and logged, and the next batch scored."""
+    harness.start()
+    sender = Sender(
+        pattern="push",
+        endpoint=harness.listen,
+        channel="flows",
+        sender_id=SENSOR,
+        keyring=harness.keys.ring(SENSOR, DETECTOR),
+        recipients=[DETECTOR],
+        settings=harness.settings,
+        context=harness.ctx,
+    )
+    publisher = harness.publisher()
+    try:
+        future = FlowBatch(sensor_id=SENSOR, packed_layout=9, packed_records=b"\0" * 64)
+        assert sender.send(future)
+        rows = np.zeros(3, dtype=PACKED_DTYPE)
+        rows["end_reason"] = [1, 2**32 - 1, 1]
+        rows["ip_version"] = 4
+        assert sender.send_payload(pack_batch(FlowBatch(sensor_id=SENSOR), rows, [""]))
+        wait_for(lambda: harness.service.stats()["batches_refused_packed"] == 2, 5, "the refusals")
+        publisher.add(records[:10])
+        publisher.flush()
+        events = events_of(collect(harness.rag, lambda got: len(events_of(got)) >= 10))
+        assert len(events) == 10
+        stats = harness.service.stats()
+        assert stats["batches_in"] == 1 and stats["records_in"] == 10
+        assert any("refused a flow batch from sensor-1" in r.getMessage() for r in caplog.records)
+    finally:
+        sender.close()
         publisher.sender.close()
 
 
@@ -505,8 +583,8 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
         cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
     )
     try:
-        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[:2]))
-        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[2:]))
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[:2]), SENSOR)
+        service.handle(FlowBatch(sensor_id=SENSOR, records=copies[2:]), SENSOR)
         stats = service.stats()
         assert stats["labels.malicious"] == 3 and stats["events_out"] == 3
         assert stats["verdicts_out"] == 1 and stats["eve_alerts"] == 1
@@ -515,7 +593,7 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
         alerts = [json.loads(line) for line in eve.read_text().splitlines()]
         assert len(alerts) == 1 and alerts[0]["flow_id"] == bad.flow_id
         # The same flow from another sensor is another flow.
-        service.handle(FlowBatch(sensor_id="sensor-2", records=copies[:1]))
+        service.handle(FlowBatch(sensor_id="sensor-2", records=copies[:1]), "sensor-2")
         assert service.stats()["verdicts_out"] == 2
     finally:
         service.close()
@@ -530,3 +608,64 @@ def test_a_flow_scored_again_by_interim_records_alerts_and_blocks_once(
     for fid in (8, 9, 10):  # past max_flows the least recently raised is forgotten
         raised.select([FlowRecord(flow_id=fid, interim=True)], [LABEL_MALICIOUS], "s")
     assert len(raised) == 2 and raised.evicted == 2
+
+
+@pytest.mark.parametrize("eve_on", [True, False], ids=["eve", "verdicts-only"])
+def test_packed_interim_rows_alert_and_block_once_per_flow(
+    tiny_bundle: TinyBundle, tmp_path: Path, eve_on: bool
+) -> None:
+    """Issue 18 over issue 20's packed rows (what the live sniffer sends): a malicious flow
+    as two interim rows and its final row reaches the firewall once (and EVE once). With
+    EVE on every row gets its verdict; with nothing reading events only the rows for the
+    firewall do (from flow keys), and the flow still blocks once. Before the interim flag
+    bit (packed layout 1) every row read as its flow's final record: each one blocked."""
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    scorer = Scorer(bundle, ThresholdsConfig(), 5)
+    for part in capture_packed(SCAN_PCAP):
+        recs = to_records(part.rows, part.strings)
+        labels = scorer.score(
+            feature_matrix(columns_from_records(recs)),
+            [r.fast_score for r in recs],
+            [r.fast_rule for r in recs],
+        ).label
+        hit = np.flatnonzero(labels == LABEL_MALICIOUS)
+        if len(hit):
+            break
+    else:
+        pytest.fail("no malicious row in the scan capture")
+    rows = np.concatenate([part.rows[hit[:1]]] * 3)
+    rows["flags"][:2] |= FLAG_BITS["interim"]
+    rows["end_reason"][:2] = 0
+    eve = tmp_path / "eve.json"
+    cfg = DetectorConfig(
+        bundle_dir=str(tiny_bundle.path),
+        model_cache_dir=str(tmp_path / "cache"),
+        reload_interval_s=0,
+        eve_log=str(eve) if eve_on else "",
+        listen=ListenConfig(endpoint=ANY_PORT),
+        verdicts=VerdictsOutput(enabled=False),
+        events=EventsOutput(enabled=False),
+    )
+    service = DetectorService.from_config(
+        cfg, TransportConfig(), Keys().ring(DETECTOR, SENSOR), DETECTOR
+    )
+
+    def packed(part_rows: np.ndarray) -> FlowBatch:
+        return FlowBatch.FromString(
+            pack_batch(FlowBatch(sensor_id=SENSOR), part_rows, part.strings)
+        )
+
+    try:
+        service.handle(packed(rows[:2]), SENSOR)
+        service.handle(packed(rows[2:]), SENSOR)
+        stats = service.stats()
+        assert stats["records_in"] == 3 and stats["labels.malicious"] == 3
+        assert stats["verdicts_out"] == 1, "one block per flow"
+        assert stats["interim_in"] == 2 and stats["raised_repeats"] == 2
+        assert stats["raised_flows"] == 0, "the final row forgets the flow"
+        if eve_on:
+            alerts = [json.loads(line) for line in eve.read_text().splitlines()]
+            assert len(alerts) == 1 and stats["eve_alerts"] == 1
+            assert alerts[0]["flow_id"] == int(rows["flow_id"][0])
+    finally:
+        service.close()

@@ -28,6 +28,7 @@ from control.discovery import DiscoveredSender
 from control.layout import Endpoint, config_key, health_key, service_key, status_key
 from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from proto.events_pb2 import FlowBatch
+from proto.flowpack import batch_records
 from sniffer.cli import sniffer_control
 from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
@@ -207,7 +208,7 @@ class _Detector:
             self.plane.poll()  # keeps the keyring in step with the key directory
             got = self.receiver.recv(timeout_ms=20)
             if got is not None:
-                self.records += len(got.message.records)
+                self.records += len(batch_records(got.message))
                 self.senders.add(got.peer_id)
 
     def deregister(self) -> None:

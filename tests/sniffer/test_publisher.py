@@ -61,6 +61,7 @@ def test_batches_arrive_decrypted_in_order() -> None:
             "batches_sent": 3,
             "records_dropped": 0,
             "batches_dropped": 0,
+            "records_queued": 0,
         }
     finally:
         publisher.sender.close()
