@@ -160,8 +160,9 @@ class Scorer:
         fast = np.zeros(n, np.float32) if fast_score is None else np.asarray(fast_score, np.float32)
         rules = list(fast_rule) if fast_rule is not None else [""] * n
         final = np.maximum(fast, ml)
-        # Per flow: the fast rule's family where the rule scored higher, else the forest's;
-        # and that family's block threshold. Made through tables of the distinct values.
+        # Per flow: the fast rule's family where the rule scored higher, else the forest's,
+        # made through tables of the distinct values; label_flows takes that family's
+        # thresholds.
         ml_fam = np.array(ml_family, dtype=object).reshape(n)
         rule_fam = _lookup(rules, lambda r: FAST_RULE_FAMILY.get(r, ""))
         from_rule = (fast > ml) & _lookup(rules, lambda r: r in FAST_RULE_FAMILY).astype(bool)
@@ -247,9 +248,8 @@ def label_flows(
     final_a = np.asarray(final, dtype=np.float32)
     ml_a = np.asarray(ml, dtype=np.float32)
     fast_a = np.asarray(fast, dtype=np.float32)
-    per = {f: (thresholds.alert_of(f), thresholds.block_of(f)) for f in set(family)}
-    alert = np.array([per[f][0] for f in family], dtype=np.float64).reshape(-1)
-    block = np.array([per[f][1] for f in family], dtype=np.float64).reshape(-1)
+    alert = _lookup(family, thresholds.alert_of).astype(np.float64)
+    block = _lookup(family, thresholds.block_of).astype(np.float64)
     label = np.full(len(final_a), LABEL_BENIGN, dtype=np.int32)
     label[final_a >= alert] = LABEL_SUSPICIOUS
     malicious = final_a >= block
