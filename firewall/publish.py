@@ -162,21 +162,17 @@ class DecisionPublisher:
             try:
                 batch = self._queue.get(timeout=0.2)
             except queue.Empty:
-                batch = None if held is None else held
-                if batch is None:
-                    self._take_peers()
-                    self._maintain()
-                    continue
+                batch = held  # try the held batch again, if there is one
             else:
-                if batch is None:
-                    if held is not None:
-                        self.counters["dropped"] += len(held.decisions)
-                    return
-                if held is not None:
-                    self.counters["dropped"] += len(held.decisions)  # a newer batch waits
+                if held is not None:  # a newer batch (or the end) replaces it
+                    self.counters["dropped"] += len(held.decisions)
                     held = None
+                if batch is None:
+                    return
             self._take_peers()
             self._maintain()
+            if batch is None:
+                continue
             try:
                 ok = self._sender.send(batch)
             except Exception as exc:  # a transport error must not end the thread
