@@ -133,6 +133,63 @@ static const struct member xdp_stats[] = {
     SCALAR(mld_xdp_stats, tiny_fragments),
     SCALAR(mld_xdp_stats, rpf_dropped),
     SCALAR(mld_xdp_stats, interim_exported),
+    SCALAR(mld_xdp_stats, interim_dropped),
+    SCALAR(mld_xdp_stats, flows_summarised),
+    SCALAR(mld_xdp_stats, summary_lost),
+    SCALAR(mld_xdp_stats, src_summary_lost),
+    SCALAR(mld_xdp_stats, overload_admitted),
+    SCALAR(mld_xdp_stats, overload_by_rate),
+    SCALAR(mld_xdp_stats, overload_by_ringbuf),
+    SCALAR(mld_xdp_stats, overload_by_table),
+};
+
+static const struct member overload_config[] = {
+    SCALAR(mld_overload_config, window_ns),
+    SCALAR(mld_overload_config, hold_ns),
+    SCALAR(mld_overload_config, max_new_flows),
+    SCALAR(mld_overload_config, ringbuf_high),
+    SCALAR(mld_overload_config, table_high),
+    SCALAR(mld_overload_config, admit_after),
+    SCALAR(mld_overload_config, src_prefix4),
+    SCALAR(mld_overload_config, src_prefix6),
+    SCALAR(mld_overload_config, enabled),
+    SCALAR(mld_overload_config, gen),
+    ARRAY(mld_overload_config, pad),
+};
+
+static const struct member overload_state[] = {
+    SCALAR(mld_overload_state, window_start_ns),
+    SCALAR(mld_overload_state, window_new),
+    SCALAR(mld_overload_state, until_ns),
+    SCALAR(mld_overload_state, inserted),
+    SCALAR(mld_overload_state, deleted),
+    SCALAR(mld_overload_state, submitted),
+};
+
+static const struct member overload_user[] = {
+    SCALAR(mld_overload_user, user_deleted),
+    SCALAR(mld_overload_user, evicted),
+    SCALAR(mld_overload_user, consumed),
+};
+
+static const struct member flood_key[] = {
+    ARRAY(mld_flood_key, addr),
+    SCALAR(mld_flood_key, port),
+    SCALAR(mld_flood_key, protocol),
+    SCALAR(mld_flood_key, kind),
+    SCALAR(mld_flood_key, prefix_len),
+    SCALAR(mld_flood_key, ip_version),
+    SCALAR(mld_flood_key, gen),
+    SCALAR(mld_flood_key, pad),
+};
+
+static const struct member flood_stats[] = {
+    SCALAR(mld_flood_stats, flows),
+    SCALAR(mld_flood_stats, packets),
+    SCALAR(mld_flood_stats, bytes),
+    SCALAR(mld_flood_stats, syn),
+    SCALAR(mld_flood_stats, first_ts_ns),
+    SCALAR(mld_flood_stats, last_ts_ns),
 };
 
 static const struct member lpm_key[] = {
@@ -162,6 +219,11 @@ static const struct layout layouts[] = {
     LAYOUT(mld_flow_event, flow_event),
     LAYOUT(mld_flow_config, flow_config),
     LAYOUT(mld_xdp_stats, xdp_stats),
+    LAYOUT(mld_overload_config, overload_config),
+    LAYOUT(mld_overload_state, overload_state),
+    LAYOUT(mld_overload_user, overload_user),
+    LAYOUT(mld_flood_key, flood_key),
+    LAYOUT(mld_flood_stats, flood_stats),
     LAYOUT(mld_lpm_key, lpm_key),
     LAYOUT(mld_block, block),
 };
@@ -188,6 +250,7 @@ static const struct {
     CONST(MLD_F_HS_CONFLICT),
     CONST(MLD_F_HS_VERIFIED),
     CONST(MLD_F_INTERIM),
+    CONST(MLD_F_FLOOD),
     CONST(MLD_TCP_FIN),
     CONST(MLD_TCP_SYN),
     CONST(MLD_TCP_RST),
@@ -206,6 +269,8 @@ static const struct {
     CONST(MLD_BLOCK_NEVER),
     CONST(MLD_FRAG_IS),
     CONST(MLD_FRAG_TINY),
+    CONST(MLD_FLOOD_DST),
+    CONST(MLD_FLOOD_SRC),
 };
 
 static PyObject *members(const struct layout *l)

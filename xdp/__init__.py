@@ -26,7 +26,7 @@ from xdp.errors import (
     NotRootError,
     XdpError,
 )
-from xdp.monitor import BPF_SOURCE, FlowMonitor, Mode, raise_on_sigterm
+from xdp.monitor import BPF_SOURCE, FlowMonitor, Mode, OverloadSettings, raise_on_sigterm
 
 __all__ = [
     "BPF_SOURCE",
@@ -41,6 +41,7 @@ __all__ = [
     "InterfaceError",
     "Mode",
     "NotRootError",
+    "OverloadSettings",
     "XdpError",
     "blocklist_enforced",
     "prefix_key",

@@ -19,17 +19,30 @@
  *      export finished flows (FIN, RST, idle/active timeout noticed on a packet) to the ring
  *      buffer `events` as struct mld_flow_event; a flow that goes on is also exported every
  *      interim_ns (config) as an interim record (MLD_F_INTERIM, the entry stays).
+ *   4b. overload mode (struct mld_overload_config, off unless user space enables it): a
+ *      new flow is counted in a per-window counter; too many new flows in a window, a ring
+ *      buffer backlog over ringbuf_high or a nearly full table (entries = inserted - deleted
+ *      - user_deleted - evicted) start overload for hold_ns. While overloaded, a new flow
+ *      whose source has not yet made admit_after new flows (an LRU hash of sources) gets no
+ *      entry: it is added to the flood summaries `floods` of its destination (address,
+ *      port, protocol) and of its source prefix, which user space drains into flood
+ *      records (sniffer/overload.py). A flow with an entry, and the new flows of a source
+ *      that keeps sending (a scanner, a real client), keep the per-flow path. Forged
+ *      random sources never repeat, so a forged flood is summarised and the rest is not.
  * User space sweeps flows that stopped receiving packets (idle timeout) and flushes the table
  * on exit; this program only sees flows when they get a packet.
  *
  * Limits: LRU hash maps do not allow bpf_spin_lock, so two CPUs updating one flow at the
  * same instant can lose an increment; when the table is full the kernel evicts the least
- * recently used flow silently (flows_created - flows_exported - swept - live = evicted).
+ * recently used flow without telling anyone: user space finds those evictions by comparing
+ * the entries its sweep walks with inserted - deleted (xdp/monitor.py, `evicted`), and
+ * overload mode keeps the table from filling under a flood of new flows.
  *
  * Build-time knobs (-D): MLD_MAX_FLOWS, MLD_RINGBUF_PAGES, MLD_BLOCKLIST_MAX,
  * MLD_BLOCKLIST_PIN (a string literal: the bpffs path of the blocklist map),
  * MLD_PARSE_ERROR_DROP (1: drop packets the parser cannot follow, the default; 0: pass),
- * MLD_RPF (1: strict reverse-path check; 0: none, the default).
+ * MLD_RPF (1: strict reverse-path check; 0: none, the default), MLD_FLOOD_MAX (flood
+ * summaries held between two drains), MLD_SRC_SEEN_MAX (sources remembered in overload).
  */
 #define MLD_BPF 1
 #include "flow.h" /* flow_types.h, flow_parse.h, flow_update.h */
@@ -49,6 +62,12 @@
 #ifndef MLD_RPF
 #define MLD_RPF 0
 #endif
+#ifndef MLD_FLOOD_MAX
+#define MLD_FLOOD_MAX 65536
+#endif
+#ifndef MLD_SRC_SEEN_MAX
+#define MLD_SRC_SEEN_MAX 65536
+#endif
 #ifndef MLD_BLOCKLIST_PIN
 #define MLD_BLOCKLIST_PIN "/sys/fs/bpf/mld/blocklist"
 #endif
@@ -66,6 +85,14 @@ BPF_RINGBUF_OUTPUT(events, MLD_RINGBUF_PAGES);
  * the same state and is checked once (on the stack the program passed the verifier's
  * one-million-instruction limit). */
 BPF_PERCPU_ARRAY(parsed, struct mld_pkt, 1);
+/* Overload mode: settings (user space), kernel-side state, user-side entry accounting. */
+BPF_ARRAY(ovl_config, struct mld_overload_config, 1);
+BPF_ARRAY(ovl_state, struct mld_overload_state, 1);
+BPF_ARRAY(ovl_user, struct mld_overload_user, 1);
+/* Flood summaries: a plain hash, so a full map refuses (counted) instead of evicting. */
+BPF_TABLE("hash", struct mld_flood_key, struct mld_flood_stats, floods, MLD_FLOOD_MAX);
+/* New flows per source during overload (key prefixlen 128 and the address). */
+BPF_TABLE("lru_hash", struct mld_lpm_key, __u64, src_seen, MLD_SRC_SEEN_MAX);
 /* Source prefixes to drop, with drop counter and expiry. Reuses a pinned map. */
 BPF_TABLE_PINNED("lpm_trie", struct mld_lpm_key, struct mld_block, blocklist, MLD_BLOCKLIST_MAX,
                  MLD_BLOCKLIST_PIN, BPF_F_NO_PREALLOC);
@@ -138,20 +165,156 @@ static __always_inline void mld_export(const struct mld_flow_key *key,
                                        const struct mld_flow_state *st,
                                        struct mld_xdp_stats *s, __u32 extra_flags)
 {
+    int zero = 0;
+    struct mld_overload_state *ovl = ovl_state.lookup(&zero);
     struct mld_flow_event *e = events.ringbuf_reserve(sizeof(struct mld_flow_event));
 
     if (!e) {
         s->ringbuf_drops += 1;
+        if (extra_flags)
+            s->interim_dropped += 1;
         return;
     }
     __builtin_memcpy(&e->key, key, sizeof(struct mld_flow_key));
     __builtin_memcpy(&e->state, st, sizeof(struct mld_flow_state));
     e->state.flags |= extra_flags;
     events.ringbuf_submit(e, 0);
+    if (ovl)
+        __sync_fetch_and_add(&ovl->submitted, 1);
     if (extra_flags)
         s->interim_exported += 1;
     else
         s->flows_exported += 1;
+}
+
+/* Add one summarised flow (its first packet) to the summary `fk`; 0 when the map is full. */
+static __always_inline int mld_flood_add(const struct mld_flood_key *fk, const struct mld_pkt *pkt)
+{
+    struct mld_flood_stats *v = floods.lookup((struct mld_flood_key *)fk);
+
+    if (!v) {
+        struct mld_flood_stats init = {};
+
+        init.first_ts_ns = pkt->ts_ns;
+        init.last_ts_ns = pkt->ts_ns;
+        floods.insert((struct mld_flood_key *)fk, &init); /* fails when full or raced */
+        v = floods.lookup((struct mld_flood_key *)fk);
+        if (!v)
+            return 0;
+    }
+    __sync_fetch_and_add(&v->flows, 1);
+    __sync_fetch_and_add(&v->packets, 1);
+    __sync_fetch_and_add(&v->bytes, (__u64)pkt->ip_len);
+    if ((pkt->tcp_flags & (MLD_TCP_SYN | MLD_TCP_ACK)) == MLD_TCP_SYN &&
+        pkt->protocol == MLD_PROTO_TCP)
+        __sync_fetch_and_add(&v->syn, 1);
+    if (pkt->ts_ns > v->last_ts_ns)
+        v->last_ts_ns = pkt->ts_ns;
+    if (pkt->ts_ns < v->first_ts_ns)
+        v->first_ts_ns = pkt->ts_ns;
+    return 1;
+}
+
+/* Summarise a new flow: its destination's summary (the accounting record: a flow that cannot
+ * be added there is counted as summary_lost) and its source prefix's. */
+static __always_inline void mld_summarise(const struct mld_pkt *pkt,
+                                          const struct mld_overload_config *oc,
+                                          struct mld_xdp_stats *s)
+{
+    struct mld_flood_key fk = {};
+    __u32 plen, bits;
+    int i;
+
+    s->flows_summarised += 1;
+    __builtin_memcpy(fk.addr, pkt->daddr, 16);
+    fk.port = pkt->dport;
+    fk.protocol = pkt->protocol;
+    fk.kind = MLD_FLOOD_DST;
+    fk.prefix_len = 128;
+    fk.ip_version = pkt->ip_version;
+    fk.gen = oc->gen;
+    if (!mld_flood_add(&fk, pkt))
+        s->summary_lost += 1;
+
+    plen = pkt->ip_version == 4 ? 96 + (__u32)oc->src_prefix4 : (__u32)oc->src_prefix6;
+    if (plen > 128)
+        plen = 128;
+    fk.port = 0;
+    fk.kind = MLD_FLOOD_SRC;
+    fk.prefix_len = (__u8)plen;
+#pragma unroll
+    for (i = 0; i < 16; i++) {
+        bits = (__u32)i * 8;
+        if (bits + 8 <= plen)
+            fk.addr[i] = pkt->saddr[i];
+        else if (bits < plen)
+            fk.addr[i] = pkt->saddr[i] & (__u8)(0xFF << (8 - (plen - bits)));
+        else
+            fk.addr[i] = 0;
+    }
+    if (!mld_flood_add(&fk, pkt))
+        s->src_summary_lost += 1;
+}
+
+/* Is the program overloaded, and is this new flow to be summarised rather than given an
+ * entry? Counts the new flow in the window and (re)starts overload on a trigger. */
+static __always_inline int mld_overload(const struct mld_pkt *pkt, struct mld_xdp_stats *s)
+{
+    struct mld_overload_config *oc;
+    struct mld_overload_state *os;
+    struct mld_overload_user *ou;
+    struct mld_lpm_key sk = {};
+    __u64 now = pkt->ts_ns, n, one = 1, *seen;
+    __s64 entries;
+    int zero = 0, why = 0;
+
+    oc = ovl_config.lookup(&zero);
+    os = ovl_state.lookup(&zero);
+    ou = ovl_user.lookup(&zero);
+    if (!oc || !os || !ou || !oc->enabled)
+        return 0;
+    if (now - os->window_start_ns >= oc->window_ns) { /* a new window (racy reset: benign) */
+        os->window_start_ns = now;
+        os->window_new = 0;
+    }
+    n = __sync_fetch_and_add(&os->window_new, 1) + 1;
+    if (oc->max_new_flows && n > oc->max_new_flows) {
+        why = 1;
+    } else if (oc->ringbuf_high && os->submitted - ou->consumed >= oc->ringbuf_high) {
+        why = 2;
+    } else if (oc->table_high) {
+        entries = (__s64)(os->inserted - os->deleted - ou->user_deleted - ou->evicted);
+        if (entries >= (__s64)oc->table_high)
+            why = 3;
+    }
+    if (why) {
+        if (now >= os->until_ns) { /* overload begins */
+            if (why == 1)
+                s->overload_by_rate += 1;
+            else if (why == 2)
+                s->overload_by_ringbuf += 1;
+            else
+                s->overload_by_table += 1;
+        }
+        os->until_ns = now + oc->hold_ns;
+    }
+    if (now >= os->until_ns)
+        return 0;
+    if (oc->admit_after) {
+        sk.prefixlen = 128;
+        __builtin_memcpy(sk.addr, pkt->saddr, 16);
+        seen = src_seen.lookup(&sk);
+        if (seen) {
+            if (__sync_fetch_and_add(seen, 1) + 1 > oc->admit_after) {
+                s->overload_admitted += 1;
+                return 0;
+            }
+        } else {
+            src_seen.update(&sk, &one);
+        }
+    }
+    mld_summarise(pkt, oc, s);
+    return 1;
 }
 
 int xdp_flow_monitor(struct xdp_md *ctx)
@@ -164,6 +327,7 @@ int xdp_flow_monitor(struct xdp_md *ctx)
     struct mld_flow_event *fresh;
     struct mld_flow_config *cfg;
     struct mld_flow_state *st;
+    struct mld_overload_state *ovl;
     struct mld_xdp_stats *s;
     struct mld_block *blk;
     int zero = 0;
@@ -222,15 +386,22 @@ int xdp_flow_monitor(struct xdp_md *ctx)
         return XDP_PASS;
     lo = mld_flow_key(pkt, &fresh->key);
 
+    ovl = ovl_state.lookup(&zero);
+    if (!ovl)
+        return XDP_PASS;
     st = flows.lookup(&fresh->key);
     if (!st) {
+        if (mld_overload(pkt, s))
+            return XDP_PASS; /* summarised */
         s->flows_created += 1;
         if (mld_flow_init(&fresh->state, pkt, lo) == MLD_ACT_EXPORT) {
             mld_export(&fresh->key, &fresh->state, s, 0); /* a lone RST: never stored */
             return XDP_PASS;
         }
-        if (flows.insert(&fresh->key, &fresh->state) == 0)
+        if (flows.insert(&fresh->key, &fresh->state) == 0) {
+            __sync_fetch_and_add(&ovl->inserted, 1);
             return XDP_PASS;
+        }
         /* Another CPU created the flow since our lookup: apply the packet to its entry. */
         s->flows_created -= 1;
         st = flows.lookup(&fresh->key);
@@ -250,7 +421,8 @@ int xdp_flow_monitor(struct xdp_md *ctx)
     }
     if (act == MLD_ACT_EXPORT) {
         mld_export(&fresh->key, st, s, 0);
-        flows.delete(&fresh->key);
+        if (flows.delete(&fresh->key) == 0)
+            __sync_fetch_and_add(&ovl->deleted, 1);
     }
     return XDP_PASS;
 }

@@ -61,6 +61,8 @@
                                    responder's SYN-ACK, so its address is its own */
 #define MLD_F_INTERIM 0x200     /* set on exported records only: an interim update of a flow
                                    that goes on (counters so far; the final record follows) */
+#define MLD_F_FLOOD 0x400       /* set on flood records only (sniffer/overload.py): the
+                                   summary of many new flows made in overload mode */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define MLD_TCP_FIN 0x01
@@ -201,6 +203,81 @@ struct mld_xdp_stats {
                                to their source leaves by another interface, or there is none */
     __u64 interim_exported; /* interim records (MLD_F_INTERIM) written to the ring buffer;
                                not in flows_exported, which counts flows that ended */
+    /* Overload mode (struct mld_overload_config). A new flow is either created (a flow
+     * entry, flows_created) or summarised (flows_summarised), never both. */
+    __u64 interim_dropped;     /* of ringbuf_drops, interim records (the flow went on) */
+    __u64 flows_summarised;    /* new flows folded into a flood summary instead of an entry */
+    __u64 summary_lost;        /* of them, ones whose destination summary could not be
+                                  stored (the summary map was full): counted, not described */
+    __u64 src_summary_lost;    /* source-prefix summaries that could not be stored */
+    __u64 overload_admitted;   /* new flows created during overload because their source
+                                  had already sent admit_after new flows (a real sender) */
+    __u64 overload_by_rate;    /* overload (re)started: too many new flows in a window */
+    __u64 overload_by_ringbuf; /* overload (re)started: ring buffer backlog too high */
+    __u64 overload_by_table;   /* overload (re)started: flow table nearly full */
+};
+
+/* Overload mode (written by user space at index 0 of an array). While overloaded, a new flow
+ * whose source has not yet sent admit_after new flows in overload is not given a flow entry:
+ * it is added to a flood summary of its destination (address, port, protocol) and of its
+ * source prefix, which user space drains into flood records. Flows with an entry, and new
+ * flows of sources that keep sending (scanners, real clients), keep the per-flow path. */
+struct mld_overload_config {
+    __u64 window_ns;          /* new flows are counted per window of this length */
+    __u64 hold_ns;            /* overload lasts this long after its latest trigger */
+    __u32 max_new_flows;      /* new flows in one window that trigger overload; 0: never */
+    __u32 ringbuf_high;       /* ring buffer backlog (records submitted - consumed) that
+                                 triggers overload; 0: never */
+    __u32 table_high;         /* flow entries that trigger overload; 0: never */
+    __u32 admit_after;        /* see above; 0: every new flow is summarised in overload */
+    __u8 src_prefix4;         /* source prefix length of the summaries, IPv4 (bits) */
+    __u8 src_prefix6;         /* source prefix length of the summaries, IPv6 (bits) */
+    __u8 enabled;             /* 0: overload mode off (the table evicts, counted) */
+    __u8 gen;                 /* summaries are written under this generation (0..3); user
+                                 space moves it on and drains the generations before */
+    __u8 pad[4];
+};
+
+/* Overload state, kernel side (index 0 of an array; atomic adds, plain window resets). */
+struct mld_overload_state {
+    __u64 window_start_ns;
+    __u64 window_new;   /* new flows seen in the current window */
+    __u64 until_ns;     /* overloaded while now < until_ns */
+    __u64 inserted;     /* flow entries the program inserted */
+    __u64 deleted;      /* flow entries the program deleted */
+    __u64 submitted;    /* records submitted to the ring buffer */
+};
+
+/* Overload state, user side (index 0 of another array, written by user space only):
+ * entries = inserted - deleted - user_deleted - evicted; ring buffer backlog = submitted -
+ * consumed (BCC gives the program no handle on the ring buffer for bpf_ringbuf_query). */
+struct mld_overload_user {
+    __u64 user_deleted; /* flow entries user space removed (idle sweep, flush) */
+    __u64 evicted;      /* entries the LRU table dropped, found by the sweep's table walk */
+    __u64 consumed;     /* records user space read from the ring buffer */
+};
+
+#define MLD_FLOOD_DST 1 /* a summary per destination address, port and protocol */
+#define MLD_FLOOD_SRC 2 /* a summary per source prefix and protocol */
+
+struct mld_flood_key {
+    __u8 addr[16];   /* the destination, or the source prefix's network address */
+    __u16 port;      /* destination port (MLD_FLOOD_DST), 0 otherwise */
+    __u8 protocol;
+    __u8 kind;       /* MLD_FLOOD_* */
+    __u8 prefix_len; /* bits of addr that count (IPv4-mapped: 96 + IPv4 length) */
+    __u8 ip_version;
+    __u8 gen;        /* mld_overload_config.gen when written */
+    __u8 pad;
+};
+
+struct mld_flood_stats {
+    __u64 flows;       /* new flows summarised */
+    __u64 packets;
+    __u64 bytes;       /* IP-layer lengths */
+    __u64 syn;         /* of the packets, TCP SYN without ACK */
+    __u64 first_ts_ns;
+    __u64 last_ts_ns;
 };
 
 /* Blocklist key (LPM trie): prefixlen counts bits of the IPv4-mapped 128-bit address, so an

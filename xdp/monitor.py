@@ -28,6 +28,18 @@ sweep_interval_s (no thread): flows idle for idle_timeout_s are removed and expo
 end reason FIN (both sides sent FIN) or IDLE_TIMEOUT, the rules of mld_flow_idle() and
 mld_idle_reason() in flow_update.h.
 
+Overload mode (``overload=OverloadSettings(...)``, off by default here, on in the sniffer):
+when new flows come faster than the sniffer can score them (new flows per window), the ring
+buffer backs up, or the flow table nearly fills, the program stops giving the new flows of
+sources it has not seen repeat an entry and adds them to flood summaries per destination and
+per source prefix (xdp/flow_monitor.bpf.c, step 4b). poll() drains the summaries at each
+sweep; take_floods() hands them over (sniffer/overload.py makes flood records of them).
+Nothing is lost without a count: every new flow is created (flows_created) or summarised
+(flows_summarised); a summary the map had no room for is summary_lost; an entry the LRU table
+evicted is found by the sweep (``evicted``: the entries the walk found against inserted -
+deleted, a lower bound while traffic runs, exact once it stops); a record the ring buffer had
+no room for is ringbuf_drops. ``stats()["lost_uncounted"]`` checks the sum.
+
 Records, flow map entries, timeouts and counters are read and written with the layouts
 native.structs builds from the C compiler's view of xdp/flow_types.h; attach() checks that
 BCC (clang) laid out the program's maps the same way.
@@ -37,16 +49,20 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import math
+import mmap
 import os
 import signal
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from base.signals import sigterm_raises_systemexit
 from native import structs
@@ -56,7 +72,14 @@ from xdp.blocklist import DEFAULT_PIN_DIR, Blocklist
 from xdp.bpffs import check_pin_dir, ensure_pin_dir
 from xdp.errors import CompileError, InterfaceError, NotRootError, XdpError
 
-__all__ = ["FlowMonitor", "Mode", "ParseErrorAction", "ReversePathCheck", "raise_on_sigterm"]
+__all__ = [
+    "FlowMonitor",
+    "Mode",
+    "OverloadSettings",
+    "ParseErrorAction",
+    "ReversePathCheck",
+    "raise_on_sigterm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +101,59 @@ _Event = structs.ctype("mld_flow_event")
 _Config = structs.ctype("mld_flow_config")
 _STATE_DTYPE = structs.dtype("mld_flow_state")
 _STATS_DTYPE = structs.dtype("mld_xdp_stats")
+_OvlConfig = structs.ctype("mld_overload_config")
+_OvlUser = structs.ctype("mld_overload_user")
+_OvlState = structs.ctype("mld_overload_state")
+_FloodKey = structs.ctype("mld_flood_key")
+_FloodStats = structs.ctype("mld_flood_stats")
+FLOOD_KEY_DTYPE = structs.dtype("mld_flood_key")
+FLOOD_STATS_DTYPE = structs.dtype("mld_flood_stats")
+_OVERLOAD_WINDOW_NS = 100_000_000  # new flows are counted per 100 ms
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    """When the XDP program summarises new flows instead of giving each an entry.
+
+    Args:
+        new_flows_per_s: new flows a second (counted per 100 ms) past which overload
+            starts: what the sniffer and the detector can score. 0: no rate trigger.
+        ringbuf_fill: share of the ring buffer waiting to be read that starts overload
+            (user space falls behind). 0: no backlog trigger.
+        table_fill: share of the flow table in use that starts overload (before the LRU
+            table evicts). 0: no table trigger.
+        hold_s: overload lasts this long after its latest trigger.
+        admit_after: during overload a source's new flows get entries again from its
+            (admit_after + 1)-th new flow on (forged random sources never repeat; scanners
+            and real clients do). 0: every new flow is summarised during overload.
+        src_prefix4, src_prefix6: source prefix length of the per-source summaries.
+        max_summaries: flood summaries held between two drains (a full map is counted).
+        max_sources: sources remembered during overload (an LRU hash).
+    """
+
+    new_flows_per_s: float = 20000.0
+    ringbuf_fill: float = 0.5
+    table_fill: float = 0.9
+    hold_s: float = 2.0
+    admit_after: int = 1
+    src_prefix4: int = 16
+    src_prefix6: int = 32
+    max_summaries: int = 65536
+    max_sources: int = 65536
+
+    def check(self) -> None:
+        if self.new_flows_per_s < 0 or not 0 <= self.ringbuf_fill <= 1:
+            raise XdpError("overload: new_flows_per_s must be >= 0, ringbuf_fill in [0, 1]")
+        if not 0 <= self.table_fill <= 1 or self.hold_s <= 0:
+            raise XdpError("overload: table_fill must be in [0, 1] and hold_s > 0")
+        if self.admit_after < 0 or self.admit_after >= 2**32:
+            raise XdpError(f"overload: admit_after must be >= 0, got {self.admit_after}")
+        if not 0 <= self.src_prefix4 <= 32 or not 0 <= self.src_prefix6 <= 128:
+            raise XdpError("overload: src_prefix4 must be in [0, 32], src_prefix6 in [0, 128]")
+        if self.max_summaries < 1 or self.max_sources < 1:
+            raise XdpError("overload: max_summaries and max_sources must be >= 1")
+
+
 # Every timestamp of a record: the flow's first and last packet, each direction's last.
 _TS_FIELDS = [n for n in EVENT_DTYPE.names or () if n.endswith("_ts_ns")]
 
@@ -143,6 +219,7 @@ class FlowMonitor:
         blocklist_max: int = 65536,
         parse_error_action: ParseErrorAction = "drop",
         reverse_path_check: ReversePathCheck = "none",
+        overload: OverloadSettings | None = None,
     ) -> None:
         if isinstance(ifaces, str) or not ifaces or len(set(ifaces)) != len(ifaces):
             raise XdpError(f"ifaces must be a list of distinct interface names, got {ifaces!r}")
@@ -170,6 +247,8 @@ class FlowMonitor:
             )
         if sweep_interval_s <= 0:
             raise XdpError(f"sweep_interval_s must be > 0, got {sweep_interval_s}")
+        if overload is not None:
+            overload.check()
         self.ifaces = list(ifaces)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.active_timeout_ns = int(active_timeout_s * 1e9)
@@ -190,6 +269,15 @@ class FlowMonitor:
         self._swept = 0
         self._flushed = 0
         self._sweep_races = 0
+        self.overload = overload
+        self._user_deleted = 0  # flow entries this process removed (sweep, flush)
+        self._evicted = 0  # entries the LRU table dropped, as the sweeps found them
+        self._gen = 0  # generation the program writes flood summaries under
+        self._floods: list[tuple[npt.NDArray[np.void], npt.NDArray[np.void]]] = []
+        self._summaries_drained = 0  # destination summaries handed over
+        self._summarised_drained = 0  # flows they hold
+        self._src_summaries_drained = 0
+        self._records_read = 0  # ring buffer records read (exports, interim)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -262,6 +350,11 @@ class FlowMonitor:
             f"-DMLD_PARSE_ERROR_DROP={int(self.parse_error_action == 'drop')}",
             f"-DMLD_RPF={int(self.reverse_path_check == 'strict')}",
         ]
+        if self.overload is not None:
+            cflags += [
+                f"-DMLD_FLOOD_MAX={self.overload.max_summaries}",
+                f"-DMLD_SRC_SEEN_MAX={self.overload.max_sources}",
+            ]
         try:
             bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         except Exception as exc:
@@ -289,9 +382,21 @@ class FlowMonitor:
             (b["scratch"].sLeaf, "mld_flow_event"),
             (b["config"].Leaf, "mld_flow_config"),
             (b["stats"].sLeaf, "mld_xdp_stats"),
+            (b["ovl_config"].Leaf, "mld_overload_config"),
+            (b["ovl_state"].Leaf, "mld_overload_state"),
+            (b["ovl_user"].Leaf, "mld_overload_user"),
+            (b["floods"].Key, "mld_flood_key"),
+            (b["floods"].Leaf, "mld_flood_stats"),
         )
         cfg = b["config"]
         cfg[cfg.Key(0)] = _Config(self.idle_timeout_ns, self.active_timeout_ns, self.interim_ns)
+        self._ovl_config = b["ovl_config"]
+        self._ovl_user = b["ovl_user"]
+        self._write_overload_config()
+        self._floods_fd = b["floods"].get_fd()
+        fchunk = 4096
+        self._fkeys_buf: Any = (_FloodKey * fchunk)()
+        self._fstats_buf: Any = (_FloodStats * fchunk)()
         self.record_size = ct.sizeof(_Event)
         self._key_off = _Event.key.offset
         self._state_off = _Event.state.offset
@@ -313,8 +418,32 @@ class FlowMonitor:
                     "native/ from this tree's xdp/flow_types.h (`make install`)"
                 )
 
+    def _write_overload_config(self) -> None:
+        o = self.overload
+        c = _OvlConfig()
+        if o is not None:
+            window_s = _OVERLOAD_WINDOW_NS / 1e9
+            c.window_ns = _OVERLOAD_WINDOW_NS
+            c.hold_ns = int(o.hold_s * 1e9)
+            c.max_new_flows = min(2**32 - 1, math.ceil(o.new_flows_per_s * window_s))
+            # A record takes its size plus an 8-byte header in the ring buffer.
+            slot = (ct.sizeof(_Event) + 8 + 7) // 8 * 8
+            c.ringbuf_high = int(o.ringbuf_fill * self.ringbuf_pages * mmap.PAGESIZE / slot)
+            c.table_high = int(o.table_fill * self.max_flows)
+            c.admit_after = o.admit_after
+            c.src_prefix4 = o.src_prefix4
+            c.src_prefix6 = o.src_prefix6
+            c.enabled = 1
+            c.gen = self._gen
+        self._ovl_config[self._ovl_config.Key(0)] = c
+
+    def _write_overload_user(self) -> None:
+        u = _OvlUser(self._user_deleted, self._evicted, self._records_read)
+        self._ovl_user[self._ovl_user.Key(0)] = u
+
     def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
         self._pending.append(ct.string_at(data, size))
+        self._records_read += 1
         return 0
 
     def _attach_one(self, iface: str) -> str:
@@ -358,8 +487,11 @@ class FlowMonitor:
         wait = max(0, min(timeout_ms, int((self._next_sweep - time.monotonic()) * 1000)))
         b.ring_buffer_poll(wait)
         _raise_deferred_sigterm()
+        if self.overload is not None and self._pending:
+            self._write_overload_user()  # the backlog the program measures
         if time.monotonic() >= self._next_sweep:
             self._sweep(final=False)
+            self._drain_floods(final=False)
             self._next_sweep = time.monotonic() + self.sweep_interval_s
         return self._drain()
 
@@ -368,7 +500,57 @@ class FlowMonitor:
         b = self._require()
         b.ring_buffer_consume()
         self._sweep(final=True)
+        self._drain_floods(final=True)
         return self._drain()
+
+    def take_floods(self) -> tuple[npt.NDArray[np.void], npt.NDArray[np.void]]:
+        """The flood summaries drained since the last call: (keys, stats) arrays of
+        FLOOD_KEY_DTYPE and FLOOD_STATS_DTYPE (timestamps in epoch ns), both kinds
+        (MLD_FLOOD_DST, MLD_FLOOD_SRC). Summaries are drained at each sweep."""
+        if not self._floods:
+            return np.zeros(0, FLOOD_KEY_DTYPE), np.zeros(0, FLOOD_STATS_DTYPE)
+        keys = np.concatenate([k for k, _ in self._floods])
+        vals = np.concatenate([v for _, v in self._floods])
+        self._floods.clear()
+        return keys, vals
+
+    def _drain_floods(self, final: bool) -> None:
+        """Move the program to the next generation and drain the summaries of the ones
+        before the previous: those were last written a sweep interval ago, so no program
+        run still adds to them (a drain of a summary being written could lose an
+        increment). ``final``: drain everything (traffic has stopped, or is about to)."""
+        if self.overload is None:
+            return
+        prev = self._gen
+        self._gen = (self._gen + 1) % 4
+        self._write_overload_config()
+        keep = set() if final else {prev, self._gen}
+        ksz = ct.sizeof(_FloodKey)
+        picked: list[bytes] = []
+        for n in sys_bpf.lookup_batches(self._floods_fd, self._fkeys_buf, self._fstats_buf):
+            raw = ct.string_at(ct.addressof(self._fkeys_buf), n * ksz)
+            keys = np.frombuffer(raw, dtype=FLOOD_KEY_DTYPE)
+            for i in np.flatnonzero(~np.isin(keys["gen"], list(keep))):
+                picked.append(raw[i * ksz : (i + 1) * ksz])
+        if not picked:
+            return
+        key, val = _FloodKey(), _FloodStats()
+        out_k, out_v = bytearray(), bytearray()
+        for raw in picked:
+            ct.memmove(ct.addressof(key), raw, len(raw))
+            if sys_bpf.lookup_and_delete(self._floods_fd, key, val):
+                out_k += raw
+                out_v += ct.string_at(ct.addressof(val), ct.sizeof(val))
+        keys = np.frombuffer(bytes(out_k), dtype=FLOOD_KEY_DTYPE)
+        vals = np.frombuffer(out_v, dtype=FLOOD_STATS_DTYPE).copy()
+        off = np.uint64(self.clock_offset_ns)
+        for name in ("first_ts_ns", "last_ts_ns"):
+            vals[name] += off
+        dst = keys["kind"] == CONSTANTS["MLD_FLOOD_DST"]
+        self._summaries_drained += int(dst.sum())
+        self._summarised_drained += int(vals["flows"][dst].sum())
+        self._src_summaries_drained += int((~dst).sum())
+        self._floods.append((keys, vals))
 
     def _drain(self) -> bytes:
         if not self._pending:
@@ -385,10 +567,22 @@ class FlowMonitor:
         return bytes(buf)
 
     def _walk_keys(self, final: bool, now_ns: int) -> list[bytes]:
-        """Keys of the flows to remove: idle ones, or all of them when final."""
+        """Keys of the flows to remove: idle ones, or all of them when final.
+
+        Also finds the entries the LRU table evicted: the program counts the entries it
+        inserted and deleted, this process those it deleted, so inserted - deleted -
+        user_deleted - evicted entries should be in the table; fewer found means the
+        kernel evicted the difference. ``inserted`` is read before the walk and ``deleted``
+        after it, so an entry added or removed during the walk can only make the
+        difference smaller: a lower bound while traffic runs, exact when it has stopped.
+        """
         keys: list[bytes] = []
         ksz = ct.sizeof(_Key)
+        ovl = self._bpf["ovl_state"]
+        inserted = int(ovl[ovl.Key(0)].inserted)
+        live = 0
         for n in sys_bpf.lookup_batches(self._flows_fd, self._keys_buf, self._states_buf):
+            live += n
             raw_keys = ct.string_at(ct.addressof(self._keys_buf), n * ksz)
             if final:
                 pick = np.arange(n)
@@ -397,6 +591,11 @@ class FlowMonitor:
                 last = st["last_ts_ns"].astype(np.int64)
                 pick = np.flatnonzero(now_ns - last >= self.idle_timeout_ns)
             keys.extend(raw_keys[i * ksz : (i + 1) * ksz] for i in pick)
+        deleted = int(ovl[ovl.Key(0)].deleted)
+        missing = inserted - deleted - self._user_deleted - live
+        if missing > self._evicted:
+            log.debug("the flow table evicted %d entries", missing - self._evicted)
+            self._evicted = missing
         return keys
 
     def _sweep(self, final: bool) -> None:
@@ -406,6 +605,7 @@ class FlowMonitor:
             ct.memmove(ct.addressof(key), raw, len(raw))
             if not sys_bpf.lookup_and_delete(self._flows_fd, key, state):
                 continue  # the program exported it meanwhile
+            self._user_deleted += 1
             if final:
                 reason = CONSTANTS["MLD_END_CAPTURE_END"]
             else:
@@ -413,6 +613,7 @@ class FlowMonitor:
                     # A packet arrived between the walk and the delete: put the flow back.
                     try:
                         sys_bpf.update(self._flows_fd, key, state, sys_bpf.BPF_NOEXIST)
+                        self._user_deleted -= 1  # back in the table
                         continue
                     except OSError:
                         self._sweep_races += 1  # a newer entry exists: export this one
@@ -429,6 +630,7 @@ class FlowMonitor:
                 self._flushed += 1
             else:
                 self._swept += 1
+        self._write_overload_user()
 
     # ---- introspection ------------------------------------------------------------------
 
@@ -452,9 +654,20 @@ class FlowMonitor:
     def stats(self) -> dict[str, int]:
         """Per-CPU counters summed (struct mld_xdp_stats) plus user-space figures.
 
-        Adds live_flows, swept (idle exports by the sweep), flushed, sweep_races and
+        Adds live_flows, swept (idle exports by the sweep), flushed, sweep_races,
         evicted_estimate = flows_created - flows_exported - swept - flushed - live_flows
-        (flows the full LRU table dropped without export; approximate while traffic runs).
+        (flows that ended without a record: evicted, or whose final record the ring buffer
+        had no room for; approximate while traffic runs), and the overload accounting:
+
+        * ``evicted``: entries the LRU table dropped, found by the sweeps' walks;
+        * ``final_dropped``: final records the ring buffer had no room for;
+        * ``records_read``: records read from the ring buffer;
+        * ``flood_summaries`` / ``flood_summarised_flows`` / ``flood_src_summaries``:
+          destination summaries drained, the new flows they hold, source summaries;
+        * ``lost_uncounted``: new flows neither in a record, in a summary, in the table,
+          nor counted as lost (evicted, final_dropped, summary_lost). 0 is the target;
+          exact once traffic has stopped and the table was flushed, and a transient
+          difference while it runs (flows between the program's counters and the walk).
         """
         b = self._require()
         table = b["stats"]
@@ -467,7 +680,39 @@ class FlowMonitor:
         out["sweep_races"] = self._sweep_races
         gone = out["flows_exported"] + self._swept + self._flushed + out["live_flows"]
         out["evicted_estimate"] = max(0, out["flows_created"] - gone)
+        out["evicted"] = self._evicted
+        out["final_dropped"] = out["ringbuf_drops"] - out["interim_dropped"]
+        out["records_read"] = self._records_read
+        out["flood_summaries"] = self._summaries_drained
+        out["flood_summarised_flows"] = self._summarised_drained
+        out["flood_src_summaries"] = self._src_summaries_drained
+        out["overloaded"] = int(self.overloaded())
+        # Every new flow: created (then exported, dropped at export, swept, flushed, still
+        # in the table, or evicted) or summarised (then drained in a summary, still in
+        # the map, or lost for want of room).
+        ended = (
+            out["flows_exported"] + out["final_dropped"] + self._swept + self._flushed
+            + out["live_flows"] + self._evicted
+        )  # fmt: skip
+        pending = out["flows_summarised"] - out["summary_lost"] - self._summarised_drained
+        out["lost_uncounted"] = out["flows_created"] - ended + pending - self._in_floods()
         return out
+
+    def overloaded(self) -> bool:
+        """Is the program in overload mode now?"""
+        b = self._require()
+        st = b["ovl_state"][b["ovl_state"].Key(0)]
+        return bool(st.until_ns > time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
+    def _in_floods(self) -> int:
+        """New flows held in destination summaries not drained yet."""
+        total = 0
+        dst = CONSTANTS["MLD_FLOOD_DST"]
+        for n in sys_bpf.lookup_batches(self._floods_fd, self._fkeys_buf, self._fstats_buf):
+            keys = np.frombuffer(self._fkeys_buf, dtype=FLOOD_KEY_DTYPE, count=n)
+            vals = np.frombuffer(self._fstats_buf, dtype=FLOOD_STATS_DTYPE, count=n)
+            total += int(vals["flows"][keys["kind"] == dst].sum())
+        return total
 
     def blocklist(self) -> Blocklist:
         """The pinned blocklist this program enforces (close it when done)."""

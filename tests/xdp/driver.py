@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xdp import FlowMonitor
+from xdp import FlowMonitor, OverloadSettings
 from xdp.monitor import raise_on_sigterm
 
 
@@ -49,6 +49,11 @@ def main() -> int:
     p.add_argument("--no-flush", action="store_true")
     p.add_argument("--parse-error-action", default="drop")
     p.add_argument("--reverse-path-check", default="none")
+    p.add_argument("--ringbuf-pages", type=int, default=64)
+    # Overload mode (off unless --overload-rate is given): new flows per second, admit_after.
+    p.add_argument("--overload-rate", type=float, default=None)
+    p.add_argument("--overload-admit-after", type=int, default=1)
+    p.add_argument("--floods", type=Path, default=None, help="flood summaries, JSON lines")
     a = p.parse_args()
 
     raise_on_sigterm()
@@ -58,12 +63,17 @@ def main() -> int:
         active_timeout_s=a.active,
         interim_s=a.interim,
         max_flows=a.max_flows,
-        ringbuf_pages=64,
+        ringbuf_pages=a.ringbuf_pages,
         mode=a.mode,
         sweep_interval_s=a.sweep,
         pin_dir=a.pin_dir,
         parse_error_action=a.parse_error_action,
         reverse_path_check=a.reverse_path_check,
+        overload=None
+        if a.overload_rate is None
+        else OverloadSettings(
+            new_flows_per_s=a.overload_rate, admit_after=a.overload_admit_after, hold_s=5.0
+        ),
     )
 
     def save(path: Path, data: object) -> None:
@@ -75,7 +85,19 @@ def main() -> int:
 
     with a.out.open("wb") as out, a.json.open("w") as js:
 
+        def write_floods() -> None:
+            if a.floods is None or mon.overload is None:
+                return
+            keys, vals = mon.take_floods()
+            with a.floods.open("a") as f:
+                for k, v in zip(keys, vals, strict=True):
+                    row = {n: (k[n].tobytes().hex() if n == "addr" else int(k[n]))
+                           for n in keys.dtype.names or ()}  # fmt: skip
+                    row.update({n: int(v[n]) for n in vals.dtype.names or ()})
+                    f.write(json.dumps(row) + "\n")
+
         def write(buf: bytes, phase: str) -> None:
+            write_floods()
             out.write(buf)
             out.flush()
             for ev in mon.decode(buf):
@@ -95,6 +117,7 @@ def main() -> int:
                 write(mon.poll(0), "poll")
                 if not a.no_flush:
                     write(mon.flush(), "flush")
+                    write_floods()
                 save(a.stats, mon.stats())
             finally:
                 mon.close()
