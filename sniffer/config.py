@@ -55,6 +55,32 @@ class CaptureConfig:
     # as source.rpf_dropped); none checks nothing. Needs forwarding on (a gateway), and
     # symmetric routes: with asymmetric ones leave it at none.
     reverse_path_check: Literal["none", "strict"] = "none"
+    # Overload mode (XDP): when new flows come faster than the sniffer and the detector can
+    # score them, the flows of sources that do not repeat (a forged-source flood) are
+    # summarised per destination and per source prefix into flood records instead of
+    # filling the flow table; flows already in it and sources that keep sending (a
+    # scanner, a real client) keep the per-flow path (sniffer/README.md, "Overload").
+    # Everything summarised or lost is counted (source.flows_summarised, source.evicted,
+    # source.ringbuf_drops, source.lost_uncounted) and logged once per stats interval.
+    overload: bool = True
+    # New flows a second (counted per 100 ms) past which overload starts: about what one
+    # sniffer and one detector score on a small machine (issue 20: 25-30k a second).
+    overload_new_flows_per_s: float = 20000.0
+    # Share of the ring buffer waiting to be read that starts overload (0: never).
+    overload_ringbuf_fill: float = 0.5
+    # Share of max_flows in use that starts overload, before the table evicts (0: never).
+    overload_table_fill: float = 0.9
+    # Overload lasts this long after its latest trigger, in seconds.
+    overload_hold_s: float = 2.0
+    # During overload a source's new flows get their own records again from its
+    # (admit_after + 1)-th new flow on: forged random sources never repeat, a scanner does
+    # at once. 0: every new flow is summarised during overload.
+    overload_admit_after: int = 1
+    # Source prefix length of the per-source flood records, IPv4 and IPv6 (bits).
+    flood_src_prefix4: int = 16
+    flood_src_prefix6: int = 32
+    # Flood summaries held between two sweeps (a full map is counted: source.summary_lost).
+    flood_max_summaries: int = 65536
 
 
 @dataclass(frozen=True)

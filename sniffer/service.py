@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control import ControlState, DiscoveredSender, FollowsControl, ServiceControl
+from sniffer.overload import OverloadReport
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
 from sniffer.sources import FlowSource
@@ -63,6 +64,7 @@ class SnifferService(FollowsControl):
         self._health_interval_s = 5.0
         self._next_health = 0.0
         self._health: dict[str, int] = {}
+        self._overload = OverloadReport()
 
     def attach_control(self, plane: ServiceControl[Any]) -> None:
         """Follow ``plane`` before every batch (live rules, discovered detectors)."""
@@ -71,12 +73,12 @@ class SnifferService(FollowsControl):
         super().attach_control(plane)
 
     def follow_control(self) -> None:
-        if self.plane is None:
-            return
         now = time.monotonic()
-        if now >= self._next_health:  # for etcd and /metrics
+        if now >= self._next_health:  # for etcd and /metrics (which may run without etcd)
             self._next_health = now + self._health_interval_s
             self._health = self.stats()
+        if self.plane is None:
+            return
         super().follow_control()
 
     def apply_control(self, state: ControlState[Any]) -> None:
@@ -112,7 +114,22 @@ class SnifferService(FollowsControl):
             self.publisher.poll()
         if time.monotonic() >= self._next_stats:
             self._next_stats = time.monotonic() + self.stats_interval_s
-            log.info("sniffer: %s", self._stats_line())
+            stats = self.stats()
+            log.info("sniffer: %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+            self._report_overload(stats)
+
+    def _report_overload(self, stats: dict[str, int]) -> None:
+        """Once per stats interval: what overload mode summarised and what was lost since
+        the previous line, in the log and (when it moved) in etcd for ``mld status``."""
+        src = {k.removeprefix("source."): v for k, v in stats.items() if k.startswith("source.")}
+        line = self._overload.update(src)
+        if line is None:
+            return
+        lost = src.get("evicted", 0) + src.get("final_dropped", 0) + src.get("summary_lost", 0)
+        level = logging.WARNING if lost or src.get("lost_uncounted", 0) else logging.INFO
+        log.log(level, "overload: %s", line)
+        if self.plane is not None:
+            self.plane.report("overload", {**src, "summary": self._overload.summary(src)})
 
     def run(self) -> None:
         """Process until the source ends or the process is interrupted; always flush."""

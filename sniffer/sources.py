@@ -12,7 +12,10 @@ process is shutting down. ``stats()`` gives counters.
   with its name (and the byte offset, for a mid-file failure), counted in ``rejected``,
   and skipped; flows read before the failure are kept, and the next file is read.
 * :class:`XdpSource` polls the XDP program's ring buffer (xdp.FlowMonitor). ``xdp`` (BCC)
-  is imported only when such a source is made, so offline use needs no BCC.
+  is imported only when such a source is made, so offline use needs no BCC. With
+  ``capture.overload`` (the default) the program summarises forged-source floods, and
+  each batch also carries the flood records made of the summaries drained since the
+  previous one (sniffer/overload.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy.typing as npt
 import native
 from base.errors import MldError
 from sniffer.config import CaptureConfig
+from sniffer.overload import flood_events
 
 __all__ = ["CaptureSourceError", "FlowSource", "PcapSource", "RejectedFile", "XdpSource"]
 
@@ -147,6 +151,19 @@ class XdpSource:
         """``pin_dir``: the node's bpffs folder for the blocklist (node.xdp_pin_dir)."""
         import xdp  # BCC: only live capture needs it
 
+        overload = None
+        if capture.overload:
+            overload = xdp.OverloadSettings(
+                new_flows_per_s=capture.overload_new_flows_per_s,
+                ringbuf_fill=capture.overload_ringbuf_fill,
+                table_fill=capture.overload_table_fill,
+                hold_s=capture.overload_hold_s,
+                admit_after=capture.overload_admit_after,
+                src_prefix4=capture.flood_src_prefix4,
+                src_prefix6=capture.flood_src_prefix6,
+                max_summaries=capture.flood_max_summaries,
+            )
+        self.flood_records = 0
         self.ifaces = list(ifaces)
         self._obs = ",".join(self.ifaces)
         self._poll_ms = capture.poll_timeout_ms
@@ -164,6 +181,7 @@ class XdpSource:
             pin_dir=pin_dir,
             parse_error_action=capture.parse_error_action,
             reverse_path_check=capture.reverse_path_check,
+            overload=overload,
         )
         self._stopping = False
 
@@ -183,7 +201,13 @@ class XdpSource:
         self._stopping = True
 
     def _decode(self, buf: bytes) -> Events:
-        return np.frombuffer(buf, dtype=self._dtype).copy()
+        events = np.frombuffer(buf, dtype=self._dtype).copy()
+        keys, vals = self._monitor.take_floods()
+        if len(keys) == 0:
+            return events
+        floods = flood_events(keys, vals)
+        self.flood_records += len(floods)
+        return np.concatenate([events, floods])
 
     def batches(self) -> Iterator[tuple[Events, str]]:
         while not self._stopping:
@@ -193,11 +217,13 @@ class XdpSource:
             yield self._decode(buf), self._obs
 
     def flush(self) -> list[tuple[Events, str]]:
-        buf = self._monitor.flush()
-        return [(self._decode(buf), self._obs)] if buf else []
+        events = self._decode(self._monitor.flush())
+        return [(events, self._obs)] if len(events) else []
 
     def stats(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self._monitor.stats().items()}
+        out = {k: int(v) for k, v in self._monitor.stats().items()}
+        out["flood_records"] = self.flood_records
+        return out
 
     def close(self) -> None:
         self._monitor.close()
