@@ -271,6 +271,7 @@ static const struct {
     CONST(MLD_FRAG_TINY),
     CONST(MLD_FLOOD_DST),
     CONST(MLD_FLOOD_SRC),
+    CONST(MLD_FLOOD_REPLY),
 };
 
 static PyObject *members(const struct layout *l)

@@ -74,11 +74,17 @@ class CaptureConfig:
     overload_hold_s: float = 2.0
     # During overload a source's new flows get their own records again from its
     # (admit_after + 1)-th new flow on: forged random sources never repeat, a scanner does
-    # at once. 0: every new flow is summarised during overload.
+    # at once. Only flows opened by a TCP SYN (or UDP, ICMP, ...) count; a new flow that
+    # starts with a SYN-ACK, RST or ACK (a victim's replies to forged sources, a connection
+    # already open) is summarised. 0: every new flow is summarised during overload.
     overload_admit_after: int = 1
     # Source prefix length of the per-source flood records, IPv4 and IPv6 (bits).
     flood_src_prefix4: int = 16
     flood_src_prefix6: int = 32
+    # A source prefix becomes a flood record when it sent at least this many of the
+    # summarised flows between two sweeps (a random-source flood puts a few in every
+    # prefix; those are counted as source.flood_src_below_min, and are in the victim's).
+    flood_src_min_flows: int = 100
     # Flood summaries held between two sweeps (a full map is counted: source.summary_lost).
     flood_max_summaries: int = 65536
 

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastRules, FastScores
 from sniffer.interim import FlowHistory
+from sniffer.overload import score_floods
 from sniffer.records import (
     Array,
     FlowColumns,
@@ -55,6 +56,7 @@ class FlowPipeline:
         self.rules = FastRules(config.rules, config.context)
         self.records = 0
         self.interim_records = 0
+        self.flood_scored = 0  # flood records (sniffer/overload.py) a rate rule scored
 
     def process(
         self,
@@ -71,6 +73,7 @@ class FlowPipeline:
         context = self.context.update(flows, previous)
         verified = self.verified.update(flows)
         scores = self.rules.score(flows, context, previous)
+        self.flood_scored += score_floods(events, scores, self.rules.config)
         records = (
             encode_records(flows, context, scores.score, scores.rule, verified) if encode else []
         )
@@ -89,4 +92,5 @@ class FlowPipeline:
         out["interim_records"] = self.interim_records
         out["interim_flows_open"] = len(self.history)
         out["interim_flows_evicted"] = self.history.evicted
+        out["flood_scored"] = self.flood_scored
         return out

@@ -164,6 +164,8 @@ class XdpSource:
                 max_summaries=capture.flood_max_summaries,
             )
         self.flood_records = 0
+        self.flood_src_below_min = 0
+        self._src_min_flows = capture.flood_src_min_flows
         self.ifaces = list(ifaces)
         self._obs = ",".join(self.ifaces)
         self._poll_ms = capture.poll_timeout_ms
@@ -205,9 +207,13 @@ class XdpSource:
         keys, vals = self._monitor.take_floods()
         if len(keys) == 0:
             return events
-        floods = flood_events(keys, vals)
+        floods, below = flood_events(keys, vals, self._src_min_flows)
         self.flood_records += len(floods)
-        return np.concatenate([events, floods])
+        self.flood_src_below_min += below
+        out = np.empty(len(events) + len(floods), dtype=self._dtype)
+        out[: len(events)] = events
+        out[len(events) :] = floods
+        return out
 
     def batches(self) -> Iterator[tuple[Events, str]]:
         while not self._stopping:
@@ -223,6 +229,7 @@ class XdpSource:
     def stats(self) -> dict[str, int]:
         out = {k: int(v) for k, v in self._monitor.stats().items()}
         out["flood_records"] = self.flood_records
+        out["flood_src_below_min"] = self.flood_src_below_min
         return out
 
     def close(self) -> None:

@@ -26,7 +26,9 @@
  *      whose source has not yet made admit_after new flows (an LRU hash of sources) gets no
  *      entry: it is added to the flood summaries `floods` of its destination (address,
  *      port, protocol) and of its source prefix, which user space drains into flood
- *      records (sniffer/overload.py). A flow with an entry, and the new flows of a source
+ *      records (sniffer/overload.py); a new flow that starts with a SYN-ACK, RST or ACK
+ *      (the victim's answers to forged sources) to the summary of the answering address
+ *      and port, and never earns its source admission. A flow with an entry, and the new flows of a source
  *      that keeps sending (a scanner, a real client), keep the per-flow path. Forged
  *      random sources never repeat, so a forged flood is summarised and the rest is not.
  * User space sweeps flows that stopped receiving packets (idle timeout) and flushes the table
@@ -256,6 +258,26 @@ static __always_inline void mld_summarise(const struct mld_pkt *pkt,
         s->src_summary_lost += 1;
 }
 
+/* Summarise a new flow that answers (a SYN-ACK, RST or ACK first): per replying address
+ * and port, so a victim's backscatter to a million forged sources is one summary. */
+static __always_inline void mld_summarise_reply(const struct mld_pkt *pkt,
+                                                const struct mld_overload_config *oc,
+                                                struct mld_xdp_stats *s)
+{
+    struct mld_flood_key fk = {};
+
+    s->flows_summarised += 1;
+    __builtin_memcpy(fk.addr, pkt->saddr, 16);
+    fk.port = pkt->sport;
+    fk.protocol = pkt->protocol;
+    fk.kind = MLD_FLOOD_REPLY;
+    fk.prefix_len = 128;
+    fk.ip_version = pkt->ip_version;
+    fk.gen = oc->gen;
+    if (!mld_flood_add(&fk, pkt))
+        s->summary_lost += 1;
+}
+
 /* Is the program overloaded, and is this new flow to be summarised rather than given an
  * entry? Counts the new flow in the window and (re)starts overload on a trigger. */
 static __always_inline int mld_overload(const struct mld_pkt *pkt, struct mld_xdp_stats *s)
@@ -300,6 +322,15 @@ static __always_inline int mld_overload(const struct mld_pkt *pkt, struct mld_xd
     }
     if (now >= os->until_ns)
         return 0;
+    /* Only a packet that opens a conversation (TCP SYN without ACK; UDP, ICMP and the
+     * rest) counts toward its source's admission: a SYN-ACK, RST or ACK that starts a new
+     * flow in overload answers a flow that was summarised (the victim's replies to forged
+     * sources, its backscatter), or is the middle of a connection, and is summarised. */
+    if (pkt->protocol == MLD_PROTO_TCP &&
+        (pkt->tcp_flags & (MLD_TCP_SYN | MLD_TCP_ACK | MLD_TCP_RST)) != MLD_TCP_SYN) {
+        mld_summarise_reply(pkt, oc, s);
+        return 1;
+    }
     if (oc->admit_after) {
         sk.prefixlen = 128;
         __builtin_memcpy(sk.addr, pkt->saddr, 16);

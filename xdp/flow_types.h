@@ -259,10 +259,14 @@ struct mld_overload_user {
 
 #define MLD_FLOOD_DST 1 /* a summary per destination address, port and protocol */
 #define MLD_FLOOD_SRC 2 /* a summary per source prefix and protocol */
+#define MLD_FLOOD_REPLY 3 /* a summary per replying address, port and protocol: new flows
+                             that start with a TCP SYN-ACK, RST or ACK (a victim's answers
+                             to forged sources, its backscatter) */
 
 struct mld_flood_key {
-    __u8 addr[16];   /* the destination, or the source prefix's network address */
-    __u16 port;      /* destination port (MLD_FLOOD_DST), 0 otherwise */
+    __u8 addr[16];   /* the destination, the source prefix's network address, or the
+                        replying source (MLD_FLOOD_REPLY) */
+    __u16 port;      /* destination port (DST), source port (REPLY), 0 (SRC) */
     __u8 protocol;
     __u8 kind;       /* MLD_FLOOD_* */
     __u8 prefix_len; /* bits of addr that count (IPv4-mapped: 96 + IPv4 length) */

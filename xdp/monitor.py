@@ -125,7 +125,9 @@ class OverloadSettings:
         hold_s: overload lasts this long after its latest trigger.
         admit_after: during overload a source's new flows get entries again from its
             (admit_after + 1)-th new flow on (forged random sources never repeat; scanners
-            and real clients do). 0: every new flow is summarised during overload.
+            and real clients do). Only flows a TCP SYN (or UDP, ICMP, ...) opens count; a
+            new flow starting with a SYN-ACK, RST or ACK is summarised (backscatter, or a
+            connection already open). 0: every new flow is summarised during overload.
         src_prefix4, src_prefix6: source prefix length of the per-source summaries.
         max_summaries: flood summaries held between two drains (a full map is counted).
         max_sources: sources remembered during overload (an LRU hash).
@@ -546,10 +548,12 @@ class FlowMonitor:
         off = np.uint64(self.clock_offset_ns)
         for name in ("first_ts_ns", "last_ts_ns"):
             vals[name] += off
-        dst = keys["kind"] == CONSTANTS["MLD_FLOOD_DST"]
-        self._summaries_drained += int(dst.sum())
-        self._summarised_drained += int(vals["flows"][dst].sum())
-        self._src_summaries_drained += int((~dst).sum())
+        # Every summarised flow is in one destination or one reply summary; source-prefix
+        # summaries describe the same flows again.
+        acct = keys["kind"] != CONSTANTS["MLD_FLOOD_SRC"]
+        self._summaries_drained += int(acct.sum())
+        self._summarised_drained += int(vals["flows"][acct].sum())
+        self._src_summaries_drained += int((~acct).sum())
         self._floods.append((keys, vals))
 
     def _drain(self) -> bytes:
@@ -663,7 +667,8 @@ class FlowMonitor:
         * ``final_dropped``: final records the ring buffer had no room for;
         * ``records_read``: records read from the ring buffer;
         * ``flood_summaries`` / ``flood_summarised_flows`` / ``flood_src_summaries``:
-          destination summaries drained, the new flows they hold, source summaries;
+          destination and reply summaries drained, the new flows they hold, source-prefix
+          summaries drained;
         * ``lost_uncounted``: new flows neither in a record, in a summary, in the table,
           nor counted as lost (evicted, final_dropped, summary_lost). 0 is the target;
           exact once traffic has stopped and the table was flushed, and a transient
@@ -705,13 +710,13 @@ class FlowMonitor:
         return bool(st.until_ns > time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _in_floods(self) -> int:
-        """New flows held in destination summaries not drained yet."""
+        """New flows held in destination and reply summaries not drained yet."""
         total = 0
-        dst = CONSTANTS["MLD_FLOOD_DST"]
+        src = CONSTANTS["MLD_FLOOD_SRC"]
         for n in sys_bpf.lookup_batches(self._floods_fd, self._fkeys_buf, self._fstats_buf):
             keys = np.frombuffer(self._fkeys_buf, dtype=FLOOD_KEY_DTYPE, count=n)
             vals = np.frombuffer(self._fstats_buf, dtype=FLOOD_STATS_DTYPE, count=n)
-            total += int(vals["flows"][keys["kind"] == dst].sum())
+            total += int(vals["flows"][keys["kind"] != src].sum())
         return total
 
     def blocklist(self) -> Blocklist:

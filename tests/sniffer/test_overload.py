@@ -26,32 +26,40 @@ def mapped(a: str) -> bytes:
 
 
 def summaries() -> tuple[np.ndarray, np.ndarray]:
-    keys = np.zeros(2, dtype=dtype("mld_flood_key"))
-    vals = np.zeros(2, dtype=dtype("mld_flood_stats"))
-    keys[0]["addr"] = np.frombuffer(mapped("10.10.0.10"), np.uint8)
-    keys[0]["port"], keys[0]["kind"], keys[0]["prefix_len"] = 80, C["MLD_FLOOD_DST"], 128
-    keys[1]["addr"] = np.frombuffer(mapped("198.51.0.0"), np.uint8)
-    keys[1]["kind"], keys[1]["prefix_len"] = C["MLD_FLOOD_SRC"], 96 + 16
-    for k in keys:
-        k["protocol"], k["ip_version"] = C["MLD_PROTO_TCP"], 4
-    vals["flows"] = vals["packets"] = vals["syn"] = (50000, 12)
-    vals["bytes"] = (50000 * 40, 12 * 40)
+    """The victim's SYNs and its SYN-ACKs, a busy source prefix and a quiet one."""
+    keys = np.zeros(4, dtype=dtype("mld_flood_key"))
+    vals = np.zeros(4, dtype=dtype("mld_flood_stats"))
+    for i, (a, kind, port, plen) in enumerate((
+        ("10.10.0.10", C["MLD_FLOOD_DST"], 80, 128),
+        ("10.10.0.10", C["MLD_FLOOD_REPLY"], 80, 128),
+        ("198.51.0.0", C["MLD_FLOOD_SRC"], 0, 96 + 16),
+        ("192.0.0.0", C["MLD_FLOOD_SRC"], 0, 96 + 16),
+    )):  # fmt: skip
+        keys[i]["addr"] = np.frombuffer(mapped(a), np.uint8)
+        keys[i]["kind"], keys[i]["port"], keys[i]["prefix_len"] = kind, port, plen
+        keys[i]["protocol"], keys[i]["ip_version"] = C["MLD_PROTO_TCP"], 4
+    vals["flows"] = vals["packets"] = (50000, 40000, 12, 3)
+    vals["syn"] = (50000, 0, 12, 3)
+    vals["bytes"] = vals["packets"] * 40
     vals["first_ts_ns"] = T0
-    vals["last_ts_ns"] = (T0 + 10**9, T0 + 5 * 10**8)
+    vals["last_ts_ns"] = (T0 + 10**9, T0 + 2 * 10**9, T0 + 5 * 10**8, T0)
     return keys, vals
 
 
 def test_flood_records_name_the_victim_and_the_prefix_and_pass_the_pipeline() -> None:
-    events = flood_events(*summaries())
+    events, below = flood_events(*summaries(), src_min_flows=10)
+    assert below == 1, "the quiet prefix (3 flows) is counted, not a record"
     assert (events["flags"] & C["MLD_F_FLOOD"]).all()
     done = FlowPipeline(SnifferConfig()).process(events, "eth0", encode=True)
     victim, prefix = (FlowRecord.FromString(r) for r in done.records)
     assert victim.dst_addr == ipaddress.IPv4Address("10.10.0.10").packed
     assert victim.src_addr == bytes(4) and victim.dst_port == 80
     assert victim.fwd.packets == 50000 and victim.fwd.syn_count == 50000
-    assert victim.bwd.packets == 0
-    # One second of 50,000 SYNs: the mean gap is 20 us, the duration the summary's span.
-    assert victim.last_ts_ns - victim.first_ts_ns == 10**9 and victim.fwd.iat_min_us == 20
+    # Its answers (SYN-ACKs that began new flows) are the same record's backward direction.
+    assert victim.bwd.packets == 40000 and victim.bwd.syn_count == 0
+    # 50,000 SYNs in one second: the mean gap is 20 us; the record spans both summaries.
+    assert victim.fwd.iat_min_us == 20
+    assert victim.last_ts_ns - victim.first_ts_ns == 2 * 10**9
     assert prefix.src_addr == ipaddress.IPv4Address("198.51.0.0").packed
     assert prefix.dst_addr == bytes(4) and prefix.fwd.packets == 12
 
@@ -63,3 +71,13 @@ def test_report_says_what_moved_once_per_interval() -> None:
     assert rep.update({"flows_summarised": 10, "flood_records": 2, "evicted": 0}) is None
     line = rep.update({"flows_summarised": 15, "flood_records": 3, "evicted": 4})
     assert line is not None and "summarised 5 new flows" in line and "evicted 4" in line
+
+
+def test_a_victims_flood_record_scores_as_the_flows_it_holds() -> None:
+    """The fast rules count flows per destination, and a flood record is one record for
+    50,000 SYN-only flows: it scores syn_flood 1.0 (over syn_flood_high a second) here,
+    and the source-prefix record is left to the rules and the forests."""
+    events, _ = flood_events(*summaries(), src_min_flows=10)
+    done = FlowPipeline(SnifferConfig()).process(events, "eth0", encode=False)
+    assert done.scores.rule == ["syn_flood", ""] and done.scores.score[0] == 1.0
+    assert done.scores.score[1] == 0.0
