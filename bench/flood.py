@@ -39,6 +39,7 @@ the scan was not blocked or something was lost without a count.
 
     .venv/bin/python bench/flood.py            # 20 s flood, scan 5 s in
     .venv/bin/python bench/flood.py --quick    # 8 s flood, scan 3 s in (the smoke test)
+    .venv/bin/python bench/flood.py --no-overload   # the same without overload mode
 """
 
 from __future__ import annotations
@@ -192,6 +193,9 @@ def main() -> int:
     ap.add_argument("--scan-at", type=float, default=5.0, help="scan start, s into the flood")
     ap.add_argument("--quick", action="store_true", help="8 s flood, scan 3 s in (smoke)")
     ap.add_argument("--prefix", default=PREFIX, help=f"the lab's namespace prefix ({PREFIX})")
+    ap.add_argument(
+        "--no-overload", action="store_true", help="sniffer.capture.overload false, to compare"
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.scan_at = 8.0, 3.0
@@ -219,7 +223,7 @@ def main() -> int:
         "node": {"id": "flood-bench", "state_dir": str(state), "xdp_pin_dir": pin_dir},
         "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
         # SYN-only and one-way flows end by idle timeout: 5 s gets the verdicts in sooner.
-        "sniffer": {"capture": {"idle_timeout_s": 5.0}},
+        "sniffer": {"capture": {"idle_timeout_s": 5.0, "overload": not args.no_overload}},
         # The outside segment is the gateway's own: not allowlisted here (see above).
         "firewall": {"auto_allowlist": ["own_addresses", "gateways", "resolvers", "ntp"]},
     }))  # fmt: skip

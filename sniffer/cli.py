@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
+from base.errors import MldError
 from base.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from base.signals import sigterm_raises_systemexit
 from base.terminal import printable
@@ -31,6 +32,7 @@ from crypto_transport import Keyring
 from mld.runner import ControlParts, Health, Plane, ServiceParts, run_service
 from proto.events_pb2 import EndReason, FlowRecord
 from sniffer.config import SnifferConfig
+from sniffer.overload import OverloadReport
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
 from sniffer.service import SnifferService
@@ -71,6 +73,16 @@ examples:
   mld sniffer flows capture.pcap --idle-timeout 10 --active-timeout 60
 exit status: 0 ok; 1 bad config; 4 a file was rejected (unsupported link type, corrupt,
 truncated): the other files, and the rejected one up to the error, are still printed.
+"""
+
+
+STATUS_EPILOG = """\
+examples:
+  mld sniffer status                               flows, overload mode, losses by reason
+  mld sniffer status --json | jq .counters         every counter of /metrics
+  mld sniffer status --config /etc/mld/gw.yaml     another metrics.sniffer_port
+exit status: 0 ok; 1 no sniffer answers on metrics.sniffer_port (the message says what to
+check; `mld status` asks etcd instead).
 """
 
 
@@ -305,10 +317,84 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class SnifferUnreachable(MldError):
+    """No running sniffer answers on its /metrics port."""
+
+
+def read_metrics(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """The sniffer's counters from its /metrics page: ``source.packets`` and the like
+    (``mld_sniffer_`` taken off; dots were underscores there, the first one is put back
+    between the part and the counter)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            text = reply.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise SnifferUnreachable(
+            f"no sniffer answers on {url} ({exc}): is `mld sniffer run` running on this host "
+            "with the same metrics.sniffer_port (-1 turns /metrics off)? `mld status` asks "
+            "etcd instead"
+        ) from exc
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("mld_sniffer_") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        name = name.removeprefix("mld_sniffer_")
+        part, _, rest = name.partition("_")
+        out[f"{part}.{rest}" if rest else part] = float(value)
+    return out
+
+
+def status_lines(c: dict[str, float]) -> list[str]:
+    """What `mld sniffer status` prints: flows, overload, losses (counted or not)."""
+
+    def g(k: str) -> int:
+        return int(c.get(f"source.{k}", 0))
+
+    flows = (
+        f"flows: created {g('flows_created')}, exported {g('flows_exported')} (+ "
+        f"{g('interim_exported')} interim), swept {g('swept')}, in the table "
+        f"{g('live_flows')}; packets {g('packets')}, blocked {g('blocked_packets')}"
+    )
+    src = {k.removeprefix("source."): int(v) for k, v in c.items() if k.startswith("source.")}
+    now = "on" if g("overloaded") else "off"
+    published = int(c.get("publish.records_dropped", 0))
+    return [
+        f"up: {int(c.get('up', 0))}",
+        flows,
+        f"overload: {now} now; {OverloadReport.summary(src)}",
+        f"publisher: {int(c.get('publish.records_sent', 0))} records sent, {published} "
+        "dropped (the detector did not take them in time)",
+    ]
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    m = cfg.metrics
+    if m.sniffer_port <= 0:
+        raise SnifferUnreachable(
+            f"metrics.sniffer_port is {m.sniffer_port}: the sniffer serves no /metrics to ask "
+            "(set a port, or use `mld status`, which asks etcd)"
+        )
+    host = "127.0.0.1" if m.host in ("0.0.0.0", "::", "") else m.host
+    url = f"http://{host}:{m.sniffer_port}/metrics"
+    counters = read_metrics(url)
+    if args.json:
+        print(json.dumps({"url": url, "counters": counters}, indent=1))
+    else:
+        print(f"sniffer at {url}")
+        print("\n".join(status_lines(counters)))
+    return EXIT_OK
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``sniffer`` and its actions ``run`` and ``flows`` to the ``mld`` subcommands."""
+    """Add ``sniffer`` and its actions ``run``, ``flows`` and ``status`` to the ``mld``
+    subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
     group = sub.add_parser(
         "sniffer",
@@ -371,3 +457,17 @@ def register(
         help="default: sniffer.capture.active_timeout_s",
     )
     flows.set_defaults(func=_cmd_flows)
+
+    status = actions.add_parser(
+        "status",
+        parents=[common],
+        help="the running sniffer's counters: flows, overload mode, what was lost",
+        description="Ask the sniffer running on this host (its /metrics, metrics.sniffer_port) "
+        "for its counters: flows created and exported, overload mode (new flows summarised "
+        "into flood records, sources admitted), and every loss with its reason (evicted by "
+        "the full flow table, ring buffer full, summary map full, publisher) and the new "
+        "flows lost without a count (0 is the target). --json prints every counter.",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.set_defaults(func=_cmd_status)
