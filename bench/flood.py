@@ -40,6 +40,7 @@ the scan was not blocked or something was lost without a count.
     .venv/bin/python bench/flood.py            # 20 s flood, scan 5 s in
     .venv/bin/python bench/flood.py --quick    # 8 s flood, scan 3 s in (the smoke test)
     .venv/bin/python bench/flood.py --no-overload   # the same without overload mode
+    .venv/bin/python bench/flood.py --sniffer-cost  # the sniffer's cost per flood record
 """
 
 from __future__ import annotations
@@ -187,6 +188,44 @@ class Client(threading.Thread):
             self.stop_event.wait(0.2)
 
 
+def sniffer_cost(n: int = 50000) -> float:
+    """Seconds per record of the live sniffer's pipeline (context, fast rules, packed rows)
+    on what a forged-source SYN flood hands it: one-packet SYN flows from n sources, to one
+    server. The measurement behind summarising in XDP (sniffer/overload.py)."""
+    import numpy as np
+
+    from native.structs import CONSTANTS as C
+    from native.structs import EVENT_DTYPE
+    from sniffer.config import SnifferConfig
+    from sniffer.pipeline import FlowPipeline
+
+    rng = np.random.default_rng(1)
+    ev = np.zeros(n, dtype=EVENT_DTYPE)
+    ev["addr_lo"][:, 10:12] = 0xFF
+    # Random sources in 0.0.0.0-9.255.255.255: below 10.10.0.10, so the key's "lo" end.
+    ev["addr_lo"][:, 12] = rng.integers(0, 10, n, dtype=np.uint8)
+    ev["addr_lo"][:, 13:] = rng.integers(0, 256, (n, 3), dtype=np.uint8)
+    ev["addr_hi"][:, 10:12] = 0xFF
+    ev["addr_hi"][:, 12:] = (10, 10, 0, 10)
+    ev["port_lo"] = rng.integers(1024, 65535, n)
+    ev["port_hi"] = 80
+    ev["protocol"], ev["ip_version"] = 6, 4
+    t0 = 1_700_000_000 * 10**9
+    ev["first_ts_ns"] = ev["last_ts_ns"] = ev["fwd_last_ts_ns"] = t0 + np.arange(n) * 20_000
+    ev["fwd_packets"], ev["fwd_bytes"], ev["fwd_syn"] = 1, 40, 1
+    ev["fwd_len_min"] = ev["fwd_len_max"] = 40
+    ev["flags"] = C["MLD_F_INITIATOR_LO"] | C["MLD_F_L4"] | C["MLD_F_INIT_SYN"]
+    ev["end_reason"] = C["MLD_END_IDLE_TIMEOUT"]
+    best = float("inf")
+    for _ in range(3):
+        pipeline = FlowPipeline(SnifferConfig())
+        start = time.perf_counter()
+        for i in range(0, n, 4096):
+            pipeline.process(ev[i : i + 4096], "outside", encode=False, pack=True)
+        best = min(best, time.perf_counter() - start)
+    return best / n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="flood duration (20)")
@@ -196,7 +235,14 @@ def main() -> int:
     ap.add_argument(
         "--no-overload", action="store_true", help="sniffer.capture.overload false, to compare"
     )
+    ap.add_argument(
+        "--sniffer-cost", action="store_true", help="only the sniffer's cost per flood record"
+    )
     args = ap.parse_args()
+    if args.sniffer_cost:
+        per = sniffer_cost()
+        print(f"sniffer_records_per_s={1 / per:.0f} us_per_record={per * 1e6:.1f}")
+        return 0
     if args.quick:
         args.seconds, args.scan_at = 8.0, 3.0
     if os.geteuid() != 0:
