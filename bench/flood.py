@@ -350,6 +350,11 @@ def main() -> int:
             last = now
             time.sleep(1.5)
         c = {k.removeprefix("source."): v - before.get(k, 0) for k, v in last.items()}
+        # What `mld status` prints under the sniffer (its "overload" status record in etcd).
+        for s in services(gw_ns, stack):
+            report = s.get("reports", {}).get("overload") if s["component"] == "sniffer" else None
+            if isinstance(report, dict):
+                print(f"flood: mld status: overload: {report.get('summary')}")
         lost_uncounted = int(last.get("source.lost_uncounted", -1))
         dropped = {k: int(c.get(k, 0)) for k in DROP_KEYS}
         dropped["publish_records_dropped"] = int(c.get("publish.records_dropped", 0))
