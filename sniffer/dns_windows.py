@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from base.errors import ConfigError
 from native._dnswin import N_COLUMNS
@@ -140,22 +141,31 @@ class DnsWindows:
             self._native.advance(0)  # every query waiting, also with no DNS flow here
         asked = np.flatnonzero(flows["dns_queries"] > 0)
         if len(asked):
-            ts = flows["last_ts_ns"][asked].astype(np.int64)
-            order = np.argsort(ts, kind="stable")
-            rows = asked[order]
-            keys = address_keys([flows.src_addr[i] for i in rows.tolist()])
-            ts = np.ascontiguousarray(ts[order])
-            got = np.zeros((len(rows), N_COLUMNS), dtype=np.float64)
-            done = 0
-            while done < len(rows):
-                done = self._native.lookup(keys, ts, got, done, not self._live)
-                if done < len(rows) and not self._open_next():
-                    self._native.lookup(keys, ts, got, done, False)
-                    break
-            out[rows] = got
+            out[asked] = self.windows_at(
+                [flows.src_addr[i] for i in asked.tolist()], flows["last_ts_ns"][asked]
+            )
         cols = {PREFIX + name: out[:, j] for j, name in enumerate(DNS_WINDOW_FIELDS)}
         cols[PREFIX + "window_s"] = np.full(n, self.window_s)
         return cols
+
+    def windows_at(self, addrs: list[bytes], ts_ns: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(n, len(DNS_WINDOW_FIELDS)): the window of source ``addrs[i]`` (4 or 16 bytes)
+        at ``ts_ns[i]``: its busiest registered domain over the window before that time.
+        Offline the captures are read up to each time first, in time order."""
+        ts = np.asarray(ts_ns, dtype=np.int64)
+        order = np.argsort(ts, kind="stable")
+        keys = address_keys([addrs[i] for i in order.tolist()])
+        sorted_ts = np.ascontiguousarray(ts[order])
+        got = np.zeros((len(ts), N_COLUMNS), dtype=np.float64)
+        done = 0
+        while done < len(ts):
+            done = self._native.lookup(keys, sorted_ts, got, done, not self._live)
+            if done < len(ts) and not self._open_next():
+                self._native.lookup(keys, sorted_ts, got, done, False)
+                break
+        out = np.empty_like(got)
+        out[order] = got
+        return out
 
     def stats(self) -> dict[str, int]:
         """sources, entries, evicted_sources, packets, queries, skipped, max_bytes."""
