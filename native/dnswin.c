@@ -571,10 +571,26 @@ static PyObject *dw_advance(DnsWin *w, PyObject *args)
 
 /* ---- Python: lookups ---------------------------------------------------------------------- */
 
-static int cmp_u32(const void *a, const void *b)
+/* Distinct values among the n nonzero hashes, with an open-addressing set in table (room
+ * for 2 * per_domain entries, so at least twice n): linear in n. */
+static unsigned count_distinct(const uint32_t *hashes, unsigned n, uint32_t *table)
 {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
+    unsigned cap = 4, distinct = 0;
+
+    while (cap < 2 * n)
+        cap <<= 1;
+    memset(table, 0, cap * sizeof(uint32_t));
+    for (unsigned k = 0; k < n; k++) {
+        uint32_t h = hashes[k];
+        unsigned i = (h ^ (h >> 16)) & (cap - 1);
+        while (table[i] != 0 && table[i] != h)
+            i = (i + 1) & (cap - 1);
+        if (table[i] == 0) {
+            table[i] = h;
+            distinct++;
+        }
+    }
+    return distinct;
 }
 
 /* The window of the source's domain with the most distinct subdomains at time t. */
@@ -609,9 +625,7 @@ static void window_of(DnsWin *w, const Src *s, int64_t t, double *out, uint32_t 
         }
         if (n == 0)
             continue;
-        qsort(scratch, with_sub, sizeof(uint32_t), cmp_u32);
-        for (unsigned k = 0; k < with_sub; k++)
-            distinct += k == 0 || scratch[k] != scratch[k - 1];
+        distinct = count_distinct(scratch, with_sub, scratch + w->per_domain);
         if ((double)distinct > best_distinct ||
             ((double)distinct == best_distinct && (double)n > best_queries)) {
             best_distinct = distinct;
@@ -658,7 +672,8 @@ static PyObject *dw_lookup(DnsWin *w, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "DnsWindows.lookup: keys, ts and out disagree in size");
         goto fail;
     }
-    scratch = PyMem_Malloc((size_t)w->per_domain * sizeof(uint32_t) + 4);
+    /* the window's hashes, then a set of at least twice as many slots (count_distinct) */
+    scratch = PyMem_Malloc((size_t)w->per_domain * 5 * sizeof(uint32_t) + 16);
     if (scratch == NULL) {
         PyErr_NoMemory();
         goto fail;
