@@ -36,6 +36,7 @@ from native._dnswin import DnsWindows as _NativeDnsWindows
 from sniffer.batch_windows import address_keys
 from sniffer.config import ContextConfig
 from sniffer.records import Array, FlowColumns
+from sniffer.sources import CaptureSourceError
 
 __all__ = ["DNS_WINDOW_FIELDS", "DnsWindows", "for_source"]
 
@@ -95,16 +96,18 @@ class DnsWindows:
 
     @classmethod
     def for_ifaces(cls, ifaces: Sequence[str], config: ContextConfig) -> DnsWindows:
-        """Windows fed from these interfaces (root; the same ones XDP watches)."""
+        """Windows fed from these interfaces (root; the same ones XDP watches).
+        CaptureSourceError (exit 1 with its message) when one cannot be opened."""
         win = cls(config)
         for iface in ifaces:
             try:
                 win._native.open_live(iface)
             except OSError as exc:
                 win.close()
-                raise OSError(
-                    f"cannot read DNS queries on {iface} ({exc}); the dns_tunnel rule needs "
-                    "them: run as root, or set sniffer.context.dns_windows: false"
+                raise CaptureSourceError(
+                    f"cannot read DNS queries on {iface} ({exc}); the dns_tunnel rule reads "
+                    "them there: check the interface and run as root, or set "
+                    "sniffer.context.dns_windows: false"
                 ) from exc
         win._live = True
         return win
