@@ -30,6 +30,7 @@ from detector.features import columns_from_flows, feature_matrix
 from detector.scoring import Scorer, Scores
 from detector.verdicts import add_scored_events, build_verdicts
 from proto.events_pb2 import EventBatch, FlowRecord, ScoredEvent, Verdict
+from sniffer import dns_windows
 from sniffer.capture_file import first_packet_ts
 from sniffer.config import SnifferConfig
 from sniffer.fast_rules import FastScores
@@ -99,7 +100,7 @@ def analyze_captures(
     start = time.perf_counter()
     source = PcapSource(paths, sniffer.capture)
     stats.files = len(source.files)
-    pipeline = FlowPipeline(sniffer)
+    pipeline = FlowPipeline(sniffer, dns_windows.for_source(source, sniffer.context))
 
     def run(events: npt.NDArray[np.void], obs: str) -> AnalyzedBatch:
         done = pipeline.process(events, obs, encode=records)

@@ -42,6 +42,14 @@ setup(
             include_dirs=["../xdp", numpy.get_include()],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],
-        )
+        ),
+        # DNS query windows per (source, registered domain), fed from capture files or
+        # live interfaces through libpcap (sniffer/dns_windows.py).
+        Extension(
+            "_dnswin",
+            sources=["dnswin.c"],
+            libraries=["pcap", "m"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],
+        ),
     ],
 )

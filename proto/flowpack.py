@@ -1,4 +1,4 @@
-"""FlowRecords as one contiguous array: the packed form of ``FlowBatch`` (layout 2).
+"""FlowRecords as one contiguous array: the packed form of ``FlowBatch`` (layout 3).
 
 A FlowBatch carries its records either as ``repeated FlowRecord records`` (one message per
 record, built and parsed field by field) or as ``packed_records``: the bytes of a NumPy
@@ -14,7 +14,8 @@ A row's fields are the FlowRecord's, with the message's paths as names ("flow_id
 "fwd.packets", "ctx.flows_per_s"); ``src_addr``/``dst_addr`` hold 16 bytes, of which an
 IPv4 record uses the first 4; ``flags`` packs the record's booleans (:data:`FLAG_BITS`).
 A new field is a new layout number: a receiver refuses a layout it does not know
-(layout 2 added the ``interim`` flag bit; a layout-1 row would read as a final record).
+(layout 2 added the ``interim`` flag bit; a layout-1 row would read as a final record;
+layout 3 added the ``dns.*`` columns of FlowRecord.dns_window and their flag bit).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ __all__ = [
     "unpack_batch",
 ]
 
-PACKED_LAYOUT = 2
+PACKED_LAYOUT = 3
 
 _DIRECTION: tuple[tuple[str, str], ...] = (
     ("packets", "<u8"),
@@ -75,6 +76,16 @@ _CONTEXT: tuple[tuple[str, str], ...] = (
     ("dns_qname_mean_len", "<f4"),
     ("dns_qname_entropy", "<f4"),
 )
+_DNS: tuple[tuple[str, str], ...] = (
+    ("window_s", "<f4"),
+    ("queries", "<u4"),
+    ("distinct_subdomains", "<u4"),
+    ("subdomain_mean_len", "<f4"),
+    ("max_label_len", "<u4"),
+    ("long_subdomain_entropy", "<f4"),
+    ("data_type_share", "<f4"),
+    ("query_rate", "<f4"),
+)
 _SCALARS: tuple[tuple[str, str], ...] = (
     ("flow_id", "<u8"),
     ("first_ts_ns", "<u8"),
@@ -93,8 +104,14 @@ _SCALARS: tuple[tuple[str, str], ...] = (
     ("ip_version", "u1"),
     ("flags", "u1"),
 )
-# flags: FlowRecord's booleans, and whether src_context is set at all.
-FLAG_BITS = {"handshake_verified": 1, "src_verified": 2, "has_context": 4, "interim": 8}
+# flags: FlowRecord's booleans, and whether src_context / dns_window are set at all.
+FLAG_BITS = {
+    "handshake_verified": 1,
+    "src_verified": 2,
+    "has_context": 4,
+    "interim": 8,
+    "has_dns_window": 16,
+}
 
 PACKED_DTYPE = np.dtype(
     [
@@ -104,6 +121,7 @@ PACKED_DTYPE = np.dtype(
         *((f"fwd.{name}", t) for name, t in _DIRECTION),
         *((f"bwd.{name}", t) for name, t in _DIRECTION),
         *((f"ctx.{name}", t) for name, t in _CONTEXT),
+        *((f"dns.{name}", t) for name, t in _DNS),
     ]
 )
 
@@ -115,7 +133,9 @@ _INT32_MAX = 2**31 - 1
 # serialized FlowRecord, op by op (kind, field number, offset in the row, a, b), made from
 # PACKED_DTYPE and FlowRecord's descriptor so the layout keeps one definition.
 _OP_VARINT, _OP_FLOAT, _OP_FLAG, _OP_ADDR, _OP_STRING, _OP_BEGIN, _OP_END = range(1, 8)
-_SUB_PREFIX = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx."}
+_SUB_PREFIX = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx.", "dns_window": "dns."}
+# Sub-messages written only when their flag bit is set.
+_SUB_FLAG = {"src_context": "has_context", "dns_window": "has_dns_window"}
 _INTEGERS = {
     FieldDescriptor.TYPE_UINT32,
     FieldDescriptor.TYPE_UINT64,
@@ -132,7 +152,8 @@ def _program(desc: Descriptor, prefix: str) -> list[tuple[int, int, int, int, in
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             sub = _SUB_PREFIX[f.name]
             assert f.message_type is not None
-            when = (flags, FLAG_BITS["has_context"]) if f.name == "src_context" else (-1, 0)
+            bit = _SUB_FLAG.get(f.name)
+            when = (flags, FLAG_BITS[bit]) if bit is not None else (-1, 0)
             ops.append((_OP_BEGIN, f.number, 0, *when))
             ops += _program(f.message_type, sub)
             ops.append((_OP_END, f.number, 0, 0, 0))
@@ -237,6 +258,10 @@ def to_records(rows: Packed, strings: list[str]) -> list[FlowRecord]:
             ctx = rec.src_context
             for name, _ in _CONTEXT:
                 setattr(ctx, name, dicts[f"ctx.{name}"][i])
+        if flags & FLAG_BITS["has_dns_window"]:
+            dns = rec.dns_window
+            for name, _ in _DNS:
+                setattr(dns, name, dicts[f"dns.{name}"][i])
         out.append(rec)
     return out
 

@@ -31,6 +31,7 @@ from config import MldConfig, load_config
 from crypto_transport import Keyring
 from mld.runner import ControlParts, Health, Plane, ServiceParts, run_service
 from proto.events_pb2 import EndReason, FlowRecord
+from sniffer import dns_windows
 from sniffer.config import SnifferConfig
 from sniffer.overload import OverloadReport
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
@@ -207,7 +208,11 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     printer = _FlowPrinter(sys.stdout, args.json, args.limit)
     progress = _Progress(source, enabled=not args.quiet)
     service = SnifferService(
-        source, FlowPipeline(scfg), None, (printer, progress), stats_interval_s=3600.0
+        source,
+        FlowPipeline(scfg, dns_windows.for_source(source, scfg.context)),
+        None,
+        (printer, progress),
+        stats_interval_s=3600.0,
     )
     service.stop_when = lambda: printer.full
     sigterm_raises_systemexit()
@@ -291,7 +296,10 @@ def _cmd_sniff(args: argparse.Namespace) -> int:
         source = XdpSource(args.iface, capture, pin_dir=cfg.node.xdp_pin_dir)
         source.open()
         closing.callback(source.close)
-        return SnifferService(source, FlowPipeline(scfg), publisher, tuple(sinks))
+        dns = dns_windows.for_source(source, scfg.context)
+        if dns is not None:
+            closing.callback(dns.close)
+        return SnifferService(source, FlowPipeline(scfg, dns), publisher, tuple(sinks))
 
     def run(service: SnifferService, _plane: Plane) -> None:
         publisher, source = service.publisher, service.source

@@ -109,6 +109,21 @@ class ContextConfig:
     # Verified sources remembered at once (about 120 bytes each); past it the least
     # recently verified is forgotten until its next handshake.
     verified_max_sources: int = 65536
+    # DNS query windows per (source, registered domain) for the dns_tunnel rule
+    # (sniffer/dns_windows.py): the sniffer reads the DNS queries themselves from the
+    # capture files, or live from the XDP interfaces through libpcap (root).
+    dns_windows: bool = True
+    # Length of a DNS window, in seconds (FlowRecord.dns_window).
+    dns_window_s: float = 60.0
+    # Sources kept at once, each with its 4 most recently queried registered domains;
+    # past it the least recently seen source is forgotten (208 bytes each, allocated
+    # at start).
+    dns_max_sources: int = 16384
+    # Queries kept over all sources (24 bytes each); past it the least recently seen
+    # sources are forgotten. With the two caps the windows take at most about 10 MB.
+    dns_max_entries: int = 262144
+    # Queries kept per (source, domain): the newest ones; counts saturate there.
+    dns_entries_per_domain: int = 64
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,23 @@ class FastRulesConfig:
     # ... and mean name entropy, in bits per character.
     dns_entropy_low: float = 3.5
     dns_entropy_high: float = 4.5
+    # dns_tunnel, its second arm, over the DNS window of the source's busiest registered
+    # domain (FlowRecord.dns_window, sniffer/dns_windows.py): the ramp of its distinct
+    # subdomains ...
+    dns_subdomains_low: float = 8.0
+    dns_subdomains_high: float = 24.0
+    # ... times the higher of: the ramp of its longest label, in characters, times the
+    # ramp of the entropy of its subdomains of 16 characters or more, in bits per
+    # character (tunnels fill labels with encoded data) ...
+    dns_label_low: float = 30.0
+    dns_label_high: float = 52.0
+    dns_data_entropy_low: float = 3.0
+    dns_data_entropy_high: float = 3.8
+    # ... and the ramp of its TXT/NULL/CNAME share of queries (the record types that carry
+    # data back) times the ramp of its longest label from dns_data_label_min to dns_label_low.
+    dns_data_type_share_low: float = 0.5
+    dns_data_type_share_high: float = 0.9
+    dns_data_label_min: float = 12.0
     # brute_force: failed login attempts from one source to one service (address and port)
     # within the window. An attempt is a TCP flow to a login port in which the initiator
     # sent at most brute_force_max_packets; it failed when it was refused or reset by the
@@ -212,7 +244,17 @@ class FastRulesConfig:
                     problems.append(f"{f.name} ({value}) must be below {high_name} ({high})")
         if not self.amplification_ratio > 0:
             problems.append(f"amplification_ratio is {self.amplification_ratio}, expected > 0")
-        for name in ("host_sweep_failed_share_low", "host_sweep_failed_share_high"):
+        if not self.dns_data_label_min < self.dns_label_low:
+            problems.append(
+                f"dns_data_label_min ({self.dns_data_label_min}) must be below dns_label_low "
+                f"({self.dns_label_low})"
+            )
+        for name in (
+            "host_sweep_failed_share_low",
+            "host_sweep_failed_share_high",
+            "dns_data_type_share_low",
+            "dns_data_type_share_high",
+        ):
             if getattr(self, name) > 1:
                 problems.append(f"{name} is {getattr(self, name)}, expected a share in [0, 1]")
         if not self.beacon_window_s > 0:

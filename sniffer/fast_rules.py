@@ -323,12 +323,40 @@ class FastRules:
                 0,
             ),
         }
+        per_rule["dns_tunnel"] = np.maximum(per_rule["dns_tunnel"], self._dns_domain(context))
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         fired = Counter(result.rule)
         fired.pop("", None)
         self.fired.update(fired)
         self.scored += int(np.count_nonzero(result.score))
         return result
+
+    def _dns_domain(self, context: dict[str, Array]) -> Floats:
+        """dns_tunnel's second arm: the DNS window of the source's busiest registered
+        domain (``dns_domain_*`` columns, sniffer/dns_windows.py; 0 without them). Many
+        distinct subdomains under one domain, and names shaped to carry data: long
+        high-entropy labels, or labels long enough for data in TXT/NULL/CNAME queries.
+        What any tunnel tool must do, whatever its encoding; benign lookups repeat names
+        or keep labels short. Scores the records whose flow sent queries."""
+        if "dns_domain_queries" not in context:
+            return np.zeros(len(context["window_s"]))
+        c = self.config
+        label = context["dns_domain_max_label_len"]
+        random_labels = ramp(label, c.dns_label_low, c.dns_label_high) * ramp(
+            context["dns_domain_long_subdomain_entropy"],
+            c.dns_data_entropy_low,
+            c.dns_data_entropy_high,
+        )
+        data_types = ramp(
+            context["dns_domain_data_type_share"],
+            c.dns_data_type_share_low,
+            c.dns_data_type_share_high,
+        ) * ramp(label, c.dns_data_label_min, c.dns_label_low)
+        volume = ramp(
+            context["dns_domain_distinct_subdomains"], c.dns_subdomains_low, c.dns_subdomains_high
+        )
+        score: Floats = volume * np.maximum(random_labels, data_types)
+        return np.where(context["dns_domain_queries"] > 0, score, 0.0)
 
     def _windows_per_record(
         self,

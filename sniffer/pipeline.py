@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sniffer.config import SnifferConfig
+from sniffer.dns_windows import DnsWindows
 from sniffer.fast_rules import FastRules, FastScores
 from sniffer.interim import FlowHistory
 from sniffer.overload import score_floods
@@ -48,8 +49,11 @@ class ProcessedFlows:
 class FlowPipeline:
     """Keeps the context and rule state across batches; counts records made."""
 
-    def __init__(self, config: SnifferConfig) -> None:
+    def __init__(self, config: SnifferConfig, dns: DnsWindows | None = None) -> None:
+        """``dns``: the DNS query windows of the same packets (sniffer/dns_windows.py,
+        :func:`sniffer.dns_windows.for_source`); None leaves their columns at 0."""
         self.context = SourceContextTracker(config.context)
+        self.dns = dns
         # Interim records: what earlier records of a flow already counted (sniffer/interim.py).
         self.history = FlowHistory(config.context.max_entries)
         self.verified = VerifiedSources(config.context)
@@ -71,6 +75,8 @@ class FlowPipeline:
         flows = flow_columns(events, observation_point)
         previous = self.history.previous(flows)
         context = self.context.update(flows, previous)
+        if self.dns is not None:
+            context.update(self.dns.lookup(flows))
         verified = self.verified.update(flows)
         scores = self.rules.score(flows, context, previous)
         self.flood_scored += score_floods(events, scores, self.rules.config)
@@ -93,4 +99,6 @@ class FlowPipeline:
         out["interim_flows_open"] = len(self.history)
         out["interim_flows_evicted"] = self.history.evicted
         out["flood_scored"] = self.flood_scored
+        if self.dns is not None:
+            out.update({f"dns_windows.{k}": v for k, v in self.dns.stats().items()})
         return out

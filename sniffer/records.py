@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 import native
 from native.structs import CONSTANTS
-from proto.events_pb2 import DirectionStats, FlowRecord, SourceContext
+from proto.events_pb2 import DirectionStats, DnsDomainWindow, FlowRecord, SourceContext
 from proto.flowpack import FLAG_BITS, PACKED_DTYPE
 
 __all__ = [
@@ -314,6 +314,7 @@ def encode_records(
     else:
         ctx = [None] * n
     obs = flows.observation_point
+    dns = _dns_windows(context, n)
     out: list[bytes] = []
     append = out.append
     names = DIRECTION_FIELDS
@@ -349,7 +350,36 @@ def encode_records(
             interim=sc[13],
             src_verified=src_ok,
         )
+        window = dns[len(out)] if dns is not None else None
+        if window is not None:
+            record.dns_window.CopyFrom(window)
         append(record.SerializeToString())
+    return out
+
+
+def _dns_windows(context: dict[str, Array] | None, n: int) -> list[DnsDomainWindow | None] | None:
+    """FlowRecord.dns_window per record from the ``dns_domain_*`` context columns
+    (sniffer/dns_windows.py); None for records without queries, or without the columns."""
+    if context is None or "dns_domain_queries" not in context:
+        return None
+    descs = [f for f in DnsDomainWindow.DESCRIPTOR.fields if f.name != "window_s"]
+    fields = [f.name for f in descs]
+    cols = [
+        (
+            context["dns_domain_" + f.name].astype(np.int64)
+            if f.type == f.TYPE_UINT32
+            else context["dns_domain_" + f.name]
+        ).tolist()
+        for f in descs
+    ]
+    window = float(context["dns_domain_window_s"][0]) if n else 0.0
+    out: list[DnsDomainWindow | None] = []
+    for i, queries in enumerate(context["dns_domain_queries"].tolist()):
+        if queries <= 0:
+            out.append(None)
+            continue
+        values = {f: col[i] for f, col in zip(fields, cols, strict=True)}
+        out.append(DnsDomainWindow(window_s=window, **values))
     return out
 
 
@@ -401,6 +431,13 @@ def pack_records(
         flags |= FLAG_BITS["has_context"]
         for name in CONTEXT_FIELDS:
             rows["ctx." + name] = context[name]
+    if context is not None and "dns_domain_queries" in context:
+        # FlowRecord.dns_window of the records whose flow sent queries (sniffer/dns_windows.py).
+        asked = np.asarray(context["dns_domain_queries"]) > 0
+        flags |= np.where(asked, FLAG_BITS["has_dns_window"], 0)
+        for name in PACKED_DTYPE.names or ():
+            if name.startswith("dns."):
+                rows[name] = np.where(asked, context["dns_domain_" + name[4:]], 0)
     rows["flags"] = flags
     for side in ("fwd", "bwd"):
         for name in DIRECTION_FIELDS:

@@ -212,7 +212,7 @@ def test_every_flow_record_field_has_its_place_in_the_packed_rows() -> None:
     """A field added to FlowRecord needs its column in PACKED_DTYPE (or a FLAG_BITS bit)
     and a new PACKED_LAYOUT, or the packed form would drop it."""
     names = set(PACKED_DTYPE.names or ())
-    prefix = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx."}
+    prefix = {"fwd": "fwd.", "bwd": "bwd.", "src_context": "ctx.", "dns_window": "dns."}
     for f in FlowRecord.DESCRIPTOR.fields:
         if f.message_type is not None:
             missing = [
