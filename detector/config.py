@@ -158,6 +158,11 @@ class TrainConfig:
     seed: int = 1
     # Worker processes for fitting and compiling (0: all cores).
     jobs: int = 0
+    # Features the forests never split on (their column is held constant while fitting;
+    # the feature list, and so the bundle's schema, stays the same): per-flow values that
+    # name the tool that made a flow or the lab's hosts rather than what the flow does
+    # (detector/README.md, "What carries over").
+    exclude_features: tuple[str, ...] = ()
 
     def size_of(self, family: str) -> tuple[int, int]:
         """(n_trees, max_depth) of ``family``'s forest."""
