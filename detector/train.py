@@ -150,6 +150,12 @@ def train_bundle(
 
     say = progress or (lambda _msg: None)
     excluded = excluded_columns(train.exclude_features)  # before the captures are read
+    unknown = sorted(set(train.no_forest) - set(FAMILIES))
+    if unknown:
+        raise ModelError(
+            f"detector.train.no_forest names unknown families {unknown} "
+            f"(families: {', '.join(FAMILIES)})"
+        )
     rng = np.random.default_rng(train.seed)
     jobs = train.jobs or os.cpu_count() or 1
     started = time.monotonic()
@@ -210,6 +216,9 @@ def train_bundle(
         y = fam_train == family
         if y.sum() == 0:
             say(f"{family}: no training flows; family skipped")
+            continue
+        if family in train.no_forest:
+            say(f"{family}: {int(y.sum())} training flows, no forest (detector.train.no_forest)")
             continue
         t0 = time.monotonic()
         n_trees, max_depth = train.size_of(family)
@@ -359,6 +368,8 @@ def render_report(
         "",
         "Features the forests never split on (detector.train.exclude_features): "
         + (", ".join(training["settings"].get("exclude_features", ())) or "none")
+        + ". Families without a forest (detector.train.no_forest): "
+        + (", ".join(training["settings"].get("no_forest", ())) or "none")
         + ".",
         "",
         "## Data",

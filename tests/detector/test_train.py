@@ -117,6 +117,16 @@ def test_excluded_features_are_never_split_on(tmp_path: Path) -> None:
     dropped = ("fwd.init_window", "fwd.ece_count", "fwd.cwr_count", "dst_port")
     base = TrainConfig(n_trees=4, max_depth=6, n_trees_per_family={}, max_depth_per_family={})
     settings = dataclasses.replace(base, jobs=2, exclude_features=dropped)
+    no_scan = train_bundle(
+        captures,
+        tmp_path / "b0",
+        load_config().sniffer,
+        dataclasses.replace(settings, no_forest=("scan",)),
+        cache_dir=tmp_path / "c",
+    )
+    # no_forest: the family has training flows but no forest; the others are trained.
+    assert set(no_scan.manifest.families) == {"ddos"}
+    assert "Families without a forest (detector.train.no_forest): scan." in no_scan.report
     result = train_bundle(
         captures, tmp_path / "b", load_config().sniffer, settings, cache_dir=tmp_path / "c"
     )
@@ -156,4 +166,8 @@ def test_an_unknown_excluded_feature_is_refused_before_reading(tmp_path: Path) -
             tmp_path / "b",
             load_config().sniffer,
             TrainConfig(exclude_features=("fwd.init_windw",)),
+        )
+    with pytest.raises(ModelError, match=r"no_forest names unknown families \['C2'\]"):
+        train_bundle(
+            [missing], tmp_path / "b", load_config().sniffer, TrainConfig(no_forest=("C2",))
         )
