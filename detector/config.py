@@ -161,7 +161,8 @@ class TrainConfig:
     # Features the forests never split on (their column is held constant while fitting;
     # the feature list, and so the bundle's schema, stays the same): per-flow values that
     # name the tool that made a flow or the lab's hosts rather than what the flow does
-    # (detector/README.md, "What carries over").
+    # (detector/README.md, "What carries over": the TCP initial windows and the ECN and
+    # URG counts, measured there, did not make a better bundle).
     exclude_features: tuple[str, ...] = ()
     # Families that get no forest even when the data has flows of them (their flows stay
     # in the data as negatives of the other families): c2, whose lab beacons are, flow by
