@@ -158,6 +158,18 @@ class TrainConfig:
     seed: int = 1
     # Worker processes for fitting and compiling (0: all cores).
     jobs: int = 0
+    # Features the forests never split on (their column is held constant while fitting;
+    # the feature list, and so the bundle's schema, stays the same): per-flow values that
+    # name the tool that made a flow or the lab's hosts rather than what the flow does
+    # (detector/README.md, "What carries over": the TCP initial windows and the ECN and
+    # URG counts, measured there, did not make a better bundle).
+    exclude_features: tuple[str, ...] = ()
+    # Families that get no forest even when the data has flows of them (their flows stay
+    # in the data as negatives of the other families): c2, whose lab beacons are, flow by
+    # flow, the lab's own HTTP browsing (the rhythm is between flows, not in one), so a
+    # forest could only learn the recipe's request size; its verdicts come from the
+    # beacon fast rule (detector/README.md).
+    no_forest: tuple[str, ...] = ("c2",)
 
     def size_of(self, family: str) -> tuple[int, int]:
         """(n_trees, max_depth) of ``family``'s forest."""

@@ -75,6 +75,9 @@ class Capture:
     exclude: frozenset[FlowKey] = frozenset()
     held_out: bool = False
     source: str = "lab"  # lab | shared-attack | shared-benign
+    # Label rows whose flows are left out altogether (not relabelled benign): the runs of
+    # the tool a leave-one-tool-out run holds out, inside a lab capture (detector/loto.py).
+    drop: tuple[LabelRow, ...] = ()
 
 
 @dataclass
@@ -198,6 +201,8 @@ def extract(capture: Capture, sniffer: SnifferConfig) -> CaptureFlows:
     xs, fams, labels, fasts = [], [], [], []
     excluded = 0
     stats = AnalysisStats()
+    # Flows left out: nDPI's risk-flagged ones and those of ``capture.drop`` (both counted
+    # in ``excluded``).
     # One row per flow, its final record: interim records (sniffer.capture.interim_s) would
     # add partial copies of every long flow to the training and evaluation sets.
     sniffer = dataclasses.replace(
@@ -206,6 +211,9 @@ def extract(capture: Capture, sniffer: SnifferConfig) -> CaptureFlows:
     for batch in analyze_captures([capture.path], sniffer, None, stats):
         flows = batch.flows
         keep = keep_mask(flows, capture.exclude)
+        if capture.drop:
+            _gone_fam, gone = label_columns(capture.drop, flows)
+            keep &= gone == BENIGN
         excluded += int((~keep).sum())
         if capture.rows:
             _fam, fine = label_columns(capture.rows, flows)

@@ -12,7 +12,10 @@ The tool of a capture is the ``tool`` column of its labels row when there is one
 first word of its file name (``masscan_tcp_0_1000.pcap`` -> ``masscan``,
 ``amp_udp_snmp.pcapng`` -> ``amp``: for the shared DDoS captures the word names the
 vector, reflection or SYN flood, which is what a generator tool sets). Lab captures mix
-many recipes in one file, so they are only ever trained on here, never left out.
+many recipes in one file, so they are only ever trained on here, never tested on; but the
+runs of the left-out tool inside them (their label rows name the recipe, :data:`LAB_TOOLS`
+gives its tool) are left out of the training too, flows and all, so that leaving out
+nmap with ``--lab`` trains on no nmap at all.
 """
 
 from __future__ import annotations
@@ -29,11 +32,28 @@ from detector.config import ThresholdsConfig, TrainConfig
 from detector.dataset import Capture
 from detector.evaluate import CaptureResult, _run
 from detector.families import family_of_label
+from detector.labels import LabelRow
 from detector.scoring import Scorer
 from detector.train import train_bundle
 from sniffer.config import SnifferConfig
 
-__all__ = ["ToolResult", "leave_one_tool_out", "render_loto", "tool_of"]
+__all__ = ["LAB_TOOLS", "ToolResult", "lab_tool", "leave_one_tool_out", "render_loto", "tool_of"]
+
+# The tool of each lab recipe that makes one of the shared captures' tools (lab/recipes.yaml;
+# the DDoS names are the vectors, as in the shared file names). Recipes of other tools
+# (hydra, iodine's lab runs are iodine too, slowhttptest, hping3's UDP and ICMP floods)
+# only matter when a shared capture of that tool exists.
+LAB_TOOLS = {
+    "port_scan_syn": "nmap",
+    "port_scan_connect": "nmap",
+    "port_scan_udp": "nmap",
+    "host_sweep": "nmap",
+    "masscan_scan": "masscan",
+    "syn_flood": "syn",
+    "syn_flood_spoofed": "syn",
+    "dns_amplification": "amp",
+    "dns_tunnel": "iodine",
+}
 
 
 @dataclass
@@ -42,6 +62,7 @@ class ToolResult:
     tool: str
     captures: list[str]
     trained_captures: int
+    lab_runs_left_out: int  # label rows of the tool inside lab captures, flows left out
     flows: int
     detected: int  # final score alerts (fast rules and forests)
     detected_ml: int  # the forests alone at the family's alert threshold
@@ -68,6 +89,14 @@ def tool_of(capture: Capture) -> str:
         return ""
     tool = getattr(capture.rows[0], "tool", "")
     return str(tool) if tool else Path(capture.name).name.split("_")[0].split(".")[0]
+
+
+def lab_tool(row: LabelRow) -> str:
+    """The tool of a lab label row (its notes start ``recipe NAME``), "" when unknown."""
+    words = row.notes.replace(",", " ").split()
+    if len(words) >= 2 and words[0] == "recipe":
+        return LAB_TOOLS.get(words[1], "")
+    return ""
 
 
 def _family(capture: Capture) -> str:
@@ -98,17 +127,29 @@ def leave_one_tool_out(
             left_out = {c.name for c in test}
             # Every other attack capture trains (held out or not, to give the forests
             # every other tool); benign and lab captures keep their split.
-            train_caps = [
-                dataclasses.replace(c, held_out=False) if c.source == "shared-attack" else c
-                for c in captures
-                if c.name not in left_out
-            ]
-            say(f"{family}/{tool}: training on {len(train_caps)} captures without it")
+            train_caps = []
+            lab_runs = 0
+            for c in captures:
+                if c.name in left_out:
+                    continue
+                if c.source == "shared-attack":
+                    c = dataclasses.replace(c, held_out=False)
+                elif c.source == "lab":
+                    drop = tuple(r for r in c.rows if lab_tool(r) == tool)
+                    lab_runs += len(drop)
+                    c = dataclasses.replace(c, drop=drop)
+                train_caps.append(c)
+            say(
+                f"{family}/{tool}: training on {len(train_caps)} captures without it"
+                f" ({lab_runs} lab runs of it left out)"
+            )
             with tempfile.TemporaryDirectory(prefix="mld-loto-") as tmp:
                 out = Path(tmp) / "bundle"
                 train_bundle(train_caps, out, sniffer, train, thresholds.alert, Path(tmp) / "c")
                 scorer = Scorer(load_bundle(out, Path(tmp) / "c"), thresholds)
-                r = ToolResult(family, tool, sorted(left_out), len(train_caps), 0, 0, 0, 0)
+                r = ToolResult(
+                    family, tool, sorted(left_out), len(train_caps), lab_runs, 0, 0, 0, 0
+                )
                 for c in test:
                     res: CaptureResult = _run(c, "attack", sniffer, scorer, set(), None)
                     n = res.counts(thresholds)
@@ -125,12 +166,12 @@ def render_loto(results: Sequence[ToolResult]) -> str:
     lines = [
         "leave-one-tool-out (trained without the tool, tested on it):",
         f"{'family':10s} {'left out':10s} {'captures':>8s} {'flows':>7s} {'detected':>8s} "
-        f"{'rate':>7s} {'forests':>7s} {'fam ok':>7s}",
+        f"{'rate':>7s} {'forests':>7s} {'fam ok':>7s} {'lab runs out':>12s}",
     ]
     for r in results:
         lines.append(
             f"{r.family:10s} {r.tool:10s} {len(r.captures):8d} {r.flows:7d} {r.detected:8d} "
-            f"{r.rate:7.3f} {r.rate_ml:7.3f} {r.family_right:7d}"
+            f"{r.rate:7.3f} {r.rate_ml:7.3f} {r.family_right:7d} {r.lab_runs_left_out:12d}"
         )
     if not results:
         lines.append("(no family has attack captures from two tools)")

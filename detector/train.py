@@ -45,7 +45,7 @@ from detector.families import BENIGN, FAMILIES
 from detector.features import FEATURES, SCHEMA_HASH
 from sniffer.config import SnifferConfig
 
-__all__ = ["TrainResult", "file_sha256", "render_report", "train_bundle"]
+__all__ = ["TrainResult", "excluded_columns", "file_sha256", "render_report", "train_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,13 @@ def train_bundle(
     from sklearn.ensemble import RandomForestClassifier
 
     say = progress or (lambda _msg: None)
+    excluded = excluded_columns(train.exclude_features)  # before the captures are read
+    unknown = sorted(set(train.no_forest) - set(FAMILIES))
+    if unknown:
+        raise ModelError(
+            f"detector.train.no_forest names unknown families {unknown} "
+            f"(families: {', '.join(FAMILIES)})"
+        )
     rng = np.random.default_rng(train.seed)
     jobs = train.jobs or os.cpu_count() or 1
     started = time.monotonic()
@@ -192,6 +199,13 @@ def train_bundle(
         else np.zeros(0, dtype=str)
     )
     say(f"training rows {len(x_train)}, held-out rows {len(x_test)}")
+    # Excluded features: a constant column is never split on, so the forests ignore them;
+    # the probe rows and the benign medians below keep the real values.
+    x_fit = x_train
+    if excluded:
+        x_fit = x_train.copy()
+        x_fit[:, excluded] = 0.0
+        say(f"features held constant (never split on): {', '.join(train.exclude_features)}")
 
     forests: dict[str, Any] = {}
     entries: dict[str, FamilyEntry] = {}
@@ -203,6 +217,9 @@ def train_bundle(
         if y.sum() == 0:
             say(f"{family}: no training flows; family skipped")
             continue
+        if family in train.no_forest:
+            say(f"{family}: {int(y.sum())} training flows, no forest (detector.train.no_forest)")
+            continue
         t0 = time.monotonic()
         n_trees, max_depth = train.size_of(family)
         forest = RandomForestClassifier(
@@ -213,7 +230,7 @@ def train_bundle(
             class_weight="balanced",
             n_jobs=jobs,
             random_state=train.seed,
-        ).fit(x_train, y.astype(np.int64))
+        ).fit(x_fit, y.astype(np.int64))
         fit_s = time.monotonic() - t0
         forest.n_jobs = 1
         forests[family] = forest
@@ -310,6 +327,18 @@ def train_bundle(
     return TrainResult(manifest, report, metrics)
 
 
+def excluded_columns(names: Sequence[str]) -> list[int]:
+    """Columns of :data:`FEATURES` named by ``detector.train.exclude_features``; an
+    unknown name is an error that lists the features (a typo would silently train on it)."""
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ModelError(
+            f"detector.train.exclude_features names unknown features {unknown}; "
+            f"the features are: {', '.join(FEATURES)}"
+        )
+    return [FEATURES.index(n) for n in names]
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a capture file (evaluation uses it to tell training captures apart)."""
     digest = hashlib.sha256()
@@ -336,6 +365,12 @@ def render_report(
         f"Trained {training['trained']}; {training['rows']['train']} training rows, "
         f"{training['rows']['held_out']} held-out rows (split by capture). "
         f"Threshold {metrics['threshold']}.",
+        "",
+        "Features the forests never split on (detector.train.exclude_features): "
+        + (", ".join(training["settings"].get("exclude_features", ())) or "none")
+        + ". Families without a forest (detector.train.no_forest): "
+        + (", ".join(training["settings"].get("no_forest", ())) or "none")
+        + ".",
         "",
         "## Data",
         "",

@@ -4,6 +4,7 @@ calibration on held-out benign, the Suricata column and leave-one-tool-out."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,47 @@ def test_leave_one_tool_out_trains_without_the_tool(tmp_path: Path) -> None:
     # The fast rules do not depend on training: masscan's closed ports fail, port_scan fires.
     assert masscan.rate > 0.9
     assert any("one tool (iodine)" in n for n in notes)
+
+
+def _lab_folder(root: Path, name: str, pcap: Path, host: str, recipe: str) -> None:
+    from detector.labels import LabelRow, write_labels
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    shutil.copy(pcap, folder / "capture.pcap")
+    notes = f"recipe {recipe}, seed 1"
+    row = LabelRow("capture.pcap", "scan", host, "flows_from_attacker", notes, label="port_scan")
+    write_labels(folder / "labels.csv", [row])
+
+
+def test_leave_one_tool_out_leaves_the_tool_out_of_the_lab_captures_too(tmp_path: Path) -> None:
+    """With --lab, a lab capture holds runs of the left-out tool (the lab runs nmap and
+    masscan as well): their flows leave the training set (not relabelled benign), the
+    other runs stay."""
+    from detector.dataset import extract
+    from detector.loto import lab_tool
+
+    scan = SHARED_DATA / "pcaps" / "attacks" / "scan"
+    _lab_folder(tmp_path, "00-a", scan / "masscan_tcp_0_1000.pcap", "172.31.15.102", "masscan_scan")
+    _lab_folder(tmp_path, "01-b", scan / "nmap_80_vanilla.pcap", "10.87.1.10", "port_scan_syn")
+    lab = discover(tmp_path, None, lab_test=())
+    assert [lab_tool(c.rows[0]) for c in lab] == ["masscan", "nmap"]
+    cfg = load_config()
+    full = extract(lab[0], cfg.sniffer)
+    assert (full.family == "scan").sum() == 1003
+    gone = extract(dataclasses.replace(lab[0], drop=lab[0].rows), cfg.sniffer)
+    assert len(gone.x) == len(full.x) - 1003 and not (gone.family == "scan").any()
+    assert gone.excluded == 1003
+
+    shared = [c for c in discover(None, SHARED_DATA) if tool_of(c) in ("masscan", "nmap")]
+    benign = [c for c in discover(None, SHARED_DATA) if c.source == "shared-benign"][:10]
+    train = dataclasses.replace(
+        TrainConfig(), n_trees=4, n_trees_per_family={}, max_depth=6, max_depth_per_family={}
+    )
+    notes: list[str] = []
+    results = leave_one_tool_out(
+        lab + shared + benign, cfg.sniffer, train, ThresholdsConfig(), notes.append
+    )
+    by_tool = {r.tool: r for r in results}
+    assert by_tool["masscan"].lab_runs_left_out == 1 and by_tool["nmap"].lab_runs_left_out == 1
+    assert any("masscan: training on" in n and "1 lab runs of it left out" in n for n in notes)

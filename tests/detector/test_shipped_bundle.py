@@ -11,9 +11,9 @@ from detector.features import FEATURES, SCHEMA_HASH
 
 def test_the_shipped_bundle_loads_with_every_family() -> None:
     bundle = load_bundle()  # compiled by `make install` into build/models
-    # The shipped bundle was trained before the c2 family existed (issue 18); its forest
-    # comes with the next retraining on the lab dataset, and until then c2 verdicts come
-    # from the beacon fast rule. Every other family must be there.
+    # c2 has no forest (detector.train.no_forest: the lab's beacons differ from its
+    # browsing only by the recipe's pages, detector/README.md "What carries over"); its
+    # verdicts come from the beacon fast rule. Every other family must be there.
     assert bundle.families == tuple(f for f in FAMILIES if f != "c2")
     m = read_manifest(DEFAULT_BUNDLE_DIR)
     assert m.features == FEATURES and m.schema_hash == SCHEMA_HASH
@@ -33,7 +33,7 @@ def test_the_shipped_bundle_records_its_data_and_held_out_split() -> None:
     trained = {d["sha256"] for d in data if not d["held_out"]}
     assert not held & trained
     for family in FAMILIES:
-        if family == "c2":  # not trained yet (see above)
+        if family == "c2":  # no forest (see above)
             continue
         assert "precision" in training["metrics"]["families"][family]
     assert (DEFAULT_BUNDLE_DIR / "REPORT.md").read_text().startswith("# Model bundle")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from base.errors import ModelError
-from detector.dataset import SHARED_TRAIN, discover
+from detector.dataset import SHARED_TRAIN, Capture, discover
 from detector.families import FAMILIES, family_of_label
 from detector.labels import LabelRow, write_labels
 from tests.detector.conftest import TinyBundle
@@ -87,3 +88,86 @@ def test_every_label_has_a_family() -> None:
             assert family_of_label(label) in (*FAMILIES, "benign"), name
     with pytest.raises(ValueError, match="belongs to no detector family"):
         family_of_label("ransomware_host_metrics")
+
+
+def test_excluded_features_are_never_split_on(tmp_path: Path) -> None:
+    """detector.train.exclude_features: the forests ignore those columns (importance 0,
+    no node splits on them) while the bundle keeps the full feature list and still loads
+    (compiled forests reproduce sklearn on probe rows that hold real values there)."""
+    import dataclasses
+
+    from config import load_config
+    from detector.bundle import load_bundle, read_manifest
+    from detector.config import TrainConfig
+    from detector.features import FEATURES
+    from detector.train import train_bundle
+
+    keep = {
+        "shared/attacks/scan/masscan_tcp_0_1000.pcap",
+        "shared/attacks/ddos/syn_dominate_ecn_cwr.pcapng",
+        "shared/ndpi/reddit.pcap",
+        "shared/ndpi/pinterest.pcap",
+        "shared/ndpi/1kxun.pcap",
+    }
+    captures = [
+        dataclasses.replace(c, held_out=False)
+        for c in discover(None, SHARED_DATA)
+        if c.name in keep
+    ]
+    dropped = ("fwd.init_window", "fwd.ece_count", "fwd.cwr_count", "dst_port")
+    base = TrainConfig(n_trees=4, max_depth=6, n_trees_per_family={}, max_depth_per_family={})
+    settings = dataclasses.replace(base, jobs=2, exclude_features=dropped)
+    no_scan = train_bundle(
+        captures,
+        tmp_path / "b0",
+        load_config().sniffer,
+        dataclasses.replace(settings, no_forest=("scan",)),
+        cache_dir=tmp_path / "c",
+    )
+    # no_forest: the family has training flows but no forest; the others are trained.
+    assert set(no_scan.manifest.families) == {"ddos"}
+    assert "Families without a forest (detector.train.no_forest): scan." in no_scan.report
+    result = train_bundle(
+        captures, tmp_path / "b", load_config().sniffer, settings, cache_dir=tmp_path / "c"
+    )
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.features == FEATURES
+    assert list(manifest.training["settings"]["exclude_features"]) == list(dropped)
+    cols = [FEATURES.index(n) for n in dropped]
+    assert set(manifest.families) == {"scan", "ddos"}
+    for family, entry in manifest.families.items():
+        assert all(entry.importances[j] == 0.0 for j in cols), family
+        probe = np.array(entry.probe_rows)
+        # The probe rows carry the real values (a SYN flood's ECN/CWR flags among them).
+        assert probe[:, cols].any(), family
+    assert "fwd.init_window, fwd.ece_count" in result.report
+    load_bundle(tmp_path / "b", tmp_path / "c")
+    # Trained on the same flows without the exclusion, the SYN flood's ECN/CWR flags and
+    # the tools' initial windows are what the forests split on: the exclusion is not a no-op.
+    free = train_bundle(
+        captures,
+        tmp_path / "b2",
+        load_config().sniffer,
+        dataclasses.replace(base, jobs=2),
+        cache_dir=tmp_path / "c",
+    )
+    assert any(free.manifest.families[f].importances[j] > 0 for f in ("scan", "ddos") for j in cols)
+
+
+def test_an_unknown_excluded_feature_is_refused_before_reading(tmp_path: Path) -> None:
+    from config import load_config
+    from detector.config import TrainConfig
+    from detector.train import train_bundle
+
+    missing = Capture("shared/x.pcap", tmp_path / "does-not-exist.pcap", source="shared-attack")
+    with pytest.raises(ModelError, match=r"unknown features \['fwd.init_windw'\].*fwd.init_window"):
+        train_bundle(
+            [missing],
+            tmp_path / "b",
+            load_config().sniffer,
+            TrainConfig(exclude_features=("fwd.init_windw",)),
+        )
+    with pytest.raises(ModelError, match=r"no_forest names unknown families \['C2'\]"):
+        train_bundle(
+            [missing], tmp_path / "b", load_config().sniffer, TrainConfig(no_forest=("C2",))
+        )
