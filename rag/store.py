@@ -31,8 +31,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from base.errors import RagError
 from proto.events_pb2 import BlockDecision, ScoredEvent
+from rag.columns import DELETED_LOG_KEEP, GROUPED, FactColumns
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,9 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_ts ON blocks (ts);
 CREATE INDEX IF NOT EXISTS blocks_addr ON blocks (addr, ts);
 CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict_id);
+-- Ids of deleted events (replaced interim records, retention), written in the deleting
+-- transaction: readers' in-memory columns (rag/columns.py) drop them from it.
+CREATE TABLE IF NOT EXISTS deleted (seq INTEGER PRIMARY KEY, id INTEGER NOT NULL);
 """.replace("{label_columns}", _LABEL_COLUMNS).replace("{ts_columns}", _TS_COLUMNS)
 
 # Where the fast rules and the forests disagree strongly: one says malicious (at or above
@@ -378,7 +385,9 @@ class Filters:
         return self == Filters()
 
 
-def _flat(ev: ScoredEvent, detector_id: str, description: str, now: float) -> tuple[object, ...]:
+def _flat(
+    ev: ScoredEvent, detector_id: str, description: str, now: float, codes: bytes | None = None
+) -> tuple[object, ...]:
     r, v = ev.record, ev.verdict
     return (
         r.first_ts_ns / 1e9,
@@ -407,6 +416,7 @@ def _flat(ev: ScoredEvent, detector_id: str, description: str, now: float) -> tu
         v.model_version,
         description,
         ev.SerializeToString(),
+        codes,
     )
 
 
@@ -416,8 +426,12 @@ _INSERT = (
     "INSERT INTO events (ts, last_ts, scored_ts, stored_ts, sensor, detector, verdict_id, "
     "flow_id, ip_version, src, dst, src_port, dst_port, proto, family, label, final_score, "
     "fast_score, fast_rule, ml_score, ml_family, packets, bytes, model_version, description, "
-    "event) VALUES (" + ",".join("?" * 26) + ")"
+    "event, text_codes) VALUES (" + ",".join("?" * 27) + ")"
 )
+# The description's hashed tokens (rag/describe.py text_codes, uint16), so a question's
+# ranking embeds the events it reads without tokenizing them again (NULL in rows stored
+# before the column: their descriptions are tokenized).
+_TEXT_CODES = "ALTER TABLE events ADD COLUMN text_codes BLOB"
 
 
 class EventStore:
@@ -442,6 +456,9 @@ class EventStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._widen_indexes()
                 self._db.executescript(_SCHEMA)
+                if not self._has_column("text_codes"):
+                    with self._db:
+                        self._db.execute(_TEXT_CODES)
                 if not self._has_divergent():
                     with self._db:
                         self._db.execute(_DIVERGENT)
@@ -452,6 +469,34 @@ class EventStore:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
         # Ids of rows the last add() replaced by a newer record of the same flow.
         self.superseded: list[int] = []
+        # A read-only store written before the text codes has none to read.
+        self._codes = "text_codes" if self._has_column("text_codes") else "NULL"
+        # The facts' columns in memory (use_fact_columns), None: SQL answers them.
+        self.columns: FactColumns | None = None
+
+    def use_fact_columns(self) -> bool:
+        """Answer ``count``, ``group`` and ``span`` from the columns in memory
+        (rag/columns.py: ~40 bytes an event, read whole at the first question, then what
+        changed before each one), not SQL; False (and SQL it stays) for a store written
+        before the deleted log, until a writer opens it."""
+        if self.columns is None:
+            found = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deleted'"
+            ).fetchone()
+            if found is None:
+                log.info("%s has no deleted log yet: facts from SQL", self.path)
+                return False
+            self.columns = FactColumns((DIVERGENT_HIGH, DIVERGENT_LOW))
+        return True
+
+    def _fresh_columns(self) -> FactColumns | None:
+        if self.columns is None:
+            return None
+        try:
+            self.columns.refresh(self._db)
+        except sqlite3.Error as exc:
+            raise RagError(f"cannot read the event store {self.path}: {exc}") from exc
+        return self.columns
 
     def _widen_indexes(self) -> None:
         """Stores written before the alerts' and the time index held the facts' columns
@@ -478,8 +523,11 @@ class EventStore:
         )
         return " INDEXED BY events_label" if filters.min_label and filters == covered else ""
 
+    def _has_column(self, name: str) -> bool:
+        return any(r[1] == name for r in self._db.execute("PRAGMA table_xinfo(events)"))
+
     def _has_divergent(self) -> bool:
-        return any(r[1] == "divergent" for r in self._db.execute("PRAGMA table_xinfo(events)"))
+        return self._has_column("divergent")
 
     def _check_divergent(self) -> None:
         if not self._has_divergent():
@@ -582,6 +630,7 @@ class EventStore:
         detector_id: str,
         descriptions: Sequence[str],
         meta: Mapping[str, str] | None = None,
+        codes: Sequence[npt.NDArray[np.uint16]] | None = None,
     ) -> range:
         """Store events in one transaction, with ``meta`` rows (written in the same
         commit, so they say exactly what was stored); returns their ids (consecutive).
@@ -631,6 +680,11 @@ class EventStore:
                 ]
                 if ids:
                     self._db.execute(f"DELETE FROM events WHERE {where}", (upto, cutoff))
+                    self._log_deleted(ids)
+                    self._db.execute(
+                        "DELETE FROM deleted WHERE seq <= (SELECT MAX(seq) FROM deleted) - ?",
+                        (DELETED_LOG_KEEP,),
+                    )
         except sqlite3.Error as exc:
             raise RagError(f"cannot prune the event store {self.path}: {exc}") from exc
         return ids
@@ -661,7 +715,13 @@ class EventStore:
             ids = gone[start : start + 500]
             marks = ",".join("?" * len(ids))
             self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+        self._log_deleted(gone)
         return sorted(gone)
+
+    def _log_deleted(self, ids: Sequence[int]) -> None:
+        """Record deleted ids (in the deleting transaction) for readers' columns."""
+        if ids:
+            self._db.executemany("INSERT INTO deleted (id) VALUES (?)", ((i,) for i in ids))
 
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
@@ -670,6 +730,9 @@ class EventStore:
     def count(self, filters: Filters = Filters()) -> int:
         if filters.divergent:
             self._check_divergent()
+        columns = self._fresh_columns()
+        if columns is not None:
+            return columns.count(filters)
         where, params = filters.where()
         return int(
             self._db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]
@@ -685,6 +748,20 @@ class EventStore:
         where, params = filters.where()
         sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
+
+    def ranking(
+        self, filters: Filters = Filters(), *, limit: int = 20
+    ) -> list[tuple[int, float, bytes | None, str | None]]:
+        """(id, final score, text codes, description when there are no codes) of the
+        events ``rows`` would return, in its order: what a question's ranking needs,
+        without building every row."""
+        where, params = filters.where()
+        codes = self._codes
+        sql = (
+            f"SELECT id, final_score, {codes}, CASE WHEN {codes} IS NULL THEN description END "
+            f"FROM events WHERE {where} ORDER BY final_score DESC, ts DESC LIMIT ?"
+        )
+        return [(int(i), float(s), c, d) for i, s, c, d in self._db.execute(sql, [*params, limit])]
 
     def get(self, ids: Sequence[int]) -> list[EventRow]:
         """Rows by id, in the order of ``ids`` (missing ids are left out)."""
@@ -713,6 +790,9 @@ class EventStore:
             "sensor",
         ):
             raise RagError(f"cannot group events by {column!r}")
+        columns = self._fresh_columns() if column in GROUPED else None
+        if columns is not None:
+            return columns.group(column, filters, limit)
         where, params = filters.where()
         hint = self._facts_index(filters) if column in ("src", "dst", "family", "dst_port") else ""
         sql = (
@@ -722,6 +802,9 @@ class EventStore:
         return [(str(v), int(n)) for v, n in self._db.execute(sql, [*params, limit])]
 
     def span(self, filters: Filters = Filters()) -> tuple[float, float] | None:
+        columns = self._fresh_columns()
+        if columns is not None:
+            return columns.span(filters)
         where, params = filters.where()
         row = self._db.execute(
             f"SELECT MIN(ts), MAX(last_ts) FROM events{self._facts_index(filters)} WHERE {where}",
