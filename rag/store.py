@@ -103,7 +103,6 @@ CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events ({label_columns});
 CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
 CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
-CREATE INDEX IF NOT EXISTS events_flow ON events (flow_id, sensor);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY,
@@ -417,6 +416,7 @@ def _flat(
         description,
         ev.SerializeToString(),
         codes,
+        int(r.interim),
     )
 
 
@@ -426,7 +426,16 @@ _INSERT = (
     "INSERT INTO events (ts, last_ts, scored_ts, stored_ts, sensor, detector, verdict_id, "
     "flow_id, ip_version, src, dst, src_port, dst_port, proto, family, label, final_score, "
     "fast_score, fast_rule, ml_score, ml_family, packets, bytes, model_version, description, "
-    "event, text_codes) VALUES (" + ",".join("?" * 27) + ")"
+    "event, text_codes, interim) VALUES (" + ",".join("?" * 28) + ")"
+)
+# Whether the row is an interim record of its flow (FlowRecord.interim), with an index of
+# the interim rows only: the records replacing them find them there, and not every row of
+# the same flow id (flow ids come back: at a million events the replayed captures' flows
+# had 30 rows each, every one read and parsed on each batch). NULL in rows stored before
+# the column (ids below the meta ``interim_from_id``): their blobs say.
+_INTERIM = (
+    "ALTER TABLE events ADD COLUMN interim INTEGER",
+    "CREATE INDEX IF NOT EXISTS events_interim ON events (flow_id, sensor) WHERE interim = 1",
 )
 # The description's hashed tokens (rag/describe.py text_codes, uint16), so a question's
 # ranking embeds the events it reads without tokenizing them again (NULL in rows stored
@@ -459,6 +468,15 @@ class EventStore:
                 if not self._has_column("text_codes"):
                     with self._db:
                         self._db.execute(_TEXT_CODES)
+                if not self._has_column("interim"):
+                    with self._db:
+                        self._db.execute("BEGIN IMMEDIATE")
+                        for sql in _INTERIM:
+                            self._db.execute(sql)
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            ("interim_from_id", str(self.max_id() + 1)),
+                        )
                 if not self._has_divergent():
                     with self._db:
                         self._db.execute(_DIVERGENT)
@@ -699,18 +717,31 @@ class EventStore:
             newest[(row[_FLOW_COL], row[_SENSOR_COL])] = first + k
         gone: list[int] = []
         keys = list(newest)
+        # Rows stored before the interim column: their flow's rows are read (events_flow,
+        # the index those stores have) and their blobs parsed.
+        legacy = int(self.meta("interim_from_id") or 1) - 1
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
             marks = ",".join("?" * len(part))
+            flows = [fid for fid, _ in part]
             found = self._db.execute(
-                f"SELECT id, flow_id, sensor, event FROM events WHERE flow_id IN ({marks})",
-                [fid for fid, _ in part],
+                f"SELECT id, flow_id, sensor FROM events INDEXED BY events_interim "
+                f"WHERE interim = 1 AND flow_id IN ({marks})",
+                flows,
             ).fetchall()
-            gone += [
-                i
-                for i, fid, sensor, blob in found
-                if i < newest.get((fid, sensor), -1) and ScoredEvent.FromString(blob).record.interim
-            ]
+            gone += [i for i, fid, sensor in found if i < newest.get((fid, sensor), -1)]
+            if legacy:
+                old = self._db.execute(
+                    f"SELECT id, flow_id, sensor, event FROM events WHERE flow_id IN ({marks}) "
+                    "AND id <= ? AND interim IS NULL",
+                    [*flows, legacy],
+                ).fetchall()
+                gone += [
+                    i
+                    for i, fid, sensor, blob in old
+                    if i < newest.get((fid, sensor), -1)
+                    and ScoredEvent.FromString(blob).record.interim
+                ]
         for start in range(0, len(gone), 500):
             ids = gone[start : start + 500]
             marks = ",".join("?" * len(ids))
