@@ -25,7 +25,12 @@ first --small-events (50,000) events, against the same prefix of the main run.
 Retrieval. At each size the store reaches, ~20 questions go through ``parse`` and
 ``retrieve(store, text_index, parsed, k=12)`` (what the console does before the model),
 --reps times each, asked "now" = one minute after the newest event; p50/p99 ms. The
-indexes are saved there too (``save_s``).
+indexes are saved there too (``save_s``). The facts come from the columns in memory
+(rag/columns.py), as in the console: ``columns_refresh_s`` is reading the events added
+since the last size into them (before the questions, not in their times), and at the
+largest size ``columns_build_s`` is a new reader's first read of all of them (what a
+console pays when it starts). ``--sql-facts``: the facts from SQL, as a one-shot ``mld
+rag ask`` computes them.
 
 Index type. At 100k and 1M text vectors (the ones the ingest indexed), one query at a
 time with k=240 (what ``retrieve`` asks for at top_k 12): flat (IndexFlatIP),
@@ -79,10 +84,11 @@ from proto.events_pb2 import ScoredEvent  # noqa: E402
 from rag import indexed_store as rag_indexed_store  # noqa: E402
 from rag.answer import Answerer, default_model_path  # noqa: E402
 from rag.config import RagConfig  # noqa: E402
-from rag.describe import embed_texts  # noqa: E402
+from rag.describe import embed_codes, embed_texts, text_codes  # noqa: E402
 from rag.indexed_store import RagStore  # noqa: E402
 from rag.question import parse  # noqa: E402
 from rag.retrieve import facts_for, retrieve  # noqa: E402
+from rag.store import EventStore  # noqa: E402
 from tests.support import SHARED_DATA  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
@@ -111,7 +117,8 @@ QUESTIONS = [
 ]
 ANSWER_QUESTIONS = [QUESTIONS[i] for i in (0, 1, 2, 3, 5)]
 TOP_K = 12
-_EMBED_TEXTS = embed_texts  # the function rag.indexed_store calls
+# The functions rag.indexed_store calls to embed descriptions.
+_EMBEDDERS: dict[str, Callable[..., Any]] = {"text_codes": text_codes, "embed_codes": embed_codes}
 SEARCH_K = max(TOP_K * 20, 200)  # what retrieve asks the text index for
 
 _GAP_CAP_NS = 10 * 10**9
@@ -262,8 +269,9 @@ def instrument(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
         _instrument_indexes(rag, parts, text_vectors)
 
     rag._swap_retrained = swapped  # type: ignore[method-assign]
-    # ingest calls it once per write_batch; restored by the caller (``uninstrument``).
-    setattr(rag_indexed_store, "embed_texts", parts.wrap("text embedding", _EMBED_TEXTS))  # noqa: B010
+    # ingest calls them once per write_batch; restored by the caller (``uninstrument``).
+    for name, fn in _EMBEDDERS.items():
+        setattr(rag_indexed_store, name, parts.wrap("text embedding", fn))
 
 
 def _instrument_indexes(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
@@ -274,7 +282,8 @@ def _instrument_indexes(rag: RagStore, parts: Parts, text_vectors: F32 | None) -
 
 
 def uninstrument() -> None:
-    setattr(rag_indexed_store, "embed_texts", _EMBED_TEXTS)  # noqa: B010
+    for name, fn in _EMBEDDERS.items():
+        setattr(rag_indexed_store, name, fn)
 
 
 def _timed_add(add: Callable[..., None], parts: Parts, keep: F32 | None, index: Any) -> None:
@@ -494,6 +503,27 @@ def print_index_table(results: Sequence[IndexResult]) -> None:
         )
 
 
+def columns_figures(rag: RagStore, label: str, build: bool) -> dict[str, float]:
+    """Seconds to read the events added since into the writer's columns, their MB, and
+    (``build``) a new reader's first read of every event."""
+    columns = rag.store.columns
+    assert columns is not None
+    started = time.perf_counter()
+    rag.store.count()
+    out = {
+        f"columns_refresh_s_{label}": time.perf_counter() - started,
+        f"columns_mb_{label}": columns.nbytes / 1e6,
+    }
+    if build:
+        reader = EventStore(rag.store.path, readonly=True)
+        reader.use_fact_columns()
+        started = time.perf_counter()
+        reader.count()
+        out[f"columns_build_s_{label}"] = time.perf_counter() - started
+        reader.close()
+    return out
+
+
 # ---- answers ---------------------------------------------------------------------------
 
 
@@ -566,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-sizes", default="100000,1000000", help="index comparison sizes")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest HNSW build")
     parser.add_argument("--no-model", action="store_true", help="skip the answer latency")
+    parser.add_argument(
+        "--sql-facts", action="store_true", help="facts from SQL, not the columns in memory"
+    )
     parser.add_argument("--dir", type=Path, default=REPO / "build" / "bench", help="work dir")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10k events, no model")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -599,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cfg = RagConfig()
         rag = RagStore(work / "events.sqlite", cfg)
+        if not args.sql_facts:
+            rag.store.use_fact_columns()
         blobs = BlobTable(work / "blobs.sqlite")
         parts = Parts()
         text_vectors = np.zeros((total, rag.text.dim), dtype=np.float32)
@@ -636,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                 keys[f"save_s_{label}"] = time.perf_counter() - started
                 db_mb = (work / "events.sqlite").stat().st_size / 1e6
                 keys[f"db_mb_{label}"] = db_mb
+                if rag.store.columns is not None:
+                    keys.update(columns_figures(rag, label, done == total))
                 lat, facts, vias = retrieval_latency(rag, questions, args.reps)
                 keys[f"retrieval_p50_ms_{label}"] = pct(lat, 50)
                 keys[f"retrieval_p99_ms_{label}"] = pct(lat, 99)

@@ -656,9 +656,13 @@ class EventStore:
         A record of a flow already stored (same sensor and flow_id: an interim record
         and the records after it) replaces that flow's row; ``superseded`` then holds the
         ids deleted, which may include ids of this call when a batch holds several
-        records of one flow."""
+        records of one flow. ``codes``: the descriptions' text_codes (rag/describe.py)."""
         now = time.time()
-        rows = [_flat(ev, detector_id, d, now) for ev, d in zip(events, descriptions, strict=True)]
+        blobs = [c.tobytes() for c in codes] if codes is not None else [None] * len(events)
+        rows = [
+            _flat(ev, detector_id, d, now, b)
+            for ev, d, b in zip(events, descriptions, blobs, strict=True)
+        ]
         try:
             with self._db:
                 # The write lock first: read after it, the next id is ours even when another

@@ -8,11 +8,13 @@ import ipaddress
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from proto.events_pb2 import ScoredEvent
 from rag import columns as rag_columns
 from rag.config import RagConfig
+from rag.describe import embed_codes, embed_texts, text_codes
 from rag.indexed_store import RagStore
 from rag.question import parse
 from rag.retrieve import facts_for, retrieve
@@ -86,6 +88,19 @@ def test_facts_from_the_columns_are_those_of_sql(small_store: RagStore) -> None:
     finally:
         sql.close()
         mem.close()
+
+
+def test_the_ranking_reads_the_stored_text_codes(small_store: RagStore) -> None:
+    """Each row keeps its description's hashed tokens: the ranking embeds them without
+    tokenizing the description, to the same vector."""
+    ranked = small_store.store.ranking(Filters(), limit=50)
+    assert len(ranked) == 50
+    rows = {r.id: r for r in small_store.store.get([i for i, _, _, _ in ranked])}
+    for i, _, codes, description in ranked:
+        assert codes is not None and description is None
+        stored = np.frombuffer(codes, dtype=np.uint16)
+        assert np.array_equal(stored, text_codes([rows[i].description])[0])
+        assert np.array_equal(embed_codes([stored]), embed_texts([rows[i].description]))
 
 
 def test_ties_are_broken_by_value_like_sql(tmp_path: Path, small_store: RagStore) -> None:
