@@ -55,7 +55,7 @@ GROUPED = ("src", "dst", "family", "dst_port")
 
 _READ = (
     "SELECT id, ts, last_ts, label, family, src, dst, src_port, dst_port, proto, fast_rule, "
-    "fast_score, ml_score FROM events WHERE id > ? ORDER BY id"
+    "fast_score, ml_score, final_score FROM events WHERE id > ? ORDER BY id"
 )
 _CHUNK = 50_000
 _MASKS = 8  # filters' masks kept per state of the copy (facts_for asks ~8 things of 3)
@@ -72,6 +72,7 @@ _DTYPES: dict[str, npt.DTypeLike] = {
     "dst_port": np.int32,
     "proto": np.int16,
     "fast_rule": np.int32,
+    "final_score": np.float64,
     "divergent": np.bool_,
     "alive": np.bool_,
 }
@@ -177,9 +178,9 @@ class FactColumns:
         cursor = db.execute(_READ, (self.upto,))
         added = 0
         while rows := cursor.fetchmany(_CHUNK):
-            (ids, ts, last_ts, label, family, src, dst, sport, dport, proto, rule, fast, ml) = zip(
-                *rows, strict=True
-            )
+            cols = list(zip(*rows, strict=True))
+            ids, ts, last_ts, label, family, src, dst, sport, dport, proto = cols[:10]
+            rule, fast, ml, score = cols[10:]
             fast_a = np.array(fast, dtype=np.float64)
             ml_a = np.array(ml, dtype=np.float64)
             # rag/store.py _DIVERGENT, the generated column, computed the same way.
@@ -198,6 +199,7 @@ class FactColumns:
                     "dst_port": np.array(dport, dtype=np.int32),
                     "proto": np.array(proto, dtype=np.int16),
                     "fast_rule": self.rules.encode(rule),
+                    "final_score": np.array(score, dtype=np.float64),
                     "divergent": divergent,
                     "alive": np.ones(len(ids), dtype=np.bool_),
                 }
@@ -290,6 +292,18 @@ class FactColumns:
         if not m.any():
             return None
         return float(self.col("ts")[m].min()), float(self.col("last_ts")[m].max())
+
+    def best_ids(self, f: Filters, limit: int) -> list[int]:
+        """Ids of the ``limit`` matching events of highest score, then newest, then the
+        last stored (rag/store.py ``_BEST_FIRST``)."""
+        at = np.flatnonzero(self.mask(f))
+        score = self.col("final_score")
+        if len(at) > limit:
+            kth = np.partition(score[at], len(at) - limit)[len(at) - limit]
+            at = at[score[at] >= kth]
+        ids = self.col("id")[at]
+        order = np.lexsort((-ids, -self.col("ts")[at], -score[at]))
+        return [int(i) for i in ids[order[:limit]]]
 
     def group(self, column: str, f: Filters, limit: int) -> list[tuple[str, int]]:
         """``SELECT column, COUNT(*) ... GROUP BY column ORDER BY n DESC, column LIMIT``."""

@@ -422,6 +422,11 @@ def _flat(
 
 _FLOW_COL, _SENSOR_COL = 7, 4  # of _flat's tuple
 
+# The order events are listed and ranked in: highest score, then newest, then the last
+# stored (the id makes it one order whichever index SQLite reads, and the columns' own;
+# events of a flood start in the same microsecond with the same score).
+_BEST_FIRST = "final_score DESC, ts DESC, id DESC"
+
 _INSERT = (
     "INSERT INTO events (ts, last_ts, scored_ts, stored_ts, sensor, detector, verdict_id, "
     "flow_id, ip_version, src, dst, src_port, dst_port, proto, family, label, final_score, "
@@ -778,8 +783,15 @@ class EventStore:
         filters: Filters = Filters(),
         *,
         limit: int = 20,
-        order: str = "final_score DESC, ts DESC",
+        order: str = _BEST_FIRST,
     ) -> list[EventRow]:
+        if order == _BEST_FIRST and not filters.ids:
+            columns = self._fresh_columns()
+            if columns is not None:
+                return self.get(columns.best_ids(filters, limit))
+        return self._select(filters, limit, order)
+
+    def _select(self, filters: Filters, limit: int, order: str) -> list[EventRow]:
         where, params = filters.where()
         sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
@@ -790,19 +802,28 @@ class EventStore:
         """(id, final score, text codes, description when there are no codes) of the
         events ``rows`` would return, in its order: what a question's ranking needs,
         without building every row."""
-        where, params = filters.where()
         codes = self._codes
-        sql = (
-            f"SELECT id, final_score, {codes}, CASE WHEN {codes} IS NULL THEN description END "
-            f"FROM events WHERE {where} ORDER BY final_score DESC, ts DESC LIMIT ?"
-        )
-        return [(int(i), float(s), c, d) for i, s, c, d in self._db.execute(sql, [*params, limit])]
+        what = f"id, final_score, {codes}, CASE WHEN {codes} IS NULL THEN description END"
+        columns = None if filters.ids else self._fresh_columns()
+        if columns is not None:
+            ids = columns.best_ids(filters, limit)
+            marks = ",".join("?" * len(ids))
+            found = {
+                int(r[0]): r
+                for r in self._db.execute(f"SELECT {what} FROM events WHERE id IN ({marks})", ids)
+            }
+            got = [found[i] for i in ids if i in found]
+        else:
+            where, params = filters.where()
+            sql = f"SELECT {what} FROM events WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
+            got = self._db.execute(sql, [*params, limit]).fetchall()
+        return [(int(i), float(s), c, d) for i, s, c, d in got]
 
     def get(self, ids: Sequence[int]) -> list[EventRow]:
         """Rows by id, in the order of ``ids`` (missing ids are left out)."""
         if not ids:
             return []
-        found = {r.id: r for r in self.rows(Filters(ids=tuple(ids)), limit=len(ids))}
+        found = {r.id: r for r in self._select(Filters(ids=tuple(ids)), len(ids), _BEST_FIRST)}
         return [found[i] for i in ids if i in found]
 
     def event(self, event_id: int) -> ScoredEvent | None:

@@ -54,11 +54,16 @@ def _same_facts(sql: EventStore, mem: EventStore, filters: list[Filters]) -> Non
         assert mem.span(f) == sql.span(f), f
         for column in ("src", "dst", "family", "dst_port"):
             assert mem.group(column, f, limit=5) == sql.group(column, f, limit=5), (column, f)
+        # The events listed, best first, and what the ranking reads of them.
+        for limit in (1, 12, 5000):
+            assert mem.rows(f, limit=limit) == sql.rows(f, limit=limit), (limit, f)
+            assert mem.ranking(f, limit=limit) == sql.ranking(f, limit=limit), (limit, f)
 
 
 def test_facts_from_the_columns_are_those_of_sql(small_store: RagStore) -> None:
     """Every question's facts and retrieved events, computed from the columns in memory
-    and by SQL, are the same (counts, top values with their ties, spans)."""
+    and by SQL, are the same (counts, top values with their ties, spans, the events
+    listed best first)."""
     sql, mem = _both(small_store.store.path)
     try:
         assert mem.columns is not None
