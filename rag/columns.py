@@ -141,7 +141,11 @@ class FactColumns:
         if not in_tx:
             db.execute("BEGIN")
         try:
-            low, high = db.execute("SELECT MIN(seq), MAX(seq) FROM deleted").fetchone()
+            # Two subqueries: SQLite reads the ends of the key only for a lone MIN or MAX
+            # (both in one SELECT scan the whole log).
+            low, high = db.execute(
+                "SELECT (SELECT MIN(seq) FROM deleted), (SELECT MAX(seq) FROM deleted)"
+            ).fetchone()
             top = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             behind = low is not None and self.seq < high and low > self.seq + 1
             # Ids start again below what was read when every event was deleted.

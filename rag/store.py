@@ -496,6 +496,8 @@ class EventStore:
         self._codes = "text_codes" if self._has_column("text_codes") else "NULL"
         # The facts' columns in memory (use_fact_columns), None: SQL answers them.
         self.columns: FactColumns | None = None
+        self._seen_version = -1  # PRAGMA data_version at the columns' last refresh
+        self._wrote = False  # this connection changed events since then
 
     def use_fact_columns(self) -> bool:
         """Answer ``count``, ``group`` and ``span`` from the columns in memory
@@ -513,9 +515,15 @@ class EventStore:
         return True
 
     def _fresh_columns(self) -> FactColumns | None:
+        """The columns, first brought up to date if the table may have changed: another
+        connection committed (``data_version``) or this one wrote."""
         if self.columns is None:
             return None
         try:
+            version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            if self.columns.loaded and version == self._seen_version and not self._wrote:
+                return self.columns
+            self._seen_version, self._wrote = version, False
             self.columns.refresh(self._db)
         except sqlite3.Error as exc:
             raise RagError(f"cannot read the event store {self.path}: {exc}") from exc
@@ -674,6 +682,7 @@ class EventStore:
                 # process (mld watch run beside mld rag run) writes to the same store.
                 self._db.execute("BEGIN IMMEDIATE")
                 first = self.max_id() + 1
+                self._wrote = True
                 self._db.executemany(_INSERT, rows)
                 self.superseded = self._supersede(rows, first)
                 if meta:
@@ -706,6 +715,7 @@ class EventStore:
                     )
                 ]
                 if ids:
+                    self._wrote = True
                     self._db.execute(f"DELETE FROM events WHERE {where}", (upto, cutoff))
                     self._log_deleted(ids)
                     self._db.execute(

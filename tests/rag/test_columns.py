@@ -207,3 +207,23 @@ def test_a_store_without_the_deleted_log_answers_from_sql(
     _same_facts(sql, mem, [Filters(), Filters(min_label=2)])
     sql.close()
     mem.close()
+
+
+def test_the_writers_own_columns_see_its_writes(tmp_path: Path, small_store: RagStore) -> None:
+    """Columns on the writing connection itself (data_version does not change for a
+    connection's own commits): its ingests and its retention show on the next question."""
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig(max_events=0))
+    assert rag.store.use_fact_columns()
+    pool = [e for e in (small_store.store.event(i) for i in range(1, 120)) if e]
+    rag.ingest(pool[:50], "det")
+    assert rag.store.count() == 50
+    assert rag.store.count() == 50  # nothing changed: not read again
+    rag.ingest(pool[50:], "det")
+    assert rag.store.count() == len(pool)
+    rag.cfg = dataclasses.replace(rag.cfg, max_events=30)
+    rag.prune()
+    assert rag.store.count() == 30
+    sql = EventStore(rag.store.path, readonly=True)
+    _same_facts(sql, rag.store, [Filters(), Filters(min_label=2)])
+    sql.close()
+    rag.close()
