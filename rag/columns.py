@@ -313,28 +313,44 @@ class FactColumns:
         """``SELECT column, COUNT(*) ... GROUP BY column ORDER BY n DESC, column LIMIT``."""
         values = self.col(column)[self.mask(f)]
         if column == "dst_port":
-            counts = np.bincount(values, minlength=1) if len(values) else np.zeros(0, np.int64)
-            return [(str(v), n) for v, n in _top(counts, limit, int)]
+            codes, counts = _counts(values, 65536)
+            return [(str(v), n) for v, n in _top(codes, counts, limit, int)]
         names = (self.addrs if column in ("src", "dst") else self.families).names
-        counts = np.bincount(values) if len(values) else np.zeros(0, np.int64)
-        return [(names[code], n) for code, n in _top(counts, limit, names.__getitem__)]
+        codes, counts = _counts(values, len(names))
+        return [(names[c], n) for c, n in _top(codes, counts, limit, names.__getitem__)]
+
+
+def _counts(
+    values: npt.NDArray[Any], distinct: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct values of ``values`` (codes below ``distinct``) and their counts: one
+    bincount over all the codes when the values are many, a sort of the values when they
+    are few (a bincount of a million codes for a few thousand values costs more)."""
+    if len(values) * 8 < distinct:
+        uniq, counts = np.unique(values, return_counts=True)
+        return uniq.astype(np.int64), counts.astype(np.int64)
+    full = np.bincount(values, minlength=1) if len(values) else np.zeros(0, np.int64)
+    codes = np.flatnonzero(full)
+    return codes, full[codes]
 
 
 def _top(
-    counts: npt.NDArray[np.int64], limit: int, key: Callable[[int], Any]
+    codes: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    limit: int,
+    key: Callable[[int], Any],
 ) -> list[tuple[int, int]]:
     """The ``limit`` (code, count) pairs of highest count, ties by ``key(code)``
     ascending (the value's own order, as SQL's ``ORDER BY n DESC, value``)."""
-    sort_key = key  # code -> the value SQLite sorts by
-    nz = np.flatnonzero(counts)
-    if len(nz) > limit:
-        kth = np.partition(counts[nz], len(nz) - limit)[len(nz) - limit]
-        above = nz[counts[nz] > kth]
-        tied = nz[counts[nz] == kth]
+    if len(codes) > limit:
+        kth = np.partition(counts, len(counts) - limit)[len(counts) - limit]
+        above = counts > kth
+        tied = codes[counts == kth]
         # Many values may tie at the last place (spoofed sources seen once each): only
         # the smallest of them by value can make it.
-        need = limit - len(above)
-        smallest = heapq.nsmallest(need, tied.tolist(), key=sort_key)
-        nz = np.concatenate([above, np.asarray(smallest, dtype=np.int64)])
-    ranked = sorted(nz.tolist(), key=lambda c: (-int(counts[c]), sort_key(c)))
-    return [(c, int(counts[c])) for c in ranked[:limit]]
+        need = limit - int(above.sum())
+        smallest = heapq.nsmallest(need, tied.tolist(), key=key)
+        keep = np.concatenate([np.flatnonzero(above), np.flatnonzero(np.isin(codes, smallest))])
+        codes, counts = codes[keep], counts[keep]
+    pairs = zip(codes.tolist(), counts.tolist(), strict=True)
+    return sorted(pairs, key=lambda p: (-p[1], key(p[0])))[:limit]

@@ -124,7 +124,8 @@ def test_ties_are_broken_by_value_like_sql(tmp_path: Path, small_store: RagStore
     rag.ingest(events, "det")
     sql, mem = _both(rag.store.path)
     try:
-        _same_facts(sql, mem, [Filters(), Filters(ports=(1001, 1003))])
+        # Few values against the dictionary are counted by sorting them, not bincount.
+        _same_facts(sql, mem, [Filters(), Filters(ports=(1001, 1003)), Filters(ids=(2, 5, 9))])
         top = ["10.0.0.0", "10.0.0.12", "10.0.0.15", "10.0.0.18", "10.0.0.21"]
         assert mem.group("src", Filters()) == [(a, 1) for a in top]
     finally:
