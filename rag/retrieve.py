@@ -1,5 +1,6 @@
 """Retrieval: the question's hard filters go to SQL, its words to the text index, and the
-numbers an answer may state are computed here, by SQL, never by the model.
+numbers an answer may state are computed here, by SQL (or its copy of the columns in
+memory), never by the model.
 
 * Filters that leave at most ``_RERANK_MAX`` events: those are read from SQLite (highest
   score first) and ranked by the similarity of their descriptions to the question.
@@ -8,7 +9,9 @@ numbers an answer may state are computed here, by SQL, never by the model.
   that match the filters fill the rest.
 
 ``Facts`` is what the answer's numbers come from: how many events match, by family,
-label, source, destination and port, and the time they span.
+label, source, destination and port, and the time they span. With the facts' columns in
+memory (rag/columns.py, the console) they and the best-first listing come from there,
+with SQL's own results; SQL reads only the rows shown.
 """
 
 from __future__ import annotations
