@@ -25,7 +25,12 @@ first --small-events (50,000) events, against the same prefix of the main run.
 Retrieval. At each size the store reaches, ~20 questions go through ``parse`` and
 ``retrieve(store, text_index, parsed, k=12)`` (what the console does before the model),
 --reps times each, asked "now" = one minute after the newest event; p50/p99 ms. The
-indexes are saved there too (``save_s``).
+indexes are saved there too (``save_s``). The facts come from the columns in memory
+(rag/columns.py), as in the console: ``columns_refresh_s`` is reading the events added
+since the last size into them (before the questions, not in their times), and at the
+largest size ``columns_build_s`` is a new reader's first read of all of them (what a
+console pays when it starts). ``--sql-facts``: the facts from SQL, as a one-shot ``mld
+rag ask`` computes them.
 
 Index type. At 100k and 1M text vectors (the ones the ingest indexed), one query at a
 time with k=240 (what ``retrieve`` asks for at top_k 12): flat (IndexFlatIP),
@@ -42,6 +47,7 @@ processing included).
     .venv/bin/python bench/rag_speed.py                 # ~13 min, ~3 GB of RAM
     .venv/bin/python bench/rag_speed.py --sizes 10000,100000 --no-model
     .venv/bin/python bench/rag_speed.py --quick         # seconds: 10k only, no model
+    .venv/bin/python bench/rag_speed.py --soak 10       # 10 min at 1000 events/s, RSS
 
 Last line: ``ingest_eps=N retrieval_p50_ms_1m=N answer_s_p50=N`` and more (see README).
 """
@@ -79,10 +85,11 @@ from proto.events_pb2 import ScoredEvent  # noqa: E402
 from rag import indexed_store as rag_indexed_store  # noqa: E402
 from rag.answer import Answerer, default_model_path  # noqa: E402
 from rag.config import RagConfig  # noqa: E402
-from rag.describe import embed_texts  # noqa: E402
+from rag.describe import embed_codes, embed_texts, text_codes  # noqa: E402
 from rag.indexed_store import RagStore  # noqa: E402
 from rag.question import parse  # noqa: E402
 from rag.retrieve import facts_for, retrieve  # noqa: E402
+from rag.store import EventStore  # noqa: E402
 from tests.support import SHARED_DATA  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
@@ -111,7 +118,8 @@ QUESTIONS = [
 ]
 ANSWER_QUESTIONS = [QUESTIONS[i] for i in (0, 1, 2, 3, 5)]
 TOP_K = 12
-_EMBED_TEXTS = embed_texts  # the function rag.indexed_store calls
+# The functions rag.indexed_store calls to embed descriptions.
+_EMBEDDERS: dict[str, Callable[..., Any]] = {"text_codes": text_codes, "embed_codes": embed_codes}
 SEARCH_K = max(TOP_K * 20, 200)  # what retrieve asks the text index for
 
 _GAP_CAP_NS = 10 * 10**9
@@ -262,8 +270,9 @@ def instrument(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
         _instrument_indexes(rag, parts, text_vectors)
 
     rag._swap_retrained = swapped  # type: ignore[method-assign]
-    # ingest calls it once per write_batch; restored by the caller (``uninstrument``).
-    setattr(rag_indexed_store, "embed_texts", parts.wrap("text embedding", _EMBED_TEXTS))  # noqa: B010
+    # ingest calls them once per write_batch; restored by the caller (``uninstrument``).
+    for name, fn in _EMBEDDERS.items():
+        setattr(rag_indexed_store, name, parts.wrap("text embedding", fn))
 
 
 def _instrument_indexes(rag: RagStore, parts: Parts, text_vectors: F32 | None) -> None:
@@ -274,7 +283,8 @@ def _instrument_indexes(rag: RagStore, parts: Parts, text_vectors: F32 | None) -
 
 
 def uninstrument() -> None:
-    setattr(rag_indexed_store, "embed_texts", _EMBED_TEXTS)  # noqa: B010
+    for name, fn in _EMBEDDERS.items():
+        setattr(rag_indexed_store, name, fn)
 
 
 def _timed_add(add: Callable[..., None], parts: Parts, keep: F32 | None, index: Any) -> None:
@@ -494,6 +504,27 @@ def print_index_table(results: Sequence[IndexResult]) -> None:
         )
 
 
+def columns_figures(rag: RagStore, label: str, build: bool) -> dict[str, float]:
+    """Seconds to read the events added since into the writer's columns, their MB, and
+    (``build``) a new reader's first read of every event."""
+    columns = rag.store.columns
+    assert columns is not None
+    started = time.perf_counter()
+    rag.store.count()
+    out = {
+        f"columns_refresh_s_{label}": time.perf_counter() - started,
+        f"columns_mb_{label}": columns.nbytes / 1e6,
+    }
+    if build:
+        reader = EventStore(rag.store.path, readonly=True)
+        reader.use_fact_columns()
+        started = time.perf_counter()
+        reader.count()
+        out[f"columns_build_s_{label}"] = time.perf_counter() - started
+        reader.close()
+    return out
+
+
 # ---- answers ---------------------------------------------------------------------------
 
 
@@ -523,6 +554,107 @@ def answer_latency(rag: RagStore, questions: Sequence[str]) -> dict[str, float]:
         "answer_tokens_per_s": statistics.median(rates),
         "model_load_s": load_s,
     }
+
+
+# ---- soak ------------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def slope_per_h(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour."""
+    if len(points) < 2:
+        return math.nan
+    t = np.array([p[0] for p in points])
+    v = np.array([p[1] for p in points])
+    return float(np.polyfit(t, v, 1)[0] * 3600)
+
+
+def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Path) -> int:
+    """``--soak MINUTES``: the running store's loop (rag/service.py: ingest, save every
+    ``save_every_s``, retention every --soak-prune-s) at --soak-rate events/s in batches of
+    100, bounded by --soak-max events, beside a reader with the facts' columns asking a
+    question every 5 s (as a console open beside ``mld rag run``). Every 10 s: the
+    process's RSS, the columns' and the indexes' sizes, the database's. Growth is the
+    slope over the second half of the run, once the bound is reached."""
+    cfg = RagConfig(max_events=args.soak_max)
+    rag = RagStore(work / "events.sqlite", cfg)
+    rag.open_indexes()
+    reader: RagStore | None = None
+    batch, rate = 100, args.soak_rate
+    started = time.monotonic()
+    end = started + args.soak * 60
+    next_save = next_prune = next_ask = next_sample = started
+    samples: list[tuple[float, float, float, float, float]] = []
+    asked: list[float] = []
+    done = 0
+    print("  min   events   rss MB  columns MB  index vectors  db MB  ask ms", flush=True)
+    for events in replay(pool, span_ns, 10**12, batch):
+        now = time.monotonic()
+        if now >= end:
+            break
+        rag.ingest(events, "soak")
+        rag.swap_retrained()
+        done += len(events)
+        if now >= next_save:
+            rag.save()
+            next_save = now + cfg.save_every_s
+        if now >= next_prune:
+            rag.prune()
+            next_prune = now + args.soak_prune_s
+        if now >= next_ask and done >= 10_000:
+            if reader is None:
+                reader = RagStore(work / "events.sqlite", cfg, readonly=True)
+                reader.open_indexes()
+                reader.store.use_fact_columns()
+            q = QUESTIONS[len(asked) % len(QUESTIONS)]
+            t0 = time.perf_counter()
+            retrieve(reader.store, reader.text, parse(q, newest_ts(reader) + 60), TOP_K)
+            asked.append((time.perf_counter() - t0) * 1e3)
+            next_ask = now + 5
+        if now >= next_sample:
+            cols = reader.store.columns if reader is not None else None
+            col_mb = cols.nbytes / 1e6 if cols is not None else 0.0
+            db_mb = sum(f.stat().st_size for f in work.glob("events.sqlite*")) / 1e6
+            row = (now - started, rss_mb(), col_mb, float(len(rag.text)), db_mb)
+            samples.append(row)
+            print(
+                f"{row[0] / 60:5.1f} {done:8d} {row[1]:8.1f} {row[2]:11.1f} {row[3]:14.0f} "
+                f"{row[4]:6.0f} {asked[-1] if asked else math.nan:7.1f}",
+                flush=True,
+            )
+            next_sample = now + 10
+        # Pace to the rate (a bench's clock, not a test's wait).
+        ahead = started + done / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    rag.close()
+    if reader is not None:
+        reader.close()
+    half = [p for p in samples if p[0] >= samples[-1][0] / 2] if samples else []
+    keys = {
+        "soak_minutes": (samples[-1][0] / 60) if samples else 0.0,
+        "soak_events": float(done),
+        "soak_eps": done / max(1e-9, samples[-1][0] if samples else 1),
+        "rss_mb_end": samples[-1][1] if samples else math.nan,
+        "rss_growth_mb_per_h": slope_per_h([(p[0], p[1]) for p in half]),
+        "columns_mb_end": samples[-1][2] if samples else math.nan,
+        "columns_growth_mb_per_h": slope_per_h([(p[0], p[2]) for p in half]),
+        "index_vectors_end": samples[-1][3] if samples else math.nan,
+        "db_mb_end": samples[-1][4] if samples else math.nan,
+        "db_growth_mb_per_h": slope_per_h([(p[0], p[4]) for p in half]),
+        "ask_ms_p50": pct(asked, 50),
+        "ask_ms_p99": pct(asked, 99),
+        "load1": os.getloadavg()[0],
+    }
+    print(" ".join(f"{k}={fmt(v)}" for k, v in keys.items()))
+    return 0
 
 
 # ---- main ------------------------------------------------------------------------------
@@ -566,9 +698,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-sizes", default="100000,1000000", help="index comparison sizes")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest HNSW build")
     parser.add_argument("--no-model", action="store_true", help="skip the answer latency")
+    parser.add_argument(
+        "--sql-facts", action="store_true", help="facts from SQL, not the columns in memory"
+    )
     parser.add_argument("--dir", type=Path, default=REPO / "build" / "bench", help="work dir")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10k events, no model")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--soak", type=float, default=0, help="minutes of a steady-rate soak")
+    parser.add_argument("--soak-rate", type=float, default=1000, help="soak events/s")
+    parser.add_argument("--soak-max", type=int, default=200_000, help="soak rag.max_events")
+    parser.add_argument("--soak-prune-s", type=float, default=30, help="soak retention period")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     if args.quick:
@@ -591,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         f"pool: {len(pool)} events from the shared captures in {time.perf_counter() - started:.1f}"
         f" s, span {span_ns / 3.6e12:.2f} h; {math.ceil(total / len(pool))} rounds to {total}"
     )
+    if args.soak:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="rag-soak-", dir=args.dir) as tmp:
+            return soak(args, pool, span_ns, Path(tmp))
     costs = per_event_costs(pool, min(len(pool), 10_000))
     log("per event (us): " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
 
@@ -599,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cfg = RagConfig()
         rag = RagStore(work / "events.sqlite", cfg)
+        if not args.sql_facts:
+            rag.store.use_fact_columns()
         blobs = BlobTable(work / "blobs.sqlite")
         parts = Parts()
         text_vectors = np.zeros((total, rag.text.dim), dtype=np.float32)
@@ -636,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
                 keys[f"save_s_{label}"] = time.perf_counter() - started
                 db_mb = (work / "events.sqlite").stat().st_size / 1e6
                 keys[f"db_mb_{label}"] = db_mb
+                if rag.store.columns is not None:
+                    keys.update(columns_figures(rag, label, done == total))
                 lat, facts, vias = retrieval_latency(rag, questions, args.reps)
                 keys[f"retrieval_p50_ms_{label}"] = pct(lat, 50)
                 keys[f"retrieval_p99_ms_{label}"] = pct(lat, 99)

@@ -106,6 +106,10 @@ def _console(args: argparse.Namespace, cfg: MldConfig, rag: RagStore) -> Console
 def _cmd_console(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     rag = _open(args, cfg)
+    if not args.ask:
+        # A console answers many questions: the facts' columns in memory pay for being read
+        # once (rag/columns.py; a one-shot --ask would pay more than it saves).
+        rag.store.use_fact_columns()
     try:
         console = _console(args, cfg, rag)
         if args.ask:

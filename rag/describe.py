@@ -20,7 +20,7 @@ import itertools
 import re
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,16 @@ import numpy.typing as npt
 from proto.events_pb2 import ScoredEvent
 from rag.store import LABELS, PROTOCOLS, address_text
 
-__all__ = ["FAMILY_WORDS", "SERVICES", "TEXT_DIM", "describe", "embed_texts", "tokens"]
+__all__ = [
+    "FAMILY_WORDS",
+    "SERVICES",
+    "TEXT_DIM",
+    "describe",
+    "embed_codes",
+    "embed_texts",
+    "text_codes",
+    "tokens",
+]
 
 TEXT_DIM = 256
 
@@ -115,20 +124,36 @@ def _code(token: str) -> int:
     return (h % TEXT_DIM) * 2 + (((h >> 16) & 1) ^ 1)
 
 
-def embed_texts(texts: Iterable[str]) -> npt.NDArray[np.float32]:
-    """Unit-length hashed bag-of-words vectors, one row per text."""
-    texts = list(texts)
-    codes: list[int] = []
-    rows: list[int] = []
-    for row, text in enumerate(texts):
-        got = [_code(t) for t in tokens(text)]
-        codes += got
-        rows += [row] * len(got)
+def text_codes(texts: Iterable[str]) -> list[npt.NDArray[np.uint16]]:
+    """The hashed tokens of each text (bucket and sign as ``_code`` gives them), as the
+    store keeps them beside the description (``text_codes`` column): a question's
+    ranking embeds the events it reads from these (``embed_codes``) without tokenizing
+    their descriptions again."""
+    # tokens() inlined: ~25 % less per text (min 26 -> 19 us over 5,000 descriptions).
+    code, find = _code, _TOKEN.findall
+    out = []
+    for text in texts:
+        words = find(text.lower())
+        words += [a + " " + b for a, b in itertools.pairwise(words)]
+        out.append(np.array(list(map(code, words)), dtype=np.uint16))
+    return out
+
+
+def embed_codes(codes: Sequence[npt.NDArray[np.uint16]]) -> npt.NDArray[np.float32]:
+    """Unit-length hashed bag-of-words vectors of ``text_codes`` rows, one row per text."""
+    lengths = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
+    rows = np.repeat(np.arange(len(codes), dtype=np.int64), lengths)
+    flat_codes = np.concatenate(codes).astype(np.int64) if len(codes) else np.zeros(0, np.int64)
     # Count each (row, bucket, sign) at once, then plus minus minus.
-    flat = np.asarray(rows, dtype=np.int64) * (2 * TEXT_DIM) + np.asarray(codes, dtype=np.int64)
-    counts = np.bincount(flat, minlength=len(texts) * 2 * TEXT_DIM)
-    counts = counts.reshape(len(texts), TEXT_DIM, 2)
+    flat = rows * (2 * TEXT_DIM) + flat_codes
+    counts = np.bincount(flat, minlength=len(codes) * 2 * TEXT_DIM)
+    counts = counts.reshape(len(codes), TEXT_DIM, 2)
     out = (counts[:, :, 0] - counts[:, :, 1]).astype(np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out
+
+
+def embed_texts(texts: Iterable[str]) -> npt.NDArray[np.float32]:
+    """Unit-length hashed bag-of-words vectors, one row per text."""
+    return embed_codes(text_codes(texts))

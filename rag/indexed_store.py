@@ -30,7 +30,7 @@ from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
 from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
-from rag.describe import TEXT_DIM, describe, embed_texts
+from rag.describe import TEXT_DIM, describe, embed_codes, embed_texts, text_codes
 from rag.store import EventStore
 from rag.vectors import VectorIndex, give_back_freed_memory
 
@@ -155,11 +155,12 @@ class RagStore:
         for start in range(0, len(events), size):
             part = events[start : start + size]
             texts = [describe(ev) for ev in part]
-            got = self.store.add(part, detector_id, texts, meta)
+            codes = text_codes(texts)
+            got = self.store.add(part, detector_id, texts, meta, codes)
             if len(got):
                 self._others_before(got.start)
                 self.features.add(list(got), self.scaler(part))
-                self.text.add(list(got), embed_texts(texts))
+                self.text.add(list(got), embed_codes(codes))
                 # Rows replaced by a newer record of their flow (interim records).
                 self.features.remove(self.store.superseded)
                 self.text.remove(self.store.superseded)

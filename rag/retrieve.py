@@ -1,5 +1,6 @@
 """Retrieval: the question's hard filters go to SQL, its words to the text index, and the
-numbers an answer may state are computed here, by SQL, never by the model.
+numbers an answer may state are computed here, by SQL (or its copy of the columns in
+memory), never by the model.
 
 * Filters that leave at most ``_RERANK_MAX`` events: those are read from SQLite (highest
   score first) and ranked by the similarity of their descriptions to the question.
@@ -8,7 +9,9 @@ numbers an answer may state are computed here, by SQL, never by the model.
   that match the filters fill the rest.
 
 ``Facts`` is what the answer's numbers come from: how many events match, by family,
-label, source, destination and port, and the time they span.
+label, source, destination and port, and the time they span. With the facts' columns in
+memory (rag/columns.py, the console) they and the best-first listing come from there,
+with SQL's own results; SQL reads only the rows shown.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from rag.describe import embed_texts
+from rag.describe import embed_codes, embed_texts, text_codes
 from rag.question import Parsed
 from rag.store import BlockRow, EventRow, EventStore
 from rag.vectors import VectorIndex
@@ -246,12 +249,17 @@ def retrieve(
     f = parsed.filters
     query = embed_texts([parsed.text])[0]
     if (not f.empty and facts.matching <= _RERANK_MAX) or text_index is None or not len(text_index):
-        rows = store.rows(f, limit=_RERANK_MAX)
-        if len(rows) > k:
-            sims = embed_texts(r.description for r in rows) @ query
+        ranked = store.ranking(f, limit=_RERANK_MAX)
+        if len(ranked) > k:
+            codes = [
+                np.frombuffer(c, dtype=np.uint16) if c is not None else text_codes([d or ""])[0]
+                for _, _, c, d in ranked
+            ]
+            sims = embed_codes(codes) @ query
             # Score first when the words say little (a count, a who), words first otherwise.
-            order = np.lexsort((-np.array([r.final_score for r in rows]), -np.round(sims, 2)))
-            rows = [rows[i] for i in order[:k]]
+            order = np.lexsort((-np.array([s for _, s, _, _ in ranked]), -np.round(sims, 2)))
+            ranked = [ranked[i] for i in order[:k]]
+        rows = store.get([i for i, _, _, _ in ranked])
         return Retrieval(parsed, rows, facts, "sql" if f.empty else "sql+text")
     hits = text_index.search(query, max(k * 20, 200))
     found = store.rows(replace(f, ids=tuple(i for i, _ in hits)), limit=len(hits))

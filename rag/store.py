@@ -31,8 +31,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from base.errors import RagError
 from proto.events_pb2 import BlockDecision, ScoredEvent
+from rag.columns import DELETED_LOG_KEEP, GROUPED, FactColumns
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,6 @@ CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events ({label_columns});
 CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
 CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
-CREATE INDEX IF NOT EXISTS events_flow ON events (flow_id, sensor);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY,
@@ -123,6 +126,9 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_ts ON blocks (ts);
 CREATE INDEX IF NOT EXISTS blocks_addr ON blocks (addr, ts);
 CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict_id);
+-- Ids of deleted events (replaced interim records, retention), written in the deleting
+-- transaction: readers' in-memory columns (rag/columns.py) drop them from it.
+CREATE TABLE IF NOT EXISTS deleted (seq INTEGER PRIMARY KEY, id INTEGER NOT NULL);
 """.replace("{label_columns}", _LABEL_COLUMNS).replace("{ts_columns}", _TS_COLUMNS)
 
 # Where the fast rules and the forests disagree strongly: one says malicious (at or above
@@ -378,7 +384,9 @@ class Filters:
         return self == Filters()
 
 
-def _flat(ev: ScoredEvent, detector_id: str, description: str, now: float) -> tuple[object, ...]:
+def _flat(
+    ev: ScoredEvent, detector_id: str, description: str, now: float, codes: bytes | None = None
+) -> tuple[object, ...]:
     r, v = ev.record, ev.verdict
     return (
         r.first_ts_ns / 1e9,
@@ -407,17 +415,37 @@ def _flat(ev: ScoredEvent, detector_id: str, description: str, now: float) -> tu
         v.model_version,
         description,
         ev.SerializeToString(),
+        codes,
+        int(r.interim),
     )
 
 
 _FLOW_COL, _SENSOR_COL = 7, 4  # of _flat's tuple
 
+# The order events are listed and ranked in: highest score, then newest, then the last
+# stored (the id makes it one order whichever index SQLite reads, and the columns' own;
+# events of a flood start in the same microsecond with the same score).
+_BEST_FIRST = "final_score DESC, ts DESC, id DESC"
+
 _INSERT = (
     "INSERT INTO events (ts, last_ts, scored_ts, stored_ts, sensor, detector, verdict_id, "
     "flow_id, ip_version, src, dst, src_port, dst_port, proto, family, label, final_score, "
     "fast_score, fast_rule, ml_score, ml_family, packets, bytes, model_version, description, "
-    "event) VALUES (" + ",".join("?" * 26) + ")"
+    "event, text_codes, interim) VALUES (" + ",".join("?" * 28) + ")"
 )
+# Whether the row is an interim record of its flow (FlowRecord.interim), with an index of
+# the interim rows only: the records replacing them find them there, and not every row of
+# the same flow id (flow ids come back: at a million events the replayed captures' flows
+# had 30 rows each, every one read and parsed on each batch). NULL in rows stored before
+# the column (ids below the meta ``interim_from_id``): their blobs say.
+_INTERIM = (
+    "ALTER TABLE events ADD COLUMN interim INTEGER",
+    "CREATE INDEX IF NOT EXISTS events_interim ON events (flow_id, sensor) WHERE interim = 1",
+)
+# The description's hashed tokens (rag/describe.py text_codes, uint16), so a question's
+# ranking embeds the events it reads without tokenizing them again (NULL in rows stored
+# before the column: their descriptions are tokenized).
+_TEXT_CODES = "ALTER TABLE events ADD COLUMN text_codes BLOB"
 
 
 class EventStore:
@@ -442,6 +470,18 @@ class EventStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._widen_indexes()
                 self._db.executescript(_SCHEMA)
+                if not self._has_column("text_codes"):
+                    with self._db:
+                        self._db.execute(_TEXT_CODES)
+                if not self._has_column("interim"):
+                    with self._db:
+                        self._db.execute("BEGIN IMMEDIATE")
+                        for sql in _INTERIM:
+                            self._db.execute(sql)
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            ("interim_from_id", str(self.max_id() + 1)),
+                        )
                 if not self._has_divergent():
                     with self._db:
                         self._db.execute(_DIVERGENT)
@@ -452,6 +492,42 @@ class EventStore:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
         # Ids of rows the last add() replaced by a newer record of the same flow.
         self.superseded: list[int] = []
+        # A read-only store written before the text codes has none to read.
+        self._codes = "text_codes" if self._has_column("text_codes") else "NULL"
+        # The facts' columns in memory (use_fact_columns), None: SQL answers them.
+        self.columns: FactColumns | None = None
+        self._seen_version = -1  # PRAGMA data_version at the columns' last refresh
+        self._wrote = False  # this connection changed events since then
+
+    def use_fact_columns(self) -> bool:
+        """Answer ``count``, ``group`` and ``span`` from the columns in memory
+        (rag/columns.py: 67 MB at 1M events, read whole at the first question, then what
+        changed before each one), not SQL; False (and SQL it stays) for a store written
+        before the deleted log, until a writer opens it."""
+        if self.columns is None:
+            found = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deleted'"
+            ).fetchone()
+            if found is None:
+                log.info("%s has no deleted log yet: facts from SQL", self.path)
+                return False
+            self.columns = FactColumns((DIVERGENT_HIGH, DIVERGENT_LOW))
+        return True
+
+    def _fresh_columns(self) -> FactColumns | None:
+        """The columns, first brought up to date if the table may have changed: another
+        connection committed (``data_version``) or this one wrote."""
+        if self.columns is None:
+            return None
+        try:
+            version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            if self.columns.loaded and version == self._seen_version and not self._wrote:
+                return self.columns
+            self._seen_version, self._wrote = version, False
+            self.columns.refresh(self._db)
+        except sqlite3.Error as exc:
+            raise RagError(f"cannot read the event store {self.path}: {exc}") from exc
+        return self.columns
 
     def _widen_indexes(self) -> None:
         """Stores written before the alerts' and the time index held the facts' columns
@@ -478,8 +554,11 @@ class EventStore:
         )
         return " INDEXED BY events_label" if filters.min_label and filters == covered else ""
 
+    def _has_column(self, name: str) -> bool:
+        return any(r[1] == name for r in self._db.execute("PRAGMA table_xinfo(events)"))
+
     def _has_divergent(self) -> bool:
-        return any(r[1] == "divergent" for r in self._db.execute("PRAGMA table_xinfo(events)"))
+        return self._has_column("divergent")
 
     def _check_divergent(self) -> None:
         if not self._has_divergent():
@@ -582,6 +661,7 @@ class EventStore:
         detector_id: str,
         descriptions: Sequence[str],
         meta: Mapping[str, str] | None = None,
+        codes: Sequence[npt.NDArray[np.uint16]] | None = None,
     ) -> range:
         """Store events in one transaction, with ``meta`` rows (written in the same
         commit, so they say exactly what was stored); returns their ids (consecutive).
@@ -589,15 +669,20 @@ class EventStore:
         A record of a flow already stored (same sensor and flow_id: an interim record
         and the records after it) replaces that flow's row; ``superseded`` then holds the
         ids deleted, which may include ids of this call when a batch holds several
-        records of one flow."""
+        records of one flow. ``codes``: the descriptions' text_codes (rag/describe.py)."""
         now = time.time()
-        rows = [_flat(ev, detector_id, d, now) for ev, d in zip(events, descriptions, strict=True)]
+        blobs = [c.tobytes() for c in codes] if codes is not None else [None] * len(events)
+        rows = [
+            _flat(ev, detector_id, d, now, b)
+            for ev, d, b in zip(events, descriptions, blobs, strict=True)
+        ]
         try:
             with self._db:
                 # The write lock first: read after it, the next id is ours even when another
                 # process (mld watch run beside mld rag run) writes to the same store.
                 self._db.execute("BEGIN IMMEDIATE")
                 first = self.max_id() + 1
+                self._wrote = True
                 self._db.executemany(_INSERT, rows)
                 self.superseded = self._supersede(rows, first)
                 if meta:
@@ -630,7 +715,13 @@ class EventStore:
                     )
                 ]
                 if ids:
+                    self._wrote = True
                     self._db.execute(f"DELETE FROM events WHERE {where}", (upto, cutoff))
+                    self._log_deleted(ids)
+                    self._db.execute(
+                        "DELETE FROM deleted WHERE seq <= (SELECT MAX(seq) FROM deleted) - ?",
+                        (DELETED_LOG_KEEP,),
+                    )
         except sqlite3.Error as exc:
             raise RagError(f"cannot prune the event store {self.path}: {exc}") from exc
         return ids
@@ -645,23 +736,42 @@ class EventStore:
             newest[(row[_FLOW_COL], row[_SENSOR_COL])] = first + k
         gone: list[int] = []
         keys = list(newest)
+        # Rows stored before the interim column: their flow's rows are read (events_flow,
+        # the index those stores have) and their blobs parsed.
+        legacy = int(self.meta("interim_from_id") or 1) - 1
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
             marks = ",".join("?" * len(part))
+            flows = [fid for fid, _ in part]
             found = self._db.execute(
-                f"SELECT id, flow_id, sensor, event FROM events WHERE flow_id IN ({marks})",
-                [fid for fid, _ in part],
+                f"SELECT id, flow_id, sensor FROM events INDEXED BY events_interim "
+                f"WHERE interim = 1 AND flow_id IN ({marks})",
+                flows,
             ).fetchall()
-            gone += [
-                i
-                for i, fid, sensor, blob in found
-                if i < newest.get((fid, sensor), -1) and ScoredEvent.FromString(blob).record.interim
-            ]
+            gone += [i for i, fid, sensor in found if i < newest.get((fid, sensor), -1)]
+            if legacy:
+                old = self._db.execute(
+                    f"SELECT id, flow_id, sensor, event FROM events WHERE flow_id IN ({marks}) "
+                    "AND id <= ? AND interim IS NULL",
+                    [*flows, legacy],
+                ).fetchall()
+                gone += [
+                    i
+                    for i, fid, sensor, blob in old
+                    if i < newest.get((fid, sensor), -1)
+                    and ScoredEvent.FromString(blob).record.interim
+                ]
         for start in range(0, len(gone), 500):
             ids = gone[start : start + 500]
             marks = ",".join("?" * len(ids))
             self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+        self._log_deleted(gone)
         return sorted(gone)
+
+    def _log_deleted(self, ids: Sequence[int]) -> None:
+        """Record deleted ids (in the deleting transaction) for readers' columns."""
+        if ids:
+            self._db.executemany("INSERT INTO deleted (id) VALUES (?)", ((i,) for i in ids))
 
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
@@ -670,6 +780,9 @@ class EventStore:
     def count(self, filters: Filters = Filters()) -> int:
         if filters.divergent:
             self._check_divergent()
+        columns = self._fresh_columns()
+        if columns is not None:
+            return columns.count(filters)
         where, params = filters.where()
         return int(
             self._db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]
@@ -680,17 +793,47 @@ class EventStore:
         filters: Filters = Filters(),
         *,
         limit: int = 20,
-        order: str = "final_score DESC, ts DESC",
+        order: str = _BEST_FIRST,
     ) -> list[EventRow]:
+        if order == _BEST_FIRST and not filters.ids:
+            columns = self._fresh_columns()
+            if columns is not None:
+                return self.get(columns.best_ids(filters, limit))
+        return self._select(filters, limit, order)
+
+    def _select(self, filters: Filters, limit: int, order: str) -> list[EventRow]:
         where, params = filters.where()
         sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
+
+    def ranking(
+        self, filters: Filters = Filters(), *, limit: int = 20
+    ) -> list[tuple[int, float, bytes | None, str | None]]:
+        """(id, final score, text codes, description when there are no codes) of the
+        events ``rows`` would return, in its order: what a question's ranking needs,
+        without building every row."""
+        codes = self._codes
+        what = f"id, final_score, {codes}, CASE WHEN {codes} IS NULL THEN description END"
+        columns = None if filters.ids else self._fresh_columns()
+        if columns is not None:
+            ids = columns.best_ids(filters, limit)
+            marks = ",".join("?" * len(ids))
+            found = {
+                int(r[0]): r
+                for r in self._db.execute(f"SELECT {what} FROM events WHERE id IN ({marks})", ids)
+            }
+            got = [found[i] for i in ids if i in found]
+        else:
+            where, params = filters.where()
+            sql = f"SELECT {what} FROM events WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
+            got = self._db.execute(sql, [*params, limit]).fetchall()
+        return [(int(i), float(s), c, d) for i, s, c, d in got]
 
     def get(self, ids: Sequence[int]) -> list[EventRow]:
         """Rows by id, in the order of ``ids`` (missing ids are left out)."""
         if not ids:
             return []
-        found = {r.id: r for r in self.rows(Filters(ids=tuple(ids)), limit=len(ids))}
+        found = {r.id: r for r in self._select(Filters(ids=tuple(ids)), len(ids), _BEST_FIRST)}
         return [found[i] for i in ids if i in found]
 
     def event(self, event_id: int) -> ScoredEvent | None:
@@ -713,6 +856,9 @@ class EventStore:
             "sensor",
         ):
             raise RagError(f"cannot group events by {column!r}")
+        columns = self._fresh_columns() if column in GROUPED else None
+        if columns is not None:
+            return columns.group(column, filters, limit)
         where, params = filters.where()
         hint = self._facts_index(filters) if column in ("src", "dst", "family", "dst_port") else ""
         sql = (
@@ -722,6 +868,9 @@ class EventStore:
         return [(str(v), int(n)) for v, n in self._db.execute(sql, [*params, limit])]
 
     def span(self, filters: Filters = Filters()) -> tuple[float, float] | None:
+        columns = self._fresh_columns()
+        if columns is not None:
+            return columns.span(filters)
         where, params = filters.where()
         row = self._db.execute(
             f"SELECT MIN(ts), MAX(last_ts) FROM events{self._facts_index(filters)} WHERE {where}",

@@ -150,6 +150,32 @@ def test_the_store_keeps_the_latest_record_of_a_flow(small_store: RagStore, tmp_
     again.close()
 
 
+def test_interim_rows_stored_before_the_interim_column_are_replaced(
+    small_store: RagStore, tmp_path: Path
+) -> None:
+    """Rows written before the interim column (NULL there, ids below interim_from_id) are
+    still replaced by the next record of their flow: their blobs say they are interim."""
+    path = tmp_path / "events.sqlite"
+    rag = RagStore(path, RagConfig())
+    base = small_store.store.event(1)
+    assert base is not None
+    interim, final, other = ScoredEvent(), ScoredEvent(), ScoredEvent()
+    for ev in (interim, final, other):
+        ev.CopyFrom(base)
+    interim.record.interim = True
+    other.record.flow_id = base.record.flow_id + 1
+    first = rag.ingest([interim, other], "det")
+    rag.close()
+    with sqlite3.connect(path) as db:  # as an older version wrote them
+        db.execute("UPDATE events SET interim = NULL")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'interim_from_id'")
+    rag = RagStore(path, RagConfig())
+    rag.ingest([final], "det")
+    assert rag.store.superseded == [first.start]
+    assert rag.store.count() == 2
+    rag.close()
+
+
 def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:
     rag = build_store(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
     try:
