@@ -35,6 +35,47 @@ class Engine:
     def finish(self) -> npt.NDArray[np.void]: ...
     def stats(self) -> dict[str, int]: ...
 
+class RuleWindows:
+    def __init__(
+        self,
+        window_ns: int,
+        max_keys: int,
+        max_entries_per_key: int,
+        max_entries: int,
+        beacon_window_ns: int,
+        beacon_max_per_key: int,
+    ) -> None: ...
+    def failures(
+        self,
+        n: int,
+        src_keys: npt.NDArray[np.uint8],
+        dst_keys: npt.NDArray[np.uint8],
+        dst_port: npt.NDArray[np.int64],
+        sweep_port: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        failed: npt.NDArray[np.uint8],
+        out_scan_ports: npt.NDArray[np.float64],
+        out_sweep_hosts: npt.NDArray[np.float64],
+        out_share: npt.NDArray[np.float64],
+        /,
+    ) -> None: ...
+    def rhythm(
+        self,
+        n: int,
+        src_keys: npt.NDArray[np.uint8],
+        dst_keys: npt.NDArray[np.uint8],
+        dst_port: npt.NDArray[np.int64],
+        protocol: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        scored: npt.NDArray[np.uint8],
+        min_period_s: float,
+        out_count: npt.NDArray[np.float64],
+        out_regularity: npt.NDArray[np.float64],
+        /,
+    ) -> None: ...
+    def reset_beacons(self, beacon_window_ns: int, beacon_max_per_key: int, /) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
 class Windows:
     def __init__(
         self,

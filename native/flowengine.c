@@ -13,6 +13,7 @@
 #include "jsonnum.h"
 #include "protowire.h"
 #include "windows.h"
+#include "fastwin.h"
 #include "link_layer.h"
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
@@ -351,13 +352,15 @@ PyMODINIT_FUNC PyInit__flowengine(void)
     PyObject *m;
 
     import_array();
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0 ||
+        PyType_Ready(&MldRuleWindowsType) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
-        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0) {
+        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0 ||
+        PyModule_AddObjectRef(m, "RuleWindows", (PyObject *)&MldRuleWindowsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
