@@ -17,23 +17,60 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "windows.h"
 
 /* ---- an open-addressing table of fixed-size byte strings -> int32 ------------------------ */
 
+/* 8 bytes at a time, each word multiplied in and folded, then a full 64-bit avalanche (the
+ * splitmix64 finaliser), so the low bits the table masks depend on every key byte (and
+ * fewer steps than the byte-wise FNV-1a used before). The keys are addresses a sender
+ * chooses (a spoofed flood picks them all), so the hash starts from a random per-process
+ * seed, as Python's bytes hash does for the dicts of the Python definition: where a given
+ * set of addresses lands is not known in advance. It is no keyed PRF (SipHash is): it
+ * raises the bar, it does not prove collisions hard. No result depends on where a key
+ * lands. */
+static uint64_t hash_seed;
+
+static void seed_hash(void)
+{
+    uint64_t seed = 0;
+    if (hash_seed != 0)
+        return;
+    if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+        seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+    hash_seed = seed | 1;
+}
+
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
+    uint64_t h = hash_seed ^ (uint64_t)n, word;
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, p + i, 8);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
     }
-    return h ^ (h >> 29);
+    if (i < n) {
+        word = 0;
+        memcpy(&word, p + i, n - i);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
 }
 
 int mld_btab_init(MldTable *t, size_t size, size_t cap)
 {
+    seed_hash();
     t->size = size;
     t->cap = cap;
     t->used = 0;
