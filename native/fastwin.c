@@ -44,7 +44,7 @@
 typedef struct {
     MldTable index; /* key -> node + 1 */
     size_t ksize, psize;
-    uint8_t *keys, *payload;
+    uint8_t *keys, *payload, *live; /* live[node]: the node holds a key */
     int32_t *prev, *next;
     int32_t head, tail; /* head: oldest insertion */
     int32_t *free_ids;
@@ -66,6 +66,7 @@ static void om_free(OrdMap *m)
     mld_btab_free(&m->index);
     PyMem_Free(m->keys);
     PyMem_Free(m->payload);
+    PyMem_Free(m->live);
     PyMem_Free(m->prev);
     PyMem_Free(m->next);
     PyMem_Free(m->free_ids);
@@ -75,7 +76,7 @@ static void om_free(OrdMap *m)
 static int32_t om_find(const OrdMap *m, const uint8_t *key)
 {
     size_t slot = mld_btab_slot(&m->index, key);
-    return m->index.vals[slot] ? m->index.vals[slot] - 1 : -1;
+    return m->index.slots[slot].val ? m->index.slots[slot].val - 1 : -1;
 }
 
 static uint8_t *om_payload(OrdMap *m, int32_t node)
@@ -106,22 +107,25 @@ static void om_link_tail(OrdMap *m, int32_t node)
     m->tail = node;
 }
 
-/* Append key (not present) at the end; its node, or -1 on memory error. */
-static int32_t om_append(OrdMap *m, const uint8_t *key)
+/* The node of key, appended at the end (*fresh set) if it was not there; -1 on memory
+ * error. One probe of the index either way. */
+static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
 {
-    int fresh;
     int32_t node, *slot;
 
     if (m->nfree == 0 && m->nnodes == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 1024;
         uint8_t *keys = PyMem_Realloc(m->keys, cap * m->ksize);
-        uint8_t *payload;
+        uint8_t *payload, *live;
         int32_t *prev, *next, *free_ids;
         if (keys)
             m->keys = keys;
         payload = PyMem_Realloc(m->payload, cap * (m->psize ? m->psize : 1));
         if (payload)
             m->payload = payload;
+        live = PyMem_Realloc(m->live, cap);
+        if (live)
+            m->live = live;
         prev = PyMem_Realloc(m->prev, cap * sizeof(int32_t));
         if (prev)
             m->prev = prev;
@@ -131,16 +135,19 @@ static int32_t om_append(OrdMap *m, const uint8_t *key)
         free_ids = PyMem_Realloc(m->free_ids, cap * sizeof(int32_t));
         if (free_ids)
             m->free_ids = free_ids;
-        if (!keys || !payload || !prev || !next || !free_ids)
+        if (!keys || !payload || !live || !prev || !next || !free_ids)
             return -1;
         m->cap = cap;
     }
-    slot = mld_btab_upsert(&m->index, key, &fresh);
+    slot = mld_btab_upsert(&m->index, key, fresh);
     if (slot == NULL)
         return -1;
+    if (!*fresh)
+        return *slot - 1;
     node = m->nfree ? m->free_ids[--m->nfree] : (int32_t)m->nnodes++;
     *slot = node + 1;
     memcpy(m->keys + (size_t)node * m->ksize, key, m->ksize);
+    m->live[node] = 1;
     om_link_tail(m, node);
     m->len++;
     return node;
@@ -159,6 +166,7 @@ static void om_remove(OrdMap *m, int32_t node)
     size_t slot = mld_btab_slot(&m->index, m->keys + (size_t)node * m->ksize);
     mld_btab_remove_slot(&m->index, slot);
     om_unlink(m, node);
+    m->live[node] = 0;
     m->free_ids[m->nfree++] = node;
     m->len--;
 }
@@ -181,14 +189,14 @@ typedef struct {
 static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const uint8_t *key,
                    int64_t ts, const uint8_t *value, int failed)
 {
-    int32_t node = om_find(&r->pending, tag);
+    int fresh;
+    int32_t node = om_upsert(&r->pending, tag, &fresh);
     uint8_t *p;
 
-    if (node < 0) {
-        node = om_append(&r->pending, tag);
-        if (node < 0)
-            return -1;
-        p = om_payload(&r->pending, node);
+    if (node < 0)
+        return -1;
+    p = om_payload(&r->pending, node);
+    if (fresh) {
         memcpy(p, &ts, 8);
         memcpy(p + 8, value, ADDR);
         p[8 + ADDR] = (uint8_t)failed;
@@ -203,8 +211,7 @@ static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const
     {
         int64_t first_ts;
         uint8_t first_value[ADDR], first_failed;
-        double sums = 0.0;
-        p = om_payload(&r->pending, node);
+        double sums;
         memcpy(&first_ts, p, 8);
         memcpy(first_value, p + 8, ADDR);
         first_failed = p[8 + ADDR];
@@ -224,23 +231,29 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 {
     static const uint8_t one = 1;
     static const double no_sums[1] = {0.0};
+    int32_t *nodes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
 
+    if (nodes == NULL)
+        return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int32_t node;
+        int fresh;
+        nodes[i] = -1;
         if (!failed[i])
             continue;
-        node = om_find(&r->failing, src + i * ADDR);
-        if (node < 0) {
-            if (om_append(&r->failing, src + i * ADDR) < 0)
-                return -1;
-        } else {
-            om_move_to_end(&r->failing, node);
+        nodes[i] = om_upsert(&r->failing, src + i * ADDR, &fresh);
+        if (nodes[i] < 0) {
+            PyMem_Free(nodes);
+            return -1;
         }
+        if (!fresh)
+            om_move_to_end(&r->failing, nodes[i]);
     }
     while (r->failing.len > r->max_keys)
         om_remove(&r->failing, r->failing.head);
-    if (r->failing.len == 0)
+    if (r->failing.len == 0) {
+        PyMem_Free(nodes);
         return 0;
+    }
 
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *s = src + i * ADDR, *d = dst + i * ADDR;
@@ -251,7 +264,9 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         double fail_sum = bad ? 1.0 : 0.0;
         uint8_t counted = (uint8_t)bad;
 
-        if (om_find(&r->failing, s) < 0)
+        /* Only the sources in the set after the whole batch (trimmed) are looked at. A
+         * failed record knows its node (no node is reused before this loop ends). */
+        if (bad ? !r->failing.live[nodes[i]] : om_find(&r->failing, s) < 0)
             continue;
         memcpy(pair, s, ADDR);
         memcpy(pair + ADDR, d, ADDR);
@@ -265,12 +280,12 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
                 memcpy(tag + 1, pair, PAIR_KEY);
                 got = promote(r, tag, &r->pairs, pair, ts[i], port_value, 1);
                 if (got < 0)
-                    return -1;
+                    goto fail;
             }
             if (got) {
                 id = mld_winset_add(&r->pairs, pair, ts[i], no_sums, port_value, &one);
                 if (id < 0)
-                    return -1;
+                    goto fail;
                 scan_ports[i] = (double)r->pairs.wins[id].distinct[0].used;
             } else {
                 scan_ports[i] = 1.0;
@@ -291,7 +306,7 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
                 continue; /* no failure at this port yet: nothing to score or keep */
             got = promote(r, tag, &r->ports, port_key, ts[i], d, bad);
             if (got < 0)
-                return -1;
+                goto fail;
             if (!got) {
                 sweep_hosts[i] = 1.0;
                 share[i] = 1.0;
@@ -300,14 +315,18 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         }
         id = mld_winset_add(&r->ports, port_key, ts[i], &fail_sum, d, &counted);
         if (id < 0)
-            return -1;
+            goto fail;
         {
             MldKeyWin *k = &r->ports.wins[id];
             sweep_hosts[i] = (double)k->distinct[0].used;
             share[i] = k->len ? k->total[0] / (double)k->len : 0.0;
         }
     }
+    PyMem_Free(nodes);
     return 0;
+fail:
+    PyMem_Free(nodes);
+    return -1;
 }
 
 /* FastRules._forget_first_starts: the older half of the last starts go, except the keys
@@ -336,6 +355,7 @@ static int rhythm_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
         int64_t prev, gap_ns;
         double gap, seed[2] = {0.0, 0.0}, sums[2];
         uint8_t none = 0; /* beacons keep no distinct values */
+        int fresh;
         MldKeyWin *k;
         size_t gaps;
 
@@ -345,13 +365,12 @@ static int rhythm_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
         memcpy(key + ADDR, dst + i * ADDR, ADDR);
         memcpy(key + 2 * ADDR, &port, 2);
         key[2 * ADDR + 2] = (uint8_t)proto[i];
-        node = om_find(&r->last, key);
-        if (node < 0) {
+        node = om_upsert(&r->last, key, &fresh);
+        if (node < 0)
+            return -1;
+        if (fresh) {
             /* A first connection is only remembered by its start; the window begins with
              * the second. */
-            node = om_append(&r->last, key);
-            if (node < 0)
-                return -1;
             memcpy(om_payload(&r->last, node), &start[i], 8);
             count[i] = 1.0;
             if (r->last.len > r->beacons.max_keys)

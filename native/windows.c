@@ -75,39 +75,50 @@ int mld_btab_init(MldTable *t, size_t size, size_t cap)
     t->cap = cap;
     t->used = 0;
     t->keys = PyMem_Calloc(cap, size ? size : 1);
-    t->vals = PyMem_Calloc(cap, sizeof(int32_t));
-    return (t->keys && t->vals) ? 0 : -1;
+    t->slots = PyMem_Calloc(cap, sizeof(MldSlot));
+    return (t->keys && t->slots) ? 0 : -1;
 }
 
 void mld_btab_free(MldTable *t)
 {
     PyMem_Free(t->keys);
-    PyMem_Free(t->vals);
+    PyMem_Free(t->slots);
     t->keys = NULL;
-    t->vals = NULL;
+    t->slots = NULL;
     t->cap = t->used = 0;
 }
 
-/* Slot of key, or of the empty slot where it would go. */
-size_t mld_btab_slot(const MldTable *t, const uint8_t *key)
+/* The slot of a key of hash h, or the empty slot where it would go. A slot's stored hash
+ * is compared before its key, so a probe past other keys rarely reads their bytes. */
+static size_t slot_of(const MldTable *t, const uint8_t *key, uint32_t h)
 {
     size_t mask = t->cap - 1;
-    size_t i = (size_t)hash_bytes(key, t->size) & mask;
-    while (t->vals[i] != 0 && memcmp(t->keys + i * t->size, key, t->size) != 0)
+    size_t i = (size_t)h & mask;
+    while (t->slots[i].val != 0 &&
+           (t->slots[i].hash != h || memcmp(t->keys + i * t->size, key, t->size) != 0))
         i = (i + 1) & mask;
     return i;
+}
+
+size_t mld_btab_slot(const MldTable *t, const uint8_t *key)
+{
+    return slot_of(t, key, (uint32_t)hash_bytes(key, t->size));
 }
 
 static int table_grow(MldTable *t)
 {
     MldTable bigger;
-    if (mld_btab_init(&bigger, t->size, t->cap * 2) < 0)
+    if (mld_btab_init(&bigger, t->size, t->cap * 2) < 0) {
+        mld_btab_free(&bigger);
         return -1;
+    }
     for (size_t i = 0; i < t->cap; i++) {
-        if (t->vals[i] != 0) {
-            size_t j = mld_btab_slot(&bigger, t->keys + i * t->size);
+        if (t->slots[i].val != 0) {
+            size_t j = (size_t)t->slots[i].hash & (bigger.cap - 1);
+            while (bigger.slots[j].val != 0)
+                j = (j + 1) & (bigger.cap - 1);
             memcpy(bigger.keys + j * t->size, t->keys + i * t->size, t->size);
-            bigger.vals[j] = t->vals[i];
+            bigger.slots[j] = t->slots[i];
         }
     }
     bigger.used = t->used;
@@ -121,17 +132,20 @@ static int table_grow(MldTable *t)
 int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh)
 {
     size_t i;
+    uint32_t h;
     if (t->cap == 0 && mld_btab_init(t, t->size, 8) < 0)
         return NULL;
     if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0)
         return NULL;
-    i = mld_btab_slot(t, key);
-    *fresh = t->vals[i] == 0;
+    h = (uint32_t)hash_bytes(key, t->size);
+    i = slot_of(t, key, h);
+    *fresh = t->slots[i].val == 0;
     if (*fresh) {
         memcpy(t->keys + i * t->size, key, t->size);
+        t->slots[i].hash = h;
         t->used++;
     }
-    return &t->vals[i];
+    return &t->slots[i].val;
 }
 
 /* Remove the key at slot i (backward-shift deletion, linear probing). */
@@ -142,17 +156,17 @@ void mld_btab_remove_slot(MldTable *t, size_t i)
     for (;;) {
         size_t home;
         j = (j + 1) & mask;
-        if (t->vals[j] == 0)
+        if (t->slots[j].val == 0)
             break;
-        home = (size_t)hash_bytes(t->keys + j * t->size, t->size) & mask;
+        home = (size_t)t->slots[j].hash & mask;
         /* Move j back to i unless its home lies cyclically in (i, j]. */
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
             memcpy(t->keys + i * t->size, t->keys + j * t->size, t->size);
-            t->vals[i] = t->vals[j];
+            t->slots[i] = t->slots[j];
             i = j;
         }
     }
-    t->vals[i] = 0;
+    t->slots[i].val = 0;
     t->used--;
 }
 
@@ -284,7 +298,7 @@ static void win_pop(MldWinSet *w, MldKeyWin *k)
         if (!k->mask[at * nd + d])
             continue;
         slot = mld_btab_slot(t, k->vals + (at * nd + d) * w->vsize);
-        if (--t->vals[slot] == 0)
+        if (--t->slots[slot].val == 0)
             mld_btab_remove_slot(t, slot);
     }
     k->head = (k->head + 1) % k->cap;
@@ -418,7 +432,7 @@ int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
     if (w->keys.cap == 0)
         return -1;
     slot = mld_btab_slot(&w->keys, key);
-    return w->keys.vals[slot] ? w->keys.vals[slot] - 1 : -1;
+    return w->keys.slots[slot].val ? w->keys.slots[slot].val - 1 : -1;
 }
 
 /* SlidingWindows.peek(key, ts): drop the window's entries older than max(newest, ts) -

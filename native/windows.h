@@ -10,13 +10,19 @@
 /* native._flowengine.Windows; see windows.c and sniffer/sliding_window.py. */
 extern PyTypeObject MldWindowsType;
 
-/* An open-addressing table of fixed-size byte strings -> int32 (0: empty slot). */
+/* A slot: its value (0: empty) and the low 32 bits of its key's hash. */
+typedef struct {
+    int32_t val;
+    uint32_t hash;
+} MldSlot;
+
+/* An open-addressing table (linear probing) of fixed-size byte strings -> int32. */
 typedef struct {
     size_t cap; /* power of two, 0 when unallocated */
     size_t used;
-    size_t size;   /* bytes per key */
-    uint8_t *keys; /* cap * size */
-    int32_t *vals; /* 0: empty slot */
+    size_t size;    /* bytes per key */
+    uint8_t *keys;  /* cap * size */
+    MldSlot *slots; /* cap */
 } MldTable;
 
 int mld_btab_init(MldTable *t, size_t size, size_t cap);
