@@ -334,6 +334,8 @@ static PyMethodDef module_methods[] = {
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
     {"json_floats", mld_py_json_floats, METH_VARARGS,
      "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
+    {"pack_addresses", mld_py_pack_addresses, METH_VARARGS,
+     "pack_addresses(addrs, out): (n, 17) rows of length + 16 bytes"},
     {"json_lines", mld_py_json_lines, METH_VARARGS,
      "json_lines(n, parts) -> bytes: n lines made of constant parts and columns"},
     {"json_addresses", mld_py_json_addresses, METH_O,

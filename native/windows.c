@@ -631,3 +631,36 @@ PyTypeObject MldWindowsType = {
     .tp_dealloc = (destructor)windows_dealloc,
     .tp_methods = windows_methods,
 };
+
+/* pack_addresses(addrs, out): each bytes of 4 or 16 bytes of the list addrs as a row of
+ * out ((n, 17) uint8, C-contiguous): its length, then its bytes, zero-padded to 16
+ * (sniffer.batch_windows.address_keys). */
+PyObject *mld_py_pack_addresses(PyObject *mod, PyObject *args)
+{
+    PyObject *addrs, *obj;
+    Py_buffer out;
+    Py_ssize_t n;
+    (void)mod;
+
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &addrs, &obj))
+        return NULL;
+    n = PyList_GET_SIZE(addrs);
+    if (mld_get_buffer(obj, &out, 1, 1, n, 17, "out") < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(addrs, i);
+        uint8_t *row = (uint8_t *)out.buf + i * 17;
+        Py_ssize_t len;
+        if (!PyBytes_Check(a) || ((len = PyBytes_GET_SIZE(a)) != 4 && len != 16)) {
+            PyErr_Format(PyExc_ValueError,
+                         "pack_addresses: item %zd is not an address of 4 or 16 bytes", i);
+            PyBuffer_Release(&out);
+            return NULL;
+        }
+        memset(row, 0, 17);
+        row[0] = (uint8_t)len;
+        memcpy(row + 1, PyBytes_AS_STRING(a), (size_t)len);
+    }
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}

@@ -82,4 +82,7 @@ void mld_winset_peek(MldWinSet *w, int32_t id, int64_t ts);
 int mld_get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
                    Py_ssize_t n, Py_ssize_t per_row, const char *what);
 
+/* pack_addresses(addrs, out): addresses (bytes of 4 or 16) as (n, 17) length + bytes rows. */
+PyObject *mld_py_pack_addresses(PyObject *mod, PyObject *args);
+
 #endif /* MLD_WINDOWS_H */

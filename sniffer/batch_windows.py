@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from native._flowengine import RuleWindows as _RuleWindows
-from native._flowengine import Windows
+from native._flowengine import Windows, pack_addresses
 
 __all__ = [
     "ADDRESS_KEY_SIZE",
@@ -43,11 +43,8 @@ U8 = npt.NDArray[np.uint8]
 
 def address_keys(addrs: list[bytes]) -> U8:
     """(n, 17) rows: each address's length, then its bytes zero-padded to 16."""
-    n = len(addrs)
-    out = np.zeros((n, ADDRESS_KEY_SIZE), dtype=np.uint8)
-    if n:
-        out[:, 0] = np.fromiter(map(len, addrs), dtype=np.uint8, count=n)
-        out[:, 1:] = np.array(addrs, dtype="S16").view(np.uint8).reshape(n, 16)
+    out = np.empty((len(addrs), ADDRESS_KEY_SIZE), dtype=np.uint8)
+    pack_addresses(addrs if isinstance(addrs, list) else list(addrs), out)
     return out
 
 
