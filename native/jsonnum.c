@@ -62,12 +62,16 @@ static int exact_units(double v, int ndigits, int64_t *k)
 {
     static const uint64_t P10[MAX_DIGITS + 1] = {1,      10,      100,      1000,     10000,
                                                  100000, 1000000, 10000000, 100000000};
-    int e;
-    double f = frexp(fabs(v), &e); /* |v| = f * 2^e, 0.5 <= f < 1 */
-    uint64_t m = (uint64_t)ldexp(f, 53);
-    int shift = 53 - e;            /* |v| = m / 2^shift */
+    uint64_t bits, m;
+    int biased, shift;
     unsigned __int128 num, q, r, half;
 
+    memcpy(&bits, &v, sizeof(bits));
+    biased = (int)((bits >> 52) & 0x7ff);
+    if (biased == 0 || biased == 0x7ff)
+        return 0; /* subnormal, infinite or NaN: the slow path */
+    m = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+    shift = 1075 - biased; /* |v| = m / 2^shift */
     if (shift <= 0 || shift > 120)
         return 0;
     num = (unsigned __int128)m * P10[ndigits];
@@ -192,6 +196,41 @@ fail:
     return NULL;
 }
 
+/* A byte in decimal (no leading zeros) at buf; its length. */
+static int u8_text(unsigned v, char *buf)
+{
+    int len = 0;
+    if (v >= 100)
+        buf[len++] = (char)('0' + v / 100);
+    if (v >= 10)
+        buf[len++] = (char)('0' + v / 10 % 10);
+    buf[len++] = (char)('0' + v % 10);
+    return len;
+}
+
+/* The dotted quad of an IPv4 address at buf; its length (what "%u.%u.%u.%u" writes). */
+static int ipv4_text(const uint8_t *a, char *buf)
+{
+    int len = u8_text(a[0], buf);
+    for (int i = 1; i < 4; i++) {
+        buf[len++] = '.';
+        len += u8_text(a[i], buf + len);
+    }
+    return len;
+}
+
+/* A hextet in lowercase hex without leading zeros (what "%x" writes); its length. */
+static int hex_text(unsigned v, char *buf)
+{
+    static const char HEX[] = "0123456789abcdef";
+    int len = 0, shift = 12;
+    while (shift > 0 && ((v >> shift) & 0xf) == 0)
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        buf[len++] = HEX[(v >> shift) & 0xf];
+    return len;
+}
+
 /* The text of an IPv6 address as Python's ipaddress writes it (3.11): hextets in lowercase
  * hex without leading zeros, the longest run of two or more zero hextets (the first of
  * equal runs) written "::". */
@@ -225,7 +264,7 @@ static int ipv6_text(const uint8_t *a, char *buf)
             i += best_len - 1;
             continue;
         }
-        len += sprintf(buf + len, "%x", h[i]);
+        len += hex_text(h[i], buf + len);
         if (i < 7)
             buf[len++] = ':';
     }
@@ -258,7 +297,7 @@ PyObject *mld_py_json_addresses(PyObject *mod, PyObject *arg)
 
         buf[len++] = '"';
         if (row[0] == 4) {
-            len += sprintf(buf + len, "%u.%u.%u.%u", row[1], row[2], row[3], row[4]);
+            len += ipv4_text(row + 1, buf + len);
         } else if (row[0] == 16) {
             len += ipv6_text(row + 1, buf + len);
         } else {
@@ -377,7 +416,7 @@ static int text_address(Text *t, const uint8_t *row)
     int len = 0;
     buf[len++] = '"';
     if (row[0] == 4) {
-        len += sprintf(buf + len, "%u.%u.%u.%u", row[1], row[2], row[3], row[4]);
+        len += ipv4_text(row + 1, buf + len);
     } else if (row[0] == 16) {
         len += ipv6_text(row + 1, buf + len);
     } else {
@@ -435,8 +474,13 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
     Py_ssize_t n, nparts;
     PyObject *list, *out = NULL;
     Part *parts = NULL;
-    Text t = {NULL, 0, 0};
+    /* The text buffer is kept from one call to the next (the GIL serialises the calls):
+     * a fresh one per batch cost a page fault per 4 KiB of every batch's text. */
+    static Text kept = {NULL, 0, 0};
+    Text t = kept;
     (void)mod;
+
+    t.len = 0;
 
     if (!PyArg_ParseTuple(args, "nO!", &n, &PyList_Type, &list))
         return NULL;
@@ -599,6 +643,13 @@ done:
         for (int b = 0; b < parts[j].nbuf; b++)
             PyBuffer_Release(&parts[j].b[b]);
     PyMem_Free(parts);
-    PyMem_Free(t.buf);
+    if (t.cap > ((size_t)64 << 20)) {
+        /* Not kept past 64 MiB (one huge batch should not pin its memory). */
+        PyMem_Free(t.buf);
+        t.buf = NULL;
+        t.cap = 0;
+    }
+    t.len = 0;
+    kept = t;
     return out;
 }
