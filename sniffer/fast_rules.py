@@ -59,7 +59,12 @@ is an amplified answer, and its victim is the initiator. Either counts as one re
 flow toward its victim.
 
 The destination-keyed windows live here (SourceContext only has the source's view) and
-use the same record-time windows and caps as the source context.
+use the same record-time windows and caps as the source context. By default every window
+runs in native code a batch at a time: the counting windows in ``BatchWindows``, the
+failure windows (port_scan, host_sweep) and rhythm windows (beacon) in ``RuleWindows``
+(sniffer/batch_windows.py, native/fastwin.c). ``native=False`` runs the per-record Python
+below (``_windows_per_record``, ``_failures``, ``_rhythm``), the definition the tests
+compare the native windows with.
 
 Interim records (issue 18; ``sniffer/interim.py``): given the records' ``previous``, a
 flow adds to the windows once for what it is (a SYN-only flow, a login attempt) at its
