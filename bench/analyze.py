@@ -49,10 +49,13 @@ Last line: ``analyze_pps=N flows_only_pps=N ratio=R flows=N packets=N`` (ratio =
 flows_only), then ``mld_analyze_pps``, ``suricata_pps``, ``suricata_et_pps``,
 ``ratio_suricata`` and ``ratio_suricata_et`` (mld_analyze / each Suricata),
 ``suricata_et_rules`` (rules Suricata loaded), ``mld_alerts`` and ``suricata_et_alerts``
-(lines written), then ``alerts``, ``score_s`` and ``forest_s`` (seconds in Scorer.score and in
-the forests, median per run), ``families``, ``n_trees``, ``max_depth`` (the largest),
-``bundle_load_s`` (compile and load; load only when the bundle was trained here) and
-``load1`` (the 1-minute load average at the end).
+(lines written), ``mld_analyze_cpu_s`` and ``suricata_et_cpu_s`` (CPU seconds, user +
+system, of each whole process and its children, median) and ``ratio_suricata_et_cpu``
+(Suricata's over mld's: steadier than wall time on a loaded machine), then ``alerts``,
+``score_s`` and ``forest_s`` (seconds in Scorer.score and in the forests, median per run),
+``families``, ``n_trees``, ``max_depth`` (the largest), ``bundle_load_s`` (compile and
+load; load only when the bundle was trained here) and ``load1`` (the 1-minute load average
+at the end).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -210,16 +214,28 @@ def run_mld_analyze(pcap: Path, bundle: Path, cache: Path, tmp: Path, timeout: f
     cmd = [sys.executable, "-m", "mld.cli", "detector", "analyze", str(pcap), "--alerts-only"]
     cmd += ["--config", str(cfg), "--bundle", str(bundle), "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    started = time.perf_counter()
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO, env=env
-    )
-    elapsed = time.perf_counter() - started
+    proc, elapsed, cpu = _timed_run(cmd, timeout, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"analyze: mld detector analyze failed: {proc.stderr.strip()[-2000:]}")
     with out.open("rb") as f:
         alerts = sum(1 for _ in f)
-    return {"seconds": elapsed, "alerts": float(alerts)}
+    return {"seconds": elapsed, "cpu_s": cpu, "alerts": float(alerts)}
+
+
+def _timed_run(
+    cmd: list[str], timeout: float, **kwargs: Any
+) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run cmd to its end: the process, its wall seconds and the CPU seconds (user + system)
+    of it and its children (the steadier figure on a shared, loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, elapsed, cpu
 
 
 def suricata_version() -> str | None:
@@ -242,9 +258,7 @@ def run_suricata(pcap: Path, tmp: Path, rules: list[Path], timeout: float) -> An
     logdir.mkdir()
     cmd = ["suricata", "-c", str(yaml), "-r", str(pcap), "-k", "none", "--runmode", "single"]
     cmd += ["-v", "-l", str(logdir)] + ([] if rules else ["-S", "/dev/null"])
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    elapsed = time.perf_counter() - started
+    proc, elapsed, cpu = _timed_run(cmd, timeout)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"analyze: suricata failed ({proc.returncode}): {output[-2000:]}")
@@ -257,6 +271,7 @@ def run_suricata(pcap: Path, tmp: Path, rules: list[Path], timeout: float) -> An
         alerts = sum(1 for _ in f)
     return {
         "seconds": elapsed,
+        "cpu_s": cpu,
         "packets": float(m.group(1)) if m else math.nan,
         "rules": float(loaded.group(1)) if loaded else math.nan,
         "rules_failed": float(loaded.group(2)) if loaded else math.nan,
@@ -384,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         pps: dict[str, list[float]] = {k: [] for k in kinds}
         last: dict[str, dict[str, float]] = {}
         spent: dict[str, list[float]] = {"score_s": [], "forest_s": []}
+        cpu: dict[str, list[float]] = {k: [] for k in kinds}
         for rep in range(args.repeats):
             for kind in kinds:
                 detail = ""
@@ -415,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{got['forest_s']:.2f} s, {got['alerts']:.0f} alerts"
                     )
                 flows = f", {got['flows']:.0f} flows" if "flows" in got else ""
+                if "cpu_s" in got:
+                    cpu[kind].append(got["cpu_s"])
+                    detail += f", {got['cpu_s']:.2f} s CPU"
                 print(
                     f"run {rep + 1}/{args.repeats} {kind:11} {rate:10,.0f} pkt/s "
                     f"({got['seconds']:.2f} s{flows}{detail})",
@@ -432,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     sur, sur_et = med.get("suricata", nan), med.get("suricata_et", nan)
     et = last.get("suricata_et", {})
     load1 = os.getloadavg()[0]
+    cpu_med = {k: statistics.median(v) if v else nan for k, v in cpu.items()}
+    mld_cpu, et_cpu = cpu_med["mld_analyze"], cpu_med.get("suricata_et", nan)
     print(
         f"median: analyze {med['analyze']:,.0f} pkt/s, flows only {med['flows_only']:,.0f} "
         f"pkt/s ({med['analyze'] / med['flows_only']:.3f}); whole processes: mld detector "
@@ -449,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         f"mld_analyze_pps={mld:.0f} suricata_pps={_fmt(sur)} ratio_suricata={mld / sur:.3f} "
         f"suricata_et_rules={_fmt(et.get('rules', nan))} "
         f"mld_alerts={last['mld_analyze']['alerts']:.0f} "
-        f"suricata_et_alerts={_fmt(et.get('alerts', nan))} load1={load1:.2f} "
+        f"suricata_et_alerts={_fmt(et.get('alerts', nan))} "
+        f"mld_analyze_cpu_s={mld_cpu:.2f} suricata_et_cpu_s={et_cpu:.2f} "
+        f"ratio_suricata_et_cpu={et_cpu / mld_cpu:.3f} load1={load1:.2f} "
         f"suricata_et_pps={_fmt(sur_et)} ratio_suricata_et={mld / sur_et:.3f}"
     )
     return 0

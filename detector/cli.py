@@ -159,7 +159,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     stats = AnalysisStats()
     progress = _Progress(stats, enabled=not args.quiet)
     alerts: Counter[tuple[str, str]] = Counter()
-    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    jobs = args.jobs if args.jobs is not None else 1
     lines = LineWriter(out, alerts_only=args.alerts_only, jobs=jobs)
     try:
         for batch in analyze_captures(args.paths, sniffer, scorer, stats, records=eve is not None):
@@ -493,8 +493,9 @@ def register(
         "--jobs",
         type=_positive_int,
         metavar="N",
-        help="processes that write the JSON lines beside the one reading and scoring "
-        "(default: one per core; 1: all in one process). The output is the same",
+        help="processes that make the JSON lines beside the one reading and scoring "
+        "(default 1: all in one process; the lines are made in native code, so more "
+        "workers mostly copy text between processes). The output is the same",
     )
     analyze.add_argument(
         "--idle-timeout", type=float, metavar="S", help="default: sniffer.capture.idle_timeout_s"

@@ -2,12 +2,11 @@
 
 :func:`analysis_rows` is the definition: one dict per flow, in the key order written, with
 ``json.dumps(row, separators=(",", ":"))`` as its line. :func:`analysis_lines` writes the
-same lines byte for byte without a Python step per flow: every field is turned into JSON
-text for the whole column at once (integers by ``str`` over the column, floats by the
-native ``json_floats``, which is ``round`` then ``repr`` in C, addresses by the native
-``json_addresses``, strings through a table of the batch's distinct values), and a line
-is one ``%`` of a fixed template over the columns' texts. tests/detector/test_jsonlines.py
-checks the two agree on real captures.
+same lines byte for byte without a Python step per flow (:func:`analysis_text`): the
+native ``json_lines`` assembles every line from the whole columns (integers, floats as
+``round`` then ``repr`` would write them, addresses as ``ipaddress`` would, the
+explanation lists) and constant text, and the strings are encoded once per distinct value
+of the batch. tests/detector/test_jsonlines.py checks the two agree on real captures.
 
 The fields, in order (``FIELDS``): flow_id, src_ip, src_port, dst_ip, dst_port, proto,
 first_ts, last_ts, packets, bytes, fast_score, fast_rule, ml_score, ml_family,
@@ -20,10 +19,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import multiprocessing
-import operator
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
-from itertools import repeat
+from collections.abc import Sequence
 from multiprocessing.pool import AsyncResult, Pool
 from typing import IO, Any
 
@@ -33,7 +30,7 @@ import numpy.typing as npt
 from detector.analysis import AnalyzedBatch
 from detector.features import FEATURES
 from detector.scoring import LABEL_NAMES, Scores, TopFeatures
-from native._flowengine import json_addresses, json_floats
+from native._flowengine import json_lines
 from proto.events_pb2 import LABEL_BENIGN
 from sniffer.batch_windows import address_keys
 from sniffer.records import FlowColumns
@@ -79,9 +76,6 @@ _SCORE_DIGITS = 4
 _TS_DIGITS = 6
 _FEATURE_VALUE_DIGITS = 4
 _FEATURE_WEIGHT_DIGITS = 3
-
-
-_DROP_FIRST = operator.itemgetter(slice(1, None))
 
 
 def _addr(raw: bytes) -> str:
@@ -167,18 +161,6 @@ def _strings(values: Sequence[str]) -> list[str]:
     return list(map(table.__getitem__, values))
 
 
-def _addresses(values: Sequence[bytes]) -> list[str]:
-    return json_addresses(address_keys(list(values)))
-
-
-def _ints(values: npt.NDArray[Any]) -> list[str]:
-    return list(map(str, values.tolist()))
-
-
-def _floats(values: npt.NDArray[Any], ndigits: int) -> list[str]:
-    return json_floats(np.ascontiguousarray(values, dtype=np.float64), ndigits)
-
-
 def _label_names(labels: npt.NDArray[Any], encode: bool = True) -> list[str]:
     """The label name (JSON text if ``encode``) of each label value."""
     values, inverse = np.unique(labels, return_inverse=True)
@@ -191,43 +173,6 @@ def _take(values: Sequence[Any], rows: npt.NDArray[np.intp]) -> list[Any]:
     return np.asarray(values, dtype=object)[rows].tolist() if len(rows) else []
 
 
-def _top_features(top: TopFeatures, rows: npt.NDArray[np.intp]) -> list[str]:
-    """Each flow's ``[{"name":..,"value":..,"weight":..},...]``: the entries of weight > 0,
-    in the order kept (highest weight first)."""
-    n, k = len(rows), top.indices.shape[1] if top.indices.ndim == 2 else 0
-    if k == 0:
-        return ["[]"] * n
-    names = np.array([_dumps(name) for name in FEATURES], dtype=object)
-    idx = top.indices[rows]
-    values = np.asarray(top.values, dtype=np.float64)[rows]
-    weights = np.asarray(top.weights, dtype=np.float64)[rows]
-    slots = []
-    for j in range(k):
-        keep = weights[:, j] > 0
-        texts = zip(
-            names[idx[:, j]].tolist(),
-            _floats(values[:, j], _FEATURE_VALUE_DIGITS),
-            _floats(weights[:, j], _FEATURE_WEIGHT_DIGITS),
-            strict=True,
-        )
-        entry = list(map(',{"name":%s,"value":%s,"weight":%s}'.__mod__, texts))
-        slots.append(np.where(keep, np.array(entry, dtype=object), "").tolist())
-    # Each kept entry starts with a comma; the first one's is dropped.
-    joined = map("".join, zip(*slots, strict=True))
-    return list(map("[%s]".__mod__, map(_DROP_FIRST, joined)))
-
-
-def _family_scores(s: Scores, rows: npt.NDArray[np.intp]) -> list[str]:
-    if not s.families:
-        return ["{}"] * len(rows)
-    scores = np.asarray(s.family_scores, dtype=np.float64)[rows]
-    parts = []
-    for j, fam in enumerate(s.families):
-        key = ("{" if j == 0 else ",") + _dumps(fam) + ":"
-        parts.append(list(map(key.__add__, _floats(scores[:, j], _SCORE_DIGITS))))
-    return list(map("".join, zip(*parts, repeat("}"), strict=False)))
-
-
 def analysis_lines(batch: AnalyzedBatch, *, alerts_only: bool = False) -> list[str]:
     """``json.dumps`` of :func:`analysis_rows` (compact separators), one string per flow
     (``alerts_only``: only the non-benign ones), made column by column."""
@@ -236,47 +181,90 @@ def analysis_lines(batch: AnalyzedBatch, *, alerts_only: bool = False) -> list[s
     if not isinstance(s.top_features, TopFeatures):
         rows = analysis_rows(batch)
         return [_dumps(r) for r in rows if not alerts_only or r["label"] != "benign"]
+    text = analysis_text(batch, alerts_only=alerts_only).decode()
+    return text.split("\n")[:-1] if text else []
+
+
+def _part(name: str, first: bool = False) -> bytes:
+    return (("{" if first else ",") + f'"{name}":').encode()
+
+
+def analysis_text(batch: AnalyzedBatch, *, alerts_only: bool = False) -> bytes:
+    """The lines of :func:`analysis_lines` as UTF-8, each ended by a newline, assembled in
+    native code (``json_lines``) from whole columns: numbers and addresses are formatted
+    there, strings once per distinct value here."""
+    s = batch.scores
+    assert s is not None and isinstance(s.top_features, TopFeatures)
     f = batch.flows
     label = np.asarray(s.label)
     rows = np.flatnonzero(label != LABEL_BENIGN) if alerts_only else np.arange(len(f))
     if len(rows) == 0:
-        return []
+        return b""
 
-    def col(name: str) -> npt.NDArray[Any]:
-        return np.asarray(f[name])[rows]
+    def col(name: str, dtype: type = np.int64) -> npt.NDArray[Any]:
+        return np.ascontiguousarray(np.asarray(f[name])[rows], dtype=dtype)
+
+    def floats(values: npt.NDArray[Any], ndigits: int) -> tuple[str, npt.NDArray[Any], int]:
+        return ("f", np.ascontiguousarray(values, dtype=np.float64), ndigits)
 
     protos = col("protocol").tolist()
     proto_text = {p: _dumps(PROTO_NAMES.get(p, str(p))) for p in set(protos)}
     labels = label[rows]
     family = np.where(labels != LABEL_BENIGN, np.asarray(s.family, dtype=object)[rows], "")
-    packets = col("fwd_packets").astype(np.uint64) + col("bwd_packets").astype(np.uint64)
-    nbytes = col("fwd_bytes").astype(np.uint64) + col("bwd_bytes").astype(np.uint64)
-    columns: list[Iterable[str]] = [
-        _ints(col("flow_id")),
-        _addresses(_take(f.src_addr, rows)),
-        _ints(col("src_port")),
-        _addresses(_take(f.dst_addr, rows)),
-        _ints(col("dst_port")),
-        list(map(proto_text.__getitem__, protos)),
-        _floats(col("first_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS),
-        _floats(col("last_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS),
-        _ints(packets),
-        _ints(nbytes),
-        _floats(np.asarray(s.fast_score)[rows], _SCORE_DIGITS),
-        _strings(_take(s.fast_rule, rows)),
-        _floats(np.asarray(s.ml_score)[rows], _SCORE_DIGITS),
-        _strings(_take(s.ml_family, rows)),
-        _family_scores(s, rows),
-        _strings(family.tolist()),
-        _floats(np.asarray(s.final_score)[rows], _SCORE_DIGITS),
-        _label_names(labels),
-        _top_features(s.top_features, rows),
-        _ints(col("end_reason")),
+    packets = col("fwd_packets", np.uint64) + col("bwd_packets", np.uint64)
+    nbytes = col("fwd_bytes", np.uint64) + col("bwd_bytes", np.uint64)
+    family_scores: list[bytes | tuple[Any, ...]] = [b"{}"]
+    if s.families:
+        scores = np.asarray(s.family_scores, dtype=np.float64)[rows]
+        family_scores = []
+        for j, fam in enumerate(s.families):
+            family_scores.append((("{" if j == 0 else ",") + _dumps(fam) + ":").encode())
+            family_scores.append(floats(scores[:, j], _SCORE_DIGITS))
+        family_scores.append(b"}")
+    top = s.top_features
+    explanation: list[bytes | tuple[Any, ...]] = [b"[]"]
+    if top.indices.ndim == 2 and top.indices.shape[1] > 0:
+        explanation = [
+            (
+                "t",
+                np.ascontiguousarray(top.indices[rows], dtype=np.int64),
+                np.ascontiguousarray(np.asarray(top.values)[rows], dtype=np.float64),
+                np.ascontiguousarray(np.asarray(top.weights)[rows], dtype=np.float64),
+                [_dumps(name) for name in FEATURES],
+                _FEATURE_VALUE_DIGITS,
+                _FEATURE_WEIGHT_DIGITS,
+            )
+        ]
+    fields: list[list[bytes | tuple[Any, ...]]] = [
+        [("u", col("flow_id", np.uint64))],
+        [("a", address_keys(_take(f.src_addr, rows)))],
+        [("i", col("src_port"))],
+        [("a", address_keys(_take(f.dst_addr, rows)))],
+        [("i", col("dst_port"))],
+        [("s", list(map(proto_text.__getitem__, protos)))],
+        [floats(col("first_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS)],
+        [floats(col("last_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS)],
+        [("u", packets)],
+        [("u", nbytes)],
+        [floats(np.asarray(s.fast_score)[rows], _SCORE_DIGITS)],
+        [("s", _strings(_take(s.fast_rule, rows)))],
+        [floats(np.asarray(s.ml_score)[rows], _SCORE_DIGITS)],
+        [("s", _strings(_take(s.ml_family, rows)))],
+        family_scores,
+        [("s", _strings(family.tolist()))],
+        [floats(np.asarray(s.final_score)[rows], _SCORE_DIGITS)],
+        [("s", _label_names(labels))],
+        explanation,
+        [("i", col("end_reason"))],
     ]
+    parts: list[bytes | tuple[Any, ...]] = []
+    for i, (name, field_parts) in enumerate(zip(FIELDS[:20], fields, strict=True)):
+        parts.append(_part(name, first=i == 0))
+        parts.extend(field_parts)
     tail = f',"observation_point":{_dumps(f.observation_point)}'
     tail += f',"model_version":{_dumps(s.model_version)}}}'
-    template = "{" + ",".join(f'"{name}":%s' for name in FIELDS[:20]) + tail.replace("%", "%%")
-    return list(map(template.__mod__, zip(*columns, strict=True)))
+    parts.append(tail.encode())
+    return json_lines(len(rows), parts)
 
 
 def alert_counts(batch: AnalyzedBatch) -> Counter[tuple[str, str]]:
@@ -341,8 +329,7 @@ def _rows_of(batch: AnalyzedBatch, rows: npt.NDArray[np.intp]) -> AnalyzedBatch:
 def _text(batch: AnalyzedBatch) -> bytes:
     """The batch's lines as UTF-8 (bytes cross the process boundary and reach the file
     without being decoded and encoded again)."""
-    lines = analysis_lines(batch)
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    return analysis_text(batch)
 
 
 class LineWriter:
@@ -369,9 +356,12 @@ class LineWriter:
         assert s is not None
         if self._pool is None or not isinstance(s.top_features, TopFeatures):
             self._drain(block=True)
-            lines = analysis_lines(batch, alerts_only=self.alerts_only)
-            if lines:
-                self.out.write("\n".join(lines) + "\n")
+            if not isinstance(s.top_features, TopFeatures):
+                lines = analysis_lines(batch, alerts_only=self.alerts_only)
+                if lines:
+                    self.out.write("\n".join(lines) + "\n")
+                return
+            self._put(analysis_text(batch, alerts_only=self.alerts_only))
             return
         label = np.asarray(s.label)
         rows = np.flatnonzero(label != LABEL_BENIGN) if self.alerts_only else np.arange(len(label))

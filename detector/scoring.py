@@ -217,7 +217,7 @@ class Scorer:
             empty = np.zeros((n, 0))
             return TopFeatures(empty.astype(np.intp), empty, empty)
         index = {f: i for i, f in enumerate(self.bundle.families)}
-        rows = np.array([index.get(f, -1) for f in family])
+        rows = _lookup(family, lambda f: index.get(f, -1)).astype(np.intp)
         imp = np.where(
             (rows >= 0)[:, None],
             self.bundle.importances[np.maximum(rows, 0)],

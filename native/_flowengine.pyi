@@ -11,6 +11,8 @@ def supported_linktypes() -> list[str]: ...
 def flow_ids(events: npt.NDArray[np.void], /) -> npt.NDArray[np.uint64]: ...
 def json_floats(values: npt.NDArray[np.float64], ndigits: int, /) -> list[str]: ...
 def json_addresses(keys: npt.NDArray[np.uint8], /) -> list[str]: ...
+def pack_addresses(addrs: list[bytes], out: npt.NDArray[np.uint8], /) -> None: ...
+def json_lines(n: int, parts: list[bytes | tuple[Any, ...]], /) -> bytes: ...
 def rows_to_protobuf(
     rows: bytes | memoryview | npt.NDArray[Any],
     itemsize: int,
@@ -33,6 +35,47 @@ class Engine:
     def read(self) -> tuple[npt.NDArray[np.void], int, str]: ...
     def close(self) -> None: ...
     def finish(self) -> npt.NDArray[np.void]: ...
+    def stats(self) -> dict[str, int]: ...
+
+class RuleWindows:
+    def __init__(
+        self,
+        window_ns: int,
+        max_keys: int,
+        max_entries_per_key: int,
+        max_entries: int,
+        beacon_window_ns: int,
+        beacon_max_per_key: int,
+    ) -> None: ...
+    def failures(
+        self,
+        n: int,
+        src_keys: npt.NDArray[np.uint8],
+        dst_keys: npt.NDArray[np.uint8],
+        dst_port: npt.NDArray[np.int64],
+        sweep_port: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        failed: npt.NDArray[np.uint8],
+        out_scan_ports: npt.NDArray[np.float64],
+        out_sweep_hosts: npt.NDArray[np.float64],
+        out_share: npt.NDArray[np.float64],
+        /,
+    ) -> None: ...
+    def rhythm(
+        self,
+        n: int,
+        src_keys: npt.NDArray[np.uint8],
+        dst_keys: npt.NDArray[np.uint8],
+        dst_port: npt.NDArray[np.int64],
+        protocol: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        scored: npt.NDArray[np.uint8],
+        min_period_s: float,
+        out_count: npt.NDArray[np.float64],
+        out_regularity: npt.NDArray[np.float64],
+        /,
+    ) -> None: ...
+    def reset_beacons(self, beacon_window_ns: int, beacon_max_per_key: int, /) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
 class Windows:

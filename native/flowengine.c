@@ -13,6 +13,7 @@
 #include "jsonnum.h"
 #include "protowire.h"
 #include "windows.h"
+#include "fastwin.h"
 #include "link_layer.h"
 
 static PyObject *py_supported_linktypes(PyObject *mod, PyObject *unused)
@@ -333,6 +334,10 @@ static PyMethodDef module_methods[] = {
     {"flow_ids", py_flow_ids, METH_O, "FNV-1a 64 of key bytes + first_ts_ns per event"},
     {"json_floats", mld_py_json_floats, METH_VARARGS,
      "json_floats(values, ndigits) -> [json.dumps(round(v, ndigits)) for v in values]"},
+    {"pack_addresses", mld_py_pack_addresses, METH_VARARGS,
+     "pack_addresses(addrs, out): (n, 17) rows of length + 16 bytes"},
+    {"json_lines", mld_py_json_lines, METH_VARARGS,
+     "json_lines(n, parts) -> bytes: n lines made of constant parts and columns"},
     {"json_addresses", mld_py_json_addresses, METH_O,
      "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
     {"rows_to_protobuf", mld_py_rows_to_protobuf, METH_VARARGS,
@@ -351,13 +356,15 @@ PyMODINIT_FUNC PyInit__flowengine(void)
     PyObject *m;
 
     import_array();
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&MldWindowsType) < 0 ||
+        PyType_Ready(&MldRuleWindowsType) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
-        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0) {
+        PyModule_AddObjectRef(m, "Windows", (PyObject *)&MldWindowsType) < 0 ||
+        PyModule_AddObjectRef(m, "RuleWindows", (PyObject *)&MldRuleWindowsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -7,13 +7,14 @@
  * non-finite values. The offline JSON writer (detector/jsonlines.py) formats whole columns
  * with it instead of calling round() and repr() once per value.
  *
- * Fast path: y = v * 10^n is exact to half an ulp, so unless y lies within a few ulps of a
- * tie, k = rint(y) is the integer Python's round picks, and k / 10^n (one correctly
- * rounded division of two exact doubles) is the double it returns. While |k| < 2^50 the
- * decimals of k / 10^n are closer together than the double's ulp, so no shorter decimal
- * reads back to the same double and the repr is k's digits with the point put back and
- * trailing zeros dropped ("1.0" keeps one). Everything else (near ties, huge values,
- * values that Python prints with an exponent) goes through CPython's own routines, the
+ * Fast path: v is m * 2^e exactly, so k = v * 10^n rounded half to even is computed
+ * exactly in 128-bit integers (the integer Python's round picks, ties included), and
+ * k / 10^n (one correctly rounded division of two exact doubles) is the double it
+ * returns. While |k| < 2^52 the decimals of k / 10^n lie further apart than the double's
+ * ulp (at most |k| 10^-n 2^-52), so no other decimal of n places reads back to the same
+ * double and the repr is k's digits with the point put back and trailing zeros dropped
+ * ("1.0" keeps one). Everything else (huge values, values that Python prints with an
+ * exponent) goes through CPython's own routines, the
  * same ones float.__round__ and float.__repr__ use: PyOS_double_to_string in 'f' mode is
  * the correctly rounded decimal, read back with PyOS_string_to_double, printed in 'r'
  * mode. tests/native/test_jsonnum.py checks both paths against round() and repr().
@@ -53,23 +54,53 @@ static PyObject *exact_text(double v, int ndigits)
     return out;
 }
 
+/* round(v, ndigits) as an integer k of units 10^-ndigits, exactly: v = m * 2^e with m an
+ * integer, so v * 10^n = m * 10^n / 2^-e, and the quotient is rounded half to even on the
+ * exact remainder (what float.__round__ does on the exact binary value). 0 when the
+ * value is out of the range this handles (|v| >= 2^52, or a quotient of 2^52 or more). */
+static int exact_units(double v, int ndigits, int64_t *k)
+{
+    static const uint64_t P10[MAX_DIGITS + 1] = {1,      10,      100,      1000,     10000,
+                                                 100000, 1000000, 10000000, 100000000};
+    uint64_t bits, m;
+    int biased, shift;
+    unsigned __int128 num, q, r, half;
+
+    memcpy(&bits, &v, sizeof(bits));
+    biased = (int)((bits >> 52) & 0x7ff);
+    if (biased == 0 || biased == 0x7ff)
+        return 0; /* subnormal, infinite or NaN: the slow path */
+    m = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+    shift = 1075 - biased; /* |v| = m / 2^shift */
+    if (shift <= 0 || shift > 120)
+        return 0;
+    num = (unsigned __int128)m * P10[ndigits];
+    q = num >> shift;
+    r = num - (q << shift);
+    half = (unsigned __int128)1 << (shift - 1);
+    if (r > half || (r == half && (q & 1)))
+        q++;
+    if (q >= ((unsigned __int128)1 << 52))
+        return 0;
+    *k = v < 0 ? -(int64_t)q : (int64_t)q;
+    return 1;
+}
+
 /* Fast path into buf; returns the length, or 0 when the slow path must decide. */
 static int fast_text(double v, int ndigits, char *buf)
 {
-    double y = v * POW10[ndigits];
-    double ay = fabs(y);
-    double frac;
     int64_t k;
     uint64_t mag;
     char digits[24];
     int nd = 0, len = 0, point, last;
 
-    if (!(ay < 1125899906842624.0)) /* 2^50; also rejects NaN */
+    if (!isfinite(v))
         return 0;
-    frac = ay - floor(ay);
-    if (fabs(frac - 0.5) <= ay * 1e-15 + 1e-300)
-        return 0; /* within rounding error of a tie */
-    k = (int64_t)nearbyint(y);
+    if (v == 0.0 || !exact_units(v, ndigits, &k)) {
+        if (v != 0.0)
+            return 0;
+        k = 0;
+    }
     if (k == 0) {
         if (signbit(v)) {
             memcpy(buf, "-0.0", 4);
@@ -165,6 +196,41 @@ fail:
     return NULL;
 }
 
+/* A byte in decimal (no leading zeros) at buf; its length. */
+static int u8_text(unsigned v, char *buf)
+{
+    int len = 0;
+    if (v >= 100)
+        buf[len++] = (char)('0' + v / 100);
+    if (v >= 10)
+        buf[len++] = (char)('0' + v / 10 % 10);
+    buf[len++] = (char)('0' + v % 10);
+    return len;
+}
+
+/* The dotted quad of an IPv4 address at buf; its length (what "%u.%u.%u.%u" writes). */
+static int ipv4_text(const uint8_t *a, char *buf)
+{
+    int len = u8_text(a[0], buf);
+    for (int i = 1; i < 4; i++) {
+        buf[len++] = '.';
+        len += u8_text(a[i], buf + len);
+    }
+    return len;
+}
+
+/* A hextet in lowercase hex without leading zeros (what "%x" writes); its length. */
+static int hex_text(unsigned v, char *buf)
+{
+    static const char HEX[] = "0123456789abcdef";
+    int len = 0, shift = 12;
+    while (shift > 0 && ((v >> shift) & 0xf) == 0)
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        buf[len++] = HEX[(v >> shift) & 0xf];
+    return len;
+}
+
 /* The text of an IPv6 address as Python's ipaddress writes it (3.11): hextets in lowercase
  * hex without leading zeros, the longest run of two or more zero hextets (the first of
  * equal runs) written "::". */
@@ -198,7 +264,7 @@ static int ipv6_text(const uint8_t *a, char *buf)
             i += best_len - 1;
             continue;
         }
-        len += sprintf(buf + len, "%x", h[i]);
+        len += hex_text(h[i], buf + len);
         if (i < 7)
             buf[len++] = ':';
     }
@@ -231,7 +297,7 @@ PyObject *mld_py_json_addresses(PyObject *mod, PyObject *arg)
 
         buf[len++] = '"';
         if (row[0] == 4) {
-            len += sprintf(buf + len, "%u.%u.%u.%u", row[1], row[2], row[3], row[4]);
+            len += ipv4_text(row + 1, buf + len);
         } else if (row[0] == 16) {
             len += ipv6_text(row + 1, buf + len);
         } else {
@@ -251,4 +317,339 @@ fail:
     Py_XDECREF(out);
     PyBuffer_Release(&view);
     return NULL;
+}
+
+/* ---- whole lines ------------------------------------------------------------------------- */
+
+static int mld_get_buffer_json(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize,
+                               Py_ssize_t n, Py_ssize_t per_row, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->len != n * per_row * itemsize) {
+        PyErr_Format(PyExc_ValueError, "json_lines: %s has %zd bytes, expected %zd", what,
+                     view->len, n * per_row * itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* A growing byte buffer. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} Text;
+
+static int text_reserve(Text *t, size_t more)
+{
+    size_t cap;
+    char *bigger;
+    if (t->len + more <= t->cap)
+        return 0;
+    cap = t->cap ? t->cap : 1 << 16;
+    while (cap < t->len + more)
+        cap *= 2;
+    bigger = PyMem_Realloc(t->buf, cap);
+    if (bigger == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->buf = bigger;
+    t->cap = cap;
+    return 0;
+}
+
+static int text_put(Text *t, const char *s, size_t n)
+{
+    if (text_reserve(t, n) < 0)
+        return -1;
+    memcpy(t->buf + t->len, s, n);
+    t->len += n;
+    return 0;
+}
+
+/* json.dumps(round(v, ndigits)) appended to t. */
+static int text_float(Text *t, double v, int ndigits)
+{
+    char buf[64];
+    int len;
+    PyObject *s;
+    const char *utf8;
+    Py_ssize_t n;
+
+    if (isnan(v))
+        return text_put(t, "NaN", 3);
+    if (isinf(v))
+        return v > 0 ? text_put(t, "Infinity", 8) : text_put(t, "-Infinity", 9);
+    if ((len = fast_text(v, ndigits, buf)) > 0)
+        return text_put(t, buf, (size_t)len);
+    s = exact_text(v, ndigits);
+    if (s == NULL)
+        return -1;
+    utf8 = PyUnicode_AsUTF8AndSize(s, &n);
+    len = utf8 == NULL ? -1 : text_put(t, utf8, (size_t)n);
+    Py_DECREF(s);
+    return len < 0 ? -1 : 0;
+}
+
+static int text_uint(Text *t, uint64_t v, int negative)
+{
+    char digits[24];
+    int nd = 0;
+    if (text_reserve(t, 22) < 0)
+        return -1;
+    if (negative)
+        t->buf[t->len++] = '-';
+    do {
+        digits[nd++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (nd)
+        t->buf[t->len++] = digits[--nd];
+    return 0;
+}
+
+static int text_address(Text *t, const uint8_t *row)
+{
+    char buf[64];
+    int len = 0;
+    buf[len++] = '"';
+    if (row[0] == 4) {
+        len += ipv4_text(row + 1, buf + len);
+    } else if (row[0] == 16) {
+        len += ipv6_text(row + 1, buf + len);
+    } else {
+        PyErr_Format(PyExc_ValueError, "json_lines: address of %u bytes", row[0]);
+        return -1;
+    }
+    buf[len++] = '"';
+    return text_put(t, buf, (size_t)len);
+}
+
+static int text_str(Text *t, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *utf8;
+    if (!PyUnicode_Check(s)) {
+        PyErr_SetString(PyExc_TypeError, "json_lines: a text column holds a non-str");
+        return -1;
+    }
+    utf8 = PyUnicode_AsUTF8AndSize(s, &n);
+    return utf8 == NULL ? -1 : text_put(t, utf8, (size_t)n);
+}
+
+/* One part of a line: constant text, or one field read from a column. */
+enum { P_CONST, P_INT, P_UINT, P_FLOAT, P_ADDR, P_STR, P_TOP };
+
+typedef struct {
+    int kind, ndigits, ndigits2;
+    Py_ssize_t k;     /* P_TOP: entries per row */
+    PyObject *obj;    /* P_CONST: bytes; P_STR: list of str; P_TOP: list of names */
+    Py_buffer b[3];   /* columns */
+    int nbuf;
+} Part;
+
+static int part_buffer(Part *p, PyObject *obj, Py_ssize_t n, Py_ssize_t itemsize,
+                       Py_ssize_t per_row, const char *what)
+{
+    if (mld_get_buffer_json(obj, &p->b[p->nbuf], itemsize, n, per_row, what) < 0)
+        return -1;
+    p->nbuf++;
+    return 0;
+}
+
+/* json_lines(n, parts) -> bytes: n lines, each the concatenation of the parts for that row,
+ * then "\n". A part is bytes (constant text) or a tuple:
+ *   ("i", int64[n]) / ("u", uint64[n])      the integer
+ *   ("f", float64[n], ndigits)              json.dumps(round(v, ndigits))
+ *   ("a", uint8[n, 17])                     the address as a JSON string
+ *   ("s", [str] * n)                        the text as given (already JSON)
+ *   ("t", int64[n, k], float64[n, k], float64[n, k], [str], vdigits, wdigits)
+ *        the explanation list: '{"name":NAMES[i],"value":v,"weight":w}' for each of the
+ *        k entries whose weight is > 0, comma-separated, in brackets.
+ */
+PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
+{
+    Py_ssize_t n, nparts;
+    PyObject *list, *out = NULL;
+    Part *parts = NULL;
+    /* The text buffer is kept from one call to the next (the GIL serialises the calls):
+     * a fresh one per batch cost a page fault per 4 KiB of every batch's text. */
+    static Text kept = {NULL, 0, 0};
+    Text t = kept;
+    (void)mod;
+
+    t.len = 0;
+
+    if (!PyArg_ParseTuple(args, "nO!", &n, &PyList_Type, &list))
+        return NULL;
+    nparts = PyList_GET_SIZE(list);
+    parts = PyMem_Calloc((size_t)nparts + 1, sizeof(Part));
+    if (parts == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t j = 0; j < nparts; j++) {
+        PyObject *item = PyList_GET_ITEM(list, j);
+        Part *p = &parts[j];
+        const char *kind;
+        if (PyBytes_Check(item)) {
+            p->kind = P_CONST;
+            p->obj = item;
+            continue;
+        }
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+            (kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0))) == NULL) {
+            PyErr_Format(PyExc_TypeError, "json_lines: part %zd is neither bytes nor a tuple", j);
+            goto done;
+        }
+        switch (kind[0]) {
+        case 'i':
+        case 'u':
+            p->kind = kind[0] == 'i' ? P_INT : P_UINT;
+            if (part_buffer(p, PyTuple_GET_ITEM(item, 1), n, 8, 1, "integer column") < 0)
+                goto done;
+            break;
+        case 'f':
+            p->kind = P_FLOAT;
+            if (PyTuple_GET_SIZE(item) != 3 ||
+                (p->ndigits = PyLong_AsLong(PyTuple_GET_ITEM(item, 2))) < 0 ||
+                p->ndigits > MAX_DIGITS) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "json_lines: ('f', values, 0..8)");
+                goto done;
+            }
+            if (part_buffer(p, PyTuple_GET_ITEM(item, 1), n, 8, 1, "float column") < 0)
+                goto done;
+            break;
+        case 'a':
+            p->kind = P_ADDR;
+            if (part_buffer(p, PyTuple_GET_ITEM(item, 1), n, 1, 17, "address column") < 0)
+                goto done;
+            break;
+        case 's':
+            p->kind = P_STR;
+            p->obj = PyTuple_GET_ITEM(item, 1);
+            if (!PyList_Check(p->obj) || PyList_GET_SIZE(p->obj) != n) {
+                PyErr_Format(PyExc_ValueError, "json_lines: part %zd: a list of %zd str", j, n);
+                goto done;
+            }
+            break;
+        case 't':
+            p->kind = P_TOP;
+            if (PyTuple_GET_SIZE(item) != 7 || !PyList_Check(PyTuple_GET_ITEM(item, 4))) {
+                PyErr_SetString(PyExc_TypeError,
+                                "json_lines: ('t', idx, values, weights, [names], vd, wd)");
+                goto done;
+            }
+            p->obj = PyTuple_GET_ITEM(item, 4);
+            p->ndigits = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 5));
+            p->ndigits2 = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 6));
+            if (PyErr_Occurred())
+                goto done;
+            if (p->ndigits < 0 || p->ndigits > MAX_DIGITS || p->ndigits2 < 0 ||
+                p->ndigits2 > MAX_DIGITS) {
+                PyErr_SetString(PyExc_ValueError, "json_lines: digits must be 0..8");
+                goto done;
+            }
+            {
+                Py_buffer probe;
+                if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &probe, PyBUF_C_CONTIGUOUS) <
+                    0)
+                    goto done;
+                p->k = n ? probe.len / 8 / n : 0;
+                PyBuffer_Release(&probe);
+            }
+            if (part_buffer(p, PyTuple_GET_ITEM(item, 1), n, 8, p->k, "explanation indices") <
+                    0 ||
+                part_buffer(p, PyTuple_GET_ITEM(item, 2), n, 8, p->k, "explanation values") <
+                    0 ||
+                part_buffer(p, PyTuple_GET_ITEM(item, 3), n, 8, p->k, "explanation weights") < 0)
+                goto done;
+            break;
+        default:
+            PyErr_Format(PyExc_ValueError, "json_lines: unknown part kind %s", kind);
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t j = 0; j < nparts; j++) {
+            Part *p = &parts[j];
+            int rc = 0;
+            switch (p->kind) {
+            case P_CONST:
+                rc = text_put(&t, PyBytes_AS_STRING(p->obj), (size_t)PyBytes_GET_SIZE(p->obj));
+                break;
+            case P_INT: {
+                int64_t v = ((const int64_t *)p->b[0].buf)[i];
+                rc = text_uint(&t, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);
+                break;
+            }
+            case P_UINT:
+                rc = text_uint(&t, ((const uint64_t *)p->b[0].buf)[i], 0);
+                break;
+            case P_FLOAT:
+                rc = text_float(&t, ((const double *)p->b[0].buf)[i], p->ndigits);
+                break;
+            case P_ADDR:
+                rc = text_address(&t, (const uint8_t *)p->b[0].buf + i * 17);
+                break;
+            case P_STR:
+                rc = text_str(&t, PyList_GET_ITEM(p->obj, i));
+                break;
+            case P_TOP: {
+                const int64_t *idx = (const int64_t *)p->b[0].buf + i * p->k;
+                const double *val = (const double *)p->b[1].buf + i * p->k;
+                const double *wt = (const double *)p->b[2].buf + i * p->k;
+                int first = 1;
+                rc = text_put(&t, "[", 1);
+                for (Py_ssize_t e = 0; rc == 0 && e < p->k; e++) {
+                    if (!(wt[e] > 0))
+                        continue;
+                    if (idx[e] < 0 || idx[e] >= PyList_GET_SIZE(p->obj)) {
+                        PyErr_SetString(PyExc_IndexError, "json_lines: feature index");
+                        rc = -1;
+                        break;
+                    }
+                    rc = text_put(&t, first ? "{\"name\":" : ",{\"name\":", first ? 8 : 9);
+                    first = 0;
+                    if (rc == 0)
+                        rc = text_str(&t, PyList_GET_ITEM(p->obj, idx[e]));
+                    if (rc == 0)
+                        rc = text_put(&t, ",\"value\":", 9);
+                    if (rc == 0)
+                        rc = text_float(&t, val[e], p->ndigits);
+                    if (rc == 0)
+                        rc = text_put(&t, ",\"weight\":", 10);
+                    if (rc == 0)
+                        rc = text_float(&t, wt[e], p->ndigits2);
+                    if (rc == 0)
+                        rc = text_put(&t, "}", 1);
+                }
+                if (rc == 0)
+                    rc = text_put(&t, "]", 1);
+                break;
+            }
+            }
+            if (rc < 0)
+                goto done;
+        }
+        if (text_put(&t, "\n", 1) < 0)
+            goto done;
+    }
+    out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", (Py_ssize_t)t.len);
+done:
+    for (Py_ssize_t j = 0; j < nparts; j++)
+        for (int b = 0; b < parts[j].nbuf; b++)
+            PyBuffer_Release(&parts[j].b[b]);
+    PyMem_Free(parts);
+    if (t.cap > ((size_t)64 << 20)) {
+        /* Not kept past 64 MiB (one huge batch should not pin its memory). */
+        PyMem_Free(t.buf);
+        t.buf = NULL;
+        t.cap = 0;
+    }
+    t.len = 0;
+    kept = t;
+    return out;
 }

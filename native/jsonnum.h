@@ -11,5 +11,8 @@ PyObject *mld_py_json_floats(PyObject *mod, PyObject *args);
 /* json_addresses(keys) -> [str]: json.dumps(str(ipaddress.ip_address(addr))) of every
  * (n, 17) row of length (4 or 16) + 16 address bytes (sniffer.batch_windows.address_keys). */
 PyObject *mld_py_json_addresses(PyObject *mod, PyObject *arg);
+/* json_lines(n, parts) -> bytes: n JSON lines assembled from constant parts and columns
+ * (numbers, addresses, texts, explanation lists); see jsonnum.c. */
+PyObject *mld_py_json_lines(PyObject *mod, PyObject *args);
 
 #endif /* MLD_JSONNUM_H */

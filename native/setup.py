@@ -27,6 +27,7 @@ setup(
                 "structs.c",
                 "jsonnum.c",
                 "windows.c",
+                "fastwin.c",
                 "protowire.c",
             ],
             depends=[
@@ -34,6 +35,7 @@ setup(
                 "flow_table.h",
                 "jsonnum.h",
                 "windows.h",
+                "fastwin.h",
                 "protowire.h",
                 "link_layer.h",
                 "structs.h",

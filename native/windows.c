@@ -17,149 +17,167 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "windows.h"
 
 /* ---- an open-addressing table of fixed-size byte strings -> int32 ------------------------ */
 
-typedef struct {
-    size_t cap; /* power of two, 0 when unallocated */
-    size_t used;
-    size_t size;    /* bytes per key */
-    uint8_t *keys;  /* cap * size */
-    int32_t *vals;  /* 0: empty slot */
-} Table;
+/* 8 bytes at a time, each word multiplied in and folded, then a full 64-bit avalanche (the
+ * splitmix64 finaliser), so the low bits the table masks depend on every key byte (and
+ * fewer steps than the byte-wise FNV-1a used before). The keys are addresses a sender
+ * chooses (a spoofed flood picks them all), so the hash starts from a random per-process
+ * seed, as Python's bytes hash does for the dicts of the Python definition: where a given
+ * set of addresses lands is not known in advance. It is no keyed PRF (SipHash is): it
+ * raises the bar, it does not prove collisions hard. No result depends on where a key
+ * lands. */
+static uint64_t hash_seed;
+
+static void seed_hash(void)
+{
+    uint64_t seed = 0;
+    if (hash_seed != 0)
+        return;
+    if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+        seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+    hash_seed = seed | 1;
+}
 
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
+    uint64_t h = hash_seed ^ (uint64_t)n, word;
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, p + i, 8);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
     }
-    return h ^ (h >> 29);
+    if (i < n) {
+        word = 0;
+        memcpy(&word, p + i, n - i);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
 }
 
-static int table_init(Table *t, size_t size, size_t cap)
+int mld_btab_init(MldTable *t, size_t size, size_t cap)
 {
+    seed_hash();
     t->size = size;
     t->cap = cap;
     t->used = 0;
     t->keys = PyMem_Calloc(cap, size ? size : 1);
-    t->vals = PyMem_Calloc(cap, sizeof(int32_t));
-    return (t->keys && t->vals) ? 0 : -1;
+    t->slots = PyMem_Calloc(cap, sizeof(MldSlot));
+    return (t->keys && t->slots) ? 0 : -1;
 }
 
-static void table_free(Table *t)
+void mld_btab_free(MldTable *t)
 {
     PyMem_Free(t->keys);
-    PyMem_Free(t->vals);
+    PyMem_Free(t->slots);
     t->keys = NULL;
-    t->vals = NULL;
+    t->slots = NULL;
     t->cap = t->used = 0;
 }
 
-/* Slot of key, or of the empty slot where it would go. */
-static size_t table_slot(const Table *t, const uint8_t *key)
+/* The slot of a key of hash h, or the empty slot where it would go. A slot's stored hash
+ * is compared before its key, so a probe past other keys rarely reads their bytes. */
+static size_t slot_of(const MldTable *t, const uint8_t *key, uint32_t h)
 {
     size_t mask = t->cap - 1;
-    size_t i = (size_t)hash_bytes(key, t->size) & mask;
-    while (t->vals[i] != 0 && memcmp(t->keys + i * t->size, key, t->size) != 0)
+    size_t i = (size_t)h & mask;
+    while (t->slots[i].val != 0 &&
+           (t->slots[i].hash != h || memcmp(t->keys + i * t->size, key, t->size) != 0))
         i = (i + 1) & mask;
     return i;
 }
 
-static int table_grow(Table *t)
+size_t mld_btab_slot(const MldTable *t, const uint8_t *key)
 {
-    Table bigger;
-    if (table_init(&bigger, t->size, t->cap * 2) < 0)
+    return slot_of(t, key, (uint32_t)hash_bytes(key, t->size));
+}
+
+static int table_grow(MldTable *t)
+{
+    MldTable bigger;
+    if (mld_btab_init(&bigger, t->size, t->cap * 2) < 0) {
+        mld_btab_free(&bigger);
         return -1;
+    }
     for (size_t i = 0; i < t->cap; i++) {
-        if (t->vals[i] != 0) {
-            size_t j = table_slot(&bigger, t->keys + i * t->size);
+        if (t->slots[i].val != 0) {
+            size_t j = (size_t)t->slots[i].hash & (bigger.cap - 1);
+            while (bigger.slots[j].val != 0)
+                j = (j + 1) & (bigger.cap - 1);
             memcpy(bigger.keys + j * t->size, t->keys + i * t->size, t->size);
-            bigger.vals[j] = t->vals[i];
+            bigger.slots[j] = t->slots[i];
         }
     }
     bigger.used = t->used;
-    table_free(t);
+    mld_btab_free(t);
     *t = bigger;
     return 0;
 }
 
 /* Pointer to the value of key, inserted as 0-valued-but-present (caller sets it) if new;
  * NULL on memory error. *fresh tells whether it was inserted. */
-static int32_t *table_upsert(Table *t, const uint8_t *key, int *fresh)
+int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh)
 {
     size_t i;
-    if (t->cap == 0 && table_init(t, t->size, 8) < 0)
+    uint32_t h;
+    if (t->cap == 0 && mld_btab_init(t, t->size, 8) < 0)
         return NULL;
     if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0)
         return NULL;
-    i = table_slot(t, key);
-    *fresh = t->vals[i] == 0;
+    h = (uint32_t)hash_bytes(key, t->size);
+    i = slot_of(t, key, h);
+    *fresh = t->slots[i].val == 0;
     if (*fresh) {
         memcpy(t->keys + i * t->size, key, t->size);
+        t->slots[i].hash = h;
         t->used++;
     }
-    return &t->vals[i];
+    return &t->slots[i].val;
 }
 
 /* Remove the key at slot i (backward-shift deletion, linear probing). */
-static void table_remove_slot(Table *t, size_t i)
+void mld_btab_remove_slot(MldTable *t, size_t i)
 {
     size_t mask = t->cap - 1;
     size_t j = i;
     for (;;) {
         size_t home;
         j = (j + 1) & mask;
-        if (t->vals[j] == 0)
+        if (t->slots[j].val == 0)
             break;
-        home = (size_t)hash_bytes(t->keys + j * t->size, t->size) & mask;
+        home = (size_t)t->slots[j].hash & mask;
         /* Move j back to i unless its home lies cyclically in (i, j]. */
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
             memcpy(t->keys + i * t->size, t->keys + j * t->size, t->size);
-            t->vals[i] = t->vals[j];
+            t->slots[i] = t->slots[j];
             i = j;
         }
     }
-    t->vals[i] = 0;
+    t->slots[i].val = 0;
     t->used--;
 }
 
 /* ---- one key's window --------------------------------------------------------------------- */
 
 typedef struct {
-    int64_t *ts;
-    double *sums;   /* cap * n_sums */
-    uint8_t *vals;  /* cap * n_distinct * vsize */
-    uint8_t *mask;  /* cap * n_distinct */
-    size_t cap, head, len;
-    double *total;  /* n_sums running sums */
-    Table *distinct; /* n_distinct tables value -> count */
-    int64_t newest;
-    uint8_t *key;       /* ksize bytes */
-    int32_t prev, next; /* LRU list, -1 at the ends */
-    int live;
-} KeyWin;
-
-typedef struct {
     PyObject_HEAD
-    int64_t window_ns;
-    int n_sums, n_distinct;
-    Py_ssize_t ksize, vsize;
-    Py_ssize_t max_keys, max_per_key, max_entries;
-    Table keys;      /* key bytes -> window index + 1 */
-    KeyWin *wins;
-    size_t nwins, capwins;
-    int32_t *free_ids;
-    size_t nfree;
-    int32_t lru_head, lru_tail; /* head: least recently updated */
-    Py_ssize_t nkeys, total;
-    long long evicted_keys, evicted_entries;
+    MldWinSet s;
 } WindowsObject;
 
-static void win_release(WindowsObject *w, KeyWin *k)
+static void win_release(MldWinSet *w, MldKeyWin *k)
 {
     PyMem_Free(k->ts);
     PyMem_Free(k->sums);
@@ -169,17 +187,17 @@ static void win_release(WindowsObject *w, KeyWin *k)
     PyMem_Free(k->key);
     if (k->distinct) {
         for (int d = 0; d < w->n_distinct; d++)
-            table_free(&k->distinct[d]);
+            mld_btab_free(&k->distinct[d]);
         PyMem_Free(k->distinct);
     }
     memset(k, 0, sizeof(*k));
 }
 
-static int win_setup(WindowsObject *w, KeyWin *k)
+static int win_setup(MldWinSet *w, MldKeyWin *k)
 {
     memset(k, 0, sizeof(*k));
     k->total = PyMem_Calloc((size_t)w->n_sums + 1, sizeof(double));
-    k->distinct = PyMem_Calloc((size_t)w->n_distinct + 1, sizeof(Table));
+    k->distinct = PyMem_Calloc((size_t)w->n_distinct + 1, sizeof(MldTable));
     if (!k->total || !k->distinct)
         return -1;
     for (int d = 0; d < w->n_distinct; d++)
@@ -189,7 +207,7 @@ static int win_setup(WindowsObject *w, KeyWin *k)
     return 0;
 }
 
-static int win_set_key(WindowsObject *w, KeyWin *k, const uint8_t *key)
+static int win_set_key(MldWinSet *w, MldKeyWin *k, const uint8_t *key)
 {
     k->key = PyMem_Malloc((size_t)w->ksize + 1);
     if (k->key == NULL)
@@ -198,7 +216,7 @@ static int win_set_key(WindowsObject *w, KeyWin *k, const uint8_t *key)
     return 0;
 }
 
-static int win_reserve(WindowsObject *w, KeyWin *k)
+static int win_reserve(MldWinSet *w, MldKeyWin *k)
 {
     size_t cap = k->cap ? k->cap * 2 : 4, nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums;
     int64_t *ts;
@@ -238,7 +256,7 @@ static int win_reserve(WindowsObject *w, KeyWin *k)
     return 0;
 }
 
-static int win_push(WindowsObject *w, KeyWin *k, int64_t ts, const double *sums,
+static int win_push(MldWinSet *w, MldKeyWin *k, int64_t ts, const double *sums,
                     const uint8_t *vals, const uint8_t *mask)
 {
     size_t nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums, at;
@@ -258,7 +276,7 @@ static int win_push(WindowsObject *w, KeyWin *k, int64_t ts, const double *sums,
         int32_t *count;
         if (!mask[d])
             continue;
-        count = table_upsert(&k->distinct[d], vals + d * w->vsize, &fresh);
+        count = mld_btab_upsert(&k->distinct[d], vals + d * w->vsize, &fresh);
         if (count == NULL)
             return -1;
         *count += 1;
@@ -268,20 +286,20 @@ static int win_push(WindowsObject *w, KeyWin *k, int64_t ts, const double *sums,
     return 0;
 }
 
-static void win_pop(WindowsObject *w, KeyWin *k)
+static void win_pop(MldWinSet *w, MldKeyWin *k)
 {
     size_t nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums, at = k->head;
 
     for (size_t i = 0; i < ns; i++)
         k->total[i] -= k->sums[at * ns + i];
     for (size_t d = 0; d < nd; d++) {
-        Table *t = &k->distinct[d];
+        MldTable *t = &k->distinct[d];
         size_t slot;
         if (!k->mask[at * nd + d])
             continue;
-        slot = table_slot(t, k->vals + (at * nd + d) * w->vsize);
-        if (--t->vals[slot] == 0)
-            table_remove_slot(t, slot);
+        slot = mld_btab_slot(t, k->vals + (at * nd + d) * w->vsize);
+        if (--t->slots[slot].val == 0)
+            mld_btab_remove_slot(t, slot);
     }
     k->head = (k->head + 1) % k->cap;
     k->len--;
@@ -291,9 +309,9 @@ static void win_pop(WindowsObject *w, KeyWin *k)
 
 /* ---- the LRU list of keys ----------------------------------------------------------------- */
 
-static void lru_unlink(WindowsObject *w, int32_t id)
+static void lru_unlink(MldWinSet *w, int32_t id)
 {
-    KeyWin *k = &w->wins[id];
+    MldKeyWin *k = &w->wins[id];
     if (k->prev >= 0)
         w->wins[k->prev].next = k->next;
     else
@@ -305,9 +323,9 @@ static void lru_unlink(WindowsObject *w, int32_t id)
     k->prev = k->next = -1;
 }
 
-static void lru_append(WindowsObject *w, int32_t id)
+static void lru_append(MldWinSet *w, int32_t id)
 {
-    KeyWin *k = &w->wins[id];
+    MldKeyWin *k = &w->wins[id];
     k->prev = w->lru_tail;
     k->next = -1;
     if (w->lru_tail >= 0)
@@ -318,10 +336,10 @@ static void lru_append(WindowsObject *w, int32_t id)
 }
 
 /* Index of the window of key, created (and appended to the LRU list) if new; -1 on error. */
-static int32_t key_window(WindowsObject *w, const uint8_t *key)
+static int32_t key_window(MldWinSet *w, const uint8_t *key)
 {
     int fresh;
-    int32_t *slot = table_upsert(&w->keys, key, &fresh), id;
+    int32_t *slot = mld_btab_upsert(&w->keys, key, &fresh), id;
 
     if (slot == NULL)
         return -1;
@@ -336,7 +354,7 @@ static int32_t key_window(WindowsObject *w, const uint8_t *key)
     } else {
         if (w->nwins == w->capwins) {
             size_t cap = w->capwins ? w->capwins * 2 : 1024;
-            KeyWin *more = PyMem_Realloc(w->wins, cap * sizeof(KeyWin));
+            MldKeyWin *more = PyMem_Realloc(w->wins, cap * sizeof(MldKeyWin));
             int32_t *ids = PyMem_Realloc(w->free_ids, cap * sizeof(int32_t));
             if (more)
                 w->wins = more;
@@ -357,19 +375,19 @@ static int32_t key_window(WindowsObject *w, const uint8_t *key)
 }
 
 /* Forget the least recently updated key unless it is keep; 0 when it was keep. */
-static int forget_oldest(WindowsObject *w, int32_t keep)
+static int forget_oldest(MldWinSet *w, int32_t keep)
 {
     int32_t id = w->lru_head;
-    KeyWin *k;
+    MldKeyWin *k;
     size_t slot;
 
     if (id < 0 || id == keep)
         return 0;
     k = &w->wins[id];
-    slot = table_slot(&w->keys, k->key);
+    slot = mld_btab_slot(&w->keys, k->key);
     lru_unlink(w, id);
     w->total -= (Py_ssize_t)k->len;
-    table_remove_slot(&w->keys, slot);
+    mld_btab_remove_slot(&w->keys, slot);
     win_release(w, k);
     w->free_ids[w->nfree++] = id;
     w->nkeys--;
@@ -380,11 +398,11 @@ static int forget_oldest(WindowsObject *w, int32_t keep)
 /* ---- add a batch -------------------------------------------------------------------------- */
 
 /* One entry, as SlidingWindows.add; the window's index, or -1 on memory error. */
-static int32_t add_one(WindowsObject *w, const uint8_t *key, int64_t ts, const double *sums,
+int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const double *sums,
                        const uint8_t *vals, const uint8_t *mask)
 {
     int32_t id = key_window(w, key);
-    KeyWin *k;
+    MldKeyWin *k;
     int64_t horizon;
 
     if (id < 0)
@@ -407,7 +425,59 @@ static int32_t add_one(WindowsObject *w, const uint8_t *key, int64_t ts, const d
     return id;
 }
 
-static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
+/* Index of key's window, or -1 when the key is not held (nothing is added or moved). */
+int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
+{
+    size_t slot;
+    if (w->keys.cap == 0)
+        return -1;
+    slot = mld_btab_slot(&w->keys, key);
+    return w->keys.slots[slot].val ? w->keys.slots[slot].val - 1 : -1;
+}
+
+/* SlidingWindows.peek(key, ts): drop the window's entries older than max(newest, ts) -
+ * window_ns; the key's recency and the eviction counters are not changed. */
+void mld_winset_peek(MldWinSet *w, int32_t id, int64_t ts)
+{
+    MldKeyWin *k = &w->wins[id];
+    int64_t horizon = (k->newest > ts ? k->newest : ts) - w->window_ns;
+    while (k->len && k->ts[k->head] < horizon) {
+        win_pop(w, k);
+        w->total--;
+    }
+}
+
+int mld_winset_init(MldWinSet *w, int64_t window_ns, int n_sums, int n_distinct,
+                    Py_ssize_t ksize, Py_ssize_t vsize, Py_ssize_t max_keys,
+                    Py_ssize_t max_per_key, Py_ssize_t max_entries)
+{
+    memset(w, 0, sizeof(*w));
+    w->window_ns = window_ns;
+    w->n_sums = n_sums;
+    w->n_distinct = n_distinct;
+    w->ksize = ksize;
+    w->vsize = vsize;
+    w->max_keys = max_keys;
+    w->max_per_key = max_per_key;
+    w->max_entries = max_entries;
+    w->lru_head = w->lru_tail = -1;
+    return mld_btab_init(&w->keys, (size_t)ksize, 1024);
+}
+
+void mld_winset_free(MldWinSet *w)
+{
+    for (size_t i = 0; i < w->nwins; i++)
+        if (w->wins[i].live)
+            win_release(w, &w->wins[i]);
+    PyMem_Free(w->wins);
+    PyMem_Free(w->free_ids);
+    mld_btab_free(&w->keys);
+    w->wins = NULL;
+    w->free_ids = NULL;
+    w->nwins = w->capwins = w->nfree = 0;
+}
+
+int mld_get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
                       Py_ssize_t n, Py_ssize_t per_row, const char *what)
 {
     int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
@@ -422,8 +492,9 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
     return 0;
 }
 
-static PyObject *windows_add(WindowsObject *w, PyObject *args)
+static PyObject *windows_add(WindowsObject *self, PyObject *args)
 {
+    MldWinSet *w = &self->s;
     PyObject *o[9];
     Py_buffer b[9];
     int got = 0, ok = 0;
@@ -433,31 +504,31 @@ static PyObject *windows_add(WindowsObject *w, PyObject *args)
                           &o[6], &o[7], &o[8]))
         return NULL;
     /* keys, ts, sums, values, value mask, select; out count, out sums, out distinct */
-    if (get_buffer(o[0], &b[0], 0, 1, n, w->ksize, "keys") < 0)
+    if (mld_get_buffer(o[0], &b[0], 0, 1, n, w->ksize, "keys") < 0)
         goto done;
     got = 1;
-    if (get_buffer(o[1], &b[1], 0, 8, n, 1, "ts") < 0)
+    if (mld_get_buffer(o[1], &b[1], 0, 8, n, 1, "ts") < 0)
         goto done;
     got = 2;
-    if (get_buffer(o[2], &b[2], 0, 8, n, ns, "sums") < 0)
+    if (mld_get_buffer(o[2], &b[2], 0, 8, n, ns, "sums") < 0)
         goto done;
     got = 3;
-    if (get_buffer(o[3], &b[3], 0, 1, n, nd * w->vsize, "values") < 0)
+    if (mld_get_buffer(o[3], &b[3], 0, 1, n, nd * w->vsize, "values") < 0)
         goto done;
     got = 4;
-    if (get_buffer(o[4], &b[4], 0, 1, n, nd, "value mask") < 0)
+    if (mld_get_buffer(o[4], &b[4], 0, 1, n, nd, "value mask") < 0)
         goto done;
     got = 5;
-    if (get_buffer(o[5], &b[5], 0, 1, n, 1, "select") < 0)
+    if (mld_get_buffer(o[5], &b[5], 0, 1, n, 1, "select") < 0)
         goto done;
     got = 6;
-    if (get_buffer(o[6], &b[6], 1, 8, n, 1, "out count") < 0)
+    if (mld_get_buffer(o[6], &b[6], 1, 8, n, 1, "out count") < 0)
         goto done;
     got = 7;
-    if (get_buffer(o[7], &b[7], 1, 8, n, ns, "out sums") < 0)
+    if (mld_get_buffer(o[7], &b[7], 1, 8, n, ns, "out sums") < 0)
         goto done;
     got = 8;
-    if (get_buffer(o[8], &b[8], 1, 8, n, nd, "out distinct") < 0)
+    if (mld_get_buffer(o[8], &b[8], 1, 8, n, nd, "out distinct") < 0)
         goto done;
     got = 9;
     {
@@ -469,10 +540,10 @@ static PyObject *windows_add(WindowsObject *w, PyObject *args)
 
         for (Py_ssize_t i = 0; i < n; i++) {
             int32_t id;
-            KeyWin *k;
+            MldKeyWin *k;
             if (!sel[i])
                 continue;
-            id = add_one(w, keys + i * w->ksize, ts[i], sums + i * ns,
+            id = mld_winset_add(w, keys + i * w->ksize, ts[i], sums + i * ns,
                          vals + i * nd * w->vsize, mask + i * nd);
             if (id < 0) {
                 PyErr_NoMemory();
@@ -494,54 +565,52 @@ done:
     Py_RETURN_NONE;
 }
 
-static PyObject *windows_stats(WindowsObject *w, PyObject *unused)
+static PyObject *windows_stats(WindowsObject *self, PyObject *unused)
 {
+    MldWinSet *w = &self->s;
     (void)unused;
     return Py_BuildValue("{s:n,s:n,s:L,s:L}", "keys", w->nkeys, "entries", w->total,
                          "evicted_keys", w->evicted_keys, "evicted_entries",
                          w->evicted_entries);
 }
 
-static int windows_init(WindowsObject *w, PyObject *args, PyObject *kwds)
+static int windows_init(WindowsObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"window_ns",   "n_sums",      "n_distinct", "key_size",
                              "value_size",  "max_keys",    "max_entries_per_key",
                              "max_entries", NULL};
     long long window_ns;
+    int n_sums, n_distinct;
+    Py_ssize_t ksize, vsize, max_keys, max_per_key, max_entries;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Liinnnnn", kwlist, &window_ns, &w->n_sums,
-                                     &w->n_distinct, &w->ksize, &w->vsize, &w->max_keys,
-                                     &w->max_per_key, &w->max_entries))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Liinnnnn", kwlist, &window_ns, &n_sums,
+                                     &n_distinct, &ksize, &vsize, &max_keys, &max_per_key,
+                                     &max_entries))
         return -1;
-    if (window_ns <= 0 || w->n_sums < 0 || w->n_distinct < 0 || w->ksize < 1 ||
-        w->vsize < 1 || w->max_keys < 1 || w->max_per_key < 1 || w->max_entries < 1) {
+    if (window_ns <= 0 || n_sums < 0 || n_distinct < 0 || ksize < 1 || vsize < 1 ||
+        max_keys < 1 || max_per_key < 1 || max_entries < 1) {
         PyErr_SetString(PyExc_ValueError,
                         "Windows: window_ns, key_size, value_size and every cap must be "
                         "positive, n_sums and n_distinct not negative");
         return -1;
     }
-    if (w->keys.keys != NULL) {
+    if (self->s.keys.keys != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Windows: already initialised");
         return -1;
     }
-    w->window_ns = window_ns;
-    w->lru_head = w->lru_tail = -1;
-    if (table_init(&w->keys, (size_t)w->ksize, 1024) < 0) {
+    if (mld_winset_init(&self->s, window_ns, n_sums, n_distinct, ksize, vsize, max_keys,
+                        max_per_key, max_entries) < 0) {
+        mld_winset_free(&self->s);
         PyErr_NoMemory();
         return -1;
     }
     return 0;
 }
 
-static void windows_dealloc(WindowsObject *w)
+static void windows_dealloc(WindowsObject *self)
 {
-    for (size_t i = 0; i < w->nwins; i++)
-        if (w->wins[i].live)
-            win_release(w, &w->wins[i]);
-    PyMem_Free(w->wins);
-    PyMem_Free(w->free_ids);
-    table_free(&w->keys);
-    Py_TYPE(w)->tp_free((PyObject *)w);
+    mld_winset_free(&self->s);
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef windows_methods[] = {
@@ -562,3 +631,36 @@ PyTypeObject MldWindowsType = {
     .tp_dealloc = (destructor)windows_dealloc,
     .tp_methods = windows_methods,
 };
+
+/* pack_addresses(addrs, out): each bytes of 4 or 16 bytes of the list addrs as a row of
+ * out ((n, 17) uint8, C-contiguous): its length, then its bytes, zero-padded to 16
+ * (sniffer.batch_windows.address_keys). */
+PyObject *mld_py_pack_addresses(PyObject *mod, PyObject *args)
+{
+    PyObject *addrs, *obj;
+    Py_buffer out;
+    Py_ssize_t n;
+    (void)mod;
+
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &addrs, &obj))
+        return NULL;
+    n = PyList_GET_SIZE(addrs);
+    if (mld_get_buffer(obj, &out, 1, 1, n, 17, "out") < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(addrs, i);
+        uint8_t *row = (uint8_t *)out.buf + i * 17;
+        Py_ssize_t len;
+        if (!PyBytes_Check(a) || ((len = PyBytes_GET_SIZE(a)) != 4 && len != 16)) {
+            PyErr_Format(PyExc_ValueError,
+                         "pack_addresses: item %zd is not an address of 4 or 16 bytes", i);
+            PyBuffer_Release(&out);
+            return NULL;
+        }
+        memset(row, 0, 17);
+        row[0] = (uint8_t)len;
+        memcpy(row + 1, PyBytes_AS_STRING(a), (size_t)len);
+    }
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}

@@ -1,11 +1,88 @@
-/* native/windows.h — sliding windows per key over batches (windows.c). */
+/* native/windows.h — sliding windows per key over batches (windows.c), and the C API the
+ * other batch windows (fastwin.c) are built on. */
 #ifndef MLD_WINDOWS_H
 #define MLD_WINDOWS_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 /* native._flowengine.Windows; see windows.c and sniffer/sliding_window.py. */
 extern PyTypeObject MldWindowsType;
+
+/* A slot: its value (0: empty) and the low 32 bits of its key's hash. */
+typedef struct {
+    int32_t val;
+    uint32_t hash;
+} MldSlot;
+
+/* An open-addressing table (linear probing) of fixed-size byte strings -> int32. */
+typedef struct {
+    size_t cap; /* power of two, 0 when unallocated */
+    size_t used;
+    size_t size;    /* bytes per key */
+    uint8_t *keys;  /* cap * size */
+    MldSlot *slots; /* cap */
+} MldTable;
+
+int mld_btab_init(MldTable *t, size_t size, size_t cap);
+void mld_btab_free(MldTable *t);
+/* Slot of key, or of the empty slot where it would go. */
+size_t mld_btab_slot(const MldTable *t, const uint8_t *key);
+/* Pointer to key's value, inserted (value 0, the caller sets it) if new; NULL on memory
+ * error. *fresh tells whether it was inserted. */
+int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh);
+void mld_btab_remove_slot(MldTable *t, size_t i);
+
+/* One key's window: a ring of entries in insertion order. */
+typedef struct {
+    int64_t *ts;
+    double *sums;    /* cap * n_sums */
+    uint8_t *vals;   /* cap * n_distinct * vsize */
+    uint8_t *mask;   /* cap * n_distinct */
+    size_t cap, head, len;
+    double *total;     /* n_sums running sums */
+    MldTable *distinct; /* n_distinct tables value -> count */
+    int64_t newest;
+    uint8_t *key;       /* ksize bytes */
+    int32_t prev, next; /* LRU list, -1 at the ends */
+    int live;
+} MldKeyWin;
+
+/* Windows of many keys (SlidingWindows), bounded in keys and entries. */
+typedef struct {
+    int64_t window_ns;
+    int n_sums, n_distinct;
+    Py_ssize_t ksize, vsize;
+    Py_ssize_t max_keys, max_per_key, max_entries;
+    MldTable keys; /* key bytes -> window index + 1 */
+    MldKeyWin *wins;
+    size_t nwins, capwins;
+    int32_t *free_ids;
+    size_t nfree;
+    int32_t lru_head, lru_tail; /* head: least recently updated */
+    Py_ssize_t nkeys, total;
+    long long evicted_keys, evicted_entries;
+} MldWinSet;
+
+int mld_winset_init(MldWinSet *w, int64_t window_ns, int n_sums, int n_distinct,
+                    Py_ssize_t ksize, Py_ssize_t vsize, Py_ssize_t max_keys,
+                    Py_ssize_t max_per_key, Py_ssize_t max_entries);
+void mld_winset_free(MldWinSet *w);
+/* SlidingWindows.add: the window's index, or -1 on memory error. */
+int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const double *sums,
+                       const uint8_t *vals, const uint8_t *mask);
+/* The index of key's window, or -1 (a look-up that adds no entry and moves nothing). */
+int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key);
+/* SlidingWindows.peek(key, ts) on the window at index id. */
+void mld_winset_peek(MldWinSet *w, int32_t id, int64_t ts);
+
+/* A C-contiguous buffer of n rows of per_row items of itemsize bytes, or -1 with
+ * ValueError naming what. */
+int mld_get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
+                   Py_ssize_t n, Py_ssize_t per_row, const char *what);
+
+/* pack_addresses(addrs, out): addresses (bytes of 4 or 16) as (n, 17) length + bytes rows. */
+PyObject *mld_py_pack_addresses(PyObject *mod, PyObject *args);
 
 #endif /* MLD_WINDOWS_H */

@@ -10,6 +10,11 @@ the readable definition and tests/sniffer/test_batch_windows.py checks that both
 
 Keys and distinct values are fixed-size byte rows: :func:`address_keys` packs an address
 (4 or 16 bytes) as its length and 16 bytes, :func:`int_values` packs integers.
+
+:class:`RuleWindows` (``native._flowengine.RuleWindows``, native/fastwin.c) is the batch
+twin of the fast rules' failure windows (port_scan, host_sweep) and rhythm windows
+(beacon), ``FastRules._failures`` and ``FastRules._rhythm`` in sniffer/fast_rules.py,
+which stay their definition (tests/sniffer/test_rule_windows.py compares the two).
 """
 
 from __future__ import annotations
@@ -19,9 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from native._flowengine import Windows
+from native._flowengine import RuleWindows as _RuleWindows
+from native._flowengine import Windows, pack_addresses
 
-__all__ = ["ADDRESS_KEY_SIZE", "BatchWindows", "WindowState", "address_keys", "int_values"]
+__all__ = [
+    "ADDRESS_KEY_SIZE",
+    "BatchWindows",
+    "RuleWindows",
+    "WindowState",
+    "address_keys",
+    "int_values",
+]
 
 ADDRESS_KEY_SIZE = 17
 
@@ -30,11 +43,8 @@ U8 = npt.NDArray[np.uint8]
 
 def address_keys(addrs: list[bytes]) -> U8:
     """(n, 17) rows: each address's length, then its bytes zero-padded to 16."""
-    n = len(addrs)
-    out = np.zeros((n, ADDRESS_KEY_SIZE), dtype=np.uint8)
-    if n:
-        out[:, 0] = np.fromiter(map(len, addrs), dtype=np.uint8, count=n)
-        out[:, 1:] = np.array(addrs, dtype="S16").view(np.uint8).reshape(n, 16)
+    out = np.empty((len(addrs), ADDRESS_KEY_SIZE), dtype=np.uint8)
+    pack_addresses(addrs if isinstance(addrs, list) else list(addrs), out)
     return out
 
 
@@ -136,3 +146,110 @@ class BatchWindows:
     @property
     def evicted_entries(self) -> int:
         return self._stats()["evicted_entries"]
+
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+class RuleWindows:
+    """The fast rules' failure and rhythm windows, fed a batch at a time (module docstring).
+
+    Every piece of state the Python definition keeps (failing sources, pending first
+    failures, pair and port windows, last connection starts, beacon windows) lives in
+    native code, with the same caps, and the same order of adds, pops and evictions."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float,
+        max_keys: int,
+        max_entries_per_key: int,
+        max_entries: int,
+        beacon_window_s: float,
+        beacon_max_connections: int,
+    ) -> None:
+        self._w = _RuleWindows(
+            int(window_s * 1e9),
+            max_keys,
+            max_entries_per_key,
+            max_entries,
+            int(beacon_window_s * 1e9),
+            beacon_max_connections,
+        )
+
+    def failures(
+        self, src: U8, dst: U8, dst_port: I64, sweep_port: I64, ts: I64, failed: npt.ArrayLike
+    ) -> tuple[F64, F64, F64]:
+        """Per record (in order): distinct failed ports at its (source, destination),
+        distinct failed destinations and the failed share at its (source, sweep port)."""
+        n = len(src)
+        out = np.zeros((3, n))
+        self._w.failures(
+            n,
+            np.ascontiguousarray(src, np.uint8),
+            np.ascontiguousarray(dst, np.uint8),
+            np.ascontiguousarray(dst_port, np.int64),
+            np.ascontiguousarray(sweep_port, np.int64),
+            np.ascontiguousarray(ts, np.int64),
+            np.ascontiguousarray(failed, np.uint8),
+            out[0],
+            out[1],
+            out[2],
+        )
+        return out[0], out[1], out[2]
+
+    def rhythm(
+        self,
+        src: U8,
+        dst: U8,
+        dst_port: I64,
+        protocol: I64,
+        start: I64,
+        scored: npt.ArrayLike,
+        min_period_s: float,
+    ) -> tuple[F64, F64]:
+        """Per record: connections of its (source, destination, port, protocol) in the
+        beacon window and the regularity of the gaps between their starts."""
+        n = len(src)
+        out = np.zeros((2, n))
+        self._w.rhythm(
+            n,
+            np.ascontiguousarray(src, np.uint8),
+            np.ascontiguousarray(dst, np.uint8),
+            np.ascontiguousarray(dst_port, np.int64),
+            np.ascontiguousarray(protocol, np.int64),
+            np.ascontiguousarray(start, np.int64),
+            np.ascontiguousarray(scored, np.uint8),
+            float(min_period_s),
+            out[0],
+            out[1],
+        )
+        return out[0], out[1]
+
+    def reset_beacons(self, beacon_window_s: float, beacon_max_connections: int) -> None:
+        """Start the rhythm windows afresh (a new window length or depth); the last
+        starts are kept."""
+        self._w.reset_beacons(int(beacon_window_s * 1e9), beacon_max_connections)
+
+    def stats(self) -> dict[str, int]:
+        """Sizes: failing_sources, pending, last_starts and *_keys/*_entries of pairs,
+        ports and beacons."""
+        return self._w.stats()
+
+
+class RuleWindowsPart:
+    """One part of a :class:`RuleWindows` seen as a sized container (``len`` and, for a
+    window set, ``entries``), for the memory-bound checks that read the Python one."""
+
+    def __init__(self, windows: RuleWindows, name: str) -> None:
+        self._windows = windows
+        self._name = name
+
+    def __len__(self) -> int:
+        stats = self._windows.stats()
+        return stats.get(self._name, stats.get(f"{self._name}_keys", 0))
+
+    @property
+    def entries(self) -> int:
+        return self._windows.stats()[f"{self._name}_entries"]

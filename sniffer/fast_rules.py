@@ -59,7 +59,12 @@ is an amplified answer, and its victim is the initiator. Either counts as one re
 flow toward its victim.
 
 The destination-keyed windows live here (SourceContext only has the source's view) and
-use the same record-time windows and caps as the source context.
+use the same record-time windows and caps as the source context. By default every window
+runs in native code a batch at a time: the counting windows in ``BatchWindows``, the
+failure windows (port_scan, host_sweep) and rhythm windows (beacon) in ``RuleWindows``
+(sniffer/batch_windows.py, native/fastwin.c). ``native=False`` runs the per-record Python
+below (``_windows_per_record``, ``_failures``, ``_rhythm``), the definition the tests
+compare the native windows with.
 
 Interim records (issue 18; ``sniffer/interim.py``): given the records' ``previous``, a
 flow adds to the windows once for what it is (a SYN-only flow, a login attempt) at its
@@ -78,7 +83,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sniffer.batch_windows import ADDRESS_KEY_SIZE, BatchWindows, address_keys, int_values
+from sniffer.batch_windows import (
+    ADDRESS_KEY_SIZE,
+    BatchWindows,
+    RuleWindows,
+    RuleWindowsPart,
+    address_keys,
+    int_values,
+)
 from sniffer.config import ContextConfig, FastRulesConfig
 from sniffer.interim import Previous
 from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
@@ -152,10 +164,24 @@ class FastRules:
         self._context = context
         self.window_s = context.window_s
         self.native = native
-        self._last_start: dict[tuple[bytes, bytes, int, int], int] = {}
-        self._pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
+        # The failure and rhythm windows: native over whole batches (RuleWindows), or the
+        # per-record Python definition below (the test oracle, native=False).
+        self._rule_windows = (
+            RuleWindows(
+                window_s=context.window_s,
+                max_keys=context.max_keys,
+                max_entries_per_key=context.max_entries_per_key,
+                max_entries=context.max_entries,
+                beacon_window_s=rules.beacon_window_s,
+                beacon_max_connections=rules.beacon_max_connections,
+            )
+            if native
+            else None
+        )
+        self._py_last_start: dict[tuple[bytes, bytes, int, int], int] = {}
+        self._py_pending: dict[Hashable, tuple[int, tuple[float, ...], tuple[Hashable, ...]]] = {}
         # Sources that failed at least once, most recent last (bounded by max_keys).
-        self._failing_sources: OrderedDict[bytes, None] = OrderedDict()
+        self._py_failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
         def windows(n_sums: int, key_size: int = ADDRESS_KEY_SIZE) -> Any:
             caps: dict[str, Any] = {
@@ -179,7 +205,7 @@ class FastRules:
         # Per (source, destination, port): failed attempts at a login service.
         self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
         # Per (source, destination): the destination ports of failed flows (port_scan).
-        self._pair_failures = SlidingWindows(
+        self._py_pair_failures = SlidingWindows(
             window_s=context.window_s,
             n_sums=0,
             n_distinct=1,
@@ -189,7 +215,7 @@ class FastRules:
         )
         # Per (source, destination port): failed flows (sum) and their destinations
         # (distinct; -1 stands for a flow that did not fail) (host_sweep).
-        self._port_failures = SlidingWindows(
+        self._py_port_failures = SlidingWindows(
             window_s=context.window_s,
             n_sums=1,
             n_distinct=1,
@@ -199,11 +225,40 @@ class FastRules:
         )
         # Per (source, destination, port, protocol): connection starts, for beacon. Each
         # entry holds (gap to the previous start, its square) in seconds.
-        self._beacons = self._beacon_windows(rules, context)
+        self._py_beacons = self._beacon_windows(rules, context)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
         self.fired: Counter[str] = Counter()
         self.scored = 0
+
+    # The failure and rhythm state of whichever path runs, as sized containers (len, and
+    # entries for window sets): what the memory bounds are checked on.
+    def _part(self, name: str, python: Any) -> Any:
+        return python if self._rule_windows is None else RuleWindowsPart(self._rule_windows, name)
+
+    @property
+    def _pending(self) -> Any:
+        return self._part("pending", self._py_pending)
+
+    @property
+    def _last_start(self) -> Any:
+        return self._part("last_starts", self._py_last_start)
+
+    @property
+    def _failing_sources(self) -> Any:
+        return self._part("failing_sources", self._py_failing_sources)
+
+    @property
+    def _pair_failures(self) -> Any:
+        return self._part("pairs", self._py_pair_failures)
+
+    @property
+    def _port_failures(self) -> Any:
+        return self._part("ports", self._py_port_failures)
+
+    @property
+    def _beacons(self) -> Any:
+        return self._part("beacons", self._py_beacons)
 
     @staticmethod
     def _beacon_windows(rules: FastRulesConfig, context: ContextConfig) -> SlidingWindows:
@@ -230,7 +285,11 @@ class FastRules:
             self.config.beacon_max_connections,
         ):
             # A new window length or depth starts the rhythm windows afresh.
-            self._beacons = self._beacon_windows(rules, self._context)
+            self._py_beacons = self._beacon_windows(rules, self._context)
+            if self._rule_windows is not None:
+                self._rule_windows.reset_beacons(
+                    rules.beacon_window_s, rules.beacon_max_connections
+                )
         self.config = rules
         self._set_ports(rules)
 
@@ -286,8 +345,20 @@ class FastRules:
             flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified, login & first,
             evasive,
         )  # fmt: skip
-        scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
-        beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
+        if self._rule_windows is not None:
+            rw = self._rule_windows
+            src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+            ts, start = flows["last_ts_ns"], flows["first_ts_ns"]
+            scan_ports, sweep_hosts, sweep_share = rw.failures(
+                src, dst, dst_port, sweep_port, ts, failed
+            )
+            beacon_count, beacon_regularity = rw.rhythm(
+                src, dst, dst_port, proto.astype(np.int64), start, beacon_scored,
+                c.beacon_min_period_s,
+            )  # fmt: skip
+        else:
+            scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
+            beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -443,11 +514,11 @@ class FastRules:
         scan_ports = np.zeros(n)
         sweep_hosts = np.zeros(n)
         share = np.zeros(n)
-        pairs = self._pair_failures
-        ports = self._port_failures
+        pairs = self._py_pair_failures
+        ports = self._py_port_failures
         # Only the flows that failed, or whose source failed before, have anything to
         # count or read: most traffic skips the loop below.
-        failing = self._failing_sources
+        failing = self._py_failing_sources
         src_addr = flows.src_addr
         bad_list = failed.tolist()
         for src, bad in zip(src_addr, bad_list, strict=True):
@@ -467,7 +538,7 @@ class FastRules:
             (i, src_addr[i], dst_addr[i], dst_port[i], sweep_list[i], ts[i], bad_list[i])
             for i in todo
         )
-        pending = self._pending
+        pending = self._py_pending
         for i, src, dst, port, sport, t, bad in rows:
             key = (src, dst)
             if bad:
@@ -497,9 +568,9 @@ class FastRules:
     def _forget_first_starts(self) -> dict[tuple[bytes, bytes, int, int], int]:
         """Forget the older half of the pairs' last starts (bounded memory under a flood of
         one-off pairs); pairs that have a window keep theirs. Amortised O(1) per flow."""
-        last = self._last_start
+        last = self._py_last_start
         drop = len(last) // 2
-        windows = self._beacons
+        windows = self._py_beacons
         for k in list(itertools.islice(last, drop)):
             if k not in windows:
                 del last[k]
@@ -539,8 +610,8 @@ class FastRules:
         n = len(flows)
         count = np.zeros(n)
         regularity = np.zeros(n)
-        last = self._last_start
-        windows = self._beacons
+        last = self._py_last_start
+        windows = self._py_beacons
         min_period = self.config.beacon_min_period_s
         rows = zip(
             flows.src_addr,

@@ -80,9 +80,25 @@ class FlowHistory:
         prev = np.zeros((n, width))
         first = np.ones(n, dtype=bool)
         last = self._last
-        interim = flows["interim"].tolist() if "interim" in flows.cols else [False] * n
-        rows = zip(flows["flow_id"].tolist(), interim, current.tolist(), strict=True)
-        for i, (fid, is_interim, row) in enumerate(rows):
+        interim = np.asarray(flows["interim"], dtype=bool) if "interim" in flows.cols else None
+        if interim is None or not interim.any():
+            if not last:
+                return Previous(first, self._columns(prev))
+            interim = np.zeros(n, dtype=bool)
+        # Only records that are interim, or whose flow is held (from an earlier batch or an
+        # interim record before them in this one), read or change the history; the others
+        # are first records with nothing to remember, so the loop skips them.
+        ids = np.asarray(flows["flow_id"], dtype=np.uint64)
+        held = np.fromiter(last.keys(), dtype=np.uint64, count=len(last))
+        todo = np.flatnonzero(interim | np.isin(ids, np.concatenate([held, ids[interim]])))
+        rows = zip(
+            todo.tolist(),
+            ids[todo].tolist(),
+            interim[todo].tolist(),
+            current[todo].tolist(),
+            strict=True,
+        )
+        for i, fid, is_interim, row in rows:
             before = last.pop(fid, None) if not is_interim else last.get(fid)
             if before is not None:
                 first[i] = False
@@ -93,6 +109,10 @@ class FlowHistory:
                 if len(last) > self.max_flows:
                     last.popitem(last=False)
                     self.evicted += 1
+        return Previous(first, self._columns(prev))
+
+    @staticmethod
+    def _columns(prev: np.ndarray) -> dict[str, Array]:
         values = {name: prev[:, j] for j, name in enumerate(HISTORY_COLUMNS)}
         values["dns_entropy"] = prev[:, -1]
-        return Previous(first, values)
+        return values

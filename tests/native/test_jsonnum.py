@@ -1,14 +1,17 @@
-"""native.json_floats against Python's own round() and repr(): the JSON writer of ``mld
-detector analyze`` relies on the two giving the same text for every value."""
+"""native.json_floats and json_lines against Python's own round(), repr() and json.dumps:
+the JSON writer of ``mld detector analyze`` relies on them giving the same text for every
+value."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import numpy as np
 import pytest
 
-from native._flowengine import json_addresses, json_floats
+from native._flowengine import json_addresses, json_floats, json_lines
+from sniffer.batch_windows import address_keys
 
 
 def _expected(values: np.ndarray, ndigits: int) -> list[str]:
@@ -27,6 +30,11 @@ def _values() -> np.ndarray:
                 rng.random(5_000) * 1e12,
                 -rng.random(5_000) * 100,
                 1.7e9 + rng.random(10_000) * 1e6,  # timestamps in seconds
+                rng.integers(1_600_000_000 * 10**9, 1_800_000_000 * 10**9, 20_000) / 1e9,
+                # Exact binary ties at 6 decimals (odd/128) on timestamps, and past 2^52 units.
+                1_700_000_000 + (2 * np.arange(2000) + 1) / 128,
+                4_600_000_000 + (2 * np.arange(200) + 1) / 128,
+                rng.random(5_000) * 2**60,
                 rng.integers(0, 2**40, 5_000) / 1e9,
                 # Exact and near ties at every precision used.
                 (np.arange(-2000, 2000) + 0.5) / 1e4,
@@ -73,8 +81,6 @@ def _addresses() -> list[bytes]:
 
 
 def test_addresses_as_python_writes_them() -> None:
-    import ipaddress
-
     from sniffer.batch_windows import address_keys
 
     addrs = _addresses()
@@ -84,3 +90,74 @@ def test_addresses_as_python_writes_them() -> None:
     assert not wrong, wrong[:5]
     with pytest.raises(ValueError, match="17"):
         json_addresses(np.zeros((2, 16), dtype=np.uint8))
+
+
+def test_json_lines_writes_what_json_dumps_writes() -> None:
+    """Every part kind of json_lines against json.dumps of the same values."""
+    rng = np.random.default_rng(5)
+    n = 3_000
+    ints = rng.integers(-(2**62), 2**62, n)
+    uints = rng.integers(0, 2**63, n).astype(np.uint64) * np.uint64(2)
+    floats = np.concatenate([rng.random(n - 4) * 1e3, [np.nan, -np.inf, 2.5e-5, -0.0]])
+    addrs = [bytes(rng.integers(0, 256, 4 if i % 3 else 16, dtype=np.uint8)) for i in range(n)]
+    texts = [json.dumps(t) for t in rng.choice(["scan", "", 'a"b', "é"], n).tolist()]
+    k = 3
+    idx = rng.integers(0, 4, (n, k))
+    values = rng.random((n, k)) * 100
+    weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.random((n, k)))
+    names = ["f.a", "f.b", 'f"c', "f.d"]
+    got = json_lines(
+        n,
+        [
+            b'{"i":',
+            ("i", ints),
+            b',"u":',
+            ("u", uints),
+            b',"f":',
+            ("f", floats, 4),
+            b',"a":',
+            ("a", address_keys(addrs)),
+            b',"s":',
+            ("s", texts),
+            b',"t":',
+            ("t", idx, values, weights, [json.dumps(x) for x in names], 4, 3),
+            b"}",
+        ],
+    ).decode()
+    want = []
+    for i in range(n):
+        top = [
+            {"name": names[j], "value": round(v, 4), "weight": round(w, 3)}
+            for j, v, w in zip(
+                idx[i].tolist(), values[i].tolist(), weights[i].tolist(), strict=True
+            )
+            if w > 0
+        ]
+        row = {
+            "i": int(ints[i]),
+            "u": int(uints[i]),
+            "f": round(float(floats[i]), 4),
+            "a": str(ipaddress.ip_address(addrs[i])),
+            "s": json.loads(texts[i]),
+            "t": top,
+        }
+        want.append(json.dumps(row, separators=(",", ":")) + "\n")
+    assert got == "".join(want)
+    assert json_lines(0, [b"x", ("i", np.zeros(0, np.int64))]) == b""
+
+
+def test_json_lines_refuses_bad_parts() -> None:
+    col = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="integer column"):
+        json_lines(4, [("i", col)])
+    with pytest.raises(ValueError, match="unknown part kind"):
+        json_lines(3, [("x", col)])
+    with pytest.raises(TypeError, match="neither bytes nor a tuple"):
+        json_lines(3, ["text"])
+    with pytest.raises(ValueError, match="list of 3 str"):
+        json_lines(3, [("s", ["a", "b"])])
+    with pytest.raises(IndexError, match="feature index"):
+        bad = np.full((3, 1), 7, np.int64)
+        json_lines(3, [("t", bad, np.ones((3, 1)), np.ones((3, 1)), ['"a"'], 4, 3)])
+    with pytest.raises(ValueError, match="address of 5 bytes"):
+        json_lines(1, [("a", np.full((1, 17), 5, np.uint8))])

@@ -83,3 +83,16 @@ def test_select_skips_rows_and_bad_shapes_are_refused() -> None:
         BatchWindows(
             window_s=0, n_sums=0, n_distinct=0, max_keys=1, max_entries_per_key=1, max_entries=1
         )
+
+
+def test_address_keys_pack_length_and_bytes() -> None:
+    """address_keys (native pack_addresses) against the rows written out in Python; an item
+    that is no 4- or 16-byte address is refused, not packed."""
+    rng = np.random.default_rng(3)
+    addrs = [bytes(rng.integers(0, 256, 4 if i % 3 else 16, dtype=np.uint8)) for i in range(500)]
+    addrs += [b"\x00" * 4, b"\x00" * 16]
+    want = np.array([[len(a), *a.ljust(16, b"\x00")] for a in addrs], dtype=np.uint8)
+    assert np.array_equal(address_keys(addrs), want)
+    assert address_keys([]).shape == (0, 17)
+    with pytest.raises(ValueError, match="item 1 is not an address"):
+        address_keys([b"\x01\x02\x03\x04", b"\x01\x02\x03"])
