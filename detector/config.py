@@ -195,6 +195,12 @@ class DetectorConfig:
     # interim records (sniffer.capture.interim_s) raises one alert and one verdict; past
     # it the least recently raised is forgotten (about 150 bytes each).
     raised_flows_max: int = 65536
+    # Scored-event batches waiting for the events output (one per flow batch). Events are
+    # sent from a thread of their own, so a RAG store that falls behind never holds up
+    # scoring or verdicts; when this many batches wait, further ones are dropped and
+    # counted (events_dropped_queue_full in /metrics). 64 batches of 100 events are about
+    # 0.1 s at the detector's full rate.
+    events_queue_batches: int = 64
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.

@@ -18,6 +18,13 @@ batches by size and age, and the firewall should not wait. An output with ``enab
 false`` is not opened; its batches are counted and thrown away. A batch the transport
 cannot deliver (PUSH timeout, PUB high-water mark) is counted under ``*_dropped``.
 
+Verdicts are sent from the scoring thread, events are not: a RAG store that stops reading
+would make every events PUSH wait ``transport.send_timeout_ms`` and hold up the verdicts
+of the batches behind it. Scored events go through a bounded queue
+(``detector.events_queue_batches``) to a thread of their own (crypto_transport.QueuedSender);
+what the queue cannot take is dropped and counted (``events_dropped_queue_full``, and
+``events_dropped_send`` for the sender's own timeouts, both in ``events_dropped``).
+
 Hot reload (detector/reload.py): a new bundle is swapped in between two batches, so the
 batch in flight finishes on the old one. With ``anomaly.enabled`` the anomaly model
 (detector/anomaly_model.py; anomaly/ trains it) is watched the same way through its
@@ -57,6 +64,7 @@ import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
 import native
+from base.errors import ConfigError
 from control import (
     ControlState,
     DiscoveredSender,
@@ -66,6 +74,7 @@ from control import (
 )
 from crypto_transport import (
     Keyring,
+    QueuedSender,
     Receiver,
     Sender,
     TransportConfig,
@@ -98,6 +107,10 @@ _DROP_LOG_INTERVAL_S = 10.0
 _DISCOVERED = {"verdicts": ("firewall", "verdicts"), "events": ("rag", "events")}
 
 OutputSender = Sender | DiscoveredSender
+
+
+def _events_in(batch: EventBatch) -> int:
+    return len(batch.events)
 
 
 def _sender(
@@ -155,7 +168,20 @@ class DetectorService(FollowsControl):
         # Peers whose claimed sensor_id was not theirs, already logged (bounded).
         self._mismatch_logged: set[str] = set()
         self.verdict_sender = verdict_sender
-        self.event_sender = event_sender
+        if config.events_queue_batches < 1:
+            raise ConfigError(
+                f"detector.events_queue_batches is {config.events_queue_batches}: give at "
+                "least 1 (fix mld.yaml)"
+            )
+        # Events leave from their own thread (module docstring): never waited for here.
+        self.event_sender: QueuedSender | None = None
+        if event_sender is not None:
+            self.event_sender = QueuedSender(
+                event_sender,
+                max_batches=config.events_queue_batches,
+                what="events",
+                size=_events_in,
+            )
         self.watcher = watcher
         self.stats_interval_s = stats_interval_s
         self.drain_s = drain_s
@@ -316,9 +342,13 @@ class DetectorService(FollowsControl):
                 new.thresholds.block_per_family or "none",
                 new.thresholds.block_on_fast_rule_alone,
             )
-        for sender in (self.verdict_sender, self.event_sender):
-            if isinstance(sender, DiscoveredSender):
-                sender.update(state.peers.get(sender.component, {}).values())
+        if isinstance(self.verdict_sender, DiscoveredSender):
+            sender = self.verdict_sender
+            sender.update(state.peers.get(sender.component, {}).values())
+        if self.event_sender is not None and isinstance(self.event_sender.inner, DiscoveredSender):
+            # Handed to the events thread, which owns that sender's sockets.
+            component = self.event_sender.inner.component
+            self.event_sender.update(state.peers.get(component, {}).values())
 
     def health(self) -> tuple[str, dict[str, object]]:
         """State and counters for the control plane (called from its thread)."""
@@ -328,7 +358,8 @@ class DetectorService(FollowsControl):
             stats["anomaly_version"] = self.anomaly_version or "none"
             if self.anomaly_watcher is not None and self.anomaly_watcher.last_error:
                 stats["anomaly_last_refusal"] = self.anomaly_watcher.last_error[:300]
-        for name, sender in (("verdicts", self.verdict_sender), ("events", self.event_sender)):
+        events = self.event_sender.inner if self.event_sender is not None else None
+        for name, sender in (("verdicts", self.verdict_sender), ("events", events)):
             if isinstance(sender, DiscoveredSender):
                 stats[f"{name}_receivers"] = len(sender.instances)
         return "ok", stats
@@ -494,7 +525,7 @@ class DetectorService(FollowsControl):
             events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
             add_scored_events(events, records, verdicts, sensor)
             self._event_seq += 1
-            self._send(self.event_sender, events, "events", n)
+            self.event_sender.send(events)  # queued, never waited for (counted if full)
         took = time.perf_counter() - start
         self.inference_hist.observe(took)
         self.handle_s += took
@@ -514,9 +545,7 @@ class DetectorService(FollowsControl):
                 self.counters["batches_refused_packed"],
             )
 
-    def _send(
-        self, sender: OutputSender, message: VerdictBatch | EventBatch, what: str, n: int
-    ) -> None:
+    def _send(self, sender: OutputSender, message: VerdictBatch, what: str, n: int) -> None:
         if sender.send(message):
             self.counters[f"{what}_sent"] += n
             return
@@ -564,6 +593,8 @@ class DetectorService(FollowsControl):
             "events_dropped": 0,
         }
         out.update(sorted(self.counters.items()))
+        if self.event_sender is not None:
+            out.update({f"events_{k}": v for k, v in self.event_sender.stats().items()})
         rc = self.receiver.counters
         out["frames_missing"] = rc.missing
         out["refused_connections"] = rc.refused_connections
@@ -601,9 +632,12 @@ class DetectorService(FollowsControl):
         if self.eve is not None:
             self.eve.close()
         self.receiver.close()
-        for sender in (self.verdict_sender, self.event_sender):
-            if sender is not None:
-                sender.close()
+        if self.verdict_sender is not None:
+            self.verdict_sender.close()
+        if self.event_sender is not None:
+            # Queued events get drain_s to leave; a send still blocked then is ended by
+            # the context's termination below (its thread closes the socket).
+            self.event_sender.close(timeout_s=self.drain_s)
         if self._context is not None:
             self._context.term()
             self._context = None
