@@ -48,6 +48,8 @@ class BatchSender(Protocol):
 
     def send(self, message: Any) -> bool: ...
 
+    def send_payload(self, payload: bytes) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -75,7 +77,7 @@ class QueuedSender:
         # and the sending thread's (sent, dropped by the sender), so no update is lost.
         self._caller: Counter[str] = Counter()
         self._thread_counts: Counter[str] = Counter()
-        self._queue: queue.Queue[tuple[Message, int]] = queue.Queue(maxsize=max_batches)
+        self._queue: queue.Queue[tuple[Message | bytes, int]] = queue.Queue(maxsize=max_batches)
         self._peers_lock = threading.Lock()
         self._peers: list[Any] | None = None
         self._closing = threading.Event()
@@ -88,10 +90,12 @@ class QueuedSender:
     def endpoint(self) -> str:
         return self.inner.endpoint
 
-    def send(self, message: Message) -> bool:
+    def send(self, message: Message | bytes, records: int | None = None) -> bool:
         """Queue ``message`` (never waits); False when the queue is full (counted).
-        The message belongs to the sending thread from now on: do not change it."""
-        n = self._size(message)
+        The message belongs to the sending thread from now on: do not change it. An
+        already serialized batch (bytes) is sealed as it is; ``records`` is what it
+        counts for (default: ``size(message)``)."""
+        n = self._size(message) if records is None else records
         if self._closing.is_set():
             self._caller["dropped_closed"] += n
             return False
@@ -173,7 +177,10 @@ class QueuedSender:
                     continue
                 self._take_peers()
                 try:
-                    ok = self.inner.send(message)
+                    if isinstance(message, bytes):
+                        ok = self.inner.send_payload(message)
+                    else:
+                        ok = self.inner.send(message)
                 except Exception as exc:  # a transport error must not end the thread
                     if not self._abandon.is_set():
                         log.error("sending %s to %s failed: %s", self.what, self.endpoint, exc)

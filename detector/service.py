@@ -113,6 +113,43 @@ def _events_in(batch: EventBatch) -> int:
     return len(batch.events)
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: its tag byte, length, bytes."""
+    return tag + _varint(len(payload)) + payload
+
+
+def event_batch_bytes(
+    detector_id: str,
+    batch_seq: int,
+    sensor_id: str,
+    records: Sequence[bytes],
+    verdicts: Sequence[bytes],
+) -> bytes:
+    """A serialized EventBatch of ScoredEvents from serialized FlowRecords and Verdicts:
+    the wire bytes EventBatch(...).SerializeToString() gives (proto/events.proto field
+    numbers; a test parses it back), with no FlowRecord or ScoredEvent message built and
+    no copy of one into another. Packed rows already come as record bytes from C
+    (native.packed_record_bytes)."""
+    # proto3 leaves out fields at their default (empty string, 0), as the library does.
+    sensor = _field(b"\x0a", sensor_id.encode()) if sensor_id else b""  # ScoredEvent.sensor_id
+    parts = [_field(b"\x0a", detector_id.encode()) if detector_id else b""]
+    if batch_seq:
+        parts.append(b"\x10" + _varint(batch_seq))
+    for rec, verdict in zip(records, verdicts, strict=True):
+        # ScoredEvent.record = 2, .verdict = 3; EventBatch.events = 3.
+        parts.append(_field(b"\x1a", sensor + _field(b"\x12", rec) + _field(b"\x1a", verdict)))
+    return b"".join(parts)
+
+
 def _sender(
     out: OutputConfig,
     role: str,
@@ -490,14 +527,15 @@ class DetectorService(FollowsControl):
         every = self.event_sender is not None or self.eve is not None
         pick = None if every else np.flatnonzero(blocks)
         judged: Sequence[FlowIdentity] = records
+        record_bytes: list[bytes] | None = None
         if rows is not None:
-            # Whole FlowRecords only for events and EVE; a verdict needs the flow's key.
+            # A verdict needs only the flow's key; events take the records as bytes made
+            # in C; whole FlowRecords only for EVE.
+            judged = flow_keys(rows if pick is None else rows[pick])
             if pick is None:
-                judged = records = [
-                    FlowRecord.FromString(b) for b in native.packed_record_bytes(rows, strings)
-                ]
-            else:
-                judged = flow_keys(rows[pick])
+                record_bytes = native.packed_record_bytes(rows, strings)
+                if self.eve is not None:
+                    records = [FlowRecord.FromString(b) for b in record_bytes]
         elif pick is not None:
             judged = [records[i] for i in pick.tolist()]
         numbers = range(first, first + n) if pick is None else (first + pick).tolist()
@@ -522,10 +560,21 @@ class DetectorService(FollowsControl):
                 self._send(self.verdict_sender, out, "verdicts", len(malicious))
         self.counters["events_out"] += n
         if self.event_sender is not None:
-            events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
-            add_scored_events(events, records, verdicts, sensor)
+            # Queued, never waited for (counted if the queue is full).
+            if record_bytes is not None:
+                payload = event_batch_bytes(
+                    self.detector_id,
+                    self._event_seq,
+                    sensor,
+                    record_bytes,
+                    [v.SerializeToString() for v in verdicts],
+                )
+                self.event_sender.send(payload, records=n)
+            else:
+                events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
+                add_scored_events(events, records, verdicts, sensor)
+                self.event_sender.send(events)
             self._event_seq += 1
-            self.event_sender.send(events)  # queued, never waited for (counted if full)
         took = time.perf_counter() - start
         self.inference_hist.observe(took)
         self.handle_s += took

@@ -115,3 +115,26 @@ def test_a_rag_store_that_stops_reading_does_not_delay_verdicts(
         streamer.join(10)
         stalled.close()  # before the harness destroys the context it lives in
         h.close()
+
+
+def test_event_batches_composed_from_bytes_equal_the_messages(records: list[bytes]) -> None:
+    """The events of packed rows are written as wire bytes (no message objects): they
+    parse to the EventBatch the protobuf library builds, byte for byte."""
+    from detector.service import event_batch_bytes
+    from proto.events_pb2 import FlowRecord, Verdict
+
+    recs = records[:300]
+    verdicts = [
+        Verdict(verdict_id=f"v-{i}", final_score=i / 300, label=i % 3) for i in range(len(recs))
+    ]
+    expected = EventBatch(detector_id="det-é", batch_seq=2**40 + 5)
+    for rec, verdict in zip(recs, verdicts, strict=True):
+        expected.events.add(
+            sensor_id="sensor-1/eth0", record=FlowRecord.FromString(rec), verdict=verdict
+        )
+    got = event_batch_bytes(
+        "det-é", 2**40 + 5, "sensor-1/eth0", recs, [v.SerializeToString() for v in verdicts]
+    )
+    assert got == expected.SerializeToString()
+    assert EventBatch.FromString(got) == expected
+    assert event_batch_bytes("d", 0, "s", [], []) == EventBatch(detector_id="d").SerializeToString()
