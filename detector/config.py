@@ -175,7 +175,9 @@ class DetectorConfig:
     # Where the bundle's forests are compiled to shared libraries; empty means build/models
     # in the source tree, or ~/.cache/mld/models when that is not writable.
     model_cache_dir: str = ""
-    # Threads each compiled forest predicts with (tl2cgen Predictor nthread).
+    # Threads each compiled forest predicts with (tl2cgen Predictor nthread). Keep 1: a
+    # batch of 100 flows is too small to split, and 2 made scoring 10-70x slower on a busy
+    # 2-core machine (bench/README.md, live path); run more detectors to use more cores.
     predict_threads: int = 1
     # How often the bundle folder is checked for a new bundle, in seconds (0: never).
     reload_interval_s: float = 2.0
