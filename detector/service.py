@@ -89,8 +89,16 @@ from detector.features import columns_from_packed, feature_matrix, scorer_inputs
 from detector.raised import RaisedFlows
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
+from detector.verdictpack import verdict_bytes
 from detector.verdicts import FlowIdentity, add_scored_events, build_verdicts
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
+from proto.events_pb2 import (
+    LABEL_MALICIOUS,
+    EventBatch,
+    FlowBatch,
+    FlowRecord,
+    Verdict,
+    VerdictBatch,
+)
 from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
 
 __all__ = ["DetectorService"]
@@ -127,6 +135,24 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def batch_bytes(detector_id: str, batch_seq: int, items: Sequence[bytes]) -> bytes:
+    """A serialized EventBatch or VerdictBatch (detector_id = 1, batch_seq = 2, the
+    repeated events or verdicts = 3) of already serialized items."""
+    parts = [_field(b"\x0a", detector_id.encode()) if detector_id else b""]
+    if batch_seq:
+        parts.append(b"\x10" + _varint(batch_seq))
+    parts += [_field(b"\x1a", item) for item in items]
+    return b"".join(parts)
+
+
+def verdicts_of(items: Sequence[Verdict | bytes]) -> list[Verdict]:
+    return [v for v in items if isinstance(v, Verdict)]
+
+
+def bytes_of(items: Sequence[Verdict | bytes]) -> list[bytes]:
+    return [v for v in items if isinstance(v, bytes)]
+
+
 def event_batch_bytes(
     detector_id: str,
     batch_seq: int,
@@ -141,13 +167,12 @@ def event_batch_bytes(
     (native.packed_record_bytes)."""
     # proto3 leaves out fields at their default (empty string, 0), as the library does.
     sensor = _field(b"\x0a", sensor_id.encode()) if sensor_id else b""  # ScoredEvent.sensor_id
-    parts = [_field(b"\x0a", detector_id.encode()) if detector_id else b""]
-    if batch_seq:
-        parts.append(b"\x10" + _varint(batch_seq))
-    for rec, verdict in zip(records, verdicts, strict=True):
-        # ScoredEvent.record = 2, .verdict = 3; EventBatch.events = 3.
-        parts.append(_field(b"\x1a", sensor + _field(b"\x12", rec) + _field(b"\x1a", verdict)))
-    return b"".join(parts)
+    # ScoredEvent.record = 2, .verdict = 3.
+    events = [
+        sensor + _field(b"\x12", rec) + _field(b"\x1a", verdict)
+        for rec, verdict in zip(records, verdicts, strict=True)
+    ]
+    return batch_bytes(detector_id, batch_seq, events)
 
 
 def _sender(
@@ -531,7 +556,6 @@ class DetectorService(FollowsControl):
         if rows is not None:
             # A verdict needs only the flow's key; events take the records as bytes made
             # in C; whole FlowRecords only for EVE.
-            judged = flow_keys(rows if pick is None else rows[pick])
             if pick is None:
                 record_bytes = native.packed_record_bytes(rows, strings)
                 if self.eve is not None:
@@ -541,23 +565,39 @@ class DetectorService(FollowsControl):
         numbers = range(first, first + n) if pick is None else (first + pick).tolist()
         ids = [f"{self._id_prefix}{i}" for i in numbers]
         picked = scores if pick is None else scores.take(pick)
-        verdicts = build_verdicts(picked, judged, sensor, ids, time.time_ns())
+        now_ns = time.time_ns()
+        # Packed rows and no EVE: the verdicts are written in C from the columns
+        # (detector/verdictpack.py), no Verdict message built; else built in Python.
+        wire: list[bytes] | None = None
+        if rows is not None and self.eve is None:
+            wire = verdict_bytes(picked, rows if pick is None else rows[pick], sensor, ids, now_ns)
+        verdicts: list[Verdict] = []
+        if wire is None:
+            if rows is not None:  # a verdict needs only the flow's key
+                judged = flow_keys(rows if pick is None else rows[pick])
+            verdicts = build_verdicts(picked, judged, sensor, ids, now_ns)
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
+        made: Sequence[Verdict | bytes] = verdicts if wire is None else wire
         if pick is None:
-            malicious = [v for v, block in zip(verdicts, blocks.tolist(), strict=True) if block]
+            malicious = [v for v, block in zip(made, blocks.tolist(), strict=True) if block]
         else:
-            malicious = verdicts  # picked: malicious and raised
+            malicious = list(made)  # picked: malicious and raised
         if malicious:
             self.counters["verdicts_out"] += len(malicious)
             if self.verdict_sender is not None:
-                out = VerdictBatch(
-                    detector_id=self.detector_id, batch_seq=self._verdict_seq, verdicts=malicious
-                )
+                seq = self._verdict_seq
                 self._verdict_seq += 1
-                self._send(self.verdict_sender, out, "verdicts", len(malicious))
+                if wire is None:
+                    out = VerdictBatch(
+                        detector_id=self.detector_id, batch_seq=seq, verdicts=verdicts_of(malicious)
+                    )
+                    self._send(self.verdict_sender, out, "verdicts", len(malicious))
+                else:  # VerdictBatch's fields are numbered as EventBatch's
+                    payload = batch_bytes(self.detector_id, seq, bytes_of(malicious))
+                    self._send(self.verdict_sender, payload, "verdicts", len(malicious))
         self.counters["events_out"] += n
         if self.event_sender is not None:
             # Queued, never waited for (counted if the queue is full).
@@ -567,7 +607,7 @@ class DetectorService(FollowsControl):
                     self._event_seq,
                     sensor,
                     record_bytes,
-                    [v.SerializeToString() for v in verdicts],
+                    wire if wire is not None else [v.SerializeToString() for v in verdicts],
                 )
                 self.event_sender.send(payload, records=n)
             else:
@@ -594,8 +634,9 @@ class DetectorService(FollowsControl):
                 self.counters["batches_refused_packed"],
             )
 
-    def _send(self, sender: OutputSender, message: VerdictBatch, what: str, n: int) -> None:
-        if sender.send(message):
+    def _send(self, sender: OutputSender, message: VerdictBatch | bytes, what: str, n: int) -> None:
+        sent = sender.send_payload(message) if isinstance(message, bytes) else sender.send(message)
+        if sent:
             self.counters[f"{what}_sent"] += n
             return
         self.counters[f"{what}_dropped"] += n
