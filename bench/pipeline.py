@@ -30,7 +30,8 @@ Figures (one run; --quick is a smoke run with few records):
                  services start): the detector's handle() on already decoded batches of
                  the sniffer's output, no transport
   ratio_score_only  pipeline_rps / score_only_rps
-  dropped        records lost anywhere (publisher send timeouts, detector outputs)
+  dropped        records lost anywhere (publisher send timeouts, detector outputs, the
+                 detector's events queue when the RAG receiver falls behind)
   verdicts       verdicts the firewall receiver opened
   events         scored events a RAG receiver opened (--events: every record, as the
                  default config sends them; off by default, 0)
@@ -292,6 +293,9 @@ class _Serializing:
         message.SerializeToString()
         return True
 
+    def send_payload(self, payload: bytes) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
@@ -348,6 +352,157 @@ def score_only(
     return n / took
 
 
+_cpu = time.thread_time
+
+
+class _TimedScorer:
+    """A Scorer whose score() adds up its thread's CPU time (``--stages``)."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scorer, name)
+
+    def score(self, *args: Any) -> Any:
+        t0 = _cpu()
+        try:
+            return self.scorer.score(*args)
+        finally:
+            self.seconds += _cpu() - t0
+
+
+class _Sealing:
+    """An output that does what a Sender does before the socket (serialize, LZ4, AEAD)
+    and adds up the time it took (``--stages``)."""
+
+    endpoint = "none"
+
+    def __init__(self, ring: Any, peer: str, channel: str) -> None:
+        self.key = ring.sending_key(peer)
+        self.channel = channel.encode()
+        self.seconds = 0.0
+        self.seq = 0
+
+    def send(self, message: Any) -> bool:
+        t0 = _cpu()
+        payload = message.SerializeToString()
+        self.seconds += _cpu() - t0
+        return self.send_payload(payload)
+
+    def send_payload(self, payload: bytes) -> bool:
+        from crypto_transport.frame import seal
+
+        t0 = _cpu()
+        self.seq += 1
+        seal(
+            payload,
+            key=self.key.key,
+            key_id=self.key.key_id,
+            seq=self.seq,
+            channel=self.channel,
+            sender_id=DETECTOR.encode(),
+        )
+        self.seconds += _cpu() - t0
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) -> None:
+    """µs per record of each stage of the live path, each timed alone in this process (no
+    transport sockets, no other process): the profile behind the figures. Times are the
+    CPU time of the thread doing the stage (time.thread_time), so other jobs on a shared
+    machine inflate them less than they do wall time."""
+    from crypto_transport import Receiver, TransportConfig
+    from crypto_transport.frame import seal
+    from detector.features import columns_from_packed, feature_matrix
+    from detector.service import DetectorService
+    from proto.events_pb2 import FlowBatch
+    from proto.flowpack import pack_batch, unpack_batch
+    from sniffer.config import SnifferConfig
+    from sniffer.pipeline import FlowPipeline
+
+    replays = list(_replay(arrays, span_ns, records))
+    n = sum(len(r) for r in replays)
+    us: dict[str, float] = {}
+    pipeline = FlowPipeline(SnifferConfig())
+    t0 = _cpu()
+    parts = [pipeline.process(ev, obs, encode=False, pack=True).packed for ev in replays]
+    us["sniffer: FlowPipeline.process (columns, context, fast rules, pack)"] = _cpu() - t0
+    rings = _keyrings(60.0)
+    key = rings[SENSOR].sending_key(DETECTOR)
+    payloads: list[bytes] = []
+    t0 = _cpu()
+    for part in parts:
+        assert part is not None
+        for i in range(0, len(part), batch):
+            header = FlowBatch(sensor_id=SENSOR, batch_seq=len(payloads), sent_ts_ns=1)
+            payloads.append(pack_batch(header, part.rows[i : i + batch], part.strings))
+    us["transport: FlowBatch of packed rows serialized"] = _cpu() - t0
+    t0 = _cpu()
+    frames = [
+        seal(p, key=key.key, key_id=key.key_id, seq=q + 1, channel=b"flows",
+             sender_id=SENSOR.encode())
+        for q, p in enumerate(payloads)
+    ]  # fmt: skip
+    us["transport: LZ4 + AEAD seal"] = _cpu() - t0
+    with tempfile.TemporaryDirectory(prefix="mld-bench-pipe-") as tmp:
+        rx: Receiver[FlowBatch] = Receiver(
+            pattern="pull",
+            endpoint=f"ipc://{tmp}/unused",
+            channel="flows",
+            keyring=rings[DETECTOR],
+            message_type=FlowBatch,
+            settings=TransportConfig(curve=False),
+            bind=True,
+        )
+        t0 = _cpu()
+        batches = [rx.open(f).message for f in frames]
+        us["transport: open (AEAD, LZ4, replay window, FlowBatch parse)"] = _cpu() - t0
+        t0 = _cpu()
+        for b in batches:
+            rows, _ = unpack_batch(b)
+            feature_matrix(columns_from_packed(rows))
+        us["detector: unpack + columns + feature matrix"] = _cpu() - t0
+        cfg, scorer = _scorer()
+        timed = _TimedScorer(scorer)
+        for events in (False, True):
+            verdicts = _Sealing(rings[DETECTOR], FIREWALL, "verdicts")
+            sink = _Sealing(rings[DETECTOR], RAG, "events")
+            service = DetectorService(
+                cfg,
+                timed,  # type: ignore[arg-type]
+                rx,
+                detector_id=DETECTOR,
+                verdict_sender=verdicts,  # type: ignore[arg-type]
+                event_sender=sink if events else None,  # type: ignore[arg-type]
+            )
+            timed.seconds = 0.0
+            t0 = _cpu()
+            for b in batches:
+                service.handle(b, SENSOR)
+            took = _cpu() - t0
+            if events:
+                service.event_sender.close(timeout_s=60.0)  # type: ignore[union-attr]
+                us["detector, events on: handle (+ every record a FlowRecord, Verdict, "
+                   "ScoredEvent)"] = took - verdicts.seconds  # fmt: skip
+                us["events: LZ4 + AEAD (events thread; serialized in handle)"] = sink.seconds
+                continue
+            us["detector: handle (unpack to verdicts built)"] = (
+                took - verdicts.seconds - timed.seconds
+            ) - us["detector: unpack + columns + feature matrix"]
+            us["detector: Scorer.score (forests, labels, explanations)"] = timed.seconds
+            us["verdicts: VerdictBatch serialize + LZ4 + AEAD"] = verdicts.seconds
+            service.event_sender = None
+        rx.close()
+    print(f"stages, µs per record over {n} records ({len(batches)} batches of {batch}):")
+    for name, seconds in us.items():
+        print(f"  {1e6 * seconds / n:7.2f}  {name}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capture", type=Path, default=DEFAULT_CAPTURE)
@@ -357,6 +512,9 @@ def main() -> int:
     ap.add_argument("--events", action="store_true",
                     help="scored events to a RAG receiver too (the default)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run (20k records)")
+    ap.add_argument(
+        "--stages", action="store_true", help="µs per record of each stage alone, then stop"
+    )
     args = ap.parse_args()
     if args.quick:
         args.records = 20_000
@@ -380,6 +538,9 @@ def main() -> int:
     flows = sum(len(a) for a in arrays)
     print(f"capture {args.capture.name}: {flows} flow records from the native engine in "
           f"{engine_s:.2f} s ({flows / engine_s:,.0f}/s)")  # fmt: skip
+    if args.stages:
+        stages(arrays, obs, span_ns, settings.batch_records, min(args.records, 100_000))
+        return 0
     base = score_only(
         arrays, obs, span_ns, settings.batch_records, min(args.records, 50_000), args.events
     )
@@ -475,7 +636,11 @@ def main() -> int:
                 rag.close()
     lat = np.repeat(np.asarray(lat_ms), np.asarray(counts)) if counts else np.zeros(1)
     rps = scored / det_s if det_s > 0 else 0.0
-    dropped = pub["records_dropped"] + int(dstats.get("verdicts_dropped", 0))
+    dropped = (
+        pub["records_dropped"]
+        + int(dstats.get("verdicts_dropped", 0))
+        + int(dstats.get("events_dropped", 0))
+    )
     print(f"sniffer: {made} records made, {pub['records_sent']} sent, "
           f"{pub['records_dropped']} dropped, in {snf_s:.2f} s")  # fmt: skip
     print("detector: " + " ".join(f"{k}={v}" for k, v in dstats.items()))

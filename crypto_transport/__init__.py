@@ -3,7 +3,9 @@
 Frames are ``version | key id | sequence | nonce | XChaCha20-Poly1305(LZ4(protobuf batch))``
 (see ``frame.py``); keys come from X25519 agreement between each sender's and receiver's key
 pair (``keys.py``); channels wrap ZeroMQ PUSH/PULL and PUB/SUB (``channel.py``) and are
-opened from a service's endpoint settings in one place (``endpoints.py``). A receiver
+opened from a service's endpoint settings in one place (``endpoints.py``); an output
+that must never hold up its caller sends from a bounded queue on its own thread
+(``queued.py``). A receiver
 accepts frames only from peers whose role may send on its channel, every connection is
 authenticated with ZeroMQ CURVE over the same keys (``curve.py``), and the newest
 sequence number per key survives a restart (``replay.py``). docs/TRANSPORT.md has it all.
@@ -24,6 +26,7 @@ from crypto_transport.endpoints import (
 )
 from crypto_transport.frame import FRAME_VERSION
 from crypto_transport.keys import KeyPair, Keyring, SessionKey, load_public_key
+from crypto_transport.queued import QueuedSender
 from crypto_transport.replay import replay_state_path
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "ChannelEnd",
     "KeyPair",
     "Keyring",
+    "QueuedSender",
     "Received",
     "Receiver",
     "ReceivingEnd",

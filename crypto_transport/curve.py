@@ -270,6 +270,8 @@ class Redial:
 
     def close(self) -> None:
         if self._monitor is not None:
-            self._sock.disable_monitor()
+            # In a context being terminated (ETERM) the monitor goes with the socket anyway.
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None

@@ -187,7 +187,9 @@ class DetectorConfig:
     # Where the bundle's forests are compiled to shared libraries; empty means build/models
     # in the source tree, or ~/.cache/mld/models when that is not writable.
     model_cache_dir: str = ""
-    # Threads each compiled forest predicts with (tl2cgen Predictor nthread).
+    # Threads each compiled forest predicts with (tl2cgen Predictor nthread). Keep 1: a
+    # batch of 100 flows is too small to split, and 2 made scoring 10-70x slower on a busy
+    # 2-core machine (bench/README.md, live path); run more detectors to use more cores.
     predict_threads: int = 1
     # How often the bundle folder is checked for a new bundle, in seconds (0: never).
     reload_interval_s: float = 2.0
@@ -207,6 +209,12 @@ class DetectorConfig:
     # interim records (sniffer.capture.interim_s) raises one alert and one verdict; past
     # it the least recently raised is forgotten (about 150 bytes each).
     raised_flows_max: int = 65536
+    # Scored-event batches waiting for the events output (one per flow batch). Events are
+    # sent from a thread of their own, so a RAG store that falls behind never holds up
+    # scoring or verdicts; when this many batches wait, further ones are dropped and
+    # counted (events_dropped_queue_full in /metrics). 64 batches of 100 events are about
+    # 0.1 s at the detector's full rate.
+    events_queue_batches: int = 64
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     # Verdicts at or above the block threshold go to the firewall agent.

@@ -26,6 +26,8 @@ from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowRecord
 
 __all__ = ["RaisedFlows"]
 
+_ALERTING = frozenset((LABEL_SUSPICIOUS, LABEL_MALICIOUS))
+
 
 class RaisedFlows:
     """Which flows already had an alert or a verdict raised, and at which label."""
@@ -63,12 +65,25 @@ class RaisedFlows:
     ) -> list[bool]:
         """:meth:`select` for records given as their flow ids and interim flags (the
         columns of packed rows, proto/flowpack.py), so no FlowRecord is built for it."""
-        out = [False] * len(flow_ids)
+        n = len(flow_ids)
+        if not (n == len(labels) == len(interim)):
+            raise ValueError(f"{n} flow ids, {len(labels)} labels, {len(interim)} interim flags")
+        out = [False] * n
         raised = self._raised
-        for i, (flow_id, label, goes_on) in enumerate(zip(flow_ids, labels, interim, strict=True)):
+        # Only records of flows that raise here or were raised before can change
+        # anything: a benign record of a flow never raised neither raises nor is
+        # remembered. Most records are that, so the loop below runs over the others only.
+        ids = list(flow_ids)
+        flows = {f for f, label in zip(ids, labels, strict=True) if label in _ALERTING}
+        if raised:
+            flows.update(f for f in set(ids) if (sensor_id, f) in raised)
+        if not flows:
+            return out
+        for i in (i for i, f in enumerate(ids) if f in flows):
+            flow_id, label, goes_on = ids[i], labels[i], interim[i]
             key = (sensor_id, flow_id)
             before = raised.get(key, 0)
-            if label in (LABEL_SUSPICIOUS, LABEL_MALICIOUS):
+            if label in _ALERTING:
                 if label > before:
                     out[i] = True
                     before = label

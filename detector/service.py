@@ -18,6 +18,13 @@ batches by size and age, and the firewall should not wait. An output with ``enab
 false`` is not opened; its batches are counted and thrown away. A batch the transport
 cannot deliver (PUSH timeout, PUB high-water mark) is counted under ``*_dropped``.
 
+Verdicts are sent from the scoring thread, events are not: a RAG store that stops reading
+would make every events PUSH wait ``transport.send_timeout_ms`` and hold up the verdicts
+of the batches behind it. Scored events go through a bounded queue
+(``detector.events_queue_batches``) to a thread of their own (crypto_transport.QueuedSender);
+what the queue cannot take is dropped and counted (``events_dropped_queue_full``, and
+``events_dropped_send`` for the sender's own timeouts, both in ``events_dropped``).
+
 Hot reload (detector/reload.py): a new bundle is swapped in between two batches, so the
 batch in flight finishes on the old one. With ``anomaly.enabled`` the anomaly model
 (detector/anomaly_model.py; anomaly/ trains it) is watched the same way through its
@@ -57,6 +64,7 @@ import zmq
 from prometheus_client import CollectorRegistry, Histogram
 
 import native
+from base.errors import ConfigError
 from control import (
     ControlState,
     DiscoveredSender,
@@ -66,6 +74,7 @@ from control import (
 )
 from crypto_transport import (
     Keyring,
+    QueuedSender,
     Receiver,
     Sender,
     TransportConfig,
@@ -80,8 +89,16 @@ from detector.features import columns_from_packed, feature_matrix, scorer_inputs
 from detector.raised import RaisedFlows
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
+from detector.verdictpack import verdict_bytes
 from detector.verdicts import FlowIdentity, add_scored_events, build_verdicts
-from proto.events_pb2 import LABEL_MALICIOUS, EventBatch, FlowBatch, FlowRecord, VerdictBatch
+from proto.events_pb2 import (
+    LABEL_MALICIOUS,
+    EventBatch,
+    FlowBatch,
+    FlowRecord,
+    Verdict,
+    VerdictBatch,
+)
 from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
 
 __all__ = ["DetectorService"]
@@ -98,6 +115,64 @@ _DROP_LOG_INTERVAL_S = 10.0
 _DISCOVERED = {"verdicts": ("firewall", "verdicts"), "events": ("rag", "events")}
 
 OutputSender = Sender | DiscoveredSender
+
+
+def _events_in(batch: EventBatch) -> int:
+    return len(batch.events)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: its tag byte, length, bytes."""
+    return tag + _varint(len(payload)) + payload
+
+
+def batch_bytes(detector_id: str, batch_seq: int, items: Sequence[bytes]) -> bytes:
+    """A serialized EventBatch or VerdictBatch (detector_id = 1, batch_seq = 2, the
+    repeated events or verdicts = 3) of already serialized items."""
+    parts = [_field(b"\x0a", detector_id.encode()) if detector_id else b""]
+    if batch_seq:
+        parts.append(b"\x10" + _varint(batch_seq))
+    parts += [_field(b"\x1a", item) for item in items]
+    return b"".join(parts)
+
+
+def verdicts_of(items: Sequence[Verdict | bytes]) -> list[Verdict]:
+    return [v for v in items if isinstance(v, Verdict)]
+
+
+def bytes_of(items: Sequence[Verdict | bytes]) -> list[bytes]:
+    return [v for v in items if isinstance(v, bytes)]
+
+
+def event_batch_bytes(
+    detector_id: str,
+    batch_seq: int,
+    sensor_id: str,
+    records: Sequence[bytes],
+    verdicts: Sequence[bytes],
+) -> bytes:
+    """A serialized EventBatch of ScoredEvents from serialized FlowRecords and Verdicts:
+    the wire bytes EventBatch(...).SerializeToString() gives (proto/events.proto field
+    numbers; a test parses it back), with no FlowRecord or ScoredEvent message built and
+    no copy of one into another. Packed rows already come as record bytes from C
+    (native.packed_record_bytes)."""
+    # proto3 leaves out fields at their default (empty string, 0), as the library does.
+    sensor = _field(b"\x0a", sensor_id.encode()) if sensor_id else b""  # ScoredEvent.sensor_id
+    # ScoredEvent.record = 2, .verdict = 3.
+    events = [
+        sensor + _field(b"\x12", rec) + _field(b"\x1a", verdict)
+        for rec, verdict in zip(records, verdicts, strict=True)
+    ]
+    return batch_bytes(detector_id, batch_seq, events)
 
 
 def _sender(
@@ -155,7 +230,20 @@ class DetectorService(FollowsControl):
         # Peers whose claimed sensor_id was not theirs, already logged (bounded).
         self._mismatch_logged: set[str] = set()
         self.verdict_sender = verdict_sender
-        self.event_sender = event_sender
+        if config.events_queue_batches < 1:
+            raise ConfigError(
+                f"detector.events_queue_batches is {config.events_queue_batches}: give at "
+                "least 1 (fix mld.yaml)"
+            )
+        # Events leave from their own thread (module docstring): never waited for here.
+        self.event_sender: QueuedSender | None = None
+        if event_sender is not None:
+            self.event_sender = QueuedSender(
+                event_sender,
+                max_batches=config.events_queue_batches,
+                what="events",
+                size=_events_in,
+            )
         self.watcher = watcher
         self.stats_interval_s = stats_interval_s
         self.drain_s = drain_s
@@ -316,9 +404,13 @@ class DetectorService(FollowsControl):
                 new.thresholds.block_per_family or "none",
                 new.thresholds.block_on_fast_rule_alone,
             )
-        for sender in (self.verdict_sender, self.event_sender):
-            if isinstance(sender, DiscoveredSender):
-                sender.update(state.peers.get(sender.component, {}).values())
+        if isinstance(self.verdict_sender, DiscoveredSender):
+            sender = self.verdict_sender
+            sender.update(state.peers.get(sender.component, {}).values())
+        if self.event_sender is not None and isinstance(self.event_sender.inner, DiscoveredSender):
+            # Handed to the events thread, which owns that sender's sockets.
+            component = self.event_sender.inner.component
+            self.event_sender.update(state.peers.get(component, {}).values())
 
     def health(self) -> tuple[str, dict[str, object]]:
         """State and counters for the control plane (called from its thread)."""
@@ -328,7 +420,8 @@ class DetectorService(FollowsControl):
             stats["anomaly_version"] = self.anomaly_version or "none"
             if self.anomaly_watcher is not None and self.anomaly_watcher.last_error:
                 stats["anomaly_last_refusal"] = self.anomaly_watcher.last_error[:300]
-        for name, sender in (("verdicts", self.verdict_sender), ("events", self.event_sender)):
+        events = self.event_sender.inner if self.event_sender is not None else None
+        for name, sender in (("verdicts", self.verdict_sender), ("events", events)):
             if isinstance(sender, DiscoveredSender):
                 stats[f"{name}_receivers"] = len(sender.instances)
         return "ok", stats
@@ -459,42 +552,69 @@ class DetectorService(FollowsControl):
         every = self.event_sender is not None or self.eve is not None
         pick = None if every else np.flatnonzero(blocks)
         judged: Sequence[FlowIdentity] = records
+        record_bytes: list[bytes] | None = None
         if rows is not None:
-            # Whole FlowRecords only for events and EVE; a verdict needs the flow's key.
+            # A verdict needs only the flow's key; events take the records as bytes made
+            # in C; whole FlowRecords only for EVE.
             if pick is None:
-                judged = records = [
-                    FlowRecord.FromString(b) for b in native.packed_record_bytes(rows, strings)
-                ]
-            else:
-                judged = flow_keys(rows[pick])
+                record_bytes = native.packed_record_bytes(rows, strings)
+                if self.eve is not None:
+                    records = [FlowRecord.FromString(b) for b in record_bytes]
         elif pick is not None:
             judged = [records[i] for i in pick.tolist()]
         numbers = range(first, first + n) if pick is None else (first + pick).tolist()
         ids = [f"{self._id_prefix}{i}" for i in numbers]
         picked = scores if pick is None else scores.take(pick)
-        verdicts = build_verdicts(picked, judged, sensor, ids, time.time_ns())
+        now_ns = time.time_ns()
+        # Packed rows and no EVE: the verdicts are written in C from the columns
+        # (detector/verdictpack.py), no Verdict message built; else built in Python.
+        wire: list[bytes] | None = None
+        if rows is not None and self.eve is None:
+            wire = verdict_bytes(picked, rows if pick is None else rows[pick], sensor, ids, now_ns)
+        verdicts: list[Verdict] = []
+        if wire is None:
+            if rows is not None:  # a verdict needs only the flow's key
+                judged = flow_keys(rows if pick is None else rows[pick])
+            verdicts = build_verdicts(picked, judged, sensor, ids, now_ns)
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)
         for label, count in Counter(labels).items():
             self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
+        made: Sequence[Verdict | bytes] = verdicts if wire is None else wire
         if pick is None:
-            malicious = [v for v, block in zip(verdicts, blocks.tolist(), strict=True) if block]
+            malicious = [v for v, block in zip(made, blocks.tolist(), strict=True) if block]
         else:
-            malicious = verdicts  # picked: malicious and raised
+            malicious = list(made)  # picked: malicious and raised
         if malicious:
             self.counters["verdicts_out"] += len(malicious)
             if self.verdict_sender is not None:
-                out = VerdictBatch(
-                    detector_id=self.detector_id, batch_seq=self._verdict_seq, verdicts=malicious
-                )
+                seq = self._verdict_seq
                 self._verdict_seq += 1
-                self._send(self.verdict_sender, out, "verdicts", len(malicious))
+                if wire is None:
+                    out = VerdictBatch(
+                        detector_id=self.detector_id, batch_seq=seq, verdicts=verdicts_of(malicious)
+                    )
+                    self._send(self.verdict_sender, out, "verdicts", len(malicious))
+                else:  # VerdictBatch's fields are numbered as EventBatch's
+                    payload = batch_bytes(self.detector_id, seq, bytes_of(malicious))
+                    self._send(self.verdict_sender, payload, "verdicts", len(malicious))
         self.counters["events_out"] += n
         if self.event_sender is not None:
-            events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
-            add_scored_events(events, records, verdicts, sensor)
+            # Queued, never waited for (counted if the queue is full).
+            if record_bytes is not None:
+                payload = event_batch_bytes(
+                    self.detector_id,
+                    self._event_seq,
+                    sensor,
+                    record_bytes,
+                    wire if wire is not None else [v.SerializeToString() for v in verdicts],
+                )
+                self.event_sender.send(payload, records=n)
+            else:
+                events = EventBatch(detector_id=self.detector_id, batch_seq=self._event_seq)
+                add_scored_events(events, records, verdicts, sensor)
+                self.event_sender.send(events)
             self._event_seq += 1
-            self._send(self.event_sender, events, "events", n)
         took = time.perf_counter() - start
         self.inference_hist.observe(took)
         self.handle_s += took
@@ -514,10 +634,9 @@ class DetectorService(FollowsControl):
                 self.counters["batches_refused_packed"],
             )
 
-    def _send(
-        self, sender: OutputSender, message: VerdictBatch | EventBatch, what: str, n: int
-    ) -> None:
-        if sender.send(message):
+    def _send(self, sender: OutputSender, message: VerdictBatch | bytes, what: str, n: int) -> None:
+        sent = sender.send_payload(message) if isinstance(message, bytes) else sender.send(message)
+        if sent:
             self.counters[f"{what}_sent"] += n
             return
         self.counters[f"{what}_dropped"] += n
@@ -564,6 +683,8 @@ class DetectorService(FollowsControl):
             "events_dropped": 0,
         }
         out.update(sorted(self.counters.items()))
+        if self.event_sender is not None:
+            out.update({f"events_{k}": v for k, v in self.event_sender.stats().items()})
         rc = self.receiver.counters
         out["frames_missing"] = rc.missing
         out["refused_connections"] = rc.refused_connections
@@ -601,9 +722,12 @@ class DetectorService(FollowsControl):
         if self.eve is not None:
             self.eve.close()
         self.receiver.close()
-        for sender in (self.verdict_sender, self.event_sender):
-            if sender is not None:
-                sender.close()
+        if self.verdict_sender is not None:
+            self.verdict_sender.close()
+        if self.event_sender is not None:
+            # Queued events get drain_s to leave; a send still blocked then is ended by
+            # the context's termination below (its thread closes the socket).
+            self.event_sender.close(timeout_s=self.drain_s)
         if self._context is not None:
             self._context.term()
             self._context = None

@@ -109,18 +109,23 @@ class Harness:
         verdicts: bool = True,
         events: bool = True,
         batch_records: int = 100,
+        transport: dict[str, Any] | None = None,
+        detector: dict[str, Any] | None = None,
         **service_options: Any,
     ) -> None:
-        """``service_options`` go to DetectorService.from_config (anomaly, state_dir)."""
+        """``service_options`` go to DetectorService.from_config (anomaly, state_dir);
+        ``transport`` and ``detector`` override TransportConfig and DetectorConfig keys."""
         # The receiver's replay state goes to node.state_dir: never the real /var/lib/mld.
         self._state = tempfile.mkdtemp(prefix="mld-det-state-")
         service_options.setdefault("state_dir", self._state)
         self.keys = Keys()
-        self.settings = TransportConfig(batch_records=batch_records, batch_max_delay_s=0.05)
+        self.settings = TransportConfig(
+            batch_records=batch_records, batch_max_delay_s=0.05, **(transport or {})
+        )
         self.ctx: ZmqContext = zmq.Context()
         self.firewall = self._receiver("verdicts", VerdictBatch, FIREWALL)
         self.rag = self._receiver("events", EventBatch, RAG)
-        self.config = DetectorConfig(
+        options: dict[str, Any] = dict(
             bundle_dir=str(bundle_dir),
             model_cache_dir=str(cache_dir),
             reload_interval_s=reload_interval_s,
@@ -139,6 +144,7 @@ class Harness:
                 recipients=(RAG,),
             ),
         )
+        self.config = DetectorConfig(**(options | (detector or {})))
         self.service = DetectorService.from_config(
             self.config,
             self.settings,
