@@ -100,6 +100,7 @@ from proto.events_pb2 import (
     VerdictBatch,
 )
 from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
+from proto.wire import encode_varint
 
 __all__ = ["DetectorService"]
 
@@ -121,18 +122,9 @@ def _events_in(batch: EventBatch) -> int:
     return len(batch.events)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(tag: bytes, payload: bytes) -> bytes:
     """One length-delimited protobuf field: its tag byte, length, bytes."""
-    return tag + _varint(len(payload)) + payload
+    return tag + encode_varint(len(payload)) + payload
 
 
 def batch_bytes(detector_id: str, batch_seq: int, items: Sequence[bytes]) -> bytes:
@@ -140,7 +132,7 @@ def batch_bytes(detector_id: str, batch_seq: int, items: Sequence[bytes]) -> byt
     repeated events or verdicts = 3) of already serialized items."""
     parts = [_field(b"\x0a", detector_id.encode()) if detector_id else b""]
     if batch_seq:
-        parts.append(b"\x10" + _varint(batch_seq))
+        parts.append(b"\x10" + encode_varint(batch_seq))
     parts += [_field(b"\x1a", item) for item in items]
     return b"".join(parts)
 
