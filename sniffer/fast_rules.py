@@ -394,7 +394,9 @@ class FastRules:
                 0,
             ),
         }
-        per_rule["dns_tunnel"] = np.maximum(per_rule["dns_tunnel"], self._dns_domain(context))
+        per_rule["dns_tunnel"] = np.maximum(
+            per_rule["dns_tunnel"], self._dns_domain(context, len(flows))
+        )
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         fired = Counter(result.rule)
         fired.pop("", None)
@@ -402,15 +404,15 @@ class FastRules:
         self.scored += int(np.count_nonzero(result.score))
         return result
 
-    def _dns_domain(self, context: dict[str, Array]) -> Floats:
+    def _dns_domain(self, context: dict[str, Array], n: int) -> Floats:
         """dns_tunnel's second arm: the DNS window of the source's busiest registered
         domain (``dns_domain_*`` columns, sniffer/dns_windows.py; 0 without them). Many
         distinct subdomains under one domain, and names shaped to carry data: long
         high-entropy labels, or labels long enough for data in TXT/NULL/CNAME queries.
         What any tunnel tool must do, whatever its encoding; benign lookups repeat names
-        or keep labels short. Scores the records whose flow sent queries."""
+        or keep labels short. Scores the records whose flow sent queries; ``n`` records."""
         if "dns_domain_queries" not in context:
-            return np.zeros(len(context["window_s"]))
+            return np.zeros(n)
         c = self.config
         label = context["dns_domain_max_label_len"]
         random_labels = ramp(label, c.dns_label_low, c.dns_label_high) * ramp(

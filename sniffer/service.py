@@ -148,6 +148,9 @@ class SnifferService(FollowsControl):
                 if self.publisher is not None:
                     self.publisher.flush()
             finally:
+                # What overload mode summarised or lost since the last interval's line:
+                # a run shorter than one stats interval must say it too.
+                self._report_overload(self.stats())
                 log.info("sniffer finished: %s", self._stats_line())
 
     def stats(self) -> dict[str, int]:

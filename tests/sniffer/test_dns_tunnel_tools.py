@@ -87,7 +87,7 @@ def test_dns2tcp_tunnel_alerts_from_its_first_record(pair: NetnsPair, tmp_path: 
     source = PcapSource([capture], cfg.capture)
     pipeline = FlowPipeline(cfg, dns_windows.for_source(source, cfg.context))
     done = [pipeline.process(ev, obs) for ev, obs in [*source.batches(), *source.flush()]]
-    windows_arm = [pipeline.rules._dns_domain(d.context) for d in done]
+    windows_arm = [pipeline.rules._dns_domain(d.context, len(d)) for d in done]
     tunnel = [
         (int(d.flows["last_ts_ns"][i]), float(arm[i]))
         for d, arm in zip(done, windows_arm, strict=True)
