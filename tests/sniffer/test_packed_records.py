@@ -4,15 +4,15 @@ the publisher cutting packed rows into batches with one string table each."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import zmq
 
 import native
 from config import load_config
-from crypto_transport import KeyPair, Keyring, Receiver, TransportConfig
 from detector.features import columns_from_packed, columns_from_records, feature_matrix
 from detector.verdicts import flow_ref
 from native import _flowengine
@@ -29,12 +29,13 @@ from proto.flowpack import (
     to_records,
     unpack_batch,
 )
-from sniffer.config import PublishConfig
 from sniffer.pipeline import FlowPipeline
-from sniffer.publisher import FlowPublisher
 from sniffer.records import MLD_F_INTERIM, PackedFlows
 from sniffer.sources import PcapSource
-from tests.support import SHARED_DATA, FakeClock
+from tests.support import SHARED_DATA
+
+if TYPE_CHECKING:
+    from tests.sniffer.conftest import PublisherPair
 
 CAPTURES = [
     SHARED_DATA / "pcaps/ndpi/dns-exf.pcap",
@@ -152,60 +153,33 @@ def test_packed_rows_of_another_layout_or_size_are_refused() -> None:
         unpack_batch(FlowBatch.FromString(pack_batch(FlowBatch(), bad_index, [""])))
 
 
-def test_publisher_cuts_packed_rows_into_batches_with_one_string_table() -> None:
+def test_publisher_cuts_packed_rows_into_batches_with_one_string_table(
+    publisher_pair: Callable[[int], PublisherPair],
+) -> None:
     parts = _processed(SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap")
     parts += _processed(SHARED_DATA / "pcaps/ndpi/dns-exf.pcap")
     expected = [FlowRecord.FromString(r) for records, _, _ in parts for r in records]
-    sensor, detector = KeyPair.generate(), KeyPair.generate()
-    s_ring = Keyring(sensor, grace_s=60)
-    s_ring.add_peer("detector", detector.public)
-    r_ring = Keyring(detector, grace_s=60)
-    r_ring.add_peer("sensor-1", sensor.public, roles=["sniffer"])
-    settings = TransportConfig(batch_records=7, batch_max_delay_s=0.5)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    clock = FakeClock()
-    receiver = Receiver(
-        pattern="pull",
-        endpoint="tcp://127.0.0.1:*",
-        channel="flows",
-        keyring=r_ring,
-        message_type=FlowBatch,
-        settings=settings,
-        context=ctx,
-    )
-    endpoint = receiver._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-    publisher = FlowPublisher(
-        publish=PublishConfig(endpoint=endpoint, recipients=("detector",)),
-        transport=settings,
-        keyring=s_ring,
-        sensor_id="sensor-1",
-        clock=clock,
-    )
-
-    try:
-        for _, rows, strings in parts:
-            publisher.add_packed(PackedFlows(rows, strings))
-        queued = publisher.stats()["records_queued"]
-        assert queued == len(expected) % 7
-        clock.advance(1.0)
-        publisher.poll()  # the partial batch has waited long enough
-        got: list[FlowRecord] = []
-        seqs = []
-        while len(got) < len(expected):
-            batch = receiver.recv(timeout_ms=5000)
-            assert batch is not None
-            assert not batch.message.records and batch.message.packed_layout == PACKED_LAYOUT
-            assert len(batch.message.packed_strings) <= 8
-            got += batch_records(batch.message)
-            seqs.append(batch.message.batch_seq)
-        assert got == expected  # rules and observation points remapped per batch
-        assert seqs == list(range(-(-len(expected) // 7)))
-        assert publisher.stats()["records_sent"] == len(expected)
-        assert publisher.stats()["records_queued"] == 0
-    finally:
-        publisher.sender.close()
-        receiver.close()
-        ctx.term()
+    pair = publisher_pair(7)
+    publisher, receiver, clock = pair.publisher, pair.receiver, pair.clock
+    for _, rows, strings in parts:
+        publisher.add_packed(PackedFlows(rows, strings))
+    queued = publisher.stats()["records_queued"]
+    assert queued == len(expected) % 7
+    clock.advance(1.0)
+    publisher.poll()  # the partial batch has waited long enough
+    got: list[FlowRecord] = []
+    seqs = []
+    while len(got) < len(expected):
+        batch = receiver.recv(timeout_ms=5000)
+        assert batch is not None
+        assert not batch.message.records and batch.message.packed_layout == PACKED_LAYOUT
+        assert len(batch.message.packed_strings) <= 8
+        got += batch_records(batch.message)
+        seqs.append(batch.message.batch_seq)
+    assert got == expected  # rules and observation points remapped per batch
+    assert seqs == list(range(-(-len(expected) // 7)))
+    assert publisher.stats()["records_sent"] == len(expected)
+    assert publisher.stats()["records_queued"] == 0
 
 
 def test_every_flow_record_field_has_its_place_in_the_packed_rows() -> None:
