@@ -72,6 +72,22 @@ def harness(tiny_bundle: TinyBundle) -> Iterator[Harness]:
         h.close()
 
 
+def flow_sender(harness: Harness, sender_id: str, key: str | None = None) -> Sender:
+    """A sender of FlowBatches to the harness's detector, beside its publisher, that says it
+    is ``sender_id`` and seals with the keys of node ``key`` (``sender_id``'s own by
+    default): for frames the publisher would never send."""
+    return Sender(
+        pattern="push",
+        endpoint=harness.listen,
+        channel="flows",
+        sender_id=sender_id,
+        keyring=harness.keys.ring(key or sender_id, DETECTOR),
+        recipients=[DETECTOR],
+        settings=harness.settings,
+        context=harness.ctx,
+    )
+
+
 def test_every_record_is_scored_once_and_malicious_ones_reach_the_firewall(
     harness: Harness, tiny_bundle: TinyBundle, records: list[bytes]
 ) -> None:
@@ -165,16 +181,7 @@ def test_frames_sealed_with_a_wrong_key_are_rejected_counted_and_serving_goes_on
         server_public=harness.keys.pairs[DETECTOR].public,
     )
     harness.keys.pairs["intruder"] = KeyPair.generate()
-    intruder = Sender(
-        pattern="push",
-        endpoint=harness.listen,
-        channel="flows",
-        sender_id=SENSOR,
-        keyring=harness.keys.ring("intruder", DETECTOR),
-        recipients=[DETECTOR],
-        settings=harness.settings,
-        context=harness.ctx,
-    )
+    intruder = flow_sender(harness, SENSOR, key="intruder")
     publisher = harness.publisher()
     try:
         raw.connect(harness.listen)
@@ -253,16 +260,7 @@ def test_packed_rows_of_an_unknown_layout_are_refused_counted_and_serving_goes_o
     ValueError while the detector built the FlowRecords of its events and ended the
     service. Both must be refused, counted and logged, and the next batch scored."""
     harness.start()
-    sender = Sender(
-        pattern="push",
-        endpoint=harness.listen,
-        channel="flows",
-        sender_id=SENSOR,
-        keyring=harness.keys.ring(SENSOR, DETECTOR),
-        recipients=[DETECTOR],
-        settings=harness.settings,
-        context=harness.ctx,
-    )
+    sender = flow_sender(harness, SENSOR)
     publisher = harness.publisher()
     try:
         future = FlowBatch(sensor_id=SENSOR, packed_layout=9, packed_records=b"\0" * 64)
@@ -293,16 +291,7 @@ def test_a_batch_claiming_another_sensor_is_credited_to_its_real_sender(
     Before the fix the detector credited the verdicts and events to the payload's
     sensor_id; now they name the authenticated sender and the claim is counted."""
     harness.start()
-    sender = Sender(
-        pattern="push",
-        endpoint=harness.listen,
-        channel="flows",
-        sender_id=SENSOR2,
-        keyring=harness.keys.ring(SENSOR2, DETECTOR),
-        recipients=[DETECTOR],
-        settings=harness.settings,
-        context=harness.ctx,
-    )
+    sender = flow_sender(harness, SENSOR2)
     try:
         rows = parse(records)
         assert sender.send(FlowBatch(sensor_id=SENSOR, batch_seq=0, records=rows))
@@ -324,16 +313,7 @@ def test_a_sensor_id_under_the_sender_is_kept_as_its_label(
 ) -> None:
     """A sniffer may label its batches ``<its id>/<capture point>``: kept as it is."""
     harness.start()
-    sender = Sender(
-        pattern="push",
-        endpoint=harness.listen,
-        channel="flows",
-        sender_id=SENSOR,
-        keyring=harness.keys.ring(SENSOR, DETECTOR),
-        recipients=[DETECTOR],
-        settings=harness.settings,
-        context=harness.ctx,
-    )
+    sender = flow_sender(harness, SENSOR)
     try:
         label = f"{SENSOR}/eth1"
         assert sender.send(FlowBatch(sensor_id=label, records=parse(records[:5])))
