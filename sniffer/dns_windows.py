@@ -33,12 +33,12 @@ import numpy.typing as npt
 from base.errors import ConfigError
 from native._dnswin import N_COLUMNS
 from native._dnswin import DnsWindows as _NativeDnsWindows
-from sniffer.batch_windows import address_keys
+from sniffer.batch_windows import ADDRESS_KEY_SIZE, address_keys
 from sniffer.config import ContextConfig
 from sniffer.records import Array, FlowColumns
 from sniffer.sources import CaptureSourceError
 
-__all__ = ["DNS_WINDOW_FIELDS", "DnsWindows", "for_source"]
+__all__ = ["DNS_WINDOW_FIELDS", "DnsWindows", "for_source", "raw_address_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,20 @@ DNS_WINDOW_FIELDS = (
 assert len(DNS_WINDOW_FIELDS) == N_COLUMNS
 
 PREFIX = "dns_domain_"
+
+
+def raw_address_keys(raw: npt.ArrayLike, version: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """The rows :func:`sniffer.batch_windows.address_keys` makes, from the n x 16-byte
+    address column of :class:`sniffer.records.FlowColumns` (``src_raw``: IPv4-mapped for
+    version 4) and the IP versions, in NumPy: the length (4 or 16), then the address's
+    bytes zero-padded to 16."""
+    raw16 = np.asarray(raw, dtype=np.uint8).reshape(-1, 16)
+    v4 = np.asarray(version) == 4
+    out = np.zeros((len(raw16), ADDRESS_KEY_SIZE), dtype=np.uint8)
+    out[:, 0] = np.where(v4, 4, 16)
+    out[~v4, 1:] = raw16[~v4]
+    out[v4, 1:5] = raw16[v4, 12:]
+    return out
 
 
 class DnsWindows:
@@ -82,6 +96,8 @@ class DnsWindows:
             max_entries=config.dns_max_entries,
             entries_per_domain=config.dns_entries_per_domain,
         )
+        # A constant of the caps: read once (stats() builds a dict in C).
+        self._max_bytes = int(self._native.stats()["max_bytes"])
         self._files: list[Path] = []
         self._next_file = 0
         self._live = False
@@ -144,9 +160,11 @@ class DnsWindows:
             self._native.advance(0)  # every query waiting, also with no DNS flow here
         asked = np.flatnonzero(flows["dns_queries"] > 0)
         if len(asked):
-            out[asked] = self.windows_at(
-                [flows.src_addr[i] for i in asked.tolist()], flows["last_ts_ns"][asked]
-            )
+            if flows.src_raw is not None:  # as flow_columns makes them: no Python per flow
+                keys = raw_address_keys(flows.src_raw[asked], flows["ip_version"][asked])
+            else:
+                keys = address_keys([flows.src_addr[i] for i in asked.tolist()])
+            out[asked] = self._windows_at_keys(keys, flows["last_ts_ns"][asked])
         cols = {PREFIX + name: out[:, j] for j, name in enumerate(DNS_WINDOW_FIELDS)}
         cols[PREFIX + "window_s"] = np.full(n, self.window_s)
         return cols
@@ -155,9 +173,15 @@ class DnsWindows:
         """(n, len(DNS_WINDOW_FIELDS)): the window of source ``addrs[i]`` (4 or 16 bytes)
         at ``ts_ns[i]``: its busiest registered domain over the window before that time.
         Offline the captures are read up to each time first, in time order."""
+        return self._windows_at_keys(address_keys(list(addrs)), ts_ns)
+
+    def _windows_at_keys(
+        self, keys: npt.NDArray[np.uint8], ts_ns: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`windows_at` of sources given as address-key rows (n, 17)."""
         ts = np.asarray(ts_ns, dtype=np.int64)
         order = np.argsort(ts, kind="stable")
-        keys = address_keys([addrs[i] for i in order.tolist()])
+        keys = np.ascontiguousarray(keys[order])
         sorted_ts = np.ascontiguousarray(ts[order])
         got = np.zeros((len(ts), N_COLUMNS), dtype=np.float64)
         done = 0
@@ -177,7 +201,7 @@ class DnsWindows:
     @property
     def max_bytes(self) -> int:
         """Upper bound of the memory the windows can take with the configured caps."""
-        return self.stats()["max_bytes"]
+        return self._max_bytes
 
     def close(self) -> None:
         self._native.close()
