@@ -51,29 +51,21 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-import yaml  # noqa: E402
-
-from lab.lifecycle import down, up  # noqa: E402
-from lab.netns import list_namespaces  # noqa: E402
-from lab.topology import DEFAULT_TOPOLOGY, Topology, load_topology  # noqa: E402
+from bench.common import GatewayLab, decisions, gateway_lab, services, wait  # noqa: E402
+from lab.topology import Topology  # noqa: E402
 
 PREFIX = "fl4"
-MLD = str(_REPO / ".venv" / "bin" / "mld")
 SERVER, SCANNER, CLIENT = "10.10.0.10", "203.0.113.20", "203.0.113.10"
-SERVICES = ("detector", "firewall", "rag", "sniffer")
 # The sniffer's counters reported (xdp.FlowMonitor.stats, sniffer/overload.py).
 DROP_KEYS = ("evicted", "final_dropped", "interim_dropped", "summary_lost", "src_summary_lost")
 
@@ -91,45 +83,12 @@ def nic_drops(topo: Topology, nic: str) -> int:
     return int(stats["rx"]["dropped"]) + int(stats["rx"].get("missed", 0))
 
 
-def services(gw_ns: str, config: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{gw_ns}", MLD, "status", "--json", "--config",
-         str(config)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        return []
-    found: list[dict[str, Any]] = json.loads(out.stdout)["services"]
-    return found
-
-
 def counters(gw_ns: str, config: Path, component: str) -> dict[str, float]:
     for s in services(gw_ns, config):
         if s["component"] == component:
             items = s.get("counters", {}).items()
             return {k: float(v) for k, v in items if isinstance(v, int | float)}
     return {}
-
-
-def wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"flood: timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def decisions(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        db.close()
 
 
 class Watch(threading.Thread):
@@ -252,52 +211,26 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"flood: {tool} is missing: apt-get install {tool}", file=sys.stderr)
             return 1
-    if list_namespaces(args.prefix):
-        print(f"flood: a lab with prefix {args.prefix} is up already: `mld lab down` it, or "
-              "pass another --prefix", file=sys.stderr)  # fmt: skip
-        return 1
-    tmp = Path(tempfile.mkdtemp(prefix="mld-flood-"))
-    topo_path = tmp / "topology.yaml"
-    topo_path.write_text(
-        DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {args.prefix}")
-    )
-    topo = load_topology(topo_path)
-    pin_dir = f"/sys/fs/bpf/{args.prefix}"
-    gw_ns = topo.namespace("gateway")
-    run_dir, state, config = tmp / "gw", tmp / "state", tmp / "mld.yaml"
-    config.write_text(yaml.safe_dump({
-        "node": {"id": "flood-bench", "state_dir": str(state), "xdp_pin_dir": pin_dir},
-        "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
+    settings = {
         # SYN-only and one-way flows end by idle timeout: 5 s gets the verdicts in sooner.
         "sniffer": {"capture": {"idle_timeout_s": 5.0, "overload": not args.no_overload}},
         # The outside segment is the gateway's own: not allowlisted here (see above).
         "firewall": {"auto_allowlist": ["own_addresses", "gateways", "resolvers", "ntp"]},
-    }))  # fmt: skip
-    proc: subprocess.Popen[bytes] | None = None
+    }
+    with gateway_lab("flood", args.prefix, settings) as lab:
+        return run(args, lab)
+
+
+def run(args: argparse.Namespace, lab: GatewayLab) -> int:
+    """The flood, the scan and the client against the stack up in the lab's gateway."""
+    topo, gw_ns, run_dir, stack = lab.topo, lab.gw_ns, lab.run_dir, lab.stack
     flood: subprocess.Popen[str] | None = None
     scan: subprocess.Popen[str] | None = None
     client = Client(topo)
-    up(topo, tmp / "labrun")
     try:
-        with open(tmp / "gateway.log", "wb") as log:
-            proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{gw_ns}", MLD, "gateway", "run", "--outside",
-                 "outside", "--inside", "inside", "--config", str(config), "--run-dir",
-                 str(run_dir), "--etcd-port", "0"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        stack = run_dir / "mld.yaml"
-
-        def ready() -> bool:
-            health = {s["component"]: s["health"] for s in services(gw_ns, stack)}
-            return all(health.get(s) == "ok" for s in SERVICES)
-
-        wait(lambda: proc.poll() is not None or ready(), 180, "the four services")
-        if proc.poll() is not None:
-            raise RuntimeError(f"flood: mld gateway run exited with {proc.returncode}")
         before = counters(gw_ns, stack, "sniffer")
         nic_before = nic_drops(topo, "outside")
-        watch = Watch(run_dir / "alerts.json", state / "firewall" / "decisions.sqlite")
+        watch = Watch(run_dir / "alerts.json", lab.state / "firewall" / "decisions.sqlite")
         watch.start()
         client.start()
         print(f"flood: stack up in {gw_ns}; flooding {SERVER}:80 for {args.seconds:.0f} s, "
@@ -334,7 +267,7 @@ def main() -> int:
         try:
             wait(lambda: watch.block_ts is not None, 30, "the scanner's block")
         except RuntimeError as exc:
-            print(exc, file=sys.stderr)
+            print(f"flood: {exc}", file=sys.stderr)
         watch.done.set()
         # The counters once the flood's summaries are drained and its flows are swept or
         # evicted: wait until the sniffer's counters stop moving between two heartbeats.
@@ -394,20 +327,6 @@ def main() -> int:
         if flood is not None and flood.poll() is None:
             flood.kill()
             flood.wait(timeout=10)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if list_namespaces(args.prefix):
-            down(topo, tmp / "labrun")
-        shutil.rmtree(pin_dir, ignore_errors=True)
-        if os.environ.get("MLD_FLOOD_KEEP") != "1":
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"flood: kept {tmp}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -43,33 +43,23 @@ import json
 import os
 import re
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-import yaml  # noqa: E402
-
-from lab.lifecycle import down, up  # noqa: E402
-from lab.netns import list_namespaces  # noqa: E402
-from lab.topology import DEFAULT_TOPOLOGY, Topology, load_topology  # noqa: E402
+from bench.common import GatewayLab, decisions, gateway_lab, services, wait  # noqa: E402
+from lab.topology import Topology  # noqa: E402
 
 PREFIX = "mldb-spoof"
-MLD = str(_REPO / ".venv" / "bin" / "mld")
 ATTACKER, SERVER = "203.0.113.66", "10.10.0.10"
 # Addresses that really send packets in this run: the attacker, the server (its replies)
 # and the gateway (ICMP errors, forwarding). A block of anything else blocked a forgery.
 REAL_SENDERS = (ATTACKER, SERVER, "203.0.113.1", "10.10.0.1")
-# The services the bench needs up (the gateway may start more: anomaly when enabled).
-SERVICES = ("detector", "firewall", "rag", "sniffer")
 
 
 def floods(count: int) -> list[tuple[str, list[str]]]:
@@ -99,47 +89,12 @@ def in_ns(topo: Topology, host: str, *args: str, timeout: float = 300) -> str:
     return proc.stdout + proc.stderr
 
 
-def decisions(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
-    finally:
-        db.close()
-
-
-def services(gw_ns: str, config: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{gw_ns}", MLD, "status", "--json", "--config",
-         str(config)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        return []
-    found: list[dict[str, Any]] = json.loads(out.stdout)["services"]
-    return found
-
-
-def status(gw_ns: str, config: Path) -> dict[str, str]:
-    return {s["component"]: s["health"] for s in services(gw_ns, config)}
-
-
 def firewall_counters(gw_ns: str, config: Path) -> dict[str, int]:
     for s in services(gw_ns, config):
         if s["component"] == "firewall":
             counters = s.get("counters", {}).items()
             return {k: int(v) for k, v in counters if isinstance(v, int | float)}
     return {}
-
-
-def wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"spoof: timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def never_sent(network: str) -> bool:
@@ -160,25 +115,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"spoof: {tool} is missing: apt-get install {tool}", file=sys.stderr)
             return 1
-    if list_namespaces(args.prefix):
-        print(f"spoof: a lab with prefix {args.prefix} is up already: `mld lab down` it, or "
-              "pass another --prefix", file=sys.stderr)  # fmt: skip
-        return 1
     count = 2000 if args.quick else args.count
-    tmp = Path(tempfile.mkdtemp(prefix="mld-spoof-"))
-    topo_path = tmp / "topology.yaml"
-    topo_path.write_text(
-        DEFAULT_TOPOLOGY.read_text().replace("prefix: mld-lab", f"prefix: {args.prefix}")
-    )
-    topo = load_topology(topo_path)
-    pin_dir = f"/sys/fs/bpf/{args.prefix}"
-    gw_ns = topo.namespace("gateway")
-    run_dir = tmp / "gw"
-    state = tmp / "state"
-    config = tmp / "mld.yaml"
-    config.write_text(yaml.safe_dump({
-        "node": {"id": "spoof-bench", "state_dir": str(state), "xdp_pin_dir": pin_dir},
-        "control": {"lease_ttl_s": 3, "health_interval_s": 1.0},
+    settings = {
         # SYN-only and one-way flows end by idle timeout: 5 s gets the verdicts in sooner.
         "sniffer": {"capture": {"idle_timeout_s": 5.0}},
         # The attacker is on the gateway's connected outside segment, which the firewall
@@ -193,111 +131,87 @@ def main() -> int:
             "new_blocks_per_prefix_per_s": 1e6,
             "new_blocks_per_prefix_burst": 1_000_000,
         },
-    }))  # fmt: skip
-    log_path = tmp / "gateway.log"
-    proc: subprocess.Popen[bytes] | None = None
-    up(topo, tmp / "labrun")
+    }
+    with gateway_lab("spoof", args.prefix, settings) as lab:
+        return run(count, lab)
+
+
+def run(count: int, lab: GatewayLab) -> int:
+    """The forged floods, then the real scan, against the stack up in the lab's gateway."""
+    topo, gw_ns, run_dir, stack_config = lab.topo, lab.gw_ns, lab.run_dir, lab.stack
+    print(f"spoof: stack up in {gw_ns}; {count} packets per forged flood", flush=True)
+    forged = 0
+    for name, hping in floods(count):
+        out = in_ns(topo, "attacker", "hping3", "-q", *hping)
+        m = re.search(r"(\d+) packets transmitted", out)
+        sent = int(m.group(1)) if m else 0
+        forged += sent
+        print(f"spoof: {name}: {sent} packets", flush=True)
+    log_db = lab.state / "firewall" / "decisions.sqlite"
+    # The forged floods' verdicts reach the firewall before the real scan starts.
+    wait(lambda: any(d["outcome"] == "unverified" for d in decisions(log_db)), 90,
+         "the firewall to judge the forged floods")  # fmt: skip
+    t_scan = time.time()
+    in_ns(topo, "attacker", "nmap", "-sT", "-n", "-T4", "-Pn", "-p", "1-400",
+          "--max-retries", "1", SERVER)  # fmt: skip
+
+    def attacker_block() -> dict[str, object] | None:
+        for d in decisions(log_db):
+            if (d["action"] in ("block", "extend") and d["outcome"] == "applied"
+                    and not never_sent(f"{d['addr']}/{d['prefix_len']}")
+                    and str(d["addr"]) == ATTACKER):  # fmt: skip
+                return d
+        return None
+
     try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{gw_ns}", MLD, "gateway", "run", "--outside",
-                 "outside", "--inside", "inside", "--config", str(config), "--run-dir",
-                 str(run_dir), "--etcd-port", "0"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        stack_config = run_dir / "mld.yaml"
-        wait(lambda: proc.poll() is not None or all(status(gw_ns, stack_config).get(s) == "ok"
-             for s in SERVICES), 180, "the four services")  # fmt: skip
-        if proc.poll() is not None:
-            raise RuntimeError(f"spoof: mld gateway run exited with {proc.returncode}")
-        print(f"spoof: stack up in {gw_ns}; {count} packets per forged flood", flush=True)
-        forged = 0
-        for name, hping in floods(count):
-            out = in_ns(topo, "attacker", "hping3", "-q", *hping)
-            m = re.search(r"(\d+) packets transmitted", out)
-            sent = int(m.group(1)) if m else 0
-            forged += sent
-            print(f"spoof: {name}: {sent} packets", flush=True)
-        log_db = state / "firewall" / "decisions.sqlite"
-        # The forged floods' verdicts reach the firewall before the real scan starts.
-        wait(lambda: any(d["outcome"] == "unverified" for d in decisions(log_db)), 90,
-             "the firewall to judge the forged floods")  # fmt: skip
-        t_scan = time.time()
-        in_ns(topo, "attacker", "nmap", "-sT", "-n", "-T4", "-Pn", "-p", "1-400",
-              "--max-retries", "1", SERVER)  # fmt: skip
-
-        def attacker_block() -> dict[str, object] | None:
-            for d in decisions(log_db):
-                if (d["action"] in ("block", "extend") and d["outcome"] == "applied"
-                        and not never_sent(f"{d['addr']}/{d['prefix_len']}")
-                        and str(d["addr"]) == ATTACKER):  # fmt: skip
-                    return d
-            return None
-
-        try:
-            wait(lambda: attacker_block() is not None, 60, "the real attacker's block")
-        except RuntimeError as exc:
-            print(exc, file=sys.stderr)
-        # Every forged flow judged before counting: the sniffer exports the last ones after
-        # its idle timeout, so wait until the firewall's verdict count stops moving between
-        # two of its heartbeats (at most 60 s).
-        last, still = -1, 0
-        deadline = time.monotonic() + 60
-        while still < 2 and time.monotonic() < deadline:
-            seen = firewall_counters(gw_ns, stack_config).get("policy.verdicts", -1)
-            still = still + 1 if seen == last else 0
-            last = seen
-            time.sleep(3)
-        counters = firewall_counters(gw_ns, stack_config)
-        rows = decisions(log_db)
-        blocked = {
-            f"{d['addr']}/{d['prefix_len']}"
-            for d in rows
-            if d["action"] in ("block", "extend") and d["outcome"] in ("applied", "dry_run")
-        }
-        bad = sorted(b for b in blocked if never_sent(b))
-        hit = attacker_block()
-        blocked_s = float(str(hit["ts"])) - t_scan if hit else float("nan")
-        skips = counters.get("policy.unverified", 0)
-        alerts_path = run_dir / "alerts.json"
-        events = [json.loads(x) for x in alerts_path.read_text().splitlines()] if (
-            alerts_path.exists()) else []  # fmt: skip
-        # The EVE log also holds stats events (no src_ip): only alerts count.
-        alerts = [e for e in events if e.get("event_type") == "alert"]
-        alerts_forged = sum(1 for a in alerts if a.get("src_ip") not in REAL_SENDERS)
-        victims: dict[str, int] = {}
-        for d in rows:
-            if d["outcome"] == "unverified":
-                m = re.search(r"victim ([0-9a-f.:]+)", str(d["reason"]))
-                if m:
-                    victims[m.group(1)] = victims.get(m.group(1), 0) + 1
-        if bad:
-            print(f"spoof: blocked though they never sent a packet: {', '.join(bad)}")
-        top = sorted(victims.items(), key=lambda kv: -kv[1])[:5]
-        vict = ",".join(f"{a}:{n}" for a, n in top)
-        print(f"unverified_skips={skips} alerts_forged={alerts_forged} victims={vict or '-'}")
-        print(f"forged_packets={forged} blocked_never_sent={len(bad)} "
-              f"real_attacker_blocked_s={blocked_s:.2f}")  # fmt: skip
-        if skips == 0:
-            why = "the floods were not judged malicious, so the run proves nothing"
-            print(f"spoof: no verdict about a forged source reached the firewall: {why}",
-                  file=sys.stderr)  # fmt: skip
-        return 0 if hit is not None and not bad and skips > 0 else 2
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if list_namespaces(args.prefix):
-            down(topo, tmp / "labrun")
-        shutil.rmtree(pin_dir, ignore_errors=True)
-        if os.environ.get("MLD_SPOOF_KEEP") != "1":
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"spoof: kept {tmp}", file=sys.stderr)
+        wait(lambda: attacker_block() is not None, 60, "the real attacker's block")
+    except RuntimeError as exc:
+        print(f"spoof: {exc}", file=sys.stderr)
+    # Every forged flow judged before counting: the sniffer exports the last ones after
+    # its idle timeout, so wait until the firewall's verdict count stops moving between
+    # two of its heartbeats (at most 60 s).
+    last, still = -1, 0
+    deadline = time.monotonic() + 60
+    while still < 2 and time.monotonic() < deadline:
+        seen = firewall_counters(gw_ns, stack_config).get("policy.verdicts", -1)
+        still = still + 1 if seen == last else 0
+        last = seen
+        time.sleep(3)
+    counters = firewall_counters(gw_ns, stack_config)
+    rows = decisions(log_db)
+    blocked = {
+        f"{d['addr']}/{d['prefix_len']}"
+        for d in rows
+        if d["action"] in ("block", "extend") and d["outcome"] in ("applied", "dry_run")
+    }
+    bad = sorted(b for b in blocked if never_sent(b))
+    hit = attacker_block()
+    blocked_s = float(str(hit["ts"])) - t_scan if hit else float("nan")
+    skips = counters.get("policy.unverified", 0)
+    alerts_path = run_dir / "alerts.json"
+    events = [json.loads(x) for x in alerts_path.read_text().splitlines()] if (
+        alerts_path.exists()) else []  # fmt: skip
+    # The EVE log also holds stats events (no src_ip): only alerts count.
+    alerts = [e for e in events if e.get("event_type") == "alert"]
+    alerts_forged = sum(1 for a in alerts if a.get("src_ip") not in REAL_SENDERS)
+    victims: dict[str, int] = {}
+    for d in rows:
+        if d["outcome"] == "unverified":
+            m = re.search(r"victim ([0-9a-f.:]+)", str(d["reason"]))
+            if m:
+                victims[m.group(1)] = victims.get(m.group(1), 0) + 1
+    if bad:
+        print(f"spoof: blocked though they never sent a packet: {', '.join(bad)}")
+    top = sorted(victims.items(), key=lambda kv: -kv[1])[:5]
+    vict = ",".join(f"{a}:{n}" for a, n in top)
+    print(f"unverified_skips={skips} alerts_forged={alerts_forged} victims={vict or '-'}")
+    print(f"forged_packets={forged} blocked_never_sent={len(bad)} "
+          f"real_attacker_blocked_s={blocked_s:.2f}")  # fmt: skip
+    if skips == 0:
+        why = "the floods were not judged malicious, so the run proves nothing"
+        print(f"spoof: no verdict about a forged source reached the firewall: {why}",
+              file=sys.stderr)  # fmt: skip
+    return 0 if hit is not None and not bad and skips > 0 else 2
 
 
 if __name__ == "__main__":
