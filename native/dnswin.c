@@ -4,15 +4,16 @@
  * stream of distinct, long, random subdomains under one domain from a client asking for a
  * few long CDN names. This module reads the DNS queries themselves (UDP to port 53, QR=0)
  * from the same capture files the flow engine reads, or from the live interfaces the XDP
- * program watches (libpcap, a kernel filter passes only DNS queries), and keeps for each
- * source address the queries of its most recently used registered domains:
+ * program watches (libpcap, inbound packets only, as XDP sees them; a kernel filter passes
+ * only DNS queries), and keeps for each source address the queries of its most recently
+ * used registered domains:
  *
  *   source (LRU, at most max_sources) -> up to DOMS_PER_SOURCE registered domains (the least
  *   recently queried replaced) -> a ring of the last entries_per_domain queries:
  *   (time, hash of the subdomain, subdomain characters, longest label, entropy, type).
  *
  * lookup(source, t) gives, for the source's domain with the most distinct subdomains among
- * the queries in (t - window, t], the window's aggregates (see COLUMNS below and the
+ * the queries in (t - window, t), the window's aggregates (see COLUMNS below and the
  * DnsDomainWindow message of proto/events.proto). Time is the packets' own, so a capture
  * read offline gives what the same traffic gave live.
  *
@@ -484,7 +485,11 @@ static PyObject *dw_open_live(DnsWin *w, PyObject *args)
     pcap_set_timeout(p, 10);
     pcap_set_immediate_mode(p, 1);
     pcap_set_tstamp_precision(p, PCAP_TSTAMP_PRECISION_NANO);
-    if (pcap_activate(p) < 0 || set_filter(p) < 0 || pcap_setnonblock(p, 1, err) < 0) {
+    /* Inbound only, as the XDP program sees packets: on a gateway watching both NICs a
+     * forwarded query also leaves by the other one, and counting it there too doubled
+     * the live windows' queries against the same traffic read from a capture. */
+    if (pcap_activate(p) < 0 || pcap_setdirection(p, PCAP_D_IN) < 0 || set_filter(p) < 0 ||
+        pcap_setnonblock(p, 1, err) < 0) {
         PyErr_Format(PyExc_OSError, "%s: %s", iface, pcap_geterr(p));
         pcap_close(p);
         return NULL;
@@ -608,7 +613,12 @@ static void window_of(DnsWin *w, const Src *s, int64_t t, double *out, uint32_t 
             continue;
         for (uint32_t k = 0; k < d->len; k++) {
             const Entry *e = &d->ring[(d->head + k) % d->cap];
-            if (e->ts <= from || e->ts > t)
+            /* Strictly before t: a record's time is its last packet's; when that packet is
+             * a query, XDP stamped it a few microseconds before libpcap did, so live it
+             * lies after t while in a capture both read the same time. Leaving it out on
+             * both sides keeps live and offline equal (tests/test_dns_windows_live_
+             * equals_offline.py). */
+            if (e->ts <= from || e->ts >= t)
                 continue;
             n++;
             data += e->data_type;
@@ -644,7 +654,7 @@ static void window_of(DnsWin *w, const Src *s, int64_t t, double *out, uint32_t 
 /* lookup(keys, ts, out, start, advance) -> next: keys (n, 17) uint8, ts (n,) int64 in
  * ascending order, out (n, N_COLUMNS) float64; rows from start on. With advance and a file
  * open, the file is read up to each row's time before its lookup, so every row sees the
- * queries up to its own time; when the file ends the index of the row not yet done is
+ * queries before its own time; when the file ends the index of the row not yet done is
  * returned (open the next file and call again), else n. */
 static PyObject *dw_lookup(DnsWin *w, PyObject *args)
 {

@@ -8,13 +8,16 @@ native/dnswin.c), from the same packets the flow engine sees:
 
 * offline, the same capture files in the same order (:meth:`DnsWindows.for_files`);
   before a batch of records is looked up, the queries up to the batch's newest
-  ``last_ts_ns`` are read, so each record sees the queries sent up to its own time;
+  ``last_ts_ns`` are read, so each record sees the queries sent before its own time;
 * live, the interfaces the XDP program watches (:meth:`DnsWindows.for_ifaces`), through
-  libpcap with a kernel filter that passes only UDP queries to port 53; every batch
-  first takes the queries waiting there.
+  libpcap with a kernel filter that passes only UDP queries to port 53, inbound only (what
+  XDP sees: on a gateway a forwarded query is counted once, not again as it leaves); every
+  batch first takes the queries waiting there.
 
 Each record of a flow that sent DNS queries gets the window, over ``dns_window_s`` before
-its ``last_ts_ns``, of its source's registered domain with the most distinct subdomains
+its ``last_ts_ns`` (that time left out: a record whose last packet is a query does not count
+that query, live, where XDP stamps it microseconds before libpcap does, as offline, where
+both read one time), of its source's registered domain with the most distinct subdomains
 (the columns of :data:`DNS_WINDOW_FIELDS`, FlowRecord.dns_window in proto/events.proto);
 other records get zeros. Memory is bounded by ``sniffer.context.dns_max_sources`` and
 ``dns_max_entries`` (see :attr:`DnsWindows.max_bytes`): a forged-source flood of queries
