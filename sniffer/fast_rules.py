@@ -43,6 +43,25 @@ records each scores:
   beacons: the rule alerts, and by default a fast rule alone never blocks
   (``detector.thresholds.block_on_fast_rule_alone``).
 
+* ``fingerprint`` (family scan): distinct odd probes of the source, each counted once per
+  (kind, destination address, destination port) (:func:`odd_probes`, :data:`PROBE_KINDS`):
+  TCP NULL, FIN-only, Xmas and SYN+FIN probes, a SYN whose SYN-ACK got a bare RST (a raw
+  SYN probe: the scanner's kernel resets a handshake it did not start), a handshake reset
+  by the initiator with no data either way (a connect probe, nmap -sT and its host
+  discovery), ICMP timestamp, information and address-mask requests, echo requests with a
+  non-zero code. No ordinary stack sends these, so a few are enough whatever the ports:
+  service and OS fingerprinting of one port is caught, not only sweeps. Scores every flow
+  of the source (its service probes look ordinary one by one) and the replies toward it
+  (a TCP flow without SYN that it reset, an ICMP error).
+* ``reflection`` (family ddos): unsolicited replies toward a victim (the flow's responder;
+  :func:`unsolicited_replies`): TCP flows whose initiator sent only SYN-ACKs (no SYN came
+  from the victim: SYNs with its address spoofed were reflected), unanswered UDP from a
+  reflection port, unanswered UDP non-first fragments (the engine keys them with ports 0:
+  the rest of an amplified answer); multicast and broadcast destinations are announcements,
+  not replies. x is the higher ramp of the distinct reflectors and of the unsolicited
+  packets toward the victim; scores those flows and the victim's other unanswered inbound
+  TCP/UDP flows (the flood's noise: a one-way capture of a victim sees nothing else).
+
 Failures, not counts. A flow *failed* (:func:`failed_flows`) when it is a TCP flow that
 carried no payload either way and was refused (RST from the responder), unanswered or
 closed straight after the handshake (a SYN scan's half-open probe, a NULL/FIN/Xmas probe,
@@ -96,7 +115,16 @@ from sniffer.interim import Previous
 from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
-__all__ = ["RULES", "FastRules", "FastScores", "failed_flows", "ramp"]
+__all__ = [
+    "PROBE_KINDS",
+    "RULES",
+    "FastRules",
+    "FastScores",
+    "failed_flows",
+    "odd_probes",
+    "ramp",
+    "unsolicited_replies",
+]
 
 RULES = (
     "syn_flood",
@@ -107,11 +135,34 @@ RULES = (
     "brute_force",
     "tiny_fragments",
     "beacon",
+    "fingerprint",
+    "reflection",
 )
 # ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
 _ECHO_REQUESTS = (8, 128)
 
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+# fingerprint's probe kinds (odd_probes gives their index + 1; 0: not a probe).
+PROBE_KINDS = (
+    "null",  # TCP, no flag at all
+    "fin",  # TCP FIN without SYN/ACK/RST (FIN-only; a stack's FIN always carries ACK)
+    "xmas",  # TCP FIN+PSH+URG without SYN/ACK
+    "syn_fin",  # TCP SYN and FIN, never an ACK
+    "raw_syn",  # SYN answered by SYN-ACK, then a bare RST (no ACK): a raw-socket SYN probe
+    "connect_reset",  # handshake done, no data either way, reset by the initiator
+    "icmp_query",  # ICMP timestamp (13), information (15) or address-mask (17) request
+    "echo_code",  # ICMP/ICMPv6 echo request with a non-zero code
+)
+# ICMPv4 requests no ordinary host sends: timestamp, information, address mask.
+_ICMP_QUERIES = (13, 15, 17)
+# ICMP errors (v4 unreachable 3, time exceeded 11; v6 unreachable 1, time exceeded 3):
+# answers toward a prober.
+_ICMP4_ERRORS = (3, 11)
+_ICMP6_ERRORS = (1, 3)
+# The fingerprint window's distinct value: the kind in the port's upper bits.
+_KIND_SHIFT = 17
 
 
 def ramp(x: npt.ArrayLike, low: float, high: float) -> Floats:
@@ -137,6 +188,78 @@ def failed_flows(flows: FlowColumns) -> npt.NDArray[np.bool_]:
     icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
     echo_failed = icmp & np.isin(flows["src_port"], _ECHO_REQUESTS) & (bwd_packets == 0)
     result: npt.NDArray[np.bool_] = tcp_failed | udp_failed | echo_failed
+    return result
+
+
+def odd_probes(flows: FlowColumns) -> npt.NDArray[np.int64]:
+    """Per flow: the index + 1 in :data:`PROBE_KINDS` of the odd probe it is, 0 for none.
+
+    From the initiator's per-flow flag counts: a normal connection's SYN has no FIN, its
+    FIN always comes with an ACK, and a client that got a SYN-ACK acknowledges it (a bare
+    RST is what the scanner's kernel sends for a SYN it did not make itself)."""
+    proto = flows["protocol"]
+    tcp = proto == PROTO_TCP
+
+    def count(name: str) -> npt.NDArray[np.int64]:
+        return flows[name].astype(np.int64)
+
+    syn, fin, rst = count("fwd_syn_count"), count("fwd_fin_count"), count("fwd_rst_count")
+    psh, ack, urg = count("fwd_psh_count"), count("fwd_ack_count"), count("fwd_urg_count")
+    no_data = (count("fwd_payload_bytes") == 0) & (count("bwd_payload_bytes") == 0)
+    answered_syn = count("bwd_syn_count") > 0
+    icmp4 = proto == PROTO_ICMP
+    icmp = icmp4 | (proto == PROTO_ICMPV6)
+    itype, icode = count("src_port"), count("dst_port")
+    kinds = (
+        tcp & (syn + fin + rst + psh + ack + urg == 0) & (count("fwd_packets") > 0),
+        tcp & (fin > 0) & (syn + ack + rst + psh + urg == 0),
+        tcp & (fin > 0) & (psh > 0) & (urg > 0) & (syn + ack == 0),
+        tcp & (syn > 0) & (fin > 0) & (ack == 0),
+        tcp & (syn > 0) & (ack == 0) & (rst > 0) & answered_syn,
+        tcp & (syn > 0) & (ack > 0) & (rst > 0) & answered_syn & no_data,
+        icmp4 & np.isin(itype, _ICMP_QUERIES),
+        icmp & np.isin(itype, _ECHO_REQUESTS) & (icode != 0),
+    )
+    # The first kind that matches (Xmas is also FIN-only-like; the list order decides).
+    out = np.zeros(len(flows), dtype=np.int64)
+    for index in range(len(kinds) - 1, -1, -1):
+        out[kinds[index]] = index + 1
+    return out
+
+
+def _not_multicast(addrs: list[bytes]) -> Bools:
+    """Per address: not multicast (224.0.0.0/4, ff00::/8) and not an IPv4 address ending
+    in .255 (a subnet broadcast): discovery protocols answer those by design."""
+    keys = address_keys(addrs)
+    v4 = keys[:, 0] == 4
+    first = keys[:, 1]
+    multicast = np.where(v4, (first >= 224) & (first <= 239), first == 0xFF)
+    broadcast = v4 & ((keys[:, 4] == 255) | (first == 255))
+    result: Bools = ~(multicast | broadcast)
+    return result
+
+
+def unsolicited_replies(flows: FlowColumns, amplification_ports: npt.ArrayLike) -> Bools:
+    """Which flows are replies to requests the victim (the flow's responder) never sent:
+    a TCP flow whose initiator sent only SYN-ACKs and got no SYN back (reflected SYNs
+    with the victim's address spoofed), an unanswered UDP flow from a reflection port, or
+    an unanswered UDP non-first fragment (ports 0: the rest of a large answer). Flows to
+    multicast or broadcast addresses are announcements, not replies."""
+    proto = flows["protocol"]
+    fwd_packets = flows["fwd_packets"].astype(np.int64)
+    unanswered = flows["bwd_packets"] == 0
+    synack = (
+        (proto == PROTO_TCP)
+        & (fwd_packets > 0)
+        & (flows["fwd_syn_count"] == fwd_packets)
+        & (flows["fwd_ack_count"] == fwd_packets)
+        & (flows["bwd_syn_count"] == 0)
+        & (flows["fwd_payload_bytes"] == 0)
+    )
+    udp = (proto == PROTO_UDP) & unanswered
+    from_reflector = udp & np.isin(flows["src_port"].astype(np.int64), amplification_ports)
+    fragment = udp & (flows["src_port"] == 0) & (flows["dst_port"] == 0) & (flows["frag_count"] > 0)
+    result: Bools = (synack | from_reflector | fragment) & _not_multicast(flows.dst_addr)
     return result
 
 
@@ -204,6 +327,11 @@ class FastRules:
         self._evasive = windows(1)
         # Per (source, destination, port): failed attempts at a login service.
         self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
+        # Per source: its odd probes, distinct by (kind, destination, port) (fingerprint);
+        # per victim address: the reflectors that sent it unsolicited replies (reflection).
+        # The reflectors' windows also sum the unsolicited packets.
+        self._probes = self._distinct_windows(context, 2 * ADDRESS_KEY_SIZE, native, 0)
+        self._reflectors = self._distinct_windows(context, ADDRESS_KEY_SIZE, native, 1)
         # Per (source, destination): the destination ports of failed flows (port_scan).
         self._py_pair_failures = SlidingWindows(
             window_s=context.window_s,
@@ -259,6 +387,23 @@ class FastRules:
     @property
     def _beacons(self) -> Any:
         return self._part("beacons", self._py_beacons)
+
+    @staticmethod
+    def _distinct_windows(
+        context: ContextConfig, value_size: int, native: bool, n_sums: int
+    ) -> Any:
+        """Windows per address keeping one distinct dimension of ``value_size`` bytes."""
+        caps: dict[str, Any] = {
+            "window_s": context.window_s,
+            "n_sums": n_sums,
+            "n_distinct": 1,
+            "max_keys": context.max_keys,
+            "max_entries_per_key": context.max_entries_per_key,
+            "max_entries": context.max_entries,
+        }
+        if native:
+            return BatchWindows(**caps, key_size=ADDRESS_KEY_SIZE, value_size=value_size)
+        return SlidingWindows(**caps)
 
     @staticmethod
     def _beacon_windows(rules: FastRulesConfig, context: ContextConfig) -> SlidingWindows:
@@ -397,6 +542,16 @@ class FastRules:
         per_rule["dns_tunnel"] = np.maximum(
             per_rule["dns_tunnel"], self._dns_domain(context, len(flows))
         )
+        probes, reflectors, replies, reflection_scored = self._behaviour(flows, prev)
+        per_rule["fingerprint"] = ramp(probes, c.fingerprint_low, c.fingerprint_high)
+        per_rule["reflection"] = np.where(
+            reflection_scored,
+            np.maximum(
+                ramp(reflectors, c.reflection_low, c.reflection_high),
+                ramp(replies, c.reflection_packets_low, c.reflection_packets_high),
+            ),
+            0,
+        )
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         fired = Counter(result.rule)
         fired.pop("", None)
@@ -430,6 +585,101 @@ class FastRules:
         )
         score: Floats = volume * np.maximum(random_labels, data_types)
         return np.where(context["dns_domain_queries"] > 0, score, 0.0)
+
+    def _behaviour(
+        self, flows: FlowColumns, prev: Previous
+    ) -> tuple[Floats, Floats, Floats, Bools]:
+        """fingerprint's and reflection's window values per record (0 where not scored):
+        the source's distinct probes, the victim's distinct reflectors and unsolicited
+        packets; and which records reflection scores.
+
+        fingerprint: each record adds to its source's window, a value (kind, destination,
+        port) when it is an odd probe (:func:`odd_probes`), and reads the distinct count;
+        then (a second pass over the batch) a possible reply toward a prober (a TCP flow
+        without SYN that its responder reset, an ICMP error) also adds to the window of
+        its destination, the prober, without a value, and takes the higher count (such a
+        flow is an ACK probe or a target's late segment the scanner reset: either way part
+        of the scan). reflection: an unsolicited reply (:func:`unsolicited_replies`) adds its
+        initiator, the reflector, to its victim's (destination's) window; the victim's
+        other unanswered inbound TCP/UDP flows add without a value; both read the count
+        of distinct reflectors and the sum of unsolicited packets (a flow's growth since
+        its previous record). Every record of a flow adds (repeats of a value count once),
+        so an interim record's flow counts as soon as its counters show what it is."""
+        proto = flows["protocol"]
+        tcp = proto == PROTO_TCP
+        kind = odd_probes(flows)
+        reply = (
+            tcp & (flows["fwd_syn_count"] == 0) & (flows["bwd_rst_count"] > 0) & (kind == 0)
+        ) | (
+            ((proto == PROTO_ICMP) & np.isin(flows["src_port"], _ICMP4_ERRORS))
+            | ((proto == PROTO_ICMPV6) & np.isin(flows["src_port"], _ICMP6_ERRORS))
+        )
+        probe_value = (kind << _KIND_SHIFT) | flows["dst_port"].astype(np.int64)
+        unsolicited = unsolicited_replies(flows, self._amp_ports)
+        unanswered = (
+            (tcp | (proto == PROTO_UDP))
+            & (flows["bwd_packets"] == 0)
+            & _not_multicast(flows.dst_addr)
+        )
+        inbound = unsolicited | unanswered
+        replies = np.where(
+            unsolicited,
+            flows["fwd_packets"].astype(np.float64) - prev.values["fwd_packets"],
+            0.0,
+        )
+        ts = flows["last_ts_ns"]
+        if self.native:
+            src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+            value = np.concatenate([dst, int_values(probe_value, ADDRESS_KEY_SIZE)], axis=1)
+            by_src = self._probes.add(
+                src, ts, values=value[:, None, :], counted=(kind > 0)[:, None]
+            ).distinct[:, 0]
+            by_dst = self._probes.add(
+                dst, ts, values=value[:, None, :], counted=np.zeros((len(flows), 1)), select=reply
+            ).distinct[:, 0]
+            probes = np.maximum(by_src, by_dst)
+            victims = self._reflectors.add(
+                dst,
+                ts,
+                replies[:, None],
+                values=src[:, None, :],
+                counted=unsolicited[:, None],
+                select=inbound,
+            )
+            reflectors = victims.distinct[:, 0].astype(np.float64)
+            return probes.astype(np.float64), reflectors, victims.sums[:, 0], inbound
+        n = len(flows)
+        probes_py, reflectors_py, replies_py = np.zeros(n), np.zeros(n), np.zeros(n)
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            ts.tolist(),
+            kind.tolist(),
+            probe_value.tolist(),
+            reply.tolist(),
+            unsolicited.tolist(),
+            inbound.tolist(),
+            replies.tolist(),
+            strict=True,
+        )
+        # None stands for an entry without a value (left out of the distinct count).
+        replying = []
+        for i, (src_a, dst_a, t, k, v, rep, uns, inb, pk) in enumerate(rows):
+            win = self._probes.add(src_a, t, (), ((dst_a, v) if k else None,))
+            probes_py[i] = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
+            if rep:
+                replying.append((i, dst_a, t))
+            if inb:
+                rwin = self._reflectors.add(dst_a, t, (pk,), (src_a if uns else None,))
+                reflectors_py[i] = rwin.distinct_count(0) - (1 if None in rwin.distinct[0] else 0)
+                replies_py[i] = rwin.sums[0]
+        # The replies read their prober's window after the whole batch's sources (as the
+        # native path adds them: a second pass).
+        for i, dst_a, t in replying:
+            win = self._probes.add(dst_a, t, (), (None,))
+            seen = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
+            probes_py[i] = max(probes_py[i], seen)
+        return probes_py, reflectors_py, replies_py, inbound
 
     def _windows_per_record(
         self,
