@@ -233,9 +233,10 @@ class FastRulesConfig:
     # packets no ordinary stack sends (sniffer/fast_rules.py): TCP NULL, FIN-only, Xmas
     # and SYN+FIN probes, a SYN whose SYN-ACK was answered by a bare RST (a raw SYN
     # probe), a handshake closed by the initiator's RST with no data either way (a
-    # connect probe), ICMP timestamp, address-mask and information requests, and ICMP echo
-    # requests with a non-zero code. Scores every flow of the source, and the replies
-    # toward it (flows its targets started that it reset, ICMP errors).
+    # connect probe), a lone data-less ACK from an ephemeral port to a lower one that was
+    # reset (an ACK probe), ICMP timestamp, address-mask and information requests, and
+    # ICMP echo requests with a non-zero code. Scores every flow of the source, and the
+    # replies toward it (flows without SYN it reset or left unanswered, ICMP errors).
     fingerprint_low: float = 1.0
     fingerprint_high: float = 3.0
     # reflection (family ddos): distinct reflectors that sent unsolicited replies to one

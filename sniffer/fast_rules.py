@@ -49,10 +49,13 @@ records each scores:
   SYN probe: the scanner's kernel resets a handshake it did not start), a handshake reset
   by the initiator with no data either way (a connect probe, nmap -sT and its host
   discovery), ICMP timestamp, information and address-mask requests, echo requests with a
-  non-zero code. No ordinary stack sends these, so a few are enough whatever the ports:
-  service and OS fingerprinting of one port is caught, not only sweeps. Scores every flow
+  non-zero code, a lone data-less ACK from an ephemeral port to a lower port that was
+  reset (an ACK probe; from a service port to a higher one it is a server's late segment
+  after its client reset, which nDPI's captures hold). No ordinary stack sends these, so
+  a few are enough whatever the ports: service and OS fingerprinting of one port is
+  caught, not only sweeps. Scores every flow
   of the source (its service probes look ordinary one by one) and the replies toward it
-  (a TCP flow without SYN that it reset, an ICMP error).
+  (a TCP flow without SYN that it reset or left unanswered, an ICMP error).
 * ``reflection`` (family ddos): unsolicited replies toward a victim (the flow's responder;
   :func:`unsolicited_replies`): TCP flows whose initiator sent only SYN-ACKs (no SYN came
   from the victim: SYNs with its address spoofed were reflected), unanswered UDP from a
@@ -154,6 +157,7 @@ PROBE_KINDS = (
     "connect_reset",  # handshake done, no data either way, reset by the initiator
     "icmp_query",  # ICMP timestamp (13), information (15) or address-mask (17) request
     "echo_code",  # ICMP/ICMPv6 echo request with a non-zero code
+    "ack_probe",  # one data-less ACK from an ephemeral port to a lower one, reset (nmap -sA)
 )
 # ICMPv4 requests no ordinary host sends: timestamp, information, address mask.
 _ICMP_QUERIES = (13, 15, 17)
@@ -163,6 +167,19 @@ _ICMP4_ERRORS = (3, 11)
 _ICMP6_ERRORS = (1, 3)
 # The fingerprint window's distinct value: the kind in the port's upper bits.
 _KIND_SHIFT = 17
+
+
+def _key_hash(keys: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash of each address key (batch_windows.address_keys rows), for the
+    prober set: equal keys hash alike, so a prober is never missed; two keys that
+    collide only make a record read its own (exact-keyed) window for nothing."""
+    words = np.ascontiguousarray(keys[:, 1:ADDRESS_KEY_SIZE]).view("<u8")
+    with np.errstate(over="ignore"):
+        h = words[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+        h ^= words[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+        h += keys[:, 0].astype(np.uint64)
+    result: npt.NDArray[np.uint64] = h
+    return result
 
 
 def ramp(x: npt.ArrayLike, low: float, high: float) -> Floats:
@@ -196,7 +213,8 @@ def odd_probes(flows: FlowColumns) -> npt.NDArray[np.int64]:
 
     From the initiator's per-flow flag counts: a normal connection's SYN has no FIN, its
     FIN always comes with an ACK, and a client that got a SYN-ACK acknowledges it (a bare
-    RST is what the scanner's kernel sends for a SYN it did not make itself)."""
+    RST is what the scanner's kernel sends for a SYN it did not make itself). A lone ACK
+    that the far end resets is a probe only from an ephemeral port to a lower port."""
     proto = flows["protocol"]
     tcp = proto == PROTO_TCP
 
@@ -219,6 +237,15 @@ def odd_probes(flows: FlowColumns) -> npt.NDArray[np.int64]:
         tcp & (syn > 0) & (ack > 0) & (rst > 0) & answered_syn & no_data,
         icmp4 & np.isin(itype, _ICMP_QUERIES),
         icmp & np.isin(itype, _ECHO_REQUESTS) & (icode != 0),
+        # A server's pure ACKs after its client reset (late segments) come from the
+        # service port to the client's higher ephemeral port: not counted.
+        tcp
+        & (count("fwd_packets") == 1)
+        & (ack > 0)
+        & (syn + fin + rst + psh + urg == 0)
+        & no_data
+        & (count("bwd_rst_count") > 0)
+        & (count("src_port") > count("dst_port")),
     )
     # The first kind that matches (Xmas is also FIN-only-like; the list order decides).
     out = np.zeros(len(flows), dtype=np.int64)
@@ -332,6 +359,14 @@ class FastRules:
         # The reflectors' windows also sum the unsolicited packets.
         self._probes = self._distinct_windows(context, 2 * ADDRESS_KEY_SIZE, native, 0)
         self._reflectors = self._distinct_windows(context, ADDRESS_KEY_SIZE, native, 1)
+        # Sources that sent an odd probe, and victims that got an unsolicited reply
+        # (hashed address keys, most recent last; at most max_keys each): only their
+        # records use the fingerprint and reflection windows, so ordinary traffic and a
+        # spoofed flood's one-off sources never make a window.
+        self._marked: dict[str, npt.NDArray[np.uint64]] = {
+            "probers": np.zeros(0, dtype=np.uint64),
+            "victims": np.zeros(0, dtype=np.uint64),
+        }
         # Per (source, destination): the destination ports of failed flows (port_scan).
         self._py_pair_failures = SlidingWindows(
             window_s=context.window_s,
@@ -593,24 +628,31 @@ class FastRules:
         the source's distinct probes, the victim's distinct reflectors and unsolicited
         packets; and which records reflection scores.
 
+        Only the records of marked keys take part (:meth:`_remember`): sources that sent
+        an odd probe, victims that received an unsolicited reply (before, or earlier in
+        this batch).
+
         fingerprint: each record adds to its source's window, a value (kind, destination,
         port) when it is an odd probe (:func:`odd_probes`), and reads the distinct count;
         then (a second pass over the batch) a possible reply toward a prober (a TCP flow
-        without SYN that its responder reset, an ICMP error) also adds to the window of
-        its destination, the prober, without a value, and takes the higher count (such a
-        flow is an ACK probe or a target's late segment the scanner reset: either way part
-        of the scan). reflection: an unsolicited reply (:func:`unsolicited_replies`) adds its
-        initiator, the reflector, to its victim's (destination's) window; the victim's
-        other unanswered inbound TCP/UDP flows add without a value; both read the count
-        of distinct reflectors and the sum of unsolicited packets (a flow's growth since
-        its previous record). Every record of a flow adds (repeats of a value count once),
-        so an interim record's flow counts as soon as its counters show what it is."""
+        without SYN that its responder reset or left unanswered, an ICMP error) also adds
+        to the window of its destination, the prober, without a value, and takes the
+        higher count (such a flow is a target's late segment after the scanner reset, or
+        an ACK probe: either way part of the scan).
+
+        reflection: an unsolicited reply (:func:`unsolicited_replies`) adds its initiator,
+        the reflector, to its victim's (destination's) window; the victim's other
+        unanswered inbound TCP/UDP flows add without a value; both read the count of
+        distinct reflectors and the sum of unsolicited packets (a flow's growth since its
+        previous record). Every record of a flow adds (repeats of a value count once), so
+        an interim record's flow counts as soon as its counters show what it is."""
         proto = flows["protocol"]
         tcp = proto == PROTO_TCP
         kind = odd_probes(flows)
-        reply = (
-            tcp & (flows["fwd_syn_count"] == 0) & (flows["bwd_rst_count"] > 0) & (kind == 0)
-        ) | (
+        # Segments without SYN that the responder reset or left unanswered (a target's
+        # late segments after the scanner reset, or an ACK probe), ICMP errors.
+        ended = (flows["bwd_rst_count"] > 0) | (flows["bwd_packets"] == 0)
+        reply = (tcp & (flows["fwd_syn_count"] == 0) & ended & (kind == 0)) | (
             ((proto == PROTO_ICMP) & np.isin(flows["src_port"], _ICMP4_ERRORS))
             | ((proto == PROTO_ICMPV6) & np.isin(flows["src_port"], _ICMP6_ERRORS))
         )
@@ -621,21 +663,29 @@ class FastRules:
             & (flows["bwd_packets"] == 0)
             & _not_multicast(flows.dst_addr)
         )
-        inbound = unsolicited | unanswered
+        dst = address_keys(flows.dst_addr)
+        dst_h = _key_hash(dst)
+        inbound = unsolicited | (unanswered & self._remember("victims", dst_h, unsolicited))
         replies = np.where(
             unsolicited,
             flows["fwd_packets"].astype(np.float64) - prev.values["fwd_packets"],
             0.0,
         )
         ts = flows["last_ts_ns"]
+        src = address_keys(flows.src_addr)
+        from_prober = self._remember("probers", _key_hash(src), kind > 0)
+        to_prober = reply & np.isin(dst_h, self._marked["probers"])
         if self.native:
-            src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
             value = np.concatenate([dst, int_values(probe_value, ADDRESS_KEY_SIZE)], axis=1)
             by_src = self._probes.add(
-                src, ts, values=value[:, None, :], counted=(kind > 0)[:, None]
+                src, ts, values=value[:, None, :], counted=(kind > 0)[:, None], select=from_prober
             ).distinct[:, 0]
             by_dst = self._probes.add(
-                dst, ts, values=value[:, None, :], counted=np.zeros((len(flows), 1)), select=reply
+                dst,
+                ts,
+                values=value[:, None, :],
+                counted=np.zeros((len(flows), 1)),
+                select=to_prober,
             ).distinct[:, 0]
             probes = np.maximum(by_src, by_dst)
             victims = self._reflectors.add(
@@ -656,7 +706,8 @@ class FastRules:
             ts.tolist(),
             kind.tolist(),
             probe_value.tolist(),
-            reply.tolist(),
+            from_prober.tolist(),
+            to_prober.tolist(),
             unsolicited.tolist(),
             inbound.tolist(),
             replies.tolist(),
@@ -664,9 +715,10 @@ class FastRules:
         )
         # None stands for an entry without a value (left out of the distinct count).
         replying = []
-        for i, (src_a, dst_a, t, k, v, rep, uns, inb, pk) in enumerate(rows):
-            win = self._probes.add(src_a, t, (), ((dst_a, v) if k else None,))
-            probes_py[i] = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
+        for i, (src_a, dst_a, t, k, v, prober, rep, uns, inb, pk) in enumerate(rows):
+            if prober:
+                win = self._probes.add(src_a, t, (), ((dst_a, v) if k else None,))
+                probes_py[i] = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
             if rep:
                 replying.append((i, dst_a, t))
             if inb:
@@ -680,6 +732,25 @@ class FastRules:
             seen = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
             probes_py[i] = max(probes_py[i], seen)
         return probes_py, reflectors_py, replies_py, inbound
+
+    def _remember(self, name: str, keys: npt.NDArray[np.uint64], mark: Bools) -> Bools:
+        """Which records have a key (hashed address) marked in an earlier batch or earlier
+        in this one (the marking record included); remembers this batch's marked keys in
+        ``self._marked[name]`` (ordered by their first mark in it; past max_keys the least
+        recently marked are forgotten)."""
+        known = self._marked[name]
+        result: Bools = np.isin(keys, known)
+        rows = np.flatnonzero(mark)
+        if len(rows):
+            # This batch's marked keys, each from its first mark on (rows are in order).
+            new, first = np.unique(keys[rows], return_index=True)
+            first = rows[first]
+            where = np.searchsorted(new, keys).clip(0, len(new) - 1)
+            result |= (new[where] == keys) & (np.arange(len(keys)) >= first[where])
+            new = new[np.argsort(first, kind="stable")]
+            kept = known[~np.isin(known, new)]
+            self._marked[name] = np.concatenate([kept, new])[-self._context.max_keys :]
+        return result
 
     def _windows_per_record(
         self,
