@@ -216,7 +216,10 @@ def odd_probes(flows: FlowColumns) -> npt.NDArray[np.int64]:
     RST is what the scanner's kernel sends for a SYN it did not make itself). A lone ACK
     that the far end resets is a probe only from an ephemeral port to a lower port."""
     proto = flows["protocol"]
-    tcp = proto == PROTO_TCP
+    # A fragmented TCP flow's flags may be in fragments the engine does not parse (a
+    # non-first fragment has no header; nmap -f cuts the first one before the flags):
+    # tiny_fragments scores those, this takes only flows seen whole.
+    tcp = (proto == PROTO_TCP) & (flows["frag_count"] == 0)
 
     def count(name: str) -> npt.NDArray[np.int64]:
         return flows[name].astype(np.int64)

@@ -57,6 +57,17 @@ def test_null_fin_xmas_probes_are_their_kinds() -> None:
     assert names == ["null", "fin", "xmas"] * 3 + ["syn_fin"]
 
 
+def test_fragments_without_flags_are_no_null_probes() -> None:
+    """nmap -f cuts the TCP header before the flags, and non-first fragments (ports 0)
+    have none: such records show no flag, but what they are is unknown (tiny_fragments
+    scores them)."""
+    ev = events(
+        event(SCANNER, "192.0.2.10", dport=22, frag_count=1, tiny_frag_count=1),
+        event(SCANNER, "192.0.2.10", sport=0, dport=0, fwd_packets=5, frag_count=5),
+    )
+    assert odd_probes(flow_columns(ev, "x")).tolist() == [0, 0]
+
+
 def test_null_fin_xmas_probe_set_scores_the_scanner() -> None:
     fp = _scores(_odd_probe_set())["fingerprint"]
     # One probe is no scan yet; the second is suspicious, the third certain.
