@@ -106,13 +106,16 @@ def _family(base: int, family: str, category: str, rules: Sequence[str]) -> dict
 # family -> fast rule ("" for the family's forest) -> signature. Append only.
 SIGNATURES: dict[str, dict[str, Signature]] = {
     "ddos": _family(
-        9100100, "ddos", "Detection of a Denial of Service Attack", ("syn_flood", "udp_flood")
+        9100100,
+        "ddos",
+        "Detection of a Denial of Service Attack",
+        ("syn_flood", "udp_flood", "reflection"),
     ),
     "scan": _family(
         9100200,
         "scan",
         "Detection of a Network Scan",
-        ("port_scan", "host_sweep", "tiny_fragments"),
+        ("port_scan", "host_sweep", "tiny_fragments", "fingerprint"),
     ),
     "bruteforce": _family(9100300, "bruteforce", "Attempted User Privilege Gain", ("brute_force",)),
     "tunnel": _family(9100400, "tunnel", "Potentially Bad Traffic", ("dns_tunnel",)),

@@ -84,6 +84,8 @@ FAST_RULE_FAMILY: dict[str, str] = {
     "dns_tunnel": "tunnel",
     "brute_force": "bruteforce",
     "beacon": "c2",
+    "fingerprint": "scan",
+    "reflection": "ddos",
 }
 
 

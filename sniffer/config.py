@@ -228,6 +228,30 @@ class FastRulesConfig:
     # Services that poll by design and are never scored (NTP, DNS, DHCP, mDNS, SSDP,
     # SNMP traps, syslog, LLMNR, NetBIOS).
     beacon_ignore_ports: tuple[int, ...] = (53, 67, 68, 123, 137, 138, 162, 514, 1900, 5353, 5355)
+    # fingerprint (family scan): distinct odd probes one source sent within the window,
+    # each counted once per (kind, destination address, destination port). The kinds are
+    # packets no ordinary stack sends (sniffer/fast_rules.py): TCP NULL, FIN-only, Xmas
+    # and SYN+FIN probes, a SYN whose SYN-ACK was answered by a bare RST (a raw SYN
+    # probe), a handshake closed by the initiator's RST with no data either way (a
+    # connect probe), a lone data-less ACK from an ephemeral port to a lower one that was
+    # reset (an ACK probe), ICMP timestamp, address-mask and information requests, and
+    # ICMP echo requests with a non-zero code. Scores every flow of the source, and the
+    # replies toward it (flows without SYN it reset or left unanswered, ICMP errors).
+    fingerprint_low: float = 1.0
+    fingerprint_high: float = 3.0
+    # reflection (family ddos): distinct reflectors that sent unsolicited replies to one
+    # victim address within the window. An unsolicited reply is a TCP flow whose
+    # initiator sent only SYN-ACKs (replies to SYNs the victim never sent), a UDP flow
+    # from a reflection port (amplification_ports) or a UDP non-first fragment (no
+    # ports: the rest of a large answer) toward the victim that it did not answer
+    # (multicast and broadcast destinations left out). Scores those flows and the
+    # victim's other unanswered inbound flows.
+    reflection_low: float = 4.0
+    reflection_high: float = 16.0
+    # ... or, whichever scores higher, the unsolicited packets toward the victim within
+    # the window (a few reflectors retransmitting SYN-ACKs to a victim that never asked).
+    reflection_packets_low: float = 10.0
+    reflection_packets_high: float = 40.0
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys

@@ -43,6 +43,28 @@ records each scores:
   beacons: the rule alerts, and by default a fast rule alone never blocks
   (``detector.thresholds.block_on_fast_rule_alone``).
 
+* ``fingerprint`` (family scan): distinct odd probes of the source, each counted once per
+  (kind, destination address, destination port) (:func:`odd_probes`, :data:`PROBE_KINDS`):
+  TCP NULL, FIN-only, Xmas and SYN+FIN probes, a SYN whose SYN-ACK got a bare RST (a raw
+  SYN probe: the scanner's kernel resets a handshake it did not start), a handshake reset
+  by the initiator with no data either way (a connect probe, nmap -sT and its host
+  discovery), ICMP timestamp, information and address-mask requests, echo requests with a
+  non-zero code, a lone data-less ACK from an ephemeral port to a lower port that was
+  reset (an ACK probe; from a service port to a higher one it is a server's late segment
+  after its client reset, which nDPI's captures hold). No ordinary stack sends these, so
+  a few are enough whatever the ports: service and OS fingerprinting of one port is
+  caught, not only sweeps. Scores every flow
+  of the source (its service probes look ordinary one by one) and the replies toward it
+  (a TCP flow without SYN that it reset or left unanswered, an ICMP error).
+* ``reflection`` (family ddos): unsolicited replies toward a victim (the flow's responder;
+  :func:`unsolicited_replies`): TCP flows whose initiator sent only SYN-ACKs (no SYN came
+  from the victim: SYNs with its address spoofed were reflected), unanswered UDP from a
+  reflection port, unanswered UDP non-first fragments (the engine keys them with ports 0:
+  the rest of an amplified answer); multicast and broadcast destinations are announcements,
+  not replies. x is the higher ramp of the distinct reflectors and of the unsolicited
+  packets toward the victim; scores those flows and the victim's other unanswered inbound
+  TCP/UDP flows (the flood's noise: a one-way capture of a victim sees nothing else).
+
 Failures, not counts. A flow *failed* (:func:`failed_flows`) when it is a TCP flow that
 carried no payload either way and was refused (RST from the responder), unanswered or
 closed straight after the handshake (a SYN scan's half-open probe, a NULL/FIN/Xmas probe,
@@ -96,7 +118,16 @@ from sniffer.interim import Previous
 from sniffer.records import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Array, FlowColumns
 from sniffer.sliding_window import SlidingWindows
 
-__all__ = ["RULES", "FastRules", "FastScores", "failed_flows", "ramp"]
+__all__ = [
+    "PROBE_KINDS",
+    "RULES",
+    "FastRules",
+    "FastScores",
+    "failed_flows",
+    "odd_probes",
+    "ramp",
+    "unsolicited_replies",
+]
 
 RULES = (
     "syn_flood",
@@ -107,11 +138,48 @@ RULES = (
     "brute_force",
     "tiny_fragments",
     "beacon",
+    "fingerprint",
+    "reflection",
 )
 # ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
 _ECHO_REQUESTS = (8, 128)
 
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+# fingerprint's probe kinds (odd_probes gives their index + 1; 0: not a probe).
+PROBE_KINDS = (
+    "null",  # TCP, no flag at all
+    "fin",  # TCP FIN without SYN/ACK/RST (FIN-only; a stack's FIN always carries ACK)
+    "xmas",  # TCP FIN+PSH+URG without SYN/ACK
+    "syn_fin",  # TCP SYN and FIN, never an ACK
+    "raw_syn",  # SYN answered by SYN-ACK, then a bare RST (no ACK): a raw-socket SYN probe
+    "connect_reset",  # handshake done, no data either way, reset by the initiator
+    "icmp_query",  # ICMP timestamp (13), information (15) or address-mask (17) request
+    "echo_code",  # ICMP/ICMPv6 echo request with a non-zero code
+    "ack_probe",  # one data-less ACK from an ephemeral port to a lower one, reset (nmap -sA)
+)
+# ICMPv4 requests no ordinary host sends: timestamp, information, address mask.
+_ICMP_QUERIES = (13, 15, 17)
+# ICMP errors (v4 unreachable 3, time exceeded 11; v6 unreachable 1, time exceeded 3):
+# answers toward a prober.
+_ICMP4_ERRORS = (3, 11)
+_ICMP6_ERRORS = (1, 3)
+# The fingerprint window's distinct value: the kind in the port's upper bits.
+_KIND_SHIFT = 17
+
+
+def _key_hash(keys: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash of each address key (batch_windows.address_keys rows), for the
+    prober set: equal keys hash alike, so a prober is never missed; two keys that
+    collide only make a record read its own (exact-keyed) window for nothing."""
+    words = np.ascontiguousarray(keys[:, 1:ADDRESS_KEY_SIZE]).view("<u8")
+    with np.errstate(over="ignore"):
+        h = words[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+        h ^= words[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+        h += keys[:, 0].astype(np.uint64)
+    result: npt.NDArray[np.uint64] = h
+    return result
 
 
 def ramp(x: npt.ArrayLike, low: float, high: float) -> Floats:
@@ -137,6 +205,91 @@ def failed_flows(flows: FlowColumns) -> npt.NDArray[np.bool_]:
     icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
     echo_failed = icmp & np.isin(flows["src_port"], _ECHO_REQUESTS) & (bwd_packets == 0)
     result: npt.NDArray[np.bool_] = tcp_failed | udp_failed | echo_failed
+    return result
+
+
+def odd_probes(flows: FlowColumns) -> npt.NDArray[np.int64]:
+    """Per flow: the index + 1 in :data:`PROBE_KINDS` of the odd probe it is, 0 for none.
+
+    From the initiator's per-flow flag counts: a normal connection's SYN has no FIN, its
+    FIN always comes with an ACK, and a client that got a SYN-ACK acknowledges it (a bare
+    RST is what the scanner's kernel sends for a SYN it did not make itself). A lone ACK
+    that the far end resets is a probe only from an ephemeral port to a lower port."""
+    proto = flows["protocol"]
+    # A fragmented TCP flow's flags may be in fragments the engine does not parse (a
+    # non-first fragment has no header; nmap -f cuts the first one before the flags):
+    # tiny_fragments scores those, this takes only flows seen whole.
+    tcp = (proto == PROTO_TCP) & (flows["frag_count"] == 0)
+
+    def count(name: str) -> npt.NDArray[np.int64]:
+        return flows[name].astype(np.int64)
+
+    syn, fin, rst = count("fwd_syn_count"), count("fwd_fin_count"), count("fwd_rst_count")
+    psh, ack, urg = count("fwd_psh_count"), count("fwd_ack_count"), count("fwd_urg_count")
+    no_data = (count("fwd_payload_bytes") == 0) & (count("bwd_payload_bytes") == 0)
+    answered_syn = count("bwd_syn_count") > 0
+    icmp4 = proto == PROTO_ICMP
+    icmp = icmp4 | (proto == PROTO_ICMPV6)
+    itype, icode = count("src_port"), count("dst_port")
+    kinds = (
+        tcp & (syn + fin + rst + psh + ack + urg == 0) & (count("fwd_packets") > 0),
+        tcp & (fin > 0) & (syn + ack + rst + psh + urg == 0),
+        tcp & (fin > 0) & (psh > 0) & (urg > 0) & (syn + ack == 0),
+        tcp & (syn > 0) & (fin > 0) & (ack == 0),
+        tcp & (syn > 0) & (ack == 0) & (rst > 0) & answered_syn,
+        tcp & (syn > 0) & (ack > 0) & (rst > 0) & answered_syn & no_data,
+        icmp4 & np.isin(itype, _ICMP_QUERIES),
+        icmp & np.isin(itype, _ECHO_REQUESTS) & (icode != 0),
+        # A server's pure ACKs after its client reset (late segments) come from the
+        # service port to the client's higher ephemeral port: not counted.
+        tcp
+        & (count("fwd_packets") == 1)
+        & (ack > 0)
+        & (syn + fin + rst + psh + urg == 0)
+        & no_data
+        & (count("bwd_rst_count") > 0)
+        & (count("src_port") > count("dst_port")),
+    )
+    # The first kind that matches (Xmas is also FIN-only-like; the list order decides).
+    out = np.zeros(len(flows), dtype=np.int64)
+    for index in range(len(kinds) - 1, -1, -1):
+        out[kinds[index]] = index + 1
+    return out
+
+
+def _not_multicast(addrs: list[bytes]) -> Bools:
+    """Per address: not multicast (224.0.0.0/4, ff00::/8) and not an IPv4 address ending
+    in .255 (a subnet broadcast): discovery protocols answer those by design."""
+    keys = address_keys(addrs)
+    v4 = keys[:, 0] == 4
+    first = keys[:, 1]
+    multicast = np.where(v4, (first >= 224) & (first <= 239), first == 0xFF)
+    broadcast = v4 & ((keys[:, 4] == 255) | (first == 255))
+    result: Bools = ~(multicast | broadcast)
+    return result
+
+
+def unsolicited_replies(flows: FlowColumns, amplification_ports: npt.ArrayLike) -> Bools:
+    """Which flows are replies to requests the victim (the flow's responder) never sent:
+    a TCP flow whose initiator sent only SYN-ACKs and got no SYN back (reflected SYNs
+    with the victim's address spoofed), an unanswered UDP flow from a reflection port, or
+    an unanswered UDP non-first fragment (ports 0: the rest of a large answer). Flows to
+    multicast or broadcast addresses are announcements, not replies."""
+    proto = flows["protocol"]
+    fwd_packets = flows["fwd_packets"].astype(np.int64)
+    unanswered = flows["bwd_packets"] == 0
+    synack = (
+        (proto == PROTO_TCP)
+        & (fwd_packets > 0)
+        & (flows["fwd_syn_count"] == fwd_packets)
+        & (flows["fwd_ack_count"] == fwd_packets)
+        & (flows["bwd_syn_count"] == 0)
+        & (flows["fwd_payload_bytes"] == 0)
+    )
+    udp = (proto == PROTO_UDP) & unanswered
+    from_reflector = udp & np.isin(flows["src_port"].astype(np.int64), amplification_ports)
+    fragment = udp & (flows["src_port"] == 0) & (flows["dst_port"] == 0) & (flows["frag_count"] > 0)
+    result: Bools = (synack | from_reflector | fragment) & _not_multicast(flows.dst_addr)
     return result
 
 
@@ -204,6 +357,19 @@ class FastRules:
         self._evasive = windows(1)
         # Per (source, destination, port): failed attempts at a login service.
         self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
+        # Per source: its odd probes, distinct by (kind, destination, port) (fingerprint);
+        # per victim address: the reflectors that sent it unsolicited replies (reflection).
+        # The reflectors' windows also sum the unsolicited packets.
+        self._probes = self._distinct_windows(context, 2 * ADDRESS_KEY_SIZE, native, 0)
+        self._reflectors = self._distinct_windows(context, ADDRESS_KEY_SIZE, native, 1)
+        # Sources that sent an odd probe, and victims that got an unsolicited reply
+        # (hashed address keys, most recent last; at most max_keys each): only their
+        # records use the fingerprint and reflection windows, so ordinary traffic and a
+        # spoofed flood's one-off sources never make a window.
+        self._marked: dict[str, npt.NDArray[np.uint64]] = {
+            "probers": np.zeros(0, dtype=np.uint64),
+            "victims": np.zeros(0, dtype=np.uint64),
+        }
         # Per (source, destination): the destination ports of failed flows (port_scan).
         self._py_pair_failures = SlidingWindows(
             window_s=context.window_s,
@@ -259,6 +425,23 @@ class FastRules:
     @property
     def _beacons(self) -> Any:
         return self._part("beacons", self._py_beacons)
+
+    @staticmethod
+    def _distinct_windows(
+        context: ContextConfig, value_size: int, native: bool, n_sums: int
+    ) -> Any:
+        """Windows per address keeping one distinct dimension of ``value_size`` bytes."""
+        caps: dict[str, Any] = {
+            "window_s": context.window_s,
+            "n_sums": n_sums,
+            "n_distinct": 1,
+            "max_keys": context.max_keys,
+            "max_entries_per_key": context.max_entries_per_key,
+            "max_entries": context.max_entries,
+        }
+        if native:
+            return BatchWindows(**caps, key_size=ADDRESS_KEY_SIZE, value_size=value_size)
+        return SlidingWindows(**caps)
 
     @staticmethod
     def _beacon_windows(rules: FastRulesConfig, context: ContextConfig) -> SlidingWindows:
@@ -397,6 +580,16 @@ class FastRules:
         per_rule["dns_tunnel"] = np.maximum(
             per_rule["dns_tunnel"], self._dns_domain(context, len(flows))
         )
+        probes, reflectors, replies, reflection_scored = self._behaviour(flows, prev)
+        per_rule["fingerprint"] = ramp(probes, c.fingerprint_low, c.fingerprint_high)
+        per_rule["reflection"] = np.where(
+            reflection_scored,
+            np.maximum(
+                ramp(reflectors, c.reflection_low, c.reflection_high),
+                ramp(replies, c.reflection_packets_low, c.reflection_packets_high),
+            ),
+            0,
+        )
         result = FastScores({k: v.astype(np.float64) for k, v in per_rule.items()})
         fired = Counter(result.rule)
         fired.pop("", None)
@@ -430,6 +623,137 @@ class FastRules:
         )
         score: Floats = volume * np.maximum(random_labels, data_types)
         return np.where(context["dns_domain_queries"] > 0, score, 0.0)
+
+    def _behaviour(
+        self, flows: FlowColumns, prev: Previous
+    ) -> tuple[Floats, Floats, Floats, Bools]:
+        """fingerprint's and reflection's window values per record (0 where not scored):
+        the source's distinct probes, the victim's distinct reflectors and unsolicited
+        packets; and which records reflection scores.
+
+        Only the records of marked keys take part (:meth:`_remember`): sources that sent
+        an odd probe, victims that received an unsolicited reply (before, or earlier in
+        this batch).
+
+        fingerprint: each record adds to its source's window, a value (kind, destination,
+        port) when it is an odd probe (:func:`odd_probes`), and reads the distinct count;
+        then (a second pass over the batch) a possible reply toward a prober (a TCP flow
+        without SYN that its responder reset or left unanswered, an ICMP error) also adds
+        to the window of its destination, the prober, without a value, and takes the
+        higher count (such a flow is a target's late segment after the scanner reset, or
+        an ACK probe: either way part of the scan).
+
+        reflection: an unsolicited reply (:func:`unsolicited_replies`) adds its initiator,
+        the reflector, to its victim's (destination's) window; the victim's other
+        unanswered inbound TCP/UDP flows add without a value; both read the count of
+        distinct reflectors and the sum of unsolicited packets (a flow's growth since its
+        previous record). Every record of a flow adds (repeats of a value count once), so
+        an interim record's flow counts as soon as its counters show what it is."""
+        proto = flows["protocol"]
+        tcp = proto == PROTO_TCP
+        kind = odd_probes(flows)
+        # Segments without SYN that the responder reset or left unanswered (a target's
+        # late segments after the scanner reset, or an ACK probe), ICMP errors.
+        ended = (flows["bwd_rst_count"] > 0) | (flows["bwd_packets"] == 0)
+        reply = (tcp & (flows["fwd_syn_count"] == 0) & ended & (kind == 0)) | (
+            ((proto == PROTO_ICMP) & np.isin(flows["src_port"], _ICMP4_ERRORS))
+            | ((proto == PROTO_ICMPV6) & np.isin(flows["src_port"], _ICMP6_ERRORS))
+        )
+        probe_value = (kind << _KIND_SHIFT) | flows["dst_port"].astype(np.int64)
+        unsolicited = unsolicited_replies(flows, self._amp_ports)
+        unanswered = (
+            (tcp | (proto == PROTO_UDP))
+            & (flows["bwd_packets"] == 0)
+            & _not_multicast(flows.dst_addr)
+        )
+        dst = address_keys(flows.dst_addr)
+        dst_h = _key_hash(dst)
+        inbound = unsolicited | (unanswered & self._remember("victims", dst_h, unsolicited))
+        replies = np.where(
+            unsolicited,
+            flows["fwd_packets"].astype(np.float64) - prev.values["fwd_packets"],
+            0.0,
+        )
+        ts = flows["last_ts_ns"]
+        src = address_keys(flows.src_addr)
+        from_prober = self._remember("probers", _key_hash(src), kind > 0)
+        to_prober = reply & np.isin(dst_h, self._marked["probers"])
+        if self.native:
+            value = np.concatenate([dst, int_values(probe_value, ADDRESS_KEY_SIZE)], axis=1)
+            by_src = self._probes.add(
+                src, ts, values=value[:, None, :], counted=(kind > 0)[:, None], select=from_prober
+            ).distinct[:, 0]
+            by_dst = self._probes.add(
+                dst,
+                ts,
+                values=value[:, None, :],
+                counted=np.zeros((len(flows), 1)),
+                select=to_prober,
+            ).distinct[:, 0]
+            probes = np.maximum(by_src, by_dst)
+            victims = self._reflectors.add(
+                dst,
+                ts,
+                replies[:, None],
+                values=src[:, None, :],
+                counted=unsolicited[:, None],
+                select=inbound,
+            )
+            reflectors = victims.distinct[:, 0].astype(np.float64)
+            return probes.astype(np.float64), reflectors, victims.sums[:, 0], inbound
+        n = len(flows)
+        probes_py, reflectors_py, replies_py = np.zeros(n), np.zeros(n), np.zeros(n)
+        rows = zip(
+            flows.src_addr,
+            flows.dst_addr,
+            ts.tolist(),
+            kind.tolist(),
+            probe_value.tolist(),
+            from_prober.tolist(),
+            to_prober.tolist(),
+            unsolicited.tolist(),
+            inbound.tolist(),
+            replies.tolist(),
+            strict=True,
+        )
+        # None stands for an entry without a value (left out of the distinct count).
+        replying = []
+        for i, (src_a, dst_a, t, k, v, prober, rep, uns, inb, pk) in enumerate(rows):
+            if prober:
+                win = self._probes.add(src_a, t, (), ((dst_a, v) if k else None,))
+                probes_py[i] = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
+            if rep:
+                replying.append((i, dst_a, t))
+            if inb:
+                rwin = self._reflectors.add(dst_a, t, (pk,), (src_a if uns else None,))
+                reflectors_py[i] = rwin.distinct_count(0) - (1 if None in rwin.distinct[0] else 0)
+                replies_py[i] = rwin.sums[0]
+        # The replies read their prober's window after the whole batch's sources (as the
+        # native path adds them: a second pass).
+        for i, dst_a, t in replying:
+            win = self._probes.add(dst_a, t, (), (None,))
+            seen = win.distinct_count(0) - (1 if None in win.distinct[0] else 0)
+            probes_py[i] = max(probes_py[i], seen)
+        return probes_py, reflectors_py, replies_py, inbound
+
+    def _remember(self, name: str, keys: npt.NDArray[np.uint64], mark: Bools) -> Bools:
+        """Which records have a key (hashed address) marked in an earlier batch or earlier
+        in this one (the marking record included); remembers this batch's marked keys in
+        ``self._marked[name]`` (ordered by their first mark in it; past max_keys the least
+        recently marked are forgotten)."""
+        known = self._marked[name]
+        result: Bools = np.isin(keys, known)
+        rows = np.flatnonzero(mark)
+        if len(rows):
+            # This batch's marked keys, each from its first mark on (rows are in order).
+            new, first = np.unique(keys[rows], return_index=True)
+            first = rows[first]
+            where = np.searchsorted(new, keys).clip(0, len(new) - 1)
+            result |= (new[where] == keys) & (np.arange(len(keys)) >= first[where])
+            new = new[np.argsort(first, kind="stable")]
+            kept = known[~np.isin(known, new)]
+            self._marked[name] = np.concatenate([kept, new])[-self._context.max_keys :]
+        return result
 
     def _windows_per_record(
         self,

@@ -45,9 +45,11 @@ def _rules(name: str, attacker: bytes | None) -> Counter[str]:
         ("scan/masscan_tcp_0_1000.pcap", bytes([172, 31, 15, 102]), "port_scan", 0.9),
         ("scan/masscan_udp_0_1000.pcap", bytes([172, 31, 15, 102]), "port_scan", 0.9),
         ("ddos/syn_dominate_ecn_cwr.pcapng", None, "syn_flood", 0.9),
-        ("ddos/amp_udp_snmp.pcapng", None, "udp_flood", 0.9),
-        ("ddos/amp_udp_isakmp.pcap", None, "udp_flood", 0.9),
-        ("ddos/amp_udp_bacnet.pcapng", None, "udp_flood", 0.5),
+        # udp_flood's reflected-flow arm and the reflection rule (distinct reflectors)
+        # measure the same flood; whichever scores higher names it.
+        ("ddos/amp_udp_snmp.pcapng", None, "udp_flood|reflection", 0.9),
+        ("ddos/amp_udp_isakmp.pcap", None, "udp_flood|reflection", 0.9),
+        ("ddos/amp_udp_bacnet.pcapng", None, "udp_flood|reflection", 0.5),
         ("dns_tunnel/iodine_elastic.pcap", None, "dns_tunnel", 1.0),
     ],
 )
@@ -56,7 +58,7 @@ def test_rule_fires_on_attack(
 ) -> None:
     fired = _rules(capture, attacker)
     total = sum(fired.values())
-    assert fired[rule] >= share * total, fired
+    assert sum(fired[r] for r in rule.split("|")) >= share * total, fired
 
 
 def test_dns_tunnel_flagged_by_an_interim_record_before_it_ends() -> None:
