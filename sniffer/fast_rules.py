@@ -40,8 +40,8 @@ records each scores:
   gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
   (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
   Benign pollers that keep a clock (monitoring, update checks every minute) score like
-  beacons: the rule alerts, and by default a fast rule alone never blocks
-  (``detector.thresholds.block_on_fast_rule_alone``).
+  beacons: the rule alerts, and by default the c2 family's fast rule alone never blocks
+  (``detector.thresholds.fast_rule_alone_blocks``).
 
 Failures, not counts. A flow *failed* (:func:`failed_flows`) when it is a TCP flow that
 carried no payload either way and was refused (RST from the responder), unanswered or
