@@ -29,10 +29,16 @@ records each scores:
   so a few within the window are enough (a scan family rule).
   entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
 * ``brute_force``: failed login attempts from the source to one login service (address
-  and port): TCP flows to a login port in which the initiator sent at most
-  ``brute_force_max_packets`` and that were refused or reset by the service, or completed
-  the handshake and got at most ``brute_force_max_reply_bytes`` of payload back (no
-  session followed); scores such flows.
+  and port) over ``brute_force_window_s``, by any tool: TCP flows to a login port in which
+  the initiator sent at most ``brute_force_max_packets`` and that were refused or reset by
+  the service, or completed the handshake and got at most ``brute_force_max_reply_bytes``
+  of payload back (no session followed); and on the HTTP(S) ports, every request of a flow
+  whose requests and replies are small (a 401/403 page or a login form again per request,
+  the TLS handshake's certificates left out), a kept-alive session counting each request,
+  over the context window (a rate: ``brute_force_http_low``/``_high``). The ramp of the
+  attempts times the similarity of their reply sizes, ``1 - ramp(std/mean, spread_low,
+  spread_high)`` over the window (a guesser gets the same refusal each time; a browser's
+  replies vary); scores the attempts.
 * ``beacon`` (family c2): answered connections (not failed) of the source to one service
   (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
   count times the ramp of their regularity ``max(0, 1 - std/mean)`` of the gaps between
@@ -108,6 +114,8 @@ RULES = (
     "tiny_fragments",
     "beacon",
 )
+# brute_force's window key: source, destination, port as int64.
+_LOGIN_KEY = 2 * ADDRESS_KEY_SIZE + 8
 # ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
 _ECHO_REQUESTS = (8, 128)
 
@@ -183,9 +191,11 @@ class FastRules:
         # Sources that failed at least once, most recent last (bounded by max_keys).
         self._py_failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
-        def windows(n_sums: int, key_size: int = ADDRESS_KEY_SIZE) -> Any:
+        def windows(
+            n_sums: int, key_size: int = ADDRESS_KEY_SIZE, window_s: float = context.window_s
+        ) -> Any:
             caps: dict[str, Any] = {
-                "window_s": context.window_s,
+                "window_s": window_s,
                 "n_sums": n_sums,
                 "n_distinct": 0,
                 "max_keys": context.max_keys,
@@ -202,8 +212,13 @@ class FastRules:
         self._reflected = windows(0)
         # Per source: tiny and overlapping fragments.
         self._evasive = windows(1)
-        # Per (source, destination, port): failed attempts at a login service.
-        self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
+        # Per (source, destination, port): failed attempts at a login service over
+        # brute_force_window_s, and HTTP(S) attempts over window_s; each entry holds
+        # (attempts, answered attempts, their reply bytes, their reply bytes^2), for the
+        # spread of the replies.
+        self._windows = windows
+        self._logins = windows(4, _LOGIN_KEY, rules.brute_force_window_s)
+        self._http_logins = windows(4, _LOGIN_KEY)
         # Per (source, destination): the destination ports of failed flows (port_scan).
         self._py_pair_failures = SlidingWindows(
             window_s=context.window_s,
@@ -275,6 +290,8 @@ class FastRules:
         self._beacon_ignore = np.array(sorted(rules.beacon_ignore_ports), dtype=np.int64)
         self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
         self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
+        self._http_ports = np.array(sorted(rules.brute_force_http_ports), dtype=np.int64)
+        self._tls_ports = np.array(sorted(rules.brute_force_tls_ports), dtype=np.int64)
 
     def reconfigure(self, rules: FastRulesConfig) -> None:
         """Score with ``rules`` from the next batch on (a change from etcd). The windows
@@ -290,6 +307,9 @@ class FastRules:
                 self._rule_windows.reset_beacons(
                     rules.beacon_window_s, rules.beacon_max_connections
                 )
+        if rules.brute_force_window_s != self.config.brute_force_window_s:
+            # A new window length starts the login windows afresh.
+            self._logins = self._windows(4, _LOGIN_KEY, rules.brute_force_window_s)
         self.config = rules
         self._set_ports(rules)
 
@@ -320,16 +340,7 @@ class FastRules:
             & (bwd_bytes >= c.amplification_ratio * fwd_bytes)
         )
         failed = failed_flows(flows)
-        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
-        login = (
-            tcp
-            & np.isin(dst_port, self._login_ports)
-            & (flows["fwd_packets"] <= c.brute_force_max_packets)
-            & (
-                (flows["bwd_rst_count"] > 0)
-                | (answered & (flows["bwd_payload_bytes"] <= c.brute_force_max_reply_bytes))
-            )
-        )
+        login, login_sums, http_login, http_sums = self._attempts(flows, prev)
         icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
         # host_sweep's "port": the destination port; every ICMP flow shares -1.
         sweep_port = np.where(icmp, -1, dst_port)
@@ -341,9 +352,9 @@ class FastRules:
         evasive -= prev.values["tiny_frag_count"] + prev.values["overlap_frag_count"]
         # A flow adds itself (a SYN-only flow, a login attempt) at its first record only.
         windows = self._windows_batch if self.native else self._windows_per_record
-        syn_rate, udp_rate, reflected, logins, evasive_sum = windows(
-            flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified, login & first,
-            evasive,
+        syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum = windows(
+            flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified,
+            login, login_sums, http_login, http_sums, evasive,
         )  # fmt: skip
         if self._rule_windows is not None:
             rw = self._rule_windows
@@ -386,7 +397,14 @@ class FastRules:
             "tiny_fragments": np.where(
                 evasive > 0, ramp(evasive_sum, c.tiny_fragments_low, c.tiny_fragments_high), 0
             ),
-            "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
+            "brute_force": np.where(
+                login, self._guessing(logins, c.brute_force_low, c.brute_force_high), 0
+            )
+            + np.where(
+                http_login,
+                self._guessing(http_logins, c.brute_force_http_low, c.brute_force_http_high),
+                0,
+            ),
             "beacon": np.where(
                 beacon_scored,
                 ramp(beacon_count, c.beacon_low, c.beacon_high)
@@ -402,6 +420,76 @@ class FastRules:
         fired.pop("", None)
         self.fired.update(fired)
         self.scored += int(np.count_nonzero(result.score))
+        return result
+
+    def _attempts(
+        self, flows: FlowColumns, prev: Previous
+    ) -> tuple[npt.NDArray[np.bool_], Floats, npt.NDArray[np.bool_], Floats]:
+        """brute_force's attempts (module doc): which records add a login attempt, which
+        add HTTP(S) attempts, and each one's window entry (attempts, answered attempts,
+        their reply bytes, their reply bytes^2). A login attempt is a flow, added at its
+        first record; an HTTP record adds the requests (and bytes) its flow grew by since
+        its previous record."""
+        c = self.config
+        dst_port = flows["dst_port"].astype(np.int64)
+        tcp = flows["protocol"] == PROTO_TCP
+        bwd_payload = flows["bwd_payload_bytes"].astype(np.float64)
+        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
+        login_port = np.isin(dst_port, self._login_ports)
+        login = (
+            prev.first
+            & tcp
+            & login_port
+            & (flows["fwd_packets"] <= c.brute_force_max_packets)
+            & (
+                (flows["bwd_rst_count"] > 0)
+                | (answered & (bwd_payload <= c.brute_force_max_reply_bytes))
+            )
+        )
+        got = (flows["bwd_payload_bytes"] > 0).astype(np.float64)
+        login_sums = np.column_stack(
+            [np.ones(len(flows)), got, bwd_payload, bwd_payload * bwd_payload]
+        )
+        v = prev.values
+        requests = flows["fwd_psh_count"].astype(np.float64) - v["fwd_psh_count"]
+        sent = flows["fwd_payload_bytes"].astype(np.float64) - v["fwd_payload_bytes"]
+        replied = bwd_payload - v["bwd_payload_bytes"]
+        # TLS: the handshake's two client pushes (ClientHello, Finished) and the server's
+        # certificates are no request and no reply (left out at the flow's first record).
+        handshake = prev.first & np.isin(dst_port, self._tls_ports)
+        requests = np.where(handshake, np.maximum(requests - 2, 1), requests)
+        reply = np.where(
+            handshake, np.maximum(replied - c.brute_force_tls_handshake_bytes, 0), replied
+        )
+        asked = np.maximum(requests, 1)
+        http_login = (
+            tcp
+            & np.isin(dst_port, self._http_ports)
+            & ~login_port
+            & (requests > 0)
+            & (replied > 0)
+            & (reply <= c.brute_force_http_max_reply_bytes * asked)
+            & (sent <= c.brute_force_http_max_request_bytes * asked)
+        )
+        per = reply / asked
+        http_sums = np.column_stack([requests, requests, requests * per, requests * per * per])
+        return login, login_sums, http_login, http_sums
+
+    def _guessing(self, sums: Floats, low: float, high: float) -> Floats:
+        """brute_force's score from a login window's (attempts, answered attempts, sum of
+        their replies, sum of their squared replies): the ramp of the attempts times the
+        similarity of the replies."""
+        attempts = sums[:, 0]
+        answered = sums[:, 1]
+        safe = np.where(answered > 0, answered, 1.0)
+        mean = sums[:, 2] / safe
+        var = np.maximum(sums[:, 3] / safe - mean * mean, 0.0)
+        spread = np.where(mean > 0, np.sqrt(var) / np.where(mean > 0, mean, 1.0), 0.0)
+        c = self.config
+        similar = 1.0 - ramp(
+            spread, c.brute_force_reply_spread_low, c.brute_force_reply_spread_high
+        )
+        result: Floats = ramp(attempts, low, high) * similar
         return result
 
     def _dns_domain(self, context: dict[str, Array], n: int) -> Floats:
@@ -440,15 +528,19 @@ class FastRules:
         unsolicited: npt.NDArray[np.bool_],
         amplified: npt.NDArray[np.bool_],
         login: npt.NDArray[np.bool_],
+        login_sums: Floats,
+        http_login: npt.NDArray[np.bool_],
+        http_sums: Floats,
         evasive: Floats,
-    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats, Floats]:
         """The destination windows' values per record, one record at a time (the
         definition; :meth:`_windows_batch` gives the same numbers)."""
         n = len(flows)
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
         reflected = np.zeros(n)
-        logins = np.zeros(n)
+        logins = np.zeros((n, 4))
+        http_logins = np.zeros((n, 4))
         evasive_sum = np.zeros(n)
         rate = 1.0 / self.window_s
         ts = flows["last_ts_ns"].tolist()
@@ -470,10 +562,13 @@ class FastRules:
                 victim = dst if unsolicited[i] else src
                 reflected[i] = self._reflected.add(victim, t).count
             if login[i]:
-                logins[i] = self._logins.add((src, dst, port), t).count
+                logins[i] = self._logins.add((src, dst, port), t, tuple(login_sums[i])).sums
+            if http_login[i]:
+                got = self._http_logins.add((src, dst, port), t, tuple(http_sums[i]))
+                http_logins[i] = got.sums
             if ev:
                 evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]
-        return syn_rate, udp_rate, reflected, logins, evasive_sum
+        return syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum
 
     def _windows_batch(
         self,
@@ -484,8 +579,11 @@ class FastRules:
         unsolicited: npt.NDArray[np.bool_],
         amplified: npt.NDArray[np.bool_],
         login: npt.NDArray[np.bool_],
+        login_sums: Floats,
+        http_login: npt.NDArray[np.bool_],
+        http_sums: Floats,
         evasive: Floats,
-    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats, Floats]:
         """:meth:`_windows_per_record` over the whole batch in native windows (each window
         set is independent of the others, so each takes the batch in one call)."""
         rate = 1.0 / self.window_s
@@ -500,10 +598,11 @@ class FastRules:
         victim = np.where(unsolicited[:, None], dst, src)
         reflected = self._reflected.add(victim, ts, select=reflecting).count.astype(np.float64)
         login_keys = np.concatenate([src, dst, int_values(dst_port, 8)], axis=1)
-        logins = self._logins.add(login_keys, ts, select=login).count.astype(np.float64)
+        logins = self._logins.add(login_keys, ts, login_sums, select=login).sums
+        http_logins = self._http_logins.add(login_keys, ts, http_sums, select=http_login).sums
         frag = self._evasive.add(src, ts, evasive[:, None], select=evasive > 0)
         evasive_sum = np.where(evasive > 0, frag.sums[:, 0], 0.0)
-        return syn_rate, udp_rate, reflected, logins, evasive_sum
+        return syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum
 
     def _failures(
         self, flows: FlowColumns, failed: npt.NDArray[np.bool_], sweep_port: Array

@@ -38,6 +38,11 @@ HISTORY_COLUMNS = (
     "dns_name_chars",
     "tiny_frag_count",
     "overlap_frag_count",
+    # brute_force's HTTP arm counts the requests (and their bytes) a kept-alive session
+    # added since its previous record.
+    "fwd_psh_count",
+    "fwd_payload_bytes",
+    "bwd_payload_bytes",
 )
 
 

@@ -225,44 +225,67 @@ def test_dns_tunnel() -> None:
     assert _score(_dns(tunnel, 2))[0].max() == 0.0
 
 
-def _logins(n: int, port: int = 22, reply: int = 2000) -> np.ndarray:
+def _logins(
+    n: int, port: int = 22, reply: int | list[int] = 2000, gap_ms: int = 500, psh: int = 0
+) -> np.ndarray:
     """SSH-like logins: key exchange and a password or two; ``reply`` payload bytes from
-    the server (about 2 KB when the password is refused, several KB with a session)."""
+    the server (about 2 KB when the password is refused, several KB with a session), one
+    every ``gap_ms``; ``psh`` client pushes each (requests)."""
+    replies = reply if isinstance(reply, list) else [reply] * n
     return events(
         *(
             event(
                 sport=40000 + i,
                 dport=port,
-                ts=T0 + i * 500 * MS,
+                ts=T0 + i * gap_ms * MS,
+                last_ts_ns=T0 + i * gap_ms * MS + 200 * MS,
                 fwd_packets=20,
                 fwd_syn=1,
                 fwd_ack=19,
+                fwd_psh=psh,
                 fwd_payload_bytes=1600,
                 bwd_packets=18,
-                bwd_payload_bytes=reply,
+                bwd_payload_bytes=replies[i],
             )
             for i in range(n)
         )
     )
 
 
-def _brute(ev: np.ndarray) -> np.ndarray:
+def _brute(ev: np.ndarray, rules: FastRulesConfig = RULES) -> np.ndarray:
     ctx_cfg = ContextConfig(window_s=60.0)
     flows = flow_columns(ev, "x")
     ctx = SourceContextTracker(ctx_cfg).update(flows)
-    return FastRules(RULES, ctx_cfg).score(flows, ctx).per_rule["brute_force"]
+    return FastRules(rules, ctx_cfg).score(flows, ctx).per_rule["brute_force"]
 
 
 def test_brute_force() -> None:
     assert _brute(_logins(int(RULES.brute_force_low))).max() == 0.0
     score, rule, _ = _score(_logins(int(RULES.brute_force_high)))
     assert rule[-1] == "brute_force" and score[-1] == 1.0
-    # Web servers are not watched: browsers open many short connections.
-    assert _brute(_logins(int(RULES.brute_force_high), port=443)).max() == 0.0
     # Refused connections (RST from the service) are failed attempts too.
     refused = _logins(int(RULES.brute_force_high), reply=0)
     refused["bwd_rst"] = 1
     assert _brute(refused)[-1] == 1.0
+
+
+def test_slow_guessing_over_minutes_is_brute_force() -> None:
+    """A guesser that waits for the service's failure delay (medusa or ncrack with one
+    task against sshd, ~7 s a connection) makes 8 attempts a minute: under any per-minute
+    count, over brute_force_window_s (5 minutes) 40 attempts. The old 60 s window read 9."""
+    slow = _logins(40, gap_ms=7000)
+    assert _brute(slow)[-1] == 1.0
+    assert _brute(slow)[8] == 0.0  # the first minute alone stays quiet
+
+
+@pytest.mark.parametrize(
+    ("port", "reply"),
+    [(21, 160), (3389, 2900), (445, 1100), (3306, 95), (5432, 120), (1433, 600), (2222, 1900)],
+    ids=["ftp", "rdp", "smb", "mysql", "postgres", "mssql", "ssh-2222"],
+)
+def test_brute_force_on_other_services(port: int, reply: int) -> None:
+    """FTP, RDP, SMB, databases, SSH on a second port: the same refused-login shape."""
+    assert _brute(_logins(int(RULES.brute_force_high), port=port, reply=reply))[-1] == 1.0
 
 
 def test_frequent_successful_logins_are_no_brute_force() -> None:
@@ -270,6 +293,69 @@ def test_frequent_successful_logins_are_no_brute_force() -> None:
     a session back (host keys, command output), more than a refused password's reply."""
     ok = _logins(int(RULES.brute_force_high), reply=RULES.brute_force_max_reply_bytes + 2000)
     assert _brute(ok).max() == 0.0
+
+
+def test_varied_replies_are_no_guessing() -> None:
+    """Many short sessions to a login port whose replies vary widely (a file server's
+    listings, a database's query results) are not one refusal repeated: the spread of the
+    replies takes the score down."""
+    rng = np.random.default_rng(3)
+    varied = rng.integers(50, 3000, 60).tolist()
+    assert _brute(_logins(60, port=3306, reply=varied)).max() < 0.5
+    assert _brute(_logins(60, port=3306, reply=160)).max() == 1.0
+
+
+def _http(
+    n: int, port: int = 80, requests: int = 1, reply: int | list[int] = 420, gap_ms: int = 250
+) -> np.ndarray:
+    """``n`` HTTP(S) connections of ``requests`` requests each (a client push each, plus
+    the TLS handshake's two on 443), ``reply`` payload bytes per request (plus 3.5 KB of
+    certificates on 443)."""
+    tls = port in RULES.brute_force_tls_ports
+    replies = reply if isinstance(reply, list) else [reply] * n
+    return events(
+        *(
+            event(
+                sport=41000 + i,
+                dport=port,
+                ts=T0 + i * gap_ms * MS,
+                last_ts_ns=T0 + i * gap_ms * MS + 100 * MS,
+                fwd_packets=4 + 2 * requests,
+                fwd_syn=1,
+                fwd_ack=3 + 2 * requests,
+                fwd_psh=requests + (2 if tls else 0),
+                fwd_payload_bytes=380 * requests + (600 if tls else 0),
+                bwd_packets=2 + 2 * requests,
+                bwd_psh=requests,
+                bwd_payload_bytes=replies[i] * requests + (3500 if tls else 0),
+            )
+            for i in range(n)
+        )
+    )
+
+
+def test_http_auth_guessing() -> None:
+    """HTTP basic auth (a 401 page per guess), form POSTs over HTTPS, and a kept-alive
+    session of 200 guesses: every request is an attempt. Ports 80/443 were not watched
+    before (score 0)."""
+    assert _brute(_http(150))[-1] == 1.0
+    assert _brute(_http(150, port=443, reply=900))[-1] == 1.0
+    assert _brute(_http(1, requests=200))[-1] == 1.0
+    assert _brute(_http(20))[-1] == 0.0  # 20 requests: under brute_force_http_low
+
+
+def test_browsers_and_pollers_are_no_http_guessing() -> None:
+    """A browser's connections to one site (replies from 300 B to 60 KB), an API client
+    polling one endpoint once a second for a minute (the same small reply; 0.33, under the
+    alert), a kept-alive page load of 40 requests with small and large replies: none
+    alerts."""
+    rng = np.random.default_rng(5)
+    pages = np.exp(rng.uniform(np.log(300), np.log(60000), 60)).astype(int).tolist()
+    assert _brute(_http(60, port=443, reply=pages)).max() < 0.5
+    poller = _brute(_http(60, reply=300, gap_ms=1000))
+    assert 0 < poller.max() < 0.34
+    assert _brute(_http(1, requests=40, reply=5000)).max() == 0.0
+    assert _brute(_http(100, reply=RULES.brute_force_http_max_reply_bytes + 1)).max() == 0.0
 
 
 S = 1_000_000_000
