@@ -237,20 +237,28 @@ class FastRulesConfig:
     # beacon (family c2): answered connections (not failed, above) of one source to one
     # service (address, port and protocol) at a steady rhythm, in the spirit of RITA's
     # beacon score. Over the last beacon_window_s, the gaps between the starts of the
-    # pair's connections give a regularity 1 - (std of the gaps / their mean), floored at
-    # 0; the score is the ramp of the connection count times the ramp of that regularity.
+    # pair's connections give a regularity 1 - (median absolute deviation of the gaps /
+    # their median), floored at 0 (robust to jitter and to a missed check-in); their
+    # payload sizes give a size regularity the same way. The score is the ramp of the
+    # connection count times the ramp of the gap regularity times 0.5 + 0.5 x the ramp of
+    # the size regularity (an implant's idle check-ins are alike; varied sizes halve it).
     beacon_window_s: float = 3600.0
     # Connections kept per pair within the window; past it the oldest go first.
     beacon_max_connections: int = 64
-    # Connections of the pair within the window.
-    beacon_low: float = 6.0
-    beacon_high: float = 20.0
-    # Shortest mean gap between the connections that counts as a rhythm, in seconds:
+    # Connections of the pair within the window (a check-in every 5 minutes alerts from
+    # its 8th, 35 minutes in).
+    beacon_low: float = 4.0
+    beacon_high: float = 10.0
+    # Shortest median gap between the connections that counts as a rhythm, in seconds:
     # faster repeats are floods or retries, not check-ins.
     beacon_min_period_s: float = 1.0
-    # Regularity of the gaps (1: a clock; a 20% uniform jitter gives about 0.88).
-    beacon_regularity_low: float = 0.7
-    beacon_regularity_high: float = 0.9
+    # Regularity of the gaps (1: a clock; a uniform jitter of +-30% of the period gives
+    # about 0.85, +-50% 0.75; gaps drawn at random, exponential, about 0.3).
+    beacon_regularity_low: float = 0.6
+    beacon_regularity_high: float = 0.85
+    # Regularity of the connections' payload sizes, the same measure.
+    beacon_size_regularity_low: float = 0.6
+    beacon_size_regularity_high: float = 0.9
     # Services that poll by design and are never scored (NTP, DNS, DHCP, mDNS, SSDP,
     # SNMP traps, syslog, LLMNR, NetBIOS).
     beacon_ignore_ports: tuple[int, ...] = (53, 67, 68, 123, 137, 138, 162, 514, 1900, 5353, 5355)

@@ -41,8 +41,10 @@ records each scores:
   replies vary); scores the attempts.
 * ``beacon`` (family c2): answered connections (not failed) of the source to one service
   (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
-  count times the ramp of their regularity ``max(0, 1 - std/mean)`` of the gaps between
-  connection starts (RITA's beacon score works on the same dispersion), 0 when the mean
+  count times the ramp of the regularity ``max(0, 1 - MAD/median)`` of the gaps between
+  connection starts (RITA's beacon score works on a dispersion too; the median absolute
+  deviation stays steady under a jitter of +-30% and a missed check-in), times
+  ``0.5 + 0.5 x`` the ramp of the same regularity of their payload sizes; 0 when the median
   gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
   (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
   Benign pollers that keep a clock (monitoring, update checks every minute) score like
@@ -81,7 +83,6 @@ fragments) at later ones, as in the source context.
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -239,7 +240,7 @@ class FastRules:
             max_entries=context.max_entries,
         )
         # Per (source, destination, port, protocol): connection starts, for beacon. Each
-        # entry holds (gap to the previous start, its square) in seconds.
+        # entry holds (gap to the previous start in seconds, payload bytes both ways).
         self._py_beacons = self._beacon_windows(rules, context)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
@@ -347,6 +348,7 @@ class FastRules:
         # A connection's start counts once, at its first record (an interim record of the
         # same flow would add a gap of 0).
         beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & first
+        beacon_size = (flows["fwd_payload_bytes"] + flows["bwd_payload_bytes"]).astype(np.float64)
 
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
         evasive -= prev.values["tiny_frag_count"] + prev.values["overlap_frag_count"]
@@ -363,13 +365,15 @@ class FastRules:
             scan_ports, sweep_hosts, sweep_share = rw.failures(
                 src, dst, dst_port, sweep_port, ts, failed
             )
-            beacon_count, beacon_regularity = rw.rhythm(
-                src, dst, dst_port, proto.astype(np.int64), start, beacon_scored,
-                c.beacon_min_period_s,
+            beacon_count, beacon_regularity, beacon_sizes = rw.rhythm(
+                src, dst, dst_port, proto.astype(np.int64), start, beacon_size, beacon_scored,
+                c.beacon_min_period_s, c.beacon_low,
             )  # fmt: skip
         else:
             scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
-            beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
+            beacon_count, beacon_regularity, beacon_sizes = self._rhythm(
+                flows, beacon_size, beacon_scored
+            )
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -408,7 +412,14 @@ class FastRules:
             "beacon": np.where(
                 beacon_scored,
                 ramp(beacon_count, c.beacon_low, c.beacon_high)
-                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high),
+                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high)
+                * (
+                    0.5
+                    + 0.5
+                    * ramp(
+                        beacon_sizes, c.beacon_size_regularity_low, c.beacon_size_regularity_high
+                    )
+                ),
                 0,
             ),
         }
@@ -702,15 +713,39 @@ class FastRules:
         windows.add(key, *first)
         return True
 
-    def _rhythm(self, flows: FlowColumns, scored: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        """The middle value, or the mean of the two middle ones (as native/fastwin.c)."""
+        v = sorted(values)
+        n = len(v)
+        return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+    @classmethod
+    def _steadiness(cls, values: list[float]) -> tuple[float, float]:
+        """(1 - MAD/median floored at 0, the median); a median of 0 gives 1 when every
+        value is 0, else 0. The median absolute deviation ignores a few outliers (a
+        missed check-in, a retry) that would swamp a standard deviation, and a uniform
+        jitter of +-30% of the period still reads 0.85."""
+        med = cls._median(values)
+        mad = cls._median([abs(x - med) for x in values])
+        if med <= 0.0:
+            return (1.0 if mad == 0.0 else 0.0), med
+        return max(0.0, 1.0 - mad / med), med
+
+    def _rhythm(
+        self, flows: FlowColumns, size: Floats, scored: npt.NDArray[np.bool_]
+    ) -> tuple[Floats, Floats, Floats]:
         """Per record: connections of its (source, destination, port, protocol) within
-        beacon_window_s and the regularity of the gaps between their starts (0 with fewer
-        than three connections). Records come in export order, not start order: a gap is
-        taken to the latest start seen before, and a start earlier than that counts with
-        a gap of 0 (it only lowers the regularity)."""
+        beacon_window_s, the regularity of the gaps between their starts and that of
+        their payload sizes (``_steadiness``; 0 up to beacon_low connections, where the
+        score is 0 anyway, and with fewer than three). Records come in export order, not
+        start order: a gap is taken to the latest start seen before, and a start earlier
+        than that counts with a gap of 0 (it only lowers the regularity)."""
         n = len(flows)
         count = np.zeros(n)
         regularity = np.zeros(n)
+        sizes = np.zeros(n)
+        min_connections = self.config.beacon_low
         last = self._py_last_start
         windows = self._py_beacons
         min_period = self.config.beacon_min_period_s
@@ -720,10 +755,11 @@ class FastRules:
             flows["dst_port"].tolist(),
             flows["protocol"].tolist(),
             flows["first_ts_ns"].tolist(),
+            size.tolist(),
             scored.tolist(),
             strict=True,
         )
-        for i, (src, dst, port, proto, start, ok) in enumerate(rows):
+        for i, (src, dst, port, proto, start, nbytes, ok) in enumerate(rows):
             if not ok:
                 continue
             key = (src, dst, port, proto)
@@ -739,15 +775,13 @@ class FastRules:
             gap = max(start - prev, 0) / 1e9
             if key not in windows:
                 windows.add(key, prev, (0.0, 0.0))
-            win = windows.add(key, start, (gap, gap * gap))
+            win = windows.add(key, start, (gap, nbytes))
             count[i] = win.count
             gaps = win.count - 1  # the oldest entry's gap reaches outside the window
-            if gaps >= 2:
-                oldest = win.entries[0][1]
-                total = win.sums[0] - oldest[0]
-                total_sq = win.sums[1] - oldest[1]
-                mean = total / gaps
-                var = max(total_sq / gaps - mean * mean, 0.0)
-                if mean >= min_period:
-                    regularity[i] = max(0.0, 1.0 - math.sqrt(var) / mean)
-        return count, regularity
+            if gaps >= 2 and win.count > min_connections:
+                kept = list(itertools.islice(win.entries, 1, None))
+                steady, med = self._steadiness([e[1][0] for e in kept])
+                if med >= min_period:
+                    regularity[i] = steady
+                    sizes[i] = self._steadiness([e[1][1] for e in kept])[0]
+        return count, regularity, sizes

@@ -361,9 +361,13 @@ def test_browsers_and_pollers_are_no_http_guessing() -> None:
 S = 1_000_000_000
 
 
-def _connections(gaps_s: list[float], dport: int = 443, protocol: int = 6) -> np.ndarray:
-    """Answered connections of one pair, started after the given gaps (seconds)."""
+def _connections(
+    gaps_s: list[float], dport: int = 443, protocol: int = 6, sizes: list[int] | None = None
+) -> np.ndarray:
+    """Answered connections of one pair, started after the given gaps (seconds); ``sizes``:
+    the server's payload bytes of each (300 when not given)."""
     starts = np.cumsum([0.0, *gaps_s])
+    replies = sizes if sizes is not None else [300] * len(starts)
     return events(
         *(
             event(
@@ -376,7 +380,7 @@ def _connections(gaps_s: list[float], dport: int = 443, protocol: int = 6) -> np
                 fwd_ack=7,
                 fwd_payload_bytes=400,
                 bwd_packets=6,
-                bwd_payload_bytes=300,
+                bwd_payload_bytes=replies[i],
             )
             for i, t in enumerate(starts.tolist())
         )
@@ -402,19 +406,52 @@ def test_beacon_with_jitter() -> None:
     assert score[: int(RULES.beacon_low)].max() == 0.0
 
 
+@pytest.mark.parametrize("period", [5.0, 60.0, 300.0])
+@pytest.mark.parametrize("jitter", [0.1, 0.3])
+def test_jittered_beacons_from_seconds_to_minutes(period: float, jitter: float) -> None:
+    """TLS check-ins every 5 s to 5 min with a uniform jitter of +-10% or +-30% of the
+    period, TLS record sizes varying by a few bytes, one check-in missed: alerted within
+    the hour (a 5-minute implant from its 8th check-in). With std/mean and the old count
+    ramp (6 to 20) the 30% jitter read 0.83 (ramp 0.63) and a 5-minute beacon never got
+    past 13 connections an hour: under the alert."""
+    rng = np.random.default_rng(int(period * 10 + jitter * 100))
+    n = min(int(3600 / period), 60)
+    gaps = (period * (1 + jitter * rng.uniform(-1, 1, n))).tolist()
+    gaps[n // 2] += period  # a missed check-in (the host slept, a packet was lost)
+    sizes = (1200 + rng.integers(-16, 17, n + 1)).tolist()
+    score, rule = _beacon(_connections(gaps, sizes=sizes))
+    assert score[: int(RULES.beacon_low)].max() == 0.0
+    assert score[-1] >= 0.5 and rule[-1] == "beacon", score
+    assert np.argmax(score >= 0.5) <= 8
+
+
+def test_beacon_size_regularity() -> None:
+    """The same clock with payload sizes all over the place (a session that does work each
+    time) scores half of what alike check-ins score."""
+    rng = np.random.default_rng(9)
+    alike = _beacon(_connections([30.0] * 20))[0]
+    spread = np.exp(rng.uniform(np.log(200), np.log(200_000), 21)).astype(int).tolist()
+    varied = _beacon(_connections([30.0] * 20, sizes=spread))[0]
+    assert alike[-1] == 1.0 and varied[-1] == 0.5
+
+
 def test_benign_polling_is_no_beacon() -> None:
-    """Benign traffic with rhythm or repetition stays under the alert threshold (0.5)."""
+    """Benign traffic with repetition but no clock stays under the alert threshold (0.5);
+    a benign poller that keeps a clock is, by its rhythm, a beacon: it alerts (c2 never
+    blocks on its fast rule alone by default, detector.thresholds.fast_rule_alone_blocks)."""
     rng = np.random.default_rng(3)
     # A person browsing one site: gaps drawn from an exponential (no clock).
     browsing = _beacon(_connections(rng.exponential(20.0, 60).tolist()))[0]
     assert browsing.max() < 0.5
+    # Keepalive-driven reconnects and a client that retries with backoff: doubling gaps.
+    backoff = _beacon(_connections([2.0 * 2**i for i in range(10)]))[0]
+    assert backoff.max() < 0.5
     # NTP polling every 64 s: a port that polls by design, never scored.
     assert _beacon(_connections([64.0] * 40, dport=123, protocol=17))[0].max() == 0.0
-    # A 5-minute health check over an hour: a clock, but 12 connections an hour score
-    # under the alert threshold.
-    assert _beacon(_connections([300.0] * 11))[0].max() < 0.5
     # Retries and floods repeat faster than beacon_min_period_s: no rhythm score.
     assert _beacon(_connections([0.05] * 200))[0].max() == 0.0
+    # A monitoring check every 60 s: a clock, alerted.
+    assert _beacon(_connections([60.0] * 20))[0][-1] == 1.0
 
 
 def test_memory_stays_bounded_under_a_spoofed_source_flood() -> None:

@@ -119,15 +119,16 @@ def _inputs(
 def test_native_failure_and_rhythm_windows_equal_the_python_definition(
     context: ContextConfig, beacon_max: int, n_sources: int
 ) -> None:
+    # beacon_low 2: the regularities are computed past it, within the smallest depth (3).
     rules = dataclasses.replace(
-        FastRulesConfig(), beacon_window_s=20.0, beacon_max_connections=beacon_max
+        FastRulesConfig(), beacon_window_s=20.0, beacon_max_connections=beacon_max, beacon_low=2.0
     )
     batch, ref = FastRules(rules, context), FastRules(rules, context, native=False)
     assert batch._rule_windows is not None and ref._rule_windows is None
     rng = np.random.default_rng(context.max_keys * 7 + beacon_max)
     t = T0
     checked = 0
-    nonzero = {"scan": 0, "sweep": 0, "beacon": 0, "regular": 0}
+    nonzero = {"scan": 0, "sweep": 0, "beacon": 0, "regular": 0, "sizes": 0}
     for b in range(40):
         if b == 25:
             # A new beacon window length: the rhythm windows start afresh on both sides.
@@ -139,7 +140,8 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
         t = int(flows["last_ts_ns"].max())
         failed, sweep_port, scored = _inputs(flows, rules)
         want = ref._failures(flows, failed, sweep_port)
-        want_rhythm = ref._rhythm(flows, scored)
+        size = (flows["fwd_payload_bytes"] + flows["bwd_payload_bytes"]).astype(np.float64)
+        want_rhythm = ref._rhythm(flows, size, scored)
         assert batch._rule_windows is not None
         got = batch._rule_windows.failures(
             address_keys(flows.src_addr),
@@ -155,11 +157,13 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
             flows["dst_port"].astype(np.int64),
             flows["protocol"].astype(np.int64),
             flows["first_ts_ns"],
+            size,
             scored,
             rules.beacon_min_period_s,
+            rules.beacon_low,
         )
         for name, g, w in zip(
-            ("scan_ports", "sweep_hosts", "share", "beacon_count", "regularity"),
+            ("scan_ports", "sweep_hosts", "share", "beacon_count", "regularity", "sizes"),
             (*got, *got_rhythm),
             (*want, *want_rhythm),
             strict=True,
@@ -169,6 +173,7 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
         nonzero["sweep"] += int(np.count_nonzero(want[1] > 1))
         nonzero["beacon"] += int(np.count_nonzero(want_rhythm[0] > 2))
         nonzero["regular"] += int(np.count_nonzero(want_rhythm[1] > 0))
+        nonzero["sizes"] += int(np.count_nonzero(want_rhythm[2] > 0))
         # The state the two keep is the same size (the caps bite alike).
         for part in ("_pending", "_last_start", "_failing_sources"):
             assert len(getattr(batch, part)) == len(getattr(ref, part)), (b, part)
@@ -249,4 +254,10 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="destination keys"):
         rules._rule_windows.failures(keys, keys[:2], ints, ints, ints, np.zeros(3, bool))
     with pytest.raises(ValueError, match="start"):
-        rules._rule_windows.rhythm(keys, keys, ints, ints, ints[:1], np.zeros(3, bool), 1.0)
+        rules._rule_windows.rhythm(
+            keys, keys, ints, ints, ints[:1], np.zeros(3), np.zeros(3, bool), 1.0, 4.0
+        )
+    with pytest.raises(ValueError, match="size"):
+        rules._rule_windows.rhythm(
+            keys, keys, ints, ints, ints, np.zeros(2), np.zeros(3, bool), 1.0, 4.0
+        )
