@@ -240,8 +240,8 @@ class FastRulesConfig:
     # pair's connections give a regularity 1 - (median absolute deviation of the gaps /
     # their median), floored at 0 (robust to jitter and to a missed check-in); their
     # payload sizes give a size regularity the same way. The score is the ramp of the
-    # connection count times the ramp of the gap regularity times 0.5 + 0.5 x the ramp of
-    # the size regularity (an implant's idle check-ins are alike; varied sizes halve it).
+    # connection count times the ramp of the gap regularity times the ramp of the size
+    # regularity (an implant's idle check-ins are alike, a few tasked ones aside).
     beacon_window_s: float = 3600.0
     # Connections kept per pair within the window; past it the oldest go first.
     beacon_max_connections: int = 64
@@ -256,12 +256,15 @@ class FastRulesConfig:
     # about 0.85, +-50% 0.75; gaps drawn at random, exponential, about 0.3).
     beacon_regularity_low: float = 0.6
     beacon_regularity_high: float = 0.85
-    # Regularity of the connections' payload sizes, the same measure.
-    beacon_size_regularity_low: float = 0.6
-    beacon_size_regularity_high: float = 0.9
+    # Regularity of the connections' payload sizes, the same measure (a clocked poller
+    # whose replies vary, as in the nDPI captures, reads under 0.3).
+    beacon_size_regularity_low: float = 0.3
+    beacon_size_regularity_high: float = 0.7
     # Services that poll by design and are never scored (NTP, DNS, DHCP, mDNS, SSDP,
-    # SNMP traps, syslog, LLMNR, NetBIOS).
-    beacon_ignore_ports: tuple[int, ...] = (53, 67, 68, 123, 137, 138, 162, 514, 1900, 5353, 5355)
+    # SNMP traps, syslog, LLMNR, NetBIOS, and the keepalives of STUN, IPsec NAT-T and SIP).
+    beacon_ignore_ports: tuple[int, ...] = (
+        53, 67, 68, 123, 137, 138, 162, 514, 1900, 3478, 4500, 5060, 5061, 5353, 5355,
+    )  # fmt: skip
 
     def check(self) -> None:
         """Raise ConfigError for thresholds the rules cannot score with, naming the keys

@@ -43,8 +43,9 @@ records each scores:
   (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
   count times the ramp of the regularity ``max(0, 1 - MAD/median)`` of the gaps between
   connection starts (RITA's beacon score works on a dispersion too; the median absolute
-  deviation stays steady under a jitter of +-30% and a missed check-in), times
-  ``0.5 + 0.5 x`` the ramp of the same regularity of their payload sizes; 0 when the median
+  deviation stays steady under a jitter of +-30% and a missed check-in), times the ramp
+  of the same regularity of their payload sizes (an implant's check-ins are alike, a few
+  tasked ones aside; a poller whose replies vary is no beacon); 0 when the median
   gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
   (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
   Benign pollers that keep a clock (monitoring, update checks every minute) score like
@@ -413,13 +414,7 @@ class FastRules:
                 beacon_scored,
                 ramp(beacon_count, c.beacon_low, c.beacon_high)
                 * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high)
-                * (
-                    0.5
-                    + 0.5
-                    * ramp(
-                        beacon_sizes, c.beacon_size_regularity_low, c.beacon_size_regularity_high
-                    )
-                ),
+                * ramp(beacon_sizes, c.beacon_size_regularity_low, c.beacon_size_regularity_high),
                 0,
             ),
         }
