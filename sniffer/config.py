@@ -209,9 +209,16 @@ class FastRulesConfig:
     brute_force_ports: tuple[int, ...] = (
         21, 22, 23, 110, 139, 143, 445, 993, 995, 1433, 1521, 2222, 3306, 3389, 5432, 5900,
     )  # fmt: skip
-    # The spread of the answered attempts' reply sizes within the window (standard
-    # deviation over mean; refused attempts are left out) from which the score falls, and
-    # at which it is 0: a browser's replies vary, a refused password's do not.
+    # Login ports whose protocol is a line per command and a line back (FTP, POP3, IMAP):
+    # one connection may try many passwords, each counted (USER and PASS: two commands a
+    # password), whatever the connection's length, while its answers average at most
+    # brute_force_command_max_reply_bytes (the refusals; a listing or a mail is longer).
+    brute_force_command_ports: tuple[int, ...] = (21, 110, 143)
+    brute_force_command_max_reply_bytes: int = 256
+    # The spread of the answered attempts' reply sizes per answer (server push) within
+    # the window (standard deviation over mean; refused attempts are left out) from which
+    # the score falls, and at which it is 0: a browser's replies vary, a refused
+    # password's do not.
     brute_force_reply_spread_low: float = 0.25
     brute_force_reply_spread_high: float = 0.6
     # HTTP(S) authentication (basic auth, form POSTs): on these ports every request is an
@@ -226,6 +233,10 @@ class FastRulesConfig:
     # client pushed, FlowRecord fwd.psh_count).
     brute_force_http_max_reply_bytes: int = 1024
     brute_force_http_max_request_bytes: int = 2048
+    # Least share of requests that got an answer of their own (server pushes per client
+    # push): a login answers every request; a video call's TLS signalling sent 77 client
+    # records for 31 answers.
+    brute_force_http_min_answer_share: float = 0.8
     # TLS ports among the HTTP ports: the handshake's server bytes (certificates) are
     # left out of the replies, up to this many bytes a flow.
     brute_force_tls_ports: tuple[int, ...] = (443, 8443)
@@ -291,6 +302,7 @@ class FastRulesConfig:
             "host_sweep_failed_share_high",
             "dns_data_type_share_low",
             "dns_data_type_share_high",
+            "brute_force_http_min_answer_share",
         ):
             if getattr(self, name) > 1:
                 problems.append(f"{name} is {getattr(self, name)}, expected a share in [0, 1]")
@@ -314,6 +326,7 @@ class FastRulesConfig:
             "brute_force_http_max_reply_bytes",
             "brute_force_http_max_request_bytes",
             "brute_force_tls_handshake_bytes",
+            "brute_force_command_max_reply_bytes",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} is {getattr(self, name)}, expected >= 0")
@@ -322,6 +335,7 @@ class FastRulesConfig:
             "brute_force_ports",
             "brute_force_http_ports",
             "brute_force_tls_ports",
+            "brute_force_command_ports",
             "beacon_ignore_ports",
         ):
             bad = [p for p in getattr(self, name) if not 0 <= p <= 65535]

@@ -47,7 +47,9 @@ records each scores:
   of the same regularity of their payload sizes (an implant's check-ins are alike, a few
   tasked ones aside; a poller whose replies vary is no beacon); 0 when the median
   gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
-  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
+  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored, nor brute_force's failed
+  logins (a guessing script that sleeps between attempts keeps a clock); scores the
+  pair's flows.
   Benign pollers that keep a clock (monitoring, update checks every minute) score like
   beacons: the rule alerts, and by default the c2 family's fast rule alone never blocks
   (``detector.thresholds.fast_rule_alone_blocks``).
@@ -293,6 +295,7 @@ class FastRules:
         self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
         self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
         self._http_ports = np.array(sorted(rules.brute_force_http_ports), dtype=np.int64)
+        self._command_ports = np.array(sorted(rules.brute_force_command_ports), dtype=np.int64)
         self._tls_ports = np.array(sorted(rules.brute_force_tls_ports), dtype=np.int64)
 
     def reconfigure(self, rules: FastRulesConfig) -> None:
@@ -348,7 +351,9 @@ class FastRules:
         sweep_port = np.where(icmp, -1, dst_port)
         # A connection's start counts once, at its first record (an interim record of the
         # same flow would add a gap of 0).
-        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & first
+        # A failed login at a login port is brute_force's, not a check-in: a guessing script
+        # that sleeps a fixed time between attempts keeps a clock too.
+        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & ~login & first
         beacon_size = (flows["fwd_payload_bytes"] + flows["bwd_payload_bytes"]).astype(np.float64)
 
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
@@ -433,33 +438,54 @@ class FastRules:
     ) -> tuple[npt.NDArray[np.bool_], Floats, npt.NDArray[np.bool_], Floats]:
         """brute_force's attempts (module doc): which records add a login attempt, which
         add HTTP(S) attempts, and each one's window entry (attempts, answered attempts,
-        their reply bytes, their reply bytes^2). A login attempt is a flow, added at its
-        first record; an HTTP record adds the requests (and bytes) its flow grew by since
-        its previous record."""
+        their reply bytes per answer, their squares). A session login attempt is a flow,
+        added at its first record; a command-login record (FTP, POP3, IMAP) adds the
+        passwords its flow tried since its previous record, an HTTP record the requests."""
         c = self.config
         dst_port = flows["dst_port"].astype(np.int64)
         tcp = flows["protocol"] == PROTO_TCP
         bwd_payload = flows["bwd_payload_bytes"].astype(np.float64)
         answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
         login_port = np.isin(dst_port, self._login_ports)
-        login = (
+        v = prev.values
+        requests = flows["fwd_psh_count"].astype(np.float64) - v["fwd_psh_count"]
+        answers = flows["bwd_psh_count"].astype(np.float64) - v["bwd_psh_count"]
+        sent = flows["fwd_payload_bytes"].astype(np.float64) - v["fwd_payload_bytes"]
+        replied = bwd_payload - v["bwd_payload_bytes"]
+        refused = prev.first & (flows["bwd_rst_count"] > 0)
+        # Session logins: a flow is one attempt, added at its first record. Command logins
+        # (FTP, POP3, IMAP: a line per command, a line back) may try many passwords in one
+        # connection: each record adds its commands since the previous one, a password
+        # taking two (USER and PASS), while the answers stay short lines.
+        command = login_port & np.isin(dst_port, self._command_ports)
+        session_login = (
             prev.first
             & tcp
             & login_port
+            & ~command
             & (flows["fwd_packets"] <= c.brute_force_max_packets)
+            & (refused | (answered & (bwd_payload <= c.brute_force_max_reply_bytes)))
+        )
+        command_login = (
+            tcp
+            & command
             & (
-                (flows["bwd_rst_count"] > 0)
-                | (answered & (bwd_payload <= c.brute_force_max_reply_bytes))
+                refused
+                | (
+                    (requests > 0)
+                    & (replied > 0)
+                    & (replied <= c.brute_force_command_max_reply_bytes * np.maximum(answers, 1))
+                )
             )
         )
-        got = (flows["bwd_payload_bytes"] > 0).astype(np.float64)
-        login_sums = np.column_stack(
-            [np.ones(len(flows)), got, bwd_payload, bwd_payload * bwd_payload]
+        login = session_login | command_login
+        tries = np.where(command_login, np.maximum(np.floor(requests / 2), 1.0), 1.0)
+        # Reply size per answer: one attempt's refusal, however many a connection held.
+        per_answer = np.where(command_login, replied, bwd_payload) / np.maximum(
+            np.where(command_login, answers, flows["bwd_psh_count"]), 1
         )
-        v = prev.values
-        requests = flows["fwd_psh_count"].astype(np.float64) - v["fwd_psh_count"]
-        sent = flows["fwd_payload_bytes"].astype(np.float64) - v["fwd_payload_bytes"]
-        replied = bwd_payload - v["bwd_payload_bytes"]
+        got = np.where(np.where(command_login, replied, bwd_payload) > 0, tries, 0.0)
+        login_sums = np.column_stack([tries, got, got * per_answer, got * per_answer * per_answer])
         # TLS: the handshake's two client pushes (ClientHello, Finished) and the server's
         # certificates are no request and no reply (left out at the flow's first record).
         handshake = prev.first & np.isin(dst_port, self._tls_ports)
@@ -476,6 +502,9 @@ class FastRules:
             & (replied > 0)
             & (reply <= c.brute_force_http_max_reply_bytes * asked)
             & (sent <= c.brute_force_http_max_request_bytes * asked)
+            # One answer per request (a pushed response each): a real-time session that
+            # streams many small client records (a video call's signalling) is no login.
+            & (answers >= c.brute_force_http_min_answer_share * asked)
         )
         per = reply / asked
         http_sums = np.column_stack([requests, requests, requests * per, requests * per * per])

@@ -38,9 +38,10 @@ HISTORY_COLUMNS = (
     "dns_name_chars",
     "tiny_frag_count",
     "overlap_frag_count",
-    # brute_force's HTTP arm counts the requests (and their bytes) a kept-alive session
-    # added since its previous record.
+    # brute_force counts the requests, answers and bytes a kept-alive HTTP session or a
+    # long FTP/POP3/IMAP connection added since its previous record.
     "fwd_psh_count",
+    "bwd_psh_count",
     "fwd_payload_bytes",
     "bwd_payload_bytes",
 )

@@ -226,7 +226,7 @@ def test_dns_tunnel() -> None:
 
 
 def _logins(
-    n: int, port: int = 22, reply: int | list[int] = 2000, gap_ms: int = 500, psh: int = 0
+    n: int, port: int = 22, reply: int | list[int] = 2000, gap_ms: int = 500, psh: int = 2
 ) -> np.ndarray:
     """SSH-like logins: key exchange and a password or two; ``reply`` payload bytes from
     the server (about 2 KB when the password is refused, several KB with a session), one
@@ -243,6 +243,7 @@ def _logins(
                 fwd_syn=1,
                 fwd_ack=19,
                 fwd_psh=psh,
+                bwd_psh=psh + 1,
                 fwd_payload_bytes=1600,
                 bwd_packets=18,
                 bwd_payload_bytes=replies[i],
@@ -286,6 +287,34 @@ def test_slow_guessing_over_minutes_is_brute_force() -> None:
 def test_brute_force_on_other_services(port: int, reply: int) -> None:
     """FTP, RDP, SMB, databases, SSH on a second port: the same refused-login shape."""
     assert _brute(_logins(int(RULES.brute_force_high), port=port, reply=reply))[-1] == 1.0
+
+
+def test_many_passwords_in_one_ftp_connection() -> None:
+    """hydra against FTP keeps four connections and sends USER/PASS after USER/PASS in
+    each (24 passwords, ~100 packets, 30-byte refusals): before, a flow of more than 64
+    packets was no attempt at all and the capture's 96 guesses scored 0."""
+    ev = events(
+        *(
+            event(sport=42000 + i, dport=21, ts=T0 + i * MS, last_ts_ns=T0 + 10_000 * MS,
+                  fwd_packets=101, fwd_syn=1, fwd_ack=100, fwd_psh=48, fwd_payload_bytes=706,
+                  bwd_packets=98, bwd_psh=49, bwd_payload_bytes=1371)
+            for i in range(4)
+        )
+    )  # fmt: skip
+    assert _brute(ev)[-1] == 1.0
+    # An FTP session that lists and fetches (long answers on the control channel): none.
+    listing = ev.copy()
+    listing["bwd_payload_bytes"] = 49 * 400
+    assert _brute(listing).max() == 0.0
+
+
+def test_clocked_guessing_script_is_brute_force_not_beacon() -> None:
+    """A script that tries a password every 2 s keeps a clock: its failed logins are
+    brute_force's, never a C2 beacon (found with curl against an FTP service)."""
+    ev = _logins(40, port=21, reply=83, gap_ms=2000)
+    score, rule, rules = _score(ev)
+    assert rule[-1] == "brute_force" and score[-1] == 1.0
+    assert rules.fired["beacon"] == 0
 
 
 def test_frequent_successful_logins_are_no_brute_force() -> None:
@@ -355,6 +384,11 @@ def test_browsers_and_pollers_are_no_http_guessing() -> None:
     poller = _brute(_http(60, reply=300, gap_ms=1000))
     assert 0 < poller.max() < 0.34
     assert _brute(_http(1, requests=40, reply=5000)).max() == 0.0
+    # A video call's TLS signalling (zoom.pcap of the nDPI captures): 77 client records
+    # of ~600 bytes in 2 s and 31 small answers; the lone false alert of this rule there.
+    call = _http(1, port=443, requests=77, reply=75)
+    call["bwd_psh"] = 31
+    assert _brute(call).max() == 0.0
     assert _brute(_http(100, reply=RULES.brute_force_http_max_reply_bytes + 1)).max() == 0.0
 
 

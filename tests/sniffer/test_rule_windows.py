@@ -72,7 +72,7 @@ def _random_batch(
             parts.append(
                 event(
                     src, dst, dport=port, fwd_syn=1, fwd_ack=3, fwd_packets=5, bwd_packets=4,
-                    fwd_psh=requests, fwd_payload_bytes=300 * requests,
+                    fwd_psh=requests, bwd_psh=requests, fwd_payload_bytes=300 * requests,
                     bwd_payload_bytes=reply * requests, bwd_rst=int(sub.random() < 0.1),
                     **common,
                 )
