@@ -45,10 +45,19 @@ class ThresholdsConfig:
     # is its proposal for the shipped bundle (at most 0.5% of benign flows alerting on the
     # calibration half of the held-out nDPI captures; run it again after retraining).
     alert_per_family: dict[str, float] = field(default_factory=lambda: {"ddos": 0.69})
-    # Let a fast rule alone make a verdict malicious (sent to the firewall). false: when
-    # the fast rule scored higher than the forests and the forests scored the flow under
-    # the alert threshold, the verdict is at most suspicious (an alert, never a block).
+    # Families whose fast rule alone may make a verdict malicious (sent to the firewall).
+    # For the other families, when the fast rule scored higher than the forests and the
+    # forests scored the flow under the alert threshold, the verdict is at most suspicious
+    # (an alert, never a block). tunnel: the dns_tunnel rule alerted on 0 benign records of
+    # the nDPI captures and the lab's benign traffic (detector/README.md).
+    fast_rule_alone_blocks: tuple[str, ...] = ("tunnel",)
+    # Older key, kept for existing configs: true lets every family's fast rule block alone
+    # (as if fast_rule_alone_blocks listed them all); false adds nothing.
     block_on_fast_rule_alone: bool = False
+
+    def fast_rule_alone_may_block(self, family: str) -> bool:
+        """Whether ``family``'s fast rule alone may make a verdict malicious."""
+        return self.block_on_fast_rule_alone or family in self.fast_rule_alone_blocks
 
     def alert_of(self, family: str) -> float:
         """The alert threshold of ``family``."""
@@ -78,7 +87,7 @@ class ThresholdsConfig:
                     f"the block threshold of {family} ({block}) is below its alert "
                     f"threshold ({alert}); raise block_per_family.{family} or lower the alert"
                 )
-        for key in ("block_per_family", "alert_per_family"):
+        for key in ("block_per_family", "alert_per_family", "fast_rule_alone_blocks"):
             unknown = sorted(set(getattr(self, key)) - set(FAMILIES))
             if unknown:
                 problems.append(

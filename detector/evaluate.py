@@ -194,11 +194,10 @@ class Evaluation:
         ml = np.concatenate([c.ml for c in cal])
         fast = np.concatenate([c.fast for c in cal])
         fam = np.array([f for c in cal for f in c.verdict_family], dtype=object)
-        # A flow a fast rule alone scores cannot be blocked (unless configured): it does not
-        # bind the block threshold.
-        blockable = np.ones(len(final), dtype=bool)
-        if not base.block_on_fast_rule_alone:
-            blockable = ~((fast > ml) & (ml < base.alert))
+        # A flow a fast rule alone scores cannot be blocked (unless configured for its
+        # family): it does not bind the block threshold.
+        may_block = np.array([base.fast_rule_alone_may_block(f) for f in fam], dtype=bool)
+        blockable = may_block | ~((fast > ml) & (ml < base.alert))
         allowed = math.floor(budget * n / len(FAMILIES))
         alert: dict[str, float] = {}
         block: dict[str, float] = {}

@@ -62,6 +62,7 @@ LABEL_FAMILY: dict[str, str] = {
     "port_scan": "scan",
     "host_sweep": "scan",
     "ssh_bruteforce": "bruteforce",
+    "ftp_bruteforce": "bruteforce",
     "http_bruteforce": "bruteforce",
     "dns_tunnel": "tunnel",
     "dns_exfil": "tunnel",

@@ -10,8 +10,9 @@ For a float32 feature matrix and the sniffer's fast scores::
                    else thresholds.alert), MALICIOUS at or above the family's block
                    threshold, SUSPICIOUS between. A fast rule alone does not block: when
                    the rule scored higher than the forests and the forests scored under
-                   thresholds.alert, the label is at most SUSPICIOUS, unless
-                   thresholds.block_on_fast_rule_alone
+                   thresholds.alert, the label is at most SUSPICIOUS, unless the
+                   verdict's family is in thresholds.fast_rule_alone_blocks (or the older
+                   thresholds.block_on_fast_rule_alone, every family, is true)
 
 Explanations: for each flow, the features of its family's forest weighted by the forest's
 importance times how far the flow's value lies from benign traffic (``|x - median| /
@@ -244,7 +245,7 @@ def label_flows(
     family: Sequence[str],
 ) -> npt.NDArray[np.int32]:
     """Labels from the scores and the verdict families (module doc): the family's alert and
-    block thresholds, and no block by a fast rule alone unless configured."""
+    block thresholds, and no block by a fast rule alone unless configured for the family."""
     final_a = np.asarray(final, dtype=np.float32)
     ml_a = np.asarray(ml, dtype=np.float32)
     fast_a = np.asarray(fast, dtype=np.float32)
@@ -253,9 +254,12 @@ def label_flows(
     label = np.full(len(final_a), LABEL_BENIGN, dtype=np.int32)
     label[final_a >= alert] = LABEL_SUSPICIOUS
     malicious = final_a >= block
-    if not thresholds.block_on_fast_rule_alone:
-        # The rule won and the forests call the flow benign: alert, do not block.
-        malicious &= ~((fast_a > ml_a) & (ml_a < thresholds.alert))
+    # The rule won and the forests call the flow benign: alert, do not block, unless the
+    # verdict's family (the rule's, since it won) may block on its fast rule alone.
+    rule_alone = (fast_a > ml_a) & (ml_a < thresholds.alert)
+    if rule_alone.any():
+        may_block = _lookup(family, thresholds.fast_rule_alone_may_block).astype(bool)
+        malicious &= ~(rule_alone & ~may_block)
     label[malicious] = LABEL_MALICIOUS
     return label
 

@@ -394,7 +394,9 @@ class DetectorService(FollowsControl):
                 new.thresholds.block,
                 new.thresholds.alert_per_family or "none",
                 new.thresholds.block_per_family or "none",
-                new.thresholds.block_on_fast_rule_alone,
+                "every family"
+                if new.thresholds.block_on_fast_rule_alone
+                else ", ".join(new.thresholds.fast_rule_alone_blocks) or "none",
             )
         if isinstance(self.verdict_sender, DiscoveredSender):
             sender = self.verdict_sender

@@ -1,4 +1,5 @@
-"""The real services of the lab's server: nginx, OpenSSH, dnsmasq, iodined, an SMB-port listener.
+"""The real services of the lab's server: nginx, OpenSSH, dnsmasq, iodined, an SMB-port
+listener and an FTP login service that refuses every password.
 
 Each service is rendered into the lab's run directory (configs, content, keys, logs) and
 started inside the server's namespace with its PID recorded, so ``mld lab down`` can stop it
@@ -136,6 +137,14 @@ def _http(run_dir: Path, host: Host) -> Service:
         run_dir / "nginx" / "htpasswd", f"{HTTP_ADMIN[0]}:{_openssl_hash('apr1', HTTP_ADMIN[1])}\n"
     )
     logs = run_dir / "logs"
+    # HTTPS on 443 with a self-signed certificate (made once per run directory): the
+    # lab's TLS services (C2 check-ins over TLS, HTTPS logins).
+    cert, key = run_dir / "nginx" / "server.crt", run_dir / "nginx" / "server.key"
+    if not cert.exists() or not key.exists():
+        run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+             "-subj", f"/CN=server.{DNS_ZONE}", "-keyout", str(key), "-out", str(cert)],
+        )  # fmt: skip
     conf = _write(
         run_dir / "nginx" / "nginx.conf",
         f"""\
@@ -158,6 +167,10 @@ http {{
     server {{
         listen 80;
         listen [::]:80;
+        listen 443 ssl;
+        listen [::]:443 ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         root {www};
         location /admin/ {{
             auth_basic "lab admin";
@@ -168,7 +181,9 @@ http {{
 """,
     )
     return Service(
-        "http", ["nginx", "-c", str(conf), "-e", str(logs / "nginx-error.log")], [("tcp", 80)]
+        "http",
+        ["nginx", "-c", str(conf), "-e", str(logs / "nginx-error.log")],
+        [("tcp", 80), ("tcp", 443)],
     )
 
 
@@ -314,6 +329,47 @@ def _smb(run_dir: Path, host: Host) -> Service:
     )
 
 
+# The FTP service: the control-channel dialogue of a login (RFC 959: 220 greeting, USER ->
+# 331, PASS -> 530 after a short delay, as servers slow guessers down), one bash per
+# connection under socat. Every refused password is logged with the client's address, so
+# recipes have evidence. No data channel: password guessing never gets that far.
+_FTP_SCRIPT = r"""#!/bin/bash
+printf '220 lab FTP service ready\r\n'
+while IFS= read -r -t 30 line; do
+  line=${line%$'\r'}
+  verb=${line%% *}
+  case "${verb^^}" in
+    USER) printf '331 Please specify the password.\r\n' ;;
+    PASS) sleep 0.2
+          echo "$(date +%s) FTP login failed from $SOCAT_PEERADDR" >> "$FTP_LOG"
+          printf '530 Login incorrect.\r\n' ;;
+    QUIT) printf '221 Goodbye.\r\n'; exit 0 ;;
+    SYST) printf '215 UNIX Type: L8\r\n' ;;
+    FEAT) printf '211 End\r\n' ;;
+    AUTH) printf '530 Please login with USER and PASS.\r\n' ;;
+    *) printf '530 Please login with USER and PASS.\r\n' ;;
+  esac
+done
+"""
+
+
+def _ftp(run_dir: Path, host: Host) -> Service:
+    script = _write(run_dir / "ftp" / "session.sh", _FTP_SCRIPT, 0o755)
+    log_path = run_dir / "logs" / "ftp.log"
+    log_path.touch()
+    return Service(
+        "ftp",
+        [
+            "env",
+            f"FTP_LOG={log_path}",
+            "socat",
+            "TCP-LISTEN:21,fork,reuseaddr,backlog=256",
+            f"EXEC:{script}",
+        ],
+        [("tcp", 21)],
+    )
+
+
 def _listening(ns: str, proto: str, port: int) -> bool:
     flag = "-Hltn" if proto == "tcp" else "-Hlun"
     out = run_in(ns, "ss", flag, check=False).stdout
@@ -344,6 +400,8 @@ def start_services(topo: Topology, run_dir: Path, timeout_s: float = 15.0) -> li
                 svc = _dns(run_dir, host, with_tunnel="tunnel_dns" in host.services)
             elif name == "tunnel_dns":
                 svc = _tunnel_dns(run_dir, host)
+            elif name == "ftp":
+                svc = _ftp(run_dir, host)
             else:
                 svc = _smb(run_dir, host)
             out = run_dir / "logs" / f"{name}.out"

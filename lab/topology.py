@@ -17,7 +17,7 @@ from base.errors import LabError
 __all__ = ["DEFAULT_TOPOLOGY", "Host", "Nic", "Segment", "Topology", "load_topology"]
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
-SERVICES = ("http", "ssh", "dns", "tunnel_dns", "smb")
+SERVICES = ("http", "ssh", "dns", "tunnel_dns", "smb", "ftp")
 # Linux interface names hold at most 15 characters.
 _IFNAMSIZ = 15
 

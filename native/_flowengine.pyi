@@ -69,10 +69,13 @@ class RuleWindows:
         dst_port: npt.NDArray[np.int64],
         protocol: npt.NDArray[np.int64],
         start: npt.NDArray[np.int64],
+        size: npt.NDArray[np.float64],
         scored: npt.NDArray[np.uint8],
         min_period_s: float,
+        min_connections: float,
         out_count: npt.NDArray[np.float64],
         out_regularity: npt.NDArray[np.float64],
+        out_size_regularity: npt.NDArray[np.float64],
         /,
     ) -> None: ...
     def reset_beacons(self, beacon_window_ns: int, beacon_max_per_key: int, /) -> None: ...

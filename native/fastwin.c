@@ -17,7 +17,8 @@
  *   holds more than max_keys; pair and port keys share it, as in the Python;
  * - last starts (beacon): the latest connection start per (source, destination, port,
  *   protocol), insertion-ordered, the older half of those without a window forgotten past
- *   max_keys; beacons: windows of (gap, gap^2) per such key.
+ *   max_keys; beacons: windows of (gap, size) per such key; a record's regularity of gaps
+ *   and of sizes is 1 - MAD/median over its window (computed only past min_connections).
  *
  * "A look-up that adds no entry": an answered flow of a failing source reads its pair's
  * window without adding to it (peek: expired entries go, recency is kept), and a port key
@@ -343,11 +344,78 @@ static void forget_first_starts(RuleWindowsObject *r)
     }
 }
 
+/* The k-th smallest of v[0..n) (0-based; v is reordered: after it, v[0..k) <= v[k] <=
+ * v[k+1..n)). Quickselect, O(n) on average: the windows hold up to beacon_max_connections. */
+static double select_kth(double *v, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pivot = v[lo + (hi - lo) / 2];
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                double t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                if (j == 0)
+                    break;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return v[k];
+    }
+    return v[k];
+}
+
+/* The median of v[0..n) (n >= 1; v is reordered): the middle value, or the mean of the
+ * two middle ones. FastRules._median does the same. */
+static double median(double *v, size_t n)
+{
+    double upper = select_kth(v, n, n / 2), lower;
+    if (n % 2)
+        return upper;
+    lower = v[0]; /* the largest of v[0..n/2), all <= upper */
+    for (size_t j = 1; j < n / 2; j++)
+        if (v[j] > lower)
+            lower = v[j];
+    return (lower + upper) / 2.0;
+}
+
+/* 1 - MAD/median of v[0..n) (v is overwritten), floored at 0; a median of 0 gives 1 when
+ * every value is 0, else 0. *med receives the median. FastRules._steadiness. */
+static double steadiness(double *v, size_t n, double *med)
+{
+    double m = median(v, n), mad, out;
+    for (size_t j = 0; j < n; j++)
+        v[j] = fabs(v[j] - m);
+    mad = median(v, n);
+    *med = m;
+    if (m <= 0.0)
+        return mad == 0.0 ? 1.0 : 0.0;
+    out = 1.0 - mad / m;
+    return out > 0.0 ? out : 0.0;
+}
+
 static int rhythm_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
                         const uint8_t *dst, const int64_t *dst_port, const int64_t *proto,
-                        const int64_t *start, const uint8_t *scored, double min_period,
-                        double *count, double *regularity)
+                        const int64_t *start, const double *size, const uint8_t *scored,
+                        double min_period, double min_connections, double *count,
+                        double *regularity, double *size_regularity)
 {
+    double *scratch = PyMem_Malloc((size_t)(r->beacons.max_per_key + 1) * sizeof(double));
+
+    if (scratch == NULL)
+        return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint8_t key[BEACON_KEY];
         uint16_t port = (uint16_t)dst_port[i];
@@ -367,7 +435,7 @@ static int rhythm_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
         key[2 * ADDR + 2] = (uint8_t)proto[i];
         node = om_upsert(&r->last, key, &fresh);
         if (node < 0)
-            return -1;
+            goto fail;
         if (fresh) {
             /* A first connection is only remembered by its start; the window begins with
              * the second. */
@@ -383,31 +451,34 @@ static int rhythm_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
         gap_ns = start[i] - prev;
         gap = (double)(gap_ns > 0 ? gap_ns : 0) / 1e9;
         sums[0] = gap;
-        sums[1] = gap * gap;
+        sums[1] = size[i];
         if (mld_winset_find(&r->beacons, key) < 0 &&
             mld_winset_add(&r->beacons, key, prev, seed, &none, &none) < 0)
-            return -1;
+            goto fail;
         id = mld_winset_add(&r->beacons, key, start[i], sums, &none, &none);
         if (id < 0)
-            return -1;
+            goto fail;
         k = &r->beacons.wins[id];
         count[i] = (double)k->len;
         gaps = k->len - 1; /* the oldest entry's gap reaches outside the window */
-        if (gaps >= 2) {
-            const double *oldest = k->sums + k->head * 2;
-            double total = k->total[0] - oldest[0];
-            double total_sq = k->total[1] - oldest[1];
-            double mean = total / (double)gaps;
-            double var = total_sq / (double)gaps - mean * mean;
-            if (0.0 > var)
-                var = 0.0;
-            if (mean >= min_period) {
-                double reg = 1.0 - sqrt(var) / mean;
-                regularity[i] = reg > 0.0 ? reg : 0.0;
+        if (gaps >= 2 && count[i] > min_connections) {
+            double med, steady;
+            for (size_t j = 0; j < gaps; j++)
+                scratch[j] = k->sums[((k->head + 1 + j) % k->cap) * 2];
+            steady = steadiness(scratch, gaps, &med);
+            if (med >= min_period) {
+                regularity[i] = steady;
+                for (size_t j = 0; j < gaps; j++)
+                    scratch[j] = k->sums[((k->head + 1 + j) % k->cap) * 2 + 1];
+                size_regularity[i] = steadiness(scratch, gaps, &med);
             }
         }
     }
+    PyMem_Free(scratch);
     return 0;
+fail:
+    PyMem_Free(scratch);
+    return -1;
 }
 
 /* ---- Python methods ----------------------------------------------------------------------- */
@@ -466,27 +537,29 @@ static PyObject *rw_rhythm(RuleWindowsObject *r, PyObject *args)
         int writable;
         Py_ssize_t itemsize, per_row;
         const char *what;
-    } spec[8] = {
+    } spec[10] = {
         {0, 1, ADDR, "source keys"}, {0, 1, ADDR, "destination keys"},
         {0, 8, 1, "dst_port"},       {0, 8, 1, "protocol"},
-        {0, 8, 1, "start"},          {0, 1, 1, "scored"},
-        {1, 8, 1, "out count"},      {1, 8, 1, "out regularity"},
+        {0, 8, 1, "start"},          {0, 8, 1, "size"},
+        {0, 1, 1, "scored"},         {1, 8, 1, "out count"},
+        {1, 8, 1, "out regularity"}, {1, 8, 1, "out size_regularity"},
     };
-    PyObject *o[8];
-    Py_buffer b[8];
+    PyObject *o[10];
+    Py_buffer b[10];
     Py_ssize_t n;
-    double min_period;
+    double min_period, min_connections;
     int got = 0, rc;
 
-    if (!ready(r) || !PyArg_ParseTuple(args, "nOOOOOOdOO", &n, &o[0], &o[1], &o[2], &o[3],
-                                       &o[4], &o[5], &min_period, &o[6], &o[7]))
+    if (!ready(r) ||
+        !PyArg_ParseTuple(args, "nOOOOOOOddOOO", &n, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &min_period, &min_connections, &o[7], &o[8], &o[9]))
         return NULL;
-    for (; got < 8; got++)
+    for (; got < 10; got++)
         if (mld_get_buffer(o[got], &b[got], spec[got].writable, spec[got].itemsize, n,
                            spec[got].per_row, spec[got].what) < 0)
             return release_all(b, got, 0);
     rc = rhythm_batch(r, n, b[0].buf, b[1].buf, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
-                      min_period, b[6].buf, b[7].buf);
+                      b[6].buf, min_period, min_connections, b[7].buf, b[8].buf, b[9].buf);
     if (rc < 0)
         PyErr_NoMemory();
     return release_all(b, got, rc == 0);
@@ -591,8 +664,8 @@ static PyMethodDef rw_methods[] = {
      "failures(n, src_keys, dst_keys, dst_port, sweep_port, ts, failed, out_scan_ports, "
      "out_sweep_hosts, out_share)"},
     {"rhythm", (PyCFunction)rw_rhythm, METH_VARARGS,
-     "rhythm(n, src_keys, dst_keys, dst_port, protocol, start, scored, min_period_s, "
-     "out_count, out_regularity)"},
+     "rhythm(n, src_keys, dst_keys, dst_port, protocol, start, size, scored, min_period_s, "
+     "min_connections, out_count, out_regularity, out_size_regularity)"},
     {"reset_beacons", (PyCFunction)rw_reset_beacons, METH_VARARGS,
      "reset_beacons(beacon_window_ns, beacon_max_per_key): the rhythm windows start afresh"},
     {"stats", (PyCFunction)rw_stats, METH_NOARGS, "sizes of every table and window set"},

@@ -206,13 +206,16 @@ class RuleWindows:
         dst_port: I64,
         protocol: I64,
         start: I64,
+        size: npt.ArrayLike,
         scored: npt.ArrayLike,
         min_period_s: float,
-    ) -> tuple[F64, F64]:
+        min_connections: float,
+    ) -> tuple[F64, F64, F64]:
         """Per record: connections of its (source, destination, port, protocol) in the
-        beacon window and the regularity of the gaps between their starts."""
+        beacon window, the regularity of the gaps between their starts and that of their
+        sizes (past ``min_connections`` connections, else 0)."""
         n = len(src)
-        out = np.zeros((2, n))
+        out = np.zeros((3, n))
         self._w.rhythm(
             n,
             np.ascontiguousarray(src, np.uint8),
@@ -220,12 +223,15 @@ class RuleWindows:
             np.ascontiguousarray(dst_port, np.int64),
             np.ascontiguousarray(protocol, np.int64),
             np.ascontiguousarray(start, np.int64),
+            np.ascontiguousarray(size, np.float64),
             np.ascontiguousarray(scored, np.uint8),
             float(min_period_s),
+            float(min_connections),
             out[0],
             out[1],
+            out[2],
         )
-        return out[0], out[1]
+        return out[0], out[1], out[2]
 
     def reset_beacons(self, beacon_window_s: float, beacon_max_connections: int) -> None:
         """Start the rhythm windows afresh (a new window length or depth); the last

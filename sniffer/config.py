@@ -190,20 +190,57 @@ class FastRulesConfig:
     dns_data_type_share_high: float = 0.9
     dns_data_label_min: float = 12.0
     # brute_force: failed login attempts from one source to one service (address and port)
-    # within the window. An attempt is a TCP flow to a login port in which the initiator
-    # sent at most brute_force_max_packets; it failed when it was refused or reset by the
-    # service, or the handshake completed and the service sent back at most
-    # brute_force_max_reply_bytes of payload (a login that succeeds gets a session:
-    # command output, host keys, a desktop; a rejected one gets a banner and a refusal).
+    # within brute_force_window_s, whatever the tool. An attempt is a TCP flow to a login
+    # port in which the initiator sent at most brute_force_max_packets; it failed when it
+    # was refused or reset by the service, or the handshake completed and the service sent
+    # back at most brute_force_max_reply_bytes of payload (a login that succeeds gets a
+    # session: command output, host keys, a desktop; a rejected one gets a banner and a
+    # refusal). The score is the ramp of the attempts times the similarity of their replies
+    # (below): a guesser gets the same refusal again and again.
+    brute_force_window_s: float = 300.0
     brute_force_low: float = 10.0
-    brute_force_high: float = 60.0
+    brute_force_high: float = 40.0
     # A flow is short when the initiator sent at most this many packets.
     brute_force_max_packets: int = 64
     # Most payload bytes a service sends back on a failed login, in bytes.
     brute_force_max_reply_bytes: int = 3072
-    # Login services watched for brute force (80/443 are left out: browsers open many
-    # short connections to one web server).
-    brute_force_ports: tuple[int, ...] = (21, 22, 23, 110, 143, 445, 1433, 3306, 3389, 5432, 5900)
+    # Login services watched for brute force (SMTP 25 and LDAP are left out: relays and
+    # application pools open many short sessions with small replies).
+    brute_force_ports: tuple[int, ...] = (
+        21, 22, 23, 110, 139, 143, 445, 993, 995, 1433, 1521, 2222, 3306, 3389, 5432, 5900,
+    )  # fmt: skip
+    # Login ports whose protocol is a line per command and a line back (FTP, POP3, IMAP):
+    # one connection may try many passwords, each counted (USER and PASS: two commands a
+    # password), whatever the connection's length, while its answers average at most
+    # brute_force_command_max_reply_bytes (the refusals; a listing or a mail is longer).
+    brute_force_command_ports: tuple[int, ...] = (21, 110, 143)
+    brute_force_command_max_reply_bytes: int = 256
+    # The spread of the answered attempts' reply sizes per answer (server push) within
+    # the window (standard deviation over mean; refused attempts are left out) from which
+    # the score falls, and at which it is 0: a browser's replies vary, a refused
+    # password's do not.
+    brute_force_reply_spread_low: float = 0.25
+    brute_force_reply_spread_high: float = 0.6
+    # HTTP(S) authentication (basic auth, form POSTs): on these ports every request is an
+    # attempt when its flow's replies are small (401/403 pages, a form again) and its
+    # requests small (no upload), a kept-alive session counting each request. Counted over
+    # the context window (window_s): a rate, so that an API client polling one server
+    # about once a second stays under the alert (0.33 at 60 requests a minute).
+    brute_force_http_ports: tuple[int, ...] = (80, 443, 8000, 8080, 8443, 8888)
+    brute_force_http_low: float = 30.0
+    brute_force_http_high: float = 120.0
+    # Most reply and request payload per request, in bytes (a request is a segment the
+    # client pushed, FlowRecord fwd.psh_count).
+    brute_force_http_max_reply_bytes: int = 1024
+    brute_force_http_max_request_bytes: int = 2048
+    # Least share of requests that got an answer of their own (server pushes per client
+    # push): a login answers every request; a video call's TLS signalling sent 77 client
+    # records for 31 answers.
+    brute_force_http_min_answer_share: float = 0.8
+    # TLS ports among the HTTP ports: the handshake's server bytes (certificates) are
+    # left out of the replies, up to this many bytes a flow.
+    brute_force_tls_ports: tuple[int, ...] = (443, 8443)
+    brute_force_tls_handshake_bytes: int = 6144
     # tiny_fragments: tiny and overlapping IP fragments from one source within the window
     # (no ordinary stack sends them; nmap -f does), in packets.
     tiny_fragments_low: float = 0.0
@@ -211,23 +248,34 @@ class FastRulesConfig:
     # beacon (family c2): answered connections (not failed, above) of one source to one
     # service (address, port and protocol) at a steady rhythm, in the spirit of RITA's
     # beacon score. Over the last beacon_window_s, the gaps between the starts of the
-    # pair's connections give a regularity 1 - (std of the gaps / their mean), floored at
-    # 0; the score is the ramp of the connection count times the ramp of that regularity.
+    # pair's connections give a regularity 1 - (median absolute deviation of the gaps /
+    # their median), floored at 0 (robust to jitter and to a missed check-in); their
+    # payload sizes give a size regularity the same way. The score is the ramp of the
+    # connection count times the ramp of the gap regularity times the ramp of the size
+    # regularity (an implant's idle check-ins are alike, a few tasked ones aside).
     beacon_window_s: float = 3600.0
     # Connections kept per pair within the window; past it the oldest go first.
     beacon_max_connections: int = 64
-    # Connections of the pair within the window.
-    beacon_low: float = 6.0
-    beacon_high: float = 20.0
-    # Shortest mean gap between the connections that counts as a rhythm, in seconds:
+    # Connections of the pair within the window (a check-in every 5 minutes alerts from
+    # its 8th, 35 minutes in).
+    beacon_low: float = 4.0
+    beacon_high: float = 10.0
+    # Shortest median gap between the connections that counts as a rhythm, in seconds:
     # faster repeats are floods or retries, not check-ins.
     beacon_min_period_s: float = 1.0
-    # Regularity of the gaps (1: a clock; a 20% uniform jitter gives about 0.88).
-    beacon_regularity_low: float = 0.7
-    beacon_regularity_high: float = 0.9
+    # Regularity of the gaps (1: a clock; a uniform jitter of +-30% of the period gives
+    # about 0.85, +-50% 0.75; gaps drawn at random, exponential, about 0.3).
+    beacon_regularity_low: float = 0.6
+    beacon_regularity_high: float = 0.85
+    # Regularity of the connections' payload sizes, the same measure (a clocked poller
+    # whose replies vary, as in the nDPI captures, reads under 0.3).
+    beacon_size_regularity_low: float = 0.3
+    beacon_size_regularity_high: float = 0.7
     # Services that poll by design and are never scored (NTP, DNS, DHCP, mDNS, SSDP,
-    # SNMP traps, syslog, LLMNR, NetBIOS).
-    beacon_ignore_ports: tuple[int, ...] = (53, 67, 68, 123, 137, 138, 162, 514, 1900, 5353, 5355)
+    # SNMP traps, syslog, LLMNR, NetBIOS, and the keepalives of STUN, IPsec NAT-T and SIP).
+    beacon_ignore_ports: tuple[int, ...] = (
+        53, 67, 68, 123, 137, 138, 162, 514, 1900, 3478, 4500, 5060, 5061, 5353, 5355,
+    )  # fmt: skip
     # fingerprint (family scan): distinct odd probes one source sent within the window,
     # each counted once per (kind, destination address, destination port). The kinds are
     # packets no ordinary stack sends (sniffer/fast_rules.py): TCP NULL, FIN-only, Xmas
@@ -278,6 +326,7 @@ class FastRulesConfig:
             "host_sweep_failed_share_high",
             "dns_data_type_share_low",
             "dns_data_type_share_high",
+            "brute_force_http_min_answer_share",
         ):
             if getattr(self, name) > 1:
                 problems.append(f"{name} is {getattr(self, name)}, expected a share in [0, 1]")
@@ -295,7 +344,24 @@ class FastRulesConfig:
             problems.append(
                 f"brute_force_max_packets is {self.brute_force_max_packets}, expected >= 1"
             )
-        for name in ("amplification_ports", "brute_force_ports", "beacon_ignore_ports"):
+        if not self.brute_force_window_s > 0:
+            problems.append(f"brute_force_window_s is {self.brute_force_window_s}, expected > 0")
+        for name in (
+            "brute_force_http_max_reply_bytes",
+            "brute_force_http_max_request_bytes",
+            "brute_force_tls_handshake_bytes",
+            "brute_force_command_max_reply_bytes",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} is {getattr(self, name)}, expected >= 0")
+        for name in (
+            "amplification_ports",
+            "brute_force_ports",
+            "brute_force_http_ports",
+            "brute_force_tls_ports",
+            "brute_force_command_ports",
+            "beacon_ignore_ports",
+        ):
             bad = [p for p in getattr(self, name) if not 0 <= p <= 65535]
             if bad:
                 problems.append(f"{name} holds {bad}, not ports (0-65535)")

@@ -29,19 +29,30 @@ records each scores:
   so a few within the window are enough (a scan family rule).
   entropy ramp floored at 0.5 (SourceContext); scores flows with DNS queries.
 * ``brute_force``: failed login attempts from the source to one login service (address
-  and port): TCP flows to a login port in which the initiator sent at most
-  ``brute_force_max_packets`` and that were refused or reset by the service, or completed
-  the handshake and got at most ``brute_force_max_reply_bytes`` of payload back (no
-  session followed); scores such flows.
+  and port) over ``brute_force_window_s``, by any tool: TCP flows to a login port in which
+  the initiator sent at most ``brute_force_max_packets`` and that were refused or reset by
+  the service, or completed the handshake and got at most ``brute_force_max_reply_bytes``
+  of payload back (no session followed); and on the HTTP(S) ports, every request of a flow
+  whose requests and replies are small (a 401/403 page or a login form again per request,
+  the TLS handshake's certificates left out), a kept-alive session counting each request,
+  over the context window (a rate: ``brute_force_http_low``/``_high``). The ramp of the
+  attempts times the similarity of their reply sizes, ``1 - ramp(std/mean, spread_low,
+  spread_high)`` over the window (a guesser gets the same refusal each time; a browser's
+  replies vary); scores the attempts.
 * ``beacon`` (family c2): answered connections (not failed) of the source to one service
   (address, port, protocol) at a steady rhythm over ``beacon_window_s``: the ramp of their
-  count times the ramp of their regularity ``max(0, 1 - std/mean)`` of the gaps between
-  connection starts (RITA's beacon score works on the same dispersion), 0 when the mean
+  count times the ramp of the regularity ``max(0, 1 - MAD/median)`` of the gaps between
+  connection starts (RITA's beacon score works on a dispersion too; the median absolute
+  deviation stays steady under a jitter of +-30% and a missed check-in), times the ramp
+  of the same regularity of their payload sizes (an implant's check-ins are alike, a few
+  tasked ones aside; a poller whose replies vary is no beacon); 0 when the median
   gap is under ``beacon_min_period_s`` (floods and retries); ports that poll by design
-  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored; scores the pair's flows.
+  (``beacon_ignore_ports``: NTP, DNS, ...) are never scored, nor brute_force's failed
+  logins (a guessing script that sleeps between attempts keeps a clock); scores the
+  pair's flows.
   Benign pollers that keep a clock (monitoring, update checks every minute) score like
-  beacons: the rule alerts, and by default a fast rule alone never blocks
-  (``detector.thresholds.block_on_fast_rule_alone``).
+  beacons: the rule alerts, and by default the c2 family's fast rule alone never blocks
+  (``detector.thresholds.fast_rule_alone_blocks``).
 
 * ``fingerprint`` (family scan): distinct odd probes of the source, each counted once per
   (kind, destination address, destination port) (:func:`odd_probes`, :data:`PROBE_KINDS`):
@@ -97,7 +108,6 @@ fragments) at later ones, as in the source context.
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -141,6 +151,8 @@ RULES = (
     "fingerprint",
     "reflection",
 )
+# brute_force's window key: source, destination, port as int64.
+_LOGIN_KEY = 2 * ADDRESS_KEY_SIZE + 8
 # ICMP echo requests (v4 type 8, v6 type 128): src_port holds the ICMP type (records.py).
 _ECHO_REQUESTS = (8, 128)
 
@@ -336,9 +348,11 @@ class FastRules:
         # Sources that failed at least once, most recent last (bounded by max_keys).
         self._py_failing_sources: OrderedDict[bytes, None] = OrderedDict()
 
-        def windows(n_sums: int, key_size: int = ADDRESS_KEY_SIZE) -> Any:
+        def windows(
+            n_sums: int, key_size: int = ADDRESS_KEY_SIZE, window_s: float = context.window_s
+        ) -> Any:
             caps: dict[str, Any] = {
-                "window_s": context.window_s,
+                "window_s": window_s,
                 "n_sums": n_sums,
                 "n_distinct": 0,
                 "max_keys": context.max_keys,
@@ -355,8 +369,13 @@ class FastRules:
         self._reflected = windows(0)
         # Per source: tiny and overlapping fragments.
         self._evasive = windows(1)
-        # Per (source, destination, port): failed attempts at a login service.
-        self._logins = windows(0, 2 * ADDRESS_KEY_SIZE + 8)
+        # Per (source, destination, port): failed attempts at a login service over
+        # brute_force_window_s, and HTTP(S) attempts over window_s; each entry holds
+        # (attempts, answered attempts, their reply bytes, their reply bytes^2), for the
+        # spread of the replies.
+        self._windows = windows
+        self._logins = windows(4, _LOGIN_KEY, rules.brute_force_window_s)
+        self._http_logins = windows(4, _LOGIN_KEY)
         # Per source: its odd probes, distinct by (kind, destination, port) (fingerprint);
         # per victim address: the reflectors that sent it unsolicited replies (reflection).
         # The reflectors' windows also sum the unsolicited packets.
@@ -390,7 +409,7 @@ class FastRules:
             max_entries=context.max_entries,
         )
         # Per (source, destination, port, protocol): connection starts, for beacon. Each
-        # entry holds (gap to the previous start, its square) in seconds.
+        # entry holds (gap to the previous start in seconds, payload bytes both ways).
         self._py_beacons = self._beacon_windows(rules, context)
         self._set_ports(rules)
         # Records whose fast_rule was each rule, and records scored > 0 at all.
@@ -458,6 +477,9 @@ class FastRules:
         self._beacon_ignore = np.array(sorted(rules.beacon_ignore_ports), dtype=np.int64)
         self._amp_ports = np.array(sorted(rules.amplification_ports), dtype=np.int64)
         self._login_ports = np.array(sorted(rules.brute_force_ports), dtype=np.int64)
+        self._http_ports = np.array(sorted(rules.brute_force_http_ports), dtype=np.int64)
+        self._command_ports = np.array(sorted(rules.brute_force_command_ports), dtype=np.int64)
+        self._tls_ports = np.array(sorted(rules.brute_force_tls_ports), dtype=np.int64)
 
     def reconfigure(self, rules: FastRulesConfig) -> None:
         """Score with ``rules`` from the next batch on (a change from etcd). The windows
@@ -473,6 +495,9 @@ class FastRules:
                 self._rule_windows.reset_beacons(
                     rules.beacon_window_s, rules.beacon_max_connections
                 )
+        if rules.brute_force_window_s != self.config.brute_force_window_s:
+            # A new window length starts the login windows afresh.
+            self._logins = self._windows(4, _LOGIN_KEY, rules.brute_force_window_s)
         self.config = rules
         self._set_ports(rules)
 
@@ -503,30 +528,24 @@ class FastRules:
             & (bwd_bytes >= c.amplification_ratio * fwd_bytes)
         )
         failed = failed_flows(flows)
-        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
-        login = (
-            tcp
-            & np.isin(dst_port, self._login_ports)
-            & (flows["fwd_packets"] <= c.brute_force_max_packets)
-            & (
-                (flows["bwd_rst_count"] > 0)
-                | (answered & (flows["bwd_payload_bytes"] <= c.brute_force_max_reply_bytes))
-            )
-        )
+        login, login_sums, http_login, http_sums = self._attempts(flows, prev)
         icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
         # host_sweep's "port": the destination port; every ICMP flow shares -1.
         sweep_port = np.where(icmp, -1, dst_port)
         # A connection's start counts once, at its first record (an interim record of the
         # same flow would add a gap of 0).
-        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & first
+        # A failed login at a login port is brute_force's, not a check-in: a guessing script
+        # that sleeps a fixed time between attempts keeps a clock too.
+        beacon_scored = ~np.isin(dst_port, self._beacon_ignore) & ~icmp & ~failed & ~login & first
+        beacon_size = (flows["fwd_payload_bytes"] + flows["bwd_payload_bytes"]).astype(np.float64)
 
         evasive = (flows["tiny_frag_count"] + flows["overlap_frag_count"]).astype(np.float64)
         evasive -= prev.values["tiny_frag_count"] + prev.values["overlap_frag_count"]
         # A flow adds itself (a SYN-only flow, a login attempt) at its first record only.
         windows = self._windows_batch if self.native else self._windows_per_record
-        syn_rate, udp_rate, reflected, logins, evasive_sum = windows(
-            flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified, login & first,
-            evasive,
+        syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum = windows(
+            flows, dst_port, syn_only & first, udp_packets, unsolicited, amplified,
+            login, login_sums, http_login, http_sums, evasive,
         )  # fmt: skip
         if self._rule_windows is not None:
             rw = self._rule_windows
@@ -535,13 +554,15 @@ class FastRules:
             scan_ports, sweep_hosts, sweep_share = rw.failures(
                 src, dst, dst_port, sweep_port, ts, failed
             )
-            beacon_count, beacon_regularity = rw.rhythm(
-                src, dst, dst_port, proto.astype(np.int64), start, beacon_scored,
-                c.beacon_min_period_s,
+            beacon_count, beacon_regularity, beacon_sizes = rw.rhythm(
+                src, dst, dst_port, proto.astype(np.int64), start, beacon_size, beacon_scored,
+                c.beacon_min_period_s, c.beacon_low,
             )  # fmt: skip
         else:
             scan_ports, sweep_hosts, sweep_share = self._failures(flows, failed, sweep_port)
-            beacon_count, beacon_regularity = self._rhythm(flows, beacon_scored)
+            beacon_count, beacon_regularity, beacon_sizes = self._rhythm(
+                flows, beacon_size, beacon_scored
+            )
 
         dns = flows["dns_queries"] > 0
         # Entropy comes from one name per flow (the engine keeps only the first), so a
@@ -569,11 +590,19 @@ class FastRules:
             "tiny_fragments": np.where(
                 evasive > 0, ramp(evasive_sum, c.tiny_fragments_low, c.tiny_fragments_high), 0
             ),
-            "brute_force": np.where(login, ramp(logins, c.brute_force_low, c.brute_force_high), 0),
+            "brute_force": np.where(
+                login, self._guessing(logins, c.brute_force_low, c.brute_force_high), 0
+            )
+            + np.where(
+                http_login,
+                self._guessing(http_logins, c.brute_force_http_low, c.brute_force_http_high),
+                0,
+            ),
             "beacon": np.where(
                 beacon_scored,
                 ramp(beacon_count, c.beacon_low, c.beacon_high)
-                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high),
+                * ramp(beacon_regularity, c.beacon_regularity_low, c.beacon_regularity_high)
+                * ramp(beacon_sizes, c.beacon_size_regularity_low, c.beacon_size_regularity_high),
                 0,
             ),
         }
@@ -595,6 +624,100 @@ class FastRules:
         fired.pop("", None)
         self.fired.update(fired)
         self.scored += int(np.count_nonzero(result.score))
+        return result
+
+    def _attempts(
+        self, flows: FlowColumns, prev: Previous
+    ) -> tuple[npt.NDArray[np.bool_], Floats, npt.NDArray[np.bool_], Floats]:
+        """brute_force's attempts (module doc): which records add a login attempt, which
+        add HTTP(S) attempts, and each one's window entry (attempts, answered attempts,
+        their reply bytes per answer, their squares). A session login attempt is a flow,
+        added at its first record; a command-login record (FTP, POP3, IMAP) adds the
+        passwords its flow tried since its previous record, an HTTP record the requests."""
+        c = self.config
+        dst_port = flows["dst_port"].astype(np.int64)
+        tcp = flows["protocol"] == PROTO_TCP
+        bwd_payload = flows["bwd_payload_bytes"].astype(np.float64)
+        answered = (flows["bwd_packets"] > 0) & (flows["fwd_payload_bytes"] > 0)
+        login_port = np.isin(dst_port, self._login_ports)
+        v = prev.values
+        requests = flows["fwd_psh_count"].astype(np.float64) - v["fwd_psh_count"]
+        answers = flows["bwd_psh_count"].astype(np.float64) - v["bwd_psh_count"]
+        sent = flows["fwd_payload_bytes"].astype(np.float64) - v["fwd_payload_bytes"]
+        replied = bwd_payload - v["bwd_payload_bytes"]
+        refused = prev.first & (flows["bwd_rst_count"] > 0)
+        # Session logins: a flow is one attempt, added at its first record. Command logins
+        # (FTP, POP3, IMAP: a line per command, a line back) may try many passwords in one
+        # connection: each record adds its commands since the previous one, a password
+        # taking two (USER and PASS), while the answers stay short lines.
+        command = login_port & np.isin(dst_port, self._command_ports)
+        session_login = (
+            prev.first
+            & tcp
+            & login_port
+            & ~command
+            & (flows["fwd_packets"] <= c.brute_force_max_packets)
+            & (refused | (answered & (bwd_payload <= c.brute_force_max_reply_bytes)))
+        )
+        command_login = (
+            tcp
+            & command
+            & (
+                refused
+                | (
+                    (requests > 0)
+                    & (replied > 0)
+                    & (replied <= c.brute_force_command_max_reply_bytes * np.maximum(answers, 1))
+                )
+            )
+        )
+        login = session_login | command_login
+        tries = np.where(command_login, np.maximum(np.floor(requests / 2), 1.0), 1.0)
+        # Reply size per answer: one attempt's refusal, however many a connection held.
+        per_answer = np.where(command_login, replied, bwd_payload) / np.maximum(
+            np.where(command_login, answers, flows["bwd_psh_count"]), 1
+        )
+        got = np.where(np.where(command_login, replied, bwd_payload) > 0, tries, 0.0)
+        login_sums = np.column_stack([tries, got, got * per_answer, got * per_answer * per_answer])
+        # TLS: the handshake's two client pushes (ClientHello, Finished) and the server's
+        # certificates are no request and no reply (left out at the flow's first record).
+        handshake = prev.first & np.isin(dst_port, self._tls_ports)
+        requests = np.where(handshake, np.maximum(requests - 2, 1), requests)
+        reply = np.where(
+            handshake, np.maximum(replied - c.brute_force_tls_handshake_bytes, 0), replied
+        )
+        asked = np.maximum(requests, 1)
+        http_login = (
+            tcp
+            & np.isin(dst_port, self._http_ports)
+            & ~login_port
+            & (requests > 0)
+            & (replied > 0)
+            & (reply <= c.brute_force_http_max_reply_bytes * asked)
+            & (sent <= c.brute_force_http_max_request_bytes * asked)
+            # One answer per request (a pushed response each): a real-time session that
+            # streams many small client records (a video call's signalling) is no login.
+            & (answers >= c.brute_force_http_min_answer_share * asked)
+        )
+        per = reply / asked
+        http_sums = np.column_stack([requests, requests, requests * per, requests * per * per])
+        return login, login_sums, http_login, http_sums
+
+    def _guessing(self, sums: Floats, low: float, high: float) -> Floats:
+        """brute_force's score from a login window's (attempts, answered attempts, sum of
+        their replies, sum of their squared replies): the ramp of the attempts times the
+        similarity of the replies."""
+        attempts = sums[:, 0]
+        answered = sums[:, 1]
+        safe = np.where(answered > 0, answered, 1.0)
+        mean = sums[:, 2] / safe
+        var = np.maximum(sums[:, 3] / safe - mean * mean, 0.0)
+        spread = np.where(mean > 0, np.sqrt(var) / np.where(mean > 0, mean, 1.0), 0.0)
+        c = self.config
+        similar = 1.0 - ramp(
+            spread, c.brute_force_reply_spread_low, c.brute_force_reply_spread_high
+        )
+        result: Floats = ramp(attempts, low, high) * similar
         return result
 
     def _dns_domain(self, context: dict[str, Array], n: int) -> Floats:
@@ -764,15 +887,19 @@ class FastRules:
         unsolicited: npt.NDArray[np.bool_],
         amplified: npt.NDArray[np.bool_],
         login: npt.NDArray[np.bool_],
+        login_sums: Floats,
+        http_login: npt.NDArray[np.bool_],
+        http_sums: Floats,
         evasive: Floats,
-    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats, Floats]:
         """The destination windows' values per record, one record at a time (the
         definition; :meth:`_windows_batch` gives the same numbers)."""
         n = len(flows)
         syn_rate = np.zeros(n)
         udp_rate = np.zeros(n)
         reflected = np.zeros(n)
-        logins = np.zeros(n)
+        logins = np.zeros((n, 4))
+        http_logins = np.zeros((n, 4))
         evasive_sum = np.zeros(n)
         rate = 1.0 / self.window_s
         ts = flows["last_ts_ns"].tolist()
@@ -794,10 +921,13 @@ class FastRules:
                 victim = dst if unsolicited[i] else src
                 reflected[i] = self._reflected.add(victim, t).count
             if login[i]:
-                logins[i] = self._logins.add((src, dst, port), t).count
+                logins[i] = self._logins.add((src, dst, port), t, tuple(login_sums[i])).sums
+            if http_login[i]:
+                got = self._http_logins.add((src, dst, port), t, tuple(http_sums[i]))
+                http_logins[i] = got.sums
             if ev:
                 evasive_sum[i] = self._evasive.add(src, t, (ev,)).sums[0]
-        return syn_rate, udp_rate, reflected, logins, evasive_sum
+        return syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum
 
     def _windows_batch(
         self,
@@ -808,8 +938,11 @@ class FastRules:
         unsolicited: npt.NDArray[np.bool_],
         amplified: npt.NDArray[np.bool_],
         login: npt.NDArray[np.bool_],
+        login_sums: Floats,
+        http_login: npt.NDArray[np.bool_],
+        http_sums: Floats,
         evasive: Floats,
-    ) -> tuple[Floats, Floats, Floats, Floats, Floats]:
+    ) -> tuple[Floats, Floats, Floats, Floats, Floats, Floats]:
         """:meth:`_windows_per_record` over the whole batch in native windows (each window
         set is independent of the others, so each takes the batch in one call)."""
         rate = 1.0 / self.window_s
@@ -824,10 +957,11 @@ class FastRules:
         victim = np.where(unsolicited[:, None], dst, src)
         reflected = self._reflected.add(victim, ts, select=reflecting).count.astype(np.float64)
         login_keys = np.concatenate([src, dst, int_values(dst_port, 8)], axis=1)
-        logins = self._logins.add(login_keys, ts, select=login).count.astype(np.float64)
+        logins = self._logins.add(login_keys, ts, login_sums, select=login).sums
+        http_logins = self._http_logins.add(login_keys, ts, http_sums, select=http_login).sums
         frag = self._evasive.add(src, ts, evasive[:, None], select=evasive > 0)
         evasive_sum = np.where(evasive > 0, frag.sums[:, 0], 0.0)
-        return syn_rate, udp_rate, reflected, logins, evasive_sum
+        return syn_rate, udp_rate, reflected, logins, http_logins, evasive_sum
 
     def _failures(
         self, flows: FlowColumns, failed: npt.NDArray[np.bool_], sweep_port: Array
@@ -927,15 +1061,39 @@ class FastRules:
         windows.add(key, *first)
         return True
 
-    def _rhythm(self, flows: FlowColumns, scored: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        """The middle value, or the mean of the two middle ones (as native/fastwin.c)."""
+        v = sorted(values)
+        n = len(v)
+        return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+    @classmethod
+    def _steadiness(cls, values: list[float]) -> tuple[float, float]:
+        """(1 - MAD/median floored at 0, the median); a median of 0 gives 1 when every
+        value is 0, else 0. The median absolute deviation ignores a few outliers (a
+        missed check-in, a retry) that would swamp a standard deviation, and a uniform
+        jitter of +-30% of the period still reads 0.85."""
+        med = cls._median(values)
+        mad = cls._median([abs(x - med) for x in values])
+        if med <= 0.0:
+            return (1.0 if mad == 0.0 else 0.0), med
+        return max(0.0, 1.0 - mad / med), med
+
+    def _rhythm(
+        self, flows: FlowColumns, size: Floats, scored: npt.NDArray[np.bool_]
+    ) -> tuple[Floats, Floats, Floats]:
         """Per record: connections of its (source, destination, port, protocol) within
-        beacon_window_s and the regularity of the gaps between their starts (0 with fewer
-        than three connections). Records come in export order, not start order: a gap is
-        taken to the latest start seen before, and a start earlier than that counts with
-        a gap of 0 (it only lowers the regularity)."""
+        beacon_window_s, the regularity of the gaps between their starts and that of
+        their payload sizes (``_steadiness``; 0 up to beacon_low connections, where the
+        score is 0 anyway, and with fewer than three). Records come in export order, not
+        start order: a gap is taken to the latest start seen before, and a start earlier
+        than that counts with a gap of 0 (it only lowers the regularity)."""
         n = len(flows)
         count = np.zeros(n)
         regularity = np.zeros(n)
+        sizes = np.zeros(n)
+        min_connections = self.config.beacon_low
         last = self._py_last_start
         windows = self._py_beacons
         min_period = self.config.beacon_min_period_s
@@ -945,10 +1103,11 @@ class FastRules:
             flows["dst_port"].tolist(),
             flows["protocol"].tolist(),
             flows["first_ts_ns"].tolist(),
+            size.tolist(),
             scored.tolist(),
             strict=True,
         )
-        for i, (src, dst, port, proto, start, ok) in enumerate(rows):
+        for i, (src, dst, port, proto, start, nbytes, ok) in enumerate(rows):
             if not ok:
                 continue
             key = (src, dst, port, proto)
@@ -964,15 +1123,13 @@ class FastRules:
             gap = max(start - prev, 0) / 1e9
             if key not in windows:
                 windows.add(key, prev, (0.0, 0.0))
-            win = windows.add(key, start, (gap, gap * gap))
+            win = windows.add(key, start, (gap, nbytes))
             count[i] = win.count
             gaps = win.count - 1  # the oldest entry's gap reaches outside the window
-            if gaps >= 2:
-                oldest = win.entries[0][1]
-                total = win.sums[0] - oldest[0]
-                total_sq = win.sums[1] - oldest[1]
-                mean = total / gaps
-                var = max(total_sq / gaps - mean * mean, 0.0)
-                if mean >= min_period:
-                    regularity[i] = max(0.0, 1.0 - math.sqrt(var) / mean)
-        return count, regularity
+            if gaps >= 2 and win.count > min_connections:
+                kept = list(itertools.islice(win.entries, 1, None))
+                steady, med = self._steadiness([e[1][0] for e in kept])
+                if med >= min_period:
+                    regularity[i] = steady
+                    sizes[i] = self._steadiness([e[1][1] for e in kept])[0]
+        return count, regularity, sizes

@@ -38,6 +38,12 @@ HISTORY_COLUMNS = (
     "dns_name_chars",
     "tiny_frag_count",
     "overlap_frag_count",
+    # brute_force counts the requests, answers and bytes a kept-alive HTTP session or a
+    # long FTP/POP3/IMAP connection added since its previous record.
+    "fwd_psh_count",
+    "bwd_psh_count",
+    "fwd_payload_bytes",
+    "bwd_payload_bytes",
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,46 @@ def test_fast_rule_alone_blocks_only_when_configured(
     assert (default.label[~forests_benign] == LABEL_MALICIOUS).all()
     allowed = Scorer(bundle, ThresholdsConfig(block_on_fast_rule_alone=True))
     assert (allowed.score(rows, fast, rule).label == LABEL_MALICIOUS).all()
+    listed = Scorer(bundle, ThresholdsConfig(fast_rule_alone_blocks=("scan",)))
+    assert (listed.score(rows, fast, rule).label == LABEL_MALICIOUS).all()
+
+
+def test_fast_rule_alone_blocks_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -> None:
+    """fast_rule_alone_blocks names the families whose rule alone may block: by default
+    the DNS tunnel rule (family tunnel) blocks where the forests say benign, the port scan
+    and brute force rules only alert; the older block_on_fast_rule_alone still means every
+    family; unknown family names are refused."""
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    n = len(rows)
+    fast = np.ones(n, dtype=np.float32)
+    rules = ["dns_tunnel", "port_scan", "brute_force"]
+    rule = [rules[i % 3] for i in range(n)]
+    default = Scorer(bundle, ThresholdsConfig()).score(rows, fast, rule)
+    alone = default.ml_score < 0.5
+    family = np.array(default.family, dtype=object)
+    assert (alone & (family == "tunnel")).any() and (alone & (family == "scan")).any()
+    assert (default.label[alone & (family == "tunnel")] == LABEL_MALICIOUS).all()
+    assert (default.label[alone & (family == "scan")] == LABEL_SUSPICIOUS).all()
+    assert (default.label[alone & (family == "bruteforce")] == LABEL_SUSPICIOUS).all()
+    brute = Scorer(bundle, ThresholdsConfig(fast_rule_alone_blocks=("bruteforce",)))
+    s = brute.score(rows, fast, rule)
+    assert (s.label[alone & (family == "bruteforce")] == LABEL_MALICIOUS).all()
+    assert (s.label[alone & (family == "tunnel")] == LABEL_SUSPICIOUS).all()
+    none = Scorer(bundle, ThresholdsConfig(fast_rule_alone_blocks=()))
+    assert (none.score(rows, fast, rule).label[alone] == LABEL_SUSPICIOUS).all()
+    legacy = ThresholdsConfig(fast_rule_alone_blocks=(), block_on_fast_rule_alone=True)
+    assert (Scorer(bundle, legacy).score(rows, fast, rule).label == LABEL_MALICIOUS).all()
+    with pytest.raises(ConfigError, match="fast_rule_alone_blocks names unknown"):
+        ThresholdsConfig(fast_rule_alone_blocks=("tunnels",)).check()
+
+
+def test_fast_rule_alone_blocks_from_yaml(tmp_path: Path) -> None:
+    """The key loads from a config file as a list; the shipped default is [tunnel]."""
+    assert load_config().detector.thresholds.fast_rule_alone_blocks == ("tunnel",)
+    path = tmp_path / "mld.yaml"
+    path.write_text("detector:\n  thresholds:\n    fast_rule_alone_blocks: [tunnel, c2]\n")
+    got = load_config(path).detector.thresholds
+    assert got.fast_rule_alone_may_block("c2") and not got.fast_rule_alone_may_block("scan")
 
 
 def test_alert_threshold_per_family(tiny_bundle: TinyBundle, rows: np.ndarray) -> None:

@@ -47,7 +47,7 @@ hosts:
         (("segment: a,", "segment: b,"), "no segment 'b'"),
         (("  h:\n", "  h:\n    colour: red\n"), "unknown key(s) colour"),
         (("  h:\n", "  h:\n    route_via: nowhere\n"), "no host 'nowhere'"),
-        (("  h:\n", "  h:\n    services: [ftp]\n"), "unknown service 'ftp'"),
+        (("  h:\n", "  h:\n    services: [telnet]\n"), "unknown service 'telnet'"),
         (("eth0:", "a-very-long-interface-name:"), "at most 15 characters"),
     ],
 )

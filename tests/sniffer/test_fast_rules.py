@@ -227,44 +227,96 @@ def test_dns_tunnel() -> None:
     assert _score(_dns(tunnel, 2))[0].max() == 0.0
 
 
-def _logins(n: int, port: int = 22, reply: int = 2000) -> np.ndarray:
+def _logins(
+    n: int, port: int = 22, reply: int | list[int] = 2000, gap_ms: int = 500, psh: int = 2
+) -> np.ndarray:
     """SSH-like logins: key exchange and a password or two; ``reply`` payload bytes from
-    the server (about 2 KB when the password is refused, several KB with a session)."""
+    the server (about 2 KB when the password is refused, several KB with a session), one
+    every ``gap_ms``; ``psh`` client pushes each (requests)."""
+    replies = reply if isinstance(reply, list) else [reply] * n
     return events(
         *(
             event(
                 sport=40000 + i,
                 dport=port,
-                ts=T0 + i * 500 * MS,
+                ts=T0 + i * gap_ms * MS,
+                last_ts_ns=T0 + i * gap_ms * MS + 200 * MS,
                 fwd_packets=20,
                 fwd_syn=1,
                 fwd_ack=19,
+                fwd_psh=psh,
+                bwd_psh=psh + 1,
                 fwd_payload_bytes=1600,
                 bwd_packets=18,
-                bwd_payload_bytes=reply,
+                bwd_payload_bytes=replies[i],
             )
             for i in range(n)
         )
     )
 
 
-def _brute(ev: np.ndarray) -> np.ndarray:
+def _brute(ev: np.ndarray, rules: FastRulesConfig = RULES) -> np.ndarray:
     ctx_cfg = ContextConfig(window_s=60.0)
     flows = flow_columns(ev, "x")
     ctx = SourceContextTracker(ctx_cfg).update(flows)
-    return FastRules(RULES, ctx_cfg).score(flows, ctx).per_rule["brute_force"]
+    return FastRules(rules, ctx_cfg).score(flows, ctx).per_rule["brute_force"]
 
 
 def test_brute_force() -> None:
     assert _brute(_logins(int(RULES.brute_force_low))).max() == 0.0
     score, rule, _ = _score(_logins(int(RULES.brute_force_high)))
     assert rule[-1] == "brute_force" and score[-1] == 1.0
-    # Web servers are not watched: browsers open many short connections.
-    assert _brute(_logins(int(RULES.brute_force_high), port=443)).max() == 0.0
     # Refused connections (RST from the service) are failed attempts too.
     refused = _logins(int(RULES.brute_force_high), reply=0)
     refused["bwd_rst"] = 1
     assert _brute(refused)[-1] == 1.0
+
+
+def test_slow_guessing_over_minutes_is_brute_force() -> None:
+    """A guesser that waits for the service's failure delay (medusa or ncrack with one
+    task against sshd, ~7 s a connection) makes 8 attempts a minute: under any per-minute
+    count, over brute_force_window_s (5 minutes) 40 attempts. The old 60 s window read 9."""
+    slow = _logins(40, gap_ms=7000)
+    assert _brute(slow)[-1] == 1.0
+    assert _brute(slow)[8] == 0.0  # the first minute alone stays quiet
+
+
+@pytest.mark.parametrize(
+    ("port", "reply"),
+    [(21, 160), (3389, 2900), (445, 1100), (3306, 95), (5432, 120), (1433, 600), (2222, 1900)],
+    ids=["ftp", "rdp", "smb", "mysql", "postgres", "mssql", "ssh-2222"],
+)
+def test_brute_force_on_other_services(port: int, reply: int) -> None:
+    """FTP, RDP, SMB, databases, SSH on a second port: the same refused-login shape."""
+    assert _brute(_logins(int(RULES.brute_force_high), port=port, reply=reply))[-1] == 1.0
+
+
+def test_many_passwords_in_one_ftp_connection() -> None:
+    """hydra against FTP keeps four connections and sends USER/PASS after USER/PASS in
+    each (24 passwords, ~100 packets, 30-byte refusals): before, a flow of more than 64
+    packets was no attempt at all and the capture's 96 guesses scored 0."""
+    ev = events(
+        *(
+            event(sport=42000 + i, dport=21, ts=T0 + i * MS, last_ts_ns=T0 + 10_000 * MS,
+                  fwd_packets=101, fwd_syn=1, fwd_ack=100, fwd_psh=48, fwd_payload_bytes=706,
+                  bwd_packets=98, bwd_psh=49, bwd_payload_bytes=1371)
+            for i in range(4)
+        )
+    )  # fmt: skip
+    assert _brute(ev)[-1] == 1.0
+    # An FTP session that lists and fetches (long answers on the control channel): none.
+    listing = ev.copy()
+    listing["bwd_payload_bytes"] = 49 * 400
+    assert _brute(listing).max() == 0.0
+
+
+def test_clocked_guessing_script_is_brute_force_not_beacon() -> None:
+    """A script that tries a password every 2 s keeps a clock: its failed logins are
+    brute_force's, never a C2 beacon (found with curl against an FTP service)."""
+    ev = _logins(40, port=21, reply=83, gap_ms=2000)
+    score, rule, rules = _score(ev)
+    assert rule[-1] == "brute_force" and score[-1] == 1.0
+    assert rules.fired["beacon"] == 0
 
 
 def test_frequent_successful_logins_are_no_brute_force() -> None:
@@ -274,12 +326,84 @@ def test_frequent_successful_logins_are_no_brute_force() -> None:
     assert _brute(ok).max() == 0.0
 
 
+def test_varied_replies_are_no_guessing() -> None:
+    """Many short sessions to a login port whose replies vary widely (a file server's
+    listings, a database's query results) are not one refusal repeated: the spread of the
+    replies takes the score down."""
+    rng = np.random.default_rng(3)
+    varied = rng.integers(50, 3000, 60).tolist()
+    assert _brute(_logins(60, port=3306, reply=varied)).max() < 0.5
+    assert _brute(_logins(60, port=3306, reply=160)).max() == 1.0
+
+
+def _http(
+    n: int, port: int = 80, requests: int = 1, reply: int | list[int] = 420, gap_ms: int = 250
+) -> np.ndarray:
+    """``n`` HTTP(S) connections of ``requests`` requests each (a client push each, plus
+    the TLS handshake's two on 443), ``reply`` payload bytes per request (plus 3.5 KB of
+    certificates on 443)."""
+    tls = port in RULES.brute_force_tls_ports
+    replies = reply if isinstance(reply, list) else [reply] * n
+    return events(
+        *(
+            event(
+                sport=41000 + i,
+                dport=port,
+                ts=T0 + i * gap_ms * MS,
+                last_ts_ns=T0 + i * gap_ms * MS + 100 * MS,
+                fwd_packets=4 + 2 * requests,
+                fwd_syn=1,
+                fwd_ack=3 + 2 * requests,
+                fwd_psh=requests + (2 if tls else 0),
+                fwd_payload_bytes=380 * requests + (600 if tls else 0),
+                bwd_packets=2 + 2 * requests,
+                bwd_psh=requests,
+                bwd_payload_bytes=replies[i] * requests + (3500 if tls else 0),
+            )
+            for i in range(n)
+        )
+    )
+
+
+def test_http_auth_guessing() -> None:
+    """HTTP basic auth (a 401 page per guess), form POSTs over HTTPS, and a kept-alive
+    session of 200 guesses: every request is an attempt. Ports 80/443 were not watched
+    before (score 0)."""
+    assert _brute(_http(150))[-1] == 1.0
+    assert _brute(_http(150, port=443, reply=900))[-1] == 1.0
+    assert _brute(_http(1, requests=200))[-1] == 1.0
+    assert _brute(_http(20))[-1] == 0.0  # 20 requests: under brute_force_http_low
+
+
+def test_browsers_and_pollers_are_no_http_guessing() -> None:
+    """A browser's connections to one site (replies from 300 B to 60 KB), an API client
+    polling one endpoint once a second for a minute (the same small reply; 0.33, under the
+    alert), a kept-alive page load of 40 requests with small and large replies: none
+    alerts."""
+    rng = np.random.default_rng(5)
+    pages = np.exp(rng.uniform(np.log(300), np.log(60000), 60)).astype(int).tolist()
+    assert _brute(_http(60, port=443, reply=pages)).max() < 0.5
+    poller = _brute(_http(60, reply=300, gap_ms=1000))
+    assert 0 < poller.max() < 0.34
+    assert _brute(_http(1, requests=40, reply=5000)).max() == 0.0
+    # A video call's TLS signalling (zoom.pcap of the nDPI captures): 77 client records
+    # of ~600 bytes in 2 s and 31 small answers; the lone false alert of this rule there.
+    call = _http(1, port=443, requests=77, reply=75)
+    call["bwd_psh"] = 31
+    assert _brute(call).max() == 0.0
+    assert _brute(_http(100, reply=RULES.brute_force_http_max_reply_bytes + 1)).max() == 0.0
+
+
 S = 1_000_000_000
 
 
-def _connections(gaps_s: list[float], dport: int = 443, protocol: int = 6) -> np.ndarray:
-    """Answered connections of one pair, started after the given gaps (seconds)."""
+def _connections(
+    gaps_s: list[float], dport: int = 443, protocol: int = 6, sizes: list[int] | None = None
+) -> np.ndarray:
+    """Answered connections of one pair, started after the given gaps (seconds); ``sizes``:
+    the server's payload bytes of each (300 when not given)."""
     starts = np.cumsum([0.0, *gaps_s])
+    replies = sizes if sizes is not None else [300] * len(starts)
     return events(
         *(
             event(
@@ -292,7 +416,7 @@ def _connections(gaps_s: list[float], dport: int = 443, protocol: int = 6) -> np
                 fwd_ack=7,
                 fwd_payload_bytes=400,
                 bwd_packets=6,
-                bwd_payload_bytes=300,
+                bwd_payload_bytes=replies[i],
             )
             for i, t in enumerate(starts.tolist())
         )
@@ -318,19 +442,53 @@ def test_beacon_with_jitter() -> None:
     assert score[: int(RULES.beacon_low)].max() == 0.0
 
 
+@pytest.mark.parametrize("period", [5.0, 60.0, 300.0])
+@pytest.mark.parametrize("jitter", [0.1, 0.3])
+def test_jittered_beacons_from_seconds_to_minutes(period: float, jitter: float) -> None:
+    """TLS check-ins every 5 s to 5 min with a uniform jitter of +-10% or +-30% of the
+    period, TLS record sizes varying by a few bytes, one check-in missed: alerted within
+    the hour (a 5-minute implant from its 8th check-in). With std/mean and the old count
+    ramp (6 to 20) the 30% jitter read 0.83 (ramp 0.63) and a 5-minute beacon never got
+    past 13 connections an hour: under the alert."""
+    rng = np.random.default_rng(int(period * 10 + jitter * 100))
+    n = min(int(3600 / period), 60)
+    gaps = (period * (1 + jitter * rng.uniform(-1, 1, n))).tolist()
+    gaps[n // 2] += period  # a missed check-in (the host slept, a packet was lost)
+    sizes = (1200 + rng.integers(-16, 17, n + 1)).tolist()
+    score, rule = _beacon(_connections(gaps, sizes=sizes))
+    assert score[: int(RULES.beacon_low)].max() == 0.0
+    assert score[-1] >= 0.5 and rule[-1] == "beacon", score
+    assert np.argmax(score >= 0.5) <= 8
+
+
+def test_beacon_size_regularity() -> None:
+    """The same clock with payload sizes all over the place (a poller whose replies
+    change, as a clocked application in the nDPI captures does every 30.1 s) is no
+    beacon; alike check-ins are."""
+    rng = np.random.default_rng(9)
+    alike = _beacon(_connections([30.0] * 20))[0]
+    spread = np.exp(rng.uniform(np.log(200), np.log(200_000), 21)).astype(int).tolist()
+    varied = _beacon(_connections([30.0] * 20, sizes=spread))[0]
+    assert alike[-1] == 1.0 and varied[-1] == 0.0 and varied.max() < 0.5
+
+
 def test_benign_polling_is_no_beacon() -> None:
-    """Benign traffic with rhythm or repetition stays under the alert threshold (0.5)."""
+    """Benign traffic with repetition but no clock stays under the alert threshold (0.5);
+    a benign poller that keeps a clock is, by its rhythm, a beacon: it alerts (c2 never
+    blocks on its fast rule alone by default, detector.thresholds.fast_rule_alone_blocks)."""
     rng = np.random.default_rng(3)
     # A person browsing one site: gaps drawn from an exponential (no clock).
     browsing = _beacon(_connections(rng.exponential(20.0, 60).tolist()))[0]
     assert browsing.max() < 0.5
+    # Keepalive-driven reconnects and a client that retries with backoff: doubling gaps.
+    backoff = _beacon(_connections([2.0 * 2**i for i in range(10)]))[0]
+    assert backoff.max() < 0.5
     # NTP polling every 64 s: a port that polls by design, never scored.
     assert _beacon(_connections([64.0] * 40, dport=123, protocol=17))[0].max() == 0.0
-    # A 5-minute health check over an hour: a clock, but 12 connections an hour score
-    # under the alert threshold.
-    assert _beacon(_connections([300.0] * 11))[0].max() < 0.5
     # Retries and floods repeat faster than beacon_min_period_s: no rhythm score.
     assert _beacon(_connections([0.05] * 200))[0].max() == 0.0
+    # A monitoring check every 60 s: a clock, alerted.
+    assert _beacon(_connections([60.0] * 20))[0][-1] == 1.0
 
 
 def test_memory_stays_bounded_under_a_spoofed_source_flood() -> None:

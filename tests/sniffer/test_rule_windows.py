@@ -62,10 +62,18 @@ def _random_batch(
         elif kind in (2, 3):  # answered session; kind 2 from one of two implants to one C2
             if kind == 2:
                 src, dst, port = SOURCES[int(rng.integers(2)) * 8], DESTS[0], 4444
+            # Some repeat one small reply (a refused login, a 401 page), kept alive or not:
+            # brute_force's attempts at the login and HTTP(S) ports.
+            # (drawn from a generator of their own: the main stream stays as it was).
+            reply = int(rng.integers(0, 5000))
+            sub = np.random.default_rng(start)
+            reply = reply if sub.random() < 0.5 else 420
+            requests = int(sub.integers(1, 4)) if sub.random() < 0.7 else 40
             parts.append(
                 event(
                     src, dst, dport=port, fwd_syn=1, fwd_ack=3, fwd_packets=5, bwd_packets=4,
-                    fwd_payload_bytes=300, bwd_payload_bytes=int(rng.integers(0, 5000)),
+                    fwd_psh=requests, bwd_psh=requests, fwd_payload_bytes=300 * requests,
+                    bwd_payload_bytes=reply * requests, bwd_rst=int(sub.random() < 0.1),
                     **common,
                 )
             )  # fmt: skip
@@ -111,15 +119,16 @@ def _inputs(
 def test_native_failure_and_rhythm_windows_equal_the_python_definition(
     context: ContextConfig, beacon_max: int, n_sources: int
 ) -> None:
+    # beacon_low 2: the regularities are computed past it, within the smallest depth (3).
     rules = dataclasses.replace(
-        FastRulesConfig(), beacon_window_s=20.0, beacon_max_connections=beacon_max
+        FastRulesConfig(), beacon_window_s=20.0, beacon_max_connections=beacon_max, beacon_low=2.0
     )
     batch, ref = FastRules(rules, context), FastRules(rules, context, native=False)
     assert batch._rule_windows is not None and ref._rule_windows is None
     rng = np.random.default_rng(context.max_keys * 7 + beacon_max)
     t = T0
     checked = 0
-    nonzero = {"scan": 0, "sweep": 0, "beacon": 0, "regular": 0}
+    nonzero = {"scan": 0, "sweep": 0, "beacon": 0, "regular": 0, "sizes": 0}
     for b in range(40):
         if b == 25:
             # A new beacon window length: the rhythm windows start afresh on both sides.
@@ -131,7 +140,8 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
         t = int(flows["last_ts_ns"].max())
         failed, sweep_port, scored = _inputs(flows, rules)
         want = ref._failures(flows, failed, sweep_port)
-        want_rhythm = ref._rhythm(flows, scored)
+        size = (flows["fwd_payload_bytes"] + flows["bwd_payload_bytes"]).astype(np.float64)
+        want_rhythm = ref._rhythm(flows, size, scored)
         assert batch._rule_windows is not None
         got = batch._rule_windows.failures(
             address_keys(flows.src_addr),
@@ -147,11 +157,13 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
             flows["dst_port"].astype(np.int64),
             flows["protocol"].astype(np.int64),
             flows["first_ts_ns"],
+            size,
             scored,
             rules.beacon_min_period_s,
+            rules.beacon_low,
         )
         for name, g, w in zip(
-            ("scan_ports", "sweep_hosts", "share", "beacon_count", "regularity"),
+            ("scan_ports", "sweep_hosts", "share", "beacon_count", "regularity", "sizes"),
             (*got, *got_rhythm),
             (*want, *want_rhythm),
             strict=True,
@@ -161,6 +173,7 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
         nonzero["sweep"] += int(np.count_nonzero(want[1] > 1))
         nonzero["beacon"] += int(np.count_nonzero(want_rhythm[0] > 2))
         nonzero["regular"] += int(np.count_nonzero(want_rhythm[1] > 0))
+        nonzero["sizes"] += int(np.count_nonzero(want_rhythm[2] > 0))
         # The state the two keep is the same size (the caps bite alike).
         for part in ("_pending", "_last_start", "_failing_sources"):
             assert len(getattr(batch, part)) == len(getattr(ref, part)), (b, part)
@@ -176,7 +189,8 @@ def test_native_failure_and_rhythm_windows_equal_the_python_definition(
 
 
 def test_native_rules_score_like_the_python_rules() -> None:
-    """The whole score() of both paths on the same random stream: every rule, every record."""
+    """The whole score() of both paths on the same random stream: every rule, every record
+    (brute_force's login and HTTP(S) attempts among them)."""
     context = ContextConfig(window_s=10.0, max_keys=12, max_entries_per_key=6, max_entries=80)
     # Low thresholds, so that the small random stream (6 entries a key) scores the scans
     # and its loose rhythm too.
@@ -191,11 +205,19 @@ def test_native_rules_score_like_the_python_rules() -> None:
         beacon_high=8.0,
         beacon_regularity_low=0.05,
         beacon_regularity_high=0.6,
+        brute_force_window_s=20.0,
+        brute_force_low=1.0,
+        brute_force_high=6.0,
+        brute_force_http_low=1.0,
+        brute_force_http_high=30.0,
+        brute_force_reply_spread_low=0.5,
+        brute_force_reply_spread_high=3.0,
     )
     batch, ref = FastRules(rules, context), FastRules(rules, context, native=False)
     rng = np.random.default_rng(11)
     t = T0
     scan_scored = beacon_scored = 0
+    brute = {"login": 0, "http": 0}
     for _ in range(30):
         flows = flow_columns(_random_batch(rng, int(rng.integers(1, 200)), t, 20), "x")
         t = int(flows["last_ts_ns"].max())
@@ -210,8 +232,18 @@ def test_native_rules_score_like_the_python_rules() -> None:
         scan_scored += int(np.count_nonzero(want.per_rule["port_scan"]))
         scan_scored += int(np.count_nonzero(want.per_rule["host_sweep"]))
         beacon_scored += int(np.count_nonzero(want.per_rule["beacon"]))
+        guessed = want.per_rule["brute_force"] > 0
+        http = np.isin(flows["dst_port"], rules.brute_force_http_ports)
+        brute["login"] += int(np.count_nonzero(guessed & ~http))
+        brute["http"] += int(np.count_nonzero(guessed & http))
+        if _ == 12:
+            # A new brute force window length: the login windows start afresh on both sides.
+            rules = dataclasses.replace(rules, brute_force_window_s=7.0)
+            batch.reconfigure(rules)
+            ref.reconfigure(rules)
     assert batch.fired == ref.fired and batch.scored == ref.scored
     assert scan_scored > 0 and beacon_scored > 0
+    assert min(brute.values()) > 0, brute
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -222,4 +254,10 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="destination keys"):
         rules._rule_windows.failures(keys, keys[:2], ints, ints, ints, np.zeros(3, bool))
     with pytest.raises(ValueError, match="start"):
-        rules._rule_windows.rhythm(keys, keys, ints, ints, ints[:1], np.zeros(3, bool), 1.0)
+        rules._rule_windows.rhythm(
+            keys, keys, ints, ints, ints[:1], np.zeros(3), np.zeros(3, bool), 1.0, 4.0
+        )
+    with pytest.raises(ValueError, match="size"):
+        rules._rule_windows.rhythm(
+            keys, keys, ints, ints, ints, np.zeros(2), np.zeros(3, bool), 1.0, 4.0
+        )
