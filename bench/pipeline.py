@@ -418,7 +418,7 @@ def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) 
     machine inflate them less than they do wall time."""
     from crypto_transport import Receiver, TransportConfig
     from crypto_transport.frame import seal
-    from detector.features import columns_from_packed, feature_matrix
+    from detector.features import packed_feature_matrix
     from detector.service import DetectorService
     from proto.events_pb2 import FlowBatch
     from proto.flowpack import pack_batch, unpack_batch
@@ -465,7 +465,7 @@ def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) 
         t0 = _cpu()
         for b in batches:
             rows, _ = unpack_batch(b)
-            feature_matrix(columns_from_packed(rows))
+            packed_feature_matrix(rows)
         us["detector: unpack + columns + feature matrix"] = _cpu() - t0
         cfg, scorer = _scorer()
         timed = _TimedScorer(scorer)
