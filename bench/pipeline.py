@@ -35,6 +35,12 @@ Figures (one run; --quick is a smoke run with few records):
   verdicts       verdicts the firewall receiver opened
   events         scored events a RAG receiver opened (--events: every record, as the
                  default config sends them; off by default, 0)
+  sniffer_cpu_us detector_cpu_us
+                 CPU time of the sniffer's and the detector's process per record (every
+                 thread: the service loop, ZeroMQ's I/O thread with CURVE, the events
+                 thread), over the same span as sniffer_rps and pipeline_rps. On a machine
+                 shared with other jobs the rates follow the load; these follow the code:
+                 1e6 / the larger one is what the two services would do with a core each.
 
     .venv/bin/python bench/pipeline.py               # ~1M records
     .venv/bin/python bench/pipeline.py --events      # and every scored event to a RAG receiver
@@ -158,10 +164,10 @@ def sniffer_proc(
     service = SnifferService(_Replay(replays, obs), FlowPipeline(SnifferConfig()), publisher)
     out.send("ready")
     out.recv()  # go
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     service.run()
-    took = time.perf_counter() - t0
-    out.send((service.pipeline.records, took, publisher.stats()))
+    took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    out.send((service.pipeline.records, took, publisher.stats(), cpu))
     out.recv()  # the detector has everything: closing now loses no queued frame
     publisher.close()
 
@@ -260,6 +266,7 @@ def detector_proc(
     lat_ms: list[float] = []
     counts: list[int] = []
     first = last = 0.0
+    cpu_first = cpu_last = 0.0
     expected: int | None = None
     while expected is None or service.counters["records_in"] < expected:
         if out.poll():
@@ -271,8 +278,11 @@ def detector_proc(
                 break
             continue
         before = service.counters["records_in"]
+        if not first:
+            cpu_first = time.process_time()
         service.handle(got.message, got.peer_id)
         now = time.perf_counter()
+        cpu_last = time.process_time()
         lat_ms.append((time.time_ns() - got.message.sent_ts_ns) / 1e6)
         counts.append(service.counters["records_in"] - before)
         if not first:
@@ -280,7 +290,7 @@ def detector_proc(
         last = now
     stats = service.stats()
     out.send((service.counters["records_in"] - (counts[0] if counts else 0),
-              last - first, lat_ms, counts, stats))  # fmt: skip
+              last - first, lat_ms, counts, stats, cpu_last - cpu_first))  # fmt: skip
     service.close()
 
 
@@ -614,9 +624,9 @@ def main() -> int:
             for t in threads:
                 t.start()
             try:
-                made, snf_s, pub = snf_end.recv()
+                made, snf_s, pub, snf_cpu = snf_end.recv()
                 det_end.send(pub["records_sent"])
-                scored, det_s, lat_ms, counts, dstats = det_end.recv()
+                scored, det_s, lat_ms, counts, dstats, det_cpu = det_end.recv()
                 snf_end.send("close")
                 while time.monotonic() - last_seen["t"] < 1.0:  # the last outputs arrive
                     time.sleep(0.1)
@@ -648,7 +658,9 @@ def main() -> int:
         f"pipeline_rps={rps:.0f} p50_ms={np.percentile(lat, 50):.2f} "
         f"p99_ms={np.percentile(lat, 99):.2f} sniffer_rps={made / snf_s:.0f} "
         f"score_only_rps={base:.0f} ratio_score_only={rps / base:.3f} dropped={dropped} "
-        f"verdicts={verdicts} records={dstats['records_in']} events={events}"
+        f"verdicts={verdicts} records={dstats['records_in']} events={events} "
+        f"sniffer_cpu_us={1e6 * snf_cpu / max(made, 1):.2f} "
+        f"detector_cpu_us={1e6 * det_cpu / max(scored, 1):.2f}"
     )
     return 0
 
