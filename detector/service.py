@@ -100,7 +100,7 @@ from proto.events_pb2 import (
     Verdict,
     VerdictBatch,
 )
-from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
+from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, take_rows, unpack_batch
 from proto.wire import encode_varint
 
 __all__ = ["DetectorService"]
@@ -563,11 +563,13 @@ class DetectorService(FollowsControl):
         # (detector/verdictpack.py), no Verdict message built; else built in Python.
         wire: list[bytes] | None = None
         if rows is not None and self.eve is None:
-            wire = verdict_bytes(picked, rows if pick is None else rows[pick], sensor, ids, now_ns)
+            wire = verdict_bytes(
+                picked, rows if pick is None else take_rows(rows, pick), sensor, ids, now_ns
+            )
         verdicts: list[Verdict] = []
         if wire is None:
             if rows is not None:  # a verdict needs only the flow's key
-                judged = flow_keys(rows if pick is None else rows[pick])
+                judged = flow_keys(rows if pick is None else take_rows(rows, pick))
             verdicts = build_verdicts(picked, judged, sensor, ids, now_ns)
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)

@@ -19,7 +19,7 @@ from detector.features import (
     packed_feature_matrix,
 )
 from native import _flowengine
-from proto.flowpack import PACKED_DTYPE
+from proto.flowpack import PACKED_DTYPE, take_rows
 from sniffer.pipeline import FlowPipeline
 from sniffer.sources import PcapSource
 from tests.support import SHARED_DATA
@@ -103,3 +103,26 @@ def test_rows_to_matrix_refuses_ops_outside_the_row_and_wrong_sizes() -> None:
         )  # fmt: skip
     with pytest.raises(TypeError, match="PACKED_DTYPE"):
         packed_feature_matrix(np.zeros(2, dtype=[("x", "<u4")]))
+
+
+def test_take_rows_equals_numpy_fancy_indexing() -> None:
+    """The rows the detector keeps for its verdicts (``take_rows``, a row of bytes at a
+    time) are NumPy's ``rows[index]``: same bytes, any order, repeats, none."""
+    path = SHARED_DATA / "pcaps/ndpi/1kxun.pcap"
+    if not path.exists():
+        pytest.skip(f"{path} is not in the shared data")
+    scfg = load_config().sniffer
+    source = PcapSource([path], scfg.capture)
+    events = next(ev for ev, _ in [*source.batches(), *source.flush()] if len(ev) > 50)
+    packed = FlowPipeline(scfg).process(events, "x", encode=False, pack=True).packed
+    assert packed is not None
+    rows = packed.rows
+    for index in (
+        np.flatnonzero(rows["fast_score"] >= 0)[::3],
+        np.array([7, 3, 3, 0, len(rows) - 1]),
+        np.array([], dtype=np.intp),
+    ):
+        got = take_rows(rows, index)
+        assert got.dtype == PACKED_DTYPE
+        assert _bits(got) == _bits(rows[index])
+    assert _bits(take_rows(rows[1::2], np.array([0, 2]))) == _bits(rows[1::2][[0, 2]])
