@@ -506,10 +506,13 @@ def pack_records(
     if fast_score is not None:
         rows["fast_score"] = fast_score
     if fast_rule is not None:
-        names, index = np.unique(np.asarray(fast_rule, dtype=object).astype(str),
-                                 return_inverse=True)  # fmt: skip
-        rows["fast_rule"] = index + 1
-        strings += names.tolist()
+        # The batch's rule names, sorted, and each record's index among them: a dict
+        # look-up per record (np.unique sorted the n names as strings, 15x the time).
+        names = sorted({str(rule) for rule in set(fast_rule)})
+        at = {name: i + 1 for i, name in enumerate(names)}
+        rows["fast_rule"] = np.fromiter(map(at.__getitem__, fast_rule), dtype=np.int64,
+                                        count=n)  # fmt: skip
+        strings += names
     else:
         strings.append("")
         rows["fast_rule"] = 1

@@ -54,6 +54,7 @@ def test_native_rows_equal_the_numpy_path(path: Path) -> None:
     pipeline = FlowPipeline(scfg)
     batches = _events(path)
     assert batches
+    rules_seen: set[str] = set()
     for events, obs in batches:
         old = flow_columns(events, obs)
         new = flow_columns(events, obs, packed=True)
@@ -72,8 +73,17 @@ def test_native_rows_equal_the_numpy_path(path: Path) -> None:
         got = pack_records(new, *args)
         assert got.rows.dtype == PACKED_DTYPE
         assert got.strings == want.strings
+        # The rule names as np.unique made them before (sorted, indexes from 1).
+        names, index = np.unique(
+            np.asarray(done.scores.rule, dtype=object).astype(str), return_inverse=True
+        )
+        assert got.strings == [obs, *names.tolist()]
+        np.testing.assert_array_equal(got.rows["fast_rule"], index + 1)
+        rules_seen.update(names.tolist())
         for name in PACKED_DTYPE.names or ():
             assert _same_bits(got.rows[name], want.rows[name]), name
+    if path.name == "masscan_tcp_0_1000.pcap":
+        assert len(rules_seen) >= 2  # "" and a rule that fired
 
 
 def test_interim_records_and_handshake_flags_come_out_of_the_native_rows() -> None:
