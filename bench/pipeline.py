@@ -25,6 +25,9 @@ Figures (one run; --quick is a smoke run with few records):
                  verdicts (same host, same clock); each record counts once. A record also
                  waits in the sniffer's batcher before that, at most
                  transport.batch_max_delay_s, in practice far less at these rates.
+                 Unpaced (the default) the sniffer outruns the detector and the queues
+                 between them fill: the latency is then the queues' length. --rate N
+                 feeds the sniffer N records/s, for the latency at a rate it keeps up with.
   sniffer_rps    records the sniffer made and sent / its time (pipeline + publisher)
   score_only_rps the baseline, measured in the same run (in the main process, before the
                  services start): the detector's handle() on already decoded batches of
@@ -45,6 +48,7 @@ Figures (one run; --quick is a smoke run with few records):
     .venv/bin/python bench/pipeline.py               # ~1M records
     .venv/bin/python bench/pipeline.py --events      # and every scored event to a RAG receiver
     .venv/bin/python bench/pipeline.py --quick       # smoke run
+    .venv/bin/python bench/pipeline.py --rate 30000  # latency at a rate below capacity
 
 Last line: ``pipeline_rps=N p50_ms=N p99_ms=N`` then the other keys above.
 """
@@ -136,6 +140,7 @@ def sniffer_proc(
     rings: dict[str, Any],
     settings: Any,
     out: Connection,
+    rate: float = 0.0,
 ) -> None:
     from crypto_transport import Sender
     from sniffer.config import PublishConfig, SnifferConfig
@@ -144,6 +149,9 @@ def sniffer_proc(
     from sniffer.service import SnifferService
 
     replays = list(_replay(arrays, span_ns, records))  # prepared before the clock starts
+    if rate:  # arrays of ~10 ms of records each, so the pace is smooth
+        step = max(100, int(rate / 100))
+        replays = [ev[i : i + step] for ev in replays for i in range(0, len(ev), step)]
     sender = Sender(
         pattern="push",
         endpoint=endpoint,
@@ -161,7 +169,7 @@ def sniffer_proc(
         sensor_id=SENSOR,
         sender=sender,
     )
-    service = SnifferService(_Replay(replays, obs), FlowPipeline(SnifferConfig()), publisher)
+    service = SnifferService(_Replay(replays, obs, rate), FlowPipeline(SnifferConfig()), publisher)
     out.send("ready")
     out.recv()  # go
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -173,14 +181,23 @@ def sniffer_proc(
 
 
 class _Replay:
-    """A FlowSource (sniffer.sources) over prepared event arrays."""
+    """A FlowSource (sniffer.sources) over prepared event arrays; with ``rate``, each array
+    is handed over when the records before it have taken their time at that rate."""
 
-    def __init__(self, arrays: list[Any], obs: str) -> None:
+    def __init__(self, arrays: list[Any], obs: str, rate: float = 0.0) -> None:
         self.arrays = arrays
         self.obs = obs
+        self.rate = rate
 
     def batches(self) -> Any:
+        start = time.perf_counter()
+        made = 0
         for events in self.arrays:
+            if self.rate:
+                wait = start + made / self.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)  # pacing a load generator, not waiting for an event
+            made += len(events)
             yield events, self.obs
 
     def flush(self) -> list[Any]:
@@ -522,6 +539,8 @@ def main() -> int:
     ap.add_argument("--events", action="store_true",
                     help="scored events to a RAG receiver too (the default)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run (20k records)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="records/s fed to the sniffer (default: as fast as it goes)")  # fmt: skip
     ap.add_argument(
         "--stages", action="store_true", help="µs per record of each stage alone, then stop"
     )
@@ -589,7 +608,17 @@ def main() -> int:
         )
         snf = ctx.Process(
             target=sniffer_proc,
-            args=(arrays, obs, span_ns, args.records, flows_ep, rings, settings, snf_child),
+            args=(
+                arrays,
+                obs,
+                span_ns,
+                args.records,
+                flows_ep,
+                rings,
+                settings,
+                snf_child,
+                args.rate,
+            ),
         )
         det.start()
         snf.start()
