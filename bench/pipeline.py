@@ -25,6 +25,9 @@ Figures (one run; --quick is a smoke run with few records):
                  verdicts (same host, same clock); each record counts once. A record also
                  waits in the sniffer's batcher before that, at most
                  transport.batch_max_delay_s, in practice far less at these rates.
+                 Unpaced (the default) the sniffer outruns the detector and the queues
+                 between them fill: the latency is then the queues' length. --rate N
+                 feeds the sniffer N records/s, for the latency at a rate it keeps up with.
   sniffer_rps    records the sniffer made and sent / its time (pipeline + publisher)
   score_only_rps the baseline, measured in the same run (in the main process, before the
                  services start): the detector's handle() on already decoded batches of
@@ -35,10 +38,17 @@ Figures (one run; --quick is a smoke run with few records):
   verdicts       verdicts the firewall receiver opened
   events         scored events a RAG receiver opened (--events: every record, as the
                  default config sends them; off by default, 0)
+  sniffer_cpu_us detector_cpu_us
+                 CPU time of the sniffer's and the detector's process per record (every
+                 thread: the service loop, ZeroMQ's I/O thread with CURVE, the events
+                 thread), over the same span as sniffer_rps and pipeline_rps. On a machine
+                 shared with other jobs the rates follow the load; these follow the code:
+                 1e6 / the larger one is what the two services would do with a core each.
 
     .venv/bin/python bench/pipeline.py               # ~1M records
     .venv/bin/python bench/pipeline.py --events      # and every scored event to a RAG receiver
     .venv/bin/python bench/pipeline.py --quick       # smoke run
+    .venv/bin/python bench/pipeline.py --rate 30000  # latency at a rate below capacity
 
 Last line: ``pipeline_rps=N p50_ms=N p99_ms=N`` then the other keys above.
 """
@@ -130,6 +140,7 @@ def sniffer_proc(
     rings: dict[str, Any],
     settings: Any,
     out: Connection,
+    rate: float = 0.0,
 ) -> None:
     from crypto_transport import Sender
     from sniffer.config import PublishConfig, SnifferConfig
@@ -138,6 +149,9 @@ def sniffer_proc(
     from sniffer.service import SnifferService
 
     replays = list(_replay(arrays, span_ns, records))  # prepared before the clock starts
+    if rate:  # arrays of ~10 ms of records each, so the pace is smooth
+        step = max(100, int(rate / 100))
+        replays = [ev[i : i + step] for ev in replays for i in range(0, len(ev), step)]
     sender = Sender(
         pattern="push",
         endpoint=endpoint,
@@ -155,26 +169,35 @@ def sniffer_proc(
         sensor_id=SENSOR,
         sender=sender,
     )
-    service = SnifferService(_Replay(replays, obs), FlowPipeline(SnifferConfig()), publisher)
+    service = SnifferService(_Replay(replays, obs, rate), FlowPipeline(SnifferConfig()), publisher)
     out.send("ready")
     out.recv()  # go
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     service.run()
-    took = time.perf_counter() - t0
-    out.send((service.pipeline.records, took, publisher.stats()))
+    took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    out.send((service.pipeline.records, took, publisher.stats(), cpu))
     out.recv()  # the detector has everything: closing now loses no queued frame
     publisher.close()
 
 
 class _Replay:
-    """A FlowSource (sniffer.sources) over prepared event arrays."""
+    """A FlowSource (sniffer.sources) over prepared event arrays; with ``rate``, each array
+    is handed over when the records before it have taken their time at that rate."""
 
-    def __init__(self, arrays: list[Any], obs: str) -> None:
+    def __init__(self, arrays: list[Any], obs: str, rate: float = 0.0) -> None:
         self.arrays = arrays
         self.obs = obs
+        self.rate = rate
 
     def batches(self) -> Any:
+        start = time.perf_counter()
+        made = 0
         for events in self.arrays:
+            if self.rate:
+                wait = start + made / self.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)  # pacing a load generator, not waiting for an event
+            made += len(events)
             yield events, self.obs
 
     def flush(self) -> list[Any]:
@@ -260,6 +283,7 @@ def detector_proc(
     lat_ms: list[float] = []
     counts: list[int] = []
     first = last = 0.0
+    cpu_first = cpu_last = 0.0
     expected: int | None = None
     while expected is None or service.counters["records_in"] < expected:
         if out.poll():
@@ -271,8 +295,11 @@ def detector_proc(
                 break
             continue
         before = service.counters["records_in"]
+        if not first:
+            cpu_first = time.process_time()
         service.handle(got.message, got.peer_id)
         now = time.perf_counter()
+        cpu_last = time.process_time()
         lat_ms.append((time.time_ns() - got.message.sent_ts_ns) / 1e6)
         counts.append(service.counters["records_in"] - before)
         if not first:
@@ -280,7 +307,7 @@ def detector_proc(
         last = now
     stats = service.stats()
     out.send((service.counters["records_in"] - (counts[0] if counts else 0),
-              last - first, lat_ms, counts, stats))  # fmt: skip
+              last - first, lat_ms, counts, stats, cpu_last - cpu_first))  # fmt: skip
     service.close()
 
 
@@ -418,7 +445,7 @@ def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) 
     machine inflate them less than they do wall time."""
     from crypto_transport import Receiver, TransportConfig
     from crypto_transport.frame import seal
-    from detector.features import columns_from_packed, feature_matrix
+    from detector.features import packed_feature_matrix
     from detector.service import DetectorService
     from proto.events_pb2 import FlowBatch
     from proto.flowpack import pack_batch, unpack_batch
@@ -465,7 +492,7 @@ def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) 
         t0 = _cpu()
         for b in batches:
             rows, _ = unpack_batch(b)
-            feature_matrix(columns_from_packed(rows))
+            packed_feature_matrix(rows)
         us["detector: unpack + columns + feature matrix"] = _cpu() - t0
         cfg, scorer = _scorer()
         timed = _TimedScorer(scorer)
@@ -512,6 +539,8 @@ def main() -> int:
     ap.add_argument("--events", action="store_true",
                     help="scored events to a RAG receiver too (the default)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run (20k records)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="records/s fed to the sniffer (default: as fast as it goes)")  # fmt: skip
     ap.add_argument(
         "--stages", action="store_true", help="µs per record of each stage alone, then stop"
     )
@@ -579,7 +608,17 @@ def main() -> int:
         )
         snf = ctx.Process(
             target=sniffer_proc,
-            args=(arrays, obs, span_ns, args.records, flows_ep, rings, settings, snf_child),
+            args=(
+                arrays,
+                obs,
+                span_ns,
+                args.records,
+                flows_ep,
+                rings,
+                settings,
+                snf_child,
+                args.rate,
+            ),
         )
         det.start()
         snf.start()
@@ -614,9 +653,9 @@ def main() -> int:
             for t in threads:
                 t.start()
             try:
-                made, snf_s, pub = snf_end.recv()
+                made, snf_s, pub, snf_cpu = snf_end.recv()
                 det_end.send(pub["records_sent"])
-                scored, det_s, lat_ms, counts, dstats = det_end.recv()
+                scored, det_s, lat_ms, counts, dstats, det_cpu = det_end.recv()
                 snf_end.send("close")
                 while time.monotonic() - last_seen["t"] < 1.0:  # the last outputs arrive
                     time.sleep(0.1)
@@ -648,7 +687,9 @@ def main() -> int:
         f"pipeline_rps={rps:.0f} p50_ms={np.percentile(lat, 50):.2f} "
         f"p99_ms={np.percentile(lat, 99):.2f} sniffer_rps={made / snf_s:.0f} "
         f"score_only_rps={base:.0f} ratio_score_only={rps / base:.3f} dropped={dropped} "
-        f"verdicts={verdicts} records={dstats['records_in']} events={events}"
+        f"verdicts={verdicts} records={dstats['records_in']} events={events} "
+        f"sniffer_cpu_us={1e6 * snf_cpu / max(made, 1):.2f} "
+        f"detector_cpu_us={1e6 * det_cpu / max(scored, 1):.2f}"
     )
     return 0
 

@@ -2,7 +2,8 @@
 
 For every FlowBatch that passes the transport's checks::
 
-    records -> one float32 matrix (features.columns_from_records + feature_matrix)
+    records -> one float32 matrix (features.columns_from_records + feature_matrix;
+               packed rows: features.packed_feature_matrix, in C)
             -> Scorer: family forests, max(fast, ml), label, top features
             -> one Verdict per record (verdicts.build_verdicts)
             -> VerdictBatch of the MALICIOUS ones      -> detector.verdicts (firewall)
@@ -85,7 +86,7 @@ from detector.anomaly_model import anomaly_serving
 from detector.bundle import DEFAULT_BUNDLE_DIR, LoadedBundle, load_bundle
 from detector.config import AnomalyConfig, DetectorConfig, OutputConfig
 from detector.eve import EveWriter
-from detector.features import columns_from_packed, feature_matrix, scorer_inputs
+from detector.features import packed_feature_matrix, scorer_inputs
 from detector.raised import RaisedFlows
 from detector.reload import BundleWatcher, bundle_signature
 from detector.scoring import LABEL_NAMES, AnomalyModel, AnomalyScoring, Scorer
@@ -99,7 +100,7 @@ from proto.events_pb2 import (
     Verdict,
     VerdictBatch,
 )
-from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, unpack_batch
+from proto.flowpack import FLAG_BITS, PackedFormatError, flow_keys, take_rows, unpack_batch
 from proto.wire import encode_varint
 
 __all__ = ["DetectorService"]
@@ -513,7 +514,7 @@ class DetectorService(FollowsControl):
         if n == 0:
             return
         if rows is not None:
-            x = feature_matrix(columns_from_packed(rows))
+            x = packed_feature_matrix(rows)  # in C, one pass over the rows
             fast = rows["fast_score"]
             rules = np.asarray(strings, dtype=object)[rows["fast_rule"]].tolist()
         else:
@@ -564,11 +565,13 @@ class DetectorService(FollowsControl):
         # (detector/verdictpack.py), no Verdict message built; else built in Python.
         wire: list[bytes] | None = None
         if rows is not None and self.eve is None:
-            wire = verdict_bytes(picked, rows if pick is None else rows[pick], sensor, ids, now_ns)
+            wire = verdict_bytes(
+                picked, rows if pick is None else take_rows(rows, pick), sensor, ids, now_ns
+            )
         verdicts: list[Verdict] = []
         if wire is None:
             if rows is not None:  # a verdict needs only the flow's key
-                judged = flow_keys(rows if pick is None else rows[pick])
+                judged = flow_keys(rows if pick is None else take_rows(rows, pick))
             verdicts = build_verdicts(picked, judged, sensor, ids, now_ns)
         if self.eve is not None:
             self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +32,7 @@ import numpy.typing as npt
 from native import _flowengine
 from native.errors import CaptureError, UnsupportedLinkType
 from native.structs import CONSTANTS, EVENT_DTYPE
-from proto.flowpack import ENCODE_OPS, PACKED_DTYPE
+from proto.flowpack import ENCODE_OPS, FLAG_BITS, PACKED_DTYPE
 
 __all__ = [
     "END_ACTIVE_TIMEOUT",
@@ -43,7 +44,9 @@ __all__ = [
     "EVENT_DTYPE",
     "CaptureError",
     "FlowEngine",
+    "PackedEvents",
     "UnsupportedLinkType",
+    "events_to_packed",
     "flow_ids",
     "packed_record_bytes",
     "supported_linktypes",
@@ -175,3 +178,48 @@ def packed_record_bytes(rows: npt.NDArray[np.void], strings: list[str]) -> list[
         ENCODE_OPS,
         [s.encode() for s in strings],
     )
+
+
+def _pack_offsets() -> npt.NDArray[np.intp]:
+    """The offset in PACKED_DTYPE of every column events_to_rows writes (packed_fields()),
+    after checking that the row holds each one with the kind and width the C code writes."""
+    fields: dict[str, Any] = dict(PACKED_DTYPE.fields or {})
+    out = []
+    for name, kind, width in _flowengine.packed_fields():
+        if name not in fields:
+            raise TypeError(f"PACKED_DTYPE has no column {name!r} (native/flowengine.c)")
+        dt, offset = fields[name][0], fields[name][1]
+        if kind == "a":
+            ok = dt.shape == (16,) and dt.base == np.dtype(np.uint8)
+        else:
+            ok = dt.kind == kind and dt.itemsize == width and dt.byteorder in "<=|"
+        if not ok:
+            raise TypeError(f"PACKED_DTYPE's {name!r} is {dt}, native/flowengine.c writes "
+                            f"{kind}{width}")  # fmt: skip
+        out.append(offset)
+    return np.array(out, dtype=np.intp)
+
+
+# The C code sets these flag bits by value (flowengine.c, PACK_FLAG_*).
+if (FLAG_BITS["handshake_verified"], FLAG_BITS["interim"]) != (1, 8):
+    raise TypeError("proto.flowpack.FLAG_BITS moved a bit native/flowengine.c writes")
+_PACK_OFFSETS = _pack_offsets()
+
+PackedEvents = tuple[npt.NDArray[np.void], list[bytes], list[bytes]]
+
+
+def events_to_packed(events: npt.NDArray[np.void]) -> PackedEvents:
+    """Rows of ``proto.flowpack.PACKED_DTYPE`` made from an events array in one C pass,
+    and each record's source and destination address (4 bytes for IPv4, 16 for IPv6).
+
+    The rows hold what ``sniffer.records.flow_columns`` + ``pack_records`` would put there
+    from the events alone (key, scalars, both directions, the handshake and interim flag
+    bits), with the same bits; the context, DNS window, fast score and rule, string indexes
+    and the other flag bits are 0, for the sniffer to fill."""
+    if events.dtype != EVENT_DTYPE:
+        raise TypeError(f"expected an array of native.EVENT_DTYPE, got {events.dtype}")
+    rows = np.zeros(len(events), dtype=PACKED_DTYPE)
+    src, dst = _flowengine.events_to_rows(
+        np.ascontiguousarray(events), rows, PACKED_DTYPE.itemsize, _PACK_OFFSETS
+    )
+    return rows, src, dst

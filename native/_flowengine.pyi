@@ -20,6 +20,21 @@ def rows_to_protobuf(
     strings: list[bytes],
     /,
 ) -> list[bytes]: ...
+def rows_to_matrix(
+    rows: bytes | memoryview | npt.NDArray[Any],
+    itemsize: int,
+    ops: npt.NDArray[np.int32],
+    out: npt.NDArray[np.float32],
+    /,
+) -> None: ...
+def packed_fields() -> list[tuple[str, str, int]]: ...
+def events_to_rows(
+    events: npt.NDArray[np.void],
+    rows: npt.NDArray[np.void],
+    itemsize: int,
+    offsets: npt.NDArray[np.intp],
+    /,
+) -> tuple[list[bytes], list[bytes]]: ...
 
 class Engine:
     def __init__(

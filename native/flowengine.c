@@ -9,6 +9,9 @@
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <math.h>
+#include <string.h>
+
 #include "engine.h"
 #include "jsonnum.h"
 #include "protowire.h"
@@ -91,6 +94,243 @@ static PyObject *py_flow_ids(PyObject *mod, PyObject *arg)
     }
     Py_DECREF(in);
     return (PyObject *)out;
+}
+
+/* ---- Packed rows (proto/flowpack.py) straight from events ------------------------------
+ *
+ * events_to_rows(events, rows, offsets) -> (src_addrs, dst_addrs): what the sniffer's
+ * records.flow_columns + pack_records compute from an events array, written into rows of
+ * proto.flowpack.PACKED_DTYPE in one pass (the record's key, scalars, both directions with
+ * their derived lengths and gaps, the handshake/interim flag bits), and the record's
+ * addresses as bytes (4 for IPv4, 16 for IPv6). The row layout is not restated here:
+ * packed_fields() names the columns this code writes and their type, and Python passes
+ * each one's offset in PACKED_DTYPE (native/__init__.py checks names, kinds and widths).
+ * Floats are computed in double in the same order as records.py's NumPy expressions and
+ * rounded once to float32, as NumPy's cast does, so both paths give the same bits
+ * (tests/sniffer/test_native_pack.py). Columns this code does not name (context, fast
+ * score and rule, strings) are left as they are. */
+
+enum pack_kind { PK_UINT = 'u', PK_FLOAT = 'f', PK_ADDR = 'a' };
+
+struct pack_field {
+    const char *name;
+    char kind;
+    int width;
+};
+
+enum {
+    PF_FLOW_ID, PF_FIRST_TS, PF_LAST_TS, PF_SRC_PORT, PF_DST_PORT, PF_PROTOCOL,
+    PF_END_REASON, PF_VLAN_ID, PF_FRAG, PF_TINY_FRAG, PF_OVERLAP_FRAG, PF_IP_VERSION,
+    PF_FLAGS, PF_SRC_ADDR, PF_DST_ADDR, PF_DIR0,
+};
+
+/* One direction's columns, in this order behind "fwd." and "bwd.". */
+static const struct pack_field dir_fields[] = {
+    {"packets", 'u', 8},     {"bytes", 'u', 8},       {"payload_bytes", 'u', 8},
+    {"pkt_len_min", 'u', 4}, {"pkt_len_max", 'u', 4}, {"pkt_len_mean", 'f', 4},
+    {"pkt_len_std", 'f', 4}, {"iat_min_us", 'f', 4},  {"iat_max_us", 'f', 4},
+    {"iat_mean_us", 'f', 4}, {"iat_std_us", 'f', 4},  {"syn_count", 'u', 4},
+    {"fin_count", 'u', 4},   {"rst_count", 'u', 4},   {"psh_count", 'u', 4},
+    {"ack_count", 'u', 4},   {"urg_count", 'u', 4},   {"ece_count", 'u', 4},
+    {"cwr_count", 'u', 4},   {"init_window", 'u', 4},
+};
+#define N_DIR_FIELDS ((int)(sizeof(dir_fields) / sizeof(dir_fields[0])))
+#define N_PACK_FIELDS (PF_DIR0 + 2 * N_DIR_FIELDS)
+
+static const struct pack_field scalar_fields[PF_DIR0] = {
+    {"flow_id", 'u', 8},        {"first_ts_ns", 'u', 8},    {"last_ts_ns", 'u', 8},
+    {"src_port", 'u', 4},       {"dst_port", 'u', 4},       {"protocol", 'u', 4},
+    {"end_reason", 'u', 4},     {"vlan_id", 'u', 4},        {"frag_count", 'u', 4},
+    {"tiny_frag_count", 'u', 4}, {"overlap_frag_count", 'u', 4}, {"ip_version", 'u', 1},
+    {"flags", 'u', 1},          {"src_addr", 'a', 16},      {"dst_addr", 'a', 16},
+};
+
+/* Bits of the row's flags byte this code sets (proto.flowpack.FLAG_BITS, checked there). */
+#define PACK_FLAG_HS_VERIFIED 1
+#define PACK_FLAG_INTERIM 8
+
+static PyObject *py_packed_fields(PyObject *mod, PyObject *unused)
+{
+    PyObject *list = PyList_New(N_PACK_FIELDS);
+    int i;
+
+    (void)mod;
+    (void)unused;
+    if (list == NULL)
+        return NULL;
+    for (i = 0; i < N_PACK_FIELDS; i++) {
+        const struct pack_field *f = i < PF_DIR0 ? &scalar_fields[i]
+                                                 : &dir_fields[(i - PF_DIR0) % N_DIR_FIELDS];
+        PyObject *t;
+
+        if (i < PF_DIR0)
+            t = Py_BuildValue("(sCi)", f->name, f->kind, f->width);
+        else
+            t = PyUnicode_FromFormat("%s.%s", i - PF_DIR0 < N_DIR_FIELDS ? "fwd" : "bwd",
+                                     f->name);
+        if (t != NULL && i >= PF_DIR0) {
+            PyObject *named = Py_BuildValue("(NCi)", t, f->kind, f->width);
+            t = named;
+        }
+        if (t == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static inline void put_uint(__u8 *at, int width, __u64 v)
+{
+    memcpy(at, &v, (size_t)width); /* little-endian host (x86_64, aarch64) */
+}
+
+static inline void put_float(__u8 *at, double v)
+{
+    float f = (float)v;
+    memcpy(at, &f, 4);
+}
+
+/* One direction: records.py's _direction, the same expressions in the same order. No
+ * fused multiply-add (where the CPU has one): NumPy rounds every step. */
+__attribute__((optimize("fp-contract=off"))) static void pack_direction(__u8 *row, const Py_ssize_t *off, const struct mld_dir_stats *d)
+{
+    const double unit = (double)(1 << MLD_IAT_SQ_SHIFT) / 1000.0;
+    double packets = (double)d->packets;
+    double nonzero = packets > 1.0 ? packets : 1.0;
+    double mean = (double)d->bytes / nonzero;
+    double var = (double)d->len_sumsq / nonzero - mean * mean;
+    int has_gaps = packets >= 2.0;
+    double gaps = packets - 1.0 > 1.0 ? packets - 1.0 : 1.0;
+    double iat_mean = (double)d->iat_sum_ns / gaps / 1000.0;
+    double iat_var = (double)d->iat_sumsq * (unit * unit) / gaps - iat_mean * iat_mean;
+    const __u32 counts[] = {d->syn, d->fin, d->rst, d->psh, d->ack,
+                            d->urg, d->ece, d->cwr, d->init_window};
+    int k;
+
+    put_uint(row + off[0], 8, d->packets);
+    put_uint(row + off[1], 8, d->bytes);
+    put_uint(row + off[2], 8, d->payload_bytes);
+    put_uint(row + off[3], 4, d->len_min);
+    put_uint(row + off[4], 4, d->len_max);
+    put_float(row + off[5], mean);
+    put_float(row + off[6], sqrt(var > 0.0 ? var : 0.0));
+    put_float(row + off[7], has_gaps ? (double)d->iat_min_ns / 1000.0 : 0.0);
+    put_float(row + off[8], has_gaps ? (double)d->iat_max_ns / 1000.0 : 0.0);
+    put_float(row + off[9], has_gaps ? iat_mean : 0.0);
+    put_float(row + off[10], has_gaps ? sqrt(iat_var > 0.0 ? iat_var : 0.0) : 0.0);
+    for (k = 0; k < 9; k++)
+        put_uint(row + off[11 + k], 4, counts[k]);
+}
+
+static PyObject *address_bytes(const __u8 *addr, int version)
+{
+    return version == 4 ? PyBytes_FromStringAndSize((const char *)addr + 12, 4)
+                        : PyBytes_FromStringAndSize((const char *)addr, 16);
+}
+
+static PyObject *py_events_to_rows(PyObject *mod, PyObject *args)
+{
+    PyObject *events_obj, *out = NULL, *src_list = NULL, *dst_list = NULL;
+    Py_buffer rows, offs;
+    PyArrayObject *in = NULL;
+    Py_ssize_t n, itemsize, i;
+    const Py_ssize_t *off;
+
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "Ow*ny*", &events_obj, &rows, &itemsize, &offs))
+        return NULL;
+    if (!PyArray_Check(events_obj) || PyArray_NDIM((PyArrayObject *)events_obj) != 1 ||
+        PyArray_ITEMSIZE((PyArrayObject *)events_obj) !=
+            (npy_intp)sizeof(struct mld_flow_event)) {
+        PyErr_SetString(PyExc_TypeError, "events_to_rows expects a 1-D array of EVENT_DTYPE");
+        goto done;
+    }
+    if (offs.len != (Py_ssize_t)(N_PACK_FIELDS * sizeof(Py_ssize_t))) {
+        PyErr_SetString(PyExc_ValueError, "events_to_rows: one offset per packed_fields()");
+        goto done;
+    }
+    off = (const Py_ssize_t *)offs.buf;
+    for (i = 0; i < N_PACK_FIELDS; i++) {
+        const struct pack_field *f = i < PF_DIR0 ? &scalar_fields[i]
+                                                 : &dir_fields[(i - PF_DIR0) % N_DIR_FIELDS];
+        if (off[i] < 0 || itemsize <= 0 || off[i] + f->width > itemsize) {
+            PyErr_Format(PyExc_ValueError, "events_to_rows: column %s is out of the row",
+                         f->name);
+            goto done;
+        }
+    }
+    in = PyArray_GETCONTIGUOUS((PyArrayObject *)events_obj);
+    if (in == NULL)
+        goto done;
+    n = PyArray_DIM(in, 0);
+    if (rows.len != n * itemsize) {
+        PyErr_SetString(PyExc_ValueError, "events_to_rows: rows and events differ in length");
+        goto done;
+    }
+    src_list = PyList_New(n);
+    dst_list = PyList_New(n);
+    if (src_list == NULL || dst_list == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        struct mld_flow_event ev;
+        __u8 *row = (__u8 *)rows.buf + i * itemsize;
+        const struct mld_flow_state *st = &ev.state;
+        int lo_src, icmp;
+        const __u8 *src, *dst;
+        PyObject *a, *b;
+
+        memcpy(&ev, (const char *)PyArray_DATA(in) + i * (npy_intp)sizeof(ev), sizeof(ev));
+        ev.key.pad = 0;
+        lo_src = (st->flags & MLD_F_INITIATOR_LO) != 0;
+        icmp = ev.key.protocol == MLD_PROTO_ICMP || ev.key.protocol == MLD_PROTO_ICMPV6;
+        src = lo_src ? ev.key.addr_lo : ev.key.addr_hi;
+        dst = lo_src ? ev.key.addr_hi : ev.key.addr_lo;
+        put_uint(row + off[PF_FLOW_ID], 8, flow_id(&ev));
+        put_uint(row + off[PF_FIRST_TS], 8, st->first_ts_ns);
+        put_uint(row + off[PF_LAST_TS], 8, st->last_ts_ns);
+        put_uint(row + off[PF_SRC_PORT], 4,
+                 icmp ? st->icmp_type : lo_src ? ev.key.port_lo : ev.key.port_hi);
+        put_uint(row + off[PF_DST_PORT], 4,
+                 icmp ? st->icmp_code : lo_src ? ev.key.port_hi : ev.key.port_lo);
+        put_uint(row + off[PF_PROTOCOL], 4, ev.key.protocol);
+        put_uint(row + off[PF_END_REASON], 4, st->end_reason);
+        put_uint(row + off[PF_VLAN_ID], 4, st->vlan_id);
+        put_uint(row + off[PF_FRAG], 4, st->frag_count);
+        put_uint(row + off[PF_TINY_FRAG], 4, st->tiny_frag_count);
+        put_uint(row + off[PF_OVERLAP_FRAG], 4, st->overlap_frag_count);
+        put_uint(row + off[PF_IP_VERSION], 1, ev.key.ip_version);
+        put_uint(row + off[PF_FLAGS], 1,
+                 ((st->flags & MLD_F_HS_VERIFIED) ? PACK_FLAG_HS_VERIFIED : 0) |
+                     ((st->flags & MLD_F_INTERIM) ? PACK_FLAG_INTERIM : 0));
+        /* IPv4 keys are IPv4-mapped: the row holds the 4 bytes first, then zeros. */
+        memset(row + off[PF_SRC_ADDR], 0, 16);
+        memset(row + off[PF_DST_ADDR], 0, 16);
+        memcpy(row + off[PF_SRC_ADDR], ev.key.ip_version == 4 ? src + 12 : src,
+               ev.key.ip_version == 4 ? 4 : 16);
+        memcpy(row + off[PF_DST_ADDR], ev.key.ip_version == 4 ? dst + 12 : dst,
+               ev.key.ip_version == 4 ? 4 : 16);
+        pack_direction(row, off + PF_DIR0, &st->dir[0]);
+        pack_direction(row, off + PF_DIR0 + N_DIR_FIELDS, &st->dir[1]);
+        a = address_bytes(src, ev.key.ip_version);
+        b = address_bytes(dst, ev.key.ip_version);
+        if (a == NULL || b == NULL) {
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            goto done;
+        }
+        PyList_SET_ITEM(src_list, i, a);
+        PyList_SET_ITEM(dst_list, i, b);
+    }
+    out = PyTuple_Pack(2, src_list, dst_list);
+done:
+    Py_XDECREF(src_list);
+    Py_XDECREF(dst_list);
+    Py_XDECREF(in);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&offs);
+    return out;
 }
 
 /* ---- Engine --------------------------------------------------------------------------- */
@@ -342,6 +582,12 @@ static PyMethodDef module_methods[] = {
      "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
     {"rows_to_protobuf", mld_py_rows_to_protobuf, METH_VARARGS,
      "rows_to_protobuf(rows, itemsize, ops, strings) -> one serialized message per row"},
+    {"rows_to_matrix", mld_py_rows_to_matrix, METH_VARARGS,
+     "rows_to_matrix(rows, itemsize, ops, out): float32 columns of fixed-layout rows"},
+    {"packed_fields", py_packed_fields, METH_NOARGS,
+     "packed_fields() -> [(column, kind, width)] that events_to_rows writes"},
+    {"events_to_rows", py_events_to_rows, METH_VARARGS,
+     "events_to_rows(events, rows, itemsize, offsets) -> (src_addrs, dst_addrs)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-/* native/protowire.c — protobuf serialization of fixed-layout rows, driven by a program.
+/* native/protowire.c — protobuf serialization of fixed-layout rows, driven by a program,
+ * and the detector's float32 feature matrix from the same rows (rows_to_matrix, below).
  *
  * rows_to_protobuf(rows, itemsize, ops, strings) -> [bytes]: one serialized message per row
  * of a contiguous buffer of fixed-size rows. What each row holds, and under which field
@@ -191,4 +192,137 @@ done:
     PyBuffer_Release(&rows);
     PyBuffer_Release(&ops);
     return out;
+}
+
+/* rows_to_matrix(rows, itemsize, ops, out): the float32 matrix out[n][nops] from a
+ * contiguous buffer of fixed-size rows, one column per op. An op is 9 int32: kind, then
+ * four (offset, type) column references, type 1/2/4/8 an unsigned little-endian integer of
+ * that width, 5 a float32. Each column value is read as a double (as NumPy's astype(float64)
+ * does), the op's expression is computed in double in the order of detector/features.py's
+ * feature_matrix and the result rounded once to float32; detector/features.py builds the
+ * ops from its feature list and the row dtype (the one definition of both), and its tests
+ * check the bits against the NumPy path. */
+enum {
+    MX_COLUMN = 1,   /* c0 */
+    MX_CAP = 2,      /* min(c0, c1's offset as a constant) */
+    MX_DURATION = 3, /* (c1 > c0 ? c1 - c0 : 0) / 1e9, c0 first_ts_ns, c1 last_ts_ns (uint64) */
+    MX_RATIO = 4,    /* c0 / (c1 + 1) */
+    MX_RATE = 5,     /* (c0 + c1) / max(duration(c2, c3), 1e-3) */
+};
+
+static inline double mx_value(const uint8_t *row, int32_t offset, int32_t type)
+{
+    const uint8_t *p = row + offset;
+    switch (type) { /* fixed-size copies: plain loads, no memcpy call */
+    case 1:
+        return (double)*p;
+    case 2: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return (double)v;
+    }
+    case 4: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        return (double)v;
+    }
+    case 8: {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        return (double)v;
+    }
+    default: {
+        float f;
+        memcpy(&f, p, 4);
+        return (double)f;
+    }
+    }
+}
+
+static double mx_duration(const uint8_t *row, const int32_t *op)
+{
+    uint64_t first, last;
+    memcpy(&first, row + op[0], 8);
+    memcpy(&last, row + op[2], 8);
+    return (double)(last > first ? last - first : 0) / 1e9;
+}
+
+__attribute__((optimize("fp-contract=off"))) PyObject *mld_py_rows_to_matrix(PyObject *mod,
+                                                                            PyObject *args)
+{
+    Py_buffer rows, ops, out;
+    Py_ssize_t itemsize;
+    PyObject *ret = NULL;
+    (void)mod;
+
+    if (!PyArg_ParseTuple(args, "y*ny*w*", &rows, &itemsize, &ops, &out))
+        return NULL;
+    const int32_t *prog = (const int32_t *)ops.buf;
+    Py_ssize_t nops = ops.len / (Py_ssize_t)(9 * sizeof(int32_t));
+    if (itemsize <= 0 || rows.len % itemsize != 0 || ops.len % (9 * sizeof(int32_t)) != 0 ||
+        out.len != (rows.len / itemsize) * nops * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "rows_to_matrix: rows, ops or out of a wrong size");
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nops; k++) { /* every reference reads inside a row */
+        const int32_t *op = prog + 9 * k;
+        int refs = op[0] == MX_COLUMN ? 1 : op[0] == MX_RATE ? 4 : 2;
+        if (op[0] < MX_COLUMN || op[0] > MX_RATE)
+            goto bad;
+        for (int r = 0; r < refs; r++) {
+            int32_t off = op[1 + 2 * r], type = op[2 + 2 * r];
+            if (op[0] == MX_CAP && r == 1)
+                continue; /* the constant */
+            if ((op[0] == MX_DURATION || (op[0] == MX_RATE && r >= 2)) && type != 8)
+                goto bad;
+            if (type != 1 && type != 2 && type != 4 && type != 8 && type != 5)
+                goto bad;
+            if (off < 0 || off + (type == 5 ? 4 : type) > itemsize)
+                goto bad;
+        }
+        continue;
+    bad:
+        PyErr_Format(PyExc_ValueError, "rows_to_matrix: op %zd is out of the row", k);
+        goto done;
+    }
+    Py_ssize_t n = rows.len / itemsize;
+    float *dst = (float *)out.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *row = (const uint8_t *)rows.buf + i * itemsize;
+        for (Py_ssize_t k = 0; k < nops; k++) {
+            const int32_t *op = prog + 9 * k;
+            double v = 0.0;
+            switch (op[0]) {
+            case MX_COLUMN:
+                v = mx_value(row, op[1], op[2]);
+                break;
+            case MX_CAP: {
+                double cap = (double)op[3];
+                v = mx_value(row, op[1], op[2]);
+                v = v < cap ? v : cap; /* np.minimum; a NaN cannot come from these columns */
+                break;
+            }
+            case MX_DURATION:
+                v = mx_duration(row, op + 1);
+                break;
+            case MX_RATIO:
+                v = mx_value(row, op[1], op[2]) / (mx_value(row, op[3], op[4]) + 1.0);
+                break;
+            case MX_RATE: {
+                double d = mx_duration(row, op + 5);
+                v = (mx_value(row, op[1], op[2]) + mx_value(row, op[3], op[4])) /
+                    (d > 1e-3 ? d : 1e-3);
+                break;
+            }
+            }
+            dst[i * nops + k] = (float)v;
+        }
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&ops);
+    PyBuffer_Release(&out);
+    return ret;
 }

@@ -1,4 +1,5 @@
-/* native/protowire.h — protobuf messages from fixed-layout rows (protowire.c). */
+/* native/protowire.h — protobuf messages and float32 matrices from fixed-layout rows
+ * (protowire.c). */
 #ifndef MLD_PROTOWIRE_H
 #define MLD_PROTOWIRE_H
 
@@ -7,5 +8,8 @@
 
 /* rows_to_protobuf(rows, itemsize, ops, strings) -> [bytes], see protowire.c. */
 PyObject *mld_py_rows_to_protobuf(PyObject *mod, PyObject *args);
+
+/* rows_to_matrix(rows, itemsize, ops, out): float32 matrix of columns, see protowire.c. */
+PyObject *mld_py_rows_to_matrix(PyObject *mod, PyObject *args);
 
 #endif /* MLD_PROTOWIRE_H */

@@ -38,6 +38,8 @@ __all__ = [
     "batch_records",
     "flow_keys",
     "pack_batch",
+    "pack_batch_bytes",
+    "take_rows",
     "to_records",
     "unpack_batch",
 ]
@@ -186,11 +188,29 @@ def pack_batch(header: FlowBatch, rows: Packed, strings: list[str]) -> bytes:
     """``header`` serialized with ``rows`` (PACKED_DTYPE) and their string table."""
     if rows.dtype != PACKED_DTYPE:
         raise TypeError(f"expected rows of PACKED_DTYPE, got {rows.dtype}")
+    return pack_batch_bytes(header, np.ascontiguousarray(rows).tobytes(), strings)
+
+
+def pack_batch_bytes(header: FlowBatch, raw: bytes, strings: list[str]) -> bytes:
+    """:func:`pack_batch` of rows given as their bytes (whole PACKED_DTYPE rows: the
+    publisher joins the bytes of several arrays without making one array of them)."""
+    if len(raw) % PACKED_DTYPE.itemsize:
+        raise ValueError(f"{len(raw)} bytes are not whole {PACKED_DTYPE.itemsize}-byte rows")
     header.packed_layout = PACKED_LAYOUT
-    header.packed_records = np.ascontiguousarray(rows).tobytes()
+    header.packed_records = raw
     del header.packed_strings[:]
     header.packed_strings.extend(strings)
     return header.SerializeToString()
+
+
+def take_rows(rows: Packed, index: npt.NDArray[np.intp]) -> Packed:
+    """``rows[index]`` (a new array of the rows at ``index``, in its order), copied a row
+    of bytes at a time: NumPy's own fancy indexing of this unaligned many-field dtype
+    goes a field at a time, ~4 us a row."""
+    if rows.dtype != PACKED_DTYPE:
+        raise TypeError(f"expected rows of PACKED_DTYPE, got {rows.dtype}")
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), PACKED_DTYPE.itemsize)
+    return np.frombuffer(raw[index].tobytes(), dtype=PACKED_DTYPE)
 
 
 def unpack_batch(batch: FlowBatch) -> tuple[Packed, list[str]]:

@@ -72,7 +72,8 @@ class FlowPipeline:
         """Columns, context and fast scores of ``events``; serialized FlowRecords too unless
         ``encode`` is false (offline analysis works on the columns and skips that cost),
         and the packed rows the live publisher sends when ``pack`` is true."""
-        flows = flow_columns(events, observation_point)
+        # The live publisher's rows are made first, in C, and the columns view them.
+        flows = flow_columns(events, observation_point, packed=pack)
         previous = self.history.previous(flows)
         context = self.context.update(flows, previous)
         if self.dns is not None:

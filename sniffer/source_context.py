@@ -204,13 +204,26 @@ class VerifiedSources:
         """``src_verified`` of each record of ``flows``, stamping the verified ones first."""
         out = np.zeros(len(flows), dtype=bool)
         stamps = self._stamps
+        hs = np.asarray(flows["handshake_verified"], dtype=bool)
+        srcs = flows.src_addr
+        # Only a record that verifies, or whose source is stamped, reads or changes a stamp:
+        # the others (a flood of forged sources: nearly all) are skipped by set operations
+        # in C, not a Python step each. Their order is kept (a handshake stamps its source
+        # for the records after it).
+        relevant = stamps.keys() & set(srcs) if stamps else set()
+        relevant.update(srcs[i] for i in np.flatnonzero(hs).tolist())
+        if not relevant:
+            return out
+        ts_col = flows["last_ts_ns"]
+        picked = [i for i, src in enumerate(srcs) if src in relevant]
         rows = zip(
-            flows.src_addr,
-            flows["handshake_verified"].tolist(),
-            flows["last_ts_ns"].tolist(),
+            picked,
+            [srcs[i] for i in picked],
+            hs[picked].tolist(),
+            ts_col[picked].tolist(),
             strict=True,
         )
-        for i, (src, verified, ts) in enumerate(rows):
+        for i, src, verified, ts in rows:
             if verified:
                 stamps[src] = max(ts, stamps.get(src, ts))
                 stamps.move_to_end(src)
