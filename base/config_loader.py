@@ -130,7 +130,10 @@ def to_dict(instance: DataclassInstance) -> dict[str, Any]:
 
 # libyaml's parser when PyYAML was built with it: the config is read by every command, and
 # the pure-Python parser took ~0.1 s of `mld detector analyze`'s start-up on mld.yaml.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _StrictLoader(_SafeLoader):
