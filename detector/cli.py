@@ -41,7 +41,6 @@ from detector.train import train_bundle
 from proto.events_pb2 import FlowRecord
 
 if TYPE_CHECKING:
-    from control import Endpoint
     from detector.service import DetectorService
     from mld.runner import Plane
 
@@ -342,6 +341,7 @@ def _check(cfg: MldConfig) -> None:
 def _cmd_detect(args: argparse.Namespace) -> int:
     # Imported here: the live service's transport, etcd client and metrics are not needed
     # by the offline commands, which start faster without them.
+    from control import Endpoint
     from crypto_transport import Keyring
     from detector.service import DetectorService
     from mld.runner import ControlParts, ServiceParts, run_service
