@@ -65,7 +65,7 @@ def test_detector_analyze_starts_without_the_live_services_libraries() -> None:
         "import config; config.load_config(None)\n"
         "import detector.cli, detector.analysis, detector.jsonlines, detector.scoring\n"
         "heavy = ('etcd3', 'grpc', 'faiss', 'llama_cpp', 'scipy', 'sklearn', 'zmq', "
-        "'rag.answer', 'control.client', 'detector.service')\n"
+        "'rag.answer', 'control.client', 'detector.service', 'prometheus_client')\n"
         "print(' '.join(m for m in heavy if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
