@@ -19,28 +19,33 @@ The ``mld detector run|analyze|train|evaluate`` commands live in ``detector.cli`
 
 from __future__ import annotations
 
-from detector.analysis import (
-    AnalysisStats,
-    AnalyzedBatch,
-    analyze_captures,
-    scored_batches,
-    scored_events,
-)
-from detector.bundle import LoadedBundle, load_bundle, read_manifest, write_bundle
-from detector.compile import CompileOptions, compile_model, forest_to_treelite
-from detector.config import DetectorConfig, ThresholdsConfig, TrainConfig
-from detector.families import FAMILIES, FAST_RULE_FAMILY, LABEL_FAMILY
-from detector.features import (
-    FEATURES,
-    SCHEMA_HASH,
-    columns_from_flows,
-    columns_from_records,
-    feature_matrix,
-)
-from detector.reload import BundleWatcher
-from detector.scoring import Scorer, Scores, default_scorer
-from detector.service import DetectorService
-from detector.train import train_bundle
+from typing import TYPE_CHECKING
+
+from base.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from detector.analysis import (
+        AnalysisStats,
+        AnalyzedBatch,
+        analyze_captures,
+        scored_batches,
+        scored_events,
+    )
+    from detector.bundle import LoadedBundle, load_bundle, read_manifest, write_bundle
+    from detector.compile import CompileOptions, compile_model, forest_to_treelite
+    from detector.config import DetectorConfig, ThresholdsConfig, TrainConfig
+    from detector.families import FAMILIES, FAST_RULE_FAMILY, LABEL_FAMILY
+    from detector.features import (
+        FEATURES,
+        SCHEMA_HASH,
+        columns_from_flows,
+        columns_from_records,
+        feature_matrix,
+    )
+    from detector.reload import BundleWatcher
+    from detector.scoring import Scorer, Scores, default_scorer
+    from detector.service import DetectorService
+    from detector.train import train_bundle
 
 __all__ = [
     "FAMILIES",
@@ -73,3 +78,53 @@ __all__ = [
     "train_bundle",
     "write_bundle",
 ]
+
+# Imported on first use (base.lazy): importing one module of the package stays cheap.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "detector.analysis": (
+            "AnalysisStats",
+            "AnalyzedBatch",
+            "analyze_captures",
+            "scored_batches",
+            "scored_events",
+        ),
+        "detector.bundle": (
+            "LoadedBundle",
+            "load_bundle",
+            "read_manifest",
+            "write_bundle",
+        ),
+        "detector.compile": (
+            "CompileOptions",
+            "compile_model",
+            "forest_to_treelite",
+        ),
+        "detector.config": (
+            "DetectorConfig",
+            "ThresholdsConfig",
+            "TrainConfig",
+        ),
+        "detector.families": (
+            "FAMILIES",
+            "FAST_RULE_FAMILY",
+            "LABEL_FAMILY",
+        ),
+        "detector.features": (
+            "FEATURES",
+            "SCHEMA_HASH",
+            "columns_from_flows",
+            "columns_from_records",
+            "feature_matrix",
+        ),
+        "detector.reload": ("BundleWatcher",),
+        "detector.scoring": (
+            "Scorer",
+            "Scores",
+            "default_scorer",
+        ),
+        "detector.service": ("DetectorService",),
+        "detector.train": ("train_bundle",),
+    },
+)

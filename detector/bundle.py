@@ -36,6 +36,7 @@ from base.errors import ModelError
 from detector.compile import CompileOptions, compile_model, verified_copy
 from detector.families import FAMILIES
 from detector.features import FEATURES, SCHEMA_HASH
+from native._scoring import forest_predict
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -265,9 +266,11 @@ def write_bundle(
     return manifest
 
 
-# Up to this many rows, forests are called row by row straight through the library's
-# ``predict`` symbol (ctypes) instead of tl2cgen's Predictor: building a DMatrix and the
-# Predictor's Python layer cost 20-35 us per call, the trees under 1 us per row.
+# Up to this many rows, the anomaly model (detector/anomaly_model.py) calls its forest row
+# by row straight through the library's ``predict`` symbol (ctypes) instead of tl2cgen's
+# Predictor: building a DMatrix and the Predictor's Python layer cost 20-35 us per call,
+# the trees under 1 us per row. The bundle's forests take every batch through
+# CompiledForest, which has neither cost.
 DIRECT_MAX_ROWS = 16
 
 
@@ -299,6 +302,50 @@ class RowPredictor:
             fn(base + i * stride, 0, out_base + i * out_stride)
 
 
+class CompiledForest:
+    """A compiled forest (a tl2cgen library) over whole batches in native code
+    (native/scoring.c ``forest_predict``: the library's ``predict`` per row, as tl2cgen's
+    runtime calls it, without its Python layer). Loading tl2cgen's Predictor imported
+    treelite and SciPy, a third of a second of every ``mld detector analyze``; this needs
+    neither. Only single-output float32 forests (what detector.compile builds) are taken.
+    """
+
+    def __init__(self, lib: Path, threads: int = 1) -> None:
+        import ctypes
+
+        self.lib = lib
+        self.threads = max(1, threads)
+        self._dll = ctypes.CDLL(str(lib))
+        int_query = ctypes.CFUNCTYPE(ctypes.c_int32)
+        text_query = ctypes.CFUNCTYPE(ctypes.c_char_p)
+        targets = int_query(("get_num_target", self._dll))()
+        classes = (ctypes.c_int32 * max(1, targets))()
+        self._dll.get_num_class.argtypes = [ctypes.c_void_p]
+        self._dll.get_num_class(ctypes.addressof(classes))
+        self.num_feature = int(int_query(("get_num_feature", self._dll))())
+        kinds = (
+            text_query(("get_threshold_type", self._dll))(),
+            text_query(("get_leaf_output_type", self._dll))(),
+        )
+        if targets != 1 or list(classes) != [1] or kinds != (b"float32", b"float32"):
+            raise ValueError(
+                f"{targets} targets, classes {list(classes)}, threshold and leaf types "
+                f"{kinds[0]!r}, {kinds[1]!r}: not a single-output float32 forest"
+            )
+        address = ctypes.cast(self._dll.predict, ctypes.c_void_p).value
+        assert address is not None
+        self._address: int = address
+
+    def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """One probability per row of ``x`` (rows x num_feature); ``x`` is never written."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.num_feature:
+            raise ValueError(f"expected rows of {self.num_feature} features, got {x.shape}")
+        out = np.empty(len(x), dtype=np.float32)
+        forest_predict(self._address, x, out, self.threads)
+        return out
+
+
 class LoadedBundle:
     """A validated bundle with one compiled predictor per family, ready to score."""
 
@@ -306,15 +353,13 @@ class LoadedBundle:
         self,
         path: Path,
         manifest: Manifest,
-        predictors: dict[str, Any],
-        row_predictors: dict[str, RowPredictor] | None = None,
+        predictors: Mapping[str, CompiledForest],
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.version = manifest.version
         self.families: tuple[str, ...] = tuple(f for f in FAMILIES if f in predictors)
-        self._predictors = predictors
-        self._rows = row_predictors or {}
+        self._predictors = dict(predictors)
         entries = [manifest.families[f] for f in self.families]
         # family x feature, for explanations
         self.importances = np.array([e.importances for e in entries], dtype=np.float64)
@@ -323,23 +368,43 @@ class LoadedBundle:
 
     def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Per-family attack probability: shape (rows, families), order ``self.families``."""
-        import tl2cgen
-
         out = np.zeros((len(x), len(self.families)), dtype=np.float32)
         if len(x) == 0:
             return out
-        if len(x) <= DIRECT_MAX_ROWS and len(self._rows) == len(self.families):
-            column = np.zeros(len(x), dtype=np.float32)
-            for j, family in enumerate(self.families):
-                # A fresh copy per forest: generated code may write into its input (with
-                # quantize it replaces each value by its bin in place).
-                self._rows[family](np.array(x, dtype=np.float32, order="C"), column)
-                out[:, j] = column
-            return out
-        dmat = tl2cgen.DMatrix(np.ascontiguousarray(x, dtype=np.float32), dtype="float32")
+        rows = np.ascontiguousarray(x, dtype=np.float32)
         for j, family in enumerate(self.families):
-            out[:, j] = self._predictors[family].predict(dmat).reshape(-1)
+            out[:, j] = self._predictors[family].predict(rows)
         return out
+
+
+def checked_library(
+    model_file: Path,
+    sha256: str,
+    cache: Path,
+    options: CompileOptions | None,
+    *,
+    where: str,
+    fix: str,
+) -> Path:
+    """The compiled library of a treelite checkpoint whose sha256 a manifest gives: the
+    checkpoint checked against it, compiled (once, cached), and a private copy of the
+    library to load. ModelError naming ``where`` (and ``fix`` for a mismatch)."""
+    try:
+        data = model_file.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{where}: cannot read {model_file.name} ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelError(f"{where}: {model_file.name} does not match the manifest's sha256 {fix}")
+    # The bytes just checked are the ones compiled: no second read of the file. What is
+    # loaded is a private copy of a library that matches its compile record.
+    return verified_copy(compile_model(data, cache, options, name=model_file.stem))
+
+
+def _check_features(where: str, what: str, got: int) -> None:
+    if got != len(FEATURES):
+        raise ModelError(
+            f"{where}: the {what} takes {got} features, the schema has {len(FEATURES)}"
+        )
 
 
 def load_checked_model(
@@ -353,29 +418,16 @@ def load_checked_model(
     what: str,
     fix: str,
 ) -> tuple[Any, Path]:
-    """One treelite checkpoint whose sha256 a manifest gives: checked against it, compiled
-    (once, cached), loaded, and checked to take the schema's features. Returns the tl2cgen
-    Predictor and the library; ModelError naming ``where`` (and ``fix`` for a mismatch)."""
+    """:func:`checked_library` loaded as a tl2cgen Predictor, checked to take the schema's
+    features. Returns the Predictor and the library; ModelError naming ``where``."""
     import tl2cgen
 
-    try:
-        data = model_file.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{where}: cannot read {model_file.name} ({exc})") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ModelError(f"{where}: {model_file.name} does not match the manifest's sha256 {fix}")
-    # The bytes just checked are the ones compiled: no second read of the file. What is
-    # loaded is a private copy of a library that matches its compile record.
-    lib = verified_copy(compile_model(data, cache, options, name=model_file.stem))
+    lib = checked_library(model_file, sha256, cache, options, where=where, fix=fix)
     try:
         predictor = tl2cgen.Predictor(lib, nthread=max(1, threads))
     except Exception as exc:  # tl2cgen raises its own TL2cgenError and OSError
         raise ModelError(f"{where}: cannot load {lib} ({exc})") from exc
-    if predictor.num_feature != len(FEATURES):
-        raise ModelError(
-            f"{where}: the {what} takes {predictor.num_feature} features, the schema has "
-            f"{len(FEATURES)}"
-        )
+    _check_features(where, what, predictor.num_feature)
     return predictor, lib
 
 
@@ -386,41 +438,29 @@ def load_bundle(
     options: CompileOptions | None = None,
 ) -> LoadedBundle:
     """Validate, compile (once, cached) and load a bundle; ModelError if anything is off."""
-    import tl2cgen
-
     path = Path(bundle_dir) if bundle_dir else DEFAULT_BUNDLE_DIR
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     manifest = read_manifest(path)
-    predictors: dict[str, Any] = {}
-    row_predictors: dict[str, RowPredictor] = {}
+    predictors: dict[str, CompiledForest] = {}
     for family, entry in manifest.families.items():
-        predictor, lib = load_checked_model(
-            path / entry.model, entry.sha256, cache, options, threads,
-            where=f"{path}: family {family}", what="forest",
+        where = f"{path}: family {family}"
+        lib = checked_library(
+            path / entry.model, entry.sha256, cache, options, where=where,
             fix="(a partly copied bundle?): copy the whole folder again",
         )  # fmt: skip
+        try:
+            forest = CompiledForest(lib, threads)
+        except (OSError, AttributeError, ValueError) as exc:
+            raise ModelError(f"{where}: cannot load {lib} ({exc})") from exc
+        _check_features(where, "forest", forest.num_feature)
         if entry.probe_rows:
-            rows = np.array(entry.probe_rows, dtype=np.float32)
-            got = predictor.predict(tl2cgen.DMatrix(rows, dtype="float32")).reshape(-1)
+            got = forest.predict(np.array(entry.probe_rows, dtype=np.float32))
             worst = float(np.max(np.abs(got - np.array(entry.probe_proba))))
             if worst > PROBE_TOLERANCE:
                 raise ModelError(
                     f"{path}: family {family}: the compiled forest differs from the trained one "
                     f"by {worst:.2e} on the probe rows (tolerance {PROBE_TOLERANCE}): retrain"
                 )
-        predictors[family] = predictor
-        row_predictors[family] = RowPredictor(lib)
+        predictors[family] = forest
     log.info("loaded model bundle %s (%s) from %s", manifest.version, ", ".join(predictors), path)
-    bundle = LoadedBundle(path, manifest, predictors, row_predictors)
-    # Both paths must agree: the probe rows through the row-by-row path too.
-    for family, entry in manifest.families.items():
-        if entry.probe_rows:
-            rows = np.array(entry.probe_rows[:DIRECT_MAX_ROWS], dtype=np.float32)
-            got = bundle.predict(rows)[:, bundle.families.index(family)]
-            want = np.array(entry.probe_proba[:DIRECT_MAX_ROWS])
-            if float(np.max(np.abs(got - want))) > PROBE_TOLERANCE:
-                raise ModelError(
-                    f"{path}: family {family}: the row-by-row path differs from the"
-                    " trained forest on the probe rows"
-                )
-    return bundle
+    return LoadedBundle(path, manifest, predictors)

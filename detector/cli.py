@@ -21,13 +21,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED
 from config import load_config
 from config.settings import MldConfig
-from control import Endpoint
-from crypto_transport import Keyring
 from detector.analysis import AnalysisStats, analyze_captures, batch_verdicts
 from detector.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from detector.config import DetectorConfig
@@ -38,11 +36,13 @@ from detector.jsonlines import LineWriter, alert_counts, analysis_rows
 from detector.loto import leave_one_tool_out, render_loto
 from detector.raised import RaisedFlows
 from detector.scoring import Scorer
-from detector.service import DetectorService
 from detector.suricata import run_suricata, suricata_version
 from detector.train import train_bundle
-from mld.runner import ControlParts, Plane, ServiceParts, run_service
 from proto.events_pb2 import FlowRecord
+
+if TYPE_CHECKING:
+    from detector.service import DetectorService
+    from mld.runner import Plane
 
 __all__ = ["analysis_rows", "register", "register_detect"]
 
@@ -339,6 +339,13 @@ def _check(cfg: MldConfig) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    # Imported here: the live service's transport, etcd client and metrics are not needed
+    # by the offline commands, which start faster without them.
+    from control import Endpoint
+    from crypto_transport import Keyring
+    from detector.service import DetectorService
+    from mld.runner import ControlParts, ServiceParts, run_service
+
     cfg = load_config(args.config)
     cfg.detector.thresholds.check()
     detector_id = cfg.detector.detector_id or cfg.node.id or socket.gethostname()

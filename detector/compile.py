@@ -170,9 +170,16 @@ def forest_to_treelite(forest: Any) -> Any:
 
 
 def _versions() -> str:
-    import tl2cgen
+    """tl2cgen's version as ``tl2cgen.__version__`` gives it (its VERSION file), read
+    without importing tl2cgen, which imports treelite and SciPy: loading a cached library
+    needs neither."""
+    import importlib.util
 
-    return f"tl2cgen {tl2cgen.__version__}"
+    spec = importlib.util.find_spec("tl2cgen")
+    if spec is None or spec.origin is None:
+        raise ModelError("tl2cgen is not installed (run `make install`)")
+    version = (Path(spec.origin).parent / "VERSION").read_text(encoding="utf-8").strip()
+    return f"tl2cgen {version}"
 
 
 def _library_path(data: bytes, stem: str, cache_dir: Path, options: CompileOptions) -> Path:

@@ -17,8 +17,10 @@ model_version.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import multiprocessing
+import operator
 from collections import Counter, deque
 from collections.abc import Sequence
 from multiprocessing.pool import AsyncResult, Pool
@@ -170,7 +172,17 @@ def _label_names(labels: npt.NDArray[Any], encode: bool = True) -> list[str]:
 
 
 def _take(values: Sequence[Any], rows: npt.NDArray[np.intp]) -> list[Any]:
-    return np.asarray(values, dtype=object)[rows].tolist() if len(rows) else []
+    """``values[i]`` for each i of ``rows`` (no object array in between)."""
+    if len(rows) == 0:
+        return []
+    if len(rows) == len(values) and (len(rows) == 0 or rows[-1] == len(rows) - 1):
+        return list(values)  # rows is every row, in order (np.arange)
+    picked = operator.itemgetter(*rows.tolist())(values)
+    return list(picked) if len(rows) > 1 else [picked]
+
+
+# The explanation's feature names as JSON text, made once.
+_FEATURE_NAMES_JSON = [json.dumps(name) for name in FEATURES]
 
 
 def analysis_lines(batch: AnalyzedBatch, *, alerts_only: bool = False) -> list[str]:
@@ -230,16 +242,16 @@ def analysis_text(batch: AnalyzedBatch, *, alerts_only: bool = False) -> bytes:
                 np.ascontiguousarray(top.indices[rows], dtype=np.int64),
                 np.ascontiguousarray(np.asarray(top.values)[rows], dtype=np.float64),
                 np.ascontiguousarray(np.asarray(top.weights)[rows], dtype=np.float64),
-                [_dumps(name) for name in FEATURES],
+                _FEATURE_NAMES_JSON,
                 _FEATURE_VALUE_DIGITS,
                 _FEATURE_WEIGHT_DIGITS,
             )
         ]
     fields: list[list[bytes | tuple[Any, ...]]] = [
         [("u", col("flow_id", np.uint64))],
-        [("a", address_keys(_take(f.src_addr, rows)))],
+        [("a", address_keys(f.src_addr)[rows])],
         [("i", col("src_port"))],
-        [("a", address_keys(_take(f.dst_addr, rows)))],
+        [("a", address_keys(f.dst_addr)[rows])],
         [("i", col("dst_port"))],
         [("s", list(map(proto_text.__getitem__, protos)))],
         [floats(col("first_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS)],
@@ -272,9 +284,15 @@ def alert_counts(batch: AnalyzedBatch) -> Counter[tuple[str, str]]:
     s = batch.scores
     assert s is not None
     label = np.asarray(s.label)
-    rows = np.flatnonzero(label != LABEL_BENIGN)
-    names = _label_names(label[rows], encode=False)
-    return Counter(zip(_take(s.family, rows), names, strict=True))
+    counts: Counter[tuple[str, str]] = Counter()
+    for value in np.unique(label).tolist():
+        if value == LABEL_BENIGN:
+            continue
+        # One pass over the family names per label (strings, not tuples, are counted).
+        of_label = Counter(itertools.compress(s.family, (label == value).tolist()))
+        name = LABEL_NAMES[value]
+        counts.update({(family, name): n for family, n in of_label.items()})
+    return counts
 
 
 # ---- on several processes ------------------------------------------------------------------

@@ -43,6 +43,7 @@ from detector.bundle import LoadedBundle, load_bundle
 from detector.config import DetectorConfig, ThresholdsConfig
 from detector.families import ANOMALY, FAMILIES, FAST_RULE_FAMILY
 from detector.features import FEATURES
+from native._scoring import top_features
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
 __all__ = [
@@ -219,6 +220,48 @@ class Scorer:
             return TopFeatures(empty.astype(np.intp), empty, empty)
         index = {f: i for i, f in enumerate(self.bundle.families)}
         rows = _lookup(family, lambda f: index.get(f, -1)).astype(np.intp)
+        top, picked = self._top_native(x, rows, k)
+        totals = picked.sum(axis=1, keepdims=True)
+        shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
+        return TopFeatures(top, np.take_along_axis(x, top, axis=1), shares)
+
+    def _top_native(
+        self, x: F32, rows: npt.NDArray[np.intp], k: int
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """Each row's k largest weights (module doc), descending, and their feature indices:
+        native/scoring.c in one pass per row. Rows it cannot order as NumPy would (equal
+        weights at the top, a NaN) are taken from :meth:`_top_numpy`, row for row the
+        same as NumPy on the whole batch, since argpartition works on each row alone."""
+        x = np.ascontiguousarray(x)
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != len(self.bundle.center):
+            return self._top_numpy(x, rows, k)
+        top = np.empty((len(x), k), dtype=np.int64)
+        picked = np.empty((len(x), k), dtype=np.float64)
+        tied = np.empty(len(x), dtype=np.uint8)
+        n_tied = top_features(
+            x,
+            np.ascontiguousarray(rows, dtype=np.int64),
+            np.ascontiguousarray(self.bundle.importances, dtype=np.float64),
+            np.ascontiguousarray(self._mean_importance, dtype=np.float64),
+            np.ascontiguousarray(self.bundle.center, dtype=np.float64),
+            np.ascontiguousarray(self._scale, dtype=np.float64),
+            _DEVIATION_CAP,
+            k,
+            top,
+            picked,
+            tied,
+        )
+        if n_tied:
+            redo = np.flatnonzero(tied)
+            top[redo], picked[redo] = self._top_numpy(x[redo], rows[redo], k)
+        return top.astype(np.intp, copy=False), picked
+
+    def _top_numpy(
+        self, x: npt.NDArray[Any], rows: npt.NDArray[np.intp], k: int
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """:meth:`_top_native` in NumPy: the definition (argpartition, then a stable argsort
+        of those k), and where ties make the order NumPy's own."""
+        n = len(x)
         imp = np.where(
             (rows >= 0)[:, None],
             self.bundle.importances[np.maximum(rows, 0)],
@@ -231,10 +274,7 @@ class Scorer:
         cand = part if part is not None else np.tile(np.arange(weight.shape[1]), (n, 1))
         order = np.argsort(-np.take_along_axis(weight, cand, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(cand, order, axis=1)
-        picked = np.take_along_axis(weight, top, axis=1)
-        totals = picked.sum(axis=1, keepdims=True)
-        shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
-        return TopFeatures(top, np.take_along_axis(x, top, axis=1), shares)
+        return top, np.take_along_axis(weight, top, axis=1)
 
 
 def label_flows(

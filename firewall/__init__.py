@@ -13,10 +13,15 @@ The policy is pure logic; the backends (XDP blocklist map, nftables) and the ser
 
 from __future__ import annotations
 
-from firewall.allowlist import Allowlist, local_addresses
-from firewall.config import FirewallConfig
-from firewall.decision_log import DecisionLog, LogEntry
-from firewall.policy import REJECT_REASONS, ActiveBlock, Decision, Policy
+from typing import TYPE_CHECKING
+
+from base.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from firewall.allowlist import Allowlist, local_addresses
+    from firewall.config import FirewallConfig
+    from firewall.decision_log import DecisionLog, LogEntry
+    from firewall.policy import REJECT_REASONS, ActiveBlock, Decision, Policy
 
 __all__ = [
     "REJECT_REASONS",
@@ -29,3 +34,25 @@ __all__ = [
     "Policy",
     "local_addresses",
 ]
+
+# Imported on first use (base.lazy): importing one module of the package stays cheap.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "firewall.allowlist": (
+            "Allowlist",
+            "local_addresses",
+        ),
+        "firewall.config": ("FirewallConfig",),
+        "firewall.decision_log": (
+            "DecisionLog",
+            "LogEntry",
+        ),
+        "firewall.policy": (
+            "REJECT_REASONS",
+            "ActiveBlock",
+            "Decision",
+            "Policy",
+        ),
+    },
+)

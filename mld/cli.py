@@ -7,6 +7,7 @@ file, transport), 2 usage; some commands add 3 (refused) and 4 (some inputs fail
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -14,29 +15,37 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from anomaly.cli import register as register_anomaly
 from base.config_loader import to_dict
 from base.errors import KeyFileError, MldError
 from base.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from base.terminal import PrintableFormatter, printable
 from config import load_config, resolve_config_path
-from control.cli import register_config_actions, register_control
-from crypto_transport import KeyPair
-from detector.cli import register as register_detector
-from firewall.cli import register as register_firewall
-from gateway.cli import register as register_gateway
-from lab.cli import register as register_lab
 from mld import __version__
-from mld.grammar import renames, resolve, value_options
-from rag.cli import register as register_rag
-from sniffer.cli import register as register_sniffer
-from watch.cli import register as register_watch
+from mld.grammar import command_word, renames, resolve, value_options
 
 __all__ = ["main"]
 
 log = logging.getLogger("mld")
 
 _COMMON_DEFAULTS: dict[str, object] = {"verbose": 0, "quiet": False, "json": False, "config": None}
+
+# The commands each component's command line adds (its module and register function), in
+# the order ``mld --help`` lists them. A command line names one of them, and only that
+# module is imported (with what it imports): `mld detector analyze` does not load etcd3,
+# grpc, FAISS or the RAG model's bindings, which took longer than reading a 10 MB capture.
+# ``mld --help`` and a word that is none of them import every one.
+COMPONENTS: dict[str, tuple[str, str]] = {
+    "sniffer": ("sniffer.cli", "register"),
+    "detector": ("detector.cli", "register"),
+    "firewall": ("firewall.cli", "register"),
+    "gateway": ("gateway.cli", "register"),
+    "lab": ("lab.cli", "register"),
+    "rag": ("rag.cli", "register"),
+    "anomaly": ("anomaly.cli", "register"),
+    "watch": ("watch.cli", "register"),
+    "etcd": ("control.cli", "register_control"),
+    "status": ("control.cli", "register_control"),
+}
 
 EPILOG = """\
 commands are COMPONENT ACTION; the long-running action of a service is `run`.
@@ -70,6 +79,8 @@ exit status: 0 ok; 1 error; 2 usage; 3 refused (anomaly train); 4 some inputs fa
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    from crypto_transport import KeyPair
+
     if args.show:
         pair = KeyPair.load(args.show)
         _emit(args, {"key_file": str(args.show), "public_key": pair.public_b64})
@@ -119,7 +130,16 @@ def _emit(args: argparse.Namespace, result: dict[str, object]) -> None:
         print("\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _register(name: str) -> Callable[..., None]:
+    module, function = COMPONENTS[name]
+    register: Callable[..., None] = getattr(importlib.import_module(module), function)
+    return register
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mld`` parser; with ``command`` (a key of COMPONENTS, or keys, config, version)
+    only that command's component is imported and registered, else every one is."""
+    only = command if command in COMPONENTS or command in ("keys", "version") else None
     # Accepted before or after the subcommand; SUPPRESS keeps a subcommand's parser from
     # resetting what was given before it (defaults are filled in by main()).
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -205,17 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
-    register_config_actions(config_sub, common)
+    if only is None:
+        from control.cli import register_config_actions
 
-    register_sniffer(sub, common)
-    register_detector(sub, common)
-    register_firewall(sub, common)
-    register_gateway(sub, common)
-    register_lab(sub, common)
-    register_rag(sub, common)
-    register_anomaly(sub, common)
-    register_watch(sub, common)
-    register_control(sub, common)
+        register_config_actions(config_sub, common)
+
+    done: set[tuple[str, str]] = set()
+    for name, where in COMPONENTS.items():
+        if (only is None or name == only) and where not in done:
+            done.add(where)
+            _register(name)(sub, common)
 
     version = sub.add_parser(
         "version",
@@ -236,8 +255,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    words, alias = resolve(sys.argv[1:] if argv is None else argv, value_options(parser))
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_word(argv))
+    words, alias = resolve(argv, value_options(parser))
     if alias is not None:
         print(alias.note, file=sys.stderr)
     args = parser.parse_args(words)

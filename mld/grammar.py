@@ -19,9 +19,11 @@ import argparse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ALIASES", "Alias", "renames", "resolve", "value_options", "walk"]
+__all__ = ["ALIASES", "Alias", "command_word", "renames", "resolve", "value_options", "walk"]
 
 _HELP = ("-h", "--help")
+# The options every command takes that have a value (mld.cli common), and the old `rag --ask`.
+_COMMON_VALUES = frozenset({"--config", "--ask"})
 
 
 @dataclass(frozen=True)
@@ -143,3 +145,12 @@ def renames() -> str:
     for alias in ALIASES:
         lines.append(f"  mld {alias.old:22} -> mld {alias.new}")
     return "\n".join(lines) + "\n"
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command (first word) the command line runs once :func:`resolve` has rewritten an
+    old spelling (``analyze`` -> ``detector``), or None (``mld``, ``mld --help``). Only the
+    options common to every command come before it, so their value options suffice."""
+    words, _alias = resolve(argv, _COMMON_VALUES)
+    at = _first_word(words, _COMMON_VALUES)
+    return words[at] if at is not None else None

@@ -225,6 +225,30 @@ static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const
     return 1;
 }
 
+/* The table slots record j of a failures batch will look up (its source in the failing
+ * set, its pair and port windows, their pending first failures), prefetched a few records
+ * ahead (mld_btab_prefetch): a spoofed flood makes nearly every look-up a cache miss. */
+static void prefetch_failure(RuleWindowsObject *r, const uint8_t *s, const uint8_t *d,
+                             int64_t sport, int bad)
+{
+    uint8_t tag[TAG_KEY];
+
+    if (!bad)
+        mld_btab_prefetch(&r->failing.index, s);
+    memset(tag, 0, TAG_KEY);
+    tag[0] = 'a';
+    memcpy(tag + 1, s, ADDR);
+    memcpy(tag + 1 + ADDR, d, ADDR);
+    mld_btab_prefetch(&r->pairs.keys, tag + 1);
+    if (bad)
+        mld_btab_prefetch(&r->pending.index, tag);
+    memset(tag + 1 + ADDR, 0, ADDR);
+    tag[0] = 'o';
+    memcpy(tag + 1 + ADDR, &sport, 8);
+    mld_btab_prefetch(&r->ports.keys, tag + 1);
+    mld_btab_prefetch(&r->pending.index, tag);
+}
+
 static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
                           const uint8_t *dst, const int64_t *dst_port, const int64_t *sweep_port,
                           const int64_t *ts, const uint8_t *failed, double *scan_ports,
@@ -238,6 +262,9 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         int fresh;
+        Py_ssize_t j = i + MLD_PREFETCH_AHEAD;
+        if (j < n && failed[j])
+            mld_btab_prefetch(&r->failing.index, src + j * ADDR);
         nodes[i] = -1;
         if (!failed[i])
             continue;
@@ -264,6 +291,10 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         int64_t port = dst_port[i], sport = sweep_port[i];
         double fail_sum = bad ? 1.0 : 0.0;
         uint8_t counted = (uint8_t)bad;
+        Py_ssize_t j = i + MLD_PREFETCH_AHEAD;
+
+        if (j < n)
+            prefetch_failure(r, src + j * ADDR, dst + j * ADDR, sweep_port[j], failed[j] != 0);
 
         /* Only the sources in the set after the whole batch (trimmed) are looked at. A
          * failed record knows its node (no node is reused before this loop ends). */

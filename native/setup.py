@@ -53,5 +53,23 @@ setup(
             libraries=["pcap", "m"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],
         ),
+        # The per-flow loops of scoring: explanations (Scorer._explain) and the compiled
+        # forests over a batch without tl2cgen's Python layer. No contraction into FMA:
+        # the explanation's weights must be NumPy's to the bit.
+        Extension(
+            "_scoring",
+            sources=["scoring.c"],
+            libraries=["m"],
+            extra_compile_args=[
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Wshadow",
+                "-std=gnu11",
+                "-ffp-contract=off",
+                "-pthread",
+            ],
+            extra_link_args=["-pthread"],
+        ),
     ],
 )

@@ -105,6 +105,20 @@ size_t mld_btab_slot(const MldTable *t, const uint8_t *key)
     return slot_of(t, key, (uint32_t)hash_bytes(key, t->size));
 }
 
+/* Ask the CPU for the home slot of a key (its stored hash and its key bytes) ahead of
+ * the look-up: with tables of 10^5 keys nearly every first probe missed the cache (94% of
+ * slot_of's time on the bench capture), one miss after another. A batch loop prefetches
+ * a few records ahead so the misses overlap. Only a hint: nothing is read or changed. */
+void mld_btab_prefetch(const MldTable *t, const uint8_t *key)
+{
+    size_t i;
+    if (t->cap == 0)
+        return;
+    i = (size_t)(uint32_t)hash_bytes(key, t->size) & (t->cap - 1);
+    __builtin_prefetch(&t->slots[i]);
+    __builtin_prefetch(t->keys + i * t->size);
+}
+
 static int table_grow(MldTable *t)
 {
     MldTable bigger;
@@ -541,6 +555,8 @@ static PyObject *windows_add(WindowsObject *self, PyObject *args)
         for (Py_ssize_t i = 0; i < n; i++) {
             int32_t id;
             MldKeyWin *k;
+            if (i + MLD_PREFETCH_AHEAD < n && sel[i + MLD_PREFETCH_AHEAD])
+                mld_btab_prefetch(&w->keys, keys + (i + MLD_PREFETCH_AHEAD) * w->ksize);
             if (!sel[i])
                 continue;
             id = mld_winset_add(w, keys + i * w->ksize, ts[i], sums + i * ns,

@@ -33,6 +33,10 @@ size_t mld_btab_slot(const MldTable *t, const uint8_t *key);
  * error. *fresh tells whether it was inserted. */
 int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh);
 void mld_btab_remove_slot(MldTable *t, size_t i);
+/* Prefetch the home slot of key (a hint for batch loops; reads and changes nothing). */
+void mld_btab_prefetch(const MldTable *t, const uint8_t *key);
+/* How many records ahead batch loops prefetch. */
+#define MLD_PREFETCH_AHEAD 8
 
 /* One key's window: a ring of entries in insertion order. */
 typedef struct {

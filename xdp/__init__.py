@@ -9,24 +9,29 @@ Public API::
     XdpError, ...      errors (see xdp.errors)
 """
 
-from xdp.blocklist import (
-    DEFAULT_PIN_DIR,
-    BlockEntry,
-    Blocklist,
-    BlocklistProgram,
-    blocklist_enforced,
-    prefix_key,
-    program_attached,
-)
-from xdp.errors import (
-    BlocklistError,
-    BpffsError,
-    CompileError,
-    InterfaceError,
-    NotRootError,
-    XdpError,
-)
-from xdp.monitor import BPF_SOURCE, FlowMonitor, Mode, OverloadSettings, raise_on_sigterm
+from typing import TYPE_CHECKING
+
+from base.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from xdp.blocklist import (
+        DEFAULT_PIN_DIR,
+        BlockEntry,
+        Blocklist,
+        BlocklistProgram,
+        blocklist_enforced,
+        prefix_key,
+        program_attached,
+    )
+    from xdp.errors import (
+        BlocklistError,
+        BpffsError,
+        CompileError,
+        InterfaceError,
+        NotRootError,
+        XdpError,
+    )
+    from xdp.monitor import BPF_SOURCE, FlowMonitor, Mode, OverloadSettings, raise_on_sigterm
 
 __all__ = [
     "BPF_SOURCE",
@@ -48,3 +53,34 @@ __all__ = [
     "program_attached",
     "raise_on_sigterm",
 ]
+
+# Imported on first use (base.lazy): importing one module of the package stays cheap.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "xdp.blocklist": (
+            "DEFAULT_PIN_DIR",
+            "BlockEntry",
+            "Blocklist",
+            "BlocklistProgram",
+            "blocklist_enforced",
+            "prefix_key",
+            "program_attached",
+        ),
+        "xdp.errors": (
+            "BlocklistError",
+            "BpffsError",
+            "CompileError",
+            "InterfaceError",
+            "NotRootError",
+            "XdpError",
+        ),
+        "xdp.monitor": (
+            "BPF_SOURCE",
+            "FlowMonitor",
+            "Mode",
+            "OverloadSettings",
+            "raise_on_sigterm",
+        ),
+    },
+)
