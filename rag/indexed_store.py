@@ -73,11 +73,16 @@ class RagStore:
         self.store = EventStore(path, readonly=readonly)
         self.scaler = FeatureScaler()
         common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
+        # Lists at most: what each added vector is compared with (rag/vectors.py).
         self.features = VectorIndex(
-            path.with_suffix(".features.faiss"), self.scaler.dim, inner_product=False, **common
+            path.with_suffix(".features.faiss"),
+            self.scaler.dim,
+            inner_product=False,
+            max_lists=1024,
+            **common,
         )
         self.text = VectorIndex(
-            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
+            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, max_lists=2048, **common
         )
         self.readonly = readonly
         # Held around reading or writing the saved indexes and ``indexed_upto`` (a
@@ -340,6 +345,7 @@ class _Retrain(threading.Thread):
             inner_product=index.inner_product,
             ivf_threshold=index.ivf_threshold,
             nprobe=index.nprobe,
+            max_lists=index.max_lists,
         )
 
     def run(self) -> None:
