@@ -149,14 +149,17 @@ class RagStore:
         detector_id: str,
         *,
         meta: Mapping[str, str] | None = None,
+        whole: bool = False,
     ) -> range:
         """Store events (one transaction per ``write_batch``) and index them. With ``meta``,
         all of them and those meta rows go in one transaction: all or nothing (``mld
-        watch`` stores a capture file and the record that it did so together)."""
+        watch`` stores a capture file and the record that it did so together); with
+        ``whole``, all of them in one transaction too (the service's gathered batches)."""
         ids = range(0)
         if meta is not None and not events:
             self.store.add([], detector_id, [], meta)
-        size = self.cfg.write_batch if meta is None else max(len(events), 1)
+        one = meta is not None or whole
+        size = max(len(events), 1) if one else self.cfg.write_batch
         for start in range(0, len(events), size):
             part = events[start : start + size]
             texts = [describe(ev) for ev in part]
