@@ -39,6 +39,8 @@ def test_every_event_is_stored_with_every_field(small_store: RagStore) -> None:
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     db.close()
     assert {"events_ts", "events_src", "events_dst", "events_family", "events_label"} <= indexes
+    # A writer checkpoints the WAL every 16k pages, not SQLite's 1000 (rag/store.py).
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16384
 
 
 def test_filters_in_sql(small_store: RagStore) -> None:
