@@ -270,7 +270,7 @@ class FactColumns:
         m = c("alive").copy()
 
         def either(a: str, b: str, values: Sequence[int]) -> npt.NDArray[np.bool_]:
-            return np.isin(c(a), values) | np.isin(c(b), values)
+            return _one_of(c(a), values) | _one_of(c(b), values)
 
         if f.since_ts is not None:
             m &= c("ts") >= f.since_ts
@@ -279,21 +279,21 @@ class FactColumns:
         if f.addrs:
             m &= either("src", "dst", self.addrs.lookup(f.addrs))
         if f.src:
-            m &= np.isin(c("src"), self.addrs.lookup(f.src))
+            m &= _one_of(c("src"), self.addrs.lookup(f.src))
         if f.dst:
-            m &= np.isin(c("dst"), self.addrs.lookup(f.dst))
+            m &= _one_of(c("dst"), self.addrs.lookup(f.dst))
         if f.ports:
             m &= either("src_port", "dst_port", list(f.ports))
         if f.families:
-            m &= np.isin(c("family"), self.families.lookup(f.families))
+            m &= _one_of(c("family"), self.families.lookup(f.families))
         if f.min_label:
             m &= c("label") >= f.min_label
         if f.protos:
-            m &= np.isin(c("proto"), list(f.protos))
+            m &= _one_of(c("proto"), list(f.protos))
         if f.fast_rules:
-            m &= np.isin(c("fast_rule"), self.rules.lookup(f.fast_rules))
+            m &= _one_of(c("fast_rule"), self.rules.lookup(f.fast_rules))
         if f.ids:
-            m &= np.isin(c("id"), list(f.ids))
+            m &= _one_of(c("id"), list(f.ids))
         if f.divergent:
             m &= c("divergent")
         if len(self._masks) >= _MASKS:
@@ -399,3 +399,15 @@ def _smallest(
             keep = (both[:, 0] < last_hi) | ((both[:, 0] == last_hi) & (both[:, 1] <= last_lo))
             codes = codes[keep]
     return heapq.nsmallest(need, codes.tolist(), key=key)
+
+
+def _one_of(values: npt.NDArray[Any], wanted: Sequence[int]) -> npt.NDArray[np.bool_]:
+    """``np.isin(values, wanted)``; a comparison per value when they are few (np.isin
+    finds the column's minimum and maximum and builds a table first: three passes over
+    a million codes for the one address of "what did 10.0.0.5 do?")."""
+    if len(wanted) <= 4:
+        out = np.zeros(len(values), dtype=np.bool_)
+        for v in wanted:
+            out |= values == v
+        return out
+    return np.isin(values, wanted)

@@ -34,6 +34,7 @@ __all__ = [
     "SERVICES",
     "TEXT_DIM",
     "describe",
+    "embed_code_bytes",
     "embed_codes",
     "embed_texts",
     "text_codes",
@@ -235,7 +236,24 @@ def embed_codes(codes: Sequence[npt.NDArray[np.uint16]]) -> npt.NDArray[np.float
     if n == 0:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
     lengths = np.fromiter((len(c) for c in codes), dtype=np.int64, count=n)
-    flat_codes = np.concatenate(codes).astype(np.int64)
+    return _embed_flat(np.concatenate(codes), lengths)
+
+
+def embed_code_bytes(blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
+    """``embed_codes`` of stored ``text_codes`` blobs (uint16 bytes), without an array
+    per blob (a question ranks up to 5,000 stored events: ~4 us each)."""
+    n = len(blobs)
+    if n == 0:
+        return np.zeros((0, TEXT_DIM), dtype=np.float32)
+    lengths = np.fromiter((len(b) >> 1 for b in blobs), dtype=np.int64, count=n)
+    return _embed_flat(np.frombuffer(b"".join(blobs), dtype=np.uint16), lengths)
+
+
+def _embed_flat(
+    flat: npt.NDArray[np.uint16], lengths: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    n = len(lengths)
+    flat_codes = flat.astype(np.int64)
     rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
     # One weighted count per (row, bucket): +1 or -1 by the code's sign bit. The sums are
     # small integers, exact in float64, so the vector is the same as counting each sign.

@@ -19,6 +19,7 @@ from rag.describe import (
     SERVICES,
     TEXT_DIM,
     describe,
+    embed_code_bytes,
     embed_codes,
     embed_texts,
     text_codes,
@@ -117,6 +118,8 @@ def test_descriptions_codes_and_vectors_are_the_plain_codes(
         assert all(c.dtype == np.uint16 for c in codes)
         expected = np.array([_reference_vector(t) for t in texts])
         assert np.array_equal(embed_codes(codes), expected)
+        assert np.array_equal(embed_code_bytes([c.tobytes() for c in codes]), expected)
         assert np.array_equal(embed_texts(texts), expected)
     assert text_codes([]) == [] and embed_codes([]).shape == (0, TEXT_DIM)
+    assert embed_code_bytes([]).shape == (0, TEXT_DIM)
     assert text_codes([""])[0].tolist() == [] and not embed_texts([""]).any()
