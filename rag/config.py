@@ -22,7 +22,7 @@ class RagConfig:
     retention_days: float = 30.0
     # Events kept at most (the oldest go first); 0: no limit. 1M is the size rag/README.md
     # measured: each index holds it in about 270 MB (IVF,SQ8); the console's questions
-    # p50 27 ms, p99 142 ms on a loaded 2-core VM.
+    # p50 12-14 ms, p99 ~100 ms on a loaded 2-core VM.
     max_events: int = 1_000_000
     # How often the running store applies retention_days and max_events, in seconds.
     prune_interval_s: float = 3600.0

@@ -73,11 +73,16 @@ class RagStore:
         self.store = EventStore(path, readonly=readonly)
         self.scaler = FeatureScaler()
         common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
+        # Lists at most: what each added vector is compared with (rag/vectors.py).
         self.features = VectorIndex(
-            path.with_suffix(".features.faiss"), self.scaler.dim, inner_product=False, **common
+            path.with_suffix(".features.faiss"),
+            self.scaler.dim,
+            inner_product=False,
+            max_lists=1024,
+            **common,
         )
         self.text = VectorIndex(
-            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, **common
+            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, max_lists=2048, **common
         )
         self.readonly = readonly
         # Held around reading or writing the saved indexes and ``indexed_upto`` (a
@@ -144,14 +149,17 @@ class RagStore:
         detector_id: str,
         *,
         meta: Mapping[str, str] | None = None,
+        whole: bool = False,
     ) -> range:
         """Store events (one transaction per ``write_batch``) and index them. With ``meta``,
         all of them and those meta rows go in one transaction: all or nothing (``mld
-        watch`` stores a capture file and the record that it did so together)."""
+        watch`` stores a capture file and the record that it did so together); with
+        ``whole``, all of them in one transaction too (the service's gathered batches)."""
         ids = range(0)
         if meta is not None and not events:
             self.store.add([], detector_id, [], meta)
-        size = self.cfg.write_batch if meta is None else max(len(events), 1)
+        one = meta is not None or whole
+        size = max(len(events), 1) if one else self.cfg.write_batch
         for start in range(0, len(events), size):
             part = events[start : start + size]
             texts = [describe(ev) for ev in part]
@@ -340,6 +348,7 @@ class _Retrain(threading.Thread):
             inner_product=index.inner_product,
             ivf_threshold=index.ivf_threshold,
             nprobe=index.nprobe,
+            max_lists=index.max_lists,
         )
 
     def run(self) -> None:

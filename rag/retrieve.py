@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from rag.describe import embed_codes, embed_texts, text_codes
+from rag.describe import embed_code_bytes, embed_texts, text_codes
 from rag.question import Parsed
 from rag.store import BlockRow, EventRow, EventStore
 from rag.vectors import VectorIndex
@@ -251,11 +251,10 @@ def retrieve(
     if (not f.empty and facts.matching <= _RERANK_MAX) or text_index is None or not len(text_index):
         ranked = store.ranking(f, limit=_RERANK_MAX)
         if len(ranked) > k:
-            codes = [
-                np.frombuffer(c, dtype=np.uint16) if c is not None else text_codes([d or ""])[0]
-                for _, _, c, d in ranked
+            blobs = [
+                c if c is not None else text_codes([d or ""])[0].tobytes() for _, _, c, d in ranked
             ]
-            sims = embed_codes(codes) @ query
+            sims = embed_code_bytes(blobs) @ query
             # Score first when the words say little (a count, a who), words first otherwise.
             order = np.lexsort((-np.array([s for _, s, _, _ in ranked]), -np.round(sims, 2)))
             ranked = [ranked[i] for i in order[:k]]

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from crypto_transport import Receiver
+from crypto_transport import Received, Receiver
 from proto.events_pb2 import DecisionBatch, EventBatch
 from rag.indexed_store import RagStore
 
@@ -36,7 +36,15 @@ class RagService:
         self.receiver = receiver
         # The firewall agents' decisions (channel "blocks"), stored in the blocks table.
         self.blocks = blocks
-        self.counters = {"batches": 0, "events": 0, "saves": 0, "decisions": 0}
+        self.counters = {
+            "batches": 0,
+            "events": 0,
+            "transactions": 0,
+            "saves": 0,
+            "decisions": 0,
+        }
+        # A batch of another detector received while gathering (stored at the next step).
+        self._pending: Received[EventBatch] | None = None
         # Kept here: stats() is also read by the control thread, which may not use the
         # SQLite connection (it belongs to this thread).
         self._stored = rag.store.max_id()
@@ -53,14 +61,32 @@ class RagService:
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + self.rag.cfg.prune_interval_s
             self.counters["pruned"] += self.rag.prune()
-        got = self.receiver.recv(timeout_ms=timeout_ms)
+        got, self._pending = self._pending, None
+        if got is None:
+            got = self.receiver.recv(timeout_ms=timeout_ms)
         if got is not None:
-            batch = got.message
-            ids = self.rag.ingest(list(batch.events), batch.detector_id)
+            detector = got.message.detector_id
+            events = list(got.message.events)
+            batches = 1
+            # The batches already waiting, of the same detector, go in the same transaction
+            # (up to rag.write_batch events): a detector sends ~100 events a batch, and a
+            # transaction per batch paid its commit and the indexes' pages it dirtied for
+            # 100 events instead of 2000. Whole batches only: a kill loses none in part.
+            while len(events) < self.rag.cfg.write_batch:
+                more = self.receiver.recv(timeout_ms=0)
+                if more is None:
+                    break
+                if more.message.detector_id != detector:
+                    self._pending = more  # in arrival order, after these
+                    break
+                events += more.message.events
+                batches += 1
+            ids = self.rag.ingest(events, detector, whole=True)
             if len(ids):
                 self._stored = ids.stop - 1
-            self.counters["batches"] += 1
-            self.counters["events"] += len(batch.events)
+            self.counters["batches"] += batches
+            self.counters["events"] += len(events)
+            self.counters["transactions"] += 1
             if self._unsaved_since is None:
                 self._unsaved_since = time.monotonic()
         self.rag.swap_retrained()

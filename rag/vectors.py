@@ -10,11 +10,18 @@ Two indexes beside the database, both ``IndexIDMap``-style (the FAISS id is the 
 
 An index starts exact (flat). At ``ivf_threshold`` events it is rebuilt as an inverted
 file with 8-bit scalar quantisation (``IVF<nlist>,SQ8``; nlist = 4 sqrt(n), clipped to
-64..4096 and to n/40; trained on up to max(100k, 40 nlist) of its vectors), and trained
+64..``max_lists`` and to n/40; trained on up to max(100k, 40 nlist) of its vectors), and trained
 again from the database each time it holds four times what it was trained on, so nlist
 keeps up and the centroids cover later events. At a million events a flat search reads
 every vector (1 GB for the text index); IVF reads ``nprobe`` lists of about n / nlist
 each, at a quarter of the bytes. bench/rag_speed.py measures both.
+
+``max_lists`` bounds what adding costs: every vector added is compared with every list's
+centroid (one thread: 20 us of CPU per text vector at 4000 lists, 10.6 at 2048, 5.7 at
+1024; 24, 10.4 and 5.2 for the 54-dim features), which made FAISS ~45 us of every
+event's ingest at a million events. The text index stops at 2048 lists (a question's
+search reads twice the codes of 4000 lists, ~1 ms at 1M), the features index, which only
+``similar`` searches, at 1024.
 
 The indexes are derived data: ``indexed_upto`` in the database's meta table says up to
 which event id a saved index holds, events after it are added again at start, and
@@ -73,12 +80,14 @@ class VectorIndex:
         inner_product: bool,
         ivf_threshold: int = 20000,
         nprobe: int = 16,
+        max_lists: int = 4096,
     ) -> None:
         self.path = path
         self.dim = dim
         self.inner_product = inner_product
         self.ivf_threshold = ivf_threshold
         self.nprobe = nprobe
+        self.max_lists = max_lists
         self._metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
         self.index: faiss.Index = self._flat()
         self.dirty = 0  # vectors added since the last save
@@ -202,7 +211,7 @@ class VectorIndex:
     def _build_ivf(self, ids: npt.NDArray[np.int64], vectors: F32) -> None:
         n = len(ids)
         # 4 sqrt(n) lists, each trained on at least 40 points (FAISS warns below 39).
-        nlist = int(min(4096, max(64, min(4 * math.sqrt(n), n / 40))))
+        nlist = int(min(self.max_lists, max(64, min(4 * math.sqrt(n), n / 40))))
         ivf = faiss.index_factory(self.dim, f"IVF{nlist},SQ8", self._metric)
         rng = np.random.default_rng(0)
         size = max(_MAX_TRAIN, 40 * nlist)

@@ -134,6 +134,52 @@ def test_ties_are_broken_by_value_like_sql(tmp_path: Path, small_store: RagStore
         rag.close()
 
 
+def test_many_ties_are_narrowed_in_numpy_to_sqls_order(
+    tmp_path: Path, small_store: RagStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of sources seen once each (a spoofed flood) tie at the last place of
+    "top sources": they are narrowed by their values' first 16 bytes in NumPy before
+    the few left are ordered in Python, to SQL's order: IPv4 and IPv6 sources, many
+    sharing their first 8 and 16 bytes ("2001:db8:aaaa:bbbb::..."), some longer than
+    16 bytes, and two seen twice (they come first)."""
+    monkeypatch.setattr(rag_columns, "_FEW", 8)
+    base = small_store.store.event(1)
+    assert base is not None
+    rng = np.random.default_rng(7)
+    v4 = rng.choice(2**24, size=1500, replace=False)
+    addrs = [f"10.{k >> 16}.{(k >> 8) & 255}.{k & 255}" for k in v4]
+    addrs += [f"2001:db8:aaaa:bbbb::{k:x}" for k in rng.choice(2**16, size=600, replace=False)]
+    addrs += [f"2001:db8::{k:x}:1" for k in rng.choice(2**16, size=300, replace=False) + 1]
+    addrs += [f"10.10.10.{k}" for k in range(1, 60)]
+    addrs += ["203.0.113.9", "203.0.113.9", "2001:db8:ffff::1", "2001:db8:ffff::1"]
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig())
+    events = []
+    for addr in addrs:
+        ev = ScoredEvent()
+        ev.CopyFrom(base)
+        ev.record.src_addr = ipaddress.ip_address(addr).packed
+        events.append(ev)
+    rag.ingest(events, "det")
+    sql, mem = _both(rag.store.path)
+    try:
+        for f in (Filters(), Filters(src=tuple(addrs[1500:1600]))):
+            for limit in (1, 3, 5, 12):
+                want = sql.group("src", f, limit=limit)
+                assert mem.group("src", f, limit=limit) == want, (f, limit)
+        top = [a for a, _ in mem.group("src", Filters(), limit=5)]
+        assert top[:2] == ["2001:db8:ffff::1", "203.0.113.9"] and len(set(top)) == 5
+        tied = np.arange(len(mem.columns.addrs.names), dtype=np.int64)  # type: ignore[union-attr]
+        names = mem.columns.addrs.names  # type: ignore[union-attr]
+        keys = mem.columns.addrs.keys  # type: ignore[union-attr]
+        for need in (1, 2, 5, 40):
+            got = rag_columns._smallest(tied, need, names.__getitem__, keys)
+            assert [names[c] for c in got] == sorted(names)[:need]
+    finally:
+        sql.close()
+        mem.close()
+        rag.close()
+
+
 def test_the_columns_follow_other_writers_adds_and_deletes(
     tmp_path: Path, small_store: RagStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
 from proto.events_pb2 import ScoredEvent
 from rag.answer import Answerer, draft
 from rag.config import RagConfig
-from rag.indexed_store import RagStore
+from rag.indexed_store import RagStore, _Retrain
 from rag.question import parse
 from rag.retrieve import retrieve
 from rag.store import Filters
+from rag.vectors import VectorIndex
 from tests.rag.conftest import NOW, SCAN_AT, SCANNED, SCANNER, build_store
 
 
@@ -37,6 +39,8 @@ def test_every_event_is_stored_with_every_field(small_store: RagStore) -> None:
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     db.close()
     assert {"events_ts", "events_src", "events_dst", "events_family", "events_label"} <= indexes
+    # A writer checkpoints the WAL every 16k pages, not SQLite's 1000 (rag/store.py).
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16384
 
 
 def test_filters_in_sql(small_store: RagStore) -> None:
@@ -187,6 +191,29 @@ def test_an_ivf_index_is_trained_again_as_it_grows(tmp_path: Path) -> None:
         assert len(rag.text) == len(rag.features) == total
         r = retrieve(rag.store, rag.text, parse("https", NOW), 5)
         assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
+    finally:
+        rag.close()
+
+
+def test_the_number_of_lists_stops_at_max_lists(tmp_path: Path) -> None:
+    """Every vector added is compared with every list's centroid: past ``max_lists`` an
+    index gets no more lists (the text index 2048, the features index 1024), also when
+    it is trained again in the background."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((4000, 8)).astype(np.float32)
+    ids = np.arange(1, 4001, dtype=np.int64)
+    for cap, lists in ((16, 16), (4096, 100)):  # n / 40 = 100 lists without the cap
+        index = VectorIndex(
+            tmp_path / f"{cap}.faiss", 8, inner_product=False, ivf_threshold=1000, max_lists=cap
+        )
+        index.build(ids, vectors)
+        assert faiss.extract_index_ivf(index.index).nlist == lists
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig())
+    try:
+        assert (rag.text.max_lists, rag.features.max_lists) == (2048, 1024)
+        job = _Retrain(rag, 0)
+        assert job._like(rag.text).max_lists == 2048
+        assert job._like(rag.features).max_lists == 1024
     finally:
         rag.close()
 
