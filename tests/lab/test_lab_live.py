@@ -99,7 +99,14 @@ def test_up_builds_every_host_and_service(lab: tuple[Topology, Path]) -> None:
     st = status(topo, run_dir)
     assert st["up"], st
     assert set(st["namespaces"]) == set(topo.namespaces())
-    assert {s["service"] for s in st["services"]} == {"http", "ssh", "dns", "tunnel_dns", "smb", "ftp"}
+    assert {s["service"] for s in st["services"]} == {
+        "http",
+        "ssh",
+        "dns",
+        "tunnel_dns",
+        "smb",
+        "ftp",
+    }
     # The gateway forwards: the client reaches the server's services through it, and the
     # server's replies come back the same way (TTL 64 - 1 hop).
     client = topo.namespace("client")
