@@ -261,8 +261,9 @@ class FastRulesConfig:
     beacon_low: float = 4.0
     beacon_high: float = 10.0
     # Shortest median gap between the connections that counts as a rhythm, in seconds:
-    # faster repeats are floods or retries, not check-ins.
-    beacon_min_period_s: float = 1.0
+    # faster repeats are floods, retries or scripted loops (a login loop with `sleep 1`
+    # repeats every 1.2-2 s), not an implant that sleeps between check-ins.
+    beacon_min_period_s: float = 2.5
     # Regularity of the gaps (1: a clock; a uniform jitter of +-30% of the period gives
     # about 0.85, +-50% 0.75; gaps drawn at random, exponential, about 0.3).
     beacon_regularity_low: float = 0.6
