@@ -221,7 +221,7 @@ class BlobTable:
     """The baseline: serialized events in a bare SQLite table, nothing else."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, event BLOB NOT NULL)")
