@@ -283,6 +283,11 @@ class RagStore:
             self.text.save()
             self.store.set_meta("indexed_upto", str(upto))
         self.store.optimize()
+        # What the batches since the last save left behind: SQLite's page cache, then
+        # glibc's freed chunks (the parsed events, the batches' arrays), which it
+        # otherwise keeps in its arenas (bench/rag_speed.py --soak: rag/README.md).
+        self.store.shrink_cache()
+        give_back_freed_memory()
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rebuild both indexes from the database, an IVF one trained at its full size
