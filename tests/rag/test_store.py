@@ -460,8 +460,9 @@ def _sqlite_memory_used() -> int:
 def test_save_gives_back_the_writers_page_cache(small_store: RagStore, tmp_path: Path) -> None:
     """The lab's 60-minute soak measured the RAG service growing 66 MB/h besides its
     vectors: the writer's SQLite page cache filling up to cache_size (64 MB) as the
-    database grew. A save now empties it: what ingest made SQLite allocate is released
-    (the connection, its schema and statements stay)."""
+    database grew. A save now empties it, and so does a retention pass (its scan filled
+    it again every prune): what they made SQLite allocate is released (the connection,
+    its schema and statements stay)."""
     path = tmp_path / "events.sqlite"
     blobs = [b for _, b, _ in next(small_store.store.scan(0, batch=1500))]
     rag = RagStore(path, RagConfig())
@@ -474,6 +475,11 @@ def test_save_gives_back_the_writers_page_cache(small_store: RagStore, tmp_path:
         grown = _sqlite_memory_used() - base
         assert grown > 1_000_000, grown  # the cache held the pages ingest wrote
         rag.save()
+        left = _sqlite_memory_used() - base
+        assert left < grown / 5, (grown, left)
+        # Retention with nothing to delete (no save follows) reads every row to find out:
+        # that too is given back.
+        assert rag.prune() == 0
         left = _sqlite_memory_used() - base
         assert left < grown / 5, (grown, left)
         assert rag.store.count() == len(blobs)
