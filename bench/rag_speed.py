@@ -55,6 +55,8 @@ Last line: ``ingest_eps=N retrieval_p50_ms_1m=N answer_s_p50=N`` and more (see R
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import importlib.util
 import itertools
 import logging
@@ -65,6 +67,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +224,7 @@ class BlobTable:
     """The baseline: serialized events in a bare SQLite table, nothing else."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, event BLOB NOT NULL)")
@@ -567,6 +570,53 @@ def rss_mb() -> float:
     return math.nan
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _native(name: str, restype: Any) -> Any:
+    """A C function of the process (glibc, or SQLite through Python's _sqlite3), or None."""
+    import _sqlite3
+
+    for lib in (None, _sqlite3.__file__):
+        fn = getattr(ctypes.CDLL(lib), name, None)
+        if fn is not None:
+            fn.restype = restype
+            return fn
+    return None
+
+
+_MALLINFO2 = _native("mallinfo2", _MallInfo2)
+_SQLITE_MEMORY = _native("sqlite3_memory_used", ctypes.c_int64)
+
+
+def heap_mb() -> tuple[float, float]:
+    """glibc's heap: bytes in use (small and mmap'd chunks) and free inside the arenas."""
+    if _MALLINFO2 is None:
+        return math.nan, math.nan
+    info = _MALLINFO2()
+    return (info.uordblks + info.hblkhd) / 1e6, info.fordblks / 1e6
+
+
+def sqlite_mb() -> float:
+    """What SQLite has allocated in this process (page caches, statements, schema)."""
+    return _SQLITE_MEMORY() / 1e6 if _SQLITE_MEMORY is not None else math.nan
+
+
 def slope_per_h(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per hour."""
     if len(points) < 2:
@@ -588,13 +638,21 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
     rag.open_indexes()
     reader: RagStore | None = None
     batch, rate = 100, args.soak_rate
+    if args.soak_trace:
+        tracemalloc.start(args.soak_trace)
+    traced: list[tracemalloc.Snapshot] = []
     started = time.monotonic()
     end = started + args.soak * 60
     next_save = next_prune = next_ask = next_sample = started
-    samples: list[tuple[float, float, float, float, float]] = []
+    # (s, rss, columns, vectors, db, index MB, SQLite MB, heap in use, heap free, traced)
+    samples: list[tuple[float, ...]] = []
     asked: list[float] = []
     done = 0
-    print("  min   events   rss MB  columns MB  index vectors  db MB  ask ms", flush=True)
+    print(
+        "  min   events   rss MB  columns MB  index vectors  db MB  ask ms  index MB"
+        "  sqlite MB  heap MB  free MB  py MB",
+        flush=True,
+    )
     for events in replay(pool, span_ns, 10**12, batch):
         now = time.monotonic()
         if now >= end:
@@ -608,7 +666,7 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
         if now >= next_prune:
             rag.prune()
             next_prune = now + args.soak_prune_s
-        if now >= next_ask and done >= 10_000:
+        if not args.soak_writer_only and now >= next_ask and done >= 10_000:
             if reader is None:
                 reader = RagStore(work / "events.sqlite", cfg, readonly=True)
                 reader.open_indexes()
@@ -622,33 +680,70 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
             cols = reader.store.columns if reader is not None else None
             col_mb = cols.nbytes / 1e6 if cols is not None else 0.0
             db_mb = sum(f.stat().st_size for f in work.glob("events.sqlite*")) / 1e6
-            row = (now - started, rss_mb(), col_mb, float(len(rag.text)), db_mb)
+            index_mb = (rag.text.memory_bytes + rag.features.memory_bytes) / 1e6
+            in_use, free = heap_mb()
+            py_mb = tracemalloc.get_traced_memory()[0] / 1e6 if args.soak_trace else math.nan
+            row = (
+                now - started,
+                rss_mb(),
+                col_mb,
+                float(len(rag.text)),
+                db_mb,
+                index_mb,
+                sqlite_mb(),
+                in_use,
+                free,
+                py_mb,
+            )
             samples.append(row)
             print(
                 f"{row[0] / 60:5.1f} {done:8d} {row[1]:8.1f} {row[2]:11.1f} {row[3]:14.0f} "
-                f"{row[4]:6.0f} {asked[-1] if asked else math.nan:7.1f}",
+                f"{row[4]:6.0f} {asked[-1] if asked else math.nan:7.1f} {index_mb:9.1f} "
+                f"{row[6]:10.1f} {in_use:8.1f} {free:8.1f} {py_mb:6.1f}",
                 flush=True,
             )
+            if args.soak_trace and len(traced) < 1 and now - started >= args.soak * 30:
+                gc.collect()
+                traced.append(tracemalloc.take_snapshot())
             next_sample = now + 10
         # Pace to the rate (a bench's clock, not a test's wait).
         ahead = started + done / rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
+    if traced:
+        gc.collect()
+        grown = tracemalloc.take_snapshot().compare_to(traced[0], "traceback")
+        print("Python allocations grown over the second half (tracemalloc):")
+        for stat in grown[:12]:
+            print(f"  {stat.size_diff / 1e6:+8.2f} MB {stat.count_diff:+8d} blocks")
+            for line in stat.traceback.format()[-6:]:
+                print(f"      {line}")
     rag.close()
     if reader is not None:
         reader.close()
     half = [p for p in samples if p[0] >= samples[-1][0] / 2] if samples else []
+
+    def growth(i: int) -> float:
+        return slope_per_h([(p[0], p[i]) for p in half])
+
     keys = {
         "soak_minutes": (samples[-1][0] / 60) if samples else 0.0,
         "soak_events": float(done),
         "soak_eps": done / max(1e-9, samples[-1][0] if samples else 1),
         "rss_mb_end": samples[-1][1] if samples else math.nan,
-        "rss_growth_mb_per_h": slope_per_h([(p[0], p[1]) for p in half]),
+        "rss_growth_mb_per_h": growth(1),
+        "rss_excl_index_growth_mb_per_h": slope_per_h([(p[0], p[1] - p[5]) for p in half]),
+        "index_growth_mb_per_h": growth(5),
+        "sqlite_mb_end": samples[-1][6] if samples else math.nan,
+        "sqlite_growth_mb_per_h": growth(6),
+        "heap_growth_mb_per_h": growth(7),
+        "heap_free_mb_end": samples[-1][8] if samples else math.nan,
+        "py_growth_mb_per_h": growth(9),
         "columns_mb_end": samples[-1][2] if samples else math.nan,
-        "columns_growth_mb_per_h": slope_per_h([(p[0], p[2]) for p in half]),
+        "columns_growth_mb_per_h": growth(2),
         "index_vectors_end": samples[-1][3] if samples else math.nan,
         "db_mb_end": samples[-1][4] if samples else math.nan,
-        "db_growth_mb_per_h": slope_per_h([(p[0], p[4]) for p in half]),
+        "db_growth_mb_per_h": growth(4),
         "ask_ms_p50": pct(asked, 50),
         "ask_ms_p99": pct(asked, 99),
         "load1": os.getloadavg()[0],
@@ -708,6 +803,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-rate", type=float, default=1000, help="soak events/s")
     parser.add_argument("--soak-max", type=int, default=200_000, help="soak rag.max_events")
     parser.add_argument("--soak-prune-s", type=float, default=30, help="soak retention period")
+    parser.add_argument(
+        "--soak-writer-only",
+        action="store_true",
+        help="soak without the console-like reader (the process of `mld rag run` alone)",
+    )
+    parser.add_argument(
+        "--soak-trace",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace Python allocations (tracemalloc, FRAMES deep) and print what grew",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     if args.quick:

@@ -268,6 +268,8 @@ class RagStore:
                 days,
                 self.cfg.max_events,
             )
+        else:  # save() gave it back otherwise: the scan read every page of the table
+            self._give_back_memory()
         return len(ids)
 
     def save(self) -> None:
@@ -283,6 +285,15 @@ class RagStore:
             self.text.save()
             self.store.set_meta("indexed_upto", str(upto))
         self.store.optimize()
+        self._give_back_memory()
+
+    def _give_back_memory(self) -> None:
+        """What the batches since the last save (or a prune's scan of the table) left
+        behind: SQLite's page cache, then glibc's freed chunks (the parsed events, the
+        batches' arrays), which it otherwise keeps in its arenas (bench/rag_speed.py
+        --soak, rag/README.md)."""
+        self.store.shrink_cache()
+        give_back_freed_memory()
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rebuild both indexes from the database, an IVF one trained at its full size

@@ -66,6 +66,11 @@ _CACHE_KIB = 64 * 1024
 # of rows 200k-300k went from 143 to 110 us a row (wall; CPU 46 -> 39) on the loaded
 # VM; a checkpoint still runs every few seconds of full-speed ingest.
 _WAL_PAGES = 16384
+# How long a statement waits for another process's write lock (``mld watch`` and
+# ``mld rag run`` write one store; readers wait on a checkpoint's): Python's default is
+# 5 s, too short on a loaded machine where a writer's batch and checkpoint can hold it.
+_BUSY_S = 60.0
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 _LABEL_COLUMNS = "label, ts, family, src, dst, dst_port, last_ts"
 # The time index holds the flow's end too: the span (first and last seen) of a time range
@@ -467,11 +472,11 @@ class EventStore:
                         f"no event store at {self.path}: run `mld rag run` (or `mld rag "
                         "import CAPTURE`) first, or pass --db"
                     )
-                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=_BUSY_S)
                 self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path)
+                self._db = sqlite3.connect(self.path, timeout=_BUSY_S)
                 self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
@@ -940,8 +945,30 @@ class EventStore:
         return None if row is None else str(row[0])
 
     def optimize(self) -> None:
-        """Refresh the query planner's statistics (cheap; SQLite decides what to do)."""
-        self._db.execute("PRAGMA optimize")
+        """Refresh the query planner's statistics (cheap; SQLite decides what to do).
+
+        An optimisation, so it does not wait for another writer's lock, and a busy or
+        locked database skips it (the next save tries again) rather than failing the
+        caller's save (``mld rag run`` stopped on "database is locked" here)."""
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("PRAGMA optimize")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
+                raise
+            if self._db.in_transaction:
+                self._db.rollback()
+            log.debug("PRAGMA optimize skipped, %s busy: %s", self.path, exc)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(_BUSY_S * 1000)}")
+
+    def shrink_cache(self) -> None:
+        """Free this connection's page cache (``PRAGMA shrink_memory``). A writer's cache
+        grows up to cache_size (64 MB) as the database does, which the lab's 60-minute
+        soak counted as RAG growth (about 1.7 kB an event until full); emptied after each
+        save, it holds what one save period's batches touch, read back from the OS's
+        file cache when needed again."""
+        self._db.execute("PRAGMA shrink_memory")
 
     def set_meta(self, key: str, value: str) -> None:
         with self._db:
