@@ -107,6 +107,20 @@ def bench_keys(script: str, *args: str, timeout: float) -> dict[str, str]:
     return dict(part.split("=", 1) for part in last.split())
 
 
+def modules_imported_by(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``.
+
+    The lazy-import tests run their code in a new process: this one has imported
+    everything the suite touched already.
+    """
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {modules!r} if m in sys.modules))\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    return proc.stdout.split()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``predicate`` every 50 ms; fail the test naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
