@@ -161,3 +161,12 @@ def test_batches_of_long_items_frame_their_lengths_like_the_library() -> None:
         assert got == events.SerializeToString()
         short = event_batch_bytes("d", 1, sensor, recs[-3:], wire[:3])
         assert EventBatch.FromString(short).events[2].verdict == verdicts[2]
+
+
+def test_the_length_tables_are_the_varints() -> None:
+    from detector.service import _HEAD_3, _SMALL, _VARINT
+    from proto.wire import encode_varint
+
+    assert len(_VARINT) == len(_HEAD_3) == _SMALL
+    assert all(_VARINT[n] == encode_varint(n) for n in range(_SMALL))
+    assert all(_HEAD_3[n] == b"\x1a" + encode_varint(n) for n in range(_SMALL))
