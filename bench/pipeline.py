@@ -24,7 +24,7 @@ Figures (one run; --quick is a smoke run with few records):
                  (FlowBatch.sent_ts_ns) to the moment the detector had sent that batch's
                  verdicts (same host, same clock); each record counts once. A record also
                  waits in the sniffer's batcher before that, at most
-                 transport.batch_max_delay_s, in practice far less at these rates.
+                 transport.batch_max_delay_s: batch_wait_p50_ms and _p99_ms.
                  Unpaced (the default) the sniffer outruns the detector and the queues
                  between them fill: the latency is then the queues' length. --rate N
                  feeds the sniffer N records/s, for the latency at a rate it keeps up with.
@@ -44,6 +44,12 @@ Figures (one run; --quick is a smoke run with few records):
                  thread), over the same span as sniffer_rps and pipeline_rps. On a machine
                  shared with other jobs the rates follow the load; these follow the code:
                  1e6 / the larger one is what the two services would do with a core each.
+  batch_wait_p50_ms batch_wait_p99_ms
+                 how long records waited in the sniffer's publisher for their batch to
+                 leave (from their rows being queued to the batch being sent): the cost
+                 of a bigger transport.batch_records in time to detection, at most
+                 transport.batch_max_delay_s plus one turn of the service loop. Add it
+                 to p50_ms/p99_ms for the whole way from the sniffer to the verdicts.
 
     .venv/bin/python bench/pipeline.py               # ~1M records
     .venv/bin/python bench/pipeline.py --events      # and every scored event to a RAG receiver
@@ -56,6 +62,7 @@ Last line: ``pipeline_rps=N p50_ms=N p99_ms=N`` then the other keys above.
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing as mp
 import subprocess
 import sys
@@ -162,7 +169,34 @@ def sniffer_proc(
         settings=settings,
         bind=False,
     )
-    publisher = FlowPublisher(
+
+    class WaitTimed(FlowPublisher):
+        """The publisher, noting how long each record waited in it for its batch: the
+        time from its rows being queued (add_packed) to their batch being sent."""
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.queued: collections.deque[list[Any]] = collections.deque()
+            self.waits: list[tuple[float, int]] = []  # (ms, records)
+
+        def add_packed(self, packed: Any) -> None:
+            if len(packed):
+                self.queued.append([time.perf_counter(), len(packed)])
+            super().add_packed(packed)
+
+        def _deliver(self, payload: bytes, n: int) -> None:
+            now, left = time.perf_counter(), n
+            while left and self.queued:  # batches take the oldest rows first
+                part = self.queued[0]
+                take = min(left, part[1])
+                self.waits.append((1e3 * (now - part[0]), take))
+                part[1] -= take
+                left -= take
+                if not part[1]:
+                    self.queued.popleft()
+            super()._deliver(payload, n)
+
+    publisher = WaitTimed(
         publish=PublishConfig(),
         transport=settings,
         keyring=rings[SENSOR],
@@ -175,7 +209,7 @@ def sniffer_proc(
     t0, cpu0 = time.perf_counter(), time.process_time()
     service.run()
     took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    out.send((service.pipeline.records, took, publisher.stats(), cpu))
+    out.send((service.pipeline.records, took, publisher.stats(), cpu, publisher.waits))
     out.recv()  # the detector has everything: closing now loses no queued frame
     publisher.close()
 
@@ -653,7 +687,7 @@ def main() -> int:
             for t in threads:
                 t.start()
             try:
-                made, snf_s, pub, snf_cpu = snf_end.recv()
+                made, snf_s, pub, snf_cpu, waits = snf_end.recv()
                 det_end.send(pub["records_sent"])
                 scored, det_s, lat_ms, counts, dstats, det_cpu = det_end.recv()
                 snf_end.send("close")
@@ -674,6 +708,7 @@ def main() -> int:
             if rag is not None:
                 rag.close()
     lat = np.repeat(np.asarray(lat_ms), np.asarray(counts)) if counts else np.zeros(1)
+    wait = np.repeat(*map(np.asarray, zip(*waits, strict=True))) if waits else np.zeros(1)
     rps = scored / det_s if det_s > 0 else 0.0
     dropped = (
         pub["records_dropped"]
@@ -689,7 +724,9 @@ def main() -> int:
         f"score_only_rps={base:.0f} ratio_score_only={rps / base:.3f} dropped={dropped} "
         f"verdicts={verdicts} records={dstats['records_in']} events={events} "
         f"sniffer_cpu_us={1e6 * snf_cpu / max(made, 1):.2f} "
-        f"detector_cpu_us={1e6 * det_cpu / max(scored, 1):.2f}"
+        f"detector_cpu_us={1e6 * det_cpu / max(scored, 1):.2f} "
+        f"batch_wait_p50_ms={np.percentile(wait, 50):.2f} "
+        f"batch_wait_p99_ms={np.percentile(wait, 99):.2f}"
     )
     return 0
 

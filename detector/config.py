@@ -221,8 +221,9 @@ class DetectorConfig:
     # Scored-event batches waiting for the events output (one per flow batch). Events are
     # sent from a thread of their own, so a RAG store that falls behind never holds up
     # scoring or verdicts; when this many batches wait, further ones are dropped and
-    # counted (events_dropped_queue_full in /metrics). 64 batches of 100 events are about
-    # 0.1 s at the detector's full rate.
+    # counted (events_dropped_queue_full in /metrics). 64 batches of 300 events (the
+    # transport's batch_records) are about 0.2-0.3 s at the detector's full rate and hold
+    # ~0.6 MB each (~40 MB when full).
     events_queue_batches: int = 64
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)

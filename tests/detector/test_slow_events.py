@@ -138,3 +138,35 @@ def test_event_batches_composed_from_bytes_equal_the_messages(records: list[byte
     assert got == expected.SerializeToString()
     assert EventBatch.FromString(got) == expected
     assert event_batch_bytes("d", 0, "s", [], []) == EventBatch(detector_id="d").SerializeToString()
+
+
+def test_batches_of_long_items_frame_their_lengths_like_the_library() -> None:
+    """Lengths are framed from a table below 2**14 bytes and encoded past it: items of
+    1-, 2- and 3-byte varint lengths (and events whose body crosses 128 and 2**14) come
+    out as the protobuf library serializes them."""
+    from detector.service import batch_bytes, event_batch_bytes
+    from proto.events_pb2 import FlowRecord, Verdict, VerdictBatch
+
+    sizes = [0, 1, 100, 127, 128, 200, 16_300, 16_383, 16_384, 40_000]
+    verdicts = [Verdict(verdict_id="v" * n) for n in sizes]
+    wire = [v.SerializeToString() for v in verdicts]
+    expected = VerdictBatch(detector_id="d", batch_seq=7, verdicts=verdicts)
+    assert batch_bytes("d", 7, wire) == expected.SerializeToString()
+    recs = [FlowRecord(observation_point="r" * n).SerializeToString() for n in reversed(sizes)]
+    for sensor in ("", "s", "s" * 200):
+        events = EventBatch(detector_id="d", batch_seq=1)
+        for rec, verdict in zip(recs, verdicts, strict=True):
+            events.events.add(sensor_id=sensor, record=FlowRecord.FromString(rec), verdict=verdict)
+        got = event_batch_bytes("d", 1, sensor, recs, wire)
+        assert got == events.SerializeToString()
+        short = event_batch_bytes("d", 1, sensor, recs[-3:], wire[:3])
+        assert EventBatch.FromString(short).events[2].verdict == verdicts[2]
+
+
+def test_the_length_tables_are_the_varints() -> None:
+    from detector.service import _HEAD_3, _SMALL, _VARINT
+    from proto.wire import encode_varint
+
+    assert len(_VARINT) == len(_HEAD_3) == _SMALL
+    assert all(_VARINT[n] == encode_varint(n) for n in range(_SMALL))
+    assert all(_HEAD_3[n] == b"\x1a" + encode_varint(n) for n in range(_SMALL))
