@@ -549,7 +549,7 @@ class FastRules:
         )  # fmt: skip
         if self._rule_windows is not None:
             rw = self._rule_windows
-            src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+            src, dst = flows.src_keys, flows.dst_keys
             ts, start = flows["last_ts_ns"], flows["first_ts_ns"]
             scan_ports, sweep_hosts, sweep_share = rw.failures(
                 src, dst, dst_port, sweep_port, ts, failed
@@ -789,7 +789,7 @@ class FastRules:
             & (flows["bwd_packets"] == 0)
             & _not_multicast(flows.dst_addr)
         )
-        dst = address_keys(flows.dst_addr)
+        dst = flows.dst_keys
         dst_h = _key_hash(dst)
         inbound = unsolicited | (unanswered & self._remember("victims", dst_h, unsolicited))
         replies = np.where(
@@ -798,7 +798,7 @@ class FastRules:
             0.0,
         )
         ts = flows["last_ts_ns"]
-        src = address_keys(flows.src_addr)
+        src = flows.src_keys
         from_prober = self._remember("probers", _key_hash(src), kind > 0)
         to_prober = reply & np.isin(dst_h, self._marked["probers"])
         if self.native:
@@ -947,7 +947,7 @@ class FastRules:
         set is independent of the others, so each takes the batch in one call)."""
         rate = 1.0 / self.window_s
         ts = flows["last_ts_ns"]
-        src, dst = address_keys(flows.src_addr), address_keys(flows.dst_addr)
+        src, dst = flows.src_keys, flows.dst_keys
         to_dst = self._to_dst.add(
             dst, ts, np.column_stack([syn_only.astype(np.float64), udp_packets])
         )
