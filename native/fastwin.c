@@ -46,6 +46,7 @@ typedef struct {
     MldTable index; /* key -> node + 1 */
     size_t ksize, psize;
     uint8_t *keys, *payload, *live; /* live[node]: the node holds a key */
+    uint32_t *hashes;               /* hashes[node]: its key's hash in index */
     int32_t *prev, *next;
     int32_t head, tail; /* head: oldest insertion */
     int32_t *free_ids;
@@ -68,16 +69,23 @@ static void om_free(OrdMap *m)
     PyMem_Free(m->keys);
     PyMem_Free(m->payload);
     PyMem_Free(m->live);
+    PyMem_Free(m->hashes);
     PyMem_Free(m->prev);
     PyMem_Free(m->next);
     PyMem_Free(m->free_ids);
     memset(m, 0, sizeof(*m));
 }
 
+/* om_find for a key whose hash (mld_btab_hash on index) is known. */
+static int32_t om_find_hashed(const OrdMap *m, const uint8_t *key, uint32_t h)
+{
+    size_t slot = mld_btab_slot_hashed(&m->index, key, h);
+    return m->index.slots[slot].val ? m->index.slots[slot].val - 1 : -1;
+}
+
 static int32_t om_find(const OrdMap *m, const uint8_t *key)
 {
-    size_t slot = mld_btab_slot(&m->index, key);
-    return m->index.slots[slot].val ? m->index.slots[slot].val - 1 : -1;
+    return om_find_hashed(m, key, mld_btab_hash(&m->index, key));
 }
 
 static uint8_t *om_payload(OrdMap *m, int32_t node)
@@ -110,7 +118,7 @@ static void om_link_tail(OrdMap *m, int32_t node)
 
 /* The node of key, appended at the end (*fresh set) if it was not there; -1 on memory
  * error. One probe of the index either way. */
-static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
+static int32_t om_upsert_hashed(OrdMap *m, const uint8_t *key, uint32_t h, int *fresh)
 {
     int32_t node, *slot;
 
@@ -118,6 +126,7 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         size_t cap = m->cap ? m->cap * 2 : 1024;
         uint8_t *keys = PyMem_Realloc(m->keys, cap * m->ksize);
         uint8_t *payload, *live;
+        uint32_t *hashes;
         int32_t *prev, *next, *free_ids;
         if (keys)
             m->keys = keys;
@@ -127,6 +136,9 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         live = PyMem_Realloc(m->live, cap);
         if (live)
             m->live = live;
+        hashes = PyMem_Realloc(m->hashes, cap * sizeof(uint32_t));
+        if (hashes)
+            m->hashes = hashes;
         prev = PyMem_Realloc(m->prev, cap * sizeof(int32_t));
         if (prev)
             m->prev = prev;
@@ -136,11 +148,11 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         free_ids = PyMem_Realloc(m->free_ids, cap * sizeof(int32_t));
         if (free_ids)
             m->free_ids = free_ids;
-        if (!keys || !payload || !live || !prev || !next || !free_ids)
+        if (!keys || !payload || !live || !hashes || !prev || !next || !free_ids)
             return -1;
         m->cap = cap;
     }
-    slot = mld_btab_upsert(&m->index, key, fresh);
+    slot = mld_btab_upsert_hashed(&m->index, key, h, fresh);
     if (slot == NULL)
         return -1;
     if (!*fresh)
@@ -148,10 +160,16 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
     node = m->nfree ? m->free_ids[--m->nfree] : (int32_t)m->nnodes++;
     *slot = node + 1;
     memcpy(m->keys + (size_t)node * m->ksize, key, m->ksize);
+    m->hashes[node] = h;
     m->live[node] = 1;
     om_link_tail(m, node);
     m->len++;
     return node;
+}
+
+static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
+{
+    return om_upsert_hashed(m, key, mld_btab_hash(&m->index, key), fresh);
 }
 
 static void om_move_to_end(OrdMap *m, int32_t node)
@@ -164,7 +182,8 @@ static void om_move_to_end(OrdMap *m, int32_t node)
 
 static void om_remove(OrdMap *m, int32_t node)
 {
-    size_t slot = mld_btab_slot(&m->index, m->keys + (size_t)node * m->ksize);
+    size_t slot =
+        mld_btab_slot_hashed(&m->index, m->keys + (size_t)node * m->ksize, m->hashes[node]);
     mld_btab_remove_slot(&m->index, slot);
     om_unlink(m, node);
     m->live[node] = 0;
@@ -187,11 +206,12 @@ typedef struct {
 /* FastRules._promote: a key's first failure waits in pending; at its second entry the window
  * is made with the first one in it and 1 returned (the caller then adds the entry). -1 on
  * memory error. */
-static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const uint8_t *key,
-                   int64_t ts, const uint8_t *value, int failed)
+static int promote(RuleWindowsObject *r, const uint8_t *tag, uint32_t tag_hash, MldWinSet *w,
+                   const uint8_t *key, uint32_t key_hash, int64_t ts, const uint8_t *value,
+                   int failed)
 {
     int fresh;
-    int32_t node = om_upsert(&r->pending, tag, &fresh);
+    int32_t node = om_upsert_hashed(&r->pending, tag, tag_hash, &fresh);
     uint8_t *p;
 
     if (node < 0)
@@ -219,7 +239,8 @@ static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const
         om_remove(&r->pending, node);
         sums = first_failed ? 1.0 : 0.0;
         /* pairs: no sums, the port counted; ports: the failure, the destination if failed */
-        if (mld_winset_add(w, key, first_ts, &sums, first_value, &first_failed) < 0)
+        if (mld_winset_add_hashed(w, key, key_hash, first_ts, &sums, first_value,
+                                  &first_failed) < 0)
             return -1;
     }
     return 1;
@@ -288,6 +309,7 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         uint8_t pair[PAIR_KEY], port_key[PORT_KEY], tag[TAG_KEY], port_value[ADDR];
         int bad = failed[i] != 0, got;
         int32_t id;
+        uint32_t pair_hash, port_hash, tag_hash;
         int64_t port = dst_port[i], sport = sweep_port[i];
         double fail_sum = bad ? 1.0 : 0.0;
         uint8_t counted = (uint8_t)bad;
@@ -304,18 +326,23 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         memcpy(pair + ADDR, d, ADDR);
         memset(port_value, 0, ADDR);
         memcpy(port_value, &port, 8);
-        id = mld_winset_find(&r->pairs, pair);
+        /* Each key is hashed once here; its look-up, insertion and promotion reuse it. */
+        pair_hash = mld_btab_hash(&r->pairs.keys, pair);
+        id = mld_winset_find_hashed(&r->pairs, pair, pair_hash);
         if (bad) {
             got = 1;
             if (id < 0) {
                 tag[0] = 'a';
                 memcpy(tag + 1, pair, PAIR_KEY);
-                got = promote(r, tag, &r->pairs, pair, ts[i], port_value, 1);
+                tag_hash = mld_btab_hash(&r->pending.index, tag);
+                got = promote(r, tag, tag_hash, &r->pairs, pair, pair_hash, ts[i], port_value,
+                              1);
                 if (got < 0)
                     goto fail;
             }
             if (got) {
-                id = mld_winset_add(&r->pairs, pair, ts[i], no_sums, port_value, &one);
+                id = mld_winset_add_hashed(&r->pairs, pair, pair_hash, ts[i], no_sums,
+                                           port_value, &one);
                 if (id < 0)
                     goto fail;
                 scan_ports[i] = (double)r->pairs.wins[id].distinct[0].used;
@@ -329,14 +356,16 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 
         memcpy(port_key, s, ADDR);
         memcpy(port_key + ADDR, &sport, 8);
-        id = mld_winset_find(&r->ports, port_key);
+        port_hash = mld_btab_hash(&r->ports.keys, port_key);
+        id = mld_winset_find_hashed(&r->ports, port_key, port_hash);
         if (id < 0) {
             memset(tag, 0, TAG_KEY);
             tag[0] = 'o';
             memcpy(tag + 1, port_key, PORT_KEY);
-            if (!bad && om_find(&r->pending, tag) < 0)
+            tag_hash = mld_btab_hash(&r->pending.index, tag);
+            if (!bad && om_find_hashed(&r->pending, tag, tag_hash) < 0)
                 continue; /* no failure at this port yet: nothing to score or keep */
-            got = promote(r, tag, &r->ports, port_key, ts[i], d, bad);
+            got = promote(r, tag, tag_hash, &r->ports, port_key, port_hash, ts[i], d, bad);
             if (got < 0)
                 goto fail;
             if (!got) {
@@ -345,7 +374,8 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
                 continue;
             }
         }
-        id = mld_winset_add(&r->ports, port_key, ts[i], &fail_sum, d, &counted);
+        id = mld_winset_add_hashed(&r->ports, port_key, port_hash, ts[i], &fail_sum, d,
+                                   &counted);
         if (id < 0)
             goto fail;
         {

@@ -114,6 +114,11 @@ uint32_t mld_btab_hash(const MldTable *t, const uint8_t *key)
     return (uint32_t)hash_bytes(key, t->size);
 }
 
+size_t mld_btab_slot_hashed(const MldTable *t, const uint8_t *key, uint32_t h)
+{
+    return slot_of(t, key, h);
+}
+
 /* Ask the CPU for the home slot of a key (its stored hash and its key bytes) ahead of
  * the look-up: with tables of 10^5 keys nearly every first probe missed the cache (94% of
  * slot_of's time on the bench capture), one miss after another. A batch loop prefetches
@@ -166,6 +171,11 @@ static int32_t *upsert_hashed(MldTable *t, const uint8_t *key, uint32_t h, int *
         t->used++;
     }
     return &t->slots[i].val;
+}
+
+int32_t *mld_btab_upsert_hashed(MldTable *t, const uint8_t *key, uint32_t h, int *fresh)
+{
+    return upsert_hashed(t, key, h, fresh);
 }
 
 /* Pointer to the value of key, inserted as 0-valued-but-present (caller sets it) if new;
@@ -509,14 +519,19 @@ int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const doubl
                                  vals, mask);
 }
 
-/* Index of key's window, or -1 when the key is not held (nothing is added or moved). */
-int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
+int32_t mld_winset_find_hashed(const MldWinSet *w, const uint8_t *key, uint32_t h)
 {
     size_t slot;
     if (w->keys.cap == 0)
         return -1;
-    slot = mld_btab_slot(&w->keys, key);
+    slot = slot_of(&w->keys, key, h);
     return w->keys.slots[slot].val ? w->keys.slots[slot].val - 1 : -1;
+}
+
+/* Index of key's window, or -1 when the key is not held (nothing is added or moved). */
+int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
+{
+    return mld_winset_find_hashed(w, key, (uint32_t)hash_bytes(key, w->keys.size));
 }
 
 /* SlidingWindows.peek(key, ts): drop the window's entries older than max(newest, ts) -

@@ -32,6 +32,9 @@ void mld_btab_free(MldTable *t);
 size_t mld_btab_slot(const MldTable *t, const uint8_t *key);
 /* The hash the table places key by (the same for every table of keys of that size). */
 uint32_t mld_btab_hash(const MldTable *t, const uint8_t *key);
+/* mld_btab_slot and mld_btab_upsert for a key whose hash (mld_btab_hash) is known. */
+size_t mld_btab_slot_hashed(const MldTable *t, const uint8_t *key, uint32_t h);
+int32_t *mld_btab_upsert_hashed(MldTable *t, const uint8_t *key, uint32_t h, int *fresh);
 /* Pointer to key's value, inserted (value 0, the caller sets it) if new; NULL on memory
  * error. *fresh tells whether it was inserted. */
 int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh);
@@ -96,6 +99,8 @@ int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const doubl
 /* mld_winset_add for a key whose hash (mld_btab_hash on the set's keys) is known. */
 int32_t mld_winset_add_hashed(MldWinSet *w, const uint8_t *key, uint32_t h, int64_t ts,
                               const double *sums, const uint8_t *vals, const uint8_t *mask);
+/* mld_winset_find for a key whose hash is known. */
+int32_t mld_winset_find_hashed(const MldWinSet *w, const uint8_t *key, uint32_t h);
 /* The index of key's window, or -1 (a look-up that adds no entry and moves nothing). */
 int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key);
 /* SlidingWindows.peek(key, ts) on the window at index id. */
