@@ -83,11 +83,6 @@ static int32_t om_find_hashed(const OrdMap *m, const uint8_t *key, uint32_t h)
     return m->index.slots[slot].val ? m->index.slots[slot].val - 1 : -1;
 }
 
-static int32_t om_find(const OrdMap *m, const uint8_t *key)
-{
-    return om_find_hashed(m, key, mld_btab_hash(&m->index, key));
-}
-
 static uint8_t *om_payload(OrdMap *m, int32_t node)
 {
     return m->payload + (size_t)node * m->psize;
@@ -246,28 +241,41 @@ static int promote(RuleWindowsObject *r, const uint8_t *tag, uint32_t tag_hash, 
     return 1;
 }
 
-/* The table slots record j of a failures batch will look up (its source in the failing
- * set, its pair and port windows, their pending first failures), prefetched a few records
- * ahead (mld_btab_prefetch): a spoofed flood makes nearly every look-up a cache miss. */
-static void prefetch_failure(RuleWindowsObject *r, const uint8_t *s, const uint8_t *d,
-                             int64_t sport, int bad)
+/* The hashes of the keys record j of a failures batch looks up: its source in the failing
+ * set (unless it failed: it knows its node), its pair and port windows and their pending
+ * first failures ('a' only for a failure). Computed MLD_PREFETCH_AHEAD records ahead, when
+ * their home slots are prefetched (a spoofed flood makes nearly every look-up a cache
+ * miss), and used again at the record's turn: each key is hashed once. */
+typedef struct {
+    uint32_t failing, pair, pair_tag, port, port_tag;
+} FailureHashes;
+
+static void failure_hashes(RuleWindowsObject *r, const uint8_t *s, const uint8_t *d,
+                           int64_t sport, int bad, FailureHashes *h)
 {
     uint8_t tag[TAG_KEY];
 
-    if (!bad)
-        mld_btab_prefetch(&r->failing.index, s);
+    if (!bad) {
+        h->failing = mld_btab_hash(&r->failing.index, s);
+        mld_btab_prefetch_hashed(&r->failing.index, h->failing);
+    }
     memset(tag, 0, TAG_KEY);
     tag[0] = 'a';
     memcpy(tag + 1, s, ADDR);
     memcpy(tag + 1 + ADDR, d, ADDR);
-    mld_btab_prefetch(&r->pairs.keys, tag + 1);
-    if (bad)
-        mld_btab_prefetch(&r->pending.index, tag);
+    h->pair = mld_btab_hash(&r->pairs.keys, tag + 1);
+    mld_btab_prefetch_hashed(&r->pairs.keys, h->pair);
+    if (bad) {
+        h->pair_tag = mld_btab_hash(&r->pending.index, tag);
+        mld_btab_prefetch_hashed(&r->pending.index, h->pair_tag);
+    }
     memset(tag + 1 + ADDR, 0, ADDR);
     tag[0] = 'o';
     memcpy(tag + 1 + ADDR, &sport, 8);
-    mld_btab_prefetch(&r->ports.keys, tag + 1);
-    mld_btab_prefetch(&r->pending.index, tag);
+    h->port = mld_btab_hash(&r->ports.keys, tag + 1);
+    mld_btab_prefetch_hashed(&r->ports.keys, h->port);
+    h->port_tag = mld_btab_hash(&r->pending.index, tag);
+    mld_btab_prefetch_hashed(&r->pending.index, h->port_tag);
 }
 
 static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
@@ -277,6 +285,7 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 {
     static const uint8_t one = 1;
     static const double no_sums[1] = {0.0};
+    FailureHashes hashes[2 * MLD_PREFETCH_AHEAD];
     int32_t *nodes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
 
     if (nodes == NULL)
@@ -304,6 +313,9 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         return 0;
     }
 
+    for (Py_ssize_t i = 0; i < n && i < MLD_PREFETCH_AHEAD; i++)
+        failure_hashes(r, src + i * ADDR, dst + i * ADDR, sweep_port[i], failed[i] != 0,
+                       &hashes[i]);
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *s = src + i * ADDR, *d = dst + i * ADDR;
         uint8_t pair[PAIR_KEY], port_key[PORT_KEY], tag[TAG_KEY], port_value[ADDR];
@@ -314,27 +326,29 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         double fail_sum = bad ? 1.0 : 0.0;
         uint8_t counted = (uint8_t)bad;
         Py_ssize_t j = i + MLD_PREFETCH_AHEAD;
+        const FailureHashes *h = &hashes[i % (2 * MLD_PREFETCH_AHEAD)];
 
         if (j < n)
-            prefetch_failure(r, src + j * ADDR, dst + j * ADDR, sweep_port[j], failed[j] != 0);
+            failure_hashes(r, src + j * ADDR, dst + j * ADDR, sweep_port[j], failed[j] != 0,
+                           &hashes[j % (2 * MLD_PREFETCH_AHEAD)]);
 
         /* Only the sources in the set after the whole batch (trimmed) are looked at. A
          * failed record knows its node (no node is reused before this loop ends). */
-        if (bad ? !r->failing.live[nodes[i]] : om_find(&r->failing, s) < 0)
+        if (bad ? !r->failing.live[nodes[i]] : om_find_hashed(&r->failing, s, h->failing) < 0)
             continue;
         memcpy(pair, s, ADDR);
         memcpy(pair + ADDR, d, ADDR);
         memset(port_value, 0, ADDR);
         memcpy(port_value, &port, 8);
         /* Each key is hashed once here; its look-up, insertion and promotion reuse it. */
-        pair_hash = mld_btab_hash(&r->pairs.keys, pair);
+        pair_hash = h->pair;
         id = mld_winset_find_hashed(&r->pairs, pair, pair_hash);
         if (bad) {
             got = 1;
             if (id < 0) {
                 tag[0] = 'a';
                 memcpy(tag + 1, pair, PAIR_KEY);
-                tag_hash = mld_btab_hash(&r->pending.index, tag);
+                tag_hash = h->pair_tag;
                 got = promote(r, tag, tag_hash, &r->pairs, pair, pair_hash, ts[i], port_value,
                               1);
                 if (got < 0)
@@ -356,13 +370,13 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 
         memcpy(port_key, s, ADDR);
         memcpy(port_key + ADDR, &sport, 8);
-        port_hash = mld_btab_hash(&r->ports.keys, port_key);
+        port_hash = h->port;
         id = mld_winset_find_hashed(&r->ports, port_key, port_hash);
         if (id < 0) {
             memset(tag, 0, TAG_KEY);
             tag[0] = 'o';
             memcpy(tag + 1, port_key, PORT_KEY);
-            tag_hash = mld_btab_hash(&r->pending.index, tag);
+            tag_hash = h->port_tag;
             if (!bad && om_find_hashed(&r->pending, tag, tag_hash) < 0)
                 continue; /* no failure at this port yet: nothing to score or keep */
             got = promote(r, tag, tag_hash, &r->ports, port_key, port_hash, ts[i], d, bad);

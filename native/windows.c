@@ -133,6 +133,16 @@ void mld_btab_prefetch(const MldTable *t, const uint8_t *key)
     __builtin_prefetch(t->keys + i * t->size);
 }
 
+void mld_btab_prefetch_hashed(const MldTable *t, uint32_t h)
+{
+    size_t i;
+    if (t->cap == 0)
+        return;
+    i = (size_t)h & (t->cap - 1);
+    __builtin_prefetch(&t->slots[i]);
+    __builtin_prefetch(t->keys + i * t->size);
+}
+
 static int table_grow(MldTable *t)
 {
     MldTable bigger;

@@ -41,6 +41,8 @@ int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh);
 void mld_btab_remove_slot(MldTable *t, size_t i);
 /* Prefetch the home slot of key (a hint for batch loops; reads and changes nothing). */
 void mld_btab_prefetch(const MldTable *t, const uint8_t *key);
+/* The same for a key whose hash (mld_btab_hash) is known. */
+void mld_btab_prefetch_hashed(const MldTable *t, uint32_t h);
 /* How many records ahead batch loops prefetch. */
 #define MLD_PREFETCH_AHEAD 8
 
