@@ -34,7 +34,6 @@ from detector.features import FEATURES
 from detector.scoring import LABEL_NAMES, Scores, TopFeatures
 from native._flowengine import json_lines
 from proto.events_pb2 import LABEL_BENIGN
-from sniffer.batch_windows import address_keys
 from sniffer.records import FlowColumns
 
 __all__ = [
@@ -249,9 +248,9 @@ def analysis_text(batch: AnalyzedBatch, *, alerts_only: bool = False) -> bytes:
         ]
     fields: list[list[bytes | tuple[Any, ...]]] = [
         [("u", col("flow_id", np.uint64))],
-        [("a", address_keys(f.src_addr)[rows])],
+        [("a", f.src_keys[rows])],
         [("i", col("src_port"))],
-        [("a", address_keys(f.dst_addr)[rows])],
+        [("a", f.dst_keys[rows])],
         [("i", col("dst_port"))],
         [("s", list(map(proto_text.__getitem__, protos)))],
         [floats(col("first_ts_ns").astype(np.float64) / 1e9, _TS_DIGITS)],

@@ -8,9 +8,11 @@
  * the flow goes on); a full table evicts its least recently seen flow (MLD_END_EVICTED).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "flow_update.h"
@@ -42,6 +44,9 @@ void mld_engine_free(struct mld_engine *e)
     e->pcap = NULL;
     free(e->iobuf);
     e->iobuf = NULL;
+    free(e->rbuf);
+    e->rbuf = NULL;
+    e->fast = 0;
     mld_table_free(&e->table);
     free(e->out);
     e->out = NULL;
@@ -163,6 +168,139 @@ static int apply(struct mld_engine *e, const struct mld_pkt *pkt)
     return 0;
 }
 
+/* ---- the fast path of classic pcap files ------------------------------------------------- */
+
+#define PCAP_MAGIC_USEC 0xa1b2c3d4u
+#define PCAP_MAGIC_NSEC 0xa1b23c4du
+#define PCAP_FILE_HEADER 24
+#define PCAP_RECORD_HEADER 16
+
+static __u32 get_u32(const unsigned char *p, int swapped)
+{
+    __u32 v;
+    memcpy(&v, p, 4);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+/* Read through rbuf when libpcap opened a classic pcap file of version 2.4 (pcapng, the
+ * 'modified' formats and old versions stay with libpcap). f is positioned by libpcap
+ * after the file header; the fast path reads with pread() from the header's end and never
+ * moves f, so libpcap can take over at any record (fast_fallback). */
+static void fast_start(struct mld_engine *e, FILE *f)
+{
+    unsigned char head[4];
+    __u32 magic;
+    int fd = fileno(f);
+
+    e->fast = 0;
+    if (fd < 0 || pcap_major_version(e->pcap) != 2 || pcap_minor_version(e->pcap) != 4)
+        return;
+    if (pread(fd, head, 4, 0) != 4)
+        return;
+    memcpy(&magic, head, 4);
+    if (magic == PCAP_MAGIC_USEC || magic == PCAP_MAGIC_NSEC) {
+        e->fast_swapped = 0;
+    } else if (__builtin_bswap32(magic) == PCAP_MAGIC_USEC ||
+               __builtin_bswap32(magic) == PCAP_MAGIC_NSEC) {
+        e->fast_swapped = 1;
+        magic = __builtin_bswap32(magic);
+    } else {
+        return;
+    }
+    if (e->fast_swapped != (pcap_is_swapped(e->pcap) == 1))
+        return;
+    if (pcap_snapshot(e->pcap) <= 0 || pcap_snapshot(e->pcap) > (int)(MLD_RBUF_SIZE / 2))
+        return;
+    if (e->rbuf == NULL)
+        e->rbuf = malloc(MLD_RBUF_SIZE);
+    if (e->rbuf == NULL)
+        return;
+    e->fast_nsec = magic == PCAP_MAGIC_NSEC;
+    e->fast_snap = (__u32)pcap_snapshot(e->pcap);
+    e->fast_eof = 0;
+    e->rlen = e->rpos = 0;
+    e->roff = PCAP_FILE_HEADER;
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    e->fast = 1;
+}
+
+/* Keep the unread bytes, then fill rbuf from the file as far as it goes. */
+static void fast_refill(struct mld_engine *e)
+{
+    int fd = fileno(pcap_file(e->pcap));
+
+    if (e->rpos > 0) {
+        memmove(e->rbuf, e->rbuf + e->rpos, e->rlen - e->rpos);
+        e->roff += (long long)e->rpos;
+        e->rlen -= e->rpos;
+        e->rpos = 0;
+    }
+    while (!e->fast_eof && e->rlen < MLD_RBUF_SIZE) {
+        ssize_t got = pread(fd, e->rbuf + e->rlen, MLD_RBUF_SIZE - e->rlen,
+                            (off_t)(e->roff + (long long)e->rlen));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            /* The end, or an error libpcap will meet and report in its words. */
+            e->fast_eof = 1;
+            break;
+        }
+        e->rlen += (size_t)got;
+    }
+}
+
+/* Hand the file to libpcap at the next record. 0, or -1 when it cannot be positioned. */
+static int fast_fallback(struct mld_engine *e)
+{
+    FILE *f = pcap_file(e->pcap);
+
+    e->fast = 0;
+    if (fseeko(f, (off_t)(e->roff + (long long)e->rpos), SEEK_SET) != 0) {
+        snprintf(e->error, sizeof(e->error), "byte offset %lld: %s",
+                 e->roff + (long long)e->rpos, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The next record from rbuf: 1 with *h and *data set, 0 at a clean end of file, 2 when
+ * libpcap must read it (anything the fast path does not vouch for: a record cut short,
+ * a capture length past the snapshot, a time libpcap would read as negative). */
+static int fast_next(struct mld_engine *e, struct pcap_pkthdr *h, const u_char **data)
+{
+    const unsigned char *r;
+    __u32 sec, frac, caplen;
+
+    if (e->rlen - e->rpos < PCAP_RECORD_HEADER) {
+        fast_refill(e);
+        if (e->rlen == e->rpos)
+            return 0;
+        if (e->rlen - e->rpos < PCAP_RECORD_HEADER)
+            return 2;
+    }
+    r = e->rbuf + e->rpos;
+    sec = get_u32(r, e->fast_swapped);
+    frac = get_u32(r + 4, e->fast_swapped);
+    caplen = get_u32(r + 8, e->fast_swapped);
+    /* libpcap refuses more than its MAXIMUM_SNAPLEN for most link types: leave it to say so. */
+    if (caplen > e->fast_snap || caplen > 262144u || sec > 0x7fffffffu ||
+        frac >= (e->fast_nsec ? 1000000000u : 1000000u))
+        return 2;
+    if (e->rlen - e->rpos < PCAP_RECORD_HEADER + (size_t)caplen) {
+        fast_refill(e);
+        r = e->rbuf + e->rpos;
+        if (e->rlen - e->rpos < PCAP_RECORD_HEADER + (size_t)caplen)
+            return 2;
+    }
+    h->ts.tv_sec = (time_t)sec;
+    h->ts.tv_usec = (suseconds_t)(e->fast_nsec ? frac : frac * 1000u);
+    h->caplen = caplen;
+    h->len = get_u32(r + 12, e->fast_swapped);
+    *data = r + PCAP_RECORD_HEADER;
+    e->rpos += PCAP_RECORD_HEADER + (size_t)caplen;
+    return 1;
+}
+
 int mld_engine_open(struct mld_engine *e, const char *path)
 {
     char errbuf[PCAP_ERRBUF_SIZE];
@@ -200,17 +338,28 @@ int mld_engine_open(struct mld_engine *e, const char *path)
     e->dlt = dlt;
     e->pending = 0;
     e->stats.files++;
+    fast_start(e, f);
     return 0;
 }
 
 /* Pull the next record into e->pkt. 1 read, 0 end of file, -1 error (message set). */
 static int next_packet(struct mld_engine *e)
 {
-    struct pcap_pkthdr *h;
+    struct pcap_pkthdr *h, fast_h;
     const u_char *data;
     __u64 ts;
-    int rc = pcap_next_ex(e->pcap, &h, &data);
+    int rc = 2;
 
+    if (e->fast) {
+        h = &fast_h;
+        rc = fast_next(e, h, &data);
+        if (rc == 0)
+            return 0;
+        if (rc == 2 && fast_fallback(e) != 0)
+            return -1;
+    }
+    if (rc == 2)
+        rc = pcap_next_ex(e->pcap, &h, &data);
     if (rc != 1) {
         if (rc == PCAP_ERROR_BREAK || rc == 0)
             return 0;
@@ -300,6 +449,7 @@ int mld_engine_close(struct mld_engine *e)
     if (e->pcap != NULL)
         pcap_close(e->pcap);
     e->pcap = NULL;
+    e->fast = 0;
     return rc;
 }
 

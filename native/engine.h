@@ -43,6 +43,18 @@ struct mld_engine {
     pcap_t *pcap;
     int dlt;
     char *iobuf; /* stdio buffer of the open file (kept for the next file) */
+    /* Classic pcap files are read in big blocks with pread() straight into rbuf and their
+     * records parsed there (no stdio, no copy into libpcap's buffer); libpcap opens the
+     * file (header, link type, snapshot) and takes over from the first record the fast
+     * path does not vouch for (engine.c, fast_next), so errors are libpcap's. */
+    int fast;           /* reading through rbuf */
+    int fast_swapped;   /* the file's byte order is not ours */
+    int fast_nsec;      /* nanosecond timestamps (else microseconds) */
+    int fast_eof;       /* pread found the end of the file */
+    __u32 fast_snap;    /* libpcap's snapshot length for the file */
+    unsigned char *rbuf; /* MLD_RBUF_SIZE (kept for the next file) */
+    size_t rlen, rpos;  /* bytes in rbuf; the next record's offset in it */
+    long long roff;     /* file offset of rbuf[0] */
     /* A packet read and parsed but not yet applied (the output filled up first). */
     int pending;
     int pending_ip;
@@ -51,6 +63,7 @@ struct mld_engine {
 };
 
 #define MLD_IOBUF_SIZE (1u << 20) /* stdio buffer of the open capture */
+#define MLD_RBUF_SIZE (4u << 20)  /* block buffer of the fast path (> 16 + any snapshot) */
 
 /* Read status. */
 #define MLD_READ_FULL 0  /* out holds batch_size events; call again */

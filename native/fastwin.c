@@ -46,6 +46,7 @@ typedef struct {
     MldTable index; /* key -> node + 1 */
     size_t ksize, psize;
     uint8_t *keys, *payload, *live; /* live[node]: the node holds a key */
+    uint32_t *hashes;               /* hashes[node]: its key's hash in index */
     int32_t *prev, *next;
     int32_t head, tail; /* head: oldest insertion */
     int32_t *free_ids;
@@ -68,15 +69,17 @@ static void om_free(OrdMap *m)
     PyMem_Free(m->keys);
     PyMem_Free(m->payload);
     PyMem_Free(m->live);
+    PyMem_Free(m->hashes);
     PyMem_Free(m->prev);
     PyMem_Free(m->next);
     PyMem_Free(m->free_ids);
     memset(m, 0, sizeof(*m));
 }
 
-static int32_t om_find(const OrdMap *m, const uint8_t *key)
+/* om_find for a key whose hash (mld_btab_hash on index) is known. */
+static int32_t om_find_hashed(const OrdMap *m, const uint8_t *key, uint32_t h)
 {
-    size_t slot = mld_btab_slot(&m->index, key);
+    size_t slot = mld_btab_slot_hashed(&m->index, key, h);
     return m->index.slots[slot].val ? m->index.slots[slot].val - 1 : -1;
 }
 
@@ -110,7 +113,7 @@ static void om_link_tail(OrdMap *m, int32_t node)
 
 /* The node of key, appended at the end (*fresh set) if it was not there; -1 on memory
  * error. One probe of the index either way. */
-static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
+static int32_t om_upsert_hashed(OrdMap *m, const uint8_t *key, uint32_t h, int *fresh)
 {
     int32_t node, *slot;
 
@@ -118,6 +121,7 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         size_t cap = m->cap ? m->cap * 2 : 1024;
         uint8_t *keys = PyMem_Realloc(m->keys, cap * m->ksize);
         uint8_t *payload, *live;
+        uint32_t *hashes;
         int32_t *prev, *next, *free_ids;
         if (keys)
             m->keys = keys;
@@ -127,6 +131,9 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         live = PyMem_Realloc(m->live, cap);
         if (live)
             m->live = live;
+        hashes = PyMem_Realloc(m->hashes, cap * sizeof(uint32_t));
+        if (hashes)
+            m->hashes = hashes;
         prev = PyMem_Realloc(m->prev, cap * sizeof(int32_t));
         if (prev)
             m->prev = prev;
@@ -136,11 +143,11 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
         free_ids = PyMem_Realloc(m->free_ids, cap * sizeof(int32_t));
         if (free_ids)
             m->free_ids = free_ids;
-        if (!keys || !payload || !live || !prev || !next || !free_ids)
+        if (!keys || !payload || !live || !hashes || !prev || !next || !free_ids)
             return -1;
         m->cap = cap;
     }
-    slot = mld_btab_upsert(&m->index, key, fresh);
+    slot = mld_btab_upsert_hashed(&m->index, key, h, fresh);
     if (slot == NULL)
         return -1;
     if (!*fresh)
@@ -148,10 +155,16 @@ static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
     node = m->nfree ? m->free_ids[--m->nfree] : (int32_t)m->nnodes++;
     *slot = node + 1;
     memcpy(m->keys + (size_t)node * m->ksize, key, m->ksize);
+    m->hashes[node] = h;
     m->live[node] = 1;
     om_link_tail(m, node);
     m->len++;
     return node;
+}
+
+static int32_t om_upsert(OrdMap *m, const uint8_t *key, int *fresh)
+{
+    return om_upsert_hashed(m, key, mld_btab_hash(&m->index, key), fresh);
 }
 
 static void om_move_to_end(OrdMap *m, int32_t node)
@@ -164,7 +177,8 @@ static void om_move_to_end(OrdMap *m, int32_t node)
 
 static void om_remove(OrdMap *m, int32_t node)
 {
-    size_t slot = mld_btab_slot(&m->index, m->keys + (size_t)node * m->ksize);
+    size_t slot =
+        mld_btab_slot_hashed(&m->index, m->keys + (size_t)node * m->ksize, m->hashes[node]);
     mld_btab_remove_slot(&m->index, slot);
     om_unlink(m, node);
     m->live[node] = 0;
@@ -187,11 +201,12 @@ typedef struct {
 /* FastRules._promote: a key's first failure waits in pending; at its second entry the window
  * is made with the first one in it and 1 returned (the caller then adds the entry). -1 on
  * memory error. */
-static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const uint8_t *key,
-                   int64_t ts, const uint8_t *value, int failed)
+static int promote(RuleWindowsObject *r, const uint8_t *tag, uint32_t tag_hash, MldWinSet *w,
+                   const uint8_t *key, uint32_t key_hash, int64_t ts, const uint8_t *value,
+                   int failed)
 {
     int fresh;
-    int32_t node = om_upsert(&r->pending, tag, &fresh);
+    int32_t node = om_upsert_hashed(&r->pending, tag, tag_hash, &fresh);
     uint8_t *p;
 
     if (node < 0)
@@ -219,34 +234,48 @@ static int promote(RuleWindowsObject *r, const uint8_t *tag, MldWinSet *w, const
         om_remove(&r->pending, node);
         sums = first_failed ? 1.0 : 0.0;
         /* pairs: no sums, the port counted; ports: the failure, the destination if failed */
-        if (mld_winset_add(w, key, first_ts, &sums, first_value, &first_failed) < 0)
+        if (mld_winset_add_hashed(w, key, key_hash, first_ts, &sums, first_value,
+                                  &first_failed) < 0)
             return -1;
     }
     return 1;
 }
 
-/* The table slots record j of a failures batch will look up (its source in the failing
- * set, its pair and port windows, their pending first failures), prefetched a few records
- * ahead (mld_btab_prefetch): a spoofed flood makes nearly every look-up a cache miss. */
-static void prefetch_failure(RuleWindowsObject *r, const uint8_t *s, const uint8_t *d,
-                             int64_t sport, int bad)
+/* The hashes of the keys record j of a failures batch looks up: its source in the failing
+ * set (unless it failed: it knows its node), its pair and port windows and their pending
+ * first failures ('a' only for a failure). Computed MLD_PREFETCH_AHEAD records ahead, when
+ * their home slots are prefetched (a spoofed flood makes nearly every look-up a cache
+ * miss), and used again at the record's turn: each key is hashed once. */
+typedef struct {
+    uint32_t failing, pair, pair_tag, port, port_tag;
+} FailureHashes;
+
+static void failure_hashes(RuleWindowsObject *r, const uint8_t *s, const uint8_t *d,
+                           int64_t sport, int bad, FailureHashes *h)
 {
     uint8_t tag[TAG_KEY];
 
-    if (!bad)
-        mld_btab_prefetch(&r->failing.index, s);
+    if (!bad) {
+        h->failing = mld_btab_hash(&r->failing.index, s);
+        mld_btab_prefetch_hashed(&r->failing.index, h->failing);
+    }
     memset(tag, 0, TAG_KEY);
     tag[0] = 'a';
     memcpy(tag + 1, s, ADDR);
     memcpy(tag + 1 + ADDR, d, ADDR);
-    mld_btab_prefetch(&r->pairs.keys, tag + 1);
-    if (bad)
-        mld_btab_prefetch(&r->pending.index, tag);
+    h->pair = mld_btab_hash(&r->pairs.keys, tag + 1);
+    mld_btab_prefetch_hashed(&r->pairs.keys, h->pair);
+    if (bad) {
+        h->pair_tag = mld_btab_hash(&r->pending.index, tag);
+        mld_btab_prefetch_hashed(&r->pending.index, h->pair_tag);
+    }
     memset(tag + 1 + ADDR, 0, ADDR);
     tag[0] = 'o';
     memcpy(tag + 1 + ADDR, &sport, 8);
-    mld_btab_prefetch(&r->ports.keys, tag + 1);
-    mld_btab_prefetch(&r->pending.index, tag);
+    h->port = mld_btab_hash(&r->ports.keys, tag + 1);
+    mld_btab_prefetch_hashed(&r->ports.keys, h->port);
+    h->port_tag = mld_btab_hash(&r->pending.index, tag);
+    mld_btab_prefetch_hashed(&r->pending.index, h->port_tag);
 }
 
 static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src,
@@ -256,6 +285,7 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 {
     static const uint8_t one = 1;
     static const double no_sums[1] = {0.0};
+    FailureHashes hashes[2 * MLD_PREFETCH_AHEAD];
     int32_t *nodes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
 
     if (nodes == NULL)
@@ -283,39 +313,50 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
         return 0;
     }
 
+    for (Py_ssize_t i = 0; i < n && i < MLD_PREFETCH_AHEAD; i++)
+        failure_hashes(r, src + i * ADDR, dst + i * ADDR, sweep_port[i], failed[i] != 0,
+                       &hashes[i]);
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *s = src + i * ADDR, *d = dst + i * ADDR;
         uint8_t pair[PAIR_KEY], port_key[PORT_KEY], tag[TAG_KEY], port_value[ADDR];
         int bad = failed[i] != 0, got;
         int32_t id;
+        uint32_t pair_hash, port_hash, tag_hash;
         int64_t port = dst_port[i], sport = sweep_port[i];
         double fail_sum = bad ? 1.0 : 0.0;
         uint8_t counted = (uint8_t)bad;
         Py_ssize_t j = i + MLD_PREFETCH_AHEAD;
+        const FailureHashes *h = &hashes[i % (2 * MLD_PREFETCH_AHEAD)];
 
         if (j < n)
-            prefetch_failure(r, src + j * ADDR, dst + j * ADDR, sweep_port[j], failed[j] != 0);
+            failure_hashes(r, src + j * ADDR, dst + j * ADDR, sweep_port[j], failed[j] != 0,
+                           &hashes[j % (2 * MLD_PREFETCH_AHEAD)]);
 
         /* Only the sources in the set after the whole batch (trimmed) are looked at. A
          * failed record knows its node (no node is reused before this loop ends). */
-        if (bad ? !r->failing.live[nodes[i]] : om_find(&r->failing, s) < 0)
+        if (bad ? !r->failing.live[nodes[i]] : om_find_hashed(&r->failing, s, h->failing) < 0)
             continue;
         memcpy(pair, s, ADDR);
         memcpy(pair + ADDR, d, ADDR);
         memset(port_value, 0, ADDR);
         memcpy(port_value, &port, 8);
-        id = mld_winset_find(&r->pairs, pair);
+        /* Each key is hashed once here; its look-up, insertion and promotion reuse it. */
+        pair_hash = h->pair;
+        id = mld_winset_find_hashed(&r->pairs, pair, pair_hash);
         if (bad) {
             got = 1;
             if (id < 0) {
                 tag[0] = 'a';
                 memcpy(tag + 1, pair, PAIR_KEY);
-                got = promote(r, tag, &r->pairs, pair, ts[i], port_value, 1);
+                tag_hash = h->pair_tag;
+                got = promote(r, tag, tag_hash, &r->pairs, pair, pair_hash, ts[i], port_value,
+                              1);
                 if (got < 0)
                     goto fail;
             }
             if (got) {
-                id = mld_winset_add(&r->pairs, pair, ts[i], no_sums, port_value, &one);
+                id = mld_winset_add_hashed(&r->pairs, pair, pair_hash, ts[i], no_sums,
+                                           port_value, &one);
                 if (id < 0)
                     goto fail;
                 scan_ports[i] = (double)r->pairs.wins[id].distinct[0].used;
@@ -329,14 +370,16 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
 
         memcpy(port_key, s, ADDR);
         memcpy(port_key + ADDR, &sport, 8);
-        id = mld_winset_find(&r->ports, port_key);
+        port_hash = h->port;
+        id = mld_winset_find_hashed(&r->ports, port_key, port_hash);
         if (id < 0) {
             memset(tag, 0, TAG_KEY);
             tag[0] = 'o';
             memcpy(tag + 1, port_key, PORT_KEY);
-            if (!bad && om_find(&r->pending, tag) < 0)
+            tag_hash = h->port_tag;
+            if (!bad && om_find_hashed(&r->pending, tag, tag_hash) < 0)
                 continue; /* no failure at this port yet: nothing to score or keep */
-            got = promote(r, tag, &r->ports, port_key, ts[i], d, bad);
+            got = promote(r, tag, tag_hash, &r->ports, port_key, port_hash, ts[i], d, bad);
             if (got < 0)
                 goto fail;
             if (!got) {
@@ -345,7 +388,8 @@ static int failures_batch(RuleWindowsObject *r, Py_ssize_t n, const uint8_t *src
                 continue;
             }
         }
-        id = mld_winset_add(&r->ports, port_key, ts[i], &fail_sum, d, &counted);
+        id = mld_winset_add_hashed(&r->ports, port_key, port_hash, ts[i], &fail_sum, d,
+                                   &counted);
         if (id < 0)
             goto fail;
         {

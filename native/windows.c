@@ -74,6 +74,7 @@ int mld_btab_init(MldTable *t, size_t size, size_t cap)
     t->size = size;
     t->cap = cap;
     t->used = 0;
+    t->borrowed = 0;
     t->keys = PyMem_Calloc(cap, size ? size : 1);
     t->slots = PyMem_Calloc(cap, sizeof(MldSlot));
     return (t->keys && t->slots) ? 0 : -1;
@@ -81,8 +82,11 @@ int mld_btab_init(MldTable *t, size_t size, size_t cap)
 
 void mld_btab_free(MldTable *t)
 {
-    PyMem_Free(t->keys);
-    PyMem_Free(t->slots);
+    if (!t->borrowed) {
+        PyMem_Free(t->keys);
+        PyMem_Free(t->slots);
+    }
+    t->borrowed = 0;
     t->keys = NULL;
     t->slots = NULL;
     t->cap = t->used = 0;
@@ -105,6 +109,16 @@ size_t mld_btab_slot(const MldTable *t, const uint8_t *key)
     return slot_of(t, key, (uint32_t)hash_bytes(key, t->size));
 }
 
+uint32_t mld_btab_hash(const MldTable *t, const uint8_t *key)
+{
+    return (uint32_t)hash_bytes(key, t->size);
+}
+
+size_t mld_btab_slot_hashed(const MldTable *t, const uint8_t *key, uint32_t h)
+{
+    return slot_of(t, key, h);
+}
+
 /* Ask the CPU for the home slot of a key (its stored hash and its key bytes) ahead of
  * the look-up: with tables of 10^5 keys nearly every first probe missed the cache (94% of
  * slot_of's time on the bench capture), one miss after another. A batch loop prefetches
@@ -115,6 +129,16 @@ void mld_btab_prefetch(const MldTable *t, const uint8_t *key)
     if (t->cap == 0)
         return;
     i = (size_t)(uint32_t)hash_bytes(key, t->size) & (t->cap - 1);
+    __builtin_prefetch(&t->slots[i]);
+    __builtin_prefetch(t->keys + i * t->size);
+}
+
+void mld_btab_prefetch_hashed(const MldTable *t, uint32_t h)
+{
+    size_t i;
+    if (t->cap == 0)
+        return;
+    i = (size_t)h & (t->cap - 1);
     __builtin_prefetch(&t->slots[i]);
     __builtin_prefetch(t->keys + i * t->size);
 }
@@ -141,17 +165,14 @@ static int table_grow(MldTable *t)
     return 0;
 }
 
-/* Pointer to the value of key, inserted as 0-valued-but-present (caller sets it) if new;
- * NULL on memory error. *fresh tells whether it was inserted. */
-int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh)
+/* mld_btab_upsert for a key whose hash (mld_btab_hash) is known. */
+static int32_t *upsert_hashed(MldTable *t, const uint8_t *key, uint32_t h, int *fresh)
 {
     size_t i;
-    uint32_t h;
     if (t->cap == 0 && mld_btab_init(t, t->size, 8) < 0)
         return NULL;
     if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0)
         return NULL;
-    h = (uint32_t)hash_bytes(key, t->size);
     i = slot_of(t, key, h);
     *fresh = t->slots[i].val == 0;
     if (*fresh) {
@@ -160,6 +181,18 @@ int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh)
         t->used++;
     }
     return &t->slots[i].val;
+}
+
+int32_t *mld_btab_upsert_hashed(MldTable *t, const uint8_t *key, uint32_t h, int *fresh)
+{
+    return upsert_hashed(t, key, h, fresh);
+}
+
+/* Pointer to the value of key, inserted as 0-valued-but-present (caller sets it) if new;
+ * NULL on memory error. *fresh tells whether it was inserted. */
+int32_t *mld_btab_upsert(MldTable *t, const uint8_t *key, int *fresh)
+{
+    return upsert_hashed(t, key, (uint32_t)hash_bytes(key, t->size), fresh);
 }
 
 /* Remove the key at slot i (backward-shift deletion, linear probing). */
@@ -191,54 +224,99 @@ typedef struct {
     MldWinSet s;
 } WindowsObject;
 
-static void win_release(MldWinSet *w, MldKeyWin *k)
+/* The arena block of window id: sums, distinct tables' headers, key, the inline ring and the
+ * distinct tables' inline slots (mld_winset_init lays it out). */
+static uint8_t *win_block(const MldWinSet *w, int32_t id)
 {
-    PyMem_Free(k->ts);
-    PyMem_Free(k->sums);
-    PyMem_Free(k->vals);
-    PyMem_Free(k->mask);
-    PyMem_Free(k->total);
-    PyMem_Free(k->key);
+    return w->chunks[(size_t)id / MLD_WIN_CHUNK] + ((size_t)id % MLD_WIN_CHUNK) * w->block_size;
+}
+
+/* Room in the arena for window id (a new chunk when id is the first of one). */
+static int win_block_reserve(MldWinSet *w, int32_t id)
+{
+    size_t c = (size_t)id / MLD_WIN_CHUNK;
+    if (c < w->nchunks)
+        return 0;
+    {
+        uint8_t **more = PyMem_Realloc(w->chunks, (c + 1) * sizeof(uint8_t *));
+        if (more == NULL)
+            return -1;
+        w->chunks = more;
+        more[c] = PyMem_Malloc(MLD_WIN_CHUNK * w->block_size);
+        if (more[c] == NULL)
+            return -1;
+        w->nchunks = c + 1;
+    }
+    return 0;
+}
+
+static int ring_is_inline(const MldWinSet *w, const MldKeyWin *k, const uint8_t *block)
+{
+    return (const uint8_t *)k->ts == block + w->off_ts;
+}
+
+/* Give back what a window took from the heap (a ring or distinct tables that outgrew the
+ * block); the block stays with the id for the next key. */
+static void win_release(MldWinSet *w, int32_t id)
+{
+    MldKeyWin *k = &w->wins[id];
+    if (k->ts != NULL && !ring_is_inline(w, k, win_block(w, id))) {
+        PyMem_Free(k->ts);
+        PyMem_Free(k->sums);
+        PyMem_Free(k->vals);
+        PyMem_Free(k->mask);
+    }
     if (k->distinct) {
         for (int d = 0; d < w->n_distinct; d++)
             mld_btab_free(&k->distinct[d]);
-        PyMem_Free(k->distinct);
     }
     memset(k, 0, sizeof(*k));
 }
 
-static int win_setup(MldWinSet *w, MldKeyWin *k)
+/* A fresh window for key at id, on its arena block: nothing is allocated. */
+static void win_setup(MldWinSet *w, int32_t id, const uint8_t *key, uint32_t hash)
 {
+    MldKeyWin *k = &w->wins[id];
+    uint8_t *b = win_block(w, id);
+    size_t nd = (size_t)w->n_distinct, vs = (size_t)w->vsize;
+
     memset(k, 0, sizeof(*k));
-    k->total = PyMem_Calloc((size_t)w->n_sums + 1, sizeof(double));
-    k->distinct = PyMem_Calloc((size_t)w->n_distinct + 1, sizeof(MldTable));
-    if (!k->total || !k->distinct)
-        return -1;
-    for (int d = 0; d < w->n_distinct; d++)
-        k->distinct[d].size = (size_t)w->vsize;
+    k->total = (double *)b;
+    memset(k->total, 0, ((size_t)w->n_sums + 1) * sizeof(double));
+    k->distinct = (MldTable *)(b + w->off_dist);
+    for (size_t d = 0; d < nd; d++) {
+        MldTable *t = &k->distinct[d];
+        t->cap = MLD_WIN_DISTINCT_INLINE;
+        t->used = 0;
+        t->size = vs;
+        t->keys = b + w->off_dkeys + d * MLD_WIN_DISTINCT_INLINE * vs;
+        t->slots = (MldSlot *)(b + w->off_dslots) + d * MLD_WIN_DISTINCT_INLINE;
+        t->borrowed = 1;
+        memset(t->slots, 0, MLD_WIN_DISTINCT_INLINE * sizeof(MldSlot));
+    }
+    k->key = b + w->off_key;
+    memcpy(k->key, key, (size_t)w->ksize);
+    k->hash = hash;
+    k->ts = (int64_t *)(b + w->off_ts);
+    k->sums = (double *)(b + w->off_sums);
+    k->vals = b + w->off_vals;
+    k->mask = b + w->off_mask;
+    k->cap = MLD_WIN_INLINE;
     k->prev = k->next = -1;
     k->live = 1;
-    return 0;
-}
-
-static int win_set_key(MldWinSet *w, MldKeyWin *k, const uint8_t *key)
-{
-    k->key = PyMem_Malloc((size_t)w->ksize + 1);
-    if (k->key == NULL)
-        return -1;
-    memcpy(k->key, key, (size_t)w->ksize);
-    return 0;
 }
 
 static int win_reserve(MldWinSet *w, MldKeyWin *k)
 {
-    size_t cap = k->cap ? k->cap * 2 : 4, nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums;
+    size_t cap = k->cap * 2, nd = (size_t)w->n_distinct, ns = (size_t)w->n_sums;
     int64_t *ts;
     double *sums;
     uint8_t *vals, *mask;
+    int was_inline;
 
     if (k->len < k->cap)
         return 0;
+    was_inline = ring_is_inline(w, k, win_block(w, (int32_t)(k - w->wins)));
     ts = PyMem_Malloc(cap * sizeof(int64_t));
     sums = PyMem_Malloc(cap * (ns + 1) * sizeof(double));
     vals = PyMem_Malloc(cap * (nd * (size_t)w->vsize + 1));
@@ -257,10 +335,12 @@ static int win_reserve(MldWinSet *w, MldKeyWin *k)
         memcpy(vals + i * nd * w->vsize, k->vals + from * nd * w->vsize, nd * w->vsize);
         memcpy(mask + i * nd, k->mask + from * nd, nd);
     }
-    PyMem_Free(k->ts);
-    PyMem_Free(k->sums);
-    PyMem_Free(k->vals);
-    PyMem_Free(k->mask);
+    if (!was_inline) {
+        PyMem_Free(k->ts);
+        PyMem_Free(k->sums);
+        PyMem_Free(k->vals);
+        PyMem_Free(k->mask);
+    }
     k->ts = ts;
     k->sums = sums;
     k->vals = vals;
@@ -349,11 +429,12 @@ static void lru_append(MldWinSet *w, int32_t id)
     w->lru_tail = id;
 }
 
-/* Index of the window of key, created (and appended to the LRU list) if new; -1 on error. */
-static int32_t key_window(MldWinSet *w, const uint8_t *key)
+/* Index of the window of key (of hash h), created (and appended to the LRU list) if new;
+ * -1 on error. */
+static int32_t key_window(MldWinSet *w, const uint8_t *key, uint32_t h)
 {
     int fresh;
-    int32_t *slot = mld_btab_upsert(&w->keys, key, &fresh), id;
+    int32_t *slot = upsert_hashed(&w->keys, key, h, &fresh), id;
 
     if (slot == NULL)
         return -1;
@@ -378,11 +459,12 @@ static int32_t key_window(MldWinSet *w, const uint8_t *key)
                 return -1;
             w->capwins = cap;
         }
+        if (win_block_reserve(w, (int32_t)w->nwins) < 0)
+            return -1;
         id = (int32_t)w->nwins++;
     }
     *slot = id + 1;
-    if (win_setup(w, &w->wins[id]) < 0 || win_set_key(w, &w->wins[id], key) < 0)
-        return -1;
+    win_setup(w, id, key, h);
     lru_append(w, id);
     w->nkeys++;
     return id;
@@ -398,11 +480,11 @@ static int forget_oldest(MldWinSet *w, int32_t keep)
     if (id < 0 || id == keep)
         return 0;
     k = &w->wins[id];
-    slot = mld_btab_slot(&w->keys, k->key);
+    slot = slot_of(&w->keys, k->key, k->hash);
     lru_unlink(w, id);
     w->total -= (Py_ssize_t)k->len;
     mld_btab_remove_slot(&w->keys, slot);
-    win_release(w, k);
+    win_release(w, id);
     w->free_ids[w->nfree++] = id;
     w->nkeys--;
     w->evicted_keys++;
@@ -411,11 +493,11 @@ static int forget_oldest(MldWinSet *w, int32_t keep)
 
 /* ---- add a batch -------------------------------------------------------------------------- */
 
-/* One entry, as SlidingWindows.add; the window's index, or -1 on memory error. */
-int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const double *sums,
-                       const uint8_t *vals, const uint8_t *mask)
+/* mld_winset_add for a key whose hash (mld_btab_hash on the set's keys) is known. */
+int32_t mld_winset_add_hashed(MldWinSet *w, const uint8_t *key, uint32_t h, int64_t ts,
+                              const double *sums, const uint8_t *vals, const uint8_t *mask)
 {
-    int32_t id = key_window(w, key);
+    int32_t id = key_window(w, key, h);
     MldKeyWin *k;
     int64_t horizon;
 
@@ -439,14 +521,27 @@ int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const doubl
     return id;
 }
 
-/* Index of key's window, or -1 when the key is not held (nothing is added or moved). */
-int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
+/* One entry, as SlidingWindows.add; the window's index, or -1 on memory error. */
+int32_t mld_winset_add(MldWinSet *w, const uint8_t *key, int64_t ts, const double *sums,
+                       const uint8_t *vals, const uint8_t *mask)
+{
+    return mld_winset_add_hashed(w, key, (uint32_t)hash_bytes(key, w->keys.size), ts, sums,
+                                 vals, mask);
+}
+
+int32_t mld_winset_find_hashed(const MldWinSet *w, const uint8_t *key, uint32_t h)
 {
     size_t slot;
     if (w->keys.cap == 0)
         return -1;
-    slot = mld_btab_slot(&w->keys, key);
+    slot = slot_of(&w->keys, key, h);
     return w->keys.slots[slot].val ? w->keys.slots[slot].val - 1 : -1;
+}
+
+/* Index of key's window, or -1 when the key is not held (nothing is added or moved). */
+int32_t mld_winset_find(const MldWinSet *w, const uint8_t *key)
+{
+    return mld_winset_find_hashed(w, key, (uint32_t)hash_bytes(key, w->keys.size));
 }
 
 /* SlidingWindows.peek(key, ts): drop the window's entries older than max(newest, ts) -
@@ -475,6 +570,30 @@ int mld_winset_init(MldWinSet *w, int64_t window_ns, int n_sums, int n_distinct,
     w->max_per_key = max_per_key;
     w->max_entries = max_entries;
     w->lru_head = w->lru_tail = -1;
+    {
+        /* The arena block of a window (win_setup), each part 8-byte aligned. */
+        size_t ns = (size_t)n_sums, nd = (size_t)n_distinct, vs = (size_t)vsize, at;
+#define MLD_ALIGN8(x) (((x) + 7) & ~(size_t)7)
+        at = MLD_ALIGN8((ns + 1) * sizeof(double));
+        w->off_dist = at;
+        at += MLD_ALIGN8((nd + 1) * sizeof(MldTable));
+        w->off_key = at;
+        at += MLD_ALIGN8((size_t)ksize + 1);
+        w->off_ts = at;
+        at += MLD_WIN_INLINE * sizeof(int64_t);
+        w->off_sums = at;
+        at += MLD_WIN_INLINE * (ns + 1) * sizeof(double);
+        w->off_vals = at;
+        at += MLD_ALIGN8(MLD_WIN_INLINE * (nd * vs + 1));
+        w->off_mask = at;
+        at += MLD_ALIGN8(MLD_WIN_INLINE * (nd + 1));
+        w->off_dslots = at;
+        at += nd * MLD_WIN_DISTINCT_INLINE * sizeof(MldSlot);
+        w->off_dkeys = at;
+        at += MLD_ALIGN8(nd * MLD_WIN_DISTINCT_INLINE * vs);
+        w->block_size = at;
+#undef MLD_ALIGN8
+    }
     return mld_btab_init(&w->keys, (size_t)ksize, 1024);
 }
 
@@ -482,7 +601,12 @@ void mld_winset_free(MldWinSet *w)
 {
     for (size_t i = 0; i < w->nwins; i++)
         if (w->wins[i].live)
-            win_release(w, &w->wins[i]);
+            win_release(w, (int32_t)i);
+    for (size_t c = 0; c < w->nchunks; c++)
+        PyMem_Free(w->chunks[c]);
+    PyMem_Free(w->chunks);
+    w->chunks = NULL;
+    w->nchunks = 0;
     PyMem_Free(w->wins);
     PyMem_Free(w->free_ids);
     mld_btab_free(&w->keys);
@@ -552,15 +676,27 @@ static PyObject *windows_add(WindowsObject *self, PyObject *args)
         int64_t *count = b[6].buf, *distinct = b[8].buf;
         double *osums = b[7].buf;
 
+        /* Each key is hashed once: when its home slot is prefetched, MLD_PREFETCH_AHEAD
+         * records ahead; the hash waits in a ring until the record's turn. */
+        uint32_t hashes[2 * MLD_PREFETCH_AHEAD];
+        for (Py_ssize_t i = 0; i < n && i < MLD_PREFETCH_AHEAD; i++)
+            if (sel[i])
+                hashes[i] = mld_btab_hash(&w->keys, keys + i * w->ksize);
         for (Py_ssize_t i = 0; i < n; i++) {
             int32_t id;
             MldKeyWin *k;
-            if (i + MLD_PREFETCH_AHEAD < n && sel[i + MLD_PREFETCH_AHEAD])
-                mld_btab_prefetch(&w->keys, keys + (i + MLD_PREFETCH_AHEAD) * w->ksize);
+            Py_ssize_t ahead = i + MLD_PREFETCH_AHEAD;
+            if (ahead < n && sel[ahead]) {
+                uint32_t h = mld_btab_hash(&w->keys, keys + ahead * w->ksize);
+                hashes[ahead % (2 * MLD_PREFETCH_AHEAD)] = h;
+                __builtin_prefetch(&w->keys.slots[h & (w->keys.cap - 1)]);
+                __builtin_prefetch(w->keys.keys + (h & (w->keys.cap - 1)) * w->keys.size);
+            }
             if (!sel[i])
                 continue;
-            id = mld_winset_add(w, keys + i * w->ksize, ts[i], sums + i * ns,
-                         vals + i * nd * w->vsize, mask + i * nd);
+            id = mld_winset_add_hashed(w, keys + i * w->ksize,
+                                       hashes[i % (2 * MLD_PREFETCH_AHEAD)], ts[i],
+                                       sums + i * ns, vals + i * nd * w->vsize, mask + i * nd);
             if (id < 0) {
                 PyErr_NoMemory();
                 goto done;

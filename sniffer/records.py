@@ -47,6 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ import native
 from native.structs import CONSTANTS
 from proto.events_pb2 import DirectionStats, DnsDomainWindow, FlowRecord, SourceContext
 from proto.flowpack import FLAG_BITS, PACKED_DTYPE
+from sniffer.batch_windows import ADDRESS_KEY_SIZE, address_keys
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -149,8 +151,39 @@ class FlowColumns:
     def __len__(self) -> int:
         return len(self.src_addr)
 
+    @cached_property
+    def src_keys(self) -> npt.NDArray[np.uint8]:
+        """``address_keys(src_addr)``, made once per batch (the source context, the fast
+        rules and the JSON lines all key on it), from ``src_raw`` in NumPy when present."""
+        return _address_key_rows(self.src_addr, self.src_raw, self.cols.get("ip_version"))
+
+    @cached_property
+    def dst_keys(self) -> npt.NDArray[np.uint8]:
+        """``address_keys(dst_addr)``, made once per batch (see ``src_keys``)."""
+        return _address_key_rows(self.dst_addr, self.dst_raw, self.cols.get("ip_version"))
+
     def __getitem__(self, name: str) -> Array:
         return self.cols[name]
+
+
+def _address_key_rows(
+    addrs: list[bytes], raw: Array | None, version: Array | None
+) -> npt.NDArray[np.uint8]:
+    """The (n, 17) rows of ``address_keys(addrs)``: from the n x 16 raw column and the IP
+    versions when both are known (``_addresses`` made ``addrs`` from them: the IPv4-mapped
+    tail for version 4, all 16 bytes otherwise), else packed from the list. Read-only: the
+    rows are shared by every user of the batch."""
+    if raw is None or version is None:
+        out = address_keys(addrs)
+    else:
+        raw16 = np.asarray(raw, dtype=np.uint8).reshape(-1, 16)
+        v4 = np.asarray(version) == 4
+        out = np.zeros((len(raw16), ADDRESS_KEY_SIZE), dtype=np.uint8)
+        out[:, 0] = np.where(v4, 4, 16)
+        out[~v4, 1:] = raw16[~v4]
+        out[v4, 1:5] = raw16[v4, 12:]
+    out.flags.writeable = False
+    return out
 
 
 def decode_qname(raw: bytes, wire_len: int) -> str:

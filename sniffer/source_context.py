@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from base.errors import ConfigError
-from sniffer.batch_windows import BatchWindows, address_keys, int_values
+from sniffer.batch_windows import BatchWindows, int_values
 from sniffer.config import ContextConfig
 from sniffer.interim import Previous
 from sniffer.records import CONTEXT_FIELDS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Array, FlowColumns
@@ -108,13 +108,11 @@ class SourceContextTracker:
         ).reshape(n, 7)
         if isinstance(self.windows, BatchWindows):
             values = np.stack(
-                [address_keys(flows.dst_addr), int_values(flows["dst_port"].astype(np.int64))],
+                [flows.dst_keys, int_values(flows["dst_port"].astype(np.int64))],
                 axis=1,
             )
             counted = np.column_stack([np.ones(n, dtype=bool), has_port]).reshape(n, 2)
-            state = self.windows.add(
-                address_keys(flows.src_addr), flows["last_ts_ns"], sums, values, counted
-            )
+            state = self.windows.add(flows.src_keys, flows["last_ts_ns"], sums, values, counted)
             s = state.sums
             d_addr = state.distinct[:, _ADDR].astype(np.float64)
             d_port = state.distinct[:, _PORT].astype(np.float64)

@@ -96,3 +96,45 @@ def test_address_keys_pack_length_and_bytes() -> None:
     assert address_keys([]).shape == (0, 17)
     with pytest.raises(ValueError, match="item 1 is not an address"):
         address_keys([b"\x01\x02\x03\x04", b"\x01\x02\x03"])
+
+
+def test_new_keys_take_no_heap_block_each() -> None:
+    """A spoofed flood brings a new source with every record: each new key's window (its
+    sums, distinct counts, key and first entries) comes from the set's arena, chunks of
+    MLD_WIN_CHUNK windows, and an evicted key's block serves the next key. Counted with
+    tracemalloc, which sees the extension's PyMem allocations: before the arena, every key
+    held about ten blocks of its own (~45,000 here); now the chunks and the tables do."""
+    import tracemalloc
+
+    n_keys, max_keys = 20_000, 4096
+    w = BatchWindows(
+        window_s=60.0,
+        n_sums=2,
+        n_distinct=2,
+        max_keys=max_keys,
+        max_entries_per_key=100,
+        max_entries=1_000_000,
+    )
+    rng = np.random.default_rng(7)
+    addrs = [(i * 2654435761 % 2**32).to_bytes(4, "big") for i in range(n_keys)]  # distinct
+    keys = address_keys(addrs)
+    values = np.stack([address_keys(addrs), address_keys(addrs[::-1])], axis=1)
+    ts = np.arange(n_keys, dtype=np.int64) * 1000
+    sums = rng.random((n_keys, 2))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        states = [
+            w.add(keys[i : i + 4096], ts[i : i + 4096], sums[i : i + 4096], values[i : i + 4096])
+            for i in range(0, n_keys, 4096)
+        ]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    domain = tracemalloc.DomainFilter(inclusive=True, domain=0)  # PyMem, not NumPy's data
+    grown = after.filter_traces([domain]).compare_to(before.filter_traces([domain]), "filename")
+    blocks = sum(max(d.count_diff, 0) for d in grown)
+    assert len(w) == max_keys
+    assert w.evicted_keys == n_keys - max_keys
+    assert all((s.count == 1).all() and (s.distinct == 1).all() for s in states)
+    assert blocks < 200, f"{blocks} heap blocks for {max_keys} live keys"

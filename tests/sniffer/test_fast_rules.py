@@ -542,3 +542,29 @@ def test_tiny_fragments() -> None:
     score, rule, rules = _score(events(*many))
     assert score[-1] == 1.0 and rule[-1] == "tiny_fragments"
     assert rules.fired["tiny_fragments"] == len(many)
+
+
+def test_small_ints_is_np_isin() -> None:
+    """SmallInts (the fast rules' port and ICMP type sets, one table look-up) gives
+    np.isin's booleans for every column type the rules pass, out-of-range and negative
+    values included, and falls back to np.isin for sets it cannot table."""
+    from sniffer.fast_rules import SmallInts
+
+    rng = np.random.default_rng(5)
+    cols = [
+        rng.integers(0, 65536, 5000).astype(np.uint32),
+        rng.integers(0, 65536, 5000).astype(np.uint16),
+        rng.integers(-5, 70000, 5000).astype(np.int64),
+        np.array([0, 1, 65535, 65536, 2**31, 2**32 - 1], dtype=np.uint32),
+        np.array([-1, 0, 22, 65535, 65536, 2**40, -(2**40)], dtype=np.int64),
+        rng.integers(0, 256, 300).astype(np.uint8),
+        np.array([22.0, 23.5, -1.0]),
+        np.array([], dtype=np.uint32),
+    ]
+    for values in [(), (0,), (22, 23, 2323, 65535), (8, 128), (-3, 22, 70000)]:
+        member = SmallInts(values)
+        for col in cols:
+            want = np.isin(col, np.array(values, dtype=np.int64))
+            got = member(col)
+            assert got.dtype == np.bool_ and got.shape == col.shape
+            assert (got == want).all(), (values, col.dtype)
