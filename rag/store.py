@@ -674,7 +674,7 @@ class EventStore:
         detector_id: str,
         descriptions: Sequence[str],
         meta: Mapping[str, str] | None = None,
-        codes: Sequence[npt.NDArray[np.uint16]] | None = None,
+        codes: Sequence[npt.NDArray[np.uint16] | bytes] | None = None,
     ) -> range:
         """Store events in one transaction, with ``meta`` rows (written in the same
         commit, so they say exactly what was stored); returns their ids (consecutive).
@@ -682,9 +682,14 @@ class EventStore:
         A record of a flow already stored (same sensor and flow_id: an interim record
         and the records after it) replaces that flow's row; ``superseded`` then holds the
         ids deleted, which may include ids of this call when a batch holds several
-        records of one flow. ``codes``: the descriptions' text_codes (rag/describe.py)."""
+        records of one flow. ``codes``: the descriptions' text_codes (rag/describe.py), as
+        arrays or their bytes."""
         now = time.time()
-        blobs = [c.tobytes() for c in codes] if codes is not None else [None] * len(events)
+        blobs = (
+            [c if isinstance(c, bytes) else c.tobytes() for c in codes]
+            if codes is not None
+            else [None] * len(events)
+        )
         rows = [
             _flat(ev, detector_id, d, now, b)
             for ev, d, b in zip(events, descriptions, blobs, strict=True)
