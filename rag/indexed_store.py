@@ -30,7 +30,7 @@ from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
 from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
-from rag.describe import TEXT_DIM, describe, embed_codes, embed_texts, text_codes
+from rag.describe import TEXT_DIM, code_blobs, describe_batch, embed_flat_codes, embed_texts
 from rag.store import EventStore
 from rag.vectors import VectorIndex, give_back_freed_memory
 
@@ -162,13 +162,12 @@ class RagStore:
         size = max(len(events), 1) if one else self.cfg.write_batch
         for start in range(0, len(events), size):
             part = events[start : start + size]
-            texts = [describe(ev) for ev in part]
-            codes = text_codes(texts)
-            got = self.store.add(part, detector_id, texts, meta, codes)
+            texts, codes, ends = describe_batch(part)
+            got = self.store.add(part, detector_id, texts, meta, code_blobs(codes, ends))
             if len(got):
                 self._others_before(got.start)
                 self.features.add(list(got), self.scaler(part))
-                self.text.add(list(got), embed_codes(codes))
+                self.text.add(list(got), embed_flat_codes(codes, ends))
                 # Rows replaced by a newer record of their flow (interim records).
                 self.features.remove(self.store.superseded)
                 self.text.remove(self.store.superseded)

@@ -18,9 +18,12 @@ from rag.describe import (
     FAMILY_WORDS,
     SERVICES,
     TEXT_DIM,
+    code_blobs,
     describe,
+    describe_batch,
     embed_code_bytes,
     embed_codes,
+    embed_flat_codes,
     embed_texts,
     text_codes,
 )
@@ -73,7 +76,9 @@ def _reference_vector(text: str) -> np.ndarray:
 
 def _odd_events() -> list[ScoredEvent]:
     """Events the captures lack: no rule, no top features, an unknown protocol, IPv6,
-    an unscored label, empty addresses, a start just below a whole second."""
+    an unscored label, empty addresses, a start just below a whole second; a family and a
+    rule in capitals and with ", " inside (which splits the sentence in other places than
+    its parts)."""
     out = []
     for i, (proto, label, rule, addr) in enumerate(
         [
@@ -94,6 +99,11 @@ def _odd_events() -> list[ScoredEvent]:
         for name in ("a.b", "C-D", "e_f", "g")[: i + 1]:
             v.top_features.add(name=name)
         out.append(ev)
+    odd = ScoredEvent()
+    odd.CopyFrom(out[1])
+    odd.verdict.family, odd.verdict.fast_rule = "Odd, Family", "rule, B"
+    odd.verdict.top_features.add(name=", ")
+    out.append(odd)
     return out
 
 
@@ -118,6 +128,11 @@ def test_descriptions_codes_and_vectors_are_the_plain_codes(
         assert all(c.dtype == np.uint16 for c in codes)
         expected = np.array([_reference_vector(t) for t in texts])
         assert np.array_equal(embed_codes(codes), expected)
+        # The ingest's one pass: the same sentences, codes, stored bytes and vectors.
+        batch_texts, flat, ends = describe_batch(events)
+        assert batch_texts == texts
+        assert code_blobs(flat, ends) == [c.tobytes() for c in codes]
+        assert np.array_equal(embed_flat_codes(flat, ends), expected)
         assert np.array_equal(embed_code_bytes([c.tobytes() for c in codes]), expected)
         assert np.array_equal(embed_texts(texts), expected)
     assert text_codes([]) == [] and embed_codes([]).shape == (0, TEXT_DIM)
