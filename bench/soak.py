@@ -18,9 +18,10 @@ FAISS and SQLite caches filling), times 3600. etcd runs in the same lab and is m
 the same way as the baseline (not ML Defender's code). A service that restarted is
 reported (``restarts_*``) and its slope is taken over its last process only.
 
-The RAG store holds every stored event's vectors in memory (its FAISS indexes), so its
-RSS grows with the data by design; its ``index_bytes`` health counter (read through etcd
-every 30 s) gives that part, and ``rss_growth_mb_per_h_rag_excl_index`` the rest.
+The RAG store's ``index_bytes`` health counter (read through etcd every 30 s) gives its
+vectors' bytes, and ``rss_growth_mb_per_h_rag_excl_index`` RSS minus that. Its writer
+keeps the IVF lists in a mapped file (rag/vectors.py), so those bytes are mostly in
+RssFile now: ``rss_anon_growth_mb_per_h_rag`` is the store's own memory.
 
 Last line: ``rss_growth_mb_per_h_sniffer=N ..._detector ..._firewall ..._rag
 rss_growth_mb_per_h_etcd=N (baseline) rag_index_growth_mb_per_h=N
