@@ -16,6 +16,8 @@ a lock file beside the database so two writers never interleave their index file
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -34,7 +36,7 @@ from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, describe, embed_codes, embed_texts, text_codes
 from rag.store import EventStore
-from rag.vectors import VectorIndex, give_back_freed_memory
+from rag.vectors import VectorIndex, give_back_freed_memory, process_alive
 
 __all__ = ["RagStore", "db_path"]
 
@@ -351,12 +353,19 @@ class _VectorFiles:
     """Scratch files of vectors written chunk by chunk and read back memory-mapped (the
     page cache's, not the heap's): what building an index reads. In ``directory`` (the
     database's, not /tmp, which may be memory) or, if it cannot be written, the system's
-    temporary directory."""
+    temporary directory. Named with the process id: those of a process that died (a
+    kill during a training) are deleted by the next one."""
 
     def __init__(self, directory: Path, *dims: int) -> None:
         self.dims = dims
+        for old in directory.glob(".rag-vectors-*-*"):
+            pid = old.name.split("-")[2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
         try:
-            self._tmp = tempfile.TemporaryDirectory(prefix=".rag-vectors-", dir=directory)
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix=f".rag-vectors-{os.getpid()}-", dir=directory
+            )
         except OSError:
             self._tmp = tempfile.TemporaryDirectory(prefix="rag-vectors-")
         self._paths = [Path(self._tmp.name) / f"{i}.f32" for i in range(len(dims))]

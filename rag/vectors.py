@@ -62,7 +62,7 @@ import numpy.typing as npt
 
 from base.errors import RagError
 
-__all__ = ["VectorIndex", "give_back_freed_memory"]
+__all__ = ["VectorIndex", "give_back_freed_memory", "process_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def give_back_freed_memory() -> None:
         _TRIM(0)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if a process of this id exists (its files beside the database are in use)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -176,7 +177,7 @@ class VectorIndex:
         prefix = f"{self.path.name}.lists."
         for old in self.lists_dir.glob(prefix + "*"):
             pid = old.name[len(prefix) :].split(".")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                 old.unlink(missing_ok=True)
         return self.lists_dir / f"{prefix}{os.getpid()}.{next(_LISTS_SEQ)}"
 

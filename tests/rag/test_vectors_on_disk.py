@@ -218,3 +218,27 @@ def test_a_lists_file_grown_sparse_by_retention_is_compacted_at_save(
     assert len(disk) == hold + 1
     disk.discard()
     assert lists_files(tmp_path) == []
+
+
+def test_reindex_leaves_no_scratch_and_clears_a_dead_writers(tmp_path: Path) -> None:
+    """Building the indexes writes the vectors to scratch files beside the database and
+    deletes them; those of a process killed during a training are deleted by the next
+    build (a dead pid in the name); a live process's are left alone."""
+    path = tmp_path / "events.sqlite"
+    cfg = RagConfig(ivf_threshold=500)
+    rag = build_store(path, cfg)
+    try:
+        with subprocess.Popen([sys.executable, "-c", "pass"]) as dead:
+            dead.wait()
+        stale = tmp_path / f".rag-vectors-{dead.pid}-abc"
+        stale.mkdir()
+        (stale / "1.f32").write_bytes(b"\0" * 1024)
+        live = tmp_path / f".rag-vectors-{os.getppid()}-abc"
+        live.mkdir()
+        n = rag.reindex()
+        assert n == rag.store.count() == len(rag.text)
+        assert not stale.exists() and live.exists()
+        assert sorted(p.name for p in tmp_path.glob(".rag-vectors-*")) == [live.name]
+        assert rag.text.is_ivf and rag.text.on_disk
+    finally:
+        rag.close()
