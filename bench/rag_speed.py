@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import importlib.util
 import itertools
@@ -567,11 +568,33 @@ def answer_latency(rag: RagStore, questions: Sequence[str]) -> dict[str, float]:
 
 
 def rss_mb() -> float:
+    return rss_parts_mb()[0]
+
+
+def rss_parts_mb() -> tuple[float, float, float]:
+    """The process's resident set (MB), and its two parts: anonymous memory (the heap,
+    mmap'd arrays: what only exiting gives back) and file-backed pages (mapped files,
+    e.g. memory-mapped index lists: the page cache's, which the kernel may reclaim)."""
+    got = {"VmRSS:": math.nan, "RssAnon:": math.nan, "RssFile:": math.nan}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return math.nan
+            key = line.split(":", 1)[0] + ":"
+            if key in got:
+                got[key] = int(line.split()[1]) / 1024
+    return got["VmRSS:"], got["RssAnon:"], got["RssFile:"]
+
+
+def shrink_memos(size: int) -> None:
+    """--soak-memos: the text memos of describe.py and address_text's cache at ``size``
+    entries (a diagnostic: tells their share of the growth from the rest)."""
+    import rag.describe
+    import rag.store
+
+    rag.describe._MEMO_MAX = size
+    small = functools.lru_cache(maxsize=size)(rag.store.address_text.__wrapped__)
+    for module in (rag.store, rag.describe, sys.modules.get("rag.console")):
+        if module is not None and hasattr(module, "address_text"):
+            module.address_text = small
 
 
 class _MallInfo2(ctypes.Structure):
@@ -638,6 +661,8 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
     process's RSS, the columns' and the indexes' sizes, the database's. Growth is the
     slope over the second half of the run, once the bound is reached."""
     cfg = RagConfig(max_events=args.soak_max)
+    if args.soak_memos:
+        shrink_memos(args.soak_memos)
     rag = RagStore(work / "events.sqlite", cfg)
     rag.open_indexes()
     reader: RagStore | None = None
@@ -648,13 +673,14 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
     started = time.monotonic()
     end = started + args.soak * 60
     next_save = next_prune = next_ask = next_sample = started
-    # (s, rss, columns, vectors, db, index MB, SQLite MB, heap in use, heap free, traced)
+    # (s, rss, columns, vectors, db, index MB, SQLite MB, heap in use, heap free, traced,
+    #  RssAnon, RssFile)
     samples: list[tuple[float, ...]] = []
     asked: list[float] = []
     done = 0
     print(
         "  min   events   rss MB  columns MB  index vectors  db MB  ask ms  index MB"
-        "  sqlite MB  heap MB  free MB  py MB",
+        "  sqlite MB  heap MB  free MB  py MB  anon MB  file MB",
         flush=True,
     )
     for events in replay(pool, span_ns, 10**12, batch):
@@ -687,9 +713,10 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
             index_mb = (rag.text.memory_bytes + rag.features.memory_bytes) / 1e6
             in_use, free = heap_mb()
             py_mb = tracemalloc.get_traced_memory()[0] / 1e6 if args.soak_trace else math.nan
+            rss, anon, mapped = rss_parts_mb()
             row = (
                 now - started,
-                rss_mb(),
+                rss,
                 col_mb,
                 float(len(rag.text)),
                 db_mb,
@@ -698,12 +725,14 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
                 in_use,
                 free,
                 py_mb,
+                anon,
+                mapped,
             )
             samples.append(row)
             print(
                 f"{row[0] / 60:5.1f} {done:8d} {row[1]:8.1f} {row[2]:11.1f} {row[3]:14.0f} "
                 f"{row[4]:6.0f} {asked[-1] if asked else math.nan:7.1f} {index_mb:9.1f} "
-                f"{row[6]:10.1f} {in_use:8.1f} {free:8.1f} {py_mb:6.1f}",
+                f"{row[6]:10.1f} {in_use:8.1f} {free:8.1f} {py_mb:6.1f} {anon:8.1f} {mapped:8.1f}",
                 flush=True,
             )
             if args.soak_trace and len(traced) < 1 and now - started >= args.soak * 30:
@@ -736,6 +765,10 @@ def soak(args: argparse.Namespace, pool: Sequence[bytes], span_ns: int, work: Pa
         "soak_eps": done / max(1e-9, samples[-1][0] if samples else 1),
         "rss_mb_end": samples[-1][1] if samples else math.nan,
         "rss_growth_mb_per_h": growth(1),
+        "rss_anon_mb_end": samples[-1][10] if samples else math.nan,
+        "rss_anon_growth_mb_per_h": growth(10),
+        "rss_file_mb_end": samples[-1][11] if samples else math.nan,
+        "rss_file_growth_mb_per_h": growth(11),
         "rss_excl_index_growth_mb_per_h": slope_per_h([(p[0], p[1] - p[5]) for p in half]),
         "index_growth_mb_per_h": growth(5),
         "sqlite_mb_end": samples[-1][6] if samples else math.nan,
@@ -807,6 +840,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-rate", type=float, default=1000, help="soak events/s")
     parser.add_argument("--soak-max", type=int, default=200_000, help="soak rag.max_events")
     parser.add_argument("--soak-prune-s", type=float, default=30, help="soak retention period")
+    parser.add_argument(
+        "--soak-memos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="soak with describe.py's memos and address_text's cache at N entries (diagnostic)",
+    )
     parser.add_argument(
         "--soak-writer-only",
         action="store_true",

@@ -7,7 +7,10 @@ ping), and, from this script, a connect scan (``nmap -sT``: its handshakes verif
 source, so it is blocked; a SYN scan is only alerted) every ``--attack-every`` s, so
 the detector, the firewall (a block every time, 20 s TTL) and the RAG store keep working
 too. Every ``--sample-s`` s the resident set size (VmRSS) of each service process is read
-from /proc.
+from /proc, with its two parts: RssAnon (anonymous memory: heaps, arrays; given back
+only by the process) and RssFile (file-backed pages: the program's libraries and mapped
+files such as the RAG store's memory-mapped index lists, which are the kernel's page
+cache and reclaimable under pressure), so a growth can be told apart.
 
 Growth per hour is the least-squares slope of RSS against time over the samples after
 the warm-up (the first quarter of the run, at least 60 s: imports, the compiled models,
@@ -15,15 +18,18 @@ FAISS and SQLite caches filling), times 3600. etcd runs in the same lab and is m
 the same way as the baseline (not ML Defender's code). A service that restarted is
 reported (``restarts_*``) and its slope is taken over its last process only.
 
-The RAG store holds every stored event's vectors in memory (its FAISS indexes), so its
-RSS grows with the data by design; its ``index_bytes`` health counter (read through etcd
-every 30 s) gives that part, and ``rss_growth_mb_per_h_rag_excl_index`` the rest.
+The RAG store's ``index_bytes`` health counter (read through etcd every 30 s) gives its
+vectors' bytes, and ``rss_growth_mb_per_h_rag_excl_index`` RSS minus that. Its writer
+keeps the IVF lists in a mapped file (rag/vectors.py), so those bytes are mostly in
+RssFile now: ``rss_anon_growth_mb_per_h_rag`` is the store's own memory.
 
 Last line: ``rss_growth_mb_per_h_sniffer=N ..._detector ..._firewall ..._rag
 rss_growth_mb_per_h_etcd=N (baseline) rag_index_growth_mb_per_h=N
 rss_growth_mb_per_h_rag_excl_index=N rss_mb_end_* ... minutes=N samples=N flows=N
 alerts=N rss_growth_mb_per_h_max=N`` (the max over the four services, the RAG store's
-index growth included).
+index growth included), and per service ``rss_anon_growth_mb_per_h_*``,
+``rss_file_growth_mb_per_h_*``, ``rss_anon_mb_end_*``, ``rss_file_mb_end_*`` and
+``rss_anon_growth_mb_per_h_max`` (the same max over the anonymous part alone).
 
     .venv/bin/python bench/soak.py                  # 10 minutes
     .venv/bin/python bench/soak.py --minutes 60
@@ -65,15 +71,22 @@ scenarios:
 """
 
 
-def rss_mb(pid: int) -> float | None:
+def memory_mb(pid: int) -> tuple[float, float, float] | None:
+    """(VmRSS, RssAnon, RssFile) of a process in MB, from /proc/PID/status; None if it is
+    gone (or the kernel does not give the parts)."""
+    keys = ("VmRSS", "RssAnon", "RssFile")
+    got: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    got[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
         return None
-    return None
+    if len(got) != len(keys):
+        return None
+    return got["VmRSS"], got["RssAnon"], got["RssFile"]
 
 
 def rag_index_mb(gateway_ns: str, config: Path) -> float | None:
@@ -137,6 +150,8 @@ def main() -> int:
     log = open(tmp / "dev.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     series: dict[str, list[tuple[float, float]]] = {s: [] for s in (*SERVICES, "etcd")}
+    anon: dict[str, list[tuple[float, float]]] = {s: [] for s in series}
+    mapped: dict[str, list[tuple[float, float]]] = {s: [] for s in series}
     index_mb: list[tuple[float, float]] = []
     next_status = 0.0
     pids: dict[str, int] = {}
@@ -166,11 +181,14 @@ def main() -> int:
                     continue
                 if name in pids and pids[name] != pid:
                     restarts[name] += 1
-                    series[name] = []  # the slope of the last process only
+                    # the slope of the last process only
+                    series[name], anon[name], mapped[name] = [], [], []
                 pids[name] = pid
-                value = rss_mb(pid)
+                value = memory_mb(pid)
                 if value is not None:
-                    series[name].append((now - t_start, value))
+                    series[name].append((now - t_start, value[0]))
+                    anon[name].append((now - t_start, value[1]))
+                    mapped[name].append((now - t_start, value[2]))
             if now >= next_status:
                 next_status = now + 30
                 got = rag_index_mb(
@@ -214,6 +232,15 @@ def main() -> int:
         kept = [p for p in points if p[0] >= warmup] or points
         growth[name] = slope_per_hour(kept)
         out[f"rss_growth_mb_per_h_{name}"] = f"{growth[name]:.2f}"
+    # Which memory grows: anonymous (the process's own) or file-backed (mapped files, the
+    # page cache's: reclaimable, and not a leak of the process).
+    anon_growth = {}
+    for name in series:
+        kept = [p for p in anon[name] if p[0] >= warmup] or anon[name]
+        anon_growth[name] = slope_per_hour(kept)
+        out[f"rss_anon_growth_mb_per_h_{name}"] = f"{anon_growth[name]:.2f}"
+        kept = [p for p in mapped[name] if p[0] >= warmup] or mapped[name]
+        out[f"rss_file_growth_mb_per_h_{name}"] = f"{slope_per_hour(kept):.2f}"
     # The RAG store keeps every event's vectors in memory (its FAISS indexes): that part of
     # its growth is the data it holds, measured from its own index_bytes counter.
     # (The index shrinks once, when it turns from flat to IVF,SQ8 at rag.ivf_threshold
@@ -226,6 +253,8 @@ def main() -> int:
     out["rss_growth_mb_per_h_rag_excl_index"] = f"{slope_per_hour(rest):.2f}"
     for name, points in series.items():
         out[f"rss_mb_end_{name}"] = f"{points[-1][1]:.1f}" if points else "nan"
+        out[f"rss_anon_mb_end_{name}"] = f"{anon[name][-1][1]:.1f}" if anon[name] else "nan"
+        out[f"rss_file_mb_end_{name}"] = f"{mapped[name][-1][1]:.1f}" if mapped[name] else "nan"
     for name, count in restarts.items():
         out[f"restarts_{name}"] = str(count)
     counters = summary.get("services", {})
@@ -235,6 +264,7 @@ def main() -> int:
     out["alerts"] = str(summary.get("alerts", 0))
     out["blocks"] = str(summary.get("blocks", 0))
     out["rss_growth_mb_per_h_max"] = f"{max(growth[s] for s in SERVICES):.2f}"
+    out["rss_anon_growth_mb_per_h_max"] = f"{max(anon_growth[s] for s in SERVICES):.2f}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0

@@ -16,10 +16,14 @@ a lock file beside the database so two writers never interleave their index file
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -32,7 +36,7 @@ from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, code_blobs, describe_batch, embed_flat_codes, embed_texts
 from rag.store import EventStore
-from rag.vectors import VectorIndex, give_back_freed_memory
+from rag.vectors import VectorIndex, give_back_freed_memory, process_alive
 
 __all__ = ["RagStore", "db_path"]
 
@@ -72,6 +76,9 @@ class RagStore:
         self.cfg = cfg
         self.store = EventStore(path, readonly=readonly)
         self.scaler = FeatureScaler()
+        # A writer keeps its IVF lists in a mapped file beside the database
+        # (rag/vectors.py), not in its heap.
+        lists_dir = None if readonly else path.parent
         common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
         # Lists at most: what each added vector is compared with (rag/vectors.py).
         self.features = VectorIndex(
@@ -79,10 +86,16 @@ class RagStore:
             self.scaler.dim,
             inner_product=False,
             max_lists=1024,
+            lists_dir=lists_dir,
             **common,
         )
         self.text = VectorIndex(
-            path.with_suffix(".text.faiss"), TEXT_DIM, inner_product=True, max_lists=2048, **common
+            path.with_suffix(".text.faiss"),
+            TEXT_DIM,
+            inner_product=True,
+            max_lists=2048,
+            lists_dir=lists_dir,
+            **common,
         )
         self.readonly = readonly
         # Held around reading or writing the saved indexes and ``indexed_upto`` (a
@@ -221,6 +234,9 @@ class RagStore:
         self._retrain = None
         job.join()
         if job.error is not None:
+            for index in (job.features, job.text):
+                if index is not None:
+                    index.discard()
             log.warning(
                 "training the indexes again failed (%s): keeping the current ones", job.error
             )
@@ -238,7 +254,10 @@ class RagStore:
             features.remove(job.removed)
             text.remove(job.removed)
         features.dirty = text.dirty = len(text)
+        old = (self.features, self.text)
         self.features, self.text = features, text
+        for index in old:
+            index.discard()
         give_back_freed_memory()
         log.info(
             "indexes trained again in the background at %d events in %.1f s",
@@ -295,27 +314,21 @@ class RagStore:
         give_back_freed_memory()
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Rebuild both indexes from the database, an IVF one trained at its full size
-        (about 310 floats per event are held in memory meanwhile: 1.2 GB at 1M)."""
+        """Rebuild both indexes from the database, an IVF one trained at its full size.
+        The vectors go to scratch files beside the database (~1.2 kB an event, deleted
+        at the end) and are read back mapped, a training sample and a chunk at a time,
+        so the heap does not hold them all."""
         total = self.store.count()
-        ids: list[np.ndarray] = []
-        features: list[np.ndarray] = []
-        texts: list[np.ndarray] = []
-        done = 0
-        for chunk in self.store.scan(0):
-            chunk_ids, chunk_features, chunk_texts = self._vectors(chunk)
-            ids.append(chunk_ids)
-            features.append(chunk_features)
-            texts.append(chunk_texts)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-        empty = (0, 0)
-        self.features.build(
-            all_ids, np.vstack(features) if features else np.zeros(empty, np.float32)
-        )
-        self.text.build(all_ids, np.vstack(texts) if texts else np.zeros(empty, np.float32))
+        with _VectorFiles(self.store.path.parent, self.features.dim, self.text.dim) as files:
+            done = 0
+            for chunk in self.store.scan(0):
+                files.append(*self._vectors(chunk))
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            all_ids, features, texts = files.arrays()
+            self.features.build(all_ids, features)
+            self.text.build(all_ids, texts)
         self._indexed_upto = int(all_ids[-1]) if len(all_ids) else 0
         if not self.readonly:
             self.save()
@@ -325,8 +338,66 @@ class RagStore:
         if self._retrain is not None:
             self._retrain.stop.set()
             self._retrain.join()
+            for index in (self._retrain.features, self._retrain.text):
+                if index is not None:
+                    index.discard()
             self._retrain = None
+        # The lists files are this process's (the saved indexes are what others read).
+        self.features.discard()
+        self.text.discard()
         self.store.close()
+
+
+class _VectorFiles:
+    """Scratch files of vectors written chunk by chunk and read back memory-mapped (the
+    page cache's, not the heap's): what building an index reads. In ``directory`` (the
+    database's, not /tmp, which may be memory) or, if it cannot be written, the system's
+    temporary directory. Named with the process id: those of a process that died (a
+    kill during a training) are deleted by the next one."""
+
+    def __init__(self, directory: Path, *dims: int) -> None:
+        self.dims = dims
+        for old in directory.glob(".rag-vectors-*-*"):
+            pid = old.name.split("-")[2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix=f".rag-vectors-{os.getpid()}-", dir=directory
+            )
+        except OSError:
+            self._tmp = tempfile.TemporaryDirectory(prefix="rag-vectors-")
+        self._paths = [Path(self._tmp.name) / f"{i}.f32" for i in range(len(dims))]
+        self._files = [open(p, "wb") for p in self._paths]  # noqa: SIM115 (closed in arrays)
+        self._ids: list[npt.NDArray[np.int64]] = []
+        self._maps: list[npt.NDArray[np.float32]] = []
+
+    def __enter__(self) -> _VectorFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self._files:
+            f.close()
+        self._maps.clear()
+        self._tmp.cleanup()
+
+    def append(self, ids: npt.NDArray[np.int64], *vectors: npt.NDArray[np.float32]) -> None:
+        self._ids.append(ids)
+        for f, v in zip(self._files, vectors, strict=True):
+            f.write(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+
+    def arrays(self) -> tuple[Any, ...]:
+        """The ids (in memory: 8 bytes an event) and each file's vectors, mapped."""
+        for f in self._files:
+            f.close()
+        ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.int64)
+        self._maps = [
+            np.memmap(p, dtype=np.float32, mode="r", shape=(len(ids), dim))
+            if len(ids)
+            else np.zeros((0, dim), np.float32)
+            for p, dim in zip(self._paths, self.dims, strict=True)
+        ]
+        return (ids, *self._maps)
 
 
 class _Retrain(threading.Thread):
@@ -359,33 +430,30 @@ class _Retrain(threading.Thread):
             ivf_threshold=index.ivf_threshold,
             nprobe=index.nprobe,
             max_lists=index.max_lists,
+            lists_dir=index.lists_dir,
         )
 
     def run(self) -> None:
         started = time.perf_counter()
         try:
             store = EventStore(self.path, readonly=True)
+            dims = (self.owner_features.dim, self.owner_text.dim)
             try:
-                ids: list[np.ndarray] = []
-                features: list[np.ndarray] = []
-                texts: list[np.ndarray] = []
-                for chunk in store.scan(0, until_id=self.upto):
-                    if self.stop.is_set():
-                        return
-                    chunk_ids, chunk_features, chunk_texts = self.vectors(chunk)
-                    ids.append(chunk_ids)
-                    features.append(chunk_features)
-                    texts.append(chunk_texts)
+                with _VectorFiles(self.path.parent, *dims) as files:
+                    for chunk in store.scan(0, until_id=self.upto):
+                        if self.stop.is_set():
+                            return
+                        files.append(*self.vectors(chunk))
+                    store.close()
+                    all_ids, features, texts = files.arrays()
+                    self.upto_count = len(all_ids)
+                    new_features = self._like(self.owner_features)
+                    new_text = self._like(self.owner_text)
+                    self.features, self.text = new_features, new_text
+                    new_features.build(all_ids, features)
+                    new_text.build(all_ids, texts)
             finally:
                 store.close()
-            all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-            self.upto_count = len(all_ids)
-            new_features, new_text = self._like(self.owner_features), self._like(self.owner_text)
-            new_features.build(
-                all_ids, np.vstack(features) if features else np.zeros((0, 0), np.float32)
-            )
-            new_text.build(all_ids, np.vstack(texts) if texts else np.zeros((0, 0), np.float32))
-            self.features, self.text = new_features, new_text
         except Exception as exc:  # reported by the ingest thread, which keeps the old ones
             self.error = exc
         finally:

@@ -23,6 +23,21 @@ event's ingest at a million events. The text index stops at 2048 lists (a questi
 search reads twice the codes of 4000 lists, ~1 ms at 1M), the features index, which only
 ``similar`` searches, at 1024.
 
+**The writer's inverted lists are in a file, mapped** (``lists_dir``: the running store,
+``mld rag import``, ``mld watch``): FAISS's ``OnDiskInvertedLists`` in a file private to
+the process beside the database (``events.text.faiss.lists.<pid>.<n>``, deleted when the
+index is replaced or closed, and, if its process died, by the next writer). Adding and
+removing write into the mapping; the pages read or written are the kernel's page cache
+(the process's ``RssFile``, reclaimable), not its heap (``RssAnon``), so the writer's
+resident memory no longer holds every vector. A save streams the lists into the usual
+single-file format (the one readers memory-map), list by list. Deletions go through
+``remove_ids`` on the lists (each list compacted in place in the file); an IVF index
+keeps no id map (the ids are in the lists). Below ``ivf_threshold`` the index is flat
+and in memory (bounded by that threshold). Building an IVF index (training again,
+``reindex``) takes the vectors as arrays that may be memory-mapped files
+(rag/indexed_store.py writes them to a scratch file), trains on a sample and adds them
+in chunks.
+
 The indexes are derived data: ``indexed_upto`` in the database's meta table says up to
 which event id a saved index holds, events after it are added again at start, and
 ``mld rag reindex`` rebuilds both from the database. A search drops duplicate ids (an
@@ -32,9 +47,11 @@ index saved just before the process died may hold a few events the catch-up adds
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import math
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,13 +62,20 @@ import numpy.typing as npt
 
 from base.errors import RagError
 
-__all__ = ["VectorIndex", "give_back_freed_memory"]
+__all__ = ["VectorIndex", "give_back_freed_memory", "process_alive"]
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 
 _MAX_TRAIN = 100_000
+_ADD_CHUNK = 16_384  # vectors added to a new IVF index at a time (from a mapped file)
+_LISTS_SEQ = itertools.count()
+_COMPACT_MIN = 16 << 20  # a lists file is never compacted below this size
+# The end of an IVF index that FAISS serializes with empty array lists: "ilar", nlist,
+# code_size, "sprs" and an empty vector of sizes (checked: a FAISS that writes otherwise
+# is refused with a clear error rather than writing a file readers cannot read).
+_EMPTY_TAIL = 4 + 8 + 8 + 4 + 8
 
 
 # The process's own symbols (no ``find_library``, which runs ldconfig at import); None
@@ -69,6 +93,17 @@ def give_back_freed_memory() -> None:
         _TRIM(0)
 
 
+def process_alive(pid: int) -> bool:
+    """True if a process of this id exists (its files beside the database are in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class VectorIndex:
     """One FAISS index of event vectors, saved to and loaded from ``path``."""
 
@@ -81,8 +116,12 @@ class VectorIndex:
         ivf_threshold: int = 20000,
         nprobe: int = 16,
         max_lists: int = 4096,
+        lists_dir: Path | None = None,
     ) -> None:
         self.path = path
+        # Where an IVF index's lists are kept in a mapped file (a writer); None: in memory.
+        self.lists_dir = lists_dir
+        self._lists_file: Path | None = None
         self.dim = dim
         self.inner_product = inner_product
         self.ivf_threshold = ivf_threshold
@@ -111,14 +150,64 @@ class VectorIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of vectors and ids the index holds (an estimate that leaves out FAISS's
-        bookkeeping: IVF centroids, the id map's hash table): what grows per event."""
+        """Bytes of vectors and ids the index holds, in memory or in its lists file (an
+        estimate that leaves out FAISS's bookkeeping: IVF centroids, the flat index's id
+        map): what grows per event. ``heap_bytes`` is the part in the heap."""
         inner = faiss.downcast_index(self.index)
         if isinstance(inner, faiss.IndexIVF):
             per_vector = int(inner.code_size) + 8
         else:
             per_vector = self.dim * 4 + 8
         return len(self) * per_vector
+
+    @property
+    def heap_bytes(self) -> int:
+        """The part of ``memory_bytes`` in the process's heap: 0 for lists in a mapped
+        file (their pages are the page cache's) or memory-mapped read-only."""
+        return 0 if self.on_disk or self.mapped else self.memory_bytes
+
+    @property
+    def on_disk(self) -> bool:
+        """True when the inverted lists are in this writer's mapped file."""
+        return self._lists_file is not None
+
+    def _new_lists_file(self) -> Path:
+        """A fresh name for a lists file of this process; deletes those of dead ones."""
+        assert self.lists_dir is not None
+        prefix = f"{self.path.name}.lists."
+        for old in self.lists_dir.glob(prefix + "*"):
+            pid = old.name[len(prefix) :].split(".")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                old.unlink(missing_ok=True)
+        return self.lists_dir / f"{prefix}{os.getpid()}.{next(_LISTS_SEQ)}"
+
+    def _lists_to_disk(self, ivf: Any) -> None:
+        """Move ``ivf``'s inverted lists (in memory or mapped from a saved index) into a
+        new lists file of this writer, list by list."""
+        path = self._new_lists_file()
+        path.unlink(missing_ok=True)
+        lists: Any = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(path))
+        src = ivf.invlists
+        for i in range(ivf.nlist):
+            n = src.list_size(i)
+            if n:
+                lists.add_entries(i, n, src.get_ids(i), src.get_codes(i))
+        ivf.replace_invlists(lists, True)  # frees the old lists; the index owns these
+        lists.this.disown()  # not freed again by Python
+        self._set_lists_file(path)
+
+    def _set_lists_file(self, path: Path | None) -> None:
+        """Record the current index's lists file, deleting the previous one (no index
+        of this process uses it any more; its mapping stays valid until freed)."""
+        old, self._lists_file = self._lists_file, path
+        if old is not None and old != path:
+            old.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Free the index and delete its lists file (the store closes, or these indexes
+        were replaced by ones trained again)."""
+        self.index = self._flat()
+        self._set_lists_file(None)
 
     def load(self, *, mapped: bool = False) -> bool:
         """Read the saved index; False (and an empty index) if there is none or it is
@@ -129,18 +218,28 @@ class VectorIndex:
         added to (``writable`` False)."""
         if not self.path.exists():
             return False
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0
+        # A writer reads an IVF index's lists mapped (the page cache), then copies them
+        # into its own lists file, so the load never holds them all in its heap.
+        to_disk = self.lists_dir is not None and not mapped
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped or to_disk else 0
         try:
             index = faiss.read_index(str(self.path), flags)
+            inner = faiss.downcast_index(index)
+            if to_disk and not isinstance(inner, faiss.IndexIVF):
+                index = faiss.read_index(str(self.path))  # flat: small, and added to
         except RuntimeError as exc:
             log.warning("cannot read %s (%s): rebuilding it from the database", self.path, exc)
             return False
         if index.d != self.dim:
             log.warning("%s has %d dims, expected %d: rebuilding it", self.path, index.d, self.dim)
             return False
+        inner = faiss.downcast_index(index)
+        if to_disk and isinstance(inner, faiss.IndexIVF):
+            self._lists_to_disk(inner)  # ``index`` owns ``inner``: kept
+        else:
+            self._set_lists_file(None)
         self.index = index
         self.mapped = mapped
-        inner = faiss.downcast_index(index)
         # Not saved with the index: assume it was trained on what it holds.
         self.trained_on = int(index.ntotal) if isinstance(inner, faiss.IndexIVF) else 0
         self._set_nprobe()
@@ -149,14 +248,75 @@ class VectorIndex:
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         try:
-            faiss.write_index(self.index, str(tmp))
+            if self.on_disk:
+                self._write_streamed(tmp)
+            else:
+                faiss.write_index(self.index, str(tmp))
             os.replace(tmp, self.path)
         except (RuntimeError, OSError) as exc:
             raise RagError(f"cannot save the index {self.path}: {exc}") from exc
         self.dirty = 0
+        if self.on_disk:
+            self._compact_if_sparse()
+
+    def _compact_if_sparse(self) -> None:
+        """Copy the lists into a new file when the lists file has grown to over four
+        times what they hold. FAISS gives each list a slot of a power of two entries and
+        frees the old slot when a list outgrows it; with events added and deleted
+        (retention) the freed slots are reused only in part, and the file doubles: held at
+        40k events (10.5 MB of text codes and ids), the text lists' file reached 64 MB,
+        and the pages touched count in the writer's RssFile. The copy reads the file just
+        saved, mapped, list by list."""
+        assert self._lists_file is not None
+        try:
+            size = self._lists_file.stat().st_size
+        except OSError:
+            return
+        if size <= max(4 * self.memory_bytes, _COMPACT_MIN):
+            return
+        index = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        self._lists_to_disk(faiss.downcast_index(index))
+        self.index = index
+        self._set_nprobe()
+        log.debug("index %s: lists file of %d MB compacted", self.path.name, size >> 20)
+
+    def _write_streamed(self, out: Path) -> None:
+        """Write the IVF index with its lists file's lists in FAISS's own single-file
+        format (array lists, "full": every list's size, then each list's codes and ids,
+        contiguous: what readers memory-map), list by list from the mapping, so saving
+        holds no copy of the lists in the heap."""
+        ivf: Any = faiss.downcast_index(self.index)
+        lists = ivf.invlists
+        # The index's header, quantizer and parameters: serialized with empty lists.
+        empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)  # kept alive meanwhile
+        ivf.own_invlists = False
+        ivf.replace_invlists(empty, False)
+        try:
+            head = bytes(faiss.serialize_index(ivf))
+        finally:
+            ivf.replace_invlists(lists, True)
+        nlist, code_size = int(ivf.nlist), int(ivf.code_size)
+        tail = b"ilar" + struct.pack("<QQ", nlist, code_size) + b"sprs" + struct.pack("<Q", 0)
+        if len(head) < _EMPTY_TAIL or head[-_EMPTY_TAIL:] != tail:
+            raise RagError(
+                f"this FAISS ({faiss.__version__}) serializes IVF lists in a layout this "
+                "store does not know: set rag.ivf_threshold above rag.max_events to keep "
+                "the indexes flat, or use the FAISS of the venv"
+            )
+        sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.uint64)
+        with open(out, "wb") as f:
+            f.write(head[:-_EMPTY_TAIL])
+            f.write(b"ilar" + struct.pack("<QQ", nlist, code_size) + b"full")
+            f.write(struct.pack("<Q", nlist))
+            f.write(sizes.astype("<u8").tobytes())
+            for i, n in enumerate(sizes.tolist()):
+                if n:
+                    f.write(faiss.rev_swig_ptr(lists.get_codes(i), n * code_size).tobytes())
+                    f.write(faiss.rev_swig_ptr(lists.get_ids(i), n).tobytes())
 
     def reset(self) -> None:
         self.index = self._flat()
+        self._set_lists_file(None)
         self.mapped = False
         self.dirty = 0
 
@@ -196,7 +356,7 @@ class VectorIndex:
         their number when there are ``ivf_threshold`` or more)."""
         self.reset()
         if len(ids) >= self.ivf_threshold:
-            self._build_ivf(ids, np.ascontiguousarray(vectors, dtype=np.float32))
+            self._build_ivf(ids, vectors)
         elif len(ids):
             self.add(ids, vectors)
 
@@ -209,22 +369,35 @@ class VectorIndex:
         self._build_ivf(ids, vectors)
 
     def _build_ivf(self, ids: npt.NDArray[np.int64], vectors: F32) -> None:
+        """``vectors`` may be a memory-mapped array (rag/indexed_store.py): only the
+        training sample and one chunk at a time are read into memory."""
         n = len(ids)
         # 4 sqrt(n) lists, each trained on at least 40 points (FAISS warns below 39).
         nlist = int(min(self.max_lists, max(64, min(4 * math.sqrt(n), n / 40))))
         ivf = faiss.index_factory(self.dim, f"IVF{nlist},SQ8", self._metric)
         rng = np.random.default_rng(0)
         size = max(_MAX_TRAIN, 40 * nlist)
-        sample = vectors if n <= size else vectors[rng.choice(n, size, replace=False)]
-        ivf.train(sample)
-        ivf.add_with_ids(vectors, ids)
+        rows = np.sort(rng.choice(n, size, replace=False)) if n > size else slice(None)
+        ivf.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        if self.lists_dir is not None:
+            self._lists_to_disk(faiss.downcast_index(ivf))
+        else:
+            self._set_lists_file(None)
+        for start in range(0, n, _ADD_CHUNK):
+            part = np.ascontiguousarray(vectors[start : start + _ADD_CHUNK], dtype=np.float32)
+            ivf.add_with_ids(part, np.asarray(ids[start : start + _ADD_CHUNK], dtype=np.int64))
         self.index = ivf
         self.mapped = False
         self.trained_on = n
         self._set_nprobe()
         self.dirty = n
         log.info(
-            "index %s: %d vectors, now IVF%d,SQ8 (nprobe %d)", self.path.name, n, nlist, self.nprobe
+            "index %s: %d vectors, now IVF%d,SQ8 (nprobe %d%s)",
+            self.path.name,
+            n,
+            nlist,
+            self.nprobe,
+            ", lists in a mapped file" if self.on_disk else "",
         )
 
     def _set_nprobe(self) -> None:
