@@ -36,9 +36,9 @@ import numpy.typing as npt
 from base.errors import ConfigError
 from native._dnswin import N_COLUMNS
 from native._dnswin import DnsWindows as _NativeDnsWindows
-from sniffer.batch_windows import ADDRESS_KEY_SIZE, address_keys
+from sniffer.batch_windows import address_keys
 from sniffer.config import ContextConfig
-from sniffer.records import Array, FlowColumns
+from sniffer.records import Array, FlowColumns, raw_address_keys
 from sniffer.sources import CaptureSourceError
 
 __all__ = ["DNS_WINDOW_FIELDS", "DnsWindows", "for_source", "raw_address_keys"]
@@ -59,20 +59,6 @@ DNS_WINDOW_FIELDS = (
 assert len(DNS_WINDOW_FIELDS) == N_COLUMNS
 
 PREFIX = "dns_domain_"
-
-
-def raw_address_keys(raw: npt.ArrayLike, version: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-    """The rows :func:`sniffer.batch_windows.address_keys` makes, from the n x 16-byte
-    address column of :class:`sniffer.records.FlowColumns` (``src_raw``: IPv4-mapped for
-    version 4) and the IP versions, in NumPy: the length (4 or 16), then the address's
-    bytes zero-padded to 16."""
-    raw16 = np.asarray(raw, dtype=np.uint8).reshape(-1, 16)
-    v4 = np.asarray(version) == 4
-    out = np.zeros((len(raw16), ADDRESS_KEY_SIZE), dtype=np.uint8)
-    out[:, 0] = np.where(v4, 4, 16)
-    out[~v4, 1:] = raw16[~v4]
-    out[v4, 1:5] = raw16[v4, 12:]
-    return out
 
 
 class DnsWindows:

@@ -69,6 +69,7 @@ __all__ = [
     "encode_records",
     "flow_columns",
     "pack_records",
+    "raw_address_keys",
     "shannon_entropy",
 ]
 
@@ -173,15 +174,7 @@ def _address_key_rows(
     versions when both are known (``_addresses`` made ``addrs`` from them: the IPv4-mapped
     tail for version 4, all 16 bytes otherwise), else packed from the list. Read-only: the
     rows are shared by every user of the batch."""
-    if raw is None or version is None:
-        out = address_keys(addrs)
-    else:
-        raw16 = np.asarray(raw, dtype=np.uint8).reshape(-1, 16)
-        v4 = np.asarray(version) == 4
-        out = np.zeros((len(raw16), ADDRESS_KEY_SIZE), dtype=np.uint8)
-        out[:, 0] = np.where(v4, 4, 16)
-        out[~v4, 1:] = raw16[~v4]
-        out[v4, 1:5] = raw16[v4, 12:]
+    out = address_keys(addrs) if raw is None or version is None else raw_address_keys(raw, version)
     out.flags.writeable = False
     return out
 
@@ -550,3 +543,17 @@ def pack_records(
         strings.append("")
         rows["fast_rule"] = 1
     return PackedFlows(rows, strings)
+
+
+def raw_address_keys(raw: npt.ArrayLike, version: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """The rows :func:`sniffer.batch_windows.address_keys` makes, from the n x 16-byte
+    address column of :class:`sniffer.records.FlowColumns` (``src_raw``: IPv4-mapped for
+    version 4) and the IP versions, in NumPy: the length (4 or 16), then the address's
+    bytes zero-padded to 16."""
+    raw16 = np.asarray(raw, dtype=np.uint8).reshape(-1, 16)
+    v4 = np.asarray(version) == 4
+    out = np.zeros((len(raw16), ADDRESS_KEY_SIZE), dtype=np.uint8)
+    out[:, 0] = np.where(v4, 4, 16)
+    out[~v4, 1:] = raw16[~v4]
+    out[v4, 1:5] = raw16[v4, 12:]
+    return out
