@@ -135,7 +135,14 @@ def test_a_narrow_allowlist_addition_is_applied_live(
         etcd.put(f"{etcd_prefix}/config/firewall/allowlist", json.dumps(wanted))
         outcome = _outcome(etcd, etcd_prefix, "firewall", "firewall.allowlist")
         assert outcome["state"] == "applied", outcome
-        assert plane.state is not None and list(plane.state.config.firewall.allowlist) == wanted
+
+        # The session writes the outcome before its watch thread swaps in the new
+        # state (control/session.py _consider), so the state may lag the status key.
+        def live() -> bool:
+            state = plane.state
+            return state is not None and list(state.config.firewall.allowlist) == wanted
+
+        wait_for(live, 5, "the new allowlist in the running state")
     finally:
         plane.close()
         etcd.close()
