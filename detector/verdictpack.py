@@ -169,17 +169,28 @@ def verdict_bytes(
         out[name] = rows[name]
     out["flags"] = rows["flags"] & FLAG_BITS["src_verified"]
     out["fast_score"] = scores.fast_score
-    out["fast_rule"] = _index(strings, table, scores.fast_rule)
+    codes = scores.codes
+    if codes is not None:  # each distinct name indexed once, the rows by NumPy
+        out["fast_rule"] = np.asarray(_index(strings, table, list(codes.rules)), np.intp)[
+            codes.rule
+        ]
+    else:
+        out["fast_rule"] = _index(strings, table, scores.fast_rule)
     out["fam_family"] = _index(strings, table, list(scores.families))
     out["fam_score"] = scores.family_scores
     out["ml_score"] = scores.ml_score
-    out["ml_family"] = _index(strings, table, scores.ml_family)
+    if codes is not None:
+        names = np.asarray(_index(strings, table, list(codes.names)), np.intp)
+        out["ml_family"] = names[codes.ml_family]
+        out["family"] = names[codes.family]
+    else:
+        out["ml_family"] = _index(strings, table, scores.ml_family)
+        out["family"] = _index(strings, table, scores.family)
     out["final_score"] = scores.final_score
     out["label"] = scores.label
-    out["family"] = _index(strings, table, scores.family)
     if k:
-        names = _index(strings, table, list(FEATURES))
-        out["top_name"] = np.asarray(names, dtype=np.uint16)[top.indices]
+        feature_names = _index(strings, table, list(FEATURES))
+        out["top_name"] = np.asarray(feature_names, dtype=np.uint16)[top.indices]
         out["top_value"] = top.values
         out["top_weight"] = top.weights
         bits = (np.asarray(top.weights) > 0) << np.arange(k)
