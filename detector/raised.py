@@ -90,39 +90,30 @@ class RaisedFlows:
         out = np.zeros(n, dtype=bool)
         # Only records of flows that raise here or were raised before can change
         # anything: a benign record of a flow never raised neither raises nor is
-        # remembered. Most records are that, so they are found over the whole batch (NumPy
-        # and set operations) and the loop below runs over the others only.
+        # remembered. Most records are that: the flows that can are found over the whole
+        # batch (NumPy, and set operations in C), and the loop runs over their records only.
         alerting = (lab == LABEL_SUSPICIOUS) | (lab == LABEL_MALICIOUS)
         flows = set(ids[alerting].tolist())
+        id_list = ids.tolist()
         known = self._flows_of.get(sensor_id)
-        hit = known.intersection(ids.tolist()) if known else set()
-        flows.update(hit)
+        if known:
+            flows.update(known.intersection(id_list))
         if not flows:
             return out
-        idx = np.flatnonzero(np.isin(ids, np.fromiter(flows, dtype=np.uint64, count=len(flows))))
-        # The common case, settled over the batch: the only record of its flow here, a
-        # flow not raised before (so the record alerts, as the flow is in ``flows``), and
-        # its last record (nothing to remember). The loop takes the rest, in order.
-        got = ids[idx]
-        _, where, count = np.unique(got, return_inverse=True, return_counts=True)
-        settled = (count[where] == 1) & ~goes[idx]
-        if hit:
-            settled &= ~np.isin(got, np.fromiter(hit, dtype=np.uint64, count=len(hit)))
-        out[idx[settled]] = True
-        idx = idx[~settled]
+        lab_list, go_list = lab.tolist(), goes.tolist()
         raised = self._raised
-        for i, flow_id, label, goes_on in zip(
-            idx.tolist(), ids[idx].tolist(), lab[idx].tolist(), goes[idx].tolist(), strict=True
-        ):
+        hits: list[int] = []
+        for i in [i for i, f in enumerate(id_list) if f in flows]:
+            flow_id, label = id_list[i], lab_list[i]
             key = (sensor_id, flow_id)
             before = raised.get(key, 0)
             if label in _ALERTING:
                 if label > before:
-                    out[i] = True
+                    hits.append(i)
                     before = label
                 else:
                     self.repeats += 1
-            if not goes_on:
+            if not go_list[i]:
                 if raised.pop(key, None) is not None:  # the flow's last record
                     self._forget(key)
             elif before:
@@ -134,6 +125,7 @@ class RaisedFlows:
                     old, _ = raised.popitem(last=False)
                     self._forget(old)
                     self.evicted += 1
+        out[hits] = True
         return out
 
     def _forget(self, key: tuple[str, int]) -> None:

@@ -31,7 +31,7 @@ MALICIOUS. ml_score stays the forests' maximum; model_version is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, overload
 
@@ -118,7 +118,7 @@ class Scores:
             final_score=self.final_score[idx],
             family=[self.family[i] for i in pick],
             label=self.label[idx],
-            top_features=TopFeatures(top.indices[idx], top.values[idx], top.weights[idx]),
+            top_features=top.take(idx),
             codes=None if self.codes is None else self.codes.take(idx),
         )
 
@@ -291,7 +291,7 @@ class Scorer:
             final_score=final.astype(np.float32),
             family=table.objects[code].tolist(),
             label=label,
-            top_features=self._explain_rows(x, table.explain_row[code]),
+            top_features=self._explain_later(x, table.explain_row[code]),
             model_version=version,
             codes=ScoreCodes(table.names, code, best, rule_names, rule_idx),
         )
@@ -322,6 +322,19 @@ class Scorer:
         """Explanations of flows given their verdict families by name."""
         index = {f: i for i, f in enumerate(self.bundle.families)}
         return self._explain_rows(x, _lookup(family, lambda f: index.get(f, -1)).astype(np.intp))
+
+    def _explain_later(self, x: F32, rows: npt.NDArray[np.intp]) -> TopFeatures:
+        """:meth:`_explain_rows`, deferred until read and then only for the flows kept."""
+
+        def make(sub: npt.NDArray[np.intp] | None) -> _TopArrays:
+            top = (
+                self._explain_rows(x, rows)
+                if sub is None
+                else self._explain_rows(x[sub], rows[sub])
+            )
+            return top.indices, top.values, top.weights
+
+        return TopFeatures.deferred(len(x), make)
 
     def _explain_rows(self, x: F32, rows: npt.NDArray[np.intp]) -> TopFeatures:
         """Explanations of flows given the importance row of each (the family's forest, -1
@@ -431,18 +444,59 @@ class TopFeatures(Sequence[list[tuple[str, float, float]]]):
     """Each flow's explanation, ``(name, value, weight)`` highest weight first.
 
     Kept as three (flows, k) arrays; a flow's list is built when it is asked for, since
-    most flows of a capture are never written out with their explanation.
+    most flows of a capture are never written out with their explanation. The arrays
+    themselves may be deferred (:meth:`deferred`): Scorer.score then computes them when
+    first read, and only for the flows a :meth:`take` kept (the live detector without
+    scored events or EVE writes explanations for the verdicts it sends the firewall
+    only). A flow's explanation depends on that flow alone, so both give the same rows.
     """
 
     def __init__(
         self, indices: npt.NDArray[np.intp], values: npt.NDArray[Any], weights: npt.NDArray[Any]
     ) -> None:
-        self.indices = indices
-        self.values = values
-        self.weights = weights
+        self._arrays: _TopArrays | None = (indices, values, weights)
+        self._make: Callable[[npt.NDArray[np.intp] | None], _TopArrays] | None = None
+        self._n = len(indices)
+
+    @classmethod
+    def deferred(
+        cls, n: int, make: Callable[[npt.NDArray[np.intp] | None], _TopArrays]
+    ) -> TopFeatures:
+        """``n`` flows' explanations, made by ``make(rows)`` (None: every flow) when read."""
+        top = cls.__new__(cls)
+        top._arrays, top._make, top._n = None, make, n
+        return top
+
+    def _get(self) -> _TopArrays:
+        if self._arrays is None:
+            assert self._make is not None
+            self._arrays, self._make = self._make(None), None
+        return self._arrays
+
+    @property
+    def indices(self) -> npt.NDArray[np.intp]:
+        return self._get()[0]
+
+    @property
+    def values(self) -> npt.NDArray[Any]:
+        return self._get()[1]
+
+    @property
+    def weights(self) -> npt.NDArray[Any]:
+        return self._get()[2]
+
+    def take(self, idx: npt.NDArray[np.intp]) -> TopFeatures:
+        """The explanations of the flows at ``idx``; still deferred if these were."""
+        make = self._make
+        if self._arrays is None and make is not None:
+            return TopFeatures.deferred(
+                len(idx), lambda sub: make(idx if sub is None else idx[sub])
+            )
+        i, v, w = self._get()
+        return TopFeatures(i[idx], v[idx], w[idx])
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return self._n
 
     @overload
     def __getitem__(self, i: int) -> list[tuple[str, float, float]]: ...
@@ -457,3 +511,6 @@ class TopFeatures(Sequence[list[tuple[str, float, float]]]):
             return [self[j] for j in range(*i.indices(len(self)))]
         idx, vals, ws = self.indices[i].tolist(), self.values[i].tolist(), self.weights[i].tolist()
         return [(FEATURES[j], v, w) for j, v, w in zip(idx, vals, ws, strict=True) if w > 0]
+
+
+_TopArrays = tuple[npt.NDArray[np.intp], npt.NDArray[Any], npt.NDArray[Any]]
