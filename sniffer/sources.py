@@ -15,7 +15,10 @@ process is shutting down. ``stats()`` gives counters.
   is imported only when such a source is made, so offline use needs no BCC. With
   ``capture.overload`` (the default) the program summarises forged-source floods, and
   each batch also carries the flood records made of the summaries drained since the
-  previous one (sniffer/overload.py).
+  previous one (sniffer/overload.py). Its ring-buffer poll returns as soon as exports
+  arrive, and otherwise after ``capture.poll_timeout_ms`` or, sooner, when the consumer
+  has something due (:class:`WakesForDeadline`: the service hands it the publisher's
+  partial-batch deadline), so a lone record is not held a poll timeout longer.
 """
 
 from __future__ import annotations
