@@ -555,7 +555,9 @@ def stages(arrays: list[Any], obs: str, span_ns: int, batch: int, records: int) 
             us["detector: handle (unpack to verdicts built)"] = (
                 took - verdicts.seconds - timed.seconds
             ) - us["detector: unpack + columns + feature matrix"]
-            us["detector: Scorer.score (forests, labels, explanations)"] = timed.seconds
+            # Explanations are made when a verdict reads them (scoring.TopFeatures): in
+            # the line above for the verdicts sent, not here.
+            us["detector: Scorer.score (forests, labels; explanations deferred)"] = timed.seconds
             us["verdicts: VerdictBatch serialize + LZ4 + AEAD"] = verdicts.seconds
             service.event_sender = None
         rx.close()

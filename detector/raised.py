@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 from base.errors import ConfigError
 from proto.events_pb2 import LABEL_MALICIOUS, LABEL_SUSPICIOUS, FlowRecord
 
@@ -39,6 +42,8 @@ class RaisedFlows:
             )
         self.max_flows = max_flows
         self._raised: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # The flow ids in _raised per sensor, for a whole batch's membership test at once.
+        self._flows_of: dict[str, set[int]] = {}
         self.evicted = 0
         self.repeats = 0  # alert-level records of a flow that raised nothing new
 
@@ -58,43 +63,75 @@ class RaisedFlows:
 
     def select_flows(
         self,
-        flow_ids: Sequence[int],
-        interim: Sequence[bool],
-        labels: Sequence[int],
+        flow_ids: Sequence[int] | npt.NDArray[np.uint64],
+        interim: Sequence[bool] | npt.NDArray[np.bool_],
+        labels: Sequence[int] | npt.NDArray[np.int32],
         sensor_id: str,
     ) -> list[bool]:
         """:meth:`select` for records given as their flow ids and interim flags (the
         columns of packed rows, proto/flowpack.py), so no FlowRecord is built for it."""
-        n = len(flow_ids)
-        if not (n == len(labels) == len(interim)):
-            raise ValueError(f"{n} flow ids, {len(labels)} labels, {len(interim)} interim flags")
-        out = [False] * n
-        raised = self._raised
+        out: list[bool] = self.select_columns(flow_ids, interim, labels, sensor_id).tolist()
+        return out
+
+    def select_columns(
+        self,
+        flow_ids: Sequence[int] | npt.NDArray[np.uint64],
+        interim: Sequence[bool] | npt.NDArray[np.bool_],
+        labels: Sequence[int] | npt.NDArray[np.int32],
+        sensor_id: str,
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`select_flows` over columns, as a bool array."""
+        ids = np.asarray(flow_ids, dtype=np.uint64)
+        goes = np.asarray(interim, dtype=bool)
+        lab = np.asarray(labels)
+        n = len(ids)
+        if not (n == len(lab) == len(goes)):
+            raise ValueError(f"{n} flow ids, {len(lab)} labels, {len(goes)} interim flags")
+        out = np.zeros(n, dtype=bool)
         # Only records of flows that raise here or were raised before can change
         # anything: a benign record of a flow never raised neither raises nor is
-        # remembered. Most records are that, so the loop below runs over the others only.
-        ids = list(flow_ids)
-        flows = {f for f, label in zip(ids, labels, strict=True) if label in _ALERTING}
-        if raised:
-            flows.update(f for f in set(ids) if (sensor_id, f) in raised)
+        # remembered. Most records are that: the flows that can are found over the whole
+        # batch (NumPy, and set operations in C), and the loop runs over their records only.
+        alerting = (lab == LABEL_SUSPICIOUS) | (lab == LABEL_MALICIOUS)
+        flows = set(ids[alerting].tolist())
+        id_list = ids.tolist()
+        known = self._flows_of.get(sensor_id)
+        if known:
+            flows.update(known.intersection(id_list))
         if not flows:
             return out
-        for i in (i for i, f in enumerate(ids) if f in flows):
-            flow_id, label, goes_on = ids[i], labels[i], interim[i]
+        lab_list, go_list = lab.tolist(), goes.tolist()
+        raised = self._raised
+        hits: list[int] = []
+        for i in [i for i, f in enumerate(id_list) if f in flows]:
+            flow_id, label = id_list[i], lab_list[i]
             key = (sensor_id, flow_id)
             before = raised.get(key, 0)
             if label in _ALERTING:
                 if label > before:
-                    out[i] = True
+                    hits.append(i)
                     before = label
                 else:
                     self.repeats += 1
-            if not goes_on:
-                raised.pop(key, None)  # the flow's last record
+            if not go_list[i]:
+                if raised.pop(key, None) is not None:  # the flow's last record
+                    self._forget(key)
             elif before:
+                if key not in raised:
+                    self._flows_of.setdefault(sensor_id, set()).add(flow_id)
                 raised[key] = before
                 raised.move_to_end(key)
                 if len(raised) > self.max_flows:
-                    raised.popitem(last=False)
+                    old, _ = raised.popitem(last=False)
+                    self._forget(old)
                     self.evicted += 1
+        out[hits] = True
         return out
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        """Drop a flow no longer in ``_raised`` from its sensor's set of flow ids."""
+        flows = self._flows_of.get(key[0])
+        if flows is not None:
+            flows.discard(key[1])
+            if not flows:
+                del self._flows_of[key[0]]

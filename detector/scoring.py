@@ -31,7 +31,7 @@ MALICIOUS. ml_score stays the forests' maximum; model_version is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, overload
 
@@ -50,6 +50,7 @@ __all__ = [
     "LABEL_NAMES",
     "AnomalyModel",
     "AnomalyScoring",
+    "ScoreCodes",
     "Scorer",
     "Scores",
     "default_scorer",
@@ -95,6 +96,10 @@ class Scores:
     label: npt.NDArray[np.int32]
     top_features: TopFeatures  # (name, value, weight) per flow, highest weight first
     model_version: str
+    # The same family and rule columns as integer codes (Scorer.score fills it; None when
+    # the Scores were built from lists elsewhere): lets writers index their string
+    # tables once per distinct name instead of once per flow (detector/verdictpack.py).
+    codes: ScoreCodes | None = None
 
     def __len__(self) -> int:
         return len(self.final_score)
@@ -113,8 +118,100 @@ class Scores:
             final_score=self.final_score[idx],
             family=[self.family[i] for i in pick],
             label=self.label[idx],
-            top_features=TopFeatures(top.indices[idx], top.values[idx], top.weights[idx]),
+            top_features=top.take(idx),
+            codes=None if self.codes is None else self.codes.take(idx),
         )
+
+
+@dataclass(frozen=True)
+class ScoreCodes:
+    """:class:`Scores`' ``family``, ``ml_family`` and ``fast_rule`` as codes: ``family[i]``
+    is ``names[self.family[i]]``, ``fast_rule[i]`` is ``rules[self.rule[i]]``."""
+
+    names: tuple[str, ...]
+    family: npt.NDArray[np.intp]
+    ml_family: npt.NDArray[np.intp]
+    rules: tuple[str, ...]
+    rule: npt.NDArray[np.intp]
+
+    def take(self, idx: npt.NDArray[np.intp]) -> ScoreCodes:
+        return replace(self, family=self.family[idx], ml_family=self.ml_family[idx],
+                       rule=self.rule[idx])  # fmt: skip
+
+
+class _FamilyTable:
+    """Every family a verdict can name, as codes, with each family's thresholds and
+    explanation row as arrays indexed by code: labels and explanations are then NumPy
+    over the batch, with no per-flow look-up by name. Codes 0..len(bundle families)-1 are
+    the bundle's families in its order (so argmax over the forests is already a code)."""
+
+    def __init__(self, bundle_families: Sequence[str], thresholds: ThresholdsConfig) -> None:
+        names = list(bundle_families)
+        for name in (*FAMILIES, *FAST_RULE_FAMILY.values(), ANOMALY, ""):
+            if name not in names:
+                names.append(name)
+        self.thresholds = thresholds
+        self.names = tuple(names)
+        self.code = {name: i for i, name in enumerate(names)}
+        self.objects = np.array(names, dtype=object)
+        self.alert = np.array([thresholds.alert_of(f) for f in names], dtype=np.float64)
+        self.block = np.array([thresholds.block_of(f) for f in names], dtype=np.float64)
+        self.may_block = np.array(
+            [thresholds.fast_rule_alone_may_block(f) for f in names], dtype=bool
+        )
+        # The explanation's importances: the family's forest, else (-1) the forests' mean.
+        n_forests = len(bundle_families)
+        self.explain_row = np.array(
+            [i if i < n_forests else -1 for i in range(len(names))], dtype=np.intp
+        )
+        # A fast rule's family code, -1 for a rule that has none (it never names the family).
+        self._rule_code: dict[str, int] = {}
+
+    def codes_of(self, families: Sequence[str]) -> npt.NDArray[np.intp]:
+        """Codes of family names (names no table knows are added, as label_flows takes any)."""
+        for f in set(families) - self.code.keys():
+            self.code[f] = len(self.names)
+            self.names = (*self.names, f)
+            self.objects = np.array(self.names, dtype=object)
+            t = self.thresholds
+            self.alert = np.append(self.alert, t.alert_of(f))
+            self.block = np.append(self.block, t.block_of(f))
+            self.may_block = np.append(self.may_block, t.fast_rule_alone_may_block(f))
+            self.explain_row = np.append(self.explain_row, -1)
+        return _codes(families, self.code)
+
+    def rule_codes(
+        self, rules: Sequence[str]
+    ) -> tuple[tuple[str, ...], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The distinct rules, each record's index into them, and each record's rule family
+        code (-1: no family)."""
+        distinct = dict.fromkeys(rules)
+        index = {r: i for i, r in enumerate(distinct)}
+        fam = np.array(
+            [self.code[FAST_RULE_FAMILY[r]] if r in FAST_RULE_FAMILY else -1 for r in distinct],
+            dtype=np.intp,
+        )
+        idx = _codes(rules, index)
+        return tuple(distinct), idx, fam[idx] if len(fam) else idx
+
+    def label(
+        self,
+        final: npt.NDArray[np.float32],
+        ml: npt.NDArray[np.float32],
+        fast: npt.NDArray[np.float32],
+        code: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.int32]:
+        """:func:`label_flows` over family codes."""
+        label = np.full(len(final), LABEL_BENIGN, dtype=np.int32)
+        label[final >= self.alert[code]] = LABEL_SUSPICIOUS
+        malicious = final >= self.block[code]
+        # The rule won and the forests call the flow benign: alert, do not block, unless
+        # the verdict's family (the rule's, since it won) may block on its fast rule alone.
+        rule_alone = (fast > ml) & (ml < self.thresholds.alert)
+        if rule_alone.any():
+            malicious &= ~(rule_alone & ~self.may_block[code])
+        label[malicious] = LABEL_MALICIOUS
+        return label
 
 
 class Scorer:
@@ -142,6 +239,18 @@ class Scorer:
         # family has no forest: the mean over forests.
         self._mean_importance = bundle.importances.mean(axis=0)
         self._scale = np.where(bundle.scale > 0, bundle.scale, 1.0)
+        self._families: _FamilyTable | None = None
+
+    def _table(self) -> _FamilyTable:
+        """The family table of the current bundle and thresholds (built once)."""
+        table = self._families
+        if (
+            table is None
+            or table.thresholds is not self.thresholds
+            or table.names[: len(self.bundle.families)] != self.bundle.families
+        ):
+            table = self._families = _FamilyTable(self.bundle.families, self.thresholds)
+        return table
 
     def score(
         self,
@@ -150,43 +259,41 @@ class Scorer:
         fast_rule: Sequence[str] | None = None,
     ) -> Scores:
         n = len(x)
+        table = self._table()
         fams = self.bundle.families
         fam_scores = self.bundle.predict(x)
         if fams:
-            best = np.argmax(fam_scores, axis=1)
-            ml = fam_scores[np.arange(n), best]
-            ml_family = np.array(fams, dtype=object)[best].tolist()
+            best = np.argmax(fam_scores, axis=1)  # a family's column is its code
+            ml = np.take_along_axis(fam_scores, best[:, None], axis=1).reshape(n)
         else:
+            best = np.full(n, table.code[""], dtype=np.intp)
             ml = np.zeros(n, dtype=np.float32)
-            ml_family = [""] * n
         fast = np.zeros(n, np.float32) if fast_score is None else np.asarray(fast_score, np.float32)
         rules = list(fast_rule) if fast_rule is not None else [""] * n
+        rule_names, rule_idx, rule_fam = table.rule_codes(rules)
         final = np.maximum(fast, ml)
-        # Per flow: the fast rule's family where the rule scored higher, else the forest's,
-        # made through tables of the distinct values; label_flows takes that family's
-        # thresholds.
-        ml_fam = np.array(ml_family, dtype=object).reshape(n)
-        rule_fam = _lookup(rules, lambda r: FAST_RULE_FAMILY.get(r, ""))
-        from_rule = (fast > ml) & _lookup(rules, lambda r: r in FAST_RULE_FAMILY).astype(bool)
-        family_arr = np.where(from_rule, rule_fam, ml_fam)
-        family: list[str] = family_arr.tolist()
-        label = label_flows(self.thresholds, final, ml, fast, family)
+        # Per flow: the fast rule's family where the rule scored higher (and the rule has a
+        # family), else the forest's; the labels take that family's thresholds. All of it
+        # over codes (_FamilyTable): no per-flow look-up by name.
+        code = np.where((fast > ml) & (rule_fam >= 0), rule_fam, best)
+        label = table.label(final, ml, fast, code)
         version = self.bundle.version
         if self.anomaly is not None:
-            fams, fam_scores, final = self._add_anomaly(x, fams, fam_scores, final, family, label)
+            fams, fam_scores, final = self._add_anomaly(x, fams, fam_scores, final, code, label)
             version = f"{version}+anomaly-{self.anomaly.model.version}"
         return Scores(
             families=fams,
             family_scores=fam_scores,
             ml_score=ml.astype(np.float32),
-            ml_family=ml_family,
+            ml_family=table.objects[best].tolist(),
             fast_score=fast,
             fast_rule=rules,
             final_score=final.astype(np.float32),
-            family=family,
+            family=table.objects[code].tolist(),
             label=label,
-            top_features=self._explain(x, family),
+            top_features=self._explain_later(x, table.explain_row[code]),
             model_version=version,
+            codes=ScoreCodes(table.names, code, best, rule_names, rule_idx),
         )
 
     def _add_anomaly(
@@ -195,16 +302,15 @@ class Scorer:
         fams: tuple[str, ...],
         fam_scores: F32,
         final: npt.NDArray[np.float32],
-        family: list[str],
+        code: npt.NDArray[np.intp],
         label: npt.NDArray[np.int32],
     ) -> tuple[tuple[str, ...], F32, npt.NDArray[np.float32]]:
-        """The anomaly column; ``family`` and ``label`` are updated in place."""
+        """The anomaly column; the family ``code`` and ``label`` are updated in place."""
         assert self.anomaly is not None
         a = self.anomaly.model.score(x).astype(np.float32)
         alerting = a >= self.anomaly.alert_threshold
         take = alerting & (a > final) & (label != LABEL_MALICIOUS)
-        for i in np.flatnonzero(take).tolist():
-            family[i] = ANOMALY
+        code[take] = self._table().code[ANOMALY]
         final = np.where(take, a, final).astype(np.float32)
         label[alerting & (label == LABEL_BENIGN)] = LABEL_SUSPICIOUS
         if self.anomaly.block:
@@ -213,13 +319,31 @@ class Scorer:
         return (*fams, ANOMALY), scores, final
 
     def _explain(self, x: F32, family: list[str]) -> TopFeatures:
+        """Explanations of flows given their verdict families by name."""
+        index = {f: i for i, f in enumerate(self.bundle.families)}
+        return self._explain_rows(x, _lookup(family, lambda f: index.get(f, -1)).astype(np.intp))
+
+    def _explain_later(self, x: F32, rows: npt.NDArray[np.intp]) -> TopFeatures:
+        """:meth:`_explain_rows`, deferred until read and then only for the flows kept."""
+
+        def make(sub: npt.NDArray[np.intp] | None) -> _TopArrays:
+            top = (
+                self._explain_rows(x, rows)
+                if sub is None
+                else self._explain_rows(x[sub], rows[sub])
+            )
+            return top.indices, top.values, top.weights
+
+        return TopFeatures.deferred(len(x), make)
+
+    def _explain_rows(self, x: F32, rows: npt.NDArray[np.intp]) -> TopFeatures:
+        """Explanations of flows given the importance row of each (the family's forest, -1
+        for the forests' mean)."""
         n = len(x)
         k = self.top_k
         if n == 0 or k == 0:
             empty = np.zeros((n, 0))
             return TopFeatures(empty.astype(np.intp), empty, empty)
-        index = {f: i for i, f in enumerate(self.bundle.families)}
-        rows = _lookup(family, lambda f: index.get(f, -1)).astype(np.intp)
         top, picked = self._top_native(x, rows, k)
         totals = picked.sum(axis=1, keepdims=True)
         shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
@@ -286,22 +410,18 @@ def label_flows(
 ) -> npt.NDArray[np.int32]:
     """Labels from the scores and the verdict families (module doc): the family's alert and
     block thresholds, and no block by a fast rule alone unless configured for the family."""
-    final_a = np.asarray(final, dtype=np.float32)
-    ml_a = np.asarray(ml, dtype=np.float32)
-    fast_a = np.asarray(fast, dtype=np.float32)
-    alert = _lookup(family, thresholds.alert_of).astype(np.float64)
-    block = _lookup(family, thresholds.block_of).astype(np.float64)
-    label = np.full(len(final_a), LABEL_BENIGN, dtype=np.int32)
-    label[final_a >= alert] = LABEL_SUSPICIOUS
-    malicious = final_a >= block
-    # The rule won and the forests call the flow benign: alert, do not block, unless the
-    # verdict's family (the rule's, since it won) may block on its fast rule alone.
-    rule_alone = (fast_a > ml_a) & (ml_a < thresholds.alert)
-    if rule_alone.any():
-        may_block = _lookup(family, thresholds.fast_rule_alone_may_block).astype(bool)
-        malicious &= ~(rule_alone & ~may_block)
-    label[malicious] = LABEL_MALICIOUS
-    return label
+    table = _FamilyTable((), thresholds)
+    return table.label(
+        np.asarray(final, dtype=np.float32),
+        np.asarray(ml, dtype=np.float32),
+        np.asarray(fast, dtype=np.float32),
+        table.codes_of(family),
+    )
+
+
+def _codes(values: Sequence[str], table: dict[str, int]) -> npt.NDArray[np.intp]:
+    """``table[v]`` for every value, as an int array (the look-ups run in C: map, fromiter)."""
+    return np.fromiter(map(table.__getitem__, values), dtype=np.intp, count=len(values))
 
 
 def _lookup(values: Sequence[str], fn: Any) -> npt.NDArray[Any]:
@@ -324,18 +444,59 @@ class TopFeatures(Sequence[list[tuple[str, float, float]]]):
     """Each flow's explanation, ``(name, value, weight)`` highest weight first.
 
     Kept as three (flows, k) arrays; a flow's list is built when it is asked for, since
-    most flows of a capture are never written out with their explanation.
+    most flows of a capture are never written out with their explanation. The arrays
+    themselves may be deferred (:meth:`deferred`): Scorer.score then computes them when
+    first read, and only for the flows a :meth:`take` kept (the live detector without
+    scored events or EVE writes explanations for the verdicts it sends the firewall
+    only). A flow's explanation depends on that flow alone, so both give the same rows.
     """
 
     def __init__(
         self, indices: npt.NDArray[np.intp], values: npt.NDArray[Any], weights: npt.NDArray[Any]
     ) -> None:
-        self.indices = indices
-        self.values = values
-        self.weights = weights
+        self._arrays: _TopArrays | None = (indices, values, weights)
+        self._make: Callable[[npt.NDArray[np.intp] | None], _TopArrays] | None = None
+        self._n = len(indices)
+
+    @classmethod
+    def deferred(
+        cls, n: int, make: Callable[[npt.NDArray[np.intp] | None], _TopArrays]
+    ) -> TopFeatures:
+        """``n`` flows' explanations, made by ``make(rows)`` (None: every flow) when read."""
+        top = cls.__new__(cls)
+        top._arrays, top._make, top._n = None, make, n
+        return top
+
+    def _get(self) -> _TopArrays:
+        if self._arrays is None:
+            assert self._make is not None
+            self._arrays, self._make = self._make(None), None
+        return self._arrays
+
+    @property
+    def indices(self) -> npt.NDArray[np.intp]:
+        return self._get()[0]
+
+    @property
+    def values(self) -> npt.NDArray[Any]:
+        return self._get()[1]
+
+    @property
+    def weights(self) -> npt.NDArray[Any]:
+        return self._get()[2]
+
+    def take(self, idx: npt.NDArray[np.intp]) -> TopFeatures:
+        """The explanations of the flows at ``idx``; still deferred if these were."""
+        make = self._make
+        if self._arrays is None and make is not None:
+            return TopFeatures.deferred(
+                len(idx), lambda sub: make(idx if sub is None else idx[sub])
+            )
+        i, v, w = self._get()
+        return TopFeatures(i[idx], v[idx], w[idx])
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return self._n
 
     @overload
     def __getitem__(self, i: int) -> list[tuple[str, float, float]]: ...
@@ -350,3 +511,6 @@ class TopFeatures(Sequence[list[tuple[str, float, float]]]):
             return [self[j] for j in range(*i.indices(len(self)))]
         idx, vals, ws = self.indices[i].tolist(), self.values[i].tolist(), self.weights[i].tolist()
         return [(FEATURES[j], v, w) for j, v, w in zip(idx, vals, ws, strict=True) if w > 0]
+
+
+_TopArrays = tuple[npt.NDArray[np.intp], npt.NDArray[Any], npt.NDArray[Any]]

@@ -111,6 +111,7 @@ ZmqContext = zmq.Context[zmq.Socket[bytes]]
 
 _RECV_POLL_MS = 200  # how often the loop checks for stop and new bundles when idle
 _DROP_LOG_INTERVAL_S = 10.0
+_LABEL_KEYS: dict[int, str] = {int(k): f"labels.{v}" for k, v in LABEL_NAMES.items()}
 
 
 # An output's receiving component when it follows discovery: (component, endpoint name).
@@ -581,21 +582,18 @@ class DetectorService(FollowsControl):
         first = self._next_id
         self._next_id += n
         label_arr = scores.label
-        labels = label_arr.tolist()
         # Once per flow: a record raises an alert (and a verdict to the firewall if
         # malicious) only when its flow's label rises above what was raised for it
         # (interim records, RaisedFlows); packed rows give their flow ids and interim
         # flags as columns, with no FlowRecord built.
         if rows is not None:
             interim = (rows["flags"] & FLAG_BITS["interim"]) != 0
-            raise_ = self.raised.select_flows(
-                rows["flow_id"].tolist(), interim.tolist(), labels, sensor
-            )
+            raise_ = self.raised.select_columns(rows["flow_id"], interim, label_arr, sensor)
             self.counters["interim_in"] += int(np.count_nonzero(interim))
         else:
-            raise_ = self.raised.select(records, labels, sensor)
+            raise_ = np.asarray(self.raised.select(records, label_arr.tolist(), sensor), bool)
             self.counters["interim_in"] += sum(1 for r in records if r.interim)
-        blocks = (label_arr == LABEL_MALICIOUS) & np.asarray(raise_, dtype=bool)
+        blocks = (label_arr == LABEL_MALICIOUS) & raise_
         # Verdicts (and FlowRecords of packed rows) only for what something reads: every
         # record when scored events or EVE are written, else the ones the firewall gets.
         every = self.event_sender is not None or self.eve is not None
@@ -628,9 +626,13 @@ class DetectorService(FollowsControl):
                 judged = flow_keys(rows if pick is None else take_rows(rows, pick))
             verdicts = build_verdicts(picked, judged, sensor, ids, now_ns)
         if self.eve is not None:
-            self.counters["eve_alerts"] += self.eve.write(verdicts, records, sensor, alert=raise_)
-        for label, count in Counter(labels).items():
-            self.counters[f"labels.{LABEL_NAMES.get(label, str(label))}"] += count
+            self.counters["eve_alerts"] += self.eve.write(
+                verdicts, records, sensor, alert=raise_.tolist()
+            )
+        # Counted over the batch (labels are 0..3), not per record.
+        for label, count in enumerate(np.bincount(label_arr).tolist()):
+            if count:
+                self.counters[_LABEL_KEYS.get(label, f"labels.{label}")] += count
         made: Sequence[Verdict | bytes] = verdicts if wire is None else wire
         if pick is None:
             malicious = [made[i] for i in np.flatnonzero(blocks).tolist()]

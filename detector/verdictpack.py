@@ -114,6 +114,8 @@ def _program(dt: np.dtype[Any], families: int, top: int) -> npt.NDArray[np.int32
     return np.array(ops, dtype=np.int32)
 
 
+_FEATURE_BYTES = [name.encode() for name in FEATURES]
+
 _PROGRAMS: dict[tuple[int, int], tuple[np.dtype[Any], npt.NDArray[np.int32]]] = {}
 
 
@@ -159,7 +161,9 @@ def verdict_bytes(
     out = np.zeros(n, dtype=dt)
     if n == 0:
         return []
-    strings: list[str] = list(verdict_ids)
+    # The string table: the verdict ids, the feature names (a fixed block, encoded once
+    # per process), then the batch's other texts, each distinct one once.
+    strings: list[str] = [*verdict_ids, *FEATURES]
     table: dict[str, int] = {}
     out["verdict_id"] = np.arange(n)
     (sensor,) = _index(strings, table, [sensor_id])
@@ -169,17 +173,27 @@ def verdict_bytes(
         out[name] = rows[name]
     out["flags"] = rows["flags"] & FLAG_BITS["src_verified"]
     out["fast_score"] = scores.fast_score
-    out["fast_rule"] = _index(strings, table, scores.fast_rule)
+    codes = scores.codes
+    if codes is not None:  # each distinct name indexed once, the rows by NumPy
+        out["fast_rule"] = np.asarray(_index(strings, table, list(codes.rules)), np.intp)[
+            codes.rule
+        ]
+    else:
+        out["fast_rule"] = _index(strings, table, scores.fast_rule)
     out["fam_family"] = _index(strings, table, list(scores.families))
     out["fam_score"] = scores.family_scores
     out["ml_score"] = scores.ml_score
-    out["ml_family"] = _index(strings, table, scores.ml_family)
+    if codes is not None:
+        names = np.asarray(_index(strings, table, list(codes.names)), np.intp)
+        out["ml_family"] = names[codes.ml_family]
+        out["family"] = names[codes.family]
+    else:
+        out["ml_family"] = _index(strings, table, scores.ml_family)
+        out["family"] = _index(strings, table, scores.family)
     out["final_score"] = scores.final_score
     out["label"] = scores.label
-    out["family"] = _index(strings, table, scores.family)
     if k:
-        names = _index(strings, table, list(FEATURES))
-        out["top_name"] = np.asarray(names, dtype=np.uint16)[top.indices]
+        out["top_name"] = top.indices + n  # the feature names' block follows the ids
         out["top_value"] = top.values
         out["top_weight"] = top.weights
         bits = (np.asarray(top.weights) > 0) << np.arange(k)
@@ -189,7 +203,9 @@ def verdict_bytes(
     out["scored_ts_ns"] = scored_ts_ns
     if len(strings) > 0xFFFF:  # indexes are uint16
         return None
-    result: list[bytes] = native._flowengine.rows_to_protobuf(
-        out, dt.itemsize, program, [s.encode() for s in strings]
-    )
+    rest = n + len(FEATURES)
+    encoded = [s.encode() for s in verdict_ids]
+    encoded += _FEATURE_BYTES
+    encoded += [s.encode() for s in strings[rest:]]
+    result: list[bytes] = native._flowengine.rows_to_protobuf(out, dt.itemsize, program, encoded)
     return result

@@ -149,6 +149,17 @@ class FlowPublisher:
         if self._pending and self._clock() - self._pending_since >= self._max_delay_s:
             self._send_packed(self._pending_n)
 
+    def time_to_deadline(self) -> float | None:
+        """Seconds until :meth:`poll` would send a partial batch (0 when overdue), None
+        when nothing is queued: how long the service loop may wait for more flow events
+        (sniffer.sources.XdpSource.wake_for) without holding a record past
+        ``transport.batch_max_delay_s``."""
+        due = self._batcher.time_to_deadline()
+        if self._pending:
+            mine = max(0.0, self._pending_since + self._max_delay_s - self._clock())
+            due = mine if due is None else min(due, mine)
+        return due
+
     def flush(self) -> None:
         """Send whatever is queued (at shutdown)."""
         self._batcher.flush()

@@ -31,7 +31,7 @@ from control import ControlState, DiscoveredSender, FollowsControl, ServiceContr
 from sniffer.overload import OverloadReport
 from sniffer.pipeline import FlowPipeline, ProcessedFlows
 from sniffer.publisher import FlowPublisher
-from sniffer.sources import FlowSource
+from sniffer.sources import FlowSource, WakesForDeadline
 
 __all__ = ["SnifferService"]
 
@@ -65,6 +65,9 @@ class SnifferService(FollowsControl):
         self._next_health = 0.0
         self._health: dict[str, int] = {}
         self._overload = OverloadReport()
+        if publisher is not None and isinstance(source, WakesForDeadline):
+            # A live source waits for flow events only until the partial batch is due.
+            source.wake_for(publisher.time_to_deadline)
 
     def attach_control(self, plane: ServiceControl[Any]) -> None:
         """Follow ``plane`` before every batch (live rules, discovered detectors)."""

@@ -15,15 +15,19 @@ process is shutting down. ``stats()`` gives counters.
   is imported only when such a source is made, so offline use needs no BCC. With
   ``capture.overload`` (the default) the program summarises forged-source floods, and
   each batch also carries the flood records made of the summaries drained since the
-  previous one (sniffer/overload.py).
+  previous one (sniffer/overload.py). Its ring-buffer poll returns as soon as exports
+  arrive, and otherwise after ``capture.poll_timeout_ms`` or, sooner, when the consumer
+  has something due (:class:`WakesForDeadline`: the service hands it the publisher's
+  partial-batch deadline), so a lone record is not held a poll timeout longer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,11 +37,27 @@ from base.errors import MldError
 from sniffer.config import CaptureConfig
 from sniffer.overload import flood_events
 
-__all__ = ["CaptureSourceError", "FlowSource", "PcapSource", "RejectedFile", "XdpSource"]
+__all__ = [
+    "CaptureSourceError",
+    "FlowSource",
+    "PcapSource",
+    "RejectedFile",
+    "WakesForDeadline",
+    "XdpSource",
+]
 
 log = logging.getLogger(__name__)
 
 Events = npt.NDArray[np.void]
+
+
+@runtime_checkable
+class WakesForDeadline(Protocol):
+    """A live source that waits for flow events can be told when its consumer next has
+    something due (the publisher's partial batch): it then returns from its wait by then,
+    empty if need be, instead of after its full poll timeout."""
+
+    def wake_for(self, due: Callable[[], float | None]) -> None: ...
 
 
 class CaptureSourceError(MldError):
@@ -169,6 +189,7 @@ class XdpSource:
         self.ifaces = list(ifaces)
         self._obs = ",".join(self.ifaces)
         self._poll_ms = capture.poll_timeout_ms
+        self._due: Callable[[], float | None] = lambda: None
         self._dtype = native.EVENT_DTYPE
         self._xdp: Any = xdp
         self._monitor: Any = xdp.FlowMonitor(
@@ -215,9 +236,25 @@ class XdpSource:
         out[len(events) :] = floods
         return out
 
+    def wake_for(self, due: Callable[[], float | None]) -> None:
+        """``due()``: seconds until the consumer has something due (None: nothing)."""
+        self._due = due
+
+    def poll_timeout_ms(self) -> int:
+        """How long the next ring-buffer poll may wait: poll_timeout_ms, or less when the
+        consumer has something due sooner (a partial batch's timer)."""
+        due = self._due()
+        if due is None:
+            return self._poll_ms
+        return max(0, min(self._poll_ms, math.ceil(due * 1000)))
+
     def batches(self) -> Iterator[tuple[Events, str]]:
         while not self._stopping:
-            buf = self._monitor.poll(self._poll_ms)
+            # The poll returns as soon as the ring buffer has events; without any, after
+            # poll_timeout_ms when nothing waits (no CPU spent idle), or when the
+            # publisher's partial batch is due, so a lone record leaves after
+            # transport.batch_max_delay_s, not a poll timeout later.
+            buf = self._monitor.poll(self.poll_timeout_ms())
             # Empty too: the service gets a turn at least every poll_timeout_ms, so a
             # partial batch leaves on time and the control plane is followed while idle.
             yield self._decode(buf), self._obs

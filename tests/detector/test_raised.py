@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
+import numpy as np
+
 from detector.raised import RaisedFlows
 from proto.events_pb2 import LABEL_BENIGN, LABEL_MALICIOUS, LABEL_SUSPICIOUS
 
@@ -53,3 +55,27 @@ def test_select_flows_decides_as_the_per_record_rule() -> None:
             want = _reference(reference, max_flows, ids, interim, labels, sensor)
             assert flows.select_flows(ids, interim, labels, sensor) == want
             assert list(flows._raised.items()) == list(reference.items())
+            # The per-sensor id sets the batch membership test reads follow the memory.
+            by_sensor: dict[str, set[int]] = {}
+            for s, f in reference:
+                by_sensor.setdefault(s, set()).add(f)
+            assert flows._flows_of == by_sensor
+
+
+def test_select_columns_takes_packed_columns_and_full_64_bit_ids() -> None:
+    """The service's call: NumPy columns straight from packed rows (uint64 flow ids, some
+    above 2**63, int32 labels), decided as the per-record rule decides."""
+    rng = np.random.default_rng(11)
+    pool = rng.integers(0, 2**64 - 1, size=40, dtype=np.uint64, endpoint=True)
+    flows = RaisedFlows(20)
+    reference: OrderedDict[tuple[str, int], int] = OrderedDict()
+    labels_of = np.array([LABEL_BENIGN] * 5 + [LABEL_SUSPICIOUS, LABEL_MALICIOUS], np.int32)
+    for _ in range(300):
+        n = int(rng.integers(0, 50))
+        ids = pool[rng.integers(0, len(pool), n)]
+        interim = rng.random(n) < 0.5
+        labels = labels_of[rng.integers(0, len(labels_of), n)]
+        want = _reference(reference, 20, ids.tolist(), interim.tolist(), labels.tolist(), "s")
+        got = flows.select_columns(ids, interim, labels, "s")
+        assert got.dtype == bool and got.tolist() == want
+        assert list(flows._raised.items()) == list(reference.items())

@@ -166,3 +166,34 @@ def test_explanations_name_features_with_their_values(
     assert scan_rows
     names = {n for i in scan_rows for n, _v, _w in s.top_features[i]}
     assert any(n.startswith("ctx.") for n in names)
+
+
+def test_taken_scores_explain_and_name_as_the_whole_batch(
+    tiny_bundle: TinyBundle, rows: np.ndarray
+) -> None:
+    """The live detector takes the verdicts it sends (Scores.take) before reading their
+    explanations, which are then made for those flows only, and writes family and rule
+    names from Scores.codes: both must give what the whole batch gives, row for row."""
+    bundle = load_bundle(tiny_bundle.path, tiny_bundle.cache)
+    scorer = Scorer(bundle, ThresholdsConfig(alert=0.5, block=0.9), top_k=5)
+    rng = np.random.default_rng(3)
+    fast = rng.uniform(0, 1, len(rows)).astype(np.float32)
+    rule = [("port_scan", "beacon", "", "not_a_rule")[i % 4] for i in range(len(rows))]
+    idx = rng.choice(len(rows), size=len(rows) // 3, replace=False)
+    taken = scorer.score(rows, fast, rule).take(idx)
+    assert taken.top_features._arrays is None  # still deferred: nothing computed yet
+    whole = scorer.score(rows, fast, rule)
+    for name in ("indices", "values", "weights"):
+        np.testing.assert_array_equal(
+            getattr(taken.top_features, name), getattr(whole.top_features, name)[idx]
+        )
+    assert [taken.top_features[i] for i in range(len(idx))] == [
+        whole.top_features[i] for i in idx.tolist()
+    ]
+    codes = taken.codes
+    assert codes is not None
+    assert [codes.names[c] for c in codes.family.tolist()] == taken.family
+    assert [codes.names[c] for c in codes.ml_family.tolist()] == taken.ml_family
+    assert [codes.rules[c] for c in codes.rule.tolist()] == taken.fast_rule
+    assert taken.family == [whole.family[i] for i in idx.tolist()]
+    assert {"scan", "c2"} & set(taken.family)  # rules' families occur, not only forests'

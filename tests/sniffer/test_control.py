@@ -122,6 +122,7 @@ class _Sniffer:
         self.publisher: FlowPublisher | None = None
         self.source = _ReplaySource()
         self.port_scan: list[npt.NDArray[np.float64]] = []
+        self.sunk = 0  # records the sink has seen (written by the service thread only)
         self._thread: threading.Thread | None = None
         try:
             cfg = self.plane.start()
@@ -150,14 +151,19 @@ class _Sniffer:
 
     def _sink(self, done: ProcessedFlows) -> None:
         self.port_scan.append(done.scores.per_rule["port_scan"])
+        self.sunk += len(done.flows)  # after the append: what feed() waits for
 
     def feed(self, ev: Events) -> None:
-        """Replay ``ev`` and wait until the pipeline has made their records."""
+        """Replay ``ev`` and wait until the sink has their records' scores.
+
+        Not ``pipeline.records``: the pipeline counts a batch's records before it returns
+        them and the service hands them to the sinks after, so a wait on that count could
+        end before ``port_scan`` had the batch (``max()`` of an empty list, seen once on a
+        loaded machine)."""
         assert self.service is not None
-        target = self.service.pipeline.records + len(ev)
+        target = self.sunk + len(ev)
         self.source.feed(ev)
-        pipeline = self.service.pipeline
-        wait_for(lambda: pipeline.records >= target, 10, "the records")
+        wait_for(lambda: self.sunk >= target, 10, "the records at the sink")
 
     @property
     def sender(self) -> DiscoveredSender:
