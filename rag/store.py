@@ -72,11 +72,22 @@ _WAL_PAGES = 16384
 _BUSY_S = 60.0
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
-_LABEL_COLUMNS = "label, ts, family, src, dst, dst_port, last_ts"
+# src_port last: with it the index holds every column an address or port filter reads, so
+# SQL readers filter addresses and ports in it (_index_hint) now that the writer keeps no
+# index keyed by them (_DROPPED).
+_LABEL_COLUMNS = "label, ts, family, src, dst, dst_port, last_ts, src_port"
 # The time index holds the flow's end too: the span (first and last seen) of a time range
 # is read from the index alone.
 _TS_COLUMNS = "ts, last_ts"
 _WIDENED = {"events_label": _LABEL_COLUMNS, "events_ts": _TS_COLUMNS}
+# Indexes stores had until issue 21 item 6's fifth pass, dropped when a writer opens one.
+# Keyed by address or port, every row went into each at a random place: at 100k-300k
+# events the four cost a writer 13 us of the 56 an SQLite row took, and more the larger
+# the store (their pages no longer fit the page cache). Their readers moved off them: the
+# console's facts come from the columns in memory (rag/columns.py), the rows it shows by
+# id, and SQL readers (a one-shot ``mld rag ask``) filter addresses and ports inside
+# events_label (_index_hint), a scan of ~70 bytes a row rather than a seek.
+_DROPPED = ("events_src", "events_dst", "events_src_port", "events_dst_port")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -109,12 +120,8 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL          -- the ScoredEvent as received
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events ({ts_columns});
-CREATE INDEX IF NOT EXISTS events_src ON events (src, ts);
-CREATE INDEX IF NOT EXISTS events_dst ON events (dst, ts);
 CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events ({label_columns});
-CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
-CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY,
@@ -486,6 +493,7 @@ class EventStore:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
                 self._widen_indexes()
                 self._db.executescript(_SCHEMA)
+                self._drop_address_indexes()
                 if not self._has_column("text_codes"):
                     with self._db:
                         self._db.execute(_TEXT_CODES)
@@ -508,6 +516,10 @@ class EventStore:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
         # Ids of rows the last add() replaced by a newer record of the same flow.
         self.superseded: list[int] = []
+        # A store a writer opened since _DROPPED has no index keyed by address or port:
+        # SQL filters on them read events_label (_index_hint). A read-only store written
+        # before keeps them and SQLite's planner uses them.
+        self._address_indexes = self._has_index("events_src")
         # A read-only store written before the text codes has none to read.
         self._codes = "text_codes" if self._has_column("text_codes") else "NULL"
         # The facts' columns in memory (use_fact_columns), None: SQL answers them.
@@ -556,19 +568,50 @@ class EventStore:
                 with self._db:
                     self._db.execute(f"DROP INDEX {name}")
 
-    @staticmethod
-    def _facts_index(filters: Filters) -> str:
+    def _drop_address_indexes(self) -> None:
+        """Drop the indexes keyed by address or port (_DROPPED) of a store written before
+        (once; freeing their pages takes a second or two at a million events)."""
+        found = [name for name in _DROPPED if self._has_index(name)]
+        if found:
+            log.info("dropping the indexes %s of %s (once)", ", ".join(found), self.path)
+            with self._db:
+                for name in found:
+                    self._db.execute(f"DROP INDEX {name}")
+
+    def _has_index(self, name: str) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
+
+    def _facts_index(self, filters: Filters) -> str:
         """``INDEXED BY events_label`` when the filters are the alerts' (min_label) and
         use only columns that index holds: SQLite's planner otherwise groups by src
         through events_src (sorted, no temporary b-tree) and reads every row of the table
-        for its label, 3x slower at 100k events (rag/README.md, *Speed*)."""
+        for its label, 3x slower at 100k events (rag/README.md, *Speed*); and when they
+        filter addresses or ports (_index_hint)."""
         covered = Filters(
             since_ts=filters.since_ts,
             until_ts=filters.until_ts,
             families=filters.families,
             min_label=filters.min_label,
         )
-        return " INDEXED BY events_label" if filters.min_label and filters == covered else ""
+        if filters.min_label and filters == covered:
+            return " INDEXED BY events_label"
+        return self._index_hint(filters)
+
+    def _index_hint(self, filters: Filters) -> str:
+        """``INDEXED BY events_label`` for a filter on addresses or ports in a store without
+        the indexes keyed by them (_DROPPED): the label index holds both ends and both
+        ports, so SQLite checks them in the index (~70 bytes a row; its label range when
+        the question is about alerts) and reads only the matching rows, where its planner
+        would otherwise read every row of the table (~1 kB each). Rows asked for by id are
+        read by id."""
+        if self._address_indexes or filters.ids:
+            return ""
+        if filters.addrs or filters.src or filters.dst or filters.ports:
+            return " INDEXED BY events_label"
+        return ""
 
     def _has_column(self, name: str) -> bool:
         return any(r[1] == name for r in self._db.execute("PRAGMA table_xinfo(events)"))
@@ -815,9 +858,8 @@ class EventStore:
         if columns is not None:
             return columns.count(filters)
         where, params = filters.where()
-        return int(
-            self._db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]
-        )
+        sql = f"SELECT COUNT(*) FROM events{self._index_hint(filters)} WHERE {where}"
+        return int(self._db.execute(sql, params).fetchone()[0])
 
     def rows(
         self,
@@ -834,7 +876,8 @@ class EventStore:
 
     def _select(self, filters: Filters, limit: int, order: str) -> list[EventRow]:
         where, params = filters.where()
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?"
+        hint = self._index_hint(filters)
+        sql = f"SELECT {_COLUMNS} FROM events{hint} WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
 
     def ranking(
@@ -856,7 +899,10 @@ class EventStore:
             got = [found[i] for i in ids if i in found]
         else:
             where, params = filters.where()
-            sql = f"SELECT {what} FROM events WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
+            sql = (
+                f"SELECT {what} FROM events{self._index_hint(filters)} WHERE {where} "
+                f"ORDER BY {_BEST_FIRST} LIMIT ?"
+            )
             got = self._db.execute(sql, [*params, limit]).fetchall()
         return [(int(i), float(s), c, d) for i, s, c, d in got]
 
@@ -891,7 +937,11 @@ class EventStore:
         if columns is not None:
             return columns.group(column, filters, limit)
         where, params = filters.where()
-        hint = self._facts_index(filters) if column in ("src", "dst", "family", "dst_port") else ""
+        hint = (
+            self._facts_index(filters)
+            if column in ("src", "dst", "family", "dst_port")
+            else self._index_hint(filters)
+        )
         sql = (
             f"SELECT {column}, COUNT(*) AS n FROM events{hint} WHERE {where} "
             f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?"
