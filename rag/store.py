@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -470,6 +470,22 @@ _INTERIM = (
 _TEXT_CODES = "ALTER TABLE events ADD COLUMN text_codes BLOB"
 
 
+# A SQL reader's events of a question's addresses and ports (EventStore._matching_ids):
+# at most this many in a temporary table of ids, in at most this many tables at once.
+_MATCH_MAX = 20_000
+_MATCH_TABLES = 4
+
+
+def _covered(filters: Filters) -> Filters:
+    """The part of ``filters`` the alerts' index (events_label) answers alone."""
+    return Filters(
+        since_ts=filters.since_ts,
+        until_ts=filters.until_ts,
+        families=filters.families,
+        min_label=filters.min_label,
+    )
+
+
 class EventStore:
     """The SQLite event table; one connection, used from one thread."""
 
@@ -516,6 +532,9 @@ class EventStore:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
         # Ids of rows the last add() replaced by a newer record of the same flow.
         self.superseded: list[int] = []
+        # _matching_ids' temporary tables by their filters, for this version of the store.
+        self._matches: dict[tuple[tuple[object, ...], ...], str | None] = {}
+        self._match_version = (-1, -1)
         # A store a writer opened since _DROPPED has no index keyed by address or port:
         # SQL filters on them read events_label (_index_hint). A read-only store written
         # before keeps them and SQLite's planner uses them.
@@ -590,15 +609,76 @@ class EventStore:
         through events_src (sorted, no temporary b-tree) and reads every row of the table
         for its label, 3x slower at 100k events (rag/README.md, *Speed*); and when they
         filter addresses or ports (_index_hint)."""
-        covered = Filters(
-            since_ts=filters.since_ts,
-            until_ts=filters.until_ts,
-            families=filters.families,
-            min_label=filters.min_label,
-        )
-        if filters.min_label and filters == covered:
+        if filters.min_label and filters == _covered(filters):
             return " INDEXED BY events_label"
         return self._index_hint(filters)
+
+    def _source(self, filters: Filters, *, facts: bool = False) -> tuple[str, str, list[object]]:
+        """What a SQL reader's query of ``filters`` reads: the index hint after ``FROM
+        events``, the condition and its parameters. ``facts``: a count or group of the
+        facts' columns (_facts_index). In a store without the indexes keyed by address or
+        port, the events of the question's addresses and ports are found once, by a scan
+        of events_label, into a temporary table of ids (_matching_ids) that the question's
+        other queries (its counts, groups, span, rows: ~10) read by id, rather than each
+        scanning the index again (~10 ms each at 100k events, 0.1 us an entry)."""
+        if self._index_hint(filters):
+            # "as source" and "as destination" of the question's addresses: the rows of its
+            # table of either end, when it has one, checked for the end.
+            one_end = filters.src if not filters.dst else filters.dst if not filters.src else ()
+            either = None
+            if one_end and not filters.addrs and not filters.ports:
+                self._match_current()
+                either = self._matches.get((one_end, (), (), ()))
+            table = either or self._matching_ids(filters)
+            if table is not None:
+                kept = (
+                    {"src": filters.src, "dst": filters.dst} if either else {"src": (), "dst": ()}
+                )
+                rest = replace(filters, addrs=(), ports=(), **kept)
+                where, params = rest.where()
+                within = f"id IN {table}"
+                return "", within if where == "1" else f"{within} AND {where}", params
+        where, params = filters.where()
+        return self._facts_index(filters) if facts else self._index_hint(filters), where, params
+
+    def _matching_ids(self, filters: Filters) -> str | None:
+        """A temporary table of the ids of the events of ``filters``' addresses and ports
+        (only those filters), filled by one scan of events_label; None when more than
+        _MATCH_MAX match (each query reading so many rows by id is slower than its own
+        scan of the index). Kept for the next queries (up to _MATCH_TABLES tables) until
+        the store changes (another connection's commit or this one's)."""
+        key = (filters.addrs, filters.src, filters.dst, filters.ports)
+        version = self._match_current()
+        if key in self._matches:
+            return self._matches[key]
+        part = Filters(addrs=filters.addrs, src=filters.src, dst=filters.dst, ports=filters.ports)
+        where, params = part.where()
+        name = f"temp.match_{len(self._matches) % _MATCH_TABLES}"
+        with self._db:
+            self._db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name[5:]} (id INTEGER PRIMARY KEY)")
+            self._db.execute(f"DELETE FROM {name}")
+            self._db.execute(
+                f"INSERT INTO {name} SELECT id FROM events INDEXED BY events_label "
+                f"WHERE {where} LIMIT ?",
+                [*params, _MATCH_MAX + 1],
+            )
+            found = int(self._db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0])
+        table = name if found <= _MATCH_MAX else None
+        self._matches = {k: v for k, v in self._matches.items() if v != name}
+        self._matches[key] = table
+        # total_changes counts the temporary table's rows: the version after filling it.
+        self._match_version = (version[0], self._db.total_changes)
+        return table
+
+    def _match_current(self) -> tuple[int, int]:
+        """Forget _matching_ids' tables if the store changed since they were filled."""
+        version = (
+            int(self._db.execute("PRAGMA data_version").fetchone()[0]),
+            self._db.total_changes,
+        )
+        if version != self._match_version:
+            self._match_version, self._matches = version, {}
+        return version
 
     def _index_hint(self, filters: Filters) -> str:
         """``INDEXED BY events_label`` for a filter on addresses or ports in a store without
@@ -857,8 +937,8 @@ class EventStore:
         columns = self._fresh_columns()
         if columns is not None:
             return columns.count(filters)
-        where, params = filters.where()
-        sql = f"SELECT COUNT(*) FROM events{self._index_hint(filters)} WHERE {where}"
+        source, where, params = self._source(filters)
+        sql = f"SELECT COUNT(*) FROM events{source} WHERE {where}"
         return int(self._db.execute(sql, params).fetchone()[0])
 
     def rows(
@@ -875,9 +955,8 @@ class EventStore:
         return self._select(filters, limit, order)
 
     def _select(self, filters: Filters, limit: int, order: str) -> list[EventRow]:
-        where, params = filters.where()
-        hint = self._index_hint(filters)
-        sql = f"SELECT {_COLUMNS} FROM events{hint} WHERE {where} ORDER BY {order} LIMIT ?"
+        source, where, params = self._source(filters)
+        sql = f"SELECT {_COLUMNS} FROM events{source} WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
 
     def ranking(
@@ -898,11 +977,8 @@ class EventStore:
             }
             got = [found[i] for i in ids if i in found]
         else:
-            where, params = filters.where()
-            sql = (
-                f"SELECT {what} FROM events{self._index_hint(filters)} WHERE {where} "
-                f"ORDER BY {_BEST_FIRST} LIMIT ?"
-            )
+            source, where, params = self._source(filters)
+            sql = f"SELECT {what} FROM events{source} WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
             got = self._db.execute(sql, [*params, limit]).fetchall()
         return [(int(i), float(s), c, d) for i, s, c, d in got]
 
@@ -936,14 +1012,11 @@ class EventStore:
         columns = self._fresh_columns() if column in GROUPED else None
         if columns is not None:
             return columns.group(column, filters, limit)
-        where, params = filters.where()
-        hint = (
-            self._facts_index(filters)
-            if column in ("src", "dst", "family", "dst_port")
-            else self._index_hint(filters)
+        source, where, params = self._source(
+            filters, facts=column in ("src", "dst", "family", "dst_port")
         )
         sql = (
-            f"SELECT {column}, COUNT(*) AS n FROM events{hint} WHERE {where} "
+            f"SELECT {column}, COUNT(*) AS n FROM events{source} WHERE {where} "
             f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?"
         )
         return [(str(v), int(n)) for v, n in self._db.execute(sql, [*params, limit])]
@@ -952,10 +1025,9 @@ class EventStore:
         columns = self._fresh_columns()
         if columns is not None:
             return columns.span(filters)
-        where, params = filters.where()
+        source, where, params = self._source(filters, facts=True)
         row = self._db.execute(
-            f"SELECT MIN(ts), MAX(last_ts) FROM events{self._facts_index(filters)} WHERE {where}",
-            params,
+            f"SELECT MIN(ts), MAX(last_ts) FROM events{source} WHERE {where}", params
         ).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 

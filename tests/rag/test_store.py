@@ -571,3 +571,31 @@ def test_a_store_written_before_drops_its_address_indexes_and_answers_the_same(
     assert _sql_answers(after) == before
     assert any(before[i] for i in range(0, len(before), 8))  # something matched
     after.close()
+
+
+def test_sql_readers_see_other_writers_rows_of_an_address(
+    tmp_path: Path, small_store: RagStore
+) -> None:
+    """A SQL reader finds a question's address once (a scan of events_label into a
+    temporary table of ids) and reuses it for the question's other queries; a commit by
+    another process, or by the reader's own connection, makes it look again."""
+    path = tmp_path / "events.sqlite"
+    pool = [e for e in (small_store.store.event(i) for i in range(1, 400)) if e]
+    scanner = [e for e in pool if e.record.src_addr == bytes(map(int, SCANNER.split(".")))]
+    assert len(scanner) > 20
+    rag = RagStore(path, RagConfig())
+    rag.ingest(scanner[:10], "det")
+    reader = EventStore(path, readonly=True)
+    mine = Filters(addrs=(SCANNER,))
+    assert reader.count(mine) == 10
+    assert reader.count(dataclasses.replace(mine, addrs=(), src=(SCANNER,))) == 10
+    assert reader.count(dataclasses.replace(mine, addrs=(), dst=(SCANNER,))) == 0
+    assert list(reader._matches) == [((SCANNER,), (), (), ())]  # one scan served the three
+    for e in scanner[10:20]:
+        e.record.flow_id ^= 1 << 62  # other flows: not replacements of the first ten
+    rag.ingest(scanner[10:20], "det")
+    assert reader.count(mine) == 20
+    assert [r.src for r in reader.rows(mine, limit=50)] == [SCANNER] * 20
+    assert reader.group("src", mine) == [(SCANNER, 20)]
+    reader.close()
+    rag.close()
