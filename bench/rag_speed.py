@@ -30,7 +30,9 @@ indexes are saved there too (``save_s``). The facts come from the columns in mem
 since the last size into them (before the questions, not in their times), and at the
 largest size ``columns_build_s`` is a new reader's first read of all of them (what a
 console pays when it starts). ``--sql-facts``: the facts from SQL, as a one-shot ``mld
-rag ask`` computes them.
+rag ask`` computes them. ``--sql-retrieval``: besides, each question once more through a
+reader without the columns (the one-shot ``mld rag ask``), after a pass that warms the
+page cache: ``sql_retrieval_p50_ms`` and ``sql_retrieval_max_ms`` at each size.
 
 Index type. At 100k and 1M text vectors (the ones the ingest indexed), one query at a
 time with k=240 (what ``retrieve`` asks for at top_k 12): flat (IndexFlatIP),
@@ -533,6 +535,28 @@ def columns_figures(rag: RagStore, label: str, build: bool) -> dict[str, float]:
     return out
 
 
+def sql_retrieval(rag: RagStore, questions: Sequence[str], label: str) -> dict[str, float]:
+    """ms of each question, once, through a reader without the columns in memory (what a
+    one-shot ``mld rag ask`` does: the facts from SQL), after one pass to warm the page
+    cache: p50 and the slowest."""
+    reader = EventStore(rag.store.path, readonly=True)
+    now = newest_ts(rag) + 60
+    try:
+        for q in questions:
+            retrieve(reader, rag.text, parse(q, now), TOP_K)
+        took = []
+        for q in questions:
+            started = time.perf_counter()
+            retrieve(reader, rag.text, parse(q, now), TOP_K)
+            took.append((time.perf_counter() - started) * 1e3)
+    finally:
+        reader.close()
+    return {
+        f"sql_retrieval_p50_ms_{label}": pct(took, 50),
+        f"sql_retrieval_max_ms_{label}": max(took),
+    }
+
+
 # ---- answers ---------------------------------------------------------------------------
 
 
@@ -831,6 +855,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest HNSW build")
     parser.add_argument("--no-model", action="store_true", help="skip the answer latency")
     parser.add_argument(
+        "--sql-retrieval",
+        action="store_true",
+        help="also time each question once with the facts from SQL (a one-shot mld rag ask)",
+    )
+    parser.add_argument(
         "--sql-facts", action="store_true", help="facts from SQL, not the columns in memory"
     )
     parser.add_argument("--dir", type=Path, default=REPO / "build" / "bench", help="work dir")
@@ -950,6 +979,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for q, ms, matching, via in per_question(rag, questions):
                     print(f"    {ms:8.1f} ms {matching:>8} matching  {via:<9} {q}")
+                if args.sql_retrieval:
+                    sql_keys = sql_retrieval(rag, questions, label)
+                    keys.update(sql_keys)
+                    log(
+                        f"retrieval at {done} with the facts from SQL (a one-shot ask): "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in sql_keys.items())
+                    )
                 if done == 100_000 and not args.no_model:
                     log("answers with the default model at 100k events:")
                     keys.update(answer_latency(rag, ANSWER_QUESTIONS))

@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +72,22 @@ _WAL_PAGES = 16384
 _BUSY_S = 60.0
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
-_LABEL_COLUMNS = "label, ts, family, src, dst, dst_port, last_ts"
+# src_port last: with it the index holds every column an address or port filter reads, so
+# SQL readers filter addresses and ports in it (_index_hint) now that the writer keeps no
+# index keyed by them (_DROPPED).
+_LABEL_COLUMNS = "label, ts, family, src, dst, dst_port, last_ts, src_port"
 # The time index holds the flow's end too: the span (first and last seen) of a time range
 # is read from the index alone.
 _TS_COLUMNS = "ts, last_ts"
 _WIDENED = {"events_label": _LABEL_COLUMNS, "events_ts": _TS_COLUMNS}
+# Indexes stores had until issue 21 item 6's fifth pass, dropped when a writer opens one.
+# Keyed by address or port, every row went into each at a random place: at 100k-300k
+# events the four cost a writer 13 us of the 56 an SQLite row took, and more the larger
+# the store (their pages no longer fit the page cache). Their readers moved off them: the
+# console's facts come from the columns in memory (rag/columns.py), the rows it shows by
+# id, and SQL readers (a one-shot ``mld rag ask``) filter addresses and ports inside
+# events_label (_index_hint), a scan of ~70 bytes a row rather than a seek.
+_DROPPED = ("events_src", "events_dst", "events_src_port", "events_dst_port")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -109,12 +120,8 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL          -- the ScoredEvent as received
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events ({ts_columns});
-CREATE INDEX IF NOT EXISTS events_src ON events (src, ts);
-CREATE INDEX IF NOT EXISTS events_dst ON events (dst, ts);
 CREATE INDEX IF NOT EXISTS events_family ON events (family, label, ts);
 CREATE INDEX IF NOT EXISTS events_label ON events ({label_columns});
-CREATE INDEX IF NOT EXISTS events_dst_port ON events (dst_port, ts);
-CREATE INDEX IF NOT EXISTS events_src_port ON events (src_port, ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     id INTEGER PRIMARY KEY,
@@ -463,6 +470,22 @@ _INTERIM = (
 _TEXT_CODES = "ALTER TABLE events ADD COLUMN text_codes BLOB"
 
 
+# A SQL reader's events of a question's addresses and ports (EventStore._matching_ids):
+# at most this many in a temporary table of ids, in at most this many tables at once.
+_MATCH_MAX = 20_000
+_MATCH_TABLES = 4
+
+
+def _covered(filters: Filters) -> Filters:
+    """The part of ``filters`` the alerts' index (events_label) answers alone."""
+    return Filters(
+        since_ts=filters.since_ts,
+        until_ts=filters.until_ts,
+        families=filters.families,
+        min_label=filters.min_label,
+    )
+
+
 class EventStore:
     """The SQLite event table; one connection, used from one thread."""
 
@@ -486,6 +509,7 @@ class EventStore:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
                 self._widen_indexes()
                 self._db.executescript(_SCHEMA)
+                self._drop_address_indexes()
                 if not self._has_column("text_codes"):
                     with self._db:
                         self._db.execute(_TEXT_CODES)
@@ -508,6 +532,13 @@ class EventStore:
             raise RagError(f"cannot open the event store {self.path}: {exc}") from exc
         # Ids of rows the last add() replaced by a newer record of the same flow.
         self.superseded: list[int] = []
+        # _matching_ids' temporary tables by their filters, for this version of the store.
+        self._matches: dict[tuple[tuple[object, ...], ...], str | None] = {}
+        self._match_version = (-1, -1)
+        # A store a writer opened since _DROPPED has no index keyed by address or port:
+        # SQL filters on them read events_label (_index_hint). A read-only store written
+        # before keeps them and SQLite's planner uses them.
+        self._address_indexes = self._has_index("events_src")
         # A read-only store written before the text codes has none to read.
         self._codes = "text_codes" if self._has_column("text_codes") else "NULL"
         # The facts' columns in memory (use_fact_columns), None: SQL answers them.
@@ -556,19 +587,111 @@ class EventStore:
                 with self._db:
                     self._db.execute(f"DROP INDEX {name}")
 
-    @staticmethod
-    def _facts_index(filters: Filters) -> str:
+    def _drop_address_indexes(self) -> None:
+        """Drop the indexes keyed by address or port (_DROPPED) of a store written before
+        (once; freeing their pages takes a second or two at a million events)."""
+        found = [name for name in _DROPPED if self._has_index(name)]
+        if found:
+            log.info("dropping the indexes %s of %s (once)", ", ".join(found), self.path)
+            with self._db:
+                for name in found:
+                    self._db.execute(f"DROP INDEX {name}")
+
+    def _has_index(self, name: str) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
+
+    def _facts_index(self, filters: Filters) -> str:
         """``INDEXED BY events_label`` when the filters are the alerts' (min_label) and
         use only columns that index holds: SQLite's planner otherwise groups by src
         through events_src (sorted, no temporary b-tree) and reads every row of the table
-        for its label, 3x slower at 100k events (rag/README.md, *Speed*)."""
-        covered = Filters(
-            since_ts=filters.since_ts,
-            until_ts=filters.until_ts,
-            families=filters.families,
-            min_label=filters.min_label,
+        for its label, 3x slower at 100k events (rag/README.md, *Speed*); and when they
+        filter addresses or ports (_index_hint)."""
+        if filters.min_label and filters == _covered(filters):
+            return " INDEXED BY events_label"
+        return self._index_hint(filters)
+
+    def _source(self, filters: Filters, *, facts: bool = False) -> tuple[str, str, list[object]]:
+        """What a SQL reader's query of ``filters`` reads: the index hint after ``FROM
+        events``, the condition and its parameters. ``facts``: a count or group of the
+        facts' columns (_facts_index). In a store without the indexes keyed by address or
+        port, the events of the question's addresses and ports are found once, by a scan
+        of events_label, into a temporary table of ids (_matching_ids) that the question's
+        other queries (its counts, groups, span, rows: ~10) read by id, rather than each
+        scanning the index again (~10 ms each at 100k events, 0.1 us an entry)."""
+        if self._index_hint(filters):
+            # "as source" and "as destination" of the question's addresses: the rows of its
+            # table of either end, when it has one, checked for the end.
+            one_end = filters.src if not filters.dst else filters.dst if not filters.src else ()
+            either = None
+            if one_end and not filters.addrs and not filters.ports:
+                self._match_current()
+                either = self._matches.get((one_end, (), (), ()))
+            table = either or self._matching_ids(filters)
+            if table is not None:
+                kept = (
+                    {"src": filters.src, "dst": filters.dst} if either else {"src": (), "dst": ()}
+                )
+                rest = replace(filters, addrs=(), ports=(), **kept)
+                where, params = rest.where()
+                within = f"id IN {table}"
+                return "", within if where == "1" else f"{within} AND {where}", params
+        where, params = filters.where()
+        return self._facts_index(filters) if facts else self._index_hint(filters), where, params
+
+    def _matching_ids(self, filters: Filters) -> str | None:
+        """A temporary table of the ids of the events of ``filters``' addresses and ports
+        (only those filters), filled by one scan of events_label; None when more than
+        _MATCH_MAX match (each query reading so many rows by id is slower than its own
+        scan of the index). Kept for the next queries (up to _MATCH_TABLES tables) until
+        the store changes (another connection's commit or this one's)."""
+        key = (filters.addrs, filters.src, filters.dst, filters.ports)
+        version = self._match_current()
+        if key in self._matches:
+            return self._matches[key]
+        part = Filters(addrs=filters.addrs, src=filters.src, dst=filters.dst, ports=filters.ports)
+        where, params = part.where()
+        name = f"temp.match_{len(self._matches) % _MATCH_TABLES}"
+        with self._db:
+            self._db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name[5:]} (id INTEGER PRIMARY KEY)")
+            self._db.execute(f"DELETE FROM {name}")
+            self._db.execute(
+                f"INSERT INTO {name} SELECT id FROM events INDEXED BY events_label "
+                f"WHERE {where} LIMIT ?",
+                [*params, _MATCH_MAX + 1],
+            )
+            found = int(self._db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0])
+        table = name if found <= _MATCH_MAX else None
+        self._matches = {k: v for k, v in self._matches.items() if v != name}
+        self._matches[key] = table
+        # total_changes counts the temporary table's rows: the version after filling it.
+        self._match_version = (version[0], self._db.total_changes)
+        return table
+
+    def _match_current(self) -> tuple[int, int]:
+        """Forget _matching_ids' tables if the store changed since they were filled."""
+        version = (
+            int(self._db.execute("PRAGMA data_version").fetchone()[0]),
+            self._db.total_changes,
         )
-        return " INDEXED BY events_label" if filters.min_label and filters == covered else ""
+        if version != self._match_version:
+            self._match_version, self._matches = version, {}
+        return version
+
+    def _index_hint(self, filters: Filters) -> str:
+        """``INDEXED BY events_label`` for a filter on addresses or ports in a store without
+        the indexes keyed by them (_DROPPED): the label index holds both ends and both
+        ports, so SQLite checks them in the index (~70 bytes a row; its label range when
+        the question is about alerts) and reads only the matching rows, where its planner
+        would otherwise read every row of the table (~1 kB each). Rows asked for by id are
+        read by id."""
+        if self._address_indexes or filters.ids:
+            return ""
+        if filters.addrs or filters.src or filters.dst or filters.ports:
+            return " INDEXED BY events_label"
+        return ""
 
     def _has_column(self, name: str) -> bool:
         return any(r[1] == name for r in self._db.execute("PRAGMA table_xinfo(events)"))
@@ -814,10 +937,9 @@ class EventStore:
         columns = self._fresh_columns()
         if columns is not None:
             return columns.count(filters)
-        where, params = filters.where()
-        return int(
-            self._db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]
-        )
+        source, where, params = self._source(filters)
+        sql = f"SELECT COUNT(*) FROM events{source} WHERE {where}"
+        return int(self._db.execute(sql, params).fetchone()[0])
 
     def rows(
         self,
@@ -833,8 +955,8 @@ class EventStore:
         return self._select(filters, limit, order)
 
     def _select(self, filters: Filters, limit: int, order: str) -> list[EventRow]:
-        where, params = filters.where()
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?"
+        source, where, params = self._source(filters)
+        sql = f"SELECT {_COLUMNS} FROM events{source} WHERE {where} ORDER BY {order} LIMIT ?"
         return [EventRow(*r) for r in self._db.execute(sql, [*params, limit])]
 
     def ranking(
@@ -855,8 +977,8 @@ class EventStore:
             }
             got = [found[i] for i in ids if i in found]
         else:
-            where, params = filters.where()
-            sql = f"SELECT {what} FROM events WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
+            source, where, params = self._source(filters)
+            sql = f"SELECT {what} FROM events{source} WHERE {where} ORDER BY {_BEST_FIRST} LIMIT ?"
             got = self._db.execute(sql, [*params, limit]).fetchall()
         return [(int(i), float(s), c, d) for i, s, c, d in got]
 
@@ -890,10 +1012,11 @@ class EventStore:
         columns = self._fresh_columns() if column in GROUPED else None
         if columns is not None:
             return columns.group(column, filters, limit)
-        where, params = filters.where()
-        hint = self._facts_index(filters) if column in ("src", "dst", "family", "dst_port") else ""
+        source, where, params = self._source(
+            filters, facts=column in ("src", "dst", "family", "dst_port")
+        )
         sql = (
-            f"SELECT {column}, COUNT(*) AS n FROM events{hint} WHERE {where} "
+            f"SELECT {column}, COUNT(*) AS n FROM events{source} WHERE {where} "
             f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?"
         )
         return [(str(v), int(n)) for v, n in self._db.execute(sql, [*params, limit])]
@@ -902,10 +1025,9 @@ class EventStore:
         columns = self._fresh_columns()
         if columns is not None:
             return columns.span(filters)
-        where, params = filters.where()
+        source, where, params = self._source(filters, facts=True)
         row = self._db.execute(
-            f"SELECT MIN(ts), MAX(last_ts) FROM events{self._facts_index(filters)} WHERE {where}",
-            params,
+            f"SELECT MIN(ts), MAX(last_ts) FROM events{source} WHERE {where}", params
         ).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 

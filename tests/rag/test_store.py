@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import multiprocessing
+import re
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from rag.config import RagConfig
 from rag.indexed_store import RagStore, _Retrain
 from rag.question import parse
 from rag.retrieve import retrieve
-from rag.store import Filters
+from rag.store import EventStore, Filters
 from rag.vectors import VectorIndex
 from tests.rag.conftest import NOW, SCAN_AT, SCANNED, SCANNER, build_store
 
@@ -38,7 +39,9 @@ def test_every_event_is_stored_with_every_field(small_store: RagStore) -> None:
     db = sqlite3.connect(store.path)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     db.close()
-    assert {"events_ts", "events_src", "events_dst", "events_family", "events_label"} <= indexes
+    assert {"events_ts", "events_family", "events_label", "events_verdict"} <= indexes
+    # None keyed by address or port: each row went into those at a random place.
+    assert not indexes & {"events_src", "events_dst", "events_src_port", "events_dst_port"}
     # A writer checkpoints the WAL every 16k pages, not SQLite's 1000 (rag/store.py).
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16384
 
@@ -485,3 +488,114 @@ def test_save_gives_back_the_writers_page_cache(small_store: RagStore, tmp_path:
         assert rag.store.count() == len(blobs)
     finally:
         rag.close()
+
+
+_ADDRESS_FILTERS = [
+    Filters(addrs=(SCANNER,)),
+    Filters(src=(SCANNER,), dst=(SCANNED,)),
+    Filters(ports=(80, 443)),
+    Filters(addrs=(SCANNER,), since_ts=SCAN_AT - 60, min_label=2),
+    Filters(dst=(SCANNED,), families=("scan",), divergent=True),
+    Filters(addrs=("192.0.2.99",)),
+]
+_OLD_INDEXES = (
+    "CREATE INDEX events_src ON events (src, ts)",
+    "CREATE INDEX events_dst ON events (dst, ts)",
+    "CREATE INDEX events_dst_port ON events (dst_port, ts)",
+    "CREATE INDEX events_src_port ON events (src_port, ts)",
+)
+
+
+def _sql_answers(store: Any) -> list[object]:
+    """What SQL says for filters on addresses and ports (a store without columns)."""
+    out: list[object] = []
+    for f in _ADDRESS_FILTERS:
+        out.append(store.count(f))
+        out.append(store.span(f))
+        out += [store.group(c, f, limit=5) for c in ("src", "dst", "dst_port", "proto")]
+        out.append([r.id for r in store.rows(f, limit=50)])
+        out.append(store.ranking(f, limit=50))
+    return out
+
+
+def test_sql_filters_addresses_and_ports_in_the_label_index(small_store: RagStore) -> None:
+    """Without indexes keyed by address or port, SQL (a one-shot `mld rag ask`) reads
+    the label index for such filters, never every row of the table (~1 kB each)."""
+    db = sqlite3.connect(f"file:{small_store.store.path}?mode=ro", uri=True)
+    store = small_store.store
+    try:
+        for f in _ADDRESS_FILTERS:
+            where, params = f.where()
+            hint = store._index_hint(f)
+            assert hint == " INDEXED BY events_label", f
+            for sql in (
+                f"SELECT COUNT(*) FROM events{hint} WHERE {where}",
+                f"SELECT id FROM events{hint} WHERE {where} ORDER BY final_score DESC LIMIT 5",
+            ):
+                plan = " | ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+                assert "events_label" in plan and not re.search("SCAN events(?! USING)", plan), plan
+        # Rows asked for by id are read by id.
+        assert store._index_hint(Filters(ids=(1, 2), addrs=(SCANNER,))) == ""
+    finally:
+        db.close()
+
+
+def test_a_store_written_before_drops_its_address_indexes_and_answers_the_same(
+    tmp_path: Path, small_store: RagStore
+) -> None:
+    """A store made before this change (events_src, events_dst, events_src_port,
+    events_dst_port, a label index without src_port): read-only it keeps answering
+    through its own indexes; the first writer that opens it drops the four and widens
+    the label index, and SQL then gives the same answers through the label index."""
+    path = tmp_path / "events.sqlite"
+    with sqlite3.connect(small_store.store.path) as src, sqlite3.connect(path) as db:
+        src.backup(db)
+        db.execute("DROP INDEX events_label")
+        db.execute(
+            "CREATE INDEX events_label ON events (label, ts, family, src, dst, dst_port, last_ts)"
+        )
+        for sql in _OLD_INDEXES:
+            db.execute(sql)
+    old = EventStore(path, readonly=True)
+    assert old._index_hint(Filters(addrs=(SCANNER,))) == ""  # its own indexes serve
+    before = _sql_answers(old)
+    old.close()
+    EventStore(path).close()  # a writer opens it
+    with sqlite3.connect(path) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        label = [r[2] for r in db.execute("PRAGMA index_info(events_label)")]
+    assert not names & {"events_src", "events_dst", "events_src_port", "events_dst_port"}
+    assert label[-1] == "src_port"
+    after = EventStore(path, readonly=True)
+    assert after._index_hint(Filters(addrs=(SCANNER,))) == " INDEXED BY events_label"
+    assert _sql_answers(after) == before
+    assert any(before[i] for i in range(0, len(before), 8))  # something matched
+    after.close()
+
+
+def test_sql_readers_see_other_writers_rows_of_an_address(
+    tmp_path: Path, small_store: RagStore
+) -> None:
+    """A SQL reader finds a question's address once (a scan of events_label into a
+    temporary table of ids) and reuses it for the question's other queries; a commit by
+    another process, or by the reader's own connection, makes it look again."""
+    path = tmp_path / "events.sqlite"
+    pool = [e for e in (small_store.store.event(i) for i in range(1, 400)) if e]
+    scanner = [e for e in pool if e.record.src_addr == bytes(map(int, SCANNER.split(".")))]
+    assert len(scanner) > 20
+    rag = RagStore(path, RagConfig())
+    rag.ingest(scanner[:10], "det")
+    reader = EventStore(path, readonly=True)
+    mine = Filters(addrs=(SCANNER,))
+    assert reader.count(mine) == 10
+    assert reader.count(dataclasses.replace(mine, addrs=(), src=(SCANNER,))) == 10
+    assert reader.count(dataclasses.replace(mine, addrs=(), dst=(SCANNER,))) == 0
+    assert list(reader._matches) == [((SCANNER,), (), (), ())]  # one scan served the three
+    for e in scanner[10:20]:
+        e.record.flow_id ^= 1 << 62  # other flows: not replacements of the first ten
+    rag.ingest(scanner[10:20], "det")
+    assert reader.count(mine) == 20
+    assert [r.src for r in reader.rows(mine, limit=50)] == [SCANNER] * 20
+    assert reader.group("src", mine) == [(SCANNER, 20)]
+    reader.close()
+    rag.close()
