@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include "jsonnum.h"
 
@@ -600,6 +602,11 @@ static int make_lines(Ctx *c, Text *t, Py_ssize_t n, Part *parts, Py_ssize_t npa
  *        k entries whose weight is > 0, comma-separated, in brackets.
  * The lines are made with the GIL released (see Ctx above); the columns and lists must not
  * be changed by another thread during the call.
+ *
+ * json_lines(n, parts, fd) writes the lines to the file descriptor fd instead (all of them,
+ * still without the GIL) and returns how many bytes it wrote: no bytes object is made, so
+ * the text is not copied once more into fresh memory (a page fault per 4 KiB of it).
+ * An error of write() is raised as OSError (BrokenPipeError for EPIPE).
  */
 PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
 {
@@ -612,14 +619,14 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
     static Text kept = {NULL, 0, 0};
     Text t = kept;
     Ctx c = {NULL, E_NONE, ""};
-    int rc;
+    int rc, fd = -1, write_errno = 0;
     (void)mod;
 
     kept.buf = NULL;
     kept.len = kept.cap = 0;
     t.len = 0;
 
-    if (!PyArg_ParseTuple(args, "nO!", &n, &PyList_Type, &list))
+    if (!PyArg_ParseTuple(args, "nO!|i", &n, &PyList_Type, &list, &fd))
         goto done;
     nparts = PyList_GET_SIZE(list);
     parts = PyMem_Calloc((size_t)nparts + 1, sizeof(Part));
@@ -721,8 +728,26 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
     }
     c.ts = PyEval_SaveThread();
     rc = make_lines(&c, &t, n, parts, nparts);
+    if (rc == 0 && fd >= 0) {
+        size_t off = 0;
+        while (off < t.len) {
+            ssize_t w = write(fd, t.buf + off, t.len - off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                write_errno = errno;
+                break;
+            }
+            off += (size_t)w;
+        }
+    }
     PyEval_RestoreThread(c.ts);
     c.ts = NULL;
+    if (rc == 0 && write_errno != 0) {
+        errno = write_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
     if (rc < 0) {
         if (c.err == E_NOMEM)
             PyErr_NoMemory();
@@ -733,7 +758,10 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
         /* E_PYTHON: the exception is already set */
         goto done;
     }
-    out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", (Py_ssize_t)t.len);
+    if (fd >= 0)
+        out = PyLong_FromSize_t(t.len);
+    else
+        out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", (Py_ssize_t)t.len);
 done:
     if (parts != NULL) {
         for (Py_ssize_t j = 0; j < nparts; j++) {

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +208,27 @@ def test_json_lines_lets_other_threads_run_while_it_makes_the_text() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert meanwhile > 0
+
+
+def test_json_lines_writes_to_a_file_descriptor(tmp_path: Path) -> None:
+    """json_lines(n, parts, fd) writes what json_lines(n, parts) returns (no bytes object
+    is made: the writer thread of `mld detector analyze` writes the text straight from the
+    native buffer) and says how many bytes; a reader that went away is BrokenPipeError."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    parts = [b'{"f":', ("f", rng.random(n) * 1e3, 4), b',"s":', ("s", ['"x"'] * n), b"}"]
+    want = json_lines(n, parts)
+    out = tmp_path / "lines.jsonl"
+    with out.open("wb") as f:
+        f.write(b"before\n")
+        f.flush()
+        assert json_lines(n, parts, f.fileno()) == len(want)
+        assert json_lines(0, parts[:1], f.fileno()) == 0
+    assert out.read_bytes() == b"before\n" + want
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with pytest.raises(BrokenPipeError):
+            json_lines(n, parts, write_end)
+    finally:
+        os.close(write_end)
