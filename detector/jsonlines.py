@@ -16,11 +16,14 @@ model_version.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import itertools
 import json
 import multiprocessing
 import operator
+import queue
+import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from multiprocessing.pool import AsyncResult, Pool
@@ -42,6 +45,7 @@ __all__ = [
     "LineWriter",
     "alert_counts",
     "analysis_lines",
+    "analysis_parts",
     "analysis_rows",
 ]
 
@@ -204,13 +208,24 @@ def analysis_text(batch: AnalyzedBatch, *, alerts_only: bool = False) -> bytes:
     """The lines of :func:`analysis_lines` as UTF-8, each ended by a newline, assembled in
     native code (``json_lines``) from whole columns: numbers and addresses are formatted
     there, strings once per distinct value here."""
+    made = analysis_parts(batch, alerts_only=alerts_only)
+    return json_lines(*made) if made is not None else b""
+
+
+LineParts = tuple[int, list[bytes | tuple[Any, ...]]]
+
+
+def analysis_parts(batch: AnalyzedBatch, *, alerts_only: bool = False) -> LineParts | None:
+    """The arguments of ``json_lines`` for the lines of :func:`analysis_text` (None when no
+    flow of the batch is written). Every column in them is a copy, so the text can be made
+    later, on another thread, whatever happens to the batch meanwhile."""
     s = batch.scores
     assert s is not None and isinstance(s.top_features, TopFeatures)
     f = batch.flows
     label = np.asarray(s.label)
     rows = np.flatnonzero(label != LABEL_BENIGN) if alerts_only else np.arange(len(f))
     if len(rows) == 0:
-        return b""
+        return None
 
     def col(name: str, dtype: type = np.int64) -> npt.NDArray[Any]:
         return np.ascontiguousarray(np.asarray(f[name])[rows], dtype=dtype)
@@ -275,7 +290,7 @@ def analysis_text(batch: AnalyzedBatch, *, alerts_only: bool = False) -> bytes:
     tail = f',"observation_point":{_dumps(f.observation_point)}'
     tail += f',"model_version":{_dumps(s.model_version)}}}'
     parts.append(tail.encode())
-    return json_lines(len(rows), parts)
+    return len(rows), parts
 
 
 def alert_counts(batch: AnalyzedBatch) -> Counter[tuple[str, str]]:
@@ -350,13 +365,19 @@ def _text(batch: AnalyzedBatch) -> bytes:
 
 
 class LineWriter:
-    """Writes the JSON lines of analysed batches to ``out`` in batch order, made on
-    ``jobs`` worker processes (forked, so they start with everything imported) while the
-    caller reads and scores the next batches; ``jobs`` <= 1 makes them in this process.
+    """Writes the JSON lines of analysed batches to ``out`` in batch order while the caller
+    reads and scores the next batches.
 
-    Only the lines are made elsewhere: the flow engine, the source context and the fast
-    rules keep their state across batches and stay in the caller's process, in order.
-    At most ``2 * jobs`` batches wait for their text; :meth:`close` writes the rest.
+    ``jobs`` <= 1 (the default of ``mld detector analyze``): the columns of a batch's lines
+    are taken in the caller's thread (:func:`analysis_parts`, a little NumPy), and one writer
+    thread makes the text in native code and writes it, both without the GIL, so on a
+    second core they overlap the reading and scoring of the next batch. ``jobs`` > 1: the
+    lines are made on that many worker processes (forked, so they start with everything
+    imported). Only the lines are made elsewhere: the flow engine, the source context and
+    the fast rules keep their state across batches and stay in the caller's thread, in
+    order. At most 2 batches (``2 * jobs`` with workers) wait for their text; an error
+    of the writer (a closed pipe, a full disk) is raised by the next :meth:`write` or by
+    :meth:`close`, which writes the rest.
     """
 
     def __init__(self, out: IO[str], *, alerts_only: bool, jobs: int) -> None:
@@ -365,8 +386,60 @@ class LineWriter:
         self.jobs = max(1, jobs)
         self._pool: Pool | None = None
         self._pending: deque[AsyncResult[bytes]] = deque()
+        self._queue: queue.Queue[LineParts | None] = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stop = False
         if self.jobs > 1:
             self._pool = multiprocessing.get_context("fork").Pool(self.jobs)
+
+    def _run(self) -> None:
+        """The writer thread: text and write each batch's parts, in order, until None."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._stop or self._error is not None:
+                continue  # aborted, or failed: drop the rest
+            try:
+                fd = self._fd()
+                if fd is None:
+                    self._put(json_lines(*item))
+                else:
+                    self.out.flush()  # nothing should be buffered, but keep the order
+                    json_lines(*item, fd)
+            except BaseException as exc:  # raised again in the caller's thread
+                self._error = exc
+
+    def _fd(self) -> int | None:
+        """The file descriptor the writer thread writes the text to straight from native
+        code (no bytes object: the 276 MB of the bench capture's lines were copied once
+        more into fresh memory, a page fault per 4 KiB), or None for an ``out`` without one
+        (a StringIO), which gets the text as bytes."""
+        if getattr(self.out, "buffer", None) is None:
+            return None
+        try:
+            return self.out.fileno()
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _threaded(self, made: LineParts) -> None:
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mld-json-lines", daemon=True)
+            self._thread.start()
+        self._queue.put(made)
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def write(self, batch: AnalyzedBatch) -> None:
         s = batch.scores
@@ -374,11 +447,15 @@ class LineWriter:
         if self._pool is None or not isinstance(s.top_features, TopFeatures):
             self._drain(block=True)
             if not isinstance(s.top_features, TopFeatures):
+                self._join()
+                self._raise()
                 lines = analysis_lines(batch, alerts_only=self.alerts_only)
                 if lines:
                     self.out.write("\n".join(lines) + "\n")
                 return
-            self._put(analysis_text(batch, alerts_only=self.alerts_only))
+            made = analysis_parts(batch, alerts_only=self.alerts_only)
+            if made is not None:
+                self._threaded(made)
             return
         label = np.asarray(s.label)
         rows = np.flatnonzero(label != LABEL_BENIGN) if self.alerts_only else np.arange(len(label))
@@ -402,15 +479,26 @@ class LineWriter:
         raw.write(text)
 
     def close(self) -> None:
-        """Write every batch still being made; stop the workers."""
+        """Write every batch still being made; stop the workers and the writer thread."""
         try:
+            self._join()
+            self._raise()
             while self._pending:
                 self._put(self._pending.popleft().get())
         finally:
             self.abort()
 
     def abort(self) -> None:
-        """Stop the workers without writing what they were making (an error, a closed pipe)."""
+        """Stop the workers and the writer thread without writing what they were making
+        (an error, a closed pipe); a write under way ends first."""
+        self._stop = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._join()
+        self._error = None
         self._pending.clear()
         if self._pool is not None:
             self._pool.terminate()

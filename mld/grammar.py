@@ -154,3 +154,23 @@ def command_word(argv: Sequence[str]) -> str | None:
     words, _alias = resolve(argv, _COMMON_VALUES)
     at = _first_word(words, _COMMON_VALUES)
     return words[at] if at is not None else None
+
+
+# Offline commands whose work is all per batch in native code and NumPy with no BLAS call:
+# OpenBLAS's worker threads (one per other core) only spin there (~70 ms of CPU at start-up
+# alone, more after any small BLAS call), so mld/__init__.py holds OpenBLAS to one thread
+# for them. Not the services, nor `mld rag` / `mld watch` (FAISS reads the same setting).
+SINGLE_BLAS_THREAD = frozenset({("detector", "analyze"), ("sniffer", "flows")})
+
+
+def command_action(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """The command and its action (``detector``, ``analyze``), after :func:`resolve`; None
+    for what is not given. Options between them are skipped (only the common ones, whose
+    value options are known here, may stand there)."""
+    words, _alias = resolve(argv, _COMMON_VALUES)
+    at = _first_word(words, _COMMON_VALUES)
+    if at is None:
+        return None, None
+    rest = words[at + 1 :]
+    nxt = _first_word(rest, _COMMON_VALUES)
+    return words[at], rest[nxt] if nxt is not None else None

@@ -577,7 +577,8 @@ static PyMethodDef module_methods[] = {
     {"pack_addresses", mld_py_pack_addresses, METH_VARARGS,
      "pack_addresses(addrs, out): (n, 17) rows of length + 16 bytes"},
     {"json_lines", mld_py_json_lines, METH_VARARGS,
-     "json_lines(n, parts) -> bytes: n lines made of constant parts and columns"},
+     "json_lines(n, parts[, fd]) -> bytes: n lines made of constant parts and columns (or "
+     "written to fd: the number of bytes written)"},
     {"json_addresses", mld_py_json_addresses, METH_O,
      "json_addresses(keys) -> JSON strings of the addresses of (n, 17) length+bytes rows"},
     {"rows_to_protobuf", mld_py_rows_to_protobuf, METH_VARARGS,

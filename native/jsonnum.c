@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include "jsonnum.h"
 
@@ -335,13 +337,36 @@ static int mld_get_buffer_json(PyObject *obj, Py_buffer *view, Py_ssize_t itemsi
     return 0;
 }
 
+/* json_lines runs without the GIL (the caller's other threads read and score the next batch
+ * meanwhile): everything it reads from Python objects is taken before it lets the GIL go
+ * (column buffers, the UTF-8 of every text), its buffer grows with the raw allocator, and
+ * an error is kept here and raised once the GIL is back. Only the rare exact path of
+ * text_float (values Python prints with an exponent, or huge ones) takes the GIL back for
+ * CPython's own conversions. */
+enum { E_NONE, E_VALUE, E_INDEX, E_NOMEM, E_PYTHON };
+
+typedef struct {
+    PyThreadState *ts; /* the saved thread state while the GIL is released, else NULL */
+    int err;
+    char msg[160];
+} Ctx;
+
+static int fail(Ctx *c, int kind, const char *msg)
+{
+    if (c->err == E_NONE) {
+        c->err = kind;
+        snprintf(c->msg, sizeof c->msg, "%s", msg);
+    }
+    return -1;
+}
+
 /* A growing byte buffer. */
 typedef struct {
     char *buf;
     size_t len, cap;
 } Text;
 
-static int text_reserve(Text *t, size_t more)
+static int text_reserve(Ctx *c, Text *t, size_t more)
 {
     size_t cap;
     char *bigger;
@@ -350,19 +375,17 @@ static int text_reserve(Text *t, size_t more)
     cap = t->cap ? t->cap : 1 << 16;
     while (cap < t->len + more)
         cap *= 2;
-    bigger = PyMem_Realloc(t->buf, cap);
-    if (bigger == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    bigger = PyMem_RawRealloc(t->buf, cap);
+    if (bigger == NULL)
+        return fail(c, E_NOMEM, "");
     t->buf = bigger;
     t->cap = cap;
     return 0;
 }
 
-static int text_put(Text *t, const char *s, size_t n)
+static int text_put(Ctx *c, Text *t, const char *s, size_t n)
 {
-    if (text_reserve(t, n) < 0)
+    if (text_reserve(c, t, n) < 0)
         return -1;
     memcpy(t->buf + t->len, s, n);
     t->len += n;
@@ -370,34 +393,49 @@ static int text_put(Text *t, const char *s, size_t n)
 }
 
 /* json.dumps(round(v, ndigits)) appended to t. */
-static int text_float(Text *t, double v, int ndigits)
+static int text_float(Ctx *c, Text *t, double v, int ndigits)
 {
     char buf[64];
-    int len;
+    int len, rc;
     PyObject *s;
     const char *utf8;
     Py_ssize_t n;
 
     if (isnan(v))
-        return text_put(t, "NaN", 3);
+        return text_put(c, t, "NaN", 3);
     if (isinf(v))
-        return v > 0 ? text_put(t, "Infinity", 8) : text_put(t, "-Infinity", 9);
+        return v > 0 ? text_put(c, t, "Infinity", 8) : text_put(c, t, "-Infinity", 9);
     if ((len = fast_text(v, ndigits, buf)) > 0)
-        return text_put(t, buf, (size_t)len);
+        return text_put(c, t, buf, (size_t)len);
+    /* The exact path needs the GIL (CPython's allocator and conversions). */
+    if (c->ts != NULL)
+        PyEval_RestoreThread(c->ts);
     s = exact_text(v, ndigits);
-    if (s == NULL)
+    rc = -1;
+    if (s != NULL) {
+        utf8 = PyUnicode_AsUTF8AndSize(s, &n);
+        if (utf8 != NULL && (size_t)n < sizeof buf) {
+            memcpy(buf, utf8, (size_t)n);
+            rc = (int)n;
+        }
+        Py_DECREF(s);
+    }
+    if (rc < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "json_lines: a float's text is too long");
+    if (rc < 0)
+        c->err = E_PYTHON; /* the exception stays set for the caller to raise */
+    if (c->ts != NULL)
+        c->ts = PyEval_SaveThread();
+    if (rc < 0)
         return -1;
-    utf8 = PyUnicode_AsUTF8AndSize(s, &n);
-    len = utf8 == NULL ? -1 : text_put(t, utf8, (size_t)n);
-    Py_DECREF(s);
-    return len < 0 ? -1 : 0;
+    return text_put(c, t, buf, (size_t)rc);
 }
 
-static int text_uint(Text *t, uint64_t v, int negative)
+static int text_uint(Ctx *c, Text *t, uint64_t v, int negative)
 {
     char digits[24];
     int nd = 0;
-    if (text_reserve(t, 22) < 0)
+    if (text_reserve(c, t, 22) < 0)
         return -1;
     if (negative)
         t->buf[t->len++] = '-';
@@ -410,7 +448,7 @@ static int text_uint(Text *t, uint64_t v, int negative)
     return 0;
 }
 
-static int text_address(Text *t, const uint8_t *row)
+static int text_address(Ctx *c, Text *t, const uint8_t *row)
 {
     char buf[64];
     int len = 0;
@@ -420,23 +458,42 @@ static int text_address(Text *t, const uint8_t *row)
     } else if (row[0] == 16) {
         len += ipv6_text(row + 1, buf + len);
     } else {
-        PyErr_Format(PyExc_ValueError, "json_lines: address of %u bytes", row[0]);
-        return -1;
+        char msg[64];
+        snprintf(msg, sizeof msg, "json_lines: address of %u bytes", row[0]);
+        return fail(c, E_VALUE, msg);
     }
     buf[len++] = '"';
-    return text_put(t, buf, (size_t)len);
+    return text_put(c, t, buf, (size_t)len);
 }
 
-static int text_str(Text *t, PyObject *s)
-{
+/* The UTF-8 of each str of a list, taken with the GIL held (the list outlives the call). */
+typedef struct {
+    const char *s;
     Py_ssize_t n;
-    const char *utf8;
-    if (!PyUnicode_Check(s)) {
-        PyErr_SetString(PyExc_TypeError, "json_lines: a text column holds a non-str");
-        return -1;
+} Utf8;
+
+static Utf8 *utf8_of(PyObject *list)
+{
+    Py_ssize_t m = PyList_GET_SIZE(list);
+    Utf8 *out = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(Utf8));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
     }
-    utf8 = PyUnicode_AsUTF8AndSize(s, &n);
-    return utf8 == NULL ? -1 : text_put(t, utf8, (size_t)n);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *s = PyList_GET_ITEM(list, i);
+        if (!PyUnicode_Check(s)) {
+            PyErr_SetString(PyExc_TypeError, "json_lines: a text column holds a non-str");
+            PyMem_Free(out);
+            return NULL;
+        }
+        out[i].s = PyUnicode_AsUTF8AndSize(s, &out[i].n);
+        if (out[i].s == NULL) {
+            PyMem_Free(out);
+            return NULL;
+        }
+    }
+    return out;
 }
 
 /* One part of a line: constant text, or one field read from a column. */
@@ -444,9 +501,13 @@ enum { P_CONST, P_INT, P_UINT, P_FLOAT, P_ADDR, P_STR, P_TOP };
 
 typedef struct {
     int kind, ndigits, ndigits2;
-    Py_ssize_t k;     /* P_TOP: entries per row */
-    PyObject *obj;    /* P_CONST: bytes; P_STR: list of str; P_TOP: list of names */
-    Py_buffer b[3];   /* columns */
+    Py_ssize_t k;      /* P_TOP: entries per row */
+    PyObject *obj;     /* P_CONST: bytes; P_STR: list of str; P_TOP: list of names */
+    Utf8 *text;        /* P_STR: the rows' texts; P_TOP: the names' */
+    Py_ssize_t ntext;  /* entries of text */
+    const char *bytes; /* P_CONST */
+    size_t nbytes;
+    Py_buffer b[3];    /* columns */
     int nbuf;
 } Part;
 
@@ -459,6 +520,77 @@ static int part_buffer(Part *p, PyObject *obj, Py_ssize_t n, Py_ssize_t itemsize
     return 0;
 }
 
+/* The lines themselves, from the parts taken beforehand (no Python object is touched but
+ * through text_float's exact path, which takes the GIL back). */
+static int make_lines(Ctx *c, Text *t, Py_ssize_t n, Part *parts, Py_ssize_t nparts)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t j = 0; j < nparts; j++) {
+            Part *p = &parts[j];
+            int rc = 0;
+            switch (p->kind) {
+            case P_CONST:
+                rc = text_put(c, t, p->bytes, p->nbytes);
+                break;
+            case P_INT: {
+                int64_t v = ((const int64_t *)p->b[0].buf)[i];
+                rc = text_uint(c, t, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);
+                break;
+            }
+            case P_UINT:
+                rc = text_uint(c, t, ((const uint64_t *)p->b[0].buf)[i], 0);
+                break;
+            case P_FLOAT:
+                rc = text_float(c, t, ((const double *)p->b[0].buf)[i], p->ndigits);
+                break;
+            case P_ADDR:
+                rc = text_address(c, t, (const uint8_t *)p->b[0].buf + i * 17);
+                break;
+            case P_STR:
+                rc = text_put(c, t, p->text[i].s, (size_t)p->text[i].n);
+                break;
+            case P_TOP: {
+                const int64_t *idx = (const int64_t *)p->b[0].buf + i * p->k;
+                const double *val = (const double *)p->b[1].buf + i * p->k;
+                const double *wt = (const double *)p->b[2].buf + i * p->k;
+                int first = 1;
+                rc = text_put(c, t, "[", 1);
+                for (Py_ssize_t e = 0; rc == 0 && e < p->k; e++) {
+                    if (!(wt[e] > 0))
+                        continue;
+                    if (idx[e] < 0 || idx[e] >= p->ntext) {
+                        rc = fail(c, E_INDEX, "json_lines: feature index");
+                        break;
+                    }
+                    rc = text_put(c, t, first ? "{\"name\":" : ",{\"name\":", first ? 8 : 9);
+                    first = 0;
+                    if (rc == 0)
+                        rc = text_put(c, t, p->text[idx[e]].s, (size_t)p->text[idx[e]].n);
+                    if (rc == 0)
+                        rc = text_put(c, t, ",\"value\":", 9);
+                    if (rc == 0)
+                        rc = text_float(c, t, val[e], p->ndigits);
+                    if (rc == 0)
+                        rc = text_put(c, t, ",\"weight\":", 10);
+                    if (rc == 0)
+                        rc = text_float(c, t, wt[e], p->ndigits2);
+                    if (rc == 0)
+                        rc = text_put(c, t, "}", 1);
+                }
+                if (rc == 0)
+                    rc = text_put(c, t, "]", 1);
+                break;
+            }
+            }
+            if (rc < 0)
+                return -1;
+        }
+        if (text_put(c, t, "\n", 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* json_lines(n, parts) -> bytes: n lines, each the concatenation of the parts for that row,
  * then "\n". A part is bytes (constant text) or a tuple:
  *   ("i", int64[n]) / ("u", uint64[n])      the integer
@@ -468,26 +600,40 @@ static int part_buffer(Part *p, PyObject *obj, Py_ssize_t n, Py_ssize_t itemsize
  *   ("t", int64[n, k], float64[n, k], float64[n, k], [str], vdigits, wdigits)
  *        the explanation list: '{"name":NAMES[i],"value":v,"weight":w}' for each of the
  *        k entries whose weight is > 0, comma-separated, in brackets.
+ * The lines are made with the GIL released (see Ctx above); the columns and lists must not
+ * be changed by another thread during the call.
+ *
+ * json_lines(n, parts, fd) writes the lines to the file descriptor fd instead (all of them,
+ * still without the GIL) and returns how many bytes it wrote: no bytes object is made, so
+ * the text is not copied once more into fresh memory (a page fault per 4 KiB of it).
+ * An error of write() is raised as OSError (BrokenPipeError for EPIPE).
  */
 PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
 {
     Py_ssize_t n, nparts;
     PyObject *list, *out = NULL;
     Part *parts = NULL;
-    /* The text buffer is kept from one call to the next (the GIL serialises the calls):
-     * a fresh one per batch cost a page fault per 4 KiB of every batch's text. */
+    /* A text buffer is kept from one call to the next (a fresh one per batch cost a page
+     * fault per 4 KiB of every batch's text). A call takes it with the GIL held and gives
+     * it back at its end, so calls on two threads at once each have their own. */
     static Text kept = {NULL, 0, 0};
     Text t = kept;
+    Ctx c = {NULL, E_NONE, ""};
+    int rc, fd = -1, write_errno = 0;
     (void)mod;
 
+    kept.buf = NULL;
+    kept.len = kept.cap = 0;
     t.len = 0;
 
-    if (!PyArg_ParseTuple(args, "nO!", &n, &PyList_Type, &list))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "nO!|i", &n, &PyList_Type, &list, &fd))
+        goto done;
     nparts = PyList_GET_SIZE(list);
     parts = PyMem_Calloc((size_t)nparts + 1, sizeof(Part));
-    if (parts == NULL)
-        return PyErr_NoMemory();
+    if (parts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     for (Py_ssize_t j = 0; j < nparts; j++) {
         PyObject *item = PyList_GET_ITEM(list, j);
         Part *p = &parts[j];
@@ -495,6 +641,8 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
         if (PyBytes_Check(item)) {
             p->kind = P_CONST;
             p->obj = item;
+            p->bytes = PyBytes_AS_STRING(item);
+            p->nbytes = (size_t)PyBytes_GET_SIZE(item);
             continue;
         }
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 2 ||
@@ -534,6 +682,9 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
                 PyErr_Format(PyExc_ValueError, "json_lines: part %zd: a list of %zd str", j, n);
                 goto done;
             }
+            if ((p->text = utf8_of(p->obj)) == NULL)
+                goto done;
+            p->ntext = n;
             break;
         case 't':
             p->kind = P_TOP;
@@ -566,90 +717,69 @@ PyObject *mld_py_json_lines(PyObject *mod, PyObject *args)
                     0 ||
                 part_buffer(p, PyTuple_GET_ITEM(item, 3), n, 8, p->k, "explanation weights") < 0)
                 goto done;
+            if ((p->text = utf8_of(p->obj)) == NULL)
+                goto done;
+            p->ntext = PyList_GET_SIZE(p->obj);
             break;
         default:
             PyErr_Format(PyExc_ValueError, "json_lines: unknown part kind %s", kind);
             goto done;
         }
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        for (Py_ssize_t j = 0; j < nparts; j++) {
-            Part *p = &parts[j];
-            int rc = 0;
-            switch (p->kind) {
-            case P_CONST:
-                rc = text_put(&t, PyBytes_AS_STRING(p->obj), (size_t)PyBytes_GET_SIZE(p->obj));
-                break;
-            case P_INT: {
-                int64_t v = ((const int64_t *)p->b[0].buf)[i];
-                rc = text_uint(&t, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);
-                break;
-            }
-            case P_UINT:
-                rc = text_uint(&t, ((const uint64_t *)p->b[0].buf)[i], 0);
-                break;
-            case P_FLOAT:
-                rc = text_float(&t, ((const double *)p->b[0].buf)[i], p->ndigits);
-                break;
-            case P_ADDR:
-                rc = text_address(&t, (const uint8_t *)p->b[0].buf + i * 17);
-                break;
-            case P_STR:
-                rc = text_str(&t, PyList_GET_ITEM(p->obj, i));
-                break;
-            case P_TOP: {
-                const int64_t *idx = (const int64_t *)p->b[0].buf + i * p->k;
-                const double *val = (const double *)p->b[1].buf + i * p->k;
-                const double *wt = (const double *)p->b[2].buf + i * p->k;
-                int first = 1;
-                rc = text_put(&t, "[", 1);
-                for (Py_ssize_t e = 0; rc == 0 && e < p->k; e++) {
-                    if (!(wt[e] > 0))
-                        continue;
-                    if (idx[e] < 0 || idx[e] >= PyList_GET_SIZE(p->obj)) {
-                        PyErr_SetString(PyExc_IndexError, "json_lines: feature index");
-                        rc = -1;
-                        break;
-                    }
-                    rc = text_put(&t, first ? "{\"name\":" : ",{\"name\":", first ? 8 : 9);
-                    first = 0;
-                    if (rc == 0)
-                        rc = text_str(&t, PyList_GET_ITEM(p->obj, idx[e]));
-                    if (rc == 0)
-                        rc = text_put(&t, ",\"value\":", 9);
-                    if (rc == 0)
-                        rc = text_float(&t, val[e], p->ndigits);
-                    if (rc == 0)
-                        rc = text_put(&t, ",\"weight\":", 10);
-                    if (rc == 0)
-                        rc = text_float(&t, wt[e], p->ndigits2);
-                    if (rc == 0)
-                        rc = text_put(&t, "}", 1);
-                }
-                if (rc == 0)
-                    rc = text_put(&t, "]", 1);
+    c.ts = PyEval_SaveThread();
+    rc = make_lines(&c, &t, n, parts, nparts);
+    if (rc == 0 && fd >= 0) {
+        size_t off = 0;
+        while (off < t.len) {
+            ssize_t w = write(fd, t.buf + off, t.len - off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                write_errno = errno;
                 break;
             }
-            }
-            if (rc < 0)
-                goto done;
+            off += (size_t)w;
         }
-        if (text_put(&t, "\n", 1) < 0)
-            goto done;
     }
-    out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", (Py_ssize_t)t.len);
+    PyEval_RestoreThread(c.ts);
+    c.ts = NULL;
+    if (rc == 0 && write_errno != 0) {
+        errno = write_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (rc < 0) {
+        if (c.err == E_NOMEM)
+            PyErr_NoMemory();
+        else if (c.err == E_INDEX)
+            PyErr_SetString(PyExc_IndexError, c.msg);
+        else if (c.err == E_VALUE)
+            PyErr_SetString(PyExc_ValueError, c.msg);
+        /* E_PYTHON: the exception is already set */
+        goto done;
+    }
+    if (fd >= 0)
+        out = PyLong_FromSize_t(t.len);
+    else
+        out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", (Py_ssize_t)t.len);
 done:
-    for (Py_ssize_t j = 0; j < nparts; j++)
-        for (int b = 0; b < parts[j].nbuf; b++)
-            PyBuffer_Release(&parts[j].b[b]);
-    PyMem_Free(parts);
-    if (t.cap > ((size_t)64 << 20)) {
-        /* Not kept past 64 MiB (one huge batch should not pin its memory). */
-        PyMem_Free(t.buf);
+    if (parts != NULL) {
+        for (Py_ssize_t j = 0; j < nparts; j++) {
+            for (int b = 0; b < parts[j].nbuf; b++)
+                PyBuffer_Release(&parts[j].b[b]);
+            PyMem_Free(parts[j].text);
+        }
+        PyMem_Free(parts);
+    }
+    if (t.cap > ((size_t)64 << 20) || kept.buf != NULL) {
+        /* Not kept past 64 MiB (one huge batch should not pin its memory), nor when
+         * another call gave its buffer back first. */
+        PyMem_RawFree(t.buf);
         t.buf = NULL;
         t.cap = 0;
     }
     t.len = 0;
-    kept = t;
+    if (kept.buf == NULL)
+        kept = t;
     return out;
 }

@@ -93,10 +93,29 @@ class FlowHistory:
             interim = np.zeros(n, dtype=bool)
         # Only records that are interim, or whose flow is held (from an earlier batch or an
         # interim record before them in this one), read or change the history; the others
-        # are first records with nothing to remember, so the loop skips them.
+        # are first records with nothing to remember, so they are skipped.
         ids = np.asarray(flows["flow_id"], dtype=np.uint64)
         held = np.fromiter(last.keys(), dtype=np.uint64, count=len(last))
         todo = np.flatnonzero(interim | np.isin(ids, np.concatenate([held, ids[interim]])))
+        if len(last) + int(np.count_nonzero(interim)) <= self.max_flows:
+            self._grouped(todo, ids[todo], interim[todo], current[todo], first, prev)
+        else:
+            self._in_order(todo, ids, interim, current, first, prev)
+        return Previous(first, self._columns(prev))
+
+    def _in_order(
+        self,
+        todo: np.ndarray,
+        ids: np.ndarray,
+        interim: np.ndarray,
+        current: np.ndarray,
+        first: np.ndarray,
+        prev: np.ndarray,
+    ) -> None:
+        """The definition, record by record in export order (and what runs when the cap
+        may evict in this batch): a final record takes and forgets its flow's counters, an
+        interim one reads them and leaves its own, most recently used last."""
+        last = self._last
         rows = zip(
             todo.tolist(),
             ids[todo].tolist(),
@@ -115,7 +134,55 @@ class FlowHistory:
                 if len(last) > self.max_flows:
                     last.popitem(last=False)
                     self.evicted += 1
-        return Previous(first, self._columns(prev))
+
+    def _grouped(
+        self,
+        todo: np.ndarray,
+        ids: np.ndarray,
+        interim: np.ndarray,
+        current: np.ndarray,
+        first: np.ndarray,
+        prev: np.ndarray,
+    ) -> None:
+        """What :meth:`_in_order` gives when nothing can be evicted (the held flows plus
+        this batch's interim records fit the cap), by flow instead of by record. A record
+        reads what the record before it of the same flow left (its counters if that one
+        was interim, nothing if it was final), or for the flow's first record here, what
+        the history held. Afterwards a flow whose last record here was final is gone, and
+        one whose last record was interim holds that record's counters and moves to the
+        end, in the order of those last records (as their move_to_end calls would)."""
+        last = self._last
+        m = len(todo)
+        if m == 0:
+            return
+        order = np.argsort(ids, kind="stable")  # by flow, export order within a flow
+        sid = ids[order]
+        starts = np.ones(m, dtype=bool)
+        starts[1:] = sid[1:] != sid[:-1]
+        # Records after the first of their flow here: the one before them is order[k - 1].
+        later = np.flatnonzero(~starts)
+        before = order[later - 1]
+        took = interim[before]
+        first[todo[order[later[took]]]] = False
+        prev[todo[order[later[took]]]] = current[before[took]]
+        # The first record of each flow here reads the history.
+        heads = order[starts]
+        if last:
+            head_ids = ids[heads].tolist()
+            found = [k for k, fid in enumerate(head_ids) if fid in last]
+            if found:
+                at = todo[heads[found]]
+                first[at] = False
+                prev[at] = np.array([last[head_ids[k]] for k in found], dtype=np.float64)
+                for k in found:
+                    del last[head_ids[k]]
+        # The flows whose last record here is interim keep it, in the order of those records.
+        ends = np.empty(m, dtype=bool)
+        ends[:-1] = starts[1:]
+        ends[-1] = True
+        tails = order[ends]
+        kept = np.sort(tails[interim[tails]])
+        last.update(zip(ids[kept].tolist(), map(tuple, current[kept].tolist()), strict=True))
 
     @staticmethod
     def _columns(prev: np.ndarray) -> dict[str, Array]:

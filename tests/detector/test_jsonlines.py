@@ -1,13 +1,18 @@
 """The column-at-a-time JSON lines of ``mld detector analyze`` (detector/jsonlines.py) are
 byte for byte the per-flow reference (``json.dumps`` of ``analysis_rows``) on real
 captures, with and without --alerts-only, and so are the lines made on worker processes
-(``--jobs``)."""
+(``--jobs``) or on the writer thread."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from config import load_config
 from detector.analysis import analyze_captures
@@ -64,3 +69,25 @@ def test_line_writer_on_worker_processes_writes_the_same_bytes(
         )
         assert texts[0] == texts[1] == reference.encode()
         assert len(texts[0]) > 0
+
+
+def test_line_writer_raises_the_writer_threads_error_and_stops(tiny_bundle: TinyBundle) -> None:
+    """The lines are written on a writer thread: a reader that went away (`| head`) must
+    still reach the caller as BrokenPipeError (mld then stops quietly), from write() or
+    close(), and the thread must end rather than keep the process alive."""
+    cfg = load_config()
+    scorer = Scorer(load_bundle(tiny_bundle.path, tiny_bundle.cache), cfg.detector.thresholds)
+    paths = [SHARED_DATA / "pcaps" / "attacks", SHARED_DATA / "pcaps" / "ndpi"]
+    batches = list(analyze_captures(paths, cfg.sniffer, scorer))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", encoding="utf-8") as f:
+        writer = LineWriter(f, alerts_only=False, jobs=1)
+        with pytest.raises(BrokenPipeError):
+            for batch in batches:
+                writer.write(batch)
+            writer.close()
+        writer.abort()
+        assert not any(t.name == "mld-json-lines" for t in threading.enumerate())
+        with contextlib.suppress(BrokenPipeError):
+            f.close()

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +165,70 @@ def test_json_lines_refuses_bad_parts() -> None:
         json_lines(3, [("t", bad, np.ones((3, 1)), np.ones((3, 1)), ['"a"'], 4, 3)])
     with pytest.raises(ValueError, match="address of 5 bytes"):
         json_lines(1, [("a", np.full((1, 17), 5, np.uint8))])
+
+
+def test_json_lines_lets_other_threads_run_while_it_makes_the_text() -> None:
+    """`mld detector analyze` makes a batch's text on a writer thread while the main thread
+    scores the next batch: that only overlaps if json_lines lets the GIL go. The main thread
+    counts how often it ran Python after the worker thread marked the start of its call and
+    before the call returned. With a long switch interval the worker cannot be made to give
+    the GIL up between its mark and the call, so holding the GIL for the whole call gives
+    0 (main's json_lines did). The values include ones that take the exact path (which
+    takes the GIL back for CPython's conversions) and the text is checked."""
+    rng = np.random.default_rng(7)
+    n = 400_000
+    floats = np.concatenate([rng.random(n - 2) * 1e3, [2.5e-5, 1e300]])
+    parts = [b'{"f":', ("f", floats, 4), b',"i":', ("i", np.arange(n, dtype=np.int64)), b"}"]
+    want = json_lines(n, [b'{"f":', ("f", floats, 4), b"}"]).split(b"\n")
+    marks: list[int] = []
+    result: list[bytes] = []
+
+    def make() -> None:
+        marks.append(1)
+        result.append(json_lines(n, parts))
+
+    meanwhile = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
+    try:
+        for _ in range(3):  # the OS may not run the main thread during one call
+            marks.clear()
+            result.clear()
+            worker = threading.Thread(target=make)
+            worker.start()
+            while not result:
+                if marks:
+                    meanwhile += 1
+            worker.join()
+            lines = result[0].split(b"\n")
+            assert len(lines) == n + 1
+            assert [line.split(b',"i":')[0] + b"}" for line in lines[:-1]] == want[:-1]
+            if meanwhile > 0:
+                break
+    finally:
+        sys.setswitchinterval(interval)
+    assert meanwhile > 0
+
+
+def test_json_lines_writes_to_a_file_descriptor(tmp_path: Path) -> None:
+    """json_lines(n, parts, fd) writes what json_lines(n, parts) returns (no bytes object
+    is made: the writer thread of `mld detector analyze` writes the text straight from the
+    native buffer) and says how many bytes; a reader that went away is BrokenPipeError."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    parts = [b'{"f":', ("f", rng.random(n) * 1e3, 4), b',"s":', ("s", ['"x"'] * n), b"}"]
+    want = json_lines(n, parts)
+    out = tmp_path / "lines.jsonl"
+    with out.open("wb") as f:
+        f.write(b"before\n")
+        f.flush()
+        assert json_lines(n, parts, f.fileno()) == len(want)
+        assert json_lines(0, parts[:1], f.fileno()) == 0
+    assert out.read_bytes() == b"before\n" + want
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with pytest.raises(BrokenPipeError):
+            json_lines(n, parts, write_end)
+    finally:
+        os.close(write_end)

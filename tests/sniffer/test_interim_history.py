@@ -1,7 +1,8 @@
 """FlowHistory.previous (sniffer/interim.py) skips, without a Python step, the records that
 cannot read or change the history (final records of flows it does not hold); what it
 returns and keeps must be what the per-record definition below gives, on random streams
-of interim and final records that cross batches and hit the cap."""
+of interim and final records that cross batches and hit the cap (max_flows 1000: always
+by flow, _grouped; 7: mostly record by record, _in_order; 45: both)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def _batch(rng: np.random.Generator, n: int, interim_share: float) -> FlowColumn
     )
 
 
-@pytest.mark.parametrize("max_flows", [1000, 7])
+@pytest.mark.parametrize("max_flows", [1000, 45, 7])
 def test_history_equals_the_per_record_definition(max_flows: int) -> None:
     rng = np.random.default_rng(max_flows)
     history = FlowHistory(max_flows)
