@@ -36,7 +36,12 @@ from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
 from rag.describe import TEXT_DIM, code_blobs, describe_batch, embed_flat_codes, embed_texts
 from rag.store import EventStore
-from rag.vectors import VectorIndex, give_back_freed_memory, process_alive
+from rag.vectors import (
+    VectorIndex,
+    give_back_freed_memory,
+    keep_freed_memory_returnable,
+    process_alive,
+)
 
 __all__ = ["RagStore", "db_path"]
 
@@ -79,6 +84,10 @@ class RagStore:
         # A writer keeps its IVF lists in a mapped file beside the database
         # (rag/vectors.py), not in its heap.
         lists_dir = None if readonly else path.parent
+        if not readonly:
+            # So what the background training frees goes back to the system after the
+            # swap, not into glibc's pools (rag/vectors.py, rag/README.md).
+            keep_freed_memory_returnable()
         common = {"ivf_threshold": cfg.ivf_threshold, "nprobe": cfg.ivf_nprobe}
         # Lists at most: what each added vector is compared with (rag/vectors.py).
         self.features = VectorIndex(

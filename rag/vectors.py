@@ -62,7 +62,7 @@ import numpy.typing as npt
 
 from base.errors import RagError
 
-__all__ = ["VectorIndex", "give_back_freed_memory", "process_alive"]
+__all__ = ["VectorIndex", "give_back_freed_memory", "keep_freed_memory_returnable", "process_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,37 @@ _EMPTY_TAIL = 4 + 8 + 8 + 4 + 8
 # The process's own symbols (no ``find_library``, which runs ldconfig at import); None
 # where the C library is not glibc.
 _TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+_LIBC = ctypes.CDLL(None)
+_MALLOPT = getattr(_LIBC, "mallopt", None)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_THRESHOLD = 128 * 1024  # glibc's defaults for both, before it raises them itself
+
+
+def keep_freed_memory_returnable() -> bool:
+    """Hold glibc's mmap and trim thresholds at their 128 KiB defaults in this process (a
+    writer's: ``mld rag run``, ``import``, ``reindex``, ``mld watch``); False where the C
+    library is not glibc.
+
+    glibc raises both by itself each time a large block it mapped is freed (the mmap
+    threshold up to that block's size, the trim threshold to twice it, up to 32 and 64
+    MB): once the flat index's 20k vectors were rebuilt as IVF (a 20 MB array freed), the
+    background training's arrays and SQLite pages were no longer mapped but carved out of
+    that thread's arena, and an arena other than the main one is given back only when
+    its top outgrows the trim threshold (``malloc_trim`` does not shrink it). After the
+    swap that freed memory stayed resident: RssAnon +51-54 MB after two to four trainings
+    at 40k replayed events, against +36-38 with the thresholds held, and +42 against +13
+    in tests/rag/test_retrain_memory.py (rag/README.md, the retrain step).
+    Large blocks (>= 128 KiB: a chunk of vectors, a training sample) are then mapped and
+    unmapped each time; a batch's arrays (100 events) stay below that."""
+    if _MALLOPT is None:
+        return False
+    _MALLOPT.argtypes = [ctypes.c_int, ctypes.c_int]
+    _MALLOPT.restype = ctypes.c_int
+    return bool(_MALLOPT(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(
+        _MALLOPT(_M_TRIM_THRESHOLD, _THRESHOLD)
+    )
 
 
 def give_back_freed_memory() -> None:
