@@ -102,7 +102,9 @@ def keep_freed_memory_returnable() -> bool:
     its top outgrows the trim threshold (``malloc_trim`` does not shrink it). After the
     swap that freed memory stayed resident: RssAnon +51-54 MB after two to four trainings
     at 40k replayed events, against +36-38 with the thresholds held, and +42 against +13
-    in tests/rag/test_retrain_memory.py (rag/README.md, the retrain step).
+    in tests/rag/test_retrain_memory.py. Not all of the step: ingesting at a steady rate
+    through the training at 80k, RssAnon after the swap was the same with and without
+    (rag/README.md, the retrain step, for what the rest is).
     Large blocks (>= 128 KiB: a chunk of vectors, a training sample) are then mapped and
     unmapped each time; a batch's arrays (100 events) stay below that."""
     if _MALLOPT is None:

@@ -3,11 +3,13 @@
 The 60-minute lab soak saw the RAG store's RssAnon step up by ~27 MB when the IVF indexes
 were trained again in the background at 80k events, and stay there (rag/README.md, the
 passes of 2026-12-06). Measured without the lab: glibc's heap in use went back to where it
-was after the swap; what stayed resident was memory freed but kept by the allocators,
-mostly glibc's: the arena of the training thread, which ``malloc_trim`` does not shrink and
-which glibc keeps up to its trim threshold, raised by itself to twice the largest block it
-had mapped and freed (the flat index's vectors, rebuilt as IVF). A writer now holds
-glibc's thresholds at their defaults (rag/vectors.py ``keep_freed_memory_returnable``).
+was after the swap; what stayed resident was memory freed but kept by the allocators:
+Python's object arenas, and glibc's arena of the training thread, which ``malloc_trim``
+does not shrink and which glibc keeps up to its trim threshold, raised by itself to twice
+the largest block it had mapped and freed (the flat index's vectors, rebuilt as IVF). A
+writer now holds glibc's thresholds at their defaults (rag/vectors.py
+``keep_freed_memory_returnable``), which takes glibc's part away where it shows (the first
+test); Python's part is not changed (rag/README.md, the retrain step).
 
 Each test runs its store in a fresh Python process: pytest's own heap holds whatever the
 tests before it left, and its allocators' pools would hide or fake a step."""
