@@ -145,9 +145,14 @@ class _FamilyTable:
     over the batch, with no per-flow look-up by name. Codes 0..len(bundle families)-1 are
     the bundle's families in its order (so argmax over the forests is already a code)."""
 
-    def __init__(self, bundle_families: Sequence[str], thresholds: ThresholdsConfig) -> None:
+    def __init__(
+        self,
+        bundle_families: Sequence[str],
+        thresholds: ThresholdsConfig,
+        extra: Sequence[str] = (),
+    ) -> None:
         names = list(bundle_families)
-        for name in (*FAMILIES, *FAST_RULE_FAMILY.values(), ANOMALY, ""):
+        for name in (*FAMILIES, *FAST_RULE_FAMILY.values(), ANOMALY, "", *extra):
             if name not in names:
                 names.append(name)
         self.thresholds = thresholds
@@ -166,19 +171,6 @@ class _FamilyTable:
         )
         # A fast rule's family code, -1 for a rule that has none (it never names the family).
         self._rule_code: dict[str, int] = {}
-
-    def codes_of(self, families: Sequence[str]) -> npt.NDArray[np.intp]:
-        """Codes of family names (names no table knows are added, as label_flows takes any)."""
-        for f in set(families) - self.code.keys():
-            self.code[f] = len(self.names)
-            self.names = (*self.names, f)
-            self.objects = np.array(self.names, dtype=object)
-            t = self.thresholds
-            self.alert = np.append(self.alert, t.alert_of(f))
-            self.block = np.append(self.block, t.block_of(f))
-            self.may_block = np.append(self.may_block, t.fast_rule_alone_may_block(f))
-            self.explain_row = np.append(self.explain_row, -1)
-        return _codes(families, self.code)
 
     def rule_codes(
         self, rules: Sequence[str]
@@ -318,11 +310,6 @@ class Scorer:
         scores = np.column_stack([fam_scores, a]).astype(np.float32)
         return (*fams, ANOMALY), scores, final
 
-    def _explain(self, x: F32, family: list[str]) -> TopFeatures:
-        """Explanations of flows given their verdict families by name."""
-        index = {f: i for i, f in enumerate(self.bundle.families)}
-        return self._explain_rows(x, _lookup(family, lambda f: index.get(f, -1)).astype(np.intp))
-
     def _explain_later(self, x: F32, rows: npt.NDArray[np.intp]) -> TopFeatures:
         """:meth:`_explain_rows`, deferred until read and then only for the flows kept."""
 
@@ -410,26 +397,19 @@ def label_flows(
 ) -> npt.NDArray[np.int32]:
     """Labels from the scores and the verdict families (module doc): the family's alert and
     block thresholds, and no block by a fast rule alone unless configured for the family."""
-    table = _FamilyTable((), thresholds)
+    # label_flows takes any family name: the table knows the batch's too.
+    table = _FamilyTable((), thresholds, extra=sorted(set(family)))
     return table.label(
         np.asarray(final, dtype=np.float32),
         np.asarray(ml, dtype=np.float32),
         np.asarray(fast, dtype=np.float32),
-        table.codes_of(family),
+        _codes(family, table.code),
     )
 
 
 def _codes(values: Sequence[str], table: dict[str, int]) -> npt.NDArray[np.intp]:
     """``table[v]`` for every value, as an int array (the look-ups run in C: map, fromiter)."""
     return np.fromiter(map(table.__getitem__, values), dtype=np.intp, count=len(values))
-
-
-def _lookup(values: Sequence[str], fn: Any) -> npt.NDArray[Any]:
-    """``fn(v)`` for every value, as an object array, calling ``fn`` once per distinct value."""
-    table = {v: fn(v) for v in set(values)}
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(map(table.__getitem__, values))
-    return out
 
 
 def default_scorer(cfg: DetectorConfig) -> Scorer:

@@ -1,4 +1,4 @@
-"""The explanations made in C (native/scoring.c, Scorer._explain) are NumPy's, bit for bit.
+"""The explanations made in C (native/scoring.c, Scorer._explain_rows) are NumPy's, bit for bit.
 
 The reference is the NumPy code the explanations were made with before
 (``Scorer._top_numpy``, argpartition then a stable argsort, run on the whole batch at
@@ -19,16 +19,21 @@ from config import load_config
 from detector.analysis import analyze_captures
 from detector.bundle import load_bundle
 from detector.features import FEATURES
-from detector.scoring import Scorer, TopFeatures, _lookup
+from detector.scoring import Scorer, TopFeatures
 from tests.support import SHARED_DATA
 
 NF = len(FEATURES)
 
 
+def _rows(scorer: Scorer, family: list[str]) -> npt.NDArray[np.intp]:
+    """Each flow's importance row: its family's forest, -1 (the forests' mean) without one."""
+    index = {f: i for i, f in enumerate(scorer.bundle.families)}
+    return np.array([index.get(f, -1) for f in family], dtype=np.intp)
+
+
 def _reference(scorer: Scorer, x: npt.NDArray[np.float32], family: list[str]) -> TopFeatures:
     """The explanations as the NumPy code gives them for the whole batch."""
-    index = {f: i for i, f in enumerate(scorer.bundle.families)}
-    rows = _lookup(family, lambda f: index.get(f, -1)).astype(np.intp)
+    rows = _rows(scorer, family)
     top, picked = scorer._top_numpy(x, rows, scorer.top_k)
     totals = picked.sum(axis=1, keepdims=True)
     shares = np.divide(picked, totals, out=np.zeros_like(picked), where=totals > 0)
@@ -94,7 +99,7 @@ def test_random_rows_with_ties_give_numpys_order(top_k: int, seed: int) -> None:
     x[rng.random(n) < 0.05] = 0.0  # whole rows at the center: every weight 0
     x[rng.random((n, NF)) < 0.002] = np.nan
     family = rng.choice(["ddos", "scan", "bruteforce", "", "tunnel"], size=n).tolist()
-    got = scorer._explain(x, family)
+    got = scorer._explain_rows(x, _rows(scorer, family))
     _same(got, _reference(scorer, x, family))
 
 
@@ -109,7 +114,7 @@ def test_distinct_weights_need_no_numpy(shipped: Scorer, monkeypatch: pytest.Mon
         raise AssertionError("NumPy path used for rows without ties")
 
     monkeypatch.setattr(shipped, "_top_numpy", refuse)
-    _same(shipped._explain(x, family), want)
+    _same(shipped._explain_rows(x, _rows(shipped, family)), want)
 
 
 def test_bench_capture_if_built(shipped: Scorer) -> None:
