@@ -151,9 +151,7 @@ def command_word(argv: Sequence[str]) -> str | None:
     """The command (first word) the command line runs once :func:`resolve` has rewritten an
     old spelling (``analyze`` -> ``detector``), or None (``mld``, ``mld --help``). Only the
     options common to every command come before it, so their value options suffice."""
-    words, _alias = resolve(argv, _COMMON_VALUES)
-    at = _first_word(words, _COMMON_VALUES)
-    return words[at] if at is not None else None
+    return command_action(argv)[0]
 
 
 # Offline commands whose work is all per batch in native code and NumPy with no BLAS call:
