@@ -262,7 +262,7 @@ def test_start_without_etcd_uses_last_good_config_then_connects(
             key = f"{etcd_prefix}/services/detector/det-1"
             second.announce()
             etcd = client(server)
-            wait_for(lambda: etcd.get(key) is not None, 10, "registration once etcd is back")
+            wait_for(lambda: etcd.get(key) is not None, 30, "registration once etcd is back")
             # Registered first, then the config and peers are read and published.
             wait_for(lambda: second.state is not None and second.state.connected, 5, "connected")
             etcd.close()
