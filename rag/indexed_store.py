@@ -15,7 +15,10 @@ a lock file beside the database so two writers never interleave their index file
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import tempfile
@@ -29,6 +32,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from base.errors import RagError
 from base.filelock import file_lock
 from detector.bundle import DEFAULT_BUNDLE_DIR, read_manifest
 from detector.features import columns_from_records, feature_matrix
@@ -48,6 +52,7 @@ __all__ = ["RagStore", "db_path"]
 log = logging.getLogger(__name__)
 
 _CLIP = 10.0
+_RETRY_S = 300  # after a failed training (the indexes it would replace still work)
 
 
 def db_path(cfg: RagConfig, state_dir: str) -> Path:
@@ -115,6 +120,7 @@ class RagStore:
         self._indexed_upto: int | None = None if self.store.max_id() else 0
         # Training again in the background (ingest goes on into the current indexes).
         self._retrain: _Retrain | None = None
+        self._retrain_after = 0.0  # time.monotonic(): not again before this after a failure
 
     def open_indexes(self) -> int:
         """Load the saved indexes and add the events they miss; returns how many."""
@@ -135,9 +141,7 @@ class RagStore:
         self, chunk: list[tuple[int, bytes, str]]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
-        ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
-        events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
-        return ids, self.scaler(events), embed_texts(d for _, _, d in chunk)
+        return _chunk_vectors(self.scaler, chunk)
 
     def _index_stored(self, after_id: int, until_id: int | None = None) -> int:
         """Index the stored events after ``after_id`` (up to ``until_id``); how many."""
@@ -208,6 +212,8 @@ class RagStore:
             return
         if self.readonly or self._indexed_upto is None:
             return
+        if time.monotonic() < self._retrain_after:
+            return
         if self.text.needs_retraining or self.features.needs_retraining:
             self._retrain = _Retrain(self, self._indexed_upto)
             self._retrain.start()
@@ -246,8 +252,12 @@ class RagStore:
             for index in (job.features, job.text):
                 if index is not None:
                     index.discard()
+            self._retrain_after = time.monotonic() + _RETRY_S
             log.warning(
-                "training the indexes again failed (%s): keeping the current ones", job.error
+                "training the indexes again failed (%s): keeping the current ones, trying "
+                "again in %d s",
+                job.error,
+                _RETRY_S,
             )
             return
         assert job.features is not None and job.text is not None
@@ -409,18 +419,94 @@ class _VectorFiles:
         return (ids, *self._maps)
 
 
+def _index_params(index: VectorIndex) -> dict[str, Any]:
+    """What builds an index like ``index`` (its file and lists file aside)."""
+    return {
+        "dim": index.dim,
+        "inner_product": index.inner_product,
+        "ivf_threshold": index.ivf_threshold,
+        "nprobe": index.nprobe,
+        "max_lists": index.max_lists,
+    }
+
+
+def _train_in_child(
+    db: str, upto: int, params: list[dict[str, Any]], outs: list[str], conn: Any
+) -> None:
+    """The training process: read the events up to ``upto`` from the database (its own
+    read-only connection), embed them again, build an index of each kind (IVF trained at
+    their number) and save it to its ``outs`` file; send ``("ok", events)`` or
+    ``("error", text)`` on ``conn``. Its lists are in a mapped file of its own while it
+    builds (deleted when it saves), so its heap holds the training sample and a chunk."""
+    try:
+        faiss.omp_set_num_threads(1)
+        keep_freed_memory_returnable()
+        path = Path(db)
+        scaler = FeatureScaler()
+        store = EventStore(path, readonly=True)
+        try:
+            with _VectorFiles(path.parent, *(p["dim"] for p in params)) as files:
+                for chunk in store.scan(0, until_id=upto):
+                    files.append(*_chunk_vectors(scaler, chunk))
+                store.close()
+                all_ids, *vectors = files.arrays()
+                for p, out, v in zip(params, outs, vectors, strict=True):
+                    index = VectorIndex(Path(out), lists_dir=path.parent, **p)
+                    index.build(all_ids, v)
+                    index.save()
+                    index.discard()
+        finally:
+            store.close()
+        conn.send(("ok", len(all_ids)))
+    except Exception as exc:  # reported to the parent, which keeps its indexes
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _chunk_vectors(
+    scaler: FeatureScaler, chunk: list[tuple[int, bytes, str]]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
+    ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
+    events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
+    return ids, scaler(events), embed_texts(d for _, _, d in chunk)
+
+
+def _remove_files_of(directory: Path, pid: int | None) -> None:
+    """Delete the lists files and vector scratch of a process that is gone."""
+    if pid is None:
+        return
+    for old in directory.glob(f"*.lists.{pid}.*"):
+        old.unlink(missing_ok=True)
+    for old in directory.glob(f".rag-vectors-{pid}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_index_file(index: VectorIndex, pid: int) -> Path:
+    """Where the training of writer ``pid`` saves the new ``index``: ``events.text.new-<pid>
+    .faiss`` (its save's scratch, ``.tmp`` for ``.faiss``, is then the writer's own too)."""
+    return index.path.with_name(f"{index.path.stem}.new-{pid}{index.path.suffix}")
+
+
 class _Retrain(threading.Thread):
-    """Builds new indexes from the events up to ``upto`` (read from SQLite on this
-    thread's own connection) while the ingest thread keeps adding to the current ones.
-    FAISS's training and adding release the GIL; describing and parsing the events do
-    not, so ingest slows meanwhile but never waits for the whole training."""
+    """Builds new indexes from the events up to ``upto`` in a child process while the
+    ingest thread keeps adding to the current ones, then reads them in (this thread):
+    their inverted lists copied into new lists files of this writer, list by list.
+
+    In a child process because what training takes stays with the process that took it:
+    in a thread of the writer, the events parsed and embedded again, the training sample
+    and FAISS's and BLAS's buffers left ~33 MB of freed memory resident in the writer after
+    every swap (Python's pools, the thread's arena; rag/README.md, the retrain step), the
+    step the lab soak read as growth. The child's memory goes when it exits. It is started
+    with ``spawn`` (a fork of a process holding FAISS's threads and SQLite connections is
+    not safe); ``stop`` kills it."""
 
     def __init__(self, owner: RagStore, upto: int) -> None:
         super().__init__(name="rag-retrain", daemon=True)
         self.path = owner.store.path
         self.owner_features = owner.features
         self.owner_text = owner.text
-        self.vectors = owner._vectors
         self.upto = upto
         self.upto_count = 0
         self.done = threading.Event()
@@ -430,41 +516,92 @@ class _Retrain(threading.Thread):
         self.text: VectorIndex | None = None
         self.error: Exception | None = None
         self.seconds = 0.0
+        self.child_pid: int | None = None
 
     def _like(self, index: VectorIndex) -> VectorIndex:
-        return VectorIndex(
-            index.path,
-            index.dim,
-            inner_product=index.inner_product,
-            ivf_threshold=index.ivf_threshold,
-            nprobe=index.nprobe,
-            max_lists=index.max_lists,
-            lists_dir=index.lists_dir,
+        return VectorIndex(index.path, lists_dir=index.lists_dir, **_index_params(index))
+
+    @staticmethod
+    def _remove_stale(index: VectorIndex) -> None:
+        """Delete what trainings of writers that died left (their saved new indexes)."""
+        prefix = f"{index.path.stem}.new-"
+        for old in index.path.parent.glob(f"{prefix}*"):
+            pid = old.name[len(prefix) :].split(".")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                old.unlink(missing_ok=True)
+
+    def _train(self, owners: list[VectorIndex], outs: list[Path]) -> int:
+        ctx = multiprocessing.get_context("spawn")
+        receive, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(
+            target=_train_in_child,
+            args=(
+                str(self.path),
+                self.upto,
+                [_index_params(i) for i in owners],
+                [str(o) for o in outs],
+                send,
+            ),
+            name="rag-retrain",
+            daemon=True,
         )
+        child.start()
+        send.close()
+        self.child_pid = child.pid
+        try:
+            while not multiprocessing.connection.wait([receive, child.sentinel], timeout=0.5):
+                if self.stop.is_set():
+                    raise _Stopped
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                outcome, value = receive.recv()
+            except EOFError:
+                child.join(5)
+                raise RagError(
+                    f"the training process exited with code {child.exitcode} before it was done"
+                ) from None
+            if outcome != "ok":
+                raise RagError(f"the training process failed: {value}")
+            return int(value)
+        finally:
+            receive.close()
+            if child.is_alive() and self.stop.is_set():
+                child.kill()
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+            if child.exitcode != 0:  # killed or crashed: what it was writing
+                _remove_files_of(self.path.parent, child.pid)
 
     def run(self) -> None:
         started = time.perf_counter()
+        owners = [self.owner_features, self.owner_text]
+        outs = [_new_index_file(i, os.getpid()) for i in owners]
         try:
-            store = EventStore(self.path, readonly=True)
-            dims = (self.owner_features.dim, self.owner_text.dim)
-            try:
-                with _VectorFiles(self.path.parent, *dims) as files:
-                    for chunk in store.scan(0, until_id=self.upto):
-                        if self.stop.is_set():
-                            return
-                        files.append(*self.vectors(chunk))
-                    store.close()
-                    all_ids, features, texts = files.arrays()
-                    self.upto_count = len(all_ids)
-                    new_features = self._like(self.owner_features)
-                    new_text = self._like(self.owner_text)
-                    self.features, self.text = new_features, new_text
-                    new_features.build(all_ids, features)
-                    new_text.build(all_ids, texts)
-            finally:
-                store.close()
+            for index in owners:
+                self._remove_stale(index)
+            self.upto_count = self._train(owners, outs)
+            new = []
+            for index, out in zip(owners, outs, strict=True):
+                # Read with this writer's lists file; then named as the index it replaces.
+                fresh = self._like(index)
+                if not fresh.load(source=out):
+                    raise RagError(f"cannot read the index the training saved ({out.name})")
+                new.append(fresh)
+            self.features, self.text = new
+        except _Stopped:
+            return
         except Exception as exc:  # reported by the ingest thread, which keeps the old ones
             self.error = exc
         finally:
+            for out in outs:
+                with contextlib.suppress(OSError):
+                    out.unlink(missing_ok=True)
             self.seconds = time.perf_counter() - started
             self.done.set()
+
+
+class _Stopped(Exception):
+    """The store is closing: the training is abandoned."""

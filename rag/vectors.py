@@ -85,6 +85,11 @@ _TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 _LIBC = ctypes.CDLL(None)
 _MALLOPT = getattr(_LIBC, "mallopt", None)
+_MADVISE = getattr(_LIBC, "madvise", None)
+if _MADVISE is not None:
+    _MADVISE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _MADVISE.restype = ctypes.c_int
+_MADV_DONTNEED = 4  # Linux's
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 _THRESHOLD = 128 * 1024  # glibc's defaults for both, before it raises them itself
 
@@ -229,6 +234,30 @@ class VectorIndex:
         lists.this.disown()  # not freed again by Python
         self._set_lists_file(path)
 
+    def release_mapped_pages(self) -> int:
+        """Take the pages of this writer's lists file out of its resident set; the bytes
+        mapped (0 if the lists are not in a file).
+
+        The lists file is mapped shared: every page a save reads (all of them: it streams
+        every list) or an add writes stays mapped in the process, so its ``RssFile`` grew
+        with the index (60.5 of the 87.5 MB/h the RAG store gained in the 60-minute lab
+        soak, rag/README.md). ``MADV_DONTNEED`` on a shared file mapping only unmaps:
+        the pages, written ones included, stay in the kernel's page cache and the file,
+        and the next access maps them again (tests/rag/test_vectors_on_disk.py). Called
+        after each save and after the lists are copied into a new file."""
+        if self._lists_file is None or _MADVISE is None:
+            return 0
+        ivf: Any = faiss.extract_index_ivf(self.index)
+        lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
+        size = int(lists.totsize)
+        if size == 0:
+            return 0
+        address = faiss.rev_swig_ptr(lists.ptr, size).__array_interface__["data"][0]
+        if _MADVISE(address, size, _MADV_DONTNEED) != 0:
+            log.debug("madvise on %s failed (errno %d)", self._lists_file, ctypes.get_errno())
+            return 0
+        return size
+
     def _set_lists_file(self, path: Path | None) -> None:
         """Record the current index's lists file, deleting the previous one (no index
         of this process uses it any more; its mapping stays valid until freed)."""
@@ -242,29 +271,31 @@ class VectorIndex:
         self.index = self._flat()
         self._set_lists_file(None)
 
-    def load(self, *, mapped: bool = False) -> bool:
+    def load(self, *, mapped: bool = False, source: Path | None = None) -> bool:
         """Read the saved index; False (and an empty index) if there is none or it is
         unreadable (it is then rebuilt from the database). ``mapped``: an IVF index's
         lists are memory-mapped read-only from the file instead of read into the heap (a
         reader's question touches only the ``nprobe`` lists it probes: loading the 100k
         text index took 0.9 ms and 2 MB against 20 ms and 27 MB); such an index cannot be
-        added to (``writable`` False)."""
-        if not self.path.exists():
+        added to (``writable`` False). ``source``: read that file instead of ``path`` (an
+        index a training process saved), which stays this index's file."""
+        source = self.path if source is None else source
+        if not source.exists():
             return False
         # A writer reads an IVF index's lists mapped (the page cache), then copies them
         # into its own lists file, so the load never holds them all in its heap.
         to_disk = self.lists_dir is not None and not mapped
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped or to_disk else 0
         try:
-            index = faiss.read_index(str(self.path), flags)
+            index = faiss.read_index(str(source), flags)
             inner = faiss.downcast_index(index)
             if to_disk and not isinstance(inner, faiss.IndexIVF):
-                index = faiss.read_index(str(self.path))  # flat: small, and added to
+                index = faiss.read_index(str(source))  # flat: small, and added to
         except RuntimeError as exc:
-            log.warning("cannot read %s (%s): rebuilding it from the database", self.path, exc)
+            log.warning("cannot read %s (%s): rebuilding it from the database", source, exc)
             return False
         if index.d != self.dim:
-            log.warning("%s has %d dims, expected %d: rebuilding it", self.path, index.d, self.dim)
+            log.warning("%s has %d dims, expected %d: rebuilding it", source, index.d, self.dim)
             return False
         inner = faiss.downcast_index(index)
         if to_disk and isinstance(inner, faiss.IndexIVF):
@@ -276,6 +307,7 @@ class VectorIndex:
         # Not saved with the index: assume it was trained on what it holds.
         self.trained_on = int(index.ntotal) if isinstance(inner, faiss.IndexIVF) else 0
         self._set_nprobe()
+        self.release_mapped_pages()  # the copy wrote every page of the new file
         return True
 
     def save(self) -> None:
@@ -291,6 +323,7 @@ class VectorIndex:
         self.dirty = 0
         if self.on_disk:
             self._compact_if_sparse()
+            self.release_mapped_pages()
 
     def _compact_if_sparse(self) -> None:
         """Copy the lists into a new file when the lists file has grown to over four
@@ -424,6 +457,7 @@ class VectorIndex:
         self.trained_on = n
         self._set_nprobe()
         self.dirty = n
+        self.release_mapped_pages()
         log.info(
             "index %s: %d vectors, now IVF%d,SQ8 (nprobe %d%s)",
             self.path.name,

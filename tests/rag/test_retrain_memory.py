@@ -8,8 +8,9 @@ Python's object arenas, and glibc's arena of the training thread, which ``malloc
 does not shrink and which glibc keeps up to its trim threshold, raised by itself to twice
 the largest block it had mapped and freed (the flat index's vectors, rebuilt as IVF). A
 writer now holds glibc's thresholds at their defaults (rag/vectors.py
-``keep_freed_memory_returnable``), which takes glibc's part away where it shows (the first
-test); Python's part is not changed (rag/README.md, the retrain step).
+``keep_freed_memory_returnable``), which took glibc's part away where it shows, and the
+training runs in a child process (rag/indexed_store.py ``_Retrain``), which takes the rest
+(Python's pools, FAISS's and BLAS's buffers) away with it when it exits (the first test).
 
 Each test runs its store in a fresh Python process: pytest's own heap holds whatever the
 tests before it left, and its allocators' pools would hide or fake a step."""
@@ -116,13 +117,15 @@ def test_what_a_training_frees_is_given_back_after_the_swap(tmp_path: Path) -> N
     10 MB array of vectors) trained again three times at that size; measured after a save
     (SQLite's cache and ``malloc_trim``, as the running store does every 30 s) before the
     first training and after each swap. A training reads 40,000 x (256 + 54) floats back
-    (49.6 MB). RssAnon after each swap may exceed the figure before by less than half of
-    that (24.8 MB); glibc's heap in use by less than a quarter (12.4 MB), and from the
-    first swap to the last by less than a tenth (5 MB). Failed before (RssAnon 51.1 MB
-    before, 91.7-93.0 after each of the three swaps, +41.9 MB; heap in use 16.9 ->
-    20.4-20.5 MB); after: 50.8 -> 63.0-64.0 MB (+13.2), heap the same. The bounds are
-    bytes of what a training reads, not times, so a loaded machine does not move them;
-    each wait is the training's done event."""
+    (49.6 MB). RssAnon after each swap may exceed the figure before by less than a tenth
+    of that (5 MB); glibc's heap in use by less than a twentieth (2.5 MB), and from the
+    first swap to the last by less than a tenth (5 MB). Failed with the training in a
+    thread of the store: RssAnon 51.1 MB before, 91.7-93.0 after each of the three swaps
+    (+41.9 MB), heap in use 16.9 -> 20.4-20.5 MB; with glibc's thresholds held (c4c2cab)
+    still 50.9 -> 63.0-64.1 MB (+13.2) and heap 16.9 -> 20.5 (+3.6). With the training in
+    a child process: 51.1 -> 51.0-51.1 MB, heap 17.0 -> 17.6. The bounds are bytes of
+    what a training reads, not times, so a loaded machine does not move them; each wait
+    is the training's done event."""
     hold, rounds = 40_000, 3
     got = run_child(tmp_path, hold, rounds)
     assert [g["tag"] for g in got] == ["filled"] + [f"retrained {r + 1}" for r in range(rounds)]
@@ -131,8 +134,8 @@ def test_what_a_training_frees_is_given_back_after_the_swap(tmp_path: Path) -> N
     vectors_bytes = hold * (256 + 54) * 4
     heap = [int(g["heap"]) for g in got]
     anon = [int(g["anon"]) for g in got]
-    assert max(anon[1:]) - anon[0] < vectors_bytes / 2, figures
-    assert max(heap[1:]) - heap[0] < vectors_bytes / 4, figures
+    assert max(anon[1:]) - anon[0] < vectors_bytes / 10, figures
+    assert max(heap[1:]) - heap[0] < vectors_bytes / 20, figures
     assert max(heap[1:]) - heap[1] < vectors_bytes / 10, figures
 
 
@@ -161,3 +164,36 @@ def test_training_again_and_again_does_not_grow_the_heap(tmp_path: Path) -> None
     anon = [int(g["anon"]) for g in got]
     assert max(heap[2:]) - heap[2] < vectors_bytes / 4, figures
     assert anon[-1] - max(anon[1:3]) < 2 * vectors_bytes, figures
+
+
+def test_the_training_runs_in_a_child_process_that_closing_the_store_ends(
+    tmp_path: Path,
+) -> None:
+    """The training is another process (what it takes is not the writer's), and a store
+    closed while it trains leaves neither that process nor its files behind."""
+    from rag.config import RagConfig
+    from rag.indexed_store import RagStore
+    from rag.vectors import process_alive
+    from tests.rag.conftest import build_store
+
+    source = build_store(tmp_path / "source.sqlite")
+    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
+    source.close()
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
+    rag.open_indexes()
+    try:
+        for n in range(0, 800, 50):
+            rag.ingest(events[n : n + 50], "det-test")
+        assert rag.retraining
+        job = rag._retrain
+        assert job is not None
+        while job.child_pid is None and not job.done.is_set():
+            job.done.wait(0.05)  # the thread starts the child first thing
+        child = job.child_pid
+        assert child is not None and child != os.getpid()
+    finally:
+        rag.close()
+    # close() killed and reaped it: no such process, no saved new index, no lists file of it.
+    assert not process_alive(child)
+    assert not list(tmp_path.glob("*.new-*"))
+    assert not [p for p in tmp_path.glob("*.lists.*") if f".lists.{child}." in p.name]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import multiprocessing
+import os
 import re
 import sqlite3
 import threading
@@ -599,3 +601,40 @@ def test_sql_readers_see_other_writers_rows_of_an_address(
     assert reader.group("src", mine) == [(SCANNER, 20)]
     reader.close()
     rag.close()
+
+
+def test_a_failed_training_keeps_the_indexes_and_waits_before_trying_again(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """The training process cannot save its new index (a directory is where it would
+    write): the store says so, keeps serving from its current indexes, keeps ingesting,
+    and does not start another training at every batch (each one a process reading the
+    whole table) but only after ``_RETRY_S``."""
+    import rag.indexed_store as indexed_store
+
+    source = build_store(tmp_path / "source.sqlite")
+    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
+    source.close()
+    rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
+    rag.open_indexes()
+    blocker = indexed_store._new_index_file(rag.text, os.getpid())
+    blocker.mkdir()
+    (blocker / "keep").write_text("")  # not removable as a file
+    try:
+        batches = [events[n : n + 50] for n in range(0, len(events), 50)]
+        while not rag.retraining:
+            rag.ingest(batches.pop(0), "det-test")
+        old_text = rag.text
+        with caplog.at_level(logging.WARNING, logger="rag.indexed_store"):
+            assert rag.wait_retrained(120)
+        assert "training the indexes again failed" in caplog.text
+        assert rag.text is old_text and len(rag.text) == rag.store.count()
+        for batch in batches:  # still due (4x past), but not tried again yet
+            rag.ingest(batch, "det-late")
+            assert not rag.retraining
+        assert len(rag.text) == len(rag.features) == rag.store.count() == len(events)
+        r = retrieve(rag.store, rag.text, parse("https", NOW), 5)
+        assert r.rows and all(443 in (row.src_port, row.dst_port) for row in r.rows)
+    finally:
+        rag.close()
+    assert blocker.is_dir()  # the store removes its own files only
