@@ -34,6 +34,7 @@ index growth included), and per service ``rss_anon_growth_mb_per_h_*``,
     .venv/bin/python bench/soak.py                  # 10 minutes
     .venv/bin/python bench/soak.py --minutes 60
     .venv/bin/python bench/soak.py --quick          # 90 s, a smoke run
+    .venv/bin/python bench/soak.py --minutes 60 --keep   # logs and samples.csv kept
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ def main() -> int:
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period (5 s)")
     ap.add_argument("--attack-every", type=float, default=30.0, help="a port scan every N s")
     ap.add_argument("--prefix", default=PREFIX, help=f"the lab's namespace prefix ({PREFIX})")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run's directory (services' logs, samples.csv of every RSS sample)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("soak: needs root (the lab)", file=sys.stderr)
@@ -265,7 +271,15 @@ def main() -> int:
     out["blocks"] = str(summary.get("blocks", 0))
     out["rss_growth_mb_per_h_max"] = f"{max(growth[s] for s in SERVICES):.2f}"
     out["rss_anon_growth_mb_per_h_max"] = f"{max(anon_growth[s] for s in SERVICES):.2f}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with open(tmp / "samples.csv", "w") as f:
+        f.write("service,t_s,rss_mb,anon_mb,file_mb\n")
+        for name, points in series.items():
+            for (t, rss), (_, a), (_, m) in zip(points, anon[name], mapped[name], strict=True):
+                f.write(f"{name},{t:.1f},{rss:.2f},{a:.2f},{m:.2f}\n")
+    if args.keep:
+        print(f"soak: the run's files are kept in {tmp}", flush=True)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
