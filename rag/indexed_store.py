@@ -169,8 +169,9 @@ class RagStore:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
         ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
-        events = [ScoredEvent.FromString(blob) for _, blob, _ in chunk]
-        return ids, self.scaler(events), embed_texts(d for _, _, d in chunk)
+        blobs = [blob for _, blob, _ in chunk]
+        events = [ScoredEvent.FromString(blob) for blob in blobs]
+        return ids, self.scaler(events, blobs), embed_texts(d for _, _, d in chunk)
 
     def _index_stored(self, after_id: int, until_id: int | None = None) -> int:
         """Index the stored events after ``after_id`` (up to ``until_id``); how many."""
