@@ -88,7 +88,7 @@ $(STAMP_NATIVE): $(wildcard native/*.c native/*.h xdp/*.h) native/setup.py $(STA
 	@mkdir -p $(BUILD)/native
 	cd native && ../$(PY) setup.py -q build_ext --inplace --force \
 	    --build-temp ../$(BUILD)/native --build-lib ../$(BUILD)/native/lib
-	$(PY) -c 'import native, native._scoring; native.FlowEngine()' || { echo "install: native._flowengine or native._scoring does not import"; exit 1; }
+	$(PY) -c 'import native, native._scoring, native._ragtext; native.FlowEngine()' || { echo "install: native._flowengine, native._scoring or native._ragtext does not import"; exit 1; }
 	@touch $@
 
 # The project's modules byte-compiled into their __pycache__ (ignored by git). Services and

@@ -71,5 +71,13 @@ setup(
             ],
             extra_link_args=["-pthread"],
         ),
+        # The RAG store's batch work: description words hashed to codes, and the feature
+        # rows of serialized ScoredEvents (rag/describe.py, rag/indexed_store.py).
+        Extension(
+            "_ragtext",
+            sources=["ragtext.c"],
+            libraries=["z"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wshadow", "-std=gnu11"],
+        ),
     ],
 )

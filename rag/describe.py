@@ -26,6 +26,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from native import _ragtext
 from proto.events_pb2 import ScoredEvent
 from rag.store import LABELS, PROTOCOLS, address_text
 
@@ -115,12 +116,11 @@ _WHEN: dict[int, str] = {}  # "at <the second>Z"
 
 def describe(ev: ScoredEvent) -> str:
     """One sentence about the event."""
-    return ", ".join(_parts_of(ev)[1])
+    return ", ".join(_parts_of(ev))
 
 
-def _parts_of(ev: ScoredEvent) -> tuple[tuple[str, int], list[str]]:
-    """The parts of the event's sentence (joined by ", "), and the key of the first
-    one's memo (the family and label: the head's text and codes are memoized by it)."""
+def _parts_of(ev: ScoredEvent) -> list[str]:
+    """The parts of the event's sentence (joined by ", ")."""
     r, v = ev.record, ev.verdict
     label_id, family = int(v.label), v.family
     key = (family, label_id)
@@ -153,7 +153,7 @@ def _parts_of(ev: ScoredEvent) -> tuple[tuple[str, int], list[str]]:
     top = v.top_features
     if top:
         parts.append("top features " + " ".join(f.name for f in top[:3]))
-    return key, parts
+    return parts
 
 
 def tokens(text: str) -> list[str]:
@@ -198,8 +198,11 @@ def _part(text: str) -> _Part | None:
     return list(map(code, words)), inner, words[0], words[-1]
 
 
-def _flat_codes(texts: Iterable[str]) -> tuple[list[int], list[int]]:
-    """All texts' codes in one list, and each text's number of codes."""
+def _flat_codes_py(texts: Iterable[str]) -> tuple[list[int], list[int]]:
+    """All texts' codes in one list, and each text's number of codes, in Python, per
+    part with memos: for texts that are not all ASCII
+    (``str.lower`` of some other characters gives ASCII letters: the Kelvin sign gives
+    "k"), and the oracle of the C path (tests/rag/test_describe.py)."""
     flat: list[int] = []
     lengths: list[int] = []
     parts_memo, part_of, code = _PARTS, _part, _code
@@ -231,19 +234,21 @@ def text_codes(texts: Iterable[str]) -> list[npt.NDArray[np.uint16]]:
     in order, then the word pairs in order: what ``tokens`` gives), as the store keeps
     them beside the description (``text_codes`` column): a question's ranking embeds the
     events it reads from these (``embed_codes``) without tokenizing their descriptions
-    again. The words and pairs of a part of a text that came before are not hashed
-    again (``_PARTS``): 40 -> ~14 us per description of the shared captures' events."""
-    flat, lengths = _flat_codes(texts)
-    if not lengths:
+    again. ASCII texts are tokenized and hashed in C, all at once (native/ragtext.c:
+    ~1.4 us a description of the shared captures' events, against ~12 for the Python
+    per part with memos, ~40 without); others in Python (``_flat_codes_py``)."""
+    texts = list(texts)
+    if not texts:
         return []
-    all_codes = np.array(flat, dtype=np.uint16)
-    ends = list(itertools.accumulate(lengths))
+    if all(t.isascii() for t in texts):
+        raw, ends = _ragtext.text_codes(texts, TEXT_DIM)
+        all_codes = np.frombuffer(raw, dtype=np.uint16)
+    else:
+        flat, lengths = _flat_codes_py(texts)
+        all_codes = np.array(flat, dtype=np.uint16)
+        ends = list(itertools.accumulate(lengths))
     # Slices, not np.split (~7 us a text in its bookkeeping).
     return [all_codes[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-
-
-# The head's codes by its memo key (family, label), rather than by its ~100 characters.
-_HEAD_PARTS: dict[tuple[str, int], _Part | None] = {}
 
 
 def describe_batch(
@@ -252,48 +257,15 @@ def describe_batch(
     """``describe`` of each event and ``text_codes`` of those sentences, in one pass (the
     ingest's): the sentences, every sentence's codes one after the other, and where each
     sentence's codes end in that array. The same sentences and codes as the two calls
-    (tests/rag/test_describe.py), without lower-casing, splitting and hashing again the
-    sentence just joined from its parts, nor an array per sentence."""
-    texts: list[str] = []
-    flat: list[int] = []
-    ends: list[int] = []
-    parts_memo, part_of, code, heads = _PARTS, _part, _code, _HEAD_PARTS
-    for ev in events:
-        key, parts = _parts_of(ev)
-        text = ", ".join(parts)
-        texts.append(text)
-        if text.count(", ") != len(parts) - 1:  # a part holds ", ": split like text_codes
-            flat += _flat_codes([text])[0]
-            ends.append(len(flat))
-            continue
-        if key in heads:
-            got = heads[key]
-        else:
-            got = part_of(parts[0].lower())
-            _memo_put(heads, key, got)
-        pairs: list[int] = []
-        last = None
-        if got is not None:
-            flat += got[0]
-            pairs += got[1]
-            last = got[3]
-        for piece in itertools.islice(parts, 1, None):
-            if piece in parts_memo:
-                got = parts_memo[piece]
-            else:
-                got = part_of(piece.lower())
-                _memo_put(parts_memo, piece, got)
-            if got is None:
-                continue
-            words, inner, first, end = got
-            flat += words
-            if last is not None:
-                pairs.append(code(last + " " + first))
-            pairs += inner
-            last = end
-        flat += pairs
-        ends.append(len(flat))
-    return texts, np.array(flat, dtype=np.uint16), ends
+    (tests/rag/test_describe.py), without an array per sentence: the sentences in
+    Python, then the whole batch's words hashed in one C call (native/ragtext.c; 22 ->
+    ~10 us an event of the shared captures, idle, with the sentences)."""
+    texts = [", ".join(_parts_of(ev)) for ev in events]
+    if all(t.isascii() for t in texts):
+        raw, ends = _ragtext.text_codes(texts, TEXT_DIM)
+        return texts, np.frombuffer(raw, dtype=np.uint16), ends
+    flat, lengths = _flat_codes_py(texts)
+    return texts, np.array(flat, dtype=np.uint16), list(itertools.accumulate(lengths))
 
 
 def code_blobs(flat: npt.NDArray[np.uint16], ends: Sequence[int]) -> list[bytes]:

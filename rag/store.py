@@ -407,8 +407,14 @@ class Filters:
 
 
 def _flat(
-    ev: ScoredEvent, detector_id: str, description: str, now: float, codes: bytes | None = None
+    ev: ScoredEvent,
+    detector_id: str,
+    description: str,
+    now: float,
+    codes: bytes | None = None,
+    serialized: bytes | None = None,
 ) -> tuple[object, ...]:
+    """The row of ``ev``; ``serialized``: its bytes, if the caller has them."""
     r, v = ev.record, ev.verdict
     return (
         r.first_ts_ns / 1e9,
@@ -436,7 +442,7 @@ def _flat(
         r.fwd.bytes + r.bwd.bytes,
         v.model_version,
         description,
-        ev.SerializeToString(),
+        ev.SerializeToString() if serialized is None else serialized,
         codes,
         int(r.interim),
     )
@@ -801,6 +807,8 @@ class EventStore:
         descriptions: Sequence[str],
         meta: Mapping[str, str] | None = None,
         codes: Sequence[npt.NDArray[np.uint16] | bytes] | None = None,
+        *,
+        serialized: Sequence[bytes] | None = None,
     ) -> range:
         """Store events in one transaction, with ``meta`` rows (written in the same
         commit, so they say exactly what was stored); returns their ids (consecutive).
@@ -809,16 +817,19 @@ class EventStore:
         and the records after it) replaces that flow's row; ``superseded`` then holds the
         ids deleted, which may include ids of this call when a batch holds several
         records of one flow. ``codes``: the descriptions' text_codes (rag/describe.py), as
-        arrays or their bytes."""
+        arrays or their bytes; ``serialized``: the events' bytes (``SerializeToString``),
+        if the caller has them (the ingest, which decodes its feature rows from them)."""
         now = time.time()
         blobs = (
             [c if isinstance(c, bytes) else c.tobytes() for c in codes]
             if codes is not None
             else [None] * len(events)
         )
+        if serialized is None:
+            serialized = [ev.SerializeToString() for ev in events]
         rows = [
-            _flat(ev, detector_id, d, now, b)
-            for ev, d, b in zip(events, descriptions, blobs, strict=True)
+            _flat(ev, detector_id, d, now, b, s)
+            for ev, d, b, s in zip(events, descriptions, blobs, serialized, strict=True)
         ]
         try:
             with self._db:

@@ -1,18 +1,25 @@
-"""The description and its hashed tokens, computed per part with memos for ingest speed
-(rag/describe.py), are exactly what the plain per-event code gave: the same sentence, the
-same codes in the same order, the same vectors. The reference below is that plain code
-(the project's own, before the memos), kept here as the oracle."""
+"""The description and its hashed tokens, computed per part with memos and hashed in C
+for ingest speed (rag/describe.py, native/ragtext.c), are exactly what the plain per-event
+code gave: the same sentence, the same codes in the same order, the same vectors; and the
+store's feature vectors, decoded from the events' bytes in C, are the detector's matrix of
+the records. The reference below is that plain code (the project's own, before the memos
+and the C), kept here as the oracle."""
 
 from __future__ import annotations
 
 import itertools
 import time
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
-from proto.events_pb2 import ScoredEvent
+from detector.features import columns_from_records, feature_matrix, packed_feature_matrix
+from native import _ragtext
+from proto.events_pb2 import FlowRecord, ScoredEvent
+from proto.flowpack import ENCODE_OPS, PACKED_DTYPE
 from rag import describe as rag_describe
 from rag.describe import (
     FAMILY_WORDS,
@@ -27,7 +34,7 @@ from rag.describe import (
     embed_texts,
     text_codes,
 )
-from rag.indexed_store import RagStore
+from rag.indexed_store import RagStore, record_matrix
 from rag.store import LABELS, PROTOCOLS, address_text
 
 
@@ -138,3 +145,146 @@ def test_descriptions_codes_and_vectors_are_the_plain_codes(
     assert text_codes([]) == [] and embed_codes([]).shape == (0, TEXT_DIM)
     assert embed_code_bytes([]).shape == (0, TEXT_DIM)
     assert text_codes([""])[0].tolist() == [] and not embed_texts([""]).any()
+
+
+# Texts at the edges of the tokenizer: a word ends at the last letter or digit of a run of
+# word characters, separators of every kind, capitals, empty parts, long runs.
+_EDGE_TEXTS = [
+    "",
+    " ",
+    ", , ,",
+    "a",
+    "a.",
+    ".a",
+    "-a-",
+    "a_b.",
+    "::1",
+    "fe80::1%eth0 port 0",
+    "a:.b c",
+    "A.B-C_D e",
+    "x, y",
+    "10.0.0.5 port 22",
+    "__",
+    "9-",
+    "a-.-",
+    "a-.-b",
+    "-.-",
+    "A" * 300 + "." * 10 + "b",
+    "tab\tnew\nline\rcr",
+    "ddos blocked alert (ddos flood denial of service syn flood udp flood)",
+]
+
+
+def test_native_text_codes_are_the_regex_tokens_hashed() -> None:
+    """The C tokenizer and hash (native/ragtext.c) against the plain code, on edge texts
+    and on 3,000 random texts of word characters, separators and capitals, one at a time
+    and as one batch."""
+    rng = np.random.default_rng(21)
+    alphabet = list("abzAZ09_.:- ,\t()%")
+    randoms = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(3000)]
+    texts = _EDGE_TEXTS + randoms
+    for text in texts:
+        assert text_codes([text])[0].tolist() == _reference_codes(text), text
+    assert [c.tolist() for c in text_codes(texts)] == [_reference_codes(t) for t in texts]
+
+
+def test_a_text_that_is_not_ascii_is_hashed_in_python() -> None:
+    """str.lower() of the Kelvin sign is an ASCII "k": the C path, which lower-cases ASCII
+    only, refuses such texts, and text_codes and describe_batch take the Python path."""
+    text = "\u212a scan \u00c9t\u00e9 STRASSE \u00df"
+    with pytest.raises(ValueError, match="ASCII"):
+        _ragtext.text_codes([text], TEXT_DIM)
+    assert [c.tolist() for c in text_codes(["ssh", text])] == [
+        _reference_codes("ssh"),
+        _reference_codes(text),
+    ]
+    events = _odd_events()
+    events[0].verdict.family = "\u212aelvin"
+    texts, flat, ends = describe_batch(events)
+    assert texts == [_reference_describe(ev) for ev in events]
+    assert code_blobs(flat, ends) == [
+        np.array(_reference_codes(t), dtype=np.uint16).tobytes() for t in texts
+    ]
+
+
+def _random_record(rng: np.random.Generator, desc: Any, msg: Any) -> None:
+    """Every field of ``msg`` set to a random value of its type (sub-messages too)."""
+    for f in desc.fields:
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            if rng.random() < 0.8:  # sometimes left out (no src_context, no dns_window)
+                _random_record(rng, f.message_type, getattr(msg, f.name))
+            continue
+        if rng.random() < 0.1:
+            continue  # the default: left out of the wire
+        if f.type == FieldDescriptor.TYPE_UINT32:
+            value: Any = (
+                int(rng.integers(0, 2**32)) if rng.random() < 0.5 else int(rng.integers(0, 70000))
+            )
+        elif f.type == FieldDescriptor.TYPE_UINT64:
+            value = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
+        elif f.type == FieldDescriptor.TYPE_FLOAT:
+            value = float(np.float32(rng.normal() * 10.0 ** rng.integers(-3, 9)))
+        elif f.type == FieldDescriptor.TYPE_BOOL:
+            value = bool(rng.integers(0, 2))
+        elif f.type == FieldDescriptor.TYPE_BYTES:
+            value = rng.bytes(int(rng.choice([0, 4, 16, 3, 20])))
+        elif f.type == FieldDescriptor.TYPE_STRING:
+            value = "rule_x"
+        elif f.type == FieldDescriptor.TYPE_ENUM:
+            value = int(rng.choice([v.number for v in f.enum_type.values]))
+        else:
+            raise AssertionError(f"no random value for {f.full_name}")
+        if f.name == "ip_version":
+            value %= 256  # one byte in the packed row (wider: test_record_rows_refuses...)
+        setattr(msg, f.name, value)
+
+
+def test_feature_vectors_from_the_bytes_are_the_detectors_matrix(small_store: RagStore) -> None:
+    """The store's feature matrix decoded from the serialized events in C (record_rows,
+    then the detector's packed matrix) is, bit for bit, the detector's matrix of the
+    records' fields (feature_matrix(columns_from_records(...))): on the stored events of
+    the captures, the odd events, and 2,000 records with every field random (wide
+    integers, floats of every size, sub-messages left out), all of which the C decoder
+    reads (no fallback)."""
+    rng = np.random.default_rng(6)
+    randoms = []
+    for _ in range(2000):
+        ev = ScoredEvent(sensor_id="s")
+        _random_record(rng, FlowRecord.DESCRIPTOR, ev.record)
+        ev.verdict.family = "scan"
+        randoms.append(ev)
+    groups = [_stored_events(small_store), _odd_events(), randoms]
+    for events in groups + [[ev] for ev in randoms[:200]]:
+        expected = feature_matrix(columns_from_records([ev.record for ev in events]))
+        assert record_matrix(events).tobytes() == expected.tobytes()
+        blobs = [ev.SerializeToString() for ev in events]
+        assert record_matrix(events, blobs).tobytes() == expected.tobytes()
+    # Every group went through C (record_rows raised nothing: no fallback).
+    for events in groups:
+        rows = np.zeros(len(events), dtype=PACKED_DTYPE)
+        blobs = [ev.SerializeToString() for ev in events]
+        _ragtext.record_rows(blobs, 2, ENCODE_OPS, rows, PACKED_DTYPE.itemsize)
+        expected = feature_matrix(columns_from_records([ev.record for ev in events]))
+        assert packed_feature_matrix(rows).tobytes() == expected.tobytes()
+
+
+def test_record_rows_refuses_what_it_cannot_read() -> None:
+    """Malformed wire bytes and a value wider than its column (an IP version above 255 in
+    its one-byte column) raise ValueError (the scaler's cue to take the Python path, which
+    gives the detector's matrix) instead of a row of garbage."""
+    rows = np.zeros(1, dtype=PACKED_DTYPE)
+
+    def decode(blob: bytes) -> None:
+        _ragtext.record_rows([blob], 2, ENCODE_OPS, rows, PACKED_DTYPE.itemsize)
+
+    for bad in (b"\x12\x05\x08", b"\x12\x02\x08\xff", b"\x12\x01", b"\xff"):
+        with pytest.raises(ValueError, match="message 0"):
+            decode(bad)
+    ev = ScoredEvent()
+    ev.record.ip_version = 300  # a uint32 field, one byte in the packed row
+    with pytest.raises(ValueError):
+        decode(ev.SerializeToString())
+    expected = feature_matrix(columns_from_records([ev.record]))
+    assert record_matrix([ev]).tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="wrong size"):
+        _ragtext.record_rows([b""], 2, ENCODE_OPS, np.zeros(2, dtype=PACKED_DTYPE), 8)
