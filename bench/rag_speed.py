@@ -538,19 +538,25 @@ def columns_figures(rag: RagStore, label: str, build: bool) -> dict[str, float]:
 def sql_retrieval(rag: RagStore, questions: Sequence[str], label: str) -> dict[str, float]:
     """ms of each question, once, through a reader without the columns in memory (what a
     one-shot ``mld rag ask`` does: the facts from SQL), after one pass to warm the page
-    cache: p50 and the slowest."""
-    reader = EventStore(rag.store.path, readonly=True)
+    cache: p50 and the slowest (each question's time printed). Each question in a reader
+    of its own, as a one-shot ``mld rag ask`` opens one."""
     now = newest_ts(rag) + 60
-    try:
-        for q in questions:
+    for q in questions:
+        reader = EventStore(rag.store.path, readonly=True)
+        try:
             retrieve(reader, rag.text, parse(q, now), TOP_K)
-        took = []
-        for q in questions:
+        finally:
+            reader.close()
+    took = []
+    for q in questions:
+        reader = EventStore(rag.store.path, readonly=True)
+        try:
             started = time.perf_counter()
             retrieve(reader, rag.text, parse(q, now), TOP_K)
             took.append((time.perf_counter() - started) * 1e3)
-    finally:
-        reader.close()
+        finally:
+            reader.close()
+        print(f"    sql {took[-1]:8.1f} ms  {q}")
     return {
         f"sql_retrieval_p50_ms_{label}": pct(took, 50),
         f"sql_retrieval_max_ms_{label}": max(took),
