@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rag.store as store_mod
@@ -272,3 +273,30 @@ def test_a_reader_sees_the_blocks_of_rows_committed_since(
     assert reader.count(f) == 2
     assert reader._block_ranges(f) not in (None, [])
     reader.close()
+
+
+def test_each_block_names_exactly_the_addresses_and_ports_of_its_rows(
+    blocks_store: Path,
+) -> None:
+    """Written batch by batch (batches of 100 across blocks of 32 ids), each block's
+    summary is the CRC-32 of every address at either end of its rows and every port,
+    nothing missing (a reader would skip the block) and nothing extra."""
+    db = sqlite3.connect(blocks_store)
+    rows = db.execute("SELECT id, src, dst, src_port, dst_port FROM events").fetchall()
+    stored = {
+        int(b): (bytes(a), bytes(p))
+        for b, a, p in db.execute("SELECT block, addrs, ports FROM event_blocks")
+    }
+    upto = db.execute("SELECT value FROM meta WHERE key = 'blocks_upto'").fetchone()
+    db.close()
+    want: dict[int, tuple[set[int], set[int]]] = {}
+    for i, src, dst, sport, dport in rows:
+        keys, ports = want.setdefault(i // BLOCK, (set(), set()))
+        keys.update({store_mod._addr_key(src), store_mod._addr_key(dst)})
+        ports.update({sport, dport})
+    assert int(upto[0]) == max(r[0] for r in rows)
+    assert set(stored) == set(want)
+    for block, (keys, ports) in want.items():
+        a, p = stored[block]
+        assert a == np.array(sorted(keys), dtype="<u4").tobytes(), block
+        assert p == np.array(sorted(ports), dtype="<u2").tobytes(), block
