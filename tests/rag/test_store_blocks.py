@@ -300,3 +300,45 @@ def test_each_block_names_exactly_the_addresses_and_ports_of_its_rows(
         a, p = stored[block]
         assert a == np.array(sorted(keys), dtype="<u4").tobytes(), block
         assert p == np.array(sorted(ports), dtype="<u2").tobytes(), block
+
+
+def test_a_store_an_older_writer_emptied_is_not_read_through_stale_blocks(
+    tmp_path: Path, blocks_store: Path, small_store: RagStore
+) -> None:
+    """An older writer's retention empties the table without touching event_blocks, and
+    its next rows take ids from 1 again, below ``blocks_upto``: readers do not trust the
+    blocks (ids past the newest row), and the next writer summarizes afresh."""
+    path = tmp_path / "events.sqlite"
+    _copy(blocks_store, path)
+    db = sqlite3.connect(path)
+    cols = [r[1] for r in db.execute("PRAGMA table_info(events)") if r[1] != "id"]
+    names = ", ".join(cols)
+    with db:
+        db.execute(
+            "CREATE TEMP TABLE keep AS SELECT * FROM events WHERE src = ? LIMIT 5", (SCANNER,)
+        )
+        db.execute("DELETE FROM events")
+        db.execute(
+            f"INSERT INTO events ({names}) SELECT "
+            + ", ".join("'203.0.113.7'" if c == "src" else c for c in cols)
+            + " FROM keep"
+        )
+    db.close()
+    new = Filters(src=("203.0.113.7",))
+    reader = EventStore(path, readonly=True)
+    assert reader._block_ranges(new) is None
+    assert reader.count(new) == 5
+    reader.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "_BLOCK", BLOCK)
+        writer = EventStore(path)
+        ev, d = _events(small_store)[0]
+        writer.add([ev], "det", [d])
+        writer.close()
+    reader = EventStore(path, readonly=True)
+    assert reader.count(new) == 5
+    reader._block_ranges(new)  # six ids, one block: the label index is cheaper
+    assert reader._blocks is not None and reader._blocks.covered == 6
+    assert reader._blocks.blocks.tolist() == [0]  # the stale blocks are gone
+    assert reader._blocks.naming(new).tolist() == [0]
+    reader.close()
