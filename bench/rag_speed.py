@@ -31,8 +31,9 @@ since the last size into them (before the questions, not in their times), and at
 largest size ``columns_build_s`` is a new reader's first read of all of them (what a
 console pays when it starts). ``--sql-facts``: the facts from SQL, as a one-shot ``mld
 rag ask`` computes them. ``--sql-retrieval``: besides, each question once more through a
-reader without the columns (the one-shot ``mld rag ask``), after a pass that warms the
-page cache: ``sql_retrieval_p50_ms`` and ``sql_retrieval_max_ms`` at each size.
+reader without the columns, a new one per question (the one-shot ``mld rag ask``), after
+a pass that warms the page cache: each question's ms printed, ``sql_retrieval_p50_ms``
+and ``sql_retrieval_max_ms`` at each size.
 
 Index type. At 100k and 1M text vectors (the ones the ingest indexed), one query at a
 time with k=240 (what ``retrieve`` asks for at top_k 12): flat (IndexFlatIP),
