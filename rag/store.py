@@ -586,8 +586,9 @@ _MATCH_MAX = 20_000
 _MATCH_TABLES = 4
 # Read the blocks event_blocks names, by id, while they hold at most this share of the
 # store's ids; beyond, one scan of the label index (~70 bytes a row against a row of the
-# table, ~1 kB) costs less.
-_BLOCKS_SHARE = 0.25
+# table, ~1 kB) costs less. Measured at 956k events (CPU): the rows of 21 % of the ids
+# by id 127 ms against 107 for the whole label index, 2.5 % 32 ms against 112.
+_BLOCKS_SHARE = 0.1
 # A gap of unsummarized ids larger than this is read from the label index (one scan, ~70
 # bytes a row) rather than the table by id (the migration of a store written before).
 _GAP_BY_INDEX = 50_000

@@ -18,7 +18,7 @@ from rag.indexed_store import RagStore
 from rag.store import EventStore, Filters
 from tests.rag.conftest import SCAN_AT, SCANNED, SCANNER
 
-BLOCK = 32  # ids per block in these stores (2048 in a real one): ~1,100 events
+BLOCK = 16  # ids per block in these stores (2048 in a real one): ~1,100 events
 
 FILTERS = [
     Filters(addrs=(SCANNER,)),
@@ -55,7 +55,7 @@ def _events(small_store: RagStore) -> list[tuple[ScoredEvent, str]]:
 
 @pytest.fixture(scope="module")
 def blocks_store(tmp_path_factory: pytest.TempPathFactory, small_store: RagStore) -> Iterator[Path]:
-    """The small store's events in a store of 32-id blocks, the scanner's flows in three
+    """The small store's events in a store of 16-id blocks, the scanner's flows in three
     runs of ten (the others' source rewritten to addresses of their own), so a few
     blocks name it and most do not."""
     path = tmp_path_factory.mktemp("blocks") / "events.sqlite"
@@ -147,7 +147,7 @@ def test_a_narrow_question_reads_only_the_blocks_naming_its_address(
     reader.close()
 
 
-def test_more_than_a_quarter_of_the_ids_goes_through_the_label_index(
+def test_more_than_a_tenth_of_the_ids_goes_through_the_label_index(
     blocks_store: Path,
 ) -> None:
     """An address in nearly every block (the scanned server) is found by one scan of the
@@ -278,7 +278,7 @@ def test_a_reader_sees_the_blocks_of_rows_committed_since(
 def test_each_block_names_exactly_the_addresses_and_ports_of_its_rows(
     blocks_store: Path,
 ) -> None:
-    """Written batch by batch (batches of 100 across blocks of 32 ids), each block's
+    """Written batch by batch (batches of 100 across blocks of 16 ids), each block's
     summary is the CRC-32 of every address at either end of its rows and every port,
     nothing missing (a reader would skip the block) and nothing extra."""
     db = sqlite3.connect(blocks_store)
