@@ -1,9 +1,10 @@
 """The event store: every scored event in SQLite, the source of truth.
 
 One row per flow: the columns questions filter and group on (time, addresses,
-ports, protocol, family, label, scores, sizes), indexed by time, source, destination,
-family and label, plus the whole ScoredEvent as received (``event`` blob), so every field
-is kept even when no column holds it. An event's id is its row id; answers cite it as
+ports, protocol, family, label, scores, sizes), indexed by time, family and label (the
+addresses and ports of each block of ids summarized in ``event_blocks``), plus the whole
+ScoredEvent as received (``event`` blob), so every field is kept even when no column
+holds it. An event's id is its row id; answers cite it as
 ``[e<id>]``.
 
 Latest state per flow: a long flow comes as interim records (FlowRecord.interim) and then
