@@ -31,8 +31,9 @@ since the last size into them (before the questions, not in their times), and at
 largest size ``columns_build_s`` is a new reader's first read of all of them (what a
 console pays when it starts). ``--sql-facts``: the facts from SQL, as a one-shot ``mld
 rag ask`` computes them. ``--sql-retrieval``: besides, each question once more through a
-reader without the columns (the one-shot ``mld rag ask``), after a pass that warms the
-page cache: ``sql_retrieval_p50_ms`` and ``sql_retrieval_max_ms`` at each size.
+reader without the columns, a new one per question (the one-shot ``mld rag ask``), after
+a pass that warms the page cache: each question's ms printed, ``sql_retrieval_p50_ms``
+and ``sql_retrieval_max_ms`` at each size.
 
 Index type. At 100k and 1M text vectors (the ones the ingest indexed), one query at a
 time with k=240 (what ``retrieve`` asks for at top_k 12): flat (IndexFlatIP),
@@ -538,19 +539,25 @@ def columns_figures(rag: RagStore, label: str, build: bool) -> dict[str, float]:
 def sql_retrieval(rag: RagStore, questions: Sequence[str], label: str) -> dict[str, float]:
     """ms of each question, once, through a reader without the columns in memory (what a
     one-shot ``mld rag ask`` does: the facts from SQL), after one pass to warm the page
-    cache: p50 and the slowest."""
-    reader = EventStore(rag.store.path, readonly=True)
+    cache: p50 and the slowest (each question's time printed). Each question in a reader
+    of its own, as a one-shot ``mld rag ask`` opens one."""
     now = newest_ts(rag) + 60
-    try:
-        for q in questions:
+    for q in questions:
+        reader = EventStore(rag.store.path, readonly=True)
+        try:
             retrieve(reader, rag.text, parse(q, now), TOP_K)
-        took = []
-        for q in questions:
+        finally:
+            reader.close()
+    took = []
+    for q in questions:
+        reader = EventStore(rag.store.path, readonly=True)
+        try:
             started = time.perf_counter()
             retrieve(reader, rag.text, parse(q, now), TOP_K)
             took.append((time.perf_counter() - started) * 1e3)
-    finally:
-        reader.close()
+        finally:
+            reader.close()
+        print(f"    sql {took[-1]:8.1f} ms  {q}")
     return {
         f"sql_retrieval_p50_ms_{label}": pct(took, 50),
         f"sql_retrieval_max_ms_{label}": max(took),
