@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,10 @@ import pytest
 from config import load_config
 from detector.analysis import scored_events
 from detector.scoring import default_scorer
+from proto.events_pb2 import ScoredEvent
 from rag.config import RagConfig
 from rag.indexed_store import RagStore
+from rag.store import EventStore, Filters
 from tests.support import SHARED_DATA
 
 SCAN = SHARED_DATA / "pcaps/attacks/scan/masscan_tcp_0_1000.pcap"
@@ -43,6 +45,27 @@ def build_store(path: Path, cfg: RagConfig | None = None) -> RagStore:
             rag.ingest(events, "det-test")
     rag.save()
     return rag
+
+
+def stored_events(path: Path, n: int = 1200) -> list[ScoredEvent]:
+    """The first ``n`` events of a store built at ``path`` (events to ingest again)."""
+    source = build_store(path)
+    try:
+        return [e for e in (source.store.event(i) for i in range(1, n + 1)) if e is not None]
+    finally:
+        source.close()
+
+
+def sql_answers(store: EventStore, filters: Sequence[Filters]) -> list[object]:
+    """What the store says for each filter: count, span, groups, rows, ranking."""
+    out: list[object] = []
+    for f in filters:
+        out.append(store.count(f))
+        out.append(store.span(f))
+        out += [store.group(c, f, limit=5) for c in ("src", "dst", "dst_port", "proto")]
+        out.append([r.id for r in store.rows(f, limit=50)])
+        out.append(store.ranking(f, limit=50))
+    return out
 
 
 @pytest.fixture(scope="module")

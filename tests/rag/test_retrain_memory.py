@@ -26,7 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.rag.conftest import BENIGN, SCAN
+from rag.config import RagConfig
+from rag.indexed_store import RagStore
+from rag.vectors import process_alive
+from tests.rag.conftest import BENIGN, SCAN, stored_events
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -171,14 +174,7 @@ def test_the_training_runs_in_a_child_process_that_closing_the_store_ends(
 ) -> None:
     """The training is another process (what it takes is not the writer's), and a store
     closed while it trains leaves neither that process nor its files behind."""
-    from rag.config import RagConfig
-    from rag.indexed_store import RagStore
-    from rag.vectors import process_alive
-    from tests.rag.conftest import build_store
-
-    source = build_store(tmp_path / "source.sqlite")
-    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
-    source.close()
+    events = stored_events(tmp_path / "source.sqlite")
     rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
     rag.open_indexes()
     try:

@@ -25,7 +25,15 @@ from rag.question import parse
 from rag.retrieve import retrieve
 from rag.store import EventStore, Filters
 from rag.vectors import VectorIndex
-from tests.rag.conftest import NOW, SCAN_AT, SCANNED, SCANNER, build_store
+from tests.rag.conftest import (
+    NOW,
+    SCAN_AT,
+    SCANNED,
+    SCANNER,
+    build_store,
+    sql_answers,
+    stored_events,
+)
 
 
 def test_every_event_is_stored_with_every_field(small_store: RagStore) -> None:
@@ -313,9 +321,7 @@ def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> 
         run(self)
 
     monkeypatch.setattr(indexed_store._Retrain, "run", held)
-    source = build_store(tmp_path / "source.sqlite")
-    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
-    source.close()
+    events = stored_events(tmp_path / "source.sqlite")
     rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
     rag.open_indexes()
     try:
@@ -510,14 +516,7 @@ _OLD_INDEXES = (
 
 def _sql_answers(store: Any) -> list[object]:
     """What SQL says for filters on addresses and ports (a store without columns)."""
-    out: list[object] = []
-    for f in _ADDRESS_FILTERS:
-        out.append(store.count(f))
-        out.append(store.span(f))
-        out += [store.group(c, f, limit=5) for c in ("src", "dst", "dst_port", "proto")]
-        out.append([r.id for r in store.rows(f, limit=50)])
-        out.append(store.ranking(f, limit=50))
-    return out
+    return sql_answers(store, _ADDRESS_FILTERS)
 
 
 def test_sql_filters_addresses_and_ports_in_the_label_index(small_store: RagStore) -> None:
@@ -612,9 +611,7 @@ def test_a_failed_training_keeps_the_indexes_and_waits_before_trying_again(
     whole table) but only after ``_RETRY_S``."""
     import rag.indexed_store as indexed_store
 
-    source = build_store(tmp_path / "source.sqlite")
-    events = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
-    source.close()
+    events = stored_events(tmp_path / "source.sqlite")
     rag = RagStore(tmp_path / "events.sqlite", RagConfig(ivf_threshold=200))
     rag.open_indexes()
     blocker = indexed_store._new_index_file(rag.text, os.getpid())

@@ -16,7 +16,7 @@ import rag.store as store_mod
 from proto.events_pb2 import ScoredEvent
 from rag.indexed_store import RagStore
 from rag.store import EventStore, Filters
-from tests.rag.conftest import SCAN_AT, SCANNED, SCANNER
+from tests.rag.conftest import SCAN_AT, SCANNED, SCANNER, sql_answers
 
 BLOCK = 16  # ids per block in these stores (2048 in a real one): ~1,100 events
 
@@ -36,16 +36,19 @@ FILTERS = [
 ]
 
 
+def _write_one(path: Path, small_store: RagStore) -> None:
+    """A writer (blocks of ``BLOCK`` ids) stores one event and closes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "_BLOCK", BLOCK)
+        writer = EventStore(path)
+        ev, d = _events(small_store)[0]
+        writer.add([ev], "det", [d])
+        writer.close()
+
+
 def _answers(store: EventStore) -> list[object]:
     """What SQL says for each of FILTERS: count, span, groups, rows, ranking."""
-    out: list[object] = []
-    for f in FILTERS:
-        out.append(store.count(f))
-        out.append(store.span(f))
-        out += [store.group(c, f, limit=5) for c in ("src", "dst", "dst_port", "proto")]
-        out.append([r.id for r in store.rows(f, limit=50)])
-        out.append(store.ranking(f, limit=50))
-    return out
+    return sql_answers(store, FILTERS)
 
 
 def _events(small_store: RagStore) -> list[tuple[ScoredEvent, str]]:
@@ -212,12 +215,7 @@ def test_rows_a_writer_from_before_stored_are_found_and_summarized_later(
     assert reader._block_ranges(new) == [(top + 1, top + 30)]
     assert reader.count(new) == 30
     reader.close()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_mod, "_BLOCK", BLOCK)
-        writer = EventStore(path)
-        ev, d = _events(small_store)[0]
-        writer.add([ev], "det", [d])
-        writer.close()
+    _write_one(path, small_store)
     reader = EventStore(path, readonly=True)
     assert reader._block_ranges(new)
     assert reader._blocks is not None and reader._blocks.covered == top + 31  # no tail
@@ -329,12 +327,7 @@ def test_a_store_an_older_writer_emptied_is_not_read_through_stale_blocks(
     assert reader._block_ranges(new) is None
     assert reader.count(new) == 5
     reader.close()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_mod, "_BLOCK", BLOCK)
-        writer = EventStore(path)
-        ev, d = _events(small_store)[0]
-        writer.add([ev], "det", [d])
-        writer.close()
+    _write_one(path, small_store)
     reader = EventStore(path, readonly=True)
     assert reader.count(new) == 5
     reader._block_ranges(new)  # six ids, one block: the label index is cheaper

@@ -19,7 +19,7 @@ import pytest
 from rag.config import RagConfig
 from rag.indexed_store import RagStore
 from rag.vectors import VectorIndex
-from tests.rag.conftest import build_store
+from tests.rag.conftest import build_store, stored_events
 
 
 class _MallInfo2(ctypes.Structure):
@@ -308,9 +308,7 @@ def test_replaced_interim_rows_leave_the_lists_at_the_save_not_at_every_batch(
     the eight batches' removals mapped 10.6 MB of the 16.8 MB file between two saves."""
     from proto.events_pb2 import ScoredEvent
 
-    source = build_store(tmp_path / "source.sqlite")
-    base = [e for e in (source.store.event(i) for i in range(1, 1201)) if e is not None]
-    source.close()
+    base = stored_events(tmp_path / "source.sqlite")
 
     def copy(ev: ScoredEvent, flow: int, interim: bool) -> ScoredEvent:
         out = ScoredEvent()
