@@ -46,7 +46,7 @@ from rag.vectors import (
     VectorIndex,
     give_back_freed_memory,
     keep_freed_memory_returnable,
-    process_alive,
+    remove_left_by_dead,
 )
 
 __all__ = ["RagStore", "db_path"]
@@ -87,7 +87,14 @@ class FeatureScaler:
     ) -> npt.NDArray[np.float32]:
         """The scaled vectors of ``events``; ``blobs``: their serialized bytes, if the
         caller has them (the ingest stores them)."""
-        x = record_matrix(events, blobs)
+        return self._scaled(record_matrix(events, blobs))
+
+    def of_blobs(self, blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
+        """The scaled vectors of serialized events (stored rows' blobs), parsed only if
+        the C decoder does not take them."""
+        return self._scaled(record_matrix(None, blobs))
+
+    def _scaled(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         scaled = np.clip((x - self.center) / self.scale, -_CLIP, _CLIP)
         return np.asarray(scaled, dtype=np.float32)
 
@@ -96,16 +103,20 @@ _RECORD_FIELD = ScoredEvent.DESCRIPTOR.fields_by_name["record"].number
 
 
 def record_matrix(
-    events: Sequence[ScoredEvent], blobs: Sequence[bytes] | None = None
+    events: Sequence[ScoredEvent] | None, blobs: Sequence[bytes] | None = None
 ) -> npt.NDArray[np.float32]:
     """``feature_matrix(columns_from_records([ev.record for ev in events]))``, from the
-    events' serialized bytes (``blobs``, else serialized here) in C."""
+    events' serialized bytes (``blobs``, else serialized here) in C. ``events`` may be
+    None when ``blobs`` are given: they are parsed only for the Python path."""
     if blobs is None:
+        assert events is not None
         blobs = [ev.SerializeToString() for ev in events]
     rows = np.zeros(len(blobs), dtype=PACKED_DTYPE)
     try:
         _ragtext.record_rows(list(blobs), _RECORD_FIELD, ENCODE_OPS, rows, PACKED_DTYPE.itemsize)
     except ValueError:
+        if events is None:
+            events = [ScoredEvent.FromString(blob) for blob in blobs]
         return feature_matrix(columns_from_records([ev.record for ev in events]))
     return packed_feature_matrix(rows)
 
@@ -444,10 +455,7 @@ class _VectorFiles:
 
     def __init__(self, directory: Path, *dims: int) -> None:
         self.dims = dims
-        for old in directory.glob(".rag-vectors-*-*"):
-            pid = old.name.split("-")[2]
-            if pid.isdigit() and not process_alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
+        remove_left_by_dead(directory, ".rag-vectors-")
         try:
             self._tmp = tempfile.TemporaryDirectory(
                 prefix=f".rag-vectors-{os.getpid()}-", dir=directory
@@ -538,8 +546,7 @@ def _chunk_vectors(
     """Ids, feature vectors and text vectors of stored events (store.scan rows)."""
     ids = np.array([i for i, _, _ in chunk], dtype=np.int64)
     blobs = [blob for _, blob, _ in chunk]
-    events = [ScoredEvent.FromString(blob) for blob in blobs]
-    return ids, scaler(events, blobs), embed_texts(d for _, _, d in chunk)
+    return ids, scaler.of_blobs(blobs), embed_texts(d for _, _, d in chunk)
 
 
 def _remove_files_of(directory: Path, pid: int | None) -> None:
@@ -589,15 +596,6 @@ class _Retrain(threading.Thread):
 
     def _like(self, index: VectorIndex) -> VectorIndex:
         return VectorIndex(index.path, lists_dir=index.lists_dir, **_index_params(index))
-
-    @staticmethod
-    def _remove_stale(index: VectorIndex) -> None:
-        """Delete what trainings of writers that died left (their saved new indexes)."""
-        prefix = f"{index.path.stem}.new-"
-        for old in index.path.parent.glob(f"{prefix}*"):
-            pid = old.name[len(prefix) :].split(".")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-                old.unlink(missing_ok=True)
 
     def _train(self, owners: list[VectorIndex], outs: list[Path]) -> int:
         ctx = multiprocessing.get_context("spawn")
@@ -649,8 +647,8 @@ class _Retrain(threading.Thread):
         owners = [self.owner_features, self.owner_text]
         outs = [_new_index_file(i, os.getpid()) for i in owners]
         try:
-            for index in owners:
-                self._remove_stale(index)
+            for index in owners:  # what trainings of writers that died left
+                remove_left_by_dead(index.path.parent, f"{index.path.stem}.new-")
             self.upto_count = self._train(owners, outs)
             new = []
             for index, out in zip(owners, outs, strict=True):

@@ -51,6 +51,8 @@ import itertools
 import logging
 import math
 import os
+import re
+import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +64,13 @@ import numpy.typing as npt
 
 from base.errors import RagError
 
-__all__ = ["VectorIndex", "give_back_freed_memory", "keep_freed_memory_returnable", "process_alive"]
+__all__ = [
+    "VectorIndex",
+    "give_back_freed_memory",
+    "keep_freed_memory_returnable",
+    "process_alive",
+    "remove_left_by_dead",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +150,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def remove_left_by_dead(directory: Path, prefix: str) -> None:
+    """Delete the files (or folders) in ``directory`` named ``<prefix><pid>...`` whose
+    process no longer exists: what a writer killed mid-way left (lists files, a training's
+    saved indexes, vector scratch)."""
+    for old in directory.glob(f"{prefix}*"):
+        digits = re.match(r"\d+", old.name[len(prefix) :])
+        if digits is None or process_alive(int(digits.group())):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 class VectorIndex:
     """One FAISS index of event vectors, saved to and loaded from ``path``."""
 
@@ -213,10 +235,7 @@ class VectorIndex:
         """A fresh name for a lists file of this process; deletes those of dead ones."""
         assert self.lists_dir is not None
         prefix = f"{self.path.name}.lists."
-        for old in self.lists_dir.glob(prefix + "*"):
-            pid = old.name[len(prefix) :].split(".")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-                old.unlink(missing_ok=True)
+        remove_left_by_dead(self.lists_dir, prefix)
         return self.lists_dir / f"{prefix}{os.getpid()}.{next(_LISTS_SEQ)}"
 
     def _lists_to_disk(self, ivf: Any) -> None:
