@@ -240,13 +240,7 @@ def text_codes(texts: Iterable[str]) -> list[npt.NDArray[np.uint16]]:
     texts = list(texts)
     if not texts:
         return []
-    if all(t.isascii() for t in texts):
-        raw, ends = _ragtext.text_codes(texts, TEXT_DIM)
-        all_codes = np.frombuffer(raw, dtype=np.uint16)
-    else:
-        flat, lengths = _flat_codes_py(texts)
-        all_codes = np.array(flat, dtype=np.uint16)
-        ends = list(itertools.accumulate(lengths))
+    all_codes, ends = _batch_codes(texts)
     # Slices, not np.split (~7 us a text in its bookkeeping).
     return [all_codes[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
@@ -261,11 +255,17 @@ def describe_batch(
     Python, then the whole batch's words hashed in one C call (native/ragtext.c; 22 ->
     ~10 us an event of the shared captures, idle, with the sentences)."""
     texts = [", ".join(_parts_of(ev)) for ev in events]
+    return texts, *_batch_codes(texts)
+
+
+def _batch_codes(texts: list[str]) -> tuple[npt.NDArray[np.uint16], list[int]]:
+    """Every text's codes one after the other, and where each text's end: in one C call
+    when all are ASCII, else in Python (``_flat_codes_py``)."""
     if all(t.isascii() for t in texts):
         raw, ends = _ragtext.text_codes(texts, TEXT_DIM)
-        return texts, np.frombuffer(raw, dtype=np.uint16), ends
+        return np.frombuffer(raw, dtype=np.uint16), ends
     flat, lengths = _flat_codes_py(texts)
-    return texts, np.array(flat, dtype=np.uint16), list(itertools.accumulate(lengths))
+    return np.array(flat, dtype=np.uint16), list(itertools.accumulate(lengths))
 
 
 def code_blobs(flat: npt.NDArray[np.uint16], ends: Sequence[int]) -> list[bytes]:

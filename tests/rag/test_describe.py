@@ -259,6 +259,7 @@ def test_feature_vectors_from_the_bytes_are_the_detectors_matrix(small_store: Ra
         assert record_matrix(events).tobytes() == expected.tobytes()
         blobs = [ev.SerializeToString() for ev in events]
         assert record_matrix(events, blobs).tobytes() == expected.tobytes()
+        assert record_matrix(None, blobs).tobytes() == expected.tobytes()
     # Every group went through C (record_rows raised nothing: no fallback).
     for events in groups:
         rows = np.zeros(len(events), dtype=PACKED_DTYPE)
@@ -286,5 +287,7 @@ def test_record_rows_refuses_what_it_cannot_read() -> None:
         decode(ev.SerializeToString())
     expected = feature_matrix(columns_from_records([ev.record]))
     assert record_matrix([ev]).tobytes() == expected.tobytes()
+    # From the bytes alone (a stored row's blob): parsed for the Python path.
+    assert record_matrix(None, [ev.SerializeToString()]).tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="wrong size"):
         _ragtext.record_rows([b""], 2, ENCODE_OPS, np.zeros(2, dtype=PACKED_DTYPE), 8)
