@@ -729,14 +729,14 @@ class EventStore:
                     self._db.execute(f"DROP INDEX {name}")
 
     def _has_table(self, name: str) -> bool:
-        found = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        return found is not None
+        return self._has("table", name)
 
     def _has_index(self, name: str) -> bool:
+        return self._has("index", name)
+
+    def _has(self, kind: str, name: str) -> bool:
         found = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+            "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
         ).fetchone()
         return found is not None
 
