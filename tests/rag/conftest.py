@@ -7,7 +7,9 @@ import calendar
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import faiss
 import pytest
 
 from config import load_config
@@ -54,6 +56,18 @@ def stored_events(path: Path, n: int = 1200) -> list[ScoredEvent]:
         return [e for e in (source.store.event(i) for i in range(1, n + 1)) if e is not None]
     finally:
         source.close()
+
+
+def ids_held(index: Any) -> list[int]:
+    """Every id an IVF index holds (duplicates kept), read from its inverted lists."""
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    out: list[int] = []
+    for n in range(ivf.nlist):
+        size = lists.list_size(n)
+        if size:
+            out += faiss.rev_swig_ptr(lists.get_ids(n), size).tolist()
+    return out
 
 
 def sql_answers(store: EventStore, filters: Sequence[Filters]) -> list[object]:

@@ -31,6 +31,7 @@ from tests.rag.conftest import (
     SCANNED,
     SCANNER,
     build_store,
+    ids_held,
     sql_answers,
     stored_events,
 )
@@ -290,18 +291,6 @@ def test_two_writing_processes_share_one_store_and_its_indexes(
         reader.close()
 
 
-def _ids_held(index: Any) -> list[int]:
-    """Every id an IVF index holds (duplicates kept), read from its inverted lists."""
-    ivf = faiss.extract_index_ivf(index)
-    lists = ivf.invlists
-    out: list[int] = []
-    for n in range(ivf.nlist):
-        size = lists.list_size(n)
-        if size:
-            out += faiss.rev_swig_ptr(lists.get_ids(n), size).tolist()
-    return out
-
-
 def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> None:
     """Before, an index that had grown four times past its training was trained again
     inside ``ingest``: every vector read back, described and embedded again, then the IVF
@@ -348,7 +337,7 @@ def test_training_again_runs_beside_ingest(tmp_path: Path, monkeypatch: Any) -> 
         assert not rag.retraining and rag.text is not old_text and rag.text.is_ivf
         db_ids = sorted(i for chunk in rag.store.scan(0) for i, _, _ in chunk)
         assert len(db_ids) == keep
-        assert sorted(_ids_held(rag.text.index)) == db_ids == sorted(_ids_held(rag.features.index))
+        assert sorted(ids_held(rag.text.index)) == db_ids == sorted(ids_held(rag.features.index))
         # Trained on the snapshot's 800 less the 100 pruned before the thread read them.
         assert rag.text.trained_on == 700
         r = retrieve(rag.store, rag.text, parse("https", NOW), 5)

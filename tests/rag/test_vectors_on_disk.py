@@ -19,7 +19,7 @@ import pytest
 from rag.config import RagConfig
 from rag.indexed_store import RagStore
 from rag.vectors import VectorIndex
-from tests.rag.conftest import build_store, stored_events
+from tests.rag.conftest import build_store, ids_held, stored_events
 
 
 class _MallInfo2(ctypes.Structure):
@@ -346,16 +346,6 @@ def test_replaced_interim_rows_leave_the_lists_at_the_save_not_at_every_batch(
         rag.save()
         db_ids = sorted(i for chunk in rag.store.scan(0) for i, _, _ in chunk)
         assert len(rag.text) == len(rag.features) == len(db_ids)
-        assert sorted(_ids_of(rag.text.index)) == db_ids == sorted(_ids_of(rag.features.index))
+        assert sorted(ids_held(rag.text.index)) == db_ids == sorted(ids_held(rag.features.index))
     finally:
         rag.close()
-
-
-def _ids_of(index: object) -> list[int]:
-    ivf = faiss.extract_index_ivf(index)
-    out: list[int] = []
-    for n in range(ivf.nlist):
-        size = ivf.invlists.list_size(n)
-        if size:
-            out += faiss.rev_swig_ptr(ivf.invlists.get_ids(n), size).tolist()
-    return out
